@@ -1,0 +1,56 @@
+# Sluice. `make run` starts a gateway on ./sluice-data; `make test` installs
+# what the tests need (idempotently) and runs unit and integration tests.
+
+SHELL     := /bin/bash
+GO        ?= go
+BIN       := bin/sluice
+PKGS      := ./...
+UNIT_PKGS := $(shell $(GO) list ./... 2>/dev/null | grep -v /test/integration)
+APT_PKGS  := nbdkit libnbd-bin qemu-utils fio
+FUZZTIME  ?= 30s
+
+.PHONY: all build run test unit integration deps vet bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/sluice
+
+# A gateway on the embedded default: badger + a sparse pool file in ./sluice-data.
+run: build
+	$(BIN) gateway --data-dir ./sluice-data
+
+# Tools the tests drive: real NBD clients and servers from Debian.
+deps:
+	@missing=""; for p in $(APT_PKGS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	$(GO) mod download
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet $(PKGS)
+
+unit:
+	$(GO) test -race -count=1 $(UNIT_PKGS)
+
+integration: build
+	SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 15m -v ./test/integration/ 2>&1 | tee integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; exit $${PIPESTATUS[0]}
+
+test: deps vet unit integration
+
+# Fuzz each parser of untrusted bytes for FUZZTIME.
+fuzz:
+	$(GO) test -run='^$$' -fuzz=FuzzOptions -fuzztime=$(FUZZTIME) ./nbd/
+	$(GO) test -run='^$$' -fuzz=FuzzRequests -fuzztime=$(FUZZTIME) ./nbd/
+
+bench: build deps
+	bash bench/nbd.sh
+
+clean:
+	rm -rf bin integration.log

@@ -1,0 +1,200 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/urfave/cli/v2"
+
+	"github.com/sluice-storage/sluice/gateway"
+	"github.com/sluice-storage/sluice/gateway/admin"
+	"github.com/sluice-storage/sluice/nbd"
+)
+
+func gatewayCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "gateway",
+		Usage: "run the per-host gateway daemon",
+		Description: `Opens (or creates) the pool and serves its volumes over NBD and the admin API.
+The API socket appears only once everything is ready to serve, so scripts can
+wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "data-dir", Value: defaultDataDir, Usage: "metadata, default pool file and sockets live here"},
+			&cli.StringFlag{Name: "device", Usage: "pool file or block device (default DATA-DIR/pool)"},
+			&cli.StringFlag{Name: "pool-size", Value: "64G", Usage: "size of a new sparse pool file"},
+			&cli.StringFlag{Name: "api-socket", Usage: "admin API socket (default DATA-DIR/api.sock)"},
+			&cli.StringFlag{Name: "nbd-listen", Value: "127.0.0.1:10809", Usage: "NBD TCP address (\"\" to disable)"},
+			&cli.StringFlag{Name: "nbd-socket", Usage: "NBD unix socket (default DATA-DIR/nbd.sock, \"none\" to disable)"},
+			&cli.BoolFlag{Name: "nbd-read-only", Usage: "serve every NBD export read-only"},
+			&cli.StringFlag{Name: "metrics-listen", Usage: "also serve /metrics on this TCP address"},
+			&cli.StringFlag{Name: "log-level", Value: "info"},
+		},
+		Action: runGateway,
+	}
+}
+
+func runGateway(c *cli.Context) error {
+	log, err := newLogger(c.String("log-level"))
+	if err != nil {
+		return err
+	}
+	poolSize, err := parseSize(c.String("pool-size"))
+	if err != nil {
+		return usageErr("--pool-size: %v", err)
+	}
+	dataDir := c.String("data-dir")
+	apiSocket := c.String("api-socket")
+	if apiSocket == "" {
+		apiSocket = filepath.Join(dataDir, "api.sock")
+	}
+	nbdSocket := c.String("nbd-socket")
+	if nbdSocket == "" {
+		nbdSocket = filepath.Join(dataDir, "nbd.sock")
+	}
+	startup := func(err error) error { return &exitError{exitStartup, err} }
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	if err := checkNotRunning(apiSocket); err != nil {
+		return startup(err)
+	}
+	g, err := gateway.Open(ctx, gateway.Config{DataDir: dataDir, Device: c.String("device"), PoolSize: poolSize, Logger: log})
+	if err != nil {
+		return startup(err)
+	}
+	defer func() {
+		if err := g.Close(); err != nil {
+			log.Error("closing the store", "err", err)
+		}
+	}()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(gateway.NewCollector(g), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	srv := nbd.NewServer(nbdExports{g}, nbd.Options{ReadOnly: c.Bool("nbd-read-only"), Logger: log})
+	var listeners []net.Listener
+	if addr := c.String("nbd-listen"); addr != "" {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return startup(fmt.Errorf("NBD listen on %s: %w", addr, err))
+		}
+		listeners = append(listeners, l)
+	}
+	if nbdSocket != "none" {
+		l, err := listenUnix(nbdSocket, 0o600)
+		if err != nil {
+			return startup(fmt.Errorf("NBD socket: %w", err))
+		}
+		listeners = append(listeners, l)
+	}
+	for _, l := range listeners {
+		go func(l net.Listener) {
+			if err := srv.Serve(ctx, l); err != nil && ctx.Err() == nil {
+				log.Error("NBD server stopped", "listen", l.Addr().String(), "err", err)
+			}
+		}(l)
+	}
+	var metricsSrv *http.Server
+	if addr := c.String("metrics-listen"); addr != "" {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return startup(fmt.Errorf("metrics listen on %s: %w", addr, err))
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go metricsSrv.Serve(l)
+	}
+	// Last: the API socket, whose appearance tells scripts we are ready.
+	apiL, err := listenUnix(apiSocket, 0o600)
+	if err != nil {
+		return startup(fmt.Errorf("API socket: %w", err))
+	}
+	apiSrv := &http.Server{Handler: admin.NewHandler(g, reg, log), ReadHeaderTimeout: 10 * time.Second}
+	go apiSrv.Serve(apiL)
+	log.Info("gateway ready", "api", apiSocket, "nbd", c.String("nbd-listen"), "nbd_socket", nbdSocket, "volumes", len(g.Volumes()))
+
+	<-ctx.Done()
+	log.Info("shutting down: draining NBD requests and flushing")
+	shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	apiSrv.Shutdown(shutCtx)
+	os.Remove(apiSocket)
+	if err := srv.Shutdown(shutCtx); err != nil {
+		log.Warn("NBD drain incomplete", "err", err)
+	}
+	if metricsSrv != nil {
+		metricsSrv.Shutdown(shutCtx)
+	}
+	if nbdSocket != "none" {
+		os.Remove(nbdSocket)
+	}
+	return nil
+}
+
+// checkNotRunning refuses to start when another gateway answers on the API
+// socket, and removes a stale socket file left by one that died.
+func checkNotRunning(socket string) error {
+	if _, err := os.Stat(socket); err != nil {
+		return nil
+	}
+	if conn, err := net.DialTimeout("unix", socket, time.Second); err == nil {
+		conn.Close()
+		return fmt.Errorf("a gateway is already serving %s", socket)
+	}
+	return os.Remove(socket)
+}
+
+// listenUnix creates a unix socket with the given mode, atomically: it binds
+// a temporary name, sets the mode, then renames it into place.
+func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+	os.Remove(tmp)
+	l, err := net.Listen("unix", tmp)
+	if err != nil {
+		return nil, err
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, mode); err != nil {
+		l.Close()
+		return nil, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// nbdExports resolves NBD export names ("tenant/volume") to volumes.
+type nbdExports struct{ g *gateway.Gateway }
+
+func (e nbdExports) Lookup(name string) (nbd.Export, error) {
+	v, err := e.g.Volume(name)
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+func (e nbdExports) Names() []string {
+	var names []string
+	for _, v := range e.g.Volumes() {
+		names = append(names, v.Ref())
+	}
+	return names
+}

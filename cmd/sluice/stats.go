@@ -1,0 +1,43 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+)
+
+func statsCommand() *cli.Command {
+	return &cli.Command{
+		Name:   "stats",
+		Usage:  "show pool usage and per-volume counters",
+		Flags:  []cli.Flag{jsonFlag},
+		Action: stats,
+	}
+}
+
+func stats(c *cli.Context) error {
+	ctx, cancel := callCtx(c)
+	defer cancel()
+	st, err := apiClient(c).Stats(ctx)
+	if err != nil {
+		return apiErr(err)
+	}
+	if c.Bool("json") {
+		return printJSON(st)
+	}
+	p := st.Pool
+	fmt.Printf("pool %s: %s used of %s, %d volumes provisioned %s\n\n",
+		p.UUID, formatSize(p.Used), formatSize(p.Size), p.Volumes, formatSize(p.Provision))
+	var rows [][]string
+	for _, v := range st.Volumes {
+		if len(v.Ops) == 0 {
+			rows = append(rows, []string{v.Ref, "-", "-", "0", "0", "0", "-"})
+		}
+		for _, o := range v.Ops {
+			rows = append(rows, []string{v.Ref, o.Door, o.Op, fmt.Sprint(o.Ops), formatSize(int64(o.Bytes)),
+				fmt.Sprint(o.Errors), fmt.Sprintf("%.1fµs", o.MeanLatency*1e6)})
+		}
+	}
+	table([]string{"VOLUME", "DOOR", "OP", "OPS", "BYTES", "ERRORS", "MEAN LATENCY"}, rows)
+	return nil
+}

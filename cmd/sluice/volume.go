@@ -1,0 +1,170 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sluice-storage/sluice/gateway/admin"
+)
+
+func volumeCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "volume",
+		Usage: "create, list, inspect, resize and delete volumes",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "create",
+				Usage:     "create a volume",
+				ArgsUsage: "NAME (or TENANT/NAME)",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "tenant", Usage: "owning tenant"},
+					&cli.StringFlag{Name: "size", Required: true, Usage: "size, e.g. 10G or 512MiB"},
+					&cli.StringFlag{Name: "kind", Value: "block", Usage: "block (fs comes with the FUSE door)"},
+					&cli.StringFlag{Name: "chunk-size", Value: "64K", Usage: "allocation unit, a power of two from 4K to 4M"},
+					&cli.BoolFlag{Name: "read-only", Usage: "refuse writes"},
+					&cli.StringSliceFlag{Name: "label", Usage: "KEY=VALUE, repeatable"},
+					jsonFlag,
+				},
+				Action: volumeCreate,
+			},
+			{Name: "list", Usage: "list volumes", Flags: []cli.Flag{jsonFlag}, Action: volumeList},
+			{Name: "info", Usage: "show one volume", ArgsUsage: "TENANT/NAME", Flags: []cli.Flag{jsonFlag}, Action: volumeInfo},
+			{
+				Name: "resize", Usage: "grow a volume", ArgsUsage: "TENANT/NAME",
+				Flags:  []cli.Flag{&cli.StringFlag{Name: "size", Required: true, Usage: "new size; volumes only grow"}, jsonFlag},
+				Action: volumeResize,
+			},
+			{Name: "delete", Usage: "delete a volume and return its space", ArgsUsage: "TENANT/NAME", Action: volumeDelete},
+		},
+	}
+}
+
+func volumeCreate(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usageErr("volume create: want exactly one NAME argument")
+	}
+	tenant, name := c.String("tenant"), c.Args().First()
+	if t, n, ok := strings.Cut(name, "/"); ok {
+		if tenant != "" && tenant != t {
+			return usageErr("volume create: --tenant %q disagrees with %q", tenant, name)
+		}
+		tenant, name = t, n
+	}
+	if tenant == "" {
+		return usageErr("volume create: --tenant is required")
+	}
+	size, err := parseSize(c.String("size"))
+	if err != nil {
+		return usageErr("--size: %v", err)
+	}
+	chunk, err := parseSize(c.String("chunk-size"))
+	if err != nil {
+		return usageErr("--chunk-size: %v", err)
+	}
+	labels := map[string]string{}
+	for _, l := range c.StringSlice("label") {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok || k == "" {
+			return usageErr("--label %q: want KEY=VALUE", l)
+		}
+		labels[k] = v
+	}
+	ctx, cancel := callCtx(c)
+	defer cancel()
+	v, err := apiClient(c).CreateVolume(ctx, admin.CreateRequest{
+		Tenant: tenant, Name: name, Kind: c.String("kind"), Size: size,
+		ChunkSize: chunk, ReadOnly: c.Bool("read-only"), Labels: labels,
+	})
+	if err != nil {
+		return apiErr(err)
+	}
+	if c.Bool("json") {
+		return printJSON(v)
+	}
+	fmt.Printf("created %s (%s, %s)\n", v.Ref, v.Kind, formatSize(v.Size))
+	return nil
+}
+
+func volumeRows(vs []admin.Volume) [][]string {
+	rows := make([][]string, 0, len(vs))
+	for _, v := range vs {
+		mode := "rw"
+		if v.ReadOnly {
+			mode = "ro"
+		}
+		rows = append(rows, []string{v.Ref, v.Kind, formatSize(v.Size), formatSize(v.Allocated), formatSize(v.ChunkSize), mode})
+	}
+	return rows
+}
+
+var volumeHeader = []string{"VOLUME", "KIND", "SIZE", "ALLOCATED", "CHUNK", "MODE"}
+
+func volumeList(c *cli.Context) error {
+	ctx, cancel := callCtx(c)
+	defer cancel()
+	vs, err := apiClient(c).Volumes(ctx)
+	if err != nil {
+		return apiErr(err)
+	}
+	if c.Bool("json") {
+		return printJSON(vs)
+	}
+	table(volumeHeader, volumeRows(vs))
+	return nil
+}
+
+func volumeInfo(c *cli.Context) error {
+	ref, err := volumeRef(c, "volume info")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := callCtx(c)
+	defer cancel()
+	v, err := apiClient(c).Volume(ctx, ref)
+	if err != nil {
+		return apiErr(err)
+	}
+	if c.Bool("json") {
+		return printJSON(v)
+	}
+	table(volumeHeader, volumeRows([]admin.Volume{v}))
+	return nil
+}
+
+func volumeResize(c *cli.Context) error {
+	ref, err := volumeRef(c, "volume resize")
+	if err != nil {
+		return err
+	}
+	size, err := parseSize(c.String("size"))
+	if err != nil {
+		return usageErr("--size: %v", err)
+	}
+	ctx, cancel := callCtx(c)
+	defer cancel()
+	v, err := apiClient(c).ResizeVolume(ctx, ref, size)
+	if err != nil {
+		return apiErr(err)
+	}
+	if c.Bool("json") {
+		return printJSON(v)
+	}
+	fmt.Printf("resized %s to %s\n", v.Ref, formatSize(v.Size))
+	return nil
+}
+
+func volumeDelete(c *cli.Context) error {
+	ref, err := volumeRef(c, "volume delete")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := callCtx(c)
+	defer cancel()
+	if err := apiClient(c).DeleteVolume(ctx, ref); err != nil {
+		return apiErr(err)
+	}
+	fmt.Printf("deleted %s\n", ref)
+	return nil
+}

@@ -1,0 +1,226 @@
+// Package admin is the gateway's admin API: HTTP+JSON, served on a unix
+// socket (mode 0600) by `sluice gateway`, and the Client the CLI uses.
+//
+// Endpoints (v1):
+//
+//	GET    /v1/health                      {"status":"ok"}
+//	GET    /v1/volumes                     [Volume]
+//	POST   /v1/volumes                     CreateRequest → Volume (201)
+//	GET    /v1/volumes/{tenant}/{name}     Volume
+//	PATCH  /v1/volumes/{tenant}/{name}     ResizeRequest → Volume
+//	DELETE /v1/volumes/{tenant}/{name}     204
+//	GET    /v1/stats                       Stats
+//	GET    /metrics                        Prometheus text format
+//
+// Errors are {"error": "one line"} with a status from httpStatus: 400 bad
+// input, 404 unknown volume, 409 duplicate, 501 not supported, 507 pool full,
+// 503 shutting down, 500 anything else.
+package admin
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sluice-storage/sluice/gateway"
+	"github.com/sluice-storage/sluice/gateway/store"
+)
+
+// Volume is a volume as the API shows it.
+type Volume struct {
+	Ref       string            `json:"ref"`
+	Tenant    string            `json:"tenant"`
+	Name      string            `json:"name"`
+	Kind      string            `json:"kind"`
+	Size      int64             `json:"size"`
+	ChunkSize int64             `json:"chunk_size"`
+	Allocated int64             `json:"allocated"`
+	ReadOnly  bool              `json:"read_only"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Created   time.Time         `json:"created"`
+}
+
+// CreateRequest is the body of POST /v1/volumes.
+type CreateRequest struct {
+	Tenant    string            `json:"tenant"`
+	Name      string            `json:"name"`
+	Kind      string            `json:"kind,omitempty"`
+	Size      int64             `json:"size"`
+	ChunkSize int64             `json:"chunk_size,omitempty"`
+	ReadOnly  bool              `json:"read_only,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+}
+
+// ResizeRequest is the body of PATCH /v1/volumes/{tenant}/{name}.
+type ResizeRequest struct {
+	Size int64 `json:"size"`
+}
+
+// VolumeStats are one volume's counters.
+type VolumeStats struct {
+	Volume
+	Ops []gateway.OpStats `json:"ops"`
+}
+
+// Stats is the body of GET /v1/stats.
+type Stats struct {
+	Pool    store.PoolStats `json:"pool"`
+	Volumes []VolumeStats   `json:"volumes"`
+}
+
+// Error is the body of every error response.
+type Error struct {
+	Error string `json:"error"`
+}
+
+func view(v *gateway.Volume) Volume {
+	i := v.Info()
+	return Volume{
+		Ref: i.Ref(), Tenant: i.Tenant, Name: i.Name, Kind: i.Kind, Size: i.Size,
+		ChunkSize: i.ChunkSize, Allocated: v.AllocatedBytes(), ReadOnly: i.ReadOnly,
+		Labels: i.Labels, Created: i.Created,
+	}
+}
+
+// NewHandler returns the admin API for g. reg is the registry /metrics
+// serves; nil serves only the gateway's own collector.
+func NewHandler(g *gateway.Gateway, reg *prometheus.Registry, log *slog.Logger) http.Handler {
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(gateway.NewCollector(g))
+	}
+	h := &handler{g: g, log: log}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /v1/volumes", h.list)
+	mux.HandleFunc("POST /v1/volumes", h.create)
+	mux.HandleFunc("GET /v1/volumes/{tenant}/{name}", h.get)
+	mux.HandleFunc("PATCH /v1/volumes/{tenant}/{name}", h.resize)
+	mux.HandleFunc("DELETE /v1/volumes/{tenant}/{name}", h.delete)
+	mux.HandleFunc("GET /v1/stats", h.stats)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+type handler struct {
+	g   *gateway.Gateway
+	log *slog.Logger
+}
+
+func (h *handler) list(w http.ResponseWriter, r *http.Request) {
+	out := []Volume{}
+	for _, v := range h.g.Volumes() {
+		out = append(out, view(v))
+	}
+	reply(w, http.StatusOK, out)
+}
+
+func (h *handler) create(w http.ResponseWriter, r *http.Request) {
+	var req CreateRequest
+	if err := decode(r, &req); err != nil {
+		h.fail(w, err)
+		return
+	}
+	v, err := h.g.CreateVolume(r.Context(), gateway.CreateOptions{
+		Tenant: req.Tenant, Name: req.Name, Kind: req.Kind, Size: req.Size,
+		ChunkSize: req.ChunkSize, ReadOnly: req.ReadOnly, Labels: req.Labels,
+	})
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	reply(w, http.StatusCreated, view(v))
+}
+
+func (h *handler) get(w http.ResponseWriter, r *http.Request) {
+	v, err := h.g.Volume(r.PathValue("tenant") + "/" + r.PathValue("name"))
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	reply(w, http.StatusOK, view(v))
+}
+
+func (h *handler) resize(w http.ResponseWriter, r *http.Request) {
+	ref := r.PathValue("tenant") + "/" + r.PathValue("name")
+	var req ResizeRequest
+	if err := decode(r, &req); err != nil {
+		h.fail(w, err)
+		return
+	}
+	if err := h.g.ResizeVolume(r.Context(), ref, req.Size); err != nil {
+		h.fail(w, err)
+		return
+	}
+	h.get(w, r)
+}
+
+func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
+	if err := h.g.DeleteVolume(r.Context(), r.PathValue("tenant")+"/"+r.PathValue("name")); err != nil {
+		h.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) stats(w http.ResponseWriter, r *http.Request) {
+	st := Stats{Pool: h.g.PoolStats(), Volumes: []VolumeStats{}}
+	for _, v := range h.g.Volumes() {
+		ops := v.Stats()
+		if ops == nil {
+			ops = []gateway.OpStats{}
+		}
+		st.Volumes = append(st.Volumes, VolumeStats{Volume: view(v), Ops: ops})
+	}
+	reply(w, http.StatusOK, st)
+}
+
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("request body: %w: %v", gateway.ErrInvalid, err)
+	}
+	return nil
+}
+
+func reply(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// fail is the API's one error-mapping place.
+func (h *handler) fail(w http.ResponseWriter, err error) {
+	status := httpStatus(err)
+	if status == http.StatusInternalServerError {
+		h.log.Error("admin API request failed", "err", err)
+	}
+	reply(w, status, Error{Error: err.Error()})
+}
+
+func httpStatus(err error) int {
+	switch {
+	case errors.Is(err, gateway.ErrInvalid), errors.Is(err, gateway.ErrOutOfRange):
+		return http.StatusBadRequest
+	case errors.Is(err, gateway.ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, gateway.ErrExists):
+		return http.StatusConflict
+	case errors.Is(err, gateway.ErrUnsupported):
+		return http.StatusNotImplemented
+	case errors.Is(err, gateway.ErrNoSpace):
+		return http.StatusInsufficientStorage
+	case errors.Is(err, gateway.ErrClosed):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}

@@ -1,0 +1,62 @@
+package gateway
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Collector exports the gateway's counters to Prometheus. It reads the
+// atomic counters at scrape time, so the IO path never touches Prometheus.
+type Collector struct{ g *Gateway }
+
+// NewCollector returns a Prometheus collector for g.
+func NewCollector(g *Gateway) *Collector { return &Collector{g: g} }
+
+var (
+	volLabels   = []string{"tenant", "volume", "door", "op"}
+	descOps     = prometheus.NewDesc("sluice_volume_ops_total", "Requests completed, by volume, door and operation.", volLabels, nil)
+	descBytes   = prometheus.NewDesc("sluice_volume_bytes_total", "Bytes moved by successful requests.", volLabels, nil)
+	descErrors  = prometheus.NewDesc("sluice_volume_errors_total", "Requests that failed.", volLabels, nil)
+	descLatency = prometheus.NewDesc("sluice_volume_latency_seconds", "Request latency inside the gateway.", volLabels, nil)
+	descSize    = prometheus.NewDesc("sluice_volume_size_bytes", "Volume size.", []string{"tenant", "volume"}, nil)
+	descAlloc   = prometheus.NewDesc("sluice_volume_allocated_bytes", "Pool space held by the volume's chunks.", []string{"tenant", "volume"}, nil)
+	descPool    = prometheus.NewDesc("sluice_pool_size_bytes", "Pool space available for chunks.", nil, nil)
+	descUsed    = prometheus.NewDesc("sluice_pool_used_bytes", "Pool space in use.", nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descOps, descBytes, descErrors, descLatency, descSize, descAlloc, descPool, descUsed} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	ps := c.g.PoolStats()
+	ch <- prometheus.MustNewConstMetric(descPool, prometheus.GaugeValue, float64(ps.Size))
+	ch <- prometheus.MustNewConstMetric(descUsed, prometheus.GaugeValue, float64(ps.Used))
+	for _, v := range c.g.Volumes() {
+		info := v.Info()
+		ref := info.Ref()
+		ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(info.Size), info.Tenant, ref)
+		ch <- prometheus.MustNewConstMetric(descAlloc, prometheus.GaugeValue, float64(v.AllocatedBytes()), info.Tenant, ref)
+		for d := Door(0); d < numDoors; d++ {
+			for op := Op(0); op < numOps; op++ {
+				oc := &v.counters.byDoorOp[d][op]
+				n := oc.ops.Load()
+				if n == 0 {
+					continue
+				}
+				lv := []string{info.Tenant, ref, d.String(), op.String()}
+				ch <- prometheus.MustNewConstMetric(descOps, prometheus.CounterValue, float64(n), lv...)
+				ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(oc.bytes.Load()), lv...)
+				ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(oc.errors.Load()), lv...)
+				buckets := make(map[float64]uint64, len(latencyBuckets))
+				var cum uint64
+				for i, ub := range latencyBuckets {
+					cum += oc.buckets[i].Load()
+					buckets[ub] = cum
+				}
+				ch <- prometheus.MustNewConstHistogram(descLatency, n, float64(oc.nanos.Load())/1e9, buckets, lv...)
+			}
+		}
+	}
+}

@@ -1,0 +1,83 @@
+package gateway
+
+import (
+	"fmt"
+
+	"github.com/sluice-storage/sluice/gateway/store"
+)
+
+// Op is what a request asks the volume to do.
+type Op uint8
+
+// The operations every door maps its protocol onto.
+const (
+	OpRead Op = iota
+	OpWrite
+	OpFlush
+	OpDiscard     // unmap: the range reads as zeros afterwards and its space may return to the pool
+	OpWriteZeroes // the range reads as zeros; whole chunks are unmapped unless NoHole
+	numOps
+)
+
+var opNames = [numOps]string{"read", "write", "flush", "discard", "write_zeroes"}
+
+func (o Op) String() string {
+	if o < numOps {
+		return opNames[o]
+	}
+	return fmt.Sprintf("op(%d)", uint8(o))
+}
+
+// Door says which front end a request came through; it labels counters.
+type Door uint8
+
+// The doors of DESIGN.md, plus Internal for the gateway's own IO (scrub, tests).
+const (
+	DoorInternal Door = iota
+	DoorNBD
+	DoorFUSE
+	DoorVirtio
+	DoorShim
+	numDoors
+)
+
+var doorNames = [numDoors]string{"internal", "nbd", "fuse", "virtio", "shim"}
+
+func (d Door) String() string {
+	if d < numDoors {
+		return doorNames[d]
+	}
+	return fmt.Sprintf("door(%d)", uint8(d))
+}
+
+// Request is the one request type every door hands to Volume.Do.
+//
+// For OpRead, Buf receives Length = len(Buf) bytes at Offset. For OpWrite, Buf
+// holds the bytes to write. For OpDiscard and OpWriteZeroes, Length gives the
+// range and Buf is unused. OpFlush ignores Offset and Length: it makes every
+// write acknowledged before it durable, on every connection to the volume.
+type Request struct {
+	Op     Op
+	Inode  uint64 // 0 for block volumes
+	Offset int64
+	Length int64 // for OpDiscard and OpWriteZeroes; reads and writes use len(Buf)
+	Buf    []byte
+	FUA    bool // write: durable before Do returns
+	NoHole bool // write-zeroes: keep the range allocated (no unmap)
+	Door   Door
+	Path   string // fs volumes: the file's path, for rules that target files
+}
+
+// Errors a door maps to its protocol's codes (see each door's errno
+// function). They are the store's sentinels; test with errors.Is.
+var (
+	ErrNotFound    = store.ErrNotFound
+	ErrExists      = store.ErrExists
+	ErrInvalid     = store.ErrInvalid
+	ErrOutOfRange  = store.ErrOutOfRange // read or discard past the end
+	ErrNoSpace     = store.ErrNoSpace    // pool full, or write past the end
+	ErrReadOnly    = store.ErrReadOnly
+	ErrIO          = store.ErrIO
+	ErrClosed      = store.ErrClosed
+	ErrUnsupported = store.ErrUnsupported
+)

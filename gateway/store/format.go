@@ -1,0 +1,134 @@
+package store
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// Metadata key layout (docs/FORMAT.md is the spec; keep them in step).
+// One-byte prefixes, big-endian integers, so that a prefix scan walks a
+// volume's chunks in order.
+const (
+	prefixHeader  = 'h' // 'h' → header JSON
+	prefixName    = 'n' // 'n' tenant 0x00 name → volume id (8 bytes BE)
+	prefixVolume  = 'v' // 'v' id → volume record JSON
+	prefixChunk   = 'c' // 'c' id inode index → chunk entry
+	prefixCounter = 's' // 's' name → uint64 BE
+)
+
+// FormatVersion is the on-disk format this code writes. Stores of a newer
+// version are refused; older versions are read (there are none yet).
+const FormatVersion = 1
+
+// Device layout: the first superblockSize bytes hold the superblock; chunk
+// extents start at dataStart.
+const (
+	superblockSize  = 4096
+	dataStart       = 1 << 20
+	superblockMagic = "SLUICEPOOL\x00\x01"
+)
+
+func headerKey() []byte { return []byte{prefixHeader} }
+
+func nameKey(tenant, name string) []byte {
+	k := make([]byte, 0, 2+len(tenant)+len(name))
+	k = append(k, prefixName)
+	k = append(k, tenant...)
+	k = append(k, 0)
+	return append(k, name...)
+}
+
+func volumeKey(id uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{prefixVolume}, id)
+}
+
+func counterKey(name string) []byte { return append([]byte{prefixCounter}, name...) }
+
+// chunkPrefix is the key prefix of every chunk of one volume and inode.
+func chunkPrefix(id, inode uint64) []byte {
+	k := make([]byte, 17, 25)
+	k[0] = prefixChunk
+	binary.BigEndian.PutUint64(k[1:], id)
+	binary.BigEndian.PutUint64(k[9:], inode)
+	return k
+}
+
+func chunkKey(id, inode, index uint64) []byte {
+	return binary.BigEndian.AppendUint64(chunkPrefix(id, inode), index)
+}
+
+func parseChunkKey(k []byte) (id, inode, index uint64, ok bool) {
+	if len(k) != 25 || k[0] != prefixChunk {
+		return 0, 0, 0, false
+	}
+	return binary.BigEndian.Uint64(k[1:]), binary.BigEndian.Uint64(k[9:]), binary.BigEndian.Uint64(k[17:]), true
+}
+
+// chunkEntry is one chunk map value: where the chunk's bytes are on the
+// device and how they were stored. Version 1 layout, 24 bytes:
+//
+//	0      version (1)
+//	1      flags (0: plain chunk, stored as-is)
+//	2..3   reserved, zero
+//	4..7   stored length (bytes on the device)
+//	8..15  device offset
+//	16..19 checksum of the stored bytes (0 when no checksum filter ran)
+//	20..23 reserved, zero
+//
+// Filter records (issue: filters) extend this after byte 24.
+type chunkEntry struct {
+	flags     uint8
+	storedLen uint32
+	devOff    int64
+	checksum  uint32
+}
+
+const chunkEntryLen = 24
+
+func (e chunkEntry) encode() []byte {
+	b := make([]byte, chunkEntryLen)
+	b[0] = 1
+	b[1] = e.flags
+	binary.BigEndian.PutUint32(b[4:], e.storedLen)
+	binary.BigEndian.PutUint64(b[8:], uint64(e.devOff))
+	binary.BigEndian.PutUint32(b[16:], e.checksum)
+	return b
+}
+
+func decodeChunkEntry(b []byte) (chunkEntry, error) {
+	if len(b) < chunkEntryLen || b[0] != 1 {
+		return chunkEntry{}, fmt.Errorf("chunk entry: bad version or length %d: %w", len(b), ErrIO)
+	}
+	return chunkEntry{
+		flags:     b[1],
+		storedLen: binary.BigEndian.Uint32(b[4:]),
+		devOff:    int64(binary.BigEndian.Uint64(b[8:])),
+		checksum:  binary.BigEndian.Uint32(b[16:]),
+	}, nil
+}
+
+// header is the store's identity, in badger under 'h' and mirrored in the
+// device superblock, so metadata is never opened against the wrong device.
+type header struct {
+	Format     int    `json:"format"`
+	UUID       string `json:"uuid"`
+	DeviceSize int64  `json:"device_size"`
+	DataStart  int64  `json:"data_start"`
+	UnitSize   int64  `json:"unit_size"`
+}
+
+// superblock bytes: magic (12) | format uint32 | uuid (36 ASCII) | zero pad.
+func encodeSuperblock(h header) []byte {
+	b := make([]byte, superblockSize)
+	copy(b, superblockMagic)
+	binary.BigEndian.PutUint32(b[12:], uint32(h.Format))
+	copy(b[16:52], h.UUID)
+	return b
+}
+
+func decodeSuperblock(b []byte) (uuid string, format int, ok bool) {
+	if len(b) < 52 || string(b[:12]) != superblockMagic {
+		return "", 0, false
+	}
+	return string(b[16:52]), int(binary.BigEndian.Uint32(b[12:])), true
+}

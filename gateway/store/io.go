@@ -1,0 +1,406 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"math/bits"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Extent is one run of a volume's address space (see Volume.Extents).
+type Extent struct {
+	Offset int64 `json:"offset"`
+	Length int64 `json:"length"`
+	Hole   bool  `json:"hole"` // unallocated: reads as zeros, holds no pool space
+}
+
+// syncWriter is a device that can make one write durable by itself.
+type syncWriter interface {
+	WriteAtSync(p []byte, off int64) (int, error)
+}
+
+// window is a run of at most numStripes consecutive chunks with their
+// stripes locked. Locking whole windows in ascending stripe order keeps
+// multi-chunk requests deadlock-free.
+type window struct {
+	first, n int64 // chunk indexes [first, first+n)
+	mask     uint64
+}
+
+func (v *Volume) window(off, length int64) window {
+	first := off >> v.chunkBits
+	last := (off + length - 1) >> v.chunkBits
+	n := min(last-first+1, numStripes)
+	var mask uint64
+	if n == numStripes {
+		mask = ^uint64(0)
+	} else {
+		mask = (uint64(1)<<n - 1) << (first % numStripes)
+		mask |= (uint64(1)<<n - 1) >> (numStripes - first%numStripes) // wrap-around
+	}
+	return window{first: first, n: n, mask: mask}
+}
+
+func (v *Volume) rlock(mask uint64) {
+	for m := mask; m != 0; m &= m - 1 {
+		v.stripes[bits.TrailingZeros64(m)].RLock()
+	}
+}
+
+func (v *Volume) runlock(mask uint64) {
+	for m := mask; m != 0; m &= m - 1 {
+		v.stripes[bits.TrailingZeros64(m)].RUnlock()
+	}
+}
+
+func (v *Volume) lock(mask uint64) {
+	for m := mask; m != 0; m &= m - 1 {
+		v.stripes[bits.TrailingZeros64(m)].Lock()
+	}
+}
+
+func (v *Volume) unlock(mask uint64) {
+	for m := mask; m != 0; m &= m - 1 {
+		v.stripes[bits.TrailingZeros64(m)].Unlock()
+	}
+}
+
+func (v *Volume) checkRange(inode uint64, off, length int64, pastEnd error) error {
+	if inode != 0 {
+		return fmt.Errorf("volume %s: inode %d: %w (block volumes have inode 0 only)", v.info.Ref(), inode, ErrUnsupported)
+	}
+	size := v.size.Load()
+	if off < 0 || length < 0 || off > size || length > size-off {
+		return fmt.Errorf("volume %s: offset %d length %d beyond size %d: %w", v.info.Ref(), off, length, size, pastEnd)
+	}
+	return nil
+}
+
+// ReadAt fills p from the volume at off. Unallocated chunks read as zeros.
+func (v *Volume) ReadAt(ctx context.Context, inode uint64, p []byte, off int64) error {
+	if err := v.checkRange(inode, off, int64(len(p)), ErrOutOfRange); err != nil {
+		return err
+	}
+	for len(p) > 0 {
+		w := v.window(off, int64(len(p)))
+		v.rlock(w.mask)
+		n, err := v.readWindow(w, p, off)
+		v.runlock(w.mask)
+		if err != nil {
+			return err
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
+}
+
+// readWindow reads what of p falls in w, coalescing chunks that are adjacent
+// on the device into one device read. Stripes of w are read-locked.
+func (v *Volume) readWindow(w window, p []byte, off int64) (int, error) {
+	if v.deleted {
+		return 0, fmt.Errorf("volume %s: %w", v.info.Ref(), ErrNotFound)
+	}
+	t := v.table.Load()
+	done := 0
+	for idx := w.first; idx < w.first+w.n && done < len(p); {
+		in := (off + int64(done)) & (v.chunkSize - 1)
+		dev := t.offs[idx].Load()
+		// Extend the run while the next chunk continues it on the device
+		// (or is also a hole).
+		runLen := min(int64(len(p)-done), v.chunkSize-in)
+		next := idx + 1
+		for next < w.first+w.n && int64(done)+runLen < int64(len(p)) {
+			nd := t.offs[next].Load()
+			if (dev == 0) != (nd == 0) || (dev != 0 && nd != dev+(next-idx)*v.chunkSize) {
+				break
+			}
+			runLen += min(int64(len(p)-done)-runLen, v.chunkSize)
+			next++
+		}
+		buf := p[done : done+int(runLen)]
+		if dev == 0 {
+			clear(buf)
+		} else if _, err := v.s.dev.ReadAt(buf, dev+in); err != nil {
+			v.s.log.Error("device read failed", "volume", v.info.Ref(), "offset", off+int64(done), "err", err)
+			return done, fmt.Errorf("%w: %w", ErrIO, err)
+		}
+		done += int(runLen)
+		idx = next
+	}
+	return done, nil
+}
+
+// WriteAt writes p to the volume at off. With fua, the data is durable when
+// WriteAt returns.
+func (v *Volume) WriteAt(ctx context.Context, inode uint64, p []byte, off int64, fua bool) error {
+	if err := v.checkRange(inode, off, int64(len(p)), ErrNoSpace); err != nil {
+		return err
+	}
+	if v.info.ReadOnly {
+		return fmt.Errorf("volume %s: %w", v.info.Ref(), ErrReadOnly)
+	}
+	allocated := false
+	for len(p) > 0 {
+		w := v.window(off, int64(len(p)))
+		v.rlock(w.mask)
+		n, holeAt, err := v.writeWindow(w, p, off, fua)
+		v.runlock(w.mask)
+		if err != nil {
+			return err
+		}
+		p, off = p[n:], off+int64(n)
+		if holeAt {
+			// The next chunk is unallocated: allocate it under its stripe's
+			// write lock, one chunk at a time.
+			n, err := v.writeNewChunk(p, off)
+			if err != nil {
+				return err
+			}
+			p, off = p[n:], off+int64(n)
+			allocated = true
+		}
+	}
+	if fua && allocated {
+		return v.s.Flush(ctx)
+	}
+	return nil
+}
+
+// writeWindow writes in place into allocated chunks of w until it meets a
+// hole; it reports how many bytes it wrote and whether it stopped at a hole.
+func (v *Volume) writeWindow(w window, p []byte, off int64, fua bool) (int, bool, error) {
+	if v.deleted {
+		return 0, false, fmt.Errorf("volume %s: %w", v.info.Ref(), ErrNotFound)
+	}
+	t := v.table.Load()
+	done := 0
+	for idx := w.first; idx < w.first+w.n && done < len(p); {
+		in := (off + int64(done)) & (v.chunkSize - 1)
+		dev := t.offs[idx].Load()
+		if dev == 0 {
+			return done, true, nil
+		}
+		runLen := min(int64(len(p)-done), v.chunkSize-in)
+		next := idx + 1
+		for next < w.first+w.n && int64(done)+runLen < int64(len(p)) && t.offs[next].Load() == dev+(next-idx)*v.chunkSize {
+			runLen += min(int64(len(p)-done)-runLen, v.chunkSize)
+			next++
+		}
+		if err := v.devWrite(p[done:done+int(runLen)], dev+in, fua); err != nil {
+			v.s.log.Error("device write failed", "volume", v.info.Ref(), "offset", off+int64(done), "err", err)
+			return done, false, fmt.Errorf("%w: %w", ErrIO, err)
+		}
+		done += int(runLen)
+		idx = next
+	}
+	return done, false, nil
+}
+
+func (v *Volume) devWrite(p []byte, off int64, fua bool) error {
+	if fua {
+		if sw, ok := v.s.dev.(syncWriter); ok {
+			_, err := sw.WriteAtSync(p, off)
+			return err
+		}
+		if _, err := v.s.dev.WriteAt(p, off); err != nil {
+			return err
+		}
+		return v.s.dev.Flush()
+	}
+	_, err := v.s.dev.WriteAt(p, off)
+	return err
+}
+
+// writeNewChunk writes the part of p that falls in the chunk at off,
+// allocating the chunk if it is still a hole: data first, then the map entry.
+func (v *Volume) writeNewChunk(p []byte, off int64) (int, error) {
+	idx := off >> v.chunkBits
+	in := off & (v.chunkSize - 1)
+	n := min(int64(len(p)), v.chunkSize-in)
+	stripe := &v.stripes[idx%numStripes]
+	stripe.Lock()
+	defer stripe.Unlock()
+	if v.deleted {
+		return 0, fmt.Errorf("volume %s: %w", v.info.Ref(), ErrNotFound)
+	}
+	t := v.table.Load()
+	if dev := t.offs[idx].Load(); dev != 0 { // another writer got here first
+		if err := v.devWrite(p[:n], dev+in, false); err != nil {
+			return 0, fmt.Errorf("%w: %w", ErrIO, err)
+		}
+		return int(n), nil
+	}
+	dev, err := v.s.alloc.alloc(v.chunkSize)
+	if err != nil {
+		return 0, fmt.Errorf("volume %s: %w", v.info.Ref(), err)
+	}
+	if !v.s.dev.DiscardZeroes() && n != v.chunkSize {
+		// Free space may hold old bytes: zero the whole extent first.
+		if _, err := v.s.dev.WriteAt(v.s.zeros[:v.chunkSize], dev); err != nil {
+			v.s.alloc.free(dev, v.chunkSize)
+			return 0, fmt.Errorf("%w: %w", ErrIO, err)
+		}
+	}
+	if _, err := v.s.dev.WriteAt(p[:n], dev+in); err != nil {
+		v.s.alloc.free(dev, v.chunkSize)
+		v.s.log.Error("device write failed", "volume", v.info.Ref(), "offset", off, "err", err)
+		return 0, fmt.Errorf("%w: %w", ErrIO, err)
+	}
+	e := chunkEntry{storedLen: uint32(v.chunkSize), devOff: dev}
+	err = v.s.db.Update(func(txn *badger.Txn) error {
+		return txn.Set(chunkKey(v.info.ID, 0, uint64(idx)), e.encode())
+	})
+	if err != nil {
+		v.s.alloc.free(dev, v.chunkSize) // no committed entry points at it
+		v.s.log.Error("chunk map commit failed", "volume", v.info.Ref(), "chunk", idx, "err", err)
+		return 0, fmt.Errorf("%w: commit chunk map: %w", ErrIO, err)
+	}
+	t.offs[idx].Store(dev)
+	v.allocated.Add(1)
+	return int(n), nil
+}
+
+// Discard unmaps the range: whole chunks return to the pool (after the next
+// durable commit), partial chunks are zeroed in place. The range reads as
+// zeros afterwards.
+func (v *Volume) Discard(ctx context.Context, inode uint64, off, length int64) error {
+	if err := v.checkRange(inode, off, length, ErrOutOfRange); err != nil {
+		return err
+	}
+	if v.info.ReadOnly {
+		return fmt.Errorf("volume %s: %w", v.info.Ref(), ErrReadOnly)
+	}
+	for length > 0 {
+		w := v.window(off, length)
+		v.lock(w.mask)
+		n, err := v.discardWindow(w, off, length)
+		v.unlock(w.mask)
+		if err != nil {
+			return err
+		}
+		off, length = off+n, length-n
+	}
+	return nil
+}
+
+// discardWindow handles the part of [off, off+length) in w, with w's stripes
+// write-locked: one metadata transaction for the window's whole chunks.
+func (v *Volume) discardWindow(w window, off, length int64) (int64, error) {
+	if v.deleted {
+		return 0, fmt.Errorf("volume %s: %w", v.info.Ref(), ErrNotFound)
+	}
+	t := v.table.Load()
+	var freed []extent
+	var unmapped []int64
+	done := int64(0)
+	for idx := w.first; idx < w.first+w.n && done < length; idx++ {
+		in := (off + done) & (v.chunkSize - 1)
+		n := min(length-done, v.chunkSize-in)
+		done += n
+		dev := t.offs[idx].Load()
+		if dev == 0 {
+			continue
+		}
+		if n == v.chunkSize {
+			freed = append(freed, extent{dev, v.chunkSize})
+			unmapped = append(unmapped, idx)
+			continue
+		}
+		if err := v.zeroDevice(dev+in, n); err != nil {
+			return 0, err
+		}
+	}
+	if len(unmapped) == 0 {
+		return done, nil
+	}
+	// Discard the extents first (a crash before the commit leaves entries
+	// pointing at zeros, which is what a discard promises), then commit.
+	for _, e := range freed {
+		if err := v.zeroDevice(e.off, e.length); err != nil {
+			return 0, err
+		}
+	}
+	err := v.s.db.Update(func(txn *badger.Txn) error {
+		for _, idx := range unmapped {
+			if err := txn.Delete(chunkKey(v.info.ID, 0, uint64(idx))); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		v.s.log.Error("chunk map commit failed", "volume", v.info.Ref(), "err", err)
+		return 0, fmt.Errorf("%w: commit unmap: %w", ErrIO, err)
+	}
+	for _, idx := range unmapped {
+		t.offs[idx].Store(0)
+	}
+	v.allocated.Add(-int64(len(unmapped)))
+	v.s.alloc.deferFree(freed)
+	return done, nil
+}
+
+// zeroDevice makes a device range read as zeros.
+func (v *Volume) zeroDevice(off, length int64) error {
+	var err error
+	if v.s.dev.DiscardZeroes() {
+		err = v.s.dev.Discard(off, length)
+	} else {
+		for err == nil && length > 0 {
+			n := min(length, int64(len(v.s.zeros)))
+			_, err = v.s.dev.WriteAt(v.s.zeros[:n], off)
+			off, length = off+n, length-n
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("%w: zero device range: %w", ErrIO, err)
+	}
+	return nil
+}
+
+// WriteZeroes makes the range read as zeros. Without noHole it unmaps whole
+// chunks like Discard; with noHole it writes zeros and keeps (or allocates)
+// every chunk, so later writes cannot fail for lack of space.
+func (v *Volume) WriteZeroes(ctx context.Context, inode uint64, off, length int64, noHole bool) error {
+	if !noHole {
+		if err := v.checkRange(inode, off, length, ErrNoSpace); err != nil {
+			return err
+		}
+		return v.Discard(ctx, inode, off, length)
+	}
+	for length > 0 {
+		n := min(length, v.chunkSize-(off&(v.chunkSize-1)))
+		if err := v.WriteAt(ctx, inode, v.s.zeros[:n], off, false); err != nil {
+			return err
+		}
+		off, length = off+n, length-n
+	}
+	return nil
+}
+
+// Flush makes every completed write durable (for every volume of the store).
+func (v *Volume) Flush(ctx context.Context) error { return v.s.Flush(ctx) }
+
+// Extents describes [off, off+length) as runs of data and holes, from the
+// chunk map. Runs are merged; the last one is clipped to the range.
+func (v *Volume) Extents(ctx context.Context, inode uint64, off, length int64) ([]Extent, error) {
+	if err := v.checkRange(inode, off, length, ErrOutOfRange); err != nil {
+		return nil, err
+	}
+	t := v.table.Load()
+	var out []Extent
+	end := off + length
+	for pos := off; pos < end; {
+		idx := pos >> v.chunkBits
+		n := min(end-pos, (idx+1)<<v.chunkBits-pos)
+		hole := t.offs[idx].Load() == 0
+		if k := len(out) - 1; k >= 0 && out[k].Hole == hole {
+			out[k].Length += n
+		} else {
+			out = append(out, Extent{Offset: pos, Length: n, Hole: hole})
+		}
+		pos += n
+	}
+	return out, nil
+}

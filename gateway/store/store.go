@@ -1,0 +1,423 @@
+// Package store keeps volumes and their chunks on one Device, with metadata
+// in one badger database. It is the truth of where every byte lives.
+//
+// # Model
+//
+// A volume (tenant/name, kind, size, chunk size) is an array of chunks. The
+// chunk map — (volume, inode, chunk index) → device extent — is the only
+// record of allocation: free space is derived from it at start-up and kept in
+// memory. Chunks are allocated on first write (thin provisioning); a plain
+// chunk is then overwritten in place and later writes touch no metadata.
+// Reads of unallocated chunks return zeros without touching the device.
+//
+// # Ordering and durability
+//
+//   - Data reaches the device before the map entry that points at it is
+//     committed. A crash can therefore lose a new chunk's map entry (the write
+//     was not flushed yet) but never leave an entry pointing at garbage: the
+//     extent was written first, and free space is discarded (reads as zeros)
+//     at start-up and before reuse.
+//   - An extent freed by discard or delete is reused only after the commit
+//     that released it is durable (a metadata sync); until then it is held in
+//     a deferred list. A background loop syncs once a second while frees wait.
+//   - Flush = device flush, then metadata sync. A FUA write is durable when it
+//     returns: in place with RWF_DSYNC when the device offers it, otherwise by
+//     a full Flush.
+//
+// After a crash, every write acknowledged before a completed Flush is there.
+//
+// # Concurrency
+//
+// Each volume has 64 striped RWMutexes by chunk index. Reads and in-place
+// writes hold the read side of the stripes they touch (in ascending stripe
+// order, so they never deadlock); allocation and unmapping hold the write
+// side. Chunk lookups are atomic loads from an in-memory table (8 bytes per
+// chunk), so the hot path takes no global lock and does no metadata IO.
+//
+// The on-disk format is specified in docs/FORMAT.md.
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/device"
+)
+
+// Options configure a Store. The zero value is usable.
+type Options struct {
+	Logger *slog.Logger
+	// SyncInterval is how often deferred frees are made reusable by a
+	// metadata sync when nobody flushes. Default 1s.
+	SyncInterval time.Duration
+	// InMemoryMeta keeps metadata in memory only (tests).
+	InMemoryMeta bool
+}
+
+// Store is one pool: a device plus its metadata.
+type Store struct {
+	db    *badger.DB
+	dev   device.Device
+	alloc *allocator
+	log   *slog.Logger
+	zeros []byte // maxChunkSize zero bytes, never written
+
+	mu     sync.RWMutex
+	byID   map[uint64]*Volume
+	byName map[string]*Volume // "tenant/name"
+
+	syncMu sync.Mutex // one metadata sync + release at a time
+	stop   chan struct{}
+	done   chan struct{}
+	closed bool
+}
+
+// Open opens (or creates) the store whose metadata lives in metaDir and whose
+// data lives on dev. A new store writes a superblock to the device; an
+// existing one must find its own superblock there.
+func Open(ctx context.Context, metaDir string, dev device.Device, opts Options) (*Store, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.SyncInterval <= 0 {
+		opts.SyncInterval = time.Second
+	}
+	if dev.Size() < dataStart+maxChunkSize {
+		return nil, fmt.Errorf("store: device of %d bytes is too small (need at least %d): %w", dev.Size(), dataStart+maxChunkSize, ErrInvalid)
+	}
+	db, err := badger.Open(badgerOptions(metaDir, opts))
+	if err != nil {
+		return nil, fmt.Errorf("store: open metadata in %s: %w", metaDir, err)
+	}
+	s := &Store{
+		db: db, dev: dev, log: opts.Logger,
+		zeros: make([]byte, maxChunkSize),
+		byID:  make(map[uint64]*Volume), byName: make(map[string]*Volume),
+		stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	if err := s.load(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	go s.syncLoop(opts.SyncInterval)
+	return s, nil
+}
+
+func badgerOptions(dir string, opts Options) badger.Options {
+	o := badger.DefaultOptions(dir)
+	if opts.InMemoryMeta {
+		o = badger.DefaultOptions("").WithInMemory(true)
+	}
+	// Small footprint: metadata is a few bytes per chunk and the gateway
+	// must stay well under 200 MiB RSS.
+	return o.WithSyncWrites(false).
+		WithMemTableSize(16 << 20).
+		WithNumMemtables(2).
+		WithBlockCacheSize(16 << 20).
+		WithIndexCacheSize(8 << 20).
+		WithValueLogFileSize(64 << 20).
+		WithNumCompactors(2).
+		WithLogger(badgerLogger{opts.Logger}).
+		WithLoggingLevel(badger.WARNING)
+}
+
+// load checks the store's identity, then rebuilds volumes, chunk tables and
+// free space from the chunk maps, and finishes interrupted deletions.
+func (s *Store) load(ctx context.Context) error {
+	if err := s.checkIdentity(); err != nil {
+		return err
+	}
+	s.alloc = newAllocator(dataStart, s.dev.Size()-dataStart)
+	var deleting []*Volume
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixVolume}, PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var info VolumeInfo
+			if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, &info) }); err != nil {
+				return fmt.Errorf("volume record %x: %w", it.Item().Key(), err)
+			}
+			v := newVolume(s, info)
+			if info.State == stateDeleting {
+				deleting = append(deleting, v)
+			} else {
+				s.byID[info.ID] = v
+				s.byName[info.Ref()] = v
+			}
+			if err := s.loadChunks(txn, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: load: %w", err)
+	}
+	for _, v := range deleting {
+		s.log.Info("finishing interrupted volume delete", "volume", v.info.Ref())
+		if err := s.purge(ctx, v); err != nil {
+			return fmt.Errorf("store: finish deleting %s: %w", v.info.Ref(), err)
+		}
+	}
+	// Space no map entry points at may hold data a crash left behind
+	// (written, never committed). Discard it so new extents read as zeros.
+	if s.dev.DiscardZeroes() {
+		if err := s.alloc.freeRuns(s.dev.Discard); err != nil {
+			return fmt.Errorf("store: discard free space: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *Store) loadChunks(txn *badger.Txn, v *Volume) error {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.info.ID, 0), PrefetchValues: true})
+	defer it.Close()
+	t := v.table.Load()
+	for it.Rewind(); it.Valid(); it.Next() {
+		_, _, idx, ok := parseChunkKey(it.Item().Key())
+		if !ok {
+			continue
+		}
+		var e chunkEntry
+		err := it.Item().Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err })
+		if err != nil {
+			return err
+		}
+		switch {
+		case idx >= uint64(len(t.offs)):
+			s.log.Error("chunk past the end of its volume; ignored (run fsck)", "volume", v.info.Ref(), "chunk", idx)
+		case !s.alloc.contains(e.devOff, int64(e.storedLen)):
+			s.log.Error("chunk points outside the pool; treated as a hole (run fsck)", "volume", v.info.Ref(), "chunk", idx, "offset", e.devOff)
+		default:
+			if !s.alloc.mark(e.devOff, int64(e.storedLen)) {
+				s.log.Error("chunk shares space with another chunk (run fsck)", "volume", v.info.Ref(), "chunk", idx, "offset", e.devOff)
+			}
+			t.offs[idx].Store(e.devOff)
+			v.allocated.Add(1)
+		}
+	}
+	return nil
+}
+
+// checkIdentity creates the store on first use, or checks that metadata and
+// device belong together.
+func (s *Store) checkIdentity() error {
+	sb := make([]byte, superblockSize)
+	if _, err := s.dev.ReadAt(sb, 0); err != nil {
+		return fmt.Errorf("store: read superblock: %w", err)
+	}
+	devUUID, devFormat, devOK := decodeSuperblock(sb)
+	var h header
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(headerKey())
+		if err != nil {
+			return err
+		}
+		return item.Value(func(b []byte) error { return json.Unmarshal(b, &h) })
+	})
+	switch {
+	case errors.Is(err, badger.ErrKeyNotFound) && devOK:
+		return fmt.Errorf("store: device holds pool %s but the metadata directory is empty; refusing to reinitialise it (wrong --data-dir?)", devUUID)
+	case errors.Is(err, badger.ErrKeyNotFound):
+		return s.create()
+	case err != nil:
+		return fmt.Errorf("store: read header: %w", err)
+	}
+	if h.Format > FormatVersion || devFormat > FormatVersion {
+		return fmt.Errorf("store: format %d is newer than this sluice (%d); upgrade sluice", max(h.Format, devFormat), FormatVersion)
+	}
+	if !devOK || devUUID != h.UUID {
+		return fmt.Errorf("store: device does not belong to this metadata (want pool %s, device has %q); wrong --device?", h.UUID, devUUID)
+	}
+	if s.dev.Size() < h.DeviceSize {
+		return fmt.Errorf("store: device shrank from %d to %d bytes; refusing to open", h.DeviceSize, s.dev.Size())
+	}
+	if s.dev.Size() > h.DeviceSize {
+		s.log.Info("pool device grew", "from", h.DeviceSize, "to", s.dev.Size())
+		h.DeviceSize = s.dev.Size()
+		return s.putJSON(headerKey(), h)
+	}
+	return nil
+}
+
+func (s *Store) create() error {
+	var u [16]byte
+	if _, err := rand.Read(u[:]); err != nil {
+		return err
+	}
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	h := header{
+		Format:     FormatVersion,
+		UUID:       fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:]),
+		DeviceSize: s.dev.Size(),
+		DataStart:  dataStart,
+		UnitSize:   unitSize,
+	}
+	// Superblock first, durable, then the header that names it.
+	if _, err := s.dev.WriteAt(encodeSuperblock(h), 0); err != nil {
+		return fmt.Errorf("store: write superblock: %w", err)
+	}
+	if err := s.dev.Flush(); err != nil {
+		return err
+	}
+	s.log.Info("created pool", "uuid", h.UUID, "size", h.DeviceSize)
+	return s.putJSON(headerKey(), h)
+}
+
+func (s *Store) putJSON(key []byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(key, b) }); err != nil {
+		return fmt.Errorf("store: commit: %w", err)
+	}
+	return s.db.Sync()
+}
+
+// Flush makes every completed write to every volume durable: device flush,
+// then metadata sync (which also lets deferred frees be reused).
+func (s *Store) Flush(ctx context.Context) error {
+	if err := s.dev.Flush(); err != nil {
+		return fmt.Errorf("%w: %w", ErrIO, err)
+	}
+	return s.syncMeta()
+}
+
+// syncMeta makes committed metadata durable and releases the extents whose
+// frees were committed before the sync began.
+func (s *Store) syncMeta() error {
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
+	freed := s.alloc.takeDeferred()
+	if err := s.db.Sync(); err != nil {
+		s.alloc.deferFree(freed)
+		return fmt.Errorf("%w: metadata sync: %w", ErrIO, err)
+	}
+	s.alloc.release(freed)
+	return nil
+}
+
+func (s *Store) syncLoop(every time.Duration) {
+	defer close(s.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			if s.alloc.pendingFrees() > 0 {
+				if err := s.syncMeta(); err != nil {
+					s.log.Error("background metadata sync failed", "err", err)
+				}
+			}
+		}
+	}
+}
+
+// Close flushes and closes the store. Volumes must not be used afterwards.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	close(s.stop)
+	<-s.done
+	err := s.Flush(context.Background())
+	if cerr := s.db.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// PoolStats describes the pool as a whole.
+type PoolStats struct {
+	UUID      string `json:"uuid"`
+	Size      int64  `json:"size"`        // bytes available for chunks
+	Used      int64  `json:"used"`        // bytes held by chunks (and frees not yet durable)
+	Volumes   int    `json:"volumes"`     // live volumes
+	Provision int64  `json:"provisioned"` // sum of volume sizes (may exceed Size: thin)
+}
+
+// Stats reports pool usage.
+func (s *Store) Stats() PoolStats {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	st := PoolStats{Size: s.alloc.units * unitSize, Used: s.alloc.usedBytes(), Volumes: len(s.byID)}
+	for _, v := range s.byID {
+		st.Provision += v.Size()
+	}
+	sb := make([]byte, 52)
+	if _, err := s.dev.ReadAt(sb, 0); err == nil {
+		st.UUID, _, _ = decodeSuperblock(sb)
+	}
+	return st
+}
+
+// nextID allocates a volume id inside txn.
+func nextID(txn *badger.Txn) (uint64, error) {
+	var id uint64
+	item, err := txn.Get(counterKey("volume_id"))
+	switch {
+	case errors.Is(err, badger.ErrKeyNotFound):
+	case err != nil:
+		return 0, err
+	default:
+		if err := item.Value(func(b []byte) error { id = binary.BigEndian.Uint64(b); return nil }); err != nil {
+			return 0, err
+		}
+	}
+	id++
+	return id, txn.Set(counterKey("volume_id"), binary.BigEndian.AppendUint64(nil, id))
+}
+
+// Volumes lists live volumes sorted by tenant/name.
+func (s *Store) Volumes() []*Volume {
+	s.mu.RLock()
+	vs := make([]*Volume, 0, len(s.byName))
+	for _, v := range s.byName {
+		vs = append(vs, v)
+	}
+	s.mu.RUnlock()
+	sort.Slice(vs, func(i, j int) bool { return vs[i].info.Ref() < vs[j].info.Ref() })
+	return vs
+}
+
+// Volume finds a volume by tenant and name.
+func (s *Store) Volume(tenant, name string) (*Volume, error) {
+	s.mu.RLock()
+	v := s.byName[tenant+"/"+name]
+	s.mu.RUnlock()
+	if v == nil {
+		return nil, fmt.Errorf("volume %s/%s: %w", tenant, name, ErrNotFound)
+	}
+	return v, nil
+}
+
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any) {
+	b.l.Error(fmt.Sprintf(f, a...), "component", "badger")
+}
+func (b badgerLogger) Warningf(f string, a ...any) {
+	b.l.Warn(fmt.Sprintf(f, a...), "component", "badger")
+}
+func (b badgerLogger) Infof(f string, a ...any) {
+	b.l.Debug(fmt.Sprintf(f, a...), "component", "badger")
+}
+func (b badgerLogger) Debugf(f string, a ...any) {}

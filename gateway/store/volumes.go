@@ -1,0 +1,322 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/bits"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Volume kinds.
+const (
+	KindBlock = "block"
+	KindFS    = "fs"
+)
+
+// Chunk size limits. Chunk sizes are powers of two.
+const (
+	DefaultChunkSize = 64 << 10
+	minChunkSize     = 4 << 10
+	maxChunkSize     = 4 << 20
+	// SizeAlign is the granularity of volume sizes.
+	SizeAlign = 4096
+)
+
+const stateDeleting = "deleting"
+
+// VolumeInfo is a volume's record, stored as JSON under 'v' id.
+type VolumeInfo struct {
+	ID        uint64            `json:"id"`
+	Tenant    string            `json:"tenant"`
+	Name      string            `json:"name"`
+	Kind      string            `json:"kind"`
+	Size      int64             `json:"size"`
+	ChunkSize int64             `json:"chunk_size"`
+	ReadOnly  bool              `json:"read_only,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Created   time.Time         `json:"created"`
+	State     string            `json:"state,omitempty"` // "" or "deleting"
+}
+
+// Ref is the volume's name everywhere after creation: "tenant/name".
+func (i VolumeInfo) Ref() string { return i.Tenant + "/" + i.Name }
+
+// CreateOptions describe a new volume.
+type CreateOptions struct {
+	Tenant, Name string
+	Kind         string // default KindBlock
+	Size         int64
+	ChunkSize    int64 // default DefaultChunkSize
+	ReadOnly     bool
+	Labels       map[string]string
+}
+
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// ValidName reports whether s is a valid tenant or volume name: 1-63
+// characters of letters, digits, '.', '_' and '-', starting with a letter or
+// digit.
+func ValidName(s string) bool { return namePattern.MatchString(s) }
+
+func (o *CreateOptions) validate() error {
+	if o.Kind == "" {
+		o.Kind = KindBlock
+	}
+	if o.ChunkSize == 0 {
+		o.ChunkSize = DefaultChunkSize
+	}
+	switch {
+	case !ValidName(o.Tenant):
+		return fmt.Errorf("tenant %q: %w: use 1-63 letters, digits, '.', '_' or '-'", o.Tenant, ErrInvalid)
+	case !ValidName(o.Name):
+		return fmt.Errorf("volume name %q: %w: use 1-63 letters, digits, '.', '_' or '-'", o.Name, ErrInvalid)
+	case o.Kind == KindFS:
+		return fmt.Errorf("kind %q: %w yet (block volumes only)", o.Kind, ErrUnsupported)
+	case o.Kind != KindBlock:
+		return fmt.Errorf("kind %q: %w: want %q", o.Kind, ErrInvalid, KindBlock)
+	case o.ChunkSize < minChunkSize || o.ChunkSize > maxChunkSize || bits.OnesCount64(uint64(o.ChunkSize)) != 1:
+		return fmt.Errorf("chunk size %d: %w: want a power of two from 4KiB to 4MiB", o.ChunkSize, ErrInvalid)
+	}
+	return validSize(o.Size)
+}
+
+func validSize(size int64) error {
+	switch {
+	case size <= 0:
+		return fmt.Errorf("size %d: %w: must be positive", size, ErrInvalid)
+	case size%SizeAlign != 0:
+		return fmt.Errorf("size %d: %w: must be a multiple of %d bytes", size, ErrInvalid, SizeAlign)
+	case size > 1<<50:
+		return fmt.Errorf("size %d: %w: larger than 1 PiB", size, ErrInvalid)
+	}
+	return nil
+}
+
+// CreateVolume creates a volume and makes its record durable.
+func (s *Store) CreateVolume(ctx context.Context, o CreateOptions) (*Volume, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	ref := o.Tenant + "/" + o.Name
+	if s.byName[ref] != nil {
+		return nil, fmt.Errorf("volume %s: %w", ref, ErrExists)
+	}
+	info := VolumeInfo{
+		Tenant: o.Tenant, Name: o.Name, Kind: o.Kind, Size: o.Size, ChunkSize: o.ChunkSize,
+		ReadOnly: o.ReadOnly, Labels: o.Labels, Created: time.Now().UTC().Truncate(time.Second),
+	}
+	err := s.db.Update(func(txn *badger.Txn) error {
+		if _, err := txn.Get(nameKey(o.Tenant, o.Name)); err == nil {
+			return fmt.Errorf("volume %s: %w", ref, ErrExists)
+		} else if !errors.Is(err, badger.ErrKeyNotFound) {
+			return err
+		}
+		id, err := nextID(txn)
+		if err != nil {
+			return err
+		}
+		info.ID = id
+		b, err := json.Marshal(info)
+		if err != nil {
+			return err
+		}
+		if err := txn.Set(volumeKey(id), b); err != nil {
+			return err
+		}
+		return txn.Set(nameKey(o.Tenant, o.Name), volumeKey(id)[1:])
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create volume %s: %w", ref, err)
+	}
+	if err := s.db.Sync(); err != nil {
+		return nil, fmt.Errorf("create volume %s: sync: %w", ref, err)
+	}
+	v := newVolume(s, info)
+	s.byID[info.ID] = v
+	s.byName[ref] = v
+	return v, nil
+}
+
+// ResizeVolume grows a volume. Shrinking is refused: it would silently drop
+// data a client wrote.
+func (s *Store) ResizeVolume(ctx context.Context, tenant, name string, size int64) error {
+	v, err := s.Volume(tenant, name)
+	if err != nil {
+		return err
+	}
+	if err := validSize(size); err != nil {
+		return err
+	}
+	v.lockAll()
+	defer v.unlockAll()
+	if v.deleted {
+		return fmt.Errorf("volume %s: %w", v.info.Ref(), ErrNotFound)
+	}
+	old := v.Info()
+	switch {
+	case size < old.Size:
+		return fmt.Errorf("volume %s: %w: cannot shrink from %d to %d bytes", old.Ref(), ErrInvalid, old.Size, size)
+	case size == old.Size:
+		return nil
+	}
+	info := old
+	info.Size = size
+	if err := s.putJSON(volumeKey(info.ID), info); err != nil {
+		return err
+	}
+	v.setInfo(info)
+	v.table.Store(v.table.Load().grown(numChunks(size, info.ChunkSize)))
+	return nil
+}
+
+// DeleteVolume deletes a volume; its space returns to the pool once the
+// deletion is durable. In-flight IO on it fails with ErrNotFound.
+func (s *Store) DeleteVolume(ctx context.Context, tenant, name string) error {
+	s.mu.Lock()
+	v := s.byName[tenant+"/"+name]
+	if v == nil {
+		s.mu.Unlock()
+		return fmt.Errorf("volume %s/%s: %w", tenant, name, ErrNotFound)
+	}
+	delete(s.byName, v.info.Ref())
+	delete(s.byID, v.info.ID)
+	s.mu.Unlock()
+
+	v.lockAll()
+	v.deleted = true
+	v.unlockAll()
+
+	// Step 1, durable: the name is free and the record says "deleting", so a
+	// crash from here on resumes the purge at start-up.
+	info := v.Info()
+	info.State = stateDeleting
+	b, _ := json.Marshal(info)
+	err := s.db.Update(func(txn *badger.Txn) error {
+		if err := txn.Delete(nameKey(info.Tenant, info.Name)); err != nil {
+			return err
+		}
+		return txn.Set(volumeKey(info.ID), b)
+	})
+	if err == nil {
+		err = s.db.Sync()
+	}
+	if err != nil {
+		return fmt.Errorf("delete volume %s: %w", info.Ref(), err)
+	}
+	return s.purge(ctx, v)
+}
+
+// purge removes a deleting volume's chunks in batches, then its record.
+func (s *Store) purge(ctx context.Context, v *Volume) error {
+	t := v.table.Load()
+	var freed []extent
+	for idx := range t.offs {
+		off := t.offs[idx].Load()
+		if off == 0 {
+			continue
+		}
+		freed = append(freed, extent{off, v.info.ChunkSize})
+	}
+	// Discard first: the bytes are going away, and a crash before the
+	// commits below leaves map entries pointing at zeros, never garbage.
+	for _, e := range freed {
+		if err := s.dev.Discard(e.off, e.length); err != nil {
+			s.log.Warn("discard of deleted volume's extent failed", "volume", v.info.Ref(), "err", err)
+		}
+	}
+	prefix := chunkPrefix(v.info.ID, 0)[:9] // every inode of the volume
+	if err := s.db.DropPrefix(prefix); err != nil {
+		return fmt.Errorf("drop chunks: %w", err)
+	}
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(volumeKey(v.info.ID)) }); err != nil {
+		return err
+	}
+	s.alloc.deferFree(freed)
+	return s.syncMeta()
+}
+
+// Volume is one volume of a store. Its methods are safe for concurrent use.
+type Volume struct {
+	s         *Store
+	chunkSize int64
+	chunkBits uint
+
+	infoMu sync.RWMutex
+	info   VolumeInfo
+	size   atomic.Int64
+
+	table     atomic.Pointer[chunkTable] // inode 0
+	allocated atomic.Int64               // mapped chunks
+	stripes   [numStripes]sync.RWMutex
+	deleted   bool // set under all stripes' write locks
+}
+
+const numStripes = 64
+
+type chunkTable struct {
+	offs []atomic.Int64 // device offset of each chunk; 0 = hole
+}
+
+func numChunks(size, chunkSize int64) int64 { return (size + chunkSize - 1) / chunkSize }
+
+func (t *chunkTable) grown(n int64) *chunkTable {
+	nt := &chunkTable{offs: make([]atomic.Int64, n)}
+	for i := range t.offs {
+		nt.offs[i].Store(t.offs[i].Load())
+	}
+	return nt
+}
+
+func newVolume(s *Store, info VolumeInfo) *Volume {
+	v := &Volume{s: s, info: info, chunkSize: info.ChunkSize, chunkBits: uint(bits.TrailingZeros64(uint64(info.ChunkSize)))}
+	v.size.Store(info.Size)
+	v.table.Store(&chunkTable{offs: make([]atomic.Int64, numChunks(info.Size, info.ChunkSize))})
+	return v
+}
+
+// Info returns a copy of the volume's record.
+func (v *Volume) Info() VolumeInfo {
+	v.infoMu.RLock()
+	defer v.infoMu.RUnlock()
+	return v.info
+}
+
+func (v *Volume) setInfo(i VolumeInfo) {
+	v.infoMu.Lock()
+	v.info = i
+	v.infoMu.Unlock()
+	v.size.Store(i.Size)
+}
+
+// Size is the volume's size in bytes.
+func (v *Volume) Size() int64 { return v.size.Load() }
+
+// ChunkSize is the volume's chunk size in bytes.
+func (v *Volume) ChunkSize() int64 { return v.chunkSize }
+
+// AllocatedBytes is the pool space the volume's chunks hold.
+func (v *Volume) AllocatedBytes() int64 { return v.allocated.Load() * v.chunkSize }
+
+func (v *Volume) lockAll() {
+	for i := range v.stripes {
+		v.stripes[i].Lock()
+	}
+}
+
+func (v *Volume) unlockAll() {
+	for i := range v.stripes {
+		v.stripes[i].Unlock()
+	}
+}

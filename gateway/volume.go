@@ -1,0 +1,97 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/sluice-storage/sluice/gateway/store"
+)
+
+// Extent is one run of a volume's address space.
+type Extent = store.Extent
+
+// VolumeInfo is a volume's record.
+type VolumeInfo = store.VolumeInfo
+
+// CreateOptions describe a new volume.
+type CreateOptions = store.CreateOptions
+
+// Volume is a volume as the doors see it: the store volume plus the request
+// pipeline and its counters.
+type Volume struct {
+	g  *Gateway
+	sv *store.Volume
+	// route is the classify step's cached result: nil means no rule matched
+	// and the request takes the fast path. Filled in by the queue and policy
+	// work; nothing sets it yet.
+	route    atomic.Pointer[route]
+	counters counters
+}
+
+// route is what classification yields for a volume: the queue that admits
+// its IO and the filter chain its chunks pass through.
+type route struct {
+	admit func(ctx context.Context, req *Request) error
+}
+
+func newVolume(g *Gateway, sv *store.Volume) *Volume { return &Volume{g: g, sv: sv} }
+
+// Ref is "tenant/name".
+func (v *Volume) Ref() string { return v.sv.Info().Ref() }
+
+// Info returns the volume's record.
+func (v *Volume) Info() VolumeInfo { return v.sv.Info() }
+
+// Size is the volume's current size in bytes.
+func (v *Volume) Size() int64 { return v.sv.Size() }
+
+// ReadOnly reports whether the volume refuses writes.
+func (v *Volume) ReadOnly() bool { return v.sv.Info().ReadOnly }
+
+// AllocatedBytes is the pool space the volume holds.
+func (v *Volume) AllocatedBytes() int64 { return v.sv.AllocatedBytes() }
+
+// Do runs one request through the pipeline (see the package doc).
+func (v *Volume) Do(ctx context.Context, req *Request) error {
+	start := time.Now()
+	// 1+2. classify and queue: only when a rule routes this volume.
+	if r := v.route.Load(); r != nil && r.admit != nil {
+		if err := r.admit(ctx, req); err != nil {
+			return err
+		}
+	}
+	// 3. store.
+	var err error
+	var n int64
+	switch req.Op {
+	case OpRead:
+		n = int64(len(req.Buf))
+		err = v.sv.ReadAt(ctx, req.Inode, req.Buf, req.Offset)
+	case OpWrite:
+		n = int64(len(req.Buf))
+		err = v.sv.WriteAt(ctx, req.Inode, req.Buf, req.Offset, req.FUA)
+	case OpFlush:
+		err = v.sv.Flush(ctx)
+	case OpDiscard:
+		n = req.Length
+		err = v.sv.Discard(ctx, req.Inode, req.Offset, req.Length)
+	case OpWriteZeroes:
+		n = req.Length
+		err = v.sv.WriteZeroes(ctx, req.Inode, req.Offset, req.Length, req.NoHole)
+		if err == nil && req.FUA {
+			err = v.sv.Flush(ctx)
+		}
+	default:
+		err = fmt.Errorf("op %v: %w", req.Op, ErrUnsupported)
+	}
+	// 4. account.
+	v.counters.record(req.Door, req.Op, n, time.Since(start), err)
+	return err
+}
+
+// Extents describes [off, off+length) of a block volume as data and holes.
+func (v *Volume) Extents(ctx context.Context, off, length int64) ([]Extent, error) {
+	return v.sv.Extents(ctx, 0, off, length)
+}
