@@ -61,6 +61,7 @@ func newApp() *cli.App {
 			volumeCommand(),
 			statsCommand(),
 		},
+		Action:         unknownSubcommand,
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints and exits
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return &exitError{exitUsage, err}
@@ -88,4 +89,13 @@ func newLogger(level string) (*slog.Logger, error) {
 		return nil, usageErr("--log-level %q: want debug, info, warn or error", level)
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+// unknownSubcommand is the action of a command that only has subcommands:
+// without arguments it shows help; with an unknown one it is a usage error.
+func unknownSubcommand(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usageErr("unknown command %q (see `%s --help`)", c.Args().First(), c.Command.HelpName)
+	}
+	return cli.ShowSubcommandHelp(c)
 }

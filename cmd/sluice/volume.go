@@ -11,8 +11,9 @@ import (
 
 func volumeCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "volume",
-		Usage: "create, list, inspect, resize and delete volumes",
+		Name:   "volume",
+		Usage:  "create, list, inspect, resize and delete volumes",
+		Action: unknownSubcommand,
 		Subcommands: []*cli.Command{
 			{
 				Name:      "create",

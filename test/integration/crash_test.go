@@ -50,7 +50,15 @@ func TestCrashKeepsFlushedData(t *testing.T) {
 		}
 		qemuIO(t, uri, cmds...)
 	}
-	if n := len(flushed); n != rounds {
-		t.Fatalf("checked %d rounds, want %d", n, rounds)
+	// The churn must really have been writing when the gateway died: the
+	// second half of the volume holds data that nobody flushed.
+	var flushedBytes int64
+	for _, f := range flushed {
+		flushedBytes += f.length
+	}
+	st := g.stats()
+	if st.Volumes[0].Allocated < flushedBytes+64*MiB {
+		t.Fatalf("volume holds %d bytes, barely more than the %d flushed: fio's writes never landed, so nothing was killed mid-write",
+			st.Volumes[0].Allocated, flushedBytes)
 	}
 }

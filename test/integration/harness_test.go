@@ -233,7 +233,18 @@ func run(t *testing.T, timeout time.Duration, name string, args ...string) strin
 // verification failure.
 func qemuIO(t *testing.T, uri string, cmds ...string) string {
 	t.Helper()
-	args := []string{"-f", "raw"}
+	return qemuIOWith(t, []string{"-f", "raw"}, uri, cmds...)
+}
+
+// qemuIOReadOnly opens the export read-only (qemu-io -r), as a read-only
+// export requires.
+func qemuIOReadOnly(t *testing.T, uri string, cmds ...string) string {
+	t.Helper()
+	return qemuIOWith(t, []string{"-r", "-f", "raw"}, uri, cmds...)
+}
+
+func qemuIOWith(t *testing.T, args []string, uri string, cmds ...string) string {
+	t.Helper()
 	for _, c := range cmds {
 		args = append(args, "-c", c)
 	}

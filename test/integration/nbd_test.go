@@ -25,7 +25,7 @@ func TestQemuIOPatterns(t *testing.T) {
 		"write -P 0xa1 0 1M",
 		"write -P 0xb2 1048577 4097",
 		"write -P 0xc3 65000 1000",
-		"write -F -P 0xd4 512M 128k",
+		"write -f -P 0xd4 512M 128k",
 		"flush",
 		"write -P 0xe5 900M 2M",
 		"write -z 900M 64k",
