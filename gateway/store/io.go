@@ -68,11 +68,11 @@ func (v *Volume) unlock(mask uint64) {
 
 func (v *Volume) checkRange(inode uint64, off, length int64, pastEnd error) error {
 	if inode != 0 {
-		return fmt.Errorf("volume %s: inode %d: %w (block volumes have inode 0 only)", v.info.Ref(), inode, ErrUnsupported)
+		return fmt.Errorf("volume %s: inode %d: %w (block volumes have inode 0 only)", v.ref, inode, ErrUnsupported)
 	}
 	size := v.size.Load()
 	if off < 0 || length < 0 || off > size || length > size-off {
-		return fmt.Errorf("volume %s: offset %d length %d beyond size %d: %w", v.info.Ref(), off, length, size, pastEnd)
+		return fmt.Errorf("volume %s: offset %d length %d beyond size %d: %w", v.ref, off, length, size, pastEnd)
 	}
 	return nil
 }
@@ -99,19 +99,19 @@ func (v *Volume) ReadAt(ctx context.Context, inode uint64, p []byte, off int64) 
 // on the device into one device read. Stripes of w are read-locked.
 func (v *Volume) readWindow(w window, p []byte, off int64) (int, error) {
 	if v.deleted {
-		return 0, fmt.Errorf("volume %s: %w", v.info.Ref(), ErrNotFound)
+		return 0, fmt.Errorf("volume %s: %w", v.ref, ErrNotFound)
 	}
 	t := v.table.Load()
 	done := 0
 	for idx := w.first; idx < w.first+w.n && done < len(p); {
 		in := (off + int64(done)) & (v.chunkSize - 1)
-		dev := t.offs[idx].Load()
+		dev := t.get(idx)
 		// Extend the run while the next chunk continues it on the device
 		// (or is also a hole).
 		runLen := min(int64(len(p)-done), v.chunkSize-in)
 		next := idx + 1
 		for next < w.first+w.n && int64(done)+runLen < int64(len(p)) {
-			nd := t.offs[next].Load()
+			nd := t.get(next)
 			if (dev == 0) != (nd == 0) || (dev != 0 && nd != dev+(next-idx)*v.chunkSize) {
 				break
 			}
@@ -122,7 +122,7 @@ func (v *Volume) readWindow(w window, p []byte, off int64) (int, error) {
 		if dev == 0 {
 			clear(buf)
 		} else if _, err := v.s.dev.ReadAt(buf, dev+in); err != nil {
-			v.s.log.Error("device read failed", "volume", v.info.Ref(), "offset", off+int64(done), "err", err)
+			v.s.log.Error("device read failed", "volume", v.ref, "offset", off+int64(done), "err", err)
 			return done, fmt.Errorf("%w: %w", ErrIO, err)
 		}
 		done += int(runLen)
@@ -137,8 +137,8 @@ func (v *Volume) WriteAt(ctx context.Context, inode uint64, p []byte, off int64,
 	if err := v.checkRange(inode, off, int64(len(p)), ErrNoSpace); err != nil {
 		return err
 	}
-	if v.info.ReadOnly {
-		return fmt.Errorf("volume %s: %w", v.info.Ref(), ErrReadOnly)
+	if v.readOnly {
+		return fmt.Errorf("volume %s: %w", v.ref, ErrReadOnly)
 	}
 	allocated := false
 	for len(p) > 0 {
@@ -171,24 +171,24 @@ func (v *Volume) WriteAt(ctx context.Context, inode uint64, p []byte, off int64,
 // hole; it reports how many bytes it wrote and whether it stopped at a hole.
 func (v *Volume) writeWindow(w window, p []byte, off int64, fua bool) (int, bool, error) {
 	if v.deleted {
-		return 0, false, fmt.Errorf("volume %s: %w", v.info.Ref(), ErrNotFound)
+		return 0, false, fmt.Errorf("volume %s: %w", v.ref, ErrNotFound)
 	}
 	t := v.table.Load()
 	done := 0
 	for idx := w.first; idx < w.first+w.n && done < len(p); {
 		in := (off + int64(done)) & (v.chunkSize - 1)
-		dev := t.offs[idx].Load()
+		dev := t.get(idx)
 		if dev == 0 {
 			return done, true, nil
 		}
 		runLen := min(int64(len(p)-done), v.chunkSize-in)
 		next := idx + 1
-		for next < w.first+w.n && int64(done)+runLen < int64(len(p)) && t.offs[next].Load() == dev+(next-idx)*v.chunkSize {
+		for next < w.first+w.n && int64(done)+runLen < int64(len(p)) && t.get(next) == dev+(next-idx)*v.chunkSize {
 			runLen += min(int64(len(p)-done)-runLen, v.chunkSize)
 			next++
 		}
 		if err := v.devWrite(p[done:done+int(runLen)], dev+in, fua); err != nil {
-			v.s.log.Error("device write failed", "volume", v.info.Ref(), "offset", off+int64(done), "err", err)
+			v.s.log.Error("device write failed", "volume", v.ref, "offset", off+int64(done), "err", err)
 			return done, false, fmt.Errorf("%w: %w", ErrIO, err)
 		}
 		done += int(runLen)
@@ -222,10 +222,10 @@ func (v *Volume) writeNewChunk(p []byte, off int64) (int, error) {
 	stripe.Lock()
 	defer stripe.Unlock()
 	if v.deleted {
-		return 0, fmt.Errorf("volume %s: %w", v.info.Ref(), ErrNotFound)
+		return 0, fmt.Errorf("volume %s: %w", v.ref, ErrNotFound)
 	}
 	t := v.table.Load()
-	if dev := t.offs[idx].Load(); dev != 0 { // another writer got here first
+	if dev := t.get(idx); dev != 0 { // another writer got here first
 		if err := v.devWrite(p[:n], dev+in, false); err != nil {
 			return 0, fmt.Errorf("%w: %w", ErrIO, err)
 		}
@@ -233,7 +233,7 @@ func (v *Volume) writeNewChunk(p []byte, off int64) (int, error) {
 	}
 	dev, err := v.s.alloc.alloc(v.chunkSize)
 	if err != nil {
-		return 0, fmt.Errorf("volume %s: %w", v.info.Ref(), err)
+		return 0, fmt.Errorf("volume %s: %w", v.ref, err)
 	}
 	if !v.s.dev.DiscardZeroes() && n != v.chunkSize {
 		// Free space may hold old bytes: zero the whole extent first.
@@ -244,19 +244,19 @@ func (v *Volume) writeNewChunk(p []byte, off int64) (int, error) {
 	}
 	if _, err := v.s.dev.WriteAt(p[:n], dev+in); err != nil {
 		v.s.alloc.free(dev, v.chunkSize)
-		v.s.log.Error("device write failed", "volume", v.info.Ref(), "offset", off, "err", err)
+		v.s.log.Error("device write failed", "volume", v.ref, "offset", off, "err", err)
 		return 0, fmt.Errorf("%w: %w", ErrIO, err)
 	}
 	e := chunkEntry{storedLen: uint32(v.chunkSize), devOff: dev}
 	err = v.s.db.Update(func(txn *badger.Txn) error {
-		return txn.Set(chunkKey(v.info.ID, 0, uint64(idx)), e.encode())
+		return txn.Set(chunkKey(v.id, 0, uint64(idx)), e.encode())
 	})
 	if err != nil {
 		v.s.alloc.free(dev, v.chunkSize) // no committed entry points at it
-		v.s.log.Error("chunk map commit failed", "volume", v.info.Ref(), "chunk", idx, "err", err)
+		v.s.log.Error("chunk map commit failed", "volume", v.ref, "chunk", idx, "err", err)
 		return 0, fmt.Errorf("%w: commit chunk map: %w", ErrIO, err)
 	}
-	t.offs[idx].Store(dev)
+	t.set(idx, dev)
 	v.allocated.Add(1)
 	return int(n), nil
 }
@@ -268,8 +268,8 @@ func (v *Volume) Discard(ctx context.Context, inode uint64, off, length int64) e
 	if err := v.checkRange(inode, off, length, ErrOutOfRange); err != nil {
 		return err
 	}
-	if v.info.ReadOnly {
-		return fmt.Errorf("volume %s: %w", v.info.Ref(), ErrReadOnly)
+	if v.readOnly {
+		return fmt.Errorf("volume %s: %w", v.ref, ErrReadOnly)
 	}
 	for length > 0 {
 		w := v.window(off, length)
@@ -288,7 +288,7 @@ func (v *Volume) Discard(ctx context.Context, inode uint64, off, length int64) e
 // write-locked: one metadata transaction for the window's whole chunks.
 func (v *Volume) discardWindow(w window, off, length int64) (int64, error) {
 	if v.deleted {
-		return 0, fmt.Errorf("volume %s: %w", v.info.Ref(), ErrNotFound)
+		return 0, fmt.Errorf("volume %s: %w", v.ref, ErrNotFound)
 	}
 	t := v.table.Load()
 	var freed []extent
@@ -298,7 +298,7 @@ func (v *Volume) discardWindow(w window, off, length int64) (int64, error) {
 		in := (off + done) & (v.chunkSize - 1)
 		n := min(length-done, v.chunkSize-in)
 		done += n
-		dev := t.offs[idx].Load()
+		dev := t.get(idx)
 		if dev == 0 {
 			continue
 		}
@@ -323,18 +323,18 @@ func (v *Volume) discardWindow(w window, off, length int64) (int64, error) {
 	}
 	err := v.s.db.Update(func(txn *badger.Txn) error {
 		for _, idx := range unmapped {
-			if err := txn.Delete(chunkKey(v.info.ID, 0, uint64(idx))); err != nil {
+			if err := txn.Delete(chunkKey(v.id, 0, uint64(idx))); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		v.s.log.Error("chunk map commit failed", "volume", v.info.Ref(), "err", err)
+		v.s.log.Error("chunk map commit failed", "volume", v.ref, "err", err)
 		return 0, fmt.Errorf("%w: commit unmap: %w", ErrIO, err)
 	}
 	for _, idx := range unmapped {
-		t.offs[idx].Store(0)
+		t.set(idx, 0)
 	}
 	v.allocated.Add(-int64(len(unmapped)))
 	v.s.alloc.deferFree(freed)
@@ -394,7 +394,7 @@ func (v *Volume) Extents(ctx context.Context, inode uint64, off, length int64) (
 	for pos := off; pos < end; {
 		idx := pos >> v.chunkBits
 		n := min(end-pos, (idx+1)<<v.chunkBits-pos)
-		hole := t.offs[idx].Load() == 0
+		hole := t.get(idx) == 0
 		if k := len(out) - 1; k >= 0 && out[k].Hole == hole {
 			out[k].Length += n
 		} else {

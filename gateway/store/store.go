@@ -71,6 +71,7 @@ type Store struct {
 	alloc *allocator
 	log   *slog.Logger
 	zeros []byte // maxChunkSize zero bytes, never written
+	uuid  string // the pool's identity
 
 	mu     sync.RWMutex
 	byID   map[uint64]*Volume
@@ -164,9 +165,9 @@ func (s *Store) load(ctx context.Context) error {
 		return fmt.Errorf("store: load: %w", err)
 	}
 	for _, v := range deleting {
-		s.log.Info("finishing interrupted volume delete", "volume", v.info.Ref())
+		s.log.Info("finishing interrupted volume delete", "volume", v.ref)
 		if err := s.purge(ctx, v); err != nil {
-			return fmt.Errorf("store: finish deleting %s: %w", v.info.Ref(), err)
+			return fmt.Errorf("store: finish deleting %s: %w", v.ref, err)
 		}
 	}
 	// Space no map entry points at may hold data a crash left behind
@@ -180,7 +181,7 @@ func (s *Store) load(ctx context.Context) error {
 }
 
 func (s *Store) loadChunks(txn *badger.Txn, v *Volume) error {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.info.ID, 0), PrefetchValues: true})
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.id, 0), PrefetchValues: true})
 	defer it.Close()
 	t := v.table.Load()
 	for it.Rewind(); it.Valid(); it.Next() {
@@ -194,15 +195,15 @@ func (s *Store) loadChunks(txn *badger.Txn, v *Volume) error {
 			return err
 		}
 		switch {
-		case idx >= uint64(len(t.offs)):
-			s.log.Error("chunk past the end of its volume; ignored (run fsck)", "volume", v.info.Ref(), "chunk", idx)
+		case idx >= uint64(t.n):
+			s.log.Error("chunk past the end of its volume; ignored (run fsck)", "volume", v.ref, "chunk", idx)
 		case !s.alloc.contains(e.devOff, int64(e.storedLen)):
-			s.log.Error("chunk points outside the pool; treated as a hole (run fsck)", "volume", v.info.Ref(), "chunk", idx, "offset", e.devOff)
+			s.log.Error("chunk points outside the pool; treated as a hole (run fsck)", "volume", v.ref, "chunk", idx, "offset", e.devOff)
 		default:
 			if !s.alloc.mark(e.devOff, int64(e.storedLen)) {
-				s.log.Error("chunk shares space with another chunk (run fsck)", "volume", v.info.Ref(), "chunk", idx, "offset", e.devOff)
+				s.log.Error("chunk shares space with another chunk (run fsck)", "volume", v.ref, "chunk", idx, "offset", e.devOff)
 			}
-			t.offs[idx].Store(e.devOff)
+			t.set(int64(idx), e.devOff)
 			v.allocated.Add(1)
 		}
 	}
@@ -236,6 +237,7 @@ func (s *Store) checkIdentity() error {
 	if h.Format > FormatVersion || devFormat > FormatVersion {
 		return fmt.Errorf("store: format %d is newer than this sluice (%d); upgrade sluice", max(h.Format, devFormat), FormatVersion)
 	}
+	s.uuid = h.UUID
 	if !devOK || devUUID != h.UUID {
 		return fmt.Errorf("store: device does not belong to this metadata (want pool %s, device has %q); wrong --device?", h.UUID, devUUID)
 	}
@@ -271,6 +273,7 @@ func (s *Store) create() error {
 	if err := s.dev.Flush(); err != nil {
 		return err
 	}
+	s.uuid = h.UUID
 	s.log.Info("created pool", "uuid", h.UUID, "size", h.DeviceSize)
 	return s.putJSON(headerKey(), h)
 }
@@ -362,10 +365,7 @@ func (s *Store) Stats() PoolStats {
 	for _, v := range s.byID {
 		st.Provision += v.Size()
 	}
-	sb := make([]byte, 52)
-	if _, err := s.dev.ReadAt(sb, 0); err == nil {
-		st.UUID, _, _ = decodeSuperblock(sb)
-	}
+	st.UUID = s.uuid
 	return st
 }
 
@@ -394,7 +394,7 @@ func (s *Store) Volumes() []*Volume {
 		vs = append(vs, v)
 	}
 	s.mu.RUnlock()
-	sort.Slice(vs, func(i, j int) bool { return vs[i].info.Ref() < vs[j].info.Ref() })
+	sort.Slice(vs, func(i, j int) bool { return vs[i].ref < vs[j].ref })
 	return vs
 }
 

@@ -27,6 +27,9 @@ const (
 	maxChunkSize     = 4 << 20
 	// SizeAlign is the granularity of volume sizes.
 	SizeAlign = 4096
+	// MaxVolumeSize bounds the in-memory chunk table's top level (at most
+	// 32 MiB, at 4 KiB chunks).
+	MaxVolumeSize = 64 << 40
 )
 
 const stateDeleting = "deleting"
@@ -93,8 +96,8 @@ func validSize(size int64) error {
 		return fmt.Errorf("size %d: %w: must be positive", size, ErrInvalid)
 	case size%SizeAlign != 0:
 		return fmt.Errorf("size %d: %w: must be a multiple of %d bytes", size, ErrInvalid, SizeAlign)
-	case size > 1<<50:
-		return fmt.Errorf("size %d: %w: larger than 1 PiB", size, ErrInvalid)
+	case size > MaxVolumeSize:
+		return fmt.Errorf("size %d: %w: larger than 64 TiB", size, ErrInvalid)
 	}
 	return nil
 }
@@ -162,7 +165,7 @@ func (s *Store) ResizeVolume(ctx context.Context, tenant, name string, size int6
 	v.lockAll()
 	defer v.unlockAll()
 	if v.deleted {
-		return fmt.Errorf("volume %s: %w", v.info.Ref(), ErrNotFound)
+		return fmt.Errorf("volume %s: %w", v.ref, ErrNotFound)
 	}
 	old := v.Info()
 	switch {
@@ -190,8 +193,8 @@ func (s *Store) DeleteVolume(ctx context.Context, tenant, name string) error {
 		s.mu.Unlock()
 		return fmt.Errorf("volume %s/%s: %w", tenant, name, ErrNotFound)
 	}
-	delete(s.byName, v.info.Ref())
-	delete(s.byID, v.info.ID)
+	delete(s.byName, v.ref)
+	delete(s.byID, v.id)
 	s.mu.Unlock()
 
 	v.lockAll()
@@ -220,27 +223,20 @@ func (s *Store) DeleteVolume(ctx context.Context, tenant, name string) error {
 
 // purge removes a deleting volume's chunks in batches, then its record.
 func (s *Store) purge(ctx context.Context, v *Volume) error {
-	t := v.table.Load()
 	var freed []extent
-	for idx := range t.offs {
-		off := t.offs[idx].Load()
-		if off == 0 {
-			continue
-		}
-		freed = append(freed, extent{off, v.info.ChunkSize})
-	}
+	v.table.Load().each(func(_, off int64) { freed = append(freed, extent{off, v.chunkSize}) })
 	// Discard first: the bytes are going away, and a crash before the
 	// commits below leaves map entries pointing at zeros, never garbage.
 	for _, e := range freed {
 		if err := s.dev.Discard(e.off, e.length); err != nil {
-			s.log.Warn("discard of deleted volume's extent failed", "volume", v.info.Ref(), "err", err)
+			s.log.Warn("discard of deleted volume's extent failed", "volume", v.ref, "err", err)
 		}
 	}
-	prefix := chunkPrefix(v.info.ID, 0)[:9] // every inode of the volume
+	prefix := chunkPrefix(v.id, 0)[:9] // every inode of the volume
 	if err := s.db.DropPrefix(prefix); err != nil {
 		return fmt.Errorf("drop chunks: %w", err)
 	}
-	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(volumeKey(v.info.ID)) }); err != nil {
+	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(volumeKey(v.id)) }); err != nil {
 		return err
 	}
 	s.alloc.deferFree(freed)
@@ -249,7 +245,11 @@ func (s *Store) purge(ctx context.Context, v *Volume) error {
 
 // Volume is one volume of a store. Its methods are safe for concurrent use.
 type Volume struct {
-	s         *Store
+	s *Store
+	// Immutable after creation; the hot path reads these without locks.
+	id        uint64
+	ref       string // tenant/name
+	readOnly  bool
 	chunkSize int64
 	chunkBits uint
 
@@ -265,24 +265,15 @@ type Volume struct {
 
 const numStripes = 64
 
-type chunkTable struct {
-	offs []atomic.Int64 // device offset of each chunk; 0 = hole
-}
-
 func numChunks(size, chunkSize int64) int64 { return (size + chunkSize - 1) / chunkSize }
 
-func (t *chunkTable) grown(n int64) *chunkTable {
-	nt := &chunkTable{offs: make([]atomic.Int64, n)}
-	for i := range t.offs {
-		nt.offs[i].Store(t.offs[i].Load())
-	}
-	return nt
-}
-
 func newVolume(s *Store, info VolumeInfo) *Volume {
-	v := &Volume{s: s, info: info, chunkSize: info.ChunkSize, chunkBits: uint(bits.TrailingZeros64(uint64(info.ChunkSize)))}
+	v := &Volume{
+		s: s, info: info, id: info.ID, ref: info.Ref(), readOnly: info.ReadOnly,
+		chunkSize: info.ChunkSize, chunkBits: uint(bits.TrailingZeros64(uint64(info.ChunkSize))),
+	}
 	v.size.Store(info.Size)
-	v.table.Store(&chunkTable{offs: make([]atomic.Int64, numChunks(info.Size, info.ChunkSize))})
+	v.table.Store(newChunkTable(numChunks(info.Size, info.ChunkSize)))
 	return v
 }
 
