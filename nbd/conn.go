@@ -1,0 +1,393 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Connection phases, for Shutdown.
+const (
+	phaseHandshake = iota
+	phaseTransmission
+	phaseDone
+)
+
+// conn is one client connection. One reader goroutine (run) parses requests
+// and reads WRITE payloads. It runs a request itself when the export has
+// been answering such requests quickly (latency.go), and otherwise hands it
+// to a per-connection pool of worker goroutines, so slow requests run
+// concurrently and replies go out in completion order (reply.go).
+type conn struct {
+	srv    *Server
+	parent context.Context // the Serve context it was accepted under
+	nc     io.ReadWriteCloser
+	br     *bufio.Reader
+	ctx    context.Context // passed to Export; cancelled on a hard close
+	cancel context.CancelFunc
+
+	sess *session
+	st   exportState
+
+	// Reply writing: see reply.go. Guarded by wmu.
+	wmu      sync.Mutex
+	pending  net.Buffers // queued reply bytes, in order
+	pendReqs []*request  // requests whose buffers pending refers to
+	spare    net.Buffers
+	spareReq []*request
+	flushing bool        // a goroutine is writing; it will pick up what is queued
+	wv       net.Buffers // used by the flushing goroutine only
+	broken   atomic.Bool
+
+	// Execution. workers is owned by the reader goroutine.
+	work     chan *request
+	done     chan struct{} // closed when the connection is finished; workers exit
+	workers  int
+	inflight sync.WaitGroup
+
+	// In-flight payload budget: the reader waits while used > budget.
+	budgetUsed atomic.Int64
+	budgetWake chan struct{}
+
+	lat latency // recent export latency, to choose inline execution
+
+	mu       sync.Mutex // guards phase
+	phase    int
+	shutting atomic.Bool
+
+	closeOnce sync.Once
+}
+
+// request is one transmission-phase request on its way through a worker.
+// Requests are pooled by the server.
+type request struct {
+	h      requestHeader
+	buf    *pbuf    // READ/WRITE data
+	weight int64    // budget held
+	hdr    [32]byte // reply header scratch
+	greq   gatewayRequest
+	queued bool // its reply is queued; the writer releases it
+	inline bool // run by the reader: its reply waits for flushDeferred
+}
+
+func newConn(s *Server, parent context.Context, nc io.ReadWriteCloser) *conn {
+	ctx, cancel := context.WithCancel(parent)
+	c := &conn{
+		srv:        s,
+		parent:     parent,
+		nc:         nc,
+		br:         bufio.NewReaderSize(nc, 128<<10),
+		ctx:        ctx,
+		cancel:     cancel,
+		work:       make(chan *request),
+		done:       make(chan struct{}),
+		budgetWake: make(chan struct{}, 1),
+	}
+	c.lat.init()
+	return c
+}
+
+// run serves the connection until it ends. It never panics.
+func (c *conn) run() {
+	defer c.srv.removeConn(c)
+	defer c.cancel()
+	defer func() {
+		if p := recover(); p != nil {
+			c.srv.log.Error("nbd: connection panic", "panic", p, "stack", string(debug.Stack()))
+			c.abort()
+			c.finish()
+		}
+	}()
+
+	if d, ok := c.nc.(interface{ SetDeadline(time.Time) error }); ok {
+		_ = d.SetDeadline(time.Now().Add(handshakeTimeout))
+	}
+	n := &negotiator{
+		r:          c.br,
+		w:          c.nc,
+		exports:    c.srv.exports,
+		readOnly:   c.srv.readOnly,
+		maxPayload: c.srv.maxPayload,
+		log:        c.srv.log,
+		shutdown:   c.isShutting,
+	}
+	sess, err := n.negotiate()
+	if err != nil {
+		if !errors.Is(err, errAbort) && !isClosedErr(err) {
+			c.srv.log.Debug("nbd: handshake ended", "err", err)
+		}
+		c.closeTransport()
+		c.setPhase(phaseDone)
+		return
+	}
+	if d, ok := c.nc.(interface{ SetDeadline(time.Time) error }); ok {
+		_ = d.SetDeadline(time.Time{})
+	}
+	c.setSession(sess)
+	if !c.setPhase(phaseTransmission) {
+		// Shutdown began during the handshake.
+		c.closeTransport()
+		return
+	}
+	c.srv.log.Debug("nbd: client connected", "export", sess.name, "size", sess.size,
+		"structured", sess.structured, "readonly", sess.readOnly)
+	c.transmit()
+	c.finish()
+}
+
+// setSession records the negotiated export for the transmission phase.
+func (c *conn) setSession(sess *session) {
+	c.sess = sess
+	c.st = exportState{
+		size:       sess.size,
+		readOnly:   sess.readOnly,
+		structured: sess.structured,
+		metaAlloc:  sess.metaAlloc,
+		maxPayload: uint32(c.srv.maxPayload),
+	}
+}
+
+// finish waits for in-flight requests, stops the workers and closes.
+func (c *conn) finish() {
+	c.inflight.Wait()
+	c.setPhase(phaseDone)
+	select {
+	case <-c.done:
+	default:
+		close(c.done)
+	}
+	c.closeTransport()
+}
+
+// setPhase moves to phase p; moving to transmission fails when shutting down.
+func (c *conn) setPhase(p int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p == phaseTransmission && c.shutting.Load() {
+		return false
+	}
+	c.phase = p
+	return true
+}
+
+func (c *conn) isShutting() bool { return c.shutting.Load() }
+
+// beginShutdown starts a graceful stop: a connection still negotiating is
+// closed; one in transmission stops reading (requests already buffered get
+// ESHUTDOWN) and closes once in-flight requests have been answered.
+func (c *conn) beginShutdown() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.shutting.Store(true)
+	switch c.phase {
+	case phaseHandshake:
+		c.closeTransport()
+	case phaseTransmission:
+		if d, ok := c.nc.(interface{ SetReadDeadline(time.Time) error }); ok {
+			_ = d.SetReadDeadline(time.Now())
+		} else {
+			c.closeTransport()
+		}
+	}
+}
+
+// abort closes the connection at once and cancels in-flight requests.
+func (c *conn) abort() {
+	c.cancel()
+	c.closeTransport()
+}
+
+func (c *conn) closeTransport() {
+	c.closeOnce.Do(func() {
+		c.broken.Store(true)
+		_ = c.nc.Close()
+	})
+}
+
+// transmit is the reader loop. It returns when the client disconnects, on a
+// protocol violation, or when shutdown stops it.
+func (c *conn) transmit() {
+	var hdr [requestHeaderLen]byte
+	defer c.flushDeferred()
+	for {
+		if c.br.Buffered() < requestHeaderLen {
+			c.flushDeferred() // about to block: send what the reader queued
+		}
+		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			if !c.isShutting() && !isClosedErr(err) && !errors.Is(err, io.EOF) {
+				c.srv.log.Debug("nbd: read request", "err", err)
+			}
+			return
+		}
+		h, err := parseRequestHeader(hdr[:])
+		if err != nil {
+			// Bad magic: the stream cannot be trusted any more.
+			c.srv.log.Warn("nbd: closing connection", "err", err)
+			c.abort()
+			return
+		}
+		if h.typ == cmdDisc {
+			return
+		}
+		if c.isShutting() {
+			if h.typ == cmdWrite && !c.skipPayload(h.length) {
+				return
+			}
+			c.replyError(nil, h, errnoShutdown)
+			continue
+		}
+		if e := checkRequest(h, c.st); e != 0 {
+			if h.typ == cmdWrite && !c.skipPayload(h.length) {
+				c.replyError(nil, h, e)
+				c.srv.log.Warn("nbd: closing connection after an oversized write", "length", h.length)
+				return
+			}
+			c.replyError(nil, h, e)
+			continue
+		}
+		r := c.srv.reqs.Get().(*request)
+		r.h = h
+		if h.typ == cmdRead || h.typ == cmdWrite {
+			r.weight = int64(h.length)
+			c.acquire(r.weight)
+			r.buf = c.srv.bufs.get(int(h.length))
+			if h.typ == cmdWrite {
+				if c.br.Buffered() < len(r.buf.b) {
+					c.flushDeferred()
+				}
+				if _, err := io.ReadFull(c.br, r.buf.b); err != nil {
+					c.inflight.Add(1)
+					c.releaseRequest(r)
+					return
+				}
+			}
+		}
+		c.inflight.Add(1)
+		if c.lat.fast(h.typ) {
+			r.inline = true
+			c.execute(r)
+		} else {
+			c.dispatch(r)
+		}
+	}
+}
+
+// skipPayload discards a WRITE payload the server will not use. It reports
+// false when the payload is too large to skip safely (or the read failed);
+// the caller must then close the connection.
+func (c *conn) skipPayload(n uint32) bool {
+	limit := int64(2 * c.srv.maxPayload)
+	if limit < 64<<20 {
+		limit = 64 << 20
+	}
+	if int64(n) > limit {
+		return false
+	}
+	if c.br.Buffered() < int(n) {
+		c.flushDeferred()
+	}
+	_, err := io.CopyN(io.Discard, c.br, int64(n))
+	return err == nil
+}
+
+// dispatch hands r to an idle worker, starts a new one, or waits for one.
+func (c *conn) dispatch(r *request) {
+	select {
+	case c.work <- r:
+		return
+	default:
+	}
+	if c.workers < maxWorkers {
+		c.workers++
+		go c.worker(r)
+		return
+	}
+	c.flushDeferred()
+	c.work <- r
+}
+
+func (c *conn) worker(r *request) {
+	for {
+		c.execute(r)
+		select {
+		case r = <-c.work:
+		case <-c.done:
+			return
+		}
+	}
+}
+
+// acquire takes n bytes of the in-flight budget, waiting while it is spent.
+// A request larger than the whole budget runs alone.
+func (c *conn) acquire(n int64) {
+	for {
+		used := c.budgetUsed.Load()
+		if used == 0 || used+n <= inflightBudget {
+			if c.budgetUsed.CompareAndSwap(used, used+n) {
+				return
+			}
+			continue
+		}
+		c.flushDeferred() // deferred replies hold budget
+		<-c.budgetWake
+	}
+}
+
+func (c *conn) release(n int64) {
+	if n == 0 {
+		return
+	}
+	c.budgetUsed.Add(-n)
+	select {
+	case c.budgetWake <- struct{}{}:
+	default:
+	}
+}
+
+// releaseRequest returns r's buffer, budget and itself to the pools and
+// marks it finished. It runs once the reply is written (or dropped).
+func (c *conn) releaseRequest(r *request) {
+	if r.buf != nil {
+		c.srv.bufs.put(r.buf)
+		r.buf = nil
+	}
+	c.release(r.weight)
+	r.weight = 0
+	r.greq = gatewayRequest{}
+	r.queued = false
+	r.inline = false
+	c.srv.reqs.Put(r)
+	c.inflight.Done()
+}
+
+// execute runs one request and queues its reply. A panic in the export
+// closes the connection instead of taking the process down.
+func (c *conn) execute(r *request) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.srv.log.Error("nbd: request panic", "cmd", r.h.typ, "panic", p,
+				"stack", string(debug.Stack()))
+			c.abort()
+			// Panics come from the export, before the reply is queued; a
+			// queued request belongs to the writer.
+			if !r.queued {
+				c.releaseRequest(r)
+			}
+		}
+	}()
+	c.exec(r) // every path queues exactly one reply, which releases r
+}
+
+// isClosedErr reports errors that just mean the peer or we closed the socket.
+func isClosedErr(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe) ||
+		errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, io.EOF)
+}

@@ -1,0 +1,283 @@
+package nbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/bits"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/sluice-storage/sluice/gateway"
+)
+
+// Export is one volume as the NBD server sees it. *gateway.Volume satisfies it.
+//
+// An Export may also implement interface{ ReadOnly() bool }; when it reports
+// true the export is served read-only.
+type Export interface {
+	Size() int64
+	// Do runs one request. The server sets req.Door to gateway.DoorNBD.
+	Do(ctx context.Context, req *gateway.Request) error
+	// Extents returns the allocation map of [off, off+length) for BLOCK_STATUS.
+	Extents(ctx context.Context, off, length int64) ([]gateway.Extent, error)
+}
+
+// Exports resolves export names ("tenant/volume").
+type Exports interface {
+	// Lookup returns the export called name; the error wraps
+	// gateway.ErrNotFound for unknown names.
+	Lookup(name string) (Export, error)
+	Names() []string
+}
+
+// Options configure a Server. The zero value is usable.
+type Options struct {
+	ReadOnly   bool // serve every export read-only
+	MaxPayload int  // largest READ/WRITE payload; default 32 MiB, at least 4 KiB, at most 1 GiB
+	Logger     *slog.Logger
+}
+
+// Defaults and limits.
+const (
+	DefaultMaxPayload = 32 << 20
+	minMaxPayload     = 4 << 10
+	maxMaxPayload     = 1 << 30
+
+	handshakeTimeout = 30 * time.Second // whole option phase
+	maxOptions       = 1024             // options per connection before we hang up
+	maxOptionData    = 64 << 10         // option payload we are willing to buffer
+
+	maxWorkers     = 128      // goroutines executing requests, per connection
+	inflightBudget = 64 << 20 // payload bytes held by in-flight requests, per connection
+)
+
+// Server serves Exports over NBD. Create it with NewServer.
+type Server struct {
+	exports    Exports
+	readOnly   bool
+	maxPayload int
+	log        *slog.Logger
+	bufs       bufPool
+	reqs       sync.Pool // *request
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	shutdown  bool
+	closed    chan struct{} // closed when Shutdown starts
+	wg        sync.WaitGroup
+}
+
+// NewServer returns a server for exports. It does not listen; call Serve.
+func NewServer(exports Exports, opts Options) *Server {
+	mp := opts.MaxPayload
+	switch {
+	case mp <= 0:
+		mp = DefaultMaxPayload
+	case mp < minMaxPayload:
+		mp = minMaxPayload
+	case mp > maxMaxPayload:
+		mp = maxMaxPayload
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{
+		exports:    exports,
+		readOnly:   opts.ReadOnly,
+		maxPayload: mp,
+		log:        log,
+		listeners:  make(map[net.Listener]struct{}),
+		conns:      make(map[*conn]struct{}),
+		closed:     make(chan struct{}),
+	}
+	s.reqs.New = func() any { return new(request) }
+	return s
+}
+
+// Serve accepts connections on l until l is closed, Shutdown is called or ctx
+// is done. It works for TCP and unix listeners and may be called for several
+// listeners at once. When ctx is done, Serve closes l and every connection it
+// accepted (in-flight requests see a cancelled context) and waits for them.
+// It returns nil after Shutdown, ctx.Err() after ctx is done, and the accept
+// error otherwise.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+
+	// Connections get their own context: Shutdown must let in-flight
+	// requests finish after Serve has returned. It is cancelled on a hard
+	// stop, or once the last of this Serve's connections is gone.
+	connCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	var mine sync.WaitGroup
+	defer func() {
+		go func() {
+			mine.Wait()
+			cancel()
+		}()
+	}()
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+
+	var tempDelay time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				// Hard stop: cancel requests, close connections, wait.
+				cancel()
+				s.closeConns(connCtx)
+				mine.Wait()
+				return ctx.Err()
+			}
+			select {
+			case <-s.closed:
+				return nil
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				if tempDelay == 0 {
+					tempDelay = 5 * time.Millisecond
+				} else if tempDelay *= 2; tempDelay > time.Second {
+					tempDelay = time.Second
+				}
+				time.Sleep(tempDelay)
+				continue
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("nbd: accept: %w", err)
+		}
+		tempDelay = 0
+		c := s.newConn(connCtx, nc)
+		if c == nil {
+			nc.Close()
+			continue
+		}
+		mine.Add(1)
+		go func() {
+			defer mine.Done()
+			c.run()
+		}()
+	}
+}
+
+// closeConns hard-closes every connection created with ctx (nil: all).
+func (s *Server) closeConns(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if ctx == nil || c.parent == ctx {
+			c.abort()
+		}
+	}
+}
+
+// newConn registers a connection; it returns nil when shutting down.
+func (s *Server) newConn(parent context.Context, nc io.ReadWriteCloser) *conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown {
+		return nil
+	}
+	c := newConn(s, parent, nc)
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return c
+}
+
+func (s *Server) removeConn(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Shutdown stops accepting connections, stops reading new requests, waits for
+// in-flight requests to finish and their replies to be sent, and closes every
+// connection. Requests that the client had already sent and the server had
+// buffered get ESHUTDOWN. Connections still negotiating are closed. If ctx
+// ends first, the remaining connections are closed at once (their requests'
+// contexts are cancelled) and ctx.Err() is returned.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.shutdown {
+		s.shutdown = true
+		close(s.closed)
+	}
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.beginShutdown()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.closeConns(nil)
+		<-done
+		return ctx.Err()
+	}
+}
+
+// bufPool hands out byte slices by power-of-two size class so the hot path
+// does not allocate. Buffers are wrapped in *pbuf so Put does not allocate.
+type bufPool struct {
+	classes [31]sync.Pool // class i holds buffers of cap 1<<i
+}
+
+type pbuf struct {
+	b     []byte
+	class int8
+}
+
+const minBufClass = 12 // 4 KiB
+
+func (p *bufPool) get(n int) *pbuf {
+	class := minBufClass
+	if n > 1<<minBufClass {
+		class = bits.Len(uint(n - 1))
+	}
+	if class >= len(p.classes) {
+		return &pbuf{b: make([]byte, n), class: -1}
+	}
+	if v := p.classes[class].Get(); v != nil {
+		pb := v.(*pbuf)
+		pb.b = pb.b[:n]
+		return pb
+	}
+	return &pbuf{b: make([]byte, n, 1<<class), class: int8(class)}
+}
+
+func (p *bufPool) put(pb *pbuf) {
+	if pb == nil || pb.class < 0 {
+		return
+	}
+	p.classes[pb.class].Put(pb)
+}
