@@ -1,0 +1,368 @@
+package qos
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sync"
+	"time"
+)
+
+// Defaults for Options.
+const (
+	DefaultCostUnit    = 8 << 10
+	DefaultMaxInFlight = 64
+)
+
+// vRebase is where the virtual time is shifted back to zero, so that tag
+// increments (≥ 1/MaxWeight) stay far above float64 resolution.
+const vRebase = 1e9
+
+// Options configure a Scheduler. Zero fields take the defaults.
+type Options struct {
+	// Clock is the time source; nil means RealClock().
+	Clock Clock
+	// CostUnit is the size of one cost unit in bytes: a read or write of
+	// n bytes costs max(1, ceil(n/CostUnit)) units. Default 8 KiB.
+	CostUnit int64
+	// MaxInFlight is the number of device slots: how many admitted
+	// requests may be outstanding at once across all queues of this
+	// scheduler. Default 64.
+	MaxInFlight int
+}
+
+// phase says which mClock phase dispatched a request.
+type phase uint8
+
+const (
+	phaseWeight phase = iota
+	phaseReservation
+)
+
+// Scheduler orders requests of all queues of one device. It has no
+// goroutine: requests are dispatched by Admit, by done functions, by
+// SetLimits, and by a timer armed only while a free slot waits for a limit.
+type Scheduler struct {
+	clock       Clock
+	epoch       time.Time
+	costUnit    int64
+	maxInFlight int
+	pool        sync.Pool // *waiter
+
+	mu       sync.Mutex
+	inFlight int                 // admitted, done not yet called
+	nWaiting int                 // waiters in all queues
+	active   []*Queue            // queues with at least one waiter
+	queues   map[*Queue]struct{} // open queues
+	vtime    float64             // virtual time: start tag of the last weight-phase dispatch
+	seq      uint64              // arrival order of waiters
+	timer    Timer               // limit wake-up, nil if none armed
+	timerAt  float64
+	timerGen uint64
+}
+
+// waiter is one request waiting in a queue. Pooled.
+type waiter struct {
+	ready chan struct{} // receives one value when dispatched (cap 1)
+
+	// Guarded by Scheduler.mu.
+	q          *Queue
+	class      Class
+	cost       float64 // cost units
+	bytes      int64   // bytes charged to BPS limits
+	seq        uint64
+	arrived    float64
+	dispatched bool
+	at         float64 // dispatch time
+	prev, next *waiter
+}
+
+// NewScheduler returns a scheduler for one device.
+func NewScheduler(opts Options) *Scheduler {
+	if opts.Clock == nil {
+		opts.Clock = RealClock()
+	}
+	if opts.CostUnit <= 0 {
+		opts.CostUnit = DefaultCostUnit
+	}
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = DefaultMaxInFlight
+	}
+	s := &Scheduler{
+		clock:       opts.Clock,
+		epoch:       opts.Clock.Now(),
+		costUnit:    opts.CostUnit,
+		maxInFlight: opts.MaxInFlight,
+		queues:      make(map[*Queue]struct{}),
+	}
+	s.pool.New = func() any { return &waiter{ready: make(chan struct{}, 1)} }
+	return s
+}
+
+// now returns seconds since the scheduler's epoch.
+func (s *Scheduler) now() float64 { return s.clock.Now().Sub(s.epoch).Seconds() }
+
+// Cost returns the cost in units and the bytes charged to BPS limits for a
+// request of class c and size bytes. Reads and writes cost
+// max(1, ceil(bytes/CostUnit)) units and their bytes; Other costs 1 unit and
+// no bytes (a flush or discard moves no data through the gateway, and
+// charging a whole-volume discard by its extent would stall the queue).
+func (s *Scheduler) Cost(c Class, bytes int64) (units int64, charged int64) {
+	if c == Other {
+		return 1, 0
+	}
+	units = bytes / s.costUnit
+	if bytes%s.costUnit != 0 {
+		units++
+	}
+	if units < 1 {
+		units = 1
+	}
+	return units, bytes
+}
+
+// Admit waits until the request (class c, size bytes) may go to the
+// device, then returns a function to call exactly once when the IO is done;
+// it frees the device slot. If ctx ends first the request leaves the queue,
+// nothing is charged, and the error wraps ctx.Err(). If the request is
+// dispatched at the same moment ctx ends, Admit may return success.
+//
+// A closed queue admits everything at once, uncounted.
+func (s *Scheduler) Admit(ctx context.Context, q *Queue, c Class, bytes int64) (done func(), err error) {
+	if q.s != s {
+		return nil, fmt.Errorf("%w: %q", ErrForeignQueue, q.name)
+	}
+	if c >= numClasses {
+		return nil, fmt.Errorf("%w: %d", ErrInvalidClass, uint8(c))
+	}
+	if bytes < 0 {
+		return nil, fmt.Errorf("%w: %d", ErrInvalidBytes, bytes)
+	}
+	w, closed := s.submit(q, c, bytes)
+	if closed {
+		return func() {}, nil
+	}
+	if w == nil {
+		return q.doneFn, nil
+	}
+	select {
+	case <-w.ready:
+		w.q = nil
+		s.pool.Put(w)
+		return q.doneFn, nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	if w.dispatched {
+		s.mu.Unlock()
+		<-w.ready
+		w.q = nil
+		s.pool.Put(w)
+		return q.doneFn, nil
+	}
+	s.removeLocked(w, s.now())
+	s.mu.Unlock()
+	w.q = nil
+	s.pool.Put(w)
+	return nil, fmt.Errorf("qos: queue %q: %w", q.name, ctx.Err())
+}
+
+// submit is Admit without the waiting. It returns closed if the queue is
+// closed (admitted, nothing owed), a nil waiter if the request was admitted
+// at once (the caller owes a done call), or the waiter now in the queue; the
+// waiter's ready channel receives when it is dispatched.
+func (s *Scheduler) submit(q *Queue, c Class, bytes int64) (w *waiter, closed bool) {
+	cost, charged := s.Cost(c, bytes)
+	s.mu.Lock()
+	if q.closed {
+		s.mu.Unlock()
+		return nil, true
+	}
+	// Fast path: nobody waits anywhere and a slot is free, so this request
+	// is the only candidate; it goes if its limits allow.
+	if s.nWaiting == 0 && s.inFlight < s.maxInFlight {
+		var now float64
+		if q.limited || q.reserved {
+			now = s.now()
+		}
+		if !q.limited || q.classWait(c, now) == 0 {
+			q.activate(now)
+			ph := phaseWeight
+			if q.reserved && q.rFin <= now {
+				ph = phaseReservation
+			}
+			s.admitLocked(q, c, float64(cost), charged, ph, now, 0)
+			s.mu.Unlock()
+			return nil, false
+		}
+	}
+	now := s.now()
+	w = s.pool.Get().(*waiter)
+	s.seq++
+	*w = waiter{ready: w.ready, q: q, class: c, cost: float64(cost), bytes: charged, seq: s.seq, arrived: now}
+	if q.nWaiting == 0 {
+		q.activate(now)
+		q.activeIdx = len(s.active)
+		s.active = append(s.active, q)
+	}
+	q.fifo[c].push(w)
+	q.nWaiting++
+	s.nWaiting++
+	s.dispatchLocked()
+	if w.dispatched {
+		s.mu.Unlock()
+		<-w.ready
+		w.q = nil
+		s.pool.Put(w)
+		return nil, false
+	}
+	s.mu.Unlock()
+	return w, false
+}
+
+// removeLocked takes an undispatched waiter out of its queue at time now.
+func (s *Scheduler) removeLocked(w *waiter, now float64) {
+	q := w.q
+	q.fifo[w.class].remove(w)
+	q.nWaiting--
+	s.nWaiting--
+	if q.nWaiting == 0 {
+		s.deactivateLocked(q)
+	}
+	if now > w.arrived {
+		q.st.throttled += now - w.arrived
+	}
+}
+
+func (s *Scheduler) deactivateLocked(q *Queue) {
+	i := q.activeIdx
+	last := len(s.active) - 1
+	s.active[i] = s.active[last]
+	s.active[i].activeIdx = i
+	s.active[last] = nil
+	s.active = s.active[:last]
+	q.activeIdx = -1
+}
+
+// admitLocked accounts one request of q going to the device at now:
+// limits, mClock tags, stats, slots.
+func (s *Scheduler) admitLocked(q *Queue, c Class, cost float64, bytes int64, ph phase, now, waited float64) {
+	if q.limited {
+		q.charge(c, cost, bytes, now)
+	}
+	// Proportional tag, start-time fair queueing in virtual time: a queue
+	// that was idle, limited or outranked restarts at the current virtual
+	// time rather than cashing in credit.
+	start := math.Max(q.p, s.vtime)
+	q.p = start + cost/q.weight
+	switch ph {
+	case phaseWeight:
+		s.vtime = start
+	case phaseReservation:
+		// Reservation lag beyond one burst is forgiven, so a queue that
+		// could not get its reservation (device too slow) does not
+		// monopolise the device later to catch up.
+		q.rFin = math.Max(q.rFin, now-q.burst) + q.resInterval(c, cost, bytes, s.costUnit)
+		q.st.reserved++
+	}
+	q.st.ops++
+	q.st.bytes += uint64(bytes)
+	q.st.throttled += waited
+	q.inFlight++
+	s.inFlight++
+	if s.vtime > vRebase {
+		shift := s.vtime
+		for x := range s.queues {
+			x.p -= shift
+		}
+		s.vtime = 0
+	}
+}
+
+// dispatchLocked fills free slots with waiting requests in mClock order
+// and, if a slot stays free while requests wait for their limits, arms the
+// timer for the earliest moment one of them becomes eligible.
+func (s *Scheduler) dispatchLocked() {
+	if s.nWaiting == 0 || s.inFlight >= s.maxInFlight {
+		return
+	}
+	now := s.now()
+	for s.inFlight < s.maxInFlight && s.nWaiting > 0 {
+		var resQ, wQ *Queue
+		var resW, wW *waiter
+		var wStart float64
+		wake := math.Inf(1)
+		for _, q := range s.active {
+			w, qwake := q.pick(now)
+			if w == nil {
+				wake = math.Min(wake, qwake)
+				continue
+			}
+			// Reservation phase: smallest R tag that is due.
+			if q.reserved && q.rFin <= now &&
+				(resW == nil || q.rFin < resQ.rFin || (q.rFin == resQ.rFin && w.seq < resW.seq)) {
+				resQ, resW = q, w
+			}
+			// Weight phase: highest priority, then smallest P tag, then
+			// oldest request.
+			start := math.Max(q.p, s.vtime)
+			if wW == nil || q.lim.Priority > wQ.lim.Priority ||
+				(q.lim.Priority == wQ.lim.Priority && (start < wStart || (start == wStart && w.seq < wW.seq))) {
+				wQ, wW, wStart = q, w, start
+			}
+		}
+		switch {
+		case resW != nil:
+			s.dispatchWaiterLocked(resW, phaseReservation, now)
+		case wW != nil:
+			s.dispatchWaiterLocked(wW, phaseWeight, now)
+		default:
+			s.armTimerLocked(now, wake)
+			return
+		}
+	}
+}
+
+func (s *Scheduler) dispatchWaiterLocked(w *waiter, ph phase, now float64) {
+	q := w.q
+	q.fifo[w.class].remove(w)
+	q.nWaiting--
+	s.nWaiting--
+	if q.nWaiting == 0 {
+		s.deactivateLocked(q)
+	}
+	s.admitLocked(q, w.class, w.cost, w.bytes, ph, now, math.Max(0, now-w.arrived))
+	w.dispatched = true
+	w.at = now
+	w.ready <- struct{}{}
+}
+
+// armTimerLocked makes sure dispatchLocked runs again by time at.
+func (s *Scheduler) armTimerLocked(now, at float64) {
+	if math.IsInf(at, 1) {
+		return
+	}
+	if s.timer != nil && s.timerAt <= at {
+		return
+	}
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	s.timerGen++
+	gen := s.timerGen
+	d := time.Duration(math.Ceil((at - now) * 1e9))
+	if d < 1 {
+		d = 1
+	}
+	s.timerAt = at
+	s.timer = s.clock.AfterFunc(d, func() { s.onTimer(gen) })
+}
+
+func (s *Scheduler) onTimer(gen uint64) {
+	s.mu.Lock()
+	if gen == s.timerGen {
+		s.timer = nil
+		s.dispatchLocked()
+	}
+	s.mu.Unlock()
+}
