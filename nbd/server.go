@@ -167,6 +167,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			return fmt.Errorf("nbd: accept: %w", err)
 		}
 		tempDelay = 0
+		tuneSocket(nc)
 		c := s.newConn(connCtx, nc)
 		if c == nil {
 			nc.Close()
@@ -280,4 +281,24 @@ func (p *bufPool) put(pb *pbuf) {
 		return
 	}
 	p.classes[pb.class].Put(pb)
+}
+
+// socketBuffer is the send and receive buffer asked for on each connection:
+// a 1 MiB read reply then goes out in one writev without waiting for the
+// client to drain a default-sized (~200 KiB) unix socket buffer.
+const socketBuffer = 4 << 20
+
+// tuneSocket sizes the connection's buffers and turns off Nagle on TCP.
+func tuneSocket(nc net.Conn) {
+	type buffered interface {
+		SetReadBuffer(int) error
+		SetWriteBuffer(int) error
+	}
+	if b, ok := nc.(buffered); ok {
+		b.SetWriteBuffer(socketBuffer)
+		b.SetReadBuffer(socketBuffer)
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -36,7 +37,7 @@ wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
 			&cli.StringFlag{Name: "nbd-listen", Value: "127.0.0.1:10809", Usage: "NBD TCP address (\"\" to disable)"},
 			&cli.StringFlag{Name: "nbd-socket", Usage: "NBD unix socket (default DATA-DIR/nbd.sock, \"none\" to disable)"},
 			&cli.BoolFlag{Name: "nbd-read-only", Usage: "serve every NBD export read-only"},
-			&cli.StringFlag{Name: "metrics-listen", Usage: "also serve /metrics on this TCP address"},
+			&cli.StringFlag{Name: "metrics-listen", Usage: "also serve /metrics (and /debug/pprof) on this TCP address; keep it on loopback"},
 			&cli.StringFlag{Name: "log-level", Value: "info"},
 		},
 		Action: runGateway,
@@ -113,6 +114,8 @@ func runGateway(c *cli.Context) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go metricsSrv.Serve(l)
 	}

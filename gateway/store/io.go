@@ -151,9 +151,9 @@ func (v *Volume) WriteAt(ctx context.Context, inode uint64, p []byte, off int64,
 		}
 		p, off = p[n:], off+int64(n)
 		if holeAt {
-			// The next chunk is unallocated: allocate it under its stripe's
-			// write lock, one chunk at a time.
-			n, err := v.writeNewChunk(p, off)
+			// The next chunk is unallocated: allocate it and the holes
+			// after it under their stripes' write locks.
+			n, err := v.writeNewChunks(p, off)
 			if err != nil {
 				return err
 			}
@@ -212,52 +212,91 @@ func (v *Volume) devWrite(p []byte, off int64, fua bool) error {
 	return err
 }
 
-// writeNewChunk writes the part of p that falls in the chunk at off,
-// allocating the chunk if it is still a hole: data first, then the map entry.
-func (v *Volume) writeNewChunk(p []byte, off int64) (int, error) {
-	idx := off >> v.chunkBits
-	in := off & (v.chunkSize - 1)
-	n := min(int64(len(p)), v.chunkSize-in)
-	stripe := &v.stripes[idx%numStripes]
-	stripe.Lock()
-	defer stripe.Unlock()
+// writeNewChunks writes the start of p into the run of unallocated chunks
+// it begins in (at most one window), allocating them under their stripes'
+// write locks: as few contiguous extents as the allocator allows, so that a
+// large write (and later a large read) is one device IO. Data first, then
+// all the run's map entries in one transaction. It returns 0 bytes if
+// another writer allocated the first chunk meanwhile; the caller then writes
+// in place.
+func (v *Volume) writeNewChunks(p []byte, off int64) (int, error) {
+	w := v.window(off, int64(len(p)))
+	v.lock(w.mask)
+	defer v.unlock(w.mask)
 	if v.deleted {
 		return 0, fmt.Errorf("volume %s: %w", v.ref, ErrNotFound)
 	}
 	t := v.table.Load()
-	if dev := t.get(idx); dev != 0 { // another writer got here first
-		if err := v.devWrite(p[:n], dev+in, false); err != nil {
+	cs := v.chunkSize
+	k := int64(0)
+	for k < w.n && t.get(w.first+k) == 0 {
+		k++
+	}
+	if k == 0 {
+		return 0, nil
+	}
+	in := off & (cs - 1)
+	n := min(int64(len(p)), k*cs-in)
+
+	type piece struct{ first, count, dev int64 }
+	var pieces []piece
+	freeAll := func() {
+		for _, pc := range pieces {
+			v.s.alloc.free(pc.dev, pc.count*cs)
+		}
+	}
+	for done := int64(0); done < k; {
+		c := int64(1) << (bits.Len64(uint64(k-done)) - 1)
+		dev, err := v.s.alloc.alloc(c * cs)
+		for err != nil && c > 1 { // fragmented: settle for smaller extents
+			c /= 2
+			dev, err = v.s.alloc.alloc(c * cs)
+		}
+		if err != nil {
+			freeAll()
+			return 0, fmt.Errorf("volume %s: %w", v.ref, err)
+		}
+		pieces = append(pieces, piece{w.first + done, c, dev})
+		done += c
+	}
+	for _, pc := range pieces {
+		start, end := pc.first*cs, (pc.first+pc.count)*cs // volume offsets
+		from, to := max(off, start), min(off+n, end)
+		if !v.s.dev.DiscardZeroes() && (from != start || to != end) {
+			// Free space may hold old bytes: zero the extent first.
+			if err := v.zeroDevice(pc.dev, pc.count*cs); err != nil {
+				freeAll()
+				return 0, err
+			}
+		}
+		if _, err := v.s.dev.WriteAt(p[from-off:to-off], pc.dev+from-start); err != nil {
+			freeAll()
+			v.s.log.Error("device write failed", "volume", v.ref, "offset", from, "err", err)
 			return 0, fmt.Errorf("%w: %w", ErrIO, err)
 		}
-		return int(n), nil
 	}
-	dev, err := v.s.alloc.alloc(v.chunkSize)
-	if err != nil {
-		return 0, fmt.Errorf("volume %s: %w", v.ref, err)
-	}
-	if !v.s.dev.DiscardZeroes() && n != v.chunkSize {
-		// Free space may hold old bytes: zero the whole extent first.
-		if _, err := v.s.dev.WriteAt(v.s.zeros[:v.chunkSize], dev); err != nil {
-			v.s.alloc.free(dev, v.chunkSize)
-			return 0, fmt.Errorf("%w: %w", ErrIO, err)
+	err := v.s.db.Update(func(txn *badger.Txn) error {
+		for _, pc := range pieces {
+			for i := int64(0); i < pc.count; i++ {
+				e := chunkEntry{storedLen: uint32(cs), devOff: pc.dev + i*cs}
+				if err := txn.Set(chunkKey(v.id, 0, uint64(pc.first+i)), e.encode()); err != nil {
+					return err
+				}
+			}
 		}
-	}
-	if _, err := v.s.dev.WriteAt(p[:n], dev+in); err != nil {
-		v.s.alloc.free(dev, v.chunkSize)
-		v.s.log.Error("device write failed", "volume", v.ref, "offset", off, "err", err)
-		return 0, fmt.Errorf("%w: %w", ErrIO, err)
-	}
-	e := chunkEntry{storedLen: uint32(v.chunkSize), devOff: dev}
-	err = v.s.db.Update(func(txn *badger.Txn) error {
-		return txn.Set(chunkKey(v.id, 0, uint64(idx)), e.encode())
+		return nil
 	})
 	if err != nil {
-		v.s.alloc.free(dev, v.chunkSize) // no committed entry points at it
-		v.s.log.Error("chunk map commit failed", "volume", v.ref, "chunk", idx, "err", err)
+		freeAll() // no committed entry points at them
+		v.s.log.Error("chunk map commit failed", "volume", v.ref, "chunk", w.first, "err", err)
 		return 0, fmt.Errorf("%w: commit chunk map: %w", ErrIO, err)
 	}
-	t.set(idx, dev)
-	v.allocated.Add(1)
+	for _, pc := range pieces {
+		for i := int64(0); i < pc.count; i++ {
+			t.set(pc.first+i, pc.dev+i*cs)
+		}
+	}
+	v.allocated.Add(k)
 	return int(n), nil
 }
 

@@ -400,3 +400,57 @@ func TestResizeDuringIOAndHugeThinVolume(t *testing.T) {
 		t.Fatalf("volume over the maximum: %v", err)
 	}
 }
+
+// A multi-chunk write into holes lands in one contiguous extent (so a large
+// read is one device IO); in a fragmented pool it still succeeds, in pieces.
+func TestContiguousAllocationAndFragmentedPool(t *testing.T) {
+	ctx := context.Background()
+	const chunks = 64
+	dev := device.NewMemory(dataStart + chunks*DefaultChunkSize)
+	s, err := Open(ctx, "", dev, Options{InMemoryMeta: true, SyncInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	v, err := s.CreateVolume(ctx, CreateOptions{Tenant: "t", Name: "v", Size: 64 * MiB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := pattern(3, MiB)
+	if err := v.WriteAt(ctx, 0, data, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	tab := v.table.Load()
+	for i := int64(1); i < 16; i++ {
+		if tab.get(i) != tab.get(0)+i*DefaultChunkSize {
+			t.Fatalf("chunk %d at %d, not contiguous after chunk 0 at %d", i, tab.get(i), tab.get(0))
+		}
+	}
+	// Fill the rest of the pool with single chunks, then free every other
+	// one: no two free chunks are adjacent.
+	for i := int64(16); i < chunks; i++ {
+		if err := v.WriteAt(ctx, 0, []byte{1}, (i+100)*DefaultChunkSize, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := int64(16); i < chunks; i += 2 {
+		if err := v.Discard(ctx, 0, (i+100)*DefaultChunkSize, DefaultChunkSize); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	big := pattern(4, 8*DefaultChunkSize+100)
+	if err := v.WriteAt(ctx, 0, big, 40*MiB+7, false); err != nil {
+		t.Fatalf("multi-chunk write into a fragmented pool: %v", err)
+	}
+	got := make([]byte, len(big))
+	if err := v.ReadAt(ctx, 0, got, 40*MiB+7); err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("read back after fragmented allocation differs (err %v)", err)
+	}
+	first := make([]byte, MiB)
+	if err := v.ReadAt(ctx, 0, first, 0); err != nil || !bytes.Equal(first, data) {
+		t.Fatal("first write damaged")
+	}
+}
