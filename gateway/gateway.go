@@ -11,9 +11,11 @@
 //  3. store: map to chunks, run the filter chain per chunk, device IO;
 //  4. account: counters per volume, door and operation.
 //
-// Queues (IOFlow) and filters (Crystal) are separate issues; until they land,
-// no rule exists, every request takes the unrouted fast path, and steps 1
-// and 2 cost one atomic pointer load. The seam is Volume.route.
+// Step 1 is a per-volume route cached in an atomic pointer and recomputed
+// whenever QoS rules change (rules.go); a volume no rule matches has a nil
+// route, and its requests skip steps 2 entirely. Step 2 is the IOFlow queue
+// of the winning rule in the gateway's one mClock scheduler (package qos).
+// Filters (Crystal) are a separate issue; the store has no filter step yet.
 //
 // Nothing in gateway imports a door.
 package gateway
@@ -29,6 +31,7 @@ import (
 	"sync"
 
 	"github.com/sluice-storage/sluice/gateway/device"
+	"github.com/sluice-storage/sluice/gateway/qos"
 	"github.com/sluice-storage/sluice/gateway/store"
 )
 
@@ -43,7 +46,17 @@ type Config struct {
 	// it takes no space until written). Ignored for existing pools and block
 	// devices, except that a larger size grows a pool file.
 	PoolSize int64
-	Logger   *slog.Logger
+	// QoSSlots is how many requests routed by QoS rules the scheduler lets
+	// run at once (mClock's device queue depth). Reservations and weights
+	// act only when more requests than this are waiting; limits act
+	// always. Default 16.
+	QoSSlots int
+	// QoSCapacityIOPS is the device's capacity for QoS-routed IO, in 8 KiB
+	// units per second; 0 = unknown. With it, reservations and weights
+	// divide that capacity even when the pool is a page-cached file that is
+	// never busy (see qos.Options.CapacityIOPS).
+	QoSCapacityIOPS float64
+	Logger          *slog.Logger
 }
 
 // DefaultPoolSize is the sparse pool file created by default.
@@ -57,6 +70,8 @@ type Gateway struct {
 
 	mu   sync.Mutex
 	vols map[uint64]*Volume // by store id, so counters outlive lookups
+
+	rules rules
 }
 
 // Open opens or creates the gateway's store.
@@ -85,7 +100,16 @@ func Open(ctx context.Context, cfg Config) (*Gateway, error) {
 		dev.Close()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	return &Gateway{log: cfg.Logger, dev: dev, store: st, vols: make(map[uint64]*Volume)}, nil
+	if cfg.QoSSlots == 0 {
+		cfg.QoSSlots = 16
+	}
+	g := &Gateway{log: cfg.Logger, dev: dev, store: st, vols: make(map[uint64]*Volume)}
+	g.rules = rules{sched: qos.NewScheduler(qos.Options{MaxInFlight: cfg.QoSSlots, CapacityIOPS: cfg.QoSCapacityIOPS}), byID: make(map[uint64]*ruleQueue)}
+	if err := g.loadRules(); err != nil {
+		g.Close()
+		return nil, fmt.Errorf("gateway: load QoS rules: %w", err)
+	}
+	return g, nil
 }
 
 // Close flushes everything and closes the store and device.
@@ -133,14 +157,20 @@ func (g *Gateway) Volumes() []*Volume {
 }
 
 func (g *Gateway) wrap(sv *store.Volume) *Volume {
-	id := sv.Info().ID
+	info := sv.Info()
 	g.mu.Lock()
-	defer g.mu.Unlock()
-	v := g.vols[id]
-	if v == nil || v.sv != sv {
-		v = newVolume(g, sv)
-		g.vols[id] = v
+	v := g.vols[info.ID]
+	if v != nil && v.sv == sv {
+		g.mu.Unlock()
+		return v
 	}
+	v = newVolume(g, sv)
+	g.vols[info.ID] = v
+	g.mu.Unlock()
+	// Classify outside g.mu (reroute takes rules.mu, then g.mu).
+	g.rules.mu.Lock()
+	v.route.Store(g.routeFor(info.Tenant, info.Name))
+	g.rules.mu.Unlock()
 	return v
 }
 

@@ -1,6 +1,10 @@
 package gateway
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Collector exports the gateway's counters to Prometheus. It reads the
 // atomic counters at scrape time, so the IO path never touches Prometheus.
@@ -19,11 +23,19 @@ var (
 	descAlloc   = prometheus.NewDesc("sluice_volume_allocated_bytes", "Pool space held by the volume's chunks.", []string{"tenant", "volume"}, nil)
 	descPool    = prometheus.NewDesc("sluice_pool_size_bytes", "Pool space available for chunks.", nil, nil)
 	descUsed    = prometheus.NewDesc("sluice_pool_used_bytes", "Pool space in use.", nil, nil)
+
+	ruleLabels     = []string{"rule", "target", "op"}
+	descQOps       = prometheus.NewDesc("sluice_queue_admitted_ops_total", "Requests admitted by a QoS rule's queue.", ruleLabels, nil)
+	descQBytes     = prometheus.NewDesc("sluice_queue_admitted_bytes_total", "Bytes of reads and writes admitted by a QoS rule's queue.", ruleLabels, nil)
+	descQThrottled = prometheus.NewDesc("sluice_queue_throttled_seconds_total", "Time requests spent waiting in a QoS rule's queue.", ruleLabels, nil)
+	descQDepth     = prometheus.NewDesc("sluice_queue_depth", "Requests waiting in a QoS rule's queue now.", ruleLabels, nil)
+	descQInFlight  = prometheus.NewDesc("sluice_queue_inflight", "Requests admitted by a QoS rule's queue and not yet complete.", ruleLabels, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descOps, descBytes, descErrors, descLatency, descSize, descAlloc, descPool, descUsed} {
+	for _, d := range []*prometheus.Desc{descOps, descBytes, descErrors, descLatency, descSize, descAlloc, descPool, descUsed,
+		descQOps, descQBytes, descQThrottled, descQDepth, descQInFlight} {
 		ch <- d
 	}
 }
@@ -33,6 +45,18 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ps := c.g.PoolStats()
 	ch <- prometheus.MustNewConstMetric(descPool, prometheus.GaugeValue, float64(ps.Size))
 	ch <- prometheus.MustNewConstMetric(descUsed, prometheus.GaugeValue, float64(ps.Used))
+	for _, r := range c.g.QoSRules() {
+		op := r.Op
+		if op == "" {
+			op = "all"
+		}
+		lv := []string{strconv.FormatUint(r.ID, 10), r.Target(), op}
+		ch <- prometheus.MustNewConstMetric(descQOps, prometheus.CounterValue, float64(r.Stats.AdmittedOps), lv...)
+		ch <- prometheus.MustNewConstMetric(descQBytes, prometheus.CounterValue, float64(r.Stats.AdmittedBytes), lv...)
+		ch <- prometheus.MustNewConstMetric(descQThrottled, prometheus.CounterValue, r.Stats.ThrottledTime.Seconds(), lv...)
+		ch <- prometheus.MustNewConstMetric(descQDepth, prometheus.GaugeValue, float64(r.Stats.Depth), lv...)
+		ch <- prometheus.MustNewConstMetric(descQInFlight, prometheus.GaugeValue, float64(r.Stats.InFlight), lv...)
+	}
 	for _, v := range c.g.Volumes() {
 		info := v.Info()
 		ref := info.Ref()

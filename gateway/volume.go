@@ -23,17 +23,10 @@ type CreateOptions = store.CreateOptions
 type Volume struct {
 	g  *Gateway
 	sv *store.Volume
-	// route is the classify step's cached result: nil means no rule matched
-	// and the request takes the fast path. Filled in by the queue and policy
-	// work; nothing sets it yet.
+	// route is the classify step's cached result: nil means no rule
+	// matches this volume and its requests take the fast path.
 	route    atomic.Pointer[route]
 	counters counters
-}
-
-// route is what classification yields for a volume: the queue that admits
-// its IO and the filter chain its chunks pass through.
-type route struct {
-	admit func(ctx context.Context, req *Request) error
 }
 
 func newVolume(g *Gateway, sv *store.Volume) *Volume { return &Volume{g: g, sv: sv} }
@@ -57,9 +50,15 @@ func (v *Volume) AllocatedBytes() int64 { return v.sv.AllocatedBytes() }
 func (v *Volume) Do(ctx context.Context, req *Request) error {
 	start := time.Now()
 	// 1+2. classify and queue: only when a rule routes this volume.
-	if r := v.route.Load(); r != nil && r.admit != nil {
-		if err := r.admit(ctx, req); err != nil {
-			return err
+	if r := v.route.Load(); r != nil && req.Door < numDoors {
+		c := classOf(req.Op)
+		if q := r.queues[req.Door][c]; q != nil {
+			done, err := v.g.rules.sched.Admit(ctx, q, c, int64(len(req.Buf)))
+			if err != nil {
+				v.counters.record(req.Door, req.Op, 0, time.Since(start), err)
+				return err
+			}
+			defer done()
 		}
 	}
 	// 3. store.
@@ -95,3 +94,9 @@ func (v *Volume) Do(ctx context.Context, req *Request) error {
 func (v *Volume) Extents(ctx context.Context, off, length int64) ([]Extent, error) {
 	return v.sv.Extents(ctx, 0, off, length)
 }
+
+// Queued reports whether QoS rules route this volume's requests through a
+// queue, where they may wait. Doors must then give the volume their
+// client's full concurrency (no inline execution on a connection's reader),
+// or the scheduler never sees enough waiting requests to order them.
+func (v *Volume) Queued() bool { return v.route.Load() != nil }

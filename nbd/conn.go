@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -30,6 +31,7 @@ type conn struct {
 	parent context.Context // the Serve context it was accepted under
 	nc     io.ReadWriteCloser
 	br     *bufio.Reader
+	raw    syscall.RawConn // for large WRITE payloads (payload.go); nil if not a socket
 	ctx    context.Context // passed to Export; cancelled on a hard close
 	cancel context.CancelFunc
 
@@ -84,6 +86,7 @@ func newConn(s *Server, parent context.Context, nc io.ReadWriteCloser) *conn {
 		parent:     parent,
 		nc:         nc,
 		br:         bufio.NewReaderSize(nc, 128<<10),
+		raw:        rawConn(nc),
 		ctx:        ctx,
 		cancel:     cancel,
 		work:       make(chan *request),
@@ -140,6 +143,19 @@ func (c *conn) run() {
 		"structured", sess.structured, "readonly", sess.readOnly)
 	c.transmit()
 	c.finish()
+}
+
+// queuedExport is an optional Export method: true while the export's
+// requests may wait in a QoS queue (gateway.Volume.Queued). Such requests
+// never run on the reader, so the export's scheduler sees the client's full
+// queue depth; run inline they would arrive one at a time and weights or
+// reservations could never order them.
+type queuedExport interface{ Queued() bool }
+
+// queued reports whether the session's export currently queues requests.
+func (c *conn) queued() bool {
+	q, ok := c.sess.export.(queuedExport)
+	return ok && q.Queued()
 }
 
 // setSession records the negotiated export for the transmission phase.
@@ -259,10 +275,10 @@ func (c *conn) transmit() {
 			c.acquire(r.weight)
 			r.buf = c.srv.bufs.get(int(h.length))
 			if h.typ == cmdWrite {
-				if c.br.Buffered() < len(r.buf.b) {
-					c.flushDeferred()
-				}
-				if _, err := io.ReadFull(c.br, r.buf.b); err != nil {
+				if err := c.readPayload(r.buf.b); err != nil {
+					if !c.isShutting() && !isClosedErr(err) {
+						c.srv.log.Debug("nbd: read write payload", "err", err)
+					}
 					c.inflight.Add(1)
 					c.releaseRequest(r)
 					return
@@ -270,7 +286,7 @@ func (c *conn) transmit() {
 			}
 		}
 		c.inflight.Add(1)
-		if c.lat.fast(h.typ) {
+		if c.lat.fast(h.typ) && !c.queued() {
 			r.inline = true
 			c.execute(r)
 		} else {

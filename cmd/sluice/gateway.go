@@ -38,6 +38,8 @@ wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
 			&cli.StringFlag{Name: "nbd-socket", Usage: "NBD unix socket (default DATA-DIR/nbd.sock, \"none\" to disable)"},
 			&cli.BoolFlag{Name: "nbd-read-only", Usage: "serve every NBD export read-only"},
 			&cli.StringFlag{Name: "metrics-listen", Usage: "also serve /metrics (and /debug/pprof) on this TCP address; keep it on loopback"},
+			&cli.IntFlag{Name: "qos-slots", Value: 16, Usage: "requests routed by QoS rules that may run at once; reservations and weights act when more wait"},
+			&cli.Float64Flag{Name: "qos-capacity-iops", Usage: "device capacity for QoS-routed IO in 8 KiB IO/s (0 = unknown); set it so reservations and weights divide it when the pool is never busy"},
 			&cli.StringFlag{Name: "log-level", Value: "info"},
 		},
 		Action: runGateway,
@@ -52,6 +54,12 @@ func runGateway(c *cli.Context) error {
 	poolSize, err := parseSize(c.String("pool-size"))
 	if err != nil {
 		return usageErr("--pool-size: %v", err)
+	}
+	if c.Int("qos-slots") < 1 {
+		return usageErr("--qos-slots must be at least 1")
+	}
+	if v := c.Float64("qos-capacity-iops"); v < 0 || v > 1e12 {
+		return usageErr("--qos-capacity-iops must be 0 (unknown) or a positive rate")
 	}
 	dataDir := c.String("data-dir")
 	apiSocket := c.String("api-socket")
@@ -70,7 +78,8 @@ func runGateway(c *cli.Context) error {
 	if err := checkNotRunning(apiSocket); err != nil {
 		return startup(err)
 	}
-	g, err := gateway.Open(ctx, gateway.Config{DataDir: dataDir, Device: c.String("device"), PoolSize: poolSize, Logger: log})
+	g, err := gateway.Open(ctx, gateway.Config{DataDir: dataDir, Device: c.String("device"), PoolSize: poolSize, QoSSlots: c.Int("qos-slots"),
+		QoSCapacityIOPS: c.Float64("qos-capacity-iops"), Logger: log})
 	if err != nil {
 		return startup(err)
 	}

@@ -59,6 +59,7 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			gatewayCommand(),
 			volumeCommand(),
+			qosCommand(),
 			statsCommand(),
 		},
 		Action:         unknownSubcommand,

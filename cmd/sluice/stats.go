@@ -39,5 +39,9 @@ func stats(c *cli.Context) error {
 		}
 	}
 	table([]string{"VOLUME", "DOOR", "OP", "OPS", "BYTES", "ERRORS", "MEAN LATENCY"}, rows)
+	if len(st.Queues) > 0 {
+		fmt.Println()
+		table(qosHeader, qosRows(st.Queues))
+	}
 	return nil
 }

@@ -9,6 +9,9 @@
 //	GET    /v1/volumes/{tenant}/{name}     Volume
 //	PATCH  /v1/volumes/{tenant}/{name}     ResizeRequest → Volume
 //	DELETE /v1/volumes/{tenant}/{name}     204
+//	GET    /v1/qos                         [gateway.QoSRuleStats]
+//	POST   /v1/qos                         gateway.QoSRule → QoSRule (create, or replace the limits of the rule with the same match)
+//	DELETE /v1/qos/{id}                    204
 //	GET    /v1/stats                       Stats
 //	GET    /metrics                        Prometheus text format
 //
@@ -23,6 +26,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,8 +74,9 @@ type VolumeStats struct {
 
 // Stats is the body of GET /v1/stats.
 type Stats struct {
-	Pool    store.PoolStats `json:"pool"`
-	Volumes []VolumeStats   `json:"volumes"`
+	Pool    store.PoolStats        `json:"pool"`
+	Volumes []VolumeStats          `json:"volumes"`
+	Queues  []gateway.QoSRuleStats `json:"queues"`
 }
 
 // Error is the body of every error response.
@@ -105,6 +110,9 @@ func NewHandler(g *gateway.Gateway, reg *prometheus.Registry, log *slog.Logger) 
 	mux.HandleFunc("GET /v1/volumes/{tenant}/{name}", h.get)
 	mux.HandleFunc("PATCH /v1/volumes/{tenant}/{name}", h.resize)
 	mux.HandleFunc("DELETE /v1/volumes/{tenant}/{name}", h.delete)
+	mux.HandleFunc("GET /v1/qos", h.qosList)
+	mux.HandleFunc("POST /v1/qos", h.qosSet)
+	mux.HandleFunc("DELETE /v1/qos/{id}", h.qosDelete)
 	mux.HandleFunc("GET /v1/stats", h.stats)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return mux
@@ -172,7 +180,7 @@ func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) stats(w http.ResponseWriter, r *http.Request) {
-	st := Stats{Pool: h.g.PoolStats(), Volumes: []VolumeStats{}}
+	st := Stats{Pool: h.g.PoolStats(), Volumes: []VolumeStats{}, Queues: h.g.QoSRules()}
 	for _, v := range h.g.Volumes() {
 		ops := v.Stats()
 		if ops == nil {
@@ -223,4 +231,36 @@ func httpStatus(err error) int {
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
+}
+
+func (h *handler) qosList(w http.ResponseWriter, r *http.Request) {
+	reply(w, http.StatusOK, h.g.QoSRules())
+}
+
+func (h *handler) qosSet(w http.ResponseWriter, r *http.Request) {
+	var rule gateway.QoSRule
+	if err := decode(r, &rule); err != nil {
+		h.fail(w, err)
+		return
+	}
+	rule.ID = 0
+	out, err := h.g.SetQoSRule(r.Context(), rule)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	reply(w, http.StatusOK, out)
+}
+
+func (h *handler) qosDelete(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+	if err != nil {
+		h.fail(w, fmt.Errorf("rule id %q: %w", r.PathValue("id"), gateway.ErrInvalid))
+		return
+	}
+	if err := h.g.DeleteQoSRule(r.Context(), id); err != nil {
+		h.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }

@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"os"
 	"syscall"
+
+	"github.com/sluice-storage/sluice/gateway"
 )
 
 // Client talks to a gateway's admin API over its unix socket.
@@ -109,4 +111,21 @@ func (c *Client) DeleteVolume(ctx context.Context, ref string) error {
 func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	var out Stats
 	return out, c.do(ctx, http.MethodGet, "/v1/stats", nil, &out)
+}
+
+// QoSRules lists QoS rules with their queue counters.
+func (c *Client) QoSRules(ctx context.Context) ([]gateway.QoSRuleStats, error) {
+	var out []gateway.QoSRuleStats
+	return out, c.do(ctx, http.MethodGet, "/v1/qos", nil, &out)
+}
+
+// SetQoSRule creates a rule or replaces the limits of the one with the same match.
+func (c *Client) SetQoSRule(ctx context.Context, r gateway.QoSRule) (gateway.QoSRule, error) {
+	var out gateway.QoSRule
+	return out, c.do(ctx, http.MethodPost, "/v1/qos", r, &out)
+}
+
+// DeleteQoSRule deletes a rule by id.
+func (c *Client) DeleteQoSRule(ctx context.Context, id uint64) error {
+	return c.do(ctx, http.MethodDelete, fmt.Sprintf("/v1/qos/%d", id), nil, nil)
 }

@@ -76,26 +76,30 @@ type Limits struct {
 	// Hard limits; a request waits until every limit that applies to its
 	// class has budget. IOPS and BPS apply to all classes, the Read* ones to
 	// reads only and the Write* ones to writes only.
-	IOPS, ReadIOPS, WriteIOPS float64 // cost units per second
-	BPS, ReadBPS, WriteBPS    float64 // bytes per second
+	IOPS      float64 `json:"iops,omitempty"`       // cost units per second
+	ReadIOPS  float64 `json:"read_iops,omitempty"`  // cost units per second
+	WriteIOPS float64 `json:"write_iops,omitempty"` // cost units per second
+	BPS       float64 `json:"bps,omitempty"`        // bytes per second
+	ReadBPS   float64 `json:"read_bps,omitempty"`   // bytes per second
+	WriteBPS  float64 `json:"write_bps,omitempty"`  // bytes per second
 
 	// Burst is how much of each limit an idle queue may bank: a token
 	// bucket of depth limit × Burst. 0 means DefaultBurst.
-	Burst time.Duration
+	Burst time.Duration `json:"burst,omitempty"` // nanoseconds in JSON
 
 	// Reservations: minimum service under contention. If both are set the
 	// queue gets at least both (whichever is more generous for its IO mix).
-	ReservationIOPS float64 // cost units per second
-	ReservationBPS  float64 // bytes per second
+	ReservationIOPS float64 `json:"reservation_iops,omitempty"` // cost units per second
+	ReservationBPS  float64 `json:"reservation_bps,omitempty"`  // bytes per second
 
 	// Weight is the queue's share of capacity left over after
 	// reservations. 0 means DefaultWeight.
-	Weight float64
+	Weight float64 `json:"weight,omitempty"`
 
 	// Priority orders queues in the weight phase: a queue is served from
 	// spare capacity only when no queue of higher priority is eligible.
 	// Reservations are served before any priority. Default 0.
-	Priority int
+	Priority int `json:"priority,omitempty"`
 }
 
 // Validate reports whether l is usable, with a one-line reason if not. The

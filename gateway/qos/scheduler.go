@@ -29,6 +29,14 @@ type Options struct {
 	// requests may be outstanding at once across all queues of this
 	// scheduler. Default 64.
 	MaxInFlight int
+	// CapacityIOPS is the device's capacity in cost units per second; 0
+	// means unknown. When set, dispatch is paced to it, so requests wait in
+	// their queues whenever demand exceeds it and reservations and weights
+	// divide it — even on a device that is never busy because the real
+	// bottleneck is the CPU (a page-cached pool file). This is Ceph's
+	// osd_mclock_max_capacity_iops. Without it, only MaxInFlight makes
+	// requests wait, and only a slow device makes weights act.
+	CapacityIOPS float64
 }
 
 // phase says which mClock phase dispatched a request.
@@ -48,6 +56,8 @@ type Scheduler struct {
 	costUnit    int64
 	maxInFlight int
 	pool        sync.Pool // *waiter
+
+	capacity bucket // paces all dispatch when CapacityIOPS is set; guarded by mu
 
 	mu       sync.Mutex
 	inFlight int                 // admitted, done not yet called
@@ -95,8 +105,27 @@ func NewScheduler(opts Options) *Scheduler {
 		maxInFlight: opts.MaxInFlight,
 		queues:      make(map[*Queue]struct{}),
 	}
+	s.capacity.set(opts.CapacityIOPS, capacityBank, 0)
 	s.pool.New = func() any { return &waiter{ready: make(chan struct{}, 1)} }
 	return s
+}
+
+// capacityBank is how much of the capacity an idle device banks, in
+// seconds: enough to absorb ~1 ms of timer lateness at any rate without
+// losing throughput, small enough that pacing still orders requests.
+const capacityBank = 0.02
+
+// SetCapacity changes the device capacity (cost units per second; 0 turns
+// pacing off). It applies to requests already waiting.
+func (s *Scheduler) SetCapacity(iops float64) error {
+	if math.IsNaN(iops) || math.IsInf(iops, 0) || iops < 0 {
+		return fmt.Errorf("%w: capacity %g", ErrInvalidLimits, iops)
+	}
+	s.mu.Lock()
+	s.capacity.set(iops, capacityBank, s.now())
+	s.dispatchLocked()
+	s.mu.Unlock()
+	return nil
 }
 
 // now returns seconds since the scheduler's epoch.
@@ -182,10 +211,10 @@ func (s *Scheduler) submit(q *Queue, c Class, bytes int64) (w *waiter, closed bo
 	// is the only candidate; it goes if its limits allow.
 	if s.nWaiting == 0 && s.inFlight < s.maxInFlight {
 		var now float64
-		if q.limited || q.reserved {
+		if q.limited || q.reserved || s.capacity.rate > 0 {
 			now = s.now()
 		}
-		if !q.limited || q.classWait(c, now) == 0 {
+		if (!q.limited || q.classWait(c, now) == 0) && s.capacity.wait(now) == 0 {
 			q.activate(now)
 			ph := phaseWeight
 			if q.reserved && q.rFin <= now {
@@ -250,6 +279,7 @@ func (s *Scheduler) admitLocked(q *Queue, c Class, cost float64, bytes int64, ph
 	if q.limited {
 		q.charge(c, cost, bytes, now)
 	}
+	s.capacity.take(cost, now)
 	// Proportional tag, start-time fair queueing in virtual time: a queue
 	// that was idle, limited or outranked restarts at the current virtual
 	// time rather than cashing in credit.
@@ -288,6 +318,10 @@ func (s *Scheduler) dispatchLocked() {
 	}
 	now := s.now()
 	for s.inFlight < s.maxInFlight && s.nWaiting > 0 {
+		if d := s.capacity.wait(now); d > 0 {
+			s.armTimerLocked(now, now+d)
+			return
+		}
 		var resQ, wQ *Queue
 		var resW, wW *waiter
 		var wStart float64

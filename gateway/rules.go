@@ -1,0 +1,281 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"sort"
+	"sync"
+
+	"github.com/sluice-storage/sluice/gateway/qos"
+)
+
+// QoS rules (IOFlow queuing rules). A rule matches requests by tenant,
+// volume, operation and door, and names its own queue in the gateway's
+// scheduler; the queue's limits, reservation and weight are the rule's.
+//
+// For a request the most specific matching rule wins: a volume rule beats
+// a tenant rule, then an operation-specific rule beats an all-operations
+// one, then a door-specific rule beats an all-doors one. A tenant rule is
+// one queue shared by all the tenant's volumes, so its limits are
+// tenant-wide. Requests no rule matches take the fast path: no queue, no
+// scheduler, one atomic load.
+//
+// Operations: "read" matches reads; "write" matches writes; flush, discard
+// and write-zeroes match only all-operations rules (class Other: one cost
+// unit, no bytes).
+//
+// Rules are stored in badger (config kind "qos") and take effect at once on
+// in-flight traffic: a changed limit applies to requests already waiting,
+// and deleting a rule releases its waiting requests.
+
+// QoSRule is one queuing rule and its queue's service configuration.
+type QoSRule struct {
+	ID     uint64     `json:"id"`
+	Tenant string     `json:"tenant"`
+	Volume string     `json:"volume,omitempty"` // volume name within the tenant; "" = every volume
+	Op     string     `json:"op,omitempty"`     // "read", "write", or "" = every operation
+	Door   string     `json:"door,omitempty"`   // "nbd", "fuse", "virtio", "shim", or "" = every door
+	Limits qos.Limits `json:"limits"`
+}
+
+// Target is "tenant" or "tenant/volume".
+func (r QoSRule) Target() string {
+	if r.Volume == "" {
+		return r.Tenant
+	}
+	return r.Tenant + "/" + r.Volume
+}
+
+func (r QoSRule) sameMatch(o QoSRule) bool {
+	return r.Tenant == o.Tenant && r.Volume == o.Volume && r.Op == o.Op && r.Door == o.Door
+}
+
+// specificity orders matching rules; higher wins.
+func (r QoSRule) specificity() int {
+	s := 0
+	if r.Volume != "" {
+		s += 4
+	}
+	if r.Op != "" {
+		s += 2
+	}
+	if r.Door != "" {
+		s++
+	}
+	return s
+}
+
+func (r QoSRule) matches(tenant, volume string, c qos.Class, d Door) bool {
+	return r.Tenant == tenant &&
+		(r.Volume == "" || r.Volume == volume) &&
+		(r.Op == "" || (r.Op == "read" && c == qos.Read) || (r.Op == "write" && c == qos.Write)) &&
+		(r.Door == "" || r.Door == d.String())
+}
+
+// QoSRuleStats is a rule with its queue's counters.
+type QoSRuleStats struct {
+	QoSRule
+	Stats qos.QueueStats `json:"stats"`
+}
+
+const qosKind = "qos"
+
+// rules is the gateway's rule table.
+type rules struct {
+	mu    sync.Mutex
+	sched *qos.Scheduler
+	byID  map[uint64]*ruleQueue
+}
+
+type ruleQueue struct {
+	rule  QoSRule
+	queue *qos.Queue
+}
+
+// route is what classification yields for one volume: the queue of the
+// winning rule per door and class, nil where no rule matches.
+type route struct {
+	queues [numDoors][3]*qos.Queue
+}
+
+func classOf(op Op) qos.Class {
+	switch op {
+	case OpRead:
+		return qos.Read
+	case OpWrite:
+		return qos.Write
+	}
+	return qos.Other
+}
+
+// loadRules restores rules from the store at start-up.
+func (g *Gateway) loadRules() error {
+	return g.store.LoadConfig(qosKind, func(id uint64, doc []byte) error {
+		var r QoSRule
+		if err := json.Unmarshal(doc, &r); err != nil {
+			return err
+		}
+		q, err := g.rules.sched.NewQueue(fmt.Sprintf("rule-%d", id), r.Limits)
+		if err != nil {
+			g.log.Error("stored QoS rule is invalid; ignored", "rule", id, "err", err)
+			return nil
+		}
+		g.rules.byID[id] = &ruleQueue{rule: r, queue: q}
+		return nil
+	})
+}
+
+// validateRule checks a rule before it is stored. The target must exist.
+func (g *Gateway) validateRule(r QoSRule) error {
+	switch r.Op {
+	case "", "read", "write":
+	default:
+		return fmt.Errorf("op %q: %w: want read or write (or none for every operation)", r.Op, ErrInvalid)
+	}
+	if r.Door != "" {
+		known := false
+		for d := Door(1); d < numDoors; d++ {
+			known = known || r.Door == d.String()
+		}
+		if !known {
+			return fmt.Errorf("door %q: %w: want nbd, fuse, virtio or shim", r.Door, ErrInvalid)
+		}
+	}
+	if r.Volume != "" {
+		if _, err := g.Volume(r.Tenant + "/" + r.Volume); err != nil {
+			return err
+		}
+	} else {
+		found := false
+		for _, v := range g.Volumes() {
+			found = found || v.Info().Tenant == r.Tenant
+		}
+		if !found {
+			return fmt.Errorf("tenant %q: %w: it has no volumes", r.Tenant, ErrNotFound)
+		}
+	}
+	l := r.Limits
+	if l.IsZero() {
+		return fmt.Errorf("%w: the rule sets nothing: give a limit, a reservation, a weight or a priority", ErrInvalid)
+	}
+	for _, f := range []float64{l.ReservationIOPS, l.ReservationBPS} {
+		if f != 0 && f < 1 && !math.IsNaN(f) {
+			return fmt.Errorf("%w: a reservation below 1 per second is meaningless", ErrInvalid)
+		}
+	}
+	if err := l.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return nil
+}
+
+// SetQoSRule creates the rule, or replaces the limits of the existing rule
+// with the same tenant, volume, op and door. It returns the stored rule.
+func (g *Gateway) SetQoSRule(ctx context.Context, r QoSRule) (QoSRule, error) {
+	if err := g.validateRule(r); err != nil {
+		return QoSRule{}, err
+	}
+	g.rules.mu.Lock()
+	defer g.rules.mu.Unlock()
+	for id, rq := range g.rules.byID {
+		if rq.rule.sameMatch(r) {
+			r.ID = id
+			doc, _ := json.Marshal(r)
+			if err := g.store.PutConfig(qosKind, id, doc); err != nil {
+				return QoSRule{}, err
+			}
+			if err := rq.queue.SetLimits(r.Limits); err != nil {
+				return QoSRule{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+			}
+			rq.rule = r
+			g.log.Info("QoS rule changed", "rule", id, "target", r.Target(), "op", r.Op)
+			return r, nil
+		}
+	}
+	id, err := g.store.NextConfigID(qosKind)
+	if err != nil {
+		return QoSRule{}, err
+	}
+	r.ID = id
+	q, err := g.rules.sched.NewQueue(fmt.Sprintf("rule-%d", id), r.Limits)
+	if err != nil {
+		return QoSRule{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	doc, _ := json.Marshal(r)
+	if err := g.store.PutConfig(qosKind, id, doc); err != nil {
+		q.Close()
+		return QoSRule{}, err
+	}
+	g.rules.byID[id] = &ruleQueue{rule: r, queue: q}
+	g.reroute()
+	g.log.Info("QoS rule added", "rule", id, "target", r.Target(), "op", r.Op)
+	return r, nil
+}
+
+// DeleteQoSRule removes a rule; requests waiting in its queue are released.
+func (g *Gateway) DeleteQoSRule(ctx context.Context, id uint64) error {
+	g.rules.mu.Lock()
+	defer g.rules.mu.Unlock()
+	rq := g.rules.byID[id]
+	if rq == nil {
+		return fmt.Errorf("QoS rule %d: %w", id, ErrNotFound)
+	}
+	if err := g.store.DeleteConfig(qosKind, id); err != nil {
+		return err
+	}
+	delete(g.rules.byID, id)
+	g.reroute()      // new requests stop entering the queue...
+	rq.queue.Close() // ...then the waiting ones are let go
+	g.log.Info("QoS rule deleted", "rule", id)
+	return nil
+}
+
+// QoSRules lists rules with their queue counters, by id.
+func (g *Gateway) QoSRules() []QoSRuleStats {
+	g.rules.mu.Lock()
+	defer g.rules.mu.Unlock()
+	out := make([]QoSRuleStats, 0, len(g.rules.byID))
+	for _, rq := range g.rules.byID {
+		out = append(out, QoSRuleStats{QoSRule: rq.rule, Stats: rq.queue.Stats()})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// reroute recomputes every known volume's route. Callers hold rules.mu.
+func (g *Gateway) reroute() {
+	g.mu.Lock()
+	vols := make([]*Volume, 0, len(g.vols))
+	for _, v := range g.vols {
+		vols = append(vols, v)
+	}
+	g.mu.Unlock()
+	for _, v := range vols {
+		v.route.Store(g.routeFor(v.Info().Tenant, v.Info().Name))
+	}
+}
+
+// routeFor classifies one volume; nil when no rule applies to it at all.
+// Callers hold rules.mu.
+func (g *Gateway) routeFor(tenant, volume string) *route {
+	var r route
+	any := false
+	for d := Door(0); d < numDoors; d++ {
+		for c := qos.Read; c <= qos.Other; c++ {
+			best := -1
+			for _, rq := range g.rules.byID {
+				if rq.rule.matches(tenant, volume, c, d) && rq.rule.specificity() > best {
+					best = rq.rule.specificity()
+					r.queues[d][c] = rq.queue
+					any = true
+				}
+			}
+		}
+	}
+	if !any {
+		return nil
+	}
+	return &r
+}

@@ -1,0 +1,293 @@
+package integration
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fioResult is what the QoS tests read from fio's JSON output.
+type fioResult struct {
+	ReadIOPS, WriteIOPS float64
+	ReadBW, WriteBW     float64 // bytes/s
+}
+
+// fioJob runs one fio job against an NBD URI and parses its JSON output.
+func fioJob(t *testing.T, uri string, args ...string) fioResult {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "fio.json")
+	all := append([]string{"--name=j", "--ioengine=nbd", "--uri=" + uri, "--thread",
+		"--output-format=json", "--output=" + out}, args...)
+	if b, err := exec.Command("fio", all...).CombinedOutput(); err != nil {
+		t.Errorf("fio %v: %v\n%s", args, err, b)
+		return fioResult{}
+	}
+	raw, err := os.ReadFile(out)
+	if err != nil {
+		t.Error(err)
+		return fioResult{}
+	}
+	// fio writes "fio: connected to NBD server" before the JSON.
+	raw = raw[strings.IndexByte(string(raw), '{'):]
+	var j struct {
+		Jobs []struct {
+			Read, Write struct {
+				IOPS    float64 `json:"iops"`
+				BWBytes float64 `json:"bw_bytes"`
+			}
+		} `json:"jobs"`
+	}
+	if err := json.Unmarshal(raw, &j); err != nil || len(j.Jobs) != 1 {
+		t.Errorf("fio output: %v\n%s", err, raw)
+		return fioResult{}
+	}
+	r := j.Jobs[0]
+	return fioResult{r.Read.IOPS, r.Write.IOPS, r.Read.BWBytes, r.Write.BWBytes}
+}
+
+// together runs fio jobs at the same time and returns their results in order.
+func together(t *testing.T, jobs ...func() fioResult) []fioResult {
+	res := make([]fioResult, len(jobs))
+	var wg sync.WaitGroup
+	for i, j := range jobs {
+		wg.Add(1)
+		go func(i int, j func() fioResult) { defer wg.Done(); res[i] = j() }(i, j)
+	}
+	wg.Wait()
+	return res
+}
+
+func qosGateway(t *testing.T) *gw {
+	needTool(t, "fio")
+	g := startGateway(t, t.TempDir())
+	g.createVolume("ta/a", "1G")
+	g.createVolume("tb/b", "1G")
+	return g
+}
+
+func within(got, want, tol float64) bool { return got >= want*(1-tol) && got <= want*(1+tol) }
+
+// A 20 MiB/s write limit on tenant A holds within ±5% over 20 s while
+// tenant B, unlimited, uses the rest.
+func TestQoSLimitHoldsWhileNeighbourRuns(t *testing.T) {
+	g := qosGateway(t)
+	g.mustSluice("qos", "set", "--tenant", "ta", "--op", "write", "--bw", "20MiB")
+	job := []string{"--rw=randwrite", "--bs=64k", "--iodepth=32", "--size=1g", "--time_based", "--runtime=20"}
+	r := together(t,
+		func() fioResult { return fioJob(t, g.uri("ta/a"), job...) },
+		func() fioResult { return fioJob(t, g.uri("tb/b"), job...) },
+	)
+	const want = 20 << 20
+	t.Logf("tenant A %.1f MiB/s (limit 20), tenant B %.1f MiB/s", r[0].WriteBW/(1<<20), r[1].WriteBW/(1<<20))
+	if !within(r[0].WriteBW, want, 0.05) {
+		t.Errorf("limited tenant wrote %.2f MiB/s, want 20 ± 5%%", r[0].WriteBW/(1<<20))
+	}
+	if r[1].WriteBW < 3*want {
+		t.Errorf("unlimited neighbour got only %.1f MiB/s: capacity left idle", r[1].WriteBW/(1<<20))
+	}
+	var rules []struct {
+		Stats struct {
+			AdmittedBytes uint64 `json:"AdmittedBytes"`
+			ThrottledTime int64  `json:"ThrottledTime"`
+		} `json:"stats"`
+	}
+	json.Unmarshal([]byte(g.mustSluice("qos", "list", "--json")), &rules)
+	if len(rules) != 1 || rules[0].Stats.AdmittedBytes == 0 || rules[0].Stats.ThrottledTime == 0 {
+		t.Errorf("queue counters not visible in qos list: %+v", rules)
+	}
+}
+
+// pacedGateway measures what the machine delivers to two tenants at once
+// with no rules, then restarts the gateway with a QoS capacity below that,
+// so that both tenants saturate the scheduler (the pool file itself is never
+// the bottleneck here: the CPU is). The capacity is 40% of the two-tenant
+// total, so that each fio client alone can offer more than any share it
+// may be given (on 2 cores a client's own CPU caps its rate, and a
+// work-conserving scheduler rightly gives a client's slack to the other).
+// It returns the capacity set.
+func pacedGateway(t *testing.T, g *gw, job []string) float64 {
+	r := together(t,
+		func() fioResult { return fioJob(t, g.uri("ta/a"), job...) },
+		func() fioResult { return fioJob(t, g.uri("tb/b"), job...) },
+	)
+	capacity := 0.4 * (r[0].WriteIOPS + r[1].WriteIOPS)
+	t.Logf("unscheduled: %.0f + %.0f IOPS; QoS capacity set to %.0f", r[0].WriteIOPS, r[1].WriteIOPS, capacity)
+	g.stop()
+	g.args = append(g.args, "--qos-capacity-iops", fmt.Sprintf("%.0f", capacity))
+	g.restart()
+	return capacity
+}
+
+// Weights 2:1 with both tenants saturating give a 2 ± 0.2 throughput ratio.
+func TestQoSWeights(t *testing.T) {
+	g := qosGateway(t)
+	job := []string{"--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=256m", "--time_based", "--runtime=5"}
+	pacedGateway(t, g, job)
+	g.mustSluice("qos", "set", "--volume", "ta/a", "--weight", "2")
+	g.mustSluice("qos", "set", "--volume", "tb/b", "--weight", "1")
+	job[len(job)-1] = "--runtime=10"
+	r := together(t,
+		func() fioResult { return fioJob(t, g.uri("ta/a"), job...) },
+		func() fioResult { return fioJob(t, g.uri("tb/b"), job...) },
+	)
+	ratio := r[0].WriteIOPS / r[1].WriteIOPS
+	t.Logf("weight 2: %.0f IOPS, weight 1: %.0f IOPS, ratio %.3f", r[0].WriteIOPS, r[1].WriteIOPS, ratio)
+	if ratio < 1.8 || ratio > 2.2 {
+		t.Errorf("throughput ratio %.3f, want 2 ± 0.2", ratio)
+	}
+}
+
+// A reservation of 60% of measured capacity holds for A under contention,
+// even though B's weight would otherwise give it 90%.
+func TestQoSReservation(t *testing.T) {
+	g := qosGateway(t)
+	job := []string{"--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=256m", "--time_based", "--runtime=8"}
+	pacedGateway(t, g, job)
+	g.mustSluice("qos", "set", "--volume", "ta/a", "--weight", "1")
+	g.mustSluice("qos", "set", "--volume", "tb/b", "--weight", "9")
+	both := func() []fioResult {
+		return together(t,
+			func() fioResult { return fioJob(t, g.uri("ta/a"), job...) },
+			func() fioResult { return fioJob(t, g.uri("tb/b"), job...) },
+		)
+	}
+	m := both()
+	capacity := m[0].WriteIOPS + m[1].WriteIOPS
+	t.Logf("measured capacity %.0f IOPS (A %.0f with weight 1, B %.0f with weight 9)", capacity, m[0].WriteIOPS, m[1].WriteIOPS)
+	if m[1].WriteIOPS < 4*m[0].WriteIOPS {
+		t.Fatalf("weights 1:9 gave %.0f:%.0f IOPS; without working weights this test shows nothing", m[0].WriteIOPS, m[1].WriteIOPS)
+	}
+	reserve := 0.6 * capacity
+	g.mustSluice("qos", "set", "--volume", "ta/a", "--weight", "1", "--reservation-iops", fmt.Sprintf("%.0f", reserve))
+	r := both()
+	share := r[0].WriteIOPS / (r[0].WriteIOPS + r[1].WriteIOPS)
+	t.Logf("with a reservation of %.0f IOPS: A %.0f, B %.0f (A's share %.2f)", reserve, r[0].WriteIOPS, r[1].WriteIOPS, share)
+	// The machine's capacity moves between runs (2 noisy cores), so the
+	// reservation is checked both as IOPS and as a share of what was there.
+	if r[0].WriteIOPS < 0.85*reserve || share < 0.55 {
+		t.Errorf("A got %.0f IOPS (share %.2f) under contention, want its reservation of %.0f (60%%)", r[0].WriteIOPS, share, reserve)
+	}
+}
+
+// A limit changed mid-run takes effect within one second, and deleting the
+// rule lifts it.
+func TestQoSLiveChange(t *testing.T) {
+	g := qosGateway(t)
+	g.mustSluice("qos", "set", "--volume", "ta/a", "--bw", "40MiB")
+	dir := t.TempDir()
+	start := time.Now()
+	done := make(chan fioResult)
+	go func() {
+		done <- fioJob(t, g.uri("ta/a"), "--rw=randwrite", "--bs=64k", "--iodepth=16", "--size=1g",
+			"--time_based", "--runtime=9", "--log_avg_msec=250", "--write_bw_log="+filepath.Join(dir, "a"))
+	}()
+	time.Sleep(3 * time.Second)
+	g.mustSluice("qos", "set", "--volume", "ta/a", "--bw", "10MiB")
+	changed := time.Since(start)
+	time.Sleep(3 * time.Second)
+	var rules []struct {
+		ID uint64 `json:"id"`
+	}
+	json.Unmarshal([]byte(g.mustSluice("qos", "list", "--json")), &rules)
+	g.mustSluice("qos", "delete", fmt.Sprint(rules[0].ID))
+	deleted := time.Since(start)
+	<-done
+
+	// fio's log: msec, KiB/s averaged over 250 ms, ... (time from fio's start,
+	// which is a little after ours: the windows checked below leave room).
+	f, err := os.Open(filepath.Join(dir, "a_bw.1.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	type sample struct {
+		at time.Duration
+		bw float64
+	}
+	var samples []sample
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Split(sc.Text(), ",")
+		if len(fs) < 2 {
+			continue
+		}
+		ms, _ := strconv.Atoi(strings.TrimSpace(fs[0]))
+		kib, _ := strconv.ParseFloat(strings.TrimSpace(fs[1]), 64)
+		samples = append(samples, sample{time.Duration(ms) * time.Millisecond, kib * 1024})
+	}
+	avg := func(from, to time.Duration) float64 {
+		var sum float64
+		n := 0
+		for _, s := range samples {
+			if s.at > from && s.at <= to {
+				sum += s.bw
+				n++
+			}
+		}
+		if n == 0 {
+			t.Fatalf("no fio samples in (%v, %v]: %v", from, to, samples)
+		}
+		return sum / float64(n)
+	}
+	before := avg(time.Second, changed-250*time.Millisecond)
+	after := avg(changed+time.Second, deleted-250*time.Millisecond)
+	lifted := avg(deleted+time.Second, 9*time.Second)
+	t.Logf("40 MiB/s limit: %.1f MiB/s; changed to 10 MiB/s at %v: %.1f MiB/s from 1 s later; deleted at %v: %.1f MiB/s",
+		before/(1<<20), changed.Round(time.Millisecond), after/(1<<20), deleted.Round(time.Millisecond), lifted/(1<<20))
+	if !within(before, 40<<20, 0.1) {
+		t.Errorf("before the change: %.1f MiB/s, want 40 ± 10%%", before/(1<<20))
+	}
+	if !within(after, 10<<20, 0.1) {
+		t.Errorf("from one second after the change: %.1f MiB/s, want 10 ± 10%%", after/(1<<20))
+	}
+	if lifted < 80<<20 {
+		t.Errorf("after deleting the rule: %.1f MiB/s, the limit was not lifted", lifted/(1<<20))
+	}
+}
+
+func TestQoSBadInput(t *testing.T) {
+	g := qosGateway(t)
+	for _, b := range []struct {
+		args []string
+		code int
+		says string
+	}{
+		{[]string{"qos", "set", "--tenant", "ta", "--iops", "-5"}, 2, "positive"},
+		{[]string{"qos", "set", "--tenant", "ta", "--iops", "0"}, 2, "positive"},
+		{[]string{"qos", "set", "--tenant", "ta", "--weight", "0"}, 2, "positive"},
+		{[]string{"qos", "set", "--tenant", "ta", "--bw", "lots"}, 2, "--bw"},
+		{[]string{"qos", "set", "--tenant", "ta"}, 1, "sets nothing"},
+		{[]string{"qos", "set", "--iops", "5"}, 2, "--tenant"},
+		{[]string{"qos", "set", "--tenant", "ta", "--volume", "ta/a", "--iops", "5"}, 2, "not both"},
+		{[]string{"qos", "set", "--tenant", "nobody", "--iops", "5"}, 1, "no volumes"},
+		{[]string{"qos", "set", "--volume", "ta/nope", "--iops", "5"}, 1, "not found"},
+		{[]string{"qos", "set", "--tenant", "ta", "--op", "append", "--iops", "5"}, 1, "read or write"},
+		{[]string{"qos", "set", "--tenant", "ta", "--iops", "100", "--reservation-iops", "200"}, 1, "above"},
+		{[]string{"qos", "set", "--tenant", "ta", "--iops", "5", "--burst", "-1s"}, 2, "--burst"},
+		{[]string{"qos", "delete", "99"}, 1, "not found"},
+		{[]string{"qos", "delete", "x"}, 2, "not a number"},
+	} {
+		out, code := g.sluice(b.args...)
+		if code != b.code || !strings.Contains(out, b.says) {
+			t.Errorf("sluice %s: exit %d, %q; want exit %d mentioning %q", strings.Join(b.args, " "), code, out, b.code, b.says)
+		}
+	}
+	if out := g.mustSluice("qos", "list", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Fatalf("refused commands left rules behind: %s", out)
+	}
+	// Rules persist across a restart.
+	g.mustSluice("qos", "set", "--volume", "ta/a", "--iops", "500", "--op", "read")
+	g.stop()
+	g.restart()
+	if out := g.mustSluice("qos", "list"); !strings.Contains(out, "ta/a") || !strings.Contains(out, "iops<=500") {
+		t.Fatalf("rule lost across restart:\n%s", out)
+	}
+}
