@@ -94,9 +94,3 @@ func (v *Volume) Do(ctx context.Context, req *Request) error {
 func (v *Volume) Extents(ctx context.Context, off, length int64) ([]Extent, error) {
 	return v.sv.Extents(ctx, 0, off, length)
 }
-
-// Queued reports whether QoS rules route this volume's requests through a
-// queue, where they may wait. Doors must then give the volume their
-// client's full concurrency (no inline execution on a connection's reader),
-// or the scheduler never sees enough waiting requests to order them.
-func (v *Volume) Queued() bool { return v.route.Load() != nil }

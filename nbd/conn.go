@@ -145,19 +145,6 @@ func (c *conn) run() {
 	c.finish()
 }
 
-// queuedExport is an optional Export method: true while the export's
-// requests may wait in a QoS queue (gateway.Volume.Queued). Such requests
-// never run on the reader, so the export's scheduler sees the client's full
-// queue depth; run inline they would arrive one at a time and weights or
-// reservations could never order them.
-type queuedExport interface{ Queued() bool }
-
-// queued reports whether the session's export currently queues requests.
-func (c *conn) queued() bool {
-	q, ok := c.sess.export.(queuedExport)
-	return ok && q.Queued()
-}
-
 // setSession records the negotiated export for the transmission phase.
 func (c *conn) setSession(sess *session) {
 	c.sess = sess
@@ -286,7 +273,7 @@ func (c *conn) transmit() {
 			}
 		}
 		c.inflight.Add(1)
-		if c.lat.fast(h.typ) && !c.queued() {
+		if c.lat.fast(h.typ) {
 			r.inline = true
 			c.execute(r)
 		} else {

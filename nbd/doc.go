@@ -69,7 +69,12 @@
 // READ/WRITE payload is in flight per connection. Replies are queued and
 // written by whichever goroutine finds the socket idle, several per writev
 // under load. Buffers and request state come from pools; a 4 KiB read or
-// write makes no heap allocation.
+// write makes no heap allocation. A WRITE payload is read straight into the
+// request buffer; when 64 KiB or more of it is still in the socket, the reader
+// reads it through the socket's RawConn and, finding the socket empty, yields
+// and retries (up to 200 times) before parking in the netpoller, since the
+// client is normally mid-send and a park/wake-up per piece costs more
+// (payload.go).
 //
 // # Errors
 //
