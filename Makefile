@@ -51,6 +51,7 @@ fuzz:
 
 bench: build deps
 	bash bench/nbd.sh
+	bash bench/qos.sh
 
 clean:
 	rm -rf bin integration.log

@@ -22,7 +22,6 @@ package gateway
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -56,7 +55,10 @@ type Config struct {
 	// divide that capacity even when the pool is a page-cached file that is
 	// never busy (see qos.Options.CapacityIOPS).
 	QoSCapacityIOPS float64
-	Logger          *slog.Logger
+	// QoSCostUnit is the IO size that costs one unit (default 8 KiB): IOPS
+	// limits, reservations and weights count max(1, ceil(bytes/unit)).
+	QoSCostUnit int64
+	Logger      *slog.Logger
 }
 
 // DefaultPoolSize is the sparse pool file created by default.
@@ -104,7 +106,7 @@ func Open(ctx context.Context, cfg Config) (*Gateway, error) {
 		cfg.QoSSlots = 16
 	}
 	g := &Gateway{log: cfg.Logger, dev: dev, store: st, vols: make(map[uint64]*Volume)}
-	g.rules = rules{sched: qos.NewScheduler(qos.Options{MaxInFlight: cfg.QoSSlots, CapacityIOPS: cfg.QoSCapacityIOPS}), byID: make(map[uint64]*ruleQueue)}
+	g.rules = rules{sched: qos.NewScheduler(qos.Options{MaxInFlight: cfg.QoSSlots, CapacityIOPS: cfg.QoSCapacityIOPS, CostUnit: cfg.QoSCostUnit}), byID: make(map[uint64]*ruleQueue)}
 	if err := g.loadRules(); err != nil {
 		g.Close()
 		return nil, fmt.Errorf("gateway: load QoS rules: %w", err)
@@ -219,6 +221,3 @@ func (g *Gateway) DeleteVolume(ctx context.Context, ref string) error {
 
 // PoolStats reports pool usage.
 func (g *Gateway) PoolStats() store.PoolStats { return g.store.Stats() }
-
-// IsNotFound and friends are conveniences for callers that map errors.
-func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }

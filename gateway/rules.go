@@ -261,7 +261,7 @@ func (g *Gateway) reroute() {
 // Callers hold rules.mu.
 func (g *Gateway) routeFor(tenant, volume string) *route {
 	var r route
-	any := false
+	matched := false
 	for d := Door(0); d < numDoors; d++ {
 		for c := qos.Read; c <= qos.Other; c++ {
 			best := -1
@@ -269,12 +269,12 @@ func (g *Gateway) routeFor(tenant, volume string) *route {
 				if rq.rule.matches(tenant, volume, c, d) && rq.rule.specificity() > best {
 					best = rq.rule.specificity()
 					r.queues[d][c] = rq.queue
-					any = true
+					matched = true
 				}
 			}
 		}
 	}
-	if !any {
+	if !matched {
 		return nil
 	}
 	return &r

@@ -40,6 +40,7 @@ wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
 			&cli.StringFlag{Name: "metrics-listen", Usage: "also serve /metrics (and /debug/pprof) on this TCP address; keep it on loopback"},
 			&cli.IntFlag{Name: "qos-slots", Value: 16, Usage: "requests routed by QoS rules that may run at once; reservations and weights act when more wait"},
 			&cli.Float64Flag{Name: "qos-capacity-iops", Usage: "device capacity for QoS-routed IO in 8 KiB IO/s (0 = unknown); set it so reservations and weights divide it when the pool is never busy"},
+			&cli.StringFlag{Name: "qos-cost-unit", Value: "8K", Usage: "IO size that counts as one IO for QoS IOPS (larger IOs count proportionally)"},
 			&cli.StringFlag{Name: "log-level", Value: "info"},
 		},
 		Action: runGateway,
@@ -61,6 +62,10 @@ func runGateway(c *cli.Context) error {
 	if v := c.Float64("qos-capacity-iops"); v < 0 || v > 1e12 {
 		return usageErr("--qos-capacity-iops must be 0 (unknown) or a positive rate")
 	}
+	costUnit, err := parseSize(c.String("qos-cost-unit"))
+	if err != nil || costUnit < 512 || costUnit > 16<<20 {
+		return usageErr("--qos-cost-unit %q: want a size from 512 to 16M", c.String("qos-cost-unit"))
+	}
 	dataDir := c.String("data-dir")
 	apiSocket := c.String("api-socket")
 	if apiSocket == "" {
@@ -79,7 +84,7 @@ func runGateway(c *cli.Context) error {
 		return startup(err)
 	}
 	g, err := gateway.Open(ctx, gateway.Config{DataDir: dataDir, Device: c.String("device"), PoolSize: poolSize, QoSSlots: c.Int("qos-slots"),
-		QoSCapacityIOPS: c.Float64("qos-capacity-iops"), Logger: log})
+		QoSCapacityIOPS: c.Float64("qos-capacity-iops"), QoSCostUnit: costUnit, Logger: log})
 	if err != nil {
 		return startup(err)
 	}

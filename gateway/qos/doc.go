@@ -6,7 +6,15 @@
 // A Scheduler stands for one device (one per gateway) with MaxInFlight
 // slots: at most that many admitted requests are outstanding at once. A
 // Queue is what one QoS rule names; the caller (the gateway) matches rules
-// and routes requests. Requests that match no rule never come here. For each
+// and routes requests. Requests that match no rule never come here.
+//
+// Optionally the device has a capacity (Options.CapacityIOPS, SetCapacity):
+// a scheduler-wide token bucket in cost units per second, with a 20 ms bank,
+// that paces every dispatch. On a device that is never busy (a page-cached
+// pool file, where the CPU is the bottleneck) nothing would otherwise wait,
+// and reservations and weights would have nothing to order; with a capacity
+// they divide it. This is Ceph's osd_mclock_max_capacity_iops. The capacity
+// is configured, not measured. For each
 // routed request the caller does
 //
 //	done, err := sched.Admit(ctx, queue, qos.Read, n)

@@ -291,3 +291,21 @@ func TestQoSBadInput(t *testing.T) {
 		t.Fatalf("rule lost across restart:\n%s", out)
 	}
 }
+
+// IOPS count cost units: with --qos-cost-unit 4K a 16 KiB write costs 4, so
+// a 400 IOPS limit lets 100 of them through per second.
+func TestQoSCostUnit(t *testing.T) {
+	needTool(t, "fio")
+	g := startGateway(t, t.TempDir(), "--qos-cost-unit", "4K")
+	g.createVolume("ta/a", "256M")
+	g.mustSluice("qos", "set", "--volume", "ta/a", "--op", "write", "--iops", "400")
+	r := fioJob(t, g.uri("ta/a"), "--rw=randwrite", "--bs=16k", "--iodepth=8", "--size=64m", "--time_based", "--runtime=5")
+	t.Logf("16 KiB writes under a 400-unit limit with 4 KiB units: %.1f IO/s", r.WriteIOPS)
+	if !within(r.WriteIOPS, 100, 0.1) {
+		t.Errorf("%.1f IO/s, want 100 ± 10%%", r.WriteIOPS)
+	}
+	out, code := g.sluice("gateway", "--data-dir", t.TempDir(), "--qos-cost-unit", "12")
+	if code != 2 || !strings.Contains(out, "qos-cost-unit") {
+		t.Errorf("bad --qos-cost-unit: exit %d, %q", code, out)
+	}
+}
