@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"path"
 	"sort"
 	"sync"
 
@@ -15,12 +16,19 @@ import (
 // volume, operation and door, and names its own queue in the gateway's
 // scheduler; the queue's limits, reservation and weight are the rule's.
 //
-// For a request the most specific matching rule wins: a volume rule beats
-// a tenant rule, then an operation-specific rule beats an all-operations
+// For a request the most specific matching rule wins: a file rule beats a
+// volume rule, which beats a tenant rule, then an operation-specific rule beats an all-operations
 // one, then a door-specific rule beats an all-doors one. A tenant rule is
 // one queue shared by all the tenant's volumes, so its limits are
 // tenant-wide. Requests no rule matches take the fast path: no queue, no
 // scheduler, one atomic load.
+//
+// File rules (a glob over the file's path within an fs volume, path.Match
+// syntax, e.g. "*.log" or "db/*") match only requests that carry a path;
+// block IO never matches them. Volumes without file rules classify from the
+// cached route; a volume with file rules matches each request carrying a
+// path against its rules (a mutex and a scan: fs volumes are another issue,
+// and this is the simple first version).
 //
 // Operations: "read" matches reads; "write" matches writes; flush, discard
 // and write-zeroes match only all-operations rules (class Other: one cost
@@ -35,6 +43,7 @@ type QoSRule struct {
 	ID     uint64     `json:"id"`
 	Tenant string     `json:"tenant"`
 	Volume string     `json:"volume,omitempty"` // volume name within the tenant; "" = every volume
+	File   string     `json:"file,omitempty"`   // glob over file paths (fs volumes); "" = all IO
 	Op     string     `json:"op,omitempty"`     // "read", "write", or "" = every operation
 	Door   string     `json:"door,omitempty"`   // "nbd", "fuse", "virtio", "shim", or "" = every door
 	Limits qos.Limits `json:"limits"`
@@ -42,19 +51,25 @@ type QoSRule struct {
 
 // Target is "tenant" or "tenant/volume".
 func (r QoSRule) Target() string {
-	if r.Volume == "" {
+	switch {
+	case r.Volume == "":
 		return r.Tenant
+	case r.File != "":
+		return r.Tenant + "/" + r.Volume + ":" + r.File
 	}
 	return r.Tenant + "/" + r.Volume
 }
 
 func (r QoSRule) sameMatch(o QoSRule) bool {
-	return r.Tenant == o.Tenant && r.Volume == o.Volume && r.Op == o.Op && r.Door == o.Door
+	return r.Tenant == o.Tenant && r.Volume == o.Volume && r.File == o.File && r.Op == o.Op && r.Door == o.Door
 }
 
 // specificity orders matching rules; higher wins.
 func (r QoSRule) specificity() int {
 	s := 0
+	if r.File != "" {
+		s += 8
+	}
 	if r.Volume != "" {
 		s += 4
 	}
@@ -67,7 +82,17 @@ func (r QoSRule) specificity() int {
 	return s
 }
 
-func (r QoSRule) matches(tenant, volume string, c qos.Class, d Door) bool {
+// matches reports whether r applies to a request; file is the request's
+// path ("" for block IO, which file rules never match).
+func (r QoSRule) matches(tenant, volume, file string, c qos.Class, d Door) bool {
+	if r.File != "" {
+		if file == "" {
+			return false
+		}
+		if ok, _ := path.Match(r.File, file); !ok {
+			return false
+		}
+	}
 	return r.Tenant == tenant &&
 		(r.Volume == "" || r.Volume == volume) &&
 		(r.Op == "" || (r.Op == "read" && c == qos.Read) || (r.Op == "write" && c == qos.Write)) &&
@@ -98,6 +123,9 @@ type ruleQueue struct {
 // winning rule per door and class, nil where no rule matches.
 type route struct {
 	queues [numDoors][3]*qos.Queue
+	// fileRules: some rule of this volume has a file glob, so requests that
+	// carry a path are matched one by one (Gateway.queueForFile).
+	fileRules bool
 }
 
 func classOf(op Op) qos.Class {
@@ -141,6 +169,14 @@ func (g *Gateway) validateRule(r QoSRule) error {
 		}
 		if !known {
 			return fmt.Errorf("door %q: %w: want nbd, fuse, virtio or shim", r.Door, ErrInvalid)
+		}
+	}
+	if r.File != "" {
+		if r.Volume == "" {
+			return fmt.Errorf("file %q: %w: a file rule needs --volume", r.File, ErrInvalid)
+		}
+		if _, err := path.Match(r.File, ""); err != nil || len(r.File) > 1024 {
+			return fmt.Errorf("file glob %q: %w: malformed pattern", r.File, ErrInvalid)
 		}
 	}
 	if r.Volume != "" {
@@ -262,11 +298,16 @@ func (g *Gateway) reroute() {
 func (g *Gateway) routeFor(tenant, volume string) *route {
 	var r route
 	matched := false
+	for _, rq := range g.rules.byID {
+		if rq.rule.File != "" && rq.rule.Tenant == tenant && rq.rule.Volume == volume {
+			r.fileRules, matched = true, true
+		}
+	}
 	for d := Door(0); d < numDoors; d++ {
 		for c := qos.Read; c <= qos.Other; c++ {
 			best := -1
 			for _, rq := range g.rules.byID {
-				if rq.rule.matches(tenant, volume, c, d) && rq.rule.specificity() > best {
+				if rq.rule.matches(tenant, volume, "", c, d) && rq.rule.specificity() > best {
 					best = rq.rule.specificity()
 					r.queues[d][c] = rq.queue
 					matched = true
@@ -278,4 +319,19 @@ func (g *Gateway) routeFor(tenant, volume string) *route {
 		return nil
 	}
 	return &r
+}
+
+// queueForFile classifies one request that carries a file path on a volume
+// with file rules: the most specific matching rule's queue, or nil.
+func (g *Gateway) queueForFile(tenant, volume, file string, c qos.Class, d Door) *qos.Queue {
+	g.rules.mu.Lock()
+	defer g.rules.mu.Unlock()
+	var q *qos.Queue
+	best := -1
+	for _, rq := range g.rules.byID {
+		if rq.rule.matches(tenant, volume, file, c, d) && rq.rule.specificity() > best {
+			best, q = rq.rule.specificity(), rq.queue
+		}
+	}
+	return q
 }

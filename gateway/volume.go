@@ -52,7 +52,12 @@ func (v *Volume) Do(ctx context.Context, req *Request) error {
 	// 1+2. classify and queue: only when a rule routes this volume.
 	if r := v.route.Load(); r != nil && req.Door < numDoors {
 		c := classOf(req.Op)
-		if q := r.queues[req.Door][c]; q != nil {
+		q := r.queues[req.Door][c]
+		if r.fileRules && req.Path != "" {
+			info := v.sv.Info()
+			q = v.g.queueForFile(info.Tenant, info.Name, req.Path, c, req.Door)
+		}
+		if q != nil {
 			done, err := v.g.rules.sched.Admit(ctx, q, c, int64(len(req.Buf)))
 			if err != nil {
 				v.counters.record(req.Door, req.Op, 0, time.Since(start), err)

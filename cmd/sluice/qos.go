@@ -29,6 +29,7 @@ Changes apply to running IO within a second.`,
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "tenant", Usage: "every volume of tenant T, as one shared queue"},
 					&cli.StringFlag{Name: "volume", Usage: "volume TENANT/NAME"},
+					&cli.StringFlag{Name: "file", Usage: "with --volume: only files whose path matches this glob (fs volumes), e.g. '*.log'"},
 					&cli.StringFlag{Name: "op", Usage: "read or write (default: every operation)"},
 					&cli.StringFlag{Name: "door", Usage: "nbd, fuse, virtio or shim (default: every door)"},
 					&cli.StringFlag{Name: "iops", Usage: "limit in 8 KiB-normalised IO/s"},
@@ -95,7 +96,7 @@ func qosSet(c *cli.Context) error {
 	default:
 		return usageErr("qos set: give --tenant T or --volume T/V")
 	}
-	r.Op, r.Door = c.String("op"), c.String("door")
+	r.Op, r.Door, r.File = c.String("op"), c.String("door"), c.String("file")
 	var l qos.Limits
 	var err error
 	if l.IOPS, err = positive(c, "iops", parseCount); err != nil {
@@ -121,7 +122,7 @@ func qosSet(c *cli.Context) error {
 	l.Priority = c.Int("priority")
 	ctx, cancel := callCtx(c)
 	defer cancel()
-	out, err := apiClient(c).SetQoSRule(ctx, gateway.QoSRule{Tenant: r.Tenant, Volume: r.Volume, Op: r.Op, Door: r.Door, Limits: l})
+	out, err := apiClient(c).SetQoSRule(ctx, gateway.QoSRule{Tenant: r.Tenant, Volume: r.Volume, File: r.File, Op: r.Op, Door: r.Door, Limits: l})
 	if err != nil {
 		return apiErr(err)
 	}
