@@ -10,8 +10,6 @@ type Memory struct {
 	mu    sync.RWMutex
 	size  int64
 	pages map[int64][]byte
-	// Flushes counts Flush calls, so tests can check durability ordering.
-	flushes int64
 }
 
 // NewMemory returns an empty memory device of the given size.
@@ -62,20 +60,8 @@ func (m *Memory) WriteAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// Flush counts the call; memory has nothing to make durable.
-func (m *Memory) Flush() error {
-	m.mu.Lock()
-	m.flushes++
-	m.mu.Unlock()
-	return nil
-}
-
-// Flushes returns how many times Flush was called.
-func (m *Memory) Flushes() int64 {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	return m.flushes
-}
+// Flush does nothing: memory has nothing to make durable.
+func (m *Memory) Flush() error { return nil }
 
 // Discard zeroes the range and frees whole pages.
 func (m *Memory) Discard(off, length int64) error {

@@ -106,18 +106,7 @@ func (v *Volume) readWindow(w window, p []byte, off int64) (int, error) {
 	for idx := w.first; idx < w.first+w.n && done < len(p); {
 		in := (off + int64(done)) & (v.chunkSize - 1)
 		dev := t.get(idx)
-		// Extend the run while the next chunk continues it on the device
-		// (or is also a hole).
-		runLen := min(int64(len(p)-done), v.chunkSize-in)
-		next := idx + 1
-		for next < w.first+w.n && int64(done)+runLen < int64(len(p)) {
-			nd := t.get(next)
-			if (dev == 0) != (nd == 0) || (dev != 0 && nd != dev+(next-idx)*v.chunkSize) {
-				break
-			}
-			runLen += min(int64(len(p)-done)-runLen, v.chunkSize)
-			next++
-		}
+		runLen, next := v.run(t, w, idx, dev, in, int64(len(p)-done))
 		buf := p[done : done+int(runLen)]
 		if dev == 0 {
 			clear(buf)
@@ -129,6 +118,25 @@ func (v *Volume) readWindow(w window, p []byte, off int64) (int, error) {
 		idx = next
 	}
 	return done, nil
+}
+
+// run measures how far one device IO can go from byte in of chunk idx
+// (at device offset dev, 0 for a hole), for at most left bytes: it extends
+// over the following chunks of w while each continues the extent on the
+// device (or, for a hole, is also a hole). It returns the run's length in
+// bytes and the index of the first chunk after it.
+func (v *Volume) run(t *chunkTable, w window, idx, dev, in, left int64) (length, next int64) {
+	length = min(left, v.chunkSize-in)
+	next = idx + 1
+	for next < w.first+w.n && length < left {
+		nd := t.get(next)
+		if (dev == 0) != (nd == 0) || (dev != 0 && nd != dev+(next-idx)*v.chunkSize) {
+			break
+		}
+		length += min(left-length, v.chunkSize)
+		next++
+	}
+	return length, next
 }
 
 // WriteAt writes p to the volume at off. With fua, the data is durable when
@@ -181,12 +189,7 @@ func (v *Volume) writeWindow(w window, p []byte, off int64, fua bool) (int, bool
 		if dev == 0 {
 			return done, true, nil
 		}
-		runLen := min(int64(len(p)-done), v.chunkSize-in)
-		next := idx + 1
-		for next < w.first+w.n && int64(done)+runLen < int64(len(p)) && t.get(next) == dev+(next-idx)*v.chunkSize {
-			runLen += min(int64(len(p)-done)-runLen, v.chunkSize)
-			next++
-		}
+		runLen, next := v.run(t, w, idx, dev, in, int64(len(p)-done))
 		if err := v.devWrite(p[done:done+int(runLen)], dev+in, fua); err != nil {
 			v.s.log.Error("device write failed", "volume", v.ref, "offset", off+int64(done), "err", err)
 			return done, false, fmt.Errorf("%w: %w", ErrIO, err)

@@ -294,9 +294,6 @@ func (v *Volume) setInfo(i VolumeInfo) {
 // Size is the volume's size in bytes.
 func (v *Volume) Size() int64 { return v.size.Load() }
 
-// ChunkSize is the volume's chunk size in bytes.
-func (v *Volume) ChunkSize() int64 { return v.chunkSize }
-
 // AllocatedBytes is the pool space the volume's chunks hold.
 func (v *Volume) AllocatedBytes() int64 { return v.allocated.Load() * v.chunkSize }
 
