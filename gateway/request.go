@@ -80,4 +80,15 @@ var (
 	ErrIO          = store.ErrIO
 	ErrClosed      = store.ErrClosed
 	ErrUnsupported = store.ErrUnsupported
+
+	// fs volumes.
+	ErrNotDir      = store.ErrNotDir
+	ErrIsDir       = store.ErrIsDir
+	ErrNotEmpty    = store.ErrNotEmpty
+	ErrNameTooLong = store.ErrNameTooLong
+	ErrNoData      = store.ErrNoData
+	ErrRange       = store.ErrRange
+	ErrTooBig      = store.ErrTooBig
+	ErrPerm        = store.ErrPerm
+	ErrNXIO        = store.ErrNXIO
 )

@@ -7,6 +7,7 @@ import (
 	"math"
 	"path"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/sluice-storage/sluice/gateway/qos"
@@ -23,8 +24,10 @@ import (
 // tenant-wide. Requests no rule matches take the fast path: no queue, no
 // scheduler, one atomic load.
 //
-// File rules (a glob over the file's path within an fs volume, path.Match
-// syntax, e.g. "*.log" or "db/*") match only requests that carry a path;
+// File rules (a glob over the file's path within an fs volume, relative to
+// its root, path.Match syntax) match only requests that carry a path. A glob
+// without "/" matches the file's name at any depth ("*.log"); one with "/"
+// matches the whole path ("db/*" matches db/x but not db/sub/x);
 // block IO never matches them. Volumes without file rules classify from the
 // cached route; a volume with file rules matches each request carrying a
 // path against its rules (a mutex and a scan: fs volumes are another issue,
@@ -89,7 +92,11 @@ func (r QoSRule) matches(tenant, volume, file string, c qos.Class, d Door) bool 
 		if file == "" {
 			return false
 		}
-		if ok, _ := path.Match(r.File, file); !ok {
+		name := file
+		if !strings.Contains(r.File, "/") {
+			name = path.Base(file) // "*.log" matches at any depth
+		}
+		if ok, _ := path.Match(r.File, name); !ok {
 			return false
 		}
 	}

@@ -63,15 +63,16 @@ func TestRuleSpecificityAndFileRules(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	do(v, OpWrite, "app.log")   // file rule
-	do(v, OpRead, "app.log")    // file rule (all ops)
-	do(v, OpWrite, "notes.txt") // volume write rule
-	do(v, OpWrite, "")          // block IO: volume write rule
-	do(v, OpRead, "")           // tenant rule
-	do(other, OpWrite, "x.log") // tenant rule: the file rule is fs's
-	do(free, OpWrite, "")       // no rule
-	if got := admitted(g, logs); got != 2 {
-		t.Errorf("file rule admitted %d, want 2", got)
+	do(v, OpWrite, "app.log")      // file rule
+	do(v, OpRead, "app.log")       // file rule (all ops)
+	do(v, OpRead, "var/log/a.log") // a glob without "/" matches at any depth
+	do(v, OpWrite, "notes.txt")    // volume write rule
+	do(v, OpWrite, "")             // block IO: volume write rule
+	do(v, OpRead, "")              // tenant rule
+	do(other, OpWrite, "x.log")    // tenant rule: the file rule is fs's
+	do(free, OpWrite, "")          // no rule
+	if got := admitted(g, logs); got != 3 {
+		t.Errorf("file rule admitted %d, want 3", got)
 	}
 	if got := admitted(g, volWrite); got != 2 {
 		t.Errorf("volume write rule admitted %d, want 2", got)

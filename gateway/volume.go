@@ -18,6 +18,28 @@ type VolumeInfo = store.VolumeInfo
 // CreateOptions describe a new volume.
 type CreateOptions = store.CreateOptions
 
+// The filesystem engine of fs volumes, shared by the file doors (FUSE, the
+// shim). Namespace calls go straight to it; file data goes through Do with
+// the file's inode and path.
+type (
+	FS         = store.FS
+	Attr       = store.Attr
+	NewInode   = store.NewInode
+	SetAttr    = store.SetAttr
+	DirEntry   = store.DirEntry
+	FSStats    = store.FSStats
+	FsckReport = store.FsckReport
+)
+
+// Volume kinds.
+const (
+	KindBlock = store.KindBlock
+	KindFS    = store.KindFS
+)
+
+// RootIno is the inode of an fs volume's root directory.
+const RootIno = store.RootIno
+
 // Volume is a volume as the doors see it: the store volume plus the request
 // pipeline and its counters.
 type Volume struct {
@@ -42,6 +64,12 @@ func (v *Volume) Size() int64 { return v.sv.Size() }
 
 // ReadOnly reports whether the volume refuses writes.
 func (v *Volume) ReadOnly() bool { return v.sv.Info().ReadOnly }
+
+// Kind is KindBlock or KindFS.
+func (v *Volume) Kind() string { return v.sv.Kind() }
+
+// FS is an fs volume's namespace (nil for a block volume).
+func (v *Volume) FS() *FS { return v.sv.FS() }
 
 // AllocatedBytes is the pool space the volume holds.
 func (v *Volume) AllocatedBytes() int64 { return v.sv.AllocatedBytes() }
@@ -93,6 +121,12 @@ func (v *Volume) Do(ctx context.Context, req *Request) error {
 	// 4. account.
 	v.counters.record(req.Door, req.Op, n, time.Since(start), err)
 	return err
+}
+
+// Fsck checks the volume's metadata (see store.Store.Fsck).
+func (v *Volume) Fsck(ctx context.Context) (FsckReport, error) {
+	info := v.sv.Info()
+	return v.g.store.Fsck(ctx, info.Tenant, info.Name)
 }
 
 // Extents describes [off, off+length) of a block volume as data and holes.

@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluice-storage/sluice/attach"
+	"github.com/sluice-storage/sluice/fuse"
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/gateway/admin"
 	"github.com/sluice-storage/sluice/nbd"
@@ -133,12 +135,21 @@ func runGateway(c *cli.Context) error {
 		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go metricsSrv.Serve(l)
 	}
+	mounts := fuse.NewManager(g, log)
+	defer mounts.Close()
+	attacher, err := attach.New(g, mounts, filepath.Join(dataDir, "attach"), log)
+	if err != nil {
+		return startup(err)
+	}
+	defer attacher.Close()
+	doors := admin.Doors{Mounts: mountDoor{mounts}, Attachments: attachDoor{attacher}}
+
 	// Last: the API socket, whose appearance tells scripts we are ready.
 	apiL, err := listenUnix(apiSocket, 0o600)
 	if err != nil {
 		return startup(fmt.Errorf("API socket: %w", err))
 	}
-	apiSrv := &http.Server{Handler: admin.NewHandler(g, reg, log), ReadHeaderTimeout: 10 * time.Second}
+	apiSrv := &http.Server{Handler: admin.NewHandler(g, reg, log, doors), ReadHeaderTimeout: 10 * time.Second}
 	go apiSrv.Serve(apiL)
 	log.Info("gateway ready", "api", apiSocket, "nbd", c.String("nbd-listen"), "nbd_socket", nbdSocket, "volumes", len(g.Volumes()))
 

@@ -61,6 +61,11 @@ func newApp() *cli.App {
 			volumeCommand(),
 			qosCommand(),
 			statsCommand(),
+			mountCommand(),
+			umountCommand(),
+			attachCommand(),
+			detachCommand(),
+			fsckCommand(),
 		},
 		Action:         unknownSubcommand,
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints and exits

@@ -22,7 +22,7 @@ func volumeCommand() *cli.Command {
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "tenant", Usage: "owning tenant"},
 					&cli.StringFlag{Name: "size", Required: true, Usage: "size, e.g. 10G or 512MiB"},
-					&cli.StringFlag{Name: "kind", Value: "block", Usage: "block (fs comes with the FUSE door)"},
+					&cli.StringFlag{Name: "kind", Value: "block", Usage: "block (a disk: NBD, attach, image mount) or fs (a filesystem: mount)"},
 					&cli.StringFlag{Name: "chunk-size", Value: "64K", Usage: "allocation unit, a power of two from 4K to 4M"},
 					&cli.BoolFlag{Name: "read-only", Usage: "refuse writes"},
 					&cli.StringSliceFlag{Name: "label", Usage: "KEY=VALUE, repeatable"},

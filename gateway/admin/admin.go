@@ -12,6 +12,13 @@
 //	GET    /v1/qos                         [gateway.QoSRuleStats]
 //	POST   /v1/qos                         gateway.QoSRule → QoSRule (create, or replace the limits of the rule with the same match)
 //	DELETE /v1/qos/{id}                    204
+//	GET    /v1/volumes/{tenant}/{name}/fsck gateway.FsckReport
+//	GET    /v1/mounts                      [MountInfo]
+//	POST   /v1/mounts                      MountRequest → MountInfo (201, once the mount is live)
+//	DELETE /v1/mounts?dir=D                204 (400 while files on it are open)
+//	GET    /v1/attachments                 [Attachment]
+//	POST   /v1/attachments                 AttachRequest → Attachment (201)
+//	DELETE /v1/attachments?device=DEV      204
 //	GET    /v1/stats                       Stats
 //	GET    /metrics                        Prometheus text format
 //
@@ -95,12 +102,12 @@ func view(v *gateway.Volume) Volume {
 
 // NewHandler returns the admin API for g. reg is the registry /metrics
 // serves; nil serves only the gateway's own collector.
-func NewHandler(g *gateway.Gateway, reg *prometheus.Registry, log *slog.Logger) http.Handler {
+func NewHandler(g *gateway.Gateway, reg *prometheus.Registry, log *slog.Logger, doors Doors) http.Handler {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 		reg.MustRegister(gateway.NewCollector(g))
 	}
-	h := &handler{g: g, log: log}
+	h := &handler{g: g, log: log, doors: doors}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -115,12 +122,14 @@ func NewHandler(g *gateway.Gateway, reg *prometheus.Registry, log *slog.Logger) 
 	mux.HandleFunc("DELETE /v1/qos/{id}", h.qosDelete)
 	mux.HandleFunc("GET /v1/stats", h.stats)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	h.routeDoors(mux)
 	return mux
 }
 
 type handler struct {
-	g   *gateway.Gateway
-	log *slog.Logger
+	g     *gateway.Gateway
+	log   *slog.Logger
+	doors Doors
 }
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request) {

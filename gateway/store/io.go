@@ -15,78 +15,59 @@ type Extent struct {
 	Hole   bool  `json:"hole"` // unallocated: reads as zeros, holds no pool space
 }
 
+// MaxFileSize is the largest length of a file of an fs volume (EFBIG past it).
+const MaxFileSize = 16 << 40
+
 // syncWriter is a device that can make one write durable by itself.
 type syncWriter interface {
 	WriteAtSync(p []byte, off int64) (int, error)
 }
 
-// window is a run of at most numStripes consecutive chunks with their
-// stripes locked. Locking whole windows in ascending stripe order keeps
-// multi-chunk requests deadlock-free.
-type window struct {
-	first, n int64 // chunk indexes [first, first+n)
-	mask     uint64
+// object returns the data object of inode: the volume itself for inode 0 of
+// a block volume, an open file of an fs volume otherwise.
+func (v *Volume) object(inode uint64) (*object, error) {
+	if inode == 0 {
+		if v.obj0 == nil {
+			return nil, fmt.Errorf("volume %s: inode 0: %w (an fs volume's data lives in files)", v.ref, ErrUnsupported)
+		}
+		return v.obj0, nil
+	}
+	if v.fs == nil {
+		return nil, fmt.Errorf("volume %s: inode %d: %w (block volumes have inode 0 only)", v.ref, inode, ErrUnsupported)
+	}
+	return v.fs.openObject(inode)
 }
 
-func (v *Volume) window(off, length int64) window {
-	first := off >> v.chunkBits
-	last := (off + length - 1) >> v.chunkBits
-	n := min(last-first+1, numStripes)
-	var mask uint64
-	if n == numStripes {
-		mask = ^uint64(0)
-	} else {
-		mask = (uint64(1)<<n - 1) << (first % numStripes)
-		mask |= (uint64(1)<<n - 1) >> (numStripes - first%numStripes) // wrap-around
+// checkRange validates [off, off+length) for inode 0 against the volume
+// size, and for files against MaxFileSize.
+func (o *object) checkRange(off, length int64, pastEnd error) error {
+	limit := int64(MaxFileSize)
+	if o.ino == 0 {
+		limit = o.size.Load()
+	} else if pastEnd == ErrNoSpace {
+		pastEnd = ErrTooBig
 	}
-	return window{first: first, n: n, mask: mask}
-}
-
-func (v *Volume) rlock(mask uint64) {
-	for m := mask; m != 0; m &= m - 1 {
-		v.stripes[bits.TrailingZeros64(m)].RLock()
-	}
-}
-
-func (v *Volume) runlock(mask uint64) {
-	for m := mask; m != 0; m &= m - 1 {
-		v.stripes[bits.TrailingZeros64(m)].RUnlock()
-	}
-}
-
-func (v *Volume) lock(mask uint64) {
-	for m := mask; m != 0; m &= m - 1 {
-		v.stripes[bits.TrailingZeros64(m)].Lock()
-	}
-}
-
-func (v *Volume) unlock(mask uint64) {
-	for m := mask; m != 0; m &= m - 1 {
-		v.stripes[bits.TrailingZeros64(m)].Unlock()
-	}
-}
-
-func (v *Volume) checkRange(inode uint64, off, length int64, pastEnd error) error {
-	if inode != 0 {
-		return fmt.Errorf("volume %s: inode %d: %w (block volumes have inode 0 only)", v.ref, inode, ErrUnsupported)
-	}
-	size := v.size.Load()
-	if off < 0 || length < 0 || off > size || length > size-off {
-		return fmt.Errorf("volume %s: offset %d length %d beyond size %d: %w", v.ref, off, length, size, pastEnd)
+	if off < 0 || length < 0 || off > limit || length > limit-off {
+		return fmt.Errorf("volume %s: inode %d: offset %d length %d beyond %d: %w", o.v.ref, o.ino, off, length, limit, pastEnd)
 	}
 	return nil
 }
 
-// ReadAt fills p from the volume at off. Unallocated chunks read as zeros.
+// ReadAt fills p from inode at off. Unallocated chunks (and, for files,
+// bytes past the end) read as zeros.
 func (v *Volume) ReadAt(ctx context.Context, inode uint64, p []byte, off int64) error {
-	if err := v.checkRange(inode, off, int64(len(p)), ErrOutOfRange); err != nil {
+	o, err := v.object(inode)
+	if err != nil {
+		return err
+	}
+	if err := o.checkRange(off, int64(len(p)), ErrOutOfRange); err != nil {
 		return err
 	}
 	for len(p) > 0 {
-		w := v.window(off, int64(len(p)))
-		v.rlock(w.mask)
-		n, err := v.readWindow(w, p, off)
-		v.runlock(w.mask)
+		w := o.window(off, int64(len(p)))
+		o.rlock(w.mask)
+		n, err := o.readWindow(w, p, off)
+		o.runlock(w.mask)
 		if err != nil {
 			return err
 		}
@@ -97,21 +78,22 @@ func (v *Volume) ReadAt(ctx context.Context, inode uint64, p []byte, off int64) 
 
 // readWindow reads what of p falls in w, coalescing chunks that are adjacent
 // on the device into one device read. Stripes of w are read-locked.
-func (v *Volume) readWindow(w window, p []byte, off int64) (int, error) {
-	if v.deleted {
-		return 0, fmt.Errorf("volume %s: %w", v.ref, ErrNotFound)
+func (o *object) readWindow(w window, p []byte, off int64) (int, error) {
+	if o.deleted {
+		return 0, fmt.Errorf("volume %s: inode %d: %w", o.v.ref, o.ino, ErrNotFound)
 	}
-	t := v.table.Load()
+	v := o.v
+	t := o.table.Load()
 	done := 0
 	for idx := w.first; idx < w.first+w.n && done < len(p); {
 		in := (off + int64(done)) & (v.chunkSize - 1)
 		dev := t.get(idx)
-		runLen, next := v.run(t, w, idx, dev, in, int64(len(p)-done))
+		runLen, next := o.run(t, w, idx, dev, in, int64(len(p)-done))
 		buf := p[done : done+int(runLen)]
 		if dev == 0 {
 			clear(buf)
 		} else if _, err := v.s.dev.ReadAt(buf, dev+in); err != nil {
-			v.s.log.Error("device read failed", "volume", v.ref, "offset", off+int64(done), "err", err)
+			v.s.log.Error("device read failed", "volume", v.ref, "inode", o.ino, "offset", off+int64(done), "err", err)
 			return done, fmt.Errorf("%w: %w", ErrIO, err)
 		}
 		done += int(runLen)
@@ -125,35 +107,46 @@ func (v *Volume) readWindow(w window, p []byte, off int64) (int, error) {
 // over the following chunks of w while each continues the extent on the
 // device (or, for a hole, is also a hole). It returns the run's length in
 // bytes and the index of the first chunk after it.
-func (v *Volume) run(t *chunkTable, w window, idx, dev, in, left int64) (length, next int64) {
-	length = min(left, v.chunkSize-in)
+func (o *object) run(t *chunkTable, w window, idx, dev, in, left int64) (length, next int64) {
+	cs := o.v.chunkSize
+	length = min(left, cs-in)
 	next = idx + 1
 	for next < w.first+w.n && length < left {
 		nd := t.get(next)
-		if (dev == 0) != (nd == 0) || (dev != 0 && nd != dev+(next-idx)*v.chunkSize) {
+		if (dev == 0) != (nd == 0) || (dev != 0 && nd != dev+(next-idx)*cs) {
 			break
 		}
-		length += min(left-length, v.chunkSize)
+		length += min(left-length, cs)
 		next++
 	}
 	return length, next
 }
 
-// WriteAt writes p to the volume at off. With fua, the data is durable when
-// WriteAt returns.
+// WriteAt writes p to inode at off. With fua, the data is durable when
+// WriteAt returns. A write past a file's end extends it.
 func (v *Volume) WriteAt(ctx context.Context, inode uint64, p []byte, off int64, fua bool) error {
-	if err := v.checkRange(inode, off, int64(len(p)), ErrNoSpace); err != nil {
+	o, err := v.object(inode)
+	if err != nil {
+		return err
+	}
+	if err := o.checkRange(off, int64(len(p)), ErrNoSpace); err != nil {
 		return err
 	}
 	if v.readOnly {
 		return fmt.Errorf("volume %s: %w", v.ref, ErrReadOnly)
 	}
+	if o.ino != 0 {
+		o.ensureChunks(numChunks(off+int64(len(p)), v.chunkSize))
+	}
 	allocated := false
 	for len(p) > 0 {
-		w := v.window(off, int64(len(p)))
-		v.rlock(w.mask)
-		n, holeAt, err := v.writeWindow(w, p, off, fua)
-		v.runlock(w.mask)
+		w := o.window(off, int64(len(p)))
+		o.rlock(w.mask)
+		n, holeAt, err := o.writeWindow(w, p, off, fua)
+		if n > 0 && o.ino != 0 {
+			o.growSize(off + int64(n))
+		}
+		o.runlock(w.mask)
 		if err != nil {
 			return err
 		}
@@ -161,13 +154,16 @@ func (v *Volume) WriteAt(ctx context.Context, inode uint64, p []byte, off int64,
 		if holeAt {
 			// The next chunk is unallocated: allocate it and the holes
 			// after it under their stripes' write locks.
-			n, err := v.writeNewChunks(p, off)
+			n, err := o.writeNewChunks(p, off, o.ino != 0)
 			if err != nil {
 				return err
 			}
 			p, off = p[n:], off+int64(n)
 			allocated = true
 		}
+	}
+	if o.ino != 0 {
+		o.touch()
 	}
 	if fua && allocated {
 		return v.s.Flush(ctx)
@@ -177,11 +173,12 @@ func (v *Volume) WriteAt(ctx context.Context, inode uint64, p []byte, off int64,
 
 // writeWindow writes in place into allocated chunks of w until it meets a
 // hole; it reports how many bytes it wrote and whether it stopped at a hole.
-func (v *Volume) writeWindow(w window, p []byte, off int64, fua bool) (int, bool, error) {
-	if v.deleted {
-		return 0, false, fmt.Errorf("volume %s: %w", v.ref, ErrNotFound)
+func (o *object) writeWindow(w window, p []byte, off int64, fua bool) (int, bool, error) {
+	if o.deleted {
+		return 0, false, fmt.Errorf("volume %s: inode %d: %w", o.v.ref, o.ino, ErrNotFound)
 	}
-	t := v.table.Load()
+	v := o.v
+	t := o.table.Load()
 	done := 0
 	for idx := w.first; idx < w.first+w.n && done < len(p); {
 		in := (off + int64(done)) & (v.chunkSize - 1)
@@ -189,9 +186,9 @@ func (v *Volume) writeWindow(w window, p []byte, off int64, fua bool) (int, bool
 		if dev == 0 {
 			return done, true, nil
 		}
-		runLen, next := v.run(t, w, idx, dev, in, int64(len(p)-done))
+		runLen, next := o.run(t, w, idx, dev, in, int64(len(p)-done))
 		if err := v.devWrite(p[done:done+int(runLen)], dev+in, fua); err != nil {
-			v.s.log.Error("device write failed", "volume", v.ref, "offset", off+int64(done), "err", err)
+			v.s.log.Error("device write failed", "volume", v.ref, "inode", o.ino, "offset", off+int64(done), "err", err)
 			return done, false, fmt.Errorf("%w: %w", ErrIO, err)
 		}
 		done += int(runLen)
@@ -215,21 +212,34 @@ func (v *Volume) devWrite(p []byte, off int64, fua bool) error {
 	return err
 }
 
+// reserve accounts k more chunks to the volume. An fs volume may not hold
+// more chunks than its size allows (ENOSPC); a block volume cannot by
+// construction.
+func (v *Volume) reserve(k int64) error {
+	n := v.allocated.Add(k)
+	if v.fs != nil && n*v.chunkSize > v.size.Load() {
+		v.allocated.Add(-k)
+		return fmt.Errorf("volume %s: %w (volume size %d bytes reached)", v.ref, ErrNoSpace, v.size.Load())
+	}
+	return nil
+}
+
 // writeNewChunks writes the start of p into the run of unallocated chunks
 // it begins in (at most one window), allocating them under their stripes'
 // write locks: as few contiguous extents as the allocator allows, so that a
 // large write (and later a large read) is one device IO. Data first, then
 // all the run's map entries in one transaction. It returns 0 bytes if
 // another writer allocated the first chunk meanwhile; the caller then writes
-// in place.
-func (v *Volume) writeNewChunks(p []byte, off int64) (int, error) {
-	w := v.window(off, int64(len(p)))
-	v.lock(w.mask)
-	defer v.unlock(w.mask)
-	if v.deleted {
-		return 0, fmt.Errorf("volume %s: %w", v.ref, ErrNotFound)
+// in place. With extend, a file's length grows to cover what was written.
+func (o *object) writeNewChunks(p []byte, off int64, extend bool) (int, error) {
+	v := o.v
+	w := o.window(off, int64(len(p)))
+	o.lock(w.mask)
+	defer o.unlock(w.mask)
+	if o.deleted {
+		return 0, fmt.Errorf("volume %s: inode %d: %w", v.ref, o.ino, ErrNotFound)
 	}
-	t := v.table.Load()
+	t := o.table.Load()
 	cs := v.chunkSize
 	k := int64(0)
 	for k < w.n && t.get(w.first+k) == 0 {
@@ -240,14 +250,51 @@ func (v *Volume) writeNewChunks(p []byte, off int64) (int, error) {
 	}
 	in := off & (cs - 1)
 	n := min(int64(len(p)), k*cs-in)
-
-	type piece struct{ first, count, dev int64 }
-	var pieces []piece
-	freeAll := func() {
-		for _, pc := range pieces {
-			v.s.alloc.free(pc.dev, pc.count*cs)
+	if err := v.reserve(k); err != nil {
+		return 0, err
+	}
+	pieces, err := v.allocRun(w.first, k)
+	if err != nil {
+		v.allocated.Add(-k)
+		return 0, err
+	}
+	fail := func(err error) (int, error) {
+		v.freePieces(pieces)
+		v.allocated.Add(-k)
+		return 0, err
+	}
+	for _, pc := range pieces {
+		start, end := pc.first*cs, (pc.first+pc.count)*cs // object offsets
+		from, to := max(off, start), min(off+n, end)
+		if !v.s.dev.DiscardZeroes() && (from != start || to != end) {
+			// Free space may hold old bytes: zero the extent first.
+			if err := v.zeroDevice(pc.dev, pc.count*cs); err != nil {
+				return fail(err)
+			}
+		}
+		if _, err := v.s.dev.WriteAt(p[from-off:to-off], pc.dev+from-start); err != nil {
+			v.s.log.Error("device write failed", "volume", v.ref, "inode", o.ino, "offset", from, "err", err)
+			return fail(fmt.Errorf("%w: %w", ErrIO, err))
 		}
 	}
+	if err := o.commitPieces(pieces); err != nil {
+		return fail(err)
+	}
+	if extend {
+		o.growSize(off + n)
+	}
+	return int(n), nil
+}
+
+// piece is a run of count chunks from chunk first, stored contiguously at
+// device offset dev.
+type piece struct{ first, count, dev int64 }
+
+// allocRun allocates k chunks from chunk first as few contiguous extents as
+// the allocator allows (power-of-two pieces, halved while fragmented).
+func (v *Volume) allocRun(first, k int64) ([]piece, error) {
+	cs := v.chunkSize
+	var pieces []piece
 	for done := int64(0); done < k; {
 		c := int64(1) << (bits.Len64(uint64(k-done)) - 1)
 		dev, err := v.s.alloc.alloc(c * cs)
@@ -256,33 +303,32 @@ func (v *Volume) writeNewChunks(p []byte, off int64) (int, error) {
 			dev, err = v.s.alloc.alloc(c * cs)
 		}
 		if err != nil {
-			freeAll()
-			return 0, fmt.Errorf("volume %s: %w", v.ref, err)
+			v.freePieces(pieces)
+			return nil, fmt.Errorf("volume %s: %w", v.ref, err)
 		}
-		pieces = append(pieces, piece{w.first + done, c, dev})
+		pieces = append(pieces, piece{first + done, c, dev})
 		done += c
 	}
+	return pieces, nil
+}
+
+func (v *Volume) freePieces(pieces []piece) {
 	for _, pc := range pieces {
-		start, end := pc.first*cs, (pc.first+pc.count)*cs // volume offsets
-		from, to := max(off, start), min(off+n, end)
-		if !v.s.dev.DiscardZeroes() && (from != start || to != end) {
-			// Free space may hold old bytes: zero the extent first.
-			if err := v.zeroDevice(pc.dev, pc.count*cs); err != nil {
-				freeAll()
-				return 0, err
-			}
-		}
-		if _, err := v.s.dev.WriteAt(p[from-off:to-off], pc.dev+from-start); err != nil {
-			freeAll()
-			v.s.log.Error("device write failed", "volume", v.ref, "offset", from, "err", err)
-			return 0, fmt.Errorf("%w: %w", ErrIO, err)
-		}
+		v.s.alloc.free(pc.dev, pc.count*v.chunkSize)
 	}
+}
+
+// commitPieces commits the map entries of freshly written pieces in one
+// transaction and installs them in the table (the caller holds their
+// stripes' write locks).
+func (o *object) commitPieces(pieces []piece) error {
+	v := o.v
+	cs := v.chunkSize
 	err := v.s.db.Update(func(txn *badger.Txn) error {
 		for _, pc := range pieces {
 			for i := int64(0); i < pc.count; i++ {
 				e := chunkEntry{storedLen: uint32(cs), devOff: pc.dev + i*cs}
-				if err := txn.Set(chunkKey(v.id, 0, uint64(pc.first+i)), e.encode()); err != nil {
+				if err := txn.Set(chunkKey(v.id, o.ino, uint64(pc.first+i)), e.encode()); err != nil {
 					return err
 				}
 			}
@@ -290,34 +336,46 @@ func (v *Volume) writeNewChunks(p []byte, off int64) (int, error) {
 		return nil
 	})
 	if err != nil {
-		freeAll() // no committed entry points at them
-		v.s.log.Error("chunk map commit failed", "volume", v.ref, "chunk", w.first, "err", err)
-		return 0, fmt.Errorf("%w: commit chunk map: %w", ErrIO, err)
+		v.s.log.Error("chunk map commit failed", "volume", v.ref, "inode", o.ino, "err", err)
+		return fmt.Errorf("%w: commit chunk map: %w", ErrIO, err)
 	}
+	t := o.table.Load()
 	for _, pc := range pieces {
 		for i := int64(0); i < pc.count; i++ {
 			t.set(pc.first+i, pc.dev+i*cs)
 		}
+		o.mapped.Add(pc.count)
 	}
-	v.allocated.Add(k)
-	return int(n), nil
+	return nil
 }
 
 // Discard unmaps the range: whole chunks return to the pool (after the next
 // durable commit), partial chunks are zeroed in place. The range reads as
-// zeros afterwards.
+// zeros afterwards. A file's length does not change.
 func (v *Volume) Discard(ctx context.Context, inode uint64, off, length int64) error {
-	if err := v.checkRange(inode, off, length, ErrOutOfRange); err != nil {
+	o, err := v.object(inode)
+	if err != nil {
+		return err
+	}
+	if err := o.checkRange(off, length, ErrOutOfRange); err != nil {
 		return err
 	}
 	if v.readOnly {
 		return fmt.Errorf("volume %s: %w", v.ref, ErrReadOnly)
 	}
+	return o.discard(off, length)
+}
+
+func (o *object) discard(off, length int64) error {
+	if t := o.table.Load(); o.ino != 0 {
+		// Nothing to unmap past the table's end.
+		length = max(0, min(length, t.n*o.v.chunkSize-off))
+	}
 	for length > 0 {
-		w := v.window(off, length)
-		v.lock(w.mask)
-		n, err := v.discardWindow(w, off, length)
-		v.unlock(w.mask)
+		w := o.window(off, length)
+		o.lock(w.mask)
+		n, err := o.discardWindow(w, off, length)
+		o.unlock(w.mask)
 		if err != nil {
 			return err
 		}
@@ -328,11 +386,12 @@ func (v *Volume) Discard(ctx context.Context, inode uint64, off, length int64) e
 
 // discardWindow handles the part of [off, off+length) in w, with w's stripes
 // write-locked: one metadata transaction for the window's whole chunks.
-func (v *Volume) discardWindow(w window, off, length int64) (int64, error) {
-	if v.deleted {
-		return 0, fmt.Errorf("volume %s: %w", v.ref, ErrNotFound)
+func (o *object) discardWindow(w window, off, length int64) (int64, error) {
+	v := o.v
+	if o.deleted {
+		return 0, fmt.Errorf("volume %s: inode %d: %w", v.ref, o.ino, ErrNotFound)
 	}
-	t := v.table.Load()
+	t := o.table.Load()
 	var freed []extent
 	var unmapped []int64
 	done := int64(0)
@@ -365,19 +424,20 @@ func (v *Volume) discardWindow(w window, off, length int64) (int64, error) {
 	}
 	err := v.s.db.Update(func(txn *badger.Txn) error {
 		for _, idx := range unmapped {
-			if err := txn.Delete(chunkKey(v.id, 0, uint64(idx))); err != nil {
+			if err := txn.Delete(chunkKey(v.id, o.ino, uint64(idx))); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		v.s.log.Error("chunk map commit failed", "volume", v.ref, "err", err)
+		v.s.log.Error("chunk map commit failed", "volume", v.ref, "inode", o.ino, "err", err)
 		return 0, fmt.Errorf("%w: commit unmap: %w", ErrIO, err)
 	}
 	for _, idx := range unmapped {
 		t.set(idx, 0)
 	}
+	o.mapped.Add(-int64(len(unmapped)))
 	v.allocated.Add(-int64(len(unmapped)))
 	v.s.alloc.deferFree(freed)
 	return done, nil
@@ -405,11 +465,18 @@ func (v *Volume) zeroDevice(off, length int64) error {
 // chunks like Discard; with noHole it writes zeros and keeps (or allocates)
 // every chunk, so later writes cannot fail for lack of space.
 func (v *Volume) WriteZeroes(ctx context.Context, inode uint64, off, length int64, noHole bool) error {
+	o, err := v.object(inode)
+	if err != nil {
+		return err
+	}
+	if err := o.checkRange(off, length, ErrNoSpace); err != nil {
+		return err
+	}
 	if !noHole {
-		if err := v.checkRange(inode, off, length, ErrNoSpace); err != nil {
-			return err
+		if v.readOnly {
+			return fmt.Errorf("volume %s: %w", v.ref, ErrReadOnly)
 		}
-		return v.Discard(ctx, inode, off, length)
+		return o.discard(off, length) // a file's length does not change
 	}
 	for length > 0 {
 		n := min(length, v.chunkSize-(off&(v.chunkSize-1)))
@@ -424,19 +491,31 @@ func (v *Volume) WriteZeroes(ctx context.Context, inode uint64, off, length int6
 // Flush makes every completed write durable (for every volume of the store).
 func (v *Volume) Flush(ctx context.Context) error { return v.s.Flush(ctx) }
 
-// Extents describes [off, off+length) as runs of data and holes, from the
-// chunk map. Runs are merged; the last one is clipped to the range.
+// Extents describes [off, off+length) of inode as runs of data and holes,
+// from the chunk map. Runs are merged; the last one is clipped to the range.
 func (v *Volume) Extents(ctx context.Context, inode uint64, off, length int64) ([]Extent, error) {
-	if err := v.checkRange(inode, off, length, ErrOutOfRange); err != nil {
+	o, err := v.object(inode)
+	if err != nil {
 		return nil, err
 	}
-	t := v.table.Load()
+	if err := o.checkRange(off, length, ErrOutOfRange); err != nil {
+		return nil, err
+	}
+	return o.extents(off, length), nil
+}
+
+func (o *object) extents(off, length int64) []Extent {
+	t := o.table.Load()
+	bits := o.v.chunkBits
 	var out []Extent
 	end := off + length
 	for pos := off; pos < end; {
-		idx := pos >> v.chunkBits
-		n := min(end-pos, (idx+1)<<v.chunkBits-pos)
+		idx := pos >> bits
+		n := min(end-pos, (idx+1)<<bits-pos)
 		hole := t.get(idx) == 0
+		if idx >= t.n && hole {
+			n = end - pos // nothing is mapped past the table
+		}
 		if k := len(out) - 1; k >= 0 && out[k].Hole == hole {
 			out[k].Length += n
 		} else {
@@ -444,5 +523,5 @@ func (v *Volume) Extents(ctx context.Context, inode uint64, off, length int64) (
 		}
 		pos += n
 	}
-	return out, nil
+	return out
 }

@@ -164,6 +164,13 @@ func (s *Store) load(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("store: load: %w", err)
 	}
+	for _, v := range s.byID {
+		if v.fs != nil {
+			if err := v.fs.purgeOrphans(); err != nil {
+				return fmt.Errorf("store: volume %s: %w", v.ref, err)
+			}
+		}
+	}
 	for _, v := range deleting {
 		s.log.Info("finishing interrupted volume delete", "volume", v.ref)
 		if err := s.purge(ctx, v); err != nil {
@@ -180,12 +187,14 @@ func (s *Store) load(ctx context.Context) error {
 	return nil
 }
 
+// loadChunks marks the space of every chunk of v as used and counts it. For
+// a block volume it also fills the chunk table; files load theirs when they
+// are opened (memory follows open files, not the namespace).
 func (s *Store) loadChunks(txn *badger.Txn, v *Volume) error {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.id, 0), PrefetchValues: true})
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.id, 0)[:9], PrefetchValues: true})
 	defer it.Close()
-	t := v.table.Load()
 	for it.Rewind(); it.Valid(); it.Next() {
-		_, _, idx, ok := parseChunkKey(it.Item().Key())
+		_, ino, idx, ok := parseChunkKey(it.Item().Key())
 		if !ok {
 			continue
 		}
@@ -195,15 +204,19 @@ func (s *Store) loadChunks(txn *badger.Txn, v *Volume) error {
 			return err
 		}
 		switch {
-		case idx >= uint64(t.n):
+		case ino == 0 && v.obj0 == nil, ino != 0 && v.fs == nil:
+			s.log.Error("chunk of an inode the volume cannot have; ignored (run fsck)", "volume", v.ref, "inode", ino, "chunk", idx)
+		case ino == 0 && idx >= uint64(v.obj0.table.Load().n):
 			s.log.Error("chunk past the end of its volume; ignored (run fsck)", "volume", v.ref, "chunk", idx)
 		case !s.alloc.contains(e.devOff, int64(e.storedLen)):
-			s.log.Error("chunk points outside the pool; treated as a hole (run fsck)", "volume", v.ref, "chunk", idx, "offset", e.devOff)
+			s.log.Error("chunk points outside the pool; treated as a hole (run fsck)", "volume", v.ref, "inode", ino, "chunk", idx, "offset", e.devOff)
 		default:
 			if !s.alloc.mark(e.devOff, int64(e.storedLen)) {
-				s.log.Error("chunk shares space with another chunk (run fsck)", "volume", v.ref, "chunk", idx, "offset", e.devOff)
+				s.log.Error("chunk shares space with another chunk (run fsck)", "volume", v.ref, "inode", ino, "chunk", idx, "offset", e.devOff)
 			}
-			t.set(int64(idx), e.devOff)
+			if ino == 0 {
+				v.obj0.table.Load().set(int64(idx), e.devOff)
+			}
 			v.allocated.Add(1)
 		}
 	}

@@ -390,7 +390,7 @@ func TestResizeDuringIOAndHugeThinVolume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if top := len(huge.table.Load().top); top*8 > 4*MiB {
+	if top := len(huge.obj0.table.Load().top); top*8 > 4*MiB {
 		t.Fatalf("a 64 TiB thin volume costs %d bytes of table", top*8)
 	}
 	if err := huge.WriteAt(ctx, 0, []byte("end"), MaxVolumeSize-3, false); err != nil {
@@ -420,7 +420,7 @@ func TestContiguousAllocationAndFragmentedPool(t *testing.T) {
 	if err := v.WriteAt(ctx, 0, data, 0, false); err != nil {
 		t.Fatal(err)
 	}
-	tab := v.table.Load()
+	tab := v.obj0.table.Load()
 	for i := int64(1); i < 16; i++ {
 		if tab.get(i) != tab.get(0)+i*DefaultChunkSize {
 			t.Fatalf("chunk %d at %d, not contiguous after chunk 0 at %d", i, tab.get(i), tab.get(0))

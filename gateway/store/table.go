@@ -1,15 +1,21 @@
 package store
 
-import "sync/atomic"
+import (
+	"math/bits"
+	"sync/atomic"
+)
 
-// chunkTable is a volume's in-memory chunk map for inode 0: the device
-// offset of each chunk, 0 for a hole. It is two-level so that memory follows
-// what is written, not what is provisioned: a leaf of leafChunks entries
+// chunkTable is one object's in-memory chunk map: the device offset of each
+// chunk, 0 for a hole. It is two-level so that memory follows what is
+// written, not what is provisioned: a leaf of up to leafChunks entries
 // (32 KiB) exists only once one of its chunks is allocated, and the top
 // level costs 8 bytes per leaf span (256 MiB of volume at 64 KiB chunks).
+// A table of fewer than leafChunks chunks (a small file) has one leaf sized
+// to the next power of two, so a 10 KiB file costs a few bytes, not 32 KiB.
 //
 // Reads are two atomic loads. Writers hold the chunk's stripe write lock;
 // leaves are installed with compare-and-swap because two stripes share one.
+// Indexes at or past n read as holes.
 type chunkTable struct {
 	n   int64 // chunks
 	top []atomic.Pointer[leaf]
@@ -18,20 +24,38 @@ type chunkTable struct {
 const leafBits = 12
 const leafChunks = 1 << leafBits
 
-type leaf [leafChunks]atomic.Int64
+type leaf struct{ e []atomic.Int64 }
 
 func newChunkTable(n int64) *chunkTable {
 	return &chunkTable{n: n, top: make([]atomic.Pointer[leaf], (n+leafChunks-1)>>leafBits)}
 }
 
+// leafLen is the length of the leaves of a table of n chunks.
+func leafLen(n int64) int {
+	if n >= leafChunks {
+		return leafChunks
+	}
+	return 1 << bits.Len64(uint64(max(n, 2)-1)) // next power of two ≥ n
+}
+
 func (t *chunkTable) get(idx int64) int64 {
-	l := t.top[idx>>leafBits].Load()
+	i := idx >> leafBits
+	if idx < 0 || i >= int64(len(t.top)) {
+		return 0
+	}
+	l := t.top[i].Load()
 	if l == nil {
 		return 0
 	}
-	return l[idx&(leafChunks-1)].Load()
+	j := idx & (leafChunks - 1)
+	if j >= int64(len(l.e)) {
+		return 0
+	}
+	return l.e[j].Load()
 }
 
+// set records chunk idx at device offset off (0: a hole). idx must be
+// below t.n.
 func (t *chunkTable) set(idx, off int64) {
 	slot := &t.top[idx>>leafBits]
 	l := slot.Load()
@@ -39,33 +63,50 @@ func (t *chunkTable) set(idx, off int64) {
 		if off == 0 {
 			return
 		}
-		slot.CompareAndSwap(nil, new(leaf))
+		slot.CompareAndSwap(nil, &leaf{e: make([]atomic.Int64, leafLen(t.n))})
 		l = slot.Load()
 	}
-	l[idx&(leafChunks-1)].Store(off)
+	l.e[idx&(leafChunks-1)].Store(off)
 }
 
-// each calls fn for every allocated chunk.
+// each calls fn for every allocated chunk, in index order.
 func (t *chunkTable) each(fn func(idx, off int64)) {
 	for i := range t.top {
 		l := t.top[i].Load()
 		if l == nil {
 			continue
 		}
-		for j := range l {
-			if off := l[j].Load(); off != 0 {
+		for j := range l.e {
+			if off := l.e[j].Load(); off != 0 {
 				fn(int64(i)<<leafBits+int64(j), off)
 			}
 		}
 	}
 }
 
-// grown returns a table of n chunks sharing this one's leaves. The caller
-// holds every stripe's write lock, so no leaf is installed meanwhile.
-func (t *chunkTable) grown(n int64) *chunkTable {
+// resized returns a table of n chunks holding this one's entries below n.
+// The caller holds every stripe's write lock, so no entry changes meanwhile.
+// Full leaves are shared; a small single leaf is copied into a larger one.
+func (t *chunkTable) resized(n int64) *chunkTable {
 	nt := newChunkTable(n)
-	for i := range t.top {
-		nt.top[i].Store(t.top[i].Load())
+	for i := range nt.top {
+		if i >= len(t.top) {
+			break
+		}
+		l := t.top[i].Load()
+		if l == nil {
+			continue
+		}
+		if want := leafLen(n); len(l.e) != want {
+			nl := &leaf{e: make([]atomic.Int64, want)}
+			for j := range min(len(l.e), want) {
+				nl.e[j].Store(l.e[j].Load())
+			}
+			l = nl
+		}
+		nt.top[i].Store(l)
 	}
+	// Entries at or past n in a shared last leaf stay in the leaf but read
+	// as holes only if cleared; shrinking callers clear them first.
 	return nt
 }

@@ -80,10 +80,8 @@ func (o *CreateOptions) validate() error {
 		return fmt.Errorf("tenant %q: %w: use 1-63 letters, digits, '.', '_' or '-'", o.Tenant, ErrInvalid)
 	case !ValidName(o.Name):
 		return fmt.Errorf("volume name %q: %w: use 1-63 letters, digits, '.', '_' or '-'", o.Name, ErrInvalid)
-	case o.Kind == KindFS:
-		return fmt.Errorf("kind %q: %w yet (block volumes only)", o.Kind, ErrUnsupported)
-	case o.Kind != KindBlock:
-		return fmt.Errorf("kind %q: %w: want %q", o.Kind, ErrInvalid, KindBlock)
+	case o.Kind != KindBlock && o.Kind != KindFS:
+		return fmt.Errorf("kind %q: %w: want %q or %q", o.Kind, ErrInvalid, KindBlock, KindFS)
 	case o.ChunkSize < minChunkSize || o.ChunkSize > maxChunkSize || bits.OnesCount64(uint64(o.ChunkSize)) != 1:
 		return fmt.Errorf("chunk size %d: %w: want a power of two from 4KiB to 4MiB", o.ChunkSize, ErrInvalid)
 	}
@@ -138,6 +136,11 @@ func (s *Store) CreateVolume(ctx context.Context, o CreateOptions) (*Volume, err
 		if err := txn.Set(volumeKey(id), b); err != nil {
 			return err
 		}
+		if o.Kind == KindFS {
+			if err := initRoot(txn, id, 0, 0); err != nil {
+				return err
+			}
+		}
 		return txn.Set(nameKey(o.Tenant, o.Name), volumeKey(id)[1:])
 	})
 	if err != nil {
@@ -162,10 +165,12 @@ func (s *Store) ResizeVolume(ctx context.Context, tenant, name string, size int6
 	if err := validSize(size); err != nil {
 		return err
 	}
-	v.lockAll()
-	defer v.unlockAll()
-	if v.deleted {
-		return fmt.Errorf("volume %s: %w", v.ref, ErrNotFound)
+	if o := v.obj0; o != nil {
+		o.lockAll()
+		defer o.unlockAll()
+		if o.deleted {
+			return fmt.Errorf("volume %s: %w", v.ref, ErrNotFound)
+		}
 	}
 	old := v.Info()
 	switch {
@@ -180,7 +185,10 @@ func (s *Store) ResizeVolume(ctx context.Context, tenant, name string, size int6
 		return err
 	}
 	v.setInfo(info)
-	v.table.Store(v.table.Load().grown(numChunks(size, info.ChunkSize)))
+	if o := v.obj0; o != nil {
+		o.table.Store(o.table.Load().resized(numChunks(size, info.ChunkSize)))
+		o.size.Store(size)
+	}
 	return nil
 }
 
@@ -197,9 +205,7 @@ func (s *Store) DeleteVolume(ctx context.Context, tenant, name string) error {
 	delete(s.byID, v.id)
 	s.mu.Unlock()
 
-	v.lockAll()
-	v.deleted = true
-	v.unlockAll()
+	v.markDeleted()
 
 	// Step 1, durable: the name is free and the record says "deleting", so a
 	// crash from here on resumes the purge at start-up.
@@ -223,8 +229,10 @@ func (s *Store) DeleteVolume(ctx context.Context, tenant, name string) error {
 
 // purge removes a deleting volume's chunks in batches, then its record.
 func (s *Store) purge(ctx context.Context, v *Volume) error {
-	var freed []extent
-	v.table.Load().each(func(_, off int64) { freed = append(freed, extent{off, v.chunkSize}) })
+	freed, err := s.volumeExtents(v.id)
+	if err != nil {
+		return err
+	}
 	// Discard first: the bytes are going away, and a crash before the
 	// commits below leaves map entries pointing at zeros, never garbage.
 	for _, e := range freed {
@@ -232,9 +240,10 @@ func (s *Store) purge(ctx context.Context, v *Volume) error {
 			s.log.Warn("discard of deleted volume's extent failed", "volume", v.ref, "err", err)
 		}
 	}
-	prefix := chunkPrefix(v.id, 0)[:9] // every inode of the volume
-	if err := s.db.DropPrefix(prefix); err != nil {
-		return fmt.Errorf("drop chunks: %w", err)
+	for _, p := range volumePrefixes(v.id) { // chunks and namespace
+		if err := s.db.DropPrefix(p); err != nil {
+			return fmt.Errorf("drop metadata: %w", err)
+		}
 	}
 	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(volumeKey(v.id)) }); err != nil {
 		return err
@@ -252,18 +261,15 @@ type Volume struct {
 	readOnly  bool
 	chunkSize int64
 	chunkBits uint
+	obj0      *object // block volumes: the volume's data; nil for fs volumes
+	fs        *FS     // fs volumes: the namespace; nil for block volumes
 
 	infoMu sync.RWMutex
 	info   VolumeInfo
 	size   atomic.Int64
 
-	table     atomic.Pointer[chunkTable] // inode 0
-	allocated atomic.Int64               // mapped chunks
-	stripes   [numStripes]sync.RWMutex
-	deleted   bool // set under all stripes' write locks
+	allocated atomic.Int64 // mapped chunks, every inode
 }
-
-const numStripes = 64
 
 func numChunks(size, chunkSize int64) int64 { return (size + chunkSize - 1) / chunkSize }
 
@@ -273,7 +279,11 @@ func newVolume(s *Store, info VolumeInfo) *Volume {
 		chunkSize: info.ChunkSize, chunkBits: uint(bits.TrailingZeros64(uint64(info.ChunkSize))),
 	}
 	v.size.Store(info.Size)
-	v.table.Store(newChunkTable(numChunks(info.Size, info.ChunkSize)))
+	if info.Kind == KindFS {
+		v.fs = newFS(v)
+	} else {
+		v.obj0 = newObject(v, 0, info.Size, numChunks(info.Size, info.ChunkSize))
+	}
 	return v
 }
 
@@ -294,17 +304,58 @@ func (v *Volume) setInfo(i VolumeInfo) {
 // Size is the volume's size in bytes.
 func (v *Volume) Size() int64 { return v.size.Load() }
 
+// Kind is KindBlock or KindFS.
+func (v *Volume) Kind() string {
+	if v.fs != nil {
+		return KindFS
+	}
+	return KindBlock
+}
+
+// FS is the namespace of an fs volume, nil for a block volume.
+func (v *Volume) FS() *FS { return v.fs }
+
 // AllocatedBytes is the pool space the volume's chunks hold.
 func (v *Volume) AllocatedBytes() int64 { return v.allocated.Load() * v.chunkSize }
 
-func (v *Volume) lockAll() {
-	for i := range v.stripes {
-		v.stripes[i].Lock()
+// objects returns every data object of the volume that is in memory.
+func (v *Volume) objects() []*object {
+	if v.obj0 != nil {
+		return []*object{v.obj0}
+	}
+	return v.fs.loadedObjects()
+}
+
+// markDeleted fails in-flight and later IO on every object of the volume.
+func (v *Volume) markDeleted() {
+	if v.fs != nil {
+		v.fs.markDeleted()
+	}
+	for _, o := range v.objects() {
+		o.lockAll()
+		o.deleted = true
+		o.unlockAll()
 	}
 }
 
-func (v *Volume) unlockAll() {
-	for i := range v.stripes {
-		v.stripes[i].Unlock()
-	}
+// volumeExtents lists the device extents of every chunk of volume id, from
+// the chunk map.
+func (s *Store) volumeExtents(id uint64) ([]extent, error) {
+	var out []extent
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(id, 0)[:9], PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var e chunkEntry
+			err := it.Item().Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err })
+			if err != nil {
+				return err
+			}
+			if s.alloc.contains(e.devOff, int64(e.storedLen)) {
+				out = append(out, extent{e.devOff, int64(e.storedLen)})
+			}
+		}
+		return nil
+	})
+	return out, err
 }

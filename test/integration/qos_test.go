@@ -23,9 +23,14 @@ type fioResult struct {
 // fioJob runs one fio job against an NBD URI and parses its JSON output.
 func fioJob(t *testing.T, uri string, args ...string) fioResult {
 	t.Helper()
+	return fioRun(t, append([]string{"--ioengine=nbd", "--uri=" + uri}, args...)...)
+}
+
+// fioRun runs one fio job (name j) and parses its JSON output.
+func fioRun(t *testing.T, args ...string) fioResult {
+	t.Helper()
 	out := filepath.Join(t.TempDir(), "fio.json")
-	all := append([]string{"--name=j", "--ioengine=nbd", "--uri=" + uri, "--thread",
-		"--output-format=json", "--output=" + out}, args...)
+	all := append([]string{"--name=j", "--thread", "--output-format=json", "--output=" + out}, args...)
 	if b, err := exec.Command("fio", all...).CombinedOutput(); err != nil {
 		t.Errorf("fio %v: %v\n%s", args, err, b)
 		return fioResult{}

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+)
+
+func attachCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "attach",
+		Usage:     "attach a block volume as a block device of this host; prints the device",
+		ArgsUsage: "TENANT/NAME",
+		Flags:     []cli.Flag{jsonFlag},
+		Action:    attachAction,
+	}
+}
+
+func detachCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "detach",
+		Usage:     "detach a device made by attach (refused while it is mounted or in use)",
+		ArgsUsage: "DEVICE",
+		Action:    detachAction,
+	}
+}
+
+func attachAction(c *cli.Context) error {
+	ref, err := volumeRef(c, "attach")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := callCtx(c)
+	defer cancel()
+	at, err := apiClient(c).Attach(ctx, ref)
+	if err != nil {
+		return apiErr(err)
+	}
+	if c.Bool("json") {
+		return printJSON(at)
+	}
+	fmt.Println(at.Device)
+	return nil
+}
+
+func detachAction(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usageErr("detach: want one DEVICE")
+	}
+	ctx, cancel := callCtx(c)
+	defer cancel()
+	return apiErr(apiClient(c).Detach(ctx, c.Args().First()))
+}

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"context"
+
+	"github.com/sluice-storage/sluice/attach"
+	"github.com/sluice-storage/sluice/fuse"
+	"github.com/sluice-storage/sluice/gateway/admin"
+)
+
+// mountDoor adapts the FUSE door's Manager to the admin API.
+type mountDoor struct{ mg *fuse.Manager }
+
+func (d mountDoor) Mount(ctx context.Context, ref, dir string, ro bool) (admin.MountInfo, error) {
+	m, err := d.mg.Mount(ctx, ref, dir, ro)
+	return admin.MountInfo(m), err
+}
+
+func (d mountDoor) Unmount(ctx context.Context, dir string) error { return d.mg.Unmount(ctx, dir) }
+
+func (d mountDoor) Mounts() []admin.MountInfo {
+	var out []admin.MountInfo
+	for _, m := range d.mg.Mounts() {
+		out = append(out, admin.MountInfo(m))
+	}
+	return out
+}
+
+// attachDoor adapts the Attacher to the admin API.
+type attachDoor struct{ a *attach.Attacher }
+
+func view(at attach.Attachment) admin.Attachment {
+	return admin.Attachment{Volume: at.Volume, Device: at.Device, Method: at.Method, Image: at.Image}
+}
+
+func (d attachDoor) Attach(ctx context.Context, ref string) (admin.Attachment, error) {
+	at, err := d.a.Attach(ctx, ref)
+	return view(at), err
+}
+
+func (d attachDoor) Detach(ctx context.Context, dev string) error { return d.a.Detach(ctx, dev) }
+
+func (d attachDoor) Attachments() []admin.Attachment {
+	var out []admin.Attachment
+	for _, at := range d.a.Attachments() {
+		out = append(out, view(at))
+	}
+	return out
+}

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-storage/sluice/gateway"
+	"github.com/sluice-storage/sluice/gateway/admin"
+)
+
+func mountCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "mount",
+		Usage:     "mount a volume with the gateway's FUSE door (fs volumes as a filesystem, block volumes as one image file)",
+		ArgsUsage: "TENANT/NAME DIR",
+		Flags:     []cli.Flag{&cli.BoolFlag{Name: "read-only", Usage: "mount read-only"}, jsonFlag},
+		Action:    mountAction,
+	}
+}
+
+func umountCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "umount",
+		Usage:     "unmount a sluice mount (fails while files on it are open)",
+		ArgsUsage: "DIR",
+		Action:    umountAction,
+	}
+}
+
+func mountAction(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return usageErr("mount: want TENANT/NAME and DIR")
+	}
+	ref := c.Args().Get(0)
+	if _, _, err := gateway.SplitRef(ref); err != nil {
+		return usageErr("mount: %v", err)
+	}
+	dir, err := filepath.Abs(c.Args().Get(1))
+	if err != nil {
+		return usageErr("mount: %v", err)
+	}
+	ctx, cancel := callCtx(c)
+	defer cancel()
+	m, err := apiClient(c).Mount(ctx, admin.MountRequest{Volume: ref, Dir: dir, ReadOnly: c.Bool("read-only")})
+	if err != nil {
+		return apiErr(err)
+	}
+	if c.Bool("json") {
+		return printJSON(m)
+	}
+	fmt.Printf("mounted %s at %s\n", m.Volume, m.Dir)
+	return nil
+}
+
+// umountAction asks the gateway; when no gateway answers (it died and left
+// a dead mount behind), it detaches the mount itself so the directory is
+// usable again.
+func umountAction(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usageErr("umount: want one DIR")
+	}
+	dir, err := filepath.Abs(c.Args().First())
+	if err != nil {
+		return usageErr("umount: %v", err)
+	}
+	ctx, cancel := callCtx(c)
+	defer cancel()
+	err = apiClient(c).Unmount(ctx, dir)
+	if err != nil && deadMount(dir) {
+		// The gateway that served it is gone (or it is not this one's).
+		if uerr := unix.Unmount(dir, unix.MNT_DETACH); uerr == nil {
+			fmt.Printf("detached the dead mount at %s (its gateway is gone)\n", dir)
+			return nil
+		}
+	}
+	return apiErr(err)
+}
+
+// deadMount reports whether dir is a FUSE mount whose server has gone.
+func deadMount(dir string) bool {
+	var st unix.Stat_t
+	return errors.Is(unix.Stat(dir, &st), unix.ENOTCONN)
+}

@@ -1,0 +1,147 @@
+package fuse
+
+import (
+	"context"
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/sluice-storage/sluice/gateway"
+)
+
+// file is an open regular file of an fs volume. Its data goes through
+// Volume.Do, labelled with the file's path at open time.
+type file struct {
+	n    *node
+	path string
+}
+
+var (
+	_ fs.FileReader    = (*file)(nil)
+	_ fs.FileWriter    = (*file)(nil)
+	_ fs.FileFsyncer   = (*file)(nil)
+	_ fs.FileFlusher   = (*file)(nil)
+	_ fs.FileReleaser  = (*file)(nil)
+	_ fs.FileLseeker   = (*file)(nil)
+	_ fs.FileAllocater = (*file)(nil)
+)
+
+func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	m := f.n.m
+	size, err := m.fs.Length(ctx, f.n.ino)
+	if err != nil {
+		return nil, f.n.errno("read", err)
+	}
+	if off >= size {
+		return fuse.ReadResultData(nil), 0
+	}
+	dest = dest[:min(int64(len(dest)), size-off)]
+	req := gateway.Request{Op: gateway.OpRead, Inode: f.n.ino, Offset: off, Buf: dest, Door: gateway.DoorFUSE, Path: f.path}
+	if err := m.vol.Do(ctx, &req); err != nil {
+		return nil, f.n.errno("read", err)
+	}
+	return fuse.ReadResultData(dest), 0
+}
+
+func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	req := gateway.Request{Op: gateway.OpWrite, Inode: f.n.ino, Offset: off, Buf: data, Door: gateway.DoorFUSE, Path: f.path}
+	if err := f.n.m.vol.Do(ctx, &req); err != nil {
+		return 0, f.n.errno("write", err)
+	}
+	return uint32(len(data)), 0
+}
+
+func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	return f.n.errno("fsync", f.n.m.fs.Fsync(ctx, f.n.ino))
+}
+
+// Flush (close(2) of one descriptor) has nothing to do: writes are already
+// in the store.
+func (f *file) Flush(ctx context.Context) syscall.Errno { return 0 }
+
+func (f *file) Release(ctx context.Context) syscall.Errno {
+	return f.n.errno("release", f.n.m.fs.Release(ctx, f.n.ino))
+}
+
+func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	pos, err := f.n.m.fs.Lseek(ctx, f.n.ino, int64(off), int(whence))
+	if err != nil {
+		return 0, f.n.errno("lseek", err)
+	}
+	return uint64(pos), 0
+}
+
+func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
+	return f.n.errno("fallocate", f.n.m.fs.Fallocate(ctx, f.n.ino, int64(off), int64(size), mode))
+}
+
+// dir is an open directory: a snapshot of its entries, so that offsets
+// (telldir/seekdir) stay valid while the directory changes. Offset k means
+// "after the k-th entry"; rewinding to 0 takes a fresh snapshot.
+type dir struct {
+	n       *node
+	mu      sync.Mutex
+	entries []fuse.DirEntry
+	pos     int
+}
+
+var (
+	_ fs.FileReaddirenter = (*dir)(nil)
+	_ fs.FileSeekdirer    = (*dir)(nil)
+	_ fs.FileReleasedirer = (*dir)(nil)
+	_ fs.FileFsyncdirer   = (*dir)(nil)
+)
+
+func (d *dir) snapshot(ctx context.Context) syscall.Errno {
+	list, err := d.n.m.fs.ReadDir(ctx, d.n.ino)
+	if err != nil {
+		return d.n.errno("readdir", err)
+	}
+	parent := d.n.ino
+	if a, err := d.n.m.fs.GetAttr(ctx, d.n.ino); err == nil && a.Parent != 0 {
+		parent = a.Parent
+	}
+	entries := make([]fuse.DirEntry, 0, len(list)+2)
+	entries = append(entries,
+		fuse.DirEntry{Name: ".", Ino: d.n.ino, Mode: syscall.S_IFDIR},
+		fuse.DirEntry{Name: "..", Ino: parent, Mode: syscall.S_IFDIR})
+	for _, e := range list {
+		entries = append(entries, fuse.DirEntry{Name: e.Name, Ino: e.Ino, Mode: e.Type})
+	}
+	for i := range entries {
+		entries[i].Off = uint64(i + 1)
+	}
+	d.entries, d.pos = entries, 0
+	return 0
+}
+
+func (d *dir) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.pos >= len(d.entries) {
+		return nil, 0
+	}
+	e := d.entries[d.pos]
+	d.pos++
+	return &e, 0
+}
+
+func (d *dir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if off == 0 {
+		return d.snapshot(ctx)
+	}
+	d.pos = int(min(off, uint64(len(d.entries))))
+	return 0
+}
+
+func (d *dir) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
+	return d.n.errno("fsyncdir", d.n.m.fs.Fsync(ctx, d.n.ino))
+}
+
+func (d *dir) Releasedir(ctx context.Context, releaseFlags uint32) {
+	d.n.m.fs.Release(ctx, d.n.ino)
+}

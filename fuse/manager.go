@@ -1,0 +1,150 @@
+package fuse
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sort"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-storage/sluice/gateway"
+)
+
+// Manager keeps a gateway's mounts: at most one per directory, each
+// unmounted on Close. Mounts do not outlive the gateway process.
+type Manager struct {
+	g   *gateway.Gateway
+	log *slog.Logger
+
+	mu     sync.Mutex
+	mounts map[string]*entry // by absolute directory
+	closed bool
+}
+
+type entry struct {
+	m        *Mount
+	readOnly bool
+	kind     string
+}
+
+// MountInfo describes one live mount.
+type MountInfo struct {
+	Volume   string `json:"volume"`
+	Dir      string `json:"dir"`
+	Kind     string `json:"kind"`
+	ReadOnly bool   `json:"read_only"`
+}
+
+// NewManager returns an empty Manager for g.
+func NewManager(g *gateway.Gateway, log *slog.Logger) *Manager {
+	return &Manager{g: g, log: log, mounts: make(map[string]*entry)}
+}
+
+// Mount mounts volume ref at dir.
+func (mg *Manager) Mount(ctx context.Context, ref, dir string, readOnly bool) (MountInfo, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return MountInfo{}, fmt.Errorf("mount point %q: %w", dir, gateway.ErrInvalid)
+	}
+	vol, err := mg.g.Volume(ref)
+	if err != nil {
+		return MountInfo{}, err
+	}
+	mg.mu.Lock()
+	defer mg.mu.Unlock()
+	if mg.closed {
+		return MountInfo{}, gateway.ErrClosed
+	}
+	if e := mg.mounts[abs]; e != nil {
+		return MountInfo{}, fmt.Errorf("%s already has %s mounted: %w", abs, e.m.Volume, gateway.ErrExists)
+	}
+	m, err := MountVolume(ctx, vol, abs, Options{ReadOnly: readOnly, Logger: mg.log})
+	if err != nil {
+		return MountInfo{}, err
+	}
+	e := &entry{m: m, readOnly: readOnly || vol.ReadOnly(), kind: vol.Kind()}
+	mg.mounts[abs] = e
+	go func() {
+		// Forget mounts that go away behind our back (umount(8)).
+		m.Wait()
+		mg.mu.Lock()
+		if mg.mounts[abs] == e {
+			delete(mg.mounts, abs)
+		}
+		mg.mu.Unlock()
+	}()
+	mg.log.Info("mounted", "volume", ref, "dir", abs, "read_only", e.readOnly)
+	return e.info(), nil
+}
+
+func (e *entry) info() MountInfo {
+	return MountInfo{Volume: e.m.Volume, Dir: e.m.Dir, Kind: e.kind, ReadOnly: e.readOnly}
+}
+
+// Unmount unmounts dir; it fails while files on it are in use.
+func (mg *Manager) Unmount(ctx context.Context, dir string) error {
+	abs, _ := filepath.Abs(dir)
+	mg.mu.Lock()
+	e := mg.mounts[abs]
+	mg.mu.Unlock()
+	if e == nil {
+		return fmt.Errorf("no sluice mount at %s: %w", abs, gateway.ErrNotFound)
+	}
+	if err := e.m.Unmount(); err != nil {
+		return fmt.Errorf("unmount %s: %w (files still open?)", abs, busyOr(err))
+	}
+	e.m.Wait()
+	mg.log.Info("unmounted", "volume", e.m.Volume, "dir", abs)
+	return nil
+}
+
+func busyOr(err error) error {
+	if err == unix.EBUSY {
+		return fmt.Errorf("%w: device busy", gateway.ErrInvalid)
+	}
+	return err
+}
+
+// Mounts lists the live mounts by directory.
+func (mg *Manager) Mounts() []MountInfo {
+	mg.mu.Lock()
+	defer mg.mu.Unlock()
+	out := make([]MountInfo, 0, len(mg.mounts))
+	for _, e := range mg.mounts {
+		out = append(out, e.info())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Dir < out[j].Dir })
+	return out
+}
+
+// MountedAt returns the mount at dir, if any.
+func (mg *Manager) MountedAt(dir string) (MountInfo, bool) {
+	abs, _ := filepath.Abs(dir)
+	mg.mu.Lock()
+	defer mg.mu.Unlock()
+	if e := mg.mounts[abs]; e != nil {
+		return e.info(), true
+	}
+	return MountInfo{}, false
+}
+
+// Close unmounts everything (lazily if busy: the kernel detaches the mount
+// once the last user is gone, and IO on it fails from now on).
+func (mg *Manager) Close() {
+	mg.mu.Lock()
+	mg.closed = true
+	es := make([]*entry, 0, len(mg.mounts))
+	for _, e := range mg.mounts {
+		es = append(es, e)
+	}
+	mg.mu.Unlock()
+	for _, e := range es {
+		if err := e.m.Unmount(); err != nil {
+			mg.log.Warn("unmount at shutdown failed; detaching lazily", "dir", e.m.Dir, "err", err)
+			unix.Unmount(e.m.Dir, unix.MNT_DETACH)
+		}
+	}
+}

@@ -1,0 +1,95 @@
+package fuse
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/sluice-storage/sluice/gateway"
+)
+
+// Options configure a mount. The zero value is usable.
+type Options struct {
+	ReadOnly bool
+	Debug    bool // log every FUSE request
+	Logger   *slog.Logger
+}
+
+// Mount is a live mount of one volume.
+type Mount struct {
+	Dir    string
+	Volume string // tenant/name
+	server *fuse.Server
+}
+
+// mount is what every node of one mount shares.
+type mount struct {
+	vol      *gateway.Volume
+	fs       *gateway.FS // nil for a block volume
+	log      *slog.Logger
+	readOnly bool
+}
+
+// MountVolume mounts vol at dir (an existing directory) and serves it until
+// Unmount. An fs volume shows its namespace; a block volume shows one file,
+// ImageName. It returns when the kernel has the mount.
+func MountVolume(ctx context.Context, vol *gateway.Volume, dir string, opts Options) (*Mount, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("mount point: %w", err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("mount point %s is not a directory: %w", dir, gateway.ErrInvalid)
+	}
+	m := &mount{vol: vol, fs: vol.FS(), log: opts.Logger, readOnly: opts.ReadOnly || vol.ReadOnly()}
+	var root fs.InodeEmbedder
+	if m.fs != nil {
+		root = &node{m: m, ino: gateway.RootIno}
+	} else {
+		root = &imageRoot{m: m}
+	}
+	to := timeout
+	mo := fuse.MountOptions{
+		FsName:               "sluice:" + vol.Ref(),
+		Name:                 "sluice",
+		MaxWrite:             fuse.MAX_KERNEL_WRITE, // 1 MiB writes
+		MaxBackground:        64,
+		AllowOther:           os.Geteuid() == 0,
+		DirectMount:          os.Geteuid() == 0,
+		IgnoreSecurityLabels: true,
+		Options:              []string{"default_permissions"},
+		Debug:                opts.Debug,
+		PanicHandler: func(p any) fuse.Status {
+			opts.Logger.Error("fuse: handler panicked", "volume", vol.Ref(), "panic", fmt.Sprint(p))
+			return fuse.EIO
+		},
+	}
+	if m.readOnly {
+		mo.Options = append(mo.Options, "ro")
+	}
+	server, err := fs.Mount(dir, root, &fs.Options{
+		MountOptions:    mo,
+		EntryTimeout:    &to,
+		AttrTimeout:     &to,
+		NegativeTimeout: &to,
+		RootStableAttr:  &fs.StableAttr{Ino: gateway.RootIno},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mount %s at %s: %w", vol.Ref(), dir, err)
+	}
+	return &Mount{Dir: dir, Volume: vol.Ref(), server: server}, nil
+}
+
+// Unmount detaches the mount; it fails (EBUSY) while files on it are open,
+// like umount(8).
+func (m *Mount) Unmount() error { return m.server.Unmount() }
+
+// Wait blocks until the mount is gone (unmounted here or by umount(8)).
+func (m *Mount) Wait() { m.server.Wait() }

@@ -1,0 +1,205 @@
+package admin
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+
+	"github.com/sluice-storage/sluice/gateway"
+)
+
+// Doors are the door operations the API exposes. The gateway command
+// provides them (package admin imports no door); a nil one answers 501.
+type Doors struct {
+	Mounts      Mounter
+	Attachments Attacher
+}
+
+// MountInfo describes one FUSE mount.
+type MountInfo struct {
+	Volume   string `json:"volume"`
+	Dir      string `json:"dir"`
+	Kind     string `json:"kind"`
+	ReadOnly bool   `json:"read_only"`
+}
+
+// MountRequest is the body of POST /v1/mounts.
+type MountRequest struct {
+	Volume   string `json:"volume"`
+	Dir      string `json:"dir"`
+	ReadOnly bool   `json:"read_only,omitempty"`
+}
+
+// Mounter mounts volumes with the FUSE door.
+type Mounter interface {
+	Mount(ctx context.Context, ref, dir string, readOnly bool) (MountInfo, error)
+	Unmount(ctx context.Context, dir string) error
+	Mounts() []MountInfo
+}
+
+// Attachment is a volume attached as a block device of the host.
+type Attachment struct {
+	Volume string `json:"volume"`
+	Device string `json:"device"` // /dev/loopN or /dev/nbdN
+	Method string `json:"method"` // "loop" (over a FUSE image file) or "nbd"
+	Image  string `json:"image,omitempty"`
+}
+
+// AttachRequest is the body of POST /v1/attachments.
+type AttachRequest struct {
+	Volume string `json:"volume"`
+}
+
+// Attacher attaches block volumes as block devices.
+type Attacher interface {
+	Attach(ctx context.Context, ref string) (Attachment, error)
+	Detach(ctx context.Context, device string) error
+	Attachments() []Attachment
+}
+
+func (h *handler) routeDoors(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/volumes/{tenant}/{name}/fsck", h.fsck)
+	mux.HandleFunc("GET /v1/mounts", h.mountList)
+	mux.HandleFunc("POST /v1/mounts", h.mount)
+	mux.HandleFunc("DELETE /v1/mounts", h.unmount)
+	mux.HandleFunc("GET /v1/attachments", h.attachList)
+	mux.HandleFunc("POST /v1/attachments", h.attach)
+	mux.HandleFunc("DELETE /v1/attachments", h.detach)
+}
+
+var errNoDoor = fmt.Errorf("this gateway has no such door: %w", gateway.ErrUnsupported)
+
+func (h *handler) fsck(w http.ResponseWriter, r *http.Request) {
+	v, err := h.g.Volume(r.PathValue("tenant") + "/" + r.PathValue("name"))
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	rep, err := v.Fsck(r.Context())
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	reply(w, http.StatusOK, rep)
+}
+
+func (h *handler) mountList(w http.ResponseWriter, r *http.Request) {
+	if h.doors.Mounts == nil {
+		reply(w, http.StatusOK, []MountInfo{})
+		return
+	}
+	reply(w, http.StatusOK, h.doors.Mounts.Mounts())
+}
+
+func (h *handler) mount(w http.ResponseWriter, r *http.Request) {
+	var req MountRequest
+	if err := decode(r, &req); err != nil {
+		h.fail(w, err)
+		return
+	}
+	if h.doors.Mounts == nil {
+		h.fail(w, errNoDoor)
+		return
+	}
+	if req.Dir == "" || req.Volume == "" {
+		h.fail(w, fmt.Errorf("mount: volume and dir are required: %w", gateway.ErrInvalid))
+		return
+	}
+	m, err := h.doors.Mounts.Mount(r.Context(), req.Volume, req.Dir, req.ReadOnly)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	reply(w, http.StatusCreated, m)
+}
+
+func (h *handler) unmount(w http.ResponseWriter, r *http.Request) {
+	if h.doors.Mounts == nil {
+		h.fail(w, errNoDoor)
+		return
+	}
+	if err := h.doors.Mounts.Unmount(r.Context(), r.URL.Query().Get("dir")); err != nil {
+		h.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) attachList(w http.ResponseWriter, r *http.Request) {
+	if h.doors.Attachments == nil {
+		reply(w, http.StatusOK, []Attachment{})
+		return
+	}
+	reply(w, http.StatusOK, h.doors.Attachments.Attachments())
+}
+
+func (h *handler) attach(w http.ResponseWriter, r *http.Request) {
+	var req AttachRequest
+	if err := decode(r, &req); err != nil {
+		h.fail(w, err)
+		return
+	}
+	if h.doors.Attachments == nil {
+		h.fail(w, errNoDoor)
+		return
+	}
+	a, err := h.doors.Attachments.Attach(r.Context(), req.Volume)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	reply(w, http.StatusCreated, a)
+}
+
+func (h *handler) detach(w http.ResponseWriter, r *http.Request) {
+	if h.doors.Attachments == nil {
+		h.fail(w, errNoDoor)
+		return
+	}
+	if err := h.doors.Attachments.Detach(r.Context(), r.URL.Query().Get("device")); err != nil {
+		h.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// Fsck checks a volume's metadata.
+func (c *Client) Fsck(ctx context.Context, ref string) (gateway.FsckReport, error) {
+	var out gateway.FsckReport
+	return out, c.do(ctx, http.MethodGet, "/v1/volumes/"+ref+"/fsck", nil, &out)
+}
+
+// Mounts lists the gateway's FUSE mounts.
+func (c *Client) Mounts(ctx context.Context) ([]MountInfo, error) {
+	var out []MountInfo
+	return out, c.do(ctx, http.MethodGet, "/v1/mounts", nil, &out)
+}
+
+// Mount asks the gateway to mount a volume; it returns once the mount is live.
+func (c *Client) Mount(ctx context.Context, req MountRequest) (MountInfo, error) {
+	var out MountInfo
+	return out, c.do(ctx, http.MethodPost, "/v1/mounts", req, &out)
+}
+
+// Unmount asks the gateway to unmount dir.
+func (c *Client) Unmount(ctx context.Context, dir string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/mounts?dir="+url.QueryEscape(dir), nil, nil)
+}
+
+// Attachments lists attached volumes.
+func (c *Client) Attachments(ctx context.Context) ([]Attachment, error) {
+	var out []Attachment
+	return out, c.do(ctx, http.MethodGet, "/v1/attachments", nil, &out)
+}
+
+// Attach attaches a block volume as a block device.
+func (c *Client) Attach(ctx context.Context, ref string) (Attachment, error) {
+	var out Attachment
+	return out, c.do(ctx, http.MethodPost, "/v1/attachments", AttachRequest{Volume: ref}, &out)
+}
+
+// Detach detaches a device made by Attach.
+func (c *Client) Detach(ctx context.Context, device string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/attachments?device="+url.QueryEscape(device), nil, nil)
+}

@@ -1,0 +1,541 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// FS is the namespace of an fs volume: inodes, directory entries, symlink
+// targets and xattrs in badger, file data in chunks like a block volume's.
+// It is the filesystem engine every file door shares (FUSE today, the
+// LD_PRELOAD shim later); doors translate their protocol to these calls and
+// map the error sentinels to errno in one place.
+//
+// # Transactions
+//
+// Every namespace operation is one badger transaction, serialised per
+// volume by one mutex (the kernel already serialises most operations on a
+// directory; the mutex makes the read-check-write of each operation atomic
+// without conflict retries).
+//
+// # File data and length
+//
+// File data goes through Volume.ReadAt/WriteAt with the file's inode, on an
+// object (chunk table + stripe locks) that exists while the file is open.
+// A write past the end extends the length in memory; the length (and mtime)
+// is persisted by Fsync, by the last Release, and by SetAttr. After a crash
+// a file therefore has the length of its last fsync or close, and whatever
+// lies past that length is discarded the first time the file is opened
+// again (the same rule that makes truncate-then-extend read zeros).
+//
+// # Unlinked but open
+//
+// When the last link of an inode goes, the same transaction records it as
+// an orphan. An orphan that nobody has open is purged at once (chunks freed,
+// records deleted); one that is open is purged on its last Release; orphans
+// left by a crash are purged when the store opens.
+type FS struct {
+	v *Volume
+
+	mu      sync.Mutex // serialises namespace changes
+	nextIno uint64     // next free inode number, under mu (0: not read yet)
+
+	objMu   sync.Mutex
+	inUse   map[uint64]*inUse // inodes with open handles or internal pins
+	objs    sync.Map          // ino → *object: regular files in use (lock-free lookup for IO)
+	trimmed map[uint64]bool   // files trimmed past their length since the store opened
+	deleted bool
+}
+
+type inUse struct {
+	refs int
+	obj  *object // regular files only
+}
+
+func newFS(v *Volume) *FS {
+	return &FS{v: v, inUse: make(map[uint64]*inUse), trimmed: make(map[uint64]bool)}
+}
+
+// NewInode describes an inode to create.
+type NewInode struct {
+	Mode     uint32 // type bits (S_IFREG, S_IFDIR, S_IFLNK, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK) | permissions
+	UID, GID uint32
+	Rdev     uint32
+	Target   string // symlinks
+}
+
+// DirEntry is one entry of a directory listing.
+type DirEntry struct {
+	Name string `json:"name"`
+	Ino  uint64 `json:"ino"`
+	Type uint32 `json:"type"` // S_IFMT bits
+}
+
+// Rename flags (Linux renameat2).
+const (
+	RenameNoReplace = 1 << 0
+	RenameExchange  = 1 << 1
+)
+
+func now() int64 { return time.Now().UnixNano() }
+
+func validEntryName(name string) error {
+	switch {
+	case name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00"):
+		return fmt.Errorf("name %q: %w", name, ErrInvalid)
+	case len(name) > MaxNameLen:
+		return fmt.Errorf("name of %d bytes: %w", len(name), ErrNameTooLong)
+	}
+	return nil
+}
+
+func (f *FS) check() error {
+	if f.deleted {
+		return fmt.Errorf("volume %s: %w", f.v.ref, ErrNotFound)
+	}
+	return nil
+}
+
+func (f *FS) markDeleted() {
+	f.mu.Lock()
+	f.deleted = true
+	f.mu.Unlock()
+}
+
+// initRoot creates the root directory in txn (volume creation).
+func initRoot(txn *badger.Txn, vol uint64, uid, gid uint32) error {
+	t := now()
+	root := Attr{Ino: RootIno, Mode: syscall.S_IFDIR | 0o755, Nlink: 2, UID: uid, GID: gid, Atime: t, Mtime: t, Ctime: t, Parent: RootIno}
+	if err := txn.Set(inodeKey(vol, RootIno), encodeAttr(root)); err != nil {
+		return err
+	}
+	return txn.Set(inoCounterKey(vol), binary.BigEndian.AppendUint64(nil, RootIno+1))
+}
+
+func inoCounterKey(vol uint64) []byte { return counterKey(fmt.Sprintf("ino.%d", vol)) }
+
+// update runs fn in one read-write transaction under the namespace mutex.
+func (f *FS) update(fn func(txn *badger.Txn) error) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.check(); err != nil {
+		return err
+	}
+	return f.v.s.db.Update(fn)
+}
+
+// allocIno returns a fresh inode number and records the counter in txn.
+// The caller holds f.mu.
+func (f *FS) allocIno(txn *badger.Txn) (uint64, error) {
+	if f.nextIno == 0 {
+		item, err := txn.Get(inoCounterKey(f.v.id))
+		if err != nil {
+			return 0, fmt.Errorf("inode counter: %w", err)
+		}
+		if err := item.Value(func(b []byte) error { f.nextIno = binary.BigEndian.Uint64(b); return nil }); err != nil {
+			return 0, err
+		}
+	}
+	ino := f.nextIno
+	f.nextIno++
+	return ino, txn.Set(inoCounterKey(f.v.id), binary.BigEndian.AppendUint64(nil, f.nextIno))
+}
+
+// getAttr reads ino's attributes in txn, with the live length and mtime of
+// a file in use.
+func (f *FS) getAttr(txn *badger.Txn, ino uint64) (Attr, error) {
+	item, err := txn.Get(inodeKey(f.v.id, ino))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return Attr{}, fmt.Errorf("inode %d: %w", ino, ErrNotFound)
+	} else if err != nil {
+		return Attr{}, err
+	}
+	var a Attr
+	if err := item.Value(func(b []byte) (err error) { a, err = decodeAttr(ino, b); return err }); err != nil {
+		return Attr{}, err
+	}
+	switch {
+	case a.IsDir():
+		a.Size = 4096
+	case a.IsRegular():
+		if o := f.loaded(ino); o != nil {
+			a.Size = o.size.Load()
+			if m := o.mtime.Load(); m > a.Mtime {
+				a.Mtime, a.Ctime = m, max(a.Ctime, m)
+			}
+			a.Blocks = o.mapped.Load() * f.v.chunkSize / 512
+		} else {
+			if a.Size, err = readLength(txn, f.v.id, ino); err != nil {
+				return Attr{}, err
+			}
+			a.Blocks = countChunks(txn, f.v.id, ino) * f.v.chunkSize / 512
+		}
+	case a.IsSymlink():
+		item, err := txn.Get(linkKey(f.v.id, ino))
+		if err == nil {
+			a.Size = int64(item.ValueSize())
+		}
+	}
+	return a, nil
+}
+
+func readLength(txn *badger.Txn, vol, ino uint64) (int64, error) {
+	item, err := txn.Get(lengthKey(vol, ino))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return 0, nil
+	} else if err != nil {
+		return 0, err
+	}
+	var n int64
+	err = item.Value(func(b []byte) error {
+		if len(b) != 8 {
+			return fmt.Errorf("inode %d: length record of %d bytes: %w", ino, len(b), ErrIO)
+		}
+		n = int64(binary.BigEndian.Uint64(b))
+		return nil
+	})
+	return n, err
+}
+
+func countChunks(txn *badger.Txn, vol, ino uint64) int64 {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(vol, ino)})
+	defer it.Close()
+	var n int64
+	for it.Rewind(); it.Valid(); it.Next() {
+		n++
+	}
+	return n
+}
+
+// putAttr writes a's attributes (not its length) in txn.
+func (f *FS) putAttr(txn *badger.Txn, a Attr) error {
+	return txn.Set(inodeKey(f.v.id, a.Ino), encodeAttr(a))
+}
+
+// dirAttr reads ino and checks that it is a directory.
+func (f *FS) dirAttr(txn *badger.Txn, ino uint64) (Attr, error) {
+	a, err := f.getAttr(txn, ino)
+	if err != nil {
+		return Attr{}, err
+	}
+	if !a.IsDir() {
+		return Attr{}, fmt.Errorf("inode %d: %w", ino, ErrNotDir)
+	}
+	return a, nil
+}
+
+// lookupTxn resolves name in directory parent to an inode number and type.
+func (f *FS) lookupTxn(txn *badger.Txn, parent uint64, name string) (uint64, uint32, error) {
+	item, err := txn.Get(dentryKey(f.v.id, parent, name))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return 0, 0, fmt.Errorf("%q in inode %d: %w", name, parent, ErrNotFound)
+	} else if err != nil {
+		return 0, 0, err
+	}
+	var ino uint64
+	var typ uint32
+	err = item.Value(func(b []byte) (err error) { ino, typ, err = decodeDentry(b); return err })
+	return ino, typ, err
+}
+
+// Lookup returns the attributes of name in directory parent.
+func (f *FS) Lookup(ctx context.Context, parent uint64, name string) (Attr, error) {
+	if len(name) > MaxNameLen {
+		return Attr{}, fmt.Errorf("name of %d bytes: %w", len(name), ErrNameTooLong)
+	}
+	var a Attr
+	err := f.v.s.db.View(func(txn *badger.Txn) error {
+		if _, err := f.dirAttr(txn, parent); err != nil {
+			return err
+		}
+		ino, _, err := f.lookupTxn(txn, parent, name)
+		if err != nil {
+			return err
+		}
+		a, err = f.getAttr(txn, ino)
+		return err
+	})
+	return a, err
+}
+
+// GetAttr returns ino's attributes.
+func (f *FS) GetAttr(ctx context.Context, ino uint64) (Attr, error) {
+	var a Attr
+	err := f.v.s.db.View(func(txn *badger.Txn) (err error) {
+		a, err = f.getAttr(txn, ino)
+		return err
+	})
+	return a, err
+}
+
+// Readlink returns a symlink's target.
+func (f *FS) Readlink(ctx context.Context, ino uint64) (string, error) {
+	var target string
+	err := f.v.s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(linkKey(f.v.id, ino))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return fmt.Errorf("inode %d is not a symlink: %w", ino, ErrInvalid)
+		} else if err != nil {
+			return err
+		}
+		b, err := item.ValueCopy(nil)
+		target = string(b)
+		return err
+	})
+	return target, err
+}
+
+// ReadDir lists directory ino in name order ("." and ".." not included).
+func (f *FS) ReadDir(ctx context.Context, ino uint64) ([]DirEntry, error) {
+	var out []DirEntry
+	err := f.v.s.db.View(func(txn *badger.Txn) error {
+		if _, err := f.dirAttr(txn, ino); err != nil {
+			return err
+		}
+		prefix := dentryPrefix(f.v.id, ino)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 100})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var e DirEntry
+			e.Name = string(it.Item().Key()[len(prefix):])
+			err := it.Item().Value(func(b []byte) (err error) { e.Ino, e.Type, err = decodeDentry(b); return err })
+			if err != nil {
+				return err
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func dirEmpty(txn *badger.Txn, vol, ino uint64) bool {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: dentryPrefix(vol, ino), PrefetchSize: 1})
+	defer it.Close()
+	it.Rewind()
+	return !it.Valid()
+}
+
+// Create makes a new inode called name in parent: a file, directory,
+// symlink (in.Target), FIFO, socket or device node, as in.Mode says.
+func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode) (Attr, error) {
+	if err := validEntryName(name); err != nil {
+		return Attr{}, err
+	}
+	typ := in.Mode & syscall.S_IFMT
+	switch typ {
+	case syscall.S_IFREG, syscall.S_IFDIR, syscall.S_IFIFO, syscall.S_IFSOCK, syscall.S_IFCHR, syscall.S_IFBLK:
+	case syscall.S_IFLNK:
+		if in.Target == "" || len(in.Target) > MaxSymlinkLen {
+			return Attr{}, fmt.Errorf("symlink target of %d bytes: %w", len(in.Target), ErrNameTooLong)
+		}
+	default:
+		return Attr{}, fmt.Errorf("mode %#o: %w", in.Mode, ErrInvalid)
+	}
+	if f.v.readOnly {
+		return Attr{}, fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	}
+	var a Attr
+	err := f.update(func(txn *badger.Txn) error {
+		p, err := f.dirAttr(txn, parent)
+		if err != nil {
+			return err
+		}
+		if _, _, err := f.lookupTxn(txn, parent, name); err == nil {
+			return fmt.Errorf("%q: %w", name, ErrExists)
+		} else if !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		ino, err := f.allocIno(txn)
+		if err != nil {
+			return err
+		}
+		t := now()
+		a = Attr{Ino: ino, Mode: in.Mode, Nlink: 1, UID: in.UID, GID: in.GID, Rdev: in.Rdev, Atime: t, Mtime: t, Ctime: t}
+		switch typ {
+		case syscall.S_IFDIR:
+			a.Nlink, a.Parent, a.Size = 2, parent, 4096
+			p.Nlink++
+		case syscall.S_IFLNK:
+			a.Size = int64(len(in.Target))
+			if err := txn.Set(linkKey(f.v.id, ino), []byte(in.Target)); err != nil {
+				return err
+			}
+		}
+		p.Mtime, p.Ctime = t, t
+		if err := f.putAttr(txn, a); err != nil {
+			return err
+		}
+		if err := f.putAttr(txn, p); err != nil {
+			return err
+		}
+		return txn.Set(dentryKey(f.v.id, parent, name), encodeDentry(ino, a.Mode))
+	})
+	return a, err
+}
+
+// Tmpfile makes an unnamed regular file (O_TMPFILE): an orphan from the
+// start, open once for the caller, who must Release it.
+func (f *FS) Tmpfile(ctx context.Context, parent uint64, in NewInode) (Attr, error) {
+	if in.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		return Attr{}, fmt.Errorf("tmpfile mode %#o: %w", in.Mode, ErrInvalid)
+	}
+	if f.v.readOnly {
+		return Attr{}, fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	}
+	var a Attr
+	err := f.update(func(txn *badger.Txn) error {
+		if _, err := f.dirAttr(txn, parent); err != nil {
+			return err
+		}
+		ino, err := f.allocIno(txn)
+		if err != nil {
+			return err
+		}
+		t := now()
+		a = Attr{Ino: ino, Mode: in.Mode, Nlink: 0, UID: in.UID, GID: in.GID, Atime: t, Mtime: t, Ctime: t}
+		if err := f.putAttr(txn, a); err != nil {
+			return err
+		}
+		return txn.Set(orphanKey(f.v.id, ino), nil)
+	})
+	if err != nil {
+		return Attr{}, err
+	}
+	return f.Open(ctx, a.Ino)
+}
+
+// Link adds a new name for ino (not a directory) in newParent.
+func (f *FS) Link(ctx context.Context, ino, newParent uint64, newName string) (Attr, error) {
+	if err := validEntryName(newName); err != nil {
+		return Attr{}, err
+	}
+	if f.v.readOnly {
+		return Attr{}, fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	}
+	var a Attr
+	err := f.update(func(txn *badger.Txn) error {
+		p, err := f.dirAttr(txn, newParent)
+		if err != nil {
+			return err
+		}
+		if a, err = f.getAttr(txn, ino); err != nil {
+			return err
+		}
+		if a.IsDir() {
+			return fmt.Errorf("hard link to directory inode %d: %w", ino, ErrPerm)
+		}
+		if _, _, err := f.lookupTxn(txn, newParent, newName); err == nil {
+			return fmt.Errorf("%q: %w", newName, ErrExists)
+		} else if !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		if a.Nlink == 0 {
+			// Linking an open O_TMPFILE file (linkat AT_EMPTY_PATH)
+			// brings it back from the orphan list.
+			if err := txn.Delete(orphanKey(f.v.id, ino)); err != nil {
+				return err
+			}
+		}
+		t := now()
+		a.Nlink++
+		a.Ctime = t
+		p.Mtime, p.Ctime = t, t
+		if err := f.putAttr(txn, a); err != nil {
+			return err
+		}
+		if err := f.putAttr(txn, p); err != nil {
+			return err
+		}
+		return txn.Set(dentryKey(f.v.id, newParent, newName), encodeDentry(ino, a.Mode))
+	})
+	return a, err
+}
+
+// Unlink removes name (not a directory) from parent.
+func (f *FS) Unlink(ctx context.Context, parent uint64, name string) error {
+	return f.remove(ctx, parent, name, false)
+}
+
+// Rmdir removes the empty directory name from parent.
+func (f *FS) Rmdir(ctx context.Context, parent uint64, name string) error {
+	return f.remove(ctx, parent, name, true)
+}
+
+func (f *FS) remove(ctx context.Context, parent uint64, name string, dir bool) error {
+	if f.v.readOnly {
+		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	}
+	if name == "." || name == ".." {
+		return fmt.Errorf("remove %q: %w", name, ErrInvalid)
+	}
+	var gone uint64
+	err := f.update(func(txn *badger.Txn) error {
+		p, err := f.dirAttr(txn, parent)
+		if err != nil {
+			return err
+		}
+		ino, _, err := f.lookupTxn(txn, parent, name)
+		if err != nil {
+			return err
+		}
+		a, err := f.getAttr(txn, ino)
+		if err != nil {
+			return err
+		}
+		switch {
+		case dir && !a.IsDir():
+			return fmt.Errorf("%q: %w", name, ErrNotDir)
+		case !dir && a.IsDir():
+			return fmt.Errorf("%q: %w", name, ErrIsDir)
+		case dir && !dirEmpty(txn, f.v.id, ino):
+			return fmt.Errorf("%q: %w", name, ErrNotEmpty)
+		}
+		t := now()
+		p.Mtime, p.Ctime = t, t
+		if dir {
+			p.Nlink--
+		}
+		if err := f.putAttr(txn, p); err != nil {
+			return err
+		}
+		if err := txn.Delete(dentryKey(f.v.id, parent, name)); err != nil {
+			return err
+		}
+		if gone, err = f.dropLink(txn, a, t); err != nil {
+			return err
+		}
+		return nil
+	})
+	if err == nil && gone != 0 {
+		f.purgeIfUnused(ctx, gone)
+	}
+	return err
+}
+
+// dropLink removes one link of a (a directory loses all of its), in txn.
+// When none is left the inode becomes an orphan, and dropLink returns its
+// number for purgeIfUnused after the commit.
+func (f *FS) dropLink(txn *badger.Txn, a Attr, t int64) (uint64, error) {
+	if a.IsDir() || a.Nlink <= 1 {
+		a.Nlink = 0
+	} else {
+		a.Nlink--
+	}
+	a.Ctime = t
+	if err := f.putAttr(txn, a); err != nil {
+		return 0, err
+	}
+	if a.Nlink > 0 {
+		return 0, nil
+	}
+	return a.Ino, txn.Set(orphanKey(f.v.id, a.Ino), nil)
+}

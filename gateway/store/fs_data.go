@@ -1,0 +1,437 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// loaded returns the object of a regular file in use, or nil.
+func (f *FS) loaded(ino uint64) *object {
+	if o, ok := f.objs.Load(ino); ok {
+		return o.(*object)
+	}
+	return nil
+}
+
+func (f *FS) loadedObjects() []*object {
+	var out []*object
+	f.objs.Range(func(_, o any) bool { out = append(out, o.(*object)); return true })
+	return out
+}
+
+// openObject is the data path's lookup: the object of a file that is open.
+func (f *FS) openObject(ino uint64) (*object, error) {
+	if o := f.loaded(ino); o != nil {
+		return o, nil
+	}
+	return nil, fmt.Errorf("volume %s: inode %d is not an open regular file: %w", f.v.ref, ino, ErrInvalid)
+}
+
+// Open pins ino for IO until the matching Release: a regular file's chunk
+// table is loaded (and, the first time since the store opened, anything
+// past its persisted length is discarded). Directories may be opened too,
+// so that an open but removed directory stays stat-able.
+func (f *FS) Open(ctx context.Context, ino uint64) (Attr, error) {
+	a, err := f.GetAttr(ctx, ino)
+	if err != nil {
+		return Attr{}, err
+	}
+	if err := f.acquire(ino, a.IsRegular()); err != nil {
+		return Attr{}, err
+	}
+	if a.IsRegular() {
+		return f.GetAttr(ctx, ino)
+	}
+	return a, nil
+}
+
+// acquire takes one reference on ino, loading its object for a file.
+func (f *FS) acquire(ino uint64, regular bool) error {
+	f.objMu.Lock()
+	defer f.objMu.Unlock()
+	if f.deleted {
+		return fmt.Errorf("volume %s: %w", f.v.ref, ErrNotFound)
+	}
+	if u := f.inUse[ino]; u != nil {
+		if regular && u.obj == nil {
+			// Pinned by a purge: the inode is going away.
+			return fmt.Errorf("inode %d: %w", ino, ErrNotFound)
+		}
+		u.refs++
+		return nil
+	}
+	u := &inUse{refs: 1}
+	if regular {
+		o, err := f.loadObject(ino)
+		if err != nil {
+			return err
+		}
+		u.obj = o
+		f.objs.Store(ino, o)
+	}
+	f.inUse[ino] = u
+	return nil
+}
+
+// loadObject builds a file's object from its length and chunk map. The
+// caller holds objMu.
+func (f *FS) loadObject(ino uint64) (*object, error) {
+	v := f.v
+	var size int64
+	var chunks []struct{ idx, dev int64 }
+	err := v.s.db.View(func(txn *badger.Txn) error {
+		var err error
+		if size, err = readLength(txn, v.id, ino); err != nil {
+			return err
+		}
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.id, ino), PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			_, _, idx, ok := parseChunkKey(it.Item().Key())
+			if !ok || idx >= MaxFileSize/uint64(v.chunkSize) {
+				continue
+			}
+			var e chunkEntry
+			if err := it.Item().Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err }); err != nil {
+				return err
+			}
+			if v.s.alloc.contains(e.devOff, int64(e.storedLen)) {
+				chunks = append(chunks, struct{ idx, dev int64 }{int64(idx), e.devOff})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load inode %d: %w", ino, err)
+	}
+	n := numChunks(size, v.chunkSize)
+	if len(chunks) > 0 {
+		n = max(n, chunks[len(chunks)-1].idx+1)
+	}
+	o := newObject(v, ino, size, n)
+	t := o.table.Load()
+	for _, c := range chunks {
+		t.set(c.idx, c.dev)
+	}
+	o.mapped.Store(int64(len(chunks)))
+	if !f.trimmed[ino] {
+		// Bytes past the persisted length may be writes that a crash
+		// cut off from their length: make them zeros/holes again.
+		if end := t.n * v.chunkSize; end > size && !v.readOnly {
+			if err := o.discard(size, end-size); err != nil {
+				return nil, fmt.Errorf("trim inode %d past its length: %w", ino, err)
+			}
+		}
+		f.trimmed[ino] = true
+	}
+	return o, nil
+}
+
+// Release drops one reference taken by Open. The last one persists a
+// file's length and mtime, and purges the inode if it was unlinked.
+func (f *FS) Release(ctx context.Context, ino uint64) error {
+	f.objMu.Lock()
+	u := f.inUse[ino]
+	if u == nil {
+		f.objMu.Unlock()
+		return fmt.Errorf("release of inode %d that is not open: %w", ino, ErrInvalid)
+	}
+	u.refs--
+	last := u.refs == 0
+	f.objMu.Unlock()
+	if !last {
+		return nil
+	}
+	var err error
+	if u.obj != nil {
+		err = f.persist(u.obj)
+	}
+	f.objMu.Lock()
+	if u.refs == 0 && f.inUse[ino] == u { // nobody reopened it meanwhile
+		delete(f.inUse, ino)
+		f.objs.Delete(ino)
+	}
+	f.objMu.Unlock()
+	f.purgeIfUnused(ctx, ino)
+	return err
+}
+
+// persist writes a file's length and mtime if they changed since last time.
+func (f *FS) persist(o *object) error {
+	if !o.dirty.Swap(false) {
+		return nil
+	}
+	err := f.update(func(txn *badger.Txn) error {
+		a, err := f.getAttr(txn, o.ino)
+		if err != nil {
+			return err
+		}
+		if err := f.putAttr(txn, a); err != nil { // a carries the live mtime
+			return err
+		}
+		return txn.Set(lengthKey(f.v.id, o.ino), binary.BigEndian.AppendUint64(nil, uint64(a.Size)))
+	})
+	if err != nil {
+		o.dirty.Store(true)
+		if errors.Is(err, ErrNotFound) {
+			return nil // removed meanwhile: nothing to keep
+		}
+		return fmt.Errorf("persist inode %d: %w", o.ino, err)
+	}
+	return nil
+}
+
+// Fsync makes a file's data and attributes durable.
+func (f *FS) Fsync(ctx context.Context, ino uint64) error {
+	if o := f.loaded(ino); o != nil {
+		if err := f.persist(o); err != nil {
+			return err
+		}
+	}
+	return f.v.s.Flush(ctx)
+}
+
+// Length returns a file's current length (the live one while open).
+func (f *FS) Length(ctx context.Context, ino uint64) (int64, error) {
+	if o := f.loaded(ino); o != nil {
+		return o.size.Load(), nil
+	}
+	a, err := f.GetAttr(ctx, ino)
+	return a.Size, err
+}
+
+// purgeIfUnused removes an orphan inode nobody has open: chunks first (in
+// batches; their space returns after the next durable commit), then its
+// records. Errors are logged: the orphan record stays, and the purge is
+// retried when the store next opens.
+func (f *FS) purgeIfUnused(ctx context.Context, ino uint64) {
+	if !f.isOrphan(ino) {
+		return
+	}
+	f.objMu.Lock()
+	busy := f.inUse[ino] != nil
+	if !busy {
+		f.inUse[ino] = &inUse{refs: 1} // pin against reopening during the purge
+	}
+	f.objMu.Unlock()
+	if busy {
+		return
+	}
+	defer func() {
+		f.objMu.Lock()
+		delete(f.inUse, ino)
+		f.objMu.Unlock()
+	}()
+	if err := f.purge(ino); err != nil {
+		f.v.s.log.Error("purge of removed inode failed; retried at next start", "volume", f.v.ref, "inode", ino, "err", err)
+	}
+}
+
+func (f *FS) isOrphan(ino uint64) bool {
+	err := f.v.s.db.View(func(txn *badger.Txn) error {
+		_, err := txn.Get(orphanKey(f.v.id, ino))
+		return err
+	})
+	return err == nil
+}
+
+// purge deletes orphan ino (a no-op for an inode that is not an orphan).
+func (f *FS) purge(ino uint64) error {
+	v := f.v
+	db := v.s.db
+	if !f.isOrphan(ino) {
+		return nil
+	}
+	for {
+		var keys [][]byte
+		var freed []extent
+		err := db.View(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.id, ino), PrefetchValues: true})
+			defer it.Close()
+			for it.Rewind(); it.Valid() && len(keys) < 4096; it.Next() {
+				var e chunkEntry
+				if err := it.Item().Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err }); err != nil {
+					return err
+				}
+				keys = append(keys, it.Item().KeyCopy(nil))
+				if v.s.alloc.contains(e.devOff, int64(e.storedLen)) {
+					freed = append(freed, extent{e.devOff, int64(e.storedLen)})
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if len(keys) == 0 {
+			break
+		}
+		for _, e := range freed {
+			if err := v.zeroDevice(e.off, e.length); err != nil {
+				return err
+			}
+		}
+		err = db.Update(func(txn *badger.Txn) error {
+			for _, k := range keys {
+				if err := txn.Delete(k); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		v.allocated.Add(-int64(len(keys)))
+		v.s.alloc.deferFree(freed)
+	}
+	return db.Update(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: xattrPrefix(v.id, ino)})
+		var xk [][]byte
+		for it.Rewind(); it.Valid(); it.Next() {
+			xk = append(xk, it.Item().KeyCopy(nil))
+		}
+		it.Close()
+		for _, k := range append(xk, inodeKey(v.id, ino), lengthKey(v.id, ino), linkKey(v.id, ino), orphanKey(v.id, ino)) {
+			if err := txn.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// purgeOrphans removes the orphans a crash left behind (store open).
+func (f *FS) purgeOrphans() error {
+	var inos []uint64
+	prefix := inoKey(prefixOrphan, f.v.id, 0)[:9]
+	err := f.v.s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if k := it.Item().Key(); len(k) == 17 {
+				inos = append(inos, binary.BigEndian.Uint64(k[9:]))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, ino := range inos {
+		if err := f.purge(ino); err != nil {
+			return fmt.Errorf("purge orphan inode %d: %w", ino, err)
+		}
+	}
+	if len(inos) > 0 {
+		if err := f.v.s.syncMeta(); err != nil { // their space is free again
+			return err
+		}
+		f.v.s.log.Info("purged inodes unlinked while open before the last stop", "volume", f.v.ref, "count", len(inos))
+	}
+	return nil
+}
+
+// SetAttr says which attributes to change; nil fields stay.
+type SetAttr struct {
+	Mode         *uint32 // permission bits only; the type never changes
+	UID, GID     *uint32
+	Size         *int64
+	Atime, Mtime *int64 // Unix ns
+}
+
+// SetAttr changes attributes; a new size truncates or extends the file
+// (extended bytes read as zeros).
+func (f *FS) SetAttr(ctx context.Context, ino uint64, in SetAttr) (Attr, error) {
+	if f.v.readOnly {
+		return Attr{}, fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	}
+	if in.Size != nil {
+		if err := f.truncate(ctx, ino, *in.Size); err != nil {
+			return Attr{}, err
+		}
+	}
+	var a Attr
+	err := f.update(func(txn *badger.Txn) error {
+		var err error
+		if a, err = f.getAttr(txn, ino); err != nil {
+			return err
+		}
+		t := now()
+		if in.Mode != nil {
+			a.Mode = a.Mode&syscall.S_IFMT | *in.Mode&^uint32(syscall.S_IFMT)
+		}
+		if in.UID != nil {
+			a.UID = *in.UID
+		}
+		if in.GID != nil {
+			a.GID = *in.GID
+		}
+		if in.Atime != nil {
+			a.Atime = *in.Atime
+		}
+		if in.Mtime != nil {
+			a.Mtime = *in.Mtime
+			if o := f.loaded(ino); o != nil {
+				o.mtime.Store(0) // the explicit time wins over the live one
+			}
+		}
+		if in.Size != nil {
+			a.Mtime = t
+		}
+		a.Ctime = t
+		return f.putAttr(txn, a)
+	})
+	return a, err
+}
+
+// truncate sets a file's length: chunks past the new end are unmapped and
+// the rest of the last chunk is zeroed, then the length is recorded, so a
+// crash midway leaves either the old length with zeros at its end or the
+// new length.
+func (f *FS) truncate(ctx context.Context, ino uint64, size int64) error {
+	if size < 0 || size > MaxFileSize {
+		return fmt.Errorf("truncate inode %d to %d: %w", ino, size, ErrTooBig)
+	}
+	a, err := f.GetAttr(ctx, ino)
+	if err != nil {
+		return err
+	}
+	switch {
+	case a.IsDir():
+		return fmt.Errorf("truncate inode %d: %w", ino, ErrIsDir)
+	case !a.IsRegular():
+		return fmt.Errorf("truncate inode %d: %w", ino, ErrInvalid)
+	}
+	if err := f.acquire(ino, true); err != nil {
+		return err
+	}
+	defer f.Release(ctx, ino)
+	o := f.loaded(ino)
+	if o == nil {
+		return fmt.Errorf("truncate inode %d: %w", ino, ErrNotFound)
+	}
+	o.lockAll()
+	defer o.unlockAll()
+	if end := o.table.Load().n * f.v.chunkSize; end > size {
+		for off := size; off < end; {
+			w := o.window(off, end-off)
+			n, err := o.discardWindow(w, off, end-off)
+			if err != nil {
+				return err
+			}
+			off += n
+		}
+	}
+	o.size.Store(size)
+	o.touch()
+	err = f.update(func(txn *badger.Txn) error {
+		return txn.Set(lengthKey(f.v.id, ino), binary.BigEndian.AppendUint64(nil, uint64(size)))
+	})
+	return err
+}

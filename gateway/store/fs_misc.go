@@ -1,0 +1,273 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Fallocate modes (Linux fallocate(2)).
+const (
+	FallocKeepSize  = 0x01
+	FallocPunchHole = 0x02
+	FallocZeroRange = 0x10
+)
+
+// Fallocate allocates, punches or zeroes [off, off+length) of an open
+// file. Mode 0 allocates the holes of the range (reading as zeros) and
+// extends the file to cover it; FallocKeepSize keeps the length;
+// FallocPunchHole|FallocKeepSize unmaps the range; FallocZeroRange makes it
+// read as zeros. Other modes (collapse, insert, unshare) are ErrUnsupported.
+func (f *FS) Fallocate(ctx context.Context, ino uint64, off, length int64, mode uint32) error {
+	o, err := f.openObject(ino)
+	if err != nil {
+		return err
+	}
+	if f.v.readOnly {
+		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	}
+	if off < 0 || length <= 0 {
+		return fmt.Errorf("fallocate offset %d length %d: %w", off, length, ErrInvalid)
+	}
+	if err := o.checkRange(off, length, ErrNoSpace); err != nil {
+		return err
+	}
+	switch mode &^ FallocKeepSize {
+	case 0:
+		if err := o.allocate(off, length); err != nil {
+			return err
+		}
+	case FallocPunchHole:
+		if mode&FallocKeepSize == 0 {
+			return fmt.Errorf("punch hole without keep-size: %w", ErrUnsupported)
+		}
+		if err := o.discard(off, length); err != nil {
+			return err
+		}
+	case FallocZeroRange:
+		if err := o.discard(off, length); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("fallocate mode %#x: %w", mode, ErrUnsupported)
+	}
+	if mode&FallocKeepSize == 0 {
+		o.ensureChunks(numChunks(off+length, f.v.chunkSize))
+		w := o.window(off+length-1, 1)
+		o.rlock(w.mask)
+		o.growSize(off + length)
+		o.runlock(w.mask)
+	}
+	o.touch()
+	return nil
+}
+
+// allocate maps every hole of [off, off+length) to zeroed pool space.
+func (o *object) allocate(off, length int64) error {
+	v := o.v
+	cs := v.chunkSize
+	o.ensureChunks(numChunks(off+length, cs))
+	pos := off &^ (cs - 1)
+	end := off + length
+	for pos < end {
+		if o.table.Load().get(pos>>v.chunkBits) != 0 {
+			pos += cs
+			continue
+		}
+		n := min(end-pos, int64(len(v.s.zeros)))
+		n = (n + cs - 1) &^ (cs - 1) // whole chunks: zeros never extend the length here
+		n = min(n, int64(len(v.s.zeros)))
+		done, err := o.writeNewChunks(v.s.zeros[:n], pos, false)
+		if err != nil {
+			return err
+		}
+		if done == 0 {
+			pos += cs // allocated meanwhile
+		}
+		pos += int64(done)
+	}
+	return nil
+}
+
+// Lseek whence values for holes and data.
+const (
+	SeekData = 3
+	SeekHole = 4
+)
+
+// Lseek implements SEEK_DATA and SEEK_HOLE on an open file: the first data
+// (or hole) offset at or after off. Past the end is ErrNXIO; the end of the
+// file counts as a hole.
+func (f *FS) Lseek(ctx context.Context, ino uint64, off int64, whence int) (int64, error) {
+	o, err := f.openObject(ino)
+	if err != nil {
+		return 0, err
+	}
+	size := o.size.Load()
+	if off < 0 {
+		return 0, fmt.Errorf("seek to %d: %w", off, ErrInvalid)
+	}
+	if off >= size {
+		return 0, fmt.Errorf("seek to %d of %d bytes: %w", off, size, ErrNXIO)
+	}
+	for _, e := range o.extents(off, size-off) {
+		if whence == SeekData && !e.Hole || whence == SeekHole && e.Hole {
+			return e.Offset, nil
+		}
+	}
+	if whence == SeekHole {
+		return size, nil
+	}
+	if whence != SeekData {
+		return 0, fmt.Errorf("whence %d: %w", whence, ErrInvalid)
+	}
+	return 0, fmt.Errorf("no data after %d: %w", off, ErrNXIO)
+}
+
+// FSStats is what statfs reports.
+type FSStats struct {
+	BlockSize   int64 `json:"block_size"`
+	Blocks      int64 `json:"blocks"`
+	BlocksFree  int64 `json:"blocks_free"`
+	Files       int64 `json:"files"`
+	FilesFree   int64 `json:"files_free"`
+	NameMax     int64 `json:"name_max"`
+	FragmentLen int64 `json:"fragment_size"`
+}
+
+// StatFS reports the volume's size and use: space counts whole chunks.
+func (f *FS) StatFS(ctx context.Context) FSStats {
+	const bs = 4096
+	size := f.v.size.Load()
+	used := f.v.allocated.Load() * f.v.chunkSize
+	const files = 1 << 32
+	f.mu.Lock()
+	next := f.nextIno
+	f.mu.Unlock()
+	return FSStats{
+		BlockSize: bs, FragmentLen: bs, Blocks: size / bs, BlocksFree: max(0, size-used) / bs,
+		Files: files, FilesFree: files - int64(next), NameMax: MaxNameLen,
+	}
+}
+
+// Xattr flags (setxattr(2)).
+const (
+	XattrCreate  = 1
+	XattrReplace = 2
+)
+
+func validXattrName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("empty xattr name: %w", ErrInvalid)
+	case len(name) > MaxXattrNameLen:
+		return fmt.Errorf("xattr name of %d bytes: %w", len(name), ErrRange)
+	}
+	return nil
+}
+
+// GetXattr returns the value of xattr name of ino (ErrNoData if absent).
+func (f *FS) GetXattr(ctx context.Context, ino uint64, name string) ([]byte, error) {
+	if err := validXattrName(name); err != nil {
+		return nil, err
+	}
+	var val []byte
+	err := f.v.s.db.View(func(txn *badger.Txn) error {
+		if _, err := f.getAttr(txn, ino); err != nil {
+			return err
+		}
+		item, err := txn.Get(xattrKey(f.v.id, ino, name))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return fmt.Errorf("xattr %q: %w", name, ErrNoData)
+		} else if err != nil {
+			return err
+		}
+		val, err = item.ValueCopy(nil)
+		return err
+	})
+	return val, err
+}
+
+// ListXattr returns the names of ino's xattrs.
+func (f *FS) ListXattr(ctx context.Context, ino uint64) ([]string, error) {
+	var names []string
+	err := f.v.s.db.View(func(txn *badger.Txn) error {
+		if _, err := f.getAttr(txn, ino); err != nil {
+			return err
+		}
+		prefix := xattrPrefix(f.v.id, ino)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			names = append(names, string(it.Item().Key()[len(prefix):]))
+		}
+		return nil
+	})
+	return names, err
+}
+
+// SetXattr sets xattr name of ino; flags XattrCreate (fail if it exists) or
+// XattrReplace (fail if it does not).
+func (f *FS) SetXattr(ctx context.Context, ino uint64, name string, value []byte, flags uint32) error {
+	if err := validXattrName(name); err != nil {
+		return err
+	}
+	if len(value) > MaxXattrValueLen {
+		return fmt.Errorf("xattr value of %d bytes: %w", len(value), ErrTooBig)
+	}
+	if f.v.readOnly {
+		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	}
+	return f.update(func(txn *badger.Txn) error {
+		a, err := f.getAttr(txn, ino)
+		if err != nil {
+			return err
+		}
+		key := xattrKey(f.v.id, ino, name)
+		_, err = txn.Get(key)
+		exists := err == nil
+		if err != nil && !errors.Is(err, badger.ErrKeyNotFound) {
+			return err
+		}
+		switch {
+		case flags&XattrCreate != 0 && exists:
+			return fmt.Errorf("xattr %q: %w", name, ErrExists)
+		case flags&XattrReplace != 0 && !exists:
+			return fmt.Errorf("xattr %q: %w", name, ErrNoData)
+		}
+		a.Ctime = now()
+		if err := f.putAttr(txn, a); err != nil {
+			return err
+		}
+		return txn.Set(key, append([]byte{}, value...))
+	})
+}
+
+// RemoveXattr removes xattr name of ino (ErrNoData if absent).
+func (f *FS) RemoveXattr(ctx context.Context, ino uint64, name string) error {
+	if err := validXattrName(name); err != nil {
+		return err
+	}
+	if f.v.readOnly {
+		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	}
+	return f.update(func(txn *badger.Txn) error {
+		a, err := f.getAttr(txn, ino)
+		if err != nil {
+			return err
+		}
+		key := xattrKey(f.v.id, ino, name)
+		if _, err := txn.Get(key); errors.Is(err, badger.ErrKeyNotFound) {
+			return fmt.Errorf("xattr %q: %w", name, ErrNoData)
+		} else if err != nil {
+			return err
+		}
+		a.Ctime = now()
+		if err := f.putAttr(txn, a); err != nil {
+			return err
+		}
+		return txn.Delete(key)
+	})
+}

@@ -1,0 +1,458 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluice-storage/sluice/gateway/device"
+)
+
+func newFSVolume(t *testing.T, s *Store, name string, size int64) (*Volume, *FS) {
+	t.Helper()
+	v, err := s.CreateVolume(context.Background(), CreateOptions{Tenant: "t", Name: name, Kind: KindFS, Size: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, v.FS()
+}
+
+func memStore(t *testing.T) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), "", device.NewMemory(256*MiB), Options{InMemoryMeta: true, SyncInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func mustCreate(t *testing.T, f *FS, parent uint64, name string, mode uint32) Attr {
+	t.Helper()
+	a, err := f.Create(context.Background(), parent, name, NewInode{Mode: mode})
+	if err != nil {
+		t.Fatalf("create %q: %v", name, err)
+	}
+	return a
+}
+
+func mustFsck(t *testing.T, s *Store, name string) FsckReport {
+	t.Helper()
+	r, err := s.Fsck(context.Background(), "t", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Clean() {
+		t.Fatalf("fsck: %q", r.Problems)
+	}
+	return r
+}
+
+func TestFSNamespace(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	_, f := newFSVolume(t, s, "fs", 64*MiB)
+
+	d := mustCreate(t, f, RootIno, "dir", syscall.S_IFDIR|0o755)
+	file := mustCreate(t, f, d.Ino, "a", syscall.S_IFREG|0o644)
+	if _, err := f.Create(ctx, d.Ino, "a", NewInode{Mode: syscall.S_IFREG | 0o644}); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate create: %v", err)
+	}
+	if _, err := f.Create(ctx, file.Ino, "x", NewInode{Mode: syscall.S_IFREG}); !errors.Is(err, ErrNotDir) {
+		t.Fatalf("create in a file: %v", err)
+	}
+	for _, bad := range []string{"", ".", "..", "a/b", string(make([]byte, 256))} {
+		if _, err := f.Create(ctx, RootIno, bad, NewInode{Mode: syscall.S_IFREG}); err == nil {
+			t.Fatalf("created %q", bad)
+		}
+	}
+	sl, err := f.Create(ctx, RootIno, "link", NewInode{Mode: syscall.S_IFLNK | 0o777, Target: "dir/a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if target, err := f.Readlink(ctx, sl.Ino); err != nil || target != "dir/a" || sl.Size != 5 {
+		t.Fatalf("readlink %q %v size %d", target, err, sl.Size)
+	}
+	root, _ := f.GetAttr(ctx, RootIno)
+	if root.Nlink != 3 {
+		t.Fatalf("root nlink %d with one subdirectory, want 3", root.Nlink)
+	}
+
+	// Hard links.
+	if _, err := f.Link(ctx, file.Ino, RootIno, "hard"); err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := f.GetAttr(ctx, file.Ino); a.Nlink != 2 {
+		t.Fatalf("nlink after link: %d", a.Nlink)
+	}
+	if _, err := f.Link(ctx, d.Ino, RootIno, "dirlink"); !errors.Is(err, ErrPerm) {
+		t.Fatalf("hard link to a directory: %v", err)
+	}
+	entries, err := f.ReadDir(ctx, RootIno)
+	if err != nil || len(entries) != 3 || entries[0].Name != "dir" || entries[1].Name != "hard" || entries[2].Name != "link" {
+		t.Fatalf("readdir root: %+v %v", entries, err)
+	}
+	mustFsck(t, s, "fs")
+
+	// Rmdir of a non-empty directory, unlink of a directory.
+	if err := f.Rmdir(ctx, RootIno, "dir"); !errors.Is(err, ErrNotEmpty) {
+		t.Fatalf("rmdir non-empty: %v", err)
+	}
+	if err := f.Unlink(ctx, RootIno, "dir"); !errors.Is(err, ErrIsDir) {
+		t.Fatalf("unlink dir: %v", err)
+	}
+	if err := f.Rmdir(ctx, RootIno, "hard"); !errors.Is(err, ErrNotDir) {
+		t.Fatalf("rmdir file: %v", err)
+	}
+	if err := f.Unlink(ctx, d.Ino, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := f.GetAttr(ctx, file.Ino); a.Nlink != 1 {
+		t.Fatalf("nlink after unlink of one of two names: %d", a.Nlink)
+	}
+	if err := f.Rmdir(ctx, RootIno, "dir"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.GetAttr(ctx, d.Ino); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("removed directory still there: %v", err)
+	}
+	if root, _ := f.GetAttr(ctx, RootIno); root.Nlink != 2 {
+		t.Fatalf("root nlink %d after rmdir, want 2", root.Nlink)
+	}
+	mustFsck(t, s, "fs")
+}
+
+func TestFSRename(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	_, f := newFSVolume(t, s, "fs", 64*MiB)
+	a := mustCreate(t, f, RootIno, "a", syscall.S_IFDIR|0o755)
+	b := mustCreate(t, f, RootIno, "b", syscall.S_IFDIR|0o755)
+	x := mustCreate(t, f, a.Ino, "x", syscall.S_IFREG|0o644)
+	y := mustCreate(t, f, b.Ino, "y", syscall.S_IFREG|0o644)
+	sub := mustCreate(t, f, a.Ino, "sub", syscall.S_IFDIR|0o755)
+
+	// Over an existing file: the target's inode goes away.
+	if err := f.Rename(ctx, a.Ino, "x", b.Ino, "y", 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.Lookup(ctx, b.Ino, "y"); err != nil || got.Ino != x.Ino {
+		t.Fatalf("b/y is %d (%v), want %d", got.Ino, err, x.Ino)
+	}
+	if _, err := f.GetAttr(ctx, y.Ino); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("replaced inode survives: %v", err)
+	}
+	// NOREPLACE, EXCHANGE.
+	z := mustCreate(t, f, a.Ino, "z", syscall.S_IFREG|0o644)
+	if err := f.Rename(ctx, a.Ino, "z", b.Ino, "y", RenameNoReplace); !errors.Is(err, ErrExists) {
+		t.Fatalf("noreplace: %v", err)
+	}
+	if err := f.Rename(ctx, a.Ino, "z", b.Ino, "nothere", RenameExchange); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("exchange with nothing: %v", err)
+	}
+	if err := f.Rename(ctx, a.Ino, "z", b.Ino, "y", RenameExchange); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := f.Lookup(ctx, a.Ino, "z"); got.Ino != x.Ino {
+		t.Fatal("exchange did not swap a/z")
+	}
+	if got, _ := f.Lookup(ctx, b.Ino, "y"); got.Ino != z.Ino {
+		t.Fatal("exchange did not swap b/y")
+	}
+	// Exchange a directory with a file across parents: link counts follow.
+	if err := f.Rename(ctx, a.Ino, "sub", b.Ino, "y", RenameExchange); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := f.GetAttr(ctx, sub.Ino); got.Parent != b.Ino {
+		t.Fatalf("exchanged directory's parent %d, want %d", got.Parent, b.Ino)
+	}
+	mustFsck(t, s, "fs")
+	// Directory moves: not below itself; over an empty directory only.
+	if err := f.Rename(ctx, RootIno, "b", sub.Ino, "b", 0); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("move below itself: %v", err)
+	}
+	empty := mustCreate(t, f, RootIno, "empty", syscall.S_IFDIR|0o755)
+	if err := f.Rename(ctx, RootIno, "a", RootIno, "b", 0); !errors.Is(err, ErrNotEmpty) {
+		t.Fatalf("over a non-empty directory: %v", err)
+	}
+	if err := f.Rename(ctx, a.Ino, "sub", RootIno, "b", 0); !errors.Is(err, ErrIsDir) {
+		t.Fatalf("file over a directory: %v", err)
+	}
+	if err := f.Rename(ctx, RootIno, "empty", a.Ino, "z", 0); !errors.Is(err, ErrNotDir) {
+		t.Fatalf("directory over a file: %v", err)
+	}
+	if err := f.Rename(ctx, b.Ino, "y", RootIno, "empty", 0); err != nil {
+		t.Fatalf("directory over an empty directory: %v", err)
+	}
+	if _, err := f.GetAttr(ctx, empty.Ino); !errors.Is(err, ErrNotFound) {
+		t.Fatal("replaced empty directory survives")
+	}
+	// Same inode under two names: nothing happens.
+	if _, err := f.Link(ctx, z.Ino, RootIno, "z2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Rename(ctx, RootIno, "z2", b.Ino, "sub", 0); err != nil {
+		t.Fatal(err)
+	}
+	mustFsck(t, s, "fs")
+}
+
+func TestFSFileData(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	v, f := newFSVolume(t, s, "fs", 64*MiB)
+	a := mustCreate(t, f, RootIno, "f", syscall.S_IFREG|0o644)
+	if err := v.WriteAt(ctx, a.Ino, []byte("x"), 0, false); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("write to a file that is not open: %v", err)
+	}
+	if _, err := f.Open(ctx, a.Ino); err != nil {
+		t.Fatal(err)
+	}
+	data := pattern(1, 300000)
+	if err := v.WriteAt(ctx, a.Ino, data, 1000, false); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := f.Length(ctx, a.Ino); n != 301000 {
+		t.Fatalf("length %d after write, want 301000", n)
+	}
+	got := make([]byte, len(data)+1000)
+	if err := v.ReadAt(ctx, a.Ino, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[1000:], data) || !bytes.Equal(got[:1000], make([]byte, 1000)) {
+		t.Fatal("read back differs")
+	}
+	// Truncate down then up: the cut bytes read as zeros.
+	sz := int64(70000)
+	if _, err := f.SetAttr(ctx, a.Ino, SetAttr{Size: &sz}); err != nil {
+		t.Fatal(err)
+	}
+	sz = 200000
+	if _, err := f.SetAttr(ctx, a.Ino, SetAttr{Size: &sz}); err != nil {
+		t.Fatal(err)
+	}
+	got = make([]byte, 200000)
+	if err := v.ReadAt(ctx, a.Ino, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[1000:70000], data[:69000]) || !bytes.Equal(got[70000:], make([]byte, 130000)) {
+		t.Fatal("truncate down and up: wrong bytes")
+	}
+	// Holes and data.
+	if off, err := f.Lseek(ctx, a.Ino, 0, SeekData); err != nil || off != 0 {
+		t.Fatalf("SEEK_DATA 0: %d %v", off, err)
+	}
+	if off, err := f.Lseek(ctx, a.Ino, 0, SeekHole); err != nil || off != 2*DefaultChunkSize {
+		t.Fatalf("SEEK_HOLE 0: %d %v, want %d", off, err, 2*DefaultChunkSize)
+	}
+	if _, err := f.Lseek(ctx, a.Ino, 200000, SeekData); !errors.Is(err, ErrNXIO) {
+		t.Fatalf("SEEK_DATA at EOF: %v", err)
+	}
+	// Fallocate: keep-size allocates without growing; punch makes zeros.
+	if err := f.Fallocate(ctx, a.Ino, 300000, 100000, FallocKeepSize); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := f.Length(ctx, a.Ino); n != 200000 {
+		t.Fatalf("keep-size fallocate changed length to %d", n)
+	}
+	if err := f.Fallocate(ctx, a.Ino, 1000, 4096, FallocPunchHole|FallocKeepSize); err != nil {
+		t.Fatal(err)
+	}
+	got = make([]byte, 4096)
+	v.ReadAt(ctx, a.Ino, got, 1000)
+	if !bytes.Equal(got, make([]byte, 4096)) {
+		t.Fatal("punched range not zero")
+	}
+	if err := f.Fallocate(ctx, a.Ino, 0, 500000, 0); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := f.Length(ctx, a.Ino); n != 500000 {
+		t.Fatalf("fallocate length %d, want 500000", n)
+	}
+	if err := f.Release(ctx, a.Ino); err != nil {
+		t.Fatal(err)
+	}
+	if at, _ := f.GetAttr(ctx, a.Ino); at.Size != 500000 || at.Blocks == 0 {
+		t.Fatalf("persisted attr: size %d blocks %d", at.Size, at.Blocks)
+	}
+	mustFsck(t, s, "fs")
+}
+
+// Space accounting: an fs volume holds at most its size in chunks, and
+// deleting returns it.
+func TestFSNoSpaceAndStatFS(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	v, f := newFSVolume(t, s, "small", MiB)
+	a := mustCreate(t, f, RootIno, "f", syscall.S_IFREG|0o644)
+	f.Open(ctx, a.Ino)
+	if err := v.WriteAt(ctx, a.Ino, make([]byte, MiB), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if st := f.StatFS(ctx); st.BlocksFree != 0 || st.Blocks != MiB/4096 {
+		t.Fatalf("statfs of a full volume: %+v", st)
+	}
+	if err := v.WriteAt(ctx, a.Ino, []byte{1}, MiB, false); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("write past the volume's size: %v", err)
+	}
+	f.Release(ctx, a.Ino)
+	if err := f.Unlink(ctx, RootIno, "f"); err != nil {
+		t.Fatal(err)
+	}
+	if st := f.StatFS(ctx); st.BlocksFree != MiB/4096 {
+		t.Fatalf("space not returned after unlink: %+v", st)
+	}
+	mustFsck(t, s, "small")
+}
+
+// An unlinked file stays readable while open; a crash with it open leaves
+// an orphan that the next open of the store purges. Unflushed length past
+// the last fsync is cut back at reopen.
+func TestFSOrphansAndRestart(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	dev, err := device.OpenFile(filepath.Join(dir, "pool"), 256*MiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(ctx, filepath.Join(dir, "meta"), dev, Options{SyncInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, f := newFSVolume(t, s, "fs", 64*MiB)
+	a := mustCreate(t, f, RootIno, "open", syscall.S_IFREG|0o644)
+	b := mustCreate(t, f, RootIno, "kept", syscall.S_IFREG|0o644)
+	f.Open(ctx, a.Ino)
+	f.Open(ctx, b.Ino)
+	v.WriteAt(ctx, a.Ino, pattern(2, 200000), 0, false)
+	v.WriteAt(ctx, b.Ino, pattern(3, 100000), 0, false)
+	if err := f.Fsync(ctx, b.Ino); err != nil {
+		t.Fatal(err)
+	}
+	v.WriteAt(ctx, b.Ino, pattern(4, 50000), 100000, false) // never fsynced
+	if err := f.Unlink(ctx, RootIno, "open"); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 200000)
+	if err := v.ReadAt(ctx, a.Ino, got, 0); err != nil || !bytes.Equal(got, pattern(2, 200000)) {
+		t.Fatalf("unlinked open file unreadable: %v", err)
+	}
+	if at, err := f.GetAttr(ctx, a.Ino); err != nil || at.Nlink != 0 {
+		t.Fatalf("fstat of unlinked file: %+v %v", at, err)
+	}
+	r := mustFsck(t, s, "fs")
+	if r.Orphans != 1 {
+		t.Fatalf("fsck sees %d orphans, want 1", r.Orphans)
+	}
+	used := s.Stats().Used
+	// "Crash": flush what the store has, close the metadata without the
+	// releases the handles would do.
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.db.Close()
+	dev.Close()
+
+	dev, _ = device.OpenFile(filepath.Join(dir, "pool"), 0)
+	s, err = Open(ctx, filepath.Join(dir, "meta"), dev, Options{SyncInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	v, _ = s.Volume("t", "fs")
+	f = v.FS()
+	if _, err := f.GetAttr(ctx, a.Ino); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("orphan survived the restart: %v", err)
+	}
+	if s.Stats().Used >= used {
+		t.Fatalf("orphan's space not returned: used %d before, %d after", used, s.Stats().Used)
+	}
+	at, err := f.Open(ctx, b.Ino)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at.Size != 100000 {
+		t.Fatalf("length after restart %d, want the fsynced 100000", at.Size)
+	}
+	// Extending again must not resurrect the unflushed bytes.
+	sz := int64(150000)
+	f.SetAttr(ctx, b.Ino, SetAttr{Size: &sz})
+	got = make([]byte, 150000)
+	v.ReadAt(ctx, b.Ino, got, 0)
+	if !bytes.Equal(got[:100000], pattern(3, 100000)) || !bytes.Equal(got[100000:], make([]byte, 50000)) {
+		t.Fatal("bytes past the fsynced length came back")
+	}
+	f.Release(ctx, b.Ino)
+	mustFsck(t, s, "fs")
+}
+
+func TestFSXattrs(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	_, f := newFSVolume(t, s, "fs", 64*MiB)
+	a := mustCreate(t, f, RootIno, "f", syscall.S_IFREG|0o644)
+	if _, err := f.GetXattr(ctx, a.Ino, "user.x"); !errors.Is(err, ErrNoData) {
+		t.Fatalf("absent xattr: %v", err)
+	}
+	if err := f.SetXattr(ctx, a.Ino, "user.x", []byte("1"), XattrReplace); !errors.Is(err, ErrNoData) {
+		t.Fatalf("replace absent: %v", err)
+	}
+	if err := f.SetXattr(ctx, a.Ino, "user.x", []byte("1"), XattrCreate); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.SetXattr(ctx, a.Ino, "user.x", []byte("2"), XattrCreate); !errors.Is(err, ErrExists) {
+		t.Fatalf("create existing: %v", err)
+	}
+	f.SetXattr(ctx, a.Ino, "user.y", bytes.Repeat([]byte{7}, MaxXattrValueLen), 0)
+	if err := f.SetXattr(ctx, a.Ino, "user.z", make([]byte, MaxXattrValueLen+1), 0); !errors.Is(err, ErrTooBig) {
+		t.Fatalf("oversized value: %v", err)
+	}
+	names, _ := f.ListXattr(ctx, a.Ino)
+	if len(names) != 2 || names[0] != "user.x" || names[1] != "user.y" {
+		t.Fatalf("list: %q", names)
+	}
+	if val, _ := f.GetXattr(ctx, a.Ino, "user.x"); string(val) != "1" {
+		t.Fatalf("value %q", val)
+	}
+	if err := f.RemoveXattr(ctx, a.Ino, "user.x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.RemoveXattr(ctx, a.Ino, "user.x"); !errors.Is(err, ErrNoData) {
+		t.Fatalf("remove absent: %v", err)
+	}
+	// Xattrs go with the inode.
+	f.Unlink(ctx, RootIno, "f")
+	r := mustFsck(t, s, "fs")
+	if r.Inodes != 1 {
+		t.Fatalf("%d inodes left, want only the root", r.Inodes)
+	}
+}
+
+// Fsck finds what it promises to find.
+func TestFsckFindsDamage(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	_, f := newFSVolume(t, s, "fs", 64*MiB)
+	a := mustCreate(t, f, RootIno, "f", syscall.S_IFREG|0o644)
+	// A dentry to nowhere, a wrong link count, a leaked chunk.
+	txn := s.db.NewTransaction(true)
+	txn.Set(dentryKey(f.v.id, RootIno, "ghost"), encodeDentry(999, syscall.S_IFREG))
+	at, _ := f.GetAttr(ctx, a.Ino)
+	at.Nlink = 5
+	txn.Set(inodeKey(f.v.id, a.Ino), encodeAttr(at))
+	txn.Set(chunkKey(f.v.id, 777, 0), chunkEntry{storedLen: uint32(DefaultChunkSize), devOff: dataStart}.encode())
+	if err := txn.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Fsck(ctx, "t", "fs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Problems) != 3 {
+		t.Fatalf("fsck found %d problems, want 3: %q", len(r.Problems), r.Problems)
+	}
+}

@@ -1,0 +1,248 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"sort"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// FsckReport is the result of checking one volume's metadata.
+type FsckReport struct {
+	Volume   string   `json:"volume"`
+	Kind     string   `json:"kind"`
+	Inodes   int      `json:"inodes"`
+	Dirs     int      `json:"dirs"`
+	Files    int      `json:"files"`
+	Dentries int      `json:"dentries"`
+	Chunks   int      `json:"chunks"`
+	Orphans  int      `json:"orphans"` // unlinked inodes still open (or awaiting purge)
+	Problems []string `json:"problems"`
+}
+
+// Clean reports whether fsck found nothing wrong.
+func (r FsckReport) Clean() bool { return len(r.Problems) == 0 }
+
+const maxProblems = 100
+
+func (r *FsckReport) problem(format string, a ...any) {
+	if len(r.Problems) < maxProblems {
+		r.Problems = append(r.Problems, fmt.Sprintf(format, a...))
+	} else if len(r.Problems) == maxProblems {
+		r.Problems = append(r.Problems, "more problems not listed")
+	}
+}
+
+// Fsck checks a volume's metadata from one consistent snapshot: every
+// directory entry points at an inode of a matching type, link counts match
+// the entries (directories: 2 + subdirectories), every directory's parent
+// link is right, every inode is reachable or an orphan, every chunk belongs
+// to an inode that can hold data, lies inside the pool, and shares its
+// space with no other chunk of any volume. It changes nothing.
+func (s *Store) Fsck(ctx context.Context, tenant, name string) (FsckReport, error) {
+	v, err := s.Volume(tenant, name)
+	if err != nil {
+		return FsckReport{}, err
+	}
+	r := FsckReport{Volume: v.ref, Kind: v.Kind(), Problems: []string{}}
+	err = s.db.View(func(txn *badger.Txn) error {
+		if err := s.fsckChunks(txn, v, &r); err != nil {
+			return err
+		}
+		if v.fs != nil {
+			return v.fs.fsckNamespace(txn, &r)
+		}
+		return nil
+	})
+	return r, err
+}
+
+type ownedExtent struct {
+	off, length int64
+	vol, ino    uint64
+	idx         uint64
+}
+
+// fsckChunks checks chunk placement: in the pool, no overlaps with any
+// chunk of the store, and (block volumes) only inode 0 within the size.
+func (s *Store) fsckChunks(txn *badger.Txn, v *Volume, r *FsckReport) error {
+	var all []ownedExtent
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixChunk}, PrefetchValues: true})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		vol, ino, idx, ok := parseChunkKey(it.Item().Key())
+		if !ok {
+			if len(r.Problems) < maxProblems {
+				r.problem("malformed chunk key %x", it.Item().Key())
+			}
+			continue
+		}
+		var e chunkEntry
+		if err := it.Item().Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err }); err != nil {
+			if vol == v.id {
+				r.problem("inode %d chunk %d: %v", ino, idx, err)
+			}
+			continue
+		}
+		all = append(all, ownedExtent{e.devOff, int64(e.storedLen), vol, ino, idx})
+		if vol != v.id {
+			continue
+		}
+		r.Chunks++
+		switch {
+		case !s.alloc.contains(e.devOff, int64(e.storedLen)):
+			r.problem("inode %d chunk %d points outside the pool (offset %d length %d)", ino, idx, e.devOff, e.storedLen)
+		case v.fs == nil && ino != 0:
+			r.problem("block volume has a chunk of inode %d", ino)
+		case v.fs == nil && int64(idx) >= numChunks(v.Size(), v.chunkSize):
+			r.problem("chunk %d past the end of the volume", idx)
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].off < all[j].off })
+	for i := 1; i < len(all); i++ {
+		a, b := all[i-1], all[i]
+		if b.off < a.off+a.length && (a.vol == v.id || b.vol == v.id) {
+			r.problem("chunk space shared: volume %d inode %d chunk %d and volume %d inode %d chunk %d at offset %d",
+				a.vol, a.ino, a.idx, b.vol, b.ino, b.idx, b.off)
+		}
+	}
+	return nil
+}
+
+// fsckNamespace checks inodes, entries and link counts.
+func (f *FS) fsckNamespace(txn *badger.Txn, r *FsckReport) error {
+	vol := f.v.id
+	attrs := make(map[uint64]Attr)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: inoKey(prefixInode, vol, 0)[:9], PrefetchValues: true})
+	for it.Rewind(); it.Valid(); it.Next() {
+		k := it.Item().Key()
+		if len(k) != 17 {
+			r.problem("malformed inode key %x", k)
+			continue
+		}
+		ino := binary.BigEndian.Uint64(k[9:])
+		var a Attr
+		if err := it.Item().Value(func(b []byte) (err error) { a, err = decodeAttr(ino, b); return err }); err != nil {
+			r.problem("%v", err)
+			continue
+		}
+		attrs[ino] = a
+	}
+	it.Close()
+	r.Inodes = len(attrs)
+
+	orphans := make(map[uint64]bool)
+	it = txn.NewIterator(badger.IteratorOptions{Prefix: inoKey(prefixOrphan, vol, 0)[:9]})
+	for it.Rewind(); it.Valid(); it.Next() {
+		if k := it.Item().Key(); len(k) == 17 {
+			orphans[binary.BigEndian.Uint64(k[9:])] = true
+		}
+	}
+	it.Close()
+	r.Orphans = len(orphans)
+
+	links := make(map[uint64]uint32)   // entries pointing at each inode
+	subdirs := make(map[uint64]uint32) // subdirectories of each directory
+	it = txn.NewIterator(badger.IteratorOptions{Prefix: inoKey(prefixDentry, vol, 0)[:9], PrefetchValues: true})
+	for it.Rewind(); it.Valid(); it.Next() {
+		k := it.Item().Key()
+		if len(k) <= 17 {
+			r.problem("malformed dentry key %x", k)
+			continue
+		}
+		parent, name := binary.BigEndian.Uint64(k[9:]), string(k[17:])
+		r.Dentries++
+		var ino uint64
+		var typ uint32
+		if err := it.Item().Value(func(b []byte) (err error) { ino, typ, err = decodeDentry(b); return err }); err != nil {
+			r.problem("entry %q in directory %d: %v", name, parent, err)
+			continue
+		}
+		p, ok := attrs[parent]
+		switch {
+		case !ok:
+			r.problem("entry %q in directory %d, which does not exist", name, parent)
+		case !p.IsDir():
+			r.problem("entry %q in inode %d, which is not a directory", name, parent)
+		}
+		a, ok := attrs[ino]
+		if !ok {
+			r.problem("entry %q in directory %d points at inode %d, which does not exist", name, parent, ino)
+			continue
+		}
+		if a.Mode&0o170000 != typ {
+			r.problem("entry %q in directory %d says type %#o, inode %d is %#o", name, parent, typ, ino, a.Mode&0o170000)
+		}
+		links[ino]++
+		if a.IsDir() {
+			subdirs[parent]++
+			if a.Parent != parent {
+				r.problem("directory inode %d is entry %q of %d but its parent link says %d", ino, name, parent, a.Parent)
+			}
+		}
+	}
+	it.Close()
+
+	for ino, a := range attrs {
+		switch {
+		case a.IsDir():
+			r.Dirs++
+		case a.IsRegular():
+			r.Files++
+		}
+		if ino == RootIno {
+			if !a.IsDir() {
+				r.problem("root inode is not a directory")
+			} else if a.Nlink != 2+subdirs[ino] {
+				r.problem("root directory: nlink %d, want %d", a.Nlink, 2+subdirs[ino])
+			}
+			continue
+		}
+		if links[ino] == 0 {
+			if !orphans[ino] {
+				r.problem("inode %d is in no directory and not an orphan (leaked)", ino)
+			} else if a.Nlink != 0 {
+				r.problem("orphan inode %d has nlink %d", ino, a.Nlink)
+			}
+			continue
+		}
+		if orphans[ino] {
+			r.problem("inode %d is an orphan but still has %d entries", ino, links[ino])
+		}
+		want := links[ino]
+		if a.IsDir() {
+			if links[ino] != 1 {
+				r.problem("directory inode %d has %d entries", ino, links[ino])
+			}
+			want = 2 + subdirs[ino]
+		}
+		if a.Nlink != want {
+			r.problem("inode %d: nlink %d, want %d", ino, a.Nlink, want)
+		}
+	}
+	for ino := range orphans {
+		if _, ok := attrs[ino]; !ok {
+			r.problem("orphan record for inode %d, which does not exist", ino)
+		}
+	}
+
+	// Chunks must belong to regular files.
+	it = txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(vol, 0)[:9]})
+	defer it.Close()
+	last := ^uint64(0)
+	for it.Rewind(); it.Valid(); it.Next() {
+		_, ino, _, ok := parseChunkKey(it.Item().Key())
+		if !ok || ino == last {
+			continue
+		}
+		last = ino
+		if a, ok := attrs[ino]; !ok {
+			r.problem("chunks of inode %d, which does not exist (leaked)", ino)
+		} else if !a.IsRegular() {
+			r.problem("chunks of inode %d, which is not a regular file", ino)
+		}
+	}
+	return nil
+}

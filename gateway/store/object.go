@@ -1,0 +1,125 @@
+package store
+
+import (
+	"math/bits"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// object is the data of one inode: its chunk table, the stripe locks that
+// guard it, and its length. A block volume is one object (inode 0) whose
+// length is the volume size; an fs volume has one object per regular file
+// that is in use, loaded from the chunk map when first opened.
+type object struct {
+	v   *Volume
+	ino uint64
+	// size is the volume size (inode 0) or the file length. Files: it
+	// changes only under at least one stripe lock (writes extend it under
+	// their window's read locks with a CAS; truncate holds every stripe).
+	size    atomic.Int64
+	table   atomic.Pointer[chunkTable]
+	stripes [numStripes]sync.RWMutex
+	deleted bool // set under all stripes' write locks
+
+	// Files only.
+	mapped atomic.Int64 // allocated chunks
+	mtime  atomic.Int64 // last data change (Unix ns), 0 if none since load
+	dirty  atomic.Bool  // length or mtime changed since last persisted
+}
+
+const numStripes = 64
+
+func newObject(v *Volume, ino uint64, size, chunks int64) *object {
+	o := &object{v: v, ino: ino}
+	o.size.Store(size)
+	o.table.Store(newChunkTable(chunks))
+	return o
+}
+
+// window is a run of at most numStripes consecutive chunks with their
+// stripes locked. Locking whole windows in ascending stripe order keeps
+// multi-chunk requests deadlock-free.
+type window struct {
+	first, n int64 // chunk indexes [first, first+n)
+	mask     uint64
+}
+
+func (o *object) window(off, length int64) window {
+	first := off >> o.v.chunkBits
+	last := (off + max(length, 1) - 1) >> o.v.chunkBits
+	n := min(last-first+1, numStripes)
+	var mask uint64
+	if n == numStripes {
+		mask = ^uint64(0)
+	} else {
+		mask = (uint64(1)<<n - 1) << (first % numStripes)
+		mask |= (uint64(1)<<n - 1) >> (numStripes - first%numStripes) // wrap-around
+	}
+	return window{first: first, n: n, mask: mask}
+}
+
+func (o *object) rlock(mask uint64) {
+	for m := mask; m != 0; m &= m - 1 {
+		o.stripes[bits.TrailingZeros64(m)].RLock()
+	}
+}
+
+func (o *object) runlock(mask uint64) {
+	for m := mask; m != 0; m &= m - 1 {
+		o.stripes[bits.TrailingZeros64(m)].RUnlock()
+	}
+}
+
+func (o *object) lock(mask uint64) {
+	for m := mask; m != 0; m &= m - 1 {
+		o.stripes[bits.TrailingZeros64(m)].Lock()
+	}
+}
+
+func (o *object) unlock(mask uint64) {
+	for m := mask; m != 0; m &= m - 1 {
+		o.stripes[bits.TrailingZeros64(m)].Unlock()
+	}
+}
+
+func (o *object) lockAll()   { o.lock(^uint64(0)) }
+func (o *object) unlockAll() { o.unlock(^uint64(0)) }
+
+// ensureChunks makes the table hold at least n chunks (files grow their
+// table as they grow; block tables are sized by the volume). It takes every
+// stripe, so callers must hold none.
+func (o *object) ensureChunks(n int64) {
+	if o.table.Load().n >= n {
+		return
+	}
+	o.lockAll()
+	defer o.unlockAll()
+	t := o.table.Load()
+	if t.n >= n {
+		return
+	}
+	// Grow geometrically so that appending costs amortised O(1).
+	o.table.Store(t.resized(max(n, t.n+t.n/2)))
+}
+
+// growSize raises the length to at least end (files only; the caller holds
+// a stripe lock covering end-1).
+func (o *object) growSize(end int64) {
+	for {
+		cur := o.size.Load()
+		if end <= cur {
+			return
+		}
+		if o.size.CompareAndSwap(cur, end) {
+			o.dirty.Store(true)
+			return
+		}
+	}
+}
+
+// touch records a data change of a file now.
+func (o *object) touch() {
+	o.mtime.Store(time.Now().UnixNano())
+	o.dirty.Store(true)
+}

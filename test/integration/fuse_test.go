@@ -1,0 +1,189 @@
+package integration
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/posixtest"
+)
+
+// mountVolume creates volume ref of kind and size, mounts it with the
+// gateway's FUSE door and unmounts it when the test ends.
+func (g *gw) mountVolume(ref, kind, size string) string {
+	g.t.Helper()
+	g.mustSluice("volume", "create", ref, "--size", size, "--kind", kind)
+	dir := filepath.Join(g.t.TempDir(), "mnt")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		g.t.Fatal(err)
+	}
+	g.mustSluice("mount", ref, dir)
+	g.t.Cleanup(func() {
+		if g.cmd != nil {
+			g.sluice("umount", dir)
+		}
+	})
+	return dir
+}
+
+// posixSkips are posixtest cases that cannot pass against a mount served
+// by another process, with the reason (also in docs/FUSE.md).
+var posixSkips = map[string]string{
+	"FcntlFlockLocksFile": "expects a F_SETLK conflict between two descriptors of the same process; " +
+		"POSIX record locks belong to the process, so Linux reports none on any filesystem " +
+		"(go-fuse's own posixtest.TestAll skips it too)",
+}
+
+// TestPosixSuite runs go-fuse's own conformance suite, posixtest.All,
+// against a Sluice fs mount served by a separate gateway process.
+func TestPosixSuite(t *testing.T) {
+	g := startGateway(t, t.TempDir())
+	mnt := g.mountVolume("t/posix", "fs", "2G")
+	names := make([]string, 0, len(posixtest.All))
+	for name := range posixtest.All {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		t.Run(name, func(t *testing.T) {
+			if why, ok := posixSkips[name]; ok {
+				t.Skip(why)
+			}
+			dir := filepath.Join(mnt, name)
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			posixtest.All[name](t, dir)
+		})
+	}
+	fsckClean(t, g, "t/posix")
+}
+
+func fsckClean(t *testing.T, g *gw, ref string) {
+	t.Helper()
+	out, code := g.sluice("fsck", ref)
+	if code != 0 {
+		t.Fatalf("fsck %s: exit %d\n%s", ref, code, out)
+	}
+}
+
+// The basics a user sees: files, links, xattrs, statfs from the volume,
+// ENOSPC at the volume's size, and everything still there after a restart.
+func TestFUSEBasicsAndRestart(t *testing.T) {
+	dir := t.TempDir()
+	g := startGateway(t, dir)
+	mnt := g.mountVolume("t/fs", "fs", "64M")
+	data := make([]byte, 5<<20+123)
+	rand.Read(data)
+	sum := sha256.Sum256(data)
+	if err := os.MkdirAll(filepath.Join(mnt, "a/b/c"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	must(t, os.WriteFile(filepath.Join(mnt, "a/b/c/data"), data, 0o644))
+	must(t, os.Link(filepath.Join(mnt, "a/b/c/data"), filepath.Join(mnt, "hard")))
+	must(t, os.Symlink("a/b/c/data", filepath.Join(mnt, "sym")))
+	must(t, syscall.Setxattr(filepath.Join(mnt, "hard"), "user.k", []byte("v"), 0))
+
+	var st syscall.Statfs_t
+	must(t, syscall.Statfs(mnt, &st))
+	if total := int64(st.Blocks) * st.Bsize; total != 64<<20 {
+		t.Fatalf("statfs size %d, want the volume's 64 MiB", total)
+	}
+	// Filling the volume fails with ENOSPC, not a silent overrun.
+	f, err := os.Create(filepath.Join(mnt, "fill"))
+	must(t, err)
+	_, werr := f.Write(make([]byte, 80<<20))
+	f.Close()
+	if !errorsIs(werr, syscall.ENOSPC) {
+		t.Fatalf("writing past the volume's size: %v, want ENOSPC", werr)
+	}
+	must(t, os.Remove(filepath.Join(mnt, "fill")))
+	fsckClean(t, g, "t/fs")
+
+	g.stop()
+	g.restart()
+	g.mustSluice("mount", "t/fs", mnt)
+	got, err := os.ReadFile(filepath.Join(mnt, "sym"))
+	must(t, err)
+	if sha256.Sum256(got) != sum {
+		t.Fatal("file content changed across a restart")
+	}
+	fi, err := os.Stat(filepath.Join(mnt, "hard"))
+	must(t, err)
+	if fi.Sys().(*syscall.Stat_t).Nlink != 2 {
+		t.Fatalf("nlink %d after restart, want 2", fi.Sys().(*syscall.Stat_t).Nlink)
+	}
+	buf := make([]byte, 10)
+	n, err := syscall.Getxattr(filepath.Join(mnt, "hard"), "user.k", buf)
+	if err != nil || string(buf[:n]) != "v" {
+		t.Fatalf("xattr after restart: %q %v", buf[:n], err)
+	}
+	var vols []struct {
+		Allocated int64 `json:"allocated"`
+	}
+	json.Unmarshal([]byte(g.mustSluice("volume", "list", "--json")), &vols)
+	if len(vols) != 1 || vols[0].Allocated > 6<<20+128<<10 {
+		t.Fatalf("volume holds %+v after deleting the filler, want about 5 MiB", vols)
+	}
+	fsckClean(t, g, "t/fs")
+}
+
+// Mount and umount refuse what they should, with one-line errors.
+func TestFUSEMountBadInput(t *testing.T) {
+	g := startGateway(t, t.TempDir())
+	mnt := g.mountVolume("t/fs", "fs", "64M")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"mount", "t/nope", t.TempDir()}, "not found"},
+		{[]string{"mount", "t/fs", mnt}, "already"},
+		{[]string{"mount", "t/fs", "/nonexistent/dir"}, "mount point"},
+		{[]string{"mount", "t/fs"}, "want TENANT/NAME and DIR"},
+		{[]string{"umount", t.TempDir()}, "no sluice mount"},
+	} {
+		out, code := g.sluice(c.args...)
+		if code == 0 || !strings.Contains(out, c.want) || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+			t.Errorf("sluice %v: exit %d, output %q; want a one-line error containing %q", c.args, code, out, c.want)
+		}
+	}
+	// A busy mount is not unmounted.
+	f, err := os.Create(filepath.Join(mnt, "open"))
+	must(t, err)
+	if out, code := g.sluice("umount", mnt); code == 0 {
+		t.Errorf("umount with an open file succeeded: %s", out)
+	}
+	f.Close()
+	time.Sleep(100 * time.Millisecond)
+	if out, code := g.sluice("umount", mnt); code != 0 {
+		t.Errorf("umount after close: %s", out)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func errorsIs(err error, errno syscall.Errno) bool {
+	for err != nil {
+		if e, ok := err.(syscall.Errno); ok {
+			return e == errno
+		}
+		u, ok := err.(interface{ Unwrap() error })
+		if !ok {
+			return false
+		}
+		err = u.Unwrap()
+	}
+	return false
+}
