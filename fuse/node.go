@@ -152,11 +152,8 @@ func (n *node) newInode(ctx context.Context, mode uint32) gateway.NewInode {
 }
 
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
-	a, err := n.m.fs.Create(ctx, n.ino, name, n.newInode(ctx, syscall.S_IFREG|mode&07777))
+	a, err := n.m.fs.CreateOpen(ctx, n.ino, name, n.newInode(ctx, syscall.S_IFREG|mode&07777))
 	if err != nil {
-		return nil, nil, 0, n.errno("create", err)
-	}
-	if _, err := n.m.fs.Open(ctx, a.Ino); err != nil {
 		return nil, nil, 0, n.errno("create", err)
 	}
 	ch := n.child(ctx, a, out)

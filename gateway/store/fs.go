@@ -52,16 +52,18 @@ type FS struct {
 	inUse   map[uint64]*inUse // inodes with open handles or internal pins
 	objs    sync.Map          // ino → *object: regular files in use (lock-free lookup for IO)
 	trimmed map[uint64]bool   // files trimmed past their length since the store opened
+	orphans map[uint64]bool   // inodes with an orphan record, purged when unused
 	deleted bool
 }
 
 type inUse struct {
-	refs int
-	obj  *object // regular files only
+	refs    int
+	obj     *object // regular files only
+	purging bool    // a pin by purgeIfUnused: the inode is going away
 }
 
 func newFS(v *Volume) *FS {
-	return &FS{v: v, inUse: make(map[uint64]*inUse), trimmed: make(map[uint64]bool)}
+	return &FS{v: v, inUse: make(map[uint64]*inUse), trimmed: make(map[uint64]bool), orphans: make(map[uint64]bool)}
 }
 
 // NewInode describes an inode to create.
@@ -253,10 +255,12 @@ func (f *FS) Lookup(ctx context.Context, parent uint64, name string) (Attr, erro
 	}
 	var a Attr
 	err := f.v.s.db.View(func(txn *badger.Txn) error {
-		if _, err := f.dirAttr(txn, parent); err != nil {
-			return err
-		}
 		ino, _, err := f.lookupTxn(txn, parent, name)
+		if errors.Is(err, ErrNotFound) {
+			if _, derr := f.dirAttr(txn, parent); derr != nil {
+				return derr // the parent is gone or not a directory
+			}
+		}
 		if err != nil {
 			return err
 		}
@@ -410,7 +414,8 @@ func (f *FS) Tmpfile(ctx context.Context, parent uint64, in NewInode) (Attr, err
 	if err != nil {
 		return Attr{}, err
 	}
-	return f.Open(ctx, a.Ino)
+	f.setOrphan(a.Ino, true)
+	return a, f.acquireNew(a.Ino)
 }
 
 // Link adds a new name for ino (not a directory) in newParent.
@@ -422,6 +427,7 @@ func (f *FS) Link(ctx context.Context, ino, newParent uint64, newName string) (A
 		return Attr{}, fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
 	}
 	var a Attr
+	resurrected := false
 	err := f.update(func(txn *badger.Txn) error {
 		p, err := f.dirAttr(txn, newParent)
 		if err != nil {
@@ -444,6 +450,7 @@ func (f *FS) Link(ctx context.Context, ino, newParent uint64, newName string) (A
 			if err := txn.Delete(orphanKey(f.v.id, ino)); err != nil {
 				return err
 			}
+			resurrected = true
 		}
 		t := now()
 		a.Nlink++
@@ -457,6 +464,9 @@ func (f *FS) Link(ctx context.Context, ino, newParent uint64, newName string) (A
 		}
 		return txn.Set(dentryKey(f.v.id, newParent, newName), encodeDentry(ino, a.Mode))
 	})
+	if err == nil && resurrected {
+		f.setOrphan(ino, false)
+	}
 	return a, err
 }
 
@@ -516,14 +526,16 @@ func (f *FS) remove(ctx context.Context, parent uint64, name string, dir bool) e
 		return nil
 	})
 	if err == nil && gone != 0 {
+		f.setOrphan(gone, true)
 		f.purgeIfUnused(ctx, gone)
 	}
 	return err
 }
 
 // dropLink removes one link of a (a directory loses all of its), in txn.
-// When none is left the inode becomes an orphan, and dropLink returns its
-// number for purgeIfUnused after the commit.
+// When none is left, an inode that nobody has open and that holds no data
+// is deleted in the same transaction; otherwise it becomes an orphan, and
+// dropLink returns its number for purgeIfUnused after the commit.
 func (f *FS) dropLink(txn *badger.Txn, a Attr, t int64) (uint64, error) {
 	if a.IsDir() || a.Nlink <= 1 {
 		a.Nlink = 0
@@ -531,11 +543,51 @@ func (f *FS) dropLink(txn *badger.Txn, a Attr, t int64) (uint64, error) {
 		a.Nlink--
 	}
 	a.Ctime = t
+	if a.Nlink > 0 {
+		return 0, f.putAttr(txn, a)
+	}
+	f.objMu.Lock()
+	busy := f.inUse[a.Ino] != nil
+	f.objMu.Unlock()
+	if !busy && !hasPrefix(txn, chunkPrefix(f.v.id, a.Ino)) {
+		return 0, deleteInode(txn, f.v.id, a.Ino)
+	}
 	if err := f.putAttr(txn, a); err != nil {
 		return 0, err
 	}
-	if a.Nlink > 0 {
-		return 0, nil
-	}
 	return a.Ino, txn.Set(orphanKey(f.v.id, a.Ino), nil)
+}
+
+// hasPrefix reports whether any key starts with prefix.
+func hasPrefix(txn *badger.Txn, prefix []byte) bool {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchSize: 1})
+	defer it.Close()
+	it.Rewind()
+	return it.Valid()
+}
+
+// deleteInode deletes an inode's records (not its chunks) in txn.
+func deleteInode(txn *badger.Txn, vol, ino uint64) error {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: xattrPrefix(vol, ino)})
+	var keys [][]byte
+	for it.Rewind(); it.Valid(); it.Next() {
+		keys = append(keys, it.Item().KeyCopy(nil))
+	}
+	it.Close()
+	for _, k := range append(keys, inodeKey(vol, ino), lengthKey(vol, ino), linkKey(vol, ino), orphanKey(vol, ino)) {
+		if err := txn.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (f *FS) setOrphan(ino uint64, on bool) {
+	f.objMu.Lock()
+	defer f.objMu.Unlock()
+	if on {
+		f.orphans[ino] = true
+	} else {
+		delete(f.orphans, ino)
+	}
 }

@@ -37,44 +37,106 @@ func (f *FS) openObject(ino uint64) (*object, error) {
 // past its persisted length is discarded). Directories may be opened too,
 // so that an open but removed directory stays stat-able.
 func (f *FS) Open(ctx context.Context, ino uint64) (Attr, error) {
+	// Pin first, then read: an unlink that runs after the pin sees the
+	// inode in use and keeps it as an orphan; one that ran before makes
+	// the read fail.
+	if err := f.pin(ino); err != nil {
+		return Attr{}, err
+	}
 	a, err := f.GetAttr(ctx, ino)
+	if err == nil && a.IsRegular() {
+		err = f.ensureObject(ino)
+	}
 	if err != nil {
+		f.unpin(ino)
 		return Attr{}, err
 	}
-	if err := f.acquire(ino, a.IsRegular()); err != nil {
-		return Attr{}, err
-	}
-	if a.IsRegular() {
-		return f.GetAttr(ctx, ino)
+	if o := f.loaded(ino); o != nil && a.IsRegular() {
+		a.Size, a.Blocks = o.size.Load(), o.mapped.Load()*f.v.chunkSize/512
 	}
 	return a, nil
 }
 
-// acquire takes one reference on ino, loading its object for a file.
-func (f *FS) acquire(ino uint64, regular bool) error {
+// acquireNew pins a file created a moment ago: it has no chunks, so its
+// object starts empty without reading the chunk map.
+func (f *FS) acquireNew(ino uint64) error {
 	f.objMu.Lock()
 	defer f.objMu.Unlock()
 	if f.deleted {
 		return fmt.Errorf("volume %s: %w", f.v.ref, ErrNotFound)
 	}
 	if u := f.inUse[ino]; u != nil {
-		if regular && u.obj == nil {
-			// Pinned by a purge: the inode is going away.
+		u.refs++
+		return nil
+	}
+	o := newObject(f.v, ino, 0, 0)
+	f.inUse[ino] = &inUse{refs: 1, obj: o}
+	f.objs.Store(ino, o)
+	f.trimmed[ino] = true
+	return nil
+}
+
+// CreateOpen is Create of a regular file followed by Open (O_CREAT).
+func (f *FS) CreateOpen(ctx context.Context, parent uint64, name string, in NewInode) (Attr, error) {
+	if in.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		return Attr{}, fmt.Errorf("create-open of mode %#o: %w", in.Mode, ErrInvalid)
+	}
+	a, err := f.Create(ctx, parent, name, in)
+	if err != nil {
+		return Attr{}, err
+	}
+	return a, f.acquireNew(a.Ino)
+}
+
+// pin takes one reference on ino.
+func (f *FS) pin(ino uint64) error {
+	f.objMu.Lock()
+	defer f.objMu.Unlock()
+	if f.deleted {
+		return fmt.Errorf("volume %s: %w", f.v.ref, ErrNotFound)
+	}
+	if u := f.inUse[ino]; u != nil {
+		if u.purging {
 			return fmt.Errorf("inode %d: %w", ino, ErrNotFound)
 		}
 		u.refs++
 		return nil
 	}
-	u := &inUse{refs: 1}
-	if regular {
-		o, err := f.loadObject(ino)
-		if err != nil {
-			return err
+	f.inUse[ino] = &inUse{refs: 1}
+	return nil
+}
+
+// unpin drops a reference taken by pin that never became an open.
+func (f *FS) unpin(ino uint64) {
+	f.objMu.Lock()
+	defer f.objMu.Unlock()
+	if u := f.inUse[ino]; u != nil {
+		if u.refs--; u.refs == 0 {
+			delete(f.inUse, ino)
+			if u.obj != nil {
+				f.objs.Delete(ino)
+			}
 		}
-		u.obj = o
-		f.objs.Store(ino, o)
 	}
-	f.inUse[ino] = u
+}
+
+// ensureObject loads the object of a pinned regular file.
+func (f *FS) ensureObject(ino uint64) error {
+	f.objMu.Lock()
+	defer f.objMu.Unlock()
+	u := f.inUse[ino]
+	if u == nil {
+		return fmt.Errorf("inode %d is not pinned: %w", ino, ErrInvalid)
+	}
+	if u.obj != nil {
+		return nil
+	}
+	o, err := f.loadObject(ino)
+	if err != nil {
+		return err
+	}
+	u.obj = o
+	f.objs.Store(ino, o)
 	return nil
 }
 
@@ -83,7 +145,7 @@ func (f *FS) acquire(ino uint64, regular bool) error {
 func (f *FS) loadObject(ino uint64) (*object, error) {
 	v := f.v
 	var size int64
-	var chunks []struct{ idx, dev int64 }
+	var chunks []struct{ idx, dev int64 } // dev as the table holds it
 	err := v.s.db.View(func(txn *badger.Txn) error {
 		var err error
 		if size, err = readLength(txn, v.id, ino); err != nil {
@@ -210,13 +272,10 @@ func (f *FS) Length(ctx context.Context, ino uint64) (int64, error) {
 // records. Errors are logged: the orphan record stays, and the purge is
 // retried when the store next opens.
 func (f *FS) purgeIfUnused(ctx context.Context, ino uint64) {
-	if !f.isOrphan(ino) {
-		return
-	}
 	f.objMu.Lock()
-	busy := f.inUse[ino] != nil
+	busy := f.inUse[ino] != nil || !f.orphans[ino]
 	if !busy {
-		f.inUse[ino] = &inUse{refs: 1} // pin against reopening during the purge
+		f.inUse[ino] = &inUse{refs: 1, purging: true} // no reopening during the purge
 	}
 	f.objMu.Unlock()
 	if busy {
@@ -229,7 +288,9 @@ func (f *FS) purgeIfUnused(ctx context.Context, ino uint64) {
 	}()
 	if err := f.purge(ino); err != nil {
 		f.v.s.log.Error("purge of removed inode failed; retried at next start", "volume", f.v.ref, "inode", ino, "err", err)
+		return
 	}
+	f.setOrphan(ino, false)
 }
 
 func (f *FS) isOrphan(ino uint64) bool {
@@ -290,20 +351,7 @@ func (f *FS) purge(ino uint64) error {
 		v.allocated.Add(-int64(len(keys)))
 		v.s.alloc.deferFree(freed)
 	}
-	return db.Update(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: xattrPrefix(v.id, ino)})
-		var xk [][]byte
-		for it.Rewind(); it.Valid(); it.Next() {
-			xk = append(xk, it.Item().KeyCopy(nil))
-		}
-		it.Close()
-		for _, k := range append(xk, inodeKey(v.id, ino), lengthKey(v.id, ino), linkKey(v.id, ino), orphanKey(v.id, ino)) {
-			if err := txn.Delete(k); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return db.Update(func(txn *badger.Txn) error { return deleteInode(txn, v.id, ino) })
 }
 
 // purgeOrphans removes the orphans a crash left behind (store open).
@@ -408,7 +456,11 @@ func (f *FS) truncate(ctx context.Context, ino uint64, size int64) error {
 	case !a.IsRegular():
 		return fmt.Errorf("truncate inode %d: %w", ino, ErrInvalid)
 	}
-	if err := f.acquire(ino, true); err != nil {
+	if err := f.pin(ino); err != nil {
+		return err
+	}
+	if err := f.ensureObject(ino); err != nil {
+		f.unpin(ino)
 		return err
 	}
 	defer f.Release(ctx, ino)

@@ -36,6 +36,7 @@ func (f *FS) Rename(ctx context.Context, parent uint64, name string, newParent u
 		return err
 	})
 	if err == nil && gone != 0 {
+		f.setOrphan(gone, true)
 		f.purgeIfUnused(ctx, gone)
 	}
 	return err
