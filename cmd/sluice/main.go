@@ -66,6 +66,9 @@ func newApp() *cli.App {
 			attachCommand(),
 			detachCommand(),
 			fsckCommand(),
+			controllerCommand(),
+			sloCommand(),
+			clusterCommand(),
 		},
 		Action:         unknownSubcommand,
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints and exits

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sluice-storage/sluice/controller"
+)
+
+func clusterCommand() *cli.Command {
+	return &cli.Command{
+		Name:   "cluster",
+		Usage:  "the cluster as the controller sees it",
+		Action: unknownSubcommand,
+		Subcommands: []*cli.Command{
+			{
+				Name:  "status",
+				Usage: "gateways, tenants, and each tenant's SLO against what it achieved",
+				Description: `Asks the controller (--controller or SLUICE_CONTROLLER). Rates are summed
+over live gateways from their last one-second report. A tenant is "below" when
+it achieved less than 90 % of the part of its minimum it asked for.`,
+				Flags:  append([]cli.Flag{jsonFlag}, controllerFlags()...),
+				Action: clusterStatus,
+			},
+		},
+	}
+}
+
+func clusterStatus(c *cli.Context) error {
+	if c.NArg() != 0 {
+		return usageErr("cluster status: unexpected argument %q", c.Args().First())
+	}
+	cl, err := controllerClient(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := callCtx(c)
+	defer cancel()
+	st, err := cl.Status(ctx)
+	if err != nil {
+		return controllerErr(cl, err)
+	}
+	if c.Bool("json") {
+		return printJSON(st)
+	}
+	round := "no round yet"
+	if !st.Round.IsZero() {
+		round = "last round " + agoString(st.Round)
+	}
+	fmt.Printf("controller %s: epoch %s, %s, algorithm %s\n\n", cl.URL(), controller.FormatEpoch(st.Epoch), round, st.Algorithm)
+
+	rows := make([][]string, 0, len(st.Gateways))
+	for _, g := range st.Gateways {
+		state, last := "silent", "never"
+		if g.Live {
+			state = "live"
+		}
+		if !g.LastReport.IsZero() {
+			last = agoString(g.LastReport)
+		}
+		sync := "static rules"
+		switch {
+		case g.Epoch == st.Epoch && g.Epoch != 0:
+			sync = "current"
+		case g.Epoch != 0:
+			sync = "previous"
+		}
+		rows = append(rows, []string{g.ID, state, last, fmt.Sprint(g.Tenants),
+			rateOverCapacity(controller.ReadBW, g.Achieved.ReadBPS, g.Capacity.ReadBPS),
+			rateOverCapacity(controller.WriteBW, g.Achieved.WriteBPS, g.Capacity.WriteBPS),
+			rateOverCapacity(controller.ReadIOPS, g.Achieved.ReadIOPS, g.Capacity.ReadIOPS),
+			rateOverCapacity(controller.WriteIOPS, g.Achieved.WriteIOPS, g.Capacity.WriteIOPS), sync})
+	}
+	table([]string{"GATEWAY", "STATE", "LAST REPORT", "TENANTS", "READ BW", "WRITE BW", "READ IOPS", "WRITE IOPS", "ASSIGNMENTS"}, rows)
+	fmt.Println()
+
+	rows = rows[:0]
+	for _, t := range st.Tenants {
+		row := []string{t.Tenant, fmt.Sprint(t.Gateways)}
+		var below []string
+		for r := controller.Resource(0); r < controller.NumResources; r++ {
+			slo := "-"
+			if t.HasSLO {
+				slo = sloRange(controller.SLO{Min: t.Min, Max: t.Max}, r)
+			}
+			row = append(row, formatRateOf(r, t.Achieved.Get(r))+" ("+slo+")")
+			if asked := min(t.Min.Get(r), t.Demand.Get(r)); asked > 0 && t.Achieved.Get(r) < 0.9*asked {
+				below = append(below, r.String())
+			}
+		}
+		state := "ok"
+		switch {
+		case len(below) > 0:
+			state = "below minimum: " + strings.Join(below, ", ")
+		case !t.HasSLO:
+			state = "best effort"
+		}
+		rows = append(rows, append(row, state))
+	}
+	table([]string{"TENANT", "GATEWAYS", "READ BW (SLO)", "WRITE BW (SLO)", "READ IOPS (SLO)", "WRITE IOPS (SLO)", "STATE"}, rows)
+	if len(st.Shortfalls) > 0 {
+		fmt.Println()
+		for _, s := range st.Shortfalls {
+			r := resourceNamed(s.Resource)
+			fmt.Printf("minimum not held: tenant %s %s: wants %s, the cluster can place %s: %s\n",
+				s.Tenant, s.Resource, formatRateOf(r, s.Want), formatRateOf(r, s.Placed), s.Reason)
+		}
+	}
+	return nil
+}
+
+// rateOverCapacity prints "achieved / capacity" ("?" for an unknown capacity).
+func rateOverCapacity(r controller.Resource, achieved, capacity float64) string {
+	c := "?"
+	if capacity > 0 {
+		c = formatRateOf(r, capacity)
+	}
+	return formatRateOf(r, achieved) + " / " + c
+}
+
+func resourceNamed(name string) controller.Resource {
+	for r := controller.Resource(0); r < controller.NumResources; r++ {
+		if r.String() == name {
+			return r
+		}
+	}
+	return controller.ReadBW
+}
+
+func agoString(t time.Time) string {
+	d := time.Since(t)
+	if d < 0 {
+		d = 0
+	}
+	return d.Round(100*time.Millisecond).String() + " ago"
+}

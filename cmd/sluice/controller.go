@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/urfave/cli/v2"
+
+	"github.com/sluice-storage/sluice/controller"
+)
+
+func controllerCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "controller",
+		Usage: "run the cluster controller: tenant SLOs enforced across gateways",
+		Description: `Holds tenant SLOs (cluster-wide minimum and maximum bandwidth and IOPS) and the
+registry of gateways in DATA-DIR, hears each gateway's per-tenant report every
+second, and computes every gateway's per-tenant limits (Crystal's algorithm:
+minimums first, then an equal share of the spare). Gateways join with
+` + "`sluice gateway --controller URL --gateway-id ID`" + `. Manage SLOs with ` + "`sluice slo`" + `,
+watch with ` + "`sluice cluster status`" + `; Prometheus metrics are on /metrics.
+
+Listening beyond loopback requires --token-file: every API call then carries
+the token as a bearer token. SIGTERM or SIGINT stops it; gateways keep their
+last assignments for their grace period.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "listen", Value: controller.DefaultListen, Usage: "HTTP address (HOST:PORT)"},
+			&cli.StringFlag{Name: "data-dir", Value: "./sluice-controller", Usage: "desired state (SLOs, gateway registry) lives here"},
+			&cli.StringFlag{Name: "token-file", Usage: "file holding the bearer token clients must send (required beyond loopback)"},
+			&cli.DurationFlag{Name: "interval", Value: controller.DefaultInterval, Usage: "time between assignment rounds"},
+			&cli.DurationFlag{Name: "report-timeout", Value: controller.DefaultReportTimeout, Usage: "a gateway silent this long loses its share"},
+			&cli.StringFlag{Name: "log-level", Value: "info"},
+		},
+		Action: runController,
+	}
+}
+
+func runController(c *cli.Context) error {
+	if c.NArg() != 0 {
+		return usageErr("controller: unexpected argument %q", c.Args().First())
+	}
+	log, err := newLogger(c.String("log-level"))
+	if err != nil {
+		return err
+	}
+	if c.Duration("interval") < 100*time.Millisecond || c.Duration("report-timeout") < c.Duration("interval") {
+		return usageErr("--interval must be at least 100ms and --report-timeout at least the interval")
+	}
+	var token string
+	if f := c.String("token-file"); f != "" {
+		if token, err = controller.ReadTokenFile(f); err != nil {
+			return usageErr("--token-file: %v", err)
+		}
+	}
+	addr := c.String("listen")
+	if err := controller.CheckListen(addr, token); err != nil {
+		return usageErr("--listen: %v", err)
+	}
+	startup := func(err error) error { return &exitError{exitStartup, err} }
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s, err := controller.Open(ctx, controller.Options{
+		DataDir: c.String("data-dir"), Interval: c.Duration("interval"), ReportTimeout: c.Duration("report-timeout"),
+		Token: token, Logger: log, Registry: reg,
+	})
+	if err != nil {
+		return startup(err)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		s.Close()
+		return startup(fmt.Errorf("listen on %s: %w", addr, err))
+	}
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: controller.MaxWait + 10*time.Second, IdleTimeout: 2 * time.Minute}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(l) }()
+	runDone := make(chan struct{})
+	go func() {
+		defer close(runDone)
+		s.Run(ctx)
+	}()
+	log.Info("controller ready", "listen", l.Addr().String(), "data_dir", c.String("data-dir"), "token", token != "")
+
+	var failed error
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		if !errors.Is(err, http.ErrServerClosed) {
+			failed = &exitError{exitFailed, fmt.Errorf("HTTP server on %s stopped: %w", addr, err)}
+		}
+	}
+	log.Info("shutting down")
+	stop()
+	<-runDone
+	// Close first: it releases long polls, so Shutdown does not wait for them.
+	if err := s.Close(); err != nil {
+		log.Error("closing the controller state", "err", err)
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(shutCtx)
+	return failed
+}

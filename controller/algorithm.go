@@ -1,0 +1,723 @@
+package controller
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// Algorithm computes one round of assignments from SLOs, capacities and
+// demand. Implementations must be deterministic and must not keep Input.
+type Algorithm interface {
+	Name() string
+	Assign(in Input) Output
+}
+
+// Input is one round's view of the cluster.
+type Input struct {
+	// Tenants is every tenant the controller knows, sorted by name: those
+	// with an SLO and those some gateway reported. A tenant without an SLO
+	// has a zero SLO (no minimum, no maximum). Tenants named only in Loads
+	// are added with a zero SLO.
+	Tenants []SLO
+	// Gateways are the live gateways, sorted by ID.
+	Gateways []GatewayLoad
+}
+
+// GatewayLoad is one gateway: its capacity and the tenants with work on it.
+type GatewayLoad struct {
+	ID string
+	// Capacity per resource; +Inf is unknown (no capacity-derived limit).
+	Capacity Rates
+	Loads    []Load
+}
+
+// Load is one tenant's demand on one gateway.
+type Load struct {
+	Tenant string
+	// Demand is the measured rate the tenant asked for (finite). It splits
+	// the tenant's minimum over gateways and, unless Unbounded, caps what
+	// the tenant is given there (times 1+Headroom).
+	Demand Rates
+	// Unbounded says the tenant wants more than Demand on this gateway: it
+	// was held back by its limit (or by the device), so it takes whatever
+	// share it is given.
+	Unbounded [NumResources]bool
+}
+
+// active reports whether l has work for resource r.
+func (l Load) active(r Resource) bool { return l.Demand.Get(r) > 0 || l.Unbounded[r] }
+
+// Assignment is one tenant's share of one gateway.
+type Assignment struct {
+	// Limit is the rate cap the gateway enforces; +Inf means no cap; 0
+	// means nothing (the gateway enforces a token rate).
+	Limit Rates
+	// Minimum is the part of Limit that is the tenant's minimum (the
+	// gateway may reserve it).
+	Minimum Rates
+}
+
+// Output is one round's result.
+type Output struct {
+	// Assignments[gateway][tenant]: every input tenant on every input
+	// gateway.
+	Assignments map[string]map[string]Assignment
+	// Shortfalls lists minimums that could not be placed (the best
+	// assignment is still given).
+	Shortfalls []Shortfall
+}
+
+// Feasible reports whether every minimum was placed.
+func (o Output) Feasible() bool { return len(o.Shortfalls) == 0 }
+
+// Shortfall is a tenant's minimum that does not fit.
+type Shortfall struct {
+	Tenant   string  `json:"tenant"`
+	Resource string  `json:"resource"`
+	Want     float64 `json:"want"`   // the minimum, capped by the tenant's demand
+	Placed   float64 `json:"placed"` // what the round could guarantee
+	Reason   string  `json:"reason"`
+}
+
+// DefaultHeadroom is the Headroom of the controller's default algorithm.
+const DefaultHeadroom = 0.1
+
+// Crystal is Crystal's Algorithm 1 (minimum SLO, then an equal share of the
+// spare), made demand-aware and work conserving. Per resource:
+//
+//  1. Minimums: each tenant's minimum, capped by its maximum and by what it
+//     asks for, is split over the gateways where it has work in proportion
+//     to its demand there. Overloaded gateways push minimums to other
+//     gateways where the same tenants have work (augmenting paths, so every
+//     minimum is placed whenever any placement can); what still does not fit
+//     is cut max-min fairly on the gateway (the largest first) and reported.
+//  2. Spare: tenants that want more grow together by equal steps
+//     (progressive filling), each taking from its least contended
+//     gateways, until they reach their maximum, their demand, or full
+//     gateways.
+//  3. Work conservation: capacity still free on a gateway is shared equally
+//     among its tenants that want more.
+//  4. Leftover: capacity nobody wants is shared equally among every tenant
+//     (within its maximum), so a tenant that starts IO has room at once.
+type Crystal struct {
+	// Headroom lets a tenant that was not held back grow: it is given up to
+	// Demand×(1+Headroom). 0 gives exactly its demand.
+	Headroom float64
+	// MaxSteps bounds the progressive filling of step 2 (0 = 32). When
+	// tenants share some gateways and not others it converges
+	// geometrically; step 3 shares out per gateway whatever is left, so
+	// the bound trades cluster-wide equality (within a few per cent) for
+	// time.
+	MaxSteps int
+}
+
+// Name implements Algorithm.
+func (c Crystal) Name() string { return "crystal-min-slo-share-spare" }
+
+// Assign implements Algorithm.
+func (c Crystal) Assign(in Input) Output {
+	tenants := inputTenants(in)
+	out := Output{Assignments: make(map[string]map[string]Assignment, len(in.Gateways))}
+	for _, g := range in.Gateways {
+		out.Assignments[g.ID] = make(map[string]Assignment, len(tenants))
+	}
+	for r := Resource(0); r < NumResources; r++ {
+		p := newProblem(in, tenants, r, c.Headroom)
+		xm, want := p.placeMinimums()
+		out.Shortfalls = append(out.Shortfalls, p.shortfalls(xm, want)...)
+		x := p.share(xm, c.MaxSteps)
+		for gi, g := range in.Gateways {
+			m := out.Assignments[g.ID]
+			for ti, t := range tenants {
+				a := m[t.Tenant]
+				a.Limit.Set(r, x[gi*p.nT+ti])
+				a.Minimum.Set(r, xm[gi*p.nT+ti])
+				m[t.Tenant] = a
+			}
+		}
+	}
+	return out
+}
+
+// inputTenants returns in.Tenants plus tenants named only in loads, sorted.
+func inputTenants(in Input) []SLO {
+	seen := make(map[string]bool, len(in.Tenants))
+	out := make([]SLO, 0, len(in.Tenants))
+	for _, t := range in.Tenants {
+		if !seen[t.Tenant] {
+			seen[t.Tenant] = true
+			out = append(out, t)
+		}
+	}
+	for _, g := range in.Gateways {
+		for _, l := range g.Loads {
+			if !seen[l.Tenant] {
+				seen[l.Tenant] = true
+				out = append(out, SLO{Tenant: l.Tenant})
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Tenant < out[j].Tenant })
+	return out
+}
+
+// problem is one resource's allocation problem. Matrices are flat,
+// indexed g*nT+t.
+type problem struct {
+	r        Resource
+	nG, nT   int
+	gw       []string
+	tn       []string
+	cap      []float64 // per gateway; +Inf unknown
+	min, max []float64 // per tenant; max +Inf when none
+	dem      []float64 // demand per edge
+	edge     []float64 // what the tenant may be given on the gateway: +Inf unbounded, 0 no work
+	tg       [][]int   // per tenant, the gateways where it has work
+	gt       [][]int   // per gateway, the tenants with work there
+	eps      float64
+	sorted   []float64 // scratch for spread
+}
+
+func newProblem(in Input, tenants []SLO, r Resource, headroom float64) *problem {
+	nG, nT := len(in.Gateways), len(tenants)
+	p := &problem{r: r, nG: nG, nT: nT, gw: make([]string, nG), tn: make([]string, nT),
+		cap: make([]float64, nG), min: make([]float64, nT), max: make([]float64, nT),
+		dem: make([]float64, nG*nT), edge: make([]float64, nG*nT)}
+	scale := 1.0
+	idx := make(map[string]int, nT)
+	for ti, t := range tenants {
+		idx[t.Tenant] = ti
+		p.tn[ti] = t.Tenant
+		p.min[ti] = t.Min.Get(r)
+		p.max[ti] = t.Max.Get(r)
+		if p.max[ti] <= 0 {
+			p.max[ti] = math.Inf(1)
+		}
+		scale = math.Max(scale, finite(p.min[ti]))
+	}
+	for gi, g := range in.Gateways {
+		p.gw[gi] = g.ID
+		p.cap[gi] = g.Capacity.Get(r)
+		scale = math.Max(scale, finite(p.cap[gi]))
+		for _, l := range g.Loads {
+			ti, ok := idx[l.Tenant]
+			if !ok || !l.active(r) {
+				continue
+			}
+			d := l.Demand.Get(r)
+			p.dem[gi*nT+ti] += d
+			switch {
+			case l.Unbounded[r]:
+				p.edge[gi*nT+ti] = math.Inf(1)
+			case !math.IsInf(p.edge[gi*nT+ti], 1):
+				p.edge[gi*nT+ti] += d * (1 + headroom)
+			}
+			scale = math.Max(scale, finite(d))
+		}
+	}
+	p.eps = 1e-9 * scale
+	p.tg, p.gt = make([][]int, nT), make([][]int, nG)
+	for g := 0; g < nG; g++ {
+		for t := 0; t < nT; t++ {
+			if p.edge[g*nT+t] > 0 {
+				p.tg[t] = append(p.tg[t], g)
+				p.gt[g] = append(p.gt[g], t)
+			}
+		}
+	}
+	return p
+}
+
+func finite(v float64) float64 {
+	if math.IsInf(v, 0) || math.IsNaN(v) {
+		return 0
+	}
+	return v
+}
+
+func (p *problem) active(g, t int) bool { return p.edge[g*p.nT+t] > 0 }
+
+// placeMinimums is step 1. It returns the placed minimums and what each
+// tenant wanted placed.
+func (p *problem) placeMinimums() (xm, want []float64) {
+	xm = make([]float64, p.nG*p.nT)
+	want = make([]float64, p.nT)
+	for t := 0; t < p.nT; t++ {
+		w := math.Min(p.min[t], p.max[t])
+		total := 0.0
+		for _, g := range p.tg[t] {
+			total += p.edge[g*p.nT+t]
+		}
+		w = math.Min(w, total)
+		if w <= p.eps {
+			continue
+		}
+		want[t] = w
+		p.splitByDemand(t, w, xm)
+	}
+	p.reroute(xm)
+	p.cut(xm)
+	return xm, want
+}
+
+// splitByDemand places w of tenant t over its gateways in proportion to its
+// demand there, no edge above its cap. w must not exceed the caps' sum.
+func (p *problem) splitByDemand(t int, w float64, x []float64) {
+	free := append([]int(nil), p.tg[t]...)
+	remaining := w
+	for len(free) > 0 && remaining > p.eps {
+		weights := make([]float64, len(free))
+		sum := 0.0
+		for i, g := range free {
+			weights[i] = p.dem[g*p.nT+t]
+			sum += weights[i]
+		}
+		if sum <= 0 {
+			for i := range weights {
+				weights[i] = 1
+			}
+			sum = float64(len(weights))
+		}
+		var keep []int
+		clamped := false
+		for i, g := range free {
+			k := g*p.nT + t
+			if remaining*weights[i]/sum >= p.edge[k]-x[k] {
+				remaining -= p.edge[k] - x[k]
+				x[k] = p.edge[k]
+				clamped = true
+			} else {
+				keep = append(keep, g)
+			}
+		}
+		if !clamped {
+			for i, g := range free {
+				x[g*p.nT+t] += remaining * weights[i] / sum
+			}
+			return
+		}
+		free = keep
+	}
+}
+
+// load returns what x puts on gateway g (x is non-zero only where
+// tenants have work).
+func (p *problem) load(x []float64, g int) float64 {
+	s := 0.0
+	for _, t := range p.gt[g] {
+		s += x[g*p.nT+t]
+	}
+	return s
+}
+
+// reroute moves minimums off overloaded gateways along augmenting paths
+// gateway →(a tenant's minimum there)→ gateway where the same tenant has
+// room → … → a gateway with spare capacity.
+func (p *problem) reroute(x []float64) {
+	load := make([]float64, p.nG)
+	for g := range load {
+		load[g] = p.load(x, g)
+	}
+	parentG := make([]int, p.nG) // tenant through which a gateway was reached
+	parentT := make([]int, p.nT) // gateway from which a tenant was reached
+	for iter := 0; iter < 4*(p.nG*p.nT+p.nG+p.nT); iter++ {
+		var queue []int
+		for g := range parentG {
+			parentG[g] = -2 // unvisited
+		}
+		for t := range parentT {
+			parentT[t] = -1
+		}
+		for g := 0; g < p.nG; g++ {
+			if load[g] > p.cap[g]+p.eps {
+				parentG[g] = -1 // a source
+				queue = append(queue, g)
+			}
+		}
+		if len(queue) == 0 {
+			return
+		}
+		sink := -1
+		for len(queue) > 0 && sink < 0 {
+			g := queue[0]
+			queue = queue[1:]
+			for _, t := range p.gt[g] {
+				if sink >= 0 {
+					break
+				}
+				if parentT[t] >= 0 || x[g*p.nT+t] <= p.eps {
+					continue
+				}
+				parentT[t] = g
+				for _, g2 := range p.tg[t] {
+					k := g2*p.nT + t
+					if parentG[g2] != -2 || p.edge[k]-x[k] <= p.eps {
+						continue
+					}
+					parentG[g2] = t
+					if p.cap[g2]-load[g2] > p.eps {
+						sink = g2
+						break
+					}
+					queue = append(queue, g2)
+				}
+			}
+		}
+		if sink < 0 {
+			return // no way to move anything: the rest is cut
+		}
+		// Bottleneck along the path, walked back from the sink.
+		b := p.cap[sink] - load[sink]
+		g := sink
+		for parentG[g] >= 0 {
+			t := parentG[g]
+			from := parentT[t]
+			b = math.Min(b, p.edge[g*p.nT+t]-x[g*p.nT+t])
+			b = math.Min(b, x[from*p.nT+t])
+			g = from
+		}
+		b = math.Min(b, load[g]-p.cap[g])
+		g = sink
+		for parentG[g] >= 0 {
+			t := parentG[g]
+			from := parentT[t]
+			x[g*p.nT+t] += b
+			x[from*p.nT+t] = math.Max(0, x[from*p.nT+t]-b)
+			g = from
+		}
+		load[sink] += b
+		load[g] -= b
+	}
+}
+
+// cut trims each still-overloaded gateway to its capacity, max-min fairly:
+// every minimum above a level L is cut to L.
+func (p *problem) cut(x []float64) {
+	for g := 0; g < p.nG; g++ {
+		if p.load(x, g) <= p.cap[g]+p.eps {
+			continue
+		}
+		row := x[g*p.nT : (g+1)*p.nT]
+		level := waterLevel(p.cap[g], row)
+		for t := range row {
+			row[t] = math.Min(row[t], level)
+		}
+	}
+}
+
+// waterLevel returns L with Σ min(v, L) = total, for total < Σ v.
+func waterLevel(total float64, vals []float64) float64 {
+	s := append([]float64(nil), vals...)
+	sort.Float64s(s)
+	remaining := total
+	for i, v := range s {
+		k := float64(len(s) - i)
+		if v*k >= remaining {
+			return remaining / k
+		}
+		remaining -= v
+	}
+	return s[len(s)-1]
+}
+
+// shortfalls reports tenants whose placed minimum is short of what they
+// wanted.
+func (p *problem) shortfalls(xm, want []float64) []Shortfall {
+	var out []Shortfall
+	totalWant, totalCap := 0.0, 0.0
+	for t := 0; t < p.nT; t++ {
+		totalWant += want[t]
+	}
+	for g := 0; g < p.nG; g++ {
+		totalCap += p.cap[g]
+	}
+	for t := 0; t < p.nT; t++ {
+		placed := 0.0
+		for g := 0; g < p.nG; g++ {
+			placed += xm[g*p.nT+t]
+		}
+		if want[t]-placed <= 1e-6*math.Max(1, want[t]) {
+			continue
+		}
+		var reason string
+		if totalWant > totalCap {
+			reason = fmt.Sprintf("minimums of all tenants with work (%.4g) exceed the capacity of the live gateways (%.4g)", totalWant, totalCap)
+		} else {
+			var full []string
+			for g := 0; g < p.nG; g++ {
+				if p.active(g, t) && p.load(xm, g) >= p.cap[g]-p.eps {
+					full = append(full, p.gw[g])
+				}
+			}
+			reason = "the gateways where the tenant has work are full of minimums: " + strings.Join(full, ", ")
+		}
+		out = append(out, Shortfall{Tenant: p.tn[t], Resource: p.r.String(), Want: want[t], Placed: placed, Reason: reason})
+	}
+	return out
+}
+
+// share runs steps 2–4 from the placed minimums and returns the limits.
+func (p *problem) share(xm []float64, maxSteps int) []float64 {
+	if maxSteps <= 0 {
+		maxSteps = 32
+	}
+	nT := p.nT
+	x := append([]float64(nil), xm...)
+	spare := make([]float64, p.nG)
+	for g := range spare {
+		spare[g] = math.Max(0, p.cap[g]-p.load(x, g))
+	}
+	budget := make([]float64, nT)
+	for t := range budget {
+		used := 0.0
+		for g := 0; g < p.nG; g++ {
+			used += x[g*nT+t]
+		}
+		budget[t] = math.Max(0, p.max[t]-used) // +Inf stays +Inf
+	}
+	room := make([]float64, p.nG*nT)
+	for k := range room {
+		if p.edge[k] > 0 {
+			room[k] = math.Max(0, p.edge[k]-x[k])
+		}
+	}
+	give := func(g, t int, v float64) {
+		k := g*nT + t
+		x[k] += v
+		if math.IsInf(v, 1) {
+			room[k] = 0
+		} else if !math.IsInf(room[k], 1) {
+			room[k] = math.Max(0, room[k]-v)
+		}
+		if !math.IsInf(spare[g], 1) {
+			spare[g] = math.Max(0, spare[g]-v)
+		}
+		if !math.IsInf(budget[t], 1) {
+			budget[t] = math.Max(0, budget[t]-v)
+		}
+	}
+
+	// Step 2: progressive filling.
+	count := make([]int, p.nG)
+	fair := make([]float64, p.nG) // spare per contender, fixed for a step
+	slots := make([]float64, p.nG)
+	var gs []int
+	var fs []float64
+	for step := 0; step < maxSteps; step++ {
+		for g := range count {
+			count[g] = 0
+			if spare[g] <= p.eps {
+				continue
+			}
+			for _, t := range p.gt[g] {
+				if budget[t] > p.eps && room[g*nT+t] > p.eps {
+					count[g]++
+				}
+			}
+			if count[g] > 0 {
+				fair[g] = spare[g] / float64(count[g])
+			}
+		}
+		delta, found := math.Inf(1), false
+		for t := 0; t < nT; t++ {
+			if budget[t] <= p.eps {
+				continue
+			}
+			sum, has := 0.0, false
+			for _, g := range p.tg[t] {
+				if count[g] > 0 && room[g*nT+t] > p.eps {
+					sum += math.Min(room[g*nT+t], fair[g])
+					has = true
+				}
+			}
+			if has {
+				found = true
+				delta = math.Min(delta, math.Min(budget[t], sum))
+			}
+		}
+		if !found || delta <= p.eps {
+			break
+		}
+		for t := 0; t < nT; t++ {
+			if budget[t] <= p.eps {
+				continue
+			}
+			gs, fs = gs[:0], fs[:0]
+			for _, g := range p.tg[t] {
+				if count[g] > 0 && room[g*nT+t] > p.eps {
+					gs = append(gs, g)
+					fs = append(fs, math.Min(room[g*nT+t], fair[g]))
+				}
+			}
+			if len(gs) == 0 {
+				continue
+			}
+			takes := p.spread(t, delta, gs, fs, slots)
+			for i, g := range gs {
+				if takes[i] > 0 {
+					give(g, t, takes[i])
+				}
+			}
+		}
+		if math.IsInf(delta, 1) {
+			break
+		}
+	}
+
+	// Step 3: work conservation, per gateway.
+	var caps []float64
+	for g := 0; g < p.nG; g++ {
+		if spare[g] <= p.eps {
+			continue
+		}
+		caps = caps[:0]
+		for _, t := range p.gt[g] {
+			c := 0.0
+			if budget[t] > p.eps {
+				c = math.Min(room[g*nT+t], budget[t])
+			}
+			caps = append(caps, c)
+		}
+		for i, v := range fill(spare[g], caps) {
+			if v > 0 {
+				give(g, p.gt[g][i], v)
+			}
+		}
+	}
+
+	// Step 4: leftover nobody wants, to everyone within their maximum; a
+	// maximum is spread evenly over the gateways with leftover rather than
+	// spent on the first ones.
+	var left []int
+	for g := 0; g < p.nG; g++ {
+		if spare[g] > p.eps {
+			left = append(left, g)
+		}
+	}
+	caps = append(caps[:0], budget...)
+	for i := 0; i < 2*len(left); i++ {
+		// First pass: an even part of what is left of each budget per
+		// gateway; second pass: whatever the first could not place.
+		g, parts := left[i%len(left)], 1.0
+		if i < len(left) {
+			parts = float64(len(left) - i)
+		}
+		if spare[g] <= p.eps {
+			continue
+		}
+		for t := range caps {
+			caps[t] = budget[t] / parts // +Inf stays +Inf
+		}
+		for t, v := range fill(spare[g], caps) {
+			if v > 0 {
+				x[g*nT+t] += v
+				if !math.IsInf(spare[g], 1) {
+					spare[g] = math.Max(0, spare[g]-v)
+				}
+				if !math.IsInf(budget[t], 1) {
+					budget[t] = math.Max(0, budget[t]-v)
+				}
+			}
+		}
+	}
+	return x
+}
+
+// spread splits delta of tenant t over its slots fs (one per gateway in
+// gs), taking from the largest slots first so that the slots left are as
+// even as possible; unbounded slots absorb everything, in proportion to
+// demand. The result reuses buf.
+func (p *problem) spread(t int, delta float64, gs []int, fs []float64, buf []float64) []float64 {
+	takes := buf[:len(fs)]
+	for i := range takes {
+		takes[i] = 0
+	}
+	if math.IsInf(delta, 1) {
+		for i, f := range fs {
+			if math.IsInf(f, 1) {
+				takes[i] = f
+			}
+		}
+		return takes
+	}
+	if len(fs) == 1 {
+		takes[0] = delta
+		return takes
+	}
+	infSum, nInf := 0.0, 0
+	for i, f := range fs {
+		if math.IsInf(f, 1) {
+			infSum += p.dem[gs[i]*p.nT+t]
+			nInf++
+		}
+	}
+	if nInf > 0 {
+		for i, f := range fs {
+			if !math.IsInf(f, 1) {
+				continue
+			}
+			if infSum > 0 {
+				takes[i] = delta * p.dem[gs[i]*p.nT+t] / infSum
+			} else {
+				takes[i] = delta / float64(nInf)
+			}
+		}
+		return takes
+	}
+	// Level λ with Σ max(0, f−λ) = delta: take the slots largest first.
+	p.sorted = append(p.sorted[:0], fs...)
+	sortDescending(p.sorted)
+	level, sum := 0.0, 0.0
+	for k, f := range p.sorted {
+		sum += f
+		level = (sum - delta) / float64(k+1)
+		if k+1 == len(p.sorted) || level >= p.sorted[k+1] {
+			break
+		}
+	}
+	level = math.Max(0, level)
+	for i, f := range fs {
+		takes[i] = math.Max(0, f-level)
+	}
+	return takes
+}
+
+// sortDescending sorts a (no NaNs) largest first: insertion sort for the
+// few gateways a tenant usually has, the library sort beyond.
+func sortDescending(a []float64) {
+	if len(a) > 32 {
+		slices.Sort(a)
+		slices.Reverse(a)
+		return
+	}
+	for i := 1; i < len(a); i++ {
+		v, j := a[i], i
+		for j > 0 && a[j-1] < v {
+			a[j] = a[j-1]
+			j--
+		}
+		a[j] = v
+	}
+}
+
+// fill shares total among caps max-min fairly: each gets min(cap, L), as
+// much as total allows. An infinite total gives every cap in full.
+func fill(total float64, caps []float64) []float64 {
+	out := make([]float64, len(caps))
+	sum := 0.0
+	for _, c := range caps {
+		sum += c
+	}
+	if math.IsInf(total, 1) || sum <= total {
+		copy(out, caps)
+		return out
+	}
+	level := waterLevel(total, caps)
+	for i, c := range caps {
+		out[i] = math.Min(c, level)
+	}
+	return out
+}

@@ -1,0 +1,174 @@
+package controller
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Desired state in badger. Keys:
+//
+//	slo/<tenant>      JSON SLO
+//	gw/<id>           JSON GatewayRegistration
+//	meta/generation   8 bytes big-endian: the generation of the last start
+//
+// Reports, assignments and liveness are not persisted: a restarted
+// controller rebuilds them from the gateways' reports.
+const (
+	keySLO        = "slo/"
+	keyGateway    = "gw/"
+	keyGeneration = "meta/generation"
+)
+
+// db is the controller's badger database.
+type db struct {
+	b *badger.DB
+}
+
+// openDB opens (or creates) the database in dir; "" keeps it in memory.
+func openDB(dir string, log *slog.Logger) (*db, error) {
+	o := badger.DefaultOptions(dir)
+	if dir == "" {
+		o = badger.DefaultOptions("").WithInMemory(true)
+	}
+	// Tiny state: SLOs and a registry. Keep the footprint small and every
+	// change on disk when the call returns.
+	o = o.WithSyncWrites(true).
+		WithMemTableSize(8 << 20).
+		WithValueThreshold(64 << 10).
+		WithNumMemtables(2).
+		WithBlockCacheSize(1 << 20).
+		WithIndexCacheSize(1 << 20).
+		WithValueLogFileSize(16 << 20).
+		WithNumCompactors(2).
+		WithLogger(badgerLogger{log}).
+		WithLoggingLevel(badger.WARNING)
+	b, err := badger.Open(o)
+	if err != nil {
+		return nil, fmt.Errorf("controller state in %q: %w", dir, err)
+	}
+	return &db{b: b}, nil
+}
+
+func (d *db) close() error { return d.b.Close() }
+
+// nextGeneration stores and returns a generation greater than the stored
+// one and not less than the wall-clock second, so that epochs keep growing
+// across restarts, even after the data directory was lost.
+func (d *db) nextGeneration(now time.Time) (uint64, error) {
+	var gen uint64
+	err := d.b.Update(func(txn *badger.Txn) error {
+		var prev uint64
+		it, err := txn.Get([]byte(keyGeneration))
+		switch {
+		case errors.Is(err, badger.ErrKeyNotFound):
+		case err != nil:
+			return err
+		default:
+			if err := it.Value(func(v []byte) error {
+				if len(v) != 8 {
+					return fmt.Errorf("generation record is %d bytes, want 8", len(v))
+				}
+				prev = binary.BigEndian.Uint64(v)
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		gen = max(prev+1, uint64(max(now.Unix(), 1)))
+		return txn.Set([]byte(keyGeneration), binary.BigEndian.AppendUint64(nil, gen))
+	})
+	if err != nil {
+		return 0, fmt.Errorf("controller generation: %w", err)
+	}
+	return gen, nil
+}
+
+// load reads every SLO and registration. Any error is fatal to the caller:
+// a failed read must never look like empty desired state.
+func (d *db) load() (map[string]SLO, map[string]GatewayRegistration, error) {
+	slos := map[string]SLO{}
+	gws := map[string]GatewayRegistration{}
+	err := d.b.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.DefaultIteratorOptions)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			item := it.Item()
+			key := string(item.Key())
+			var decode func([]byte) error
+			switch {
+			case strings.HasPrefix(key, keySLO):
+				decode = func(v []byte) error {
+					var s SLO
+					if err := json.Unmarshal(v, &s); err != nil {
+						return err
+					}
+					if err := s.Validate(); err != nil {
+						return err
+					}
+					slos[s.Tenant] = s
+					return nil
+				}
+			case strings.HasPrefix(key, keyGateway):
+				decode = func(v []byte) error {
+					var g GatewayRegistration
+					if err := json.Unmarshal(v, &g); err != nil {
+						return err
+					}
+					if err := g.Validate(); err != nil {
+						return err
+					}
+					gws[g.ID] = g
+					return nil
+				}
+			default:
+				continue
+			}
+			if err := item.Value(decode); err != nil {
+				return fmt.Errorf("record %q: %w", key, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("loading controller state: %w", err)
+	}
+	return slos, gws, nil
+}
+
+func (d *db) put(key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if err := d.b.Update(func(txn *badger.Txn) error { return txn.Set([]byte(key), b) }); err != nil {
+		return fmt.Errorf("storing %s: %w", key, err)
+	}
+	return nil
+}
+
+func (d *db) delete(key string) error {
+	if err := d.b.Update(func(txn *badger.Txn) error { return txn.Delete([]byte(key)) }); err != nil {
+		return fmt.Errorf("deleting %s: %w", key, err)
+	}
+	return nil
+}
+
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any) {
+	b.l.Error(fmt.Sprintf(f, a...), "component", "badger")
+}
+func (b badgerLogger) Warningf(f string, a ...any) {
+	b.l.Warn(fmt.Sprintf(f, a...), "component", "badger")
+}
+func (b badgerLogger) Infof(f string, a ...any) {
+	b.l.Debug(fmt.Sprintf(f, a...), "component", "badger")
+}
+func (b badgerLogger) Debugf(f string, a ...any) {}
