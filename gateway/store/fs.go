@@ -152,8 +152,32 @@ func (f *FS) allocIno(txn *badger.Txn) (uint64, error) {
 }
 
 // getAttr reads ino's attributes in txn, with the live length and mtime of
-// a file in use.
+// a file in use, and the space it holds.
 func (f *FS) getAttr(txn *badger.Txn, ino uint64) (Attr, error) {
+	a, err := f.rawAttr(txn, ino)
+	if err != nil || !a.IsRegular() {
+		return a, err
+	}
+	if o := f.loaded(ino); o != nil {
+		a.Size = o.size.Load()
+		if m := o.mtime.Load(); m > a.Mtime {
+			a.Mtime, a.Ctime = m, max(a.Ctime, m)
+		}
+		a.Blocks = o.mapped.Load() * f.v.chunkSize / 512
+		return a, nil
+	}
+	if a.Size, err = readLength(txn, f.v.id, ino); err != nil {
+		return Attr{}, err
+	}
+	if a.Size > 0 {
+		a.Blocks = countChunks(txn, f.v.id, ino) * f.v.chunkSize / 512
+	}
+	return a, nil
+}
+
+// rawAttr reads ino's attribute record only: what namespace changes need
+// (a file's length and blocks are left zero).
+func (f *FS) rawAttr(txn *badger.Txn, ino uint64) (Attr, error) {
 	item, err := txn.Get(inodeKey(f.v.id, ino))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return Attr{}, fmt.Errorf("inode %d: %w", ino, ErrNotFound)
@@ -167,19 +191,6 @@ func (f *FS) getAttr(txn *badger.Txn, ino uint64) (Attr, error) {
 	switch {
 	case a.IsDir():
 		a.Size = 4096
-	case a.IsRegular():
-		if o := f.loaded(ino); o != nil {
-			a.Size = o.size.Load()
-			if m := o.mtime.Load(); m > a.Mtime {
-				a.Mtime, a.Ctime = m, max(a.Ctime, m)
-			}
-			a.Blocks = o.mapped.Load() * f.v.chunkSize / 512
-		} else {
-			if a.Size, err = readLength(txn, f.v.id, ino); err != nil {
-				return Attr{}, err
-			}
-			a.Blocks = countChunks(txn, f.v.id, ino) * f.v.chunkSize / 512
-		}
 	case a.IsSymlink():
 		item, err := txn.Get(linkKey(f.v.id, ino))
 		if err == nil {
@@ -224,7 +235,7 @@ func (f *FS) putAttr(txn *badger.Txn, a Attr) error {
 
 // dirAttr reads ino and checks that it is a directory.
 func (f *FS) dirAttr(txn *badger.Txn, ino uint64) (Attr, error) {
-	a, err := f.getAttr(txn, ino)
+	a, err := f.rawAttr(txn, ino)
 	if err != nil {
 		return Attr{}, err
 	}
@@ -497,7 +508,7 @@ func (f *FS) remove(ctx context.Context, parent uint64, name string, dir bool) e
 		if err != nil {
 			return err
 		}
-		a, err := f.getAttr(txn, ino)
+		a, err := f.rawAttr(txn, ino)
 		if err != nil {
 			return err
 		}

@@ -175,7 +175,7 @@ func (f *FS) GetXattr(ctx context.Context, ino uint64, name string) ([]byte, err
 	}
 	var val []byte
 	err := f.v.s.db.View(func(txn *badger.Txn) error {
-		if _, err := f.getAttr(txn, ino); err != nil {
+		if _, err := f.rawAttr(txn, ino); err != nil {
 			return err
 		}
 		item, err := txn.Get(xattrKey(f.v.id, ino, name))
@@ -194,7 +194,7 @@ func (f *FS) GetXattr(ctx context.Context, ino uint64, name string) ([]byte, err
 func (f *FS) ListXattr(ctx context.Context, ino uint64) ([]string, error) {
 	var names []string
 	err := f.v.s.db.View(func(txn *badger.Txn) error {
-		if _, err := f.getAttr(txn, ino); err != nil {
+		if _, err := f.rawAttr(txn, ino); err != nil {
 			return err
 		}
 		prefix := xattrPrefix(f.v.id, ino)
@@ -221,7 +221,7 @@ func (f *FS) SetXattr(ctx context.Context, ino uint64, name string, value []byte
 		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
 	}
 	return f.update(func(txn *badger.Txn) error {
-		a, err := f.getAttr(txn, ino)
+		a, err := f.rawAttr(txn, ino)
 		if err != nil {
 			return err
 		}
@@ -254,7 +254,7 @@ func (f *FS) RemoveXattr(ctx context.Context, ino uint64, name string) error {
 		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
 	}
 	return f.update(func(txn *badger.Txn) error {
-		a, err := f.getAttr(txn, ino)
+		a, err := f.rawAttr(txn, ino)
 		if err != nil {
 			return err
 		}

@@ -79,7 +79,7 @@ func (r *renamer) rename(parent uint64, name string, newParent uint64, newName s
 	if err != nil {
 		return 0, err
 	}
-	src, err := f.getAttr(txn, srcIno)
+	src, err := f.rawAttr(txn, srcIno)
 	if err != nil {
 		return 0, err
 	}
@@ -104,7 +104,7 @@ func (r *renamer) rename(parent uint64, name string, newParent uint64, newName s
 	}
 	var dst Attr
 	if dstExists {
-		if dst, err = f.getAttr(txn, dstIno); err != nil {
+		if dst, err = f.rawAttr(txn, dstIno); err != nil {
 			return 0, err
 		}
 		if flags&RenameExchange != 0 && dst.IsDir() && parent != newParent {
