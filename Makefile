@@ -6,7 +6,7 @@ GO        ?= go
 BIN       := bin/sluice
 PKGS      := ./...
 UNIT_PKGS := $(shell $(GO) list ./... 2>/dev/null | grep -v /test/integration)
-APT_PKGS  := nbdkit libnbd-bin qemu-utils fio stress-ng e2fsprogs
+APT_PKGS  := nbdkit libnbd-bin qemu-utils qemu-system-x86 qemu-system-common fio stress-ng e2fsprogs
 FUZZTIME  ?= 30s
 
 .PHONY: all build run test unit integration deps vet bench fuzz clean
@@ -31,6 +31,7 @@ deps:
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	$(GO) mod download
+	bash test/integration/guest-fetch.sh $${SLUICE_GUEST_CACHE:-/var/cache/sluice-test-guest}
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }

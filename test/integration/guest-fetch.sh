@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# guest-fetch.sh DIR — fetch what the vhost-user-blk guest tests boot:
+# Debian's current amd64 kernel image package and busybox-static, downloaded
+# with apt-get (never installed) and unpacked into DIR/root. Idempotent: a
+# complete DIR has a "ready" file.
+set -euo pipefail
+DIR=${1:?usage: guest-fetch.sh DIR}
+[ -f "$DIR/ready" ] && exit 0
+mkdir -p "$DIR/debs" "$DIR/root"
+cd "$DIR/debs"
+KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+if [ -z "$KPKG" ]; then
+  apt-get update -qq
+  KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+fi
+[ -n "$KPKG" ] || { echo "cannot resolve the kernel package behind linux-image-amd64"; exit 1; }
+apt-get download "$KPKG" busybox-static >/dev/null 2>&1 || { apt-get update -qq; apt-get download "$KPKG" busybox-static; }
+for d in *.deb; do dpkg-deb -x "$d" "$DIR/root"; done
+rm -f "$DIR"/debs/*.deb
+# Keep only what a boot needs: the kernel, the virtio-blk modules, busybox.
+find "$DIR/root/lib/modules" -name '*.ko' \
+  ! -name virtio_ring.ko ! -name virtio.ko ! -name virtio_pci_modern_dev.ko \
+  ! -name virtio_pci_legacy_dev.ko ! -name virtio_pci.ko ! -name virtio_blk.ko -delete
+rm -rf "$DIR/root/usr/share" "$DIR/root/usr/lib"
+touch "$DIR/ready"
