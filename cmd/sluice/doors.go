@@ -6,6 +6,7 @@ import (
 	"github.com/sluice-storage/sluice/attach"
 	"github.com/sluice-storage/sluice/fuse"
 	"github.com/sluice-storage/sluice/gateway/admin"
+	"github.com/sluice-storage/sluice/virtio"
 )
 
 // mountDoor adapts the FUSE door's Manager to the admin API.
@@ -44,6 +45,24 @@ func (d attachDoor) Attachments() []admin.Attachment {
 	var out []admin.Attachment
 	for _, at := range d.a.Attachments() {
 		out = append(out, view(at))
+	}
+	return out
+}
+
+// virtioDoor adapts the virtio Exports to the admin API.
+type virtioDoor struct{ x *virtio.Exports }
+
+func (d virtioDoor) Export(ctx context.Context, ref, socket string) (admin.VirtioExport, error) {
+	e, err := d.x.Export(ctx, ref, socket)
+	return admin.VirtioExport(e), err
+}
+
+func (d virtioDoor) Unexport(ctx context.Context, ref string) error { return d.x.Unexport(ctx, ref) }
+
+func (d virtioDoor) Exports() []admin.VirtioExport {
+	var out []admin.VirtioExport
+	for _, e := range d.x.List() {
+		out = append(out, admin.VirtioExport(e))
 	}
 	return out
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/gateway/admin"
 	"github.com/sluice-storage/sluice/nbd"
+	"github.com/sluice-storage/sluice/virtio"
 )
 
 func gatewayCommand() *cli.Command {
@@ -142,7 +143,12 @@ func runGateway(c *cli.Context) error {
 		return startup(err)
 	}
 	defer attacher.Close()
-	doors := admin.Doors{Mounts: mountDoor{mounts}, Attachments: attachDoor{attacher}}
+	vexports, err := virtio.NewExports(g, filepath.Join(dataDir, "virtio"), virtio.ServerOptions{Logger: log})
+	if err != nil {
+		return startup(err)
+	}
+	defer vexports.Close(context.Background())
+	doors := admin.Doors{Mounts: mountDoor{mounts}, Attachments: attachDoor{attacher}, Virtio: virtioDoor{vexports}}
 
 	// Last: the API socket, whose appearance tells scripts we are ready.
 	apiL, err := listenUnix(apiSocket, 0o600)

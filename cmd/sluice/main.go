@@ -66,6 +66,7 @@ func newApp() *cli.App {
 			attachCommand(),
 			detachCommand(),
 			fsckCommand(),
+			virtioCommand(),
 			controllerCommand(),
 			sloCommand(),
 			clusterCommand(),

@@ -14,6 +14,26 @@ import (
 type Doors struct {
 	Mounts      Mounter
 	Attachments Attacher
+	Virtio      VirtioExporter
+}
+
+// VirtioExport is a volume served as a vhost-user-blk device.
+type VirtioExport struct {
+	Volume string `json:"volume"`
+	Socket string `json:"socket"`
+}
+
+// VirtioRequest is the body of POST /v1/virtio.
+type VirtioRequest struct {
+	Volume string `json:"volume"`
+	Socket string `json:"socket,omitempty"` // default: a socket in the gateway's virtio directory
+}
+
+// VirtioExporter serves volumes over the virtio door.
+type VirtioExporter interface {
+	Export(ctx context.Context, ref, socket string) (VirtioExport, error)
+	Unexport(ctx context.Context, ref string) error
+	Exports() []VirtioExport
 }
 
 // MountInfo describes one FUSE mount.
@@ -66,6 +86,64 @@ func (h *handler) routeDoors(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/attachments", h.attachList)
 	mux.HandleFunc("POST /v1/attachments", h.attach)
 	mux.HandleFunc("DELETE /v1/attachments", h.detach)
+	mux.HandleFunc("GET /v1/virtio", h.virtioList)
+	mux.HandleFunc("POST /v1/virtio", h.virtioExport)
+	mux.HandleFunc("DELETE /v1/virtio/{tenant}/{name}", h.virtioUnexport)
+}
+
+func (h *handler) virtioList(w http.ResponseWriter, r *http.Request) {
+	if h.doors.Virtio == nil {
+		reply(w, http.StatusOK, []VirtioExport{})
+		return
+	}
+	reply(w, http.StatusOK, h.doors.Virtio.Exports())
+}
+
+func (h *handler) virtioExport(w http.ResponseWriter, r *http.Request) {
+	var req VirtioRequest
+	if err := decode(r, &req); err != nil {
+		h.fail(w, err)
+		return
+	}
+	if h.doors.Virtio == nil {
+		h.fail(w, errNoDoor)
+		return
+	}
+	x, err := h.doors.Virtio.Export(r.Context(), req.Volume, req.Socket)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	reply(w, http.StatusCreated, x)
+}
+
+func (h *handler) virtioUnexport(w http.ResponseWriter, r *http.Request) {
+	if h.doors.Virtio == nil {
+		h.fail(w, errNoDoor)
+		return
+	}
+	if err := h.doors.Virtio.Unexport(r.Context(), r.PathValue("tenant")+"/"+r.PathValue("name")); err != nil {
+		h.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// VirtioExports lists the volumes served over virtio.
+func (c *Client) VirtioExports(ctx context.Context) ([]VirtioExport, error) {
+	var out []VirtioExport
+	return out, c.do(ctx, http.MethodGet, "/v1/virtio", nil, &out)
+}
+
+// VirtioExport serves a block volume as a vhost-user-blk device.
+func (c *Client) VirtioExport(ctx context.Context, req VirtioRequest) (VirtioExport, error) {
+	var out VirtioExport
+	return out, c.do(ctx, http.MethodPost, "/v1/virtio", req, &out)
+}
+
+// VirtioUnexport stops serving a volume over virtio.
+func (c *Client) VirtioUnexport(ctx context.Context, ref string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/virtio/"+ref, nil, nil)
 }
 
 var errNoDoor = fmt.Errorf("this gateway has no such door: %w", gateway.ErrUnsupported)

@@ -1,0 +1,164 @@
+package virtio
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sluice-storage/sluice/gateway"
+)
+
+// Exports keeps a gateway's vhost-user-blk exports: at most one socket per
+// volume, each served by its own Server. Sockets live in a directory of the
+// gateway (mode 0700) unless a path is given; they are mode 0600 and
+// removed on Unexport and Close. Exports do not outlive the gateway.
+type Exports struct {
+	g    *gateway.Gateway
+	dir  string
+	log  *slog.Logger
+	opts ServerOptions
+
+	mu     sync.Mutex
+	byRef  map[string]*export
+	closed bool
+}
+
+type export struct {
+	info   ExportInfo
+	srv    *Server
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// ExportInfo describes one export.
+type ExportInfo struct {
+	Volume string `json:"volume"`
+	Socket string `json:"socket"`
+}
+
+// NewExports returns an empty registry whose default sockets live in dir.
+func NewExports(g *gateway.Gateway, dir string, opts ServerOptions) (*Exports, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("virtio socket directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Exports{g: g, dir: dir, log: log, opts: opts, byRef: make(map[string]*export)}, nil
+}
+
+// DefaultSocket is where volume ref is exported when no path is given.
+func (e *Exports) DefaultSocket(ref string) string {
+	return filepath.Join(e.dir, strings.ReplaceAll(ref, "/", ".")+".sock")
+}
+
+// Export serves block volume ref on socket ("" for the default path).
+func (e *Exports) Export(ctx context.Context, ref, socket string) (ExportInfo, error) {
+	vol, err := e.g.Volume(ref)
+	if err != nil {
+		return ExportInfo{}, err
+	}
+	if vol.Kind() != gateway.KindBlock {
+		return ExportInfo{}, fmt.Errorf("%s is an fs volume: %w: only block volumes are virtio-blk devices", ref, gateway.ErrInvalid)
+	}
+	if socket == "" {
+		socket = e.DefaultSocket(ref)
+	}
+	if socket, err = filepath.Abs(socket); err != nil {
+		return ExportInfo{}, fmt.Errorf("socket path: %w", gateway.ErrInvalid)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ExportInfo{}, gateway.ErrClosed
+	}
+	if x := e.byRef[ref]; x != nil {
+		return ExportInfo{}, fmt.Errorf("%s is already exported at %s: %w", ref, x.info.Socket, gateway.ErrExists)
+	}
+	for _, x := range e.byRef {
+		if x.info.Socket == socket {
+			return ExportInfo{}, fmt.Errorf("socket %s serves %s: %w", socket, x.info.Volume, gateway.ErrExists)
+		}
+	}
+	l, err := Listen(socket)
+	if err != nil {
+		return ExportInfo{}, fmt.Errorf("%w: %w", gateway.ErrInvalid, err)
+	}
+	opts := e.opts
+	opts.Logger = e.log.With("volume", ref)
+	srv := NewServer(vol, opts)
+	sctx, cancel := context.WithCancel(context.Background())
+	x := &export{info: ExportInfo{Volume: ref, Socket: socket}, srv: srv, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(x.done)
+		if err := srv.Serve(sctx, l); err != nil && sctx.Err() == nil {
+			e.log.Error("virtio export stopped", "volume", ref, "socket", socket, "err", err)
+		}
+	}()
+	e.byRef[ref] = x
+	e.log.Info("virtio export", "volume", ref, "socket", socket)
+	return x.info, nil
+}
+
+// Unexport stops serving ref: connected front-ends are disconnected after
+// their in-flight requests finish, and the socket is removed.
+func (e *Exports) Unexport(ctx context.Context, ref string) error {
+	e.mu.Lock()
+	x := e.byRef[ref]
+	delete(e.byRef, ref)
+	e.mu.Unlock()
+	if x == nil {
+		return fmt.Errorf("%s is not exported over virtio: %w", ref, gateway.ErrNotFound)
+	}
+	e.stop(ctx, x)
+	e.log.Info("virtio unexport", "volume", ref)
+	return nil
+}
+
+func (e *Exports) stop(ctx context.Context, x *export) {
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := x.srv.Shutdown(sctx); err != nil {
+		e.log.Warn("virtio shutdown incomplete", "volume", x.info.Volume, "err", err)
+	}
+	x.cancel()
+	<-x.done
+	os.Remove(x.info.Socket)
+}
+
+// List returns the exports by volume.
+func (e *Exports) List() []ExportInfo {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]ExportInfo, 0, len(e.byRef))
+	for _, x := range e.byRef {
+		out = append(out, x.info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Volume < out[j].Volume })
+	return out
+}
+
+// Close stops every export (gateway shutdown).
+func (e *Exports) Close(ctx context.Context) {
+	e.mu.Lock()
+	e.closed = true
+	xs := make([]*export, 0, len(e.byRef))
+	for ref, x := range e.byRef {
+		xs = append(xs, x)
+		delete(e.byRef, ref)
+	}
+	e.mu.Unlock()
+	for _, x := range xs {
+		e.stop(ctx, x)
+	}
+}

@@ -1,0 +1,296 @@
+package virtio
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/sluice-storage/sluice/gateway"
+)
+
+// Export is one volume as the vhost-user-blk target sees it.
+// *gateway.Volume satisfies it.
+//
+// An Export may also implement interface{ ReadOnly() bool }; when it reports
+// true the device is offered read-only (VIRTIO_BLK_F_RO).
+type Export interface {
+	Size() int64
+	// Do runs one request. The server sets req.Door to ServerOptions.Door
+	// (gateway.DoorVirtio by default). req.Buf may point into the
+	// front-end's shared memory: Do must not keep it after returning.
+	Do(ctx context.Context, req *gateway.Request) error
+}
+
+// ServerOptions configure a Server. The zero value is usable.
+type ServerOptions struct {
+	ReadOnly bool // offer the device read-only whatever the export says
+	// Queues is the number of request queues offered (GET_QUEUE_NUM and
+	// num_queues); default 4, at most 64.
+	Queues int
+	// BlockSize is the logical block size in the config space (blk_size);
+	// default 512; a power of two from 512 to 64 KiB.
+	BlockSize int
+	// Serial is the GET_ID answer, at most 20 bytes; default "sluice".
+	Serial string
+	// Wait tunes how each queue's poller waits for kicks.
+	Wait WaitOptions
+	// InlineBelow: a request runs on the queue's poller goroutine while
+	// requests of its kind average less than this in Export.Do; otherwise
+	// it runs on its own goroutine so a slow export sees the full queue
+	// depth. Default 20 µs; negative: never inline.
+	InlineBelow time.Duration
+	// Door labels requests (default gateway.DoorVirtio).
+	Door   gateway.Door
+	Logger *slog.Logger
+}
+
+// Defaults and limits of the target.
+const (
+	defaultQueues      = 4
+	defaultBlockSize   = 512
+	defaultSerial      = "sluice"
+	defaultInlineBelow = 20 * time.Microsecond
+	// serverSegMax is seg_max in the config: data segments per request.
+	// Chains may be seg_max+2 long (header and status) even when that is
+	// more than the queue size (Linux with indirect descriptors).
+	serverSegMax = 126
+	// maxRequestBytes bounds one IN/OUT request's data (bounce buffers).
+	maxRequestBytes = 32 << 20
+	// Discard/write-zeroes limits in the config space.
+	maxDiscardSectors = 1 << 22 // 2 GiB per segment
+	maxDiscardSegs    = 32
+)
+
+// Server serves one Export as a vhost-user-blk back-end on unix sockets.
+// Create it with NewServer.
+type Server struct {
+	exp       Export
+	opt       ServerOptions
+	readOnly  bool
+	log       *slog.Logger
+	bufs      bufPool
+	mu        sync.Mutex
+	listeners map[*net.UnixListener]struct{}
+	conns     map[*backend]struct{}
+	shutdown  bool
+	wg        sync.WaitGroup
+
+	brokenRings    atomic.Uint64 // rings stopped for a protocol violation or a fault
+	rejectedChains atomic.Uint64 // requests failed for a bad descriptor chain or header
+}
+
+// ServerStats are counters of misbehaving front-ends.
+type ServerStats struct {
+	BrokenRings    uint64 // rings stopped for a ring-protocol violation or a memory fault
+	RejectedChains uint64 // requests failed for a bad descriptor chain or header
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() ServerStats {
+	return ServerStats{BrokenRings: s.brokenRings.Load(), RejectedChains: s.rejectedChains.Load()}
+}
+
+// NewServer returns a server for exp. It does not listen; call Serve.
+func NewServer(exp Export, opts ServerOptions) *Server {
+	if opts.Queues <= 0 {
+		opts.Queues = defaultQueues
+	}
+	opts.Queues = min(opts.Queues, vhostUserMaxQueues)
+	if opts.BlockSize < defaultBlockSize || opts.BlockSize > 64<<10 || opts.BlockSize&(opts.BlockSize-1) != 0 {
+		opts.BlockSize = defaultBlockSize
+	}
+	if opts.Serial == "" {
+		opts.Serial = defaultSerial
+	}
+	if len(opts.Serial) > virtioBlkDeviceIDSize {
+		opts.Serial = opts.Serial[:virtioBlkDeviceIDSize]
+	}
+	if opts.InlineBelow == 0 {
+		opts.InlineBelow = defaultInlineBelow
+	}
+	if opts.Door == gateway.DoorInternal {
+		opts.Door = gateway.DoorVirtio
+	}
+	opts.Wait = opts.Wait.withDefaults()
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	ro := opts.ReadOnly
+	if r, ok := exp.(interface{ ReadOnly() bool }); ok && r.ReadOnly() {
+		ro = true
+	}
+	return &Server{
+		exp: exp, opt: opts, readOnly: ro, log: log,
+		listeners: make(map[*net.UnixListener]struct{}),
+		conns:     make(map[*backend]struct{}),
+	}
+}
+
+// Listen creates a unix socket at path with mode 0600. A stale socket left
+// by a dead process is removed; a live one (something accepts on it) is an
+// error. Put the socket in a directory only the gateway's user can enter:
+// the mode is set right after bind.
+func Listen(path string) (*net.UnixListener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("virtio: %s exists and is not a socket", path)
+		}
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("virtio: %s: %w", path, syscall.EADDRINUSE)
+		}
+		if rerr := os.Remove(path); rerr != nil {
+			return nil, fmt.Errorf("virtio: remove stale socket: %w", rerr)
+		}
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("virtio: listen: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("virtio: chmod socket: %w", err)
+	}
+	l.SetUnlinkOnClose(true)
+	return l, nil
+}
+
+// ListenAndServe is Listen followed by Serve.
+func (s *Server) ListenAndServe(ctx context.Context, path string) error {
+	l, err := Listen(path)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx, l)
+}
+
+// Serve accepts front-ends on l until l is closed, Shutdown is called or ctx
+// is done, and serves each on its own goroutine. When ctx is done it closes
+// l and every connection it accepted (in-flight requests see a cancelled
+// context) and waits for them. It returns nil after Shutdown, ctx.Err()
+// after ctx is done, and the accept error otherwise.
+func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+
+	var mine sync.WaitGroup
+	var minemu sync.Mutex
+	accepted := map[*backend]struct{}{}
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				minemu.Lock()
+				for b := range accepted {
+					b.abort()
+				}
+				minemu.Unlock()
+				mine.Wait()
+				return ctx.Err()
+			}
+			s.mu.Lock()
+			down := s.shutdown
+			s.mu.Unlock()
+			if down || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("virtio: accept: %w", err)
+		}
+		b := s.newBackend(c)
+		if b == nil {
+			c.Close()
+			continue
+		}
+		minemu.Lock()
+		accepted[b] = struct{}{}
+		minemu.Unlock()
+		mine.Add(1)
+		go func() {
+			defer mine.Done()
+			b.serve()
+			minemu.Lock()
+			delete(accepted, b)
+			minemu.Unlock()
+			s.removeBackend(b)
+		}()
+	}
+}
+
+func (s *Server) newBackend(c *net.UnixConn) *backend {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown {
+		return nil
+	}
+	b := newBackend(s, c)
+	s.conns[b] = struct{}{}
+	s.wg.Add(1)
+	return b
+}
+
+func (s *Server) removeBackend(b *backend) {
+	s.mu.Lock()
+	delete(s.conns, b)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Shutdown stops accepting, stops every queue (waiting for the requests
+// being served to complete and be published in the used rings) and closes
+// every connection. If ctx ends first, the requests' contexts are cancelled
+// and ctx.Err() is returned once everything is closed.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutdown = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	for b := range s.conns {
+		b.beginShutdown()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		for b := range s.conns {
+			b.abort()
+		}
+		s.mu.Unlock()
+		<-done
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,406 @@
+package virtio
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// WaitMode says how a queue's poller waits for work: new requests on the
+// target, completions on the initiator.
+type WaitMode uint8
+
+// Wait modes. See the package doc for the algorithm.
+const (
+	// WaitAdaptive spins for a short, self-tuning window, then takes short
+	// nanosleeps on a locked OS thread, then re-enables notifications,
+	// re-checks the ring and blocks on the eventfd. Under sustained load
+	// it switches to timed sleeps sized by the measured rate.
+	WaitAdaptive WaitMode = iota
+	// WaitEventfd re-enables notifications and blocks on the eventfd as
+	// soon as the ring is empty (classic interrupt mode).
+	WaitEventfd
+	// WaitPoll spins with notifications suppressed. After PollIdle without
+	// work it blocks on the eventfd, so an idle connection costs no CPU.
+	WaitPoll
+)
+
+func (m WaitMode) String() string {
+	switch m {
+	case WaitAdaptive:
+		return "adaptive"
+	case WaitEventfd:
+		return "eventfd"
+	case WaitPoll:
+		return "poll"
+	}
+	return fmt.Sprintf("WaitMode(%d)", uint8(m))
+}
+
+// ParseWaitMode parses "adaptive", "eventfd" or "poll".
+func ParseWaitMode(s string) (WaitMode, error) {
+	for _, m := range []WaitMode{WaitAdaptive, WaitEventfd, WaitPoll} {
+		if m.String() == s {
+			return m, nil
+		}
+	}
+	return 0, fmt.Errorf("virtio: unknown wait mode %q (adaptive, eventfd, poll)", s)
+}
+
+// WaitOptions tune a poller. The zero value is the default adaptive mode.
+type WaitOptions struct {
+	Mode WaitMode
+	// SpinMax caps the spinning part of the adaptive window (default 16 µs).
+	SpinMax time.Duration
+	// PollMax caps the whole adaptive window, spinning plus timed sleeps,
+	// before the poller blocks (default 256 µs, QEMU's poll-max-ns is 32 µs
+	// of spinning only).
+	PollMax time.Duration
+	// PollIdle: in WaitPoll mode, block after this long without work
+	// (default 1 s; negative: never block).
+	PollIdle time.Duration
+}
+
+// Tuning constants (notes/virtio.md §10.4).
+const (
+	defaultSpinMax  = 16 * time.Microsecond
+	defaultPollMax  = 256 * time.Microsecond
+	defaultPollIdle = time.Second
+	windowStart     = 4 * time.Microsecond // first non-zero window
+	napShort        = 5 * time.Microsecond // one timed sleep in the window
+	napMin          = 5 * time.Microsecond // batch-mode sleep bounds (OpenEBS)
+	napMax          = 150 * time.Microsecond
+	batchTarget     = 8 // items per wake-up that means "sustained load"
+	timerSlackNs    = 1000
+	housekeeping    = time.Second // re-check the ring while blocked
+)
+
+func (o WaitOptions) withDefaults() WaitOptions {
+	if o.SpinMax <= 0 {
+		o.SpinMax = defaultSpinMax
+	}
+	if o.PollMax <= 0 {
+		o.PollMax = defaultPollMax
+	}
+	if o.PollMax < o.SpinMax {
+		o.PollMax = o.SpinMax
+	}
+	if o.PollIdle == 0 {
+		o.PollIdle = defaultPollIdle
+	}
+	return o
+}
+
+// waitable is a ring as a poller sees it.
+type waitable interface {
+	// ready reports whether there is work (avail entries on the target,
+	// used entries on the initiator).
+	ready() bool
+	// notify enables (true) or suppresses (false) the peer's notifications,
+	// followed by a full barrier.
+	notify(on bool)
+}
+
+// waiter is one queue's poller state. Only stop and the counters are used
+// from other goroutines.
+type waiter struct {
+	opt WaitOptions
+	// ev is a dup of the peer's eventfd (kick on the target, call on the
+	// initiator) in non-blocking mode, read through Go's netpoller so a
+	// blocked poller holds no P. nil: no usable fd, poll only.
+	ev       *os.File
+	evBroken bool // ev is not an eventfd we can read (poller only)
+
+	stopped atomic.Bool
+
+	window    time.Duration // adaptive polling window
+	batch     float64       // EWMA of items per wake-up
+	rate      float64       // EWMA of items per second
+	lastWake  time.Time
+	batchMode bool
+	slackTid  int
+
+	// Counters, for tests and metrics.
+	wakeups   atomic.Uint64 // returns from wait with work
+	blocks    atomic.Uint64 // times we blocked on the eventfd
+	naps      atomic.Uint64 // timed sleeps
+	contended atomic.Uint64 // yields that found other goroutines waiting
+}
+
+// newWaiter returns a waiter that blocks on fd (-1: none). fd stays owned
+// by the caller; the waiter uses a dup. The dup shares the open file
+// description, so fd becomes non-blocking, as vhost-user peers expect.
+func newWaiter(opt WaitOptions, fd int) (*waiter, error) {
+	w := &waiter{opt: opt.withDefaults(), window: windowStart}
+	if fd < 0 {
+		return w, nil
+	}
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("virtio: dup eventfd: %w", err)
+	}
+	if err := unix.SetNonblock(dup, true); err != nil {
+		unix.Close(dup)
+		return nil, fmt.Errorf("virtio: eventfd non-blocking: %w", err)
+	}
+	w.ev = os.NewFile(uintptr(dup), "eventfd")
+	return w, nil
+}
+
+// stop makes wait return false, now or at its next call.
+func (w *waiter) stop() {
+	w.stopped.Store(true)
+	if w.ev != nil {
+		w.ev.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+func (w *waiter) close() {
+	if w.ev != nil {
+		w.ev.Close()
+	}
+}
+
+// signalFd adds 1 to an eventfd (a kick or a call).
+func signalFd(fd int) {
+	if fd < 0 {
+		return
+	}
+	var one [8]byte
+	binary.LittleEndian.PutUint64(one[:], 1)
+	for {
+		if _, err := unix.Write(fd, one[:]); err != unix.EINTR {
+			return
+		}
+	}
+}
+
+// processed tells the waiter how many items the last wake-up found; it
+// drives the batch-mode decision.
+func (w *waiter) processed(n int) {
+	now := time.Now()
+	if !w.lastWake.IsZero() {
+		if dt := now.Sub(w.lastWake).Seconds(); dt > 0 {
+			w.rate = 0.75*w.rate + 0.25*float64(n)/dt
+		}
+	}
+	w.lastWake = now
+	w.batch = 0.75*w.batch + 0.25*float64(n)
+	w.batchMode = w.opt.Mode == WaitAdaptive && w.batch >= batchTarget && w.rate > 0
+}
+
+// wait returns true when t is ready and false when the waiter was stopped.
+// Notifications from the peer are suppressed when it returns true.
+func (w *waiter) wait(t waitable) bool {
+	if w.stopped.Load() {
+		return false
+	}
+	switch {
+	case w.ev == nil || w.evBroken:
+		return w.spin(t, w.opt.PollIdle)
+	case w.opt.Mode == WaitEventfd:
+		return w.block(t)
+	case w.opt.Mode == WaitPoll:
+		return w.spin(t, w.opt.PollIdle)
+	}
+	return w.adaptive(t)
+}
+
+// Spinning and the Go scheduler. A poller that never yields keeps its P
+// from the goroutines it just woke; one that yields continuously keeps the
+// global run queue non-empty, so the scheduler never polls the netpoller
+// and goroutines blocked on sockets or eventfds wait for sysmon (up to 10
+// ms). WaitPoll yields every spinYield checks (about a microsecond): it is
+// for hosts with cores to spare. WaitAdaptive yields every yieldEvery and
+// stops spinning as soon as a yield shows contention.
+const (
+	spinYield      = 16 // ready checks between clock reads (and, in WaitPoll, yields)
+	yieldEvery     = 4 * time.Microsecond
+	contendedYield = 5 * time.Microsecond
+)
+
+// spin polls t until it is ready; after idle (if positive) it blocks.
+func (w *waiter) spin(t waitable, idle time.Duration) bool {
+	start := time.Now()
+	for i := 1; ; i++ {
+		if t.ready() {
+			w.wakeups.Add(1)
+			return true
+		}
+		if i%spinYield == 0 {
+			if w.stopped.Load() {
+				return false
+			}
+			if idle > 0 && time.Since(start) > idle {
+				return w.block(t)
+			}
+			runtime.Gosched()
+		}
+	}
+}
+
+// adaptive: batch nap, spin, timed sleeps, then block (package doc).
+func (w *waiter) adaptive(t waitable) bool {
+	if w.batchMode {
+		// Sustained load: sleep long enough for about batchTarget items
+		// to gather, with notifications still suppressed, unless other
+		// goroutines need this P (then block and let them run).
+		if w.yield() {
+			return w.block(t)
+		}
+		d := time.Duration(float64(batchTarget) / w.rate * float64(time.Second))
+		w.nap(min(max(d, napMin), napMax))
+		if t.ready() {
+			w.wakeups.Add(1)
+			return true
+		}
+		w.batchMode = false
+		w.batch = 0
+	}
+	start := time.Now()
+	lastYield := start
+	spin := min(w.window, w.opt.SpinMax)
+	for i := 1; ; i++ {
+		if t.ready() {
+			w.adjust(time.Since(start))
+			w.wakeups.Add(1)
+			return true
+		}
+		if i%spinYield == 0 {
+			if w.stopped.Load() {
+				return false
+			}
+			now := time.Now()
+			if now.Sub(start) >= spin {
+				break
+			}
+			if now.Sub(lastYield) >= yieldEvery {
+				if w.yield() {
+					return w.block(t)
+				}
+				lastYield = time.Now()
+			}
+		}
+	}
+	for time.Since(start) < w.window {
+		if w.yield() {
+			return w.block(t)
+		}
+		w.nap(napShort)
+		if t.ready() {
+			w.adjust(time.Since(start))
+			w.wakeups.Add(1)
+			return true
+		}
+		if w.stopped.Load() {
+			return false
+		}
+	}
+	ok := w.block(t)
+	w.adjust(time.Since(start))
+	return ok
+}
+
+// yield lets other goroutines have this P and reports whether any needed
+// it (the yield took longer than contendedYield). Spinning or napping then
+// only delays the goroutines that produce our work: the poller blocks
+// instead, and wake-ups are amortised over the batches that build up.
+func (w *waiter) yield() bool {
+	t0 := time.Now()
+	runtime.Gosched()
+	if time.Since(t0) > contendedYield {
+		w.contended.Add(1)
+		return true
+	}
+	return false
+}
+
+// nap sleeps about d with nanosleep(2) on a locked OS thread whose timer
+// slack is 1 µs: time.Sleep rounds sub-millisecond sleeps up to ~1 ms, and
+// the default 50 µs slack stretches a 5 µs nanosleep to ~60 µs. The thread
+// keeps the 1 µs slack afterwards (it only makes its timers more precise).
+// A nap holds the P: callers yield first and skip it under contention.
+func (w *waiter) nap(d time.Duration) {
+	w.naps.Add(1)
+	runtime.LockOSThread()
+	if tid := unix.Gettid(); tid != w.slackTid {
+		unix.Prctl(unix.PR_SET_TIMERSLACK, timerSlackNs, 0, 0, 0)
+		w.slackTid = tid
+	}
+	ts := unix.NsecToTimespec(int64(d))
+	unix.Nanosleep(&ts, nil) // EINTR (Go's preemption signal) just ends it early
+	runtime.UnlockOSThread()
+}
+
+// adjust tunes the window after a wait of d (QEMU's adjust_polling_time):
+// work inside the window keeps it, work soon after grows it, work only after
+// PollMax shrinks it.
+func (w *waiter) adjust(d time.Duration) {
+	switch {
+	case d <= w.window:
+	case d > w.opt.PollMax:
+		w.window /= 2
+	default:
+		w.window = min(max(w.window*2, windowStart), w.opt.PollMax)
+	}
+}
+
+// block arms notifications, re-checks, and waits for the eventfd in the
+// netpoller (the goroutine parks; its P runs other work). Notifications
+// are suppressed again when it returns true.
+func (w *waiter) block(t waitable) bool {
+	t.notify(true)
+	if t.ready() {
+		t.notify(false)
+		w.wakeups.Add(1)
+		return true
+	}
+	if w.ev == nil || w.evBroken {
+		return w.idle(t)
+	}
+	w.blocks.Add(1)
+	var b [8]byte
+	for {
+		// Housekeeping deadline: re-check the ring now and then even if
+		// a notification got lost. Set before the stop check, so a stop
+		// racing with us always leaves a deadline in the past.
+		w.ev.SetReadDeadline(time.Now().Add(housekeeping))
+		if w.stopped.Load() {
+			return false
+		}
+		n, err := w.ev.Read(b[:])
+		if w.stopped.Load() {
+			return false
+		}
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) || err == nil && n != len(b) {
+			// Not an eventfd we can read: poll slowly instead.
+			w.evBroken = true
+			return w.idle(t)
+		}
+		if t.ready() {
+			t.notify(false)
+			w.wakeups.Add(1)
+			return true
+		}
+	}
+}
+
+// idle waits without an eventfd (the peer sent none, or a broken one):
+// millisecond sleeps with notifications still armed.
+func (w *waiter) idle(t waitable) bool {
+	for !t.ready() {
+		if w.stopped.Load() {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.notify(false)
+	w.wakeups.Add(1)
+	return true
+}
