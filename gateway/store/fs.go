@@ -47,6 +47,7 @@ type FS struct {
 
 	mu      sync.Mutex // serialises namespace changes
 	nextIno uint64     // next free inode number, under mu (0: not read yet)
+	dying   []uint64   // inodes deleted by the running transaction, under mu
 
 	objMu   sync.Mutex
 	inUse   map[uint64]*inUse // inodes with open handles or internal pins
@@ -131,7 +132,24 @@ func (f *FS) update(fn func(txn *badger.Txn) error) error {
 	if err := f.check(); err != nil {
 		return err
 	}
+	defer f.releaseDying()
 	return f.v.s.db.Update(fn)
+}
+
+// releaseDying drops the pins dropLink took on inodes it deleted in the
+// transaction that just ended. Until then an Open of such an inode fails
+// with ENOENT instead of succeeding on records about to vanish. The
+// caller holds f.mu.
+func (f *FS) releaseDying() {
+	if len(f.dying) == 0 {
+		return
+	}
+	f.objMu.Lock()
+	for _, ino := range f.dying {
+		delete(f.inUse, ino)
+	}
+	f.objMu.Unlock()
+	f.dying = f.dying[:0]
 }
 
 // allocIno returns a fresh inode number and records the counter in txn.
@@ -557,16 +575,27 @@ func (f *FS) dropLink(txn *badger.Txn, a Attr, t int64) (uint64, error) {
 	if a.Nlink > 0 {
 		return 0, f.putAttr(txn, a)
 	}
-	f.objMu.Lock()
-	busy := f.inUse[a.Ino] != nil
-	f.objMu.Unlock()
-	if !busy && !hasPrefix(txn, chunkPrefix(f.v.id, a.Ino)) {
+	if !hasPrefix(txn, chunkPrefix(f.v.id, a.Ino)) && f.claimDying(a.Ino) {
 		return 0, deleteInode(txn, f.v.id, a.Ino)
 	}
 	if err := f.putAttr(txn, a); err != nil {
 		return 0, err
 	}
 	return a.Ino, txn.Set(orphanKey(f.v.id, a.Ino), nil)
+}
+
+// claimDying pins ino as purging if nobody has it open, so that no Open
+// can slip in between this check and the commit that deletes the inode;
+// update releases the pin after the commit. The caller holds f.mu.
+func (f *FS) claimDying(ino uint64) bool {
+	f.objMu.Lock()
+	defer f.objMu.Unlock()
+	if f.inUse[ino] != nil {
+		return false
+	}
+	f.inUse[ino] = &inUse{refs: 1, purging: true}
+	f.dying = append(f.dying, ino)
+	return true
 }
 
 // hasPrefix reports whether any key starts with prefix.
