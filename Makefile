@@ -45,14 +45,19 @@ integration: build
 
 test: deps vet unit integration
 
-# Fuzz each parser of untrusted bytes for FUZZTIME.
+# Fuzz each parser of untrusted bytes (NBD, filter records, chunk entries,
+# the policy DSL) for FUZZTIME.
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzOptions -fuzztime=$(FUZZTIME) ./nbd/
 	$(GO) test -run='^$$' -fuzz=FuzzRequests -fuzztime=$(FUZZTIME) ./nbd/
+	$(GO) test -run='^$$' -fuzz=FuzzRecord -fuzztime=$(FUZZTIME) ./gateway/filter/
+	$(GO) test -run='^$$' -fuzz=FuzzChunkEntry -fuzztime=$(FUZZTIME) ./gateway/store/
+	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./policy/
 
 bench: build deps
 	bash bench/nbd.sh
 	bash bench/qos.sh
+	bash bench/filters.sh
 
 clean:
 	rm -rf bin integration.log

@@ -11,11 +11,22 @@
 //  3. store: map to chunks, run the filter chain per chunk, device IO;
 //  4. account: counters per volume, door and operation.
 //
-// Step 1 is a per-volume route cached in an atomic pointer and recomputed
-// whenever QoS rules change (rules.go); a volume no rule matches has a nil
-// route, and its requests skip steps 2 entirely. Step 2 is the IOFlow queue
-// of the winning rule in the gateway's one mClock scheduler (package qos).
-// Filters (Crystal) are a separate issue; the store has no filter step yet.
+// Step 1 has two halves, each a per-volume decision cached in an atomic
+// pointer and recomputed whenever its rules change. The QoS half (rules.go)
+// picks the queue: a volume no QoS rule matches has a nil route and its
+// requests skip step 2 entirely. The filter half (filters.go) picks the
+// filter chain from the policies in force (policy.go; package policy
+// compiles them, policy.Resolve picks the most specific): a volume no policy
+// matches has a nil pointer and its requests go to the store's plain path.
+// Policies with WHEN are switched on and off by automation controllers that
+// watch one-second workload metrics (automation.go). Step 2 is the IOFlow
+// queue of the winning rule in the gateway's one mClock scheduler (package
+// qos). In step 3 the store runs the request's chain on each chunk a write
+// touches (copy-on-write of transformed chunks), undoes each chunk's
+// recorded chain on read, and serves reads through the volume's read cache
+// when the chain has the cache filter (package store, cow.go and
+// transformed.go). Encryption keys come from the keyring given at start
+// (Config.Keyring) and never leave the filter package.
 //
 // Nothing in gateway imports a door.
 package gateway
@@ -28,8 +39,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/sluice-storage/sluice/gateway/device"
+	"github.com/sluice-storage/sluice/gateway/filter"
 	"github.com/sluice-storage/sluice/gateway/qos"
 	"github.com/sluice-storage/sluice/gateway/store"
 )
@@ -58,7 +71,14 @@ type Config struct {
 	// QoSCostUnit is the IO size that costs one unit (default 8 KiB): IOPS
 	// limits, reservations and weights count max(1, ceil(bytes/unit)).
 	QoSCostUnit int64
-	Logger      *slog.Logger
+	// AutomationInterval is how often automation controllers evaluate
+	// their WHEN conditions (default 1s; negative: never, for tests that
+	// step them by hand).
+	AutomationInterval time.Duration
+	// Keyring holds the tenants' encryption keys (nil: no tenant has one,
+	// and no policy can set encryption).
+	Keyring *filter.Keyring
+	Logger  *slog.Logger
 }
 
 // DefaultPoolSize is the sparse pool file created by default.
@@ -74,6 +94,12 @@ type Gateway struct {
 	vols map[uint64]*Volume // by store id, so counters outlive lookups
 
 	rules rules
+
+	env      *filter.Env // filter codecs and the keyring
+	policies policies
+	auto     automation // the automation controllers' state between ticks
+	stop     chan struct{}
+	done     chan struct{}
 }
 
 // Open opens or creates the gateway's store.
@@ -97,29 +123,51 @@ func Open(ctx context.Context, cfg Config) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	st, err := store.Open(ctx, filepath.Join(cfg.DataDir, "meta"), dev, store.Options{Logger: cfg.Logger})
+	if cfg.Keyring != nil {
+		cfg.Logger.Info("keyring loaded", "keyring", cfg.Keyring) // tenants only, never keys
+	}
+	env := filter.NewEnv(cfg.Keyring)
+	st, err := store.Open(ctx, filepath.Join(cfg.DataDir, "meta"), dev, store.Options{Logger: cfg.Logger, Filters: env})
 	if err != nil {
 		dev.Close()
+		env.Close()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	if cfg.QoSSlots == 0 {
 		cfg.QoSSlots = 16
 	}
-	g := &Gateway{log: cfg.Logger, dev: dev, store: st, vols: make(map[uint64]*Volume)}
+	g := &Gateway{log: cfg.Logger, dev: dev, store: st, vols: make(map[uint64]*Volume), env: env}
 	g.rules = rules{sched: qos.NewScheduler(qos.Options{MaxInFlight: cfg.QoSSlots, CapacityIOPS: cfg.QoSCapacityIOPS, CostUnit: cfg.QoSCostUnit}), byID: make(map[uint64]*ruleQueue)}
 	if err := g.loadRules(); err != nil {
 		g.Close()
 		return nil, fmt.Errorf("gateway: load QoS rules: %w", err)
+	}
+	if err := g.loadPolicies(); err != nil {
+		g.Close()
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if cfg.AutomationInterval == 0 {
+		cfg.AutomationInterval = time.Second
+	}
+	if cfg.AutomationInterval > 0 {
+		g.stop, g.done = make(chan struct{}), make(chan struct{})
+		go g.automate(cfg.AutomationInterval, g.stop, g.done)
 	}
 	return g, nil
 }
 
 // Close flushes everything and closes the store and device.
 func (g *Gateway) Close() error {
+	if g.stop != nil {
+		close(g.stop)
+		<-g.done
+		g.stop = nil
+	}
 	err := g.store.Close()
 	if cerr := g.dev.Close(); err == nil {
 		err = cerr
 	}
+	g.env.Close()
 	return err
 }
 
@@ -169,10 +217,14 @@ func (g *Gateway) wrap(sv *store.Volume) *Volume {
 	v = newVolume(g, sv)
 	g.vols[info.ID] = v
 	g.mu.Unlock()
-	// Classify outside g.mu (reroute takes rules.mu, then g.mu).
+	// Classify outside g.mu (reroute and refilter take rules.mu or
+	// policies.mu, then g.mu).
 	g.rules.mu.Lock()
 	v.route.Store(g.routeFor(info.Tenant, info.Name))
 	g.rules.mu.Unlock()
+	g.policies.mu.Lock()
+	v.filt.Store(g.classifyFilters(v))
+	g.policies.mu.Unlock()
 	return v
 }
 

@@ -30,12 +30,18 @@ var (
 	descQThrottled = prometheus.NewDesc("sluice_queue_throttled_seconds_total", "Time requests spent waiting in a QoS rule's queue.", ruleLabels, nil)
 	descQDepth     = prometheus.NewDesc("sluice_queue_depth", "Requests waiting in a QoS rule's queue now.", ruleLabels, nil)
 	descQInFlight  = prometheus.NewDesc("sluice_queue_inflight", "Requests admitted by a QoS rule's queue and not yet complete.", ruleLabels, nil)
+
+	descPolicyActive = prometheus.NewDesc("sluice_policy_active", "1 while a policy is in force (static policies always; WHEN policies while their automation has them set).", []string{"policy", "target", "kind"}, nil)
+	cacheLabels      = []string{"tenant", "volume"}
+	descCacheHits    = prometheus.NewDesc("sluice_cache_hits_total", "Chunk reads served by the volume's read cache.", cacheLabels, nil)
+	descCacheMisses  = prometheus.NewDesc("sluice_cache_misses_total", "Chunk reads through the read cache that missed.", cacheLabels, nil)
+	descCacheBytes   = prometheus.NewDesc("sluice_cache_bytes", "Bytes the volume's read cache holds (absent while the cache is off).", cacheLabels, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descOps, descBytes, descErrors, descLatency, descSize, descAlloc, descPool, descUsed,
-		descQOps, descQBytes, descQThrottled, descQDepth, descQInFlight} {
+		descQOps, descQBytes, descQThrottled, descQDepth, descQInFlight, descPolicyActive, descCacheHits, descCacheMisses, descCacheBytes} {
 		ch <- d
 	}
 }
@@ -57,9 +63,22 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descQDepth, prometheus.GaugeValue, float64(r.Stats.Depth), lv...)
 		ch <- prometheus.MustNewConstMetric(descQInFlight, prometheus.GaugeValue, float64(r.Stats.InFlight), lv...)
 	}
+	for _, p := range c.g.Policies() {
+		active := 0.0
+		if p.Active {
+			active = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descPolicyActive, prometheus.GaugeValue, active, strconv.FormatUint(p.ID, 10), p.Target, p.Kind)
+	}
 	for _, v := range c.g.Volumes() {
 		info := v.Info()
 		ref := info.Ref()
+		if cache := v.sv.Cache(); cache != nil {
+			st := cache.Stats()
+			ch <- prometheus.MustNewConstMetric(descCacheHits, prometheus.CounterValue, float64(st.Hits), info.Tenant, ref)
+			ch <- prometheus.MustNewConstMetric(descCacheMisses, prometheus.CounterValue, float64(st.Misses), info.Tenant, ref)
+			ch <- prometheus.MustNewConstMetric(descCacheBytes, prometheus.GaugeValue, float64(st.Bytes), info.Tenant, ref)
+		}
 		ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(info.Size), info.Tenant, ref)
 		ch <- prometheus.MustNewConstMetric(descAlloc, prometheus.GaugeValue, float64(v.AllocatedBytes()), info.Tenant, ref)
 		for d := Door(0); d < numDoors; d++ {

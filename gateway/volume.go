@@ -47,7 +47,10 @@ type Volume struct {
 	sv *store.Volume
 	// route is the classify step's cached result: nil means no rule
 	// matches this volume and its requests take the fast path.
-	route    atomic.Pointer[route]
+	route atomic.Pointer[route]
+	// filt is the filter half of classify (filters.go): nil means no
+	// policy in force matches this volume and its IO is plain.
+	filt     atomic.Pointer[volFilters]
 	counters counters
 }
 
@@ -94,16 +97,21 @@ func (v *Volume) Do(ctx context.Context, req *Request) error {
 			defer done()
 		}
 	}
+	// 1b. classify: the filter chain, only when a policy matches.
+	var f store.Filters
+	if vf := v.filt.Load(); vf != nil {
+		f = v.filtersFor(ctx, vf, req)
+	}
 	// 3. store.
 	var err error
 	var n int64
 	switch req.Op {
 	case OpRead:
 		n = int64(len(req.Buf))
-		err = v.sv.ReadAt(ctx, req.Inode, req.Buf, req.Offset)
+		err = v.sv.ReadAtWith(ctx, req.Inode, req.Buf, req.Offset, f)
 	case OpWrite:
 		n = int64(len(req.Buf))
-		err = v.sv.WriteAt(ctx, req.Inode, req.Buf, req.Offset, req.FUA)
+		err = v.sv.WriteAtWith(ctx, req.Inode, req.Buf, req.Offset, req.FUA, f)
 	case OpFlush:
 		err = v.sv.Flush(ctx)
 	case OpDiscard:
@@ -111,7 +119,7 @@ func (v *Volume) Do(ctx context.Context, req *Request) error {
 		err = v.sv.Discard(ctx, req.Inode, req.Offset, req.Length)
 	case OpWriteZeroes:
 		n = req.Length
-		err = v.sv.WriteZeroes(ctx, req.Inode, req.Offset, req.Length, req.NoHole)
+		err = v.sv.WriteZeroesWith(ctx, req.Inode, req.Offset, req.Length, req.NoHole, f)
 		if err == nil && req.FUA {
 			err = v.sv.Flush(ctx)
 		}
@@ -128,6 +136,13 @@ func (v *Volume) Fsck(ctx context.Context) (FsckReport, error) {
 	info := v.sv.Info()
 	return v.g.store.Fsck(ctx, info.Tenant, info.Name)
 }
+
+// ScrubReport is the result of Scrub.
+type ScrubReport = store.ScrubReport
+
+// Scrub reads and verifies every transformed chunk of the volume (crc32c,
+// AES-GCM tags, compressed frames) and lists the ones that fail.
+func (v *Volume) Scrub(ctx context.Context) (ScrubReport, error) { return v.sv.Scrub(ctx) }
 
 // Extents describes [off, off+length) of a block volume as data and holes.
 func (v *Volume) Extents(ctx context.Context, off, length int64) ([]Extent, error) {

@@ -44,6 +44,7 @@ wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
 			&cli.IntFlag{Name: "qos-slots", Value: 16, Usage: "requests routed by QoS rules that may run at once; reservations and weights act when more wait"},
 			&cli.Float64Flag{Name: "qos-capacity-iops", Usage: "device capacity for QoS-routed IO in 8 KiB IO/s (0 = unknown); set it so reservations and weights divide it when the pool is never busy"},
 			&cli.StringFlag{Name: "qos-cost-unit", Value: "8K", Usage: "IO size that counts as one IO for QoS IOPS (larger IOs count proportionally)"},
+			&cli.StringFlag{Name: "keyring", Usage: "`FILE` of tenants' encryption keys, one line \"TENANT BASE64-OF-32-BYTES\" each, mode 0600 or 0400"},
 			&cli.StringFlag{Name: "log-level", Value: "info"},
 		},
 		Action: runGateway,
@@ -86,8 +87,12 @@ func runGateway(c *cli.Context) error {
 	if err := checkNotRunning(apiSocket); err != nil {
 		return startup(err)
 	}
+	keyring, err := loadKeyring(c.String("keyring"))
+	if err != nil {
+		return startup(err)
+	}
 	g, err := gateway.Open(ctx, gateway.Config{DataDir: dataDir, Device: c.String("device"), PoolSize: poolSize, QoSSlots: c.Int("qos-slots"),
-		QoSCapacityIOPS: c.Float64("qos-capacity-iops"), QoSCostUnit: costUnit, Logger: log})
+		QoSCapacityIOPS: c.Float64("qos-capacity-iops"), QoSCostUnit: costUnit, Keyring: keyring, Logger: log})
 	if err != nil {
 		return startup(err)
 	}

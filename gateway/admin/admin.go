@@ -21,6 +21,7 @@
 //	DELETE /v1/attachments?device=DEV      204
 //	GET    /v1/stats                       Stats
 //	GET    /metrics                        Prometheus text format
+//	       /v1/policies, /v1/filters, /v1/registry, .../filters, .../scrub: see policy.go
 //
 // Errors are {"error": "one line"} with a status from httpStatus: 400 bad
 // input, 404 unknown volume, 409 duplicate, 501 not supported, 507 pool full,
@@ -123,6 +124,7 @@ func NewHandler(g *gateway.Gateway, reg *prometheus.Registry, log *slog.Logger, 
 	mux.HandleFunc("GET /v1/stats", h.stats)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	h.routeDoors(mux)
+	h.routePolicies(mux)
 	return mux
 }
 

@@ -9,11 +9,17 @@ import (
 // allocator hands out device extents. It is derived state: at start-up it is
 // rebuilt from the chunk maps, and nothing on disk records it.
 //
-// Space is a bitmap of allocation units (unitSize bytes). Requests are rounded
-// up to a power of two units and placed at an offset aligned to that size
-// (a buddy-like placement without the buddy merging), which keeps the search
-// to a few word operations: a 64 KiB chunk is 16 units, four slots in one
-// 64-bit word; a 1 MiB chunk is four whole words.
+// Space is a bitmap of allocation units (unitSize bytes). An extent takes
+// exactly the units its length needs (rounded up to a whole unit). Extents
+// of a power of two units — every plain chunk — are placed at an offset
+// aligned to their size (a buddy-like placement without the buddy merging),
+// which keeps the search to a few word operations: a 64 KiB chunk is 16
+// units, four slots in one 64-bit word; a 1 MiB chunk is four whole words.
+// Other extents — the stored bytes of transformed chunks, whose length is
+// whatever compression or encryption made of them — take the first run of
+// free units that fits: inside one word when shorter than 64 units,
+// otherwise from a word boundary on. So a 64 KiB chunk that compresses to
+// 9 KiB holds 3 units, and one encrypted to 64 KiB + 16 bytes holds 17.
 //
 // Freed extents are not reusable at once. DESIGN.md: an extent freed by
 // copy-on-write, discard or delete is reused only after the commit that
@@ -29,7 +35,14 @@ type allocator struct {
 	deferred []extent // freed, waiting for a durable commit
 }
 
-type extent struct{ off, length int64 }
+// extent is a run of device bytes. zero: the extent still holds the bytes
+// of a chunk that copy-on-write replaced; it is zeroed when its free becomes
+// durable, before anyone can reuse it (other frees are zeroed before their
+// commit).
+type extent struct {
+	off, length int64
+	zero        bool
+}
 
 const unitSize = 4096
 
@@ -43,37 +56,48 @@ func newAllocator(base, size int64) *allocator {
 	return a
 }
 
-// unitsFor rounds length up to a power of two count of units.
+// unitsFor is the number of units an extent of length bytes holds.
 func unitsFor(length int64) int64 {
 	n := (length + unitSize - 1) / unitSize
-	if n <= 1 {
-		return 1
-	}
-	return 1 << bits.Len64(uint64(n-1))
+	return max(n, 1)
 }
 
-// alloc returns the device offset of a free extent of at least length bytes.
+// alloc returns the device offset of a free extent of length bytes.
 func (a *allocator) alloc(length int64) (int64, error) {
 	n := unitsFor(length)
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	var u int64
+	var ok bool
+	switch {
+	case n&(n-1) == 0:
+		u, ok = a.findAligned(n)
+	case n < 64:
+		u, ok = a.findInWord(n)
+	default:
+		u, ok = a.findWords(n)
+	}
+	if !ok {
+		return 0, fmt.Errorf("allocate %d bytes: %w (pool of %d bytes is full)", length, ErrNoSpace, a.units*unitSize)
+	}
+	a.set(u, n)
+	a.used += n
+	return a.base + u*unitSize, nil
+}
+
+// findAligned finds n (a power of two) free units at an offset aligned to n,
+// next-fit from the cursor.
+func (a *allocator) findAligned(n int64) (int64, bool) {
 	nw := len(a.words)
 	for i := 0; i < nw; i++ {
 		w := (a.cursor + i) % nw
 		if n >= 64 {
 			span := int(n / 64)
-			if w%span != 0 || w+span > nw {
+			if w%span != 0 || w+span > nw || !a.wordsFree(w, span) {
 				continue
 			}
-			if a.wordsFree(w, span) {
-				for j := w; j < w+span; j++ {
-					a.words[j] = ^uint64(0)
-				}
-				a.cursor = (w + span) % nw
-				a.used += n
-				return a.base + int64(w)*64*unitSize, nil
-			}
-			continue
+			a.cursor = (w + span) % nw
+			return int64(w) * 64, true
 		}
 		word := a.words[w]
 		if word == ^uint64(0) {
@@ -82,14 +106,65 @@ func (a *allocator) alloc(length int64) (int64, error) {
 		mask := uint64(1)<<n - 1
 		for s := 0; s < 64; s += int(n) {
 			if word&(mask<<s) == 0 {
-				a.words[w] |= mask << s
 				a.cursor = w
-				a.used += n
-				return a.base + (int64(w)*64+int64(s))*unitSize, nil
+				return int64(w)*64 + int64(s), true
 			}
 		}
 	}
-	return 0, fmt.Errorf("allocate %d bytes: %w (pool of %d bytes is full)", length, ErrNoSpace, a.units*unitSize)
+	return 0, false
+}
+
+// findInWord finds n < 64 consecutive free units inside one word.
+func (a *allocator) findInWord(n int64) (int64, bool) {
+	nw := len(a.words)
+	for i := 0; i < nw; i++ {
+		w := (a.cursor + i) % nw
+		free := ^a.words[w]
+		// Bit s of run is set when units s..s+n-1 of the word are all free.
+		run := free
+		for k := int64(1); k < n && run != 0; k++ {
+			run &= free >> k
+		}
+		// Drop starts whose run would leave the word.
+		run &= uint64(1)<<(64-n) - 1
+		if run != 0 {
+			a.cursor = w
+			return int64(w)*64 + int64(bits.TrailingZeros64(run)), true
+		}
+	}
+	return 0, false
+}
+
+// findWords finds n >= 64 free units starting at a word boundary: n/64
+// free words, then the rest in the low bits of the next word.
+func (a *allocator) findWords(n int64) (int64, bool) {
+	nw := len(a.words)
+	full, rest := int(n/64), uint(n%64)
+	for i := 0; i < nw; i++ {
+		w := (a.cursor + i) % nw
+		if w+full > nw || (rest > 0 && w+full >= nw) || !a.wordsFree(w, full) {
+			continue
+		}
+		if rest > 0 && a.words[w+full]&(uint64(1)<<rest-1) != 0 {
+			continue
+		}
+		a.cursor = (w + full) % nw
+		return int64(w) * 64, true
+	}
+	return 0, false
+}
+
+// set marks units [u, u+n) in use. Callers hold mu.
+func (a *allocator) set(u, n int64) {
+	for ; n > 0 && u%64 != 0; u, n = u+1, n-1 {
+		a.words[u/64] |= 1 << (u % 64)
+	}
+	for ; n >= 64; u, n = u+64, n-64 {
+		a.words[u/64] = ^uint64(0)
+	}
+	for ; n > 0; u, n = u+1, n-1 {
+		a.words[u/64] |= 1 << (u % 64)
+	}
 }
 
 func (a *allocator) wordsFree(w, span int) bool {

@@ -65,46 +65,84 @@ func parseChunkKey(k []byte) (id, inode, index uint64, ok bool) {
 }
 
 // chunkEntry is one chunk map value: where the chunk's bytes are on the
-// device and how they were stored. Version 1 layout, 24 bytes:
+// device and how they were stored. Version 1 layout, 24 bytes, then the
+// filter record when flagRecord is set:
 //
 //	0      version (1)
-//	1      flags (0: plain chunk, stored as-is)
+//	1      flags: 0 = plain chunk, stored as written; flagRecord = the
+//	       chunk was transformed and its filter record follows byte 24
 //	2..3   reserved, zero
 //	4..7   stored length (bytes on the device)
 //	8..15  device offset
-//	16..19 checksum of the stored bytes (0 when no checksum filter ran)
+//	16..19 crc32c of the stored bytes when the record ends in a checksum
+//	       step (0 otherwise; a mirror of the record's own crc)
 //	20..23 reserved, zero
+//	24..   filter record (gateway/filter record.go), flagRecord only
 //
-// Filter records (issue: filters) extend this after byte 24.
+// Readers refuse flags they do not know, a plain entry longer than 24 bytes
+// and a flagged one without a record, rather than return bytes they cannot
+// undo.
 type chunkEntry struct {
 	flags     uint8
 	storedLen uint32
 	devOff    int64
 	checksum  uint32
+	record    []byte // the filter record (flagRecord); nil for a plain chunk
 }
 
 const chunkEntryLen = 24
 
+// Chunk entry flags.
+const (
+	flagRecord = 1 << 0 // a filter record follows byte 24
+	knownFlags = flagRecord
+)
+
+// transformed reports whether the chunk's stored bytes must be undone by
+// its filter record.
+func (e chunkEntry) transformed() bool { return e.flags&flagRecord != 0 }
+
+// extentLen is the length of the chunk's extent: its stored length in whole
+// allocation units (what freeing it must zero and release).
+func (e chunkEntry) extentLen() int64 { return unitsFor(int64(e.storedLen)) * unitSize }
+
 func (e chunkEntry) encode() []byte {
-	b := make([]byte, chunkEntryLen)
+	b := make([]byte, chunkEntryLen, chunkEntryLen+len(e.record))
 	b[0] = 1
 	b[1] = e.flags
 	binary.BigEndian.PutUint32(b[4:], e.storedLen)
 	binary.BigEndian.PutUint64(b[8:], uint64(e.devOff))
 	binary.BigEndian.PutUint32(b[16:], e.checksum)
+	if e.flags&flagRecord != 0 {
+		b = append(b, e.record...)
+	}
 	return b
 }
 
+// decodeChunkEntry decodes a chunk entry. The record is a copy: b may be a
+// badger value that is valid only inside its callback.
 func decodeChunkEntry(b []byte) (chunkEntry, error) {
 	if len(b) < chunkEntryLen || b[0] != 1 {
 		return chunkEntry{}, fmt.Errorf("chunk entry: bad version or length %d: %w", len(b), ErrIO)
 	}
-	return chunkEntry{
+	e := chunkEntry{
 		flags:     b[1],
 		storedLen: binary.BigEndian.Uint32(b[4:]),
 		devOff:    int64(binary.BigEndian.Uint64(b[8:])),
 		checksum:  binary.BigEndian.Uint32(b[16:]),
-	}, nil
+	}
+	switch {
+	case e.flags&^knownFlags != 0:
+		return chunkEntry{}, fmt.Errorf("chunk entry: unknown flags %#x (written by a newer sluice?): %w", e.flags, ErrIO)
+	case e.flags&flagRecord != 0 && len(b) == chunkEntryLen:
+		return chunkEntry{}, fmt.Errorf("chunk entry: flagged as transformed but has no filter record: %w", ErrIO)
+	case e.flags&flagRecord == 0 && len(b) != chunkEntryLen:
+		return chunkEntry{}, fmt.Errorf("chunk entry: plain entry of %d bytes: %w", len(b), ErrIO)
+	}
+	if e.flags&flagRecord != 0 {
+		e.record = append([]byte(nil), b[chunkEntryLen:]...)
+	}
+	return e, nil
 }
 
 // header is the store's identity, in badger under 'h' and mirrored in the

@@ -163,7 +163,7 @@ func (f *FS) loadObject(ino uint64) (*object, error) {
 				return err
 			}
 			if v.s.alloc.contains(e.devOff, int64(e.storedLen)) {
-				chunks = append(chunks, struct{ idx, dev int64 }{int64(idx), e.devOff})
+				chunks = append(chunks, struct{ idx, dev int64 }{int64(idx), tableEntry(e)})
 			}
 		}
 		return nil
@@ -311,6 +311,7 @@ func (f *FS) purge(ino uint64) error {
 	for {
 		var keys [][]byte
 		var freed []extent
+		var saved int64
 		err := db.View(func(txn *badger.Txn) error {
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.id, ino), PrefetchValues: true})
 			defer it.Close()
@@ -321,8 +322,9 @@ func (f *FS) purge(ino uint64) error {
 				}
 				keys = append(keys, it.Item().KeyCopy(nil))
 				if v.s.alloc.contains(e.devOff, int64(e.storedLen)) {
-					freed = append(freed, extent{e.devOff, int64(e.storedLen)})
+					freed = append(freed, extent{off: e.devOff, length: e.extentLen()})
 				}
+				saved += v.savedBy(e)
 			}
 			return nil
 		})
@@ -349,6 +351,7 @@ func (f *FS) purge(ino uint64) error {
 			return err
 		}
 		v.allocated.Add(-int64(len(keys)))
+		v.saved.Add(-saved)
 		v.s.alloc.deferFree(freed)
 	}
 	return db.Update(func(txn *badger.Txn) error { return deleteInode(txn, v.id, ino) })

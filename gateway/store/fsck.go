@@ -7,6 +7,8 @@ import (
 	"sort"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/filter"
 )
 
 // FsckReport is the result of checking one volume's metadata.
@@ -98,6 +100,10 @@ func (s *Store) fsckChunks(txn *badger.Txn, v *Volume, r *FsckReport) error {
 			r.problem("block volume has a chunk of inode %d", ino)
 		case v.fs == nil && int64(idx) >= numChunks(v.Size(), v.chunkSize):
 			r.problem("chunk %d past the end of the volume", idx)
+		case e.transformed():
+			if _, err := filter.ParseRecord(e.record); err != nil {
+				r.problem("inode %d chunk %d: filter record: %v", ino, idx, err)
+			}
 		}
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i].off < all[j].off })

@@ -6,6 +6,8 @@ import (
 	"math/bits"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/filter"
 )
 
 // Extent is one run of a volume's address space (see Volume.Extents).
@@ -53,9 +55,26 @@ func (o *object) checkRange(off, length int64, pastEnd error) error {
 	return nil
 }
 
+// Filters is what the gateway's classify step decided for one request.
+// The zero value is the plain path: no transforms, no cache.
+type Filters struct {
+	// Chain transforms the chunks a write touches (copy-on-write, see
+	// cow.go). Nil or plain: chunks are stored as written, in place.
+	Chain *filter.Chain
+	// Cache: consult and fill the volume's read cache (if it has one).
+	Cache bool
+}
+
 // ReadAt fills p from inode at off. Unallocated chunks (and, for files,
 // bytes past the end) read as zeros.
 func (v *Volume) ReadAt(ctx context.Context, inode uint64, p []byte, off int64) error {
+	return v.ReadAtWith(ctx, inode, p, off, Filters{})
+}
+
+// ReadAtWith is ReadAt with the request's filters: transformed chunks are
+// always undone from their records; f.Cache makes the read go through the
+// volume's read cache.
+func (v *Volume) ReadAtWith(ctx context.Context, inode uint64, p []byte, off int64, f Filters) error {
 	o, err := v.object(inode)
 	if err != nil {
 		return err
@@ -63,10 +82,19 @@ func (v *Volume) ReadAt(ctx context.Context, inode uint64, p []byte, off int64) 
 	if err := o.checkRange(off, int64(len(p)), ErrOutOfRange); err != nil {
 		return err
 	}
+	var c *filter.Cache
+	if f.Cache {
+		c = v.cache.Load()
+	}
 	for len(p) > 0 {
 		w := o.window(off, int64(len(p)))
 		o.rlock(w.mask)
-		n, err := o.readWindow(w, p, off)
+		var n int
+		if c != nil {
+			n, err = o.readCached(c, w, p, off)
+		} else {
+			n, err = o.readWindow(w, p, off)
+		}
 		o.runlock(w.mask)
 		if err != nil {
 			return err
@@ -88,6 +116,15 @@ func (o *object) readWindow(w window, p []byte, off int64) (int, error) {
 	for idx := w.first; idx < w.first+w.n && done < len(p); {
 		in := (off + int64(done)) & (v.chunkSize - 1)
 		dev := t.get(idx)
+		if dev&markTransformed != 0 {
+			n, err := o.readTransformed(idx, in, p[done:])
+			if err != nil {
+				return done, err
+			}
+			done += n
+			idx++
+			continue
+		}
 		runLen, next := o.run(t, w, idx, dev, in, int64(len(p)-done))
 		buf := p[done : done+int(runLen)]
 		if dev == 0 {
@@ -103,9 +140,10 @@ func (o *object) readWindow(w window, p []byte, off int64) (int, error) {
 }
 
 // run measures how far one device IO can go from byte in of chunk idx
-// (at device offset dev, 0 for a hole), for at most left bytes: it extends
-// over the following chunks of w while each continues the extent on the
-// device (or, for a hole, is also a hole). It returns the run's length in
+// (at device offset dev, 0 for a hole; never a transformed chunk), for at
+// most left bytes: it extends over the following chunks of w while each
+// continues the extent on the device (or, for a hole, is also a hole); a
+// transformed chunk (odd entry) never continues a run. It returns the run's length in
 // bytes and the index of the first chunk after it.
 func (o *object) run(t *chunkTable, w window, idx, dev, in, left int64) (length, next int64) {
 	cs := o.v.chunkSize
@@ -125,6 +163,15 @@ func (o *object) run(t *chunkTable, w window, idx, dev, in, left int64) (length,
 // WriteAt writes p to inode at off. With fua, the data is durable when
 // WriteAt returns. A write past a file's end extends it.
 func (v *Volume) WriteAt(ctx context.Context, inode uint64, p []byte, off int64, fua bool) error {
+	return v.WriteAtWith(ctx, inode, p, off, fua, Filters{})
+}
+
+// WriteAtWith is WriteAt with the request's filters. Under a plain chain,
+// plain chunks are written in place (holes allocated) exactly as WriteAt
+// always did, and a transformed chunk is rewritten as a plain one by
+// copy-on-write; under a transforming chain every chunk touched is
+// rewritten by copy-on-write (cow.go).
+func (v *Volume) WriteAtWith(ctx context.Context, inode uint64, p []byte, off int64, fua bool, f Filters) error {
 	o, err := v.object(inode)
 	if err != nil {
 		return err
@@ -138,11 +185,23 @@ func (v *Volume) WriteAt(ctx context.Context, inode uint64, p []byte, off int64,
 	if o.ino != 0 {
 		o.ensureChunks(numChunks(off+int64(len(p)), v.chunkSize))
 	}
+	if !f.Chain.Plain() {
+		if err := o.writeChain(p, off, f.Chain); err != nil {
+			return err
+		}
+		if o.ino != 0 {
+			o.touch()
+		}
+		if fua {
+			return v.s.Flush(ctx)
+		}
+		return nil
+	}
 	allocated := false
 	for len(p) > 0 {
 		w := o.window(off, int64(len(p)))
 		o.rlock(w.mask)
-		n, holeAt, err := o.writeWindow(w, p, off, fua)
+		n, stop, err := o.writeWindow(w, p, off, fua)
 		if n > 0 && o.ino != 0 {
 			o.growSize(off + int64(n))
 		}
@@ -151,10 +210,20 @@ func (v *Volume) WriteAt(ctx context.Context, inode uint64, p []byte, off int64,
 			return err
 		}
 		p, off = p[n:], off+int64(n)
-		if holeAt {
+		switch stop {
+		case stopHole:
 			// The next chunk is unallocated: allocate it and the holes
 			// after it under their stripes' write locks.
 			n, err := o.writeNewChunks(p, off, o.ino != 0)
+			if err != nil {
+				return err
+			}
+			p, off = p[n:], off+int64(n)
+			allocated = true
+		case stopTransformed:
+			// The next chunk was written under a transforming policy:
+			// rewrite it as a plain chunk.
+			n, err := o.rewriteChunk(p, off, nil)
 			if err != nil {
 				return err
 			}
@@ -171,11 +240,19 @@ func (v *Volume) WriteAt(ctx context.Context, inode uint64, p []byte, off int64,
 	return nil
 }
 
-// writeWindow writes in place into allocated chunks of w until it meets a
-// hole; it reports how many bytes it wrote and whether it stopped at a hole.
-func (o *object) writeWindow(w window, p []byte, off int64, fua bool) (int, bool, error) {
+// Why writeWindow stopped before the end of its window.
+const (
+	stopNone        = iota
+	stopHole        // at an unallocated chunk
+	stopTransformed // at a transformed chunk (not writable in place)
+)
+
+// writeWindow writes in place into allocated plain chunks of w until it
+// meets a hole or a transformed chunk; it reports how many bytes it wrote
+// and where it stopped.
+func (o *object) writeWindow(w window, p []byte, off int64, fua bool) (int, int, error) {
 	if o.deleted {
-		return 0, false, fmt.Errorf("volume %s: inode %d: %w", o.v.ref, o.ino, ErrNotFound)
+		return 0, stopNone, fmt.Errorf("volume %s: inode %d: %w", o.v.ref, o.ino, ErrNotFound)
 	}
 	v := o.v
 	t := o.table.Load()
@@ -183,18 +260,22 @@ func (o *object) writeWindow(w window, p []byte, off int64, fua bool) (int, bool
 	for idx := w.first; idx < w.first+w.n && done < len(p); {
 		in := (off + int64(done)) & (v.chunkSize - 1)
 		dev := t.get(idx)
-		if dev == 0 {
-			return done, true, nil
+		switch {
+		case dev == 0:
+			return done, stopHole, nil
+		case dev&markTransformed != 0:
+			return done, stopTransformed, nil
 		}
 		runLen, next := o.run(t, w, idx, dev, in, int64(len(p)-done))
 		if err := v.devWrite(p[done:done+int(runLen)], dev+in, fua); err != nil {
 			v.s.log.Error("device write failed", "volume", v.ref, "inode", o.ino, "offset", off+int64(done), "err", err)
-			return done, false, fmt.Errorf("%w: %w", ErrIO, err)
+			return done, stopNone, fmt.Errorf("%w: %w", ErrIO, err)
 		}
+		o.invalidate(idx, next-idx)
 		done += int(runLen)
 		idx = next
 	}
-	return done, false, nil
+	return done, stopNone, nil
 }
 
 func (v *Volume) devWrite(p []byte, off int64, fua bool) error {
@@ -295,12 +376,23 @@ type piece struct{ first, count, dev int64 }
 func (v *Volume) allocRun(first, k int64) ([]piece, error) {
 	cs := v.chunkSize
 	var pieces []piece
+	synced := false
 	for done := int64(0); done < k; {
 		c := int64(1) << (bits.Len64(uint64(k-done)) - 1)
 		dev, err := v.s.alloc.alloc(c * cs)
 		for err != nil && c > 1 { // fragmented: settle for smaller extents
 			c /= 2
 			dev, err = v.s.alloc.alloc(c * cs)
+		}
+		if err != nil && !synced && v.s.alloc.pendingFrees() > 0 {
+			// Full, but frees wait for a durable commit: make them
+			// reusable and try again.
+			synced = true
+			if err := v.s.syncMeta(); err != nil {
+				v.freePieces(pieces)
+				return nil, err
+			}
+			continue
 		}
 		if err != nil {
 			v.freePieces(pieces)
@@ -345,6 +437,7 @@ func (o *object) commitPieces(pieces []piece) error {
 			t.set(pc.first+i, pc.dev+i*cs)
 		}
 		o.mapped.Add(pc.count)
+		o.invalidate(pc.first, pc.count) // a cached hole
 	}
 	return nil
 }
@@ -394,30 +487,54 @@ func (o *object) discardWindow(w window, off, length int64) (int64, error) {
 	t := o.table.Load()
 	var freed []extent
 	var unmapped []int64
+	var saved int64
 	done := int64(0)
 	for idx := w.first; idx < w.first+w.n && done < length; idx++ {
 		in := (off + done) & (v.chunkSize - 1)
 		n := min(length-done, v.chunkSize-in)
 		done += n
 		dev := t.get(idx)
-		if dev == 0 {
+		switch {
+		case dev == 0:
 			continue
-		}
-		if n == v.chunkSize {
-			freed = append(freed, extent{dev, v.chunkSize})
+		case dev&markTransformed != 0 && n == v.chunkSize:
+			e, err := o.entry(idx)
+			if err != nil {
+				return 0, err
+			}
+			// Zeroed once the unmap is durable: until then a crash
+			// leaves the entry, which must still find its bytes.
+			freed = append(freed, extent{off: e.devOff, length: e.extentLen(), zero: true})
+			unmapped = append(unmapped, idx)
+			saved += v.savedBy(e)
+			continue
+		case dev&markTransformed != 0:
+			// Part of a transformed chunk: rewrite it with zeros there,
+			// transformed as it was.
+			if err := o.zeroTransformed(w, idx, in, n); err != nil {
+				return 0, err
+			}
+			continue
+		case n == v.chunkSize:
+			freed = append(freed, extent{off: dev, length: v.chunkSize})
 			unmapped = append(unmapped, idx)
 			continue
 		}
 		if err := v.zeroDevice(dev+in, n); err != nil {
 			return 0, err
 		}
+		o.invalidate(idx, 1)
 	}
 	if len(unmapped) == 0 {
 		return done, nil
 	}
-	// Discard the extents first (a crash before the commit leaves entries
-	// pointing at zeros, which is what a discard promises), then commit.
+	// Discard plain extents first (a crash before the commit leaves
+	// entries pointing at zeros, which is what a discard promises), then
+	// commit.
 	for _, e := range freed {
+		if e.zero {
+			continue
+		}
 		if err := v.zeroDevice(e.off, e.length); err != nil {
 			return 0, err
 		}
@@ -436,22 +553,27 @@ func (o *object) discardWindow(w window, off, length int64) (int64, error) {
 	}
 	for _, idx := range unmapped {
 		t.set(idx, 0)
+		o.invalidate(idx, 1)
 	}
 	o.mapped.Add(-int64(len(unmapped)))
 	v.allocated.Add(-int64(len(unmapped)))
+	v.saved.Add(-saved)
 	v.s.alloc.deferFree(freed)
 	return done, nil
 }
 
 // zeroDevice makes a device range read as zeros.
-func (v *Volume) zeroDevice(off, length int64) error {
+func (v *Volume) zeroDevice(off, length int64) error { return v.s.zeroExtent(off, length) }
+
+// zeroExtent makes a device range read as zeros.
+func (s *Store) zeroExtent(off, length int64) error {
 	var err error
-	if v.s.dev.DiscardZeroes() {
-		err = v.s.dev.Discard(off, length)
+	if s.dev.DiscardZeroes() {
+		err = s.dev.Discard(off, length)
 	} else {
 		for err == nil && length > 0 {
-			n := min(length, int64(len(v.s.zeros)))
-			_, err = v.s.dev.WriteAt(v.s.zeros[:n], off)
+			n := min(length, int64(len(s.zeros)))
+			_, err = s.dev.WriteAt(s.zeros[:n], off)
 			off, length = off+n, length-n
 		}
 	}
@@ -465,6 +587,12 @@ func (v *Volume) zeroDevice(off, length int64) error {
 // chunks like Discard; with noHole it writes zeros and keeps (or allocates)
 // every chunk, so later writes cannot fail for lack of space.
 func (v *Volume) WriteZeroes(ctx context.Context, inode uint64, off, length int64, noHole bool) error {
+	return v.WriteZeroesWith(ctx, inode, off, length, noHole, Filters{})
+}
+
+// WriteZeroesWith is WriteZeroes with the request's filters: with noHole,
+// the zeros are written through f.Chain.
+func (v *Volume) WriteZeroesWith(ctx context.Context, inode uint64, off, length int64, noHole bool, f Filters) error {
 	o, err := v.object(inode)
 	if err != nil {
 		return err
@@ -480,7 +608,7 @@ func (v *Volume) WriteZeroes(ctx context.Context, inode uint64, off, length int6
 	}
 	for length > 0 {
 		n := min(length, v.chunkSize-(off&(v.chunkSize-1)))
-		if err := v.WriteAt(ctx, inode, v.s.zeros[:n], off, false); err != nil {
+		if err := v.WriteAtWith(ctx, inode, v.s.zeros[:n], off, false, f); err != nil {
 			return err
 		}
 		off, length = off+n, length-n

@@ -10,6 +10,26 @@
 // chunk is then overwritten in place and later writes touch no metadata.
 // Reads of unallocated chunks return zeros without touching the device.
 //
+// # Filters
+//
+// Each read and write carries the Filters the gateway's classify step chose
+// (a filter.Chain and whether to use the volume's read cache). Under a
+// plain chain (nil, or no transforms) a plain chunk takes the path above,
+// in place, with no metadata and no allocation. A chunk written under a
+// transforming chain (compression, encryption, checksum, noop) is
+// copy-on-write (cow.go): read and undo the old chunk if the write is
+// partial, merge, run the chain forward, write the stored bytes to a new
+// extent of their own length (whole 4 KiB units), commit the new map entry
+// with its filter record, and free the old extent through the deferred
+// list. The chunk table marks transformed chunks (bit 0 of the offset); a
+// read of one fetches its entry from badger and undoes exactly what its
+// record says, whatever the policy is now (transformed.go). A chunk that
+// fails verification reads as an error wrapping ErrIO, logged with volume,
+// inode and offset. Scrub verifies every transformed chunk of a volume.
+// The read cache (filter.Cache, set per volume by the gateway) is
+// consulted by reads that ask for it and invalidated by every change to a
+// chunk.
+//
 // # Ordering and durability
 //
 //   - Data reaches the device before the map entry that points at it is
@@ -17,9 +37,11 @@
 //     was not flushed yet) but never leave an entry pointing at garbage: the
 //     extent was written first, and free space is discarded (reads as zeros)
 //     at start-up and before reuse.
-//   - An extent freed by discard or delete is reused only after the commit
-//     that released it is durable (a metadata sync); until then it is held in
-//     a deferred list. A background loop syncs once a second while frees wait.
+//   - An extent freed by discard, delete or copy-on-write is reused only
+//     after the commit that released it is durable (a metadata sync); until
+//     then it is held in a deferred list. Extents freed by copy-on-write are
+//     zeroed at that point (the old entry needed their bytes until then). A
+//     background loop syncs once a second while frees wait.
 //   - Flush = device flush, then metadata sync. A FUA write is durable when it
 //     returns: in place with RWF_DSYNC when the device offers it, otherwise by
 //     a full Flush.
@@ -52,6 +74,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/sluice-storage/sluice/gateway/device"
+	"github.com/sluice-storage/sluice/gateway/filter"
 )
 
 // Options configure a Store. The zero value is usable.
@@ -62,6 +85,10 @@ type Options struct {
 	SyncInterval time.Duration
 	// InMemoryMeta keeps metadata in memory only (tests).
 	InMemoryMeta bool
+	// Filters undoes transformed chunks on read (decoders and the
+	// keyring) and serves the chains writes bring. Default: an Env without
+	// keys, closed with the store; a caller's Env is the caller's to close.
+	Filters *filter.Env
 }
 
 // Store is one pool: a device plus its metadata.
@@ -72,6 +99,10 @@ type Store struct {
 	log   *slog.Logger
 	zeros []byte // maxChunkSize zero bytes, never written
 	uuid  string // the pool's identity
+	env   *filter.Env
+	// ownEnv: the store made env and closes it.
+	ownEnv bool
+	bufs   sync.Pool // *[]byte scratch for transformed chunks
 
 	mu     sync.RWMutex
 	byID   map[uint64]*Volume
@@ -101,13 +132,19 @@ func Open(ctx context.Context, metaDir string, dev device.Device, opts Options) 
 		return nil, fmt.Errorf("store: open metadata in %s: %w", metaDir, err)
 	}
 	s := &Store{
-		db: db, dev: dev, log: opts.Logger,
+		db: db, dev: dev, log: opts.Logger, env: opts.Filters,
 		zeros: make([]byte, maxChunkSize),
 		byID:  make(map[uint64]*Volume), byName: make(map[string]*Volume),
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
+	if s.env == nil {
+		s.env, s.ownEnv = filter.NewEnv(nil), true
+	}
 	if err := s.load(ctx); err != nil {
 		db.Close()
+		if s.ownEnv {
+			s.env.Close()
+		}
 		return nil, err
 	}
 	go s.syncLoop(opts.SyncInterval)
@@ -215,9 +252,10 @@ func (s *Store) loadChunks(txn *badger.Txn, v *Volume) error {
 				s.log.Error("chunk shares space with another chunk (run fsck)", "volume", v.ref, "inode", ino, "chunk", idx, "offset", e.devOff)
 			}
 			if ino == 0 {
-				v.obj0.table.Load().set(int64(idx), e.devOff)
+				v.obj0.table.Load().set(int64(idx), tableEntry(e))
 			}
 			v.allocated.Add(1)
+			v.saved.Add(v.savedBy(e))
 		}
 	}
 	return nil
@@ -321,8 +359,38 @@ func (s *Store) syncMeta() error {
 		s.alloc.deferFree(freed)
 		return fmt.Errorf("%w: metadata sync: %w", ErrIO, err)
 	}
-	s.alloc.release(freed)
+	s.alloc.release(s.zeroFreed(freed))
 	return nil
+}
+
+// zeroFreed zeroes the extents marked zero (freed by copy-on-write: they
+// still hold the old bytes, which the old map entry needed until the sync
+// that made their free durable; free space must read as zeros), merging
+// neighbours into one discard. It returns the extents that may be
+// released: all but those whose zeroing failed, which stay in use until
+// the next start.
+func (s *Store) zeroFreed(freed []extent) []extent {
+	sort.Slice(freed, func(i, j int) bool { return freed[i].off < freed[j].off })
+	ready := freed[:0]
+	for i := 0; i < len(freed); {
+		if !freed[i].zero {
+			ready = append(ready, freed[i])
+			i++
+			continue
+		}
+		j, end := i+1, freed[i].off+freed[i].length
+		for j < len(freed) && freed[j].zero && freed[j].off == end {
+			end += freed[j].length
+			j++
+		}
+		if err := s.zeroExtent(freed[i].off, end-freed[i].off); err != nil {
+			s.log.Error("zeroing freed extents failed; they stay unused until restart", "offset", freed[i].off, "length", end-freed[i].off, "err", err)
+		} else {
+			ready = append(ready, freed[i:j]...)
+		}
+		i = j
+	}
+	return ready
 }
 
 func (s *Store) syncLoop(every time.Duration) {
@@ -357,6 +425,9 @@ func (s *Store) Close() error {
 	err := s.Flush(context.Background())
 	if cerr := s.db.Close(); err == nil {
 		err = cerr
+	}
+	if s.ownEnv {
+		s.env.Close()
 	}
 	return err
 }

@@ -177,13 +177,24 @@ func TestFreedSpaceNotReusedBeforeSync(t *testing.T) {
 	if err := v.Discard(ctx, 0, 0, DefaultChunkSize); err != nil {
 		t.Fatal(err)
 	}
-	if err := v.WriteAt(ctx, 0, []byte{1}, int64(chunks)*DefaultChunkSize, false); !errors.Is(err, ErrNoSpace) {
-		t.Fatalf("freed extent reused before the freeing commit was durable: %v", err)
+	if _, err := s.alloc.alloc(DefaultChunkSize); !errors.Is(err, ErrNoSpace) || s.alloc.pendingFrees() != 1 {
+		t.Fatalf("freed extent reusable before the freeing commit was durable: %v", err)
+	}
+	// A write into the full pool makes the free durable (a metadata sync,
+	// the only thing that releases frees), then reuses the extent.
+	if err := v.WriteAt(ctx, 0, []byte{1}, int64(chunks)*DefaultChunkSize, false); err != nil {
+		t.Fatalf("freed extent not reusable after a sync: %v", err)
+	}
+	if s.alloc.pendingFrees() != 0 {
+		t.Fatal("extent reused without the sync that releases it")
+	}
+	if err := v.Discard(ctx, 0, DefaultChunkSize, DefaultChunkSize); err != nil {
+		t.Fatal(err)
 	}
 	if err := s.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := v.WriteAt(ctx, 0, []byte{1}, int64(chunks)*DefaultChunkSize, false); err != nil {
+	if err := v.WriteAt(ctx, 0, []byte{1}, int64(chunks+1)*DefaultChunkSize, false); err != nil {
 		t.Fatalf("freed extent not reusable after flush: %v", err)
 	}
 }

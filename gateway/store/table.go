@@ -6,7 +6,12 @@ import (
 )
 
 // chunkTable is one object's in-memory chunk map: the device offset of each
-// chunk, 0 for a hole. It is two-level so that memory follows what is
+// chunk, 0 for a hole, with markTransformed set for a transformed chunk
+// (device offsets are multiples of the allocation unit, so bit 0 is free).
+// A plain chunk's entry is its offset as it is; a transformed chunk's stored
+// length and filter record stay in its badger map entry, read when the
+// chunk is (see transformed.go), so memory stays 8 bytes per chunk either
+// way. It is two-level so that memory follows what is
 // written, not what is provisioned: a leaf of up to leafChunks entries
 // (32 KiB) exists only once one of its chunks is allocated, and the top
 // level costs 8 bytes per leaf span (256 MiB of volume at 64 KiB chunks).
@@ -20,6 +25,10 @@ type chunkTable struct {
 	n   int64 // chunks
 	top []atomic.Pointer[leaf]
 }
+
+// markTransformed flags a table entry whose chunk is transformed: its bytes
+// are undone from the filter record in its map entry, never read in place.
+const markTransformed = 1
 
 const leafBits = 12
 const leafChunks = 1 << leafBits

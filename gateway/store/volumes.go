@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/filter"
 )
 
 // Volume kinds.
@@ -258,6 +260,7 @@ type Volume struct {
 	// Immutable after creation; the hot path reads these without locks.
 	id        uint64
 	ref       string // tenant/name
+	tenant    string
 	readOnly  bool
 	chunkSize int64
 	chunkBits uint
@@ -269,13 +272,21 @@ type Volume struct {
 	size   atomic.Int64
 
 	allocated atomic.Int64 // mapped chunks, every inode
+	// saved is the pool space transformed chunks do not take compared
+	// with plain ones: the sum of chunkSize − their extent's size (negative
+	// for a chunk that grew, e.g. by an encryption tag).
+	saved atomic.Int64
+	// cache is the volume's read cache (the cache filter), nil when no
+	// policy sets one. Every change to a chunk invalidates it; reads use
+	// it only when their Filters say so.
+	cache atomic.Pointer[filter.Cache]
 }
 
 func numChunks(size, chunkSize int64) int64 { return (size + chunkSize - 1) / chunkSize }
 
 func newVolume(s *Store, info VolumeInfo) *Volume {
 	v := &Volume{
-		s: s, info: info, id: info.ID, ref: info.Ref(), readOnly: info.ReadOnly,
+		s: s, info: info, id: info.ID, ref: info.Ref(), tenant: info.Tenant, readOnly: info.ReadOnly,
 		chunkSize: info.ChunkSize, chunkBits: uint(bits.TrailingZeros64(uint64(info.ChunkSize))),
 	}
 	v.size.Store(info.Size)
@@ -315,8 +326,24 @@ func (v *Volume) Kind() string {
 // FS is the namespace of an fs volume, nil for a block volume.
 func (v *Volume) FS() *FS { return v.fs }
 
-// AllocatedBytes is the pool space the volume's chunks hold.
-func (v *Volume) AllocatedBytes() int64 { return v.allocated.Load() * v.chunkSize }
+// AllocatedBytes is the pool space the volume's chunks hold (transformed
+// chunks count what they take, not their plain size).
+func (v *Volume) AllocatedBytes() int64 { return v.allocated.Load()*v.chunkSize - v.saved.Load() }
+
+// savedBy is what a chunk with entry e takes less than a plain chunk.
+func (v *Volume) savedBy(e chunkEntry) int64 {
+	if !e.transformed() {
+		return 0
+	}
+	return v.chunkSize - unitsFor(int64(e.storedLen))*unitSize
+}
+
+// SetCache gives the volume a read cache, or takes it away (nil). The
+// gateway calls it when the policies in force change.
+func (v *Volume) SetCache(c *filter.Cache) { v.cache.Store(c) }
+
+// Cache returns the volume's read cache, nil if it has none.
+func (v *Volume) Cache() *filter.Cache { return v.cache.Load() }
 
 // objects returns every data object of the volume that is in memory.
 func (v *Volume) objects() []*object {
@@ -352,7 +379,7 @@ func (s *Store) volumeExtents(id uint64) ([]extent, error) {
 				return err
 			}
 			if s.alloc.contains(e.devOff, int64(e.storedLen)) {
-				out = append(out, extent{e.devOff, int64(e.storedLen)})
+				out = append(out, extent{off: e.devOff, length: e.extentLen()})
 			}
 		}
 		return nil

@@ -1,0 +1,236 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/filter"
+)
+
+// Copy-on-write of chunks (transformed chunks, and plain writes that meet
+// one).
+//
+// A chunk written under a transforming chain is never overwritten in place:
+// its stored bytes depend on all of its plain bytes (a compressed frame, a
+// ciphertext and its tag, a crc). Per window of chunks, with the window's
+// stripes write-locked:
+//
+//  1. each chunk the write covers only in part is read and undone (a hole
+//     reads as zeros) and the new bytes are merged in;
+//  2. the chain runs forward over the whole chunk, giving the stored bytes
+//     and the filter record;
+//  3. the stored bytes are written to a new extent, as long as they are
+//     (rounded up to whole 4 KiB units by the allocator);
+//  4. one badger transaction commits the window's new map entries
+//     (data before metadata);
+//  5. the table follows, and each replaced extent goes to the deferred free
+//     list with zero set: it is zeroed and reused only after the commit that
+//     released it is durable, so until a flush the old entry — all a crash
+//     can leave — still finds its bytes.
+//
+// A crash before step 4 leaves the old entry and an unreferenced new
+// extent, which start-up discards with the rest of the free space. A write
+// under a plain chain that meets a transformed chunk rewrites that chunk
+// the same way, stored plain (a whole chunk, no record), after which it is
+// written in place again.
+
+// writeChain writes p at off through a transforming chain, window by
+// window.
+func (o *object) writeChain(p []byte, off int64, chain *filter.Chain) error {
+	for len(p) > 0 {
+		w := o.window(off, int64(len(p)))
+		o.lock(w.mask)
+		n, err := o.cowLocked(w, p, off, chain)
+		if n > 0 && o.ino != 0 {
+			o.growSize(off + int64(n))
+		}
+		o.unlock(w.mask)
+		if err != nil {
+			return err
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
+}
+
+// rewriteChunk writes the part of p that falls in off's chunk by
+// copy-on-write through chain (nil: plain), taking that chunk's stripe
+// write lock. It returns the bytes written.
+func (o *object) rewriteChunk(p []byte, off int64, chain *filter.Chain) (int, error) {
+	cs := o.v.chunkSize
+	n := min(int64(len(p)), cs-off&(cs-1))
+	w := o.window(off, n)
+	o.lock(w.mask)
+	defer o.unlock(w.mask)
+	written, err := o.cowLocked(w, p[:n], off, chain)
+	if written > 0 && o.ino != 0 {
+		o.growSize(off + int64(written))
+	}
+	return written, err
+}
+
+// zeroTransformed makes bytes [in, in+n) of transformed chunk idx read as
+// zeros (a partial discard or truncate), rewriting it by copy-on-write
+// through the transforms its record names, so an encrypted chunk stays
+// encrypted. The caller holds w's stripes write-locked.
+func (o *object) zeroTransformed(w window, idx, in, n int64) error {
+	e, err := o.entry(idx)
+	if err != nil {
+		return err
+	}
+	chain, err := o.v.s.env.ChainFor(e.record)
+	if err != nil {
+		return fmt.Errorf("volume %s: inode %d: chunk %d: %w", o.v.ref, o.ino, idx, errIO(err))
+	}
+	_, err = o.cowLocked(w, o.v.s.zeros[:n], idx*o.v.chunkSize+in, chain)
+	return err
+}
+
+// cowChunk is one chunk of a copy-on-write window.
+type cowChunk struct {
+	idx     int64
+	old     int64      // table entry before: 0 hole, plain offset, or marked
+	oldE    chunkEntry // the old entry of a transformed chunk
+	e       chunkEntry // the new entry
+	devSize int64      // bytes allocated for e
+}
+
+// cowLocked writes p at off by copy-on-write through chain (nil or plain:
+// stored plain), for the chunks of window w, whose stripes the caller holds
+// write-locked. It returns the bytes of p written: up to the window's end.
+func (o *object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (int, error) {
+	v := o.v
+	s := v.s
+	if o.deleted {
+		return 0, fmt.Errorf("volume %s: inode %d: %w", v.ref, o.ino, ErrNotFound)
+	}
+	cs := v.chunkSize
+	t := o.table.Load()
+	end := min(off+int64(len(p)), (w.first+w.n)*cs)
+	first, last := off/cs, (end-1)/cs
+	holes := int64(0)
+	for idx := first; idx <= last; idx++ {
+		if t.get(idx) == 0 {
+			holes++
+		}
+	}
+	if err := v.reserve(holes); err != nil {
+		return 0, err
+	}
+	chunks := make([]cowChunk, 0, last-first+1)
+	fail := func(err error) (int, error) {
+		for _, c := range chunks {
+			s.alloc.free(c.e.devOff, c.devSize)
+		}
+		v.allocated.Add(-holes)
+		return 0, err
+	}
+	plainBuf := s.getBuf(int(cs))
+	defer s.putBuf(plainBuf)
+	outBuf := s.getBuf(int(cs) + 1024)
+	defer s.putBuf(outBuf)
+	for idx := first; idx <= last; idx++ {
+		c := cowChunk{idx: idx, old: t.get(idx)}
+		if c.old&markTransformed != 0 {
+			var err error
+			if c.oldE, err = o.entry(idx); err != nil {
+				return fail(err)
+			}
+		}
+		from, to := max(off, idx*cs), min(end, (idx+1)*cs)
+		src := p[from-off : to-off]
+		if to-from < cs {
+			// Part of the chunk: merge into its current contents.
+			var buf []byte
+			var err error
+			switch {
+			case c.old&markTransformed != 0:
+				buf, err = o.readStored(idx, c.oldE, (*plainBuf)[:0])
+			default:
+				buf, err = o.loadChunk(idx, c.old, (*plainBuf)[:0])
+			}
+			if err != nil {
+				return fail(err)
+			}
+			*plainBuf = buf[:0]
+			copy(buf[from-idx*cs:], src)
+			src = buf
+		}
+		stored := src
+		var record []byte
+		if !chain.Plain() {
+			var err error
+			stored, record, err = chain.Forward(o.chunkContext(idx), (*outBuf)[:0], src)
+			if err != nil {
+				s.log.Error("filter chain failed on write", "volume", v.ref, "inode", o.ino, "offset", idx*cs, "err", err)
+				return fail(fmt.Errorf("%w: volume %s inode %d offset %d: %w", ErrIO, v.ref, o.ino, idx*cs, err))
+			}
+			*outBuf = stored[:0]
+		}
+		dev, err := s.allocSyncing(int64(len(stored)))
+		if err != nil {
+			return fail(fmt.Errorf("volume %s: %w", v.ref, err))
+		}
+		c.devSize = int64(len(stored))
+		c.e = chunkEntry{storedLen: uint32(len(stored)), devOff: dev}
+		chunks = append(chunks, c)
+		if record != nil {
+			c := &chunks[len(chunks)-1]
+			c.e.flags, c.e.record = flagRecord, record
+			if r, err := filter.ParseRecord(record); err == nil {
+				c.e.checksum, _ = r.Checksum()
+			}
+		}
+		if _, err := s.dev.WriteAt(stored, dev); err != nil {
+			s.log.Error("device write failed", "volume", v.ref, "inode", o.ino, "offset", idx*cs, "err", err)
+			return fail(fmt.Errorf("%w: %w", ErrIO, err))
+		}
+	}
+	err := s.db.Update(func(txn *badger.Txn) error {
+		for _, c := range chunks {
+			if err := txn.Set(chunkKey(v.id, o.ino, uint64(c.idx)), c.e.encode()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Error("chunk map commit failed", "volume", v.ref, "inode", o.ino, "err", err)
+		return fail(fmt.Errorf("%w: commit chunk map: %w", ErrIO, err))
+	}
+	var freed []extent
+	var saved int64
+	for _, c := range chunks {
+		t.set(c.idx, tableEntry(c.e))
+		saved += v.savedBy(c.e)
+		switch {
+		case c.old == 0:
+			o.mapped.Add(1)
+		case c.old&markTransformed != 0:
+			freed = append(freed, extent{off: c.oldE.devOff, length: c.oldE.extentLen(), zero: true})
+			saved -= v.savedBy(c.oldE)
+		default:
+			freed = append(freed, extent{off: c.old, length: cs, zero: true})
+		}
+		o.invalidate(c.idx, 1)
+	}
+	v.saved.Add(saved)
+	s.alloc.deferFree(freed)
+	return int(end - off), nil
+}
+
+// allocSyncing allocates an extent; when the pool is full but frees wait
+// for a durable commit (copy-on-write frees one extent per chunk written),
+// it makes them durable and reusable first and tries again.
+func (s *Store) allocSyncing(length int64) (int64, error) {
+	dev, err := s.alloc.alloc(length)
+	if errors.Is(err, ErrNoSpace) && s.alloc.pendingFrees() > 0 {
+		if serr := s.syncMeta(); serr != nil {
+			return 0, serr
+		}
+		dev, err = s.alloc.alloc(length)
+	}
+	return dev, err
+}

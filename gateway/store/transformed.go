@@ -1,0 +1,204 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/filter"
+)
+
+// Transformed chunks on the read side, and the read cache.
+//
+// A transformed chunk is marked in the chunk table (markTransformed); its
+// stored length and filter record live only in its badger map entry, which
+// a read fetches (one lookup, under the chunk's stripe read lock, so no
+// copy-on-write can replace it meanwhile). The read takes the stored bytes
+// from the device, undoes the record's steps (filter.Env.Reverse) into a
+// scratch buffer and copies out what the request asked. A chunk that fails
+// verification (crc32c, AES-GCM tag, decompression, record) is logged with
+// volume, inode and offset and read as an error wrapping ErrIO, which every
+// door maps to EIO.
+
+// tableEntry is what the chunk table holds for a chunk with entry e.
+func tableEntry(e chunkEntry) int64 {
+	if e.transformed() {
+		return e.devOff | markTransformed
+	}
+	return e.devOff
+}
+
+// entry fetches chunk idx's map entry. The caller holds its stripe lock.
+func (o *object) entry(idx int64) (chunkEntry, error) {
+	var e chunkEntry
+	err := o.v.s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(chunkKey(o.v.id, o.ino, uint64(idx)))
+		if err != nil {
+			return err
+		}
+		return item.Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err })
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		err = fmt.Errorf("chunk map has no entry for a mapped chunk: %w", ErrIO)
+	}
+	if err != nil {
+		o.v.s.log.Error("chunk entry unreadable", "volume", o.v.ref, "inode", o.ino, "chunk", idx, "err", err)
+		return chunkEntry{}, fmt.Errorf("volume %s: inode %d: chunk %d: %w", o.v.ref, o.ino, idx, errIO(err))
+	}
+	return e, nil
+}
+
+// errIO makes err wrap ErrIO (once).
+func errIO(err error) error {
+	if errors.Is(err, ErrIO) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrIO, err)
+}
+
+func (o *object) chunkContext(idx int64) filter.ChunkContext {
+	return filter.ChunkContext{VolumeID: o.v.id, Inode: o.ino, ChunkIndex: uint64(idx), Tenant: o.v.tenant}
+}
+
+// getBuf returns a pooled scratch buffer of length 0 and capacity at least n.
+func (s *Store) getBuf(n int) *[]byte {
+	if b, ok := s.bufs.Get().(*[]byte); ok {
+		if cap(*b) >= n {
+			*b = (*b)[:0]
+			return b
+		}
+	}
+	b := make([]byte, 0, n)
+	return &b
+}
+
+func (s *Store) putBuf(b *[]byte) { s.bufs.Put(b) }
+
+// readStored reads and undoes transformed chunk idx (entry e), appending its
+// plain bytes (a whole chunk) to dst.
+func (o *object) readStored(idx int64, e chunkEntry, dst []byte) ([]byte, error) {
+	v := o.v
+	if !v.s.alloc.contains(e.devOff, int64(e.storedLen)) || int64(e.storedLen) > v.chunkSize+1024 {
+		err := fmt.Errorf("chunk %d: entry points outside the pool (offset %d length %d): %w", idx, e.devOff, e.storedLen, ErrIO)
+		v.s.log.Error("chunk entry is corrupt", "volume", v.ref, "inode", o.ino, "offset", idx*v.chunkSize, "err", err)
+		return dst, err
+	}
+	sb := v.s.getBuf(int(e.storedLen))
+	defer v.s.putBuf(sb)
+	stored := (*sb)[:e.storedLen]
+	if _, err := v.s.dev.ReadAt(stored, e.devOff); err != nil {
+		v.s.log.Error("device read failed", "volume", v.ref, "inode", o.ino, "offset", idx*v.chunkSize, "err", err)
+		return dst, fmt.Errorf("%w: %w", ErrIO, err)
+	}
+	base := len(dst)
+	out, err := v.s.env.Reverse(o.chunkContext(idx), dst, stored, e.record)
+	if err == nil && int64(len(out)-base) != v.chunkSize {
+		err = fmt.Errorf("undone chunk has %d bytes, chunk size is %d: %w", len(out)-base, v.chunkSize, filter.ErrCorrupt)
+	}
+	if err != nil {
+		v.s.log.Error("chunk failed verification; read returns EIO", "volume", v.ref, "inode", o.ino,
+			"offset", idx*v.chunkSize, "chunk", idx, "device_offset", e.devOff, "err", err)
+		return dst, fmt.Errorf("%w: volume %s inode %d offset %d: %w", ErrIO, v.ref, o.ino, idx*v.chunkSize, err)
+	}
+	return out, nil
+}
+
+// loadChunk appends the plain bytes of chunk idx (table entry dev) to dst:
+// zeros for a hole, the device bytes of a plain chunk, the undone bytes of a
+// transformed one. The caller holds the chunk's stripe lock.
+func (o *object) loadChunk(idx, dev int64, dst []byte) ([]byte, error) {
+	cs := int(o.v.chunkSize)
+	switch {
+	case dev == 0:
+		dst = grow(dst, cs)
+		clear(dst[len(dst)-cs:])
+		return dst, nil
+	case dev&markTransformed != 0:
+		e, err := o.entry(idx)
+		if err != nil {
+			return dst, err
+		}
+		return o.readStored(idx, e, dst)
+	}
+	base := len(dst)
+	dst = grow(dst, cs)
+	if _, err := o.v.s.dev.ReadAt(dst[base:], dev); err != nil {
+		o.v.s.log.Error("device read failed", "volume", o.v.ref, "inode", o.ino, "offset", idx*o.v.chunkSize, "err", err)
+		return dst[:base], fmt.Errorf("%w: %w", ErrIO, err)
+	}
+	return dst, nil
+}
+
+// grow extends b by n bytes of length (contents unspecified).
+func grow(b []byte, n int) []byte {
+	if cap(b)-len(b) >= n {
+		return b[:len(b)+n]
+	}
+	nb := make([]byte, len(b)+n, len(b)+n)
+	copy(nb, b)
+	return nb
+}
+
+// readTransformed fills p from byte in of transformed chunk idx, up to the
+// chunk's end; it returns the bytes filled.
+func (o *object) readTransformed(idx, in int64, p []byte) (int, error) {
+	buf := o.v.s.getBuf(int(o.v.chunkSize))
+	defer o.v.s.putBuf(buf)
+	plain, err := o.loadChunk(idx, o.table.Load().get(idx), (*buf)[:0])
+	if err != nil {
+		return 0, err
+	}
+	*buf = plain[:0]
+	return copy(p, plain[in:]), nil
+}
+
+// readCached is readWindow through the volume's read cache c: each chunk is
+// served from the cache or loaded whole, cached, and copied from.
+func (o *object) readCached(c *filter.Cache, w window, p []byte, off int64) (int, error) {
+	if o.deleted {
+		return 0, fmt.Errorf("volume %s: inode %d: %w", o.v.ref, o.ino, ErrNotFound)
+	}
+	cs := o.v.chunkSize
+	t := o.table.Load()
+	buf := o.v.s.getBuf(int(cs))
+	defer o.v.s.putBuf(buf)
+	done := 0
+	for idx := w.first; idx < w.first+w.n && done < len(p); idx++ {
+		in := (off + int64(done)) & (cs - 1)
+		dev := t.get(idx)
+		if dev == 0 {
+			done += len(clear0(p[done:min(len(p), done+int(cs-in))]))
+			continue
+		}
+		k := filter.CacheKey{Volume: o.v.id, Inode: o.ino, Chunk: uint64(idx)}
+		data, hit, ticket := c.Get(k, (*buf)[:0])
+		if !hit {
+			var err error
+			if data, err = o.loadChunk(idx, dev, (*buf)[:0]); err != nil {
+				return done, err
+			}
+			c.Put(k, data, ticket)
+		}
+		*buf = data[:0]
+		done += copy(p[done:], data[in:])
+	}
+	return done, nil
+}
+
+func clear0(b []byte) []byte {
+	clear(b)
+	return b
+}
+
+// invalidate drops chunks [first, first+n) from the volume's read cache, if
+// it has one. Called after every change to a chunk is visible.
+func (o *object) invalidate(first, n int64) {
+	c := o.v.cache.Load()
+	if c == nil {
+		return
+	}
+	for i := first; i < first+n; i++ {
+		c.Invalidate(filter.CacheKey{Volume: o.v.id, Inode: o.ino, Chunk: uint64(i)})
+	}
+}
