@@ -40,6 +40,9 @@ import (
 // Rules are stored in badger (config kind "qos") and take effect at once on
 // in-flight traffic: a changed limit applies to requests already waiting,
 // and deleting a rule releases its waiting requests.
+//
+// A cluster controller's assignment for a tenant (assign.go) takes
+// precedence over every rule of that tenant while it is in force.
 
 // QoSRule is one queuing rule and its queue's service configuration.
 type QoSRule struct {
@@ -119,6 +122,7 @@ type rules struct {
 	mu    sync.Mutex
 	sched *qos.Scheduler
 	byID  map[uint64]*ruleQueue
+	ctl   controlled // the controller's assignment queues (assign.go)
 }
 
 type ruleQueue struct {
@@ -303,6 +307,9 @@ func (g *Gateway) reroute() {
 // routeFor classifies one volume; nil when no rule applies to it at all.
 // Callers hold rules.mu.
 func (g *Gateway) routeFor(tenant, volume string) *route {
+	if r := g.assignedRoute(tenant); r != nil {
+		return r // a controller assignment suspends static rules (assign.go)
+	}
 	var r route
 	matched := false
 	for _, rq := range g.rules.byID {

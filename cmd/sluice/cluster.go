@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sluice-storage/sluice/controller"
+	"github.com/sluice-storage/sluice/gateway/admin"
 )
 
 func clusterCommand() *cli.Command {
@@ -19,9 +20,12 @@ func clusterCommand() *cli.Command {
 			{
 				Name:  "status",
 				Usage: "gateways, tenants, and each tenant's SLO against what it achieved",
-				Description: `Asks the controller (--controller or SLUICE_CONTROLLER). Rates are summed
-over live gateways from their last one-second report. A tenant is "below" when
-it achieved less than 90 % of the part of its minimum it asked for.`,
+				Description: `Asks the controller (--controller or SLUICE_CONTROLLER; without them, the
+controller the gateway at --api-socket joined, and the default URL if it joined
+none). Rates are summed over live gateways from their last one-second report.
+A tenant is "below" when it achieved less than 90 % of the part of its minimum
+it asked for. When the gateway at --api-socket follows a controller, a last
+line shows its state: following (assignments in force) or static rules.`,
 				Flags:  append([]cli.Flag{jsonFlag}, controllerFlags()...),
 				Action: clusterStatus,
 			},
@@ -109,7 +113,26 @@ func clusterStatus(c *cli.Context) error {
 				s.Tenant, s.Resource, formatRateOf(r, s.Want), formatRateOf(r, s.Placed), s.Reason)
 		}
 	}
+	if js, ok := joinedController(c); ok {
+		fmt.Println()
+		fmt.Println(describeJoined(js))
+	}
 	return nil
+}
+
+// describeJoined is one line on the local gateway's follower.
+func describeJoined(js admin.ControllerStatus) string {
+	contact := "never heard from it"
+	if !js.LastContact.IsZero() {
+		contact = "last contact " + agoString(js.LastContact)
+	}
+	state := "static rules (grace period over or no set yet)"
+	if js.Following {
+		state = fmt.Sprintf("following epoch %s, %d tenants assigned", js.EpochText, len(js.Assignments.Tenants))
+	} else if js.Epoch != 0 {
+		state = fmt.Sprintf("static rules since %s (last epoch %s)", agoString(js.Assignments.Since), js.EpochText)
+	}
+	return fmt.Sprintf("this gateway (%s at %s): %s; %s", js.GatewayID, js.URL, state, contact)
 }
 
 // rateOverCapacity prints "achieved / capacity" ("?" for an unknown capacity).

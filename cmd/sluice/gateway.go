@@ -32,7 +32,7 @@ func gatewayCommand() *cli.Command {
 		Description: `Opens (or creates) the pool and serves its volumes over NBD and the admin API.
 The API socket appears only once everything is ready to serve, so scripts can
 wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "data-dir", Value: defaultDataDir, Usage: "metadata, default pool file and sockets live here"},
 			&cli.StringFlag{Name: "device", Usage: "pool file or block device (default DATA-DIR/pool)"},
 			&cli.StringFlag{Name: "pool-size", Value: "64G", Usage: "size of a new sparse pool file"},
@@ -46,7 +46,7 @@ wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
 			&cli.StringFlag{Name: "qos-cost-unit", Value: "8K", Usage: "IO size that counts as one IO for QoS IOPS (larger IOs count proportionally)"},
 			&cli.StringFlag{Name: "keyring", Usage: "`FILE` of tenants' encryption keys, one line \"TENANT BASE64-OF-32-BYTES\" each, mode 0600 or 0400"},
 			&cli.StringFlag{Name: "log-level", Value: "info"},
-		},
+		}, joinFlags()...),
 		Action: runGateway,
 	}
 }
@@ -69,6 +69,10 @@ func runGateway(c *cli.Context) error {
 	costUnit, err := parseSize(c.String("qos-cost-unit"))
 	if err != nil || costUnit < 512 || costUnit > 16<<20 {
 		return usageErr("--qos-cost-unit %q: want a size from 512 to 16M", c.String("qos-cost-unit"))
+	}
+	join, err := parseJoinFlags(c)
+	if err != nil {
+		return err
 	}
 	dataDir := c.String("data-dir")
 	apiSocket := c.String("api-socket")
@@ -154,6 +158,14 @@ func runGateway(c *cli.Context) error {
 	}
 	defer vexports.Close(context.Background())
 	doors := admin.Doors{Mounts: mountDoor{mounts}, Attachments: attachDoor{attacher}, Virtio: virtioDoor{vexports}}
+	if join.url != "" {
+		j, err := joinController(ctx, g, join, apiSocket, log)
+		if err != nil {
+			return startup(err)
+		}
+		defer j.close() // before g.Close
+		doors.Controller = j
+	}
 
 	// Last: the API socket, whose appearance tells scripts we are ready.
 	apiL, err := listenUnix(apiSocket, 0o600)

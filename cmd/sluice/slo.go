@@ -1,13 +1,18 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/sluice-storage/sluice/controller"
+	"github.com/sluice-storage/sluice/gateway/admin"
+	"github.com/sluice-storage/sluice/policy"
 )
 
 // controllerFlags are the flags of every command that talks to a
@@ -21,6 +26,9 @@ func controllerFlags() []cli.Flag {
 }
 
 // controllerClient returns a client for --controller (and --token-file).
+// Without --controller (or SLUICE_CONTROLLER) it is the controller the
+// gateway at --api-socket joined, if that gateway answers and joined one,
+// and otherwise the default URL.
 func controllerClient(c *cli.Context) (*controller.Client, error) {
 	var token string
 	if f := c.String("token-file"); f != "" {
@@ -29,11 +37,26 @@ func controllerClient(c *cli.Context) (*controller.Client, error) {
 			return nil, usageErr("--token-file: %v", err)
 		}
 	}
-	cl, err := controller.NewClient(c.String("controller"), token)
+	url := c.String("controller")
+	if !c.IsSet("controller") {
+		if st, ok := joinedController(c); ok {
+			url = st.URL
+		}
+	}
+	cl, err := controller.NewClient(url, token)
 	if err != nil {
 		return nil, usageErr("--controller: %v", err)
 	}
 	return cl, nil
+}
+
+// joinedController asks the gateway at --api-socket which controller it
+// follows; false if it does not answer quickly or follows none.
+func joinedController(c *cli.Context) (admin.ControllerStatus, bool) {
+	ctx, cancel := context.WithTimeout(c.Context, 2*time.Second)
+	defer cancel()
+	st, err := apiClient(c).Controller(ctx)
+	return st, err == nil && st.Joined && st.URL != ""
 }
 
 // controllerErr turns a controller client error into the CLI's exit codes:
@@ -96,6 +119,19 @@ is 8.`,
 				ArgsUsage: "TENANT",
 				Flags:     append(setFlags, controllerFlags()...),
 				Action:    sloSet,
+			},
+			{
+				Name:      "apply",
+				Usage:     "create or replace SLOs written as a policy: 'FOR TENANT gold DO SET bandwidth WITH read_min=30MB/s'",
+				ArgsUsage: "'FOR TENANT t DO SET bandwidth|iops WITH read_min=..., ...'",
+				Description: `The policy DSL's bandwidth and iops filters, for a TENANT (or a GROUP of
+whole tenants, resolved with the registry of the gateway at --api-socket), are
+the tenant's cluster-wide SLO: read_min, read_max, write_min and write_max per
+filter (bandwidth in bytes/s, iops in 8 KiB-normalised IO/s). As with ` + "`slo set`" + `,
+the SLO is replaced as a whole. The controller is the one the gateway joined
+unless --controller says otherwise.`,
+				Flags:  append([]cli.Flag{jsonFlag}, controllerFlags()...),
+				Action: sloApply,
 			},
 			{Name: "list", Usage: "list SLOs", Flags: append([]cli.Flag{jsonFlag}, controllerFlags()...), Action: sloList},
 			{Name: "delete", Usage: "delete a tenant's SLO (the tenant becomes best effort)", ArgsUsage: "TENANT", Flags: controllerFlags(), Action: sloDelete},
@@ -232,4 +268,116 @@ func describeSLO(s controller.SLO) string {
 		return "no minimum, no maximum"
 	}
 	return strings.Join(parts, ", ")
+}
+
+func sloApply(c *cli.Context) error {
+	if c.NArg() == 0 {
+		return usageErr("slo apply: give the policy, e.g. 'FOR TENANT gold DO SET bandwidth WITH read_min=30MB/s'")
+	}
+	text := strings.Join(c.Args().Slice(), " ")
+	p, err := policy.Parse(text)
+	if err != nil {
+		return usageErr("slo apply: %v", err)
+	}
+	reg := policy.NewRegistry()
+	if p.Target.Kind == policy.TargetGroup {
+		ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
+		r, err := apiClient(c).Registry(ctx)
+		cancel()
+		if err != nil {
+			return apiErr(fmt.Errorf("slo apply: a GROUP target needs the gateway's registry: %w", err))
+		}
+		reg = &r
+	}
+	rule, err := policy.CompilePolicy(p, reg)
+	if err != nil {
+		return usageErr("slo apply: %v", err)
+	}
+	slos, err := slosFromRule(rule)
+	if err != nil {
+		return usageErr("slo apply: %v", err)
+	}
+	cl, err := controllerClient(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := callCtx(c)
+	defer cancel()
+	out := make([]controller.SLO, 0, len(slos))
+	for _, s := range slos {
+		got, err := cl.SetSLO(ctx, s)
+		if err != nil {
+			return controllerErr(cl, err)
+		}
+		out = append(out, got)
+	}
+	if c.Bool("json") {
+		return printJSON(out)
+	}
+	for _, s := range out {
+		fmt.Printf("tenant %s: %s (controller %s)\n", s.Tenant, describeSLO(s), cl.URL())
+	}
+	return nil
+}
+
+// slosFromRule turns a compiled policy into SLOs: a static policy for a
+// TENANT, or a GROUP whose members are whole tenants, whose actions are
+// only bandwidth and iops with per-direction parameters.
+func slosFromRule(r policy.Rule) ([]controller.SLO, error) {
+	if r.When != nil || len(r.Where) > 0 {
+		return nil, fmt.Errorf("an SLO holds all the time for all of a tenant's IO: no WHERE or WHEN")
+	}
+	var tenants []string
+	switch r.Target.Kind {
+	case policy.TargetTenant:
+		tenants = []string{r.Target.Tenant}
+	case policy.TargetGroup:
+		for _, m := range r.Target.Members {
+			if strings.Contains(m, "/") {
+				return nil, fmt.Errorf("group %s has the volume %s: SLOs are per tenant, cluster-wide", r.Target.Group, m)
+			}
+			tenants = append(tenants, m)
+		}
+	default:
+		return nil, fmt.Errorf("SLOs are per tenant, cluster-wide: use FOR TENANT or FOR GROUP, not FOR %s", strings.ToUpper(string(r.Target.Kind)))
+	}
+	var lo, hi controller.Rates
+	for _, a := range r.Actions {
+		var read, write controller.Resource
+		switch a.Filter {
+		case "bandwidth":
+			read, write = controller.ReadBW, controller.WriteBW
+		case "iops":
+			read, write = controller.ReadIOPS, controller.WriteIOPS
+		default:
+			return nil, fmt.Errorf("filter %s is not an SLO (only bandwidth and iops are); add it with `sluice policy add`", a.Filter)
+		}
+		for k, v := range a.Params {
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				return nil, fmt.Errorf("%s %s=%q: not a number", a.Filter, k, v)
+			}
+			switch k {
+			case "read_min":
+				lo.Set(read, n)
+			case "write_min":
+				lo.Set(write, n)
+			case "read_max":
+				hi.Set(read, n)
+			case "write_max":
+				hi.Set(write, n)
+			default:
+				return nil, fmt.Errorf("%s %s: the controller shares reads and writes apart; use read_%s and write_%s", a.Filter, k, k, k)
+			}
+		}
+	}
+	out := make([]controller.SLO, 0, len(tenants))
+	for _, t := range tenants {
+		s := controller.SLO{Tenant: t, Min: lo, Max: hi}
+		if err := s.Validate(); err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, nil
 }

@@ -22,6 +22,7 @@
 //	GET    /v1/stats                       Stats
 //	GET    /metrics                        Prometheus text format
 //	       /v1/policies, /v1/filters, /v1/registry, .../filters, .../scrub: see policy.go
+//	GET    /v1/controller                  ControllerStatus (see controller.go)
 //
 // Errors are {"error": "one line"} with a status from httpStatus: 400 bad
 // input, 404 unknown volume, 409 duplicate, 501 not supported, 507 pool full,
@@ -125,6 +126,7 @@ func NewHandler(g *gateway.Gateway, reg *prometheus.Registry, log *slog.Logger, 
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	h.routeDoors(mux)
 	h.routePolicies(mux)
+	h.routeController(mux)
 	return mux
 }
 

@@ -15,6 +15,9 @@ type Doors struct {
 	Mounts      Mounter
 	Attachments Attacher
 	Virtio      VirtioExporter
+	// Controller is the cluster controller the gateway follows (nil: none;
+	// GET /v1/controller then says so).
+	Controller ControllerSource
 }
 
 // VirtioExport is a volume served as a vhost-user-blk device.

@@ -112,7 +112,12 @@
 //
 // Queue.Stats gives admitted ops and bytes, ops served as reservation, total
 // time requests spent waiting (for a limit or for a slot), the current depth
-// and the number in flight.
+// and the number in flight, in all and per class (with the cost units
+// admitted). Scheduler.Stats gives HeldTime: how long the device held work
+// back, that is, some waiting request that its limits would let go waited
+// for a slot or for the capacity. It tells a saturated device from queues
+// that only wait for their own limits (the cluster controller's capacity
+// measurement uses it).
 //
 // # Not done
 //

@@ -10,9 +10,9 @@ import (
 // rule's limits, reservation, weight and priority. Create it with
 // Scheduler.NewQueue; all its state is guarded by the scheduler's mutex.
 type Queue struct {
-	s      *Scheduler
-	name   string
-	doneFn func() // q.complete, built once so Admit does not allocate
+	s       *Scheduler
+	name    string
+	doneFns [numClasses]func() // q.complete per class, built once so Admit does not allocate
 
 	lim      Limits
 	weight   float64
@@ -33,7 +33,15 @@ type Queue struct {
 	st struct {
 		ops, bytes, reserved uint64
 		throttled            float64 // seconds
+		class                [numClasses]classCounters
 	}
+}
+
+// classCounters are one class's share of a queue's counters.
+type classCounters struct {
+	ops, bytes, units uint64
+	waited            float64 // seconds
+	inFlight          int
 }
 
 // QueueStats is a snapshot of one queue's counters.
@@ -46,6 +54,20 @@ type QueueStats struct {
 	ThrottledTime time.Duration // total time requests spent waiting in this queue, for a limit or a slot
 	Depth         int           // requests waiting now
 	InFlight      int           // admitted requests whose done has not been called
+	// Classes splits the counters by class (indexed by Read, Write,
+	// Other), for callers that meter reads and writes apart (the cluster
+	// controller's reports).
+	Classes [numClasses]ClassStats
+}
+
+// ClassStats are one class's share of a queue's counters.
+type ClassStats struct {
+	Ops      uint64        // requests admitted
+	Bytes    uint64        // bytes admitted
+	Units    uint64        // cost units admitted (what IOPS limits count)
+	Waited   time.Duration // time requests spent waiting, for a limit or a slot
+	Depth    int           // requests waiting now
+	InFlight int           // admitted, done not yet called
 }
 
 // NewQueue creates a queue with limits l (see Limits.Validate).
@@ -54,7 +76,9 @@ func (s *Scheduler) NewQueue(name string, l Limits) (*Queue, error) {
 		return nil, fmt.Errorf("queue %q: %w", name, err)
 	}
 	q := &Queue{s: s, name: name, activeIdx: -1}
-	q.doneFn = q.complete
+	for c := range q.doneFns {
+		q.doneFns[c] = func() { q.complete(Class(c)) }
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	q.apply(l, s.now())
@@ -137,9 +161,7 @@ func (q *Queue) Close() {
 			q.fifo[c].remove(w)
 			q.nWaiting--
 			s.nWaiting--
-			q.st.ops++
-			q.st.bytes += uint64(w.bytes)
-			q.st.throttled += math.Max(0, now-w.arrived)
+			q.count(w.class, w.cost, w.bytes, math.Max(0, now-w.arrived))
 			q.inFlight++
 			s.inFlight++
 			w.dispatched = true
@@ -148,6 +170,25 @@ func (q *Queue) Close() {
 		}
 	}
 	s.deactivateLocked(q)
+	s.noteHeldLocked(now)
+}
+
+// count accounts one admitted request of class c that waited waited
+// seconds (the caller adds it to the in-flight counts).
+func (q *Queue) count(c Class, cost float64, bytes int64, waited float64) {
+	q.st.ops++
+	q.st.bytes += uint64(bytes)
+	q.st.throttled += waited
+	cc := &q.st.class[c]
+	cc.ops++
+	cc.bytes += uint64(bytes)
+	cc.units += uint64(cost)
+	cc.waited += waited
+	cc.inFlight++
+	sa := &q.s.admitted[c]
+	sa.Ops++
+	sa.Bytes += uint64(bytes)
+	sa.Units += uint64(cost)
 }
 
 // Stats returns a snapshot of the queue's counters.
@@ -155,7 +196,7 @@ func (q *Queue) Stats() QueueStats {
 	s := q.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return QueueStats{
+	st := QueueStats{
 		Name:          q.name,
 		Limits:        q.lim,
 		AdmittedOps:   q.st.ops,
@@ -165,17 +206,24 @@ func (q *Queue) Stats() QueueStats {
 		Depth:         q.nWaiting,
 		InFlight:      q.inFlight,
 	}
+	for c, cc := range q.st.class {
+		st.Classes[c] = ClassStats{Ops: cc.ops, Bytes: cc.bytes, Units: cc.units,
+			Waited: time.Duration(cc.waited * 1e9), Depth: q.fifo[c].n, InFlight: cc.inFlight}
+	}
+	return st
 }
 
-// complete is the done function of every request admitted through q.
-func (q *Queue) complete() {
+// complete is the done function of every request of class c admitted
+// through q.
+func (q *Queue) complete(c Class) {
 	s := q.s
 	s.mu.Lock()
-	if q.inFlight <= 0 {
+	if q.inFlight <= 0 || q.st.class[c].inFlight <= 0 {
 		s.mu.Unlock()
 		panic(fmt.Sprintf("qos: queue %q: done called more often than Admit succeeded", q.name))
 	}
 	q.inFlight--
+	q.st.class[c].inFlight--
 	s.inFlight--
 	s.dispatchLocked()
 	s.mu.Unlock()
@@ -258,6 +306,7 @@ func (q *Queue) resInterval(c Class, cost float64, bytes, costUnit int64) float6
 // waitList is an intrusive FIFO of waiters.
 type waitList struct {
 	head, tail *waiter
+	n          int
 }
 
 func (l *waitList) push(w *waiter) {
@@ -269,6 +318,7 @@ func (l *waitList) push(w *waiter) {
 		l.head = w
 	}
 	l.tail = w
+	l.n++
 }
 
 func (l *waitList) remove(w *waiter) {
@@ -283,4 +333,5 @@ func (l *waitList) remove(w *waiter) {
 		l.tail = w.prev
 	}
 	w.prev, w.next = nil, nil
+	l.n--
 }

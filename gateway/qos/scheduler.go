@@ -69,6 +69,74 @@ type Scheduler struct {
 	timer    Timer               // limit wake-up, nil if none armed
 	timerAt  float64
 	timerGen uint64
+
+	// The device holds work back while a waiting request that its limits
+	// let go waits for a slot or for the capacity (see Stats).
+	held      bool
+	heldSince float64
+	heldTotal float64 // seconds, spans that ended
+
+	admitted [numClasses]Admitted // by every queue, closed ones included
+}
+
+// SchedulerStats is a snapshot of a scheduler's counters.
+type SchedulerStats struct {
+	InFlight int // admitted requests whose done has not been called
+	Waiting  int // requests waiting in all queues
+	// HeldTime is the total time during which the device held work back:
+	// some waiting request that its queue's limits would let go waited for
+	// a free slot (MaxInFlight) or for the capacity (CapacityIOPS). It
+	// grows while the device is the bottleneck, not while queues wait
+	// only for their own limits. The span in progress is included.
+	HeldTime time.Duration
+	// Admitted is what all the scheduler's queues admitted, by class
+	// (indexed by Read, Write, Other), queues since closed included.
+	Admitted [numClasses]Admitted
+}
+
+// Admitted counts admitted requests.
+type Admitted struct {
+	Ops   uint64
+	Bytes uint64
+	Units uint64 // cost units
+}
+
+// Stats returns a snapshot of the scheduler's counters.
+func (s *Scheduler) Stats() SchedulerStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	held := s.heldTotal
+	if s.held {
+		held += math.Max(0, s.now()-s.heldSince)
+	}
+	return SchedulerStats{InFlight: s.inFlight, Waiting: s.nWaiting, HeldTime: time.Duration(held * 1e9), Admitted: s.admitted}
+}
+
+// noteHeldLocked records at now whether the device holds work back.
+func (s *Scheduler) noteHeldLocked(now float64) {
+	held := s.nWaiting > 0 && (s.inFlight >= s.maxInFlight || s.capacity.wait(now) > 0) && s.anyEligibleLocked(now)
+	s.setHeldLocked(held, now)
+}
+
+func (s *Scheduler) setHeldLocked(held bool, now float64) {
+	switch {
+	case held && !s.held:
+		s.held, s.heldSince = true, now
+	case !held && s.held:
+		s.held = false
+		s.heldTotal += math.Max(0, now-s.heldSince)
+	}
+}
+
+// anyEligibleLocked reports whether some waiting request is within its
+// queue's limits at now.
+func (s *Scheduler) anyEligibleLocked(now float64) bool {
+	for _, q := range s.active {
+		if w, _ := q.pick(now); w != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // waiter is one request waiting in a queue. Pooled.
@@ -172,13 +240,13 @@ func (s *Scheduler) Admit(ctx context.Context, q *Queue, c Class, bytes int64) (
 		return func() {}, nil
 	}
 	if w == nil {
-		return q.doneFn, nil
+		return q.doneFns[c], nil
 	}
 	select {
 	case <-w.ready:
 		w.q = nil
 		s.pool.Put(w)
-		return q.doneFn, nil
+		return q.doneFns[c], nil
 	case <-ctx.Done():
 	}
 	s.mu.Lock()
@@ -187,7 +255,7 @@ func (s *Scheduler) Admit(ctx context.Context, q *Queue, c Class, bytes int64) (
 		<-w.ready
 		w.q = nil
 		s.pool.Put(w)
-		return q.doneFn, nil
+		return q.doneFns[c], nil
 	}
 	s.removeLocked(w, s.now())
 	s.mu.Unlock()
@@ -260,7 +328,9 @@ func (s *Scheduler) removeLocked(w *waiter, now float64) {
 	}
 	if now > w.arrived {
 		q.st.throttled += now - w.arrived
+		q.st.class[w.class].waited += now - w.arrived
 	}
+	s.noteHeldLocked(now)
 }
 
 func (s *Scheduler) deactivateLocked(q *Queue) {
@@ -295,9 +365,7 @@ func (s *Scheduler) admitLocked(q *Queue, c Class, cost float64, bytes int64, ph
 		q.rFin = math.Max(q.rFin, now-q.burst) + q.resInterval(c, cost, bytes, s.costUnit)
 		q.st.reserved++
 	}
-	q.st.ops++
-	q.st.bytes += uint64(bytes)
-	q.st.throttled += waited
+	q.count(c, cost, bytes, waited)
 	q.inFlight++
 	s.inFlight++
 	if s.vtime > vRebase {
@@ -314,12 +382,16 @@ func (s *Scheduler) admitLocked(q *Queue, c Class, cost float64, bytes int64, ph
 // timer for the earliest moment one of them becomes eligible.
 func (s *Scheduler) dispatchLocked() {
 	if s.nWaiting == 0 || s.inFlight >= s.maxInFlight {
+		if s.held || s.nWaiting > 0 {
+			s.noteHeldLocked(s.now())
+		}
 		return
 	}
 	now := s.now()
 	for s.inFlight < s.maxInFlight && s.nWaiting > 0 {
 		if d := s.capacity.wait(now); d > 0 {
 			s.armTimerLocked(now, now+d)
+			s.noteHeldLocked(now)
 			return
 		}
 		var resQ, wQ *Queue
@@ -352,9 +424,11 @@ func (s *Scheduler) dispatchLocked() {
 			s.dispatchWaiterLocked(wW, phaseWeight, now)
 		default:
 			s.armTimerLocked(now, wake)
+			s.setHeldLocked(false, now)
 			return
 		}
 	}
+	s.noteHeldLocked(now)
 }
 
 func (s *Scheduler) dispatchWaiterLocked(w *waiter, ph phase, now float64) {

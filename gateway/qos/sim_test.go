@@ -111,7 +111,7 @@ func (m *sim) start(c *simClient, at time.Time, owesDone bool) {
 	m.clk.AfterFunc(at.Add(m.service).Sub(m.clk.Now()), func() {
 		c.onDevice--
 		if owesDone {
-			c.q.doneFn()
+			c.q.doneFns[c.class]()
 		}
 	})
 }

@@ -1,0 +1,174 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/sluice-storage/sluice/gateway/qos"
+)
+
+// Assignments from a cluster controller (package controller, issue 5).
+//
+// A gateway that follows a controller receives full assignment sets: one
+// qos.Limits per tenant, computed from the tenants' cluster-wide SLOs. The
+// gateway enforces each set with one queue per tenant in its scheduler,
+// owned by the controller and never persisted. While a tenant has an
+// assignment, all its IO on this gateway, on every volume, door, file and
+// operation, goes through that queue: its static QoS rules (tenant, volume
+// and file rules) are suspended, because the SLO is tenant-wide and a
+// static limit under it would make the controller's limit unreachable
+// (the controller would see the tenant held back and hand it more, in
+// vain). Tenants the set does not list keep their static rules.
+//
+// ApplyAssignments changes limits in place (Queue.SetLimits: immediate,
+// for waiting requests too, never blocking); only a tenant gaining or
+// losing its assignment recomputes routes. ClearAssignments (the
+// controller's grace period ended) closes the queues, releasing what waits
+// in them, and static rules apply again. Neither is on the IO path; both
+// only take the rules lock, as a `sluice qos set` does.
+//
+// The package does not import package controller: cmd/sluice adapts the
+// controller's Agent to ApplyAssignments, ClearAssignments, TenantCounters
+// and DeviceSaturated.
+
+// controlled is the controller-owned part of the rule table. Guarded by
+// rules.mu.
+type controlled struct {
+	queues    map[string]*qos.Queue // tenant → its assignment queue
+	epoch     uint64                // of the last set applied (kept after fallback)
+	following bool                  // a set is in force
+	since     time.Time             // when following last changed, or the set was applied
+	meter     tenantMeter           // TenantCounters and DeviceSaturated state (tenants.go)
+}
+
+// queueName is the name of a tenant's assignment queue.
+func queueName(tenant string) string { return "controller/" + tenant }
+
+// ApplyAssignments enforces a full assignment set: tenant → limits,
+// stamped with the controller's epoch. Tenants not in set lose their
+// assignment queue and return to their static rules. Limits that do not
+// validate are refused per tenant (the tenant keeps what it had) and
+// reported in the error; the rest of the set is applied.
+func (g *Gateway) ApplyAssignments(set map[string]qos.Limits, epoch uint64) error {
+	g.rules.mu.Lock()
+	defer g.rules.mu.Unlock()
+	c := &g.rules.ctl
+	if c.queues == nil {
+		c.queues = make(map[string]*qos.Queue, len(set))
+	}
+	var errs []error
+	reroute := false
+	for _, t := range slices.Sorted(maps.Keys(set)) {
+		l := set[t]
+		if q := c.queues[t]; q != nil {
+			if q.Limits() == l {
+				continue
+			}
+			if err := q.SetLimits(l); err != nil {
+				errs = append(errs, fmt.Errorf("tenant %s: %w", t, err))
+			}
+			continue
+		}
+		q, err := g.rules.sched.NewQueue(queueName(t), l)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("tenant %s: %w", t, err))
+			continue
+		}
+		c.queues[t] = q
+		reroute = true
+	}
+	var gone []*qos.Queue
+	for t, q := range c.queues {
+		if _, ok := set[t]; !ok {
+			delete(c.queues, t)
+			gone = append(gone, q)
+			reroute = true
+		}
+	}
+	if !c.following {
+		g.log.Info("enforcing the controller's assignments", "epoch", epoch, "tenants", len(set))
+	}
+	c.epoch, c.following, c.since = epoch, true, time.Now()
+	if reroute {
+		g.reroute() // new requests stop entering the old queues...
+	}
+	for _, q := range gone {
+		q.Close() // ...then their waiting requests are let go
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("assignments of epoch %d: %w: %w", epoch, ErrInvalid, err)
+	}
+	return nil
+}
+
+// ClearAssignments drops every assignment: tenants return to their static
+// rules at once and requests waiting in assignment queues are released.
+// The epoch of the last set is kept (for status).
+func (g *Gateway) ClearAssignments() {
+	g.rules.mu.Lock()
+	defer g.rules.mu.Unlock()
+	c := &g.rules.ctl
+	gone := slices.Collect(maps.Values(c.queues))
+	clear(c.queues)
+	if c.following {
+		g.log.Warn("controller assignments dropped: static QoS rules apply again", "epoch", c.epoch, "tenants", len(gone))
+	}
+	c.following, c.since = false, time.Now()
+	g.reroute()
+	for _, q := range gone {
+		q.Close()
+	}
+}
+
+// AssignedTenant is one tenant's assignment in force, with its queue's
+// counters.
+type AssignedTenant struct {
+	Tenant string         `json:"tenant"`
+	Limits qos.Limits     `json:"limits"`
+	Stats  qos.QueueStats `json:"stats"`
+}
+
+// AssignmentStatus is what this gateway enforces for the controller.
+type AssignmentStatus struct {
+	// Following: a set is in force (false: every tenant runs under the
+	// static rules).
+	Following bool `json:"following"`
+	// Epoch of the last set applied (kept after a fallback; 0 = never).
+	Epoch uint64 `json:"epoch"`
+	// Since is when the set in force was applied, or when the gateway fell
+	// back.
+	Since   time.Time        `json:"since,omitempty"`
+	Tenants []AssignedTenant `json:"tenants"`
+}
+
+// Assignments returns the assignments in force, by tenant.
+func (g *Gateway) Assignments() AssignmentStatus {
+	g.rules.mu.Lock()
+	defer g.rules.mu.Unlock()
+	c := &g.rules.ctl
+	st := AssignmentStatus{Following: c.following, Epoch: c.epoch, Since: c.since, Tenants: []AssignedTenant{}}
+	for _, t := range slices.Sorted(maps.Keys(c.queues)) {
+		qs := c.queues[t].Stats()
+		st.Tenants = append(st.Tenants, AssignedTenant{Tenant: t, Limits: qs.Limits, Stats: qs})
+	}
+	return st
+}
+
+// assignedRoute sends every request of a volume to its tenant's
+// assignment queue. Callers hold rules.mu.
+func (g *Gateway) assignedRoute(tenant string) *route {
+	q := g.rules.ctl.queues[tenant]
+	if q == nil {
+		return nil
+	}
+	var r route
+	for d := range r.queues {
+		for c := range r.queues[d] {
+			r.queues[d][c] = q
+		}
+	}
+	return &r
+}
