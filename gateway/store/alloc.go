@@ -33,6 +33,10 @@ type allocator struct {
 	used     int64    // units in use, including deferred frees
 	cursor   int      // next-fit: word index to start searching at
 	deferred []extent // freed, waiting for a durable commit
+	defBytes int64    // bytes in deferred
+	// nudge gets a token when deferred frees pile up (see deferFree); the
+	// store's sync loop then syncs at once instead of at its next tick.
+	nudge chan struct{}
 }
 
 // extent is a run of device bytes. zero: the extent still holds the bytes
@@ -48,7 +52,7 @@ const unitSize = 4096
 
 func newAllocator(base, size int64) *allocator {
 	units := size / unitSize
-	a := &allocator{base: base, units: units, words: make([]uint64, (units+63)/64)}
+	a := &allocator{base: base, units: units, words: make([]uint64, (units+63)/64), nudge: make(chan struct{}, 1)}
 	// Units past the end of the device in the last word are marked used.
 	if rem := units % 64; rem != 0 {
 		a.words[len(a.words)-1] = ^uint64(0) << rem
@@ -225,7 +229,22 @@ func (a *allocator) deferFree(exts []extent) {
 	}
 	a.mu.Lock()
 	a.deferred = append(a.deferred, exts...)
+	for _, e := range exts {
+		a.defBytes += e.length
+	}
+	// Copy-on-write frees an extent per chunk rewritten: under a fast
+	// overwrite load they can outgrow what is still free well within the
+	// sync loop's interval, and every allocation would then stall on a
+	// sync of its own. Ask for a sync once they reach a quarter of the
+	// free space.
+	pressure := a.defBytes*4 >= (a.units-a.used)*unitSize
 	a.mu.Unlock()
+	if pressure {
+		select {
+		case a.nudge <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // takeDeferred removes and returns the queued frees; the caller syncs the
@@ -234,7 +253,7 @@ func (a *allocator) takeDeferred() []extent {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	d := a.deferred
-	a.deferred = nil
+	a.deferred, a.defBytes = nil, 0
 	return d
 }
 

@@ -221,16 +221,24 @@ func (o *object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 	return int(end - off), nil
 }
 
-// allocSyncing allocates an extent; when the pool is full but frees wait
-// for a durable commit (copy-on-write frees one extent per chunk written),
-// it makes them durable and reusable first and tries again.
+// allocSyncing allocates an extent; when the pool is full it first makes
+// the deferred frees durable and reusable (copy-on-write frees one extent
+// per chunk written) and tries again.
 func (s *Store) allocSyncing(length int64) (int64, error) {
 	dev, err := s.alloc.alloc(length)
-	if errors.Is(err, ErrNoSpace) && s.alloc.pendingFrees() > 0 {
-		if serr := s.syncMeta(); serr != nil {
+	if errors.Is(err, ErrNoSpace) {
+		if serr := s.syncForSpace(); serr != nil {
 			return 0, serr
 		}
 		dev, err = s.alloc.alloc(length)
 	}
 	return dev, err
 }
+
+// syncForSpace is what an allocation that found the pool full does before
+// its one retry: a metadata sync, even when no frees are pending now,
+// because a sync that another request started may hold them (taken, not
+// yet released); syncMeta waits for that one and then releases whatever
+// is left. Without it, concurrent writers on a nearly full pool got ENOSPC
+// while space was on its way back.
+func (s *Store) syncForSpace() error { return s.syncMeta() }

@@ -384,11 +384,11 @@ func (v *Volume) allocRun(first, k int64) ([]piece, error) {
 			c /= 2
 			dev, err = v.s.alloc.alloc(c * cs)
 		}
-		if err != nil && !synced && v.s.alloc.pendingFrees() > 0 {
-			// Full, but frees wait for a durable commit: make them
-			// reusable and try again.
+		if err != nil && !synced {
+			// Full, but frees may wait for a durable commit: make them
+			// reusable and try again (syncForSpace).
 			synced = true
-			if err := v.s.syncMeta(); err != nil {
+			if err := v.s.syncForSpace(); err != nil {
 				v.freePieces(pieces)
 				return nil, err
 			}

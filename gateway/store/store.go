@@ -397,15 +397,19 @@ func (s *Store) syncLoop(every time.Duration) {
 	defer close(s.done)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	nudge := s.alloc.nudge
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-t.C:
-			if s.alloc.pendingFrees() > 0 {
-				if err := s.syncMeta(); err != nil {
-					s.log.Error("background metadata sync failed", "err", err)
-				}
+			nudge = s.alloc.nudge // a failed sync waits for the tick
+		case <-nudge:
+		}
+		if s.alloc.pendingFrees() > 0 {
+			if err := s.syncMeta(); err != nil {
+				s.log.Error("background metadata sync failed", "err", err)
+				nudge = nil
 			}
 		}
 	}
