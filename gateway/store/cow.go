@@ -203,6 +203,11 @@ func (o *object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 	var freed []extent
 	var saved int64
 	for _, c := range chunks {
+		if c.e.transformed() {
+			s.entries.put(v.id, o.ino, c.idx, c.e)
+		} else {
+			s.entries.drop(v.id, o.ino, c.idx)
+		}
 		t.set(c.idx, tableEntry(c.e))
 		saved += v.savedBy(c.e)
 		switch {

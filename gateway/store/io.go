@@ -552,6 +552,7 @@ func (o *object) discardWindow(w window, off, length int64) (int64, error) {
 		return 0, fmt.Errorf("%w: commit unmap: %w", ErrIO, err)
 	}
 	for _, idx := range unmapped {
+		v.s.entries.drop(v.id, o.ino, idx)
 		t.set(idx, 0)
 		o.invalidate(idx, 1)
 	}

@@ -96,10 +96,12 @@ type Store struct {
 	db    *badger.DB
 	dev   device.Device
 	alloc *allocator
-	log   *slog.Logger
-	zeros []byte // maxChunkSize zero bytes, never written
-	uuid  string // the pool's identity
-	env   *filter.Env
+	// entries caches transformed chunks' map entries (entrycache.go).
+	entries *entryCache
+	log     *slog.Logger
+	zeros   []byte // maxChunkSize zero bytes, never written
+	uuid    string // the pool's identity
+	env     *filter.Env
 	// ownEnv: the store made env and closes it.
 	ownEnv bool
 	bufs   sync.Pool // *[]byte scratch for transformed chunks
@@ -176,6 +178,7 @@ func (s *Store) load(ctx context.Context) error {
 		return err
 	}
 	s.alloc = newAllocator(dataStart, s.dev.Size()-dataStart)
+	s.entries = new(entryCache)
 	var deleting []*Volume
 	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixVolume}, PrefetchValues: true})

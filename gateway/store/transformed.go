@@ -31,6 +31,10 @@ func tableEntry(e chunkEntry) int64 {
 
 // entry fetches chunk idx's map entry. The caller holds its stripe lock.
 func (o *object) entry(idx int64) (chunkEntry, error) {
+	dev := o.table.Load().get(idx) &^ markTransformed
+	if e, ok := o.v.s.entries.get(o.v.id, o.ino, idx, dev); ok {
+		return e, nil
+	}
 	var e chunkEntry
 	err := o.v.s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(chunkKey(o.v.id, o.ino, uint64(idx)))
@@ -45,6 +49,9 @@ func (o *object) entry(idx int64) (chunkEntry, error) {
 	if err != nil {
 		o.v.s.log.Error("chunk entry unreadable", "volume", o.v.ref, "inode", o.ino, "chunk", idx, "err", err)
 		return chunkEntry{}, fmt.Errorf("volume %s: inode %d: chunk %d: %w", o.v.ref, o.ino, idx, errIO(err))
+	}
+	if e.devOff == dev {
+		o.v.s.entries.put(o.v.id, o.ino, idx, e)
 	}
 	return e, nil
 }
