@@ -25,7 +25,7 @@ var builtins = [...]*Spec{
 	},
 	{
 		Name: "encryption", Kind: Transform, ID: idEncryption,
-		Description: "encrypt each chunk with AES-256-GCM under the tenant's key; chunks are bound to their volume, inode and index",
+		Description: "encrypt each 4 KiB sector of each chunk with AES-256-GCM under the tenant's key; sectors are bound to their volume, inode, chunk and place",
 		Params: []ParamSpec{
 			{Name: "algo", Type: TypeEnum, Default: "aes-256-gcm", Allowed: []string{"aes-256-gcm"}, Description: "cipher"},
 		},
@@ -280,6 +280,8 @@ func chunkAD(c ChunkContext) [adLen]byte {
 	return ad
 }
 
+// Forward seals src sector by sector (algo 2, record.go): one 4 KiB read
+// of the chunk later opens one sector.
 func (e encryption) Forward(c ChunkContext, dst, src, args []byte) ([]byte, []byte, error) {
 	k, err := e.env.Keyring().key(c.Tenant)
 	if err != nil {
@@ -289,11 +291,40 @@ func (e encryption) Forward(c ChunkContext, dst, src, args []byte) ([]byte, []by
 	if _, err := rand.Read(nonce[:]); err != nil {
 		return dst, args, fmt.Errorf("nonce: %v: %w", err, ErrChain)
 	}
-	ad := chunkAD(c)
-	args = append(args, cryptAESGCM)
+	args = append(args, cryptSectors)
 	args = append(args, k.id[:]...)
 	args = append(args, nonce[:]...)
-	return k.aead.Seal(dst, nonce[:], src, ad[:]), args, nil
+	for i := 0; i*SectorSize < len(src) || i == 0; i++ {
+		sec := src[i*SectorSize : min(len(src), (i+1)*SectorSize)]
+		n, ad := sectorNonce(nonce[:], i), sectorAD(c, i)
+		dst = k.aead.Seal(dst, n[:], sec, ad[:])
+	}
+	return dst, args, nil
+}
+
+// SectorSize is the plain size of one sector of sectored encryption.
+const SectorSize = 4096
+
+// sectorStride is the stored size of one whole sector: ciphertext and tag.
+const sectorStride = SectorSize + 16
+
+const sectorADPrefix = "sluice sector v1"
+
+func sectorAD(c ChunkContext, i int) [len(sectorADPrefix) + 28]byte {
+	var ad [len(sectorADPrefix) + 28]byte
+	p := copy(ad[:], sectorADPrefix)
+	binary.BigEndian.PutUint64(ad[p:], c.VolumeID)
+	binary.BigEndian.PutUint64(ad[p+8:], c.Inode)
+	binary.BigEndian.PutUint64(ad[p+16:], c.ChunkIndex)
+	binary.BigEndian.PutUint32(ad[p+24:], uint32(i))
+	return ad
+}
+
+func sectorNonce(nonce []byte, i int) [nonceLen]byte {
+	var n [nonceLen]byte
+	copy(n[:], nonce)
+	binary.BigEndian.PutUint32(n[nonceLen-4:], binary.BigEndian.Uint32(n[nonceLen-4:])^uint32(i))
+	return n
 }
 
 func reverseEncryption(env *Env, c ChunkContext, dst, src, args []byte) ([]byte, error) {
@@ -307,12 +338,32 @@ func reverseEncryption(env *Env, c ChunkContext, dst, src, args []byte) ([]byte,
 	if len(src) < k.aead.Overhead() {
 		return dst, fmt.Errorf("%d encrypted bytes, shorter than the tag: %w", len(src), ErrCorrupt)
 	}
+	if args[0] == cryptSectors {
+		return openSectors(k, c, dst, src, args[5:5+nonceLen], 0)
+	}
 	ad := chunkAD(c)
 	out, err := k.aead.Open(dst, args[5:5+nonceLen], src, ad[:])
 	if err != nil {
 		return dst, fmt.Errorf("%s: %w", c, ErrAuth)
 	}
 	return out, nil
+}
+
+// openSectors opens the stored sectors in src, the first of them sector
+// first of the chunk, appending their plain bytes to dst.
+func openSectors(k *tenantKey, c ChunkContext, dst, src, nonce []byte, first int) ([]byte, error) {
+	for i := 0; i*sectorStride < len(src); i++ {
+		sec := src[i*sectorStride : min(len(src), (i+1)*sectorStride)]
+		if len(sec) < k.aead.Overhead() {
+			return dst, fmt.Errorf("%s: sector %d: %d stored bytes, shorter than the tag: %w", c, first+i, len(sec), ErrCorrupt)
+		}
+		n, ad := sectorNonce(nonce, first+i), sectorAD(c, first+i)
+		var err error
+		if dst, err = k.aead.Open(dst, n[:], sec, ad[:]); err != nil {
+			return dst, fmt.Errorf("%s: sector %d: %w", c, first+i, ErrAuth)
+		}
+	}
+	return dst, nil
 }
 
 // ---- checksum

@@ -199,7 +199,7 @@ func (e *Env) Reverse(cc ChunkContext, dst, stored, record []byte) ([]byte, erro
 	if err != nil {
 		return dst, fmt.Errorf("%s: %w", cc, err)
 	}
-	if len(stored) > MaxChunkSize+1024 {
+	if len(stored) > MaxStored(MaxChunkSize) {
 		return dst, fmt.Errorf("%s: %d stored bytes: %w", cc, len(stored), ErrTooLarge)
 	}
 	scratch := [2]*[]byte{e.getBuf(), e.getBuf()}

@@ -26,12 +26,21 @@ import (
 //	1 compression  5 bytes: algo (0 = none: the bytes did not shrink and are
 //	               stored as they were; 1 = zstd frame; 2 = lz4 block),
 //	               then the step's input length (uint32)
-//	2 encryption   17 bytes: algo (1 = AES-256-GCM), key id (4 bytes: the
-//	               first 4 bytes of SHA-256("sluice key id v1\x00" || key)),
-//	               nonce (12 bytes, fresh random per write). The stored
-//	               bytes are ciphertext || 16-byte tag; the additional data is
-//	               "sluice chunk v1\x00" || volume id (8) || inode (8) ||
-//	               chunk index (8).
+//	2 encryption   17 bytes: algo, key id (4 bytes: the first 4 bytes of
+//	               SHA-256("sluice key id v1\x00" || key)), nonce (12 bytes,
+//	               fresh random per write). Algo 1 = AES-256-GCM over the
+//	               whole input: the stored bytes are ciphertext || 16-byte
+//	               tag; the additional data is "sluice chunk v1\x00" ||
+//	               volume id (8) || inode (8) || chunk index (8). Algo 2 =
+//	               AES-256-GCM per 4096-byte sector (what this version
+//	               writes): the input is cut into sectors of 4096 bytes (the
+//	               last may be shorter), each sealed on its own and stored
+//	               as ciphertext || 16-byte tag, one after the other (sector
+//	               i at offset i*4112); sector i's nonce is the recorded
+//	               nonce with its last 4 bytes XORed with i (big-endian), its
+//	               additional data "sluice sector v1" || volume id (8) ||
+//	               inode (8) || chunk index (8) || i (4). A 4 KiB read then
+//	               reads and opens one sector, not the whole chunk.
 //	3 checksum     5 bytes: algo (1 = crc32c, Castagnoli), then the crc of
 //	               the step's input (uint32). Chains always run checksum
 //	               last, so this is the crc of the stored bytes.
@@ -64,6 +73,7 @@ const (
 	compressZstd = 1
 	compressLZ4  = 2
 	cryptAESGCM  = 1
+	cryptSectors = 2 // AES-256-GCM per SectorSize bytes
 	sumCRC32C    = 1
 )
 
@@ -139,7 +149,7 @@ func (s Step) check() error {
 			return fmt.Errorf("compression input length %d is above %d: %w", binary.BigEndian.Uint32(s.Args[1:]), MaxChunkSize, ErrRecord)
 		}
 	case idEncryption:
-		if s.Args[0] != cryptAESGCM {
+		if s.Args[0] != cryptAESGCM && s.Args[0] != cryptSectors {
 			return fmt.Errorf("encryption algo %d unknown: %w", s.Args[0], ErrRecord)
 		}
 	case idChecksum:

@@ -705,8 +705,9 @@ func TestCOWOnNearlyFullPool(t *testing.T) {
 // TestEntryCacheFollowsRewrites: chunks rewritten under changing chains
 // (compression, encryption, plain, discard), with syncs in between so that
 // freed extents come back at the same device offsets on a small pool,
-// always read back what was last written: the entry cache never serves an
-// entry the chunk map no longer holds.
+// always read back what was last written, whole and in part: the entry
+// cache never serves an entry the chunk map no longer holds, and partial
+// reads of sectored chunks open the right sectors.
 func TestEntryCacheFollowsRewrites(t *testing.T) {
 	ctx := context.Background()
 	env := testEnv(t)
@@ -749,6 +750,13 @@ func TestEntryCacheFollowsRewrites(t *testing.T) {
 		}
 		if !bytes.Equal(got, want[off:off+64<<10]) {
 			t.Fatalf("step %d: chunk at %d reads stale data", i, off)
+		}
+		// A part of the chunk (sectored chains read only its sectors).
+		a := off + int64(r.IntN(64<<10))
+		b := min(off+64<<10, a+1+int64(r.IntN(3*4096)))
+		part := make([]byte, b-a)
+		if err := v.ReadAt(ctx, 0, part, a); err != nil || !bytes.Equal(part, want[a:b]) {
+			t.Fatalf("step %d: bytes %d..%d: %v", i, a, b, err)
 		}
 	}
 	mustRead(t, v, 0, 0, want)

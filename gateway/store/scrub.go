@@ -123,7 +123,7 @@ func (v *Volume) scrubChunk(it scrubItem, r *ScrubReport) {
 // verify reads a transformed chunk's stored bytes and undoes its record.
 func (v *Volume) verify(it scrubItem) error {
 	e := it.e
-	if !v.s.alloc.contains(e.devOff, int64(e.storedLen)) || int64(e.storedLen) > v.chunkSize+1024 {
+	if !v.s.alloc.contains(e.devOff, int64(e.storedLen)) || int64(e.storedLen) > int64(filter.MaxStored(int(v.chunkSize))) {
 		return fmt.Errorf("entry points outside the pool (offset %d length %d)", e.devOff, e.storedLen)
 	}
 	sb := v.s.getBuf(int(e.storedLen))

@@ -76,9 +76,14 @@ func (s *Store) getBuf(n int) *[]byte {
 			return b
 		}
 	}
-	b := make([]byte, 0, n)
+	// One size for everything short (a whole 64 KiB chunk with its
+	// overhead, a few sectors): buffers of mixed sizes would keep
+	// replacing each other in the pool.
+	b := make([]byte, 0, max(n, minBuf))
 	return &b
 }
+
+const minBuf = 72 << 10
 
 func (s *Store) putBuf(b *[]byte) { s.bufs.Put(b) }
 
@@ -86,7 +91,7 @@ func (s *Store) putBuf(b *[]byte) { s.bufs.Put(b) }
 // plain bytes (a whole chunk) to dst.
 func (o *object) readStored(idx int64, e chunkEntry, dst []byte) ([]byte, error) {
 	v := o.v
-	if !v.s.alloc.contains(e.devOff, int64(e.storedLen)) || int64(e.storedLen) > v.chunkSize+1024 {
+	if !v.s.alloc.contains(e.devOff, int64(e.storedLen)) || int64(e.storedLen) > int64(filter.MaxStored(int(v.chunkSize))) {
 		err := fmt.Errorf("chunk %d: entry points outside the pool (offset %d length %d): %w", idx, e.devOff, e.storedLen, ErrIO)
 		v.s.log.Error("chunk entry is corrupt", "volume", v.ref, "inode", o.ino, "offset", idx*v.chunkSize, "err", err)
 		return dst, err
@@ -150,14 +155,57 @@ func grow(b []byte, n int) []byte {
 // readTransformed fills p from byte in of transformed chunk idx, up to the
 // chunk's end; it returns the bytes filled.
 func (o *object) readTransformed(idx, in int64, p []byte) (int, error) {
+	e, err := o.entry(idx)
+	if err != nil {
+		return 0, err
+	}
+	p = p[:min(int64(len(p)), o.v.chunkSize-in)]
+	if int64(len(p)) < o.v.chunkSize {
+		if l, ok := filter.PartialLayout(e.record); ok && in+int64(len(p)) <= int64(l.PlainLen) {
+			return o.readSectors(idx, e, l, in, p)
+		}
+	}
 	buf := o.v.s.getBuf(int(o.v.chunkSize))
 	defer o.v.s.putBuf(buf)
-	plain, err := o.loadChunk(idx, o.table.Load().get(idx), (*buf)[:0])
+	plain, err := o.readStored(idx, e, (*buf)[:0])
 	if err != nil {
 		return 0, err
 	}
 	*buf = plain[:0]
 	return copy(p, plain[in:]), nil
+}
+
+// readSectors fills p from byte in of chunk idx (entry e, laid out in
+// sectors as l) by reading and opening only the sectors p covers.
+func (o *object) readSectors(idx int64, e chunkEntry, l filter.Sectors, in int64, p []byte) (int, error) {
+	v := o.v
+	first, last := in/filter.SectorSize, (in+int64(len(p))-1)/filter.SectorSize
+	from, to := first*int64(l.Stride), min((last+1)*int64(l.Stride), int64(e.storedLen))
+	if from >= to || !v.s.alloc.contains(e.devOff, int64(e.storedLen)) {
+		err := fmt.Errorf("chunk %d: entry does not hold bytes %d..%d (offset %d length %d): %w", idx, from, to, e.devOff, e.storedLen, ErrIO)
+		v.s.log.Error("chunk entry is corrupt", "volume", v.ref, "inode", o.ino, "offset", idx*v.chunkSize, "err", err)
+		return 0, err
+	}
+	sb := v.s.getBuf(int(to - from))
+	defer v.s.putBuf(sb)
+	stored := (*sb)[:to-from]
+	if _, err := v.s.dev.ReadAt(stored, e.devOff+from); err != nil {
+		v.s.log.Error("device read failed", "volume", v.ref, "inode", o.ino, "offset", idx*v.chunkSize+in, "err", err)
+		return 0, fmt.Errorf("%w: %w", ErrIO, err)
+	}
+	pb := v.s.getBuf(int(last-first+1) * filter.SectorSize)
+	defer v.s.putBuf(pb)
+	plain, err := v.s.env.ReverseSectors(o.chunkContext(idx), (*pb)[:0], stored, l, int(first))
+	if err == nil && int64(len(plain)) < in-first*filter.SectorSize+int64(len(p)) {
+		err = fmt.Errorf("sectors %d..%d open to %d bytes: %w", first, last, len(plain), filter.ErrCorrupt)
+	}
+	if err != nil {
+		v.s.log.Error("chunk failed verification; read returns EIO", "volume", v.ref, "inode", o.ino,
+			"offset", idx*v.chunkSize+in, "chunk", idx, "device_offset", e.devOff, "err", err)
+		return 0, fmt.Errorf("%w: volume %s inode %d offset %d: %w", ErrIO, v.ref, o.ino, idx*v.chunkSize+in, err)
+	}
+	*pb = plain[:0]
+	return copy(p, plain[in-first*filter.SectorSize:]), nil
 }
 
 // readCached is readWindow through the volume's read cache c: each chunk is
