@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/filters.sh — the cost of the filter path through the NBD door: one
 # gateway, one 1 GiB volume per policy (none, noop, zstd compression,
-# AES-256-GCM encryption), the same fio jobs on each (fio's nbd engine, one
+# lz4 compression, AES-256-GCM encryption, crc32c checksum), the same fio
+# jobs on each (fio's nbd engine, one
 # connection, unix socket). Data is half compressible (fio
 # --buffer_compress_percentage=50). Prints MB/s or IOPS per policy and each
 # policy's ratio to no policy.
@@ -27,8 +28,9 @@ chmod 600 "$W/keyring"
 PIDS+=($!)
 wait_sock "$W/g/api.sock"
 S() { "$BIN" --api-socket "$W/g/api.sock" "$@"; }
-POLICIES=(none noop zstd aes)
-declare -A TEXT=([noop]="SET noop" [zstd]="SET compression WITH algo=zstd, level=1" [aes]="SET encryption")
+POLICIES=(none noop zstd lz4 aes crc)
+declare -A TEXT=([noop]="SET noop" [zstd]="SET compression WITH algo=zstd, level=1" [lz4]="SET compression WITH algo=lz4"
+                 [aes]="SET encryption" [crc]="SET checksum")
 for p in "${POLICIES[@]}"; do
   S volume create "$p" --tenant bench --size $SIZE >/dev/null
   [ "$p" = none ] || S policy add "FOR VOLUME bench/$p DO ${TEXT[$p]}" >/dev/null
@@ -60,12 +62,14 @@ import json, sys
 s = json.load(sys.stdin)
 print(", ".join("%s=%.0fMiB" % (v["name"], v["allocated"] / 2**20) for v in s["volumes"]))'
 
-printf '%-24s %9s %9s %9s %9s %8s %8s %8s\n' job none noop zstd-1 aes-gcm noop/- zstd/- aes/-
-for job in "write 1m 8" "read 1m 8" "randread 4k 1" "randread 4k 16"; do
+ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
+printf '%-24s' job; for p in "${POLICIES[@]}"; do printf ' %8s' "$p"; done
+for p in "${POLICIES[@]:1}"; do printf ' %8s' "$p/none"; done; echo
+for job in "write 1m 8" "read 1m 8" "randread 4k 1" "randread 4k 16" "randwrite 4k 1" "randwrite 4k 16"; do
   set -- $job
   unit=IOPS; col=1; [ "$2" = 1m ] && unit=MB/s && col=2
   declare -A r=()
   for p in "${POLICIES[@]}"; do r[$p]=$(fio_job "$(uri $p)" "$1" "$2" "$3" | cut -d' ' -f$col); done
-  printf '%-24s %9s %9s %9s %9s %7.2fx %7.2fx %7.2fx\n' "$1 $2 QD$3 ($unit)" "${r[none]}" "${r[noop]}" "${r[zstd]}" "${r[aes]}" \
-    "$(python3 -c "print(${r[noop]}/${r[none]})")" "$(python3 -c "print(${r[zstd]}/${r[none]})")" "$(python3 -c "print(${r[aes]}/${r[none]})")"
+  printf '%-24s' "$1 $2 QD$3 ($unit)"; for p in "${POLICIES[@]}"; do printf ' %8s' "${r[$p]}"; done
+  for p in "${POLICIES[@]:1}"; do printf ' %8s' "$(ratio "${r[$p]}" "${r[none]}")"; done; echo
 done
