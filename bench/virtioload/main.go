@@ -212,6 +212,10 @@ func runJob(ctx context.Context, t target, j job, d time.Duration, pid int) (str
 		start = time.Now()
 	)
 	self0, peer0 := selfCPU(), peerCPU(pid)
+	var ws0 virtio.WaitStats
+	if v, ok := t.(*vclient); ok {
+		ws0 = v.c.WaitStats()
+	}
 	for w := range j.qd {
 		wg.Add(1)
 		go func() {
@@ -266,6 +270,12 @@ func runJob(ctx context.Context, t target, j job, d time.Duration, pid int) (str
 	n := len(all)
 	if n == 0 {
 		return "", errors.New("no IO completed")
+	}
+	if v, ok := t.(*vclient); ok {
+		// The initiator's pollers, per IO, for tuning (stderr).
+		ws, f := v.c.WaitStats(), float64(n)
+		fmt.Fprintf(os.Stderr, "%s initiator per IO: wakeups %.3f blocks %.3f naps %.3f contended %.3f\n", j.name,
+			float64(ws.Wakeups-ws0.Wakeups)/f, float64(ws.Blocks-ws0.Blocks)/f, float64(ws.Naps-ws0.Naps)/f, float64(ws.Contended-ws0.Contended)/f)
 	}
 	var sum time.Duration
 	for _, x := range all {
