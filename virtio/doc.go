@@ -215,9 +215,10 @@
 //     64 µs), then take 5 µs nanosleeps until the window (at most PollMax,
 //     256 µs) has passed, then enable notifications, re-check, block. The
 //     window follows QEMU's rule: work within it keeps it, work after it
-//     but before PollMax doubles it (from 4 µs), work only after PollMax
-//     halves it (so at a few thousand IOPS or less it reaches 0 and the
-//     poller behaves like WaitEventfd). Completions per wake-up drive
+//     but before PollMax doubles it (from 4 µs), work only after 2 ×
+//     PollMax halves it, in between (a slow wake-up, not idleness) keeps
+//     it (so at 1,000 IOPS it reaches 0 within a few IOs and the poller
+//     behaves like WaitEventfd). Completions per wake-up drive
 //     batch mode: when an EWMA of them reaches 8, a spin that finds
 //     nothing is followed by one sleep of about 8 / (measured rate),
 //     between 5 and 150 µs (OpenEBS's bounds), with notifications

@@ -370,14 +370,19 @@ func (w *waiter) nap(d time.Duration) {
 	runtime.UnlockOSThread()
 }
 
-// adjust tunes the window after a wait of d (QEMU's adjust_polling_time):
-// work inside the window keeps it, work soon after grows it, work only after
-// PollMax shrinks it.
+// adjust tunes the window after a wait of d (QEMU's adjust_polling_time,
+// with a dead band): work inside the window keeps it, work soon after
+// grows it, work only after idleAfter (2 × PollMax) shrinks it. Waits
+// between PollMax and idleAfter keep it: on a busy VM a blocked poller's
+// eventfd wake-up alone can take 100-400 µs, and shrinking on those made
+// the window collapse under a steady QD1 stream of ~20 µs writes (each
+// collapse costs more blocked waits, which shrank it again).
 func (w *waiter) adjust(d time.Duration) {
 	switch {
 	case d <= w.window:
-	case d > w.opt.PollMax:
+	case d > 2*w.opt.PollMax:
 		w.window /= 2
+	case d > w.opt.PollMax:
 	default:
 		w.window = min(max(w.window*2, windowStart), w.opt.PollMax)
 	}

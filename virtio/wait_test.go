@@ -32,8 +32,8 @@ func TestWaitDefaults(t *testing.T) {
 }
 
 // The window follows QEMU's rule: work inside it keeps it, work after it
-// but before PollMax doubles it (from windowStart), work after PollMax
-// halves it.
+// but before PollMax doubles it (from windowStart), work after 2 x PollMax
+// halves it; in between (slow wake-ups) it stays.
 func TestWaitAdjust(t *testing.T) {
 	w, err := newWaiter(WaitOptions{}, -1, nil)
 	if err != nil {
@@ -57,8 +57,12 @@ func TestWaitAdjust(t *testing.T) {
 		t.Fatalf("window not capped at PollMax: %v", w.window)
 	}
 	w.adjust(w.opt.PollMax + time.Microsecond)
+	if w.window != w.opt.PollMax {
+		t.Fatalf("work between PollMax and 2 x PollMax (a slow wake-up): %v, want kept", w.window)
+	}
+	w.adjust(2*w.opt.PollMax + time.Microsecond)
 	if w.window != w.opt.PollMax/2 {
-		t.Fatalf("work after PollMax: %v, want halved", w.window)
+		t.Fatalf("work after 2 x PollMax: %v, want halved", w.window)
 	}
 	for range 40 {
 		w.adjust(time.Second)
