@@ -46,18 +46,22 @@ integration: build
 test: deps vet unit integration
 
 # Fuzz each parser of untrusted bytes (NBD, filter records, chunk entries,
-# the policy DSL) for FUZZTIME.
+# the policy DSL, vhost-user messages and virtqueue descriptor chains) for
+# FUZZTIME.
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzOptions -fuzztime=$(FUZZTIME) ./nbd/
 	$(GO) test -run='^$$' -fuzz=FuzzRequests -fuzztime=$(FUZZTIME) ./nbd/
 	$(GO) test -run='^$$' -fuzz=FuzzRecord -fuzztime=$(FUZZTIME) ./gateway/filter/
 	$(GO) test -run='^$$' -fuzz=FuzzChunkEntry -fuzztime=$(FUZZTIME) ./gateway/store/
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./policy/
+	$(GO) test -run='^$$' -fuzz=FuzzMessage -fuzztime=$(FUZZTIME) ./virtio/
+	$(GO) test -run='^$$' -fuzz=FuzzDescriptorChain -fuzztime=$(FUZZTIME) ./virtio/
 
 bench: build deps
 	bash bench/nbd.sh
 	bash bench/qos.sh
 	bash bench/filters.sh
+	bash bench/virtio.sh
 
 clean:
 	rm -rf bin integration.log

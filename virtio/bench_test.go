@@ -51,20 +51,14 @@ func BenchmarkLoopback(b *testing.B) {
 				wg.Wait()
 				b.StopTimer()
 				el := time.Since(start)
-				q := c.queues[0]
 				n := float64(per * qd)
+				cw, sw := c.WaitStats(), srv.Stats().Wait
 				b.ReportMetric(n/el.Seconds(), "IOPS")
-				b.ReportMetric(float64(q.w.blocks.Load())/n, "cblocks/op")
-				b.ReportMetric(float64(q.w.naps.Load())/n, "cnaps/op")
-				b.ReportMetric(float64(q.w.contended.Load())/n, "ccont/op")
-				srv.mu.Lock()
-				for be := range srv.conns {
-					if r := be.rings[0].run; r != nil {
-						b.ReportMetric(float64(r.w.blocks.Load())/n, "sblocks/op")
-						b.ReportMetric(float64(r.w.naps.Load())/n, "snaps/op")
-					}
-				}
-				srv.mu.Unlock()
+				b.ReportMetric(float64(cw.Blocks)/n, "cblocks/op")
+				b.ReportMetric(float64(cw.Naps)/n, "cnaps/op")
+				b.ReportMetric(float64(cw.Contended)/n, "ccont/op")
+				b.ReportMetric(float64(sw.Blocks)/n, "sblocks/op")
+				b.ReportMetric(float64(sw.Naps)/n, "snaps/op")
 			})
 		}
 	}

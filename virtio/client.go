@@ -82,6 +82,7 @@ type Client struct {
 	rr     atomic.Uint32
 
 	bogus atomic.Uint64 // used elements that matched no request in flight
+	waits waitCounters  // the queue pollers'
 
 	ioMu     sync.RWMutex // IO calls hold it shared; Close takes it to unmap
 	closed   atomic.Bool
@@ -461,6 +462,10 @@ func (c *Client) ReadOnly() bool { return c.has(blkFeatRO) }
 
 // Features returns the negotiated virtio feature bits.
 func (c *Client) Features() uint64 { return c.features }
+
+// WaitStats returns what the queue pollers did while waiting for
+// completions, summed over the queues.
+func (c *Client) WaitStats() WaitStats { return c.waits.stats() }
 
 // Queues returns the number of queues in use.
 func (c *Client) Queues() int { return len(c.queues) }

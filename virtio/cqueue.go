@@ -162,7 +162,7 @@ func newCQueue(c *Client, index int, l *layout) (*cqueue, error) {
 		q.close()
 		return nil, fmt.Errorf("virtio: call eventfd: %w", err)
 	}
-	if q.w, err = newWaiter(c.opt.Wait, q.callFd); err != nil {
+	if q.w, err = newWaiter(c.opt.Wait, q.callFd, &c.waits); err != nil {
 		q.close()
 		return nil, err
 	}

@@ -212,14 +212,24 @@
 //     ~16 checks; after PollIdle (1 s) without work, block. It keeps a
 //     core busy: for hosts with cores to spare.
 //   - WaitAdaptive (default): spin up to the window (at most SpinMax,
-//     16 µs), then take 5 µs nanosleeps until the window (at most PollMax,
+//     64 µs), then take 5 µs nanosleeps until the window (at most PollMax,
 //     256 µs) has passed, then enable notifications, re-check, block. The
 //     window follows QEMU's rule: work within it keeps it, work after it
-//     but before PollMax doubles it (from 4 µs), work only after PollMax
-//     halves it. Completions per wake-up drive batch mode: when an EWMA of
-//     them reaches 8, the poller sleeps about 8 / (measured rate), between
-//     5 and 150 µs (OpenEBS's bounds), with notifications suppressed, and
-//     leaves batch mode when a sleep finds nothing.
+//     but before PollMax doubles it (from 4 µs), work only after 2 ×
+//     PollMax halves it, in between (a slow wake-up, not idleness) keeps
+//     it (so at 1,000 IOPS it reaches 0 within a few IOs and the poller
+//     behaves like WaitEventfd). Completions per wake-up drive
+//     batch mode: when an EWMA of them reaches 8, a spin that finds
+//     nothing is followed by one sleep of about 8 / (measured rate),
+//     between 5 and 150 µs (OpenEBS's bounds), with notifications
+//     suppressed; batch mode ends when that sleep finds nothing.
+//
+// SpinMax is 64 µs, not QEMU's 32 µs, because naps are expensive here: on
+// the 2-core VM a 5 µs nanosleep often returns 10-50 µs later, and when
+// both sides nap each one's lateness adds to the other's wait. A 4 KiB
+// write through the gateway takes ~18 µs in Volume.Do, so with a 16 µs
+// spin both pollers napped about once per IO and QD1 writes took 67-82 µs
+// instead of 23 µs (docs/BENCHMARKS.md).
 //
 // Notifications from the peer stay suppressed whenever a poller is not
 // blocked: VRING_USED_F_NO_NOTIFY on the target, VRING_AVAIL_F_NO_INTERRUPT

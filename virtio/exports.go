@@ -134,6 +134,9 @@ func (e *Exports) stop(ctx context.Context, x *export) {
 	x.cancel()
 	<-x.done
 	os.Remove(x.info.Socket)
+	st := x.srv.Stats()
+	e.log.Info("virtio export stopped", "volume", x.info.Volume, "wakeups", st.Wait.Wakeups, "blocks", st.Wait.Blocks,
+		"naps", st.Wait.Naps, "contended", st.Wait.Contended, "rejected_chains", st.RejectedChains, "broken_rings", st.BrokenRings)
 }
 
 // List returns the exports by volume.

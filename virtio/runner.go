@@ -32,7 +32,7 @@ type runner struct {
 }
 
 func newRunner(b *backend, v *vring, ring *deviceRing) (*runner, error) {
-	w, err := newWaiter(b.s.opt.Wait, v.kickFd)
+	w, err := newWaiter(b.s.opt.Wait, v.kickFd, &b.s.waits)
 	if err != nil {
 		return nil, err
 	}

@@ -83,18 +83,21 @@ type Server struct {
 	wg        sync.WaitGroup
 
 	brokenRings    atomic.Uint64 // rings stopped for a protocol violation or a fault
+	waits          waitCounters  // every ring poller's, over the server's life
 	rejectedChains atomic.Uint64 // requests failed for a bad descriptor chain or header
 }
 
-// ServerStats are counters of misbehaving front-ends.
+// ServerStats are counters of misbehaving front-ends and of the ring
+// pollers' waiting.
 type ServerStats struct {
 	BrokenRings    uint64 // rings stopped for a ring-protocol violation or a memory fault
 	RejectedChains uint64 // requests failed for a bad descriptor chain or header
+	Wait           WaitStats
 }
 
 // Stats returns the server's counters.
 func (s *Server) Stats() ServerStats {
-	return ServerStats{BrokenRings: s.brokenRings.Load(), RejectedChains: s.rejectedChains.Load()}
+	return ServerStats{BrokenRings: s.brokenRings.Load(), RejectedChains: s.rejectedChains.Load(), Wait: s.waits.stats()}
 }
 
 // NewServer returns a server for exp. It does not listen; call Serve.

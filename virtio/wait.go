@@ -69,7 +69,7 @@ type WaitOptions struct {
 
 // Tuning constants (notes/virtio.md §10.4).
 const (
-	defaultSpinMax  = 16 * time.Microsecond
+	defaultSpinMax  = 64 * time.Microsecond
 	defaultPollMax  = 256 * time.Microsecond
 	defaultPollIdle = time.Second
 	windowStart     = 4 * time.Microsecond // first non-zero window
@@ -126,18 +126,35 @@ type waiter struct {
 	batchMode bool
 	slackTid  int
 
-	// Counters, for tests and metrics.
-	wakeups   atomic.Uint64 // returns from wait with work
-	blocks    atomic.Uint64 // times we blocked on the eventfd
-	naps      atomic.Uint64 // timed sleeps
-	contended atomic.Uint64 // yields that found other goroutines waiting
+	ctr *waitCounters // shared by the waiters of one client or server
 }
 
-// newWaiter returns a waiter that blocks on fd (-1: none). fd stays owned
-// by the caller; the waiter uses a dup. The dup shares the open file
-// description, so fd becomes non-blocking, as vhost-user peers expect.
-func newWaiter(opt WaitOptions, fd int) (*waiter, error) {
-	w := &waiter{opt: opt.withDefaults(), window: windowStart}
+// WaitStats count what the pollers of a client or server did while
+// waiting, summed over their queues (for benchmarks and tuning).
+type WaitStats struct {
+	Wakeups   uint64 // returns from wait with work
+	Blocks    uint64 // times a poller blocked on the eventfd
+	Naps      uint64 // timed sleeps (nanosleep)
+	Contended uint64 // yields that found other goroutines waiting
+}
+
+type waitCounters struct {
+	wakeups, blocks, naps, contended atomic.Uint64
+}
+
+func (c *waitCounters) stats() WaitStats {
+	return WaitStats{Wakeups: c.wakeups.Load(), Blocks: c.blocks.Load(), Naps: c.naps.Load(), Contended: c.contended.Load()}
+}
+
+// newWaiter returns a waiter that blocks on fd (-1: none) and counts into
+// ctr (nil: its own counters). fd stays owned by the caller; the waiter
+// uses a dup. The dup shares the open file description, so fd becomes
+// non-blocking, as vhost-user peers expect.
+func newWaiter(opt WaitOptions, fd int, ctr *waitCounters) (*waiter, error) {
+	if ctr == nil {
+		ctr = new(waitCounters)
+	}
+	w := &waiter{opt: opt.withDefaults(), window: windowStart, ctr: ctr}
 	if fd < 0 {
 		return w, nil
 	}
@@ -230,7 +247,7 @@ func (w *waiter) spin(t waitable, idle time.Duration) bool {
 	start := time.Now()
 	for i := 1; ; i++ {
 		if t.ready() {
-			w.wakeups.Add(1)
+			w.ctr.wakeups.Add(1)
 			return true
 		}
 		if i%spinYield == 0 {
@@ -245,31 +262,16 @@ func (w *waiter) spin(t waitable, idle time.Duration) bool {
 	}
 }
 
-// adaptive: batch nap, spin, timed sleeps, then block (package doc).
+// adaptive: spin, then a batch nap or timed sleeps, then block (package
+// doc).
 func (w *waiter) adaptive(t waitable) bool {
-	if w.batchMode {
-		// Sustained load: sleep long enough for about batchTarget items
-		// to gather, with notifications still suppressed, unless other
-		// goroutines need this P (then block and let them run).
-		if w.yield() {
-			return w.block(t)
-		}
-		d := time.Duration(float64(batchTarget) / w.rate * float64(time.Second))
-		w.nap(min(max(d, napMin), napMax))
-		if t.ready() {
-			w.wakeups.Add(1)
-			return true
-		}
-		w.batchMode = false
-		w.batch = 0
-	}
 	start := time.Now()
 	lastYield := start
-	spin := min(w.window, w.opt.SpinMax)
+	spin := w.spinBudget()
 	for i := 1; ; i++ {
 		if t.ready() {
 			w.adjust(time.Since(start))
-			w.wakeups.Add(1)
+			w.ctr.wakeups.Add(1)
 			return true
 		}
 		if i%spinYield == 0 {
@@ -288,6 +290,22 @@ func (w *waiter) adaptive(t waitable) bool {
 			}
 		}
 	}
+	if w.batchMode {
+		// Sustained load and the spin found nothing: sleep long enough
+		// for about batchTarget items to gather, notifications still
+		// suppressed, unless other goroutines need this P (then block
+		// and let them run).
+		if w.yield() {
+			return w.block(t)
+		}
+		w.nap(batchNap(w.rate))
+		if t.ready() {
+			w.ctr.wakeups.Add(1)
+			return true
+		}
+		w.batchMode = false
+		w.batch = 0
+	}
 	for time.Since(start) < w.window {
 		if w.yield() {
 			return w.block(t)
@@ -295,7 +313,7 @@ func (w *waiter) adaptive(t waitable) bool {
 		w.nap(napShort)
 		if t.ready() {
 			w.adjust(time.Since(start))
-			w.wakeups.Add(1)
+			w.ctr.wakeups.Add(1)
 			return true
 		}
 		if w.stopped.Load() {
@@ -307,6 +325,20 @@ func (w *waiter) adaptive(t waitable) bool {
 	return ok
 }
 
+// spinBudget is how long the next wait spins before it naps: the window,
+// at most SpinMax.
+func (w *waiter) spinBudget() time.Duration { return min(w.window, w.opt.SpinMax) }
+
+// batchNap is the batch-mode sleep at a measured rate of items per
+// second: long enough for batchTarget items, within [napMin, napMax].
+func batchNap(rate float64) time.Duration {
+	if rate <= 0 {
+		return napMax
+	}
+	d := time.Duration(float64(batchTarget) / rate * float64(time.Second))
+	return min(max(d, napMin), napMax)
+}
+
 // yield lets other goroutines have this P and reports whether any needed
 // it (the yield took longer than contendedYield). Spinning or napping then
 // only delays the goroutines that produce our work: the poller blocks
@@ -315,7 +347,7 @@ func (w *waiter) yield() bool {
 	t0 := time.Now()
 	runtime.Gosched()
 	if time.Since(t0) > contendedYield {
-		w.contended.Add(1)
+		w.ctr.contended.Add(1)
 		return true
 	}
 	return false
@@ -327,7 +359,7 @@ func (w *waiter) yield() bool {
 // keeps the 1 µs slack afterwards (it only makes its timers more precise).
 // A nap holds the P: callers yield first and skip it under contention.
 func (w *waiter) nap(d time.Duration) {
-	w.naps.Add(1)
+	w.ctr.naps.Add(1)
 	runtime.LockOSThread()
 	if tid := unix.Gettid(); tid != w.slackTid {
 		unix.Prctl(unix.PR_SET_TIMERSLACK, timerSlackNs, 0, 0, 0)
@@ -338,14 +370,19 @@ func (w *waiter) nap(d time.Duration) {
 	runtime.UnlockOSThread()
 }
 
-// adjust tunes the window after a wait of d (QEMU's adjust_polling_time):
-// work inside the window keeps it, work soon after grows it, work only after
-// PollMax shrinks it.
+// adjust tunes the window after a wait of d (QEMU's adjust_polling_time,
+// with a dead band): work inside the window keeps it, work soon after
+// grows it, work only after idleAfter (2 × PollMax) shrinks it. Waits
+// between PollMax and idleAfter keep it: on a busy VM a blocked poller's
+// eventfd wake-up alone can take 100-400 µs, and shrinking on those made
+// the window collapse under a steady QD1 stream of ~20 µs writes (each
+// collapse costs more blocked waits, which shrank it again).
 func (w *waiter) adjust(d time.Duration) {
 	switch {
 	case d <= w.window:
-	case d > w.opt.PollMax:
+	case d > 2*w.opt.PollMax:
 		w.window /= 2
+	case d > w.opt.PollMax:
 	default:
 		w.window = min(max(w.window*2, windowStart), w.opt.PollMax)
 	}
@@ -358,13 +395,13 @@ func (w *waiter) block(t waitable) bool {
 	t.notify(true)
 	if t.ready() {
 		t.notify(false)
-		w.wakeups.Add(1)
+		w.ctr.wakeups.Add(1)
 		return true
 	}
 	if w.ev == nil || w.evBroken {
 		return w.idle(t)
 	}
-	w.blocks.Add(1)
+	w.ctr.blocks.Add(1)
 	var b [8]byte
 	for {
 		// Housekeeping deadline: re-check the ring now and then even if
@@ -385,7 +422,7 @@ func (w *waiter) block(t waitable) bool {
 		}
 		if t.ready() {
 			t.notify(false)
-			w.wakeups.Add(1)
+			w.ctr.wakeups.Add(1)
 			return true
 		}
 	}
@@ -401,6 +438,6 @@ func (w *waiter) idle(t waitable) bool {
 		time.Sleep(time.Millisecond)
 	}
 	t.notify(false)
-	w.wakeups.Add(1)
+	w.ctr.wakeups.Add(1)
 	return true
 }

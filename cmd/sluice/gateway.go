@@ -45,6 +45,7 @@ wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
 			&cli.Float64Flag{Name: "qos-capacity-iops", Usage: "device capacity for QoS-routed IO in 8 KiB IO/s (0 = unknown); set it so reservations and weights divide it when the pool is never busy"},
 			&cli.StringFlag{Name: "qos-cost-unit", Value: "8K", Usage: "IO size that counts as one IO for QoS IOPS (larger IOs count proportionally)"},
 			&cli.StringFlag{Name: "keyring", Usage: "`FILE` of tenants' encryption keys, one line \"TENANT BASE64-OF-32-BYTES\" each, mode 0600 or 0400"},
+			&cli.StringFlag{Name: "virtio-wait", Value: "adaptive", Usage: "how virtio export queues wait for requests: adaptive, eventfd or poll"},
 			&cli.StringFlag{Name: "log-level", Value: "info"},
 		}, joinFlags()...),
 		Action: runGateway,
@@ -69,6 +70,10 @@ func runGateway(c *cli.Context) error {
 	costUnit, err := parseSize(c.String("qos-cost-unit"))
 	if err != nil || costUnit < 512 || costUnit > 16<<20 {
 		return usageErr("--qos-cost-unit %q: want a size from 512 to 16M", c.String("qos-cost-unit"))
+	}
+	virtioWait, err := virtio.ParseWaitMode(c.String("virtio-wait"))
+	if err != nil {
+		return usageErr("--virtio-wait: %v", err)
 	}
 	join, err := parseJoinFlags(c)
 	if err != nil {
@@ -152,7 +157,7 @@ func runGateway(c *cli.Context) error {
 		return startup(err)
 	}
 	defer attacher.Close()
-	vexports, err := virtio.NewExports(g, filepath.Join(dataDir, "virtio"), virtio.ServerOptions{Logger: log})
+	vexports, err := virtio.NewExports(g, filepath.Join(dataDir, "virtio"), virtio.ServerOptions{Wait: virtio.WaitOptions{Mode: virtioWait}, Logger: log})
 	if err != nil {
 		return startup(err)
 	}

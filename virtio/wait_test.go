@@ -1,0 +1,169 @@
+package virtio
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fakeRing is a waitable that becomes ready after a number of checks.
+type fakeRing struct {
+	readyAfter int64 // checks until ready; < 0: never
+	checks     atomic.Int64
+	notifyOn   atomic.Bool
+}
+
+func (f *fakeRing) ready() bool {
+	n := f.checks.Add(1)
+	return f.readyAfter >= 0 && n > f.readyAfter
+}
+
+func (f *fakeRing) notify(on bool) { f.notifyOn.Store(on) }
+
+func TestWaitDefaults(t *testing.T) {
+	o := WaitOptions{}.withDefaults()
+	if o.SpinMax != defaultSpinMax || o.PollMax != defaultPollMax || o.PollIdle != defaultPollIdle {
+		t.Fatalf("defaults: %+v", o)
+	}
+	o = WaitOptions{SpinMax: time.Millisecond, PollMax: time.Microsecond}.withDefaults()
+	if o.PollMax != o.SpinMax {
+		t.Fatalf("PollMax below SpinMax not raised: %+v", o)
+	}
+}
+
+// The window follows QEMU's rule: work inside it keeps it, work after it
+// but before PollMax doubles it (from windowStart), work after 2 x PollMax
+// halves it; in between (slow wake-ups) it stays.
+func TestWaitAdjust(t *testing.T) {
+	w, err := newWaiter(WaitOptions{}, -1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.window != windowStart {
+		t.Fatalf("start window %v", w.window)
+	}
+	w.adjust(w.window / 2)
+	if w.window != windowStart {
+		t.Fatalf("work inside the window changed it: %v", w.window)
+	}
+	w.adjust(3 * windowStart)
+	if w.window != 2*windowStart {
+		t.Fatalf("work soon after the window: %v, want doubled", w.window)
+	}
+	for range 20 {
+		w.adjust(min(w.window+time.Nanosecond, w.opt.PollMax))
+	}
+	if w.window != w.opt.PollMax {
+		t.Fatalf("window not capped at PollMax: %v", w.window)
+	}
+	w.adjust(w.opt.PollMax + time.Microsecond)
+	if w.window != w.opt.PollMax {
+		t.Fatalf("work between PollMax and 2 x PollMax (a slow wake-up): %v, want kept", w.window)
+	}
+	w.adjust(2*w.opt.PollMax + time.Microsecond)
+	if w.window != w.opt.PollMax/2 {
+		t.Fatalf("work after 2 x PollMax: %v, want halved", w.window)
+	}
+	for range 40 {
+		w.adjust(time.Second)
+	}
+	if w.window != 0 {
+		t.Fatalf("idle waits should collapse the window to 0 (pure eventfd): %v", w.window)
+	}
+	w.adjust(10 * time.Microsecond)
+	if w.window != windowStart {
+		t.Fatalf("work soon after an empty window restarts it at %v: %v", windowStart, w.window)
+	}
+}
+
+func TestWaitSpinBudget(t *testing.T) {
+	w, _ := newWaiter(WaitOptions{SpinMax: 20 * time.Microsecond}, -1, nil)
+	w.window = 8 * time.Microsecond
+	if got := w.spinBudget(); got != 8*time.Microsecond {
+		t.Fatalf("spin budget %v, want the window", got)
+	}
+	w.window = 200 * time.Microsecond
+	if got := w.spinBudget(); got != 20*time.Microsecond {
+		t.Fatalf("spin budget %v, want SpinMax", got)
+	}
+}
+
+func TestBatchNap(t *testing.T) {
+	for _, c := range []struct {
+		rate float64
+		want time.Duration
+	}{
+		{0, napMax},
+		{1, napMax},                      // 8 s, clamped
+		{100_000, 80 * time.Microsecond}, // 8 items at 100k/s
+		{1e9, napMin},                    // clamped
+	} {
+		if got := batchNap(c.rate); got != c.want {
+			t.Errorf("batchNap(%v) = %v, want %v", c.rate, got, c.want)
+		}
+	}
+}
+
+// Batch mode starts when wake-ups average batchTarget items, and only in
+// adaptive mode.
+func TestWaitBatchMode(t *testing.T) {
+	for _, mode := range []WaitMode{WaitAdaptive, WaitEventfd, WaitPoll} {
+		w, _ := newWaiter(WaitOptions{Mode: mode}, -1, nil)
+		for range 50 {
+			w.processed(32)
+			time.Sleep(10 * time.Microsecond)
+		}
+		if w.batchMode != (mode == WaitAdaptive) {
+			t.Errorf("%v: batch mode %v after many 32-item wake-ups", mode, w.batchMode)
+		}
+		for range 50 {
+			w.processed(1)
+		}
+		if w.batchMode {
+			t.Errorf("%v: still in batch mode after 1-item wake-ups", mode)
+		}
+	}
+}
+
+// In batch mode the poller spins before it naps: work that arrives within
+// the spin is taken without a sleep.
+func TestWaitBatchSpinsFirst(t *testing.T) {
+	w, _ := newWaiter(WaitOptions{SpinMax: time.Second, PollMax: time.Second}, -1, nil)
+	w.window = time.Second
+	w.batchMode, w.rate, w.batch = true, 1e5, batchTarget
+	r := &fakeRing{readyAfter: 40}
+	if !w.adaptive(r) {
+		t.Fatal("adaptive returned false")
+	}
+	if n := w.ctr.naps.Load(); n != 0 {
+		t.Fatalf("napped %d times although work arrived while spinning", n)
+	}
+	// Nothing while spinning: one batch nap, and work after it is taken.
+	w.window = 0
+	w.batchMode = true
+	r = &fakeRing{readyAfter: spinYield} // not ready until the spin gives up
+	if !w.adaptive(r) {
+		t.Fatal("adaptive returned false")
+	}
+	// (Unless a yield found the P contended: then it blocks instead.)
+	if n := w.ctr.naps.Load(); n != 1 && w.ctr.contended.Load() == 0 {
+		t.Fatalf("%d naps, want one batch nap", n)
+	}
+}
+
+// Without an eventfd a waiter that finds nothing ends up polling the ring
+// with notifications enabled, and returns when work arrives.
+func TestWaitAdaptiveWithoutEventfd(t *testing.T) {
+	w, _ := newWaiter(WaitOptions{PollIdle: time.Millisecond}, -1, nil)
+	r := &fakeRing{readyAfter: 5000}
+	if !w.wait(r) {
+		t.Fatal("wait returned false")
+	}
+	if r.notifyOn.Load() {
+		t.Fatal("notifications left enabled after wait returned with work")
+	}
+	w.stop()
+	if w.wait(&fakeRing{readyAfter: -1}) {
+		t.Fatal("wait on a stopped waiter returned true")
+	}
+}
