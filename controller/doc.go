@@ -110,7 +110,10 @@
 // when on average a quarter of a request or more waited over the interval.
 // CapacityEstimator measures capacity: while the device is saturated the
 // estimate follows the achieved total; while tenants press their limits and
-// the device is not saturated it grows 5 % per interval.
+// the device is not saturated it grows 5 % per interval, never above its
+// Ceiling (a gateway sets it to the capacity --qos-capacity-iops paces
+// routed IO at). docs/CONTROLLER.md has what the measurement can and cannot
+// see, and the integration test's figures.
 //
 // # HTTP API (v1, JSON)
 //
@@ -177,6 +180,5 @@
 //   - A tenant that starts IO on a gateway that is full gets a token rate
 //     until the next round (about a second).
 //   - No weights or priorities among tenants; the spare is shared equally.
-//   - SLOs are not yet expressible in the policy DSL.
 //   - One controller: no HA, no leader election.
 package controller

@@ -103,6 +103,14 @@ type CapacityEstimator struct {
 	Initial Rates
 	// Floor: the estimate never drops below it.
 	Floor Rates
+	// Ceiling: where a field is set, the estimate never rises above it.
+	// A gateway that paces its routed IO at a configured capacity
+	// (--qos-capacity-iops) can never do more; without a ceiling the probe
+	// would keep raising the estimate while tenants press limits that sum
+	// to that capacity, and the controller would hand out more than the
+	// scheduler admits (which then divides it by reservation and weight,
+	// not by the controller's shares).
+	Ceiling Rates
 	// Probe is the growth per interval while tenants press their limits
 	// (default 0.05).
 	Probe float64
@@ -135,6 +143,9 @@ func (e *CapacityEstimator) Observe(achieved Rates, saturated bool) Rates {
 			est = a
 		case !saturated && a >= 0.9*est:
 			est *= 1 + probe
+		}
+		if c := e.Ceiling.Get(r); c > 0 {
+			est = min(est, c)
 		}
 		e.est.Set(r, max(est, e.Floor.Get(r)))
 	}

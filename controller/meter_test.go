@@ -70,3 +70,37 @@ func TestCapacityEstimator(t *testing.T) {
 		t.Errorf("measured: %v", got)
 	}
 }
+
+// A configured ceiling (the scheduler's paced capacity) stops the probe:
+// tenants pressing limits that sum to it do not raise the estimate above
+// what the scheduler can ever admit.
+func TestCapacityEstimatorCeiling(t *testing.T) {
+	e := CapacityEstimator{Ceiling: Rates{ReadBPS: 100}}
+	if got := e.Observe(Rates{ReadBPS: 100}, true).ReadBPS; got != 100 {
+		t.Fatalf("measured: %v", got)
+	}
+	for i := 0; i < 20; i++ {
+		if got := e.Observe(Rates{ReadBPS: 99}, false).ReadBPS; got > 100 {
+			t.Fatalf("interval %d: probed to %v above the ceiling 100", i, got)
+		}
+	}
+	// A burst above the ceiling (a bank spent at once) is not taken either.
+	if got := e.Observe(Rates{ReadBPS: 130}, false).ReadBPS; got != 100 {
+		t.Errorf("burst: %v", got)
+	}
+	// Below the ceiling the estimate still follows a saturated device down.
+	var got float64
+	for i := 0; i < 30; i++ {
+		got = e.Observe(Rates{ReadBPS: 70}, true).ReadBPS
+	}
+	if math.Abs(got-70) > 0.1 {
+		t.Errorf("saturated below the ceiling: %v", got)
+	}
+	// Without a ceiling field the resource probes as before.
+	if got := e.Observe(Rates{WriteBPS: 50}, true).WriteBPS; got != 50 {
+		t.Errorf("write measured: %v", got)
+	}
+	if got := e.Observe(Rates{WriteBPS: 50}, false).WriteBPS; got <= 50 {
+		t.Errorf("write probe: %v", got)
+	}
+}

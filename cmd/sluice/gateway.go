@@ -79,6 +79,7 @@ func runGateway(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	join.ceiling = capacityCeiling(c.Float64("qos-capacity-iops"), costUnit)
 	dataDir := c.String("data-dir")
 	apiSocket := c.String("api-socket")
 	if apiSocket == "" {

@@ -37,6 +37,20 @@ type joinOptions struct {
 	url, id, token string
 	grace          time.Duration
 	report         [controller.NumResources]bool // capacities reported
+	// ceiling bounds the measured capacity (capacityCeiling).
+	ceiling controller.Rates
+}
+
+// capacityCeiling is the most the gateway's scheduler can admit when it
+// paces routed IO at --qos-capacity-iops (0: no pacing, no ceiling): that
+// many cost units per second of reads, or of writes, and at most a cost
+// unit of bytes per unit. The measured capacity never goes above it.
+func capacityCeiling(capacityIOPS float64, costUnit int64) controller.Rates {
+	if capacityIOPS <= 0 {
+		return controller.Rates{}
+	}
+	bps := capacityIOPS * float64(costUnit)
+	return controller.Rates{ReadBPS: bps, WriteBPS: bps, ReadIOPS: capacityIOPS, WriteIOPS: capacityIOPS}
 }
 
 func parseJoinFlags(c *cli.Context) (joinOptions, error) {
@@ -109,6 +123,7 @@ func joinController(ctx context.Context, g *gateway.Gateway, o joinOptions, apiS
 		return nil, err
 	}
 	j := &joined{o: o, g: g, meter: controller.NewMeter(), done: make(chan struct{})}
+	j.est.Ceiling = o.ceiling
 	j.agent, err = controller.NewAgent(controller.AgentOptions{
 		Client:       cl,
 		Registration: controller.GatewayRegistration{ID: o.id, Address: apiSocket},
@@ -166,10 +181,11 @@ func (j *joined) routing(following bool) {
 // its capacity (--qos-capacity-iops), for at least a tenth of the
 // interval. While saturated the estimate follows what was achieved; while
 // tenants press their limits and the device keeps up it grows 5 % per
-// interval. It is unknown (0: no limit from capacity) until the first
-// saturated interval. An interval in which the gateway started or stopped
-// following the controller mixes two routings and is not fed. Only the
-// resources chosen by --controller-capacity are reported.
+// interval, never above the capacity --qos-capacity-iops paces routed IO
+// at (capacityCeiling). It is unknown (0: no limit from capacity) until
+// the first saturated interval. An interval in which the gateway started
+// or stopped following the controller mixes two routings and is not fed.
+// Only the resources chosen by --controller-capacity are reported.
 func (j *joined) report() controller.Report {
 	now := time.Now()
 	rep := j.meter.Report(now, j.o.id, controller.Rates{}, counters(j.g.TenantCounters()))
