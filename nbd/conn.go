@@ -53,6 +53,7 @@ type conn struct {
 	done     chan struct{} // closed when the connection is finished; workers exit
 	workers  int
 	inflight sync.WaitGroup
+	active   atomic.Int32 // requests in flight (inflight's count, readable)
 
 	// In-flight payload budget: the reader waits while used > budget.
 	budgetUsed atomic.Int64
@@ -267,13 +268,15 @@ func (c *conn) transmit() {
 						c.srv.log.Debug("nbd: read write payload", "err", err)
 					}
 					c.inflight.Add(1)
+					c.active.Add(1)
 					c.releaseRequest(r)
 					return
 				}
 			}
 		}
 		c.inflight.Add(1)
-		if c.lat.fast(h.typ) {
+		idle := c.active.Add(1) == 1 && c.br.Buffered() == 0
+		if c.lat.fast(h.typ, idle) {
 			r.inline = true
 			c.execute(r)
 		} else {
@@ -367,6 +370,7 @@ func (c *conn) releaseRequest(r *request) {
 	r.queued = false
 	r.inline = false
 	c.srv.reqs.Put(r)
+	c.active.Add(-1)
 	c.inflight.Done()
 }
 

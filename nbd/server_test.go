@@ -682,20 +682,34 @@ func TestDescriptors(t *testing.T) {
 func TestLatencyChoosesInline(t *testing.T) {
 	var l latency
 	l.init()
-	if l.fast(cmdRead) {
+	if l.fast(cmdRead, false) || l.fast(cmdRead, true) {
 		t.Fatal("fast before any sample")
 	}
-	if !l.fast(cmdCache) {
+	if !l.fast(cmdCache, false) {
 		t.Fatal("CACHE should always be inline")
 	}
 	for range 64 {
 		l.observe(cmdRead, 2*time.Microsecond)
 	}
-	if !l.fast(cmdRead) || l.fast(cmdWrite) || l.fast(cmdFlush) {
+	if !l.fast(cmdRead, false) || l.fast(cmdWrite, false) || l.fast(cmdFlush, false) {
 		t.Fatal("classes not tracked separately")
 	}
 	l.observe(cmdRead, 2*time.Millisecond)
-	if l.fast(cmdRead) {
+	if l.fast(cmdRead, false) {
 		t.Fatal("one slow read should stop inline reads")
+	}
+	// 50 µs writes: to workers while others are in flight, inline on an
+	// idle connection; 1 ms writes never inline.
+	for range 64 {
+		l.observe(cmdWrite, 50*time.Microsecond)
+	}
+	if l.fast(cmdWrite, false) || !l.fast(cmdWrite, true) {
+		t.Fatal("50 µs writes: want inline only when idle")
+	}
+	for range 64 {
+		l.observe(cmdWrite, time.Millisecond)
+	}
+	if l.fast(cmdWrite, true) {
+		t.Fatal("1 ms writes inline on an idle connection")
 	}
 }
