@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/bufpool"
 )
 
 // Connection phases, for Shutdown.
@@ -72,9 +74,9 @@ type conn struct {
 // Requests are pooled by the server.
 type request struct {
 	h      requestHeader
-	buf    *pbuf    // READ/WRITE data
-	weight int64    // budget held
-	hdr    [32]byte // reply header scratch
+	buf    *bufpool.Buf // READ/WRITE data
+	weight int64        // budget held
+	hdr    [32]byte     // reply header scratch
 	greq   gatewayRequest
 	queued bool // its reply is queued; the writer releases it
 	inline bool // run by the reader: its reply waits for flushDeferred
@@ -261,9 +263,9 @@ func (c *conn) transmit() {
 		if h.typ == cmdRead || h.typ == cmdWrite {
 			r.weight = int64(h.length)
 			c.acquire(r.weight)
-			r.buf = c.srv.bufs.get(int(h.length))
+			r.buf = c.srv.bufs.Get(int(h.length))
 			if h.typ == cmdWrite {
-				if err := c.readPayload(r.buf.b); err != nil {
+				if err := c.readPayload(r.buf.B); err != nil {
 					if !c.isShutting() && !isClosedErr(err) {
 						c.srv.log.Debug("nbd: read write payload", "err", err)
 					}
@@ -361,7 +363,7 @@ func (c *conn) release(n int64) {
 // marks it finished. It runs once the reply is written (or dropped).
 func (c *conn) releaseRequest(r *request) {
 	if r.buf != nil {
-		c.srv.bufs.put(r.buf)
+		c.srv.bufs.Put(r.buf)
 		r.buf = nil
 	}
 	c.release(r.weight)

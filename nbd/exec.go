@@ -22,7 +22,7 @@ func (c *conn) exec(r *request) {
 	switch h.typ {
 	case cmdRead:
 		g.Op = gateway.OpRead
-		g.Buf = r.buf.b
+		g.Buf = r.buf.B
 		start := time.Now()
 		err := exp.Do(c.ctx, g)
 		c.lat.observe(h.typ, time.Since(start))
@@ -34,7 +34,7 @@ func (c *conn) exec(r *request) {
 		return
 	case cmdWrite:
 		g.Op = gateway.OpWrite
-		g.Buf = r.buf.b
+		g.Buf = r.buf.B
 		g.FUA = h.flags&cmdFlagFUA != 0
 	case cmdFlush:
 		g.Op = gateway.OpFlush

@@ -97,12 +97,12 @@ func (c *conn) replyOK(r *request) {
 // OFFSET_DATA chunk with DONE (so DF is always honoured).
 func (c *conn) replyRead(r *request) {
 	if !c.st.structured {
-		c.send(r, appendSimpleReply(r.hdr[:0], 0, r.h.handle), r.buf.b)
+		c.send(r, appendSimpleReply(r.hdr[:0], 0, r.h.handle), r.buf.B)
 		return
 	}
 	b := appendStructuredHeader(r.hdr[:0], replyFlagDone, replyTypeOffsetData, r.h.handle, 8+r.h.length)
 	b = binary.BigEndian.AppendUint64(b, r.h.offset)
-	c.send(r, b, r.buf.b)
+	c.send(r, b, r.buf.B)
 }
 
 // replyError sends an error reply for h: a simple reply, or a structured

@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/bits"
 	"net"
 	"sync"
 	"time"
 
 	"github.com/sluice-storage/sluice/gateway"
+	"github.com/sluice-storage/sluice/internal/bufpool"
 )
 
 // Export is one volume as the NBD server sees it. *gateway.Volume satisfies it.
@@ -61,7 +61,7 @@ type Server struct {
 	readOnly   bool
 	maxPayload int
 	log        *slog.Logger
-	bufs       bufPool
+	bufs       bufpool.Pool
 	reqs       sync.Pool // *request
 
 	mu        sync.Mutex
@@ -245,42 +245,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 		return ctx.Err()
 	}
-}
-
-// bufPool hands out byte slices by power-of-two size class so the hot path
-// does not allocate. Buffers are wrapped in *pbuf so Put does not allocate.
-type bufPool struct {
-	classes [31]sync.Pool // class i holds buffers of cap 1<<i
-}
-
-type pbuf struct {
-	b     []byte
-	class int8
-}
-
-const minBufClass = 12 // 4 KiB
-
-func (p *bufPool) get(n int) *pbuf {
-	class := minBufClass
-	if n > 1<<minBufClass {
-		class = bits.Len(uint(n - 1))
-	}
-	if class >= len(p.classes) {
-		return &pbuf{b: make([]byte, n), class: -1}
-	}
-	if v := p.classes[class].Get(); v != nil {
-		pb := v.(*pbuf)
-		pb.b = pb.b[:n]
-		return pb
-	}
-	return &pbuf{b: make([]byte, n, 1<<class), class: int8(class)}
-}
-
-func (p *bufPool) put(pb *pbuf) {
-	if pb == nil || pb.class < 0 {
-		return
-	}
-	p.classes[pb.class].Put(pb)
 }
 
 // socketBuffer is the send and receive buffer asked for on each connection:

@@ -6,12 +6,11 @@ import (
 	"errors"
 	"log/slog"
 	"math"
-	"math/bits"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/sluice-storage/sluice/gateway"
+	"github.com/sluice-storage/sluice/internal/bufpool"
 )
 
 // Request classes, for the inline/goroutine decision.
@@ -33,12 +32,12 @@ type blkReq struct {
 	early        uint8
 	earlyWritten uint32
 	gr           gateway.Request
-	bounce       *pbuf
+	bounce       *bufpool.Buf
 }
 
 func (q *blkReq) release() {
 	if q.bounce != nil {
-		q.r.b.s.bufs.put(q.bounce)
+		q.r.b.s.bufs.Put(q.bounce)
 		q.bounce = nil
 	}
 	q.gr.Buf = nil
@@ -145,8 +144,8 @@ func (q *blkReq) readWrite(write bool) (uint8, uint32) {
 	}
 	buf, contig := iovContig(iov, off, n)
 	if !contig {
-		q.bounce = q.r.b.s.bufs.get(n)
-		buf = q.bounce.b
+		q.bounce = q.r.b.s.bufs.Get(n)
+		buf = q.bounce.B
 		if write {
 			iovRead(buf, iov, off)
 		}
@@ -228,39 +227,4 @@ func blkStatus(log *slog.Logger, op gateway.Op, err error) uint8 {
 	}
 	log.Error("virtio: request failed", "op", op, "err", err)
 	return blkStatusIOErr
-}
-
-// bufPool hands out bounce buffers by power-of-two size class.
-type bufPool struct {
-	classes [27]sync.Pool // class i holds buffers of cap 1<<i, up to 64 MiB
-}
-
-type pbuf struct {
-	b     []byte
-	class int8
-}
-
-const minBufClass = 12 // 4 KiB
-
-func (p *bufPool) get(n int) *pbuf {
-	class := minBufClass
-	if n > 1<<minBufClass {
-		class = bits.Len(uint(n - 1))
-	}
-	if class >= len(p.classes) {
-		return &pbuf{b: make([]byte, n), class: -1}
-	}
-	if v := p.classes[class].Get(); v != nil {
-		pb := v.(*pbuf)
-		pb.b = pb.b[:n]
-		return pb
-	}
-	return &pbuf{b: make([]byte, n, 1<<class), class: int8(class)}
-}
-
-func (p *bufPool) put(pb *pbuf) {
-	if pb == nil || pb.class < 0 {
-		return
-	}
-	p.classes[pb.class].Put(pb)
 }

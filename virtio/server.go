@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sluice-storage/sluice/gateway"
+	"github.com/sluice-storage/sluice/internal/bufpool"
 )
 
 // Export is one volume as the vhost-user-blk target sees it.
@@ -75,7 +76,7 @@ type Server struct {
 	opt       ServerOptions
 	readOnly  bool
 	log       *slog.Logger
-	bufs      bufPool
+	bufs      bufpool.Pool
 	mu        sync.Mutex
 	listeners map[*net.UnixListener]struct{}
 	conns     map[*backend]struct{}
