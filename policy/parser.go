@@ -335,36 +335,25 @@ func (p *parser) value(expected string) (Value, error) {
 
 // or parses term {OR term}; depth counts parentheses, terms comparisons.
 func (p *parser) or(depth int, terms *int) (Expr, error) {
-	pos := p.tok.pos
-	first, err := p.and(depth, terms)
-	if err != nil {
-		return nil, err
-	}
-	l := &Logic{Pos: pos, Op: "OR", Terms: []Expr{first}}
-	for p.isKeyword("OR") {
-		p.advance()
-		e, err := p.and(depth, terms)
-		if err != nil {
-			return nil, err
-		}
-		l.Terms = append(l.Terms, e)
-	}
-	if len(l.Terms) == 1 {
-		return first, nil
-	}
-	return l, nil
+	return p.logic("OR", p.and, depth, terms)
 }
 
+// and parses factor {AND factor}.
 func (p *parser) and(depth int, terms *int) (Expr, error) {
+	return p.logic("AND", p.factor, depth, terms)
+}
+
+// logic parses operand {op operand}; a single operand is returned as is.
+func (p *parser) logic(op string, operand func(int, *int) (Expr, error), depth int, terms *int) (Expr, error) {
 	pos := p.tok.pos
-	first, err := p.factor(depth, terms)
+	first, err := operand(depth, terms)
 	if err != nil {
 		return nil, err
 	}
-	l := &Logic{Pos: pos, Op: "AND", Terms: []Expr{first}}
-	for p.isKeyword("AND") {
+	l := &Logic{Pos: pos, Op: op, Terms: []Expr{first}}
+	for p.isKeyword(op) {
 		p.advance()
-		e, err := p.factor(depth, terms)
+		e, err := operand(depth, terms)
 		if err != nil {
 			return nil, err
 		}
