@@ -17,10 +17,6 @@ func TestCrashKeepsFlushedData(t *testing.T) {
 	g := startGateway(t, t.TempDir())
 	g.createVolume("acme/crash", "1G")
 	uri := g.uri("acme/crash")
-	type region struct {
-		off, length int64
-		pat         int
-	}
 	var flushed []region
 	r := rand.New(rand.NewPCG(1, 2))
 	const rounds = 20
@@ -32,23 +28,8 @@ func TestCrashKeepsFlushedData(t *testing.T) {
 		flushed = append(flushed, reg)
 
 		// Unflushed writes in the second half while the gateway dies.
-		fio := exec.Command("fio", "--name=churn", "--ioengine=nbd", "--uri="+uri, "--thread",
-			"--rw=randwrite", "--bsrange=4k-256k", "--iodepth=16", "--offset=512m", "--size=512m",
-			"--time_based", "--runtime=30")
-		if err := fio.Start(); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(time.Duration(150+r.IntN(400)) * time.Millisecond)
-		g.kill()
-		fio.Process.Kill()
-		fio.Wait()
-		g.restart()
-
-		var cmds []string
-		for _, f := range flushed {
-			cmds = append(cmds, fmt.Sprintf("read -P %d %d %d", f.pat, f.off, f.length))
-		}
-		qemuIO(t, uri, cmds...)
+		killDuringChurn(t, g, uri, time.Duration(150+r.IntN(400))*time.Millisecond)
+		verifyFlushed(t, uri, flushed)
 	}
 	// The churn must really have been writing when the gateway died: the
 	// second half of the volume holds data that nobody flushed.
@@ -73,34 +54,17 @@ func TestCrashWithCompressionPolicy(t *testing.T) {
 	g.createVolume("acme/cz", "1G")
 	g.mustSluice("policy", "add", "FOR VOLUME acme/cz DO SET compression WITH algo=zstd, SET checksum")
 	uri := g.uri("acme/cz")
-	type region struct {
-		off, length int64
-		pat         int
-	}
 	var flushed []region
 	r := rand.New(rand.NewPCG(3, 4))
 	for i := 0; i < 3; i++ {
 		reg := region{off: int64(i)*24*MiB + r.Int64N(MiB), length: 1 + r.Int64N(3*MiB), pat: 1 + i}
 		qemuIO(t, uri, fmt.Sprintf("write -P %d %d %d", reg.pat, reg.off, reg.length), "flush")
 		flushed = append(flushed, reg)
-		// Unflushed, compressible overwrites of the flushed regions' neighbourhood
-		// and of the second half while the gateway dies.
-		fio := exec.Command("fio", "--name=churn", "--ioengine=nbd", "--uri="+uri, "--thread",
-			"--rw=randwrite", "--bsrange=4k-256k", "--iodepth=16", "--offset=512m", "--size=512m",
-			"--buffer_compress_percentage=60", "--refill_buffers", "--time_based", "--runtime=30")
-		if err := fio.Start(); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(time.Duration(400+r.IntN(400)) * time.Millisecond)
-		g.kill()
-		fio.Process.Kill()
-		fio.Wait()
-		g.restart()
-		var cmds []string
-		for _, f := range flushed {
-			cmds = append(cmds, fmt.Sprintf("read -P %d %d %d", f.pat, f.off, f.length))
-		}
-		qemuIO(t, uri, cmds...)
+		// Unflushed, compressible writes in the second half while the
+		// gateway dies.
+		killDuringChurn(t, g, uri, time.Duration(400+r.IntN(400))*time.Millisecond,
+			"--buffer_compress_percentage=60", "--refill_buffers")
+		verifyFlushed(t, uri, flushed)
 		if out, code := g.sluice("scrub", "acme/cz"); code != 0 {
 			t.Fatalf("round %d: scrub after the crash: %s", i, out)
 		}
@@ -111,4 +75,39 @@ func TestCrashWithCompressionPolicy(t *testing.T) {
 	if st := g.stats(); st.Volumes[0].Allocated < 32*MiB/4 {
 		t.Fatalf("volume holds %d bytes: fio's writes never landed", st.Volumes[0].Allocated)
 	}
+}
+
+// region is a flushed write: pattern pat over [off, off+length).
+type region struct {
+	off, length int64
+	pat         int
+}
+
+// killDuringChurn runs unflushed random writes (fio, QD16, the volume's
+// second half, with extra fio arguments) and SIGKILLs the gateway after
+// wait, then restarts it.
+func killDuringChurn(t *testing.T, g *gw, uri string, wait time.Duration, extra ...string) {
+	t.Helper()
+	args := append([]string{"--name=churn", "--ioengine=nbd", "--uri=" + uri, "--thread",
+		"--rw=randwrite", "--bsrange=4k-256k", "--iodepth=16", "--offset=512m", "--size=512m",
+		"--time_based", "--runtime=30"}, extra...)
+	fio := exec.Command("fio", args...)
+	if err := fio.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(wait)
+	g.kill()
+	fio.Process.Kill()
+	fio.Wait()
+	g.restart()
+}
+
+// verifyFlushed reads every flushed region back with qemu-io.
+func verifyFlushed(t *testing.T, uri string, flushed []region) {
+	t.Helper()
+	var cmds []string
+	for _, f := range flushed {
+		cmds = append(cmds, fmt.Sprintf("read -P %d %d %d", f.pat, f.off, f.length))
+	}
+	qemuIO(t, uri, cmds...)
 }
