@@ -204,7 +204,7 @@ func (o *object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 	var saved int64
 	for _, c := range chunks {
 		if c.e.transformed() {
-			s.entries.put(v.id, o.ino, c.idx, c.e)
+			s.entries.put(v.id, o.ino, c.idx, newCachedEntry(c.e))
 		} else {
 			s.entries.drop(v.id, o.ino, c.idx)
 		}

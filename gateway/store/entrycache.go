@@ -1,6 +1,10 @@
 package store
 
-import "sync"
+import (
+	"sync"
+
+	"github.com/sluice-storage/sluice/gateway/filter"
+)
 
 // entryCache keeps the chunk entries of recently read transformed chunks,
 // so that reading one does not start with a badger lookup (a transaction's
@@ -22,9 +26,11 @@ type entryCache struct {
 const entrySlots = 1 << 16
 
 type entrySlot struct {
-	mu  sync.Mutex
-	key entryKey
-	e   chunkEntry
+	mu      sync.Mutex
+	key     entryKey
+	e       chunkEntry
+	sectors filter.Sectors // e's layout for partial reads (filter.PartialLayout)
+	partial bool
 }
 
 type entryKey struct {
@@ -38,26 +44,38 @@ func (c *entryCache) slot(k entryKey) *entrySlot {
 	return &c.slots[(h^h>>29)%entrySlots]
 }
 
+// cachedEntry is a chunk entry with its record's layout, parsed once.
+type cachedEntry struct {
+	e       chunkEntry
+	sectors filter.Sectors
+	partial bool // the chunk can be read by the sector
+}
+
+func newCachedEntry(e chunkEntry) cachedEntry {
+	l, ok := filter.PartialLayout(e.record)
+	return cachedEntry{e: e, sectors: l, partial: ok}
+}
+
 // get returns the cached entry of chunk idx if it is there and still at
 // devOff.
-func (c *entryCache) get(vol, ino uint64, idx, devOff int64) (chunkEntry, bool) {
+func (c *entryCache) get(vol, ino uint64, idx, devOff int64) (cachedEntry, bool) {
 	k := entryKey{vol: vol, ino: ino, idx: idx, valid: true}
 	s := c.slot(k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.key != k || s.e.devOff != devOff {
-		return chunkEntry{}, false
+		return cachedEntry{}, false
 	}
-	return s.e, true
+	return cachedEntry{e: s.e, sectors: s.sectors, partial: s.partial}, true
 }
 
 // put caches e for chunk idx. The entry's record is never modified after
 // (a replacement is a new slice), so readers may keep what get returned.
-func (c *entryCache) put(vol, ino uint64, idx int64, e chunkEntry) {
+func (c *entryCache) put(vol, ino uint64, idx int64, ce cachedEntry) {
 	k := entryKey{vol: vol, ino: ino, idx: idx, valid: true}
 	s := c.slot(k)
 	s.mu.Lock()
-	s.key, s.e = k, e
+	s.key, s.e, s.sectors, s.partial = k, ce.e, ce.sectors, ce.partial
 	s.mu.Unlock()
 }
 
@@ -67,7 +85,7 @@ func (c *entryCache) drop(vol, ino uint64, idx int64) {
 	s := c.slot(k)
 	s.mu.Lock()
 	if s.key == k {
-		s.key, s.e = entryKey{}, chunkEntry{}
+		s.key, s.e, s.sectors, s.partial = entryKey{}, chunkEntry{}, filter.Sectors{}, false
 	}
 	s.mu.Unlock()
 }

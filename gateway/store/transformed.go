@@ -31,9 +31,16 @@ func tableEntry(e chunkEntry) int64 {
 
 // entry fetches chunk idx's map entry. The caller holds its stripe lock.
 func (o *object) entry(idx int64) (chunkEntry, error) {
+	ce, err := o.cachedEntry(idx)
+	return ce.e, err
+}
+
+// cachedEntry is entry with the record's layout, from the entry cache or,
+// on a miss, from badger (and then cached).
+func (o *object) cachedEntry(idx int64) (cachedEntry, error) {
 	dev := o.table.Load().get(idx) &^ markTransformed
-	if e, ok := o.v.s.entries.get(o.v.id, o.ino, idx, dev); ok {
-		return e, nil
+	if ce, ok := o.v.s.entries.get(o.v.id, o.ino, idx, dev); ok {
+		return ce, nil
 	}
 	var e chunkEntry
 	err := o.v.s.db.View(func(txn *badger.Txn) error {
@@ -48,12 +55,13 @@ func (o *object) entry(idx int64) (chunkEntry, error) {
 	}
 	if err != nil {
 		o.v.s.log.Error("chunk entry unreadable", "volume", o.v.ref, "inode", o.ino, "chunk", idx, "err", err)
-		return chunkEntry{}, fmt.Errorf("volume %s: inode %d: chunk %d: %w", o.v.ref, o.ino, idx, errIO(err))
+		return cachedEntry{}, fmt.Errorf("volume %s: inode %d: chunk %d: %w", o.v.ref, o.ino, idx, errIO(err))
 	}
+	ce := newCachedEntry(e)
 	if e.devOff == dev {
-		o.v.s.entries.put(o.v.id, o.ino, idx, e)
+		o.v.s.entries.put(o.v.id, o.ino, idx, ce)
 	}
-	return e, nil
+	return ce, nil
 }
 
 // errIO makes err wrap ErrIO (once).
@@ -155,15 +163,14 @@ func grow(b []byte, n int) []byte {
 // readTransformed fills p from byte in of transformed chunk idx, up to the
 // chunk's end; it returns the bytes filled.
 func (o *object) readTransformed(idx, in int64, p []byte) (int, error) {
-	e, err := o.entry(idx)
+	ce, err := o.cachedEntry(idx)
 	if err != nil {
 		return 0, err
 	}
+	e := ce.e
 	p = p[:min(int64(len(p)), o.v.chunkSize-in)]
-	if int64(len(p)) < o.v.chunkSize {
-		if l, ok := filter.PartialLayout(e.record); ok && in+int64(len(p)) <= int64(l.PlainLen) {
-			return o.readSectors(idx, e, l, in, p)
-		}
+	if int64(len(p)) < o.v.chunkSize && ce.partial && in+int64(len(p)) <= int64(ce.sectors.PlainLen) {
+		return o.readSectors(idx, e, ce.sectors, in, p)
 	}
 	buf := o.v.s.getBuf(int(o.v.chunkSize))
 	defer o.v.s.putBuf(buf)
