@@ -7,10 +7,15 @@
 # --buffer_compress_percentage=50). Prints MB/s or IOPS per policy and each
 # policy's ratio to no policy.
 #
-# Usage: bench/filters.sh [RUNTIME_SECONDS]   (default 5; needs bin/sluice: make build)
+# PASSES=N (default 1) runs every row N times, each pass going over all the
+# policies in turn, and prints each cell's median: single passes on a noisy
+# 2-core machine move a ratio by ±0.15.
+#
+# Usage: [PASSES=N] bench/filters.sh [RUNTIME_SECONDS]   (default 5; needs bin/sluice: make build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNTIME=${1:-5}
+PASSES=${PASSES:-1}
 SIZE=1G
 BIN=${SLUICE_BIN:-bin/sluice}
 for t in fio python3; do command -v $t >/dev/null || { echo "missing $t (make deps)"; exit 1; }; done
@@ -62,6 +67,7 @@ import json, sys
 s = json.load(sys.stdin)
 print(", ".join("%s=%.0fMiB" % (v["name"], v["allocated"] / 2**20) for v in s["volumes"]))'
 
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 printf '%-24s' job; for p in "${POLICIES[@]}"; do printf ' %8s' "$p"; done
 for p in "${POLICIES[@]:1}"; do printf ' %8s' "$p/none"; done; echo
@@ -69,7 +75,10 @@ for job in "write 1m 8" "read 1m 8" "randread 4k 1" "randread 4k 16" "randwrite 
   set -- $job
   unit=IOPS; col=1; [ "$2" = 1m ] && unit=MB/s && col=2
   declare -A r=()
-  for p in "${POLICIES[@]}"; do r[$p]=$(fio_job "$(uri $p)" "$1" "$2" "$3" | cut -d' ' -f$col); done
+  for _ in $(seq "$PASSES"); do
+    for p in "${POLICIES[@]}"; do r[$p]+=" $(fio_job "$(uri $p)" "$1" "$2" "$3" | cut -d' ' -f$col)"; done
+  done
+  for p in "${POLICIES[@]}"; do r[$p]=$(median ${r[$p]}); done
   printf '%-24s' "$1 $2 QD$3 ($unit)"; for p in "${POLICIES[@]}"; do printf ' %8s' "${r[$p]}"; done
   for p in "${POLICIES[@]:1}"; do printf ' %8s' "$(ratio "${r[$p]}" "${r[none]}")"; done; echo
 done

@@ -11,19 +11,35 @@ import (
 // read timestamp alone costs a channel round trip to badger's watermark
 // goroutine: ~10 µs of a ~45 µs 4 KiB encrypted read, BenchmarkRead4K).
 //
-// It is direct-mapped: entrySlots slots, each chunk hashed to one, a newer
-// chunk evicting an older one. Consistency comes from the chunk's stripe
+// It is direct-mapped: a power of two of slots, one per 64 KiB of the pool
+// between 64 Ki and 256 Ki slots (newEntryCache), each chunk hashed to one,
+// a newer chunk evicting an older one. Consistency comes from the chunk's stripe
 // lock: entries are filled by readers under the read lock and replaced or
 // dropped by the writers that change the chunk map (copy-on-write commit,
 // unmap) under the write lock, before they unlock. As a second guard a
 // cached entry is used only while its device offset is the one the chunk
 // table holds.
 type entryCache struct {
-	slots [entrySlots]entrySlot
+	slots []entrySlot // len is a power of two
 }
 
-// entrySlots covers 64 Ki chunks (4 GiB of 64 KiB chunks) in ~6 MiB.
-const entrySlots = 1 << 16
+// A slot takes ~100 bytes, and its memory is touched only once a
+// transformed chunk lands in it: 64 Ki slots (4 GiB of 64 KiB chunks) is
+// ~6 MiB at most, 256 Ki slots (16 GiB) ~24 MiB.
+const (
+	minEntrySlots = 1 << 16
+	maxEntrySlots = 1 << 18
+)
+
+// newEntryCache sizes the cache for a pool of poolBytes: a slot per
+// 64 KiB chunk the pool can hold, within [minEntrySlots, maxEntrySlots].
+func newEntryCache(poolBytes int64) *entryCache {
+	n := minEntrySlots
+	for n < maxEntrySlots && int64(n)*64<<10 < poolBytes {
+		n *= 2
+	}
+	return &entryCache{slots: make([]entrySlot, n)}
+}
 
 type entrySlot struct {
 	mu      sync.Mutex
@@ -40,7 +56,7 @@ type entryKey struct {
 }
 
 // slot is k's place: the chunk index plus a hash of its object, modulo
-// the slot count, so the chunks of one object of up to entrySlots chunks
+// the slot count, so the chunks of one object of up to len(c.slots) chunks
 // never collide with each other (a 1 GiB volume is 16 Ki chunks) and
 // different objects start at unrelated places. (A hash of the whole key,
 // as an earlier version used, made one in eight chunks of a 1 GiB volume
@@ -48,7 +64,7 @@ type entryKey struct {
 func (c *entryCache) slot(k entryKey) *entrySlot {
 	h := k.vol*0x9e3779b97f4a7c15 ^ k.ino*0xbf58476d1ce4e5b9
 	h ^= h >> 31
-	return &c.slots[(h+uint64(k.idx))%entrySlots]
+	return &c.slots[(h+uint64(k.idx))&uint64(len(c.slots)-1)]
 }
 
 // cachedEntry is a chunk entry with its record's layout, parsed once.

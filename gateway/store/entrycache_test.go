@@ -6,7 +6,10 @@ import "testing"
 // 64 KiB) gets its own slot, and the chunks of several objects share few:
 // a collision is a badger lookup on every read of the chunks involved.
 func TestEntryCacheSpread(t *testing.T) {
-	var c entryCache
+	c := newEntryCache(0)
+	if len(c.slots) != minEntrySlots || len(newEntryCache(8<<30).slots) != 1<<17 || len(newEntryCache(1<<40).slots) != maxEntrySlots {
+		t.Fatalf("slots for a small, an 8 GiB and a 1 TiB pool: %d %d %d", len(c.slots), len(newEntryCache(8<<30).slots), len(newEntryCache(1<<40).slots))
+	}
 	used := func(keys []entryKey) int {
 		seen := map[*entrySlot]bool{}
 		for _, k := range keys {
@@ -15,11 +18,11 @@ func TestEntryCacheSpread(t *testing.T) {
 		return len(seen)
 	}
 	var one []entryKey
-	for idx := range int64(entrySlots) {
+	for idx := range int64(minEntrySlots) {
 		one = append(one, entryKey{vol: 1, idx: idx, valid: true})
 	}
-	if n := used(one); n != entrySlots {
-		t.Errorf("one object of %d chunks uses %d slots", entrySlots, n)
+	if n := used(one); n != minEntrySlots {
+		t.Errorf("one object of %d chunks uses %d slots", minEntrySlots, n)
 	}
 	// Four 256 MiB objects (volumes 1-2, inodes 0-1), a quarter of the
 	// slots: a random hash would lose ~12% of them to collisions, and so may
@@ -27,12 +30,12 @@ func TestEntryCacheSpread(t *testing.T) {
 	var four []entryKey
 	for vol := uint64(1); vol <= 2; vol++ {
 		for ino := uint64(0); ino <= 1; ino++ {
-			for idx := range int64(entrySlots / 16) {
+			for idx := range int64(minEntrySlots / 16) {
 				four = append(four, entryKey{vol: vol, ino: ino, idx: idx, valid: true})
 			}
 		}
 	}
 	if n := used(four); n < len(four)*85/100 {
-		t.Errorf("four objects of %d chunks use %d slots of %d", entrySlots/16, n, entrySlots)
+		t.Errorf("four objects of %d chunks use %d slots of %d", minEntrySlots/16, n, minEntrySlots)
 	}
 }

@@ -178,7 +178,7 @@ func (s *Store) load(ctx context.Context) error {
 		return err
 	}
 	s.alloc = newAllocator(dataStart, s.dev.Size()-dataStart)
-	s.entries = new(entryCache)
+	s.entries = newEntryCache(s.dev.Size())
 	var deleting []*Volume
 	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixVolume}, PrefetchValues: true})
