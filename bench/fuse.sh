@@ -13,6 +13,8 @@
 #
 # Usage: bench/fuse.sh [RUNTIME_SECONDS]   (default 10; needs root and bin/sluice: make build)
 # Env:   PASSES=N  repeat every job N times and report the median (default 1)
+#        META_ONLY=1  skip the fio rows (the metadata run alone; its passes
+#                     alternate between the targets)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNTIME=${1:-10}
@@ -87,20 +89,23 @@ row() { # name rw bs qd engine metric(iops|mbs)
 s,l,n=${v[sluice]},${v[loop]},${v[native]}
 print(f'%-22s %12.0f %12.0f %12.0f %8.2fx %8.2fx' % ('$name ($metric)', s, l, n, s/max(l,1), s/max(n,1)))"
 }
-row "4K randread QD1"   randread  4k 1  psync    iops
-row "4K randwrite QD1"  randwrite 4k 1  psync    iops
-row "4K randread QD16"  randread  4k 16 io_uring iops
-row "4K randwrite QD16" randwrite 4k 16 io_uring iops
-row "1M read"           read      1M 4  io_uring mbs
-row "1M write"          write     1M 4  io_uring mbs
+if [ -z "${META_ONLY:-}" ]; then
+  row "4K randread QD1"   randread  4k 1  psync    iops
+  row "4K randwrite QD1"  randwrite 4k 1  psync    iops
+  row "4K randread QD16"  randread  4k 16 io_uring iops
+  row "4K randwrite QD16" randwrite 4k 16 io_uring iops
+  row "1M read"           read      1M 4  io_uring mbs
+  row "1M write"          write     1M 4  io_uring mbs
+fi
 
 for t in "${TARGETS[@]}"; do rm -f "${DIR[$t]}/bench.dat"; done
 declare -A M
-for t in "${TARGETS[@]}"; do
-  M[$t]=$(for _ in $(seq 1 "$PASSES"); do
-    d="${DIR[$t]}/meta.$RANDOM"; mkdir "$d"; "$W/fsmeta" "$d" $FILES | awk '{print $2, $4, $6}'; rmdir "$d"
-  done | median)
+for _ in $(seq 1 "$PASSES"); do
+  for t in "${TARGETS[@]}"; do
+    d="${DIR[$t]}/meta.$RANDOM"; mkdir "$d"; "$W/fsmeta" "$d" $FILES | awk '{print $2, $4, $6}' >> "$W/meta.$t"; rmdir "$d"
+  done
 done
+for t in "${TARGETS[@]}"; do M[$t]=$(median < "$W/meta.$t"); done
 for i in 1 2 3; do
   name=$(echo create stat unlink | cut -d' ' -f$i)
   s=$(echo ${M[sluice]} | cut -d' ' -f$i); l=$(echo ${M[loop]} | cut -d' ' -f$i); n=$(echo ${M[native]} | cut -d' ' -f$i)

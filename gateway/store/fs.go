@@ -45,9 +45,11 @@ import (
 type FS struct {
 	v *Volume
 
-	mu      sync.Mutex // serialises namespace changes
-	nextIno uint64     // next free inode number, under mu (0: not read yet)
-	dying   []uint64   // inodes deleted by the running transaction, under mu
+	mu       sync.Mutex   // serialises namespace changes
+	nextIno  uint64       // next free inode number, under mu (0: not read yet)
+	dying    []uint64     // inodes deleted by the running transaction, under mu
+	attrMods []attrChange // inode records the running transaction writes, under mu
+	attrs    attrCache    // committed attributes (attrcache.go)
 
 	objMu   sync.Mutex
 	inUse   map[uint64]*inUse // inodes with open handles or internal pins
@@ -133,7 +135,10 @@ func (f *FS) update(fn func(txn *badger.Txn) error) error {
 		return err
 	}
 	defer f.releaseDying()
-	return f.v.s.db.Update(fn)
+	f.attrMods = f.attrMods[:0]
+	err := f.v.s.db.Update(fn)
+	f.attrs.apply(f.attrMods, err == nil)
+	return err
 }
 
 // releaseDying drops the pins dropLink took on inodes it deleted in the
@@ -176,12 +181,7 @@ func (f *FS) getAttr(txn *badger.Txn, ino uint64) (Attr, error) {
 	if err != nil || !a.IsRegular() {
 		return a, err
 	}
-	if o := f.loaded(ino); o != nil {
-		a.Size = o.size.Load()
-		if m := o.mtime.Load(); m > a.Mtime {
-			a.Mtime, a.Ctime = m, max(a.Ctime, m)
-		}
-		a.Blocks = o.mapped.Load() * f.v.chunkSize / 512
+	if f.overlayLive(&a) {
 		return a, nil
 	}
 	if a.Size, err = readLength(txn, f.v.id, ino); err != nil {
@@ -191,6 +191,21 @@ func (f *FS) getAttr(txn *badger.Txn, ino uint64) (Attr, error) {
 		a.Blocks = countChunks(txn, f.v.id, ino) * f.v.chunkSize / 512
 	}
 	return a, nil
+}
+
+// overlayLive sets a regular file's length, mtime and blocks from its
+// object, if one is loaded, and reports whether one was.
+func (f *FS) overlayLive(a *Attr) bool {
+	o := f.loaded(a.Ino)
+	if o == nil {
+		return false
+	}
+	a.Size = o.size.Load()
+	if m := o.mtime.Load(); m > a.Mtime {
+		a.Mtime, a.Ctime = m, max(a.Ctime, m)
+	}
+	a.Blocks = o.mapped.Load() * f.v.chunkSize / 512
+	return true
 }
 
 // rawAttr reads ino's attribute record only: what namespace changes need
@@ -246,9 +261,24 @@ func countChunks(txn *badger.Txn, vol, ino uint64) int64 {
 	return n
 }
 
-// putAttr writes a's attributes (not its length) in txn.
+// putAttr writes a's attributes (not its length) in txn, which must be
+// FS.update's: the new record goes to the attribute cache on commit (a
+// regular file or symlink leaves it instead, see attrCache).
 func (f *FS) putAttr(txn *badger.Txn, a Attr) error {
-	return txn.Set(inodeKey(f.v.id, a.Ino), encodeAttr(a))
+	rec := encodeAttr(a)
+	if a.IsRegular() || a.IsSymlink() { // sizes live in other records
+		f.noteDrop(a.Ino)
+		return txn.Set(inodeKey(f.v.id, a.Ino), rec)
+	}
+	c, err := decodeAttr(a.Ino, rec) // exactly what rawAttr reads back
+	if err != nil {
+		return err
+	}
+	if c.IsDir() {
+		c.Size = 4096
+	}
+	f.attrMods = append(f.attrMods, attrChange{a: c, keep: true})
+	return txn.Set(inodeKey(f.v.id, a.Ino), rec)
 }
 
 // dirAttr reads ino and checks that it is a directory.
@@ -299,14 +329,32 @@ func (f *FS) Lookup(ctx context.Context, parent uint64, name string) (Attr, erro
 	return a, err
 }
 
-// GetAttr returns ino's attributes.
+// GetAttr returns ino's attributes, from the attribute cache when it has
+// them.
 func (f *FS) GetAttr(ctx context.Context, ino uint64) (Attr, error) {
+	if a, ok := f.attrs.get(ino); ok {
+		if a.IsRegular() {
+			f.overlayLive(&a)
+		}
+		return a, nil
+	}
+	gen := f.attrs.generation()
+	wasLoaded := f.loaded(ino) != nil
 	var a Attr
 	err := f.v.s.db.View(func(txn *badger.Txn) (err error) {
 		a, err = f.getAttr(txn, ino)
 		return err
 	})
+	if err == nil && (!a.IsRegular() || !wasLoaded && f.loaded(ino) == nil) {
+		f.attrs.fill(gen, a)
+	}
 	return a, err
+}
+
+// noteDrop records that the running transaction (FS.update's) changes
+// ino's length or deletes it: the cache drops it on commit.
+func (f *FS) noteDrop(ino uint64) {
+	f.attrMods = append(f.attrMods, attrChange{a: Attr{Ino: ino}})
 }
 
 // Readlink returns a symlink's target.
@@ -576,6 +624,7 @@ func (f *FS) dropLink(txn *badger.Txn, a Attr, t int64) (uint64, error) {
 		return 0, f.putAttr(txn, a)
 	}
 	if !hasPrefix(txn, chunkPrefix(f.v.id, a.Ino)) && f.claimDying(a.Ino) {
+		f.noteDrop(a.Ino)
 		return 0, deleteInode(txn, f.v.id, a.Ino)
 	}
 	if err := f.putAttr(txn, a); err != nil {

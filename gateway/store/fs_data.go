@@ -137,6 +137,7 @@ func (f *FS) ensureObject(ino uint64) error {
 	}
 	u.obj = o
 	f.objs.Store(ino, o)
+	f.attrs.drop(ino) // the object's live values take over (attrCache)
 	return nil
 }
 
@@ -217,6 +218,7 @@ func (f *FS) Release(ctx context.Context, ino uint64) error {
 	if u.refs == 0 && f.inUse[ino] == u { // nobody reopened it meanwhile
 		delete(f.inUse, ino)
 		f.objs.Delete(ino)
+		f.attrs.drop(ino) // a fill while it was loaded may be stale
 	}
 	f.objMu.Unlock()
 	f.purgeIfUnused(ctx, ino)
@@ -354,7 +356,9 @@ func (f *FS) purge(ino uint64) error {
 		v.saved.Add(-saved)
 		v.s.alloc.deferFree(freed)
 	}
-	return db.Update(func(txn *badger.Txn) error { return deleteInode(txn, v.id, ino) })
+	err := db.Update(func(txn *badger.Txn) error { return deleteInode(txn, v.id, ino) })
+	f.attrs.drop(ino)
+	return err
 }
 
 // purgeOrphans removes the orphans a crash left behind (store open).
@@ -486,6 +490,7 @@ func (f *FS) truncate(ctx context.Context, ino uint64, size int64) error {
 	o.size.Store(size)
 	o.touch()
 	err = f.update(func(txn *badger.Txn) error {
+		f.noteDrop(ino)
 		return txn.Set(lengthKey(f.v.id, ino), binary.BigEndian.AppendUint64(nil, uint64(size)))
 	})
 	return err

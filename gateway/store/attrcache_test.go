@@ -1,0 +1,214 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// storedAttr reads ino's attributes from badger (with a loaded file's live
+// values), past the attribute cache.
+func storedAttr(f *FS, ino uint64) (Attr, error) {
+	var a Attr
+	err := f.v.s.db.View(func(txn *badger.Txn) (err error) {
+		a, err = f.getAttr(txn, ino)
+		return err
+	})
+	return a, err
+}
+
+// sameAsStored fails unless GetAttr (the cache, once filled) agrees with
+// badger about ino.
+func sameAsStored(t *testing.T, f *FS, ino uint64, what string) {
+	t.Helper()
+	got, gerr := f.GetAttr(context.Background(), ino)
+	want, werr := storedAttr(f, ino)
+	if !errors.Is(gerr, ErrNotFound) || !errors.Is(werr, ErrNotFound) {
+		if gerr != nil || werr != nil || got != want {
+			t.Fatalf("%s: inode %d: GetAttr %+v (%v), stored %+v (%v)", what, ino, got, gerr, want, werr)
+		}
+	}
+}
+
+// TestDirCacheFollowsChanges: every namespace change that touches a
+// directory (create, mkdir, link, unlink, rmdir, rename across
+// directories, chmod, xattrs, a failed change) leaves GetAttr of the
+// directories involved equal to what badger holds.
+func TestAttrCacheFollowsChanges(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	_, f := newFSVolume(t, s, "fs", 64*MiB)
+	a := mustCreate(t, f, RootIno, "a", syscall.S_IFDIR|0o755)
+	b := mustCreate(t, f, RootIno, "b", syscall.S_IFDIR|0o700)
+	dirs := []uint64{RootIno, a.Ino, b.Ino}
+	check := func(what string) {
+		t.Helper()
+		for _, d := range dirs {
+			sameAsStored(t, f, d, what)
+		}
+	}
+	check("mkdir")
+	file := mustCreate(t, f, a.Ino, "f", syscall.S_IFREG|0o644)
+	check("create")
+	if _, err := f.Create(ctx, a.Ino, "f", NewInode{Mode: syscall.S_IFREG | 0o644}); !errors.Is(err, ErrExists) {
+		t.Fatalf("create over an existing name: %v", err)
+	}
+	check("failed create")
+	if _, err := f.Link(ctx, file.Ino, b.Ino, "g"); err != nil {
+		t.Fatal(err)
+	}
+	check("link")
+	sub := mustCreate(t, f, a.Ino, "sub", syscall.S_IFDIR|0o755)
+	dirs = append(dirs, sub.Ino)
+	check("mkdir in a")
+	if err := f.Rename(ctx, a.Ino, "sub", b.Ino, "sub2", 0); err != nil {
+		t.Fatal(err)
+	}
+	check("rename a directory across directories")
+	mode := uint32(0o711)
+	if _, err := f.SetAttr(ctx, b.Ino, SetAttr{Mode: &mode}); err != nil {
+		t.Fatal(err)
+	}
+	check("chmod")
+	if err := f.SetXattr(ctx, b.Ino, "user.k", []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+	check("setxattr")
+	if err := f.Unlink(ctx, a.Ino, "f"); err != nil {
+		t.Fatal(err)
+	}
+	check("unlink")
+	if err := f.Rmdir(ctx, b.Ino, "sub2"); err != nil {
+		t.Fatal(err)
+	}
+	check("rmdir")
+	if _, err := f.GetAttr(ctx, sub.Ino); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("GetAttr of a removed directory: %v", err)
+	}
+	if got, _ := f.GetAttr(ctx, b.Ino); got.Mode&0o777 != 0o711 || got.Nlink != 2 {
+		t.Fatalf("b after chmod and rmdir: mode %#o nlink %d", got.Mode, got.Nlink)
+	}
+}
+
+// TestDirCacheConcurrent: creates and unlinks in one directory race with
+// GetAttr of it; afterwards the cached attributes are the stored ones (a
+// reader's older snapshot never overwrites a newer commit).
+func TestAttrCacheConcurrent(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	_, f := newFSVolume(t, s, "fs", 64*MiB)
+	d := mustCreate(t, f, RootIno, "d", syscall.S_IFDIR|0o755)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := f.GetAttr(ctx, d.Ino); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	for i := range 300 {
+		name := fmt.Sprint("f", i)
+		if _, err := f.Create(ctx, d.Ino, name, NewInode{Mode: syscall.S_IFDIR | 0o755}); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			if err := f.Rmdir(ctx, d.Ino, name); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	close(stop)
+	wg.Wait()
+	sameAsStored(t, f, d.Ino, "after the race")
+	if a, _ := f.GetAttr(ctx, d.Ino); a.Nlink != 2+150 {
+		t.Fatalf("nlink %d, want %d", a.Nlink, 2+150)
+	}
+}
+
+// TestAttrCacheFiles: a regular file's cached attributes follow opens,
+// writes (live while open), closes, truncates of a closed file, links,
+// chmod and unlink; a symlink's follow its changes too.
+func TestAttrCacheFiles(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	v, f := newFSVolume(t, s, "fs", 64*MiB)
+	a := mustCreate(t, f, RootIno, "f", syscall.S_IFREG|0o644)
+	check := func(what string) {
+		t.Helper()
+		sameAsStored(t, f, a.Ino, what)
+		sameAsStored(t, f, a.Ino, what+", cached")
+	}
+	check("create")
+	if _, err := f.Open(ctx, a.Ino); err != nil {
+		t.Fatal(err)
+	}
+	check("open")
+	if err := v.WriteAt(ctx, a.Ino, pattern(1, 300000), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := f.GetAttr(ctx, a.Ino); got.Size != 300000 || got.Blocks == 0 {
+		t.Fatalf("while open, after a write: size %d blocks %d", got.Size, got.Blocks)
+	}
+	check("write")
+	if err := f.Release(ctx, a.Ino); err != nil {
+		t.Fatal(err)
+	}
+	check("release")
+	sz := int64(70000)
+	if _, err := f.SetAttr(ctx, a.Ino, SetAttr{Size: &sz}); err != nil {
+		t.Fatal(err)
+	}
+	check("truncate")
+	if got, _ := f.GetAttr(ctx, a.Ino); got.Size != 70000 || got.Blocks != 2*64*1024/512 {
+		t.Fatalf("after truncate: size %d blocks %d", got.Size, got.Blocks)
+	}
+	if _, err := f.Link(ctx, a.Ino, RootIno, "g"); err != nil {
+		t.Fatal(err)
+	}
+	check("link")
+	mode := uint32(0o600)
+	if _, err := f.SetAttr(ctx, a.Ino, SetAttr{Mode: &mode}); err != nil {
+		t.Fatal(err)
+	}
+	check("chmod")
+	if got, _ := f.GetAttr(ctx, a.Ino); got.Nlink != 2 || got.Mode&0o777 != 0o600 {
+		t.Fatalf("after link and chmod: nlink %d mode %#o", got.Nlink, got.Mode)
+	}
+	for _, name := range []string{"f", "g"} {
+		if err := f.Unlink(ctx, RootIno, name); err != nil {
+			t.Fatal(err)
+		}
+		check("unlink " + name)
+	}
+	if _, err := f.GetAttr(ctx, a.Ino); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("GetAttr of a removed file: %v", err)
+	}
+	l, err := f.Create(ctx, RootIno, "l", NewInode{Mode: syscall.S_IFLNK | 0o777, Target: "some/target"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameAsStored(t, f, l.Ino, "symlink")
+	if _, err := f.Link(ctx, l.Ino, RootIno, "l2"); err != nil {
+		t.Fatal(err)
+	}
+	sameAsStored(t, f, l.Ino, "symlink linked")
+	if got, _ := f.GetAttr(ctx, l.Ino); got.Size != int64(len("some/target")) || got.Nlink != 2 {
+		t.Fatalf("symlink: size %d nlink %d", got.Size, got.Nlink)
+	}
+}
