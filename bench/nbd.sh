@@ -5,7 +5,9 @@
 # Sluice/nbdkit and Sluice/qemu-nbd, and the gateway's peak RSS.
 #
 # Usage: bench/nbd.sh [RUNTIME_SECONDS]   (default 10; needs bin/sluice: make build)
-# Env:   PASSES=N  repeat every job N times and report the median (default 1)
+# Env:   PASSES=N  repeat every job N times, alternating the targets, and
+#                  report the median (default 1)
+#        ROWS="randwrite 4k 32,write 1m 8"  run only these rows (rw bs qd, comma-separated)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNTIME=${1:-10}
@@ -59,9 +61,6 @@ PY
 
 median() { python3 -c 'import sys,statistics; v=[list(map(float,l.split())) for l in sys.stdin]; print(" ".join(f"{statistics.median(c):.0f}" for c in zip(*v)))'; }
 
-run_row() { # uri rw bs qd
-  for _ in $(seq 1 "$PASSES"); do fio_job "$@"; done | median
-}
 
 # Fill every target once so reads hit data (not holes), as in shared/notes/nbd.md §7.
 for u in "$SLUICE_URI" "$NBDKIT_URI" "$QEMU_URI"; do
@@ -69,12 +68,21 @@ for u in "$SLUICE_URI" "$NBDKIT_URI" "$QEMU_URI"; do
 done
 
 printf '%-22s %12s %12s %12s %10s %10s\n' "job" "sluice" "nbdkit-file" "qemu-nbd" "s/nbdkit" "s/qemu"
-for job in "randread 4k 1" "randread 4k 32" "randwrite 4k 1" "randwrite 4k 32" "read 1m 8" "write 1m 8"; do
+IFS=, read -ra JOBS <<< "${ROWS:-randread 4k 1,randread 4k 32,randwrite 4k 1,randwrite 4k 32,read 1m 8,write 1m 8}"
+for job in "${JOBS[@]}"; do
   set -- $job
   unit=IOPS; col=1; [ "$2" = 1m ] && unit=MB/s && col=2
-  s=$(run_row "$SLUICE_URI" "$1" "$2" "$3" | cut -d' ' -f$col)
-  k=$(run_row "$NBDKIT_URI" "$1" "$2" "$3" | cut -d' ' -f$col)
-  q=$(run_row "$QEMU_URI"   "$1" "$2" "$3" | cut -d' ' -f$col)
+  # Passes alternate between the targets, so a slow spell of the machine
+  # hits all three alike.
+  rm -f "$W"/row.*
+  for _ in $(seq 1 "$PASSES"); do
+    fio_job "$SLUICE_URI" "$1" "$2" "$3" >> "$W/row.s"
+    fio_job "$NBDKIT_URI" "$1" "$2" "$3" >> "$W/row.k"
+    fio_job "$QEMU_URI"   "$1" "$2" "$3" >> "$W/row.q"
+  done
+  s=$(median < "$W/row.s" | cut -d' ' -f$col)
+  k=$(median < "$W/row.k" | cut -d' ' -f$col)
+  q=$(median < "$W/row.q" | cut -d' ' -f$col)
   printf '%-22s %12s %12s %12s %9.2fx %9.2fx\n' "$1 $2 QD$3 ($unit)" "$s" "$k" "$q" \
     "$(python3 -c "print($s/$k)")" "$(python3 -c "print($s/$q)")"
 done

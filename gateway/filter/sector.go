@@ -24,6 +24,10 @@ type Sectors struct {
 	keyID    []byte
 }
 
+// Identity reports whether the sectors are stored as they read (no
+// encryption in the chain): stored bytes are plain bytes.
+func (l Sectors) Identity() bool { return l.keyID == nil }
+
 // PartialLayout returns the sector layout of a chunk written with record,
 // and false when the chunk must be read whole.
 func PartialLayout(record []byte) (Sectors, bool) {

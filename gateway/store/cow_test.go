@@ -746,6 +746,18 @@ func TestEntryCacheFollowsRewrites(t *testing.T) {
 		if err := v.ReadAt(ctx, 0, part, a); err != nil || !bytes.Equal(part, want[a:b]) {
 			t.Fatalf("step %d: bytes %d..%d: %v", i, a, b, err)
 		}
+		// Whole sectors (opened straight into the caller's buffer), into a
+		// buffer with spare capacity that must stay untouched.
+		a = off + int64(r.IntN(16))*4096
+		b = min(off+64<<10, a+int64(1+r.IntN(4))*4096)
+		spare := bytes.Repeat([]byte{0xee}, int(b-a)+4096)
+		part = spare[:b-a]
+		if err := v.ReadAt(ctx, 0, part, a); err != nil || !bytes.Equal(part, want[a:b]) {
+			t.Fatalf("step %d: sectors %d..%d: %v", i, a, b, err)
+		}
+		if !bytes.Equal(spare[b-a:], bytes.Repeat([]byte{0xee}, 4096)) {
+			t.Fatalf("step %d: a read of sectors %d..%d wrote past its buffer", i, a, b)
+		}
 	}
 	mustRead(t, v, 0, 0, want)
 }

@@ -193,6 +193,17 @@ func (o *object) readSectors(idx int64, e chunkEntry, l filter.Sectors, in int64
 		v.s.log.Error("chunk entry is corrupt", "volume", v.ref, "inode", o.ino, "offset", idx*v.chunkSize, "err", err)
 		return 0, err
 	}
+	// A read of whole sectors opens them straight into p (and a sector
+	// stored as is, noop's, is read straight into it); others go through
+	// a scratch buffer.
+	whole := in%filter.SectorSize == 0 && len(p)%filter.SectorSize == 0 && to-from == (last-first+1)*int64(l.Stride)
+	if whole && l.Stride == filter.SectorSize && l.Identity() {
+		if _, err := v.s.dev.ReadAt(p, e.devOff+from); err != nil {
+			v.s.log.Error("device read failed", "volume", v.ref, "inode", o.ino, "offset", idx*v.chunkSize+in, "err", err)
+			return 0, fmt.Errorf("%w: %w", ErrIO, err)
+		}
+		return len(p), nil
+	}
 	sb := v.s.getBuf(int(to - from))
 	defer v.s.putBuf(sb)
 	stored := (*sb)[:to-from]
@@ -200,9 +211,15 @@ func (o *object) readSectors(idx int64, e chunkEntry, l filter.Sectors, in int64
 		v.s.log.Error("device read failed", "volume", v.ref, "inode", o.ino, "offset", idx*v.chunkSize+in, "err", err)
 		return 0, fmt.Errorf("%w: %w", ErrIO, err)
 	}
-	pb := v.s.getBuf(int(last-first+1) * filter.SectorSize)
-	defer v.s.putBuf(pb)
-	plain, err := v.s.env.ReverseSectors(o.chunkContext(idx), (*pb)[:0], stored, l, int(first))
+	var dst []byte
+	if whole {
+		dst = p[:0:len(p)] // never appended past len(p): whole sectors open to SectorSize each
+	} else {
+		pb := v.s.getBuf(int(last-first+1) * filter.SectorSize)
+		defer v.s.putBuf(pb)
+		dst = (*pb)[:0]
+	}
+	plain, err := v.s.env.ReverseSectors(o.chunkContext(idx), dst, stored, l, int(first))
 	if err == nil && int64(len(plain)) < in-first*filter.SectorSize+int64(len(p)) {
 		err = fmt.Errorf("sectors %d..%d open to %d bytes: %w", first, last, len(plain), filter.ErrCorrupt)
 	}
@@ -211,7 +228,9 @@ func (o *object) readSectors(idx int64, e chunkEntry, l filter.Sectors, in int64
 			"offset", idx*v.chunkSize+in, "chunk", idx, "device_offset", e.devOff, "err", err)
 		return 0, fmt.Errorf("%w: volume %s inode %d offset %d: %w", ErrIO, v.ref, o.ino, idx*v.chunkSize+in, err)
 	}
-	*pb = plain[:0]
+	if whole && len(plain) == len(p) && &plain[0] == &p[0] {
+		return len(p), nil
+	}
 	return copy(p, plain[in-first*filter.SectorSize:]), nil
 }
 
