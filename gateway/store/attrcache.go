@@ -2,16 +2,19 @@ package store
 
 import "sync"
 
-// attrCache keeps inodes' attributes in memory, so that a GETATTR (the
-// kernel sends one for a directory after each create or unlink in it, and
-// one per stat of a file) is answered without a badger transaction: a read
-// transaction's timestamp alone is a round trip to badger's watermark
-// goroutine, ~18 µs of a loaded gateway's time against ~1 µs here.
+// attrCache keeps inodes' attributes and directory entries in memory, so
+// that a GETATTR (the kernel sends one for a directory after each create or
+// unlink in it, and one per stat of a file) or a LOOKUP of an existing name
+// is answered without a badger transaction: a read transaction's timestamp
+// alone is a round trip to badger's watermark goroutine, ~18 µs of a
+// loaded gateway's time against ~1 µs here. Only names that exist are
+// cached; a lookup of a missing name reads badger.
 //
 // The cache holds committed state only:
 //
-//   - Namespace changes run in FS.update under FS.mu. putAttr, dropLink and
-//     the length writers note the inodes the transaction writes or deletes,
+//   - Namespace changes run in FS.update under FS.mu. putAttr, dropLink,
+//     the length writers and setDentry/deleteDentry note the inodes and
+//     names the transaction writes or deletes,
 //     and update applies the notes after the commit: a directory's (or
 //     device node's, FIFO's, socket's) new record replaces the cached one;
 //     a regular file or symlink is dropped (its size lives in another
@@ -24,9 +27,15 @@ import "sync"
 //     applied or dropped since they took the generation before it, so a
 //     snapshot older than a change cannot overwrite what the change applied.
 type attrCache struct {
-	mu  sync.Mutex
-	m   map[uint64]Attr
-	gen uint64
+	mu    sync.Mutex
+	m     map[uint64]Attr
+	dents map[dentName]uint64 // name → inode
+	gen   uint64
+}
+
+type dentName struct {
+	parent uint64
+	name   string
 }
 
 // maxCachedAttrs bounds the cache (~150 bytes an entry with the map's
@@ -60,10 +69,33 @@ func (c *attrCache) fill(gen uint64, a Attr) {
 }
 
 // attrChange is one inode record written or deleted by a transaction:
-// keep is the record to cache once committed (false: drop the inode).
+// keep is the record to cache once committed (false: drop the inode). With
+// dent set it is a directory entry instead: name → a.Ino, or removed.
 type attrChange struct {
 	a    Attr
 	keep bool
+	dent *dentName
+}
+
+func (c *attrCache) lookup(parent uint64, name string) (uint64, bool) {
+	c.mu.Lock()
+	ino, ok := c.dents[dentName{parent, name}]
+	c.mu.Unlock()
+	return ino, ok
+}
+
+// fillDentry caches name → ino, read in a transaction that began after
+// generation gen.
+func (c *attrCache) fillDentry(gen uint64, parent uint64, name string, ino uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen {
+		return
+	}
+	if c.dents == nil || len(c.dents) >= maxCachedAttrs {
+		c.dents = make(map[dentName]uint64)
+	}
+	c.dents[dentName{parent, name}] = ino
 }
 
 // apply records the changes of a transaction: committed (the new records)
@@ -78,7 +110,18 @@ func (c *attrCache) apply(changes []attrChange, committed bool) {
 	if c.m == nil {
 		c.m = make(map[uint64]Attr)
 	}
+	if c.dents == nil {
+		c.dents = make(map[dentName]uint64)
+	}
 	for _, ch := range changes {
+		if ch.dent != nil {
+			if committed && ch.keep {
+				c.dents[*ch.dent] = ch.a.Ino
+			} else {
+				delete(c.dents, *ch.dent)
+			}
+			continue
+		}
 		if committed && ch.keep {
 			c.m[ch.a.Ino] = ch.a
 		} else {

@@ -35,7 +35,31 @@ func sameAsStored(t *testing.T, f *FS, ino uint64, what string) {
 	}
 }
 
-// TestDirCacheFollowsChanges: every namespace change that touches a
+// sameLookup fails unless Lookup (twice: the second from the cache when
+// the first filled it) agrees with badger about name in parent.
+func sameLookup(t *testing.T, f *FS, parent uint64, name, what string) {
+	t.Helper()
+	var want Attr
+	werr := f.v.s.db.View(func(txn *badger.Txn) error {
+		ino, _, err := f.lookupTxn(txn, parent, name)
+		if err != nil {
+			return err
+		}
+		want, err = f.getAttr(txn, ino)
+		return err
+	})
+	for range 2 {
+		got, gerr := f.Lookup(context.Background(), parent, name)
+		if errors.Is(gerr, ErrNotFound) && errors.Is(werr, ErrNotFound) {
+			continue
+		}
+		if gerr != nil || werr != nil || got != want {
+			t.Fatalf("%s: %q in %d: Lookup %+v (%v), stored %+v (%v)", what, name, parent, got, gerr, want, werr)
+		}
+	}
+}
+
+// TestAttrCacheFollowsChanges: every namespace change that touches a
 // directory (create, mkdir, link, unlink, rmdir, rename across
 // directories, chmod, xattrs, a failed change) leaves GetAttr of the
 // directories involved equal to what badger holds.
@@ -50,6 +74,11 @@ func TestAttrCacheFollowsChanges(t *testing.T) {
 		t.Helper()
 		for _, d := range dirs {
 			sameAsStored(t, f, d, what)
+		}
+		for _, d := range dirs {
+			for _, name := range []string{"a", "b", "f", "g", "sub", "sub2", "x", "y"} {
+				sameLookup(t, f, d, name, what)
+			}
 		}
 	}
 	check("mkdir")
@@ -70,6 +99,17 @@ func TestAttrCacheFollowsChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("rename a directory across directories")
+	mustCreate(t, f, a.Ino, "x", syscall.S_IFREG|0o644)
+	mustCreate(t, f, b.Ino, "y", syscall.S_IFREG|0o600)
+	check("create x and y")
+	if err := f.Rename(ctx, a.Ino, "x", b.Ino, "y", RenameExchange); err != nil {
+		t.Fatal(err)
+	}
+	check("exchange")
+	if err := f.Rename(ctx, b.Ino, "y", a.Ino, "x", 0); err != nil {
+		t.Fatal(err)
+	}
+	check("rename over an existing name")
 	mode := uint32(0o711)
 	if _, err := f.SetAttr(ctx, b.Ino, SetAttr{Mode: &mode}); err != nil {
 		t.Fatal(err)
@@ -95,7 +135,7 @@ func TestAttrCacheFollowsChanges(t *testing.T) {
 	}
 }
 
-// TestDirCacheConcurrent: creates and unlinks in one directory race with
+// TestAttrCacheConcurrent: creates and unlinks in one directory race with
 // GetAttr of it; afterwards the cached attributes are the stored ones (a
 // reader's older snapshot never overwrites a newer commit).
 func TestAttrCacheConcurrent(t *testing.T) {

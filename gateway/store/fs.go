@@ -307,14 +307,40 @@ func (f *FS) lookupTxn(txn *badger.Txn, parent uint64, name string) (uint64, uin
 	return ino, typ, err
 }
 
-// Lookup returns the attributes of name in directory parent.
+// setDentry writes name → ino in parent, in FS.update's txn.
+func (f *FS) setDentry(txn *badger.Txn, parent uint64, name string, ino uint64, mode uint32) error {
+	f.attrMods = append(f.attrMods, attrChange{a: Attr{Ino: ino}, keep: true, dent: &dentName{parent, name}})
+	return txn.Set(dentryKey(f.v.id, parent, name), encodeDentry(ino, mode))
+}
+
+// deleteDentry removes name from parent, in FS.update's txn.
+func (f *FS) deleteDentry(txn *badger.Txn, parent uint64, name string) error {
+	f.attrMods = append(f.attrMods, attrChange{dent: &dentName{parent, name}})
+	return txn.Delete(dentryKey(f.v.id, parent, name))
+}
+
+// Lookup returns the attributes of name in directory parent, from the
+// cache when it has both the name and the inode.
 func (f *FS) Lookup(ctx context.Context, parent uint64, name string) (Attr, error) {
 	if len(name) > MaxNameLen {
 		return Attr{}, fmt.Errorf("name of %d bytes: %w", len(name), ErrNameTooLong)
 	}
+	if ino, ok := f.attrs.lookup(parent, name); ok {
+		if a, ok := f.attrs.get(ino); ok {
+			if a.IsRegular() {
+				f.overlayLive(&a)
+			}
+			return a, nil
+		}
+	}
+	gen := f.attrs.generation()
 	var a Attr
+	var wasLoaded bool
 	err := f.v.s.db.View(func(txn *badger.Txn) error {
 		ino, _, err := f.lookupTxn(txn, parent, name)
+		if err == nil {
+			wasLoaded = f.loaded(ino) != nil
+		}
 		if errors.Is(err, ErrNotFound) {
 			if _, derr := f.dirAttr(txn, parent); derr != nil {
 				return derr // the parent is gone or not a directory
@@ -326,6 +352,12 @@ func (f *FS) Lookup(ctx context.Context, parent uint64, name string) (Attr, erro
 		a, err = f.getAttr(txn, ino)
 		return err
 	})
+	if err == nil {
+		f.attrs.fillDentry(gen, parent, name, a.Ino)
+		if !a.IsRegular() || !wasLoaded && f.loaded(a.Ino) == nil {
+			f.attrs.fill(gen, a)
+		}
+	}
 	return a, err
 }
 
@@ -458,7 +490,7 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 		if err := f.putAttr(txn, p); err != nil {
 			return err
 		}
-		return txn.Set(dentryKey(f.v.id, parent, name), encodeDentry(ino, a.Mode))
+		return f.setDentry(txn, parent, name, ino, a.Mode)
 	})
 	return a, err
 }
@@ -539,7 +571,7 @@ func (f *FS) Link(ctx context.Context, ino, newParent uint64, newName string) (A
 		if err := f.putAttr(txn, p); err != nil {
 			return err
 		}
-		return txn.Set(dentryKey(f.v.id, newParent, newName), encodeDentry(ino, a.Mode))
+		return f.setDentry(txn, newParent, newName, ino, a.Mode)
 	})
 	if err == nil && resurrected {
 		f.setOrphan(ino, false)
@@ -594,7 +626,7 @@ func (f *FS) remove(ctx context.Context, parent uint64, name string, dir bool) e
 		if err := f.putAttr(txn, p); err != nil {
 			return err
 		}
-		if err := txn.Delete(dentryKey(f.v.id, parent, name)); err != nil {
+		if err := f.deleteDentry(txn, parent, name); err != nil {
 			return err
 		}
 		if gone, err = f.dropLink(txn, a, t); err != nil {

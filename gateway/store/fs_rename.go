@@ -115,10 +115,10 @@ func (r *renamer) rename(parent uint64, name string, newParent uint64, newName s
 	}
 
 	if flags&RenameExchange != 0 {
-		if err := txn.Set(dentryKey(vol, parent, name), encodeDentry(dstIno, dst.Mode)); err != nil {
+		if err := f.setDentry(txn, parent, name, dstIno, dst.Mode); err != nil {
 			return 0, err
 		}
-		if err := txn.Set(dentryKey(vol, newParent, newName), encodeDentry(srcIno, src.Mode)); err != nil {
+		if err := f.setDentry(txn, newParent, newName, srcIno, src.Mode); err != nil {
 			return 0, err
 		}
 		if err := r.moved(&src, parent, newParent); err != nil {
@@ -148,10 +148,10 @@ func (r *renamer) rename(parent uint64, name string, newParent uint64, newName s
 			return 0, err
 		}
 	}
-	if err := txn.Delete(dentryKey(vol, parent, name)); err != nil {
+	if err := f.deleteDentry(txn, parent, name); err != nil {
 		return 0, err
 	}
-	if err := txn.Set(dentryKey(vol, newParent, newName), encodeDentry(srcIno, src.Mode)); err != nil {
+	if err := f.setDentry(txn, newParent, newName, srcIno, src.Mode); err != nil {
 		return 0, err
 	}
 	if err := r.moved(&src, parent, newParent); err != nil {
