@@ -19,10 +19,12 @@ import "sync"
 //     device node's, FIFO's, socket's) new record replaces the cached one;
 //     a regular file or symlink is dropped (its size lives in another
 //     record).
-//   - A regular file is cached only while no object is loaded for it: its
-//     length and blocks change only through a loaded object, and loading
-//     and unloading one drop the file (FS.forgetAttr). While loaded, the
-//     object's live length, mtime and blocks overlay the cached record.
+//   - A regular file's length and blocks change only through a loaded
+//     object. While one is loaded, its live length, mtime and blocks
+//     overlay the cached record, and readers do not fill the cache; when
+//     it is unloaded, the cached record takes the object's final values.
+//     A new file or symlink is cached as created (nothing else is in its
+//     record); other changes to their records drop them.
 //   - Readers fill the cache from their own transaction only if nothing was
 //     applied or dropped since they took the generation before it, so a
 //     snapshot older than a change cannot overwrite what the change applied.
@@ -127,6 +129,18 @@ func (c *attrCache) apply(changes []attrChange, committed bool) {
 		} else {
 			delete(c.m, ch.a.Ino)
 		}
+	}
+}
+
+// refresh changes ino's cached attributes with fn, if it has any, and
+// turns away fills in flight.
+func (c *attrCache) refresh(ino uint64, fn func(*Attr)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	if a, ok := c.m[ino]; ok {
+		fn(&a)
+		c.m[ino] = a
 	}
 }
 

@@ -200,12 +200,17 @@ func (f *FS) overlayLive(a *Attr) bool {
 	if o == nil {
 		return false
 	}
+	liveValues(a, o, f.v.chunkSize)
+	return true
+}
+
+// liveValues sets a's length, mtime and blocks from the file's object.
+func liveValues(a *Attr, o *object, chunkSize int64) {
 	a.Size = o.size.Load()
 	if m := o.mtime.Load(); m > a.Mtime {
 		a.Mtime, a.Ctime = m, max(a.Ctime, m)
 	}
-	a.Blocks = o.mapped.Load() * f.v.chunkSize / 512
-	return true
+	a.Blocks = o.mapped.Load() * chunkSize / 512
 }
 
 // rawAttr reads ino's attribute record only: what namespace changes need
@@ -486,6 +491,11 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 		p.Mtime, p.Ctime = t, t
 		if err := f.putAttr(txn, a); err != nil {
 			return err
+		}
+		if typ == syscall.S_IFREG || typ == syscall.S_IFLNK {
+			// As created, the record is the whole truth (empty, or the
+			// target's length): cache it.
+			f.attrMods = append(f.attrMods, attrChange{a: a, keep: true})
 		}
 		if err := f.putAttr(txn, p); err != nil {
 			return err

@@ -136,8 +136,7 @@ func (f *FS) ensureObject(ino uint64) error {
 		return err
 	}
 	u.obj = o
-	f.objs.Store(ino, o)
-	f.attrs.drop(ino) // the object's live values take over (attrCache)
+	f.objs.Store(ino, o) // its live values now overlay the cached record
 	return nil
 }
 
@@ -218,7 +217,9 @@ func (f *FS) Release(ctx context.Context, ino uint64) error {
 	if u.refs == 0 && f.inUse[ino] == u { // nobody reopened it meanwhile
 		delete(f.inUse, ino)
 		f.objs.Delete(ino)
-		f.attrs.drop(ino) // a fill while it was loaded may be stale
+		if o := u.obj; o != nil {
+			f.attrs.refresh(ino, func(a *Attr) { liveValues(a, o, f.v.chunkSize) })
+		}
 	}
 	f.objMu.Unlock()
 	f.purgeIfUnused(ctx, ino)
