@@ -61,6 +61,7 @@ bench: build deps
 	bash bench/nbd.sh
 	bash bench/qos.sh
 	bash bench/filters.sh
+	bash bench/filterab.sh
 	bash bench/virtio.sh
 
 clean:

@@ -210,6 +210,23 @@ func TestAttrCacheFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("release")
+	// A file created, opened and closed without writes (what a create
+	// through FUSE is) is answered from memory from then on: its name and
+	// its attributes are cached without any read filling them.
+	e, err := f.CreateOpen(ctx, RootIno, "empty", NewInode{Mode: syscall.S_IFREG | 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Release(ctx, e.Ino); err != nil {
+		t.Fatal(err)
+	}
+	if ino, ok := f.attrs.lookup(RootIno, "empty"); !ok || ino != e.Ino {
+		t.Fatalf("name not cached after create: %d %v", ino, ok)
+	}
+	if c, ok := f.attrs.get(e.Ino); !ok || c.Size != 0 || c.Nlink != 1 {
+		t.Fatalf("attributes not cached after create and release: %+v %v", c, ok)
+	}
+	sameAsStored(t, f, e.Ino, "created empty")
 	sz := int64(70000)
 	if _, err := f.SetAttr(ctx, a.Ino, SetAttr{Size: &sz}); err != nil {
 		t.Fatal(err)
