@@ -220,7 +220,7 @@ func TestAttrCacheFiles(t *testing.T) {
 	if err := f.Release(ctx, e.Ino); err != nil {
 		t.Fatal(err)
 	}
-	if ino, ok := f.attrs.lookup(RootIno, "empty"); !ok || ino != e.Ino {
+	if ino, ok, _ := f.attrs.lookup(RootIno, "empty"); !ok || ino != e.Ino {
 		t.Fatalf("name not cached after create: %d %v", ino, ok)
 	}
 	if c, ok := f.attrs.get(e.Ino); !ok || c.Size != 0 || c.Nlink != 1 {
@@ -267,5 +267,53 @@ func TestAttrCacheFiles(t *testing.T) {
 	sameAsStored(t, f, l.Ino, "symlink linked")
 	if got, _ := f.GetAttr(ctx, l.Ino); got.Size != int64(len("some/target")) || got.Nlink != 2 {
 		t.Fatalf("symlink: size %d nlink %d", got.Size, got.Nlink)
+	}
+}
+
+// TestAttrCacheCompleteDirectory: a directory made since the cache started
+// answers lookups of missing names itself, and stays right as names come
+// and go; the root (made at volume creation) does not.
+func TestAttrCacheCompleteDirectory(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	_, f := newFSVolume(t, s, "fs", 64*MiB)
+	d := mustCreate(t, f, RootIno, "d", syscall.S_IFDIR|0o755)
+	if _, _, absent := f.attrs.lookup(RootIno, "nope"); absent {
+		t.Fatal("the root claims to be complete")
+	}
+	if _, _, absent := f.attrs.lookup(d.Ino, "nope"); !absent {
+		t.Fatal("a new directory is not complete")
+	}
+	for i := range 50 {
+		name := fmt.Sprint("n", i)
+		sameLookup(t, f, d.Ino, name, "before create")
+		mustCreate(t, f, d.Ino, name, syscall.S_IFREG|0o644)
+		sameLookup(t, f, d.Ino, name, "after create")
+		if i%3 == 0 {
+			if err := f.Rename(ctx, d.Ino, name, RootIno, name, 0); err != nil {
+				t.Fatal(err)
+			}
+			sameLookup(t, f, d.Ino, name, "after rename out")
+			sameLookup(t, f, RootIno, name, "after rename in")
+		}
+	}
+	if err := f.Rmdir(ctx, RootIno, "d"); !errors.Is(err, ErrNotEmpty) {
+		t.Fatalf("rmdir of a full directory: %v", err)
+	}
+	for i := range 50 {
+		if i%3 != 0 {
+			if err := f.Unlink(ctx, d.Ino, fmt.Sprint("n", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := f.Rmdir(ctx, RootIno, "d"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, absent := f.attrs.lookup(d.Ino, "nope"); absent {
+		t.Fatal("a removed directory still answers lookups")
+	}
+	if _, err := f.Lookup(ctx, d.Ino, "n1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("lookup in a removed directory: %v", err)
 	}
 }

@@ -330,7 +330,11 @@ func (f *FS) Lookup(ctx context.Context, parent uint64, name string) (Attr, erro
 	if len(name) > MaxNameLen {
 		return Attr{}, fmt.Errorf("name of %d bytes: %w", len(name), ErrNameTooLong)
 	}
-	if ino, ok := f.attrs.lookup(parent, name); ok {
+	ino, ok, absent := f.attrs.lookup(parent, name)
+	if absent {
+		return Attr{}, fmt.Errorf("%q in inode %d: %w", name, parent, ErrNotFound)
+	}
+	if ok {
 		if a, ok := f.attrs.get(ino); ok {
 			if a.IsRegular() {
 				f.overlayLive(&a)
@@ -492,10 +496,13 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 		if err := f.putAttr(txn, a); err != nil {
 			return err
 		}
-		if typ == syscall.S_IFREG || typ == syscall.S_IFLNK {
+		switch typ {
+		case syscall.S_IFREG, syscall.S_IFLNK:
 			// As created, the record is the whole truth (empty, or the
 			// target's length): cache it.
 			f.attrMods = append(f.attrMods, attrChange{a: a, keep: true})
+		case syscall.S_IFDIR:
+			f.attrMods = append(f.attrMods, attrChange{a: a, newDir: true})
 		}
 		if err := f.putAttr(txn, p); err != nil {
 			return err
