@@ -64,17 +64,28 @@ func (c *attrCache) generation() uint64 {
 	return c.gen
 }
 
-// fill caches a, read in a transaction that began after generation gen.
-func (c *attrCache) fill(gen uint64, a Attr) {
+// fill caches what a reader found in a transaction that began after
+// generation gen: attributes a (unless nil) and the name dent → a.Ino
+// (unless nil). A full map starts over.
+func (c *attrCache) fill(gen uint64, a *Attr, dent *dentName, ino uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gen != gen {
 		return
 	}
-	if c.m == nil || len(c.m) >= maxCachedAttrs {
-		c.m = make(map[uint64]Attr)
+	if a != nil {
+		if c.m == nil || len(c.m) >= maxCachedAttrs {
+			c.m = make(map[uint64]Attr)
+		}
+		c.m[a.Ino] = *a
 	}
-	c.m[a.Ino] = a
+	if dent != nil {
+		if c.dents == nil || len(c.dents) >= maxCachedAttrs {
+			c.dents = make(map[dentName]uint64)
+			c.complete = nil // entries are gone: no directory is whole any more
+		}
+		c.dents[*dent] = ino
+	}
 }
 
 // attrChange is one inode record written or deleted by a transaction:
@@ -88,28 +99,18 @@ type attrChange struct {
 	newDir bool
 }
 
-// lookup returns name's inode; absent reports that the name is known not
-// to exist (parent is complete).
-func (c *attrCache) lookup(parent uint64, name string) (ino uint64, ok, absent bool) {
+// lookup returns name's attributes when both the name and its inode are
+// cached; absent reports that the name is known not to exist (parent is
+// complete).
+func (c *attrCache) lookup(parent uint64, name string) (a Attr, ok, absent bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ino, ok = c.dents[dentName{parent, name}]
-	return ino, ok, !ok && c.complete[parent]
-}
-
-// fillDentry caches name → ino, read in a transaction that began after
-// generation gen.
-func (c *attrCache) fillDentry(gen uint64, parent uint64, name string, ino uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.gen != gen {
-		return
+	ino, named := c.dents[dentName{parent, name}]
+	if !named {
+		return Attr{}, false, c.complete[parent]
 	}
-	if c.dents == nil || len(c.dents) >= maxCachedAttrs {
-		c.dents = make(map[dentName]uint64)
-		c.complete = nil // entries are gone: no directory is whole any more
-	}
-	c.dents[dentName{parent, name}] = ino
+	a, ok = c.m[ino]
+	return a, ok, false
 }
 
 // apply records the changes of a transaction: committed (the new records)

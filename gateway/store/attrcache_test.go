@@ -220,8 +220,8 @@ func TestAttrCacheFiles(t *testing.T) {
 	if err := f.Release(ctx, e.Ino); err != nil {
 		t.Fatal(err)
 	}
-	if ino, ok, _ := f.attrs.lookup(RootIno, "empty"); !ok || ino != e.Ino {
-		t.Fatalf("name not cached after create: %d %v", ino, ok)
+	if c, ok, _ := f.attrs.lookup(RootIno, "empty"); !ok || c.Ino != e.Ino {
+		t.Fatalf("name not cached after create: %+v %v", c, ok)
 	}
 	if c, ok := f.attrs.get(e.Ino); !ok || c.Size != 0 || c.Nlink != 1 {
 		t.Fatalf("attributes not cached after create and release: %+v %v", c, ok)

@@ -330,17 +330,13 @@ func (f *FS) Lookup(ctx context.Context, parent uint64, name string) (Attr, erro
 	if len(name) > MaxNameLen {
 		return Attr{}, fmt.Errorf("name of %d bytes: %w", len(name), ErrNameTooLong)
 	}
-	ino, ok, absent := f.attrs.lookup(parent, name)
-	if absent {
+	if a, ok, absent := f.attrs.lookup(parent, name); absent {
 		return Attr{}, fmt.Errorf("%q in inode %d: %w", name, parent, ErrNotFound)
-	}
-	if ok {
-		if a, ok := f.attrs.get(ino); ok {
-			if a.IsRegular() {
-				f.overlayLive(&a)
-			}
-			return a, nil
+	} else if ok {
+		if a.IsRegular() {
+			f.overlayLive(&a)
 		}
+		return a, nil
 	}
 	gen := f.attrs.generation()
 	var a Attr
@@ -362,10 +358,11 @@ func (f *FS) Lookup(ctx context.Context, parent uint64, name string) (Attr, erro
 		return err
 	})
 	if err == nil {
-		f.attrs.fillDentry(gen, parent, name, a.Ino)
+		var attr *Attr
 		if !a.IsRegular() || !wasLoaded && f.loaded(a.Ino) == nil {
-			f.attrs.fill(gen, a)
+			attr = &a
 		}
+		f.attrs.fill(gen, attr, &dentName{parent, name}, a.Ino)
 	}
 	return a, err
 }
@@ -387,7 +384,7 @@ func (f *FS) GetAttr(ctx context.Context, ino uint64) (Attr, error) {
 		return err
 	})
 	if err == nil && (!a.IsRegular() || !wasLoaded && f.loaded(ino) == nil) {
-		f.attrs.fill(gen, a)
+		f.attrs.fill(gen, &a, nil, 0)
 	}
 	return a, err
 }

@@ -129,9 +129,8 @@ func (o *object) readWindow(w window, p []byte, off int64) (int, error) {
 		buf := p[done : done+int(runLen)]
 		if dev == 0 {
 			clear(buf)
-		} else if _, err := v.s.dev.ReadAt(buf, dev+in); err != nil {
-			v.s.log.Error("device read failed", "volume", v.ref, "inode", o.ino, "offset", off+int64(done), "err", err)
-			return done, fmt.Errorf("%w: %w", ErrIO, err)
+		} else if err := o.devRead(buf, dev+in, off+int64(done)); err != nil {
+			return done, err
 		}
 		done += int(runLen)
 		idx = next
@@ -276,6 +275,17 @@ func (o *object) writeWindow(w window, p []byte, off int64, fua bool) (int, int,
 		idx = next
 	}
 	return done, stopNone, nil
+}
+
+// devRead fills p from the device at devOff. A failure is logged with the
+// object's offset at (where the read was for) and returned as ErrIO.
+func (o *object) devRead(p []byte, devOff, at int64) error {
+	v := o.v
+	if _, err := v.s.dev.ReadAt(p, devOff); err != nil {
+		v.s.log.Error("device read failed", "volume", v.ref, "inode", o.ino, "offset", at, "err", err)
+		return fmt.Errorf("%w: %w", ErrIO, err)
+	}
+	return nil
 }
 
 func (v *Volume) devWrite(p []byte, off int64, fua bool) error {

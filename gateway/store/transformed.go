@@ -107,9 +107,8 @@ func (o *object) readStored(idx int64, e chunkEntry, dst []byte) ([]byte, error)
 	sb := v.s.getBuf(int(e.storedLen))
 	defer v.s.putBuf(sb)
 	stored := (*sb)[:e.storedLen]
-	if _, err := v.s.dev.ReadAt(stored, e.devOff); err != nil {
-		v.s.log.Error("device read failed", "volume", v.ref, "inode", o.ino, "offset", idx*v.chunkSize, "err", err)
-		return dst, fmt.Errorf("%w: %w", ErrIO, err)
+	if err := o.devRead(stored, e.devOff, idx*v.chunkSize); err != nil {
+		return dst, err
 	}
 	base := len(dst)
 	out, err := v.s.env.Reverse(o.chunkContext(idx), dst, stored, e.record)
@@ -143,9 +142,8 @@ func (o *object) loadChunk(idx, dev int64, dst []byte) ([]byte, error) {
 	}
 	base := len(dst)
 	dst = grow(dst, cs)
-	if _, err := o.v.s.dev.ReadAt(dst[base:], dev); err != nil {
-		o.v.s.log.Error("device read failed", "volume", o.v.ref, "inode", o.ino, "offset", idx*o.v.chunkSize, "err", err)
-		return dst[:base], fmt.Errorf("%w: %w", ErrIO, err)
+	if err := o.devRead(dst[base:], dev, idx*o.v.chunkSize); err != nil {
+		return dst[:base], err
 	}
 	return dst, nil
 }
@@ -198,18 +196,16 @@ func (o *object) readSectors(idx int64, e chunkEntry, l filter.Sectors, in int64
 	// a scratch buffer.
 	whole := in%filter.SectorSize == 0 && len(p)%filter.SectorSize == 0 && to-from == (last-first+1)*int64(l.Stride)
 	if whole && l.Stride == filter.SectorSize && l.Identity() {
-		if _, err := v.s.dev.ReadAt(p, e.devOff+from); err != nil {
-			v.s.log.Error("device read failed", "volume", v.ref, "inode", o.ino, "offset", idx*v.chunkSize+in, "err", err)
-			return 0, fmt.Errorf("%w: %w", ErrIO, err)
+		if err := o.devRead(p, e.devOff+from, idx*v.chunkSize+in); err != nil {
+			return 0, err
 		}
 		return len(p), nil
 	}
 	sb := v.s.getBuf(int(to - from))
 	defer v.s.putBuf(sb)
 	stored := (*sb)[:to-from]
-	if _, err := v.s.dev.ReadAt(stored, e.devOff+from); err != nil {
-		v.s.log.Error("device read failed", "volume", v.ref, "inode", o.ino, "offset", idx*v.chunkSize+in, "err", err)
-		return 0, fmt.Errorf("%w: %w", ErrIO, err)
+	if err := o.devRead(stored, e.devOff+from, idx*v.chunkSize+in); err != nil {
+		return 0, err
 	}
 	var dst []byte
 	if whole {
