@@ -13,12 +13,16 @@ import "sync"
 // entry it has went through the cache, and a miss is an answer (a create
 // looks its new name up first).
 //
-// The cache holds committed state only:
+// The cache holds the state of transactions handed to badger's writer:
 //
 //   - Namespace changes run in FS.update under FS.mu. putAttr, dropLink,
 //     the length writers and setDentry/deleteDentry note the inodes and
-//     names the transaction writes or deletes,
-//     and update applies the notes after the commit: a directory's (or
+//     names the transaction writes or deletes, and update applies the
+//     notes once badger has taken the commit (given it its timestamp);
+//     any transaction that begins after that waits for the write to land,
+//     so what a reader finds in badger is never older than the cache. If
+//     the write then fails, the cache is disabled (see FS.update).
+//     Applying means: a directory's (or
 //     device node's, FIFO's, socket's) new record replaces the cached one;
 //     a regular file or symlink is dropped (its size lives in another
 //     record).
@@ -40,6 +44,7 @@ type attrCache struct {
 	// A name missing from a complete directory does not exist.
 	complete map[uint64]bool
 	gen      uint64
+	off      bool // disabled for good: a commit the cache applied failed
 }
 
 type dentName struct {
@@ -70,7 +75,7 @@ func (c *attrCache) generation() uint64 {
 func (c *attrCache) fill(gen uint64, a *Attr, dent *dentName, ino uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gen != gen {
+	if c.gen != gen || c.off {
 		return
 	}
 	if a != nil {
@@ -122,6 +127,9 @@ func (c *attrCache) apply(changes []attrChange, committed bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.gen++
+	if c.off {
+		return
+	}
 	if c.m == nil {
 		c.m = make(map[uint64]Attr)
 	}
@@ -171,6 +179,17 @@ func (c *attrCache) refresh(ino uint64, fn func(*Attr)) {
 		fn(&a)
 		c.m[ino] = a
 	}
+}
+
+// disable empties the cache for good: a transaction whose changes it
+// applied failed to commit, so it may hold state badger does not. Every
+// later get and lookup misses, and fills and applies do nothing.
+func (c *attrCache) disable() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	c.off = true
+	c.m, c.dents, c.complete = nil, nil, nil
 }
 
 // drop forgets ino, and fills in flight.

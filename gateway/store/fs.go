@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,6 +26,21 @@ import (
 // volume by one mutex (the kernel already serialises most operations on a
 // directory; the mutex makes the read-check-write of each operation atomic
 // without conflict retries).
+//
+// An operation returns once badger has taken its commit, not once the
+// commit is written: the write (memtable and its log, ~15 µs of another
+// goroutine's time) overlaps the reply to the caller and the caller's next
+// request. Nothing can observe the difference through badger: every
+// transaction that begins later, in any goroutine, first waits for the
+// commits handed over before it. What changes is the crash window: a
+// SIGKILL can lose the last few microseconds of acknowledged namespace
+// changes that no fsync covered (POSIX promises them nothing; badger does
+// not sync its log per commit anyway, so power loss loses more). Fsync,
+// and any Store.Flush, wait for every commit handed over before them. A
+// commit that fails after the operation returned (badger could not write
+// its log) fails the volume's namespace: every later change and fsync
+// returns ErrIO, the attribute cache is disabled, and a restart finds
+// the state of the last commit that was written.
 //
 // # File data and length
 //
@@ -45,11 +61,18 @@ import (
 type FS struct {
 	v *Volume
 
-	mu       sync.Mutex   // serialises namespace changes
-	nextIno  uint64       // next free inode number, under mu (0: not read yet)
-	dying    []uint64     // inodes deleted by the running transaction, under mu
-	attrMods []attrChange // inode records the running transaction writes, under mu
-	attrs    attrCache    // committed attributes (attrcache.go)
+	mu         sync.Mutex   // serialises namespace changes
+	nextIno    uint64       // next free inode number, under mu (0: not read yet)
+	inoLimit   uint64       // the stored inode counter (numbers below it are reserved), under mu
+	inoPending uint64       // the counter the running transaction writes (0: none), under mu
+	dying      []uint64     // inodes deleted by the running transaction, under mu
+	attrMods   []attrChange // inode records the running transaction writes, under mu
+	attrs      attrCache    // committed attributes (attrcache.go)
+	// lastCommit is closed when the latest commit handed to badger, and
+	// every one before it, has been written or has failed (nil: none yet);
+	// under mu.
+	lastCommit chan struct{}
+	commitErr  atomic.Pointer[error] // the first commit that failed after its operation returned
 
 	objMu   sync.Mutex
 	inUse   map[uint64]*inUse // inodes with open handles or internal pins
@@ -106,6 +129,15 @@ func (f *FS) check() error {
 	if f.deleted {
 		return fmt.Errorf("volume %s: %w", f.v.ref, ErrNotFound)
 	}
+	return f.failed()
+}
+
+// failed returns the error of a namespace commit that failed after its
+// operation returned, wrapped in ErrIO, or nil.
+func (f *FS) failed() error {
+	if p := f.commitErr.Load(); p != nil {
+		return fmt.Errorf("volume %s: %w: an earlier metadata commit failed: %w", f.v.ref, ErrIO, *p)
+	}
 	return nil
 }
 
@@ -127,7 +159,9 @@ func initRoot(txn *badger.Txn, vol uint64, uid, gid uint32) error {
 
 func inoCounterKey(vol uint64) []byte { return counterKey(fmt.Sprintf("ino.%d", vol)) }
 
-// update runs fn in one read-write transaction under the namespace mutex.
+// update runs fn in one read-write transaction under the namespace mutex
+// and hands the commit to badger without waiting for the write (see
+// Transactions in the type's doc).
 func (f *FS) update(fn func(txn *badger.Txn) error) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -136,9 +170,48 @@ func (f *FS) update(fn func(txn *badger.Txn) error) error {
 	}
 	defer f.releaseDying()
 	f.attrMods = f.attrMods[:0]
-	err := f.v.s.db.Update(fn)
-	f.attrs.apply(f.attrMods, err == nil)
-	return err
+	f.inoPending = 0
+	txn := f.v.s.db.NewTransaction(true)
+	if err := fn(txn); err != nil {
+		txn.Discard()
+		f.attrs.apply(f.attrMods, false)
+		return err
+	}
+	if f.inoPending != 0 {
+		f.inoLimit = f.inoPending
+	}
+	prev, done := f.lastCommit, make(chan struct{})
+	f.lastCommit = done
+	txn.CommitWith(func(err error) { f.written(prev, done, err) })
+	f.attrs.apply(f.attrMods, true)
+	return nil
+}
+
+// written runs when badger has written (or failed to write) a commit
+// update handed over: after the one before it (prev), it records a
+// failure, then closes done.
+func (f *FS) written(prev, done chan struct{}, err error) {
+	if prev != nil {
+		<-prev // failures are recorded in commit order
+	}
+	if err != nil && f.commitErr.CompareAndSwap(nil, &err) {
+		f.attrs.disable()
+		f.v.s.log.Error("metadata commit failed after its operation returned: the volume refuses changes until restart",
+			"volume", f.v.ref, "err", err)
+	}
+	close(done)
+}
+
+// settle waits until every namespace commit handed to badger so far has
+// been written, and returns the error of any that failed.
+func (f *FS) settle() error {
+	f.mu.Lock()
+	last := f.lastCommit
+	f.mu.Unlock()
+	if last != nil {
+		<-last
+	}
+	return f.failed()
 }
 
 // releaseDying drops the pins dropLink took on inodes it deleted in the
@@ -157,8 +230,16 @@ func (f *FS) releaseDying() {
 	f.dying = f.dying[:0]
 }
 
-// allocIno returns a fresh inode number and records the counter in txn.
-// The caller holds f.mu.
+// inoBatch is how many inode numbers one counter record reserves: a
+// create writes the counter only when it crosses the reserved range, so
+// most creates write three records instead of four. A crash skips the
+// rest of the batch (numbers are 64-bit; nothing reuses them).
+const inoBatch = 1024
+
+// allocIno returns a fresh inode number, raising the stored counter in txn
+// when the reserved range is used up. The counter is always above every
+// number in use: it is raised in the same transaction as the first
+// inode that needs it. The caller holds f.mu.
 func (f *FS) allocIno(txn *badger.Txn) (uint64, error) {
 	if f.nextIno == 0 {
 		item, err := txn.Get(inoCounterKey(f.v.id))
@@ -168,10 +249,19 @@ func (f *FS) allocIno(txn *badger.Txn) (uint64, error) {
 		if err := item.Value(func(b []byte) error { f.nextIno = binary.BigEndian.Uint64(b); return nil }); err != nil {
 			return 0, err
 		}
+		f.inoLimit = f.nextIno
 	}
 	ino := f.nextIno
 	f.nextIno++
-	return ino, txn.Set(inoCounterKey(f.v.id), binary.BigEndian.AppendUint64(nil, f.nextIno))
+	if ino < f.inoLimit {
+		return ino, nil
+	}
+	limit := ino + inoBatch
+	if err := txn.Set(inoCounterKey(f.v.id), binary.BigEndian.AppendUint64(nil, limit)); err != nil {
+		return 0, err
+	}
+	f.inoPending = limit // update makes it f.inoLimit once the commit is handed over
+	return ino, nil
 }
 
 // getAttr reads ino's attributes in txn, with the live length and mtime of
@@ -286,16 +376,46 @@ func (f *FS) putAttr(txn *badger.Txn, a Attr) error {
 	return txn.Set(inodeKey(f.v.id, a.Ino), rec)
 }
 
+// Reads for namespace changes. In FS.update's transaction (under f.mu)
+// the attribute cache holds what badger holds once the commits handed to
+// it are written (attrcache.go), so dirAttr, recordOf and entryOf answer
+// from it when they can and read the transaction otherwise: a create or
+// unlink then reads badger once or not at all. rawAttr and lookupTxn
+// always read the transaction.
+
 // dirAttr reads ino and checks that it is a directory.
 func (f *FS) dirAttr(txn *badger.Txn, ino uint64) (Attr, error) {
-	a, err := f.rawAttr(txn, ino)
-	if err != nil {
-		return Attr{}, err
+	a, ok := f.attrs.get(ino)
+	if !ok {
+		var err error
+		if a, err = f.rawAttr(txn, ino); err != nil {
+			return Attr{}, err
+		}
 	}
 	if !a.IsDir() {
 		return Attr{}, fmt.Errorf("inode %d: %w", ino, ErrNotDir)
 	}
 	return a, nil
+}
+
+// recordOf is rawAttr from the cache for inodes other than regular files
+// (whose cached entry carries the length and blocks rawAttr leaves out).
+func (f *FS) recordOf(txn *badger.Txn, ino uint64) (Attr, error) {
+	if a, ok := f.attrs.get(ino); ok && !a.IsRegular() {
+		return a, nil
+	}
+	return f.rawAttr(txn, ino)
+}
+
+// entryOf is lookupTxn from the cache: a cached name, or a name missing
+// from a complete directory.
+func (f *FS) entryOf(txn *badger.Txn, parent uint64, name string) (uint64, uint32, error) {
+	if a, ok, absent := f.attrs.lookup(parent, name); absent {
+		return 0, 0, fmt.Errorf("%q in inode %d: %w", name, parent, ErrNotFound)
+	} else if ok {
+		return a.Ino, a.Mode & syscall.S_IFMT, nil
+	}
+	return f.lookupTxn(txn, parent, name)
 }
 
 // lookupTxn resolves name in directory parent to an inode number and type.
@@ -468,7 +588,7 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 		if err != nil {
 			return err
 		}
-		if _, _, err := f.lookupTxn(txn, parent, name); err == nil {
+		if _, _, err := f.entryOf(txn, parent, name); err == nil {
 			return fmt.Errorf("%q: %w", name, ErrExists)
 		} else if !errors.Is(err, ErrNotFound) {
 			return err
@@ -562,7 +682,7 @@ func (f *FS) Link(ctx context.Context, ino, newParent uint64, newName string) (A
 		if a.IsDir() {
 			return fmt.Errorf("hard link to directory inode %d: %w", ino, ErrPerm)
 		}
-		if _, _, err := f.lookupTxn(txn, newParent, newName); err == nil {
+		if _, _, err := f.entryOf(txn, newParent, newName); err == nil {
 			return fmt.Errorf("%q: %w", newName, ErrExists)
 		} else if !errors.Is(err, ErrNotFound) {
 			return err
@@ -616,11 +736,11 @@ func (f *FS) remove(ctx context.Context, parent uint64, name string, dir bool) e
 		if err != nil {
 			return err
 		}
-		ino, _, err := f.lookupTxn(txn, parent, name)
+		ino, _, err := f.entryOf(txn, parent, name)
 		if err != nil {
 			return err
 		}
-		a, err := f.rawAttr(txn, ino)
+		a, err := f.recordOf(txn, ino)
 		if err != nil {
 			return err
 		}
@@ -671,7 +791,9 @@ func (f *FS) dropLink(txn *badger.Txn, a Attr, t int64) (uint64, error) {
 	}
 	if !hasPrefix(txn, chunkPrefix(f.v.id, a.Ino)) && f.claimDying(a.Ino) {
 		f.noteDrop(a.Ino)
-		return 0, deleteInode(txn, f.v.id, a.Ino)
+		// a had a name until now, so it has no orphan record (Link
+		// deletes that of an O_TMPFILE file it names).
+		return 0, deleteInode(txn, f.v.id, a.Ino, a.IsSymlink(), false)
 	}
 	if err := f.putAttr(txn, a); err != nil {
 		return 0, err
@@ -701,15 +823,24 @@ func hasPrefix(txn *badger.Txn, prefix []byte) bool {
 	return it.Valid()
 }
 
-// deleteInode deletes an inode's records (not its chunks) in txn.
-func deleteInode(txn *badger.Txn, vol, ino uint64) error {
+// deleteInode deletes an inode's records (not its chunks) in txn. A
+// symlink target and an orphan record are deleted only when the caller
+// says they may exist: each delete is one more entry for badger to write.
+func deleteInode(txn *badger.Txn, vol, ino uint64, mayLink, mayOrphan bool) error {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: xattrPrefix(vol, ino)})
 	var keys [][]byte
 	for it.Rewind(); it.Valid(); it.Next() {
 		keys = append(keys, it.Item().KeyCopy(nil))
 	}
 	it.Close()
-	for _, k := range append(keys, inodeKey(vol, ino), lengthKey(vol, ino), linkKey(vol, ino), orphanKey(vol, ino)) {
+	keys = append(keys, inodeKey(vol, ino), lengthKey(vol, ino))
+	if mayLink {
+		keys = append(keys, linkKey(vol, ino))
+	}
+	if mayOrphan {
+		keys = append(keys, orphanKey(vol, ino))
+	}
+	for _, k := range keys {
 		if err := txn.Delete(k); err != nil {
 			return err
 		}

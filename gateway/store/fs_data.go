@@ -258,6 +258,9 @@ func (f *FS) Fsync(ctx context.Context, ino uint64) error {
 			return err
 		}
 	}
+	if err := f.settle(); err != nil {
+		return err
+	}
 	return f.v.s.Flush(ctx)
 }
 
@@ -357,7 +360,7 @@ func (f *FS) purge(ino uint64) error {
 		v.saved.Add(-saved)
 		v.s.alloc.deferFree(freed)
 	}
-	err := db.Update(func(txn *badger.Txn) error { return deleteInode(txn, v.id, ino) })
+	err := db.Update(func(txn *badger.Txn) error { return deleteInode(txn, v.id, ino, true, true) })
 	f.attrs.drop(ino)
 	return err
 }

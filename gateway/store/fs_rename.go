@@ -75,15 +75,15 @@ func (r *renamer) rename(parent uint64, name string, newParent uint64, newName s
 	if _, err := r.dir(newParent); err != nil {
 		return 0, err
 	}
-	srcIno, _, err := f.lookupTxn(txn, parent, name)
+	srcIno, _, err := f.entryOf(txn, parent, name)
 	if err != nil {
 		return 0, err
 	}
-	src, err := f.rawAttr(txn, srcIno)
+	src, err := f.recordOf(txn, srcIno)
 	if err != nil {
 		return 0, err
 	}
-	dstIno, _, err := f.lookupTxn(txn, newParent, newName)
+	dstIno, _, err := f.entryOf(txn, newParent, newName)
 	dstExists := err == nil
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return 0, err
@@ -104,7 +104,7 @@ func (r *renamer) rename(parent uint64, name string, newParent uint64, newName s
 	}
 	var dst Attr
 	if dstExists {
-		if dst, err = f.rawAttr(txn, dstIno); err != nil {
+		if dst, err = f.recordOf(txn, dstIno); err != nil {
 			return 0, err
 		}
 		if flags&RenameExchange != 0 && dst.IsDir() && parent != newParent {

@@ -358,6 +358,10 @@ func (s *Store) syncMeta() error {
 	s.syncMu.Lock()
 	defer s.syncMu.Unlock()
 	freed := s.alloc.takeDeferred()
+	// A transaction's start waits until every commit handed to badger
+	// before it is written: namespace operations return before theirs is
+	// (FS.update), and the sync must cover them.
+	s.db.NewTransaction(false).Discard()
 	if err := s.db.Sync(); err != nil {
 		s.alloc.deferFree(freed)
 		return fmt.Errorf("%w: metadata sync: %w", ErrIO, err)
