@@ -100,14 +100,26 @@ func (d *File) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// WriteAt writes p at off.
+// maxWriteLen is the most one pwrite carries. The page cache sizes the
+// folios a buffered write creates by the write's length (Linux 6.x large
+// folios; ext4 has them since 6.16), and a folio stays that size. A later
+// 4 KiB overwrite inside a 1 MiB folio then walks its 256 buffer heads
+// under the file's exclusive inode lock and dirties the whole MiB for
+// writeback: on this kernel random 4 KiB writes ran at ~28K IOPS into a
+// pool filled by 1 MiB writes and at ~88K into one filled by 64 KiB
+// writes, while 1 MiB sequential writes kept their speed (bench/nbd.sh;
+// docs/BENCHMARKS.md). 64 KiB is also the default chunk size: no folio
+// spans two chunks.
+const maxWriteLen = 64 << 10
+
+// WriteAt writes p at off, at most maxWriteLen bytes per pwrite.
 func (d *File) WriteAt(p []byte, off int64) (int, error) {
 	if err := checkRange(off, int64(len(p)), d.size); err != nil {
 		return 0, err
 	}
 	n := 0
 	for n < len(p) {
-		m, err := unix.Pwrite(d.fd, p[n:], off+int64(n))
+		m, err := unix.Pwrite(d.fd, p[n:n+min(len(p)-n, maxWriteLen)], off+int64(n))
 		if err == unix.EINTR {
 			continue
 		}
@@ -120,14 +132,15 @@ func (d *File) WriteAt(p []byte, off int64) (int, error) {
 }
 
 // WriteAtSync writes p at off and makes it durable before returning
-// (pwritev2 with RWF_DSYNC), for FUA writes that touch no metadata.
+// (pwritev2 with RWF_DSYNC), for FUA writes that touch no metadata; at
+// most maxWriteLen bytes per call, like WriteAt.
 func (d *File) WriteAtSync(p []byte, off int64) (int, error) {
 	if err := checkRange(off, int64(len(p)), d.size); err != nil {
 		return 0, err
 	}
 	n := 0
 	for n < len(p) {
-		m, err := unix.Pwritev2(d.fd, [][]byte{p[n:]}, off+int64(n), unix.RWF_DSYNC)
+		m, err := unix.Pwritev2(d.fd, [][]byte{p[n : n+min(len(p)-n, maxWriteLen)]}, off+int64(n), unix.RWF_DSYNC)
 		if err == unix.EINTR {
 			continue
 		}
