@@ -411,7 +411,9 @@ func (f *FS) recordOf(txn *badger.Txn, ino uint64) (Attr, error) {
 // from a complete directory.
 func (f *FS) entryOf(txn *badger.Txn, parent uint64, name string) (uint64, uint32, error) {
 	if a, ok, absent := f.attrs.lookup(parent, name); absent {
-		return 0, 0, fmt.Errorf("%q in inode %d: %w", name, parent, ErrNotFound)
+		// Unwrapped: a create's check for its new name takes this path,
+		// and formatting an error costs more than the rest of the check.
+		return 0, 0, ErrNotFound
 	} else if ok {
 		return a.Ino, a.Mode & syscall.S_IFMT, nil
 	}
