@@ -398,10 +398,15 @@ func (f *FS) dirAttr(txn *badger.Txn, ino uint64) (Attr, error) {
 	return a, nil
 }
 
-// recordOf is rawAttr from the cache for inodes other than regular files
-// (whose cached entry carries the length and blocks rawAttr leaves out).
+// recordOf is rawAttr from the cache. A regular file's cached entry also
+// carries its length and blocks, which rawAttr leaves zero, and its mtime
+// may be the newer one of a write not yet persisted (attrCache.refresh):
+// writing that back with the record is what persist would do.
 func (f *FS) recordOf(txn *badger.Txn, ino uint64) (Attr, error) {
-	if a, ok := f.attrs.get(ino); ok && !a.IsRegular() {
+	if a, ok := f.attrs.get(ino); ok {
+		if a.IsRegular() {
+			a.Size, a.Blocks = 0, 0
+		}
 		return a, nil
 	}
 	return f.rawAttr(txn, ino)
@@ -453,7 +458,7 @@ func (f *FS) Lookup(ctx context.Context, parent uint64, name string) (Attr, erro
 		return Attr{}, fmt.Errorf("name of %d bytes: %w", len(name), ErrNameTooLong)
 	}
 	if a, ok, absent := f.attrs.lookup(parent, name); absent {
-		return Attr{}, fmt.Errorf("%q in inode %d: %w", name, parent, ErrNotFound)
+		return Attr{}, ErrNotFound // a common answer: no formatted error
 	} else if ok {
 		if a.IsRegular() {
 			f.overlayLive(&a)
