@@ -1,0 +1,195 @@
+package store
+
+// The transaction machinery of FS: update hands each namespace change to
+// badger (see "Transactions" in FS's doc), settle waits for what was
+// handed over, allocIno reserves inode numbers, and the read helpers
+// namespace changes use answer from the attribute cache when they can.
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// update runs fn in one read-write transaction under the namespace mutex
+// and hands the commit to badger without waiting for the write (see
+// Transactions in the type's doc).
+func (f *FS) update(fn func(txn *badger.Txn) error) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.check(); err != nil {
+		return err
+	}
+	defer f.releaseDying()
+	f.attrMods = f.attrMods[:0]
+	f.inoPending = 0
+	txn := f.v.s.db.NewTransaction(true)
+	if err := fn(txn); err != nil {
+		txn.Discard()
+		f.attrs.apply(f.attrMods, false)
+		return err
+	}
+	if f.inoPending != 0 {
+		f.inoLimit = f.inoPending
+	}
+	prev, done := f.lastCommit, make(chan struct{})
+	f.lastCommit = done
+	txn.CommitWith(func(err error) { f.written(prev, done, err) })
+	f.attrs.apply(f.attrMods, true)
+	return nil
+}
+
+// written runs when badger has written (or failed to write) a commit
+// update handed over: after the one before it (prev), it records a
+// failure, then closes done.
+func (f *FS) written(prev, done chan struct{}, err error) {
+	if prev != nil {
+		<-prev // failures are recorded in commit order
+	}
+	if err != nil && f.commitErr.CompareAndSwap(nil, &err) {
+		f.attrs.disable()
+		f.v.s.log.Error("metadata commit failed after its operation returned: the volume refuses changes until restart",
+			"volume", f.v.ref, "err", err)
+	}
+	close(done)
+}
+
+// settle waits until every namespace commit handed to badger so far has
+// been written, and returns the error of any that failed.
+func (f *FS) settle() error {
+	f.mu.Lock()
+	last := f.lastCommit
+	f.mu.Unlock()
+	if last != nil {
+		<-last
+	}
+	return f.failed()
+}
+
+// releaseDying drops the pins dropLink took on inodes it deleted in the
+// transaction that just ended. Until then an Open of such an inode fails
+// with ENOENT instead of succeeding on records about to vanish. The
+// caller holds f.mu.
+func (f *FS) releaseDying() {
+	if len(f.dying) == 0 {
+		return
+	}
+	f.objMu.Lock()
+	for _, ino := range f.dying {
+		delete(f.inUse, ino)
+	}
+	f.objMu.Unlock()
+	f.dying = f.dying[:0]
+}
+
+// inoBatch is how many inode numbers one counter record reserves: a
+// create writes the counter only when it crosses the reserved range, so
+// most creates write three records instead of four. A crash skips the
+// rest of the batch (numbers are 64-bit; nothing reuses them).
+const inoBatch = 1024
+
+// allocIno returns a fresh inode number, raising the stored counter in txn
+// when the reserved range is used up. The counter is always above every
+// number in use: it is raised in the same transaction as the first
+// inode that needs it. The caller holds f.mu.
+func (f *FS) allocIno(txn *badger.Txn) (uint64, error) {
+	if f.nextIno == 0 {
+		item, err := txn.Get(inoCounterKey(f.v.id))
+		if err != nil {
+			return 0, fmt.Errorf("inode counter: %w", err)
+		}
+		if err := item.Value(func(b []byte) error { f.nextIno = binary.BigEndian.Uint64(b); return nil }); err != nil {
+			return 0, err
+		}
+		f.inoLimit = f.nextIno
+	}
+	ino := f.nextIno
+	f.nextIno++
+	if ino < f.inoLimit {
+		return ino, nil
+	}
+	limit := ino + inoBatch
+	if err := txn.Set(inoCounterKey(f.v.id), binary.BigEndian.AppendUint64(nil, limit)); err != nil {
+		return 0, err
+	}
+	f.inoPending = limit // update makes it f.inoLimit once the commit is handed over
+	return ino, nil
+}
+
+// Reads for namespace changes. In FS.update's transaction (under f.mu)
+// the attribute cache holds what badger holds once the commits handed to
+// it are written (attrcache.go), so dirAttr, recordOf and entryOf answer
+// from it when they can and read the transaction otherwise: a create or
+// unlink then reads badger once or not at all. rawAttr and lookupTxn
+// always read the transaction.
+
+// dirAttr reads ino and checks that it is a directory.
+func (f *FS) dirAttr(txn *badger.Txn, ino uint64) (Attr, error) {
+	a, ok := f.attrs.get(ino)
+	if !ok {
+		var err error
+		if a, err = f.rawAttr(txn, ino); err != nil {
+			return Attr{}, err
+		}
+	}
+	if !a.IsDir() {
+		return Attr{}, fmt.Errorf("inode %d: %w", ino, ErrNotDir)
+	}
+	return a, nil
+}
+
+// recordOf is rawAttr from the cache. A regular file's cached entry also
+// carries its length and blocks, which rawAttr leaves zero, and its mtime
+// may be the newer one of a write not yet persisted (attrCache.refresh):
+// writing that back with the record is what persist would do.
+func (f *FS) recordOf(txn *badger.Txn, ino uint64) (Attr, error) {
+	if a, ok := f.attrs.get(ino); ok {
+		if a.IsRegular() {
+			a.Size, a.Blocks = 0, 0
+		}
+		return a, nil
+	}
+	return f.rawAttr(txn, ino)
+}
+
+// entryOf is lookupTxn from the cache: a cached name, or a name missing
+// from a complete directory.
+func (f *FS) entryOf(txn *badger.Txn, parent uint64, name string) (uint64, uint32, error) {
+	if a, ok, absent := f.attrs.lookup(parent, name); absent {
+		// Unwrapped: a create's check for its new name takes this path,
+		// and formatting an error costs more than the rest of the check.
+		return 0, 0, ErrNotFound
+	} else if ok {
+		return a.Ino, a.Mode & syscall.S_IFMT, nil
+	}
+	return f.lookupTxn(txn, parent, name)
+}
+
+// lookupTxn resolves name in directory parent to an inode number and type.
+func (f *FS) lookupTxn(txn *badger.Txn, parent uint64, name string) (uint64, uint32, error) {
+	item, err := txn.Get(dentryKey(f.v.id, parent, name))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return 0, 0, fmt.Errorf("%q in inode %d: %w", name, parent, ErrNotFound)
+	} else if err != nil {
+		return 0, 0, err
+	}
+	var ino uint64
+	var typ uint32
+	err = item.Value(func(b []byte) (err error) { ino, typ, err = decodeDentry(b); return err })
+	return ino, typ, err
+}
+
+// setDentry writes name → ino in parent, in FS.update's txn.
+func (f *FS) setDentry(txn *badger.Txn, parent uint64, name string, ino uint64, mode uint32) error {
+	f.attrMods = append(f.attrMods, attrChange{a: Attr{Ino: ino}, keep: true, dent: &dentName{parent, name}})
+	return txn.Set(dentryKey(f.v.id, parent, name), encodeDentry(ino, mode))
+}
+
+// deleteDentry removes name from parent, in FS.update's txn.
+func (f *FS) deleteDentry(txn *badger.Txn, parent uint64, name string) error {
+	f.attrMods = append(f.attrMods, attrChange{dent: &dentName{parent, name}})
+	return txn.Delete(dentryKey(f.v.id, parent, name))
+}
