@@ -360,9 +360,15 @@ func (f *FS) purge(ino uint64) error {
 		v.saved.Add(-saved)
 		v.s.alloc.deferFree(freed)
 	}
-	err := db.Update(func(txn *badger.Txn) error { return deleteInode(txn, v.id, ino, true, true) })
-	f.attrs.drop(ino)
-	return err
+	// The records go in a namespace transaction, under f.mu: a persist
+	// of the same inode still in flight (a last Release that raced a
+	// reopen and its own last Release) then either lands before them or
+	// finds the inode gone, instead of rewriting a record this deletes
+	// (with badger's conflict check, failing after its caller returned).
+	return f.update(func(txn *badger.Txn) error {
+		f.noteDrop(ino)
+		return deleteInode(txn, v.id, ino, true, true)
+	})
 }
 
 // purgeOrphans removes the orphans a crash left behind (store open).

@@ -150,3 +150,45 @@ func TestFSInodeNumbersAcrossRestarts(t *testing.T) {
 		}
 	}
 }
+
+// TestFSPersistRacingPurge: a file's last Release persists its length
+// while another open and last Release of the same unlinked file purges
+// it. The purge's delete and the persist must not collide in badger (a
+// conflict would fail a commit after its operation returned, and with
+// it the volume's namespace).
+func TestFSPersistRacingPurge(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	v, f := newFSVolume(t, s, "fs", 64*MiB)
+	for i := range 300 {
+		a, err := f.CreateOpen(ctx, RootIno, fmt.Sprintf("f%d", i), NewInode{Mode: syscall.S_IFREG | 0o644})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := v.WriteAt(ctx, a.Ino, pattern(uint64(i), 5000), 0, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Unlink(ctx, RootIno, fmt.Sprintf("f%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for range 3 { // reopen, dirty, close: each close may be a last one
+				if _, err := f.Open(ctx, a.Ino); err != nil {
+					return // purged already
+				}
+				v.WriteAt(ctx, a.Ino, pattern(uint64(i+1), 100), 5000, false)
+				f.Release(ctx, a.Ino)
+			}
+		}()
+		if err := f.Release(ctx, a.Ino); err != nil {
+			t.Fatal(err)
+		}
+		<-done
+	}
+	if err := f.settle(); err != nil {
+		t.Fatalf("a commit failed: %v", err)
+	}
+	mustFsck(t, s, "fs")
+}
