@@ -24,10 +24,10 @@ func TestStressNGFilesystem(t *testing.T) {
 	// minute), verifying data where the stressor can. binderfs stresses
 	// the Android binder device, not the filesystem under test (and this
 	// kernel has none). stress-ng exits non-zero if any stressor fails.
-	out := run(t, 10*time.Minute, "stress-ng", "--class", "filesystem", "--sequential", "1", "--exclude", "binderfs",
+	out := g.run(10*time.Minute, "stress-ng", "--class", "filesystem", "--sequential", "1", "--exclude", "binderfs",
 		"--timeout", "1s", "--verify", "--temp-path", work, "--metrics-brief")
 	if !strings.Contains(out, "successful run completed") || strings.Contains(out, "unsuccessful") {
-		t.Fatalf("stress-ng did not report success:\n%s", out)
+		t.Fatalf("stress-ng did not report success:\n%s\ngateway log:\n%s", out, g.logTail())
 	}
 	t.Logf("stress-ng summary:\n%s", tail(out, 12))
 	fsckClean(t, g, "t/stress")
@@ -53,7 +53,7 @@ func TestFioVerifyOnMount(t *testing.T) {
 	} {
 		args := append([]string{"--directory=" + mnt, "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
 			"--fsync_on_close=1", "--output-format=terse"}, job...)
-		run(t, 5*time.Minute, "fio", args...)
+		g.run(5*time.Minute, "fio", args...)
 	}
 	fsckClean(t, g, "t/fio")
 }

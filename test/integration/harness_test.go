@@ -218,15 +218,32 @@ func (g *gw) stats() statsJSON {
 // run runs a client tool with a timeout and returns its combined output.
 func run(t *testing.T, timeout time.Duration, name string, args ...string) string {
 	t.Helper()
+	out, err := runCmd(timeout, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// run is run against this gateway: a failure also shows the gateway's log.
+func (g *gw) run(timeout time.Duration, name string, args ...string) string {
+	g.t.Helper()
+	out, err := runCmd(timeout, name, args...)
+	if err != nil {
+		g.t.Fatalf("%s %s: %v\n%s\ngateway log:\n%s", name, strings.Join(args, " "), err, out, g.logTail())
+	}
+	return out
+}
+
+// runCmd runs a command and returns its stdout and stderr together.
+func runCmd(timeout time.Duration, name string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var out bytes.Buffer
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out.String())
-	}
-	return out.String()
+	err := cmd.Run()
+	return out.String(), err
 }
 
 // qemuIO runs qemu-io commands against a volume and fails on any pattern
