@@ -191,8 +191,3 @@ func (c *attrCache) disable() {
 	c.off = true
 	c.m, c.dents, c.complete = nil, nil, nil
 }
-
-// drop forgets ino, and fills in flight.
-func (c *attrCache) drop(ino uint64) {
-	c.apply([]attrChange{{a: Attr{Ino: ino}}}, true)
-}

@@ -25,7 +25,11 @@ import (
 // Every namespace operation is one badger transaction, serialised per
 // volume by one mutex (the kernel already serialises most operations on a
 // directory; the mutex makes the read-check-write of each operation atomic
-// without conflict retries).
+// without conflict retries). While the volume lives, every write of a
+// namespace record (inode, length, entry, symlink, xattr, orphan) runs in
+// FS.update, the orphan purge's included: a writer outside the mutex
+// could make a handed-over commit fail badger's conflict check after its
+// operation returned.
 //
 // An operation returns once badger has taken its commit, not once the
 // commit is written: the write (memtable and its log, ~15 µs of another

@@ -70,8 +70,9 @@ func (f *FS) settle() error {
 }
 
 // releaseDying drops the pins dropLink took on inodes it deleted in the
-// transaction that just ended. Until then an Open of such an inode fails
-// with ENOENT instead of succeeding on records about to vanish. The
+// transaction just handed over. Until then an Open of such an inode fails
+// with ENOENT instead of succeeding on records about to vanish; after,
+// the Open's own transaction waits for the delete and finds nothing. The
 // caller holds f.mu.
 func (f *FS) releaseDying() {
 	if len(f.dying) == 0 {
