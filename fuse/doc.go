@@ -20,11 +20,13 @@
 //     and fdatasync persist the file's length and mtime and flush the store
 //     (device, then metadata), so fsynced data survives a crash.
 //   - O_DIRECT opens bypass the page cache (FOPEN_DIRECT_IO).
-//   - Entry, attribute and negative lookups are cached by the kernel for 1 s;
-//     the page cache of a file is dropped on open. Every change made through
-//     this mount is seen at once; a change made through another door (the
-//     LD_PRELOAD shim, later) must invalidate the kernel's caches with
-//     NotifyContent/NotifyEntry, which is why nodes keep their go-fuse Inode.
+//   - Entry, attribute and negative lookups are cached by the kernel for an
+//     hour; the page cache of a file is dropped on open. Every change made
+//     through this mount is seen at once; the engine reports every change
+//     made through anything else (another mount, the LD_PRELOAD shim, a
+//     write through Volume.Do) and the mount's notifier invalidates the
+//     kernel's entry, attribute and page caches with NotifyEntry and
+//     NotifyContent (notify.go).
 //   - POSIX (fcntl) and BSD (flock) locks are handled by the kernel for this
 //     mount (go-fuse's EnableLocks is off): correct between processes using
 //     the mount, not yet shared with other doors.

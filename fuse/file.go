@@ -46,6 +46,7 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 }
 
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	ctx = f.n.m.own(ctx)
 	req := gateway.Request{Op: gateway.OpWrite, Inode: f.n.ino, Offset: off, Buf: data, Door: gateway.DoorFUSE, Path: f.path}
 	if err := f.n.m.vol.Do(ctx, &req); err != nil {
 		return 0, f.n.errno("write", err)
@@ -54,6 +55,7 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 }
 
 func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	ctx = f.n.m.own(ctx)
 	return f.n.errno("fsync", f.n.m.fs.Fsync(ctx, f.n.ino))
 }
 
@@ -62,6 +64,7 @@ func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 func (f *file) Flush(ctx context.Context) syscall.Errno { return 0 }
 
 func (f *file) Release(ctx context.Context) syscall.Errno {
+	ctx = f.n.m.own(ctx)
 	return f.n.errno("release", f.n.m.fs.Release(ctx, f.n.ino))
 }
 
@@ -74,6 +77,7 @@ func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, sy
 }
 
 func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
+	ctx = f.n.m.own(ctx)
 	return f.n.errno("fallocate", f.n.m.fs.Fallocate(ctx, f.n.ino, int64(off), int64(size), mode))
 }
 
@@ -139,9 +143,11 @@ func (d *dir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 }
 
 func (d *dir) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
+	ctx = d.n.m.own(ctx)
 	return d.n.errno("fsyncdir", d.n.m.fs.Fsync(ctx, d.n.ino))
 }
 
 func (d *dir) Releasedir(ctx context.Context, releaseFlags uint32) {
+	ctx = d.n.m.own(ctx)
 	d.n.m.fs.Release(ctx, d.n.ino)
 }

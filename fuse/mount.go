@@ -32,6 +32,7 @@ type mount struct {
 	fs       *gateway.FS // nil for a block volume
 	log      *slog.Logger
 	readOnly bool
+	note     *notifier // fs volumes: keeps the kernel's caches true (notify.go)
 }
 
 // MountVolume mounts vol at dir (an existing directory) and serves it until
@@ -51,11 +52,17 @@ func MountVolume(ctx context.Context, vol *gateway.Volume, dir string, opts Opti
 	m := &mount{vol: vol, fs: vol.FS(), log: opts.Logger, readOnly: opts.ReadOnly || vol.ReadOnly()}
 	var root fs.InodeEmbedder
 	if m.fs != nil {
-		root = &node{m: m, ino: gateway.RootIno}
+		m.note = newNotifier()
+		rn := &node{m: m, ino: gateway.RootIno}
+		m.note.add(rn)
+		root = rn
 	} else {
 		root = &imageRoot{m: m}
 	}
-	to := timeout
+	to := cacheTimeout
+	if m.fs == nil {
+		to = imageTimeout
+	}
 	mo := fuse.MountOptions{
 		FsName:               "sluice:" + vol.Ref(),
 		Name:                 "sluice",
@@ -83,6 +90,15 @@ func MountVolume(ctx context.Context, vol *gateway.Volume, dir string, opts Opti
 	})
 	if err != nil {
 		return nil, fmt.Errorf("mount %s at %s: %w", vol.Ref(), dir, err)
+	}
+	if m.note != nil {
+		unwatch, stop := m.fs.Watch(m.note), make(chan struct{})
+		go m.note.run(stop)
+		go func() {
+			server.Wait()
+			unwatch()
+			close(stop)
+		}()
 	}
 	return &Mount{Dir: dir, Volume: vol.Ref(), server: server}, nil
 }

@@ -65,8 +65,14 @@ func fillAttr(a gateway.Attr, out *fuse.Attr) {
 // child makes (or finds: hard links share one) the go-fuse inode for a.
 func (n *node) child(ctx context.Context, a gateway.Attr, out *fuse.EntryOut) *fs.Inode {
 	fillAttr(a, &out.Attr)
-	return n.NewInode(ctx, &node{m: n.m, ino: a.Ino}, fs.StableAttr{Mode: a.Mode & syscall.S_IFMT, Ino: a.Ino})
+	in := n.NewInode(ctx, &node{m: n.m, ino: a.Ino}, fs.StableAttr{Mode: a.Mode & syscall.S_IFMT, Ino: a.Ino})
+	n.m.note.add(in.Operations().(*node))
+	return in
 }
+
+// OnForget runs when the kernel has forgotten the inode: there is nothing
+// of it left to invalidate.
+func (n *node) OnForget() { n.m.note.forget(n) }
 
 func caller(ctx context.Context) (uid, gid uint32) {
 	if c, ok := fuse.FromContext(ctx); ok {
@@ -93,6 +99,7 @@ func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 }
 
 func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	ctx = n.m.own(ctx)
 	var sa gateway.SetAttr
 	if m, ok := in.GetMode(); ok {
 		sa.Mode = &m
@@ -152,6 +159,7 @@ func (n *node) newInode(ctx context.Context, mode uint32) gateway.NewInode {
 }
 
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	ctx = n.m.own(ctx)
 	a, err := n.m.fs.CreateOpen(ctx, n.ino, name, n.newInode(ctx, syscall.S_IFREG|mode&07777))
 	if err != nil {
 		return nil, nil, 0, n.errno("create", err)
@@ -162,6 +170,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 }
 
 func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	ctx = n.m.own(ctx)
 	a, err := n.m.fs.Tmpfile(ctx, n.ino, n.newInode(ctx, syscall.S_IFREG|mode&07777))
 	if err != nil {
 		return nil, nil, 0, n.errno("tmpfile", err)
@@ -173,6 +182,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 }
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	ctx = n.m.own(ctx)
 	a, err := n.m.fs.Create(ctx, n.ino, name, n.newInode(ctx, syscall.S_IFDIR|mode&07777))
 	if err != nil {
 		return nil, n.errno("mkdir", err)
@@ -181,6 +191,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 }
 
 func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	ctx = n.m.own(ctx)
 	in := n.newInode(ctx, mode)
 	in.Rdev = dev
 	a, err := n.m.fs.Create(ctx, n.ino, name, in)
@@ -191,6 +202,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, 
 }
 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	ctx = n.m.own(ctx)
 	in := n.newInode(ctx, syscall.S_IFLNK|0o777)
 	in.Target = target
 	a, err := n.m.fs.Create(ctx, n.ino, name, in)
@@ -201,6 +213,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 }
 
 func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	ctx = n.m.own(ctx)
 	t, ok := target.(*node)
 	if !ok {
 		return nil, syscall.EXDEV
@@ -221,14 +234,17 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 }
 
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	ctx = n.m.own(ctx)
 	return n.errno("unlink", n.m.fs.Unlink(ctx, n.ino, name))
 }
 
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	ctx = n.m.own(ctx)
 	return n.errno("rmdir", n.m.fs.Rmdir(ctx, n.ino, name))
 }
 
 func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	ctx = n.m.own(ctx)
 	np, ok := newParent.(*node)
 	if !ok {
 		return syscall.EXDEV
@@ -257,10 +273,12 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	ctx = n.m.own(ctx)
 	return n.errno("setxattr", n.m.fs.SetXattr(ctx, n.ino, attr, data, flags))
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	ctx = n.m.own(ctx)
 	return n.errno("removexattr", n.m.fs.RemoveXattr(ctx, n.ino, attr))
 }
 
@@ -297,5 +315,13 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 	return d, 0, 0
 }
 
-// timeout is the kernel's entry, attribute and negative cache time.
-const timeout = time.Second
+// cacheTimeout is how long the kernel keeps entries, attributes and
+// negative lookups of an fs volume: long, because the engine reports every
+// change made through other doors and the notifier drops what they made
+// stale (notify.go).
+const cacheTimeout = time.Hour
+
+// imageTimeout is the same for a block volume's mount: its image file's
+// content is served with direct IO, and its size can change by a resize
+// that no notifier reports.
+const imageTimeout = time.Second

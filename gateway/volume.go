@@ -29,7 +29,13 @@ type (
 	DirEntry   = store.DirEntry
 	FSStats    = store.FSStats
 	FsckReport = store.FsckReport
+	Change     = store.Change  // a change reported to a Watcher
+	Watcher    = store.Watcher // a door that caches (FS.Watch)
 )
+
+// WithOrigin marks ctx as a call on behalf of w: FS does not report the
+// changes it makes back to w.
+func WithOrigin(ctx context.Context, w Watcher) context.Context { return store.WithOrigin(ctx, w) }
 
 // Volume kinds.
 const (

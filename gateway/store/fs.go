@@ -84,6 +84,8 @@ type FS struct {
 	trimmed map[uint64]bool   // files trimmed past their length since the store opened
 	orphans map[uint64]bool   // inodes with an orphan record, purged when unused
 	deleted bool
+
+	watchers atomic.Pointer[[]Watcher] // replaced under objMu (fs_watch.go)
 }
 
 type inUse struct {
@@ -414,7 +416,7 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 		return Attr{}, fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
 	}
 	var a Attr
-	err := f.update(func(txn *badger.Txn) error {
+	err := f.update(ctx, func(txn *badger.Txn) error {
 		p, err := f.dirAttr(txn, parent)
 		if err != nil {
 			return err
@@ -470,7 +472,7 @@ func (f *FS) Tmpfile(ctx context.Context, parent uint64, in NewInode) (Attr, err
 		return Attr{}, fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
 	}
 	var a Attr
-	err := f.update(func(txn *badger.Txn) error {
+	err := f.update(ctx, func(txn *badger.Txn) error {
 		if _, err := f.dirAttr(txn, parent); err != nil {
 			return err
 		}
@@ -502,7 +504,7 @@ func (f *FS) Link(ctx context.Context, ino, newParent uint64, newName string) (A
 	}
 	var a Attr
 	resurrected := false
-	err := f.update(func(txn *badger.Txn) error {
+	err := f.update(ctx, func(txn *badger.Txn) error {
 		p, err := f.dirAttr(txn, newParent)
 		if err != nil {
 			return err
@@ -562,7 +564,7 @@ func (f *FS) remove(ctx context.Context, parent uint64, name string, dir bool) e
 		return fmt.Errorf("remove %q: %w", name, ErrInvalid)
 	}
 	var gone uint64
-	err := f.update(func(txn *badger.Txn) error {
+	err := f.update(ctx, func(txn *badger.Txn) error {
 		p, err := f.dirAttr(txn, parent)
 		if err != nil {
 			return err

@@ -211,7 +211,7 @@ func (f *FS) Release(ctx context.Context, ino uint64) error {
 	}
 	var err error
 	if u.obj != nil {
-		err = f.persist(u.obj)
+		err = f.persist(ctx, u.obj)
 	}
 	f.objMu.Lock()
 	if u.refs == 0 && f.inUse[ino] == u { // nobody reopened it meanwhile
@@ -227,11 +227,11 @@ func (f *FS) Release(ctx context.Context, ino uint64) error {
 }
 
 // persist writes a file's length and mtime if they changed since last time.
-func (f *FS) persist(o *object) error {
+func (f *FS) persist(ctx context.Context, o *object) error {
 	if !o.dirty.Swap(false) {
 		return nil
 	}
-	err := f.update(func(txn *badger.Txn) error {
+	err := f.update(ctx, func(txn *badger.Txn) error {
 		a, err := f.getAttr(txn, o.ino)
 		if err != nil {
 			return err
@@ -254,7 +254,7 @@ func (f *FS) persist(o *object) error {
 // Fsync makes a file's data and attributes durable.
 func (f *FS) Fsync(ctx context.Context, ino uint64) error {
 	if o := f.loaded(ino); o != nil {
-		if err := f.persist(o); err != nil {
+		if err := f.persist(ctx, o); err != nil {
 			return err
 		}
 	}
@@ -365,7 +365,8 @@ func (f *FS) purge(ino uint64) error {
 	// reopen and its own last Release) then either lands before them or
 	// finds the inode gone, instead of rewriting a record this deletes
 	// (with badger's conflict check, failing after its caller returned).
-	return f.update(func(txn *badger.Txn) error {
+	// The inode has no name, so no door has anything of it to drop.
+	return f.update(context.Background(), func(txn *badger.Txn) error {
 		f.noteDrop(ino)
 		return deleteInode(txn, v.id, ino, true, true)
 	})
@@ -422,7 +423,7 @@ func (f *FS) SetAttr(ctx context.Context, ino uint64, in SetAttr) (Attr, error) 
 		}
 	}
 	var a Attr
-	err := f.update(func(txn *badger.Txn) error {
+	err := f.update(ctx, func(txn *badger.Txn) error {
 		var err error
 		if a, err = f.getAttr(txn, ino); err != nil {
 			return err
@@ -499,7 +500,8 @@ func (f *FS) truncate(ctx context.Context, ino uint64, size int64) error {
 	}
 	o.size.Store(size)
 	o.touch()
-	err = f.update(func(txn *badger.Txn) error {
+	defer f.noteData(ctx, ino, size, 0)
+	err = f.update(ctx, func(txn *badger.Txn) error {
 		f.noteDrop(ino)
 		return txn.Set(lengthKey(f.v.id, ino), binary.BigEndian.AppendUint64(nil, uint64(size)))
 	})

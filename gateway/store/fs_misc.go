@@ -34,6 +34,7 @@ func (f *FS) Fallocate(ctx context.Context, ino uint64, off, length int64, mode 
 	if err := o.checkRange(off, length, ErrNoSpace); err != nil {
 		return err
 	}
+	defer f.noteData(ctx, ino, off, length)
 	switch mode &^ FallocKeepSize {
 	case 0:
 		if err := o.allocate(off, length); err != nil {
@@ -220,7 +221,7 @@ func (f *FS) SetXattr(ctx context.Context, ino uint64, name string, value []byte
 	if f.v.readOnly {
 		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
 	}
-	return f.update(func(txn *badger.Txn) error {
+	return f.update(ctx, func(txn *badger.Txn) error {
 		a, err := f.rawAttr(txn, ino)
 		if err != nil {
 			return err
@@ -253,7 +254,7 @@ func (f *FS) RemoveXattr(ctx context.Context, ino uint64, name string) error {
 	if f.v.readOnly {
 		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
 	}
-	return f.update(func(txn *badger.Txn) error {
+	return f.update(ctx, func(txn *badger.Txn) error {
 		a, err := f.rawAttr(txn, ino)
 		if err != nil {
 			return err

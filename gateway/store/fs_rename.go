@@ -29,7 +29,7 @@ func (f *FS) Rename(ctx context.Context, parent uint64, name string, newParent u
 		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
 	}
 	var gone uint64
-	err := f.update(func(txn *badger.Txn) error {
+	err := f.update(ctx, func(txn *badger.Txn) error {
 		r := renamer{f: f, txn: txn, t: now()}
 		var err error
 		gone, err = r.rename(parent, name, newParent, newName, flags)

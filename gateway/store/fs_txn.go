@@ -6,6 +6,7 @@ package store
 // namespace changes use answer from the attribute cache when they can.
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -16,12 +17,24 @@ import (
 
 // update runs fn in one read-write transaction under the namespace mutex
 // and hands the commit to badger without waiting for the write (see
-// Transactions in the type's doc).
-func (f *FS) update(fn func(txn *badger.Txn) error) error {
+// Transactions in the type's doc). Then it reports the records fn wrote
+// to the watchers other than ctx's origin (fs_watch.go).
+func (f *FS) update(ctx context.Context, fn func(txn *badger.Txn) error) error {
+	ws := f.others(ctx)
+	cs, err := f.commit(fn, ws != nil)
+	if len(cs) > 0 {
+		f.report(ctx, ws, cs)
+	}
+	return err
+}
+
+// commit is update's part under the mutex; it returns the reports when
+// asked for them.
+func (f *FS) commit(fn func(txn *badger.Txn) error, reports bool) ([]Change, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.check(); err != nil {
-		return err
+		return nil, err
 	}
 	defer f.releaseDying()
 	f.attrMods = f.attrMods[:0]
@@ -30,7 +43,7 @@ func (f *FS) update(fn func(txn *badger.Txn) error) error {
 	if err := fn(txn); err != nil {
 		txn.Discard()
 		f.attrs.apply(f.attrMods, false)
-		return err
+		return nil, err
 	}
 	if f.inoPending != 0 {
 		f.inoLimit = f.inoPending
@@ -39,7 +52,10 @@ func (f *FS) update(fn func(txn *badger.Txn) error) error {
 	f.lastCommit = done
 	txn.CommitWith(func(err error) { f.written(prev, done, err) })
 	f.attrs.apply(f.attrMods, true)
-	return nil
+	if reports {
+		return changesOf(f.attrMods), nil
+	}
+	return nil, nil
 }
 
 // written runs when badger has written (or failed to write) a commit

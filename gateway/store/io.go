@@ -175,6 +175,9 @@ func (v *Volume) WriteAtWith(ctx context.Context, inode uint64, p []byte, off in
 	if err != nil {
 		return err
 	}
+	if o.ino != 0 {
+		defer v.fs.noteData(ctx, o.ino, off, int64(len(p)))
+	}
 	if err := o.checkRange(off, int64(len(p)), ErrNoSpace); err != nil {
 		return err
 	}
@@ -466,6 +469,9 @@ func (v *Volume) Discard(ctx context.Context, inode uint64, off, length int64) e
 	if v.readOnly {
 		return fmt.Errorf("volume %s: %w", v.ref, ErrReadOnly)
 	}
+	if o.ino != 0 {
+		defer v.fs.noteData(ctx, o.ino, off, length)
+	}
 	return o.discard(off, length)
 }
 
@@ -614,6 +620,9 @@ func (v *Volume) WriteZeroesWith(ctx context.Context, inode uint64, off, length 
 	if !noHole {
 		if v.readOnly {
 			return fmt.Errorf("volume %s: %w", v.ref, ErrReadOnly)
+		}
+		if o.ino != 0 {
+			defer v.fs.noteData(ctx, o.ino, off, length)
 		}
 		return o.discard(off, length) // a file's length does not change
 	}

@@ -1,0 +1,113 @@
+package fuse
+
+import (
+	"context"
+	"sync"
+
+	"github.com/sluice-storage/sluice/gateway"
+)
+
+// notifier keeps one mount's kernel caches true to the volume. The kernel
+// keeps entries, attributes and negative lookups for cacheTimeout, far
+// longer than a filesystem whose backing store can change behind it could
+// afford (go-fuse's loopback uses 1 s): every change to an fs volume goes
+// through its engine, which reports the changes made through anything but
+// this mount (store.FS.Watch: another mount, the LD_PRELOAD shim, a write
+// through Volume.Do). The notifier queues each report and a goroutine of
+// its own tells the kernel to drop the entry (NotifyEntry), the
+// attributes (NotifyContent with a negative offset) or the cached pages
+// of the range (NotifyContent) — never from a request's goroutine: the
+// kernel takes the directory's lock for an entry notification, and a
+// request of this mount may hold it while it waits for the gateway.
+//
+// Between a change and its notification there is a window of
+// microseconds in which another mount can still read the old entry,
+// attributes or pages (the same holds for any cached network
+// filesystem); a file opened after the change never reads stale data,
+// because open drops the file's page cache.
+type notifier struct {
+	mu    sync.Mutex
+	nodes map[uint64]*node // the inodes the kernel knows, by number
+	queue []gateway.Change
+	wake  chan struct{}
+	done  chan struct{}
+}
+
+func newNotifier() *notifier {
+	return &notifier{nodes: make(map[uint64]*node), wake: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+// Changed queues a report (gateway.Watcher).
+func (nt *notifier) Changed(c gateway.Change) {
+	nt.mu.Lock()
+	nt.queue = append(nt.queue, c)
+	nt.mu.Unlock()
+	select {
+	case nt.wake <- struct{}{}:
+	default:
+	}
+}
+
+// add records that the kernel knows n (a lookup or create returned it).
+func (nt *notifier) add(n *node) {
+	nt.mu.Lock()
+	if nt.nodes[n.ino] != n {
+		nt.nodes[n.ino] = n
+	}
+	nt.mu.Unlock()
+}
+
+// forget drops n when go-fuse forgets it.
+func (nt *notifier) forget(n *node) {
+	nt.mu.Lock()
+	if nt.nodes[n.ino] == n {
+		delete(nt.nodes, n.ino)
+	}
+	nt.mu.Unlock()
+}
+
+// run tells the kernel about queued reports until stop is closed.
+func (nt *notifier) run(stop <-chan struct{}) {
+	defer close(nt.done)
+	var batch []gateway.Change
+	for {
+		select {
+		case <-stop:
+			return
+		case <-nt.wake:
+		}
+		nt.mu.Lock()
+		batch, nt.queue = nt.queue, batch[:0]
+		nt.mu.Unlock()
+		for _, c := range batch {
+			nt.tell(c)
+		}
+	}
+}
+
+// tell passes one report to the kernel. Errors are ignored: ENOENT means
+// the kernel had nothing cached, and a mount going away drops its caches.
+func (nt *notifier) tell(c gateway.Change) {
+	nt.mu.Lock()
+	parent, child := nt.nodes[c.Parent], nt.nodes[c.Ino]
+	nt.mu.Unlock()
+	if c.Parent != 0 && parent != nil {
+		parent.NotifyEntry(c.Name) // drops the dentry and the directory's attributes
+	}
+	if c.Ino != 0 && child != nil {
+		off, length := int64(-1), int64(0) // attributes only
+		if c.Data {
+			off, length = c.Off, c.Len
+		}
+		child.NotifyContent(off, length)
+	}
+}
+
+// own marks ctx as a call of this mount, whose changes the kernel sees
+// happen: the engine does not report them back.
+func (m *mount) own(ctx context.Context) context.Context {
+	if m.note == nil {
+		return ctx
+	}
+	return gateway.WithOrigin(ctx, m.note)
+}
