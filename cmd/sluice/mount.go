@@ -81,7 +81,9 @@ func umountAction(c *cli.Context) error {
 }
 
 // deadMount reports whether dir is a FUSE mount whose server has gone.
+// It asks statfs, which the kernel never answers from a cache (a stat can
+// be answered from attributes cached for an hour).
 func deadMount(dir string) bool {
-	var st unix.Stat_t
-	return errors.Is(unix.Stat(dir, &st), unix.ENOTCONN)
+	var st unix.Statfs_t
+	return errors.Is(unix.Statfs(dir, &st), unix.ENOTCONN)
 }
