@@ -49,6 +49,9 @@ func (s *Store) Fsck(ctx context.Context, tenant, name string) (FsckReport, erro
 		return FsckReport{}, err
 	}
 	r := FsckReport{Volume: v.ref, Kind: v.Kind(), Problems: []string{}}
+	if v.fs != nil {
+		v.fs.barrier()
+	}
 	err = s.db.View(func(txn *badger.Txn) error {
 		if err := s.fsckChunks(txn, v, &r); err != nil {
 			return err
@@ -232,6 +235,30 @@ func (f *FS) fsckNamespace(txn *badger.Txn, r *FsckReport) error {
 		if _, ok := attrs[ino]; !ok {
 			r.problem("orphan record for inode %d, which does not exist", ino)
 		}
+	}
+	// Lengths, xattrs and symlink targets must belong to an inode.
+	for _, rec := range []struct {
+		prefix byte
+		what   string
+	}{{prefixLength, "length"}, {prefixXattr, "xattr"}, {prefixLink, "symlink target"}} {
+		it = txn.NewIterator(badger.IteratorOptions{Prefix: inoKey(rec.prefix, vol, 0)[:9]})
+		last := ^uint64(0)
+		for it.Rewind(); it.Valid(); it.Next() {
+			k := it.Item().Key()
+			if len(k) < 17 {
+				r.problem("malformed %s key %x", rec.what, k)
+				continue
+			}
+			ino := binary.BigEndian.Uint64(k[9:17])
+			if ino == last {
+				continue
+			}
+			last = ino
+			if _, ok := attrs[ino]; !ok {
+				r.problem("%s record of inode %d, which does not exist (leaked)", rec.what, ino)
+			}
+		}
+		it.Close()
 	}
 
 	// Chunks must belong to regular files.
