@@ -13,15 +13,17 @@ import "sync"
 // entry it has went through the cache, and a miss is an answer (a create
 // looks its new name up first).
 //
-// The cache holds the state of transactions handed to badger's writer:
+// The cache holds the state of the changes that joined the open group
+// (fs_group.go) or were committed before it:
 //
 //   - Namespace changes run in FS.update under FS.mu. putAttr, dropLink,
 //     the length writers and setDentry/deleteDentry note the inodes and
-//     names the transaction writes or deletes, and update applies the
-//     notes once badger has taken the commit (given it its timestamp);
-//     any transaction that begins after that waits for the write to land,
-//     so what a reader finds in badger is never older than the cache. If
-//     the write then fails, the cache is disabled (see FS.update).
+//     names the change writes or deletes, and update applies the notes
+//     once the change joined the group; every read of badger outside a
+//     change commits the group first (FS.view), and any transaction that
+//     begins after a commit waits for its write to land, so what a reader
+//     finds in badger is never older than the cache. If the write then
+//     fails, the cache is disabled (see FS.update).
 //     Applying means: a directory's (or
 //     device node's, FIFO's, socket's) new record replaces the cached one;
 //     a regular file or symlink is dropped (its size lives in another

@@ -7,15 +7,13 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-
-	"github.com/dgraph-io/badger/v4"
 )
 
 // storedAttr reads ino's attributes from badger (with a loaded file's live
 // values), past the attribute cache.
 func storedAttr(f *FS, ino uint64) (Attr, error) {
 	var a Attr
-	err := f.v.s.db.View(func(txn *badger.Txn) (err error) {
+	err := f.view(func(txn kv) (err error) {
 		a, err = f.getAttr(txn, ino)
 		return err
 	})
@@ -40,7 +38,7 @@ func sameAsStored(t *testing.T, f *FS, ino uint64, what string) {
 func sameLookup(t *testing.T, f *FS, parent uint64, name, what string) {
 	t.Helper()
 	var want Attr
-	werr := f.v.s.db.View(func(txn *badger.Txn) error {
+	werr := f.view(func(txn kv) error {
 		ino, _, err := f.lookupTxn(txn, parent, name)
 		if err != nil {
 			return err

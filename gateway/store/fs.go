@@ -22,29 +22,30 @@ import (
 //
 // # Transactions
 //
-// Every namespace operation is one badger transaction, serialised per
-// volume by one mutex (the kernel already serialises most operations on a
-// directory; the mutex makes the read-check-write of each operation atomic
-// without conflict retries). While the volume lives, every write of a
-// namespace record (inode, length, entry, symlink, xattr, orphan) runs in
-// FS.update, the orphan purge's included: a writer outside the mutex
-// could make a handed-over commit fail badger's conflict check after its
-// operation returned.
+// Every namespace operation is atomic and serialised per volume by one
+// mutex (the kernel already serialises most operations on a directory;
+// the mutex makes the read-check-write of each operation atomic without
+// conflict retries). While the volume lives, every write of a namespace
+// record (inode, length, entry, symlink, xattr, orphan) runs in
+// FS.update, the orphan purge's included.
 //
-// An operation returns once badger has taken its commit, not once the
-// commit is written: the write (memtable and its log, ~15 µs of another
-// goroutine's time) overlaps the reply to the caller and the caller's next
-// request. Nothing can observe the difference through badger: every
-// transaction that begins later, in any goroutine, first waits for the
-// commits handed over before it. What changes is the crash window: a
-// SIGKILL can lose the last few microseconds of acknowledged namespace
-// changes that no fsync covered (POSIX promises them nothing; badger does
-// not sync its log per commit anyway, so power loss loses more). Fsync,
-// and any Store.Flush, wait for every commit handed over before them. A
-// commit that fails after the operation returned (badger could not write
-// its log) fails the volume's namespace: every later change and fsync
-// returns ErrIO, the attribute cache is disabled, and a restart finds
-// the state of the last commit that was written.
+// An operation's writes join the volume's open group of changes, which
+// is committed to badger as one transaction when something is about to
+// read badger, when a file's chunks are about to be written, when it is
+// full, on fsync or Store.Flush, and about a millisecond after its first
+// change (fs_group.go explains why and how reads stay exact). The commit
+// is handed to badger without waiting for the write (memtable and its
+// log, on another goroutine), and every transaction that begins later
+// waits for it. What the group changes is the crash window: a SIGKILL can
+// lose the last millisecond of acknowledged namespace changes that no
+// fsync covered, each change whole or not at all (POSIX promises them
+// nothing; badger does not sync its log per commit anyway, so power loss
+// loses more). Fsync, and any Store.Flush, commit the group and wait for
+// every commit before them. A commit that fails after its operations
+// returned (badger could not write its log) fails the volume's
+// namespace: every later change and fsync returns ErrIO, the attribute
+// cache is disabled, and a restart finds the state of the last commit
+// that was written.
 //
 // # File data and length
 //
@@ -65,18 +66,14 @@ import (
 type FS struct {
 	v *Volume
 
-	mu         sync.Mutex   // serialises namespace changes
-	nextIno    uint64       // next free inode number, under mu (0: not read yet)
-	inoLimit   uint64       // the stored inode counter (numbers below it are reserved), under mu
-	inoPending uint64       // the counter the running transaction writes (0: none), under mu
-	dying      []uint64     // inodes deleted by the running transaction, under mu
-	attrMods   []attrChange // inode records the running transaction writes, under mu
-	attrs      attrCache    // committed attributes (attrcache.go)
-	// lastCommit is closed when the latest commit handed to badger, and
-	// every one before it, has been written or has failed (nil: none yet);
-	// under mu.
-	lastCommit chan struct{}
-	commitErr  atomic.Pointer[error] // the first commit that failed after its operation returned
+	mu         sync.Mutex            // serialises namespace changes
+	nextIno    uint64                // next free inode number, under mu (0: not read yet)
+	inoLimit   uint64                // the stored inode counter (numbers below it are reserved), under mu
+	inoPending uint64                // the counter the running transaction writes (0: none), under mu
+	dying      []uint64              // inodes deleted by the running transaction, under mu
+	attrMods   []attrChange          // inode records the running transaction writes, under mu
+	attrs      attrCache             // committed attributes (attrcache.go)
+	commitErr  atomic.Pointer[error] // the first commit that failed after its operations returned
 
 	objMu   sync.Mutex
 	inUse   map[uint64]*inUse // inodes with open handles or internal pins
@@ -86,6 +83,25 @@ type FS struct {
 	deleted bool
 
 	watchers atomic.Pointer[[]Watcher] // replaced under objMu (fs_watch.go)
+	fresh    map[uint64]uint8          // under objMu: what inodes created since the store opened have never had (freshNo*)
+
+	op ntxn // the running change's, reused; under mu
+
+	// The open group of changes not yet handed to badger (fs_group.go).
+	// groupMu comes after mu and objMu: a reader holding objMu (an object
+	// load) can commit the group without mu.
+	groupMu      sync.Mutex
+	group        []kvWrite
+	groupIdx     map[string]int // key → its latest write in group
+	groupSize    int
+	groupChanges int
+	groupSince   time.Time
+	groupTimer   *time.Timer
+	pending      atomic.Bool // set while group has any
+	flushGen     uint64      // groups handed over so far
+	// lastCommit is closed when the latest commit handed to badger, and
+	// every one before it, has been written or has failed (nil: none yet).
+	lastCommit chan struct{}
 }
 
 type inUse struct {
@@ -95,7 +111,7 @@ type inUse struct {
 }
 
 func newFS(v *Volume) *FS {
-	return &FS{v: v, inUse: make(map[uint64]*inUse), trimmed: make(map[uint64]bool), orphans: make(map[uint64]bool)}
+	return &FS{v: v, inUse: make(map[uint64]*inUse), trimmed: make(map[uint64]bool), orphans: make(map[uint64]bool), fresh: make(map[uint64]uint8), groupIdx: make(map[string]int)}
 }
 
 // NewInode describes an inode to create.
@@ -149,12 +165,13 @@ func (f *FS) failed() error {
 
 func (f *FS) markDeleted() {
 	f.mu.Lock()
+	f.flushGroup() // before the volume's records are dropped
 	f.deleted = true
 	f.mu.Unlock()
 }
 
 // initRoot creates the root directory in txn (volume creation).
-func initRoot(txn *badger.Txn, vol uint64, uid, gid uint32) error {
+func initRoot(txn kv, vol uint64, uid, gid uint32) error {
 	t := now()
 	root := Attr{Ino: RootIno, Mode: syscall.S_IFDIR | 0o755, Nlink: 2, UID: uid, GID: gid, Atime: t, Mtime: t, Ctime: t, Parent: RootIno}
 	if err := txn.Set(inodeKey(vol, RootIno), encodeAttr(root)); err != nil {
@@ -167,7 +184,7 @@ func inoCounterKey(vol uint64) []byte { return counterKey(fmt.Sprintf("ino.%d", 
 
 // getAttr reads ino's attributes in txn, with the live length and mtime of
 // a file in use, and the space it holds.
-func (f *FS) getAttr(txn *badger.Txn, ino uint64) (Attr, error) {
+func (f *FS) getAttr(txn kv, ino uint64) (Attr, error) {
 	a, err := f.rawAttr(txn, ino)
 	if err != nil || !a.IsRegular() {
 		return a, err
@@ -206,48 +223,42 @@ func liveValues(a *Attr, o *object, chunkSize int64) {
 
 // rawAttr reads ino's attribute record only: what namespace changes need
 // (a file's length and blocks are left zero).
-func (f *FS) rawAttr(txn *badger.Txn, ino uint64) (Attr, error) {
-	item, err := txn.Get(inodeKey(f.v.id, ino))
+func (f *FS) rawAttr(txn kv, ino uint64) (Attr, error) {
+	b, err := txn.Get(inodeKey(f.v.id, ino))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return Attr{}, fmt.Errorf("inode %d: %w", ino, ErrNotFound)
 	} else if err != nil {
 		return Attr{}, err
 	}
-	var a Attr
-	if err := item.Value(func(b []byte) (err error) { a, err = decodeAttr(ino, b); return err }); err != nil {
+	a, err := decodeAttr(ino, b)
+	if err != nil {
 		return Attr{}, err
 	}
 	switch {
 	case a.IsDir():
 		a.Size = 4096
 	case a.IsSymlink():
-		item, err := txn.Get(linkKey(f.v.id, ino))
-		if err == nil {
-			a.Size = int64(item.ValueSize())
+		if target, err := txn.Get(linkKey(f.v.id, ino)); err == nil {
+			a.Size = int64(len(target))
 		}
 	}
 	return a, nil
 }
 
-func readLength(txn *badger.Txn, vol, ino uint64) (int64, error) {
-	item, err := txn.Get(lengthKey(vol, ino))
+func readLength(txn kv, vol, ino uint64) (int64, error) {
+	b, err := txn.Get(lengthKey(vol, ino))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return 0, nil
 	} else if err != nil {
 		return 0, err
 	}
-	var n int64
-	err = item.Value(func(b []byte) error {
-		if len(b) != 8 {
-			return fmt.Errorf("inode %d: length record of %d bytes: %w", ino, len(b), ErrIO)
-		}
-		n = int64(binary.BigEndian.Uint64(b))
-		return nil
-	})
-	return n, err
+	if len(b) != 8 {
+		return 0, fmt.Errorf("inode %d: length record of %d bytes: %w", ino, len(b), ErrIO)
+	}
+	return int64(binary.BigEndian.Uint64(b)), nil
 }
 
-func countChunks(txn *badger.Txn, vol, ino uint64) int64 {
+func countChunks(txn kv, vol, ino uint64) int64 {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(vol, ino)})
 	defer it.Close()
 	var n int64
@@ -260,7 +271,7 @@ func countChunks(txn *badger.Txn, vol, ino uint64) int64 {
 // putAttr writes a's attributes (not its length) in txn, which must be
 // FS.update's: the new record goes to the attribute cache on commit (a
 // regular file or symlink leaves it instead, see attrCache).
-func (f *FS) putAttr(txn *badger.Txn, a Attr) error {
+func (f *FS) putAttr(txn kv, a Attr) error {
 	rec := encodeAttr(a)
 	if a.IsRegular() || a.IsSymlink() { // sizes live in other records
 		f.noteDrop(a.Ino)
@@ -294,7 +305,7 @@ func (f *FS) Lookup(ctx context.Context, parent uint64, name string) (Attr, erro
 	gen := f.attrs.generation()
 	var a Attr
 	var wasLoaded bool
-	err := f.v.s.db.View(func(txn *badger.Txn) error {
+	err := f.view(func(txn kv) error {
 		ino, _, err := f.lookupTxn(txn, parent, name)
 		if err == nil {
 			wasLoaded = f.loaded(ino) != nil
@@ -332,7 +343,7 @@ func (f *FS) GetAttr(ctx context.Context, ino uint64) (Attr, error) {
 	gen := f.attrs.generation()
 	wasLoaded := f.loaded(ino) != nil
 	var a Attr
-	err := f.v.s.db.View(func(txn *badger.Txn) (err error) {
+	err := f.view(func(txn kv) (err error) {
 		a, err = f.getAttr(txn, ino)
 		return err
 	})
@@ -351,16 +362,15 @@ func (f *FS) noteDrop(ino uint64) {
 // Readlink returns a symlink's target.
 func (f *FS) Readlink(ctx context.Context, ino uint64) (string, error) {
 	var target string
-	err := f.v.s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(linkKey(f.v.id, ino))
+	err := f.view(func(txn kv) error {
+		b, err := txn.Get(linkKey(f.v.id, ino))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return fmt.Errorf("inode %d is not a symlink: %w", ino, ErrInvalid)
 		} else if err != nil {
 			return err
 		}
-		b, err := item.ValueCopy(nil)
 		target = string(b)
-		return err
+		return nil
 	})
 	return target, err
 }
@@ -368,7 +378,7 @@ func (f *FS) Readlink(ctx context.Context, ino uint64) (string, error) {
 // ReadDir lists directory ino in name order ("." and ".." not included).
 func (f *FS) ReadDir(ctx context.Context, ino uint64) ([]DirEntry, error) {
 	var out []DirEntry
-	err := f.v.s.db.View(func(txn *badger.Txn) error {
+	err := f.view(func(txn kv) error {
 		if _, err := f.dirAttr(txn, ino); err != nil {
 			return err
 		}
@@ -389,7 +399,7 @@ func (f *FS) ReadDir(ctx context.Context, ino uint64) ([]DirEntry, error) {
 	return out, err
 }
 
-func dirEmpty(txn *badger.Txn, vol, ino uint64) bool {
+func dirEmpty(txn kv, vol, ino uint64) bool {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: dentryPrefix(vol, ino), PrefetchSize: 1})
 	defer it.Close()
 	it.Rewind()
@@ -416,7 +426,7 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 		return Attr{}, fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
 	}
 	var a Attr
-	err := f.update(ctx, func(txn *badger.Txn) error {
+	err := f.update(ctx, func(txn kv) error {
 		p, err := f.dirAttr(txn, parent)
 		if err != nil {
 			return err
@@ -430,6 +440,7 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 		if err != nil {
 			return err
 		}
+		f.markFresh(ino)
 		t := now()
 		a = Attr{Ino: ino, Mode: in.Mode, Nlink: 1, UID: in.UID, GID: in.GID, Rdev: in.Rdev, Atime: t, Mtime: t, Ctime: t}
 		switch typ {
@@ -472,7 +483,7 @@ func (f *FS) Tmpfile(ctx context.Context, parent uint64, in NewInode) (Attr, err
 		return Attr{}, fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
 	}
 	var a Attr
-	err := f.update(ctx, func(txn *badger.Txn) error {
+	err := f.update(ctx, func(txn kv) error {
 		if _, err := f.dirAttr(txn, parent); err != nil {
 			return err
 		}
@@ -480,6 +491,7 @@ func (f *FS) Tmpfile(ctx context.Context, parent uint64, in NewInode) (Attr, err
 		if err != nil {
 			return err
 		}
+		f.markFresh(ino)
 		t := now()
 		a = Attr{Ino: ino, Mode: in.Mode, Nlink: 0, UID: in.UID, GID: in.GID, Atime: t, Mtime: t, Ctime: t}
 		if err := f.putAttr(txn, a); err != nil {
@@ -504,7 +516,7 @@ func (f *FS) Link(ctx context.Context, ino, newParent uint64, newName string) (A
 	}
 	var a Attr
 	resurrected := false
-	err := f.update(ctx, func(txn *badger.Txn) error {
+	err := f.update(ctx, func(txn kv) error {
 		p, err := f.dirAttr(txn, newParent)
 		if err != nil {
 			return err
@@ -564,7 +576,7 @@ func (f *FS) remove(ctx context.Context, parent uint64, name string, dir bool) e
 		return fmt.Errorf("remove %q: %w", name, ErrInvalid)
 	}
 	var gone uint64
-	err := f.update(ctx, func(txn *badger.Txn) error {
+	err := f.update(ctx, func(txn kv) error {
 		p, err := f.dirAttr(txn, parent)
 		if err != nil {
 			return err
@@ -612,7 +624,7 @@ func (f *FS) remove(ctx context.Context, parent uint64, name string, dir bool) e
 // When none is left, an inode that nobody has open and that holds no data
 // is deleted in the same transaction; otherwise it becomes an orphan, and
 // dropLink returns its number for purgeIfUnused after the commit.
-func (f *FS) dropLink(txn *badger.Txn, a Attr, t int64) (uint64, error) {
+func (f *FS) dropLink(txn kv, a Attr, t int64) (uint64, error) {
 	if a.IsDir() || a.Nlink <= 1 {
 		a.Nlink = 0
 	} else {
@@ -622,11 +634,18 @@ func (f *FS) dropLink(txn *badger.Txn, a Attr, t int64) (uint64, error) {
 	if a.Nlink > 0 {
 		return 0, f.putAttr(txn, a)
 	}
-	if !hasPrefix(txn, chunkPrefix(f.v.id, a.Ino)) && f.claimDying(a.Ino) {
-		f.noteDrop(a.Ino)
-		// a had a name until now, so it has no orphan record (Link
-		// deletes that of an O_TMPFILE file it names).
-		return 0, deleteInode(txn, f.v.id, a.Ino, a.IsSymlink(), false)
+	if f.claimDying(a.Ino) {
+		// Nobody has it open, and nobody can open it now: what it
+		// holds can no longer change.
+		fresh := f.freshness(a.Ino)
+		if fresh&freshNoChunks != 0 || !f.hasChunks(a.Ino) {
+			f.noteDrop(a.Ino)
+			f.forgetFresh(a.Ino)
+			// a had a name until now, so it has no orphan record (Link
+			// deletes that of an O_TMPFILE file it names).
+			return 0, deleteInode(txn, f.v.id, a.Ino, fresh&freshNoXattrs == 0, a.IsSymlink(), false)
+		}
+		f.unclaimDying(a.Ino)
 	}
 	if err := f.putAttr(txn, a); err != nil {
 		return 0, err
@@ -648,24 +667,48 @@ func (f *FS) claimDying(ino uint64) bool {
 	return true
 }
 
+// unclaimDying undoes the claimDying just made in this change.
+func (f *FS) unclaimDying(ino uint64) {
+	f.objMu.Lock()
+	defer f.objMu.Unlock()
+	delete(f.inUse, ino)
+	f.dying = f.dying[:len(f.dying)-1]
+}
+
+// hasChunks reports whether ino has chunk entries, in a transaction of its
+// own: chunks are written outside namespace changes, so the change's
+// reads (which may have begun before the inode's last writer committed)
+// cannot answer it.
+func (f *FS) hasChunks(ino uint64) bool {
+	var has bool
+	f.v.s.db.View(func(txn *badger.Txn) error {
+		has = hasPrefix(viewTxn{txn}, chunkPrefix(f.v.id, ino))
+		return nil
+	})
+	return has
+}
+
 // hasPrefix reports whether any key starts with prefix.
-func hasPrefix(txn *badger.Txn, prefix []byte) bool {
+func hasPrefix(txn kv, prefix []byte) bool {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchSize: 1})
 	defer it.Close()
 	it.Rewind()
 	return it.Valid()
 }
 
-// deleteInode deletes an inode's records (not its chunks) in txn. A
-// symlink target and an orphan record are deleted only when the caller
-// says they may exist: each delete is one more entry for badger to write.
-func deleteInode(txn *badger.Txn, vol, ino uint64, mayLink, mayOrphan bool) error {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: xattrPrefix(vol, ino)})
+// deleteInode deletes an inode's records (not its chunks) in txn. Xattrs,
+// a symlink target and an orphan record are looked for or deleted only
+// when the caller says they may exist: each delete is one more entry for
+// badger to write, and looking for xattrs is a read.
+func deleteInode(txn kv, vol, ino uint64, mayXattrs, mayLink, mayOrphan bool) error {
 	var keys [][]byte
-	for it.Rewind(); it.Valid(); it.Next() {
-		keys = append(keys, it.Item().KeyCopy(nil))
+	if mayXattrs {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: xattrPrefix(vol, ino)})
+		for it.Rewind(); it.Valid(); it.Next() {
+			keys = append(keys, it.Item().KeyCopy(nil))
+		}
+		it.Close()
 	}
-	it.Close()
 	keys = append(keys, inodeKey(vol, ino), lengthKey(vol, ino))
 	if mayLink {
 		keys = append(keys, linkKey(vol, ino))

@@ -146,7 +146,7 @@ func (f *FS) loadObject(ino uint64) (*object, error) {
 	v := f.v
 	var size int64
 	var chunks []struct{ idx, dev int64 } // dev as the table holds it
-	err := v.s.db.View(func(txn *badger.Txn) error {
+	err := f.view(func(txn kv) error {
 		var err error
 		if size, err = readLength(txn, v.id, ino); err != nil {
 			return err
@@ -231,7 +231,7 @@ func (f *FS) persist(ctx context.Context, o *object) error {
 	if !o.dirty.Swap(false) {
 		return nil
 	}
-	err := f.update(ctx, func(txn *badger.Txn) error {
+	err := f.update(ctx, func(txn kv) error {
 		a, err := f.getAttr(txn, o.ino)
 		if err != nil {
 			return err
@@ -300,7 +300,7 @@ func (f *FS) purgeIfUnused(ctx context.Context, ino uint64) {
 }
 
 func (f *FS) isOrphan(ino uint64) bool {
-	err := f.v.s.db.View(func(txn *badger.Txn) error {
+	err := f.view(func(txn kv) error {
 		_, err := txn.Get(orphanKey(f.v.id, ino))
 		return err
 	})
@@ -314,6 +314,9 @@ func (f *FS) purge(ino uint64) error {
 	if !f.isOrphan(ino) {
 		return nil
 	}
+	// The orphan record goes to badger before the chunks go: a crash in
+	// between must not leave a named file without its data.
+	f.barrier()
 	for {
 		var keys [][]byte
 		var freed []extent
@@ -366,9 +369,10 @@ func (f *FS) purge(ino uint64) error {
 	// finds the inode gone, instead of rewriting a record this deletes
 	// (with badger's conflict check, failing after its caller returned).
 	// The inode has no name, so no door has anything of it to drop.
-	return f.update(context.Background(), func(txn *badger.Txn) error {
+	return f.update(context.Background(), func(txn kv) error {
 		f.noteDrop(ino)
-		return deleteInode(txn, v.id, ino, true, true)
+		f.forgetFresh(ino)
+		return deleteInode(txn, v.id, ino, true, true, true)
 	})
 }
 
@@ -376,7 +380,7 @@ func (f *FS) purge(ino uint64) error {
 func (f *FS) purgeOrphans() error {
 	var inos []uint64
 	prefix := inoKey(prefixOrphan, f.v.id, 0)[:9]
-	err := f.v.s.db.View(func(txn *badger.Txn) error {
+	err := f.view(func(txn kv) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
@@ -423,7 +427,7 @@ func (f *FS) SetAttr(ctx context.Context, ino uint64, in SetAttr) (Attr, error) 
 		}
 	}
 	var a Attr
-	err := f.update(ctx, func(txn *badger.Txn) error {
+	err := f.update(ctx, func(txn kv) error {
 		var err error
 		if a, err = f.getAttr(txn, ino); err != nil {
 			return err
@@ -501,7 +505,7 @@ func (f *FS) truncate(ctx context.Context, ino uint64, size int64) error {
 	o.size.Store(size)
 	o.touch()
 	defer f.noteData(ctx, ino, size, 0)
-	err = f.update(ctx, func(txn *badger.Txn) error {
+	err = f.update(ctx, func(txn kv) error {
 		f.noteDrop(ino)
 		return txn.Set(lengthKey(f.v.id, ino), binary.BigEndian.AppendUint64(nil, uint64(size)))
 	})

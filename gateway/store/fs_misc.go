@@ -34,6 +34,7 @@ func (f *FS) Fallocate(ctx context.Context, ino uint64, off, length int64, mode 
 	if err := o.checkRange(off, length, ErrNoSpace); err != nil {
 		return err
 	}
+	f.willWrite(o)
 	defer f.noteData(ctx, ino, off, length)
 	switch mode &^ FallocKeepSize {
 	case 0:
@@ -175,18 +176,18 @@ func (f *FS) GetXattr(ctx context.Context, ino uint64, name string) ([]byte, err
 		return nil, err
 	}
 	var val []byte
-	err := f.v.s.db.View(func(txn *badger.Txn) error {
+	err := f.view(func(txn kv) error {
 		if _, err := f.rawAttr(txn, ino); err != nil {
 			return err
 		}
-		item, err := txn.Get(xattrKey(f.v.id, ino, name))
+		b, err := txn.Get(xattrKey(f.v.id, ino, name))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return fmt.Errorf("xattr %q: %w", name, ErrNoData)
 		} else if err != nil {
 			return err
 		}
-		val, err = item.ValueCopy(nil)
-		return err
+		val = b
+		return nil
 	})
 	return val, err
 }
@@ -194,7 +195,7 @@ func (f *FS) GetXattr(ctx context.Context, ino uint64, name string) ([]byte, err
 // ListXattr returns the names of ino's xattrs.
 func (f *FS) ListXattr(ctx context.Context, ino uint64) ([]string, error) {
 	var names []string
-	err := f.v.s.db.View(func(txn *badger.Txn) error {
+	err := f.view(func(txn kv) error {
 		if _, err := f.rawAttr(txn, ino); err != nil {
 			return err
 		}
@@ -221,11 +222,12 @@ func (f *FS) SetXattr(ctx context.Context, ino uint64, name string, value []byte
 	if f.v.readOnly {
 		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
 	}
-	return f.update(ctx, func(txn *badger.Txn) error {
+	return f.update(ctx, func(txn kv) error {
 		a, err := f.rawAttr(txn, ino)
 		if err != nil {
 			return err
 		}
+		f.spoilFresh(ino, freshNoXattrs)
 		key := xattrKey(f.v.id, ino, name)
 		_, err = txn.Get(key)
 		exists := err == nil
@@ -254,11 +256,12 @@ func (f *FS) RemoveXattr(ctx context.Context, ino uint64, name string) error {
 	if f.v.readOnly {
 		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
 	}
-	return f.update(ctx, func(txn *badger.Txn) error {
+	return f.update(ctx, func(txn kv) error {
 		a, err := f.rawAttr(txn, ino)
 		if err != nil {
 			return err
 		}
+		f.spoilFresh(ino, freshNoXattrs)
 		key := xattrKey(f.v.id, ino, name)
 		if _, err := txn.Get(key); errors.Is(err, badger.ErrKeyNotFound) {
 			return fmt.Errorf("xattr %q: %w", name, ErrNoData)

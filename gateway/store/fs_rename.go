@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-
-	"github.com/dgraph-io/badger/v4"
 )
 
 // Rename moves name in parent to newName in newParent, in one transaction.
@@ -29,7 +27,7 @@ func (f *FS) Rename(ctx context.Context, parent uint64, name string, newParent u
 		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
 	}
 	var gone uint64
-	err := f.update(ctx, func(txn *badger.Txn) error {
+	err := f.update(ctx, func(txn kv) error {
 		r := renamer{f: f, txn: txn, t: now()}
 		var err error
 		gone, err = r.rename(parent, name, newParent, newName, flags)
@@ -46,7 +44,7 @@ func (f *FS) Rename(ctx context.Context, parent uint64, name string, newParent u
 // so that a directory touched twice (same parent) is written once.
 type renamer struct {
 	f    *FS
-	txn  *badger.Txn
+	txn  kv
 	t    int64
 	dirs map[uint64]*Attr
 }

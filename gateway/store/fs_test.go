@@ -438,6 +438,9 @@ func TestFsckFindsDamage(t *testing.T) {
 	s := memStore(t)
 	_, f := newFSVolume(t, s, "fs", 64*MiB)
 	a := mustCreate(t, f, RootIno, "f", syscall.S_IFREG|0o644)
+	if err := f.settle(); err != nil { // the damage goes in after the create
+		t.Fatal(err)
+	}
 	// A dentry to nowhere, a wrong link count, a leaked chunk.
 	txn := s.db.NewTransaction(true)
 	txn.Set(dentryKey(f.v.id, RootIno, "ghost"), encodeDentry(999, syscall.S_IFREG))

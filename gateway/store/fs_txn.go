@@ -1,9 +1,10 @@
 package store
 
-// The transaction machinery of FS: update hands each namespace change to
-// badger (see "Transactions" in FS's doc), settle waits for what was
-// handed over, allocIno reserves inode numbers, and the read helpers
-// namespace changes use answer from the attribute cache when they can.
+// The transaction machinery of FS: update runs each namespace change and
+// adds it to the open group (see "Transactions" in FS's doc and
+// fs_group.go), settle commits the group and waits for what was handed
+// over, allocIno reserves inode numbers, and the read helpers namespace
+// changes use answer from the attribute cache when they can.
 
 import (
 	"context"
@@ -15,11 +16,11 @@ import (
 	"github.com/dgraph-io/badger/v4"
 )
 
-// update runs fn in one read-write transaction under the namespace mutex
-// and hands the commit to badger without waiting for the write (see
-// Transactions in the type's doc). Then it reports the records fn wrote
+// update runs fn as one change under the namespace mutex and adds its
+// writes to the open group (see Transactions in the type's doc). Then it
+// reports the records fn wrote
 // to the watchers other than ctx's origin (fs_watch.go).
-func (f *FS) update(ctx context.Context, fn func(txn *badger.Txn) error) error {
+func (f *FS) update(ctx context.Context, fn func(txn kv) error) error {
 	ws := f.others(ctx)
 	cs, err := f.commit(fn, ws != nil)
 	if len(cs) > 0 {
@@ -28,9 +29,10 @@ func (f *FS) update(ctx context.Context, fn func(txn *badger.Txn) error) error {
 	return err
 }
 
-// commit is update's part under the mutex; it returns the reports when
-// asked for them.
-func (f *FS) commit(fn func(txn *badger.Txn) error, reports bool) ([]Change, error) {
+// commit is update's part under the mutex: fn runs in an ntxn whose
+// writes join the open group when it succeeds (fs_group.go). It returns
+// the reports when asked for them.
+func (f *FS) commit(fn func(txn kv) error, reports bool) ([]Change, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.check(); err != nil {
@@ -39,18 +41,22 @@ func (f *FS) commit(fn func(txn *badger.Txn) error, reports bool) ([]Change, err
 	defer f.releaseDying()
 	f.attrMods = f.attrMods[:0]
 	f.inoPending = 0
-	txn := f.v.s.db.NewTransaction(true)
-	if err := fn(txn); err != nil {
-		txn.Discard()
+	t := &f.op
+	*t = ntxn{f: f, writes: t.writes[:0]}
+	err := fn(t)
+	t.done()
+	if err == nil {
+		err = t.err
+	}
+	if err != nil {
 		f.attrs.apply(f.attrMods, false)
 		return nil, err
 	}
 	if f.inoPending != 0 {
 		f.inoLimit = f.inoPending
 	}
-	prev, done := f.lastCommit, make(chan struct{})
-	f.lastCommit = done
-	txn.CommitWith(func(err error) { f.written(prev, done, err) })
+	f.join(t)
+	clear(t.writes) // the group holds them now
 	f.attrs.apply(f.attrMods, true)
 	if reports {
 		return changesOf(f.attrMods), nil
@@ -59,7 +65,7 @@ func (f *FS) commit(fn func(txn *badger.Txn) error, reports bool) ([]Change, err
 }
 
 // written runs when badger has written (or failed to write) a commit
-// update handed over: after the one before it (prev), it records a
+// flushGroup handed over: after the one before it (prev), it records a
 // failure, then closes done.
 func (f *FS) written(prev, done chan struct{}, err error) {
 	if prev != nil {
@@ -73,12 +79,14 @@ func (f *FS) written(prev, done chan struct{}, err error) {
 	close(done)
 }
 
-// settle waits until every namespace commit handed to badger so far has
-// been written, and returns the error of any that failed.
+// settle commits the open group and waits until every namespace commit
+// handed to badger so far has been written, and returns the error of any
+// that failed.
 func (f *FS) settle() error {
-	f.mu.Lock()
+	f.groupMu.Lock()
+	f.flushGroupLocked()
 	last := f.lastCommit
-	f.mu.Unlock()
+	f.groupMu.Unlock()
 	if last != nil {
 		<-last
 	}
@@ -86,9 +94,9 @@ func (f *FS) settle() error {
 }
 
 // releaseDying drops the pins dropLink took on inodes it deleted in the
-// transaction just handed over. Until then an Open of such an inode fails
+// change just made. Until then an Open of such an inode fails
 // with ENOENT instead of succeeding on records about to vanish; after,
-// the Open's own transaction waits for the delete and finds nothing. The
+// the Open's own read (which commits the group first) finds nothing. The
 // caller holds f.mu.
 func (f *FS) releaseDying() {
 	if len(f.dying) == 0 {
@@ -112,15 +120,16 @@ const inoBatch = 1024
 // when the reserved range is used up. The counter is always above every
 // number in use: it is raised in the same transaction as the first
 // inode that needs it. The caller holds f.mu.
-func (f *FS) allocIno(txn *badger.Txn) (uint64, error) {
+func (f *FS) allocIno(txn kv) (uint64, error) {
 	if f.nextIno == 0 {
-		item, err := txn.Get(inoCounterKey(f.v.id))
+		b, err := txn.Get(inoCounterKey(f.v.id))
 		if err != nil {
 			return 0, fmt.Errorf("inode counter: %w", err)
 		}
-		if err := item.Value(func(b []byte) error { f.nextIno = binary.BigEndian.Uint64(b); return nil }); err != nil {
-			return 0, err
+		if len(b) != 8 {
+			return 0, fmt.Errorf("inode counter of %d bytes: %w", len(b), ErrIO)
 		}
+		f.nextIno = binary.BigEndian.Uint64(b)
 		f.inoLimit = f.nextIno
 	}
 	ino := f.nextIno
@@ -132,19 +141,19 @@ func (f *FS) allocIno(txn *badger.Txn) (uint64, error) {
 	if err := txn.Set(inoCounterKey(f.v.id), binary.BigEndian.AppendUint64(nil, limit)); err != nil {
 		return 0, err
 	}
-	f.inoPending = limit // update makes it f.inoLimit once the commit is handed over
+	f.inoPending = limit // update makes it f.inoLimit once the change joins the group
 	return ino, nil
 }
 
 // Reads for namespace changes. In FS.update's transaction (under f.mu)
-// the attribute cache holds what badger holds once the commits handed to
-// it are written (attrcache.go), so dirAttr, recordOf and entryOf answer
+// the attribute cache holds what badger holds once the open group is
+// committed and written (attrcache.go), so dirAttr, recordOf and entryOf answer
 // from it when they can and read the transaction otherwise: a create or
 // unlink then reads badger once or not at all. rawAttr and lookupTxn
 // always read the transaction.
 
 // dirAttr reads ino and checks that it is a directory.
-func (f *FS) dirAttr(txn *badger.Txn, ino uint64) (Attr, error) {
+func (f *FS) dirAttr(txn kv, ino uint64) (Attr, error) {
 	a, ok := f.attrs.get(ino)
 	if !ok {
 		var err error
@@ -162,7 +171,7 @@ func (f *FS) dirAttr(txn *badger.Txn, ino uint64) (Attr, error) {
 // carries its length and blocks, which rawAttr leaves zero, and its mtime
 // may be the newer one of a write not yet persisted (attrCache.refresh):
 // writing that back with the record is what persist would do.
-func (f *FS) recordOf(txn *badger.Txn, ino uint64) (Attr, error) {
+func (f *FS) recordOf(txn kv, ino uint64) (Attr, error) {
 	if a, ok := f.attrs.get(ino); ok {
 		if a.IsRegular() {
 			a.Size, a.Blocks = 0, 0
@@ -174,7 +183,7 @@ func (f *FS) recordOf(txn *badger.Txn, ino uint64) (Attr, error) {
 
 // entryOf is lookupTxn from the cache: a cached name, or a name missing
 // from a complete directory.
-func (f *FS) entryOf(txn *badger.Txn, parent uint64, name string) (uint64, uint32, error) {
+func (f *FS) entryOf(txn kv, parent uint64, name string) (uint64, uint32, error) {
 	if a, ok, absent := f.attrs.lookup(parent, name); absent {
 		// Unwrapped: a create's check for its new name takes this path,
 		// and formatting an error costs more than the rest of the check.
@@ -186,27 +195,24 @@ func (f *FS) entryOf(txn *badger.Txn, parent uint64, name string) (uint64, uint3
 }
 
 // lookupTxn resolves name in directory parent to an inode number and type.
-func (f *FS) lookupTxn(txn *badger.Txn, parent uint64, name string) (uint64, uint32, error) {
-	item, err := txn.Get(dentryKey(f.v.id, parent, name))
+func (f *FS) lookupTxn(txn kv, parent uint64, name string) (uint64, uint32, error) {
+	b, err := txn.Get(dentryKey(f.v.id, parent, name))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return 0, 0, fmt.Errorf("%q in inode %d: %w", name, parent, ErrNotFound)
 	} else if err != nil {
 		return 0, 0, err
 	}
-	var ino uint64
-	var typ uint32
-	err = item.Value(func(b []byte) (err error) { ino, typ, err = decodeDentry(b); return err })
-	return ino, typ, err
+	return decodeDentry(b)
 }
 
 // setDentry writes name → ino in parent, in FS.update's txn.
-func (f *FS) setDentry(txn *badger.Txn, parent uint64, name string, ino uint64, mode uint32) error {
+func (f *FS) setDentry(txn kv, parent uint64, name string, ino uint64, mode uint32) error {
 	f.attrMods = append(f.attrMods, attrChange{a: Attr{Ino: ino}, keep: true, dent: &dentName{parent, name}})
 	return txn.Set(dentryKey(f.v.id, parent, name), encodeDentry(ino, mode))
 }
 
 // deleteDentry removes name from parent, in FS.update's txn.
-func (f *FS) deleteDentry(txn *badger.Txn, parent uint64, name string) error {
+func (f *FS) deleteDentry(txn kv, parent uint64, name string) error {
 	f.attrMods = append(f.attrMods, attrChange{dent: &dentName{parent, name}})
 	return txn.Delete(dentryKey(f.v.id, parent, name))
 }

@@ -10,7 +10,7 @@ package store
 // back to it: its cache saw them happen.
 //
 // Reports are made by the goroutine that made the change, after the
-// change was handed to badger (it is visible to every later read) and
+// change joined the open group (it is visible to every later read) and
 // outside FS's locks. Changed must not block: a FUSE mount queues the
 // report for its own goroutine, because telling the kernel can wait on a
 // directory lock held by a request that waits on the gateway.

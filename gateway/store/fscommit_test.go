@@ -14,16 +14,18 @@ import (
 	"github.com/sluice-storage/sluice/gateway/device"
 )
 
-// TestFSReadsSeeHandedOverCommits: a namespace change returns before
-// badger has written its commit (FS.update); a transaction begun after it
-// returns, here a plain db.View, must still find what it wrote.
-func TestFSReadsSeeHandedOverCommits(t *testing.T) {
+// TestFSReadsSeeAcknowledgedChanges: a namespace change returns before its
+// group is committed, and the commit before badger has written it
+// (FS.update, fs_group.go); a read begun after it returns, through
+// FS.view as every namespace read outside FS.update is, must still find
+// what it wrote.
+func TestFSReadsSeeAcknowledgedChanges(t *testing.T) {
 	s := memStore(t)
 	_, f := newFSVolume(t, s, "fs", 64*MiB)
 	for i := range 2000 {
 		name := fmt.Sprintf("f%d", i)
 		a := mustCreate(t, f, RootIno, name, syscall.S_IFREG|0o644)
-		err := s.db.View(func(txn *badger.Txn) error {
+		err := f.view(func(txn kv) error {
 			ino, _, err := f.lookupTxn(txn, RootIno, name)
 			if err == nil && ino != a.Ino {
 				err = fmt.Errorf("entry names inode %d, create returned %d", ino, a.Ino)
@@ -37,7 +39,7 @@ func TestFSReadsSeeHandedOverCommits(t *testing.T) {
 			if err := f.Unlink(context.Background(), RootIno, name); err != nil {
 				t.Fatal(err)
 			}
-			err := s.db.View(func(txn *badger.Txn) error { _, err := f.rawAttr(txn, a.Ino); return err })
+			err := f.view(func(txn kv) error { _, err := f.rawAttr(txn, a.Ino); return err })
 			if !errors.Is(err, ErrNotFound) {
 				t.Fatalf("unlink %d: a later read transaction finds the inode: %v", i, err)
 			}
@@ -61,10 +63,10 @@ func TestFSCommitFailureFailsNamespace(t *testing.T) {
 		t.Fatal("a new file is not cached")
 	}
 	// What update does with a commit, but the write fails.
-	f.mu.Lock()
+	f.groupMu.Lock()
 	prev, done := f.lastCommit, make(chan struct{})
 	f.lastCommit = done
-	f.mu.Unlock()
+	f.groupMu.Unlock()
 	f.written(prev, done, errors.New("injected log write failure"))
 
 	if _, err := f.Create(ctx, RootIno, "b", NewInode{Mode: syscall.S_IFREG | 0o644}); !errors.Is(err, ErrIO) {

@@ -176,6 +176,7 @@ func (v *Volume) WriteAtWith(ctx context.Context, inode uint64, p []byte, off in
 		return err
 	}
 	if o.ino != 0 {
+		v.fs.willWrite(o)
 		defer v.fs.noteData(ctx, o.ino, off, int64(len(p)))
 	}
 	if err := o.checkRange(off, int64(len(p)), ErrNoSpace); err != nil {
@@ -470,6 +471,7 @@ func (v *Volume) Discard(ctx context.Context, inode uint64, off, length int64) e
 		return fmt.Errorf("volume %s: %w", v.ref, ErrReadOnly)
 	}
 	if o.ino != 0 {
+		v.fs.willWrite(o)
 		defer v.fs.noteData(ctx, o.ino, off, length)
 	}
 	return o.discard(off, length)
@@ -622,6 +624,7 @@ func (v *Volume) WriteZeroesWith(ctx context.Context, inode uint64, off, length 
 			return fmt.Errorf("volume %s: %w", v.ref, ErrReadOnly)
 		}
 		if o.ino != 0 {
+			v.fs.willWrite(o)
 			defer v.fs.noteData(ctx, o.ino, off, length)
 		}
 		return o.discard(off, length) // a file's length does not change

@@ -26,6 +26,7 @@ type object struct {
 	mapped atomic.Int64 // allocated chunks
 	mtime  atomic.Int64 // last data change (Unix ns), 0 if none since load
 	dirty  atomic.Bool  // length or mtime changed since last persisted
+	wrote  atomic.Bool  // chunks may have been added since load (FS.willWrite)
 }
 
 const numStripes = 64

@@ -358,9 +358,13 @@ func (s *Store) syncMeta() error {
 	s.syncMu.Lock()
 	defer s.syncMu.Unlock()
 	freed := s.alloc.takeDeferred()
-	// A transaction's start waits until every commit handed to badger
-	// before it is written: namespace operations return before theirs is
-	// (FS.update), and the sync must cover them.
+	// Namespace changes return before their group is committed, and
+	// their commits before they are written (FS.update): commit every open
+	// group, then wait for every commit handed to badger (a transaction's
+	// start waits for those before it), so the sync covers them.
+	for _, f := range s.fileSystems() {
+		f.barrier()
+	}
 	s.db.NewTransaction(false).Discard()
 	if err := s.db.Sync(); err != nil {
 		s.alloc.deferFree(freed)
@@ -368,6 +372,19 @@ func (s *Store) syncMeta() error {
 	}
 	s.alloc.release(s.zeroFreed(freed))
 	return nil
+}
+
+// fileSystems lists the namespaces of the live fs volumes.
+func (s *Store) fileSystems() []*FS {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var fss []*FS
+	for _, v := range s.byID {
+		if v.fs != nil {
+			fss = append(fss, v.fs)
+		}
+	}
+	return fss
 }
 
 // zeroFreed zeroes the extents marked zero (freed by copy-on-write: they

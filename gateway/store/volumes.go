@@ -139,7 +139,7 @@ func (s *Store) CreateVolume(ctx context.Context, o CreateOptions) (*Volume, err
 			return err
 		}
 		if o.Kind == KindFS {
-			if err := initRoot(txn, id, 0, 0); err != nil {
+			if err := initRoot(viewTxn{txn}, id, 0, 0); err != nil {
 				return err
 			}
 		}
