@@ -71,8 +71,13 @@ func MountVolume(ctx context.Context, vol *gateway.Volume, dir string, opts Opti
 		AllowOther:           os.Geteuid() == 0,
 		DirectMount:          os.Geteuid() == 0,
 		IgnoreSecurityLabels: true,
-		Options:              []string{"default_permissions"},
-		Debug:                opts.Debug,
+		// Reads return bytes, not file descriptors: go-fuse's splice
+		// path would fill a pipe with the reply header, find nothing to
+		// splice and drain the pipe again, three wasted syscalls a read
+		// (a fifth of the gateway's CPU in a 4 KiB random-read run).
+		DisableSplice: true,
+		Options:       []string{"default_permissions"},
+		Debug:         opts.Debug,
 		PanicHandler: func(p any) fuse.Status {
 			opts.Logger.Error("fuse: handler panicked", "volume", vol.Ref(), "panic", fmt.Sprint(p))
 			return fuse.EIO

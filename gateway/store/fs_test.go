@@ -40,6 +40,14 @@ func mustCreate(t *testing.T, f *FS, parent uint64, name string, mode uint32) At
 	return a
 }
 
+// mustFsckEmpty fails unless fsck is clean and finds the root alone.
+func mustFsckEmpty(t *testing.T, s *Store, name string) {
+	t.Helper()
+	if r := mustFsck(t, s, name); r.Inodes != 1 {
+		t.Fatalf("fsck counts %d inodes, want the root alone", r.Inodes)
+	}
+}
+
 func mustFsck(t *testing.T, s *Store, name string) FsckReport {
 	t.Helper()
 	r, err := s.Fsck(context.Background(), "t", name)
@@ -426,10 +434,7 @@ func TestFSXattrs(t *testing.T) {
 	}
 	// Xattrs go with the inode.
 	f.Unlink(ctx, RootIno, "f")
-	r := mustFsck(t, s, "fs")
-	if r.Inodes != 1 {
-		t.Fatalf("%d inodes left, want only the root", r.Inodes)
-	}
+	mustFsckEmpty(t, s, "fs")
 }
 
 // Fsck finds what it promises to find.
