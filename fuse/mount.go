@@ -53,9 +53,7 @@ func MountVolume(ctx context.Context, vol *gateway.Volume, dir string, opts Opti
 	var root fs.InodeEmbedder
 	if m.fs != nil {
 		m.note = newNotifier()
-		rn := &node{m: m, ino: gateway.RootIno}
-		m.note.add(rn)
-		root = rn
+		root = &node{m: m, ino: gateway.RootIno}
 	} else {
 		root = &imageRoot{m: m}
 	}
@@ -86,18 +84,29 @@ func MountVolume(ctx context.Context, vol *gateway.Volume, dir string, opts Opti
 	if m.readOnly {
 		mo.Options = append(mo.Options, "ro")
 	}
+	unwatch := func() {}
+	if m.note != nil {
+		// Watch before the kernel can cache anything: reports of changes
+		// made meanwhile wait in the queue.
+		unwatch = m.fs.Watch(m.note)
+	}
 	server, err := fs.Mount(dir, root, &fs.Options{
 		MountOptions:    mo,
 		EntryTimeout:    &to,
 		AttrTimeout:     &to,
 		NegativeTimeout: &to,
 		RootStableAttr:  &fs.StableAttr{Ino: gateway.RootIno},
+		// FUSE node IDs are the engine's inode numbers (never reused),
+		// so the notifier names nodes the way the engine reports them.
+		ExternalNodeID: m.fs != nil,
 	})
 	if err != nil {
+		unwatch()
 		return nil, fmt.Errorf("mount %s at %s: %w", vol.Ref(), dir, err)
 	}
 	if m.note != nil {
-		unwatch, stop := m.fs.Watch(m.note), make(chan struct{})
+		m.note.srv = server
+		stop := make(chan struct{})
 		go m.note.run(stop)
 		go func() {
 			server.Wait()

@@ -65,14 +65,8 @@ func fillAttr(a gateway.Attr, out *fuse.Attr) {
 // child makes (or finds: hard links share one) the go-fuse inode for a.
 func (n *node) child(ctx context.Context, a gateway.Attr, out *fuse.EntryOut) *fs.Inode {
 	fillAttr(a, &out.Attr)
-	in := n.NewInode(ctx, &node{m: n.m, ino: a.Ino}, fs.StableAttr{Mode: a.Mode & syscall.S_IFMT, Ino: a.Ino})
-	n.m.note.add(in.Operations().(*node))
-	return in
+	return n.NewInode(ctx, &node{m: n.m, ino: a.Ino}, fs.StableAttr{Mode: a.Mode & syscall.S_IFMT, Ino: a.Ino})
 }
-
-// OnForget runs when the kernel has forgotten the inode: there is nothing
-// of it left to invalidate.
-func (n *node) OnForget() { n.m.note.forget(n) }
 
 func caller(ctx context.Context) (uid, gid uint32) {
 	if c, ok := fuse.FromContext(ctx); ok {

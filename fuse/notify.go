@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
+
 	"github.com/sluice-storage/sluice/gateway"
 )
 
@@ -14,9 +16,10 @@ import (
 // through its engine, which reports the changes made through anything but
 // this mount (store.FS.Watch: another mount, the LD_PRELOAD shim, a write
 // through Volume.Do). The notifier queues each report and a goroutine of
-// its own tells the kernel to drop the entry (NotifyEntry), the
-// attributes (NotifyContent with a negative offset) or the cached pages
-// of the range (NotifyContent) — never from a request's goroutine: the
+// its own tells the kernel to drop the entry (FUSE_NOTIFY_INVAL_ENTRY),
+// the attributes (FUSE_NOTIFY_INVAL_INODE with a negative offset) or the
+// cached pages of the range (the same with the range) — never from a
+// request's goroutine: the
 // kernel takes the directory's lock for an entry notification, and a
 // request of this mount may hold it while it waits for the gateway.
 //
@@ -26,15 +29,14 @@ import (
 // filesystem); a file opened after the change never reads stale data,
 // because open drops the file's page cache.
 type notifier struct {
+	srv   *fuse.Server // set before run starts
 	mu    sync.Mutex
-	nodes map[uint64]*node // the inodes the kernel knows, by number
 	queue []gateway.Change
 	wake  chan struct{}
-	done  chan struct{}
 }
 
 func newNotifier() *notifier {
-	return &notifier{nodes: make(map[uint64]*node), wake: make(chan struct{}, 1), done: make(chan struct{})}
+	return &notifier{wake: make(chan struct{}, 1)}
 }
 
 // Changed queues a report (gateway.Watcher).
@@ -48,27 +50,8 @@ func (nt *notifier) Changed(c gateway.Change) {
 	}
 }
 
-// add records that the kernel knows n (a lookup or create returned it).
-func (nt *notifier) add(n *node) {
-	nt.mu.Lock()
-	if nt.nodes[n.ino] != n {
-		nt.nodes[n.ino] = n
-	}
-	nt.mu.Unlock()
-}
-
-// forget drops n when go-fuse forgets it.
-func (nt *notifier) forget(n *node) {
-	nt.mu.Lock()
-	if nt.nodes[n.ino] == n {
-		delete(nt.nodes, n.ino)
-	}
-	nt.mu.Unlock()
-}
-
 // run tells the kernel about queued reports until stop is closed.
 func (nt *notifier) run(stop <-chan struct{}) {
-	defer close(nt.done)
 	var batch []gateway.Change
 	for {
 		select {
@@ -85,21 +68,21 @@ func (nt *notifier) run(stop <-chan struct{}) {
 	}
 }
 
-// tell passes one report to the kernel. Errors are ignored: ENOENT means
-// the kernel had nothing cached, and a mount going away drops its caches.
+// tell passes one report to the kernel. The mount's FUSE node IDs are
+// the engine's inode numbers (fs.Options.ExternalNodeID), so a report
+// names its nodes directly; the kernel answers ENOENT for a node it does
+// not hold, which needs nothing dropped. Errors are ignored for that
+// reason, and because a mount going away drops its caches anyway.
 func (nt *notifier) tell(c gateway.Change) {
-	nt.mu.Lock()
-	parent, child := nt.nodes[c.Parent], nt.nodes[c.Ino]
-	nt.mu.Unlock()
-	if c.Parent != 0 && parent != nil {
-		parent.NotifyEntry(c.Name) // drops the dentry and the directory's attributes
+	if c.Parent != 0 {
+		nt.srv.EntryNotify(c.Parent, c.Name) // drops the dentry and the directory's attributes
 	}
-	if c.Ino != 0 && child != nil {
+	if c.Ino != 0 {
 		off, length := int64(-1), int64(0) // attributes only
 		if c.Data {
 			off, length = c.Off, c.Len
 		}
-		child.NotifyContent(off, length)
+		nt.srv.InodeNotify(c.Ino, off, length)
 	}
 }
 

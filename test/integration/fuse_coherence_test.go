@@ -83,6 +83,31 @@ func TestFUSEMountsStayCoherent(t *testing.T) {
 		return st.Size() == 6 && st.Mode().Perm() == 0o600, st.Mode().String()
 	})
 
+	// Hard links: b knows the inode under two names (its lookup of the
+	// second finds the inode the kernel already has); a change of the
+	// inode through a reaches b under either name.
+	h := filepath.Join(a, "h")
+	must(t, os.WriteFile(h, []byte("hi"), 0o600))
+	soon("mount b: a new file", func() (bool, string) {
+		_, err := statB("h")
+		return err == nil, errString(err)
+	})
+	must(t, os.Link(h, filepath.Join(a, "h2")))
+	time.Sleep(100 * time.Millisecond) // the link's reports reach b first
+	if _, err := statB("h2"); err != nil {
+		t.Fatalf("mount b: a hard link made through a: %v", err)
+	}
+	must(t, os.Chmod(h, 0o640))
+	soon("mount b: a mode change through a, under the second name", func() (bool, string) {
+		st, err := statB("h2")
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Mode().Perm() == 0o640, st.Mode().String()
+	})
+	must(t, os.Remove(h))
+	must(t, os.Remove(filepath.Join(a, "h2")))
+
 	// Names: a rename into a new directory, then an unlink.
 	must(t, os.Mkdir(filepath.Join(a, "d"), 0o755))
 	must(t, os.Rename(filepath.Join(a, "x"), filepath.Join(a, "d", "y")))
