@@ -17,7 +17,8 @@ package store
 //     data path): what it reads or writes must follow the changes it may
 //     depend on, in badger and in its log;
 //   - fsync or a store flush asks (FS.settle, Store.Flush);
-//   - it holds groupMaxChanges changes or groupMaxBytes of keys and values;
+//   - it holds groupMaxChanges changes, or as many records or bytes as
+//     groupLimits allows;
 //   - groupDelay passed since its first change (a timer): this bounds what
 //     a SIGKILL can lose of acknowledged changes that no fsync covered.
 //
@@ -41,6 +42,16 @@ const (
 	groupMaxBytes   = 1 << 20
 	groupDelay      = time.Millisecond
 )
+
+// groupLimits returns how many records and bytes a group may hold: half
+// of what badger takes in one transaction (its own size estimate adds a
+// little per entry), and at most groupMaxBytes. A change alone must fit
+// too; one that does not fails as a too-big transaction did before
+// groups.
+func (f *FS) groupLimits() (entries, bytes int) {
+	db := f.v.s.db
+	return int(db.MaxBatchCount() / 2), int(min(groupMaxBytes, db.MaxBatchSize()/2))
+}
 
 // kv is what namespace code reads and writes through: a read-only view
 // of badger (FS.view) or a change's ntxn (FS.update). Get returns a copy
@@ -162,6 +173,9 @@ func (t *ntxn) write(w kvWrite) error {
 	}
 	t.writes = append(t.writes, w)
 	t.size += len(w.key) + len(w.val)
+	if maxEntries, maxBytes := t.f.groupLimits(); len(t.writes) > maxEntries || t.size > maxBytes {
+		return fmt.Errorf("namespace change of %d records, %d bytes: %w", len(t.writes), t.size, badger.ErrTxnTooBig)
+	}
 	if t.rd != nil {
 		t.mirror(w)
 	}
@@ -182,9 +196,10 @@ func (f *FS) join(t *ntxn) {
 	if len(t.writes) == 0 {
 		return
 	}
+	maxEntries, maxBytes := f.groupLimits()
 	f.groupMu.Lock()
 	defer f.groupMu.Unlock()
-	if f.groupSize+t.size > groupMaxBytes {
+	if len(f.group)+len(t.writes) > maxEntries || f.groupSize+t.size > maxBytes {
 		f.flushGroupLocked()
 	}
 	if len(f.group) == 0 {
@@ -202,7 +217,7 @@ func (f *FS) join(t *ntxn) {
 	}
 	f.groupSize += t.size
 	f.groupChanges++
-	if f.groupChanges >= groupMaxChanges || f.groupSize >= groupMaxBytes {
+	if f.groupChanges >= groupMaxChanges || len(f.group) >= maxEntries || f.groupSize >= maxBytes {
 		f.flushGroupLocked()
 	}
 }
@@ -249,9 +264,9 @@ func (f *FS) flushGroupLocked() bool {
 	prev, done := f.lastCommit, make(chan struct{})
 	f.lastCommit = done
 	if err != nil {
-		// Unreachable within groupMaxBytes (badger takes ~10 MiB per
-		// transaction), but the changes were acknowledged: fail like a
-		// commit that failed after its operations returned.
+		// Unreachable within groupLimits, but the changes were
+		// acknowledged: fail like a commit that failed after its
+		// operations returned.
 		txn.Discard()
 		go f.written(prev, done, fmt.Errorf("group of %d namespace changes: %w", f.groupChanges, err))
 	} else {

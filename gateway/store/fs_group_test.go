@@ -159,3 +159,55 @@ func TestFSGroupConcurrentBarriers(t *testing.T) {
 	<-done
 	mustFsckEmpty(t, s, "c")
 }
+
+// TestFSGroupRecordLimits: a group never holds more records than badger
+// takes in one transaction (many small changes could pass the byte limit
+// and still be too many records), and a change too big for a transaction
+// of its own fails without harming the volume.
+func TestFSGroupRecordLimits(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	_, f := newFSVolume(t, s, "l", 64*MiB)
+	maxEntries, _ := f.groupLimits()
+	perFile := maxEntries * 2 / 5 // three unlinks fill more than a transaction's worth
+	var files []Attr
+	for i := range 6 {
+		a := mustCreate(t, f, RootIno, fmt.Sprintf("f%d", i), syscall.S_IFREG|0o644)
+		for j := range perFile {
+			if err := f.SetXattr(ctx, a.Ino, fmt.Sprintf("user.%d", j), nil, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		files = append(files, a)
+	}
+	big := mustCreate(t, f, RootIno, "big", syscall.S_IFREG|0o644)
+	for j := range maxEntries + 10 {
+		if err := f.SetXattr(ctx, big.Ino, fmt.Sprintf("user.%d", j), nil, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.settle(); err != nil {
+		t.Fatal(err)
+	}
+	f.groupMu.Lock()
+	f.groupTimer = time.AfterFunc(time.Hour, func() {}) // only limits commit the group
+	f.groupMu.Unlock()
+	for i := range files {
+		if err := f.Unlink(ctx, RootIno, fmt.Sprintf("f%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Unlink(ctx, RootIno, "big"); !errors.Is(err, badger.ErrTxnTooBig) {
+		t.Fatalf("unlink of an inode with %d xattrs: %v, want a too-big transaction", maxEntries+10, err)
+	}
+	if err := f.settle(); err != nil {
+		t.Fatalf("the volume's namespace failed: %v", err)
+	}
+	if _, err := f.Lookup(ctx, RootIno, "big"); err != nil {
+		t.Fatalf("the refused unlink removed the name: %v", err)
+	}
+	r := mustFsck(t, s, "l")
+	if r.Inodes != 2 {
+		t.Fatalf("fsck counts %d inodes, want the root and big", r.Inodes)
+	}
+}

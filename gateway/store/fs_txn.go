@@ -43,8 +43,10 @@ func (f *FS) commit(fn func(txn kv) error, reports bool) ([]Change, error) {
 	f.inoPending = 0
 	t := &f.op
 	*t = ntxn{f: f, writes: t.writes[:0]}
-	err := fn(t)
-	t.done()
+	err := func() error {
+		defer t.done() // also if fn panics (go-fuse recovers request panics)
+		return fn(t)
+	}()
 	if err == nil {
 		err = t.err
 	}
