@@ -87,7 +87,10 @@ type kvWrite struct {
 // before it). An iterator cannot overlay: one over a prefix the open
 // group wrote under commits the group first, and it reads from a
 // badger transaction that holds the change's own writes so far. The
-// badger transaction is never committed, so it never conflicts.
+// badger transaction is never committed, so it never conflicts. Close
+// every iterator before the next read: a read may begin the transaction
+// again (see reader), and badger panics on discarding a transaction with
+// an open iterator.
 type ntxn struct {
 	f      *FS
 	rd     *badger.Txn
