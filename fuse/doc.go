@@ -25,8 +25,9 @@
 //     through this mount is seen at once; the engine reports every change
 //     made through anything else (another mount, the LD_PRELOAD shim, a
 //     write through Volume.Do) and the mount's notifier invalidates the
-//     kernel's entry, attribute and page caches with NotifyEntry and
-//     NotifyContent (notify.go).
+//     kernel's entry, attribute and page caches by inode number (go-fuse's
+//     EntryNotify and InodeNotify; node IDs are the engine's inode numbers,
+//     ExternalNodeID), on a goroutine of its own (notify.go).
 //   - POSIX (fcntl) and BSD (flock) locks are handled by the kernel for this
 //     mount (go-fuse's EnableLocks is off): correct between processes using
 //     the mount, not yet shared with other doors.

@@ -25,6 +25,18 @@ func inBadger(t *testing.T, f *FS, parent uint64, name string) bool {
 	return err == nil
 }
 
+// holdGroups takes the timer's job away: from now on a group is committed
+// only by a read, a barrier or a limit. The timer armed for the open
+// group, if any, is stopped too.
+func holdGroups(f *FS) {
+	f.groupMu.Lock()
+	defer f.groupMu.Unlock()
+	if f.groupTimer != nil {
+		f.groupTimer.Stop()
+	}
+	f.groupTimer = time.AfterFunc(time.Hour, func() {})
+}
+
 // TestFSGroupCommit: changes wait in the open group until a reader, a
 // full group or the timer commits them; readers that go through the
 // barrier always see them.
@@ -57,10 +69,8 @@ func TestFSGroupCommit(t *testing.T) {
 		time.Sleep(groupDelay / 4)
 	}
 
-	// A full group commits itself (the timer's job is taken away).
-	f.groupMu.Lock()
-	f.groupTimer = time.AfterFunc(time.Hour, func() {})
-	f.groupMu.Unlock()
+	// A full group commits itself.
+	holdGroups(f)
 	for i := range groupMaxChanges {
 		mustCreate(t, f, RootIno, fmt.Sprintf("c%d", i), syscall.S_IFREG|0o644)
 	}
@@ -79,7 +89,7 @@ func TestFSGroupReadsOverlay(t *testing.T) {
 	s := memStore(t)
 	_, f := newFSVolume(t, s, "o", 64*MiB)
 	f.attrs.disable()
-	f.groupTimer = time.AfterFunc(time.Hour, func() {}) // only reads commit the group
+	holdGroups(f) // only reads commit the group
 	step := func(what string, err error) {
 		t.Helper()
 		if err != nil {
@@ -189,9 +199,7 @@ func TestFSGroupRecordLimits(t *testing.T) {
 	if err := f.settle(); err != nil {
 		t.Fatal(err)
 	}
-	f.groupMu.Lock()
-	f.groupTimer = time.AfterFunc(time.Hour, func() {}) // only limits commit the group
-	f.groupMu.Unlock()
+	holdGroups(f) // only limits commit the group
 	for i := range files {
 		if err := f.Unlink(ctx, RootIno, fmt.Sprintf("f%d", i)); err != nil {
 			t.Fatal(err)
