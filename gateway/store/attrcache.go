@@ -31,7 +31,11 @@ import "sync"
 //   - A regular file's length and blocks change only through a loaded
 //     object. While one is loaded, its live length, mtime and blocks
 //     overlay the cached record, and readers do not fill the cache; when
-//     it is unloaded, the cached record takes the object's final values.
+//     it is unloaded, the cached record takes the object's final values
+//     first (a new generation), then the object goes. A reader that found
+//     the record and then no object checks that the generation it read at
+//     is still current: if not, the object may have gone between its two
+//     reads, and the record it holds is the older one (FS.overlayCached).
 //     A new file or symlink is cached as created (nothing else is in its
 //     record); other changes to their records drop them.
 //   - Readers fill the cache from their own transaction only if nothing was
@@ -59,10 +63,18 @@ type dentName struct {
 const maxCachedAttrs = 1 << 16
 
 func (c *attrCache) get(ino uint64) (Attr, bool) {
+	a, _, ok := c.getAt(ino)
+	return a, ok
+}
+
+// getAt is get with the generation the entry was read at (see
+// FS.overlayCached).
+func (c *attrCache) getAt(ino uint64) (Attr, uint64, bool) {
 	c.mu.Lock()
 	a, ok := c.m[ino]
+	gen := c.gen
 	c.mu.Unlock()
-	return a, ok
+	return a, gen, ok
 }
 
 func (c *attrCache) generation() uint64 {
@@ -110,14 +122,20 @@ type attrChange struct {
 // cached; absent reports that the name is known not to exist (parent is
 // complete).
 func (c *attrCache) lookup(parent uint64, name string) (a Attr, ok, absent bool) {
+	a, _, ok, absent = c.lookupAt(parent, name)
+	return a, ok, absent
+}
+
+// lookupAt is lookup with the generation it read at.
+func (c *attrCache) lookupAt(parent uint64, name string) (a Attr, gen uint64, ok, absent bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ino, named := c.dents[dentName{parent, name}]
 	if !named {
-		return Attr{}, false, c.complete[parent]
+		return Attr{}, c.gen, false, c.complete[parent]
 	}
 	a, ok = c.m[ino]
-	return a, ok, false
+	return a, c.gen, ok, false
 }
 
 // apply records the changes of a transaction: committed (the new records)

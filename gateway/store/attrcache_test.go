@@ -315,3 +315,61 @@ func TestAttrCacheCompleteDirectory(t *testing.T) {
 		t.Fatalf("lookup in a removed directory: %v", err)
 	}
 }
+
+// TestAttrCacheReleaseRace: the last Release of a written file unloads
+// its object while another descriptor's stat or lookup reads the cache.
+// The cached record is the one the create left (length 0); Release
+// refreshes it to the object's final values. A reader that took the old
+// record and then found no object once answered length 0 (posixtest's
+// FileBasic saw it in CI: an fstat after open reported size 0). No reader
+// may ever see anything but the written length.
+func TestAttrCacheReleaseRace(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	v, f := newFSVolume(t, s, "fs", 64*MiB)
+	data := []byte("hello world")
+	for i := range 3000 {
+		name := fmt.Sprintf("f%d", i)
+		a, err := f.CreateOpen(ctx, RootIno, name, NewInode{Mode: syscall.S_IFREG | 0o644})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := v.WriteAt(ctx, a.Ino, data, 0, false); err != nil {
+			t.Fatal(err)
+		}
+		released := make(chan error, 1)
+		start := make(chan struct{})
+		go func() {
+			<-start
+			released <- f.Release(ctx, a.Ino)
+		}()
+		close(start)
+		for done := false; !done; {
+			select {
+			case err := <-released:
+				if err != nil {
+					t.Fatal(err)
+				}
+				done = true
+			default:
+			}
+			got, err := f.GetAttr(ctx, a.Ino)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Size != int64(len(data)) {
+				t.Fatalf("file %d: GetAttr during its release: length %d, want %d", i, got.Size, len(data))
+			}
+			got, err = f.Lookup(ctx, RootIno, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Size != int64(len(data)) {
+				t.Fatalf("file %d: Lookup during its release: length %d, want %d", i, got.Size, len(data))
+			}
+		}
+		if err := f.Unlink(ctx, RootIno, name); err != nil { // frees its chunk
+			t.Fatal(err)
+		}
+	}
+}

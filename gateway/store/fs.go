@@ -212,6 +212,20 @@ func (f *FS) overlayLive(a *Attr) bool {
 	return true
 }
 
+// overlayCached completes attributes a read from the cache at
+// generation gen: a regular file's live values overlay them if its object
+// is loaded. It reports false if a may be stale: no object is loaded and
+// the cache has changed since gen, so the object may have been unloaded
+// after a was read, with the cache refreshed to its final values in
+// between (Release does both, in that order). The caller then reads
+// again, from badger.
+func (f *FS) overlayCached(a *Attr, gen uint64) bool {
+	if !a.IsRegular() || f.overlayLive(a) {
+		return true
+	}
+	return f.attrs.generation() == gen
+}
+
 // liveValues sets a's length, mtime and blocks from the file's object.
 func liveValues(a *Attr, o *object, chunkSize int64) {
 	a.Size = o.size.Load()
@@ -294,12 +308,9 @@ func (f *FS) Lookup(ctx context.Context, parent uint64, name string) (Attr, erro
 	if len(name) > MaxNameLen {
 		return Attr{}, fmt.Errorf("name of %d bytes: %w", len(name), ErrNameTooLong)
 	}
-	if a, ok, absent := f.attrs.lookup(parent, name); absent {
+	if a, gen, ok, absent := f.attrs.lookupAt(parent, name); absent {
 		return Attr{}, ErrNotFound // a common answer: no formatted error
-	} else if ok {
-		if a.IsRegular() {
-			f.overlayLive(&a)
-		}
+	} else if ok && f.overlayCached(&a, gen) {
 		return a, nil
 	}
 	gen := f.attrs.generation()
@@ -334,10 +345,7 @@ func (f *FS) Lookup(ctx context.Context, parent uint64, name string) (Attr, erro
 // GetAttr returns ino's attributes, from the attribute cache when it has
 // them.
 func (f *FS) GetAttr(ctx context.Context, ino uint64) (Attr, error) {
-	if a, ok := f.attrs.get(ino); ok {
-		if a.IsRegular() {
-			f.overlayLive(&a)
-		}
+	if a, gen, ok := f.attrs.getAt(ino); ok && f.overlayCached(&a, gen) {
 		return a, nil
 	}
 	gen := f.attrs.generation()

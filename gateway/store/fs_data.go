@@ -216,9 +216,10 @@ func (f *FS) Release(ctx context.Context, ino uint64) error {
 	f.objMu.Lock()
 	if u.refs == 0 && f.inUse[ino] == u { // nobody reopened it meanwhile
 		delete(f.inUse, ino)
-		f.objs.Delete(ino)
 		if o := u.obj; o != nil {
+			// The cache first, then the object: see overlayCached.
 			f.attrs.refresh(ino, func(a *Attr) { liveValues(a, o, f.v.chunkSize) })
+			f.objs.Delete(ino)
 		}
 	}
 	f.objMu.Unlock()

@@ -163,20 +163,29 @@ type followerJSON struct {
 // follower reads GET /v1/controller from the gateway's API socket.
 func (g *gw) follower() followerJSON {
 	g.t.Helper()
+	st, err := g.followerErr()
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	return st
+}
+
+// followerErr is follower for goroutines other than the test's.
+func (g *gw) followerErr() (followerJSON, error) {
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", g.api)
 	}}}
+	var st followerJSON
 	resp, err := c.Get("http://sluice/v1/controller")
 	if err != nil {
-		g.t.Fatalf("GET /v1/controller: %v", err)
+		return st, fmt.Errorf("GET /v1/controller: %w", err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	var st followerJSON
 	if err := json.Unmarshal(body, &st); err != nil || resp.StatusCode != http.StatusOK {
-		g.t.Fatalf("GET /v1/controller: %d %v: %s", resp.StatusCode, err, body)
+		return st, fmt.Errorf("GET /v1/controller: %d %v: %s", resp.StatusCode, err, body)
 	}
-	return st
+	return st, nil
 }
 
 // bwSample is one fio bandwidth log entry: the mean rate of one job over
@@ -252,9 +261,15 @@ func mean(t *testing.T, jobs [][]bwSample, w window, logAvg time.Duration) float
 //
 // "The spare" is the capacity the tenants achieved together in the window
 // minus the sum of the minimums: the shares are checked against what was
-// actually shared. That total is checked too: within ±10 % of the
-// capacity Sluice enforces (3 × 40 MiB/s), so the controller neither
-// leaves capacity idle nor hands out more than there is.
+// actually shared. That total is checked too, against the capacity the
+// gateways estimated in the window (±10 %), so the controller neither
+// leaves capacity idle nor hands out more than there is; the estimate
+// never exceeds the capacity Sluice enforces (3 × 40 MiB/s) and reaches it
+// (±10 %) in some window. The estimate, not the configured capacity, is
+// the yardstick for each window because on two noisy cores the device can
+// stay saturated below its pacing for a while, and the estimator then
+// follows what it achieves (a CI run saw 79 MiB/s in steady 2, with the
+// shares exact).
 func TestClusterSLOs(t *testing.T) {
 	needTool(t, "fio")
 	const grace = 10 * time.Second // the default --controller-grace
@@ -300,6 +315,40 @@ func TestClusterSLOs(t *testing.T) {
 			fioDone <- err
 		}()
 	}
+	// The gateways' own capacity estimates, summed, every 250 ms: what the
+	// controller has to share out at each moment.
+	type capSample struct {
+		at  time.Time
+		bps float64
+	}
+	capDone := make(chan []capSample)
+	stopCap := make(chan struct{})
+	go func() {
+		var samples []capSample
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stopCap:
+				capDone <- samples
+				return
+			case <-tick.C:
+			}
+			var sum float64
+			ok := true
+			for _, g := range gws {
+				st, err := g.followerErr()
+				if err != nil {
+					ok = false
+					break
+				}
+				sum += st.Capacity["read_bw"]
+			}
+			if ok {
+				samples = append(samples, capSample{time.Now(), sum})
+			}
+		}
+	}()
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
 	sleepUntil := func(when time.Time) { time.Sleep(time.Until(when)) }
 
@@ -440,6 +489,25 @@ func TestClusterSLOs(t *testing.T) {
 		}
 	}
 
+	close(stopCap)
+	capSamples := <-capDone
+	// estimated is the mean of the summed estimates over w, a second
+	// earlier: assignments follow reports by a round.
+	estimated := func(w window) float64 {
+		var sum float64
+		n := 0
+		for _, s := range capSamples {
+			if !s.at.Before(w.from.Add(-time.Second)) && !s.at.After(w.to.Add(-time.Second)) {
+				sum += s.bps
+				n++
+			}
+		}
+		if n == 0 {
+			t.Fatalf("window %s: no capacity samples", w.name)
+		}
+		return sum / float64(n)
+	}
+
 	// The figures, from fio's logs.
 	logs := make([][][]bwSample, len(clusterTenants))
 	for ti, tn := range clusterTenants {
@@ -452,6 +520,7 @@ func TestClusterSLOs(t *testing.T) {
 		sumMin += tn.min
 	}
 	capacity := float64(clusterGateways * clusterCapPerGW)
+	var bestEstimate float64
 	// shares checks min + equal share of the spare in w.
 	shares := func(w window) {
 		got := make([]float64, len(clusterTenants))
@@ -470,10 +539,16 @@ func TestClusterSLOs(t *testing.T) {
 					w.name, tn.name, mib(got[ti]), mib(tn.min), mib(spare), mib(want))
 			}
 		}
+		est := estimated(w)
+		line += fmt.Sprintf("  (gateways estimate %.1f)", mib(est))
 		t.Log(line)
-		if !within(total, capacity, 0.10) {
-			t.Errorf("%s: the tenants achieved %.1f MiB/s together, want the capacity %.0f MiB/s ± 10%%", w.name, mib(total), mib(capacity))
+		if est > capacity*1.01 {
+			t.Errorf("%s: the gateways estimated %.1f MiB/s of capacity, above the %.0f MiB/s they pace routed IO at", w.name, mib(est), mib(capacity))
 		}
+		if !within(total, est, 0.10) {
+			t.Errorf("%s: the tenants achieved %.1f MiB/s together, want the %.1f MiB/s the gateways estimated ± 10%%", w.name, mib(total), mib(est))
+		}
+		bestEstimate = max(bestEstimate, est)
 	}
 	for _, w := range steady {
 		shares(w)
@@ -491,6 +566,9 @@ func TestClusterSLOs(t *testing.T) {
 	t.Log(line)
 	for _, w := range after {
 		shares(w)
+	}
+	if !within(bestEstimate, capacity, 0.10) {
+		t.Errorf("the gateways' capacity estimate peaked at %.1f MiB/s, want the %.0f MiB/s they pace routed IO at ± 10%% in some window", mib(bestEstimate), mib(capacity))
 	}
 	t.Logf("scenario: fio %v, kill at %v, all fell back %v later, restart at %v, all resumed %v later",
 		runtime, killed.Sub(t0).Round(100*time.Millisecond), allFellBack.Sub(killed).Round(100*time.Millisecond),

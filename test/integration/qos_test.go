@@ -198,29 +198,35 @@ func TestQoSLiveChange(t *testing.T) {
 	done := make(chan fioResult)
 	go func() {
 		done <- fioJob(t, g.uri("ta/a"), "--rw=randwrite", "--bs=64k", "--iodepth=16", "--size=1g",
-			"--time_based", "--runtime=9", "--log_avg_msec=250", "--write_bw_log="+filepath.Join(dir, "a"))
+			"--time_based", "--runtime=9", "--log_avg_msec=250", "--log_unix_epoch=1", "--write_bw_log="+filepath.Join(dir, "a"))
 	}()
 	time.Sleep(3 * time.Second)
+	// The change takes effect somewhere between the command's start and its
+	// return; the windows below stay clear of that span (and of the
+	// delete's) by wall clock, which fio's log carries too.
+	changing := time.Now()
 	g.mustSluice("qos", "set", "--volume", "ta/a", "--bw", "10MiB")
-	changed := time.Since(start)
+	changed := time.Now()
 	time.Sleep(3 * time.Second)
 	var rules []struct {
 		ID uint64 `json:"id"`
 	}
 	json.Unmarshal([]byte(g.mustSluice("qos", "list", "--json")), &rules)
+	deleting := time.Now()
 	g.mustSluice("qos", "delete", fmt.Sprint(rules[0].ID))
-	deleted := time.Since(start)
+	deleted := time.Now()
 	<-done
+	end := start.Add(9 * time.Second)
 
-	// fio's log: msec, KiB/s averaged over 250 ms, ... (time from fio's start,
-	// which is a little after ours: the windows checked below leave room).
+	// fio's log: unix msec, KiB/s averaged over the 250 ms before, ...
+	const period = 250 * time.Millisecond
 	f, err := os.Open(filepath.Join(dir, "a_bw.1.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
 	type sample struct {
-		at time.Duration
+		at time.Time
 		bw float64
 	}
 	var samples []sample
@@ -230,29 +236,29 @@ func TestQoSLiveChange(t *testing.T) {
 		if len(fs) < 2 {
 			continue
 		}
-		ms, _ := strconv.Atoi(strings.TrimSpace(fs[0]))
+		ms, _ := strconv.ParseInt(strings.TrimSpace(fs[0]), 10, 64)
 		kib, _ := strconv.ParseFloat(strings.TrimSpace(fs[1]), 64)
-		samples = append(samples, sample{time.Duration(ms) * time.Millisecond, kib * 1024})
+		samples = append(samples, sample{time.UnixMilli(ms), kib * 1024})
 	}
-	avg := func(from, to time.Duration) float64 {
+	avg := func(from, to time.Time) float64 {
 		var sum float64
 		n := 0
 		for _, s := range samples {
-			if s.at > from && s.at <= to {
+			if !s.at.Add(-period).Before(from) && !s.at.After(to) {
 				sum += s.bw
 				n++
 			}
 		}
 		if n == 0 {
-			t.Fatalf("no fio samples in (%v, %v]: %v", from, to, samples)
+			t.Fatalf("no fio samples in [%v, %v]: %v", from, to, samples)
 		}
 		return sum / float64(n)
 	}
-	before := avg(time.Second, changed-250*time.Millisecond)
-	after := avg(changed+time.Second, deleted-250*time.Millisecond)
-	lifted := avg(deleted+time.Second, 9*time.Second)
+	before := avg(start.Add(time.Second), changing)
+	after := avg(changed.Add(time.Second), deleting)
+	lifted := avg(deleted.Add(time.Second), end)
 	t.Logf("40 MiB/s limit: %.1f MiB/s; changed to 10 MiB/s at %v: %.1f MiB/s from 1 s later; deleted at %v: %.1f MiB/s",
-		before/(1<<20), changed.Round(time.Millisecond), after/(1<<20), deleted.Round(time.Millisecond), lifted/(1<<20))
+		before/(1<<20), changed.Sub(start).Round(time.Millisecond), after/(1<<20), deleted.Sub(start).Round(time.Millisecond), lifted/(1<<20))
 	if !within(before, 40<<20, 0.1) {
 		t.Errorf("before the change: %.1f MiB/s, want 40 ± 10%%", before/(1<<20))
 	}
