@@ -13,8 +13,9 @@ FUZZTIME  ?= 30s
 
 all: build
 
+# Static (no cgo): TestAttachKernelNBD runs it inside a busybox guest.
 build:
-	$(GO) build -o $(BIN) ./cmd/sluice
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/sluice
 
 # A gateway on the embedded default: badger + a sparse pool file in ./sluice-data.
 run: build
@@ -56,6 +57,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./policy/
 	$(GO) test -run='^$$' -fuzz=FuzzMessage -fuzztime=$(FUZZTIME) ./virtio/
 	$(GO) test -run='^$$' -fuzz=FuzzDescriptorChain -fuzztime=$(FUZZTIME) ./virtio/
+	$(GO) test -run='^$$' -fuzz=FuzzNetlinkReply -fuzztime=$(FUZZTIME) ./attach/
 
 bench: build deps
 	bash bench/nbd.sh

@@ -1,28 +1,45 @@
 // Package attach makes block volumes block devices of the host.
 //
-// A kernel with the nbd module would connect /dev/nbdN to the gateway's NBD
-// door; that path is not built yet (this project's machines have no nbd
-// module to test it against), so every attachment uses the fallback that
-// works everywhere: the gateway mounts the volume with its FUSE door as one
-// image file (served with direct IO) in a private directory, and a loop
-// device is bound to that file with direct IO on (losetup --direct-io=on),
-// so no page cache sits between the loop device and the gateway — libnbd's
-// nbdfuse warns that loop over a cached FUSE file can deadlock under memory
-// pressure.
+// Two methods, chosen once per gateway (Options.Method):
+//
+//   - nbd: where the kernel has the nbd driver (/dev/nbd* exists), the
+//     gateway hands the driver one end of a socket pair over generic
+//     netlink (NBD_CMD_CONNECT, as nbd-client does since Linux 4.12), with
+//     the volume's size and the transmission flags of the NBD door (FLUSH,
+//     FUA, TRIM, WRITE_ZEROES; READ_ONLY for a read-only volume), and serves
+//     the other end with the NBD door's transmission phase (nbd.Handoff).
+//     The device is tagged with a backend identifier
+//     (/sys/block/nbdN/backend, Linux 5.16+) naming this gateway's data
+//     directory, so a later gateway finds what a dead one left.
+//   - loop: everywhere else (this project's machines have no nbd module),
+//     the gateway mounts the volume with its FUSE door as one image file
+//     (served with direct IO) in a private directory, and a loop device is
+//     bound to that file with direct IO on (losetup --direct-io=on), so no
+//     page cache sits between the loop device and the gateway — libnbd's
+//     nbdfuse warns that loop over a cached FUSE file can deadlock under
+//     memory pressure.
 //
 // Detach refuses a device that is in use (mounted, or opened exclusively),
-// then unbinds the loop device and unmounts the image. Attachments do not
-// survive the gateway: at start-up, loop devices left bound to images of a
-// previous run are unbound and their mounts removed.
+// flushes it (fsync: the kernel sends FLUSH), then disconnects it (nbd) or
+// unbinds the loop device and unmounts the image (loop). Attachments do not
+// survive the gateway: at shutdown every device is flushed and released
+// (a device still mounted gets a sync(2) first, which is all that can be
+// done for a filesystem that stays mounted over a device that goes away);
+// at start-up, devices a previous run of the same data directory left are
+// released.
+//
+// A volume resized while attached keeps its old size on the device until
+// it is detached and attached again.
 package attach
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -33,40 +50,137 @@ import (
 
 	"github.com/sluice-storage/sluice/fuse"
 	"github.com/sluice-storage/sluice/gateway"
+	"github.com/sluice-storage/sluice/nbd"
 )
+
+// Methods.
+const (
+	MethodAuto = "auto" // nbd if the kernel has it, loop otherwise
+	MethodNBD  = "nbd"
+	MethodLoop = "loop"
+)
+
+// Options configure an Attacher.
+type Options struct {
+	// Dir holds the attacher's private state: image mount points (loop)
+	// and the identifier its nbd devices carry.
+	Dir string
+	// Method is MethodAuto (""), MethodNBD or MethodLoop.
+	Method string
+	// NBD serves the kernel's connections (required for the nbd method).
+	// It should be a server of its own, not the NBD door's: the door's
+	// --nbd-read-only does not apply to attachments, and at shutdown the
+	// attachments are flushed through it after the door has stopped.
+	NBD    *nbd.Server
+	Logger *slog.Logger
+}
 
 // Attachment is one attached volume.
 type Attachment struct {
 	Volume string `json:"volume"`
 	Device string `json:"device"`
-	Method string `json:"method"` // "loop"
-	Image  string `json:"image"`
-	dir    string
+	Method string `json:"method"`          // "nbd" or "loop"
+	Image  string `json:"image,omitempty"` // loop: the FUSE image file
+
+	dir   string      // loop: the image's mount point
+	index int         // nbd: N of /dev/nbdN
+	conn  nbd.Handoff // nbd: the connection the kernel was given
 }
 
 // Attacher attaches volumes of one gateway.
 type Attacher struct {
-	g   *gateway.Gateway
-	mg  *fuse.Manager
-	dir string // private mount points live here
-	log *slog.Logger
+	g      *gateway.Gateway
+	mg     *fuse.Manager
+	dir    string
+	method string
+	srv    *nbd.Server
+	nl     *genl  // nbd method: the netlink socket
+	id     string // this data directory's identifier, in nbd backend ids
+	log    *slog.Logger
 
-	mu    sync.Mutex
-	byVol map[string]*Attachment
+	mu     sync.Mutex
+	byVol  map[string]*Attachment
+	closed bool // Close has begun: no attach or detach after it
 }
 
-// New returns an Attacher whose image mounts live under dir, after cleaning
-// up what a previous gateway left there.
-func New(g *gateway.Gateway, mg *fuse.Manager, dir string, log *slog.Logger) (*Attacher, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+// New returns an Attacher, after releasing what a previous gateway on the
+// same directory left attached.
+func New(g *gateway.Gateway, mg *fuse.Manager, opts Options) (*Attacher, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("attach directory: %w", err)
 	}
-	a := &Attacher{g: g, mg: mg, dir: dir, log: log, byVol: make(map[string]*Attachment)}
-	a.cleanStale()
+	id, err := loadID(filepath.Join(opts.Dir, idFile))
+	if err != nil {
+		return nil, err
+	}
+	a := &Attacher{g: g, mg: mg, dir: opts.Dir, srv: opts.NBD, id: id, log: log, byVol: make(map[string]*Attachment)}
+	if err := a.chooseMethod(opts.Method); err != nil {
+		return nil, err
+	}
+	a.cleanStaleLoop()
+	a.cleanStaleNBDOnce()
+	log.Info("attach method", "method", a.method)
 	return a, nil
 }
 
-// Attach binds a loop device to block volume ref and returns it.
+// chooseMethod settles the method: nbd needs the driver's netlink family
+// and a server for the connections.
+func (a *Attacher) chooseMethod(m string) error {
+	switch m {
+	case "", MethodAuto:
+		devs, _ := filepath.Glob("/dev/nbd*")
+		if len(devs) == 0 || a.srv == nil {
+			a.method = MethodLoop
+			return nil
+		}
+		nl, err := dialNBD()
+		if err != nil {
+			a.log.Warn("nbd devices exist but the driver does not answer; attaching with loop devices", "err", err)
+			a.method = MethodLoop
+			return nil
+		}
+		a.method, a.nl = MethodNBD, nl
+	case MethodNBD:
+		if a.srv == nil {
+			return fmt.Errorf("attach method nbd without an NBD server: %w", gateway.ErrInvalid)
+		}
+		nl, err := dialNBD()
+		if err != nil {
+			return fmt.Errorf("attach method nbd: the kernel's nbd driver is not available: %w", err)
+		}
+		a.method, a.nl = MethodNBD, nl
+	case MethodLoop:
+		a.method = MethodLoop
+	default:
+		return fmt.Errorf("attach method %q: want auto, nbd or loop: %w", m, gateway.ErrInvalid)
+	}
+	return nil
+}
+
+// Method is the method in use.
+func (a *Attacher) Method() string { return a.method }
+
+// idFile holds the directory's random identifier.
+const idFile = "id"
+
+func loadID(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	var r [8]byte
+	rand.Read(r[:])
+	id := hex.EncodeToString(r[:])
+	if err := os.WriteFile(path, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("attach identifier: %w", err)
+	}
+	return id, nil
+}
+
+// Attach makes block volume ref a device and returns it.
 func (a *Attacher) Attach(ctx context.Context, ref string) (Attachment, error) {
 	vol, err := a.g.Volume(ref)
 	if err != nil {
@@ -77,42 +191,32 @@ func (a *Attacher) Attach(ctx context.Context, ref string) (Attachment, error) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.closed {
+		return Attachment{}, gateway.ErrClosed
+	}
 	if at := a.byVol[ref]; at != nil {
 		return Attachment{}, fmt.Errorf("%s is already attached as %s: %w", ref, at.Device, gateway.ErrExists)
 	}
-	dir := filepath.Join(a.dir, strings.ReplaceAll(ref, "/", "."))
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return Attachment{}, err
+	var at *Attachment
+	if a.method == MethodNBD {
+		at, err = a.attachNBD(ctx, ref)
+	} else {
+		at, err = a.attachLoop(ctx, ref, vol.ReadOnly())
 	}
-	if _, err := a.mg.Mount(ctx, ref, dir, false); err != nil {
-		return Attachment{}, err
-	}
-	image := filepath.Join(dir, fuse.ImageName)
-	args := []string{"--find", "--show", "--direct-io=on", image}
-	if vol.ReadOnly() {
-		args = append([]string{"--read-only"}, args...)
-	}
-	out, err := exec.CommandContext(ctx, "losetup", args...).CombinedOutput()
 	if err != nil {
-		a.mg.Unmount(ctx, dir)
-		return Attachment{}, fmt.Errorf("losetup %s: %v: %s", image, err, strings.TrimSpace(string(out)))
+		return Attachment{}, err
 	}
-	at := &Attachment{Volume: ref, Device: strings.TrimSpace(string(out)), Method: "loop", Image: image, dir: dir}
 	a.byVol[ref] = at
-	a.log.Info("attached", "volume", ref, "device", at.Device, "direct_io", directIO(at.Device))
 	return *at, nil
 }
 
-// directIO reports whether the loop device really does direct IO.
-func directIO(dev string) bool {
-	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "dio"))
-	return err == nil && strings.TrimSpace(string(b)) == "1"
-}
-
-// Detach unbinds device and unmounts its image; a device in use is refused.
+// Detach flushes and releases device; a device in use is refused.
 func (a *Attacher) Detach(ctx context.Context, device string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.closed {
+		return gateway.ErrClosed
+	}
 	var at *Attachment
 	for _, x := range a.byVol {
 		if x.Device == device {
@@ -122,16 +226,10 @@ func (a *Attacher) Detach(ctx context.Context, device string) error {
 	if at == nil {
 		return fmt.Errorf("%s is not a device sluice attached: %w", device, gateway.ErrNotFound)
 	}
-	// O_EXCL on a block device fails with EBUSY while it is mounted or
-	// held by another exclusive user.
-	fd, err := unix.Open(device, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
-	if errors.Is(err, unix.EBUSY) {
+	if busy(device) {
 		return fmt.Errorf("%s is busy (mounted or in use): %w: unmount it first", device, gateway.ErrInvalid)
-	} else if err != nil {
-		return fmt.Errorf("open %s: %w", device, err)
 	}
-	unix.Close(fd)
-	if err := a.unbind(ctx, at); err != nil {
+	if err := a.release(ctx, at); err != nil {
 		return err
 	}
 	delete(a.byVol, at.Volume)
@@ -139,20 +237,39 @@ func (a *Attacher) Detach(ctx context.Context, device string) error {
 	return nil
 }
 
-func (a *Attacher) unbind(ctx context.Context, at *Attachment) error {
-	if out, err := exec.CommandContext(ctx, "losetup", "--detach", at.Device).CombinedOutput(); err != nil {
-		return fmt.Errorf("losetup --detach %s: %v: %s", at.Device, err, strings.TrimSpace(string(out)))
+// busy reports whether device is mounted or held exclusively: O_EXCL on a
+// block device fails with EBUSY then.
+func busy(device string) bool {
+	fd, err := unix.Open(device, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return errors.Is(err, unix.EBUSY)
 	}
-	// The loop driver drops its reference to the image asynchronously.
-	var err error
-	for i := 0; i < 50; i++ {
-		if err = a.mg.Unmount(ctx, at.dir); err == nil || errors.Is(err, gateway.ErrNotFound) {
-			os.Remove(at.dir)
-			return nil
-		}
-		time.Sleep(100 * time.Millisecond)
+	unix.Close(fd)
+	return false
+}
+
+// flush writes the device's dirty pages and has the kernel send a FLUSH.
+func flush(device string) error {
+	fd, err := unix.Open(device, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", device, err)
 	}
-	return fmt.Errorf("unmount image of %s: %w", at.Volume, err)
+	defer unix.Close(fd)
+	if err := unix.Fsync(fd); err != nil {
+		return fmt.Errorf("fsync %s: %w", device, err)
+	}
+	return nil
+}
+
+// release flushes and lets go of one device.
+func (a *Attacher) release(ctx context.Context, at *Attachment) error {
+	if err := flush(at.Device); err != nil {
+		a.log.Warn("flush before release failed", "device", at.Device, "err", err)
+	}
+	if at.Method == MethodNBD {
+		return a.disconnect(at)
+	}
+	return a.unbind(ctx, at)
 }
 
 // Attachments lists the attached volumes by volume.
@@ -167,38 +284,52 @@ func (a *Attacher) Attachments() []Attachment {
 	return out
 }
 
-// Close detaches everything it can (at gateway shutdown).
-func (a *Attacher) Close() {
+// Attached reports whether volume ref is attached.
+func (a *Attacher) Attached(ref string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for ref, at := range a.byVol {
-		if err := a.unbind(context.Background(), at); err != nil {
-			a.log.Warn("detach at shutdown failed", "volume", ref, "device", at.Device, "err", err)
-		}
-		delete(a.byVol, ref)
-	}
+	return a.byVol[ref] != nil
 }
 
-// cleanStale unbinds loop devices whose backing file is under a.dir (left
-// by a gateway that died) and lazily unmounts what is mounted there.
-func (a *Attacher) cleanStale() {
-	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil || !strings.HasPrefix(strings.TrimSpace(string(b)), a.dir+string(filepath.Separator)) {
-			continue
+// closeTimeout bounds Close: a gateway must stop even if a device hangs.
+const closeTimeout = 60 * time.Second
+
+// Close flushes and releases every device (at gateway shutdown). A device
+// that is still mounted cannot be unmounted from here: sync(2) first
+// writes back its filesystem, so what was written before the shutdown is
+// in the volume.
+func (a *Attacher) Close() {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		a.closed = true
+		synced := false
+		for ref, at := range a.byVol {
+			if !synced && busy(at.Device) {
+				a.log.Warn("device still in use at shutdown: syncing filesystems before releasing it", "volume", ref, "device", at.Device)
+				unix.Sync()
+				synced = true
+			}
+			if err := a.release(context.Background(), at); err != nil {
+				a.log.Warn("detach at shutdown failed", "volume", ref, "device", at.Device, "err", err)
+				if at.Method == MethodNBD {
+					// The server end goes now; the device fails its IO
+					// until the next gateway disconnects it.
+					at.conn.Abort()
+				}
+			}
+			delete(a.byVol, ref)
 		}
-		dev := "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(f)))
-		if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
-			a.log.Warn("could not unbind stale loop device", "device", dev, "err", err, "output", strings.TrimSpace(string(out)))
-		} else {
-			a.log.Info("unbound stale loop device", "device", dev)
+		if a.nl != nil {
+			a.nl.Close()
+			a.nl = nil
 		}
-	}
-	entries, _ := os.ReadDir(a.dir)
-	for _, e := range entries {
-		p := filepath.Join(a.dir, e.Name())
-		unix.Unmount(p, unix.MNT_DETACH)
-		os.Remove(p)
+	}()
+	select {
+	case <-done:
+	case <-time.After(closeTimeout):
+		a.log.Error("releasing attached devices did not finish", "after", closeTimeout)
 	}
 }

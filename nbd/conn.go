@@ -112,6 +112,16 @@ func (c *conn) run() {
 		}
 	}()
 
+	if c.sess != nil {
+		// Handed off (handoff.go): the session was set without a handshake.
+		if !c.setPhase(phaseTransmission) {
+			c.finish()
+			return
+		}
+		c.transmit()
+		c.finish()
+		return
+	}
 	if d, ok := c.nc.(interface{ SetDeadline(time.Time) error }); ok {
 		_ = d.SetDeadline(time.Now().Add(handshakeTimeout))
 	}

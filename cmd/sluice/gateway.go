@@ -39,7 +39,8 @@ wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
 			&cli.StringFlag{Name: "api-socket", Usage: "admin API socket (default DATA-DIR/api.sock)"},
 			&cli.StringFlag{Name: "nbd-listen", Value: "127.0.0.1:10809", Usage: "NBD TCP address (\"\" to disable)"},
 			&cli.StringFlag{Name: "nbd-socket", Usage: "NBD unix socket (default DATA-DIR/nbd.sock, \"none\" to disable)"},
-			&cli.BoolFlag{Name: "nbd-read-only", Usage: "serve every NBD export read-only"},
+			&cli.BoolFlag{Name: "nbd-read-only", Usage: "serve every export of the NBD door (socket and TCP) read-only; attached devices follow their volume's read-only flag"},
+			&cli.StringFlag{Name: "attach-method", Value: "auto", Usage: "how `sluice attach` makes devices: nbd (the kernel's nbd driver over netlink), loop (a loop device over the volume's FUSE image) or auto (nbd where /dev/nbd* exists)"},
 			&cli.StringFlag{Name: "metrics-listen", Usage: "also serve /metrics (and /debug/pprof) on this TCP address; keep it on loopback"},
 			&cli.IntFlag{Name: "qos-slots", Value: 16, Usage: "requests routed by QoS rules that may run at once; reservations and weights act when more wait"},
 			&cli.Float64Flag{Name: "qos-capacity-iops", Usage: "device capacity for QoS-routed IO in 8 KiB IO/s (0 = unknown); set it so reservations and weights divide it when the pool is never busy"},
@@ -60,6 +61,11 @@ func runGateway(c *cli.Context) error {
 	poolSize, err := parseSize(c.String("pool-size"))
 	if err != nil {
 		return usageErr("--pool-size: %v", err)
+	}
+	switch c.String("attach-method") {
+	case attach.MethodAuto, attach.MethodNBD, attach.MethodLoop:
+	default:
+		return usageErr("--attach-method must be auto, nbd or loop")
 	}
 	if c.Int("qos-slots") < 1 {
 		return usageErr("--qos-slots must be at least 1")
@@ -153,7 +159,18 @@ func runGateway(c *cli.Context) error {
 	}
 	mounts := fuse.NewManager(g, log)
 	defer mounts.Close()
-	attacher, err := attach.New(g, mounts, filepath.Join(dataDir, "attach"), log)
+	// Attached nbd devices get a server of their own: the door's
+	// --nbd-read-only does not apply to them, and it stops after the
+	// attacher has flushed and released them (defers run last first).
+	attachSrv := nbd.NewServer(nbdExports{g}, nbd.Options{Logger: log})
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := attachSrv.Shutdown(ctx); err != nil {
+			log.Warn("attached devices' NBD connections did not drain", "err", err)
+		}
+	}()
+	attacher, err := attach.New(g, mounts, attach.Options{Dir: filepath.Join(dataDir, "attach"), Method: c.String("attach-method"), NBD: attachSrv, Logger: log})
 	if err != nil {
 		return startup(err)
 	}

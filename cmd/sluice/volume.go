@@ -37,7 +37,7 @@ func volumeCommand() *cli.Command {
 				Flags:  []cli.Flag{&cli.StringFlag{Name: "size", Required: true, Usage: "new size; volumes only grow"}, jsonFlag},
 				Action: volumeResize,
 			},
-			{Name: "delete", Usage: "delete a volume and return its space", ArgsUsage: "TENANT/NAME", Action: volumeDelete},
+			{Name: "delete", Usage: "delete a volume and return its space (refused while it is mounted, attached or exported)", ArgsUsage: "TENANT/NAME", Action: volumeDelete},
 		},
 	}
 }

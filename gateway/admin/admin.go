@@ -185,11 +185,47 @@ func (h *handler) resize(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
-	if err := h.g.DeleteVolume(r.Context(), r.PathValue("tenant")+"/"+r.PathValue("name")); err != nil {
+	ref := r.PathValue("tenant") + "/" + r.PathValue("name")
+	if use := h.inUse(ref); use != "" {
+		h.fail(w, fmt.Errorf("volume %s is %s: %w: release it first", ref, use, gateway.ErrInvalid))
+		return
+	}
+	if err := h.g.DeleteVolume(r.Context(), ref); err != nil {
 		h.fail(w, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// inUse says how a door holds volume ref ("" if none does): a volume
+// that is mounted, attached or exported is not deleted from under its
+// users. (A door could take the volume again between this check and the
+// delete; the store then fails that door's IO with "not found", as it
+// does for any IO after a delete.)
+func (h *handler) inUse(ref string) string {
+	// Attachments first: the loop method mounts the image privately.
+	if h.doors.Attachments != nil {
+		for _, a := range h.doors.Attachments.Attachments() {
+			if a.Volume == ref {
+				return "attached as " + a.Device
+			}
+		}
+	}
+	if h.doors.Mounts != nil {
+		for _, m := range h.doors.Mounts.Mounts() {
+			if m.Volume == ref {
+				return "mounted on " + m.Dir
+			}
+		}
+	}
+	if h.doors.Virtio != nil {
+		for _, x := range h.doors.Virtio.Exports() {
+			if x.Volume == ref {
+				return "exported over vhost-user at " + x.Socket
+			}
+		}
+	}
+	return ""
 }
 
 func (h *handler) stats(w http.ResponseWriter, r *http.Request) {

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,10 +14,12 @@ import (
 
 // attach → mkfs.ext4 → mount → write files with known hashes → umount →
 // detach → attach again → fsck.ext4 -n clean → hashes match. Attaching twice,
-// attaching an fs volume and detaching a busy device are refused.
+// attaching an fs volume, detaching a busy device and deleting an attached
+// volume are refused. The loop method, as on this machine; the nbd method
+// runs in a guest (TestAttachKernelNBD).
 func TestAttachExt4(t *testing.T) {
 	needTool(t, "losetup", "mkfs.ext4", "fsck.ext4", "mount", "umount")
-	g := startGateway(t, t.TempDir())
+	g := startGateway(t, t.TempDir(), "--attach-method", "loop")
 	g.mustSluice("volume", "create", "t/disk", "--size", "1G")
 	g.mustSluice("volume", "create", "t/files", "--size", "1G", "--kind", "fs")
 	dev := strings.TrimSpace(g.mustSluice("attach", "t/disk"))
@@ -40,6 +43,7 @@ func TestAttachExt4(t *testing.T) {
 		{[]string{"attach", "t/files"}, "fs volume"},
 		{[]string{"attach", "t/none"}, "not found"},
 		{[]string{"detach", "/dev/loop999"}, "not a device sluice attached"},
+		{[]string{"volume", "delete", "t/disk"}, "attached as " + dev},
 	} {
 		if out, code := g.sluice(c.args...); code == 0 || !strings.Contains(out, c.want) {
 			t.Errorf("sluice %v: exit %d, %q; want an error containing %q", c.args, code, out, c.want)
@@ -87,4 +91,20 @@ func TestAttachExt4(t *testing.T) {
 	mounted = false
 	g.mustSluice("detach", dev)
 	detached = true
+}
+
+// --attach-method nbd where the kernel has no nbd driver is a start-up
+// error that says so, not a silent fall back to loop.
+func TestAttachMethodNBDWithoutDriver(t *testing.T) {
+	if _, err := os.Stat("/sys/module/nbd"); err == nil {
+		t.Skip("this kernel has the nbd driver loaded")
+	}
+	out, err := exec.Command(sluiceBin, "gateway", "--data-dir", t.TempDir(), "--nbd-listen", "", "--attach-method", "nbd").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "nbd driver is not available") {
+		t.Fatalf("gateway --attach-method nbd without the driver: %v\n%s", err, out)
+	}
+	out, err = exec.Command(sluiceBin, "gateway", "--data-dir", t.TempDir(), "--attach-method", "floppy").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--attach-method must be") {
+		t.Fatalf("gateway --attach-method floppy: %v\n%s", err, out)
+	}
 }

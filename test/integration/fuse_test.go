@@ -148,6 +148,7 @@ func TestFUSEMountBadInput(t *testing.T) {
 		{[]string{"mount", "t/fs", "/nonexistent/dir"}, "mount point"},
 		{[]string{"mount", "t/fs"}, "want TENANT/NAME and DIR"},
 		{[]string{"umount", t.TempDir()}, "no sluice mount"},
+		{[]string{"volume", "delete", "t/fs"}, "mounted on " + mnt},
 	} {
 		out, code := g.sluice(c.args...)
 		if code == 0 || !strings.Contains(out, c.want) || strings.Count(strings.TrimSpace(out), "\n") > 0 {
@@ -165,6 +166,8 @@ func TestFUSEMountBadInput(t *testing.T) {
 	if out, code := g.sluice("umount", mnt); code != 0 {
 		t.Errorf("umount after close: %s", out)
 	}
+	// Unmounted, it can be deleted.
+	g.mustSluice("volume", "delete", "t/fs")
 }
 
 func must(t *testing.T, err error) {

@@ -4,25 +4,29 @@ import (
 	"bytes"
 	"compress/gzip"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 )
 
-// A guest for the vhost-user-blk tests: Debian's kernel (apt-get download,
-// never installed) and a busybox initramfs built here, booted by QEMU under
-// TCG with its RAM in a shared memfd, so a vhost-user back-end can map it.
-// Booting takes about 8 s on this class of machine.
+// A guest for the tests that need a kernel this machine does not run
+// (vhost-user-blk over QEMU, the kernel nbd driver): Debian's kernel
+// (apt-get download, never installed) and a busybox initramfs built here,
+// booted by QEMU under TCG with its RAM in a shared memfd, so a
+// vhost-user back-end can map it. Booting takes about 8 s on this class of
+// machine.
 
 // guestKit holds what a boot needs.
 type guestKit struct {
-	kernel  string   // vmlinuz
-	modules []string // virtio modules, in insmod order
+	kernel  string            // vmlinuz
+	modules map[string]string // module name → .ko path
 	busybox string
 }
 
@@ -32,8 +36,12 @@ var (
 	kitErr  error
 )
 
-// guestModules are the virtio-blk stack, all modules (=m) in Debian.
-var guestModules = []string{"virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk"}
+// virtioModules are the virtio-blk stack, in insmod order (all =m in Debian).
+var virtioModules = []string{"virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk"}
+
+// nbdModules are the nbd driver and ext4 (which mounts the ext2 that
+// busybox's mke2fs makes), in insmod order.
+var nbdModules = []string{"nbd", "crc16", "mbcache", "jbd2", "crc32c_generic", "ext4"}
 
 // guestCache is where the kernel and busybox packages are kept between
 // runs; `make deps` fills it (test/integration/guest-fetch.sh).
@@ -50,7 +58,7 @@ func loadGuestKit(t *testing.T) guestKit {
 	needTool(t, "qemu-system-x86_64", "apt-get", "dpkg-deb")
 	kitOnce.Do(func() {
 		dir := guestCache()
-		if _, err := os.Stat(filepath.Join(dir, "ready")); err != nil {
+		if _, err := os.Stat(filepath.Join(dir, "ready-2")); err != nil {
 			script, _ := filepath.Abs("guest-fetch.sh")
 			if out, err := exec.Command("bash", script, dir).CombinedOutput(); err != nil {
 				kitErr = fmt.Errorf("guest-fetch.sh: %v\n%s", err, out)
@@ -64,16 +72,18 @@ func loadGuestKit(t *testing.T) guestKit {
 		}
 		kit.kernel = kernels[0]
 		kit.busybox = filepath.Join(dir, "root/bin/busybox")
-		for _, m := range guestModules {
-			found, _ := filepath.Glob(filepath.Join(dir, "root/lib/modules/*/kernel/drivers/*/"+m+".ko"))
-			if len(found) == 0 {
-				found, _ = filepath.Glob(filepath.Join(dir, "root/lib/modules/*/kernel/drivers/*/*/"+m+".ko"))
+		kit.modules = map[string]string{}
+		filepath.WalkDir(filepath.Join(dir, "root/lib/modules"), func(p string, d fs.DirEntry, err error) error {
+			if err == nil && strings.HasSuffix(p, ".ko") {
+				kit.modules[strings.TrimSuffix(d.Name(), ".ko")] = p
 			}
-			if len(found) != 1 {
-				kitErr = fmt.Errorf("module %s: found %v", m, found)
+			return nil
+		})
+		for _, m := range append(slices.Clone(virtioModules), nbdModules...) {
+			if kit.modules[m] == "" {
+				kitErr = fmt.Errorf("module %s is not in %s", m, dir)
 				return
 			}
-			kit.modules = append(kit.modules, found[0])
 		}
 	})
 	if kitErr != nil {
@@ -82,23 +92,32 @@ func loadGuestKit(t *testing.T) guestKit {
 	return kit
 }
 
-// initramfs builds a gzipped newc cpio archive with busybox, the virtio
-// modules and /init running script (after mounting /proc, /sys, /dev,
-// loading the modules and waiting for /dev/vda).
-func (k guestKit) initramfs(t *testing.T, script string) string {
+// guestImage is what an initramfs holds besides busybox.
+type guestImage struct {
+	script  string     // run by /init after the mounts and modules
+	modules []string   // loaded in order
+	files   []cpioFile // extra files (their directories must be listed first)
+	waitVDA bool       // wait for /dev/vda before the script
+}
+
+// initramfs builds a gzipped newc cpio archive with busybox, the image's
+// modules and files, and /init running its script (after mounting /proc,
+// /sys, /dev and /tmp and loading the modules).
+func (k guestKit) initramfs(t *testing.T, img guestImage) string {
 	t.Helper()
 	var modLoad strings.Builder
 	files := []cpioFile{ // directories first: the kernel unpacks in order
 		{name: "bin", mode: 0o040755}, {name: "lib", mode: 0o040755},
 		{name: "proc", mode: 0o040755}, {name: "sys", mode: 0o040755},
 		{name: "dev", mode: 0o040755}, {name: "tmp", mode: 0o041777},
+		{name: "mnt", mode: 0o040755},
 	}
-	for _, m := range k.modules {
-		b, err := os.ReadFile(m)
+	for _, m := range img.modules {
+		b, err := os.ReadFile(k.modules[m])
 		if err != nil {
 			t.Fatal(err)
 		}
-		name := "lib/" + filepath.Base(m)
+		name := "lib/" + m + ".ko"
 		files = append(files, cpioFile{name: name, mode: 0o100644, data: b})
 		fmt.Fprintf(&modLoad, "insmod /%s\n", name)
 	}
@@ -106,16 +125,20 @@ func (k guestKit) initramfs(t *testing.T, script string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	wait := ""
+	if img.waitVDA {
+		wait = "for i in $(seq 1 100); do [ -b /dev/vda ] && break; sleep 0.1; done\n"
+	}
 	init := "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nexport PATH=/bin\n" +
 		"mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp\n" +
-		modLoad.String() +
-		"for i in $(seq 1 100); do [ -b /dev/vda ] && break; sleep 0.1; done\n" +
-		"echo GUEST_START\n" + script + "\necho GUEST_END\npoweroff -f\n"
+		modLoad.String() + wait +
+		"echo GUEST_START\n" + img.script + "\necho GUEST_END\npoweroff -f\n"
+	files = append(files, img.files...)
 	files = append(files,
 		cpioFile{name: "bin/busybox", mode: 0o100755, data: bb},
 		cpioFile{name: "init", mode: 0o100755, data: []byte(init)})
 	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
 	writeCpio(zw, files)
 	zw.Close()
 	path := filepath.Join(t.TempDir(), "initrd.gz")
@@ -153,13 +176,22 @@ func writeCpio(w interface{ Write([]byte) (int, error) }, files []cpioFile) {
 // what the guest printed between GUEST_START and GUEST_END.
 func (k guestKit) bootGuest(t *testing.T, socket, script string) string {
 	t.Helper()
-	initrd := k.initramfs(t, script)
-	cmd := exec.Command("qemu-system-x86_64", "-accel", "tcg", "-machine", "q35,memory-backend=mem",
-		"-cpu", "max", "-smp", "1", "-m", "256M",
-		"-object", "memory-backend-memfd,id=mem,size=256M,share=on",
+	initrd := k.initramfs(t, guestImage{script: script, modules: virtioModules, waitVDA: true})
+	return k.boot(t, initrd, "256M", 3*time.Minute,
+		"-chardev", "socket,id=vub0,path="+socket, "-device", "vhost-user-blk-pci,chardev=vub0,num-queues=1")
+}
+
+// boot runs QEMU on initrd with mem of RAM (in a shared memfd) and extra
+// arguments until the guest powers off, and returns what it printed
+// between GUEST_START and GUEST_END.
+func (k guestKit) boot(t *testing.T, initrd, mem string, timeout time.Duration, extra ...string) string {
+	t.Helper()
+	args := []string{"-accel", "tcg", "-machine", "q35,memory-backend=mem",
+		"-cpu", "max", "-smp", "1", "-m", mem,
+		"-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on",
 		"-kernel", k.kernel, "-initrd", initrd, "-append", "console=ttyS0 quiet panic=-1 rdinit=/init",
-		"-chardev", "socket,id=vub0,path="+socket, "-device", "vhost-user-blk-pci,chardev=vub0,num-queues=1",
-		"-nographic", "-no-reboot", "-serial", "stdio", "-monitor", "none", "-display", "none")
+		"-nographic", "-no-reboot", "-serial", "stdio", "-monitor", "none", "-display", "none"}
+	cmd := exec.Command("qemu-system-x86_64", append(args, extra...)...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
@@ -173,10 +205,10 @@ func (k guestKit) bootGuest(t *testing.T, socket, script string) string {
 		if err != nil {
 			t.Fatalf("qemu: %v\n%s", err, out.String())
 		}
-	case <-time.After(3 * time.Minute):
+	case <-time.After(timeout):
 		cmd.Process.Kill()
 		<-done
-		t.Fatalf("guest did not finish in 3 minutes\n%s", out.String())
+		t.Fatalf("guest did not finish in %v\n%s", timeout, out.String())
 	}
 	t.Logf("guest ran in %.1fs", time.Since(start).Seconds())
 	m := regexp.MustCompile(`(?s)GUEST_START\r?\n(.*)GUEST_END`).FindStringSubmatch(out.String())

@@ -31,7 +31,9 @@ func TestMain(m *testing.M) {
 			panic(err)
 		}
 		sluiceBin = filepath.Join(dir, "sluice")
-		out, err := exec.Command("go", "build", "-o", sluiceBin, "../../cmd/sluice").CombinedOutput()
+		build := exec.Command("go", "build", "-o", sluiceBin, "../../cmd/sluice")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as make build: the nbd guest test runs it
+		out, err := build.CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "building sluice: %v\n%s", err, out)
 			os.Exit(1)

@@ -94,6 +94,7 @@ func TestVirtioInitiatorAgainstGateway(t *testing.T) {
 		{[]string{"virtio", "export", "t/files"}, "fs volume"},
 		{[]string{"virtio", "export", "t/none"}, "not found"},
 		{[]string{"virtio", "unexport", "t/files"}, "not exported"},
+		{[]string{"volume", "delete", "t/blk"}, "exported over vhost-user at " + sock},
 	} {
 		if out, code := g.sluice(c.args...); code == 0 || !strings.Contains(out, c.want) {
 			t.Errorf("sluice %v: exit %d, %q; want an error containing %q", c.args, code, out, c.want)
@@ -103,4 +104,5 @@ func TestVirtioInitiatorAgainstGateway(t *testing.T) {
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("socket still there after unexport: %v", err)
 	}
+	g.mustSluice("volume", "delete", "t/blk") // no longer in use
 }

@@ -1,0 +1,92 @@
+package attach
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-storage/sluice/fuse"
+	"github.com/sluice-storage/sluice/gateway"
+)
+
+// attachLoop mounts ref's image in a private directory and binds a loop
+// device to it with direct IO.
+func (a *Attacher) attachLoop(ctx context.Context, ref string, readOnly bool) (*Attachment, error) {
+	dir := filepath.Join(a.dir, strings.ReplaceAll(ref, "/", "."))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if _, err := a.mg.Mount(ctx, ref, dir, false); err != nil {
+		return nil, err
+	}
+	image := filepath.Join(dir, fuse.ImageName)
+	args := []string{"--find", "--show", "--direct-io=on", image}
+	if readOnly {
+		args = append([]string{"--read-only"}, args...)
+	}
+	out, err := exec.CommandContext(ctx, "losetup", args...).CombinedOutput()
+	if err != nil {
+		a.mg.Unmount(ctx, dir)
+		return nil, fmt.Errorf("losetup %s: %v: %s", image, err, strings.TrimSpace(string(out)))
+	}
+	at := &Attachment{Volume: ref, Device: strings.TrimSpace(string(out)), Method: MethodLoop, Image: image, dir: dir}
+	a.log.Info("attached", "volume", ref, "device", at.Device, "method", MethodLoop, "direct_io", directIO(at.Device))
+	return at, nil
+}
+
+// directIO reports whether the loop device really does direct IO.
+func directIO(dev string) bool {
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "dio"))
+	return err == nil && strings.TrimSpace(string(b)) == "1"
+}
+
+// unbind detaches the loop device and unmounts its image.
+func (a *Attacher) unbind(ctx context.Context, at *Attachment) error {
+	if out, err := exec.CommandContext(ctx, "losetup", "--detach", at.Device).CombinedOutput(); err != nil {
+		return fmt.Errorf("losetup --detach %s: %v: %s", at.Device, err, strings.TrimSpace(string(out)))
+	}
+	// The loop driver drops its reference to the image asynchronously.
+	var err error
+	for i := 0; i < 50; i++ {
+		if err = a.mg.Unmount(ctx, at.dir); err == nil || errors.Is(err, gateway.ErrNotFound) {
+			os.Remove(at.dir)
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("unmount image of %s: %w", at.Volume, err)
+}
+
+// cleanStaleLoop unbinds loop devices whose backing file is under a.dir
+// (left by a gateway that died) and lazily unmounts what is mounted there.
+func (a *Attacher) cleanStaleLoop() {
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil || !strings.HasPrefix(strings.TrimSpace(string(b)), a.dir+string(filepath.Separator)) {
+			continue
+		}
+		dev := "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(f)))
+		if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
+			a.log.Warn("could not unbind stale loop device", "device", dev, "err", err, "output", strings.TrimSpace(string(out)))
+		} else {
+			a.log.Info("unbound stale loop device", "device", dev)
+		}
+	}
+	entries, _ := os.ReadDir(a.dir)
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue // the identifier file
+		}
+		p := filepath.Join(a.dir, e.Name())
+		unix.Unmount(p, unix.MNT_DETACH)
+		os.Remove(p)
+	}
+}
