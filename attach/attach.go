@@ -122,7 +122,7 @@ func New(g *gateway.Gateway, mg *fuse.Manager, opts Options) (*Attacher, error) 
 		return nil, err
 	}
 	a.cleanStaleLoop()
-	a.cleanStaleNBDOnce()
+	a.cleanStaleNBD()
 	log.Info("attach method", "method", a.method)
 	return a, nil
 }

@@ -44,7 +44,7 @@ func (a *Attacher) attachNBD(ctx context.Context, ref string) (*Attachment, erro
 		// A connect that failed after the driver took the socket (the
 		// reply was lost, say) leaves a device tagged with our id.
 		id := a.backendID(ref)
-		a.disconnectBackend(func(b string) bool { return b == id })
+		a.disconnectBackend(a.nl, func(b string) bool { return b == id })
 		return nil, err
 	}
 	at := &Attachment{Volume: ref, Device: fmt.Sprintf("/dev/nbd%d", idx), Method: MethodNBD, index: idx, conn: h}
@@ -91,38 +91,30 @@ func (a *Attacher) backendID(ref string) string {
 
 // cleanStaleNBD disconnects nbd devices a previous gateway on this data
 // directory left connected (their server end died with it: every request
-// fails until a disconnect). It needs the backend file (Linux 5.16+); on
-// older kernels such devices stay until `nbd-client -d`.
+// fails until a disconnect), whatever the method of this gateway. It needs
+// the backend file (Linux 5.16+); on older kernels such devices stay until
+// `nbd-client -d`. Under the loop method it opens a netlink socket for
+// the purpose only if some nbd device has a backend file.
 func (a *Attacher) cleanStaleNBD() {
+	files, _ := filepath.Glob("/sys/block/nbd*/backend")
+	if len(files) == 0 {
+		return
+	}
+	nl := a.nl
+	if nl == nil {
+		var err error
+		if nl, err = dialNBD(); err != nil {
+			return
+		}
+		defer nl.Close()
+	}
 	prefix := "sluice:" + a.id + ":"
-	a.disconnectBackend(func(b string) bool { return strings.HasPrefix(b, prefix) })
-}
-
-// cleanStaleNBDOnce runs cleanStaleNBD at start-up whatever the method:
-// a gateway started with --attach-method loop still releases the nbd
-// devices an earlier run on this directory left. It opens a netlink
-// socket for the purpose only if some nbd device has a backend file.
-func (a *Attacher) cleanStaleNBDOnce() {
-	if a.nl != nil {
-		a.cleanStaleNBD()
-		return
-	}
-	if files, _ := filepath.Glob("/sys/block/nbd*/backend"); len(files) == 0 {
-		return
-	}
-	nl, err := dialNBD()
-	if err != nil {
-		return
-	}
-	a.nl = nl
-	a.cleanStaleNBD()
-	a.nl = nil
-	nl.Close()
+	a.disconnectBackend(nl, func(b string) bool { return strings.HasPrefix(b, prefix) })
 }
 
 // disconnectBackend disconnects every nbd device whose backend identifier
 // matches.
-func (a *Attacher) disconnectBackend(match func(backend string) bool) {
+func (a *Attacher) disconnectBackend(nl *genl, match func(backend string) bool) {
 	files, _ := filepath.Glob("/sys/block/nbd*/backend")
 	for _, f := range files {
 		b, err := os.ReadFile(f)
@@ -134,7 +126,7 @@ func (a *Attacher) disconnectBackend(match func(backend string) bool) {
 		if err != nil {
 			continue
 		}
-		if err := a.nl.disconnect(idx); err != nil {
+		if err := nl.disconnect(idx); err != nil {
 			a.log.Warn("could not disconnect stale nbd device", "device", "/dev/"+name, "err", err)
 		} else {
 			a.log.Info("disconnected stale nbd device", "device", "/dev/"+name, "backend", strings.TrimSpace(string(b)))
