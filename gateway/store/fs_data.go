@@ -228,15 +228,26 @@ func (f *FS) Release(ctx context.Context, ino uint64) error {
 }
 
 // persist writes a file's length and mtime if they changed since last time.
+//
+// The values written are o's own, never a lookup of the loaded object:
+// a Release racing a reopen (FUSE sends RELEASE asynchronously, so the
+// durable-rename pattern's close-then-reopen-fsync-close does this) may
+// see the other Release unload o before this persist reads it, and a
+// lookup would then write back the stale stored length. persistMu makes
+// a second persist wait for the first, so an fsync that finds nothing
+// dirty still covers what the one in flight writes.
 func (f *FS) persist(ctx context.Context, o *object) error {
+	o.persistMu.Lock()
+	defer o.persistMu.Unlock()
 	if !o.dirty.Swap(false) {
 		return nil
 	}
 	err := f.update(ctx, func(txn kv) error {
-		a, err := f.getAttr(txn, o.ino)
+		a, err := f.rawAttr(txn, o.ino)
 		if err != nil {
 			return err
 		}
+		liveValues(&a, o, f.v.chunkSize)
 		if err := f.putAttr(txn, a); err != nil { // a carries the live mtime
 			return err
 		}

@@ -194,3 +194,68 @@ func TestFSPersistRacingPurge(t *testing.T) {
 	}
 	mustFsck(t, s, "fs")
 }
+
+// TestFSReleaseRacingReopen is the durable-rename pattern's core (issue
+// 16): a file is written and closed, and at once reopened, fsynced and
+// closed again. FUSE sends the first RELEASE asynchronously, so the
+// reopen's Open, Fsync and Release run while the first Release is still
+// persisting. The length must survive, and the Fsync must not return
+// before the length it covers is in badger.
+func TestFSReleaseRacingReopen(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	v, f := newFSVolume(t, s, "fs", 128*MiB)
+	storedLength := func(ino uint64) int64 {
+		var n int64
+		if err := f.view(func(txn kv) (err error) { n, err = readLength(txn, v.id, ino); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for i := range 1500 {
+		a, err := f.CreateOpen(ctx, RootIno, fmt.Sprintf("f%d", i), NewInode{Mode: syscall.S_IFREG | 0o644})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := v.WriteAt(ctx, a.Ino, []byte("12345678"), 0, false); err != nil {
+			t.Fatal(err)
+		}
+		fsynced := make(chan int64, 1)
+		go func() {
+			if _, err := f.Open(ctx, a.Ino); err != nil {
+				t.Error(err)
+				fsynced <- -1
+				return
+			}
+			if err := f.Fsync(ctx, a.Ino); err != nil {
+				t.Error(err)
+			}
+			fsynced <- storedLength(a.Ino)
+			if err := f.Release(ctx, a.Ino); err != nil {
+				t.Error(err)
+			}
+		}()
+		if err := f.Release(ctx, a.Ino); err != nil {
+			t.Fatal(err)
+		}
+		if n := <-fsynced; n != 8 {
+			t.Fatalf("file %d: badger holds length %d after its fsync returned, want 8", i, n)
+		}
+		got, err := f.GetAttr(ctx, a.Ino)
+		if err != nil || got.Size != 8 {
+			t.Fatalf("file %d: size %d (%v) after the race, want 8", i, got.Size, err)
+		}
+	}
+	if err := f.settle(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 1500 {
+		a, err := f.Lookup(ctx, RootIno, fmt.Sprintf("f%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := storedLength(a.Ino); n != 8 {
+			t.Fatalf("file %d: badger holds length %d, want 8", i, n)
+		}
+	}
+}

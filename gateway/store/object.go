@@ -26,7 +26,11 @@ type object struct {
 	mapped atomic.Int64 // allocated chunks
 	mtime  atomic.Int64 // last data change (Unix ns), 0 if none since load
 	dirty  atomic.Bool  // length or mtime changed since last persisted
-	wrote  atomic.Bool  // chunks may have been added since load (FS.willWrite)
+	// persistMu serialises FS.persist: a persist that finds nothing dirty
+	// (an fsync, a later Release) returns only after one in flight has
+	// joined the group, so what it covers is in that group.
+	persistMu sync.Mutex
+	wrote     atomic.Bool // chunks may have been added since load (FS.willWrite)
 }
 
 const numStripes = 64

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,6 +25,11 @@ import (
 var sluiceBin string
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(durableWorkerEnv); spec != "" { // a child process of a test
+		i := strings.LastIndexByte(spec, ':')
+		n, _ := strconv.Atoi(spec[i+1:])
+		os.Exit(durableRenameWorker(spec[:i], n))
+	}
 	sluiceBin = os.Getenv("SLUICE_BIN")
 	if sluiceBin == "" {
 		dir, err := os.MkdirTemp("", "sluice-bin")
