@@ -96,6 +96,10 @@ func MountVolume(ctx context.Context, vol *gateway.Volume, dir string, opts Opti
 		AttrTimeout:     &to,
 		NegativeTimeout: &to,
 		RootStableAttr:  &fs.StableAttr{Ino: gateway.RootIno},
+		// A mode of 0000 is a mode: without this go-fuse reports 0644
+		// (0755 for directories), and with default_permissions the kernel
+		// then lets anyone read a file chmod'ed to 0.
+		NullPermissions: true,
 		// FUSE node IDs are the engine's inode numbers (never reused),
 		// so the notifier names nodes the way the engine reports them.
 		ExternalNodeID: m.fs != nil,
