@@ -28,8 +28,10 @@
 // at start-up, devices a previous run of the same data directory left are
 // released.
 //
-// A volume resized while attached keeps its old size on the device until
-// it is detached and attached again.
+// A volume resized while attached by loop takes its new size on the device
+// at once (Resize: LOOP_SET_CAPACITY); a resize of a volume attached by
+// nbd is refused, since the kernel's nbd driver cannot change the size of
+// a connected device.
 package attach
 
 import (
@@ -42,6 +44,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -295,9 +298,8 @@ func (a *Attacher) Attached(ref string) bool {
 const closeTimeout = 60 * time.Second
 
 // Close flushes and releases every device (at gateway shutdown). A device
-// that is still mounted cannot be unmounted from here: sync(2) first
-// writes back its filesystem, so what was written before the shutdown is
-// in the volume.
+// that is still in use (a filesystem mounted on it) cannot be released
+// from here: it is abandoned (see abandon).
 func (a *Attacher) Close() {
 	done := make(chan struct{})
 	go func() {
@@ -307,10 +309,11 @@ func (a *Attacher) Close() {
 		a.closed = true
 		synced := false
 		for ref, at := range a.byVol {
-			if !synced && busy(at.Device) {
-				a.log.Warn("device still in use at shutdown: syncing filesystems before releasing it", "volume", ref, "device", at.Device)
-				unix.Sync()
+			if busy(at.Device) {
+				a.abandon(ref, at, !synced)
 				synced = true
+				delete(a.byVol, ref)
+				continue
 			}
 			if err := a.release(context.Background(), at); err != nil {
 				a.log.Warn("detach at shutdown failed", "volume", ref, "device", at.Device, "err", err)
@@ -332,4 +335,57 @@ func (a *Attacher) Close() {
 	case <-time.After(closeTimeout):
 		a.log.Error("releasing attached devices did not finish", "after", closeTimeout)
 	}
+}
+
+// abandon gives up a device that is in use at shutdown, loudly: sync(2)
+// (once: sync is global) writes back the filesystem on it, so what was
+// written before the shutdown is in the volume, but the device's IO fails
+// once the gateway is gone, and whatever the filesystem writes after this
+// point is lost, even where the write returned success. A loop device's
+// image is detached lazily (Manager.Close); an nbd device's connection is
+// cut, and the next gateway on the data directory disconnects it.
+func (a *Attacher) abandon(ref string, at *Attachment, sync bool) {
+	a.log.Error("abandoning an attached device that is still in use: its IO fails from now on, and writes to the filesystem on it "+
+		"after this point are lost; unmount it and `sluice detach` it before stopping the gateway",
+		"volume", ref, "device", at.Device, "mounted_on", strings.Join(mountedOn(at.Device), ","))
+	if sync {
+		unix.Sync()
+	}
+	if at.Method == MethodNBD {
+		at.conn.Abort()
+	}
+}
+
+// mountedOn lists where device is mounted, from /proc/self/mountinfo.
+func mountedOn(device string) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+		pre, post, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if ok && len(f) >= 5 && len(g) >= 2 && g[1] == device {
+			out = append(out, unescapeMount(f[4]))
+		}
+	}
+	return out
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }

@@ -25,6 +25,7 @@ var _ fs.NodeOnAdder = (*imageRoot)(nil)
 func (r *imageRoot) OnAdd(ctx context.Context) {
 	img := r.NewPersistentInode(ctx, &image{m: r.m, created: time.Now()}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: 2})
 	r.AddChild(ImageName, img, false)
+	r.m.img = img
 }
 
 func (r *imageRoot) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {

@@ -131,6 +131,19 @@ func (mg *Manager) MountedAt(dir string) (MountInfo, bool) {
 	return MountInfo{}, false
 }
 
+// ImageResized makes the kernel take the new size of the block volume
+// mounted at dir (Mount.ImageResized).
+func (mg *Manager) ImageResized(dir string) error {
+	abs, _ := filepath.Abs(dir)
+	mg.mu.Lock()
+	e := mg.mounts[abs]
+	mg.mu.Unlock()
+	if e == nil {
+		return fmt.Errorf("no sluice mount at %s: %w", abs, gateway.ErrNotFound)
+	}
+	return e.m.ImageResized()
+}
+
 // Close unmounts everything (lazily if busy: the kernel detaches the mount
 // once the last user is gone, and IO on it fails from now on).
 func (mg *Manager) Close() {
@@ -143,7 +156,8 @@ func (mg *Manager) Close() {
 	mg.mu.Unlock()
 	for _, e := range es {
 		if err := e.m.Unmount(); err != nil {
-			mg.log.Warn("unmount at shutdown failed; detaching lazily", "dir", e.m.Dir, "err", err)
+			mg.log.Error("abandoning a mount that is still in use: it is detached lazily, and IO on the files open on it fails from now on; "+
+				"close them and `sluice umount` before stopping the gateway", "volume", e.m.Volume, "dir", e.m.Dir, "err", err)
 			unix.Unmount(e.m.Dir, unix.MNT_DETACH)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -24,6 +25,7 @@ type Mount struct {
 	Dir    string
 	Volume string // tenant/name
 	server *fuse.Server
+	m      *mount
 }
 
 // mount is what every node of one mount shares.
@@ -33,6 +35,7 @@ type mount struct {
 	log      *slog.Logger
 	readOnly bool
 	note     *notifier // fs volumes: keeps the kernel's caches true (notify.go)
+	img      *fs.Inode // block volumes: the image file, once the kernel has the mount
 }
 
 // MountVolume mounts vol at dir (an existing directory) and serves it until
@@ -118,7 +121,7 @@ func MountVolume(ctx context.Context, vol *gateway.Volume, dir string, opts Opti
 			close(stop)
 		}()
 	}
-	return &Mount{Dir: dir, Volume: vol.Ref(), server: server}, nil
+	return &Mount{Dir: dir, Volume: vol.Ref(), server: server, m: m}, nil
 }
 
 // Unmount detaches the mount; it fails (EBUSY) while files on it are open,
@@ -127,3 +130,23 @@ func (m *Mount) Unmount() error { return m.server.Unmount() }
 
 // Wait blocks until the mount is gone (unmounted here or by umount(8)).
 func (m *Mount) Wait() { m.server.Wait() }
+
+// ImageResized makes the kernel take a block volume's new size: its
+// cached attributes of the image file are invalidated and read again, so
+// that a loop device's LOOP_SET_CAPACITY finds the new size.
+func (m *Mount) ImageResized() error {
+	if m.m.img == nil {
+		return fmt.Errorf("%s at %s has no image file: %w", m.Volume, m.Dir, gateway.ErrInvalid)
+	}
+	if errno := m.m.img.NotifyContent(0, 0); errno != 0 {
+		return fmt.Errorf("invalidate the image of %s: %w", m.Volume, errno)
+	}
+	st, err := os.Stat(filepath.Join(m.Dir, ImageName))
+	if err != nil {
+		return err
+	}
+	if st.Size() != m.m.vol.Size() {
+		return fmt.Errorf("the kernel sees %s's image at %d bytes after a resize to %d: %w", m.Volume, st.Size(), m.m.vol.Size(), gateway.ErrIO)
+	}
+	return nil
+}

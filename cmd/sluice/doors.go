@@ -41,6 +41,10 @@ func (d attachDoor) Attach(ctx context.Context, ref string) (admin.Attachment, e
 
 func (d attachDoor) Detach(ctx context.Context, dev string) error { return d.a.Detach(ctx, dev) }
 
+func (d attachDoor) Resize(ctx context.Context, ref string, grow func() error) error {
+	return d.a.Resize(ctx, ref, grow)
+}
+
 func (d attachDoor) Attachments() []admin.Attachment {
 	var out []admin.Attachment
 	for _, at := range d.a.Attachments() {

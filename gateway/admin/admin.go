@@ -36,6 +36,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -134,6 +135,8 @@ type handler struct {
 	g     *gateway.Gateway
 	log   *slog.Logger
 	doors Doors
+
+	writersMu sync.Mutex // held across a writer check and the door it opens (writers.go)
 }
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request) {
@@ -177,7 +180,14 @@ func (h *handler) resize(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
-	if err := h.g.ResizeVolume(r.Context(), ref, req.Size); err != nil {
+	grow := func() error { return h.g.ResizeVolume(r.Context(), ref, req.Size) }
+	var err error
+	if h.doors.Attachments != nil {
+		err = h.doors.Attachments.Resize(r.Context(), ref, grow) // the device follows
+	} else {
+		err = grow()
+	}
+	if err != nil {
 		h.fail(w, err)
 		return
 	}

@@ -79,6 +79,9 @@ type Attacher interface {
 	Attach(ctx context.Context, ref string) (Attachment, error)
 	Detach(ctx context.Context, device string) error
 	Attachments() []Attachment
+	// Resize grows volume ref with grow and makes its device, if it is
+	// attached, take the new size (or refuses before growing it).
+	Resize(ctx context.Context, ref string, grow func() error) error
 }
 
 func (h *handler) routeDoors(mux *http.ServeMux) {
@@ -110,6 +113,12 @@ func (h *handler) virtioExport(w http.ResponseWriter, r *http.Request) {
 	}
 	if h.doors.Virtio == nil {
 		h.fail(w, errNoDoor)
+		return
+	}
+	h.writersMu.Lock()
+	defer h.writersMu.Unlock()
+	if err := h.claimWriter(req.Volume, "export"); err != nil {
+		h.fail(w, err)
 		return
 	}
 	x, err := h.doors.Virtio.Export(r.Context(), req.Volume, req.Socket)
@@ -187,6 +196,14 @@ func (h *handler) mount(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, fmt.Errorf("mount: volume and dir are required: %w", gateway.ErrInvalid))
 		return
 	}
+	h.writersMu.Lock()
+	defer h.writersMu.Unlock()
+	if !req.ReadOnly {
+		if err := h.claimWriter(req.Volume, "mount"); err != nil {
+			h.fail(w, err)
+			return
+		}
+	}
 	m, err := h.doors.Mounts.Mount(r.Context(), req.Volume, req.Dir, req.ReadOnly)
 	if err != nil {
 		h.fail(w, err)
@@ -223,6 +240,12 @@ func (h *handler) attach(w http.ResponseWriter, r *http.Request) {
 	}
 	if h.doors.Attachments == nil {
 		h.fail(w, errNoDoor)
+		return
+	}
+	h.writersMu.Lock()
+	defer h.writersMu.Unlock()
+	if err := h.claimWriter(req.Volume, "attach"); err != nil {
+		h.fail(w, err)
 		return
 	}
 	a, err := h.doors.Attachments.Attach(r.Context(), req.Volume)
