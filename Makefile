@@ -17,9 +17,12 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/sluice
 
-# A gateway on the embedded default: badger + a sparse pool file in ./sluice-data.
+# A gateway on the embedded default: badger + a sparse pool file in ./sluice-data,
+# tenants' encryption keys in ./sluice-keyring (created empty, mode 0600; add
+# a line per tenant and `bin/sluice keyring reload`).
 run: build
-	$(BIN) gateway --data-dir ./sluice-data
+	@test -e sluice-keyring || (umask 077 && : > sluice-keyring)
+	$(BIN) gateway --data-dir ./sluice-data --keyring ./sluice-keyring
 
 # Tools the tests drive: real NBD clients and servers from Debian.
 deps:

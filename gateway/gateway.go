@@ -95,11 +95,12 @@ type Gateway struct {
 
 	rules rules
 
-	env      *filter.Env // filter codecs and the keyring
-	policies policies
-	auto     automation // the automation controllers' state between ticks
-	stop     chan struct{}
-	done     chan struct{}
+	env       *filter.Env // filter codecs and the keyring
+	keyringMu sync.Mutex  // serialises keyring reloads
+	policies  policies
+	auto      automation // the automation controllers' state between ticks
+	stop      chan struct{}
+	done      chan struct{}
 }
 
 // Open opens or creates the gateway's store.

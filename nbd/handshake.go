@@ -176,6 +176,10 @@ func (n *negotiator) infoGo(opt uint32, data []byte) (*session, error) {
 		if errors.Is(err, gateway.ErrNotFound) {
 			return nil, n.reply(opt, repErrUnknown, []byte("unknown export"))
 		}
+		if errors.Is(err, gateway.ErrInvalid) { // not an export (an fs volume): say why
+			msg := err.Error()
+			return nil, n.reply(opt, repErrUnknown, []byte(msg[:min(len(msg), 256)]))
+		}
 		n.log.Warn("nbd: export lookup failed", "export", req.name, "err", err)
 		return nil, n.reply(opt, repErrUnknown, []byte("export unavailable"))
 	}

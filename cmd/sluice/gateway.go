@@ -2,13 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -16,11 +19,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluice-storage/sluice/attach"
 	"github.com/sluice-storage/sluice/fuse"
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/gateway/admin"
+	"github.com/sluice-storage/sluice/gateway/filter"
 	"github.com/sluice-storage/sluice/nbd"
 	"github.com/sluice-storage/sluice/virtio"
 )
@@ -40,7 +45,7 @@ wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
 			&cli.StringFlag{Name: "nbd-listen", Value: "127.0.0.1:10809", Usage: "NBD TCP address (\"\" to disable)"},
 			&cli.StringFlag{Name: "nbd-socket", Usage: "NBD unix socket (default DATA-DIR/nbd.sock, \"none\" to disable)"},
 			&cli.BoolFlag{Name: "nbd-read-only", Usage: "serve every export of the NBD door (socket and TCP) read-only; attached devices follow their volume's read-only flag"},
-			&cli.StringFlag{Name: "attach-method", Value: "auto", Usage: "how `sluice attach` makes devices: nbd (the kernel's nbd driver over netlink), loop (a loop device over the volume's FUSE image) or auto (nbd where /dev/nbd* exists)"},
+			&cli.StringFlag{Name: "attach-method", Value: "auto", Usage: "how 'sluice attach' makes devices: nbd (the kernel's nbd driver over netlink), loop (a loop device over the volume's FUSE image) or auto (nbd where /dev/nbd* exists)"},
 			&cli.StringFlag{Name: "metrics-listen", Usage: "also serve /metrics (and /debug/pprof) on this TCP address; keep it on loopback"},
 			&cli.IntFlag{Name: "qos-slots", Value: 16, Usage: "requests routed by QoS rules that may run at once; reservations and weights act when more wait"},
 			&cli.Float64Flag{Name: "qos-capacity-iops", Usage: "device capacity for QoS-routed IO in 8 KiB IO/s (0 = unknown); set it so reservations and weights divide it when the pool is never busy"},
@@ -100,15 +105,15 @@ func runGateway(c *cli.Context) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	if err := checkNotRunning(apiSocket); err != nil {
-		return startup(err)
-	}
-	keyring, err := loadKeyring(c.String("keyring"))
+	// Everything that can be checked is checked before the store is
+	// opened (which creates the pool file on a first start).
+	pre, err := preflight(c, dataDir, apiSocket, nbdSocket)
 	if err != nil {
 		return startup(err)
 	}
+	defer pre.close()
 	g, err := gateway.Open(ctx, gateway.Config{DataDir: dataDir, Device: c.String("device"), PoolSize: poolSize, QoSSlots: c.Int("qos-slots"),
-		QoSCapacityIOPS: c.Float64("qos-capacity-iops"), QoSCostUnit: costUnit, Keyring: keyring, Logger: log})
+		QoSCapacityIOPS: c.Float64("qos-capacity-iops"), QoSCostUnit: costUnit, Keyring: pre.keyring, Logger: log})
 	if err != nil {
 		return startup(err)
 	}
@@ -117,27 +122,13 @@ func runGateway(c *cli.Context) error {
 			log.Error("closing the store", "err", err)
 		}
 	}()
+	go reloadOnHangup(ctx, g, log)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(gateway.NewCollector(g), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	srv := nbd.NewServer(nbdExports{g}, nbd.Options{ReadOnly: c.Bool("nbd-read-only"), Logger: log})
-	var listeners []net.Listener
-	if addr := c.String("nbd-listen"); addr != "" {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			return startup(fmt.Errorf("NBD listen on %s: %w", addr, err))
-		}
-		listeners = append(listeners, l)
-	}
-	if nbdSocket != "none" {
-		l, err := listenUnix(nbdSocket, 0o600)
-		if err != nil {
-			return startup(fmt.Errorf("NBD socket: %w", err))
-		}
-		listeners = append(listeners, l)
-	}
-	for _, l := range listeners {
+	for _, l := range pre.nbd {
 		go func(l net.Listener) {
 			if err := srv.Serve(ctx, l); err != nil && ctx.Err() == nil {
 				log.Error("NBD server stopped", "listen", l.Addr().String(), "err", err)
@@ -145,17 +136,13 @@ func runGateway(c *cli.Context) error {
 		}(l)
 	}
 	var metricsSrv *http.Server
-	if addr := c.String("metrics-listen"); addr != "" {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			return startup(fmt.Errorf("metrics listen on %s: %w", addr, err))
-		}
+	if pre.metrics != nil {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go metricsSrv.Serve(l)
+		go metricsSrv.Serve(pre.metrics)
 	}
 	mounts := fuse.NewManager(g, log)
 	defer mounts.Close()
@@ -217,6 +204,110 @@ func runGateway(c *cli.Context) error {
 	return nil
 }
 
+// started is what preflight opened before the store: the data
+// directory's lock, the keyring and the listeners.
+type started struct {
+	lock    *os.File
+	keyring *filter.Keyring
+	nbd     []net.Listener
+	metrics net.Listener // nil: no --metrics-listen
+}
+
+// preflight takes the data directory's lock and checks and opens what a
+// bad flag or a busy port would otherwise fail after the pool was
+// created: the API socket, the keyring, the NBD and metrics listeners.
+func preflight(c *cli.Context, dataDir, apiSocket, nbdSocket string) (*started, error) {
+	lock, err := lockDataDir(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	pre := &started{lock: lock}
+	fail := func(err error) (*started, error) {
+		pre.close()
+		return nil, err
+	}
+	if err := checkNotRunning(apiSocket); err != nil {
+		return fail(err)
+	}
+	if pre.keyring, err = loadKeyring(c.String("keyring")); err != nil {
+		return fail(err)
+	}
+	if addr := c.String("nbd-listen"); addr != "" {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fail(fmt.Errorf("NBD listen on %s: %w", addr, err))
+		}
+		pre.nbd = append(pre.nbd, l)
+	}
+	if nbdSocket != "none" {
+		l, err := listenUnix(nbdSocket, 0o600)
+		if err != nil {
+			return fail(fmt.Errorf("NBD socket: %w", err))
+		}
+		pre.nbd = append(pre.nbd, l)
+	}
+	if addr := c.String("metrics-listen"); addr != "" {
+		if pre.metrics, err = net.Listen("tcp", addr); err != nil {
+			return fail(fmt.Errorf("metrics listen on %s: %w", addr, err))
+		}
+	}
+	return pre, nil
+}
+
+// close releases the listeners (a failed start) and, last, the lock.
+func (p *started) close() {
+	for _, l := range p.nbd {
+		l.Close()
+	}
+	if p.metrics != nil {
+		p.metrics.Close()
+	}
+	p.lock.Close()
+}
+
+// lockDataDir creates the data directory and takes an exclusive lock on
+// its "lock" file for the life of the process, so that a second gateway
+// on the same directory stops before it touches anything.
+func lockDataDir(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	path := filepath.Join(dir, "lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("data directory lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			b, _ := os.ReadFile(path)
+			return nil, fmt.Errorf("a gateway (pid %s) is already using data directory %s: stop it first, or use another --data-dir",
+				strings.TrimSpace(string(b)), dir)
+		}
+		return nil, fmt.Errorf("data directory lock %s: %w", path, err)
+	}
+	f.Truncate(0)
+	fmt.Fprintf(f, "%d\n", os.Getpid())
+	return f, nil
+}
+
+// reloadOnHangup reloads the keyring on each SIGHUP until ctx ends.
+func reloadOnHangup(ctx context.Context, g *gateway.Gateway, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			if _, err := g.ReloadKeyring(ctx); err != nil {
+				log.Error("keyring reload on SIGHUP refused", "err", err)
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
 // checkNotRunning refuses to start when another gateway answers on the API
 // socket, and removes a stale socket file left by one that died.
 func checkNotRunning(socket string) error {
@@ -257,10 +348,16 @@ func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
 // nbdExports resolves NBD export names ("tenant/volume") to volumes.
 type nbdExports struct{ g *gateway.Gateway }
 
+// Only block volumes are exports: an fs volume's bytes are a namespace,
+// not a disk, so it is neither listed nor served (a client that names one
+// is told to mount it).
 func (e nbdExports) Lookup(name string) (nbd.Export, error) {
 	v, err := e.g.Volume(name)
 	if err != nil {
 		return nil, err
+	}
+	if v.Kind() != gateway.KindBlock {
+		return nil, fmt.Errorf("%s is an fs volume, not a block device: %w: mount it with `sluice mount`", name, gateway.ErrInvalid)
 	}
 	return v, nil
 }
@@ -268,7 +365,9 @@ func (e nbdExports) Lookup(name string) (nbd.Export, error) {
 func (e nbdExports) Names() []string {
 	var names []string
 	for _, v := range e.g.Volumes() {
-		names = append(names, v.Ref())
+		if v.Kind() == gateway.KindBlock {
+			names = append(names, v.Ref())
+		}
 	}
 	return names
 }

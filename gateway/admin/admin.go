@@ -128,6 +128,7 @@ func NewHandler(g *gateway.Gateway, reg *prometheus.Registry, log *slog.Logger, 
 	h.routeDoors(mux)
 	h.routePolicies(mux)
 	h.routeController(mux)
+	h.routeKeyring(mux)
 	return mux
 }
 

@@ -1,0 +1,154 @@
+package integration
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// startFails runs `sluice gateway` with args, expects exit 4 and returns
+// its output.
+func startFails(t *testing.T, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(sluiceBin, append([]string{"gateway"}, args...)...)
+	done := make(chan struct{})
+	time.AfterFunc(time.Minute, func() {
+		select {
+		case <-done:
+		default:
+			cmd.Process.Kill()
+		}
+	})
+	out, err := cmd.CombinedOutput()
+	close(done)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 4 {
+		t.Fatalf("gateway %v: %v, want exit 4:\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// TestGatewayChecksBeforeCreating: a start that cannot succeed (the NBD
+// port taken, the metrics port taken, another gateway on the data
+// directory) says why and leaves nothing behind: no pool file created,
+// a running gateway's pool not grown (issue 16).
+func TestGatewayChecksBeforeCreating(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	defer busy.Close()
+	dir := t.TempDir()
+	out := startFails(t, "--data-dir", dir, "--nbd-listen", busy.Addr().String())
+	if !strings.Contains(out, "NBD listen on "+busy.Addr().String()) {
+		t.Errorf("start with the NBD port taken: %q", out)
+	}
+	out = startFails(t, "--data-dir", dir, "--nbd-listen", "", "--metrics-listen", busy.Addr().String())
+	if !strings.Contains(out, "metrics listen") {
+		t.Errorf("start with the metrics port taken: %q", out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "pool")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a failed start left a pool file: %v", err)
+	}
+
+	g := startGateway(t, dir)
+	var before syscall.Stat_t
+	must(t, syscall.Stat(filepath.Join(dir, "pool"), &before))
+	out = startFails(t, "--data-dir", dir, "--nbd-listen", "", "--api-socket", filepath.Join(t.TempDir(), "other.sock"), "--pool-size", "128G")
+	if !strings.Contains(out, "already using data directory") || strings.Contains(out, "badger") || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+		t.Errorf("second gateway with another API socket: want one line naming the data directory, got %q", out)
+	}
+	var after syscall.Stat_t
+	must(t, syscall.Stat(filepath.Join(dir, "pool"), &after))
+	if after.Size != before.Size {
+		t.Errorf("the refused gateway changed the running gateway's pool from %d to %d bytes", before.Size, after.Size)
+	}
+	g.mustSluice("volume", "list") // the first one still serves
+}
+
+// TestNBDListsBlockVolumesOnly: fs volumes are not NBD exports; a client
+// that names one is told what it is.
+func TestNBDListsBlockVolumesOnly(t *testing.T) {
+	needTool(t, "nbdinfo", "qemu-io")
+	g := startGateway(t, t.TempDir())
+	g.mustSluice("volume", "create", "t/blk", "--size", "64M")
+	g.mustSluice("volume", "create", "t/files", "--size", "64M", "--kind", "fs")
+	var info nbdinfoJSON
+	out := run(t, time.Minute, "nbdinfo", "--list", "--json", "nbd+unix://?socket="+g.nbdSock)
+	must(t, json.Unmarshal([]byte(out), &info))
+	if len(info.Exports) != 1 || info.Exports[0].Name != "t/blk" {
+		t.Fatalf("export list %+v, want t/blk alone", info.Exports)
+	}
+	// qemu shows the server's message ("server reported: ...").
+	b, err := exec.Command("qemu-io", "-f", "raw", "-c", "read 0 4k", g.uri("t/files")).CombinedOutput()
+	if err == nil || !strings.Contains(string(b), "fs volume") {
+		t.Fatalf("qemu-io of an fs volume: %v %q; want a refusal saying it is an fs volume", err, b)
+	}
+}
+
+// TestGatewayHelp: flag help shows placeholders, not command names.
+func TestGatewayHelp(t *testing.T) {
+	out, err := exec.Command(sluiceBin, "gateway", "--help").CombinedOutput()
+	must(t, err)
+	if strings.Contains(string(out), "--attach-method sluice attach") {
+		t.Errorf("gateway --help shows the attach method's placeholder as a command:\n%s", out)
+	}
+}
+
+// TestKeyringReload: the README's encryption example on a gateway whose
+// keyring lacks the tenant fails with what to do; after the key line is
+// added, `sluice keyring reload` (or SIGHUP) puts it in use without a
+// restart. A reload that drops a key is refused.
+func TestKeyringReload(t *testing.T) {
+	dir := t.TempDir()
+	keyring := filepath.Join(t.TempDir(), "keyring")
+	must(t, os.WriteFile(keyring, nil, 0o600))
+	g := startGateway(t, dir, "--keyring", keyring)
+	g.mustSluice("volume", "create", "acme/db", "--size", "1G")
+	g.mustSluice("volume", "create", "globex/db", "--size", "1G")
+	policy := func(ref string) string {
+		return "FOR VOLUME " + ref + " DO SET compression WITH algo=zstd, SET encryption"
+	}
+	out, code := g.sluice("policy", "add", policy("acme/db"))
+	if code == 0 || !strings.Contains(out, "keyring") {
+		t.Fatalf("encryption without a key: exit %d %q", code, out)
+	}
+	key := func(tenant string) string {
+		k := make([]byte, 32)
+		rand.Read(k)
+		return tenant + " " + base64.StdEncoding.EncodeToString(k) + "\n"
+	}
+	acme := key("acme")
+	must(t, os.WriteFile(keyring, []byte(acme), 0o600))
+	if out := g.mustSluice("keyring", "reload"); !strings.Contains(out, "acme") {
+		t.Errorf("keyring reload printed %q", out)
+	}
+	g.mustSluice("policy", "add", policy("acme/db"))
+
+	// SIGHUP does the same.
+	must(t, os.WriteFile(keyring, []byte(acme+key("globex")), 0o600))
+	must(t, g.cmd.Process.Signal(syscall.SIGHUP))
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(g.mustSluice("keyring", "list"), "globex") {
+		if time.Now().After(deadline) {
+			t.Fatalf("SIGHUP did not reload the keyring:\n%s", g.logTail())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	g.mustSluice("policy", "add", policy("globex/db"))
+
+	must(t, os.WriteFile(keyring, []byte(acme), 0o600))
+	if out, code := g.sluice("keyring", "reload"); code == 0 || !strings.Contains(out, "globex") {
+		t.Errorf("a reload that drops globex's key: exit %d %q; want a refusal naming the tenant", code, out)
+	}
+	if !strings.Contains(g.mustSluice("keyring", "list"), "globex") {
+		t.Error("a refused reload changed the keyring in use")
+	}
+}
