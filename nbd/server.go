@@ -2,8 +2,6 @@ package nbd
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -12,6 +10,7 @@ import (
 
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/internal/bufpool"
+	"github.com/sluice-storage/sluice/internal/listen"
 )
 
 // Export is one volume as the NBD server sees it. *gateway.Volume satisfies it.
@@ -135,7 +134,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
 
-	var tempDelay time.Duration
+	var backoff listen.Backoff
 	for {
 		nc, err := l.Accept()
 		if err != nil {
@@ -151,22 +150,12 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 				return nil
 			default:
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				if tempDelay == 0 {
-					tempDelay = 5 * time.Millisecond
-				} else if tempDelay *= 2; tempDelay > time.Second {
-					tempDelay = time.Second
-				}
-				time.Sleep(tempDelay)
-				continue
+			if backoff.Retry(ctx, err, s.log, "nbd") {
+				continue // EMFILE and the like pass: never stop serving
 			}
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("nbd: accept: %w", err)
+			return nil
 		}
-		tempDelay = 0
+		backoff.Reset()
 		tuneSocket(nc)
 		c := s.newConn(connCtx, nc)
 		if c == nil {

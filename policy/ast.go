@@ -212,6 +212,9 @@ func formatTarget(kind TargetKind, tenant, volume, glob, group string) string {
 	case TargetVolume:
 		return "VOLUME " + tenant + "/" + volume
 	case TargetFile:
+		if strings.HasPrefix(glob, "/") {
+			glob = "/" + glob // the parser drops one leading "/" (t/v:/a.log is t/v:a.log)
+		}
 		return "FILE " + tenant + "/" + volume + ":" + quoteGlob(glob)
 	case TargetGroup:
 		return "GROUP " + group

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/internal/bufpool"
+	"github.com/sluice-storage/sluice/internal/listen"
 )
 
 // Export is one volume as the vhost-user-blk target sees it.
@@ -202,6 +203,7 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 	var mine sync.WaitGroup
 	var minemu sync.Mutex
 	accepted := map[*backend]struct{}{}
+	var backoff listen.Backoff
 	for {
 		c, err := l.AcceptUnix()
 		if err != nil {
@@ -220,12 +222,12 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 			if down || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if backoff.Retry(ctx, err, s.log, "virtio") {
+				continue // EMFILE and the like pass: never stop serving
 			}
-			return fmt.Errorf("virtio: accept: %w", err)
+			return nil
 		}
+		backoff.Reset()
 		b := s.newBackend(c)
 		if b == nil {
 			c.Close()

@@ -235,6 +235,9 @@ func reverseCompression(env *Env, _ ChunkContext, dst, src, args []byte) ([]byte
 		}
 		return out, nil
 	case compressLZ4:
+		if n == 0 { // lz4's decoder dereferences an empty output; no chunk is empty
+			return dst, fmt.Errorf("lz4 step of 0 bytes: %w", ErrCorrupt)
+		}
 		base := len(dst)
 		dst = grow(dst, n)
 		got, err := lz4.UncompressBlock(src, dst[base:base+n])
