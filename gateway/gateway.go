@@ -52,11 +52,12 @@ type Config struct {
 	// DataDir holds the metadata (DataDir/meta) and, by default, the pool
 	// file (DataDir/pool).
 	DataDir string
-	// Device is a pool file or block device; default DataDir/pool.
+	// Device is a pool file or block device that exists; default
+	// DataDir/pool, created on first start.
 	Device string
-	// PoolSize is the size of a pool file created on first start (sparse:
-	// it takes no space until written). Ignored for existing pools and block
-	// devices, except that a larger size grows a pool file.
+	// PoolSize is the size of the default pool file created on first
+	// start (sparse: it takes no space until written; 0: DefaultPoolSize).
+	// A larger size grows an existing pool file; block devices keep theirs.
 	PoolSize int64
 	// QoSSlots is how many requests routed by QoS rules the scheduler lets
 	// run at once (mClock's device queue depth). Reservations and weights
@@ -114,13 +115,18 @@ func Open(ctx context.Context, cfg Config) (*Gateway, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	// The default pool file is created (with DefaultPoolSize if no size
+	// is given); a device named in the config must exist, and is grown
+	// only to a size given explicitly.
+	devOpts := device.FileOptions{Size: cfg.PoolSize}
 	if cfg.Device == "" {
 		cfg.Device = filepath.Join(cfg.DataDir, "pool")
+		devOpts.Create = true
+		if devOpts.Size == 0 {
+			devOpts.Size = DefaultPoolSize
+		}
 	}
-	if cfg.PoolSize == 0 {
-		cfg.PoolSize = DefaultPoolSize
-	}
-	dev, err := device.OpenFile(cfg.Device, cfg.PoolSize)
+	dev, err := device.OpenFileWith(cfg.Device, devOpts)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}

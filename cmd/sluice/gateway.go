@@ -39,14 +39,15 @@ The API socket appears only once everything is ready to serve, so scripts can
 wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "data-dir", Value: defaultDataDir, Usage: "metadata, default pool file and sockets live here"},
-			&cli.StringFlag{Name: "device", Usage: "pool file or block device (default DATA-DIR/pool)"},
-			&cli.StringFlag{Name: "pool-size", Value: "64G", Usage: "size of a new sparse pool file"},
+			&cli.StringFlag{Name: "device", Usage: "an existing pool file or block device (default DATA-DIR/pool, created on first start)"},
+			&cli.StringFlag{Name: "pool-size", Value: "64G", Usage: "size of the default sparse pool file; with --device, grows a pool file to it"},
 			&cli.StringFlag{Name: "api-socket", Usage: "admin API socket (default DATA-DIR/api.sock)"},
 			&cli.StringFlag{Name: "nbd-listen", Value: "127.0.0.1:10809", Usage: "NBD TCP address (\"\" to disable)"},
 			&cli.StringFlag{Name: "nbd-socket", Usage: "NBD unix socket (default DATA-DIR/nbd.sock, \"none\" to disable)"},
 			&cli.BoolFlag{Name: "nbd-read-only", Usage: "serve every export of the NBD door (socket and TCP) read-only; attached devices follow their volume's read-only flag"},
 			&cli.StringFlag{Name: "attach-method", Value: "auto", Usage: "how 'sluice attach' makes devices: nbd (the kernel's nbd driver over netlink), loop (a loop device over the volume's FUSE image) or auto (nbd where /dev/nbd* exists)"},
-			&cli.StringFlag{Name: "metrics-listen", Usage: "also serve /metrics (and /debug/pprof) on this TCP address; keep it on loopback"},
+			&cli.StringFlag{Name: "metrics-listen", Usage: "also serve /metrics on this TCP address; keep it on loopback (per-tenant counters are readable by anyone who reaches it)"},
+			&cli.BoolFlag{Name: "pprof", Usage: "also serve Go's /debug/pprof profiles on --metrics-listen (goroutine stacks, heap; for debugging only)"},
 			&cli.IntFlag{Name: "qos-slots", Value: 16, Usage: "requests routed by QoS rules that may run at once; reservations and weights act when more wait"},
 			&cli.Float64Flag{Name: "qos-capacity-iops", Usage: "device capacity for QoS-routed IO in 8 KiB IO/s (0 = unknown); set it so reservations and weights divide it when the pool is never busy"},
 			&cli.StringFlag{Name: "qos-cost-unit", Value: "8K", Usage: "IO size that counts as one IO for QoS IOPS (larger IOs count proportionally)"},
@@ -66,6 +67,12 @@ func runGateway(c *cli.Context) error {
 	poolSize, err := parseSize(c.String("pool-size"))
 	if err != nil {
 		return usageErr("--pool-size: %v", err)
+	}
+	if poolSize <= 0 {
+		return usageErr("--pool-size must be above 0 (the default is 64G)")
+	}
+	if c.String("device") != "" && !c.IsSet("pool-size") {
+		poolSize = 0 // a named device keeps its size unless --pool-size says otherwise
 	}
 	switch c.String("attach-method") {
 	case attach.MethodAuto, attach.MethodNBD, attach.MethodLoop:
@@ -139,8 +146,10 @@ func runGateway(c *cli.Context) error {
 	if pre.metrics != nil {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		if c.Bool("pprof") {
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		}
 		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go metricsSrv.Serve(pre.metrics)
 	}

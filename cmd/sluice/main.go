@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 
 	"github.com/urfave/cli/v2"
 )
@@ -44,12 +45,17 @@ func usageErr(format string, a ...any) error {
 const defaultDataDir = "./sluice-data"
 
 func newApp() *cli.App {
-	app := &cli.App{
+	return &cli.App{
 		Name:  "sluice",
 		Usage: "a userspace software-defined storage gateway",
-		// The client commands take these too (prepareCommands), so they
-		// may come before or after the command.
-		Flags: []cli.Flag{apiSocketFlag(), jsonFlag},
+		Flags: []cli.Flag{
+			&cli.StringFlag{
+				Name:    "api-socket",
+				Usage:   "the gateway's admin API socket",
+				EnvVars: []string{"SLUICE_API_SOCKET"},
+				Value:   filepath.Join(defaultDataDir, "api.sock"),
+			},
+		},
 		Commands: []*cli.Command{
 			gatewayCommand(),
 			volumeCommand(),
@@ -72,10 +78,10 @@ func newApp() *cli.App {
 		},
 		Action:         unknownSubcommand,
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints and exits
-		OnUsageError:   usageError,
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			return &exitError{exitUsage, err}
+		},
 	}
-	prepareCommands(app.Commands)
-	return app
 }
 
 func main() {
@@ -84,7 +90,7 @@ func main() {
 	if err == nil {
 		os.Exit(exitOK)
 	}
-	fmt.Fprintln(os.Stderr, "sluice:", oneLine(err.Error()))
+	fmt.Fprintln(os.Stderr, "sluice:", err)
 	var ee *exitError
 	if errors.As(err, &ee) {
 		os.Exit(ee.code)
@@ -104,7 +110,7 @@ func newLogger(level string) (*slog.Logger, error) {
 // without arguments it shows help; with an unknown one it is a usage error.
 func unknownSubcommand(c *cli.Context) error {
 	if c.NArg() > 0 {
-		return usageErr("unknown command %q (run '%s --help')", c.Args().First(), c.Command.HelpName)
+		return usageErr("unknown command %q (see `%s --help`)", c.Args().First(), c.Command.HelpName)
 	}
 	return cli.ShowSubcommandHelp(c)
 }

@@ -18,12 +18,36 @@ type File struct {
 	punchHole bool // regular file whose filesystem supports FALLOC_FL_PUNCH_HOLE
 }
 
-// OpenFile opens path as a device. A regular file that does not exist is
-// created sparse with the given size; an existing regular file smaller than
-// size is grown (sparse). For an existing file or a block device size may be
-// 0, meaning "whatever it is".
+// OpenFile opens path as a device, creating it if it does not exist (the
+// gateway's default pool file): see OpenFileWith.
 func OpenFile(path string, size int64) (*File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	return OpenFileWith(path, FileOptions{Size: size, Create: true})
+}
+
+// FileOptions say how OpenFileWith treats a path.
+type FileOptions struct {
+	// Size: a regular file smaller than Size is grown (sparse); a new one
+	// is created with it. 0 means "whatever it is".
+	Size int64
+	// Create allows creating a regular file that does not exist. Without
+	// it a missing path is an error: a mistyped /dev/sdX must not become
+	// a file.
+	Create bool
+}
+
+// OpenFileWith opens path as a device: a regular file or a block device.
+// A regular file holds every volume's data, so its mode is made 0600 if
+// group or others had any access.
+func OpenFileWith(path string, opts FileOptions) (*File, error) {
+	flags := os.O_RDWR
+	if opts.Create {
+		flags |= os.O_CREATE
+	}
+	size := opts.Size
+	f, err := os.OpenFile(path, flags, 0o600)
+	if errors.Is(err, os.ErrNotExist) && !opts.Create {
+		return nil, fmt.Errorf("device %s does not exist: name an existing block device or file (create a pool file with `truncate -s 64G %s`)", path, path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("device: open %s: %w", path, err)
 	}
@@ -43,6 +67,12 @@ func OpenFile(path string, size int64) (*File, error) {
 		}
 		d.size = int64(sz)
 	case fi.Mode().IsRegular():
+		if fi.Mode().Perm()&0o077 != 0 {
+			if err := f.Chmod(0o600); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("device: %s has mode %04o and chmod 0600 failed: %w", path, fi.Mode().Perm(), err)
+			}
+		}
 		d.size = fi.Size()
 		if size > d.size {
 			if err := f.Truncate(size); err != nil {

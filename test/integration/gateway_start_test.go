@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -150,5 +151,82 @@ func TestKeyringReload(t *testing.T) {
 	}
 	if !strings.Contains(g.mustSluice("keyring", "list"), "globex") {
 		t.Error("a refused reload changed the keyring in use")
+	}
+}
+
+// TestGatewayDeviceChecks: a --device that does not exist is refused, not
+// created; --pool-size 0 is a usage error; an existing pool file readable
+// by others is made 0600 (issue 17).
+func TestGatewayDeviceChecks(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(t.TempDir(), "sdx")
+	out := startFails(t, "--data-dir", dir, "--nbd-listen", "", "--device", missing)
+	if !strings.Contains(out, "does not exist") {
+		t.Errorf("missing --device: %q", out)
+	}
+	if _, err := os.Stat(missing); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a missing --device was created: %v", err)
+	}
+	b, err := exec.Command(sluiceBin, "gateway", "--data-dir", dir, "--pool-size", "0").CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(b), "--pool-size") {
+		t.Errorf("--pool-size 0: %v %q; want exit 2 naming the flag", err, b)
+	}
+
+	pool := filepath.Join(dir, "pool")
+	must(t, os.WriteFile(pool, nil, 0o644))
+	must(t, os.Chmod(pool, 0o644))
+	g := startGateway(t, dir)
+	fi, err := os.Stat(pool)
+	must(t, err)
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("pool file mode %04o after start, want 0600", fi.Mode().Perm())
+	}
+	g.stop()
+
+	// A named pool file keeps its size unless --pool-size says otherwise.
+	named := filepath.Join(t.TempDir(), "named")
+	must(t, os.WriteFile(named, nil, 0o600))
+	must(t, os.Truncate(named, 1<<30))
+	d2 := t.TempDir()
+	g2 := &gw{t: t, dir: d2, api: filepath.Join(d2, "api.sock"), nbdSock: filepath.Join(d2, "nbd.sock"),
+		args: []string{"gateway", "--data-dir", d2, "--nbd-listen", "", "--device", named}} // no --pool-size
+	g2.start()
+	g2.stop()
+	if fi, err := os.Stat(named); err != nil || fi.Size() != 1<<30 {
+		t.Errorf("a named pool file of 1 GiB has %d bytes after a start without --pool-size (%v)", fi.Size(), err)
+	}
+}
+
+// TestPprofOptIn: /debug/pprof is served on --metrics-listen only with
+// --pprof; /metrics always.
+func TestPprofOptIn(t *testing.T) {
+	for _, pprof := range []bool{false, true} {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		must(t, err)
+		addr := l.Addr().String()
+		l.Close()
+		args := []string{"--metrics-listen", addr}
+		if pprof {
+			args = append(args, "--pprof")
+		}
+		g := startGateway(t, t.TempDir(), args...)
+		get := func(path string) int {
+			resp, err := http.Get("http://" + addr + path)
+			must(t, err)
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		if code := get("/metrics"); code != 200 {
+			t.Errorf("/metrics: %d", code)
+		}
+		want := 404
+		if pprof {
+			want = 200
+		}
+		if code := get("/debug/pprof/"); code != want {
+			t.Errorf("--pprof=%v: /debug/pprof/ answered %d, want %d", pprof, code, want)
+		}
+		g.stop()
 	}
 }
