@@ -19,7 +19,7 @@ import (
 // attachLoop mounts ref's image in a private directory and binds a loop
 // device to it with direct IO.
 func (a *Attacher) attachLoop(ctx context.Context, ref string, readOnly bool) (*Attachment, error) {
-	dir := filepath.Join(a.dir, strings.ReplaceAll(ref, "/", "."))
+	dir := filepath.Join(a.dir, gateway.RefFileName(ref))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}

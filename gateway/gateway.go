@@ -190,6 +190,12 @@ func SplitRef(ref string) (tenant, name string, err error) {
 	return tenant, name, nil
 }
 
+// RefFileName is volume ref as one file name, for the sockets and
+// directories doors make per volume: "tenant@name". The mapping is
+// injective: '@' is not allowed in tenant or volume names (with '.', both
+// "x.y/z" and "x/y.z" were "x.y.z").
+func RefFileName(ref string) string { return strings.Replace(ref, "/", "@", 1) }
+
 // Volume finds a volume by "tenant/name".
 func (g *Gateway) Volume(ref string) (*Volume, error) {
 	tenant, name, err := SplitRef(ref)

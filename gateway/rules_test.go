@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -106,5 +107,21 @@ func TestRuleSpecificityAndFileRules(t *testing.T) {
 		} else if !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrNotFound) {
 			t.Errorf("rule %+v: %v is neither ErrInvalid nor ErrNotFound", bad, err)
 		}
+	}
+}
+
+// TestRefFileName: distinct volumes get distinct file names (issue 17:
+// "x.y/z" and "x/y.z" both mapped to "x.y.z").
+func TestRefFileName(t *testing.T) {
+	seen := map[string]string{}
+	for _, ref := range []string{"x.y/z", "x/y.z", "x/y", "x.y/z.w", "x/y.z.w", "a-b/c", "a/b-c"} {
+		n := RefFileName(ref)
+		if prev, ok := seen[n]; ok {
+			t.Fatalf("%s and %s both map to %s", prev, ref, n)
+		}
+		if strings.Contains(n, "/") {
+			t.Fatalf("%s maps to %s, which is not one file name", ref, n)
+		}
+		seen[n] = ref
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -59,7 +58,7 @@ func NewExports(g *gateway.Gateway, dir string, opts ServerOptions) (*Exports, e
 
 // DefaultSocket is where volume ref is exported when no path is given.
 func (e *Exports) DefaultSocket(ref string) string {
-	return filepath.Join(e.dir, strings.ReplaceAll(ref, "/", ".")+".sock")
+	return filepath.Join(e.dir, gateway.RefFileName(ref)+".sock")
 }
 
 // Export serves block volume ref on socket ("" for the default path).
