@@ -205,6 +205,20 @@ func (a *allocator) contains(off, length int64) bool {
 		(off-a.base)/unitSize+unitsFor(length) <= a.units
 }
 
+// inUse reports whether every unit of [off, off+length) is marked in use
+// (fsck: a chunk map entry must point at allocated space).
+func (a *allocator) inUse(off, length int64) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	first, n := (off-a.base)/unitSize, unitsFor(length)
+	for u := first; u < first+n; u++ {
+		if a.words[u/64]&(1<<(u%64)) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // free returns an extent for immediate reuse. Only for extents that no
 // committed map entry ever pointed at (a write whose commit failed).
 func (a *allocator) free(off, length int64) {

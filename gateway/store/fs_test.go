@@ -460,7 +460,9 @@ func TestFsckFindsDamage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(r.Problems) != 3 {
-		t.Fatalf("fsck found %d problems, want 3: %q", len(r.Problems), r.Problems)
+	// The leaked chunk is also an entry the store did not count and
+	// points at space the allocator has free: two more problems.
+	if len(r.Problems) != 5 {
+		t.Fatalf("fsck found %d problems, want 5: %q", len(r.Problems), r.Problems)
 	}
 }

@@ -52,8 +52,11 @@ func (s *Store) Fsck(ctx context.Context, tenant, name string) (FsckReport, erro
 	if v.fs != nil {
 		v.fs.barrier()
 	}
+	before := v.allocated.Load()
+	var unallocated []string
 	err = s.db.View(func(txn *badger.Txn) error {
-		if err := s.fsckChunks(txn, v, &r); err != nil {
+		var err error
+		if unallocated, err = s.fsckChunks(txn, v, &r); err != nil {
 			return err
 		}
 		if v.fs != nil {
@@ -61,6 +64,18 @@ func (s *Store) Fsck(ctx context.Context, tenant, name string) (FsckReport, erro
 		}
 		return nil
 	})
+	// The maps against the store's derived state: the chunk count loaded
+	// at open and kept since, and the allocator. A map that lost entries
+	// (or gained them) behind the store's back shows here. Only when the
+	// volume did not change during the scan, since IO moves both.
+	if after := v.allocated.Load(); err == nil && before == after {
+		if int64(r.Chunks) != after {
+			r.problem("the chunk maps hold %d chunks but the store counted %d since it opened: map entries were lost or added behind its back", r.Chunks, after)
+		}
+		for _, p := range unallocated {
+			r.problem("%s", p)
+		}
+	}
 	return r, err
 }
 
@@ -72,7 +87,10 @@ type ownedExtent struct {
 
 // fsckChunks checks chunk placement: in the pool, no overlaps with any
 // chunk of the store, and (block volumes) only inode 0 within the size.
-func (s *Store) fsckChunks(txn *badger.Txn, v *Volume, r *FsckReport) error {
+// It returns, apart, the chunks whose space the allocator has free (a
+// problem only if the volume did not change meanwhile: see Fsck).
+func (s *Store) fsckChunks(txn *badger.Txn, v *Volume, r *FsckReport) ([]string, error) {
+	var unallocated []string
 	var all []ownedExtent
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixChunk}, PrefetchValues: true})
 	defer it.Close()
@@ -99,6 +117,9 @@ func (s *Store) fsckChunks(txn *badger.Txn, v *Volume, r *FsckReport) error {
 		switch {
 		case !s.alloc.contains(e.devOff, int64(e.storedLen)):
 			r.problem("inode %d chunk %d points outside the pool (offset %d length %d)", ino, idx, e.devOff, e.storedLen)
+		case !s.alloc.inUse(e.devOff, int64(e.storedLen)) && len(unallocated) < maxProblems:
+			unallocated = append(unallocated, fmt.Sprintf("inode %d chunk %d points at space the allocator has free (offset %d length %d)",
+				ino, idx, e.devOff, e.storedLen))
 		case v.fs == nil && ino != 0:
 			r.problem("block volume has a chunk of inode %d", ino)
 		case v.fs == nil && int64(idx) >= numChunks(v.Size(), v.chunkSize):
@@ -117,7 +138,7 @@ func (s *Store) fsckChunks(txn *badger.Txn, v *Volume, r *FsckReport) error {
 				a.vol, a.ino, a.idx, b.vol, b.ino, b.idx, b.off)
 		}
 	}
-	return nil
+	return unallocated, nil
 }
 
 // fsckNamespace checks inodes, entries and link counts.

@@ -72,6 +72,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 
 	"github.com/sluice-storage/sluice/gateway/device"
 	"github.com/sluice-storage/sluice/gateway/filter"
@@ -110,10 +111,11 @@ type Store struct {
 	byID   map[uint64]*Volume
 	byName map[string]*Volume // "tenant/name"
 
-	syncMu sync.Mutex // one metadata sync + release at a time
-	stop   chan struct{}
-	done   chan struct{}
-	closed bool
+	syncMu  sync.Mutex // one metadata sync + release at a time
+	syncSeq uint64     // the last sync number committed, under syncMu (syncmark.go)
+	stop    chan struct{}
+	done    chan struct{}
+	closed  bool
 }
 
 // Open opens (or creates) the store whose metadata lives in metaDir and whose
@@ -129,9 +131,18 @@ func Open(ctx context.Context, metaDir string, dev device.Device, opts Options) 
 	if dev.Size() < dataStart+maxChunkSize {
 		return nil, fmt.Errorf("store: device of %d bytes is too small (need at least %d): %w", dev.Size(), dataStart+maxChunkSize, ErrInvalid)
 	}
+	if !opts.InMemoryMeta {
+		if err := checkTableFooters(metaDir); err != nil {
+			return nil, fmt.Errorf("store: %w (restore %s from a backup)", err, metaDir)
+		}
+	}
 	db, err := badger.Open(badgerOptions(metaDir, opts))
 	if err != nil {
 		return nil, fmt.Errorf("store: open metadata in %s: %w", metaDir, err)
+	}
+	if err := verifyBlocks(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %s: %w (restore it from a backup)", metaDir, err)
 	}
 	s := &Store{
 		db: db, dev: dev, log: opts.Logger, env: opts.Filters,
@@ -168,13 +179,21 @@ func badgerOptions(dir string, opts Options) badger.Options {
 		WithValueLogFileSize(64 << 20).
 		WithNumCompactors(2).
 		WithLogger(badgerLogger{opts.Logger}).
-		WithLoggingLevel(badger.WARNING)
+		WithLoggingLevel(badger.WARNING).
+		// Metadata is the truth about where data lives: every table is
+		// verified at open (metacheck.go), and each block read later is
+		// verified too (badger checks neither unless asked).
+		WithChecksumVerificationMode(options.OnBlockRead). // tables: metacheck.go
+		WithVerifyValueChecksum(true)
 }
 
 // load checks the store's identity, then rebuilds volumes, chunk tables and
 // free space from the chunk maps, and finishes interrupted deletions.
 func (s *Store) load(ctx context.Context) error {
 	if err := s.checkIdentity(); err != nil {
+		return err
+	}
+	if err := s.checkSyncMark(); err != nil {
 		return err
 	}
 	s.alloc = newAllocator(dataStart, s.dev.Size()-dataStart)
@@ -366,9 +385,17 @@ func (s *Store) syncMeta() error {
 		f.barrier()
 	}
 	s.db.NewTransaction(false).Discard()
-	if err := s.db.Sync(); err != nil {
+	seq, err := s.commitSyncSeq()
+	if err == nil {
+		err = s.db.Sync()
+	}
+	if err != nil {
 		s.alloc.deferFree(freed)
 		return fmt.Errorf("%w: metadata sync: %w", ErrIO, err)
+	}
+	if err := s.writeSyncMark(seq); err != nil {
+		s.alloc.deferFree(freed)
+		return err
 	}
 	s.alloc.release(s.zeroFreed(freed))
 	return nil

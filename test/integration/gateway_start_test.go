@@ -230,3 +230,32 @@ func TestPprofOptIn(t *testing.T) {
 		g.stop()
 	}
 }
+
+// TestGatewayRefusesDamagedMetadata: 16 random bytes in a metadata table
+// stop the next start (exit 4, a message naming the damage), instead of
+// serving a volume whose chunk maps silently shrank (issue 17).
+func TestGatewayRefusesDamagedMetadata(t *testing.T) {
+	needTool(t, "qemu-io")
+	dir := t.TempDir()
+	g := startGateway(t, dir)
+	g.mustSluice("volume", "create", "t/v", "--size", "256M")
+	run(t, 2*time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 200M", g.uri("t/v"))
+	g.stop() // badger writes its tables
+	ssts, _ := filepath.Glob(filepath.Join(dir, "meta", "*.sst"))
+	if len(ssts) == 0 {
+		t.Fatal("no metadata table after a clean stop")
+	}
+	f, err := os.OpenFile(ssts[0], os.O_WRONLY, 0)
+	must(t, err)
+	fi, err := f.Stat()
+	must(t, err)
+	junk := make([]byte, 16)
+	rand.Read(junk)
+	_, err = f.WriteAt(junk, fi.Size()/3)
+	must(t, err)
+	f.Close()
+	out := startFails(t, g.args[1:]...)
+	if !strings.Contains(out, "metadata is damaged") || strings.Contains(out, "goroutine") {
+		t.Fatalf("start on a damaged table: want a clear refusal, got:\n%s", out)
+	}
+}
