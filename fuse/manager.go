@@ -2,10 +2,12 @@ package fuse
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -101,8 +103,11 @@ func (mg *Manager) Unmount(ctx context.Context, dir string) error {
 	return nil
 }
 
+// busyOr maps an unmount refused because the mount is in use (EBUSY from
+// umount2, or fusermount's "Device or resource busy") to ErrInvalid: the
+// caller's mistake, not the gateway's failure.
 func busyOr(err error) error {
-	if err == unix.EBUSY {
+	if errors.Is(err, unix.EBUSY) || strings.Contains(err.Error(), "busy") {
 		return fmt.Errorf("%w: device busy", gateway.ErrInvalid)
 	}
 	return err

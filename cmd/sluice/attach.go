@@ -21,6 +21,7 @@ func detachCommand() *cli.Command {
 		Name:      "detach",
 		Usage:     "detach a device made by attach (refused while it is mounted or in use)",
 		ArgsUsage: "DEVICE",
+		Flags:     []cli.Flag{jsonFlag},
 		Action:    detachAction,
 	}
 }
@@ -47,7 +48,11 @@ func detachAction(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return usageErr("detach: want one DEVICE")
 	}
+	dev := c.Args().First()
 	ctx, cancel := callCtx(c)
 	defer cancel()
-	return apiErr(apiClient(c).Detach(ctx, c.Args().First()))
+	if err := apiClient(c).Detach(ctx, dev); err != nil {
+		return apiErr(err)
+	}
+	return printDone(c, map[string]any{"device": dev, "detached": true}, "detached %s", dev)
 }

@@ -39,9 +39,25 @@ func TestInterspersedFlags(t *testing.T) {
 			[]string{"sluice", "volume", "create", "db", "--tenant", "acme", "--size", "10G", "--read-only"},
 			[]string{"sluice", "volume", "create", "--tenant", "acme", "--size", "10G", "--read-only", "db"},
 		},
-		{
+		{ // global flags move to the client command, which declares them too
 			[]string{"sluice", "--api-socket", "/x", "volume", "info", "a/b", "--json"},
-			[]string{"sluice", "--api-socket", "/x", "volume", "info", "--json", "a/b"},
+			[]string{"sluice", "volume", "info", "--api-socket", "/x", "--json", "a/b"},
+		},
+		{
+			[]string{"sluice", "--json", "--api-socket=/x", "volume", "list"},
+			[]string{"sluice", "volume", "list", "--json", "--api-socket=/x"},
+		},
+		{
+			[]string{"sluice", "volume", "list", "--api-socket", "/x", "--json"},
+			[]string{"sluice", "volume", "list", "--api-socket", "/x", "--json"},
+		},
+		{ // a parent command does not declare them: they stay
+			[]string{"sluice", "--api-socket", "/x", "volume"},
+			[]string{"sluice", "--api-socket", "/x", "volume"},
+		},
+		{ // the daemons' own flags are theirs
+			[]string{"sluice", "--api-socket", "/x", "gateway", "--data-dir", "d"},
+			[]string{"sluice", "--api-socket", "/x", "gateway", "--data-dir", "d"},
 		},
 		{
 			[]string{"sluice", "volume", "resize", "a/b", "--size=2G"},

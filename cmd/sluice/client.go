@@ -16,9 +16,7 @@ import (
 	"github.com/sluice-storage/sluice/gateway/admin"
 )
 
-var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON for scripts"}
-
-// apiClient returns a client for the global --api-socket.
+// apiClient returns a client for --api-socket (before or after the command).
 func apiClient(c *cli.Context) *admin.Client {
 	return admin.NewClient(c.String("api-socket"))
 }
@@ -49,6 +47,17 @@ func volumeRef(c *cli.Context, what string) (string, error) {
 		return "", usageErr("%s: %v", what, err)
 	}
 	return ref, nil
+}
+
+// printDone confirms a command that changed something: one line, or with
+// --json the object (keys naming what changed, and a true flag saying
+// what happened to it, e.g. {"deleted": true, "volume": "acme/db"}).
+func printDone(c *cli.Context, obj map[string]any, format string, a ...any) error {
+	if c.Bool("json") {
+		return printJSON(obj)
+	}
+	fmt.Printf(format+"\n", a...)
+	return nil
 }
 
 func printJSON(v any) error {

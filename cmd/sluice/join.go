@@ -230,7 +230,7 @@ func counters(in []gateway.TenantTotals) []controller.TenantCounters {
 // ControllerStatus implements admin.ControllerSource.
 func (j *joined) ControllerStatus() admin.ControllerStatus {
 	fs := j.agent.Follower().State()
-	st := admin.ControllerStatus{URL: j.o.url, GatewayID: j.o.id, Grace: j.o.grace,
+	st := admin.ControllerStatus{URL: j.o.url, GatewayID: j.o.id, GraceSeconds: j.o.grace.Seconds(),
 		Following: fs.Following, Epoch: fs.Epoch, LastContact: fs.LastContact, Capacity: map[string]float64{}}
 	if fs.Epoch != 0 {
 		st.EpochText = controller.FormatEpoch(fs.Epoch)

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 
 	"github.com/urfave/cli/v2"
 )
@@ -45,17 +44,12 @@ func usageErr(format string, a ...any) error {
 const defaultDataDir = "./sluice-data"
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:  "sluice",
 		Usage: "a userspace software-defined storage gateway",
-		Flags: []cli.Flag{
-			&cli.StringFlag{
-				Name:    "api-socket",
-				Usage:   "the gateway's admin API socket",
-				EnvVars: []string{"SLUICE_API_SOCKET"},
-				Value:   filepath.Join(defaultDataDir, "api.sock"),
-			},
-		},
+		// The client commands take these too (prepareCommands), so they
+		// may come before or after the command.
+		Flags: []cli.Flag{apiSocketFlag(), jsonFlag},
 		Commands: []*cli.Command{
 			gatewayCommand(),
 			volumeCommand(),
@@ -78,10 +72,10 @@ func newApp() *cli.App {
 		},
 		Action:         unknownSubcommand,
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints and exits
-		OnUsageError: func(c *cli.Context, err error, _ bool) error {
-			return &exitError{exitUsage, err}
-		},
+		OnUsageError:   usageError,
 	}
+	prepareCommands(app.Commands)
+	return app
 }
 
 func main() {
@@ -90,7 +84,7 @@ func main() {
 	if err == nil {
 		os.Exit(exitOK)
 	}
-	fmt.Fprintln(os.Stderr, "sluice:", err)
+	fmt.Fprintln(os.Stderr, "sluice:", oneLine(err.Error()))
 	var ee *exitError
 	if errors.As(err, &ee) {
 		os.Exit(ee.code)
@@ -110,7 +104,7 @@ func newLogger(level string) (*slog.Logger, error) {
 // without arguments it shows help; with an unknown one it is a usage error.
 func unknownSubcommand(c *cli.Context) error {
 	if c.NArg() > 0 {
-		return usageErr("unknown command %q (see `%s --help`)", c.Args().First(), c.Command.HelpName)
+		return usageErr("unknown command %q (run '%s --help')", c.Args().First(), c.Command.HelpName)
 	}
 	return cli.ShowSubcommandHelp(c)
 }

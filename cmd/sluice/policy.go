@@ -36,7 +36,7 @@ See ` + "`sluice filter list`" + ` for the filters and their parameters.`,
 				Flags: []cli.Flag{jsonFlag}, Action: policyAdd,
 			},
 			{Name: "list", Usage: "list policies and whether each is in force", Flags: []cli.Flag{jsonFlag}, Action: policyList},
-			{Name: "delete", Usage: "delete a policy (data written under it stays readable)", ArgsUsage: "ID", Action: policyDelete},
+			{Name: "delete", Usage: "delete a policy (data written under it stays readable)", ArgsUsage: "ID", Flags: []cli.Flag{jsonFlag}, Action: policyDelete},
 		},
 	}
 }
@@ -132,6 +132,5 @@ func policyDelete(c *cli.Context) error {
 	if err := apiClient(c).DeletePolicy(ctx, id); err != nil {
 		return apiErr(err)
 	}
-	fmt.Printf("deleted policy %d\n", id)
-	return nil
+	return printDone(c, map[string]any{"id": id, "deleted": true}, "deleted policy %d", id)
 }

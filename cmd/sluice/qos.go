@@ -44,7 +44,7 @@ Changes apply to running IO within a second.`,
 				Action: qosSet,
 			},
 			{Name: "list", Usage: "list rules with their queue counters", Flags: []cli.Flag{jsonFlag}, Action: qosList},
-			{Name: "delete", Usage: "delete a rule (its waiting IO is released)", ArgsUsage: "ID", Action: qosDelete},
+			{Name: "delete", Usage: "delete a rule (its waiting IO is released)", ArgsUsage: "ID", Flags: []cli.Flag{jsonFlag}, Action: qosDelete},
 		},
 	}
 }
@@ -210,6 +210,5 @@ func qosDelete(c *cli.Context) error {
 	if err := apiClient(c).DeleteQoSRule(ctx, id); err != nil {
 		return apiErr(err)
 	}
-	fmt.Printf("deleted rule %d\n", id)
-	return nil
+	return printDone(c, map[string]any{"id": id, "deleted": true}, "deleted rule %d", id)
 }

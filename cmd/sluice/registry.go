@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"sort"
 	"strings"
 
@@ -22,9 +21,9 @@ a change that would break one is refused.`,
 			{Name: "list", Usage: "list filters, metrics, groups and file-type sets", Flags: []cli.Flag{jsonFlag}, Action: registryList},
 			{
 				Name: "set", Usage: "define or replace a group (members TENANT or TENANT/VOLUME) or a file-type set (globs)",
-				ArgsUsage: "group NAME MEMBER... | file_type NAME GLOB...", Action: registrySet,
+				ArgsUsage: "group NAME MEMBER... | file_type NAME GLOB...", Flags: []cli.Flag{jsonFlag}, Action: registrySet,
 			},
-			{Name: "delete", Usage: "remove a group or a file-type set", ArgsUsage: "group|file_type NAME", Action: registryDelete},
+			{Name: "delete", Usage: "remove a group or a file-type set", ArgsUsage: "group|file_type NAME", Flags: []cli.Flag{jsonFlag}, Action: registryDelete},
 		},
 	}
 }
@@ -51,8 +50,9 @@ func registrySet(c *cli.Context) error {
 	if err := apiClient(c).SetRegistryEntry(ctx, kind, args[1], args[2:]); err != nil {
 		return apiErr(err)
 	}
-	fmt.Printf("%s %s: %s\n", kind, strings.ToLower(args[1]), strings.Join(args[2:], " "))
-	return nil
+	name := strings.ToLower(args[1])
+	return printDone(c, map[string]any{"kind": kind, "name": name, "values": args[2:]},
+		"%s %s: %s", kind, name, strings.Join(args[2:], " "))
 }
 
 func registryDelete(c *cli.Context) error {
@@ -68,8 +68,8 @@ func registryDelete(c *cli.Context) error {
 	if err := apiClient(c).DeleteRegistryEntry(ctx, kind, c.Args().Get(1)); err != nil {
 		return apiErr(err)
 	}
-	fmt.Printf("deleted %s %s\n", kind, c.Args().Get(1))
-	return nil
+	return printDone(c, map[string]any{"kind": kind, "name": c.Args().Get(1), "deleted": true},
+		"deleted %s %s", kind, c.Args().Get(1))
 }
 
 func registryList(c *cli.Context) error {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode"
 )
 
 // parseSize reads a byte count: a plain number of bytes, or a number with a
@@ -52,4 +53,30 @@ func formatSize(n int64) string {
 		return fmt.Sprintf("%d%s", int64(f), units[i])
 	}
 	return fmt.Sprintf("%.1f%s", f, units[i])
+}
+
+// exactSize is a size for messages: "100 TiB (109951162777600 bytes)", or
+// "1000 bytes" below 1 KiB.
+func exactSize(n int64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%d bytes", n)
+	}
+	h := formatSize(n) // "100TiB", "1.5MiB"
+	i := strings.IndexFunc(h, unicode.IsLetter)
+	return fmt.Sprintf("%s %s (%d bytes)", h[:i], h[i:], n)
+}
+
+// formatLatency prints seconds in the unit that suits them: "850ns",
+// "12.4µs", "929.3ms", "1.25s".
+// (The bounds are where the rounded number would reach 1000.)
+func formatLatency(sec float64) string {
+	switch {
+	case sec < 999.5e-9:
+		return fmt.Sprintf("%.0fns", sec*1e9)
+	case sec < 999.95e-6:
+		return fmt.Sprintf("%.1fµs", sec*1e6)
+	case sec < 999.95e-3:
+		return fmt.Sprintf("%.1fms", sec*1e3)
+	}
+	return fmt.Sprintf("%.2fs", sec)
 }

@@ -134,7 +134,7 @@ unless --controller says otherwise.`,
 				Action: sloApply,
 			},
 			{Name: "list", Usage: "list SLOs", Flags: append([]cli.Flag{jsonFlag}, controllerFlags()...), Action: sloList},
-			{Name: "delete", Usage: "delete a tenant's SLO (the tenant becomes best effort)", ArgsUsage: "TENANT", Flags: controllerFlags(), Action: sloDelete},
+			{Name: "delete", Usage: "delete a tenant's SLO (the tenant becomes best effort)", ArgsUsage: "TENANT", Flags: append([]cli.Flag{jsonFlag}, controllerFlags()...), Action: sloDelete},
 		},
 	}
 }
@@ -229,8 +229,7 @@ func sloDelete(c *cli.Context) error {
 	if err := cl.DeleteSLO(ctx, c.Args().First()); err != nil {
 		return controllerErr(cl, err)
 	}
-	fmt.Printf("deleted the SLO of tenant %s\n", c.Args().First())
-	return nil
+	return printDone(c, map[string]any{"tenant": c.Args().First(), "deleted": true}, "deleted the SLO of tenant %s", c.Args().First())
 }
 
 // formatRateOf prints a rate of resource r: bytes/s as a size, IOPS as a

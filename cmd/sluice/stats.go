@@ -35,7 +35,7 @@ func stats(c *cli.Context) error {
 		}
 		for _, o := range v.Ops {
 			rows = append(rows, []string{v.Ref, o.Door, o.Op, fmt.Sprint(o.Ops), formatSize(int64(o.Bytes)),
-				fmt.Sprint(o.Errors), fmt.Sprintf("%.1fµs", o.MeanLatency*1e6)})
+				fmt.Sprint(o.Errors), formatLatency(o.MeanLatency)})
 		}
 	}
 	table([]string{"VOLUME", "DOOR", "OP", "OPS", "BYTES", "ERRORS", "MEAN LATENCY"}, rows)

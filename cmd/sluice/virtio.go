@@ -20,7 +20,7 @@ func virtioCommand() *cli.Command {
 				Flags:     []cli.Flag{&cli.StringFlag{Name: "socket", Usage: "socket path (default: DATA-DIR/virtio/TENANT.NAME.sock)"}, jsonFlag},
 				Action:    virtioExport,
 			},
-			{Name: "unexport", Usage: "stop serving a volume (front-ends are disconnected)", ArgsUsage: "TENANT/NAME", Action: virtioUnexport},
+			{Name: "unexport", Usage: "stop serving a volume (front-ends are disconnected)", ArgsUsage: "TENANT/NAME", Flags: []cli.Flag{jsonFlag}, Action: virtioUnexport},
 			{Name: "list", Usage: "list virtio exports", Flags: []cli.Flag{jsonFlag}, Action: virtioList},
 		},
 	}
@@ -51,7 +51,10 @@ func virtioUnexport(c *cli.Context) error {
 	}
 	ctx, cancel := callCtx(c)
 	defer cancel()
-	return apiErr(apiClient(c).VirtioUnexport(ctx, ref))
+	if err := apiClient(c).VirtioUnexport(ctx, ref); err != nil {
+		return apiErr(err)
+	}
+	return printDone(c, map[string]any{"volume": ref, "unexported": true}, "unexported %s", ref)
 }
 
 func virtioList(c *cli.Context) error {

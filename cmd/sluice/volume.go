@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -21,7 +22,7 @@ func volumeCommand() *cli.Command {
 				ArgsUsage: "NAME (or TENANT/NAME)",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "tenant", Usage: "owning tenant"},
-					&cli.StringFlag{Name: "size", Required: true, Usage: "size, e.g. 10G or 512MiB"},
+					&cli.StringFlag{Name: "size", Usage: "size, e.g. 10G or 512MiB (required)"},
 					&cli.StringFlag{Name: "kind", Value: "block", Usage: "block (a disk: NBD, attach, image mount) or fs (a filesystem: mount)"},
 					&cli.StringFlag{Name: "chunk-size", Value: "64K", Usage: "allocation unit, a power of two from 4K to 4M"},
 					&cli.BoolFlag{Name: "read-only", Usage: "refuse writes"},
@@ -34,10 +35,13 @@ func volumeCommand() *cli.Command {
 			{Name: "info", Usage: "show one volume", ArgsUsage: "TENANT/NAME", Flags: []cli.Flag{jsonFlag}, Action: volumeInfo},
 			{
 				Name: "resize", Usage: "grow a volume", ArgsUsage: "TENANT/NAME",
-				Flags:  []cli.Flag{&cli.StringFlag{Name: "size", Required: true, Usage: "new size; volumes only grow"}, jsonFlag},
+				Flags:  []cli.Flag{&cli.StringFlag{Name: "size", Usage: "new size; volumes only grow (required)"}, jsonFlag},
 				Action: volumeResize,
 			},
-			{Name: "delete", Usage: "delete a volume and return its space (refused while it is mounted, attached or exported)", ArgsUsage: "TENANT/NAME", Action: volumeDelete},
+			{
+				Name: "delete", Usage: "delete a volume and return its space (refused while it is mounted, attached or exported)",
+				ArgsUsage: "TENANT/NAME", Flags: []cli.Flag{jsonFlag}, Action: volumeDelete,
+			},
 		},
 	}
 }
@@ -55,6 +59,9 @@ func volumeCreate(c *cli.Context) error {
 	}
 	if tenant == "" {
 		return usageErr("volume create: --tenant is required")
+	}
+	if err := requireFlag(c, "size"); err != nil {
+		return err
 	}
 	size, err := parseSize(c.String("size"))
 	if err != nil {
@@ -81,11 +88,43 @@ func volumeCreate(c *cli.Context) error {
 	if err != nil {
 		return apiErr(err)
 	}
+	return printVolumeChange(c, v, fmt.Sprintf("created %s (%s, %s)", v.Ref, v.Kind, formatSize(v.Size)))
+}
+
+// volumeChange is what create and resize print with --json: the volume
+// and the warnings they also print on stderr (an array, maybe empty).
+type volumeChange struct {
+	admin.Volume
+	Warnings []string `json:"warnings"`
+}
+
+func printVolumeChange(c *cli.Context, v admin.Volume, line string) error {
+	warnings := overcommitWarnings(c)
 	if c.Bool("json") {
-		return printJSON(v)
+		if err := printJSON(volumeChange{Volume: v, Warnings: warnings}); err != nil {
+			return err
+		}
+	} else {
+		fmt.Println(line)
 	}
-	fmt.Printf("created %s (%s, %s)\n", v.Ref, v.Kind, formatSize(v.Size))
+	for _, w := range warnings {
+		fmt.Fprintln(os.Stderr, "sluice: warning:", w)
+	}
 	return nil
+}
+
+// overcommitWarnings warns when the volumes' sizes add up to more than the
+// pool holds. Thin provisioning allows it, but writes fail once the pool
+// is full. No warning when the pool's numbers cannot be had.
+func overcommitWarnings(c *cli.Context) []string {
+	ctx, cancel := callCtx(c)
+	defer cancel()
+	st, err := apiClient(c).Stats(ctx)
+	if err != nil || st.Pool.Provision <= st.Pool.Size {
+		return []string{}
+	}
+	return []string{fmt.Sprintf("the pool is overcommitted: its %d volumes provision %s, the pool holds %s; "+
+		"writes fail with \"no space\" once it is full", st.Pool.Volumes, exactSize(st.Pool.Provision), exactSize(st.Pool.Size))}
 }
 
 func volumeRows(vs []admin.Volume) [][]string {
@@ -139,6 +178,9 @@ func volumeResize(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := requireFlag(c, "size"); err != nil {
+		return err
+	}
 	size, err := parseSize(c.String("size"))
 	if err != nil {
 		return usageErr("--size: %v", err)
@@ -149,11 +191,7 @@ func volumeResize(c *cli.Context) error {
 	if err != nil {
 		return apiErr(err)
 	}
-	if c.Bool("json") {
-		return printJSON(v)
-	}
-	fmt.Printf("resized %s to %s\n", v.Ref, formatSize(v.Size))
-	return nil
+	return printVolumeChange(c, v, fmt.Sprintf("resized %s to %s", v.Ref, formatSize(v.Size)))
 }
 
 func volumeDelete(c *cli.Context) error {
@@ -166,6 +204,5 @@ func volumeDelete(c *cli.Context) error {
 	if err := apiClient(c).DeleteVolume(ctx, ref); err != nil {
 		return apiErr(err)
 	}
-	fmt.Printf("deleted %s\n", ref)
-	return nil
+	return printDone(c, map[string]any{"volume": ref, "deleted": true}, "deleted %s", ref)
 }

@@ -20,9 +20,9 @@ type ControllerStatus struct {
 	Joined    bool   `json:"joined"`
 	URL       string `json:"url,omitempty"`
 	GatewayID string `json:"gateway_id,omitempty"`
-	// Grace is how long the gateway keeps the controller's assignments
-	// after it last heard from it.
-	Grace time.Duration `json:"grace_ns,omitempty"`
+	// GraceSeconds is how long the gateway keeps the controller's
+	// assignments after it last heard from it.
+	GraceSeconds float64 `json:"grace_seconds,omitempty"`
 	// Following: the controller's assignments are in force (false: the
 	// static rules, before the first set or after the grace period).
 	Following bool `json:"following"`

@@ -85,7 +85,7 @@ type Limits struct {
 
 	// Burst is how much of each limit an idle queue may bank: a token
 	// bucket of depth limit × Burst. 0 means DefaultBurst.
-	Burst time.Duration `json:"burst,omitempty"` // nanoseconds in JSON
+	Burst time.Duration `json:"-"` // burst_seconds in JSON (json.go)
 
 	// Reservations: minimum service under contention. If both are set the
 	// queue gets at least both (whichever is more generous for its IO mix).

@@ -44,7 +44,8 @@ type classCounters struct {
 	inFlight          int
 }
 
-// QueueStats is a snapshot of one queue's counters.
+// QueueStats is a snapshot of one queue's counters. Its JSON form has
+// snake_case keys and times in seconds (json.go).
 type QueueStats struct {
 	Name          string
 	Limits        Limits

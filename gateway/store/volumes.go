@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/bits"
 	"regexp"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -85,7 +86,7 @@ func (o *CreateOptions) validate() error {
 	case o.Kind != KindBlock && o.Kind != KindFS:
 		return fmt.Errorf("kind %q: %w: want %q or %q", o.Kind, ErrInvalid, KindBlock, KindFS)
 	case o.ChunkSize < minChunkSize || o.ChunkSize > maxChunkSize || bits.OnesCount64(uint64(o.ChunkSize)) != 1:
-		return fmt.Errorf("chunk size %d: %w: want a power of two from 4KiB to 4MiB", o.ChunkSize, ErrInvalid)
+		return fmt.Errorf("chunk size %s: %w: want a power of two from 4 KiB to 4 MiB", sizeText(o.ChunkSize), ErrInvalid)
 	}
 	return validSize(o.Size)
 }
@@ -93,13 +94,33 @@ func (o *CreateOptions) validate() error {
 func validSize(size int64) error {
 	switch {
 	case size <= 0:
-		return fmt.Errorf("size %d: %w: must be positive", size, ErrInvalid)
+		return fmt.Errorf("size %s: %w: must be positive", sizeText(size), ErrInvalid)
 	case size%SizeAlign != 0:
-		return fmt.Errorf("size %d: %w: must be a multiple of %d bytes", size, ErrInvalid, SizeAlign)
+		return fmt.Errorf("size %s: %w: must be a multiple of %d bytes", sizeText(size), ErrInvalid, SizeAlign)
 	case size > MaxVolumeSize:
-		return fmt.Errorf("size %d: %w: larger than 64 TiB", size, ErrInvalid)
+		return fmt.Errorf("size %s: %w: larger than %s", sizeText(size), ErrInvalid, sizeText(MaxVolumeSize))
 	}
 	return nil
+}
+
+// sizeText is a byte count for error messages: in the largest binary unit
+// with the exact count after it, "100 TiB (109951162777600 bytes)", or
+// "1000 bytes" below 1 KiB.
+func sizeText(n int64) string {
+	if n < 1024 && n > -1024 {
+		return fmt.Sprintf("%d bytes", n)
+	}
+	units := []string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	f, i := float64(n)/1024, 0
+	for (f >= 1024 || f <= -1024) && i < len(units)-1 {
+		f /= 1024
+		i++
+	}
+	num := strconv.FormatFloat(f, 'f', 1, 64)
+	if f == float64(int64(f)) {
+		num = strconv.FormatInt(int64(f), 10)
+	}
+	return fmt.Sprintf("%s %s (%d bytes)", num, units[i], n)
 }
 
 // CreateVolume creates a volume and makes its record durable.
@@ -177,7 +198,7 @@ func (s *Store) ResizeVolume(ctx context.Context, tenant, name string, size int6
 	old := v.Info()
 	switch {
 	case size < old.Size:
-		return fmt.Errorf("volume %s: %w: cannot shrink from %d to %d bytes", old.Ref(), ErrInvalid, old.Size, size)
+		return fmt.Errorf("volume %s: %w: cannot shrink from %s to %s", old.Ref(), ErrInvalid, sizeText(old.Size), sizeText(size))
 	case size == old.Size:
 		return nil
 	}

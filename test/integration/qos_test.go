@@ -100,12 +100,12 @@ func TestQoSLimitHoldsWhileNeighbourRuns(t *testing.T) {
 	}
 	var rules []struct {
 		Stats struct {
-			AdmittedBytes uint64 `json:"AdmittedBytes"`
-			ThrottledTime int64  `json:"ThrottledTime"`
+			AdmittedBytes    uint64  `json:"admitted_bytes"`
+			ThrottledSeconds float64 `json:"throttled_seconds"`
 		} `json:"stats"`
 	}
 	json.Unmarshal([]byte(g.mustSluice("qos", "list", "--json")), &rules)
-	if len(rules) != 1 || rules[0].Stats.AdmittedBytes == 0 || rules[0].Stats.ThrottledTime == 0 {
+	if len(rules) != 1 || rules[0].Stats.AdmittedBytes == 0 || rules[0].Stats.ThrottledSeconds == 0 {
 		t.Errorf("queue counters not visible in qos list: %+v", rules)
 	}
 }
