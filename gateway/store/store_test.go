@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -463,5 +465,35 @@ func TestContiguousAllocationAndFragmentedPool(t *testing.T) {
 	first := make([]byte, MiB)
 	if err := v.ReadAt(ctx, 0, first, 0); err != nil || !bytes.Equal(first, data) {
 		t.Fatal("first write damaged")
+	}
+}
+
+// TestLabelsValidated: label keys and values are bounded and printable
+// (issue 17: NUL, ESC, empty and 5,000-character keys were accepted).
+func TestLabelsValidated(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	many := map[string]string{}
+	for i := range maxLabels + 1 {
+		many[fmt.Sprintf("k%d", i)] = "v"
+	}
+	for name, labels := range map[string]map[string]string{
+		"empty key":      {"": "v"},
+		"NUL in key":     {"a\x00b": "v"},
+		"ESC in value":   {"k": "\x1b[31mred"},
+		"long key":       {strings.Repeat("k", 5000): "v"},
+		"long value":     {"k": strings.Repeat("v", 256)},
+		"invalid UTF-8":  {"k": "\xff"},
+		"too many":       many,
+		"key starts '-'": {"-k": "v"},
+	} {
+		_, err := s.CreateVolume(ctx, CreateOptions{Tenant: "t", Name: "v", Size: MiB, Labels: labels})
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", name, err)
+		}
+	}
+	ok := map[string]string{"app": "db", "example.com/tier": "gold", "note": "", "team_1": "ünïcode ok"}
+	if _, err := s.CreateVolume(ctx, CreateOptions{Tenant: "t", Name: "v", Size: MiB, Labels: ok}); err != nil {
+		t.Fatalf("valid labels: %v", err)
 	}
 }

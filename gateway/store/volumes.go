@@ -8,9 +8,12 @@ import (
 	"math/bits"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -88,7 +91,37 @@ func (o *CreateOptions) validate() error {
 	case o.ChunkSize < minChunkSize || o.ChunkSize > maxChunkSize || bits.OnesCount64(uint64(o.ChunkSize)) != 1:
 		return fmt.Errorf("chunk size %s: %w: want a power of two from 4 KiB to 4 MiB", sizeText(o.ChunkSize), ErrInvalid)
 	}
+	if err := validLabels(o.Labels); err != nil {
+		return err
+	}
 	return validSize(o.Size)
+}
+
+// Label limits: at most maxLabels labels; a key is 1-63 letters, digits,
+// '.', '_', '-' or '/', starting with a letter or digit (as Kubernetes
+// label names are); a value is at most 255 bytes of printable UTF-8.
+const (
+	maxLabels        = 64
+	maxLabelKeyLen   = 63
+	maxLabelValueLen = 255
+)
+
+var labelKeyPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]*$`)
+
+func validLabels(labels map[string]string) error {
+	if len(labels) > maxLabels {
+		return fmt.Errorf("%d labels: %w: at most %d", len(labels), ErrInvalid, maxLabels)
+	}
+	for k, v := range labels {
+		if len(k) > maxLabelKeyLen || !labelKeyPattern.MatchString(k) {
+			return fmt.Errorf("label key %.70q: %w: use 1-%d letters, digits, '.', '_', '-' or '/', starting with a letter or digit",
+				k, ErrInvalid, maxLabelKeyLen)
+		}
+		if len(v) > maxLabelValueLen || !utf8.ValidString(v) || strings.IndexFunc(v, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+			return fmt.Errorf("label %s: %w: a value is at most %d bytes of printable UTF-8 (no control characters)", k, ErrInvalid, maxLabelValueLen)
+		}
+	}
+	return nil
 }
 
 func validSize(size int64) error {
