@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"runtime/debug"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sluice-storage/sluice/internal/bufpool"
+	"github.com/sluice-storage/sluice/internal/listen"
 )
 
 // Connection phases, for Shutdown.
@@ -30,6 +32,7 @@ const (
 // concurrently and replies go out in completion order (reply.go).
 type conn struct {
 	srv    *Server
+	log    *slog.Logger    // the server's, capped per connection (internal/logcap)
 	parent context.Context // the Serve context it was accepted under
 	nc     io.ReadWriteCloser
 	br     *bufio.Reader
@@ -86,6 +89,7 @@ func newConn(s *Server, parent context.Context, nc io.ReadWriteCloser) *conn {
 	ctx, cancel := context.WithCancel(parent)
 	c := &conn{
 		srv:        s,
+		log:        s.clients.For(listen.ClientKey(nc)),
 		parent:     parent,
 		nc:         nc,
 		br:         bufio.NewReaderSize(nc, 128<<10),
@@ -106,7 +110,7 @@ func (c *conn) run() {
 	defer c.cancel()
 	defer func() {
 		if p := recover(); p != nil {
-			c.srv.log.Error("nbd: connection panic", "panic", p, "stack", string(debug.Stack()))
+			c.log.Error("nbd: connection panic", "panic", p, "stack", string(debug.Stack()))
 			c.abort()
 			c.finish()
 		}
@@ -131,13 +135,13 @@ func (c *conn) run() {
 		exports:    c.srv.exports,
 		readOnly:   c.srv.readOnly,
 		maxPayload: c.srv.maxPayload,
-		log:        c.srv.log,
+		log:        c.log,
 		shutdown:   c.isShutting,
 	}
 	sess, err := n.negotiate()
 	if err != nil {
 		if !errors.Is(err, errAbort) && !isClosedErr(err) {
-			c.srv.log.Debug("nbd: handshake ended", "err", err)
+			c.log.Debug("nbd: handshake ended", "err", err)
 		}
 		c.closeTransport()
 		c.setPhase(phaseDone)
@@ -152,7 +156,7 @@ func (c *conn) run() {
 		c.closeTransport()
 		return
 	}
-	c.srv.log.Debug("nbd: client connected", "export", sess.name, "size", sess.size,
+	c.log.Debug("nbd: client connected", "export", sess.name, "size", sess.size,
 		"structured", sess.structured, "readonly", sess.readOnly)
 	c.transmit()
 	c.finish()
@@ -238,14 +242,14 @@ func (c *conn) transmit() {
 		}
 		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
 			if !c.isShutting() && !isClosedErr(err) && !errors.Is(err, io.EOF) {
-				c.srv.log.Debug("nbd: read request", "err", err)
+				c.log.Debug("nbd: read request", "err", err)
 			}
 			return
 		}
 		h, err := parseRequestHeader(hdr[:])
 		if err != nil {
 			// Bad magic: the stream cannot be trusted any more.
-			c.srv.log.Warn("nbd: closing connection", "err", err)
+			c.log.Warn("nbd: closing connection", "err", err)
 			c.abort()
 			return
 		}
@@ -262,7 +266,7 @@ func (c *conn) transmit() {
 		if e := checkRequest(h, c.st); e != 0 {
 			if h.typ == cmdWrite && !c.skipPayload(h.length) {
 				c.replyError(nil, h, e)
-				c.srv.log.Warn("nbd: closing connection after an oversized write", "length", h.length)
+				c.log.Warn("nbd: closing connection after an oversized write", "length", h.length)
 				return
 			}
 			c.replyError(nil, h, e)
@@ -277,7 +281,7 @@ func (c *conn) transmit() {
 			if h.typ == cmdWrite {
 				if err := c.readPayload(r.buf.B); err != nil {
 					if !c.isShutting() && !isClosedErr(err) {
-						c.srv.log.Debug("nbd: read write payload", "err", err)
+						c.log.Debug("nbd: read write payload", "err", err)
 					}
 					c.inflight.Add(1)
 					c.active.Add(1)
@@ -391,7 +395,7 @@ func (c *conn) releaseRequest(r *request) {
 func (c *conn) execute(r *request) {
 	defer func() {
 		if p := recover(); p != nil {
-			c.srv.log.Error("nbd: request panic", "cmd", r.h.typ, "panic", p,
+			c.log.Error("nbd: request panic", "cmd", r.h.typ, "panic", p,
 				"stack", string(debug.Stack()))
 			c.abort()
 			// Panics come from the export, before the reply is queued; a

@@ -27,7 +27,7 @@ func (c *conn) exec(r *request) {
 		err := exp.Do(c.ctx, g)
 		c.lat.observe(h.typ, time.Since(start))
 		if err != nil {
-			c.replyError(r, h, errno(c.srv.log, "read", err))
+			c.replyError(r, h, errno(c.log, "read", err))
 			return
 		}
 		c.replyRead(r)
@@ -63,7 +63,7 @@ func (c *conn) exec(r *request) {
 	err := exp.Do(c.ctx, g)
 	c.lat.observe(h.typ, time.Since(start))
 	if err != nil {
-		c.replyError(r, h, errno(c.srv.log, g.Op.String(), err))
+		c.replyError(r, h, errno(c.log, g.Op.String(), err))
 		return
 	}
 	c.replyOK(r)
@@ -76,7 +76,7 @@ func (c *conn) blockStatus(r *request) {
 	exts, err := c.sess.export.Extents(c.ctx, int64(h.offset), int64(h.length))
 	c.lat.observe(h.typ, time.Since(start))
 	if err != nil {
-		c.replyError(r, h, errno(c.srv.log, "block_status", err))
+		c.replyError(r, h, errno(c.log, "block_status", err))
 		return
 	}
 	descs := descriptors(exts, h.offset, h.length, h.flags&cmdFlagReqOne != 0)

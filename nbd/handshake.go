@@ -8,6 +8,7 @@ import (
 	"log/slog"
 
 	"github.com/sluice-storage/sluice/gateway"
+	"github.com/sluice-storage/sluice/internal/logcap"
 )
 
 // errAbort is returned by negotiate when the client ends the session during
@@ -180,7 +181,7 @@ func (n *negotiator) infoGo(opt uint32, data []byte) (*session, error) {
 			msg := err.Error()
 			return nil, n.reply(opt, repErrUnknown, []byte(msg[:min(len(msg), 256)]))
 		}
-		n.log.Warn("nbd: export lookup failed", "export", req.name, "err", err)
+		n.log.Warn("nbd: export lookup failed", "export", logcap.Wire(req.name), "err", err)
 		return nil, n.reply(opt, repErrUnknown, []byte("export unavailable"))
 	}
 	info := binary.BigEndian.AppendUint16(nil, infoExport)

@@ -81,7 +81,7 @@ func (c *conn) writeAll(bufs [][]byte) {
 	c.wv = nil
 	if err != nil {
 		if !isClosedErr(err) {
-			c.srv.log.Debug("nbd: write reply", "err", err)
+			c.log.Debug("nbd: write reply", "err", err)
 		}
 		c.abort()
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/internal/bufpool"
 	"github.com/sluice-storage/sluice/internal/listen"
+	"github.com/sluice-storage/sluice/internal/logcap"
 )
 
 // Export is one volume as the NBD server sees it. *gateway.Volume satisfies it.
@@ -60,6 +61,7 @@ type Server struct {
 	readOnly   bool
 	maxPayload int
 	log        *slog.Logger
+	clients    *logcap.Clients // log budgets per client
 	bufs       bufpool.Pool
 	reqs       sync.Pool // *request
 
@@ -91,6 +93,7 @@ func NewServer(exports Exports, opts Options) *Server {
 		readOnly:   opts.ReadOnly,
 		maxPayload: mp,
 		log:        log,
+		clients:    logcap.NewClients(log, 0, 0),
 		listeners:  make(map[net.Listener]struct{}),
 		conns:      make(map[*conn]struct{}),
 		closed:     make(chan struct{}),

@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-storage/sluice/internal/listen"
 )
 
 // backend is one front-end connection to the target: the vhost-user state
@@ -74,7 +76,7 @@ func newBackend(s *Server, c *net.UnixConn) *backend {
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &backend{
 		s: s, conn: c, mc: newMsgConn(c), ctx: ctx, cancel: cancel,
-		log:   s.log.With("door", "virtio", "conn", fmt.Sprintf("%p", c)),
+		log:   s.clients.For(listen.ClientKey(c)).With("door", "virtio", "conn", fmt.Sprintf("%p", c)),
 		rings: make([]*vring, s.opt.Queues),
 	}
 	for i := range b.rings {

@@ -3,6 +3,7 @@ package virtio
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -121,12 +123,20 @@ func dial(t *testing.T, sock string, opts Options) *Client {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := Dial(ctx, sock, opts)
-	if err != nil {
-		t.Fatal(err)
+	for {
+		c, err := Dial(ctx, sock, opts)
+		// A target binds its socket before it listens (qemu-storage-
+		// daemon does): until then a connect is refused.
+		if errors.Is(err, syscall.ECONNREFUSED) && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond) // poll interval
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
 	}
-	t.Cleanup(func() { c.Close() })
-	return c
 }
 
 type blockDev interface {

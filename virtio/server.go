@@ -15,6 +15,7 @@ import (
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/internal/bufpool"
 	"github.com/sluice-storage/sluice/internal/listen"
+	"github.com/sluice-storage/sluice/internal/logcap"
 )
 
 // Export is one volume as the vhost-user-blk target sees it.
@@ -77,6 +78,7 @@ type Server struct {
 	opt       ServerOptions
 	readOnly  bool
 	log       *slog.Logger
+	clients   *logcap.Clients // log budgets per client (peer uid)
 	bufs      bufpool.Pool
 	mu        sync.Mutex
 	listeners map[*net.UnixListener]struct{}
@@ -133,7 +135,7 @@ func NewServer(exp Export, opts ServerOptions) *Server {
 		ro = true
 	}
 	return &Server{
-		exp: exp, opt: opts, readOnly: ro, log: log,
+		exp: exp, opt: opts, readOnly: ro, log: log, clients: logcap.NewClients(log, 0, 0),
 		listeners: make(map[*net.UnixListener]struct{}),
 		conns:     make(map[*backend]struct{}),
 	}
