@@ -46,7 +46,7 @@ func requireToken(token string, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/v1/health" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="sluice-controller"`)
-			reply(w, http.StatusUnauthorized, apiError{Error: "missing or wrong bearer token (see --token-file)"})
+			reply(w, http.StatusUnauthorized, apiError{Error: "missing or wrong bearer token: pass --token-file (a controller keeps its token in DATA-DIR/token, mode 0600)"})
 			return
 		}
 		h.ServeHTTP(w, r)

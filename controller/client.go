@@ -3,12 +3,16 @@ package controller
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -193,4 +197,59 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	var out Status
 	_, err := c.do(ctx, http.MethodGet, "/v1/status", nil, &out)
 	return out, err
+}
+
+// TokenFileName is where a controller keeps the token it generated, in
+// its data directory.
+const TokenFileName = "token"
+
+// DefaultTokenFile is the token file of a controller on the default data
+// directory: where clients look when given no token file.
+const DefaultTokenFile = "./sluice-controller/" + TokenFileName
+
+// EnsureTokenFile returns the token in path, generating one (32 random
+// bytes in hex, mode 0600) if the file does not exist. An existing file
+// that group or others can read is refused: the token is the only thing
+// between a local user and the cluster's SLOs.
+func EnsureTokenFile(path string) (tok string, created bool, err error) {
+	if fi, err := os.Stat(path); err == nil {
+		if fi.Mode().Perm()&0o077 != 0 {
+			return "", false, fmt.Errorf("token file %s has mode %04o: %w: chmod 600 it", path, fi.Mode().Perm(), ErrInvalid)
+		}
+		tok, err := ReadTokenFile(path)
+		return tok, false, err
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", false, fmt.Errorf("token file: %w", err)
+	}
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", false, err
+	}
+	tok = hex.EncodeToString(b[:])
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", false, fmt.Errorf("token file: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", false, fmt.Errorf("token file: %w", err)
+	}
+	if _, err := f.WriteString(tok + "\n"); err != nil {
+		f.Close()
+		return "", false, fmt.Errorf("token file: %w", err)
+	}
+	return tok, true, f.Close()
+}
+
+// ClientToken is the token a client sends: from path if given, else from
+// DefaultTokenFile if it exists and is readable, else none (a controller
+// then answers 401, and the error says where the token is).
+func ClientToken(path string) (string, error) {
+	if path != "" {
+		return ReadTokenFile(path)
+	}
+	tok, err := ReadTokenFile(DefaultTokenFile)
+	if err != nil {
+		return "", nil
+	}
+	return tok, nil
 }

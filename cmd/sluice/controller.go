@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -28,8 +29,11 @@ minimums first, then an equal share of the spare). Gateways join with
 ` + "`sluice gateway --controller URL --gateway-id ID`" + `. Manage SLOs with ` + "`sluice slo`" + `,
 watch with ` + "`sluice cluster status`" + `; Prometheus metrics are on /metrics.
 
-Listening beyond loopback requires --token-file: every API call then carries
-the token as a bearer token. SIGTERM or SIGINT stops it; gateways keep their
+Every API call but /v1/health carries a bearer token: the one in
+--token-file, or one the controller generates in DATA-DIR/token (mode 0600) on
+its first start. Clients pass it with --token-file (gateways with
+--controller-token-file); without one they try ./sluice-controller/token.
+Listening beyond loopback requires an explicit --token-file. SIGTERM or SIGINT stops it; gateways keep their
 last assignments for their grace period.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: controller.DefaultListen, Usage: "HTTP address (HOST:PORT)"},
@@ -65,6 +69,19 @@ func runController(c *cli.Context) error {
 		return usageErr("--listen: %v", err)
 	}
 	startup := func(err error) error { return &exitError{exitStartup, err} }
+	if token == "" {
+		// Every API call carries a token, also on loopback: any local
+		// user could otherwise change SLOs or register a fake gateway.
+		path := filepath.Join(c.String("data-dir"), controller.TokenFileName)
+		tok, created, err := controller.EnsureTokenFile(path)
+		if err != nil {
+			return startup(err)
+		}
+		token = tok
+		if created {
+			log.Info("generated the API token; clients pass it with --token-file (gateways: --controller-token-file)", "token_file", path)
+		}
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

@@ -26,7 +26,7 @@ func joinFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "controller", Usage: "join the cluster controller at this `URL` (http://HOST:PORT): report per-tenant traffic, enforce its assignments"},
 		&cli.StringFlag{Name: "gateway-id", Usage: "this gateway's `ID` at the controller (required with --controller; unique in the cluster)"},
-		&cli.StringFlag{Name: "controller-token-file", Usage: "`FILE` holding the controller's bearer token"},
+		&cli.StringFlag{Name: "controller-token-file", Usage: "`FILE` holding the controller's bearer token (default: ./sluice-controller/token if readable)"},
 		&cli.DurationFlag{Name: "controller-grace", Value: controller.DefaultGrace, Usage: "keep the controller's assignments this long after last hearing from it, then fall back to the static QoS rules"},
 		&cli.StringFlag{Name: "controller-capacity", Value: "bandwidth", Usage: "which measured capacities to report: bandwidth, iops or both (see docs/CONTROLLER.md: the controller shares each one out on its own)"},
 	}
@@ -82,13 +82,11 @@ func parseJoinFlags(c *cli.Context) (joinOptions, error) {
 	default:
 		return o, usageErr("--controller-capacity %q: want bandwidth, iops or both", c.String("controller-capacity"))
 	}
-	if f := c.String("controller-token-file"); f != "" {
-		tok, err := controller.ReadTokenFile(f)
-		if err != nil {
-			return o, usageErr("--controller-token-file: %v", err)
-		}
-		o.token = tok
+	tok, err := controller.ClientToken(c.String("controller-token-file"))
+	if err != nil {
+		return o, usageErr("--controller-token-file: %v", err)
 	}
+	o.token = tok
 	return o, nil
 }
 

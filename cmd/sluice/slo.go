@@ -21,7 +21,7 @@ import (
 func controllerFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "controller", Value: controller.DefaultURL, EnvVars: []string{"SLUICE_CONTROLLER"}, Usage: "the controller's URL"},
-		&cli.StringFlag{Name: "token-file", EnvVars: []string{"SLUICE_CONTROLLER_TOKEN_FILE"}, Usage: "file holding the controller's bearer token"},
+		&cli.StringFlag{Name: "token-file", EnvVars: []string{"SLUICE_CONTROLLER_TOKEN_FILE"}, Usage: "file holding the controller's bearer token (default: ./sluice-controller/token if readable)"},
 	}
 }
 
@@ -30,12 +30,9 @@ func controllerFlags() []cli.Flag {
 // gateway at --api-socket joined, if that gateway answers and joined one,
 // and otherwise the default URL.
 func controllerClient(c *cli.Context) (*controller.Client, error) {
-	var token string
-	if f := c.String("token-file"); f != "" {
-		var err error
-		if token, err = controller.ReadTokenFile(f); err != nil {
-			return nil, usageErr("--token-file: %v", err)
-		}
+	token, err := controller.ClientToken(c.String("token-file"))
+	if err != nil {
+		return nil, usageErr("--token-file: %v", err)
 	}
 	url := c.String("controller")
 	if !c.IsSet("controller") {

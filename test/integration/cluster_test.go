@@ -96,6 +96,10 @@ func startController(t *testing.T, dir, addr string) *ctl {
 	return c
 }
 
+// tokenFile is the API token the controller generates in its data
+// directory on first start.
+func (c *ctl) tokenFile() string { return filepath.Join(c.dir, "state", "token") }
+
 func (c *ctl) start() {
 	c.t.Helper()
 	var err error
@@ -279,7 +283,7 @@ func TestClusterSLOs(t *testing.T) {
 	c := startController(t, t.TempDir(), freeLoopbackAddr(t))
 	var gws []*gw
 	for i := 1; i <= clusterGateways; i++ {
-		g := startGateway(t, t.TempDir(), "--controller", c.url(), "--gateway-id", fmt.Sprintf("gw%d", i),
+		g := startGateway(t, t.TempDir(), "--controller", c.url(), "--controller-token-file", c.tokenFile(), "--gateway-id", fmt.Sprintf("gw%d", i),
 			"--qos-capacity-iops", strconv.Itoa(clusterCapIOPS), "--controller-capacity", "bandwidth")
 		for _, tn := range clusterTenants {
 			if slices.Contains(tn.on, i-1) {
@@ -290,7 +294,7 @@ func TestClusterSLOs(t *testing.T) {
 		gws = append(gws, g)
 	}
 	for _, tn := range clusterTenants {
-		gws[0].mustSluice("slo", "set", tn.name, "--min-read-bw", strconv.FormatFloat(tn.min, 'f', 0, 64), "--controller", c.url())
+		gws[0].mustSluice("slo", "set", tn.name, "--min-read-bw", strconv.FormatFloat(tn.min, 'f', 0, 64), "--controller", c.url(), "--token-file", c.tokenFile())
 	}
 
 	// One fio per tenant, one job per gateway.
@@ -383,7 +387,7 @@ func TestClusterSLOs(t *testing.T) {
 			} `json:"capacity"`
 		} `json:"gateways"`
 	}
-	if err := json.Unmarshal([]byte(gws[0].mustSluice("cluster", "status", "--json")), &status); err != nil {
+	if err := json.Unmarshal([]byte(gws[0].mustSluice("cluster", "status", "--json", "--token-file", c.tokenFile())), &status); err != nil {
 		t.Fatal(err)
 	}
 	for _, g := range status.Gateways {
@@ -474,7 +478,7 @@ func TestClusterSLOs(t *testing.T) {
 		t.Fatalf("the scenario ran late: the last window ends %v after fio's", after[len(after)-1].to.Sub(end))
 	}
 	sleepUntil(after[len(after)-1].to)
-	if err := json.Unmarshal([]byte(gws[0].mustSluice("cluster", "status", "--json")), &status); err != nil {
+	if err := json.Unmarshal([]byte(gws[0].mustSluice("cluster", "status", "--json", "--token-file", c.tokenFile())), &status); err != nil {
 		t.Fatal(err)
 	}
 	for _, g := range status.Gateways {
