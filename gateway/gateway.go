@@ -94,7 +94,8 @@ type Gateway struct {
 	mu   sync.Mutex
 	vols map[uint64]*Volume // by store id, so counters outlive lookups
 
-	rules rules
+	rules  rules
+	access access // tenant grants (access.go)
 
 	env       *filter.Env // filter codecs and the keyring
 	keyringMu sync.Mutex  // serialises keyring reloads
@@ -152,6 +153,10 @@ func Open(ctx context.Context, cfg Config) (*Gateway, error) {
 	if err := g.loadPolicies(); err != nil {
 		g.Close()
 		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if err := g.loadGrants(); err != nil {
+		g.Close()
+		return nil, fmt.Errorf("gateway: load tenant grants: %w", err)
 	}
 	if cfg.AutomationInterval == 0 {
 		cfg.AutomationInterval = time.Second

@@ -137,6 +137,7 @@ func (c *conn) run() {
 		maxPayload: c.srv.maxPayload,
 		log:        c.log,
 		shutdown:   c.isShutting,
+		peer:       peerOf(c.nc),
 	}
 	sess, err := n.negotiate()
 	if err != nil {
@@ -413,4 +414,22 @@ func isClosedErr(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe) ||
 		errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, io.EOF)
+}
+
+// peerOf identifies the client of a connection for an Authorizer.
+func peerOf(nc io.ReadWriteCloser) Peer {
+	p := Peer{UID: -1}
+	c, ok := nc.(net.Conn)
+	if !ok {
+		return p
+	}
+	if cred, ok := listen.PeerCred(c); ok {
+		p.UID = int(cred.Uid)
+		return p
+	}
+	p.Addr = c.RemoteAddr().String()
+	if uid, ok := listen.LoopbackUID(c); ok {
+		p.UID = uid
+	}
+	return p
 }

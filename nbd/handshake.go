@@ -36,6 +36,7 @@ type negotiator struct {
 	maxPayload int
 	log        *slog.Logger
 	shutdown   func() bool // reports whether the server is shutting down; may be nil
+	peer       Peer        // who the client is (Authorizer)
 
 	noZeroes   bool
 	structured bool
@@ -136,7 +137,7 @@ func (n *negotiator) option(opt uint32, data []byte) (*session, error) {
 			return nil, n.reply(opt, repErrInvalid, []byte("LIST takes no data"))
 		}
 		for _, name := range n.exports.Names() {
-			if len(name) > maxStringLen {
+			if len(name) > maxStringLen || !n.authorized(name) {
 				continue
 			}
 			d := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
@@ -219,6 +220,9 @@ func (n *negotiator) infoGo(opt uint32, data []byte) (*session, error) {
 
 // open looks an export up and computes its session for the current state.
 func (n *negotiator) open(name string) (*session, error) {
+	if !n.authorized(name) {
+		return nil, fmt.Errorf("export %q: %w", name, gateway.ErrNotFound)
+	}
 	exp, err := n.exports.Lookup(name)
 	if err != nil {
 		return nil, err
@@ -265,7 +269,7 @@ func (n *negotiator) metaContext(opt uint32, data []byte) error {
 	if err != nil {
 		return n.reply(opt, repErrInvalid, []byte(err.Error()))
 	}
-	if _, err := n.exports.Lookup(req.name); err != nil {
+	if _, err := n.exports.Lookup(req.name); err != nil || !n.authorized(req.name) {
 		return n.reply(opt, repErrUnknown, []byte("unknown export"))
 	}
 	match := false
@@ -303,4 +307,11 @@ func (n *negotiator) reply(opt, typ uint32, data []byte) error {
 		return fmt.Errorf("nbd: send option reply: %w", err)
 	}
 	return nil
+}
+
+// authorized asks the exports' Authorizer, if any, whether the client may
+// see and use name.
+func (n *negotiator) authorized(name string) bool {
+	a, ok := n.exports.(Authorizer)
+	return !ok || a.Authorize(n.peer, name)
 }

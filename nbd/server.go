@@ -34,6 +34,24 @@ type Exports interface {
 	Names() []string
 }
 
+// Peer is what the server knows of a client when it asks an Authorizer.
+type Peer struct {
+	// UID is the client's local user: a unix socket peer's (SO_PEERCRED)
+	// or the owner of a loopback TCP socket. -1 when unknown (a remote
+	// TCP client).
+	UID int
+	// Addr is the client's address ("" for a unix socket).
+	Addr string
+}
+
+// Authorizer is an optional interface of Exports: when implemented, a
+// client sees in LIST, and may open with INFO, GO or EXPORT_NAME, only
+// the exports Authorize allows; any other name is answered as unknown,
+// so a client cannot tell another tenant's export from a missing one.
+type Authorizer interface {
+	Authorize(p Peer, name string) bool
+}
+
 // Options configure a Server. The zero value is usable.
 type Options struct {
 	ReadOnly   bool // serve every export read-only

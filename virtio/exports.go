@@ -95,6 +95,8 @@ func (e *Exports) Export(ctx context.Context, ref, socket string) (ExportInfo, e
 	}
 	opts := e.opts
 	opts.Logger = e.log.With("volume", ref)
+	tenant := vol.Info().Tenant
+	opts.Allow = func(uid int) bool { return e.g.MayUse(uid, tenant) }
 	srv := NewServer(vol, opts)
 	sctx, cancel := context.WithCancel(context.Background())
 	x := &export{info: ExportInfo{Volume: ref, Socket: socket}, srv: srv, cancel: cancel, done: make(chan struct{})}

@@ -44,6 +44,9 @@ type ServerOptions struct {
 	Serial string
 	// Wait tunes how each queue's poller waits for kicks.
 	Wait WaitOptions
+	// Allow, if set, decides by the connecting process's uid (SO_PEERCRED)
+	// whether it may use the export; a refused connection is closed.
+	Allow func(uid int) bool
 	// InlineBelow: a request runs on the queue's poller goroutine while
 	// requests of its kind average less than this in Export.Do; otherwise
 	// it runs on its own goroutine so a slow export sees the full queue
@@ -230,6 +233,10 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 			return nil
 		}
 		backoff.Reset()
+		if !s.allowed(c) {
+			c.Close()
+			continue
+		}
 		b := s.newBackend(c)
 		if b == nil {
 			c.Close()
@@ -301,4 +308,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 		return ctx.Err()
 	}
+}
+
+// allowed asks ServerOptions.Allow about the peer of c.
+func (s *Server) allowed(c *net.UnixConn) bool {
+	if s.opt.Allow == nil {
+		return true
+	}
+	uid := -1
+	if cred, ok := listen.PeerCred(c); ok {
+		uid = int(cred.Uid)
+	}
+	if s.opt.Allow(uid) {
+		return true
+	}
+	s.clients.For(listen.ClientKey(c)).Warn("virtio: connection refused: this user may not use the export's tenant", "uid", uid)
+	return false
 }

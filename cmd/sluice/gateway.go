@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-storage/sluice/attach"
+	"github.com/sluice-storage/sluice/controller"
 	"github.com/sluice-storage/sluice/fuse"
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/gateway/admin"
@@ -242,6 +243,12 @@ func preflight(c *cli.Context, dataDir, apiSocket, nbdSocket string) (*started, 
 		return fail(err)
 	}
 	if addr := c.String("nbd-listen"); addr != "" {
+		if !controller.IsLoopback(addr) {
+			// Beyond loopback a client has no local user to authorize
+			// and the traffic is in the clear: that needs TLS with
+			// client certificates (NBD's STARTTLS), not built yet.
+			return fail(fmt.Errorf("--nbd-listen %s is not a loopback address: NBD over the network needs TLS, which this gateway does not offer yet; listen on 127.0.0.1 or use the unix socket", addr))
+		}
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fail(fmt.Errorf("NBD listen on %s: %w", addr, err))
@@ -369,6 +376,14 @@ func (e nbdExports) Lookup(name string) (nbd.Export, error) {
 		return nil, fmt.Errorf("%s is an fs volume, not a block device: %w: mount it with `sluice mount`", name, gateway.ErrInvalid)
 	}
 	return v, nil
+}
+
+// Authorize lets a client reach the exports of tenants its local user
+// may use (Gateway.MayUse): root and the gateway's user all of them,
+// others those granted with `sluice tenant allow`.
+func (e nbdExports) Authorize(p nbd.Peer, name string) bool {
+	tenant, _, err := gateway.SplitRef(name)
+	return err == nil && e.g.MayUse(p.UID, tenant)
 }
 
 func (e nbdExports) Names() []string {

@@ -66,6 +66,7 @@ func newApp() *cli.App {
 			registryCommand(),
 			scrubCommand(),
 			keyringCommand(),
+			tenantCommand(),
 			controllerCommand(),
 			sloCommand(),
 			clusterCommand(),

@@ -129,6 +129,7 @@ func NewHandler(g *gateway.Gateway, reg *prometheus.Registry, log *slog.Logger, 
 	h.routePolicies(mux)
 	h.routeController(mux)
 	h.routeKeyring(mux)
+	h.routeAccess(mux)
 	return mux
 }
 
