@@ -32,7 +32,9 @@ const (
 // concurrently and replies go out in completion order (reply.go).
 type conn struct {
 	srv    *Server
-	log    *slog.Logger    // the server's, capped per connection (internal/logcap)
+	log    *slog.Logger    // the server's, capped per client (internal/logcap)
+	client string          // the client's key, counted in srv.lim ("" for a handoff)
+	tb     *budget         // the export's tenant's in-flight budget (limits.go)
 	parent context.Context // the Serve context it was accepted under
 	nc     io.ReadWriteCloser
 	br     *bufio.Reader
@@ -166,6 +168,7 @@ func (c *conn) run() {
 // setSession records the negotiated export for the transmission phase.
 func (c *conn) setSession(sess *session) {
 	c.sess = sess
+	c.tb = c.srv.lim.tenant(sess.name)
 	c.st = exportState{
 		size:       sess.size,
 		readOnly:   sess.readOnly,
@@ -276,11 +279,14 @@ func (c *conn) transmit() {
 		r := c.srv.reqs.Get().(*request)
 		r.h = h
 		if h.typ == cmdRead || h.typ == cmdWrite {
+			if !c.acquireAll(int64(h.length)) {
+				c.srv.reqs.Put(r)
+				return // the connection is ending
+			}
 			r.weight = int64(h.length)
-			c.acquire(r.weight)
 			r.buf = c.srv.bufs.Get(int(h.length))
 			if h.typ == cmdWrite {
-				if err := c.readPayload(r.buf.B); err != nil {
+				if err := c.readPayloadTimed(r.buf.B); err != nil {
 					if !c.isShutting() && !isClosedErr(err) {
 						c.log.Debug("nbd: read write payload", "err", err)
 					}
@@ -363,10 +369,39 @@ func (c *conn) acquire(n int64) {
 	}
 }
 
+// acquireAll takes n bytes of the connection's, its tenant's and the
+// server's in-flight budgets; false if the connection ends while waiting.
+func (c *conn) acquireAll(n int64) bool {
+	c.acquire(n)
+	if !c.tb.tryAcquire(n) {
+		c.flushDeferred() // deferred replies hold budget
+		if !c.tb.acquire(c.ctx, n) {
+			c.releaseConn(n)
+			return false
+		}
+	}
+	if !c.srv.lim.total.tryAcquire(n) {
+		c.flushDeferred()
+		if !c.srv.lim.total.acquire(c.ctx, n) {
+			c.tb.release(n)
+			c.releaseConn(n)
+			return false
+		}
+	}
+	return true
+}
+
+// release returns n bytes to every budget acquireAll took them from.
 func (c *conn) release(n int64) {
 	if n == 0 {
 		return
 	}
+	c.srv.lim.total.release(n)
+	c.tb.release(n)
+	c.releaseConn(n)
+}
+
+func (c *conn) releaseConn(n int64) {
 	c.budgetUsed.Add(-n)
 	select {
 	case c.budgetWake <- struct{}{}:
@@ -432,4 +467,22 @@ func peerOf(nc io.ReadWriteCloser) Peer {
 		p.UID = uid
 	}
 	return p
+}
+
+// deadliner is a transport with deadlines (every net.Conn).
+type deadliner interface {
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+}
+
+// readPayloadTimed is readPayload bounded by the stall timeout: a client
+// that sends a WRITE header and then nothing loses the connection instead
+// of holding its buffer for ever.
+func (c *conn) readPayloadTimed(b []byte) error {
+	d, ok := c.nc.(deadliner)
+	if ok {
+		_ = d.SetReadDeadline(time.Now().Add(c.srv.lim.stall))
+		defer d.SetReadDeadline(time.Time{})
+	}
+	return c.readPayload(b)
 }

@@ -3,6 +3,7 @@ package nbd
 import (
 	"encoding/binary"
 	"fmt"
+	"time"
 )
 
 // Replies are queued and written by whichever goroutine finds the writer
@@ -77,6 +78,11 @@ func (c *conn) writeAll(bufs [][]byte) {
 	// kept in the conn (only the flushing goroutine uses it) to avoid an
 	// allocation per call.
 	c.wv = bufs
+	if d, ok := c.nc.(deadliner); ok {
+		// A client that stops reading replies loses the connection
+		// after the stall timeout, and with it the buffers they hold.
+		_ = d.SetWriteDeadline(time.Now().Add(c.srv.lim.stall))
+	}
 	_, err := c.wv.WriteTo(c.nc)
 	c.wv = nil
 	if err != nil {

@@ -57,6 +57,13 @@ type Options struct {
 	ReadOnly   bool // serve every export read-only
 	MaxPayload int  // largest READ/WRITE payload; default 32 MiB, at least 4 KiB, at most 1 GiB
 	Logger     *slog.Logger
+
+	// Limits (limits.go); zero: the Default* values.
+	MaxConns          int           // connections in all
+	MaxConnsPerClient int           // connections per client (unix peer uid, TCP peer IP)
+	TenantInflight    int64         // payload bytes in flight per tenant
+	TotalInflight     int64         // payload bytes in flight in all
+	StallTimeout      time.Duration // a payload or a reply write that makes no progress this long closes the connection
 }
 
 // Defaults and limits.
@@ -80,6 +87,7 @@ type Server struct {
 	maxPayload int
 	log        *slog.Logger
 	clients    *logcap.Clients // log budgets per client
+	lim        *limits         // connection caps and shared in-flight budgets
 	bufs       bufpool.Pool
 	reqs       sync.Pool // *request
 
@@ -112,6 +120,7 @@ func NewServer(exports Exports, opts Options) *Server {
 		maxPayload: mp,
 		log:        log,
 		clients:    logcap.NewClients(log, 0, 0),
+		lim:        newLimits(opts),
 		listeners:  make(map[net.Listener]struct{}),
 		conns:      make(map[*conn]struct{}),
 		closed:     make(chan struct{}),
@@ -177,12 +186,20 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			return nil
 		}
 		backoff.Reset()
-		tuneSocket(nc)
-		c := s.newConn(connCtx, nc)
-		if c == nil {
+		client := clientKey(nc)
+		if !s.lim.admit(client) {
+			s.clients.For(client).Warn("nbd: connection refused: too many connections", "max_per_client", s.lim.maxPerClient, "max", s.lim.maxConns)
 			nc.Close()
 			continue
 		}
+		tuneSocket(nc)
+		c := s.newConn(connCtx, nc)
+		if c == nil {
+			s.lim.leave(client)
+			nc.Close()
+			continue
+		}
+		c.client = client
 		mine.Add(1)
 		go func() {
 			defer mine.Done()
@@ -219,6 +236,9 @@ func (s *Server) removeConn(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
+	if c.client != "" {
+		s.lim.leave(c.client)
+	}
 	s.wg.Done()
 }
 
