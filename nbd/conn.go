@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -32,15 +33,17 @@ const (
 // concurrently and replies go out in completion order (reply.go).
 type conn struct {
 	srv    *Server
-	log    *slog.Logger    // the server's, capped per client (internal/logcap)
-	client string          // the client's key, counted in srv.lim ("" for a handoff)
-	tb     *budget         // the export's tenant's in-flight budget (limits.go)
-	parent context.Context // the Serve context it was accepted under
-	nc     io.ReadWriteCloser
-	br     *bufio.Reader
-	raw    syscall.RawConn // for large WRITE payloads (payload.go); nil if not a socket
-	ctx    context.Context // passed to Export; cancelled on a hard close
-	cancel context.CancelFunc
+	log    *slog.Logger // the server's, capped per client (internal/logcap)
+	client string       // the client's key, counted in srv.lim ("" for a handoff)
+	tb     *budget      // the export's tenant's in-flight budget (limits.go)
+	// tlsConfig: the listener requires TLS (tls.go).
+	tlsConfig *tls.Config
+	parent    context.Context // the Serve context it was accepted under
+	nc        io.ReadWriteCloser
+	br        *bufio.Reader
+	raw       syscall.RawConn // for large WRITE payloads (payload.go); nil if not a socket
+	ctx       context.Context // passed to Export; cancelled on a hard close
+	cancel    context.CancelFunc
 
 	sess *session
 	st   exportState
@@ -140,6 +143,8 @@ func (c *conn) run() {
 		log:        c.log,
 		shutdown:   c.isShutting,
 		peer:       peerOf(c.nc),
+		tlsConfig:  c.tlsConfig,
+		upgrade:    c.upgradeTLS,
 	}
 	sess, err := n.negotiate()
 	if err != nil {

@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -37,6 +38,11 @@ type negotiator struct {
 	log        *slog.Logger
 	shutdown   func() bool // reports whether the server is shutting down; may be nil
 	peer       Peer        // who the client is (Authorizer)
+	tlsConfig  *tls.Config // non-nil: TLS is required (tls.go)
+	tlsDone    bool
+	// upgrade runs the TLS handshake and returns the new reader and
+	// writer (conn.upgradeTLS).
+	upgrade func(*tls.Config) (io.Reader, io.Writer, tls.ConnectionState, error)
 
 	noZeroes   bool
 	structured bool
@@ -112,7 +118,13 @@ func (n *negotiator) option(opt uint32, data []byte) (*session, error) {
 		}
 		return nil, n.reply(opt, repErrShut, []byte("server is shutting down"))
 	}
+	if handled, err := n.tlsRequired(opt); handled {
+		return nil, err
+	}
 	switch opt {
+	case optStartTLS:
+		return nil, n.startTLS(opt, data)
+
 	case optExportName:
 		sess, err := n.open(string(data))
 		if err != nil {
@@ -163,7 +175,7 @@ func (n *negotiator) option(opt uint32, data []byte) (*session, error) {
 	case optInfo, optGo:
 		return n.infoGo(opt, data)
 	}
-	// STARTTLS, EXTENDED_HEADERS and anything unknown.
+	// EXTENDED_HEADERS and anything unknown.
 	return nil, n.reply(opt, repErrUnsup, nil)
 }
 

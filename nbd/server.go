@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"log/slog"
 	"net"
@@ -40,6 +41,12 @@ type Peer struct {
 	// or the owner of a loopback TCP socket. -1 when unknown (a remote
 	// TCP client).
 	UID int
+	// TLS: the client came through STARTTLS; its identity is then its
+	// certificate alone.
+	TLS bool
+	// Tenant is the common name of the client certificate verified in
+	// the TLS handshake ("" without TLS or without a verified one).
+	Tenant string
 	// Addr is the client's address ("" for a unix socket).
 	Addr string
 }
@@ -136,6 +143,11 @@ func NewServer(exports Exports, opts Options) *Server {
 // It returns nil after Shutdown, ctx.Err() after ctx is done, and the accept
 // error otherwise.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	return s.serve(ctx, l, nil)
+}
+
+// serve is Serve, with TLS required when tlsConfig is set (ServeTLS).
+func (s *Server) serve(ctx context.Context, l net.Listener, tlsConfig *tls.Config) error {
 	s.mu.Lock()
 	if s.shutdown {
 		s.mu.Unlock()
@@ -199,7 +211,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			nc.Close()
 			continue
 		}
-		c.client = client
+		c.client, c.tlsConfig = client, tlsConfig
 		mine.Add(1)
 		go func() {
 			defer mine.Done()

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -45,6 +47,9 @@ wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
 			&cli.StringFlag{Name: "api-socket", Usage: "admin API socket (default DATA-DIR/api.sock)"},
 			&cli.StringFlag{Name: "nbd-listen", Value: "127.0.0.1:10809", Usage: "NBD TCP address (\"\" to disable)"},
 			&cli.StringFlag{Name: "nbd-socket", Usage: "NBD unix socket (default DATA-DIR/nbd.sock, \"none\" to disable)"},
+			&cli.StringFlag{Name: "nbd-tls-cert", Usage: "`PEM` certificate of the NBD door: TCP clients must then use TLS (STARTTLS) with a client certificate"},
+			&cli.StringFlag{Name: "nbd-tls-key", Usage: "`PEM` private key of --nbd-tls-cert"},
+			&cli.StringFlag{Name: "nbd-tls-ca", Usage: "`PEM` CA that signs client certificates; a certificate's common name is the one tenant its client may use"},
 			&cli.BoolFlag{Name: "nbd-read-only", Usage: "serve every export of the NBD door (socket and TCP) read-only; attached devices follow their volume's read-only flag"},
 			&cli.StringFlag{Name: "attach-method", Value: "auto", Usage: "how 'sluice attach' makes devices: nbd (the kernel's nbd driver over netlink), loop (a loop device over the volume's FUSE image) or auto (nbd where /dev/nbd* exists)"},
 			&cli.StringFlag{Name: "metrics-listen", Usage: "also serve /metrics on this TCP address; keep it on loopback (per-tenant counters are readable by anyone who reaches it)"},
@@ -116,7 +121,10 @@ func runGateway(c *cli.Context) error {
 	// Everything that can be checked is checked before the store is
 	// opened (which creates the pool file on a first start).
 	pre, err := preflight(c, dataDir, apiSocket, nbdSocket)
-	if err != nil {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return err // a usage error stays one
+	} else if err != nil {
 		return startup(err)
 	}
 	defer pre.close()
@@ -138,7 +146,13 @@ func runGateway(c *cli.Context) error {
 	srv := nbd.NewServer(nbdExports{g}, nbd.Options{ReadOnly: c.Bool("nbd-read-only"), Logger: log})
 	for _, l := range pre.nbd {
 		go func(l net.Listener) {
-			if err := srv.Serve(ctx, l); err != nil && ctx.Err() == nil {
+			var err error
+			if _, tcp := l.Addr().(*net.TCPAddr); tcp && pre.tls != nil {
+				err = srv.ServeTLS(ctx, l, pre.tls)
+			} else {
+				err = srv.Serve(ctx, l)
+			}
+			if err != nil && ctx.Err() == nil {
 				log.Error("NBD server stopped", "listen", l.Addr().String(), "err", err)
 			}
 		}(l)
@@ -220,6 +234,7 @@ type started struct {
 	lock    *os.File
 	keyring *filter.Keyring
 	nbd     []net.Listener
+	tls     *tls.Config  // nil: NBD over TCP without TLS (loopback only)
 	metrics net.Listener // nil: no --metrics-listen
 }
 
@@ -242,12 +257,14 @@ func preflight(c *cli.Context, dataDir, apiSocket, nbdSocket string) (*started, 
 	if pre.keyring, err = loadKeyring(c.String("keyring")); err != nil {
 		return fail(err)
 	}
+	if pre.tls, err = nbdTLS(c); err != nil {
+		return fail(err)
+	}
 	if addr := c.String("nbd-listen"); addr != "" {
-		if !controller.IsLoopback(addr) {
+		if !controller.IsLoopback(addr) && pre.tls == nil {
 			// Beyond loopback a client has no local user to authorize
-			// and the traffic is in the clear: that needs TLS with
-			// client certificates (NBD's STARTTLS), not built yet.
-			return fail(fmt.Errorf("--nbd-listen %s is not a loopback address: NBD over the network needs TLS, which this gateway does not offer yet; listen on 127.0.0.1 or use the unix socket", addr))
+			// and the traffic would be in the clear.
+			return fail(fmt.Errorf("--nbd-listen %s is not a loopback address: NBD over the network needs TLS with client certificates (--nbd-tls-cert, --nbd-tls-key, --nbd-tls-ca); or listen on 127.0.0.1, or use the unix socket", addr))
 		}
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -268,6 +285,37 @@ func preflight(c *cli.Context, dataDir, apiSocket, nbdSocket string) (*started, 
 		}
 	}
 	return pre, nil
+}
+
+// nbdTLS builds the NBD door's TLS config from --nbd-tls-cert, -key and
+// -ca (all or none): the server's certificate, and the CA that signs
+// client certificates, whose common name is the tenant the client may use.
+func nbdTLS(c *cli.Context) (*tls.Config, error) {
+	cert, key, ca := c.String("nbd-tls-cert"), c.String("nbd-tls-key"), c.String("nbd-tls-ca")
+	if cert == "" && key == "" && ca == "" {
+		return nil, nil
+	}
+	if cert == "" || key == "" || ca == "" {
+		return nil, usageErr("--nbd-tls-cert, --nbd-tls-key and --nbd-tls-ca go together")
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("NBD TLS certificate: %w", err)
+	}
+	pem, err := os.ReadFile(ca)
+	if err != nil {
+		return nil, fmt.Errorf("NBD TLS CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("NBD TLS CA %s: no PEM certificate in it", ca)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{pair},
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion:   tls.VersionTLS12,
+	}, nil
 }
 
 // close releases the listeners (a failed start) and, last, the lock.
@@ -381,9 +429,17 @@ func (e nbdExports) Lookup(name string) (nbd.Export, error) {
 // Authorize lets a client reach the exports of tenants its local user
 // may use (Gateway.MayUse): root and the gateway's user all of them,
 // others those granted with `sluice tenant allow`.
+// A client that came through TLS reaches the tenant named by its
+// verified certificate, and only that one.
 func (e nbdExports) Authorize(p nbd.Peer, name string) bool {
 	tenant, _, err := gateway.SplitRef(name)
-	return err == nil && e.g.MayUse(p.UID, tenant)
+	if err != nil {
+		return false
+	}
+	if p.TLS {
+		return p.Tenant != "" && p.Tenant == tenant
+	}
+	return e.g.MayUse(p.UID, tenant)
 }
 
 func (e nbdExports) Names() []string {
