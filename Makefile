@@ -6,7 +6,7 @@ GO        ?= go
 BIN       := bin/sluice
 PKGS      := ./...
 UNIT_PKGS := $(shell $(GO) list ./... 2>/dev/null | grep -v /test/integration)
-APT_PKGS  := nbdkit libnbd-bin qemu-utils qemu-system-x86 qemu-system-common fio stress-ng e2fsprogs fuse3
+APT_PKGS  := nbdkit libnbd-bin qemu-utils qemu-system-x86 qemu-system-common fio stress-ng e2fsprogs fuse3 python3
 FUZZTIME  ?= 30s
 
 .PHONY: all build run test unit integration deps vet bench fuzz clean

@@ -96,3 +96,62 @@ func TestSecurityNonLoopbackNBDRefused(t *testing.T) {
 		t.Fatalf("--nbd-listen 0.0.0.0: %q", out)
 	}
 }
+
+// sysPython is Debian's python3, which nobody can run (a pyenv shim in
+// root's PATH cannot).
+const sysPython = "/usr/bin/python3"
+
+// floodScript opens N TCP connections to HOST:PORT, reads each one's
+// NBD greeting, and prints how many got one (the rest were closed).
+const floodScript = `
+import socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks, greeted = [], 0
+for _ in range(n):
+    s = socket.create_connection((host, port), timeout=10)
+    socks.append(s)
+    b = b""
+    try:
+        while len(b) < 18:
+            c = s.recv(18 - len(b))
+            if not c:
+                break
+            b += c
+    except OSError:
+        pass
+    greeted += len(b) == 18
+print(greeted)
+`
+
+// TestSecurityConnectionFlood: nobody opening 100 NBD connections gets
+// at most the per-client cap (64); the gateway still serves root.
+func TestSecurityConnectionFlood(t *testing.T) {
+	needTool(t, sysPython, "qemu-io")
+	addr := freeLoopbackAddr(t)
+	g := startGateway(t, t.TempDir(), "--nbd-listen", addr)
+	g.mustSluice("volume", "create", "t/v", "--size", "64M")
+	host, port, _ := strings.Cut(addr, ":")
+	out, err := asNobody(sysPython, "-c", floodScript, host, port, "100")
+	if err != nil {
+		t.Fatalf("flood as nobody: %v %s", err, out)
+	}
+	if n := strings.TrimSpace(out); n != "64" {
+		t.Fatalf("nobody held %s of 100 connections, want the cap of 64", n)
+	}
+	run(t, time.Minute, "qemu-io", "-f", "raw", "-c", "read 0 4k", g.uri("t/v"))
+}
+
+// TestSecurityVirtioSocket: nobody cannot connect to a virtio export.
+func TestSecurityVirtioSocket(t *testing.T) {
+	needTool(t, sysPython)
+	dir := t.TempDir()
+	g := startGateway(t, dir)
+	g.mustSluice("volume", "create", "t/v", "--size", "64M")
+	sock := strings.TrimSpace(g.mustSluice("virtio", "export", "t/v"))
+	openToAll(t, dir)
+	script := "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print('connected')"
+	out, err := asNobody(sysPython, "-c", script, sock)
+	if err == nil || !strings.Contains(out, "PermissionError") {
+		t.Fatalf("nobody connecting to the virtio socket %s: %v %s; want PermissionError", sock, err, out)
+	}
+}
