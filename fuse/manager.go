@@ -88,12 +88,9 @@ func (e *entry) info() MountInfo {
 
 // Unmount unmounts dir; it fails while files on it are in use.
 func (mg *Manager) Unmount(ctx context.Context, dir string) error {
-	abs, _ := filepath.Abs(dir)
-	mg.mu.Lock()
-	e := mg.mounts[abs]
-	mg.mu.Unlock()
-	if e == nil {
-		return fmt.Errorf("no sluice mount at %s: %w", abs, gateway.ErrNotFound)
+	e, abs, err := mg.entryAt(dir)
+	if err != nil {
+		return err
 	}
 	if err := e.m.Unmount(); err != nil {
 		return fmt.Errorf("unmount %s: %w (files still open?)", abs, busyOr(err))
@@ -139,14 +136,23 @@ func (mg *Manager) MountedAt(dir string) (MountInfo, bool) {
 // ImageResized makes the kernel take the new size of the block volume
 // mounted at dir (Mount.ImageResized).
 func (mg *Manager) ImageResized(dir string) error {
+	e, _, err := mg.entryAt(dir)
+	if err != nil {
+		return err
+	}
+	return e.m.ImageResized()
+}
+
+// entryAt finds the mount at dir (and returns dir made absolute).
+func (mg *Manager) entryAt(dir string) (*entry, string, error) {
 	abs, _ := filepath.Abs(dir)
 	mg.mu.Lock()
 	e := mg.mounts[abs]
 	mg.mu.Unlock()
 	if e == nil {
-		return fmt.Errorf("no sluice mount at %s: %w", abs, gateway.ErrNotFound)
+		return nil, abs, fmt.Errorf("no sluice mount at %s: %w", abs, gateway.ErrNotFound)
 	}
-	return e.m.ImageResized()
+	return e, abs, nil
 }
 
 // Close unmounts everything (lazily if busy: the kernel detaches the mount

@@ -215,27 +215,8 @@ func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
 // delete; the store then fails that door's IO with "not found", as it
 // does for any IO after a delete.)
 func (h *handler) inUse(ref string) string {
-	// Attachments first: the loop method mounts the image privately.
-	if h.doors.Attachments != nil {
-		for _, a := range h.doors.Attachments.Attachments() {
-			if a.Volume == ref {
-				return "attached as " + a.Device
-			}
-		}
-	}
-	if h.doors.Mounts != nil {
-		for _, m := range h.doors.Mounts.Mounts() {
-			if m.Volume == ref {
-				return "mounted on " + m.Dir
-			}
-		}
-	}
-	if h.doors.Virtio != nil {
-		for _, x := range h.doors.Virtio.Exports() {
-			if x.Volume == ref {
-				return "exported over vhost-user at " + x.Socket
-			}
-		}
+	if hs := h.holders(ref); len(hs) > 0 {
+		return hs[0].what
 	}
 	return ""
 }

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/sluice-storage/sluice/gateway"
 )
@@ -17,6 +18,40 @@ import (
 // multi-conn and its clients coordinate among themselves. fs volumes are
 // not affected: all their mounts share one namespace in the gateway.
 
+// holder is one door's hold on a volume.
+type holder struct {
+	what     string // "attached as /dev/loop0", "mounted on /mnt"...
+	writable bool
+}
+
+// holders lists how doors hold volume ref: attachments first (the loop
+// method mounts the image privately), then mounts, then virtio exports.
+func (h *handler) holders(ref string) []holder {
+	var out []holder
+	if h.doors.Attachments != nil {
+		for _, a := range h.doors.Attachments.Attachments() {
+			if a.Volume == ref {
+				out = append(out, holder{"attached as " + a.Device, true})
+			}
+		}
+	}
+	if h.doors.Mounts != nil {
+		for _, m := range h.doors.Mounts.Mounts() {
+			if m.Volume == ref {
+				out = append(out, holder{"mounted on " + m.Dir, !m.ReadOnly})
+			}
+		}
+	}
+	if h.doors.Virtio != nil {
+		for _, x := range h.doors.Virtio.Exports() {
+			if x.Volume == ref {
+				out = append(out, holder{"exported over vhost-user at " + x.Socket, true})
+			}
+		}
+	}
+	return out
+}
+
 // blockWriter says which door holds block volume ref writable ("" if
 // none does, or ref is not a block volume).
 func (h *handler) blockWriter(ref string) string {
@@ -24,25 +59,9 @@ func (h *handler) blockWriter(ref string) string {
 	if err != nil || v.Kind() != gateway.KindBlock {
 		return ""
 	}
-	if h.doors.Attachments != nil {
-		for _, a := range h.doors.Attachments.Attachments() {
-			if a.Volume == ref {
-				return "attached as " + a.Device
-			}
-		}
-	}
-	if h.doors.Mounts != nil {
-		for _, m := range h.doors.Mounts.Mounts() {
-			if m.Volume == ref && !m.ReadOnly {
-				return "mounted read-write on " + m.Dir
-			}
-		}
-	}
-	if h.doors.Virtio != nil {
-		for _, x := range h.doors.Virtio.Exports() {
-			if x.Volume == ref {
-				return "exported over vhost-user at " + x.Socket
-			}
+	for _, hd := range h.holders(ref) {
+		if hd.writable {
+			return strings.Replace(hd.what, "mounted on", "mounted read-write on", 1)
 		}
 	}
 	return ""
