@@ -45,7 +45,7 @@ unit:
 	$(GO) test -race -count=1 $(UNIT_PKGS)
 
 integration: build
-	SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 15m -v ./test/integration/ 2>&1 | tee integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; exit $${PIPESTATUS[0]}
+	SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -v ./test/integration/ 2>&1 | tee integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; exit $${PIPESTATUS[0]}
 
 test: deps vet unit integration
 

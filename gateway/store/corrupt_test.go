@@ -232,3 +232,32 @@ func TestFsckFindsLostChunkMaps(t *testing.T) {
 		t.Fatalf("fsck after 10 map entries vanished: %q", r.Problems)
 	}
 }
+
+// TestUnlistedTableIgnored: a crash during a flush or compaction leaves
+// a new SST (possibly empty) that the MANIFEST does not list; it is not
+// damage, and the store opens (badger deletes it).
+func TestUnlistedTableIgnored(t *testing.T) {
+	dir := t.TempDir()
+	size := corruptStore(t, dir)
+	if err := os.WriteFile(filepath.Join(dir, "meta", "000999.sst"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := device.OpenFile(filepath.Join(dir, "pool"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	s, err := Open(context.Background(), filepath.Join(dir, "meta"), dev, Options{SyncInterval: time.Hour})
+	if err != nil {
+		t.Fatalf("an empty unlisted table stopped the store: %v", err)
+	}
+	defer s.Close()
+	v, err := s.Volume("t", "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, MiB)
+	if err := v.ReadAt(context.Background(), 0, got, size-MiB); err != nil || !bytes.Equal(got, pattern(uint64(size-MiB), MiB)) {
+		t.Fatalf("data after the open: %v", err)
+	}
+}

@@ -7,9 +7,9 @@ package store
 // block in table.VerifyChecksum's error path, v4.9.6) or, for a table cut
 // short, panics in its own goroutine while reading the footer. So:
 //
-//   - before badger.Open, checkTableFooters reads every SST's footer and
-//     verifies its index checksum with bounds checks, as badger's
-//     initIndex would without them;
+//   - before badger.Open, checkTableFooters reads the footer of every
+//     SST the MANIFEST lists and verifies its index checksum with bounds
+//     checks, as badger's initIndex would without them;
 //   - after it, verifyBlocks runs badger's VerifyChecksum over every
 //     block of every table, turning its panic into an error;
 //   - while the store runs, OnBlockRead makes each block read from disk
@@ -24,6 +24,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/pb"
+	"github.com/dgraph-io/badger/v4/table"
 	"github.com/dgraph-io/badger/v4/y"
 	"google.golang.org/protobuf/proto"
 )
@@ -33,13 +34,23 @@ import (
 var ErrCorrupt = errors.New("metadata is damaged")
 
 // checkTableFooters verifies the footer and index checksum of every SST
-// file in dir.
-func checkTableFooters(dir string) error {
-	files, err := filepath.Glob(filepath.Join(dir, "*.sst"))
-	if err != nil {
+// file that dir's MANIFEST lists. Others are not tables yet: a crash
+// during a flush or a compaction leaves a new file, possibly empty, that
+// badger deletes at open.
+func checkTableFooters(dir string, opt badger.Options) error {
+	fp, err := os.Open(filepath.Join(dir, "MANIFEST"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // a new store
+	} else if err != nil {
 		return err
 	}
-	for _, f := range files {
+	defer fp.Close()
+	m, _, err := badger.ReplayManifestFile(fp, opt.ExternalMagicVersion, opt)
+	if err != nil {
+		return fmt.Errorf("metadata MANIFEST: %w: %w", ErrCorrupt, err)
+	}
+	for id := range m.Tables {
+		f := table.NewFilename(id, dir)
 		if err := checkTableFooter(f); err != nil {
 			return fmt.Errorf("metadata table %s: %w: %w", filepath.Base(f), ErrCorrupt, err)
 		}

@@ -132,7 +132,7 @@ func Open(ctx context.Context, metaDir string, dev device.Device, opts Options) 
 		return nil, fmt.Errorf("store: device of %d bytes is too small (need at least %d): %w", dev.Size(), dataStart+maxChunkSize, ErrInvalid)
 	}
 	if !opts.InMemoryMeta {
-		if err := checkTableFooters(metaDir); err != nil {
+		if err := checkTableFooters(metaDir, badgerOptions(metaDir, opts)); err != nil {
 			return nil, fmt.Errorf("store: %w (restore %s from a backup)", err, metaDir)
 		}
 	}
