@@ -158,12 +158,11 @@ func TestFollowerConcurrent(t *testing.T) {
 		}(w)
 	}
 	wg.Wait()
-	time.Sleep(20 * time.Millisecond)
+	waitUntil(t, "the fallback after the last contact", 10*time.Second, func() bool { return !f.State().Following })
+	f.Stop() // no callback runs after this
+	mu.Lock()
+	defer mu.Unlock()
 	if bad {
 		t.Error("Apply and Fallback overlapped")
 	}
-	if f.State().Following {
-		t.Error("still following long after the last contact")
-	}
-	f.Stop()
 }

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,23 @@ import (
 )
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// waitParked waits until a goroutine waits in a select with fn on its
+// stack (a long poll has parked).
+func waitParked(t *testing.T, fn string) {
+	t.Helper()
+	waitUntil(t, "a goroutine parked in "+fn, 10*time.Second, func() bool {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		for _, g := range strings.Split(string(buf), "\n\n") {
+			head, _, _ := strings.Cut(g, "\n")
+			if strings.Contains(head, "[select") && strings.Contains(g, fn) {
+				return true
+			}
+		}
+		return false
+	})
+}
 
 type testEnv struct {
 	s   *Server
@@ -123,7 +141,7 @@ func TestRoundsAndLongPoll(t *testing.T) {
 		set, ok, err := e.c.Assignments(ctx, "g1", 0, 10*time.Second)
 		got <- result{set, ok, err}
 	}()
-	time.Sleep(50 * time.Millisecond) // let the poll park (the test passes either way)
+	waitParked(t, "controller.(*Server).Assignments(") // the test passes either way; this covers the wake-up
 	e.s.runRound()
 	r := <-got
 	if r.err != nil || !r.ok {
@@ -387,7 +405,7 @@ func TestCloseReleasesLongPoll(t *testing.T) {
 		_, _, err := s.Assignments(context.Background(), "g1", 0, time.Minute)
 		done <- err
 	}()
-	time.Sleep(20 * time.Millisecond)
+	waitParked(t, "controller.(*Server).Assignments(")
 	s.Close()
 	select {
 	case err := <-done:

@@ -243,6 +243,18 @@ type rawClient struct {
 	structured bool
 }
 
+// waitRecv receives from ch, failing the test if nothing comes within 10 s.
+func waitRecv[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out after 10s waiting for %s", what)
+		panic("unreachable")
+	}
+}
+
 func dial(t testing.TB, sock string) *rawClient {
 	t.Helper()
 	c, err := net.Dial("unix", sock)

@@ -7,14 +7,61 @@ import (
 	"errors"
 	"net"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// waitInRecv gives the reader time to read what was sent and wait for the
-// rest of a payload (spinning, then parked in the netpoller).
+// waitInRecv waits until the reader has read what was sent and waits for
+// the rest of a payload, parked in the netpoller: every connection of s
+// has an empty receive queue, and a goroutine waits for IO in readPayload.
 func waitInRecv(t *testing.T, s *Server) {
-	time.Sleep(50 * time.Millisecond)
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !socketsDrained(t, s) || !blockedIn("[IO wait", "nbd.(*conn).readPayload(") {
+		if time.Now().After(deadline) {
+			t.Fatal("the reader did not wait for the rest of the payload within 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// socketsDrained reports whether no connection of s has unread bytes in
+// its socket.
+func socketsDrained(t *testing.T, s *Server) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		var n int
+		var err error
+		if cerr := c.raw.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) }); cerr != nil {
+			err = cerr
+		}
+		if err != nil {
+			t.Fatalf("SIOCINQ: %v", err)
+		}
+		if n > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// blockedIn reports whether some goroutine is in state (as the goroutine
+// dump shows it, e.g. "[IO wait") with fn on its stack.
+func blockedIn(state, fn string) bool {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		head, _, _ := strings.Cut(g, "\n")
+		if strings.Contains(head, state) && strings.Contains(g, fn) {
+			return true
+		}
+	}
+	return false
 }
 
 func pattern(n int, seed byte) []byte {

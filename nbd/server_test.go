@@ -526,8 +526,10 @@ func TestExportPanicClosesConnection(t *testing.T) {
 
 func TestShutdownDrains(t *testing.T) {
 	m := newMemExport(1 << 20)
+	readStarted := make(chan time.Time, 1)
 	m.delay = func(req *gateway.Request) time.Duration {
 		if req.Offset == 0 {
+			readStarted <- time.Now()
 			return 300 * time.Millisecond
 		}
 		return 0
@@ -547,13 +549,12 @@ func TestShutdownDrains(t *testing.T) {
 	idle.hello(clientFlagFixedNewstyle)
 
 	rc.sendReq(0, cmdRead, 1, 0, 4096, nil)
-	time.Sleep(50 * time.Millisecond) // let the slow read start
-	start := time.Now()
+	started := waitRecv(t, readStarted, "the slow read to reach the export")
 	if err := s.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if d := time.Since(start); d < 200*time.Millisecond {
-		t.Fatalf("Shutdown returned after %v, before the in-flight read finished", d)
+	if d := time.Since(started); d < 300*time.Millisecond {
+		t.Fatalf("Shutdown returned %v after the 300 ms read began, before the in-flight read finished", d)
 	}
 	r := rc.readReply(func(uint64) int { return 4096 })
 	if r.handle != 1 || r.errno != 0 || len(r.data) != 4096 {
@@ -571,12 +572,16 @@ func TestShutdownDrains(t *testing.T) {
 
 func TestShutdownTimeoutAborts(t *testing.T) {
 	m := newMemExport(1 << 20)
-	m.delay = func(*gateway.Request) time.Duration { return time.Hour }
+	readStarted := make(chan struct{}, 1)
+	m.delay = func(*gateway.Request) time.Duration {
+		readStarted <- struct{}{}
+		return time.Hour
+	}
 	s, sock := startServer(t, memExports{testName: m}, Options{})
 	rc := dial(t, sock)
 	rc.connect(testName, false)
 	rc.sendReq(0, cmdRead, 1, 0, 4096, nil)
-	time.Sleep(50 * time.Millisecond)
+	waitRecv(t, readStarted, "the read to reach the export")
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	if err := s.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {

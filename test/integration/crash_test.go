@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"os/exec"
@@ -28,7 +29,7 @@ func TestCrashKeepsFlushedData(t *testing.T) {
 		flushed = append(flushed, reg)
 
 		// Unflushed writes in the second half while the gateway dies.
-		killDuringChurn(t, g, uri, time.Duration(150+r.IntN(400))*time.Millisecond)
+		killDuringChurn(t, g, "acme/crash", (8+r.Int64N(24))*MiB)
 		verifyFlushed(t, uri, flushed)
 	}
 	// The churn must really have been writing when the gateway died: the
@@ -38,6 +39,7 @@ func TestCrashKeepsFlushedData(t *testing.T) {
 		flushedBytes += f.length
 	}
 	st := g.stats()
+	t.Logf("the volume holds %d bytes, %d of them flushed", st.Volumes[0].Allocated, flushedBytes)
 	if st.Volumes[0].Allocated < flushedBytes+64*MiB {
 		t.Fatalf("volume holds %d bytes, barely more than the %d flushed: fio's writes never landed, so nothing was killed mid-write",
 			st.Volumes[0].Allocated, flushedBytes)
@@ -62,7 +64,7 @@ func TestCrashWithCompressionPolicy(t *testing.T) {
 		flushed = append(flushed, reg)
 		// Unflushed, compressible writes in the second half while the
 		// gateway dies.
-		killDuringChurn(t, g, uri, time.Duration(400+r.IntN(400))*time.Millisecond,
+		killDuringChurn(t, g, "acme/cz", (16+r.Int64N(32))*MiB,
 			"--buffer_compress_percentage=60", "--refill_buffers")
 		verifyFlushed(t, uri, flushed)
 		if out, code := g.sluice("scrub", "acme/cz"); code != 0 {
@@ -72,7 +74,9 @@ func TestCrashWithCompressionPolicy(t *testing.T) {
 			t.Fatalf("round %d: fsck after the crash: %s", i, out)
 		}
 	}
-	if st := g.stats(); st.Volumes[0].Allocated < 32*MiB/4 {
+	st := g.stats()
+	t.Logf("the volume holds %d bytes", st.Volumes[0].Allocated)
+	if st.Volumes[0].Allocated < 32*MiB/4 {
 		t.Fatalf("volume holds %d bytes: fio's writes never landed", st.Volumes[0].Allocated)
 	}
 }
@@ -84,18 +88,28 @@ type region struct {
 }
 
 // killDuringChurn runs unflushed random writes (fio, QD16, the volume's
-// second half, with extra fio arguments) and SIGKILLs the gateway after
-// wait, then restarts it.
-func killDuringChurn(t *testing.T, g *gw, uri string, wait time.Duration, extra ...string) {
+// second half, with extra fio arguments), SIGKILLs the gateway once it has
+// written churn bytes of them, whatever the machine's speed, then
+// restarts it.
+func killDuringChurn(t *testing.T, g *gw, ref string, churn int64, extra ...string) {
 	t.Helper()
-	args := append([]string{"--name=churn", "--ioengine=nbd", "--uri=" + uri, "--thread",
+	args := append([]string{"--name=churn", "--ioengine=nbd", "--uri=" + g.uri(ref), "--thread",
 		"--rw=randwrite", "--bsrange=4k-256k", "--iodepth=16", "--offset=512m", "--size=512m",
-		"--time_based", "--runtime=30"}, extra...)
+		"--time_based", "--runtime=60"}, extra...)
 	fio := exec.Command("fio", args...)
+	var out bytes.Buffer
+	fio.Stdout, fio.Stderr = &out, &out
+	start := g.nbdWritten(ref)
 	if err := fio.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(wait)
+	for deadline := time.Now().Add(50 * time.Second); g.nbdWritten(ref)-start < churn; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			fio.Process.Kill()
+			fio.Wait()
+			t.Fatalf("fio wrote %d bytes in 50s, want %d before the kill\n%s", g.nbdWritten(ref)-start, churn, out.String())
+		}
+	}
 	g.kill()
 	fio.Process.Kill()
 	fio.Wait()

@@ -93,7 +93,18 @@ func TestFUSEMountsStayCoherent(t *testing.T) {
 		return err == nil, errString(err)
 	})
 	must(t, os.Link(h, filepath.Join(a, "h2")))
-	time.Sleep(100 * time.Millisecond) // the link's reports reach b first
+	// The link's reports must reach b before b looks h2 up (a late one
+	// would drop the entry b looked up, and the chmod below would be seen
+	// through a new lookup). b is told of changes in order, so once b sees
+	// a later change (x's mode), it has been told of the link.
+	must(t, os.Chmod(filepath.Join(a, "x"), 0o644))
+	soon("mount b: a mode change through a, after the link", func() (bool, string) {
+		st, err := statB("x")
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Mode().Perm() == 0o644, st.Mode().String()
+	})
 	if _, err := statB("h2"); err != nil {
 		t.Fatalf("mount b: a hard link made through a: %v", err)
 	}

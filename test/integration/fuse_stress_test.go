@@ -112,7 +112,19 @@ func TestFSCrashDuringStorm(t *testing.T) {
 			}
 		}(w)
 	}
-	time.Sleep(3 * time.Second)
+	// Kill once the storm has synced this many files, however fast the
+	// machine is (a quiet one takes a second or two).
+	const enough = 1000 // as docs/FUSE.md says
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(synced)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); count() < enough; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d files synced in 2 minutes; the storm did not run", count())
+		}
+	}
 	g.kill()
 	close(stop)
 	wg.Wait()

@@ -162,9 +162,16 @@ func TestFUSEMountBadInput(t *testing.T) {
 		t.Errorf("umount with an open file succeeded: %s", out)
 	}
 	f.Close()
-	time.Sleep(100 * time.Millisecond)
-	if out, code := g.sluice("umount", mnt); code != 0 {
-		t.Errorf("umount after close: %s", out)
+	// The kernel sends the file's release after close returns: the mount
+	// is busy until it lands.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		out, code := g.sluice("umount", mnt)
+		if code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("umount after close, still failing after 10s: %s", out)
+		}
 	}
 	// Unmounted, it can be deleted.
 	g.mustSluice("volume", "delete", "t/fs")

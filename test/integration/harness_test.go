@@ -211,6 +211,11 @@ type statsJSON struct {
 	Volumes []struct {
 		Ref       string `json:"ref"`
 		Allocated int64  `json:"allocated"`
+		Ops       []struct {
+			Door  string `json:"door"`
+			Op    string `json:"op"`
+			Bytes int64  `json:"bytes"`
+		} `json:"ops"`
 	} `json:"volumes"`
 }
 
@@ -221,6 +226,24 @@ func (g *gw) stats() statsJSON {
 		g.t.Fatal(err)
 	}
 	return st
+}
+
+// nbdWritten is the bytes the gateway has written to a volume through NBD
+// since it started.
+func (g *gw) nbdWritten(ref string) int64 {
+	g.t.Helper()
+	var n int64
+	for _, v := range g.stats().Volumes {
+		if v.Ref != ref {
+			continue
+		}
+		for _, o := range v.Ops {
+			if o.Door == "nbd" && o.Op == "write" {
+				n += o.Bytes
+			}
+		}
+	}
+	return n
 }
 
 // run runs a client tool with a timeout and returns its combined output.

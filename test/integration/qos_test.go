@@ -2,11 +2,13 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,6 +72,107 @@ func together(t *testing.T, jobs ...func() fioResult) []fioResult {
 	return res
 }
 
+// sharedIOPS runs one fio job per volume (job: fio's arguments, without a
+// runtime) and returns the IOPS each volume's QoS queue admitted over
+// window, counted by the gateway from a moment when every queue had
+// requests waiting. On a loaded machine the fio processes start and stop
+// seconds apart, and a client running alone takes the whole device, which
+// says nothing about how the scheduler shares it. It also reports whether
+// every queue still had requests waiting at each look during the window
+// (about five a second): where one ran dry, the work-conserving scheduler
+// rightly gave its turns to the others. Each volume needs a rule.
+func sharedIOPS(t *testing.T, g *gw, window time.Duration, job []string, refs ...string) (iops []float64, backlogged bool) {
+	t.Helper()
+	exited := make(chan string, len(refs))
+	stopped := make(chan struct{}) // closed when the clients are no longer needed
+	var fios []*exec.Cmd
+	defer func() {
+		close(stopped)
+		for _, fio := range fios {
+			fio.Process.Kill()
+		}
+	}()
+	for _, ref := range refs {
+		var out bytes.Buffer
+		fio := exec.Command("fio", append([]string{"--name=j", "--thread", "--ioengine=nbd", "--uri=" + g.uri(ref),
+			"--time_based", "--runtime=600"}, job...)...)
+		fio.Stdout, fio.Stderr = &out, &out
+		if err := fio.Start(); err != nil {
+			t.Fatal(err)
+		}
+		fios = append(fios, fio)
+		go func() {
+			err := fio.Wait()
+			select {
+			case <-stopped:
+			default:
+				exited <- fmt.Sprintf("fio on %s exited: %v\n%s", ref, err, out.String())
+			}
+		}()
+	}
+	// look reads every queue's counters in one call, and when (mid-call);
+	// it fails the test if a client stopped.
+	look := func() (q map[string]qosQueueJSON, at time.Time, allWaiting bool) {
+		select {
+		case msg := <-exited:
+			t.Fatal(msg)
+		default:
+		}
+		before := time.Now()
+		q = g.qosQueues()
+		at = before.Add(time.Since(before) / 2)
+		allWaiting = true
+		for _, ref := range refs {
+			allWaiting = allWaiting && q[ref].Depth > 0
+		}
+		return q, at, allWaiting
+	}
+	from, start, waiting := look()
+	for deadline := time.Now().Add(time.Minute); !waiting; from, start, waiting = look() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not every queue had requests waiting within a minute: %+v", from)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	backlogged = true
+	for time.Since(start) < window {
+		time.Sleep(200 * time.Millisecond)
+		_, _, waiting = look()
+		backlogged = backlogged && waiting
+	}
+	to, end, _ := look()
+	for _, ref := range refs {
+		iops = append(iops, float64(to[ref].AdmittedOps-from[ref].AdmittedOps)/end.Sub(start).Seconds())
+	}
+	return iops, backlogged
+}
+
+// qosQueueJSON is a volume rule's queue counters in `sluice qos list --json`.
+type qosQueueJSON struct {
+	AdmittedOps uint64 `json:"admitted_ops"`
+	Depth       int    `json:"depth"`
+}
+
+// qosQueues returns the queue counters of every volume rule by volume.
+func (g *gw) qosQueues() map[string]qosQueueJSON {
+	g.t.Helper()
+	var rules []struct {
+		Tenant string       `json:"tenant"`
+		Volume string       `json:"volume"`
+		Stats  qosQueueJSON `json:"stats"`
+	}
+	if err := json.Unmarshal([]byte(g.mustSluice("qos", "list", "--json")), &rules); err != nil {
+		g.t.Fatal(err)
+	}
+	q := make(map[string]qosQueueJSON)
+	for _, r := range rules {
+		if r.Volume != "" {
+			q[r.Tenant+"/"+r.Volume] = r.Stats
+		}
+	}
+	return q
+}
+
 func qosGateway(t *testing.T) *gw {
 	needTool(t, "fio")
 	g := startGateway(t, t.TempDir())
@@ -113,78 +216,117 @@ func TestQoSLimitHoldsWhileNeighbourRuns(t *testing.T) {
 // pacedGateway measures what the machine delivers to two tenants at once
 // with no rules, then restarts the gateway with a QoS capacity below that,
 // so that both tenants saturate the scheduler (the pool file itself is never
-// the bottleneck here: the CPU is). The capacity is 40% of the two-tenant
+// the bottleneck here: the CPU is). The capacity is 20% of the two-tenant
 // total, so that each fio client alone can offer more than any share it
 // may be given (on 2 cores a client's own CPU caps its rate, and a
-// work-conserving scheduler rightly gives a client's slack to the other).
-// It returns the capacity set.
+// work-conserving scheduler rightly gives a client's slack to the other);
+// at 40% a client's queue at the scheduler ran dry now and then even on a
+// quiet machine. It returns the capacity set.
 func pacedGateway(t *testing.T, g *gw, job []string) float64 {
 	r := together(t,
 		func() fioResult { return fioJob(t, g.uri("ta/a"), job...) },
 		func() fioResult { return fioJob(t, g.uri("tb/b"), job...) },
 	)
-	capacity := 0.4 * (r[0].WriteIOPS + r[1].WriteIOPS)
+	capacity := 0.2 * (r[0].WriteIOPS + r[1].WriteIOPS)
 	t.Logf("unscheduled: %.0f + %.0f IOPS; QoS capacity set to %.0f", r[0].WriteIOPS, r[1].WriteIOPS, capacity)
-	g.stop()
-	g.args = append(g.args, "--qos-capacity-iops", fmt.Sprintf("%.0f", capacity))
-	g.restart()
+	g.setCapacity(capacity)
 	return capacity
 }
 
-// Weights 2:1 with both tenants saturating give a 2 ± 0.2 throughput ratio.
-// Each client keeps 128 requests in flight: at 32, on a busy day, the
-// weight-2 client's fio (sharing two cores with the gateway and the other
-// client) left its queue at the scheduler empty often enough for the
-// work-conserving scheduler to hand its turns to the other (ratio
-// 1.76-1.84 in five runs, old and new builds alike; 2.00 at 128).
+// setCapacity restarts the gateway with QoS capacity iops.
+func (g *gw) setCapacity(iops float64) {
+	g.stop()
+	if i := slices.Index(g.args, "--qos-capacity-iops"); i >= 0 {
+		g.args = slices.Delete(g.args, i, i+2)
+	}
+	g.args = append(g.args, "--qos-capacity-iops", fmt.Sprintf("%.0f", iops))
+	g.restart()
+}
+
+// untilSaturated runs measure, which reports the IOPS the tenants got
+// together in its windows (sharedIOPS) and whether every queue had
+// requests waiting throughout them, until it reports that they had. In a
+// window where a queue ran dry the work-conserving scheduler rightly
+// handed its turns to the others, so it shows nothing about reservations
+// or weights: on two busy cores that happens when a fio client falls
+// behind (at 32 requests in flight the ratio of TestQoSWeights was
+// 1.76-1.84), or when the machine gets busier than when pacedGateway
+// measured it. After such a window the gateway restarts with a capacity
+// of half what the machine delivered, and measure runs again; the third
+// dry window fails the test.
+func untilSaturated(t *testing.T, g *gw, capacity float64, measure func() (total float64, backlogged bool)) {
+	t.Helper()
+	for try := 1; ; try++ {
+		total, backlogged := measure()
+		if backlogged {
+			return
+		}
+		if try == 3 {
+			t.Fatalf("a queue ran dry in each of 3 tries (last: %.0f IOPS at a capacity of %.0f)", total, capacity)
+		}
+		t.Logf("a queue ran dry (%.0f IOPS at a capacity of %.0f): again with half of that", total, capacity)
+		capacity = total / 2
+		g.setCapacity(capacity)
+	}
+}
+
+// Weights 2:1 with both tenants saturating give a 2 ± 0.2 throughput ratio,
+// counted by the gateway over 10 s in which both clients ran and both
+// queues had requests waiting (sharedIOPS, untilSaturated). Each client
+// runs 4 connections of 128 requests, so that it keeps requests waiting
+// at the scheduler while its fio shares two busy cores with the gateway
+// and the other client.
 func TestQoSWeights(t *testing.T) {
 	g := qosGateway(t)
-	job := []string{"--rw=randwrite", "--bs=4k", "--iodepth=128", "--size=256m", "--time_based", "--runtime=5"}
-	pacedGateway(t, g, job)
+	job := []string{"--rw=randwrite", "--bs=4k", "--iodepth=128", "--numjobs=4", "--group_reporting", "--size=256m"}
+	capacity := pacedGateway(t, g, append(job, "--time_based", "--runtime=5"))
 	g.mustSluice("qos", "set", "--volume", "ta/a", "--weight", "2")
 	g.mustSluice("qos", "set", "--volume", "tb/b", "--weight", "1")
-	job[len(job)-1] = "--runtime=10"
-	r := together(t,
-		func() fioResult { return fioJob(t, g.uri("ta/a"), job...) },
-		func() fioResult { return fioJob(t, g.uri("tb/b"), job...) },
-	)
-	ratio := r[0].WriteIOPS / r[1].WriteIOPS
-	t.Logf("weight 2: %.0f IOPS, weight 1: %.0f IOPS, ratio %.3f", r[0].WriteIOPS, r[1].WriteIOPS, ratio)
+	var r []float64
+	untilSaturated(t, g, capacity, func() (float64, bool) {
+		var backlogged bool
+		r, backlogged = sharedIOPS(t, g, 10*time.Second, job, "ta/a", "tb/b")
+		return r[0] + r[1], backlogged
+	})
+	ratio := r[0] / r[1]
+	t.Logf("weight 2: %.0f IOPS, weight 1: %.0f IOPS, ratio %.3f", r[0], r[1], ratio)
 	if ratio < 1.8 || ratio > 2.2 {
 		t.Errorf("throughput ratio %.3f, want 2 ± 0.2", ratio)
 	}
 }
 
 // A reservation of 60% of measured capacity holds for A under contention,
-// even though B's weight would otherwise give it 90% (128 requests in
-// flight per client, for the reason TestQoSWeights gives).
+// even though B's weight would otherwise give it 90% (measured as
+// TestQoSWeights measures, for the reasons it gives).
 func TestQoSReservation(t *testing.T) {
 	g := qosGateway(t)
-	job := []string{"--rw=randwrite", "--bs=4k", "--iodepth=128", "--size=256m", "--time_based", "--runtime=8"}
-	pacedGateway(t, g, job)
-	g.mustSluice("qos", "set", "--volume", "ta/a", "--weight", "1")
+	job := []string{"--rw=randwrite", "--bs=4k", "--iodepth=128", "--numjobs=4", "--group_reporting", "--size=256m"}
+	capacity := pacedGateway(t, g, append(job, "--time_based", "--runtime=8"))
 	g.mustSluice("qos", "set", "--volume", "tb/b", "--weight", "9")
-	both := func() []fioResult {
-		return together(t,
-			func() fioResult { return fioJob(t, g.uri("ta/a"), job...) },
-			func() fioResult { return fioJob(t, g.uri("tb/b"), job...) },
-		)
-	}
-	m := both()
-	capacity := m[0].WriteIOPS + m[1].WriteIOPS
-	t.Logf("measured capacity %.0f IOPS (A %.0f with weight 1, B %.0f with weight 9)", capacity, m[0].WriteIOPS, m[1].WriteIOPS)
-	if m[1].WriteIOPS < 4*m[0].WriteIOPS {
-		t.Fatalf("weights 1:9 gave %.0f:%.0f IOPS; without working weights this test shows nothing", m[0].WriteIOPS, m[1].WriteIOPS)
-	}
-	reserve := 0.6 * capacity
-	g.mustSluice("qos", "set", "--volume", "ta/a", "--weight", "1", "--reservation-iops", fmt.Sprintf("%.0f", reserve))
-	r := both()
-	share := r[0].WriteIOPS / (r[0].WriteIOPS + r[1].WriteIOPS)
-	t.Logf("with a reservation of %.0f IOPS: A %.0f, B %.0f (A's share %.2f)", reserve, r[0].WriteIOPS, r[1].WriteIOPS, share)
+	var r []float64
+	var reserve float64
+	untilSaturated(t, g, capacity, func() (float64, bool) {
+		g.mustSluice("qos", "set", "--volume", "ta/a", "--weight", "1")
+		m, backlogged := sharedIOPS(t, g, 8*time.Second, job, "ta/a", "tb/b")
+		if !backlogged {
+			return m[0] + m[1], false
+		}
+		measured := m[0] + m[1]
+		t.Logf("measured capacity %.0f IOPS (A %.0f with weight 1, B %.0f with weight 9)", measured, m[0], m[1])
+		if m[1] < 4*m[0] {
+			t.Fatalf("weights 1:9 gave %.0f:%.0f IOPS; without working weights this test shows nothing", m[0], m[1])
+		}
+		reserve = 0.6 * measured
+		g.mustSluice("qos", "set", "--volume", "ta/a", "--weight", "1", "--reservation-iops", fmt.Sprintf("%.0f", reserve))
+		r, backlogged = sharedIOPS(t, g, 8*time.Second, job, "ta/a", "tb/b")
+		return r[0] + r[1], backlogged
+	})
+	share := r[0] / (r[0] + r[1])
+	t.Logf("with a reservation of %.0f IOPS: A %.0f, B %.0f (A's share %.2f)", reserve, r[0], r[1], share)
 	// The machine's capacity moves between runs (2 noisy cores), so the
 	// reservation is checked both as IOPS and as a share of what was there.
-	if r[0].WriteIOPS < 0.85*reserve || share < 0.55 {
-		t.Errorf("A got %.0f IOPS (share %.2f) under contention, want its reservation of %.0f (60%%)", r[0].WriteIOPS, share, reserve)
+	if r[0] < 0.85*reserve || share < 0.55 {
+		t.Errorf("A got %.0f IOPS (share %.2f) under contention, want its reservation of %.0f (60%%)", r[0], share, reserve)
 	}
 }
 
