@@ -42,6 +42,7 @@ type conn struct {
 	nc        io.ReadWriteCloser
 	br        *bufio.Reader
 	raw       syscall.RawConn // for large WRITE payloads (payload.go); nil if not a socket
+	batch     *recordBatcher  // under nc once TLS is on (tls.go)
 	ctx       context.Context // passed to Export; cancelled on a hard close
 	cancel    context.CancelFunc
 
@@ -246,7 +247,7 @@ func (c *conn) transmit() {
 	var hdr [requestHeaderLen]byte
 	defer c.flushDeferred()
 	for {
-		if c.br.Buffered() < requestHeaderLen {
+		if !c.inputReady(requestHeaderLen) {
 			c.flushDeferred() // about to block: send what the reader queued
 		}
 		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
@@ -303,7 +304,7 @@ func (c *conn) transmit() {
 			}
 		}
 		c.inflight.Add(1)
-		idle := c.active.Add(1) == 1 && c.br.Buffered() == 0
+		idle := c.active.Add(1) == 1 && !c.inputReady(1)
 		if c.lat.fast(h.typ, idle) {
 			r.inline = true
 			c.execute(r)
@@ -324,7 +325,7 @@ func (c *conn) skipPayload(n uint32) bool {
 	if int64(n) > limit {
 		return false
 	}
-	if c.br.Buffered() < int(n) {
+	if !c.inputReady(int(n)) {
 		c.flushDeferred()
 	}
 	_, err := io.CopyN(io.Discard, c.br, int64(n))

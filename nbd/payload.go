@@ -62,7 +62,9 @@ func (c *conn) readPayload(b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
-	c.flushDeferred() // about to wait for the client: send what the reader queued
+	if !c.inputReady(len(b)) {
+		c.flushDeferred() // about to wait for the client: send what the reader queued
+	}
 	if c.raw == nil || len(b) < rawPayloadMin {
 		_, err := io.ReadFull(c.br, b)
 		return err

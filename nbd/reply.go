@@ -83,7 +83,12 @@ func (c *conn) writeAll(bufs [][]byte) {
 		// after the stall timeout, and with it the buffers they hold.
 		_ = d.SetWriteDeadline(time.Now().Add(c.srv.lim.stall))
 	}
-	_, err := c.wv.WriteTo(c.nc)
+	var err error
+	if c.batch != nil {
+		err = c.writeTLS(c.nc, bufs)
+	} else {
+		_, err = c.wv.WriteTo(c.nc)
+	}
 	c.wv = nil
 	if err != nil {
 		if !isClosedErr(err) {
