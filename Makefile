@@ -56,6 +56,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzOptions -fuzztime=$(FUZZTIME) ./nbd/
 	$(GO) test -run='^$$' -fuzz=FuzzRequests -fuzztime=$(FUZZTIME) ./nbd/
 	$(GO) test -run='^$$' -fuzz=FuzzTLSOptions -fuzztime=$(FUZZTIME) ./nbd/
+	$(GO) test -run='^$$' -fuzz=FuzzRecordReader -fuzztime=$(FUZZTIME) ./nbd/
 	$(GO) test -run='^$$' -fuzz=FuzzRecord -fuzztime=$(FUZZTIME) ./gateway/filter/
 	$(GO) test -run='^$$' -fuzz=FuzzChunkEntry -fuzztime=$(FUZZTIME) ./gateway/store/
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./policy/

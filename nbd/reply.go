@@ -74,10 +74,6 @@ func (c *conn) writeAll(bufs [][]byte) {
 	if c.broken.Load() {
 		return
 	}
-	// WriteTo consumes its receiver, so it gets a copy of the slice header,
-	// kept in the conn (only the flushing goroutine uses it) to avoid an
-	// allocation per call.
-	c.wv = bufs
 	if d, ok := c.nc.(deadliner); ok {
 		// A client that stops reading replies loses the connection
 		// after the stall timeout, and with it the buffers they hold.
@@ -87,9 +83,13 @@ func (c *conn) writeAll(bufs [][]byte) {
 	if c.batch != nil {
 		err = c.writeTLS(c.nc, bufs)
 	} else {
+		// WriteTo consumes its receiver, so it gets a copy of the slice
+		// header, kept in the conn (only the flushing goroutine uses it)
+		// to avoid an allocation per call.
+		c.wv = bufs
 		_, err = c.wv.WriteTo(c.nc)
+		c.wv = nil
 	}
-	c.wv = nil
 	if err != nil {
 		if !isClosedErr(err) {
 			c.log.Debug("nbd: write reply", "err", err)

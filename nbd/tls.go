@@ -133,6 +133,11 @@ func newRecordBatcher(nc net.Conn) *recordBatcher {
 	return &recordBatcher{Conn: nc, rd: bufio.NewReaderSize(nc, 256<<10)}
 }
 
+// recordLen is the length of the record whose header h is, header included.
+func recordLen(h []byte) int {
+	return tlsRecordHeaderLen + int(binary.BigEndian.Uint16(h[3:5]))
+}
+
 // Read hands over the rest of the current record, or the next one once
 // its header is in. Only crypto/tls calls it, from the reader goroutine.
 func (b *recordBatcher) Read(p []byte) (int, error) {
@@ -147,24 +152,24 @@ func (b *recordBatcher) Read(p []byte) (int, error) {
 			}
 			return 0, err
 		}
-		b.left = tlsRecordHeaderLen + int(binary.BigEndian.Uint16(h[3:5]))
+		b.left = recordLen(h)
 	}
 	n, err := b.rd.Read(p[:min(len(p), b.left)])
 	b.left -= n
 	return n, err
 }
 
-// recordReady reports whether a whole record is buffered (with left == 0,
-// as between requests).
+// recordReady reports whether the rest of the current record, or a whole
+// next one, is buffered.
 func (b *recordBatcher) recordReady() bool {
 	if b.left != 0 {
 		return b.rd.Buffered() >= b.left
 	}
-	h, err := b.rd.Peek(min(tlsRecordHeaderLen, b.rd.Buffered()))
-	if err != nil || len(h) < tlsRecordHeaderLen {
+	if b.rd.Buffered() < tlsRecordHeaderLen {
 		return false
 	}
-	return b.rd.Buffered() >= tlsRecordHeaderLen+int(binary.BigEndian.Uint16(h[3:5]))
+	h, _ := b.rd.Peek(tlsRecordHeaderLen) // buffered: cannot fail
+	return b.rd.Buffered() >= recordLen(h)
 }
 
 func (b *recordBatcher) Write(p []byte) (int, error) {
@@ -184,17 +189,19 @@ func (b *recordBatcher) begin() {
 	b.mu.Unlock()
 }
 
-// flush writes the batch and, with end, stops batching.
-func (b *recordBatcher) flush(end bool) error {
+// flush ends the batch and writes it.
+func (b *recordBatcher) flush() error {
 	b.mu.Lock()
 	buf := b.buf
-	b.buf, b.batching = nil, !end
+	b.batching = false
 	b.mu.Unlock()
 	_, err := b.Conn.Write(buf)
-	b.mu.Lock()
-	if b.buf == nil && cap(buf) <= tlsBatchBytes*2 {
-		b.buf = buf[:0] // keep the buffer unless it grew past a batch
+	keep := buf[:0] // the buffer is kept unless it grew past a batch
+	if cap(buf) > tlsBatchBytes*2 {
+		keep = nil
 	}
+	b.mu.Lock()
+	b.buf = keep
 	b.mu.Unlock()
 	return err
 }
@@ -230,7 +237,7 @@ func (c *conn) writeTLS(w io.Writer, bufs [][]byte) error {
 		}
 		c.batch.begin()
 		_, err := w.Write(plain)
-		if ferr := c.batch.flush(true); err == nil {
+		if ferr := c.batch.flush(); err == nil {
 			err = ferr
 		}
 		if cap(plain) <= 2*tlsBatchBytes {
