@@ -4,9 +4,10 @@
 // # What a mount shows
 //
 //   - An fs volume mounts as its namespace. Every node is a thin adapter over
-//     the volume's filesystem engine (gateway.FS): namespace calls go straight
-//     to it, file data goes through Volume.Do with the file's inode and path
-//     (so QoS rules on file globs apply), and errors become errno in one
+//     the volume's gateway.Namespace: names and attributes go straight to
+//     it; file data and every other data change (write, truncate, fallocate,
+//     punch, fsync) go through Volume.Do with the file's inode and path (so
+//     QoS rules, filters and counters apply), and errors become errno in one
 //     place (errno.go).
 //   - A block volume mounts as a directory holding one file, "image", whose
 //     size is the volume's. It is served with direct IO (no page cache

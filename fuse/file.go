@@ -7,6 +7,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluice-storage/sluice/gateway"
 )
@@ -56,7 +57,8 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 
 func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	ctx = f.n.m.own(ctx)
-	return f.n.errno("fsync", f.n.m.fs.Fsync(ctx, f.n.ino))
+	req := gateway.Request{Op: gateway.OpSync, Inode: f.n.ino, Door: gateway.DoorFUSE, Path: f.path}
+	return f.n.errno("fsync", f.n.m.vol.Do(ctx, &req))
 }
 
 // Flush (close(2) of one descriptor) has nothing to do: writes are already
@@ -76,9 +78,27 @@ func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, sy
 	return uint64(pos), 0
 }
 
+// Allocate maps fallocate(2)'s modes onto Volume.Do: plain allocation is
+// OpAllocate, PUNCH_HOLE (which Linux allows only with KEEP_SIZE) is
+// OpDiscard, ZERO_RANGE is OpWriteZeroes.
 func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
 	ctx = f.n.m.own(ctx)
-	return f.n.errno("fallocate", f.n.m.fs.Fallocate(ctx, f.n.ino, int64(off), int64(size), mode))
+	keep := mode&unix.FALLOC_FL_KEEP_SIZE != 0
+	req := gateway.Request{Inode: f.n.ino, Offset: int64(off), Length: int64(size), KeepSize: keep, Door: gateway.DoorFUSE, Path: f.path}
+	switch mode &^ unix.FALLOC_FL_KEEP_SIZE {
+	case 0:
+		req.Op = gateway.OpAllocate
+	case unix.FALLOC_FL_PUNCH_HOLE:
+		if !keep {
+			return syscall.EOPNOTSUPP
+		}
+		req.Op = gateway.OpDiscard
+	case unix.FALLOC_FL_ZERO_RANGE:
+		req.Op = gateway.OpWriteZeroes
+	default:
+		return syscall.EOPNOTSUPP
+	}
+	return f.n.errno("fallocate", f.n.m.vol.Do(ctx, &req))
 }
 
 // dir is an open directory: a snapshot of its entries, so that offsets
@@ -144,7 +164,8 @@ func (d *dir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 
 func (d *dir) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 	ctx = d.n.m.own(ctx)
-	return d.n.errno("fsyncdir", d.n.m.fs.Fsync(ctx, d.n.ino))
+	req := gateway.Request{Op: gateway.OpSync, Inode: d.n.ino, Door: gateway.DoorFUSE}
+	return d.n.errno("fsyncdir", d.n.m.vol.Do(ctx, &req))
 }
 
 func (d *dir) Releasedir(ctx context.Context, releaseFlags uint32) {

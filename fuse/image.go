@@ -7,6 +7,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluice-storage/sluice/gateway"
 )
@@ -124,15 +125,14 @@ func (i *image) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscal
 // Allocate: punch hole and zero range discard (the volume is thin), plain
 // allocation is accepted as a no-op (the volume's size is fixed).
 func (i *image) Allocate(ctx context.Context, f fs.FileHandle, off uint64, size uint64, mode uint32) syscall.Errno {
-	const keepSize, punchHole, zeroRange = 0x01, 0x02, 0x10
 	end := min(int64(off+size), i.m.vol.Size())
 	if int64(off) >= end {
 		return 0
 	}
-	switch mode &^ keepSize {
+	switch mode &^ unix.FALLOC_FL_KEEP_SIZE {
 	case 0:
 		return 0
-	case punchHole, zeroRange:
+	case unix.FALLOC_FL_PUNCH_HOLE, unix.FALLOC_FL_ZERO_RANGE:
 		req := gateway.Request{Op: gateway.OpDiscard, Offset: int64(off), Length: end - int64(off), Door: gateway.DoorFUSE}
 		return i.errno("fallocate", i.m.vol.Do(ctx, &req))
 	}

@@ -31,7 +31,7 @@ type Mount struct {
 // mount is what every node of one mount shares.
 type mount struct {
 	vol      *gateway.Volume
-	fs       *gateway.FS // nil for a block volume
+	fs       gateway.Namespace // nil for a block volume
 	log      *slog.Logger
 	readOnly bool
 	note     *notifier // fs volumes: keeps the kernel's caches true (notify.go)
@@ -52,7 +52,7 @@ func MountVolume(ctx context.Context, vol *gateway.Volume, dir string, opts Opti
 	if !st.IsDir() {
 		return nil, fmt.Errorf("mount point %s is not a directory: %w", dir, gateway.ErrInvalid)
 	}
-	m := &mount{vol: vol, fs: vol.FS(), log: opts.Logger, readOnly: opts.ReadOnly || vol.ReadOnly()}
+	m := &mount{vol: vol, fs: vol.Namespace(), log: opts.Logger, readOnly: opts.ReadOnly || vol.ReadOnly()}
 	var root fs.InodeEmbedder
 	if m.fs != nil {
 		m.note = newNotifier()

@@ -104,10 +104,6 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	if g, ok := in.GetGID(); ok {
 		sa.GID = &g
 	}
-	if s, ok := in.GetSize(); ok {
-		size := int64(s)
-		sa.Size = &size
-	}
 	if t, ok := in.GetATime(); ok {
 		ns := t.UnixNano()
 		sa.Atime = &ns
@@ -115,6 +111,13 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	if t, ok := in.GetMTime(); ok {
 		ns := t.UnixNano()
 		sa.Mtime = &ns
+	}
+	if s, ok := in.GetSize(); ok {
+		// A length change is data: it goes through Volume.Do.
+		req := gateway.Request{Op: gateway.OpSetLength, Inode: n.ino, Length: int64(s), Door: gateway.DoorFUSE, Path: n.path()}
+		if err := n.m.vol.Do(ctx, &req); err != nil {
+			return n.errno("setattr", err)
+		}
 	}
 	a, err := n.m.fs.SetAttr(ctx, n.ino, sa)
 	if err != nil {

@@ -356,7 +356,7 @@ func TestFilePolicies(t *testing.T) {
 	if f := v.Filters(); !f.PerFile || f.Chain != "plain" {
 		t.Fatalf("volume filters: %+v", f)
 	}
-	fs := v.FS()
+	fs := v.Namespace()
 	data := words(256 << 10)
 	chunksOf := map[string]int{"var/app.log": 4, "notes.txt": 4, "image.raw": 0}
 	for name := range chunksOf {

@@ -16,10 +16,13 @@ const (
 	OpFlush
 	OpDiscard     // unmap: the range reads as zeros afterwards and its space may return to the pool
 	OpWriteZeroes // the range reads as zeros; whole chunks are unmapped unless NoHole
+	OpAllocate    // fs files: back the range with pool space (holes read as zeros); grows the length unless KeepSize
+	OpSetLength   // fs files: truncate or extend to Length bytes (extended bytes read as zeros)
+	OpSync        // make Inode's data and attributes durable (block volumes: as OpFlush)
 	numOps
 )
 
-var opNames = [numOps]string{"read", "write", "flush", "discard", "write_zeroes"}
+var opNames = [numOps]string{"read", "write", "flush", "discard", "write_zeroes", "allocate", "set_length", "sync"}
 
 func (o Op) String() string {
 	if o < numOps {
@@ -53,9 +56,17 @@ func (d Door) String() string {
 // Request is the one request type every door hands to Volume.Do.
 //
 // For OpRead, Buf receives Length = len(Buf) bytes at Offset. For OpWrite, Buf
-// holds the bytes to write. For OpDiscard and OpWriteZeroes, Length gives the
-// range and Buf is unused. OpFlush ignores Offset and Length: it makes every
-// write acknowledged before it durable, on every connection to the volume.
+// holds the bytes to write. For OpDiscard, OpWriteZeroes and OpAllocate,
+// Length gives the range and Buf is unused. OpFlush ignores Offset and
+// Length: it makes every write acknowledged before it durable, on every
+// connection to the volume. OpSync does the same for one file (and what it
+// needs: its length and attributes). OpSetLength sets a file's length to
+// Length.
+//
+// On an fs file, OpDiscard punches a hole and OpWriteZeroes zeroes the range
+// (fallocate's PUNCH_HOLE and ZERO_RANGE); both keep the file's length, and
+// OpWriteZeroes and OpAllocate grow it to cover the range unless KeepSize.
+// OpAllocate and OpSetLength apply to fs files only.
 type Request struct {
 	Op     Op
 	Inode  uint64 // 0 for block volumes
@@ -64,8 +75,11 @@ type Request struct {
 	Buf    []byte
 	FUA    bool // write: durable before Do returns
 	NoHole bool // write-zeroes: keep the range allocated (no unmap)
-	Door   Door
-	Path   string // fs volumes: the file's path, for rules that target files
+	// KeepSize: fs files, OpWriteZeroes and OpAllocate: leave the file's
+	// length as it is (fallocate's KEEP_SIZE).
+	KeepSize bool
+	Door     Door
+	Path     string // fs volumes: the file's path, for rules that target files
 }
 
 // Errors a door maps to its protocol's codes (see each door's errno

@@ -18,11 +18,10 @@ type VolumeInfo = store.VolumeInfo
 // CreateOptions describe a new volume.
 type CreateOptions = store.CreateOptions
 
-// The filesystem engine of fs volumes, shared by the file doors (FUSE, the
-// shim). Namespace calls go straight to it; file data goes through Do with
-// the file's inode and path.
+// The types of an fs volume's namespace (see Namespace), shared by the file
+// doors (FUSE, the shim). File data goes through Do with the file's inode
+// and path.
 type (
-	FS         = store.FS
 	Attr       = store.Attr
 	NewInode   = store.NewInode
 	SetAttr    = store.SetAttr
@@ -77,9 +76,6 @@ func (v *Volume) ReadOnly() bool { return v.sv.Info().ReadOnly }
 // Kind is KindBlock or KindFS.
 func (v *Volume) Kind() string { return v.sv.Kind() }
 
-// FS is an fs volume's namespace (nil for a block volume).
-func (v *Volume) FS() *FS { return v.sv.FS() }
-
 // AllocatedBytes is the pool space the volume holds.
 func (v *Volume) AllocatedBytes() int64 { return v.sv.AllocatedBytes() }
 
@@ -109,32 +105,82 @@ func (v *Volume) Do(ctx context.Context, req *Request) error {
 		f = v.filtersFor(ctx, vf, req)
 	}
 	// 3. store.
-	var err error
-	var n int64
-	switch req.Op {
-	case OpRead:
-		n = int64(len(req.Buf))
-		err = v.sv.ReadAtWith(ctx, req.Inode, req.Buf, req.Offset, f)
-	case OpWrite:
-		n = int64(len(req.Buf))
-		err = v.sv.WriteAtWith(ctx, req.Inode, req.Buf, req.Offset, req.FUA, f)
-	case OpFlush:
-		err = v.sv.Flush(ctx)
-	case OpDiscard:
-		n = req.Length
-		err = v.sv.Discard(ctx, req.Inode, req.Offset, req.Length)
-	case OpWriteZeroes:
-		n = req.Length
-		err = v.sv.WriteZeroesWith(ctx, req.Inode, req.Offset, req.Length, req.NoHole, f)
-		if err == nil && req.FUA {
-			err = v.sv.Flush(ctx)
-		}
-	default:
-		err = fmt.Errorf("op %v: %w", req.Op, ErrUnsupported)
-	}
+	n, err := v.exec(ctx, req, f)
 	// 4. account.
 	v.counters.record(req.Door, req.Op, n, time.Since(start), err)
 	return err
+}
+
+// exec is Do's store step: it runs req with the filters f and returns the
+// bytes it counts for. FUA makes every write-like op durable before it
+// returns (by a flush where the store has no cheaper way).
+func (v *Volume) exec(ctx context.Context, req *Request, f store.Filters) (int64, error) {
+	var err error
+	switch req.Op {
+	case OpRead:
+		return int64(len(req.Buf)), v.sv.ReadAtWith(ctx, req.Inode, req.Buf, req.Offset, f)
+	case OpWrite:
+		return int64(len(req.Buf)), v.sv.WriteAtWith(ctx, req.Inode, req.Buf, req.Offset, req.FUA, f)
+	case OpFlush:
+		return 0, v.sv.Flush(ctx)
+	case OpSync:
+		if req.Inode == 0 {
+			return 0, v.sv.Flush(ctx)
+		}
+		fs, ferr := v.fileOp(req)
+		if ferr != nil {
+			return 0, ferr
+		}
+		return 0, fs.Fsync(ctx, req.Inode)
+	case OpDiscard:
+		err = v.sv.Discard(ctx, req.Inode, req.Offset, req.Length)
+	case OpWriteZeroes:
+		err = v.writeZeroes(ctx, req, f)
+	case OpAllocate:
+		err = v.fallocate(ctx, req, 0)
+	case OpSetLength:
+		fs, ferr := v.fileOp(req)
+		if ferr != nil {
+			return 0, ferr
+		}
+		_, err = fs.SetAttr(ctx, req.Inode, store.SetAttr{Size: &req.Length})
+	default:
+		return 0, fmt.Errorf("op %v: %w", req.Op, ErrUnsupported)
+	}
+	if err == nil && req.FUA {
+		err = v.sv.Flush(ctx)
+	}
+	return req.Length, err
+}
+
+// writeZeroes is OpWriteZeroes: on a block volume the store's write-zeroes;
+// on a file without NoHole, fallocate's ZERO_RANGE (which may grow the file).
+func (v *Volume) writeZeroes(ctx context.Context, req *Request, f store.Filters) error {
+	if req.Inode == 0 || req.NoHole {
+		return v.sv.WriteZeroesWith(ctx, req.Inode, req.Offset, req.Length, req.NoHole, f)
+	}
+	return v.fallocate(ctx, req, store.FallocZeroRange)
+}
+
+// fallocate runs fallocate(2)'s mode on an fs file, with KEEP_SIZE from req.
+func (v *Volume) fallocate(ctx context.Context, req *Request, mode uint32) error {
+	fs, err := v.fileOp(req)
+	if err != nil {
+		return err
+	}
+	if req.KeepSize {
+		mode |= store.FallocKeepSize
+	}
+	return fs.Fallocate(ctx, req.Inode, req.Offset, req.Length, mode)
+}
+
+// fileOp returns the namespace for an op that applies to fs files only.
+func (v *Volume) fileOp(req *Request) (*store.FS, error) {
+	fs := v.sv.FS()
+	if fs == nil || req.Inode == 0 {
+		return nil, fmt.Errorf("volume %s: %v on inode %d: %w (fs files only)", v.Ref(), req.Op, req.Inode, ErrUnsupported)
+	}
+	return fs, nil
 }
 
 // Fsck checks the volume's metadata (see store.Store.Fsck).

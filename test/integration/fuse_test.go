@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/posixtest"
+	"golang.org/x/sys/unix"
 )
 
 // mountVolume creates volume ref of kind and size, mounts it with the
@@ -196,4 +198,64 @@ func errorsIs(err error, errno syscall.Errno) bool {
 		err = u.Unwrap()
 	}
 	return false
+}
+
+// fallocate(2) in each mode, ftruncate and fsync on a mount do what Linux
+// says, and each enters the gateway's one data path: the volume's counters
+// show them under the fuse door.
+func TestFUSEFallocateTruncateSync(t *testing.T) {
+	g := startGateway(t, t.TempDir())
+	mnt := g.mountVolume("t/fs", "fs", "64M")
+	f, err := os.Create(filepath.Join(mnt, "f"))
+	must(t, err)
+	defer f.Close()
+	fd := int(f.Fd())
+	size := func() int64 {
+		t.Helper()
+		fi, err := f.Stat()
+		must(t, err)
+		return fi.Size()
+	}
+	must(t, unix.Fallocate(fd, 0, 0, 1<<20))
+	if s := size(); s != 1<<20 {
+		t.Fatalf("fallocate 1 MiB: size %d", s)
+	}
+	must(t, unix.Fallocate(fd, unix.FALLOC_FL_KEEP_SIZE, 1<<20, 1<<20))
+	if s := size(); s != 1<<20 {
+		t.Fatalf("fallocate keep-size: size %d, want 1 MiB", s)
+	}
+	data := bytes.Repeat([]byte{0xa5}, 3*4096)
+	_, err = f.WriteAt(data, 0)
+	must(t, err)
+	must(t, unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, 4096))
+	must(t, unix.Fallocate(fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, 4096, 4096))
+	if err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE, 0, 4096); !errorsIs(err, syscall.EOPNOTSUPP) {
+		t.Fatalf("punch hole without keep-size: %v, want EOPNOTSUPP", err)
+	}
+	must(t, unix.Fallocate(fd, unix.FALLOC_FL_ZERO_RANGE, 2<<20, 4096))
+	if s := size(); s != 2<<20+4096 {
+		t.Fatalf("zero range past the end: size %d, want %d", s, 2<<20+4096)
+	}
+	must(t, f.Truncate(3*4096))
+	must(t, f.Sync())
+	got, err := os.ReadFile(filepath.Join(mnt, "f"))
+	must(t, err)
+	want := append(make([]byte, 2*4096), data[:4096]...)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("after punch, zero range and truncate: %d bytes, want two zero pages then 0xa5s", len(got))
+	}
+	ops := map[string]int{}
+	for _, v := range g.stats().Volumes {
+		for _, o := range v.Ops {
+			if v.Ref == "t/fs" && o.Door == "fuse" {
+				ops[o.Op]++
+			}
+		}
+	}
+	for _, op := range []string{"allocate", "discard", "write_zeroes", "set_length", "sync"} {
+		if ops[op] == 0 {
+			t.Errorf("no %s op counted for the fuse door: %v", op, ops)
+		}
+	}
+	fsckClean(t, g, "t/fs")
 }
