@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -17,23 +15,44 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-storage/sluice/attach"
 	"github.com/sluice-storage/sluice/controller"
-	"github.com/sluice-storage/sluice/fuse"
 	"github.com/sluice-storage/sluice/gateway"
-	"github.com/sluice-storage/sluice/gateway/admin"
 	"github.com/sluice-storage/sluice/gateway/filter"
 	"github.com/sluice-storage/sluice/nbd"
 	"github.com/sluice-storage/sluice/virtio"
 )
 
+// gatewayArgs is every flag of `sluice gateway`, bound by the flag
+// definitions (gocryptfs style: one typed struct, no lookups by name), and
+// what check derives from them.
+type gatewayArgs struct {
+	DataDir, Device, PoolSize, APISocket string
+	NBDListen, NBDSocket                 string
+	NBDTLSCert, NBDTLSKey, NBDTLSCA      string
+	NBDReadOnly                          bool
+	AttachMethod                         string
+	MetricsListen                        string
+	Pprof                                bool
+	QoSSlots                             int
+	QoSCapacityIOPS                      float64
+	QoSCostUnit                          string
+	Keyring                              string
+	VirtioWait                           string
+	LogLevel                             string
+
+	// Set by check.
+	poolSize   int64 // 0: a named --device keeps its size
+	costUnit   int64
+	virtioWait virtio.WaitMode
+	join       joinOptions
+}
+
 func gatewayCommand() *cli.Command {
+	a := &gatewayArgs{}
 	return &cli.Command{
 		Name:  "gateway",
 		Usage: "run the per-host gateway daemon",
@@ -41,190 +60,100 @@ func gatewayCommand() *cli.Command {
 The API socket appears only once everything is ready to serve, so scripts can
 wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
 		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "data-dir", Value: defaultDataDir, Usage: "metadata, default pool file and sockets live here"},
-			&cli.StringFlag{Name: "device", Usage: "an existing pool file or block device (default DATA-DIR/pool, created on first start)"},
-			&cli.StringFlag{Name: "pool-size", Value: "64G", Usage: "size of the default sparse pool file; with --device, grows a pool file to it"},
-			&cli.StringFlag{Name: "api-socket", Usage: "admin API socket (default DATA-DIR/api.sock)"},
-			&cli.StringFlag{Name: "nbd-listen", Value: "127.0.0.1:10809", Usage: "NBD TCP address (\"\" to disable)"},
-			&cli.StringFlag{Name: "nbd-socket", Usage: "NBD unix socket (default DATA-DIR/nbd.sock, \"none\" to disable)"},
-			&cli.StringFlag{Name: "nbd-tls-cert", Usage: "`PEM` certificate of the NBD door: TCP clients must then use TLS (STARTTLS) with a client certificate"},
-			&cli.StringFlag{Name: "nbd-tls-key", Usage: "`PEM` private key of --nbd-tls-cert"},
-			&cli.StringFlag{Name: "nbd-tls-ca", Usage: "`PEM` CA that signs client certificates; a certificate's common name is the one tenant its client may use"},
-			&cli.BoolFlag{Name: "nbd-read-only", Usage: "serve every export of the NBD door (socket and TCP) read-only; attached devices follow their volume's read-only flag"},
-			&cli.StringFlag{Name: "attach-method", Value: "auto", Usage: "how 'sluice attach' makes devices: nbd (the kernel's nbd driver over netlink), loop (a loop device over the volume's FUSE image) or auto (nbd where /dev/nbd* exists)"},
-			&cli.StringFlag{Name: "metrics-listen", Usage: "also serve /metrics on this TCP address; keep it on loopback (per-tenant counters are readable by anyone who reaches it)"},
-			&cli.BoolFlag{Name: "pprof", Usage: "also serve Go's /debug/pprof profiles on --metrics-listen (goroutine stacks, heap; for debugging only)"},
-			&cli.IntFlag{Name: "qos-slots", Value: 16, Usage: "requests routed by QoS rules that may run at once; reservations and weights act when more wait"},
-			&cli.Float64Flag{Name: "qos-capacity-iops", Usage: "device capacity for QoS-routed IO in 8 KiB IO/s (0 = unknown); set it so reservations and weights divide it when the pool is never busy"},
-			&cli.StringFlag{Name: "qos-cost-unit", Value: "8K", Usage: "IO size that counts as one IO for QoS IOPS (larger IOs count proportionally)"},
-			&cli.StringFlag{Name: "keyring", Usage: "`FILE` of tenants' encryption keys, one line \"TENANT BASE64-OF-32-BYTES\" each, mode 0600 or 0400"},
-			&cli.StringFlag{Name: "virtio-wait", Value: "adaptive", Usage: "how virtio export queues wait for requests: adaptive, eventfd or poll"},
-			&cli.StringFlag{Name: "log-level", Value: "info"},
+			&cli.StringFlag{Name: "data-dir", Value: defaultDataDir, Destination: &a.DataDir, Usage: "metadata, default pool file and sockets live here"},
+			&cli.StringFlag{Name: "device", Destination: &a.Device, Usage: "an existing pool file or block device (default DATA-DIR/pool, created on first start)"},
+			&cli.StringFlag{Name: "pool-size", Value: "64G", Destination: &a.PoolSize, Usage: "size of the default sparse pool file; with --device, grows a pool file to it"},
+			&cli.StringFlag{Name: "api-socket", Destination: &a.APISocket, Usage: "admin API socket (default DATA-DIR/api.sock)"},
+			&cli.StringFlag{Name: "nbd-listen", Value: "127.0.0.1:10809", Destination: &a.NBDListen, Usage: "NBD TCP address (\"\" to disable)"},
+			&cli.StringFlag{Name: "nbd-socket", Destination: &a.NBDSocket, Usage: "NBD unix socket (default DATA-DIR/nbd.sock, \"none\" to disable)"},
+			&cli.StringFlag{Name: "nbd-tls-cert", Destination: &a.NBDTLSCert, Usage: "`PEM` certificate of the NBD door: TCP clients must then use TLS (STARTTLS) with a client certificate"},
+			&cli.StringFlag{Name: "nbd-tls-key", Destination: &a.NBDTLSKey, Usage: "`PEM` private key of --nbd-tls-cert"},
+			&cli.StringFlag{Name: "nbd-tls-ca", Destination: &a.NBDTLSCA, Usage: "`PEM` CA that signs client certificates; a certificate's common name is the one tenant its client may use"},
+			&cli.BoolFlag{Name: "nbd-read-only", Destination: &a.NBDReadOnly, Usage: "serve every export of the NBD door (socket and TCP) read-only; attached devices follow their volume's read-only flag"},
+			&cli.StringFlag{Name: "attach-method", Value: "auto", Destination: &a.AttachMethod, Usage: "how 'sluice attach' makes devices: nbd (the kernel's nbd driver over netlink), loop (a loop device over the volume's FUSE image) or auto (nbd where /dev/nbd* exists)"},
+			&cli.StringFlag{Name: "metrics-listen", Destination: &a.MetricsListen, Usage: "also serve /metrics on this TCP address; keep it on loopback (per-tenant counters are readable by anyone who reaches it)"},
+			&cli.BoolFlag{Name: "pprof", Destination: &a.Pprof, Usage: "also serve Go's /debug/pprof profiles on --metrics-listen (goroutine stacks, heap; for debugging only)"},
+			&cli.IntFlag{Name: "qos-slots", Value: 16, Destination: &a.QoSSlots, Usage: "requests routed by QoS rules that may run at once; reservations and weights act when more wait"},
+			&cli.Float64Flag{Name: "qos-capacity-iops", Destination: &a.QoSCapacityIOPS, Usage: "device capacity for QoS-routed IO in 8 KiB IO/s (0 = unknown); set it so reservations and weights divide it when the pool is never busy"},
+			&cli.StringFlag{Name: "qos-cost-unit", Value: "8K", Destination: &a.QoSCostUnit, Usage: "IO size that counts as one IO for QoS IOPS (larger IOs count proportionally)"},
+			&cli.StringFlag{Name: "keyring", Destination: &a.Keyring, Usage: "`FILE` of tenants' encryption keys, one line \"TENANT BASE64-OF-32-BYTES\" each, mode 0600 or 0400"},
+			&cli.StringFlag{Name: "virtio-wait", Value: "adaptive", Destination: &a.VirtioWait, Usage: "how virtio export queues wait for requests: adaptive, eventfd or poll"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Destination: &a.LogLevel},
 		}, joinFlags()...),
-		Action: runGateway,
+		Action: func(c *cli.Context) error {
+			if err := a.check(c); err != nil {
+				return err
+			}
+			return runGateway(a)
+		},
 	}
 }
 
-func runGateway(c *cli.Context) error {
-	log, err := newLogger(c.String("log-level"))
-	if err != nil {
-		return err
-	}
-	poolSize, err := parseSize(c.String("pool-size"))
-	if err != nil {
+// check validates the flags and fills in the defaults that depend on
+// others, before anything is opened. Every error is a usage error.
+func (a *gatewayArgs) check(c *cli.Context) error {
+	var err error
+	if a.poolSize, err = parseSize(a.PoolSize); err != nil {
 		return usageErr("--pool-size: %v", err)
 	}
-	if poolSize <= 0 {
+	if a.poolSize <= 0 {
 		return usageErr("--pool-size must be above 0 (the default is 64G)")
 	}
-	if c.String("device") != "" && !c.IsSet("pool-size") {
-		poolSize = 0 // a named device keeps its size unless --pool-size says otherwise
+	if a.Device != "" && !c.IsSet("pool-size") {
+		a.poolSize = 0 // a named device keeps its size unless --pool-size says otherwise
 	}
-	switch c.String("attach-method") {
+	switch a.AttachMethod {
 	case attach.MethodAuto, attach.MethodNBD, attach.MethodLoop:
 	default:
 		return usageErr("--attach-method must be auto, nbd or loop")
 	}
-	if c.Int("qos-slots") < 1 {
+	if a.QoSSlots < 1 {
 		return usageErr("--qos-slots must be at least 1")
 	}
-	if v := c.Float64("qos-capacity-iops"); v < 0 || v > 1e12 {
+	if a.QoSCapacityIOPS < 0 || a.QoSCapacityIOPS > 1e12 {
 		return usageErr("--qos-capacity-iops must be 0 (unknown) or a positive rate")
 	}
-	costUnit, err := parseSize(c.String("qos-cost-unit"))
-	if err != nil || costUnit < 512 || costUnit > 16<<20 {
-		return usageErr("--qos-cost-unit %q: want a size from 512 to 16M", c.String("qos-cost-unit"))
+	if a.costUnit, err = parseSize(a.QoSCostUnit); err != nil || a.costUnit < 512 || a.costUnit > 16<<20 {
+		return usageErr("--qos-cost-unit %q: want a size from 512 to 16M", a.QoSCostUnit)
 	}
-	virtioWait, err := virtio.ParseWaitMode(c.String("virtio-wait"))
-	if err != nil {
+	if a.virtioWait, err = virtio.ParseWaitMode(a.VirtioWait); err != nil {
 		return usageErr("--virtio-wait: %v", err)
 	}
-	join, err := parseJoinFlags(c)
+	if a.join, err = parseJoinFlags(c); err != nil {
+		return err
+	}
+	a.join.ceiling = capacityCeiling(a.QoSCapacityIOPS, a.costUnit)
+	if a.APISocket == "" {
+		a.APISocket = filepath.Join(a.DataDir, "api.sock")
+	}
+	if a.NBDSocket == "" {
+		a.NBDSocket = filepath.Join(a.DataDir, "nbd.sock")
+	}
+	return nil
+}
+
+// runGateway serves until SIGTERM or SIGINT, then stops in order (see
+// daemon.stop).
+func runGateway(a *gatewayArgs) error {
+	log, err := newLogger(a.LogLevel)
 	if err != nil {
 		return err
 	}
-	join.ceiling = capacityCeiling(c.Float64("qos-capacity-iops"), costUnit)
-	dataDir := c.String("data-dir")
-	apiSocket := c.String("api-socket")
-	if apiSocket == "" {
-		apiSocket = filepath.Join(dataDir, "api.sock")
-	}
-	nbdSocket := c.String("nbd-socket")
-	if nbdSocket == "" {
-		nbdSocket = filepath.Join(dataDir, "nbd.sock")
-	}
-	startup := func(err error) error { return &exitError{exitStartup, err} }
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-
-	// Everything that can be checked is checked before the store is
-	// opened (which creates the pool file on a first start).
-	pre, err := preflight(c, dataDir, apiSocket, nbdSocket)
-	var ee *exitError
-	if errors.As(err, &ee) {
-		return err // a usage error stays one
-	} else if err != nil {
-		return startup(err)
-	}
-	defer pre.close()
-	g, err := gateway.Open(ctx, gateway.Config{DataDir: dataDir, Device: c.String("device"), PoolSize: poolSize, QoSSlots: c.Int("qos-slots"),
-		QoSCapacityIOPS: c.Float64("qos-capacity-iops"), QoSCostUnit: costUnit, Keyring: pre.keyring, Logger: log})
-	if err != nil {
-		return startup(err)
-	}
-	defer func() {
-		if err := g.Close(); err != nil {
-			log.Error("closing the store", "err", err)
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer cancel()
+	d := &daemon{args: a, log: log}
+	if err := d.start(ctx); err != nil {
+		d.stop()
+		var ee *exitError
+		if errors.As(err, &ee) {
+			return err // a usage error stays one
 		}
-	}()
-	go reloadOnHangup(ctx, g, log)
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(gateway.NewCollector(g), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
-	srv := nbd.NewServer(nbdExports{g}, nbd.Options{ReadOnly: c.Bool("nbd-read-only"), Logger: log})
-	for _, l := range pre.nbd {
-		go func(l net.Listener) {
-			var err error
-			if _, tcp := l.Addr().(*net.TCPAddr); tcp && pre.tls != nil {
-				err = srv.ServeTLS(ctx, l, pre.tls)
-			} else {
-				err = srv.Serve(ctx, l)
-			}
-			if err != nil && ctx.Err() == nil {
-				log.Error("NBD server stopped", "listen", l.Addr().String(), "err", err)
-			}
-		}(l)
+		return &exitError{exitStartup, err}
 	}
-	var metricsSrv *http.Server
-	if pre.metrics != nil {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		if c.Bool("pprof") {
-			mux.HandleFunc("/debug/pprof/", pprof.Index)
-			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		}
-		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go metricsSrv.Serve(pre.metrics)
-	}
-	mounts := fuse.NewManager(g, log)
-	defer mounts.Close()
-	// Attached nbd devices get a server of their own: the door's
-	// --nbd-read-only does not apply to them, and it stops after the
-	// attacher has flushed and released them (defers run last first).
-	attachSrv := nbd.NewServer(nbdExports{g}, nbd.Options{Logger: log})
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := attachSrv.Shutdown(ctx); err != nil {
-			log.Warn("attached devices' NBD connections did not drain", "err", err)
-		}
-	}()
-	attacher, err := attach.New(g, mounts, attach.Options{Dir: filepath.Join(dataDir, "attach"), Method: c.String("attach-method"), NBD: attachSrv, Logger: log})
-	if err != nil {
-		return startup(err)
-	}
-	defer attacher.Close()
-	vexports, err := virtio.NewExports(g, filepath.Join(dataDir, "virtio"), virtio.ServerOptions{Wait: virtio.WaitOptions{Mode: virtioWait}, Logger: log})
-	if err != nil {
-		return startup(err)
-	}
-	defer vexports.Close(context.Background())
-	doors := admin.Doors{Mounts: mountDoor{mounts}, Attachments: attachDoor{attacher}, Virtio: virtioDoor{vexports}}
-	if join.url != "" {
-		j, err := joinController(ctx, g, join, apiSocket, log)
-		if err != nil {
-			return startup(err)
-		}
-		defer j.close() // before g.Close
-		doors.Controller = j
-	}
-
-	// Last: the API socket, whose appearance tells scripts we are ready.
-	apiL, err := listenUnix(apiSocket, 0o600)
-	if err != nil {
-		return startup(fmt.Errorf("API socket: %w", err))
-	}
-	apiSrv := &http.Server{Handler: admin.NewHandler(g, reg, log, doors), ReadHeaderTimeout: 10 * time.Second}
-	go apiSrv.Serve(apiL)
-	log.Info("gateway ready", "api", apiSocket, "nbd", c.String("nbd-listen"), "nbd_socket", nbdSocket, "volumes", len(g.Volumes()))
-
+	log.Info("gateway ready", "api", a.APISocket, "nbd", a.NBDListen, "nbd_socket", a.NBDSocket, "volumes", len(d.g.Volumes()))
 	<-ctx.Done()
 	log.Info("shutting down: draining NBD requests and flushing")
-	shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	apiSrv.Shutdown(shutCtx)
-	os.Remove(apiSocket)
-	if err := srv.Shutdown(shutCtx); err != nil {
-		log.Warn("NBD drain incomplete", "err", err)
-	}
-	if metricsSrv != nil {
-		metricsSrv.Shutdown(shutCtx)
-	}
-	if nbdSocket != "none" {
-		os.Remove(nbdSocket)
-	}
+	d.stop()
 	return nil
 }
 
@@ -241,8 +170,8 @@ type started struct {
 // preflight takes the data directory's lock and checks and opens what a
 // bad flag or a busy port would otherwise fail after the pool was
 // created: the API socket, the keyring, the NBD and metrics listeners.
-func preflight(c *cli.Context, dataDir, apiSocket, nbdSocket string) (*started, error) {
-	lock, err := lockDataDir(dataDir)
+func preflight(a *gatewayArgs) (*started, error) {
+	lock, err := lockDataDir(a.DataDir)
 	if err != nil {
 		return nil, err
 	}
@@ -251,16 +180,16 @@ func preflight(c *cli.Context, dataDir, apiSocket, nbdSocket string) (*started, 
 		pre.close()
 		return nil, err
 	}
-	if err := checkNotRunning(apiSocket); err != nil {
+	if err := checkNotRunning(a.APISocket); err != nil {
 		return fail(err)
 	}
-	if pre.keyring, err = loadKeyring(c.String("keyring")); err != nil {
+	if pre.keyring, err = loadKeyring(a.Keyring); err != nil {
 		return fail(err)
 	}
-	if pre.tls, err = nbdTLS(c); err != nil {
+	if pre.tls, err = nbdTLS(a.NBDTLSCert, a.NBDTLSKey, a.NBDTLSCA); err != nil {
 		return fail(err)
 	}
-	if addr := c.String("nbd-listen"); addr != "" {
+	if addr := a.NBDListen; addr != "" {
 		if !controller.IsLoopback(addr) && pre.tls == nil {
 			// Beyond loopback a client has no local user to authorize
 			// and the traffic would be in the clear.
@@ -272,14 +201,14 @@ func preflight(c *cli.Context, dataDir, apiSocket, nbdSocket string) (*started, 
 		}
 		pre.nbd = append(pre.nbd, l)
 	}
-	if nbdSocket != "none" {
-		l, err := listenUnix(nbdSocket, 0o600)
+	if a.NBDSocket != "none" {
+		l, err := listenUnix(a.NBDSocket, 0o600)
 		if err != nil {
 			return fail(fmt.Errorf("NBD socket: %w", err))
 		}
 		pre.nbd = append(pre.nbd, l)
 	}
-	if addr := c.String("metrics-listen"); addr != "" {
+	if addr := a.MetricsListen; addr != "" {
 		if pre.metrics, err = net.Listen("tcp", addr); err != nil {
 			return fail(fmt.Errorf("metrics listen on %s: %w", addr, err))
 		}
@@ -290,8 +219,7 @@ func preflight(c *cli.Context, dataDir, apiSocket, nbdSocket string) (*started, 
 // nbdTLS builds the NBD door's TLS config from --nbd-tls-cert, -key and
 // -ca (all or none): the server's certificate, and the CA that signs
 // client certificates, whose common name is the tenant the client may use.
-func nbdTLS(c *cli.Context) (*tls.Config, error) {
-	cert, key, ca := c.String("nbd-tls-cert"), c.String("nbd-tls-key"), c.String("nbd-tls-ca")
+func nbdTLS(cert, key, ca string) (*tls.Config, error) {
 	if cert == "" && key == "" && ca == "" {
 		return nil, nil
 	}

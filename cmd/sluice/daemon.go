@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sluice-storage/sluice/attach"
+	"github.com/sluice-storage/sluice/fuse"
+	"github.com/sluice-storage/sluice/gateway"
+	"github.com/sluice-storage/sluice/gateway/admin"
+	"github.com/sluice-storage/sluice/nbd"
+	"github.com/sluice-storage/sluice/virtio"
+)
+
+// daemon is a running gateway: the store and the doors in front of it.
+// start opens them in dependency order, the API socket last (its
+// appearance tells scripts the gateway is ready); stop closes whatever
+// start opened, in the order written there.
+type daemon struct {
+	args *gatewayArgs
+	log  *slog.Logger
+
+	pre       *started // lock, keyring, listeners (preflight)
+	g         *gateway.Gateway
+	reg       *prometheus.Registry
+	nbdDoor   *nbd.Server // the NBD door's TCP and unix listeners
+	metrics   *http.Server
+	mounts    *fuse.Manager
+	attachSrv *nbd.Server // attached nbd devices' own server (no --nbd-read-only)
+	attacher  *attach.Attacher
+	virtio    *virtio.Exports
+	join      *joined // nil unless --controller
+	api       *http.Server
+}
+
+// start opens everything; on an error the caller runs stop, which closes
+// what was opened.
+func (d *daemon) start(ctx context.Context) error {
+	a, log := d.args, d.log
+	// Everything that can be checked is checked before the store is
+	// opened (which creates the pool file on a first start).
+	var err error
+	if d.pre, err = preflight(a); err != nil {
+		return err
+	}
+	d.g, err = gateway.Open(ctx, gateway.Config{DataDir: a.DataDir, Device: a.Device, PoolSize: a.poolSize, QoSSlots: a.QoSSlots,
+		QoSCapacityIOPS: a.QoSCapacityIOPS, QoSCostUnit: a.costUnit, Keyring: d.pre.keyring, Logger: log})
+	if err != nil {
+		return err
+	}
+	go reloadOnHangup(ctx, d.g, log)
+	d.reg = prometheus.NewRegistry()
+	d.reg.MustRegister(gateway.NewCollector(d.g), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	d.nbdDoor = nbd.NewServer(nbdExports{d.g}, nbd.Options{ReadOnly: a.NBDReadOnly, Logger: log})
+	for _, l := range d.pre.nbd {
+		go d.serveNBD(ctx, l)
+	}
+	if d.pre.metrics != nil {
+		d.metrics = d.metricsServer()
+		go d.metrics.Serve(d.pre.metrics)
+	}
+	d.mounts = fuse.NewManager(d.g, log)
+	d.attachSrv = nbd.NewServer(nbdExports{d.g}, nbd.Options{Logger: log})
+	d.attacher, err = attach.New(d.g, d.mounts, attach.Options{Dir: filepath.Join(a.DataDir, "attach"), Method: a.AttachMethod, NBD: d.attachSrv, Logger: log})
+	if err != nil {
+		return err
+	}
+	d.virtio, err = virtio.NewExports(d.g, filepath.Join(a.DataDir, "virtio"), virtio.ServerOptions{Wait: virtio.WaitOptions{Mode: a.virtioWait}, Logger: log})
+	if err != nil {
+		return err
+	}
+	doors := admin.Doors{Mounts: mountDoor{d.mounts}, Attachments: attachDoor{d.attacher}, Virtio: virtioDoor{d.virtio}}
+	if a.join.url != "" {
+		if d.join, err = joinController(ctx, d.g, a.join, a.APISocket, log); err != nil {
+			return err
+		}
+		doors.Controller = d.join
+	}
+
+	// Last: the API socket, whose appearance tells scripts we are ready.
+	apiL, err := listenUnix(a.APISocket, 0o600)
+	if err != nil {
+		return fmt.Errorf("API socket: %w", err)
+	}
+	d.api = &http.Server{Handler: admin.NewHandler(d.g, d.reg, log, doors), ReadHeaderTimeout: 10 * time.Second}
+	go d.api.Serve(apiL)
+	return nil
+}
+
+func (d *daemon) serveNBD(ctx context.Context, l net.Listener) {
+	var err error
+	if _, tcp := l.Addr().(*net.TCPAddr); tcp && d.pre.tls != nil {
+		err = d.nbdDoor.ServeTLS(ctx, l, d.pre.tls)
+	} else {
+		err = d.nbdDoor.Serve(ctx, l)
+	}
+	if err != nil && ctx.Err() == nil {
+		d.log.Error("NBD server stopped", "listen", l.Addr().String(), "err", err)
+	}
+}
+
+func (d *daemon) metricsServer() *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{}))
+	if d.args.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	}
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+}
+
+// stop closes what start opened, in this order:
+//
+//  1. the admin API (no new commands) and its socket;
+//  2. the NBD door: in-flight requests drain, connections close;
+//  3. the metrics listener;
+//  4. the controller agent (before the store it reports on);
+//  5. virtio exports;
+//  6. attachments: each attached device is flushed and released, logged
+//     as abandoned if something still uses it; then their NBD server;
+//  7. FUSE mounts;
+//  8. the store (flush, close badger and the device);
+//  9. the data directory's lock, last, so no second gateway opens the
+//     store before this one has closed it.
+func (d *daemon) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if d.api != nil {
+		d.api.Shutdown(ctx)
+		os.Remove(d.args.APISocket)
+	}
+	if d.nbdDoor != nil {
+		if err := d.nbdDoor.Shutdown(ctx); err != nil {
+			d.log.Warn("NBD drain incomplete", "err", err)
+		}
+	}
+	if d.metrics != nil {
+		d.metrics.Shutdown(ctx)
+	}
+	if d.join != nil {
+		d.join.close()
+	}
+	if d.virtio != nil {
+		d.virtio.Close(context.Background())
+	}
+	if d.attacher != nil {
+		d.attacher.Close()
+	}
+	if d.attachSrv != nil {
+		actx, acancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := d.attachSrv.Shutdown(actx); err != nil {
+			d.log.Warn("attached devices' NBD connections did not drain", "err", err)
+		}
+		acancel()
+	}
+	if d.mounts != nil {
+		d.mounts.Close()
+	}
+	if d.g != nil {
+		if err := d.g.Close(); err != nil {
+			d.log.Error("closing the store", "err", err)
+		}
+	}
+	if d.pre != nil {
+		if d.args.NBDSocket != "none" && d.nbdDoor != nil {
+			os.Remove(d.args.NBDSocket)
+		}
+		d.pre.close()
+	}
+}
