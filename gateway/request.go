@@ -62,7 +62,7 @@ type Request struct {
 	Offset int64
 	Length int64 // for OpDiscard and OpWriteZeroes; reads and writes use len(Buf)
 	Buf    []byte
-	FUA    bool // write: durable before Do returns
+	FUA    bool // write, write-zeroes, discard: durable before Do returns
 	NoHole bool // write-zeroes: keep the range allocated (no unmap)
 	Door   Door
 	Path   string // fs volumes: the file's path, for rules that target files
