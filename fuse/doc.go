@@ -41,6 +41,10 @@
 //     to 64 KiB), rename with RENAME_NOREPLACE and RENAME_EXCHANGE, O_TMPFILE,
 //     SEEK_DATA/SEEK_HOLE, fallocate (allocate, keep-size, punch hole, zero
 //     range) and statfs from the volume's size and use are supported.
+//   - A panic in a handler fails that operation with EIO and the mount
+//     serves on (go-fuse's PanicHandler); it is logged at ERROR with its
+//     stack. Panics inside Volume.Do are recovered there (ErrIO, counted in
+//     sluice_volume_panics_total), the same policy as every door.
 //
 // The serving process must never touch its own mount (go-fuse's deadlock
 // rules); tests run the gateway as a separate process.

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -80,7 +81,9 @@ func MountVolume(ctx context.Context, vol *gateway.Volume, dir string, opts Opti
 		Options:       []string{"default_permissions"},
 		Debug:         opts.Debug,
 		PanicHandler: func(p any) fuse.Status {
-			opts.Logger.Error("fuse: handler panicked", "volume", vol.Ref(), "panic", fmt.Sprint(p))
+			// Called in go-fuse's deferred recover: the stack is the panic's.
+			opts.Logger.Error("fuse: handler panicked; failed with EIO", "volume", vol.Ref(), "panic", fmt.Sprint(p),
+				"stack", string(debug.Stack()))
 			return fuse.EIO
 		},
 	}

@@ -18,6 +18,7 @@ type opCounters struct {
 	ops     atomic.Uint64
 	bytes   atomic.Uint64
 	errors  atomic.Uint64
+	panics  atomic.Uint64 // failed with ErrIO because they panicked (also in errors)
 	nanos   atomic.Uint64 // total latency
 	buckets [len(latencyBuckets) + 1]atomic.Uint64
 }
@@ -46,6 +47,12 @@ func (c *counters) record(d Door, op Op, n int64, took time.Duration, err error)
 	oc.buckets[i].Add(1)
 }
 
+func (c *counters) panicked(d Door, op Op) {
+	if d < numDoors && op < numOps {
+		c.byDoorOp[d][op].panics.Add(1)
+	}
+}
+
 // OpStats is a snapshot of one (door, op) pair's counters.
 type OpStats struct {
 	Door        string  `json:"door"`
@@ -53,6 +60,7 @@ type OpStats struct {
 	Ops         uint64  `json:"ops"`
 	Bytes       uint64  `json:"bytes"`
 	Errors      uint64  `json:"errors"`
+	Panics      uint64  `json:"panics,omitempty"` // of the errors, requests that panicked
 	MeanLatency float64 `json:"mean_latency_seconds"`
 }
 
@@ -68,7 +76,7 @@ func (v *Volume) Stats() []OpStats {
 			}
 			out = append(out, OpStats{
 				Door: d.String(), Op: op.String(), Ops: n, Bytes: oc.bytes.Load(),
-				Errors: oc.errors.Load(), MeanLatency: float64(oc.nanos.Load()) / float64(n) / 1e9,
+				Errors: oc.errors.Load(), Panics: oc.panics.Load(), MeanLatency: float64(oc.nanos.Load()) / float64(n) / 1e9,
 			})
 		}
 	}

@@ -28,6 +28,20 @@
 // transformed.go). Encryption keys come from the keyring given at start
 // (Config.Keyring) and never leave the filter package.
 //
+// A request with FUA (write, write-zeroes or discard) is durable when Do
+// returns: the store writes a FUA write through, and Do flushes the store
+// (device flush, then metadata sync) after a FUA write-zeroes or discard.
+//
+// Panics: Do recovers a panic anywhere below it (classify, queue, filters,
+// store) and fails that request with ErrIO; the panic is logged at ERROR
+// with its stack and counted per volume, door and op
+// (sluice_volume_panics_total, OpStats.Panics). It is the one place every
+// door's data requests pass, so each door recovers only its own code, with
+// the same outcome: that request fails with an IO error and the door keeps
+// serving (see the nbd, virtio and fuse package docs). State the panicking
+// code held (a chunk stripe lock, say) may stay held; requests that need it
+// then wait, the rest of the gateway serves on.
+//
 // Nothing in gateway imports a door.
 package gateway
 

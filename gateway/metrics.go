@@ -18,6 +18,7 @@ var (
 	descOps     = prometheus.NewDesc("sluice_volume_ops_total", "Requests completed, by volume, door and operation.", volLabels, nil)
 	descBytes   = prometheus.NewDesc("sluice_volume_bytes_total", "Bytes moved by successful requests.", volLabels, nil)
 	descErrors  = prometheus.NewDesc("sluice_volume_errors_total", "Requests that failed.", volLabels, nil)
+	descPanics  = prometheus.NewDesc("sluice_volume_panics_total", "Requests that panicked in the gateway and failed with an IO error (also counted in errors).", volLabels, nil)
 	descLatency = prometheus.NewDesc("sluice_volume_latency_seconds", "Request latency inside the gateway.", volLabels, nil)
 	descSize    = prometheus.NewDesc("sluice_volume_size_bytes", "Volume size.", []string{"tenant", "volume"}, nil)
 	descAlloc   = prometheus.NewDesc("sluice_volume_allocated_bytes", "Pool space held by the volume's chunks.", []string{"tenant", "volume"}, nil)
@@ -40,7 +41,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descOps, descBytes, descErrors, descLatency, descSize, descAlloc, descPool, descUsed,
+	for _, d := range []*prometheus.Desc{descOps, descBytes, descErrors, descPanics, descLatency, descSize, descAlloc, descPool, descUsed,
 		descQOps, descQBytes, descQThrottled, descQDepth, descQInFlight, descPolicyActive, descCacheHits, descCacheMisses, descCacheBytes} {
 		ch <- d
 	}
@@ -92,6 +93,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 				ch <- prometheus.MustNewConstMetric(descOps, prometheus.CounterValue, float64(n), lv...)
 				ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(oc.bytes.Load()), lv...)
 				ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(oc.errors.Load()), lv...)
+				ch <- prometheus.MustNewConstMetric(descPanics, prometheus.CounterValue, float64(oc.panics.Load()), lv...)
 				buckets := make(map[float64]uint64, len(latencyBuckets))
 				var cum uint64
 				for i, ub := range latencyBuckets {

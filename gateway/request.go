@@ -73,7 +73,7 @@ type Request struct {
 	Offset int64
 	Length int64 // for OpDiscard and OpWriteZeroes; reads and writes use len(Buf)
 	Buf    []byte
-	FUA    bool // write: durable before Do returns
+	FUA    bool // write, write-zeroes, discard: durable before Do returns
 	NoHole bool // write-zeroes: keep the range allocated (no unmap)
 	// KeepSize: fs files, OpWriteZeroes and OpAllocate: leave the file's
 	// length as it is (fallocate's KEEP_SIZE).

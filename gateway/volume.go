@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -57,6 +58,9 @@ type Volume struct {
 	// policy in force matches this volume and its IO is plain.
 	filt     atomic.Pointer[volFilters]
 	counters counters
+	// testFault, set only by tests before any IO, runs at the start of
+	// Do's store step: a test makes it panic to check the panic policy.
+	testFault func(*Request)
 }
 
 func newVolume(g *Gateway, sv *store.Volume) *Volume { return &Volume{g: g, sv: sv} }
@@ -80,8 +84,18 @@ func (v *Volume) Kind() string { return v.sv.Kind() }
 func (v *Volume) AllocatedBytes() int64 { return v.sv.AllocatedBytes() }
 
 // Do runs one request through the pipeline (see the package doc).
-func (v *Volume) Do(ctx context.Context, req *Request) error {
+//
+// A FUA write, write-zeroes or discard is durable when Do returns. A panic
+// anywhere below Do (classify, queue, filters, store) fails that request
+// with ErrIO: it is logged with its stack at ERROR and counted
+// (sluice_volume_panics_total), and the gateway carries on.
+func (v *Volume) Do(ctx context.Context, req *Request) (err error) {
 	start := time.Now()
+	defer func() {
+		if p := recover(); p != nil {
+			err = v.recovered(req, start, p)
+		}
+	}()
 	// 1+2. classify and queue: only when a rule routes this volume.
 	if r := v.route.Load(); r != nil && req.Door < numDoors {
 		c := classOf(req.Op)
@@ -105,6 +119,9 @@ func (v *Volume) Do(ctx context.Context, req *Request) error {
 		f = v.filtersFor(ctx, vf, req)
 	}
 	// 3. store.
+	if v.testFault != nil {
+		v.testFault(req)
+	}
 	n, err := v.exec(ctx, req, f)
 	// 4. account.
 	v.counters.record(req.Door, req.Op, n, time.Since(start), err)
@@ -181,6 +198,18 @@ func (v *Volume) fileOp(req *Request) (*store.FS, error) {
 		return nil, fmt.Errorf("volume %s: %v on inode %d: %w (fs files only)", v.Ref(), req.Op, req.Inode, ErrUnsupported)
 	}
 	return fs, nil
+}
+
+// recovered turns a panic in Do into the request's error. The panicking
+// code may have left state it held behind (a stripe lock, say); requests
+// that need it fail or wait, the rest of the gateway keeps serving.
+func (v *Volume) recovered(req *Request, start time.Time, p any) error {
+	err := fmt.Errorf("%w: panic in %v: %v", ErrIO, req.Op, p)
+	v.g.log.Error("request panicked; failed with an IO error", "volume", v.Ref(), "door", req.Door,
+		"op", req.Op, "inode", req.Inode, "offset", req.Offset, "panic", p, "stack", string(debug.Stack()))
+	v.counters.panicked(req.Door, req.Op)
+	v.counters.record(req.Door, req.Op, 0, time.Since(start), err)
+	return err
 }
 
 // Fsck checks the volume's metadata (see store.Store.Fsck).

@@ -1,156 +1,123 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/sluice-storage/sluice/gateway/qos"
 )
 
-// changeLog is a Watcher that keeps what it hears.
-type changeLog struct {
-	mu   sync.Mutex
-	data []Change
-}
-
-func (c *changeLog) Changed(ch Change) {
-	if ch.Data {
-		c.mu.Lock()
-		c.data = append(c.data, ch)
-		c.mu.Unlock()
-	}
-}
-
-func (c *changeLog) count() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.data)
-}
-
-// Every data change to an fs file (allocate, punch, zero range, set length,
-// sync) enters Volume.Do: it passes the volume's QoS queue, is counted per
-// door and op, and is reported to other doors' caches.
-func TestFileDataChangesGoThroughDo(t *testing.T) {
+// A FUA discard or write-zeroes is durable when Do returns. The evidence is
+// the pool's used space: the chunks a discard unmaps are freed only by the
+// metadata sync that makes the unmap durable (the store never reuses an
+// extent before that), and nothing else syncs within the test (the
+// background sync runs once a second).
+func TestFUAUnmapIsDurable(t *testing.T) {
 	ctx := context.Background()
-	g := openPolicyGateway(t, t.TempDir(), nil)
+	for _, op := range []Op{OpDiscard, OpWriteZeroes} {
+		t.Run(op.String(), func(t *testing.T) {
+			g := openTestGateway(t)
+			v, err := g.CreateVolume(ctx, CreateOptions{Tenant: "acme", Name: "v", Size: 1 << 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			chunk := v.Info().ChunkSize
+			if err := v.Do(ctx, &Request{Op: OpWrite, Buf: bytes.Repeat([]byte{7}, int(chunk)), FUA: true}); err != nil {
+				t.Fatal(err)
+			}
+			before := g.PoolStats().Used
+			if before < chunk {
+				t.Fatalf("pool used %d after writing a chunk of %d", before, chunk)
+			}
+			if err := v.Do(ctx, &Request{Op: op, Length: chunk, FUA: true}); err != nil {
+				t.Fatal(err)
+			}
+			if got := g.PoolStats().Used; got != before-chunk {
+				t.Fatalf("pool used %d right after a FUA %v, want %d: the unmap was not made durable", got, op, before-chunk)
+			}
+		})
+	}
+}
+
+// lockedBuffer is a log sink for a gateway's logger (it logs from its own
+// goroutines too).
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A panic below Do fails that request with ErrIO, is logged with its stack
+// and counted, releases the QoS slot it held, and the volume keeps serving.
+func TestDoPanicFailsOnlyThatRequest(t *testing.T) {
+	ctx := context.Background()
+	var logs lockedBuffer
+	g, err := Open(ctx, Config{DataDir: t.TempDir(), PoolSize: 256 << 20, AutomationInterval: -1,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer g.Close()
-	v, err := g.CreateVolume(ctx, CreateOptions{Tenant: "acme", Name: "home", Kind: KindFS, Size: 64 << 20})
+	v, err := g.CreateVolume(ctx, CreateOptions{Tenant: "acme", Name: "v", Size: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := g.SetQoSRule(ctx, QoSRule{Tenant: "acme", Volume: "home", Limits: qos.Limits{IOPS: 1e6}}); err != nil {
-		t.Fatal(err)
-	}
-	ns := v.Namespace()
-	a, err := ns.CreateOpen(ctx, RootIno, "f", NewInode{Mode: 0o100644})
+	rule, err := g.SetQoSRule(ctx, QoSRule{Tenant: "acme", Volume: "v", Limits: qos.Limits{IOPS: 1e9}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ns.Release(ctx, a.Ino)
-	watch := &changeLog{}
-	defer ns.Watch(watch)()
-
-	length := func() int64 {
-		t.Helper()
-		n, err := ns.Length(ctx, a.Ino)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
-	steps := []struct {
-		req  Request
-		want int64 // length afterwards
-	}{
-		{Request{Op: OpAllocate, Length: 1 << 20}, 1 << 20},
-		{Request{Op: OpAllocate, Offset: 1 << 20, Length: 1 << 20, KeepSize: true}, 1 << 20},
-		{Request{Op: OpWrite, Buf: words(8192)}, 1 << 20},
-		{Request{Op: OpDiscard, Length: 4096}, 1 << 20},
-		{Request{Op: OpWriteZeroes, Offset: 4096, Length: 4096, KeepSize: true}, 1 << 20},
-		{Request{Op: OpWriteZeroes, Offset: 3 << 20, Length: 4096}, 3<<20 + 4096},
-		{Request{Op: OpSetLength, Length: 8192}, 8192},
-		{Request{Op: OpSync, FUA: true}, 8192},
-	}
-	for _, s := range steps {
-		r := s.req
-		r.Inode, r.Door, r.Path = a.Ino, DoorFUSE, "f"
-		if err := v.Do(ctx, &r); err != nil {
-			t.Fatalf("%v: %v", r.Op, err)
-		}
-		if got := length(); got != s.want {
-			t.Fatalf("after %v: length %d, want %d", r.Op, got, s.want)
+	v.testFault = func(req *Request) {
+		if req.Offset == 4096 {
+			panic("injected fault")
 		}
 	}
-	got := make([]byte, 8192)
-	if err := v.Do(ctx, &Request{Op: OpRead, Inode: a.Ino, Buf: got, Door: DoorFUSE}); err != nil {
-		t.Fatal(err)
+	buf := make([]byte, 4096)
+	err = v.Do(ctx, &Request{Op: OpWrite, Offset: 4096, Buf: buf, Door: DoorNBD})
+	if !errors.Is(err, ErrIO) {
+		t.Fatalf("panicking request: %v, want ErrIO", err)
 	}
-	for i, b := range got {
-		if b != 0 {
-			t.Fatalf("byte %d = %#x after discard and zero range, want 0", i, b)
-		}
+	if err := v.Do(ctx, &Request{Op: OpWrite, Offset: 0, Buf: buf, Door: DoorNBD}); err != nil {
+		t.Fatalf("request after the panic: %v", err)
 	}
-
-	ops := map[string]uint64{}
+	var st OpStats
 	for _, s := range v.Stats() {
-		if s.Door == "fuse" && s.Errors == 0 {
-			ops[s.Op] += s.Ops
+		if s.Door == "nbd" && s.Op == "write" {
+			st = s
 		}
 	}
-	for op, want := range map[string]uint64{"allocate": 2, "discard": 1, "write_zeroes": 2, "set_length": 1, "sync": 1} {
-		if ops[op] != want {
-			t.Errorf("counters: %d %s ops through the fuse door, want %d (all: %v)", ops[op], op, want, ops)
-		}
+	if st.Ops != 2 || st.Errors != 1 || st.Panics != 1 {
+		t.Errorf("nbd write stats %+v, want 2 ops, 1 error, 1 panic", st)
 	}
-	rules := g.QoSRules()
-	if len(rules) != 1 || rules[0].Stats.AdmittedOps != uint64(len(steps)+1) {
-		t.Errorf("QoS queue admitted %+v, want %d requests", rules, len(steps)+1)
+	if q := ruleStats(g, rule.ID); q.AdmittedOps != 2 || q.InFlight != 0 {
+		t.Errorf("queue stats %+v: want 2 admitted and none in flight (the panic released its slot)", q)
 	}
-	// Change reports: other doors' caches hear of every step but the
-	// sync, which changes nothing.
-	if n := watch.count(); n != len(steps)-1 {
-		t.Errorf("watcher heard %d data changes, want %d: %+v", n, len(steps)-1, watch.data)
+	out := logs.String()
+	if !strings.Contains(out, "level=ERROR") || !strings.Contains(out, "injected fault") || !strings.Contains(out, "volume_test.go") {
+		t.Errorf("log lacks the panic at ERROR with its stack:\n%s", out)
 	}
 }
 
-// The namespace a door gets changes no data: a length goes through Do.
-func TestNamespaceRefusesLengthChange(t *testing.T) {
-	ctx := context.Background()
-	g := openPolicyGateway(t, t.TempDir(), nil)
-	defer g.Close()
-	v, err := g.CreateVolume(ctx, CreateOptions{Tenant: "acme", Name: "home", Kind: KindFS, Size: 64 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns := v.Namespace()
-	a, err := ns.Create(ctx, RootIno, "f", NewInode{Mode: 0o100644})
-	if err != nil {
-		t.Fatal(err)
-	}
-	size := int64(100)
-	if _, err := ns.SetAttr(ctx, a.Ino, SetAttr{Size: &size}); !errors.Is(err, ErrInvalid) {
-		t.Fatalf("SetAttr with a size: %v, want ErrInvalid", err)
-	}
-	mode := uint32(0o600)
-	if a, err = ns.SetAttr(ctx, a.Ino, SetAttr{Mode: &mode}); err != nil || a.Mode&0o7777 != 0o600 || a.Size != 0 {
-		t.Fatalf("SetAttr mode: %+v, %v", a, err)
-	}
-
-	b, err := g.CreateVolume(ctx, CreateOptions{Tenant: "acme", Name: "disk", Kind: KindBlock, Size: 64 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b.Namespace() != nil {
-		t.Fatal("a block volume has a namespace")
-	}
-	for _, op := range []Op{OpAllocate, OpSetLength} {
-		if err := b.Do(ctx, &Request{Op: op, Length: 4096}); !errors.Is(err, ErrUnsupported) {
-			t.Errorf("%v on a block volume: %v, want ErrUnsupported", op, err)
+func ruleStats(g *Gateway, id uint64) qos.QueueStats {
+	for _, r := range g.QoSRules() {
+		if r.ID == id {
+			return r.Stats
 		}
 	}
-	if err := b.Do(ctx, &Request{Op: OpSync}); err != nil {
-		t.Errorf("sync of a block volume: %v", err)
-	}
+	return qos.QueueStats{}
 }

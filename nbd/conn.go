@@ -432,19 +432,22 @@ func (c *conn) releaseRequest(r *request) {
 	c.inflight.Done()
 }
 
-// execute runs one request and queues its reply. A panic in the export
-// closes the connection instead of taking the process down.
+// execute runs one request and queues its reply. A panic before the reply
+// is queued (in the export or in exec) fails the request with EIO and the
+// connection serves on. A panic once the reply is queued is in the reply
+// writer, which leaves the reply stream in an unknown state: the
+// connection is closed. Either way it is logged with its stack and counted.
 func (c *conn) execute(r *request) {
 	defer func() {
 		if p := recover(); p != nil {
-			c.log.Error("nbd: request panic", "cmd", r.h.typ, "panic", p,
-				"stack", string(debug.Stack()))
-			c.abort()
-			// Panics come from the export, before the reply is queued; a
-			// queued request belongs to the writer.
-			if !r.queued {
-				c.releaseRequest(r)
+			c.srv.panics.Add(1)
+			c.log.Error("nbd: request panicked", "cmd", r.h.typ, "handle", r.h.handle,
+				"replied", r.queued, "panic", p, "stack", string(debug.Stack()))
+			if r.queued {
+				c.abort() // the request belongs to the writer
+				return
 			}
+			c.replyError(r, r.h, errnoIO)
 		}
 	}()
 	c.exec(r) // every path queues exactly one reply, which releases r

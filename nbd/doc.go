@@ -50,7 +50,8 @@
 //   - FLUSH → OpFlush.
 //   - TRIM → OpDiscard; WRITE_ZEROES → OpWriteZeroes with NO_HOLE →
 //     Request.NoHole. FAST_ZERO is not advertised; a request carrying it
-//     gets ENOTSUP.
+//     gets ENOTSUP. FUA on either → Request.FUA: the volume makes the range
+//     durable before the reply (it flushes after the unmap or the zeroes).
 //   - CACHE: accepted and ignored (success).
 //   - BLOCK_STATUS for base:allocation (needs SET_META_CONTEXT): the
 //     export's Extents become descriptors, holes as HOLE|ZERO and everything
@@ -91,8 +92,14 @@
 // max(2×MaxPayload, 64 MiB) is the connection closed instead. A request with a
 // bad magic closes the connection. With structured replies errors are sent as
 // NBD_REPLY_TYPE_ERROR chunks with a message, otherwise as simple replies.
-// A panic while handling a connection is recovered, logged, and closes that
-// connection only.
+// A panic while running a request (in the export or in this package)
+// fails that request with EIO and the connection serves on; it is logged
+// at ERROR with its stack and counted (Server.Panics). *gateway.Volume
+// recovers panics in Do itself (ErrIO, which maps to EIO), so the same
+// policy holds for every door. Two cases close the connection instead,
+// because the stream can no longer be trusted: a panic in the reply writer
+// after the request's reply was queued, and a panic in the reader or the
+// handshake, where there is no request to fail. Other connections carry on.
 //
 // # Shutdown
 //

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluice-storage/sluice/gateway"
@@ -104,7 +105,15 @@ type Server struct {
 	shutdown  bool
 	closed    chan struct{} // closed when Shutdown starts
 	wg        sync.WaitGroup
+
+	panics atomic.Uint64 // requests whose handling panicked (conn.execute)
 }
+
+// Panics counts the requests whose handling panicked in this server, in
+// the export (a *gateway.Volume recovers panics in Do and counts them
+// itself) or in the door's code. Each got EIO, or closed its connection if
+// its reply was already queued (see the package doc).
+func (s *Server) Panics() uint64 { return s.panics.Load() }
 
 // NewServer returns a server for exports. It does not listen; call Serve.
 func NewServer(exports Exports, opts Options) *Server {

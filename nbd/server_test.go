@@ -508,22 +508,6 @@ func pipelinedStress(t *testing.T, slow bool) {
 	}
 }
 
-func TestExportPanicClosesConnection(t *testing.T) {
-	m, sock := newTestServer(t, 1<<20, Options{})
-	m.panicky.Store(true)
-	rc := dial(t, sock)
-	rc.connect(testName, false)
-	rc.sendReq(0, cmdRead, 1, 0, 512, nil)
-	rc.expectClosed()
-	// The server still serves others.
-	m.panicky.Store(false)
-	rc2 := dial(t, sock)
-	rc2.connect(testName, false)
-	if r := rc2.do(0, cmdRead, 0, 512, nil); r.errno != 0 {
-		t.Fatalf("second connection: %d", r.errno)
-	}
-}
-
 func TestShutdownDrains(t *testing.T) {
 	m := newMemExport(1 << 20)
 	readStarted := make(chan time.Time, 1)

@@ -105,7 +105,7 @@ func (b *backend) serve() {
 	defer b.close()
 	defer func() {
 		if p := recover(); p != nil {
-			b.log.Error("virtio: panic serving connection", "panic", p)
+			b.log.Error("virtio: panic serving connection", "panic", p, "stack", string(debug.Stack()))
 		}
 	}()
 	// Starting a ring reads guest memory: a front-end that truncated its

@@ -150,7 +150,7 @@ func (q *blkReq) readWrite(write bool) (uint8, uint32) {
 			iovRead(buf, iov, off)
 		}
 	}
-	q.gr = gateway.Request{Op: op, Offset: offset, Length: int64(n), Buf: buf}
+	q.gr = gateway.Request{Op: op, Offset: offset, Length: int64(n), Buf: buf, FUA: write && q.r.writeThrough}
 	st := q.do(class)
 	if st != blkStatusOK || write {
 		return st, 0
@@ -189,7 +189,7 @@ func (q *blkReq) discard() uint8 {
 		if num == 0 {
 			continue
 		}
-		q.gr = gateway.Request{Op: gateway.OpDiscard, Offset: offset, Length: length}
+		q.gr = gateway.Request{Op: gateway.OpDiscard, Offset: offset, Length: length, FUA: q.r.writeThrough}
 		if q.typ == blkTypeWriteZeroes {
 			q.gr.Op, q.gr.NoHole = gateway.OpWriteZeroes, flags&blkWZFlagUnmap == 0
 		}

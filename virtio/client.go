@@ -37,6 +37,10 @@ type Options struct {
 	// the target offers them.
 	DisableIndirect bool
 	DisableEventIdx bool
+	// DisableFlush declines FLUSH even when offered: the target must then
+	// complete every write, discard and write-zeroes durably (write-through,
+	// as the virtio-blk spec requires), and Flush returns nil.
+	DisableFlush bool
 	// Wait tunes how each queue's poller waits for completions.
 	Wait WaitOptions
 	// ControlTimeout bounds each control-message round trip (default 5 s).
@@ -171,6 +175,9 @@ func (c *Client) wantedFeatures() uint64 {
 	}
 	if c.opt.DisableEventIdx {
 		f &^= bit(featEventIdx)
+	}
+	if c.opt.DisableFlush {
+		f &^= bit(blkFeatFlush)
 	}
 	return f
 }

@@ -86,11 +86,31 @@
 // buffer. used.len is the data written plus the status byte (qsd does the
 // same: 4097 for a 4 KiB read, 21 for GET_ID).
 //
+// Durability: virtio-blk has no FUA bit. A driver that negotiates FLUSH
+// (Linux does) gets a write-back device: completed writes are durable after
+// a completed FLUSH. A driver that does not (SeaBIOS, say) gets a
+// write-through device, as the spec requires when FLUSH is offered but not
+// negotiated: OUT, DISCARD and WRITE_ZEROES then reach the export with
+// Request.FUA, so each is durable when it completes.
+//
 // Status: OK, UNSUPP for gateway.ErrUnsupported, IOERR for every other
 // error (logged unless it is a range, space, read-only, invalid or closed
-// error) and for requests the server rejects itself: data not a multiple of
-// 512, more than 32 MiB, or past the end of the export (checked before the
-// export is called), writes to a read-only export.
+// error), for requests that panicked (below), and for requests the server
+// rejects itself: data not a multiple of 512, more than 32 MiB, or past
+// the end of the export (checked before the export is called), writes to a
+// read-only export.
+//
+// Panics: a panic while running a request (in the export, in this package,
+// or a fault in its guest buffers) fails that request with IOERR: the
+// status byte is written, the head returned to the used ring and the
+// driver notified like any completion, and the ring serves on. The panic
+// is logged at ERROR with its stack and counted (ServerStats.Panics).
+// *gateway.Volume recovers panics in Do itself (ErrIO, hence IOERR), so
+// the policy is the same in every door. When even completing the request
+// faults (its status byte or the used ring is no longer mapped), there is
+// nothing to complete: on the ring's poller the ring stops (a broken ring,
+// below); on a request goroutine the request is dropped, logged and
+// counted, and its head stays in flight.
 //
 // # Safety against a hostile front-end
 //
@@ -126,8 +146,9 @@
 // would make our accesses raise SIGBUS. The region's file size is checked
 // when it is mapped, and every goroutine of ours that touches guest memory
 // (the connection, ring pollers, request goroutines) runs with
-// debug.SetPanicOnFault, so a later truncation costs that ring (or that
-// connection), not the gateway. Export.Do receives guest memory as req.Buf
+// debug.SetPanicOnFault, so a later truncation costs the requests whose
+// buffers it took (IOERR), that ring if the ring itself is gone, or that
+// connection, never the gateway. Export.Do receives guest memory as req.Buf
 // on that goroutine; an export must not keep it, or hand it to other
 // goroutines, after Do returns (a fault there would not be recovered). Our
 // initiator seals its memfd against shrinking; QEMU does not seal.
@@ -168,8 +189,8 @@
 // slot (one memcpy each way; there is no zero-copy API yet). Queues are
 // used round-robin. Discard and write-zeroes send one segment per request,
 // split at the target's max_*_sectors. A FUA write (Do) is a write then a
-// flush. Without the FLUSH feature the device is write-through and Flush
-// returns nil; without DISCARD or WRITE_ZEROES those return
+// flush. Without the FLUSH feature (or with Options.DisableFlush) the
+// device is write-through and Flush returns nil; without DISCARD or WRITE_ZEROES those return
 // gateway.ErrUnsupported. DiscardZeroes is false: virtio-blk does not
 // promise that discarded ranges read as zeros.
 //

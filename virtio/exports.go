@@ -137,7 +137,7 @@ func (e *Exports) stop(ctx context.Context, x *export) {
 	os.Remove(x.info.Socket)
 	st := x.srv.Stats()
 	e.log.Info("virtio export stopped", "volume", x.info.Volume, "wakeups", st.Wait.Wakeups, "blocks", st.Wait.Blocks,
-		"naps", st.Wait.Naps, "contended", st.Wait.Contended, "rejected_chains", st.RejectedChains, "broken_rings", st.BrokenRings)
+		"naps", st.Wait.Naps, "contended", st.Wait.Contended, "rejected_chains", st.RejectedChains, "broken_rings", st.BrokenRings, "panics", st.Panics)
 }
 
 // List returns the exports by volume.

@@ -26,8 +26,10 @@ type memExport struct {
 	data     []byte
 	ro       bool
 	ops      [5]atomic.Int64
-	noHole   atomic.Int64 // write-zeroes requests that asked to keep the range allocated
-	badRange atomic.Int64 // requests outside the export (the server must filter them)
+	fua      [5]atomic.Int64 // requests with FUA, by op
+	panicky  atomic.Bool     // panic in Do
+	noHole   atomic.Int64    // write-zeroes requests that asked to keep the range allocated
+	badRange atomic.Int64    // requests outside the export (the server must filter them)
 	badDoor  atomic.Int64
 }
 
@@ -39,6 +41,12 @@ func (m *memExport) ReadOnly() bool { return m.ro }
 func (m *memExport) Do(ctx context.Context, req *gateway.Request) error {
 	if int(req.Op) < len(m.ops) {
 		m.ops[req.Op].Add(1)
+		if req.FUA {
+			m.fua[req.Op].Add(1)
+		}
+	}
+	if m.panicky.Load() {
+		panic("memExport: told to panic")
 	}
 	if req.Door != gateway.DoorVirtio {
 		m.badDoor.Add(1)

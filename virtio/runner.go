@@ -22,6 +22,9 @@ type runner struct {
 	reqs  []*blkReq // by head: at most one in-flight request per head
 	chain int       // longest chain accepted
 	segs  int       // most iov pieces per direction
+	// writeThrough: the driver did not negotiate FLUSH, so every write,
+	// discard and write-zeroes must be durable when it completes.
+	writeThrough bool
 
 	usedMu   sync.Mutex
 	inflight sync.WaitGroup
@@ -39,10 +42,11 @@ func newRunner(b *backend, v *vring, ring *deviceRing) (*runner, error) {
 	maxChain := max(ring.n, serverSegMax+2)
 	return &runner{
 		b: b, v: v, ring: ring, mem: b.mem, w: w,
-		reqs:  make([]*blkReq, ring.n),
-		chain: maxChain,
-		segs:  2 * maxChain,
-		done:  make(chan struct{}),
+		reqs:         make([]*blkReq, ring.n),
+		chain:        maxChain,
+		segs:         2 * maxChain,
+		writeThrough: !b.acked(blkFeatFlush),
+		done:         make(chan struct{}),
 	}, nil
 }
 
@@ -166,7 +170,7 @@ func (r *runner) start(q *blkReq) bool {
 		go r.work(q, class)
 		return false
 	}
-	status, written := q.exec(class)
+	status, written := r.exec(q, class)
 	r.publish(q, q.c.statusByte(), status, written)
 	return true
 }
@@ -176,11 +180,15 @@ func (r *runner) work(q *blkReq, class int) {
 	debug.SetPanicOnFault(true)
 	defer func() {
 		if p := recover(); p != nil {
-			r.b.log.Error("virtio: panic in request", "queue", r.v.index, "panic", p)
-			q.busy.Store(false)
+			// Completing it faulted: its status byte or the used ring
+			// is no longer in shared memory. It cannot be completed;
+			// its head stays in flight (reusing it breaks the ring).
+			r.b.s.panics.Add(1)
+			r.b.log.Error("virtio: panic completing a request; dropped", "queue", r.v.index,
+				"panic", p, "stack", string(debug.Stack()))
 		}
 	}()
-	status, written := q.exec(class)
+	status, written := r.exec(q, class)
 	r.publish(q, q.c.statusByte(), status, written)
 	r.usedMu.Lock()
 	call := r.ring.needCall()
@@ -188,6 +196,21 @@ func (r *runner) work(q *blkReq, class int) {
 	if call {
 		r.v.call.signal()
 	}
+}
+
+// exec runs q and returns its status and data length. A panic (in the
+// export, or a fault in guest memory) fails the request with IOERR: it is
+// logged with its stack and counted, and the caller completes it as usual.
+func (r *runner) exec(q *blkReq, class int) (status uint8, written uint32) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.b.s.panics.Add(1)
+			r.b.log.Error("virtio: request panicked; failed with IOERR", "queue", r.v.index, "type", q.typ,
+				"panic", p, "stack", string(debug.Stack()))
+			status, written = blkStatusIOErr, 0
+		}
+	}()
+	return q.exec(class)
 }
 
 // publish writes the status byte (if the chain has one) and the used
@@ -201,8 +224,8 @@ func (r *runner) publish(q *blkReq, status []byte, st uint8, written uint32) {
 	}
 	q.release()
 	r.usedMu.Lock()
+	defer r.usedMu.Unlock() // putUsed writes shared memory, which may fault
 	r.ring.putUsed(q.head, length)
-	r.usedMu.Unlock()
 }
 
 // record folds one Export.Do latency into its class average.

@@ -92,6 +92,7 @@ type Server struct {
 	brokenRings    atomic.Uint64 // rings stopped for a protocol violation or a fault
 	waits          waitCounters  // every ring poller's, over the server's life
 	rejectedChains atomic.Uint64 // requests failed for a bad descriptor chain or header
+	panics         atomic.Uint64 // requests that panicked (runner.exec)
 }
 
 // ServerStats are counters of misbehaving front-ends and of the ring
@@ -99,12 +100,17 @@ type Server struct {
 type ServerStats struct {
 	BrokenRings    uint64 // rings stopped for a ring-protocol violation or a memory fault
 	RejectedChains uint64 // requests failed for a bad descriptor chain or header
-	Wait           WaitStats
+	// Panics counts requests that panicked here, in the export (a
+	// *gateway.Volume recovers panics in Do and counts them itself) or in
+	// this package; each failed with IOERR (see the package doc).
+	Panics uint64
+	Wait   WaitStats
 }
 
 // Stats returns the server's counters.
 func (s *Server) Stats() ServerStats {
-	return ServerStats{BrokenRings: s.brokenRings.Load(), RejectedChains: s.rejectedChains.Load(), Wait: s.waits.stats()}
+	return ServerStats{BrokenRings: s.brokenRings.Load(), RejectedChains: s.rejectedChains.Load(),
+		Panics: s.panics.Load(), Wait: s.waits.stats()}
 }
 
 // NewServer returns a server for exp. It does not listen; call Serve.
