@@ -6,8 +6,9 @@
 //   - An fs volume mounts as its namespace. Every node is a thin adapter over
 //     the volume's filesystem engine (gateway.FS): namespace calls go straight
 //     to it, file data goes through Volume.Do with the file's inode and path
-//     (so QoS rules on file globs apply), and errors become errno in one
-//     place (errno.go).
+//     (so QoS rules on file globs apply: the path the file was opened or
+//     created through, checked again after each rename or link through the
+//     mount; file.go), and errors become errno in one place (errno.go).
 //   - A block volume mounts as a directory holding one file, "image", whose
 //     size is the volume's. It is served with direct IO (no page cache
 //     between a loop device and the gateway), so a loop device bound to it

@@ -3,6 +3,7 @@ package fuse
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -12,10 +13,44 @@ import (
 )
 
 // file is an open regular file of an fs volume. Its data goes through
-// Volume.Do, labelled with the file's path at open time.
+// Volume.Do, labelled with the file's path (for QoS file rules and FILE
+// policies): the path it was opened or created through, and after a rename
+// through this mount, its new path.
 type file struct {
-	n    *node
-	path string
+	n  *node
+	at atomic.Pointer[filePath]
+}
+
+// filePath is an open file's path as of a count of the mount's renames.
+type filePath struct {
+	renames uint64
+	path    string
+}
+
+func newFile(n *node, path string) *file {
+	f := &file{n: n}
+	f.at.Store(&filePath{renames: n.m.renames.Load(), path: path})
+	return f
+}
+
+// path is the path the file's requests carry. After a rename or link
+// through the mount it is checked again: it stays while it still names the
+// file (another file renamed, or a link added), else it becomes the path
+// the mount's tree now has for the file. An unlinked file keeps its last.
+func (f *file) path() string {
+	p := f.at.Load()
+	renames := f.n.m.renames.Load() // before the tree is read: a rename after this is seen next time
+	if renames == p.renames {
+		return p.path
+	}
+	np := &filePath{renames: renames, path: p.path}
+	if !f.n.named(p.path) {
+		if now := f.n.path(); now != "" {
+			np.path = now
+		}
+	}
+	f.at.Store(np)
+	return np.path
 }
 
 var (
@@ -38,7 +73,7 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 		return fuse.ReadResultData(nil), 0
 	}
 	dest = dest[:min(int64(len(dest)), size-off)]
-	req := gateway.Request{Op: gateway.OpRead, Inode: f.n.ino, Offset: off, Buf: dest, Door: gateway.DoorFUSE, Path: f.path}
+	req := gateway.Request{Op: gateway.OpRead, Inode: f.n.ino, Offset: off, Buf: dest, Door: gateway.DoorFUSE, Path: f.path()}
 	if err := m.vol.Do(ctx, &req); err != nil {
 		return nil, f.n.errno("read", err)
 	}
@@ -47,7 +82,7 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	ctx = f.n.m.own(ctx)
-	req := gateway.Request{Op: gateway.OpWrite, Inode: f.n.ino, Offset: off, Buf: data, Door: gateway.DoorFUSE, Path: f.path}
+	req := gateway.Request{Op: gateway.OpWrite, Inode: f.n.ino, Offset: off, Buf: data, Door: gateway.DoorFUSE, Path: f.path()}
 	if err := f.n.m.vol.Do(ctx, &req); err != nil {
 		return 0, f.n.errno("write", err)
 	}
