@@ -7,8 +7,9 @@
 //     the volume's gateway.Namespace: names and attributes go straight to
 //     it; file data and every other data change (write, truncate, fallocate,
 //     punch, fsync) go through Volume.Do with the file's inode and path (so
-//     QoS rules, filters and counters apply), and errors become errno in one
-//     place (errno.go).
+//     QoS rules, filters and counters apply: the path the file was opened or
+//     created through, checked again after each rename or link through the
+//     mount; file.go), and errors become errno in one place (errno.go).
 //   - A block volume mounts as a directory holding one file, "image", whose
 //     size is the volume's. It is served with direct IO (no page cache
 //     between a loop device and the gateway), so a loop device bound to it

@@ -3,6 +3,7 @@ package fuse
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -13,10 +14,44 @@ import (
 )
 
 // file is an open regular file of an fs volume. Its data goes through
-// Volume.Do, labelled with the file's path at open time.
+// Volume.Do, labelled with the file's path (for QoS file rules and FILE
+// policies): the path it was opened or created through, and after a rename
+// through this mount, its new path.
 type file struct {
-	n    *node
-	path string
+	n  *node
+	at atomic.Pointer[filePath]
+}
+
+// filePath is an open file's path as of a count of the mount's renames.
+type filePath struct {
+	renames uint64
+	path    string
+}
+
+func newFile(n *node, path string) *file {
+	f := &file{n: n}
+	f.at.Store(&filePath{renames: n.m.renames.Load(), path: path})
+	return f
+}
+
+// path is the path the file's requests carry. After a rename or link
+// through the mount it is checked again: it stays while it still names the
+// file (another file renamed, or a link added), else it becomes the path
+// the mount's tree now has for the file. An unlinked file keeps its last.
+func (f *file) path() string {
+	p := f.at.Load()
+	renames := f.n.m.renames.Load() // before the tree is read: a rename after this is seen next time
+	if renames == p.renames {
+		return p.path
+	}
+	np := &filePath{renames: renames, path: p.path}
+	if !f.n.named(p.path) {
+		if now := f.n.path(); now != "" {
+			np.path = now
+		}
+	}
+	f.at.Store(np)
+	return np.path
 }
 
 var (
@@ -39,7 +74,7 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 		return fuse.ReadResultData(nil), 0
 	}
 	dest = dest[:min(int64(len(dest)), size-off)]
-	req := gateway.Request{Op: gateway.OpRead, Inode: f.n.ino, Offset: off, Buf: dest, Door: gateway.DoorFUSE, Path: f.path}
+	req := gateway.Request{Op: gateway.OpRead, Inode: f.n.ino, Offset: off, Buf: dest, Door: gateway.DoorFUSE, Path: f.path()}
 	if err := m.vol.Do(ctx, &req); err != nil {
 		return nil, f.n.errno("read", err)
 	}
@@ -48,7 +83,7 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	ctx = f.n.m.own(ctx)
-	req := gateway.Request{Op: gateway.OpWrite, Inode: f.n.ino, Offset: off, Buf: data, Door: gateway.DoorFUSE, Path: f.path}
+	req := gateway.Request{Op: gateway.OpWrite, Inode: f.n.ino, Offset: off, Buf: data, Door: gateway.DoorFUSE, Path: f.path()}
 	if err := f.n.m.vol.Do(ctx, &req); err != nil {
 		return 0, f.n.errno("write", err)
 	}
@@ -57,7 +92,7 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 
 func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	ctx = f.n.m.own(ctx)
-	req := gateway.Request{Op: gateway.OpSync, Inode: f.n.ino, Door: gateway.DoorFUSE, Path: f.path}
+	req := gateway.Request{Op: gateway.OpSync, Inode: f.n.ino, Door: gateway.DoorFUSE, Path: f.path()}
 	return f.n.errno("fsync", f.n.m.vol.Do(ctx, &req))
 }
 
@@ -84,7 +119,7 @@ func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, sy
 func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
 	ctx = f.n.m.own(ctx)
 	keep := mode&unix.FALLOC_FL_KEEP_SIZE != 0
-	req := gateway.Request{Inode: f.n.ino, Offset: int64(off), Length: int64(size), KeepSize: keep, Door: gateway.DoorFUSE, Path: f.path}
+	req := gateway.Request{Inode: f.n.ino, Offset: int64(off), Length: int64(size), KeepSize: keep, Door: gateway.DoorFUSE, Path: f.path()}
 	switch mode &^ unix.FALLOC_FL_KEEP_SIZE {
 	case 0:
 		req.Op = gateway.OpAllocate

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"sync/atomic"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -37,6 +38,10 @@ type mount struct {
 	readOnly bool
 	note     *notifier // fs volumes: keeps the kernel's caches true (notify.go)
 	img      *fs.Inode // block volumes: the image file, once the kernel has the mount
+	// renames counts the renames and links made through the mount, once
+	// go-fuse's tree has them: open files check their path again
+	// (file.path).
+	renames atomic.Uint64
 }
 
 // MountVolume mounts vol at dir (an existing directory) and serves it until
@@ -96,7 +101,7 @@ func MountVolume(ctx context.Context, vol *gateway.Volume, dir string, opts Opti
 		// made meanwhile wait in the queue.
 		unwatch = m.fs.Watch(m.note)
 	}
-	server, err := fs.Mount(dir, root, &fs.Options{
+	server, err := serve(dir, root, &m.renames, &fs.Options{
 		MountOptions:    mo,
 		EntryTimeout:    &to,
 		AttrTimeout:     &to,
@@ -152,4 +157,37 @@ func (m *Mount) ImageResized() error {
 		return fmt.Errorf("the kernel sees %s's image at %d bytes after a resize to %d: %w", m.Volume, st.Size(), m.m.vol.Size(), gateway.ErrIO)
 	}
 	return nil
+}
+
+// serve mounts root at dir and serves it, as fs.Mount does, counting in
+// renames each rename and link go-fuse has made in its tree.
+func serve(dir string, root fs.InodeEmbedder, renames *atomic.Uint64, opts *fs.Options) (*fuse.Server, error) {
+	raw := namesCounted{RawFileSystem: fs.NewNodeFS(root, opts), n: renames}
+	server, err := fuse.NewServer(raw, dir, &opts.MountOptions)
+	if err != nil {
+		return nil, err
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
+		return nil, err
+	}
+	return server, nil
+}
+
+// namesCounted is go-fuse's node bridge, counting renames and links after
+// the bridge has moved or added the entry in its tree (node.Rename runs
+// before that).
+type namesCounted struct {
+	fuse.RawFileSystem
+	n *atomic.Uint64
+}
+
+func (c namesCounted) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName, newName string) fuse.Status {
+	defer c.n.Add(1)
+	return c.RawFileSystem.Rename(cancel, in, oldName, newName)
+}
+
+func (c namesCounted) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
+	defer c.n.Add(1)
+	return c.RawFileSystem.Link(cancel, in, name, out)
 }

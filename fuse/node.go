@@ -2,6 +2,7 @@ package fuse
 
 import (
 	"context"
+	"strings"
 	"syscall"
 	"time"
 
@@ -45,8 +46,31 @@ var (
 func (n *node) errno(op string, err error) syscall.Errno { return errnoOf(n.m.log, op, err) }
 
 // path is the node's path inside the volume (relative to its root, as QoS
-// file rules and policies see it).
-func (n *node) path() string { return n.Path(n.Root()) }
+// file rules and policies see it): of a file with several links, the link
+// the mount created, looked up or renamed last (go-fuse's newest parent;
+// FUSE's open names an inode, not a link). It is "" for the root and for a
+// node not (or no longer) in the mount's tree.
+func (n *node) path() string {
+	if _, parent := n.Parent(); parent == nil {
+		return ""
+	}
+	return n.Path(n.Root())
+}
+
+// named reports whether p (a path relative to the volume's root) names n in
+// the mount's tree.
+func (n *node) named(p string) bool {
+	if p == "" {
+		return false
+	}
+	in := n.Root()
+	for name := range strings.SplitSeq(p, "/") {
+		if in = in.GetChild(name); in == nil {
+			return false
+		}
+	}
+	return in == n.EmbeddedInode()
+}
 
 func fillAttr(a gateway.Attr, out *fuse.Attr) {
 	out.Ino = a.Ino
@@ -139,15 +163,16 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		n.m.fs.Release(ctx, n.ino)
 		return nil, 0, syscall.EINVAL
 	}
-	return n.handle(flags)
+	return n.handle(flags, n.path())
 }
 
-func (n *node) handle(flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+// handle opens n, a regular file reached by path.
+func (n *node) handle(flags uint32, path string) (fs.FileHandle, uint32, syscall.Errno) {
 	var fuseFlags uint32
 	if flags&syscall.O_DIRECT != 0 {
 		fuseFlags |= fuse.FOPEN_DIRECT_IO
 	}
-	return &file{n: n, path: n.path()}, fuseFlags, 0
+	return newFile(n, path), fuseFlags, 0
 }
 
 func (n *node) newInode(ctx context.Context, mode uint32) gateway.NewInode {
@@ -162,7 +187,13 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, n.errno("create", err)
 	}
 	ch := n.child(ctx, a, out)
-	fh, fuseFlags, _ := ch.Operations().(*node).handle(flags)
+	// The child joins the mount's tree only when Create returns: its path
+	// is its parent's and its name.
+	p := name
+	if dir := n.path(); dir != "" {
+		p = dir + "/" + name
+	}
+	fh, fuseFlags, _ := ch.Operations().(*node).handle(flags, p)
 	return ch, fh, fuseFlags, 0
 }
 
@@ -174,7 +205,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	}
 	fillAttr(a, &out.Attr)
 	ch := n.NewInode(ctx, &node{m: n.m, ino: a.Ino}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: a.Ino})
-	fh, fuseFlags, _ := ch.Operations().(*node).handle(flags)
+	fh, fuseFlags, _ := ch.Operations().(*node).handle(flags, "") // no name until linked
 	return ch, fh, fuseFlags, 0
 }
 

@@ -252,7 +252,7 @@ func (g *Gateway) wrap(sv *store.Volume) *Volume {
 	// Classify outside g.mu (reroute and refilter take rules.mu or
 	// policies.mu, then g.mu).
 	g.rules.mu.Lock()
-	v.route.Store(g.routeFor(info.Tenant, info.Name))
+	v.route.Store(g.routeFor(info.Tenant, info.Name, g.ruleOrder()))
 	g.rules.mu.Unlock()
 	g.policies.mu.Lock()
 	v.filt.Store(g.classifyFilters(v))

@@ -1,14 +1,17 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"math"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/sluice-storage/sluice/gateway/qos"
 )
@@ -17,21 +20,40 @@ import (
 // volume, operation and door, and names its own queue in the gateway's
 // scheduler; the queue's limits, reservation and weight are the rule's.
 //
-// For a request the most specific matching rule wins: a file rule beats a
-// volume rule, which beats a tenant rule, then an operation-specific rule beats an all-operations
-// one, then a door-specific rule beats an all-doors one. A tenant rule is
-// one queue shared by all the tenant's volumes, so its limits are
-// tenant-wide. Requests no rule matches take the fast path: no queue, no
-// scheduler, one atomic load.
+// For a request the matching rules are tried in resolution order and the
+// first one wins:
+//
+//  1. the most specific: a file rule beats a volume rule, which beats a
+//     tenant rule; then an operation-specific rule beats an all-operations
+//     one; then a door-specific rule beats an all-doors one;
+//  2. among equally specific rules, the highest priority (the queue's
+//     --priority, default 0);
+//  3. among those, the lowest rule id (the oldest rule).
+//
+// Only file rules can tie on step 1 (two different globs that both match a
+// path, such as "*.log" and "a.*" for a.log): any two other rules that tie
+// there match the same requests and are one rule (SetQoSRule replaces it).
+// A tenant rule is one queue shared by all the tenant's volumes, so its
+// limits are tenant-wide. Requests no rule matches take the fast path: no
+// queue, no scheduler, one atomic load.
 //
 // File rules (a glob over the file's path within an fs volume, relative to
 // its root, path.Match syntax) match only requests that carry a path. A glob
 // without "/" matches the file's name at any depth ("*.log"); one with "/"
 // matches the whole path ("db/*" matches db/x but not db/sub/x);
-// block IO never matches them. Volumes without file rules classify from the
-// cached route; a volume with file rules matches each request carrying a
-// path against its rules (a mutex and a scan: fs volumes are another issue,
-// and this is the simple first version).
+// block IO never matches them. A file is classified by the path its request
+// carries, not by its inode: a renamed file by its new name, a file with
+// several hard links by the link its request names. The doors send the
+// path the file was opened or created through, and its new path after a
+// rename (the FUSE door's choices: docs/FUSE.md).
+//
+// Classification never takes the rules lock. Every rule change bumps the
+// rule epoch and gives each volume a new immutable route (Volume.route, an
+// atomic pointer): the queue per door and class for IO without a path, and
+// the volume's file rules in resolution order. Requests that carry a path on
+// a volume with file rules look up their inode in the volume's file cache
+// (filecache.go): the file rules whose glob matches the path, computed once
+// per inode, path and epoch.
 //
 // Operations: "read" matches reads; "write" matches writes; flush, discard
 // and write-zeroes match only all-operations rules (class Other: one cost
@@ -88,25 +110,33 @@ func (r QoSRule) specificity() int {
 	return s
 }
 
-// matches reports whether r applies to a request; file is the request's
-// path ("" for block IO, which file rules never match).
-func (r QoSRule) matches(tenant, volume, file string, c qos.Class, d Door) bool {
-	if r.File != "" {
-		if file == "" {
-			return false
-		}
-		name := file
-		if !strings.Contains(r.File, "/") {
-			name = path.Base(file) // "*.log" matches at any depth
-		}
-		if ok, _ := path.Match(r.File, name); !ok {
-			return false
-		}
+// matchesFile reports whether r's glob matches a file's path.
+func (r *QoSRule) matchesFile(file string) bool {
+	name := file
+	if !strings.Contains(r.File, "/") {
+		name = path.Base(file) // "*.log" matches at any depth
 	}
-	return r.Tenant == tenant &&
-		(r.Volume == "" || r.Volume == volume) &&
-		(r.Op == "" || (r.Op == "read" && c == qos.Read) || (r.Op == "write" && c == qos.Write)) &&
+	ok, _ := path.Match(r.File, name)
+	return ok
+}
+
+// matchesIO reports whether r applies to IO of class c through door d
+// (tenant, volume and file aside).
+func (r *QoSRule) matchesIO(c qos.Class, d Door) bool {
+	return (r.Op == "" || (r.Op == "read" && c == qos.Read) || (r.Op == "write" && c == qos.Write)) &&
 		(r.Door == "" || r.Door == d.String())
+}
+
+// before orders rules for resolution (see the package doc): negative when
+// r is tried before o.
+func (r *QoSRule) before(o *QoSRule) int {
+	if c := cmp.Compare(o.specificity(), r.specificity()); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(o.Limits.Priority, r.Limits.Priority); c != 0 {
+		return c
+	}
+	return cmp.Compare(r.ID, o.ID)
 }
 
 // QoSRuleStats is a rule with its queue's counters.
@@ -117,12 +147,16 @@ type QoSRuleStats struct {
 
 const qosKind = "qos"
 
-// rules is the gateway's rule table.
+// rules is the gateway's rule table. Changes take mu; classification reads
+// only the volumes' routes.
 type rules struct {
 	mu    sync.Mutex
 	sched *qos.Scheduler
 	byID  map[uint64]*ruleQueue
 	ctl   controlled // the controller's assignment queues (assign.go)
+	// epoch goes up whenever the routes are recomputed (reroute); a route
+	// and a volume's file cache carry the epoch they were made in.
+	epoch atomic.Uint64
 }
 
 type ruleQueue struct {
@@ -130,13 +164,14 @@ type ruleQueue struct {
 	queue *qos.Queue
 }
 
-// route is what classification yields for one volume: the queue of the
-// winning rule per door and class, nil where no rule matches.
+// route is what classification yields for one volume, immutable once
+// stored in Volume.route: the queue of the winning rule per door and class
+// for IO that no file rule matches (nil where no rule matches), and the
+// volume's file rules in resolution order (Volume.queueFor).
 type route struct {
+	epoch  uint64
 	queues [numDoors][3]*qos.Queue
-	// fileRules: some rule of this volume has a file glob, so requests that
-	// carry a path are matched one by one (Gateway.queueForFile).
-	fileRules bool
+	files  []ruleQueue
 }
 
 func classOf(op Op) qos.Class {
@@ -161,6 +196,7 @@ func (g *Gateway) loadRules() error {
 			g.log.Error("stored QoS rule is invalid; ignored", "rule", id, "err", err)
 			return nil
 		}
+		r.ID = id
 		g.rules.byID[id] = &ruleQueue{rule: r, queue: q}
 		return nil
 	})
@@ -237,6 +273,7 @@ func (g *Gateway) SetQoSRule(ctx context.Context, r QoSRule) (QoSRule, error) {
 				return QoSRule{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 			}
 			rq.rule = r
+			g.reroute() // the priority orders ties
 			g.log.Info("QoS rule changed", "rule", id, "target", r.Target(), "op", r.Op)
 			return r, nil
 		}
@@ -291,8 +328,11 @@ func (g *Gateway) QoSRules() []QoSRuleStats {
 	return out
 }
 
-// reroute recomputes every known volume's route. Callers hold rules.mu.
+// reroute bumps the rule epoch and recomputes every known volume's route.
+// Callers hold rules.mu.
 func (g *Gateway) reroute() {
+	g.rules.epoch.Add(1)
+	order := g.ruleOrder()
 	g.mu.Lock()
 	vols := make([]*Volume, 0, len(g.vols))
 	for _, v := range g.vols {
@@ -300,31 +340,42 @@ func (g *Gateway) reroute() {
 	}
 	g.mu.Unlock()
 	for _, v := range vols {
-		v.route.Store(g.routeFor(v.Info().Tenant, v.Info().Name))
+		v.route.Store(g.routeFor(v.Info().Tenant, v.Info().Name, order))
 	}
 }
 
-// routeFor classifies one volume; nil when no rule applies to it at all.
-// Callers hold rules.mu.
-func (g *Gateway) routeFor(tenant, volume string) *route {
+// ruleOrder returns a copy of the rules in resolution order. Callers hold
+// rules.mu.
+func (g *Gateway) ruleOrder() []ruleQueue {
+	out := make([]ruleQueue, 0, len(g.rules.byID))
+	for _, rq := range g.rules.byID {
+		out = append(out, *rq)
+	}
+	slices.SortFunc(out, func(a, b ruleQueue) int { return a.rule.before(&b.rule) })
+	return out
+}
+
+// routeFor classifies one volume from the rules in resolution order; nil
+// when no rule applies to it at all. Callers hold rules.mu.
+func (g *Gateway) routeFor(tenant, volume string, order []ruleQueue) *route {
 	if r := g.assignedRoute(tenant); r != nil {
 		return r // a controller assignment suspends static rules (assign.go)
 	}
-	var r route
+	r := route{epoch: g.rules.epoch.Load()}
 	matched := false
-	for _, rq := range g.rules.byID {
-		if rq.rule.File != "" && rq.rule.Tenant == tenant && rq.rule.Volume == volume {
-			r.fileRules, matched = true, true
+	for _, rq := range order {
+		if rq.rule.Tenant != tenant || (rq.rule.Volume != "" && rq.rule.Volume != volume) {
+			continue
 		}
-	}
-	for d := Door(0); d < numDoors; d++ {
-		for c := qos.Read; c <= qos.Other; c++ {
-			best := -1
-			for _, rq := range g.rules.byID {
-				if rq.rule.matches(tenant, volume, "", c, d) && rq.rule.specificity() > best {
-					best = rq.rule.specificity()
+		matched = true
+		if rq.rule.File != "" {
+			r.files = append(r.files, rq)
+			continue
+		}
+		for d := range numDoors {
+			for c := qos.Read; c <= qos.Other; c++ {
+				if r.queues[d][c] == nil && rq.rule.matchesIO(c, d) {
 					r.queues[d][c] = rq.queue
-					matched = true
 				}
 			}
 		}
@@ -333,19 +384,4 @@ func (g *Gateway) routeFor(tenant, volume string) *route {
 		return nil
 	}
 	return &r
-}
-
-// queueForFile classifies one request that carries a file path on a volume
-// with file rules: the most specific matching rule's queue, or nil.
-func (g *Gateway) queueForFile(tenant, volume, file string, c qos.Class, d Door) *qos.Queue {
-	g.rules.mu.Lock()
-	defer g.rules.mu.Unlock()
-	var q *qos.Queue
-	best := -1
-	for _, rq := range g.rules.byID {
-		if rq.rule.matches(tenant, volume, file, c, d) && rq.rule.specificity() > best {
-			best, q = rq.rule.specificity(), rq.queue
-		}
-	}
-	return q
 }

@@ -54,6 +54,8 @@ type Volume struct {
 	// route is the classify step's cached result: nil means no rule
 	// matches this volume and its requests take the fast path.
 	route atomic.Pointer[route]
+	// files caches the file rules matching each file (filecache.go).
+	files atomic.Pointer[fileCache]
 	// filt is the filter half of classify (filters.go): nil means no
 	// policy in force matches this volume and its IO is plain.
 	filt     atomic.Pointer[volFilters]
@@ -99,12 +101,7 @@ func (v *Volume) Do(ctx context.Context, req *Request) (err error) {
 	// 1+2. classify and queue: only when a rule routes this volume.
 	if r := v.route.Load(); r != nil && req.Door < numDoors {
 		c := classOf(req.Op)
-		q := r.queues[req.Door][c]
-		if r.fileRules && req.Path != "" {
-			info := v.sv.Info()
-			q = v.g.queueForFile(info.Tenant, info.Name, req.Path, c, req.Door)
-		}
-		if q != nil {
+		if q := v.queueFor(r, req, c); q != nil {
 			done, err := v.g.rules.sched.Admit(ctx, q, c, int64(len(req.Buf)))
 			if err != nil {
 				v.counters.record(req.Door, req.Op, 0, time.Since(start), err)

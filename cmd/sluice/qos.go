@@ -19,8 +19,10 @@ func qosCommand() *cli.Command {
 		Action: unknownSubcommand,
 		Description: `A rule matches a tenant's or a volume's IO (optionally one operation or door)
 and gives it a queue: limits are hard caps; a reservation is a minimum under
-contention; weight shares what is left. The most specific rule wins (volume
-over tenant, one op over all ops). IOPS count 8 KiB units: a 64 KiB IO is 8.
+contention; weight shares what is left. The most specific rule wins (file
+over volume over tenant, one op over all ops, one door over all doors); among
+equally specific rules (two globs matching one file) the highest priority,
+then the lowest id. IOPS count 8 KiB units: a 64 KiB IO is 8.
 Changes apply to running IO within a second.`,
 		Subcommands: []*cli.Command{
 			{
