@@ -60,30 +60,45 @@ func (v *Volume) filtersFor(ctx context.Context, vf *volFilters, req *Request) s
 }
 
 // filtersForMatch returns the store filters of a resolved match, built once
-// per epoch.
+// per epoch (at most 1,024 combinations are kept; more are built each time).
 func (g *Gateway) filtersForMatch(epoch uint64, m policy.Match) store.Filters {
 	if len(m.Rules) == 0 {
 		return store.Filters{}
 	}
 	key := matchKey(m)
-	p := &g.policies
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.chainsEpoch != p.epoch.Load() {
-		clear(p.chains)
-		p.chainsEpoch = p.epoch.Load()
-	}
-	if f, ok := p.chains[key]; ok {
-		return f
+	c := g.policies.chainsAt(epoch)
+	if c != nil {
+		if f, ok := c.m.Load(key); ok {
+			return f.(store.Filters)
+		}
 	}
 	f, _, err := g.buildFilters(m)
 	if err != nil {
 		g.log.Error("policy filters cannot be built; request runs plain", "rules", key, "err", err)
 	}
-	if len(p.chains) < 1024 {
-		p.chains[key] = f
+	if c != nil && c.n.Add(1) <= 1024 {
+		c.m.Store(key, f)
 	}
 	return f
+}
+
+// chainsAt returns the chain cache of epoch, starting it if epoch is newer
+// than the cache's; nil if the cache already belongs to a newer epoch (the
+// caller's request was classified just before a change: it builds its
+// filters without caching them).
+func (p *policies) chainsAt(epoch uint64) *chainCache {
+	for {
+		c := p.chains.Load()
+		switch {
+		case c != nil && c.epoch == epoch:
+			return c
+		case c != nil && c.epoch > epoch:
+			return nil
+		}
+		if p.chains.CompareAndSwap(c, &chainCache{epoch: epoch}) {
+			continue
+		}
+	}
 }
 
 func matchKey(m policy.Match) string {

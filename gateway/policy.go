@@ -47,8 +47,16 @@ type policies struct {
 	byID  map[uint64]*policyState
 	epoch atomic.Uint64 // bumped whenever the rules in force change
 
-	chains      map[string]store.Filters // per-file chains by winning rule ids
-	chainsEpoch uint64
+	chains atomic.Pointer[chainCache] // per-file chains of the current epoch
+}
+
+// chainCache holds the filters built in one policy epoch for each
+// combination of winning rules (keyed by their ids), so that requests
+// resolve per file without a lock; a new epoch starts a new cache.
+type chainCache struct {
+	epoch uint64
+	m     sync.Map // matchKey → store.Filters
+	n     atomic.Int32
 }
 
 // policyState is one rule and its automation state.
@@ -142,7 +150,6 @@ func (g *Gateway) loadPolicies() error {
 	p := &g.policies
 	p.reg = policy.NewRegistry()
 	p.byID = map[uint64]*policyState{}
-	p.chains = map[string]store.Filters{}
 	err := g.store.LoadConfig(registryKind, func(id uint64, doc []byte) error {
 		reg, err := policy.LoadRegistry(doc)
 		if err != nil {
