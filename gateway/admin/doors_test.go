@@ -21,6 +21,17 @@ type fakeDoors struct {
 	resized []string
 }
 
+// remove deletes the first element of *list that match picks, or says
+// that there is none (a not-found error, as the real doors return).
+func remove[T any](list *[]T, match func(T) bool, none string) error {
+	i := slices.IndexFunc(*list, match)
+	if i < 0 {
+		return fmt.Errorf("%s: %w", none, gateway.ErrNotFound)
+	}
+	*list = slices.Delete(*list, i, i+1)
+	return nil
+}
+
 func (f *fakeDoors) doors() Doors {
 	return Doors{Mounts: f, Attachments: f, Virtio: f, Controller: f}
 }
@@ -36,12 +47,7 @@ func (f *fakeDoors) Mount(_ context.Context, ref, dir string, ro bool) (MountInf
 func (f *fakeDoors) Unmount(_ context.Context, dir string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	i := slices.IndexFunc(f.mounts, func(m MountInfo) bool { return m.Dir == dir })
-	if i < 0 {
-		return fmt.Errorf("%s is not mounted: %w", dir, gateway.ErrNotFound)
-	}
-	f.mounts = slices.Delete(f.mounts, i, i+1)
-	return nil
+	return remove(&f.mounts, func(m MountInfo) bool { return m.Dir == dir }, dir+" is not mounted")
 }
 
 func (f *fakeDoors) Mounts() []MountInfo {
@@ -61,12 +67,7 @@ func (f *fakeDoors) Attach(_ context.Context, ref string) (Attachment, error) {
 func (f *fakeDoors) Detach(_ context.Context, dev string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	i := slices.IndexFunc(f.atts, func(a Attachment) bool { return a.Device == dev })
-	if i < 0 {
-		return fmt.Errorf("%s is not attached: %w", dev, gateway.ErrNotFound)
-	}
-	f.atts = slices.Delete(f.atts, i, i+1)
-	return nil
+	return remove(&f.atts, func(a Attachment) bool { return a.Device == dev }, dev+" is not attached")
 }
 
 func (f *fakeDoors) Attachments() []Attachment {
@@ -96,12 +97,7 @@ func (f *fakeDoors) Export(_ context.Context, ref, socket string) (VirtioExport,
 func (f *fakeDoors) Unexport(_ context.Context, ref string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	i := slices.IndexFunc(f.exports, func(x VirtioExport) bool { return x.Volume == ref })
-	if i < 0 {
-		return fmt.Errorf("%s is not exported: %w", ref, gateway.ErrNotFound)
-	}
-	f.exports = slices.Delete(f.exports, i, i+1)
-	return nil
+	return remove(&f.exports, func(x VirtioExport) bool { return x.Volume == ref }, ref+" is not exported")
 }
 
 func (f *fakeDoors) Exports() []VirtioExport {
