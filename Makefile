@@ -8,8 +8,12 @@ PKGS      := ./...
 UNIT_PKGS := $(shell $(GO) list ./... 2>/dev/null | grep -v /test/integration)
 APT_PKGS  := nbdkit libnbd-bin qemu-utils qemu-system-x86 qemu-system-common fio stress-ng e2fsprogs fuse3 python3
 FUZZTIME  ?= 30s
+# staticcheck, pinned; `make tools` (run by `make vet`) installs it into
+# bin/tools when it is missing or another version.
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK         := $(CURDIR)/bin/tools/staticcheck
 
-.PHONY: all build run test unit integration deps vet bench fuzz clean
+.PHONY: all build run test unit integration deps vet tools bench fuzz clean
 
 all: build
 
@@ -37,9 +41,16 @@ deps:
 	$(GO) mod download
 	bash test/integration/guest-fetch.sh $${SLUICE_GUEST_CACHE:-/var/cache/sluice-test-guest}
 
-vet:
+vet: tools
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet $(PKGS)
+	$(STATICCHECK) $(PKGS)
+
+tools:
+	@$(STATICCHECK) -version 2>/dev/null | grep -qF '($(STATICCHECK_VERSION:v%=%))' || { \
+		echo "installing staticcheck $(STATICCHECK_VERSION) into $(dir $(STATICCHECK))"; \
+		rm -f $(STATICCHECK); GOBIN=$(dir $(STATICCHECK)) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION); \
+	}
 
 unit:
 	$(GO) test -race -count=1 $(UNIT_PKGS)

@@ -54,7 +54,7 @@ type Follower struct {
 type FollowerState struct {
 	Following   bool      `json:"following"` // the controller's assignments are in force
 	Epoch       uint64    `json:"epoch"`     // newest epoch accepted (kept after fallback)
-	LastContact time.Time `json:"last_contact,omitempty"`
+	LastContact time.Time `json:"last_contact,omitzero"`
 }
 
 // NewFollower returns a Follower in fallback.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/sluice-storage/sluice/internal/badgerlog"
 )
 
 // Desired state in badger. Keys:
@@ -47,7 +48,7 @@ func openDB(dir string, log *slog.Logger) (*db, error) {
 		WithIndexCacheSize(1 << 20).
 		WithValueLogFileSize(16 << 20).
 		WithNumCompactors(2).
-		WithLogger(badgerLogger{log}).
+		WithLogger(badgerlog.New(log)).
 		WithLoggingLevel(badger.WARNING)
 	b, err := badger.Open(o)
 	if err != nil {
@@ -159,16 +160,3 @@ func (d *db) delete(key string) error {
 	}
 	return nil
 }
-
-type badgerLogger struct{ l *slog.Logger }
-
-func (b badgerLogger) Errorf(f string, a ...any) {
-	b.l.Error(fmt.Sprintf(f, a...), "component", "badger")
-}
-func (b badgerLogger) Warningf(f string, a ...any) {
-	b.l.Warn(fmt.Sprintf(f, a...), "component", "badger")
-}
-func (b badgerLogger) Infof(f string, a ...any) {
-	b.l.Debug(fmt.Sprintf(f, a...), "component", "badger")
-}
-func (b badgerLogger) Debugf(f string, a ...any) {}

@@ -159,7 +159,7 @@ type GatewayRegistration struct {
 	Address string            `json:"address,omitempty"` // informational: where the gateway's admin API is
 	Labels  map[string]string `json:"labels,omitempty"`
 	// Registered is set by the controller.
-	Registered time.Time `json:"registered,omitempty"`
+	Registered time.Time `json:"registered,omitzero"`
 }
 
 // Validate reports whether g is usable; the error wraps ErrInvalid.
@@ -300,7 +300,7 @@ type Status struct {
 type GatewayStatus struct {
 	GatewayRegistration
 	Live       bool      `json:"live"` // reported within the report timeout
-	LastReport time.Time `json:"last_report,omitempty"`
+	LastReport time.Time `json:"last_report,omitzero"`
 	Capacity   Rates     `json:"capacity"`  // as last reported
 	Achieved   Rates     `json:"achieved"`  // sum over tenants, last report
 	Epoch      uint64    `json:"epoch"`     // the epoch the gateway says it enforces

@@ -81,9 +81,16 @@ func fillAttr(a gateway.Attr, out *fuse.Attr) {
 	out.Size = uint64(a.Size)
 	out.Blocks = uint64(a.Blocks)
 	out.Blksize = 4096
-	out.Atime, out.Atimensec = uint64(a.Atime/1e9), uint32(a.Atime%1e9)
-	out.Mtime, out.Mtimensec = uint64(a.Mtime/1e9), uint32(a.Mtime%1e9)
-	out.Ctime, out.Ctimensec = uint64(a.Ctime/1e9), uint32(a.Ctime%1e9)
+	out.Atime, out.Atimensec = splitTime(a.Atime)
+	out.Mtime, out.Mtimensec = splitTime(a.Mtime)
+	out.Ctime, out.Ctimensec = splitTime(a.Ctime)
+}
+
+// splitTime turns Unix nanoseconds into FUSE's seconds and nanoseconds
+// (0-999,999,999, so times before 1970 round their seconds down).
+func splitTime(ns int64) (uint64, uint32) {
+	t := time.Unix(0, ns)
+	return uint64(t.Unix()), uint32(t.Nanosecond())
 }
 
 // child makes (or finds: hard links share one) the go-fuse inode for a.

@@ -140,7 +140,7 @@ type AssignmentStatus struct {
 	Epoch uint64 `json:"epoch"`
 	// Since is when the set in force was applied, or when the gateway fell
 	// back.
-	Since   time.Time        `json:"since,omitempty"`
+	Since   time.Time        `json:"since,omitzero"`
 	Tenants []AssignedTenant `json:"tenants"`
 }
 

@@ -53,6 +53,20 @@ func (c *counters) panicked(d Door, op Op) {
 	}
 }
 
+// used calls fn for every (door, op) pair that has counted an op, with its
+// op count n (the Stats snapshot and the Prometheus collector both show
+// only these).
+func (c *counters) used(fn func(d Door, op Op, oc *opCounters, n uint64)) {
+	for d := Door(0); d < numDoors; d++ {
+		for op := Op(0); op < numOps; op++ {
+			oc := &c.byDoorOp[d][op]
+			if n := oc.ops.Load(); n != 0 {
+				fn(d, op, oc, n)
+			}
+		}
+	}
+}
+
 // OpStats is a snapshot of one (door, op) pair's counters.
 type OpStats struct {
 	Door        string  `json:"door"`
@@ -67,18 +81,11 @@ type OpStats struct {
 // Stats returns the non-zero counters of the volume.
 func (v *Volume) Stats() []OpStats {
 	var out []OpStats
-	for d := Door(0); d < numDoors; d++ {
-		for op := Op(0); op < numOps; op++ {
-			oc := &v.counters.byDoorOp[d][op]
-			n := oc.ops.Load()
-			if n == 0 {
-				continue
-			}
-			out = append(out, OpStats{
-				Door: d.String(), Op: op.String(), Ops: n, Bytes: oc.bytes.Load(),
-				Errors: oc.errors.Load(), Panics: oc.panics.Load(), MeanLatency: float64(oc.nanos.Load()) / float64(n) / 1e9,
-			})
-		}
-	}
+	v.counters.used(func(d Door, op Op, oc *opCounters, n uint64) {
+		out = append(out, OpStats{
+			Door: d.String(), Op: op.String(), Ops: n, Bytes: oc.bytes.Load(),
+			Errors: oc.errors.Load(), Panics: oc.panics.Load(), MeanLatency: float64(oc.nanos.Load()) / float64(n) / 1e9,
+		})
+	})
 	return out
 }

@@ -82,26 +82,19 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(info.Size), info.Tenant, ref)
 		ch <- prometheus.MustNewConstMetric(descAlloc, prometheus.GaugeValue, float64(v.AllocatedBytes()), info.Tenant, ref)
-		for d := Door(0); d < numDoors; d++ {
-			for op := Op(0); op < numOps; op++ {
-				oc := &v.counters.byDoorOp[d][op]
-				n := oc.ops.Load()
-				if n == 0 {
-					continue
-				}
-				lv := []string{info.Tenant, ref, d.String(), op.String()}
-				ch <- prometheus.MustNewConstMetric(descOps, prometheus.CounterValue, float64(n), lv...)
-				ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(oc.bytes.Load()), lv...)
-				ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(oc.errors.Load()), lv...)
-				ch <- prometheus.MustNewConstMetric(descPanics, prometheus.CounterValue, float64(oc.panics.Load()), lv...)
-				buckets := make(map[float64]uint64, len(latencyBuckets))
-				var cum uint64
-				for i, ub := range latencyBuckets {
-					cum += oc.buckets[i].Load()
-					buckets[ub] = cum
-				}
-				ch <- prometheus.MustNewConstHistogram(descLatency, n, float64(oc.nanos.Load())/1e9, buckets, lv...)
+		v.counters.used(func(d Door, op Op, oc *opCounters, n uint64) {
+			lv := []string{info.Tenant, ref, d.String(), op.String()}
+			ch <- prometheus.MustNewConstMetric(descOps, prometheus.CounterValue, float64(n), lv...)
+			ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(oc.bytes.Load()), lv...)
+			ch <- prometheus.MustNewConstMetric(descErrors, prometheus.CounterValue, float64(oc.errors.Load()), lv...)
+			ch <- prometheus.MustNewConstMetric(descPanics, prometheus.CounterValue, float64(oc.panics.Load()), lv...)
+			buckets := make(map[float64]uint64, len(latencyBuckets))
+			var cum uint64
+			for i, ub := range latencyBuckets {
+				cum += oc.buckets[i].Load()
+				buckets[ub] = cum
 			}
-		}
+			ch <- prometheus.MustNewConstHistogram(descLatency, n, float64(oc.nanos.Load())/1e9, buckets, lv...)
+		})
 	}
 }

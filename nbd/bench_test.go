@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sluice-storage/sluice/gateway"
+	"github.com/sluice-storage/sluice/internal/testtool"
 )
 
 // flatExport is a lock-free in-memory export for benchmarks: the data path
@@ -45,7 +46,7 @@ func TestFioBench(t *testing.T) {
 	if os.Getenv("NBD_BENCH") != "1" {
 		t.Skip("set NBD_BENCH=1 to run the fio benchmark")
 	}
-	needTool(t, "fio")
+	testtool.Need(t, "fio")
 	exp := &flatExport{data: make([]byte, 1<<30)}
 	for i := range len(exp.data) / 4096 {
 		exp.data[i*4096] = byte(i) // fault every page in, like fio's fill pass

@@ -192,7 +192,7 @@ func (s *Server) serve(ctx context.Context, l net.Listener, tlsConfig *tls.Confi
 			if ctx.Err() != nil {
 				// Hard stop: cancel requests, close connections, wait.
 				cancel()
-				s.closeConns(connCtx)
+				s.closeConns(func(c *conn) bool { return c.parent == connCtx })
 				mine.Wait()
 				return ctx.Err()
 			}
@@ -229,12 +229,12 @@ func (s *Server) serve(ctx context.Context, l net.Listener, tlsConfig *tls.Confi
 	}
 }
 
-// closeConns hard-closes every connection created with ctx (nil: all).
-func (s *Server) closeConns(ctx context.Context) {
+// closeConns hard-closes every connection for which match is true.
+func (s *Server) closeConns(match func(*conn) bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
-		if ctx == nil || c.parent == ctx {
+		if match(c) {
 			c.abort()
 		}
 	}
@@ -292,7 +292,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
-		s.closeConns(nil)
+		s.closeConns(func(*conn) bool { return true })
 		<-done
 		return ctx.Err()
 	}

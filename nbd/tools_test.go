@@ -11,21 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// needTool skips the test when a client binary is missing, except under
-// CI=true where the test environment is expected to be complete.
-func needTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s not installed (CI=true)", name)
-		}
-		t.Skipf("%s not installed", name)
-	}
-	return p
-}
+	"github.com/sluice-storage/sluice/internal/testtool"
+)
 
 func run(t *testing.T, name string, args ...string) string {
 	t.Helper()
@@ -45,7 +33,7 @@ func uri(sock, name string) string {
 }
 
 func TestNbdinfo(t *testing.T) {
-	needTool(t, "nbdinfo")
+	testtool.Need(t, "nbdinfo")
 	m, sock := newTestServer(t, 64<<20, Options{})
 	m.put(bytes.Repeat([]byte{1}, 1<<20), 4<<20) // data at [4M, 5M)
 
@@ -122,7 +110,7 @@ func TestNbdinfo(t *testing.T) {
 }
 
 func TestQemuIO(t *testing.T) {
-	needTool(t, "qemu-io")
+	testtool.Need(t, "qemu-io")
 	m, sock := newTestServer(t, 16<<20, Options{})
 	u := uri(sock, testName)
 	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0xab 0 1M", "-c", "write -P 0xcd 1M 64k",
@@ -156,7 +144,7 @@ func TestQemuIO(t *testing.T) {
 }
 
 func TestNbdcopy(t *testing.T) {
-	needTool(t, "nbdcopy")
+	testtool.Need(t, "nbdcopy")
 	m, sock := newTestServer(t, 32<<20, Options{})
 	src := filepath.Join(t.TempDir(), "src.img")
 	data := make([]byte, 32<<20)

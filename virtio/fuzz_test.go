@@ -244,7 +244,9 @@ func fuzzChainBody(t *testing.T, data []byte) {
 			t.Fatal(err)
 		}
 		first := ring.usedIdx // from fuzzed memory, like the rest
-		taken, err := r.drain()
+		// Random memory may break the ring protocol: drain then stops with
+		// an error, and what it took so far must still hold to the checks.
+		taken, _ := r.drain()
 		r.inflight.Wait()
 		pc.check(t)
 		if taken > n {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sluice-storage/sluice/gateway"
+	"github.com/sluice-storage/sluice/internal/testtool"
 )
 
 // qsd is a qemu-storage-daemon serving a raw file as a vhost-user-blk export.
@@ -24,7 +25,7 @@ type qsd struct {
 // sparse raw file of size bytes; it is killed by PID when the test ends.
 func startQSD(t *testing.T, size int64, queues int) *qsd {
 	t.Helper()
-	bin := needTool(t, "qemu-storage-daemon")
+	bin := testtool.Path(t, "qemu-storage-daemon")
 	dir := t.TempDir()
 	q := &qsd{sock: filepath.Join(dir, "vhost.sock"), image: filepath.Join(dir, "disk.img")}
 	if err := os.WriteFile(q.image, nil, 0o600); err != nil {

@@ -26,7 +26,6 @@ type rawFront struct {
 	ring    *driverRing
 	ringOff int
 	scratch int // memfd offset of a free area for headers, tables, status
-	proto   uint64
 }
 
 func newRawFront(t *testing.T, sock string, memSize int) *rawFront {

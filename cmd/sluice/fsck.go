@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/sluice-storage/sluice/gateway"
 )
 
 func fsckCommand() *cli.Command {
@@ -17,13 +20,32 @@ func fsckCommand() *cli.Command {
 }
 
 func fsckAction(c *cli.Context) error {
-	ref, err := volumeRef(c, "fsck")
+	return checkAction(c, "fsck", apiClient(c).Fsck,
+		func(r gateway.FsckReport) {
+			fmt.Printf("%s (%s): %d inodes (%d directories, %d files), %d entries, %d chunks, %d orphans\n",
+				r.Volume, r.Kind, r.Inodes, r.Dirs, r.Files, r.Dentries, r.Chunks, r.Orphans)
+			for _, p := range r.Problems {
+				fmt.Println("  problem:", p)
+			}
+			if r.Clean() {
+				fmt.Println("clean")
+			}
+		},
+		func(r gateway.FsckReport) string { return fmt.Sprintf("%s has %d problems", r.Volume, len(r.Problems)) })
+}
+
+// checkAction runs a check of one volume (fsck, scrub) through call and
+// prints its report: as JSON with --json, else with text. A report that is
+// not clean exits 1 with what damage says.
+func checkAction[R interface{ Clean() bool }](c *cli.Context, what string,
+	call func(context.Context, string) (R, error), text func(R), damage func(R) string) error {
+	ref, err := volumeRef(c, what)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := callCtx(c)
 	defer cancel()
-	r, err := apiClient(c).Fsck(ctx, ref)
+	r, err := call(ctx, ref)
 	if err != nil {
 		return apiErr(err)
 	}
@@ -32,17 +54,10 @@ func fsckAction(c *cli.Context) error {
 			return err
 		}
 	} else {
-		fmt.Printf("%s (%s): %d inodes (%d directories, %d files), %d entries, %d chunks, %d orphans\n",
-			r.Volume, r.Kind, r.Inodes, r.Dirs, r.Files, r.Dentries, r.Chunks, r.Orphans)
-		for _, p := range r.Problems {
-			fmt.Println("  problem:", p)
-		}
+		text(r)
 	}
 	if !r.Clean() {
-		return &exitError{exitFailed, fmt.Errorf("fsck: %s has %d problems", r.Volume, len(r.Problems))}
-	}
-	if !c.Bool("json") {
-		fmt.Println("clean")
+		return &exitError{exitFailed, fmt.Errorf("%s: %s", what, damage(r))}
 	}
 	return nil
 }

@@ -10,14 +10,14 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// run runs the CLI in process as main does, and returns the error and
-// what the app itself printed.
-func run(args ...string) (error, string) {
+// run runs the CLI in process as main does, and returns what the app
+// itself printed and the error.
+func run(args ...string) (string, error) {
 	app := newApp()
 	var out bytes.Buffer
 	app.Writer, app.ErrWriter = &out, &out
 	err := app.Run(interspersed(app, append([]string{"sluice"}, args...)))
-	return err, out.String()
+	return out.String(), err
 }
 
 func exitCode(err error) int {
@@ -46,7 +46,7 @@ func TestUsageErrorsExit2OnOneLine(t *testing.T) {
 		{[]string{"volume", "frobnicate"}, "unknown command \"frobnicate\" (run 'sluice volume --help')"},
 	}
 	for _, c := range cases {
-		err, printed := run(c.args...)
+		printed, err := run(c.args...)
 		if code := exitCode(err); code != exitUsage || !strings.Contains(err.Error(), c.says) {
 			t.Errorf("sluice %s: exit %d, %v; want exit 2 saying %q", strings.Join(c.args, " "), code, err, c.says)
 		}
@@ -68,12 +68,12 @@ func TestGlobalFlagsAnywhere(t *testing.T) {
 		{"--json", "volume", "info", "a/b", "--api-socket", sock},
 		{"qos", "delete", "1", "--api-socket", sock},
 	} {
-		err, _ := run(args...)
+		_, err := run(args...)
 		if exitCode(err) != exitNoGateway || !strings.Contains(err.Error(), sock) {
 			t.Errorf("sluice %s: %v; want exit 3 naming %s", strings.Join(args, " "), err, sock)
 		}
 	}
-	if err, _ := run("volume", "list"); err == nil || !strings.Contains(err.Error(), "/nowhere/env.sock") {
+	if _, err := run("volume", "list"); err == nil || !strings.Contains(err.Error(), "/nowhere/env.sock") {
 		t.Errorf("without --api-socket: %v; want SLUICE_API_SOCKET's socket", err)
 	}
 }

@@ -30,7 +30,7 @@ type ControllerStatus struct {
 	// fallback); EpochText is it as GENERATION.ROUND.
 	Epoch       uint64    `json:"epoch"`
 	EpochText   string    `json:"epoch_text,omitempty"`
-	LastContact time.Time `json:"last_contact,omitempty"`
+	LastContact time.Time `json:"last_contact,omitzero"`
 	// Capacity is the gateway's measured capacity as last reported, by
 	// resource (read_bw, write_bw in bytes/s; read_iops, write_iops in
 	// cost units/s); absent or 0 is unknown.

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/pierrec/lz4/v4"
+	"github.com/sluice-storage/sluice/internal/bufpool"
 )
 
 // builtins is the immutable table of built-in filters, by name.
@@ -194,7 +195,7 @@ func (c *compression) Forward(_ ChunkContext, dst, src, args []byte) ([]byte, []
 				algo = compressZstd
 			}
 		case compressLZ4:
-			out = grow(dst, limit)
+			out = bufpool.Grow(dst, limit)
 			lc := c.env.lz4Pool.Get().(*lz4.Compressor)
 			n, err := lc.CompressBlock(src, out[len(dst):len(dst)+limit])
 			c.env.lz4Pool.Put(lc)
@@ -225,7 +226,7 @@ func reverseCompression(env *Env, _ ChunkContext, dst, src, args []byte) ([]byte
 			return dst, err
 		}
 		base := len(dst)
-		dst = grow(dst, n)[: base : base+n] // the decoder stops at cap
+		dst = bufpool.Grow(dst, n)[: base : base+n] // the decoder stops at cap
 		out, err := dec.DecodeAll(src, dst)
 		if err != nil {
 			return dst, fmt.Errorf("zstd: %v: %w", err, ErrCorrupt)
@@ -239,7 +240,7 @@ func reverseCompression(env *Env, _ ChunkContext, dst, src, args []byte) ([]byte
 			return dst, fmt.Errorf("lz4 step of 0 bytes: %w", ErrCorrupt)
 		}
 		base := len(dst)
-		dst = grow(dst, n)
+		dst = bufpool.Grow(dst, n)
 		got, err := lz4.UncompressBlock(src, dst[base:base+n])
 		if err != nil {
 			return dst[:base], fmt.Errorf("lz4: %v: %w", err, ErrCorrupt)
@@ -250,17 +251,6 @@ func reverseCompression(env *Env, _ ChunkContext, dst, src, args []byte) ([]byte
 		return dst[:base+n], nil
 	}
 	return dst, fmt.Errorf("compression algo %d: %w", args[0], ErrRecord)
-}
-
-// grow returns b extended by n bytes of length (contents of the new bytes
-// unspecified), reallocating if needed.
-func grow(b []byte, n int) []byte {
-	if cap(b)-len(b) >= n {
-		return b[:len(b)+n]
-	}
-	nb := make([]byte, len(b)+n)
-	copy(nb, b)
-	return nb
 }
 
 // ---- encryption

@@ -317,8 +317,9 @@ func (s *Scheduler) submit(q *Queue, c Class, bytes int64) (w *waiter, closed bo
 	return w, false
 }
 
-// removeLocked takes an undispatched waiter out of its queue at time now.
-func (s *Scheduler) removeLocked(w *waiter, now float64) {
+// unqueueLocked takes waiter w out of its queue's FIFO and the waiting
+// counts; a queue left with no waiter stops being active.
+func (s *Scheduler) unqueueLocked(w *waiter) {
 	q := w.q
 	q.fifo[w.class].remove(w)
 	q.nWaiting--
@@ -326,6 +327,12 @@ func (s *Scheduler) removeLocked(w *waiter, now float64) {
 	if q.nWaiting == 0 {
 		s.deactivateLocked(q)
 	}
+}
+
+// removeLocked takes an undispatched waiter out of its queue at time now.
+func (s *Scheduler) removeLocked(w *waiter, now float64) {
+	q := w.q
+	s.unqueueLocked(w)
 	if now > w.arrived {
 		q.st.throttled += now - w.arrived
 		q.st.class[w.class].waited += now - w.arrived
@@ -433,12 +440,7 @@ func (s *Scheduler) dispatchLocked() {
 
 func (s *Scheduler) dispatchWaiterLocked(w *waiter, ph phase, now float64) {
 	q := w.q
-	q.fifo[w.class].remove(w)
-	q.nWaiting--
-	s.nWaiting--
-	if q.nWaiting == 0 {
-		s.deactivateLocked(q)
-	}
+	s.unqueueLocked(w)
 	s.admitLocked(q, w.class, w.cost, w.bytes, ph, now, math.Max(0, now-w.arrived))
 	w.dispatched = true
 	w.at = now

@@ -76,6 +76,7 @@ import (
 
 	"github.com/sluice-storage/sluice/gateway/device"
 	"github.com/sluice-storage/sluice/gateway/filter"
+	"github.com/sluice-storage/sluice/internal/badgerlog"
 )
 
 // Options configure a Store. The zero value is usable.
@@ -178,7 +179,7 @@ func badgerOptions(dir string, opts Options) badger.Options {
 		WithIndexCacheSize(8 << 20).
 		WithValueLogFileSize(64 << 20).
 		WithNumCompactors(2).
-		WithLogger(badgerLogger{opts.Logger}).
+		WithLogger(badgerlog.New(opts.Logger)).
 		WithLoggingLevel(badger.WARNING).
 		// Metadata is the truth about where data lives: every table is
 		// verified at open (metacheck.go), and each block read later is
@@ -547,16 +548,3 @@ func (s *Store) Volume(tenant, name string) (*Volume, error) {
 	}
 	return v, nil
 }
-
-type badgerLogger struct{ l *slog.Logger }
-
-func (b badgerLogger) Errorf(f string, a ...any) {
-	b.l.Error(fmt.Sprintf(f, a...), "component", "badger")
-}
-func (b badgerLogger) Warningf(f string, a ...any) {
-	b.l.Warn(fmt.Sprintf(f, a...), "component", "badger")
-}
-func (b badgerLogger) Infof(f string, a ...any) {
-	b.l.Debug(fmt.Sprintf(f, a...), "component", "badger")
-}
-func (b badgerLogger) Debugf(f string, a ...any) {}

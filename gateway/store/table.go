@@ -78,21 +78,6 @@ func (t *chunkTable) set(idx, off int64) {
 	l.e[idx&(leafChunks-1)].Store(off)
 }
 
-// each calls fn for every allocated chunk, in index order.
-func (t *chunkTable) each(fn func(idx, off int64)) {
-	for i := range t.top {
-		l := t.top[i].Load()
-		if l == nil {
-			continue
-		}
-		for j := range l.e {
-			if off := l.e[j].Load(); off != 0 {
-				fn(int64(i)<<leafBits+int64(j), off)
-			}
-		}
-	}
-}
-
 // resized returns a table of n chunks holding this one's entries below n.
 // The caller holds every stripe's write lock, so no entry changes meanwhile.
 // Full leaves are shared; a small single leaf is copied into a larger one.

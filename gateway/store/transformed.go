@@ -7,6 +7,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/sluice-storage/sluice/gateway/filter"
+	"github.com/sluice-storage/sluice/internal/bufpool"
 )
 
 // Transformed chunks on the read side, and the read cache.
@@ -130,7 +131,7 @@ func (o *object) loadChunk(idx, dev int64, dst []byte) ([]byte, error) {
 	cs := int(o.v.chunkSize)
 	switch {
 	case dev == 0:
-		dst = grow(dst, cs)
+		dst = bufpool.Grow(dst, cs)
 		clear(dst[len(dst)-cs:])
 		return dst, nil
 	case dev&markTransformed != 0:
@@ -141,21 +142,11 @@ func (o *object) loadChunk(idx, dev int64, dst []byte) ([]byte, error) {
 		return o.readStored(idx, e, dst)
 	}
 	base := len(dst)
-	dst = grow(dst, cs)
+	dst = bufpool.Grow(dst, cs)
 	if err := o.devRead(dst[base:], dev, idx*o.v.chunkSize); err != nil {
 		return dst[:base], err
 	}
 	return dst, nil
-}
-
-// grow extends b by n bytes of length (contents unspecified).
-func grow(b []byte, n int) []byte {
-	if cap(b)-len(b) >= n {
-		return b[:len(b)+n]
-	}
-	nb := make([]byte, len(b)+n, len(b)+n)
-	copy(nb, b)
-	return nb
 }
 
 // readTransformed fills p from byte in of transformed chunk idx, up to the

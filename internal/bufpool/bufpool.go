@@ -1,7 +1,8 @@
 // Package bufpool hands out byte slices by power-of-two size class, so that
 // the doors' hot paths (NBD request buffers, virtio bounce buffers) do not
 // allocate. A slice comes wrapped in a *Buf so that Put does not allocate
-// either.
+// either. Grow lengthens a slice without append's over-allocation (the
+// filters and the store grow chunk buffers with it).
 package bufpool
 
 import (
@@ -45,4 +46,16 @@ func (p *Pool) Put(b *Buf) {
 		return
 	}
 	p.classes[b.class].Put(b)
+}
+
+// Grow returns b extended by n bytes of length (contents of the new bytes
+// unspecified). It reallocates, to exactly len(b)+n, only when b's capacity
+// is short: a chunk-sized buffer does not grow by append's doubling.
+func Grow(b []byte, n int) []byte {
+	if cap(b)-len(b) >= n {
+		return b[:len(b)+n]
+	}
+	nb := make([]byte, len(b)+n)
+	copy(nb, b)
+	return nb
 }

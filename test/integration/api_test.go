@@ -9,10 +9,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/testtool"
 )
 
 func TestReadOnlyExports(t *testing.T) {
-	needTool(t, "qemu-io", "nbdinfo")
+	testtool.Need(t, "qemu-io", "nbdinfo")
 	g := startGateway(t, t.TempDir())
 	g.createVolume("acme/rw", "64M")
 	qemuIO(t, g.uri("acme/rw"), "write -P 5 0 1M")
@@ -37,7 +39,7 @@ func TestReadOnlyExports(t *testing.T) {
 }
 
 func TestMetricsEndpoint(t *testing.T) {
-	needTool(t, "qemu-io")
+	testtool.Need(t, "qemu-io")
 	g := startGateway(t, t.TempDir())
 	g.createVolume("acme/m", "64M")
 	qemuIO(t, g.uri("acme/m"), "write -P 1 0 1M", "read -P 1 0 64k", "flush")

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/testtool"
 )
 
 // attach → mkfs.ext4 → mount → write files with known hashes → umount →
@@ -18,7 +20,7 @@ import (
 // volume are refused. The loop method, as on this machine; the nbd method
 // runs in a guest (TestAttachKernelNBD).
 func TestAttachExt4(t *testing.T) {
-	needTool(t, "losetup", "mkfs.ext4", "fsck.ext4", "mount", "umount")
+	testtool.Need(t, "losetup", "mkfs.ext4", "fsck.ext4", "mount", "umount")
 	g := startGateway(t, t.TempDir(), "--attach-method", "loop")
 	g.mustSluice("volume", "create", "t/disk", "--size", "1G")
 	g.mustSluice("volume", "create", "t/files", "--size", "1G", "--kind", "fs")

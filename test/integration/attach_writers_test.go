@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/testtool"
 )
 
 // TestBlockVolumeOneWriter: a block volume has at most one writable door
@@ -15,7 +17,7 @@ import (
 // is allowed beside the writer (issue 16: a second writer to an attached
 // ext4 image went unnoticed).
 func TestBlockVolumeOneWriter(t *testing.T) {
-	needTool(t, "losetup", "mkfs.ext4", "mount", "umount")
+	testtool.Need(t, "losetup", "mkfs.ext4", "mount", "umount")
 	g := startGateway(t, t.TempDir(), "--attach-method", "loop")
 	g.mustSluice("volume", "create", "t/disk", "--size", "256M")
 	newDir := func() string {
@@ -67,7 +69,7 @@ func TestBlockVolumeOneWriter(t *testing.T) {
 // device stays attached. (Offline: online resize needs CAP_SYS_RESOURCE,
 // which this machine's root lacks.)
 func TestResizeAttachedVolume(t *testing.T) {
-	needTool(t, "losetup", "mkfs.ext4", "mount", "umount", "resize2fs", "e2fsck", "blockdev")
+	testtool.Need(t, "losetup", "mkfs.ext4", "mount", "umount", "resize2fs", "e2fsck", "blockdev")
 	g := startGateway(t, t.TempDir(), "--attach-method", "loop")
 	g.mustSluice("volume", "create", "t/disk", "--size", "256M")
 	dev := strings.TrimSpace(g.mustSluice("attach", "t/disk"))
@@ -106,7 +108,7 @@ func TestResizeAttachedVolume(t *testing.T) {
 // gateway says so in its log, naming the device and where it is mounted,
 // and stops without waiting on it (issue 16).
 func TestStopAbandonsMountedDevice(t *testing.T) {
-	needTool(t, "losetup", "mkfs.ext4", "mount", "umount")
+	testtool.Need(t, "losetup", "mkfs.ext4", "mount", "umount")
 	dir := t.TempDir()
 	g := startGateway(t, dir, "--attach-method", "loop")
 	g.mustSluice("volume", "create", "t/disk", "--size", "256M")

@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/sluice-storage/sluice/internal/testtool"
 )
 
 type volJSON struct {
@@ -361,7 +363,7 @@ func TestCLIMountUmount(t *testing.T) {
 
 // detach confirms, in text and JSON.
 func TestCLIDetachConfirms(t *testing.T) {
-	needTool(t, "losetup")
+	testtool.Need(t, "losetup")
 	g := startGateway(t, t.TempDir(), "--attach-method", "loop")
 	g.mustSluice("volume", "create", "t/disk", "--size", "64M")
 	dev := strings.TrimSpace(g.mustSluice("attach", "t/disk"))

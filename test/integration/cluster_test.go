@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/testtool"
 )
 
 // The cluster test: a controller and three gateways, each its own process
@@ -276,7 +278,7 @@ func mean(t *testing.T, jobs [][]bwSample, w window, logAvg time.Duration) float
 // follows what it achieves (a CI run saw 79 MiB/s in steady 2, with the
 // shares exact).
 func TestClusterSLOs(t *testing.T) {
-	needTool(t, "fio")
+	testtool.Need(t, "fio")
 	const grace = 10 * time.Second // the default --controller-grace
 	const logAvg = 500 * time.Millisecond
 	mib := func(v float64) float64 { return v / (1 << 20) }

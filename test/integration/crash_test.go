@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"testing"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/testtool"
 )
 
 // TestCrashKeepsFlushedData writes and flushes a known pattern, SIGKILLs
@@ -14,7 +16,7 @@ import (
 // checks every flushed byte — 20 times, each round adding a region, so the
 // last round checks all 20.
 func TestCrashKeepsFlushedData(t *testing.T) {
-	needTool(t, "qemu-io", "fio")
+	testtool.Need(t, "qemu-io", "fio")
 	g := startGateway(t, t.TempDir())
 	g.createVolume("acme/crash", "1G")
 	uri := g.uri("acme/crash")
@@ -51,7 +53,7 @@ func TestCrashKeepsFlushedData(t *testing.T) {
 // each SIGKILL every flushed byte reads back, no chunk fails verification,
 // and the metadata is consistent.
 func TestCrashWithCompressionPolicy(t *testing.T) {
-	needTool(t, "qemu-io", "fio")
+	testtool.Need(t, "qemu-io", "fio")
 	g := startGateway(t, t.TempDir())
 	g.createVolume("acme/cz", "1G")
 	g.mustSluice("policy", "add", "FOR VOLUME acme/cz DO SET compression WITH algo=zstd, SET checksum")

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/testtool"
 )
 
 // marker is a plaintext that must never reach the pool file of an
@@ -193,7 +195,7 @@ func fileSHA(t *testing.T, path string, n int64) [32]byte {
 // switching the policy to encryption the old chunks still read back and new
 // writes never put their plaintext in the pool file.
 func TestCompressionThenEncryptionNBD(t *testing.T) {
-	needTool(t, "nbdcopy", "qemu-io")
+	testtool.Need(t, "nbdcopy", "qemu-io")
 	dir := t.TempDir()
 	g := startGateway(t, dir, "--keyring", writeKeyring(t, t.TempDir(), "t"))
 	g.createVolume("t/v", "512M")
@@ -294,7 +296,7 @@ func qemuIOFails(t *testing.T, uri string, cmds ...string) string {
 // chunk makes its reads fail with EIO, scrub names the chunk, and the
 // other chunks stay readable.
 func TestChecksumCorruption(t *testing.T) {
-	needTool(t, "qemu-io")
+	testtool.Need(t, "qemu-io")
 	dir := t.TempDir()
 	g := startGateway(t, dir)
 	g.createVolume("t/c", "64M")
@@ -344,7 +346,7 @@ func TestChecksumCorruption(t *testing.T) {
 // TestDynamicCache: a WHEN ... TRANSIENT cache policy turns on under a fio
 // read load above its threshold and off within seconds after it stops.
 func TestDynamicCache(t *testing.T) {
-	needTool(t, "qemu-io", "fio")
+	testtool.Need(t, "qemu-io", "fio")
 	g := startGateway(t, t.TempDir())
 	g.createVolume("t/d", "256M")
 	uri := g.uri("t/d")
@@ -412,7 +414,7 @@ func grepLines(text string, prefixes ...string) string {
 // volume policy (encryption) the volume gets only encryption; a volume
 // whose own policy compresses then encrypts gets both, undone in reverse.
 func TestSpecialisationAndPipeline(t *testing.T) {
-	needTool(t, "nbdcopy", "qemu-io")
+	testtool.Need(t, "nbdcopy", "qemu-io")
 	g := startGateway(t, t.TempDir(), "--keyring", writeKeyring(t, t.TempDir(), "t"))
 	for _, v := range []string{"t/tenantwide", "t/own", "t/pipe"} {
 		g.createVolume(v, "64M")

@@ -163,12 +163,12 @@ func (w *durableWorker) lastDone() int {
 	return w.last
 }
 
-// wait waits for the worker to exit and returns its error and stderr.
-func (w *durableWorker) wait() (error, string) {
+// wait waits for the worker to exit and returns its stderr and error.
+func (w *durableWorker) wait() (string, error) {
 	<-w.done
 	err := w.cmd.Wait()
 	b, _ := os.ReadFile(w.stderr.Name())
-	return err, string(b)
+	return string(b), err
 }
 
 func dropCaches(t *testing.T) {
@@ -190,7 +190,7 @@ func TestDurableRenameConcurrent(t *testing.T) {
 		ws = append(ws, startDurableWorker(t, filepath.Join(mnt, fmt.Sprintf("d%d", i)), iterations))
 	}
 	for i, w := range ws {
-		if err, stderr := w.wait(); err != nil {
+		if stderr, err := w.wait(); err != nil {
 			t.Errorf("worker %d after %d iterations: %v\n%s", i, w.lastDone(), err, stderr)
 		}
 	}
@@ -234,7 +234,7 @@ func TestDurableRenameCrash(t *testing.T) {
 			select {
 			case <-w.lines:
 			case <-w.done:
-				err, stderr := w.wait()
+				stderr, err := w.wait()
 				t.Fatalf("worker %d stopped after %d iterations: %v\n%s", i, w.lastDone(), err, stderr)
 			case <-time.After(time.Until(deadline)):
 				t.Fatalf("worker %d completed %d iterations in 2 minutes", i, w.lastDone())

@@ -52,7 +52,7 @@ func TestFUSEModeZero(t *testing.T) {
 	fd, err := syscall.Open(p("created"), syscall.O_CREAT|syscall.O_WRONLY, 0)
 	must(t, err)
 	syscall.Close(fd)
-	must(t, syscall.Mknod(p("node"), syscall.S_IFREG|0, 0))
+	must(t, syscall.Mknod(p("node"), syscall.S_IFREG, 0))
 	must(t, syscall.Mkfifo(p("fifo"), 0))
 	must(t, syscall.Mkdir(p("dir"), 0))
 	must(t, os.WriteFile(p("secret"), []byte("secret\n"), 0o644))

@@ -10,12 +10,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/testtool"
 )
 
 // A bounded stress-ng run of the filesystem class on the mount finishes
 // with no failures, and fsck is clean afterwards.
 func TestStressNGFilesystem(t *testing.T) {
-	needTool(t, "stress-ng")
+	testtool.Need(t, "stress-ng")
 	g := startGateway(t, t.TempDir())
 	mnt := g.mountVolume("t/stress", "fs", "4G")
 	work := filepath.Join(mnt, "sng")
@@ -43,7 +45,7 @@ func tail(s string, n int) string {
 
 // fio writes and verifies files in the mount, random and sequential.
 func TestFioVerifyOnMount(t *testing.T) {
-	needTool(t, "fio")
+	testtool.Need(t, "fio")
 	g := startGateway(t, t.TempDir())
 	mnt := g.mountVolume("t/fio", "fs", "2G")
 	for _, job := range [][]string{
@@ -152,7 +154,7 @@ func TestFSCrashDuringStorm(t *testing.T) {
 
 // A QoS file rule (glob) limits the files it names and not the others.
 func TestQoSFileRuleOnMount(t *testing.T) {
-	needTool(t, "fio")
+	testtool.Need(t, "fio")
 	g := startGateway(t, t.TempDir())
 	mnt := g.mountVolume("t/q", "fs", "1G")
 	g.mustSluice("qos", "set", "--volume", "t/q", "--file", "*.log", "--iops", "200")

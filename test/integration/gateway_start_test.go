@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/testtool"
 )
 
 // startFails runs `sluice gateway` with args, expects exit 4 and returns
@@ -77,7 +79,7 @@ func TestGatewayChecksBeforeCreating(t *testing.T) {
 // TestNBDListsBlockVolumesOnly: fs volumes are not NBD exports; a client
 // that names one is told what it is.
 func TestNBDListsBlockVolumesOnly(t *testing.T) {
-	needTool(t, "nbdinfo", "qemu-io")
+	testtool.Need(t, "nbdinfo", "qemu-io")
 	g := startGateway(t, t.TempDir())
 	g.mustSluice("volume", "create", "t/blk", "--size", "64M")
 	g.mustSluice("volume", "create", "t/files", "--size", "64M", "--kind", "fs")
@@ -235,7 +237,7 @@ func TestPprofOptIn(t *testing.T) {
 // stop the next start (exit 4, a message naming the damage), instead of
 // serving a volume whose chunk maps silently shrank (issue 17).
 func TestGatewayRefusesDamagedMetadata(t *testing.T) {
-	needTool(t, "qemu-io")
+	testtool.Need(t, "qemu-io")
 	dir := t.TempDir()
 	g := startGateway(t, dir)
 	g.mustSluice("volume", "create", "t/v", "--size", "256M")

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/testtool"
 )
 
 // A guest for the tests that need a kernel this machine does not run
@@ -55,7 +57,7 @@ func guestCache() string {
 // loadGuestKit finds (fetching once if needed) the kernel, modules and busybox.
 func loadGuestKit(t *testing.T) guestKit {
 	t.Helper()
-	needTool(t, "qemu-system-x86_64", "apt-get", "dpkg-deb")
+	testtool.Need(t, "qemu-system-x86_64", "apt-get", "dpkg-deb")
 	kitOnce.Do(func() {
 		dir := guestCache()
 		// The script decides whether the cache is complete (it checks

@@ -50,19 +50,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// needTool skips the test when a client tool is missing, or fails it in CI.
-func needTool(t *testing.T, names ...string) {
-	t.Helper()
-	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s is not installed (make deps installs it); CI requires it", n)
-			}
-			t.Skipf("%s is not installed (make deps installs it)", n)
-		}
-	}
-}
-
 // gw is one gateway process on its own data directory.
 type gw struct {
 	t       *testing.T

@@ -10,12 +10,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/testtool"
 )
 
 const MiB = 1 << 20
 
 func TestQemuIOPatterns(t *testing.T) {
-	needTool(t, "qemu-io")
+	testtool.Need(t, "qemu-io")
 	g := startGateway(t, t.TempDir())
 	g.createVolume("acme/vm", "1G")
 	uri := g.uri("acme/vm")
@@ -60,7 +62,7 @@ type nbdinfoJSON struct {
 }
 
 func TestNbdinfo(t *testing.T) {
-	needTool(t, "nbdinfo", "qemu-io")
+	testtool.Need(t, "nbdinfo", "qemu-io")
 	g := startGateway(t, t.TempDir())
 	g.createVolume("acme/disk", "256M")
 	uri := g.uri("acme/disk")
@@ -104,7 +106,7 @@ func TestNbdinfo(t *testing.T) {
 }
 
 func TestNbdcopyRoundTrip(t *testing.T) {
-	needTool(t, "nbdcopy")
+	testtool.Need(t, "nbdcopy")
 	dir := t.TempDir()
 	g := startGateway(t, dir)
 	g.createVolume("acme/img", "256M")
@@ -137,7 +139,7 @@ func TestNbdcopyRoundTrip(t *testing.T) {
 }
 
 func TestFioVerify(t *testing.T) {
-	needTool(t, "fio")
+	testtool.Need(t, "fio")
 	g := startGateway(t, t.TempDir())
 	g.createVolume("acme/fio", "512M")
 	for _, job := range [][]string{
@@ -155,7 +157,7 @@ func TestFioVerify(t *testing.T) {
 }
 
 func TestThinProvisioningAndTrim(t *testing.T) {
-	needTool(t, "qemu-io")
+	testtool.Need(t, "qemu-io")
 	g := startGateway(t, t.TempDir())
 	g.createVolume("acme/thin", "10G")
 	before := g.poolAllocated()

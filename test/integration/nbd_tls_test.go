@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sluice-storage/sluice/internal/testpki"
+	"github.com/sluice-storage/sluice/internal/testtool"
 )
 
 // tlsGateway starts a gateway whose NBD TCP door requires TLS with a
@@ -64,7 +65,7 @@ func qemuTLS(addr, export, dir string, cmds ...string) (string, error) {
 // name is their tenant and see and use that tenant's volumes only; a
 // client without TLS gets nothing; the unix socket stays plain.
 func TestNBDTLS(t *testing.T) {
-	needTool(t, "qemu-io", "nbdinfo")
+	testtool.Need(t, "qemu-io", "nbdinfo")
 	s := newTLSSetup(t)
 	addr := freeLoopbackAddr(t)
 	g := startGateway(t, t.TempDir(), append([]string{"--nbd-listen", addr}, s.gatewayFlags()...)...)

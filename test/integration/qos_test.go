@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/testtool"
 )
 
 // fioResult is what the QoS tests read from fio's JSON output.
@@ -174,7 +176,7 @@ func (g *gw) qosQueues() map[string]qosQueueJSON {
 }
 
 func qosGateway(t *testing.T) *gw {
-	needTool(t, "fio")
+	testtool.Need(t, "fio")
 	g := startGateway(t, t.TempDir())
 	g.createVolume("ta/a", "1G")
 	g.createVolume("tb/b", "1G")
@@ -454,7 +456,7 @@ func TestQoSBadInput(t *testing.T) {
 // IOPS count cost units: with --qos-cost-unit 4K a 16 KiB write costs 4, so
 // a 400 IOPS limit lets 100 of them through per second.
 func TestQoSCostUnit(t *testing.T) {
-	needTool(t, "fio")
+	testtool.Need(t, "fio")
 	g := startGateway(t, t.TempDir(), "--qos-cost-unit", "4K")
 	g.createVolume("ta/a", "256M")
 	g.mustSluice("qos", "set", "--volume", "ta/a", "--op", "write", "--iops", "400")
@@ -475,7 +477,7 @@ func TestQoSCostUnit(t *testing.T) {
 // A file open across a rename is classified by its new name, into and out
 // of the glob.
 func TestQoSFileRuleNewFileOnMount(t *testing.T) {
-	needTool(t, "dd")
+	testtool.Need(t, "dd")
 	g := startGateway(t, t.TempDir())
 	mnt := g.mountVolume("t/q", "fs", "1G")
 	g.mustSluice("qos", "set", "--volume", "t/q", "--file", "*.log", "--bw", "5MiB")

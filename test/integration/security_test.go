@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/testtool"
 )
 
 // The security suite: what an unprivileged local user (nobody, uid 65534)
@@ -15,7 +17,7 @@ import (
 // tenants granted to its uid; another tenant's volume is "unknown", not
 // "forbidden", so its existence does not leak.
 func TestSecurityTenantIsolationNBD(t *testing.T) {
-	needTool(t, "nbdinfo", "qemu-io")
+	testtool.Need(t, "nbdinfo", "qemu-io")
 	addr := freeLoopbackAddr(t)
 	g := startGateway(t, t.TempDir(), "--nbd-listen", addr)
 	g.mustSluice("volume", "create", "t1/v", "--size", "64M")
@@ -126,7 +128,7 @@ print(greeted)
 // TestSecurityConnectionFlood: nobody opening 100 NBD connections gets
 // at most the per-client cap (64); the gateway still serves root.
 func TestSecurityConnectionFlood(t *testing.T) {
-	needTool(t, sysPython, "qemu-io")
+	testtool.Need(t, sysPython, "qemu-io")
 	addr := freeLoopbackAddr(t)
 	g := startGateway(t, t.TempDir(), "--nbd-listen", addr)
 	g.mustSluice("volume", "create", "t/v", "--size", "64M")
@@ -143,7 +145,7 @@ func TestSecurityConnectionFlood(t *testing.T) {
 
 // TestSecurityVirtioSocket: nobody cannot connect to a virtio export.
 func TestSecurityVirtioSocket(t *testing.T) {
-	needTool(t, sysPython)
+	testtool.Need(t, sysPython)
 	dir := t.TempDir()
 	g := startGateway(t, dir)
 	g.mustSluice("volume", "create", "t/v", "--size", "64M")

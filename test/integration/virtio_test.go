@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-storage/sluice/internal/testtool"
 	"github.com/sluice-storage/sluice/virtio"
 )
 
@@ -22,7 +23,7 @@ import (
 // the NBD door on the same volume.
 func TestVirtioQEMUGuest(t *testing.T) {
 	k := loadGuestKit(t)
-	needTool(t, "nbdcopy")
+	testtool.Need(t, "nbdcopy")
 	g := startGateway(t, t.TempDir())
 	g.mustSluice("volume", "create", "t/vm", "--size", "16M")
 	sock := strings.TrimSpace(g.mustSluice("virtio", "export", "t/vm"))
