@@ -464,92 +464,107 @@ func (p *problem) share(xm []float64, maxSteps int) []float64 {
 	if maxSteps <= 0 {
 		maxSteps = 32
 	}
+	s := newSharing(p, xm)
+	s.progressiveFill(maxSteps)
+	s.conserveWork()
+	s.spreadLeftover()
+	return s.x
+}
+
+// sharing is the state of steps 2–4: the limits so far and what is left
+// of each gateway's capacity, each tenant's maximum and each edge's room.
+type sharing struct {
+	p      *problem
+	x      []float64 // limits, by gateway*nT + tenant
+	spare  []float64 // by gateway
+	budget []float64 // by tenant: its maximum less what it has
+	room   []float64 // by edge: its demand ceiling less what it has
+}
+
+func newSharing(p *problem, xm []float64) *sharing {
 	nT := p.nT
-	x := append([]float64(nil), xm...)
-	spare := make([]float64, p.nG)
-	for g := range spare {
-		spare[g] = math.Max(0, p.cap[g]-p.load(x, g))
+	s := &sharing{p: p, x: append([]float64(nil), xm...),
+		spare: make([]float64, p.nG), budget: make([]float64, nT), room: make([]float64, p.nG*nT)}
+	for g := range s.spare {
+		s.spare[g] = math.Max(0, p.cap[g]-p.load(s.x, g))
 	}
-	budget := make([]float64, nT)
-	for t := range budget {
+	for t := range s.budget {
 		used := 0.0
 		for g := 0; g < p.nG; g++ {
-			used += x[g*nT+t]
+			used += s.x[g*nT+t]
 		}
-		budget[t] = math.Max(0, p.max[t]-used) // +Inf stays +Inf
+		s.budget[t] = math.Max(0, p.max[t]-used) // +Inf stays +Inf
 	}
-	room := make([]float64, p.nG*nT)
-	for k := range room {
+	for k := range s.room {
 		if p.edge[k] > 0 {
-			room[k] = math.Max(0, p.edge[k]-x[k])
+			s.room[k] = math.Max(0, p.edge[k]-s.x[k])
 		}
 	}
-	give := func(g, t int, v float64) {
-		k := g*nT + t
-		x[k] += v
-		if math.IsInf(v, 1) {
-			room[k] = 0
-		} else if !math.IsInf(room[k], 1) {
-			room[k] = math.Max(0, room[k]-v)
-		}
-		if !math.IsInf(spare[g], 1) {
-			spare[g] = math.Max(0, spare[g]-v)
-		}
-		if !math.IsInf(budget[t], 1) {
-			budget[t] = math.Max(0, budget[t]-v)
-		}
-	}
+	return s
+}
 
-	// Step 2: progressive filling.
+// give adds v to tenant t's limit on gateway g.
+func (s *sharing) give(g, t int, v float64) {
+	k := g*s.p.nT + t
+	s.x[k] += v
+	if math.IsInf(v, 1) {
+		s.room[k] = 0
+	} else if !math.IsInf(s.room[k], 1) {
+		s.room[k] = math.Max(0, s.room[k]-v)
+	}
+	s.take(g, t, v)
+}
+
+// take counts v against gateway g's spare and tenant t's budget.
+func (s *sharing) take(g, t int, v float64) {
+	if !math.IsInf(s.spare[g], 1) {
+		s.spare[g] = math.Max(0, s.spare[g]-v)
+	}
+	if !math.IsInf(s.budget[t], 1) {
+		s.budget[t] = math.Max(0, s.budget[t]-v)
+	}
+}
+
+// progressiveFill is step 2: every tenant with budget grows by the same
+// delta per step, spread over its gateways' fair slots, until no one can.
+func (s *sharing) progressiveFill(maxSteps int) {
+	p, nT := s.p, s.p.nT
 	count := make([]int, p.nG)
 	fair := make([]float64, p.nG) // spare per contender, fixed for a step
 	slots := make([]float64, p.nG)
 	var gs []int
 	var fs []float64
 	for step := 0; step < maxSteps; step++ {
-		for g := range count {
-			count[g] = 0
-			if spare[g] <= p.eps {
-				continue
-			}
-			for _, t := range p.gt[g] {
-				if budget[t] > p.eps && room[g*nT+t] > p.eps {
-					count[g]++
-				}
-			}
-			if count[g] > 0 {
-				fair[g] = spare[g] / float64(count[g])
-			}
-		}
+		s.contenders(count, fair)
 		delta, found := math.Inf(1), false
 		for t := 0; t < nT; t++ {
-			if budget[t] <= p.eps {
+			if s.budget[t] <= p.eps {
 				continue
 			}
 			sum, has := 0.0, false
 			for _, g := range p.tg[t] {
-				if count[g] > 0 && room[g*nT+t] > p.eps {
-					sum += math.Min(room[g*nT+t], fair[g])
+				if count[g] > 0 && s.room[g*nT+t] > p.eps {
+					sum += math.Min(s.room[g*nT+t], fair[g])
 					has = true
 				}
 			}
 			if has {
 				found = true
-				delta = math.Min(delta, math.Min(budget[t], sum))
+				delta = math.Min(delta, math.Min(s.budget[t], sum))
 			}
 		}
 		if !found || delta <= p.eps {
-			break
+			return
 		}
 		for t := 0; t < nT; t++ {
-			if budget[t] <= p.eps {
+			if s.budget[t] <= p.eps {
 				continue
 			}
 			gs, fs = gs[:0], fs[:0]
 			for _, g := range p.tg[t] {
-				if count[g] > 0 && room[g*nT+t] > p.eps {
+				if count[g] > 0 && s.room[g*nT+t] > p.eps {
 					gs = append(gs, g)
-					fs = append(fs, math.Min(room[g*nT+t], fair[g]))
+					fs = append(fs, math.Min(s.room[g*nT+t], fair[g]))
 				}
 			}
 			if len(gs) == 0 {
@@ -558,46 +573,73 @@ func (p *problem) share(xm []float64, maxSteps int) []float64 {
 			takes := p.spread(t, delta, gs, fs, slots)
 			for i, g := range gs {
 				if takes[i] > 0 {
-					give(g, t, takes[i])
+					s.give(g, t, takes[i])
 				}
 			}
 		}
 		if math.IsInf(delta, 1) {
-			break
+			return
 		}
 	}
+}
 
-	// Step 3: work conservation, per gateway.
+// contenders counts, per gateway with spare, the tenants that can still
+// grow there, and sets fair to the spare per contender.
+func (s *sharing) contenders(count []int, fair []float64) {
+	p := s.p
+	for g := range count {
+		count[g] = 0
+		if s.spare[g] <= p.eps {
+			continue
+		}
+		for _, t := range p.gt[g] {
+			if s.budget[t] > p.eps && s.room[g*p.nT+t] > p.eps {
+				count[g]++
+			}
+		}
+		if count[g] > 0 {
+			fair[g] = s.spare[g] / float64(count[g])
+		}
+	}
+}
+
+// conserveWork is step 3: per gateway, spare capacity goes to the tenants
+// with work there, within their room and budget.
+func (s *sharing) conserveWork() {
+	p := s.p
 	var caps []float64
 	for g := 0; g < p.nG; g++ {
-		if spare[g] <= p.eps {
+		if s.spare[g] <= p.eps {
 			continue
 		}
 		caps = caps[:0]
 		for _, t := range p.gt[g] {
 			c := 0.0
-			if budget[t] > p.eps {
-				c = math.Min(room[g*nT+t], budget[t])
+			if s.budget[t] > p.eps {
+				c = math.Min(s.room[g*p.nT+t], s.budget[t])
 			}
 			caps = append(caps, c)
 		}
-		for i, v := range fill(spare[g], caps) {
+		for i, v := range fill(s.spare[g], caps) {
 			if v > 0 {
-				give(g, p.gt[g][i], v)
+				s.give(g, p.gt[g][i], v)
 			}
 		}
 	}
+}
 
-	// Step 4: leftover nobody wants, to everyone within their maximum; a
-	// maximum is spread evenly over the gateways with leftover rather than
-	// spent on the first ones.
+// spreadLeftover is step 4: leftover nobody wants, to everyone within
+// their maximum; a maximum is spread evenly over the gateways with
+// leftover rather than spent on the first ones.
+func (s *sharing) spreadLeftover() {
+	p := s.p
 	var left []int
 	for g := 0; g < p.nG; g++ {
-		if spare[g] > p.eps {
+		if s.spare[g] > p.eps {
 			left = append(left, g)
 		}
 	}
-	caps = append(caps[:0], budget...)
+	caps := make([]float64, p.nT)
 	for i := 0; i < 2*len(left); i++ {
 		// First pass: an even part of what is left of each budget per
 		// gateway; second pass: whatever the first could not place.
@@ -605,25 +647,19 @@ func (p *problem) share(xm []float64, maxSteps int) []float64 {
 		if i < len(left) {
 			parts = float64(len(left) - i)
 		}
-		if spare[g] <= p.eps {
+		if s.spare[g] <= p.eps {
 			continue
 		}
 		for t := range caps {
-			caps[t] = budget[t] / parts // +Inf stays +Inf
+			caps[t] = s.budget[t] / parts // +Inf stays +Inf
 		}
-		for t, v := range fill(spare[g], caps) {
+		for t, v := range fill(s.spare[g], caps) {
 			if v > 0 {
-				x[g*nT+t] += v
-				if !math.IsInf(spare[g], 1) {
-					spare[g] = math.Max(0, spare[g]-v)
-				}
-				if !math.IsInf(budget[t], 1) {
-					budget[t] = math.Max(0, budget[t]-v)
-				}
+				s.x[g*p.nT+t] += v
+				s.take(g, t, v)
 			}
 		}
 	}
-	return x
 }
 
 // spread splits delta of tenant t over its slots fs (one per gateway in
