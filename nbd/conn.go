@@ -9,13 +9,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/sluice-storage/sluice/internal/bufpool"
+	"github.com/sluice-storage/sluice/internal/door"
 	"github.com/sluice-storage/sluice/internal/listen"
 )
 
@@ -32,13 +32,11 @@ const (
 // to a per-connection pool of worker goroutines, so slow requests run
 // concurrently and replies go out in completion order (reply.go).
 type conn struct {
-	srv    *Server
-	log    *slog.Logger // the server's, capped per client (internal/logcap)
-	client string       // the client's key, counted in srv.lim ("" for a handoff)
-	tb     *budget      // the export's tenant's in-flight budget (limits.go)
+	srv *Server
+	log *slog.Logger // the server's, capped per client (internal/logcap)
+	tb  *budget      // the export's tenant's in-flight budget (limits.go)
 	// tlsConfig: the listener requires TLS (tls.go).
 	tlsConfig *tls.Config
-	parent    context.Context // the Serve context it was accepted under
 	nc        io.ReadWriteCloser
 	br        *bufio.Reader
 	raw       syscall.RawConn // for large WRITE payloads (payload.go); nil if not a socket
@@ -96,7 +94,6 @@ func newConn(s *Server, parent context.Context, nc io.ReadWriteCloser) *conn {
 	c := &conn{
 		srv:        s,
 		log:        s.clients.For(listen.ClientKey(nc)),
-		parent:     parent,
 		nc:         nc,
 		br:         bufio.NewReaderSize(nc, 128<<10),
 		raw:        rawConn(nc),
@@ -110,17 +107,14 @@ func newConn(s *Server, parent context.Context, nc io.ReadWriteCloser) *conn {
 	return c
 }
 
-// run serves the connection until it ends. It never panics.
-func (c *conn) run() {
-	defer c.srv.removeConn(c)
+// Serve serves the connection until it ends (door.Conn). A panic closes
+// the connection: it is logged and counted in Server.Panics.
+func (c *conn) Serve() {
 	defer c.cancel()
-	defer func() {
-		if p := recover(); p != nil {
-			c.log.Error("nbd: connection panic", "panic", p, "stack", string(debug.Stack()))
-			c.abort()
-			c.finish()
-		}
-	}()
+	defer door.Recover(c.log, &c.srv.panics, "nbd: connection panic", func() {
+		c.abort()
+		c.finish()
+	})
 
 	if c.sess != nil {
 		// Handed off (handoff.go): the session was set without a handshake.
@@ -209,10 +203,10 @@ func (c *conn) setPhase(p int) bool {
 
 func (c *conn) isShutting() bool { return c.shutting.Load() }
 
-// beginShutdown starts a graceful stop: a connection still negotiating is
-// closed; one in transmission stops reading (requests already buffered get
-// ESHUTDOWN) and closes once in-flight requests have been answered.
-func (c *conn) beginShutdown() {
+// Drain starts a graceful stop (door.Conn): a connection still negotiating
+// is closed; one in transmission stops reading (requests already buffered
+// get ESHUTDOWN) and closes once in-flight requests have been answered.
+func (c *conn) Drain() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.shutting.Store(true)
@@ -227,6 +221,10 @@ func (c *conn) beginShutdown() {
 		}
 	}
 }
+
+// Close closes the connection at once and cancels in-flight requests
+// (door.Conn).
+func (c *conn) Close() { c.abort() }
 
 // abort closes the connection at once and cancels in-flight requests.
 func (c *conn) abort() {
@@ -440,9 +438,8 @@ func (c *conn) releaseRequest(r *request) {
 func (c *conn) execute(r *request) {
 	defer func() {
 		if p := recover(); p != nil {
-			c.srv.panics.Add(1)
-			c.log.Error("nbd: request panicked", "cmd", r.h.typ, "handle", r.h.handle,
-				"replied", r.queued, "panic", p, "stack", string(debug.Stack()))
+			door.Panicked(c.log, &c.srv.panics, "nbd: request panicked", p,
+				"cmd", r.h.typ, "handle", r.h.handle, "replied", r.queued)
 			if r.queued {
 				c.abort() // the request belongs to the writer
 				return

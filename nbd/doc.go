@@ -99,7 +99,9 @@
 // policy holds for every door. Two cases close the connection instead,
 // because the stream can no longer be trusted: a panic in the reply writer
 // after the request's reply was queued, and a panic in the reader or the
-// handshake, where there is no request to fail. Other connections carry on.
+// handshake, where there is no request to fail (logged and counted too).
+// Other connections carry on. The logging and counting are internal/door's
+// panic policy, shared by every door.
 //
 // # Shutdown
 //
@@ -109,7 +111,9 @@
 // get no reply), waits for running requests to be answered and closes.
 // If its context ends first, connections are closed at once and their
 // requests' contexts cancelled. Cancelling Serve's context does the same for
-// the connections accepted by that Serve call.
+// the connections accepted by that Serve call. The accept loop, the
+// connection caps, the registry of connections and this order of shutdown
+// are internal/door's, shared with the virtio door.
 //
 // # Not supported
 //

@@ -43,11 +43,11 @@ func (s *Server) Handoff(ctx context.Context, name string, nc net.Conn) (Handoff
 		return Handoff{}, err
 	}
 	tuneSocket(nc)
-	c := s.newConn(context.WithoutCancel(ctx), nc)
-	if c == nil {
+	c := newConn(s, context.WithoutCancel(ctx), nc)
+	c.setSession(sess)
+	if !s.door.Start(c) {
+		c.cancel() // nc stays the caller's
 		return Handoff{}, fmt.Errorf("nbd: server is shutting down: %w", gateway.ErrClosed)
 	}
-	c.setSession(sess)
-	go c.run()
 	return Handoff{Size: sess.size, Flags: sess.flags, ReadOnly: sess.readOnly, Done: c.done, c: c}, nil
 }

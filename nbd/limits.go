@@ -6,8 +6,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/sluice-storage/sluice/internal/listen"
 )
 
 // What one client can hold of the gateway (issue 17: 40 stalled
@@ -15,7 +13,8 @@ import (
 //
 //   - connections: at most Options.MaxConns in all and
 //     Options.MaxConnsPerClient per client (a unix peer's uid, a TCP
-//     peer's IP); a connection past either is closed at once;
+//     peer's IP); a connection past either is closed at once (the caps
+//     are enforced by the door's registry, internal/door);
 //   - in-flight payload bytes: inflightBudget per connection (conn.go),
 //     Options.TenantInflight per tenant (the part of the export name
 //     before '/') and Options.TotalInflight in all; a request waits for
@@ -42,10 +41,8 @@ type limits struct {
 	tenantInflight         int64
 	total                  *budget
 
-	mu        sync.Mutex
-	conns     int
-	perClient map[string]int
-	tenants   map[string]*budget
+	mu      sync.Mutex
+	tenants map[string]*budget
 }
 
 func newLimits(o Options) *limits {
@@ -61,29 +58,7 @@ func newLimits(o Options) *limits {
 		stall:          time.Duration(def(int64(o.StallTimeout), int64(DefaultStallTimeout))),
 		tenantInflight: def(o.TenantInflight, DefaultTenantInflight),
 		total:          newBudget(def(o.TotalInflight, DefaultTotalInflight)),
-		perClient:      make(map[string]int),
 		tenants:        make(map[string]*budget),
-	}
-}
-
-// admit counts a new connection from client; false: over a cap.
-func (l *limits) admit(client string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.conns >= l.maxConns || l.perClient[client] >= l.maxPerClient {
-		return false
-	}
-	l.conns++
-	l.perClient[client]++
-	return true
-}
-
-func (l *limits) leave(client string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.conns--
-	if l.perClient[client]--; l.perClient[client] <= 0 {
-		delete(l.perClient, client)
 	}
 }
 
@@ -156,6 +131,3 @@ func (b *budget) release(n int64) {
 		b.mu.Unlock()
 	}
 }
-
-// clientKey names the client of a connection for the per-client cap.
-func clientKey(nc any) string { return listen.ClientKey(nc) }

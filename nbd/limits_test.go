@@ -15,11 +15,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func (s *Server) connCount() int {
-	s.lim.mu.Lock()
-	defer s.lim.mu.Unlock()
-	return s.lim.conns
-}
+func (s *Server) connCount() int { return s.door.Len() }
 
 // TestConnCapPerClient: a client past its connection cap is closed at
 // once; when one of its connections ends, it may connect again.

@@ -32,9 +32,7 @@ func waitInRecv(t *testing.T, s *Server) {
 // socketsDrained reports whether no connection of s has unread bytes in
 // its socket.
 func socketsDrained(t *testing.T, s *Server) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for c := range s.conns {
+	for _, c := range s.door.Conns() {
 		var n int
 		var err error
 		if cerr := c.raw.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) }); cerr != nil {
@@ -227,10 +225,7 @@ func TestHardStopDuringPayload(t *testing.T) {
 	gone.c.Close()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		s.mu.Lock()
-		left := len(s.conns)
-		s.mu.Unlock()
-		if left == 0 {
+		if s.door.Len() == 0 {
 			break
 		}
 		if time.Now().After(deadline) {

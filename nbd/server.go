@@ -3,7 +3,6 @@ package nbd
 import (
 	"context"
 	"crypto/tls"
-	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -12,7 +11,7 @@ import (
 
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/internal/bufpool"
-	"github.com/sluice-storage/sluice/internal/listen"
+	"github.com/sluice-storage/sluice/internal/door"
 	"github.com/sluice-storage/sluice/internal/logcap"
 )
 
@@ -99,20 +98,18 @@ type Server struct {
 	bufs       bufpool.Pool
 	reqs       sync.Pool // *request
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
-	shutdown  bool
-	closed    chan struct{} // closed when Shutdown starts
-	wg        sync.WaitGroup
+	// door holds the listeners and the live connections, and enforces
+	// the connection caps (Options.MaxConns, MaxConnsPerClient).
+	door *door.Server[*conn]
 
-	panics atomic.Uint64 // requests whose handling panicked (conn.execute)
+	panics atomic.Uint64 // requests and connections whose handling panicked
 }
 
 // Panics counts the requests whose handling panicked in this server, in
 // the export (a *gateway.Volume recovers panics in Do and counts them
-// itself) or in the door's code. Each got EIO, or closed its connection if
-// its reply was already queued (see the package doc).
+// itself) or in the door's code, and the connections whose reader
+// panicked. A request got EIO, or closed its connection if its reply was
+// already queued; a connection was closed (see the package doc).
 func (s *Server) Panics() uint64 { return s.panics.Load() }
 
 // NewServer returns a server for exports. It does not listen; call Serve.
@@ -137,10 +134,15 @@ func NewServer(exports Exports, opts Options) *Server {
 		log:        log,
 		clients:    logcap.NewClients(log, 0, 0),
 		lim:        newLimits(opts),
-		listeners:  make(map[net.Listener]struct{}),
-		conns:      make(map[*conn]struct{}),
-		closed:     make(chan struct{}),
 	}
+	s.door = door.New[*conn](door.Options{
+		Name:            "nbd",
+		Logger:          log,
+		PeerLog:         s.clients.For,
+		MaxConns:        s.lim.maxConns,
+		MaxConnsPerPeer: s.lim.maxPerClient,
+		Panics:          &s.panics,
+	})
 	s.reqs.New = func() any { return new(request) }
 	return s
 }
@@ -149,118 +151,20 @@ func NewServer(exports Exports, opts Options) *Server {
 // is done. It works for TCP and unix listeners and may be called for several
 // listeners at once. When ctx is done, Serve closes l and every connection it
 // accepted (in-flight requests see a cancelled context) and waits for them.
-// It returns nil after Shutdown, ctx.Err() after ctx is done, and the accept
-// error otherwise.
+// It returns nil after Shutdown or when l is closed, and ctx.Err() after ctx
+// is done. Failed accepts that pass (EMFILE) are retried (internal/door).
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	return s.serve(ctx, l, nil)
 }
 
 // serve is Serve, with TLS required when tlsConfig is set (ServeTLS).
 func (s *Server) serve(ctx context.Context, l net.Listener, tlsConfig *tls.Config) error {
-	s.mu.Lock()
-	if s.shutdown {
-		s.mu.Unlock()
-		l.Close()
-		return nil
-	}
-	s.listeners[l] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, l)
-		s.mu.Unlock()
-	}()
-
-	// Connections get their own context: Shutdown must let in-flight
-	// requests finish after Serve has returned. It is cancelled on a hard
-	// stop, or once the last of this Serve's connections is gone.
-	connCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	var mine sync.WaitGroup
-	defer func() {
-		go func() {
-			mine.Wait()
-			cancel()
-		}()
-	}()
-	stop := context.AfterFunc(ctx, func() { l.Close() })
-	defer stop()
-
-	var backoff listen.Backoff
-	for {
-		nc, err := l.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				// Hard stop: cancel requests, close connections, wait.
-				cancel()
-				s.closeConns(func(c *conn) bool { return c.parent == connCtx })
-				mine.Wait()
-				return ctx.Err()
-			}
-			select {
-			case <-s.closed:
-				return nil
-			default:
-			}
-			if backoff.Retry(ctx, err, s.log, "nbd") {
-				continue // EMFILE and the like pass: never stop serving
-			}
-			return nil
-		}
-		backoff.Reset()
-		client := clientKey(nc)
-		if !s.lim.admit(client) {
-			s.clients.For(client).Warn("nbd: connection refused: too many connections", "max_per_client", s.lim.maxPerClient, "max", s.lim.maxConns)
-			nc.Close()
-			continue
-		}
+	return s.door.Serve(ctx, l, func(ctx context.Context, nc net.Conn) (*conn, bool) {
 		tuneSocket(nc)
-		c := s.newConn(connCtx, nc)
-		if c == nil {
-			s.lim.leave(client)
-			nc.Close()
-			continue
-		}
-		c.client, c.tlsConfig = client, tlsConfig
-		mine.Add(1)
-		go func() {
-			defer mine.Done()
-			c.run()
-		}()
-	}
-}
-
-// closeConns hard-closes every connection for which match is true.
-func (s *Server) closeConns(match func(*conn) bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for c := range s.conns {
-		if match(c) {
-			c.abort()
-		}
-	}
-}
-
-// newConn registers a connection; it returns nil when shutting down.
-func (s *Server) newConn(parent context.Context, nc io.ReadWriteCloser) *conn {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.shutdown {
-		return nil
-	}
-	c := newConn(s, parent, nc)
-	s.conns[c] = struct{}{}
-	s.wg.Add(1)
-	return c
-}
-
-func (s *Server) removeConn(c *conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
-	if c.client != "" {
-		s.lim.leave(c.client)
-	}
-	s.wg.Done()
+		c := newConn(s, ctx, nc)
+		c.tlsConfig = tlsConfig
+		return c, true
+	})
 }
 
 // Shutdown stops accepting connections, stops reading new requests, waits for
@@ -269,34 +173,7 @@ func (s *Server) removeConn(c *conn) {
 // buffered get ESHUTDOWN. Connections still negotiating are closed. If ctx
 // ends first, the remaining connections are closed at once (their requests'
 // contexts are cancelled) and ctx.Err() is returned.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	if !s.shutdown {
-		s.shutdown = true
-		close(s.closed)
-	}
-	for l := range s.listeners {
-		l.Close()
-	}
-	for c := range s.conns {
-		c.beginShutdown()
-	}
-	s.mu.Unlock()
-
-	done := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		s.closeConns(func(*conn) bool { return true })
-		<-done
-		return ctx.Err()
-	}
-}
+func (s *Server) Shutdown(ctx context.Context) error { return s.door.Shutdown(ctx) }
 
 // socketBuffer is the send and receive buffer asked for on each connection:
 // a 1 MiB read reply then goes out in one writev without waiting for the

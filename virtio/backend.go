@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sluice-storage/sluice/internal/door"
 	"github.com/sluice-storage/sluice/internal/listen"
 )
 
@@ -22,7 +23,7 @@ type backend struct {
 	s      *Server
 	conn   *net.UnixConn
 	mc     *msgConn
-	ctx    context.Context // requests' context; cancelled by abort
+	ctx    context.Context // requests' context; cancelled by Close
 	cancel context.CancelFunc
 	log    *slog.Logger
 
@@ -72,8 +73,10 @@ func (n *notifier) set(fd int) {
 	}
 }
 
-func newBackend(s *Server, c *net.UnixConn) *backend {
-	ctx, cancel := context.WithCancel(context.Background())
+// newBackend returns the backend of c; parent is the context of its
+// requests (door.Server.Serve's connection context).
+func newBackend(parent context.Context, s *Server, c *net.UnixConn) *backend {
+	ctx, cancel := context.WithCancel(parent)
 	b := &backend{
 		s: s, conn: c, mc: newMsgConn(c), ctx: ctx, cancel: cancel,
 		log:   s.clients.For(listen.ClientKey(c)).With("door", "virtio", "conn", fmt.Sprintf("%p", c)),
@@ -85,12 +88,12 @@ func newBackend(s *Server, c *net.UnixConn) *backend {
 	return b
 }
 
-// beginShutdown stops reading messages; serve then stops the rings
+// Drain stops reading messages (door.Conn); Serve then stops the rings
 // (draining in-flight requests) and closes.
-func (b *backend) beginShutdown() { b.conn.CloseRead() }
+func (b *backend) Drain() { b.conn.CloseRead() }
 
-// abort cancels in-flight requests and closes the connection.
-func (b *backend) abort() {
+// Close cancels in-flight requests and closes the connection (door.Conn).
+func (b *backend) Close() {
 	b.cancel()
 	b.conn.Close()
 }
@@ -99,15 +102,12 @@ func (b *backend) acked(feature uint) bool { return b.features&bit(feature) != 0
 
 func (b *backend) protoAcked(feature uint) bool { return b.protoFeatures&bit(feature) != 0 }
 
-// serve reads and handles messages until the front-end goes away or a
-// protocol error; then it stops every ring and releases everything.
-func (b *backend) serve() {
+// Serve reads and handles messages until the front-end goes away or a
+// protocol error; then it stops every ring and releases everything
+// (door.Conn). A panic closes the connection: it is logged and counted.
+func (b *backend) Serve() {
 	defer b.close()
-	defer func() {
-		if p := recover(); p != nil {
-			b.log.Error("virtio: panic serving connection", "panic", p, "stack", string(debug.Stack()))
-		}
-	}()
+	defer door.Recover(b.log, &b.s.panics, "virtio: panic serving connection", nil)
 	// Starting a ring reads guest memory: a front-end that truncated its
 	// memfd must cost it the connection, not crash the gateway.
 	debug.SetPanicOnFault(true)

@@ -110,7 +110,10 @@
 // faults (its status byte or the used ring is no longer mapped), there is
 // nothing to complete: on the ring's poller the ring stops (a broken ring,
 // below); on a request goroutine the request is dropped, logged and
-// counted, and its head stays in flight.
+// counted, and its head stays in flight. A panic in a connection's message
+// loop closes that connection, logged and counted the same way
+// (internal/door's panic policy); the accept loop, the registry of
+// connections and Shutdown are internal/door's too.
 //
 // # Safety against a hostile front-end
 //

@@ -132,7 +132,7 @@ func FuzzMessage(f *testing.F) {
 		pc := &panicCatcher{}
 		exp := newMemExport(1 << 20)
 		srv := NewServer(exp, ServerOptions{Queues: 2, Logger: slog.New(pc), InlineBelow: time.Hour})
-		b := newBackend(srv, nc.(*net.UnixConn))
+		b := newBackend(context.Background(), srv, nc.(*net.UnixConn))
 		for len(data) >= 1+headerSize {
 			nfds := int(data[0] % (maxFds + 1))
 			h, err := decodeHeader(data[1 : 1+headerSize])

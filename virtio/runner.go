@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/door"
 )
 
 // runner serves one started ring of one connection: a poller goroutine
@@ -183,9 +185,8 @@ func (r *runner) work(q *blkReq, class int) {
 			// Completing it faulted: its status byte or the used ring
 			// is no longer in shared memory. It cannot be completed;
 			// its head stays in flight (reusing it breaks the ring).
-			r.b.s.panics.Add(1)
-			r.b.log.Error("virtio: panic completing a request; dropped", "queue", r.v.index,
-				"panic", p, "stack", string(debug.Stack()))
+			door.Panicked(r.b.log, &r.b.s.panics, "virtio: panic completing a request; dropped", p,
+				"queue", r.v.index)
 		}
 	}()
 	status, written := r.exec(q, class)
@@ -204,9 +205,8 @@ func (r *runner) work(q *blkReq, class int) {
 func (r *runner) exec(q *blkReq, class int) (status uint8, written uint32) {
 	defer func() {
 		if p := recover(); p != nil {
-			r.b.s.panics.Add(1)
-			r.b.log.Error("virtio: request panicked; failed with IOERR", "queue", r.v.index, "type", q.typ,
-				"panic", p, "stack", string(debug.Stack()))
+			door.Panicked(r.b.log, &r.b.s.panics, "virtio: request panicked; failed with IOERR", p,
+				"queue", r.v.index, "type", q.typ)
 			status, written = blkStatusIOErr, 0
 		}
 	}()

@@ -2,18 +2,17 @@ package virtio
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/internal/bufpool"
+	"github.com/sluice-storage/sluice/internal/door"
 	"github.com/sluice-storage/sluice/internal/listen"
 	"github.com/sluice-storage/sluice/internal/logcap"
 )
@@ -77,22 +76,18 @@ const (
 // Server serves one Export as a vhost-user-blk back-end on unix sockets.
 // Create it with NewServer.
 type Server struct {
-	exp       Export
-	opt       ServerOptions
-	readOnly  bool
-	log       *slog.Logger
-	clients   *logcap.Clients // log budgets per client (peer uid)
-	bufs      bufpool.Pool
-	mu        sync.Mutex
-	listeners map[*net.UnixListener]struct{}
-	conns     map[*backend]struct{}
-	shutdown  bool
-	wg        sync.WaitGroup
+	exp      Export
+	opt      ServerOptions
+	readOnly bool
+	log      *slog.Logger
+	clients  *logcap.Clients // log budgets per client (peer uid)
+	bufs     bufpool.Pool
+	door     *door.Server[*backend] // listeners and live connections
 
 	brokenRings    atomic.Uint64 // rings stopped for a protocol violation or a fault
 	waits          waitCounters  // every ring poller's, over the server's life
 	rejectedChains atomic.Uint64 // requests failed for a bad descriptor chain or header
-	panics         atomic.Uint64 // requests that panicked (runner.exec)
+	panics         atomic.Uint64 // requests and connections that panicked
 }
 
 // ServerStats are counters of misbehaving front-ends and of the ring
@@ -102,7 +97,8 @@ type ServerStats struct {
 	RejectedChains uint64 // requests failed for a bad descriptor chain or header
 	// Panics counts requests that panicked here, in the export (a
 	// *gateway.Volume recovers panics in Do and counts them itself) or in
-	// this package; each failed with IOERR (see the package doc).
+	// this package, each failed with IOERR (see the package doc), and
+	// connections whose message loop panicked, each closed.
 	Panics uint64
 	Wait   WaitStats
 }
@@ -143,11 +139,9 @@ func NewServer(exp Export, opts ServerOptions) *Server {
 	if r, ok := exp.(interface{ ReadOnly() bool }); ok && r.ReadOnly() {
 		ro = true
 	}
-	return &Server{
-		exp: exp, opt: opts, readOnly: ro, log: log, clients: logcap.NewClients(log, 0, 0),
-		listeners: make(map[*net.UnixListener]struct{}),
-		conns:     make(map[*backend]struct{}),
-	}
+	s := &Server{exp: exp, opt: opts, readOnly: ro, log: log, clients: logcap.NewClients(log, 0, 0)}
+	s.door = door.New[*backend](door.Options{Name: "virtio", Logger: log, PeerLog: s.clients.For, Panics: &s.panics})
+	return s
 }
 
 // Listen creates a unix socket at path with mode 0600. A stale socket left
@@ -192,129 +186,24 @@ func (s *Server) ListenAndServe(ctx context.Context, path string) error {
 // Serve accepts front-ends on l until l is closed, Shutdown is called or ctx
 // is done, and serves each on its own goroutine. When ctx is done it closes
 // l and every connection it accepted (in-flight requests see a cancelled
-// context) and waits for them. It returns nil after Shutdown, ctx.Err()
-// after ctx is done, and the accept error otherwise.
+// context) and waits for them. It returns nil after Shutdown or when l is
+// closed, and ctx.Err() after ctx is done. Failed accepts that pass
+// (EMFILE) are retried (internal/door).
 func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
-	s.mu.Lock()
-	if s.shutdown {
-		s.mu.Unlock()
-		l.Close()
-		return nil
-	}
-	s.listeners[l] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, l)
-		s.mu.Unlock()
-	}()
-	stop := context.AfterFunc(ctx, func() { l.Close() })
-	defer stop()
-
-	var mine sync.WaitGroup
-	var minemu sync.Mutex
-	accepted := map[*backend]struct{}{}
-	var backoff listen.Backoff
-	for {
-		c, err := l.AcceptUnix()
-		if err != nil {
-			if ctx.Err() != nil {
-				minemu.Lock()
-				for b := range accepted {
-					b.abort()
-				}
-				minemu.Unlock()
-				mine.Wait()
-				return ctx.Err()
-			}
-			s.mu.Lock()
-			down := s.shutdown
-			s.mu.Unlock()
-			if down || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			if backoff.Retry(ctx, err, s.log, "virtio") {
-				continue // EMFILE and the like pass: never stop serving
-			}
-			return nil
+	return s.door.Serve(ctx, l, func(ctx context.Context, nc net.Conn) (*backend, bool) {
+		c, ok := nc.(*net.UnixConn)
+		if !ok || !s.allowed(c) {
+			return nil, false
 		}
-		backoff.Reset()
-		if !s.allowed(c) {
-			c.Close()
-			continue
-		}
-		b := s.newBackend(c)
-		if b == nil {
-			c.Close()
-			continue
-		}
-		minemu.Lock()
-		accepted[b] = struct{}{}
-		minemu.Unlock()
-		mine.Add(1)
-		go func() {
-			defer mine.Done()
-			b.serve()
-			minemu.Lock()
-			delete(accepted, b)
-			minemu.Unlock()
-			s.removeBackend(b)
-		}()
-	}
-}
-
-func (s *Server) newBackend(c *net.UnixConn) *backend {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.shutdown {
-		return nil
-	}
-	b := newBackend(s, c)
-	s.conns[b] = struct{}{}
-	s.wg.Add(1)
-	return b
-}
-
-func (s *Server) removeBackend(b *backend) {
-	s.mu.Lock()
-	delete(s.conns, b)
-	s.mu.Unlock()
-	s.wg.Done()
+		return newBackend(ctx, s, c), true
+	})
 }
 
 // Shutdown stops accepting, stops every queue (waiting for the requests
 // being served to complete and be published in the used rings) and closes
 // every connection. If ctx ends first, the requests' contexts are cancelled
 // and ctx.Err() is returned once everything is closed.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.shutdown = true
-	for l := range s.listeners {
-		l.Close()
-	}
-	for b := range s.conns {
-		b.beginShutdown()
-	}
-	s.mu.Unlock()
-
-	done := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		s.mu.Lock()
-		for b := range s.conns {
-			b.abort()
-		}
-		s.mu.Unlock()
-		<-done
-		return ctx.Err()
-	}
-}
+func (s *Server) Shutdown(ctx context.Context) error { return s.door.Shutdown(ctx) }
 
 // allowed asks ServerOptions.Allow about the peer of c.
 func (s *Server) allowed(c *net.UnixConn) bool {
