@@ -3,6 +3,12 @@
 // (nbd, fuse, virtio, shim), which stay thin: each turns what it receives into
 // a Request and calls Volume.Do.
 //
+// Every data change enters Volume.Do: reads and writes, flush, discard and
+// write-zeroes from every door, and for fs files also allocate, set length
+// and sync (fallocate, truncate and fsync in the file doors). The file doors
+// get the rest of an fs volume, its names and attributes, as a Namespace
+// (namespace.go), which changes no file data.
+//
 // Volume.Do is the request path of DESIGN.md:
 //
 //  1. classify: compiled policy rules pick a route (queue + filter chain),
@@ -28,9 +34,9 @@
 // transformed.go). Encryption keys come from the keyring given at start
 // (Config.Keyring) and never leave the filter package.
 //
-// A request with FUA (write, write-zeroes or discard) is durable when Do
-// returns: the store writes a FUA write through, and Do flushes the store
-// (device flush, then metadata sync) after a FUA write-zeroes or discard.
+// A request with FUA (any write-like op) is durable when Do returns: the
+// store writes a FUA write through, and Do flushes the store (device flush,
+// then metadata sync) after any other FUA op.
 //
 // Panics: Do recovers a panic anywhere below it (classify, queue, filters,
 // store) and fails that request with ErrIO; the panic is logged at ERROR
