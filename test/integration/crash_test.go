@@ -21,6 +21,7 @@ func TestCrashKeepsFlushedData(t *testing.T) {
 	g.createVolume("acme/crash", "1G")
 	uri := g.uri("acme/crash")
 	var flushed []region
+	var churned int64
 	r := rand.New(rand.NewPCG(1, 2))
 	const rounds = 20
 	for i := 0; i < rounds; i++ {
@@ -31,20 +32,22 @@ func TestCrashKeepsFlushedData(t *testing.T) {
 		flushed = append(flushed, reg)
 
 		// Unflushed writes in the second half while the gateway dies.
-		killDuringChurn(t, g, "acme/crash", (8+r.Int64N(24))*MiB)
+		churned += killDuringChurn(t, g, "acme/crash", (8+r.Int64N(24))*MiB)
 		verifyFlushed(t, uri, flushed)
 	}
-	// The churn must really have been writing when the gateway died: the
-	// second half of the volume holds data that nobody flushed.
+	// The churn was writing when the gateway died (killDuringChurn kills
+	// only once fio's bytes have reached the gateway). Unflushed writes
+	// survive a crash only where a background sync made them durable
+	// before it, which on a loaded machine may be little: some must have.
 	var flushedBytes int64
 	for _, f := range flushed {
 		flushedBytes += f.length
 	}
 	st := g.stats()
-	t.Logf("the volume holds %d bytes, %d of them flushed", st.Volumes[0].Allocated, flushedBytes)
-	if st.Volumes[0].Allocated < flushedBytes+64*MiB {
-		t.Fatalf("volume holds %d bytes, barely more than the %d flushed: fio's writes never landed, so nothing was killed mid-write",
-			st.Volumes[0].Allocated, flushedBytes)
+	t.Logf("the volume holds %d bytes, %d of them flushed; fio wrote %d bytes before the kills", st.Volumes[0].Allocated, flushedBytes, churned)
+	if st.Volumes[0].Allocated < flushedBytes+8*MiB {
+		t.Fatalf("volume holds %d bytes, barely more than the %d flushed: none of fio's %d bytes written before the kills became durable",
+			st.Volumes[0].Allocated, flushedBytes, churned)
 	}
 }
 
@@ -93,7 +96,7 @@ type region struct {
 // second half, with extra fio arguments), SIGKILLs the gateway once it has
 // written churn bytes of them, whatever the machine's speed, then
 // restarts it.
-func killDuringChurn(t *testing.T, g *gw, ref string, churn int64, extra ...string) {
+func killDuringChurn(t *testing.T, g *gw, ref string, churn int64, extra ...string) int64 {
 	t.Helper()
 	args := append([]string{"--name=churn", "--ioengine=nbd", "--uri=" + g.uri(ref), "--thread",
 		"--rw=randwrite", "--bsrange=4k-256k", "--iodepth=16", "--offset=512m", "--size=512m",
@@ -112,10 +115,12 @@ func killDuringChurn(t *testing.T, g *gw, ref string, churn int64, extra ...stri
 			t.Fatalf("fio wrote %d bytes in 50s, want %d before the kill\n%s", g.nbdWritten(ref)-start, churn, out.String())
 		}
 	}
+	written := g.nbdWritten(ref) - start
 	g.kill()
 	fio.Process.Kill()
 	fio.Wait()
 	g.restart()
+	return written
 }
 
 // verifyFlushed reads every flushed region back with qemu-io.
