@@ -43,7 +43,7 @@ func (o *object) writeChain(p []byte, off int64, chain *filter.Chain) error {
 		w := o.window(off, int64(len(p)))
 		o.lock(w.mask)
 		n, err := o.cowLocked(w, p, off, chain)
-		if n > 0 && o.ino != 0 {
+		if n > 0 {
 			o.growSize(off + int64(n))
 		}
 		o.unlock(w.mask)
@@ -65,7 +65,7 @@ func (o *object) rewriteChunk(p []byte, off int64, chain *filter.Chain) (int, er
 	o.lock(w.mask)
 	defer o.unlock(w.mask)
 	written, err := o.cowLocked(w, p[:n], off, chain)
-	if written > 0 && o.ino != 0 {
+	if written > 0 {
 		o.growSize(off + int64(written))
 	}
 	return written, err
@@ -127,68 +127,95 @@ func (o *object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 		v.allocated.Add(-holes)
 		return 0, err
 	}
-	plainBuf := s.getBuf(int(cs))
-	defer s.putBuf(plainBuf)
-	outBuf := s.getBuf(int(cs) + 1024)
-	defer s.putBuf(outBuf)
+	bufs := cowBufs{plain: s.getBuf(int(cs)), out: s.getBuf(int(cs) + 1024)}
+	defer s.putBuf(bufs.plain)
+	defer s.putBuf(bufs.out)
 	for idx := first; idx <= last; idx++ {
-		c := cowChunk{idx: idx, old: t.get(idx)}
-		if c.old&markTransformed != 0 {
-			var err error
-			if c.oldE, err = o.entry(idx); err != nil {
-				return fail(err)
-			}
-		}
 		from, to := max(off, idx*cs), min(end, (idx+1)*cs)
-		src := p[from-off : to-off]
-		if to-from < cs {
-			// Part of the chunk: merge into its current contents.
-			var buf []byte
-			var err error
-			switch {
-			case c.old&markTransformed != 0:
-				buf, err = o.readStored(idx, c.oldE, (*plainBuf)[:0])
-			default:
-				buf, err = o.loadChunk(idx, c.old, (*plainBuf)[:0])
-			}
-			if err != nil {
-				return fail(err)
-			}
-			*plainBuf = buf[:0]
-			copy(buf[from-idx*cs:], src)
-			src = buf
-		}
-		stored := src
-		var record []byte
-		if !chain.Plain() {
-			var err error
-			stored, record, err = chain.Forward(o.chunkContext(idx), (*outBuf)[:0], src)
-			if err != nil {
-				s.log.Error("filter chain failed on write", "volume", v.ref, "inode", o.ino, "offset", idx*cs, "err", err)
-				return fail(fmt.Errorf("%w: volume %s inode %d offset %d: %w", ErrIO, v.ref, o.ino, idx*cs, err))
-			}
-			*outBuf = stored[:0]
-		}
-		dev, err := s.allocSyncing(int64(len(stored)))
+		c, err := o.cowWrite(t, idx, p[from-off:to-off], from-idx*cs, chain, bufs)
 		if err != nil {
-			return fail(fmt.Errorf("volume %s: %w", v.ref, err))
+			return fail(err)
 		}
-		c.devSize = int64(len(stored))
-		c.e = chunkEntry{storedLen: uint32(len(stored)), devOff: dev}
 		chunks = append(chunks, c)
-		if record != nil {
-			c := &chunks[len(chunks)-1]
-			c.e.flags, c.e.record = flagRecord, record
-			if r, err := filter.ParseRecord(record); err == nil {
-				c.e.checksum, _ = r.Checksum()
-			}
-		}
-		if _, err := s.dev.WriteAt(stored, dev); err != nil {
-			s.log.Error("device write failed", "volume", v.ref, "inode", o.ino, "offset", idx*cs, "err", err)
-			return fail(fmt.Errorf("%w: %w", ErrIO, err))
+	}
+	if err := o.commitCow(chunks); err != nil {
+		return fail(err)
+	}
+	o.installCow(t, chunks)
+	return int(end - off), nil
+}
+
+// cowBufs are a copy-on-write window's scratch buffers: a chunk's plain
+// bytes and the chain's output.
+type cowBufs struct{ plain, out *[]byte }
+
+// cowWrite stores chunk idx anew with src at byte in of it: a partial chunk
+// is merged into the chunk's current contents (undone if transformed, zeros
+// if a hole), the chain runs forward, and the stored bytes go to a new
+// extent. Nothing is committed; on error nothing stays allocated.
+func (o *object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain *filter.Chain, bufs cowBufs) (cowChunk, error) {
+	v := o.v
+	s := v.s
+	cs := v.chunkSize
+	c := cowChunk{idx: idx, old: t.get(idx)}
+	if c.old&markTransformed != 0 {
+		var err error
+		if c.oldE, err = o.entry(idx); err != nil {
+			return c, err
 		}
 	}
-	err := s.db.Update(func(txn *badger.Txn) error {
+	if int64(len(src)) < cs {
+		// Part of the chunk: merge into its current contents.
+		var buf []byte
+		var err error
+		if c.old&markTransformed != 0 {
+			buf, err = o.readStored(idx, c.oldE, (*bufs.plain)[:0])
+		} else {
+			buf, err = o.loadChunk(idx, c.old, (*bufs.plain)[:0])
+		}
+		if err != nil {
+			return c, err
+		}
+		*bufs.plain = buf[:0]
+		copy(buf[in:], src)
+		src = buf
+	}
+	stored := src
+	var record []byte
+	if !chain.Plain() {
+		var err error
+		stored, record, err = chain.Forward(o.chunkContext(idx), (*bufs.out)[:0], src)
+		if err != nil {
+			s.log.Error("filter chain failed on write", "volume", v.ref, "inode", o.ino, "offset", idx*cs, "err", err)
+			return c, fmt.Errorf("%w: volume %s inode %d offset %d: %w", ErrIO, v.ref, o.ino, idx*cs, err)
+		}
+		*bufs.out = stored[:0]
+	}
+	dev, err := s.allocSyncing(int64(len(stored)))
+	if err != nil {
+		return c, fmt.Errorf("volume %s: %w", v.ref, err)
+	}
+	c.devSize = int64(len(stored))
+	c.e = chunkEntry{storedLen: uint32(len(stored)), devOff: dev}
+	if record != nil {
+		c.e.flags, c.e.record = flagRecord, record
+		if r, err := filter.ParseRecord(record); err == nil {
+			c.e.checksum, _ = r.Checksum()
+		}
+	}
+	if _, err := s.dev.WriteAt(stored, dev); err != nil {
+		s.alloc.free(dev, c.devSize)
+		s.log.Error("device write failed", "volume", v.ref, "inode", o.ino, "offset", idx*cs, "err", err)
+		return c, fmt.Errorf("%w: %w", ErrIO, err)
+	}
+	return c, nil
+}
+
+// commitCow commits the new map entries of a copy-on-write window in one
+// transaction (their data is on the device already).
+func (o *object) commitCow(chunks []cowChunk) error {
+	v := o.v
+	err := v.s.db.Update(func(txn *badger.Txn) error {
 		for _, c := range chunks {
 			if err := txn.Set(chunkKey(v.id, o.ino, uint64(c.idx)), c.e.encode()); err != nil {
 				return err
@@ -197,9 +224,18 @@ func (o *object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 		return nil
 	})
 	if err != nil {
-		s.log.Error("chunk map commit failed", "volume", v.ref, "inode", o.ino, "err", err)
-		return fail(fmt.Errorf("%w: commit chunk map: %w", ErrIO, err))
+		v.s.log.Error("chunk map commit failed", "volume", v.ref, "inode", o.ino, "err", err)
+		return fmt.Errorf("%w: commit chunk map: %w", ErrIO, err)
 	}
+	return nil
+}
+
+// installCow makes table t and the caches follow a committed copy-on-write
+// window, and hands the replaced extents to the deferred free list, to be
+// zeroed once the commit is durable.
+func (o *object) installCow(t *chunkTable, chunks []cowChunk) {
+	v := o.v
+	s := v.s
 	var freed []extent
 	var saved int64
 	for _, c := range chunks {
@@ -217,13 +253,12 @@ func (o *object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 			freed = append(freed, extent{off: c.oldE.devOff, length: c.oldE.extentLen(), zero: true})
 			saved -= v.savedBy(c.oldE)
 		default:
-			freed = append(freed, extent{off: c.old, length: cs, zero: true})
+			freed = append(freed, extent{off: c.old, length: v.chunkSize, zero: true})
 		}
 		o.invalidate(c.idx, 1)
 	}
 	v.saved.Add(saved)
 	s.alloc.deferFree(freed)
-	return int(end - off), nil
 }
 
 // allocSyncing allocates an extent; when the pool is full it first makes

@@ -69,7 +69,7 @@ func (f *FS) acquireNew(ino uint64) error {
 		u.refs++
 		return nil
 	}
-	o := newObject(f.v, ino, 0, 0)
+	o := newFileObject(f.v, ino, 0, 0)
 	f.inUse[ino] = &inUse{refs: 1, obj: o}
 	f.objs.Store(ino, o)
 	f.trimmed[ino] = true
@@ -175,7 +175,7 @@ func (f *FS) loadObject(ino uint64) (*object, error) {
 	if len(chunks) > 0 {
 		n = max(n, chunks[len(chunks)-1].idx+1)
 	}
-	o := newObject(v, ino, size, n)
+	o := newFileObject(v, ino, size, n)
 	t := o.table.Load()
 	for _, c := range chunks {
 		t.set(c.idx, c.dev)

@@ -49,8 +49,8 @@ func (s *Store) Fsck(ctx context.Context, tenant, name string) (FsckReport, erro
 		return FsckReport{}, err
 	}
 	r := FsckReport{Volume: v.ref, Kind: v.Kind(), Problems: []string{}}
-	if v.fs != nil {
-		v.fs.barrier()
+	if v.ns != nil {
+		v.ns.barrier()
 	}
 	before := v.allocated.Load()
 	var unallocated []string
@@ -59,8 +59,8 @@ func (s *Store) Fsck(ctx context.Context, tenant, name string) (FsckReport, erro
 		if unallocated, err = s.fsckChunks(txn, v, &r); err != nil {
 			return err
 		}
-		if v.fs != nil {
-			return v.fs.fsckNamespace(txn, &r)
+		if v.ns != nil {
+			return v.ns.fsck(txn, &r)
 		}
 		return nil
 	})
@@ -120,9 +120,9 @@ func (s *Store) fsckChunks(txn *badger.Txn, v *Volume, r *FsckReport) ([]string,
 		case !s.alloc.inUse(e.devOff, int64(e.storedLen)) && len(unallocated) < maxProblems:
 			unallocated = append(unallocated, fmt.Sprintf("inode %d chunk %d points at space the allocator has free (offset %d length %d)",
 				ino, idx, e.devOff, e.storedLen))
-		case v.fs == nil && ino != 0:
+		case v.obj0 != nil && ino != 0:
 			r.problem("block volume has a chunk of inode %d", ino)
-		case v.fs == nil && int64(idx) >= numChunks(v.Size(), v.chunkSize):
+		case v.obj0 != nil && int64(idx) >= numChunks(v.Size(), v.chunkSize):
 			r.problem("chunk %d past the end of the volume", idx)
 		case e.transformed():
 			if _, err := filter.ParseRecord(e.record); err != nil {
@@ -141,11 +141,24 @@ func (s *Store) fsckChunks(txn *badger.Txn, v *Volume, r *FsckReport) ([]string,
 	return unallocated, nil
 }
 
-// fsckNamespace checks inodes, entries and link counts.
-func (f *FS) fsckNamespace(txn *badger.Txn, r *FsckReport) error {
+// fsck checks inodes, entries and link counts (namespace).
+func (f *FS) fsck(txn *badger.Txn, r *FsckReport) error {
 	vol := f.v.id
+	attrs := fsckInodes(txn, vol, r)
+	r.Inodes = len(attrs)
+	orphans := fsckOrphans(txn, vol)
+	r.Orphans = len(orphans)
+	links, subdirs := fsckDentries(txn, vol, attrs, r)
+	fsckLinkCounts(attrs, orphans, links, subdirs, r)
+	fsckOwned(txn, vol, attrs, r)
+	return nil
+}
+
+// fsckInodes reads every inode record of volume vol.
+func fsckInodes(txn *badger.Txn, vol uint64, r *FsckReport) map[uint64]Attr {
 	attrs := make(map[uint64]Attr)
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: inoKey(prefixInode, vol, 0)[:9], PrefetchValues: true})
+	defer it.Close()
 	for it.Rewind(); it.Valid(); it.Next() {
 		k := it.Item().Key()
 		if len(k) != 17 {
@@ -160,22 +173,30 @@ func (f *FS) fsckNamespace(txn *badger.Txn, r *FsckReport) error {
 		}
 		attrs[ino] = a
 	}
-	it.Close()
-	r.Inodes = len(attrs)
+	return attrs
+}
 
+// fsckOrphans reads the orphan records of volume vol.
+func fsckOrphans(txn *badger.Txn, vol uint64) map[uint64]bool {
 	orphans := make(map[uint64]bool)
-	it = txn.NewIterator(badger.IteratorOptions{Prefix: inoKey(prefixOrphan, vol, 0)[:9]})
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: inoKey(prefixOrphan, vol, 0)[:9]})
+	defer it.Close()
 	for it.Rewind(); it.Valid(); it.Next() {
 		if k := it.Item().Key(); len(k) == 17 {
 			orphans[binary.BigEndian.Uint64(k[9:])] = true
 		}
 	}
-	it.Close()
-	r.Orphans = len(orphans)
+	return orphans
+}
 
-	links := make(map[uint64]uint32)   // entries pointing at each inode
-	subdirs := make(map[uint64]uint32) // subdirectories of each directory
-	it = txn.NewIterator(badger.IteratorOptions{Prefix: inoKey(prefixDentry, vol, 0)[:9], PrefetchValues: true})
+// fsckDentries checks every directory entry against the inodes and counts
+// the entries pointing at each inode (links) and the subdirectories of
+// each directory (subdirs).
+func fsckDentries(txn *badger.Txn, vol uint64, attrs map[uint64]Attr, r *FsckReport) (links, subdirs map[uint64]uint32) {
+	links = make(map[uint64]uint32)
+	subdirs = make(map[uint64]uint32)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: inoKey(prefixDentry, vol, 0)[:9], PrefetchValues: true})
+	defer it.Close()
 	for it.Rewind(); it.Valid(); it.Next() {
 		k := it.Item().Key()
 		if len(k) <= 17 {
@@ -213,8 +234,12 @@ func (f *FS) fsckNamespace(txn *badger.Txn, r *FsckReport) error {
 			}
 		}
 	}
-	it.Close()
+	return links, subdirs
+}
 
+// fsckLinkCounts checks each inode's link count against the entries that
+// point at it, and that every inode is reachable or an orphan.
+func fsckLinkCounts(attrs map[uint64]Attr, orphans map[uint64]bool, links, subdirs map[uint64]uint32, r *FsckReport) {
 	for ino, a := range attrs {
 		switch {
 		case a.IsDir():
@@ -257,12 +282,16 @@ func (f *FS) fsckNamespace(txn *badger.Txn, r *FsckReport) error {
 			r.problem("orphan record for inode %d, which does not exist", ino)
 		}
 	}
-	// Lengths, xattrs and symlink targets must belong to an inode.
+}
+
+// fsckOwned checks that lengths, xattrs, symlink targets and chunks belong
+// to an inode that can have them.
+func fsckOwned(txn *badger.Txn, vol uint64, attrs map[uint64]Attr, r *FsckReport) {
 	for _, rec := range []struct {
 		prefix byte
 		what   string
 	}{{prefixLength, "length"}, {prefixXattr, "xattr"}, {prefixLink, "symlink target"}} {
-		it = txn.NewIterator(badger.IteratorOptions{Prefix: inoKey(rec.prefix, vol, 0)[:9]})
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: inoKey(rec.prefix, vol, 0)[:9]})
 		last := ^uint64(0)
 		for it.Rewind(); it.Valid(); it.Next() {
 			k := it.Item().Key()
@@ -283,7 +312,7 @@ func (f *FS) fsckNamespace(txn *badger.Txn, r *FsckReport) error {
 	}
 
 	// Chunks must belong to regular files.
-	it = txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(vol, 0)[:9]})
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(vol, 0)[:9]})
 	defer it.Close()
 	last := ^uint64(0)
 	for it.Rewind(); it.Valid(); it.Next() {
@@ -298,5 +327,4 @@ func (f *FS) fsckNamespace(txn *badger.Txn, r *FsckReport) error {
 			r.problem("chunks of inode %d, which is not a regular file", ino)
 		}
 	}
-	return nil
 }

@@ -34,17 +34,18 @@ func (v *Volume) object(inode uint64) (*object, error) {
 		}
 		return v.obj0, nil
 	}
-	if v.fs == nil {
+	if v.ns == nil {
 		return nil, fmt.Errorf("volume %s: inode %d: %w (block volumes have inode 0 only)", v.ref, inode, ErrUnsupported)
 	}
-	return v.fs.openObject(inode)
+	return v.ns.openObject(inode)
 }
 
-// checkRange validates [off, off+length) for inode 0 against the volume
-// size, and for files against MaxFileSize.
+// checkRange validates [off, off+length) for a fixed-length object (a block
+// volume) against its length, and for a growing one (a file) against
+// MaxFileSize.
 func (o *object) checkRange(off, length int64, pastEnd error) error {
 	limit := int64(MaxFileSize)
-	if o.ino == 0 {
+	if !o.grows {
 		limit = o.size.Load()
 	} else if pastEnd == ErrNoSpace {
 		pastEnd = ErrTooBig
@@ -175,26 +176,22 @@ func (v *Volume) WriteAtWith(ctx context.Context, inode uint64, p []byte, off in
 	if err != nil {
 		return err
 	}
-	if o.ino != 0 {
-		v.fs.willWrite(o)
-		defer v.fs.noteData(ctx, o.ino, off, int64(len(p)))
-	}
+	o.willChange()
+	defer o.changed(ctx, off, int64(len(p)))
 	if err := o.checkRange(off, int64(len(p)), ErrNoSpace); err != nil {
 		return err
 	}
 	if v.readOnly {
 		return fmt.Errorf("volume %s: %w", v.ref, ErrReadOnly)
 	}
-	if o.ino != 0 {
+	if o.grows {
 		o.ensureChunks(numChunks(off+int64(len(p)), v.chunkSize))
 	}
 	if !f.Chain.Plain() {
 		if err := o.writeChain(p, off, f.Chain); err != nil {
 			return err
 		}
-		if o.ino != 0 {
-			o.touch()
-		}
+		o.touch()
 		if fua {
 			return v.s.Flush(ctx)
 		}
@@ -205,7 +202,7 @@ func (v *Volume) WriteAtWith(ctx context.Context, inode uint64, p []byte, off in
 		w := o.window(off, int64(len(p)))
 		o.rlock(w.mask)
 		n, stop, err := o.writeWindow(w, p, off, fua)
-		if n > 0 && o.ino != 0 {
+		if n > 0 {
 			o.growSize(off + int64(n))
 		}
 		o.runlock(w.mask)
@@ -217,7 +214,7 @@ func (v *Volume) WriteAtWith(ctx context.Context, inode uint64, p []byte, off in
 		case stopHole:
 			// The next chunk is unallocated: allocate it and the holes
 			// after it under their stripes' write locks.
-			n, err := o.writeNewChunks(p, off, o.ino != 0)
+			n, err := o.writeNewChunks(p, off, true)
 			if err != nil {
 				return err
 			}
@@ -234,9 +231,7 @@ func (v *Volume) WriteAtWith(ctx context.Context, inode uint64, p []byte, off in
 			allocated = true
 		}
 	}
-	if o.ino != 0 {
-		o.touch()
-	}
+	o.touch()
 	if fua && allocated {
 		return v.s.Flush(ctx)
 	}
@@ -307,12 +302,13 @@ func (v *Volume) devWrite(p []byte, off int64, fua bool) error {
 	return err
 }
 
-// reserve accounts k more chunks to the volume. An fs volume may not hold
-// more chunks than its size allows (ENOSPC); a block volume cannot by
+// reserve accounts k more chunks to the volume. The objects of a volume
+// with a namespace (an fs volume's files) may not hold more chunks than its
+// size allows (ENOSPC); a block volume's one object cannot by
 // construction.
 func (v *Volume) reserve(k int64) error {
 	n := v.allocated.Add(k)
-	if v.fs != nil && n*v.chunkSize > v.size.Load() {
+	if v.ns != nil && n*v.chunkSize > v.size.Load() {
 		v.allocated.Add(-k)
 		return fmt.Errorf("volume %s: %w (volume size %d bytes reached)", v.ref, ErrNoSpace, v.size.Load())
 	}
@@ -470,15 +466,13 @@ func (v *Volume) Discard(ctx context.Context, inode uint64, off, length int64) e
 	if v.readOnly {
 		return fmt.Errorf("volume %s: %w", v.ref, ErrReadOnly)
 	}
-	if o.ino != 0 {
-		v.fs.willWrite(o)
-		defer v.fs.noteData(ctx, o.ino, off, length)
-	}
+	o.willChange()
+	defer o.changed(ctx, off, length)
 	return o.discard(off, length)
 }
 
 func (o *object) discard(off, length int64) error {
-	if t := o.table.Load(); o.ino != 0 {
+	if t := o.table.Load(); o.grows {
 		// Nothing to unmap past the table's end.
 		length = max(0, min(length, t.n*o.v.chunkSize-off))
 	}
@@ -623,10 +617,8 @@ func (v *Volume) WriteZeroesWith(ctx context.Context, inode uint64, off, length 
 		if v.readOnly {
 			return fmt.Errorf("volume %s: %w", v.ref, ErrReadOnly)
 		}
-		if o.ino != 0 {
-			v.fs.willWrite(o)
-			defer v.fs.noteData(ctx, o.ino, off, length)
-		}
+		o.willChange()
+		defer o.changed(ctx, off, length)
 		return o.discard(off, length) // a file's length does not change
 	}
 	for length > 0 {

@@ -11,9 +11,15 @@ import (
 // guard it, and its length. A block volume is one object (inode 0) whose
 // length is the volume size; an fs volume has one object per regular file
 // that is in use, loaded from the chunk map when first opened.
+//
+// The engine tells the two apart by grows only, never by inode number or
+// volume kind: a growing object's length follows its writes up to
+// MaxFileSize, and its data changes are reported to the volume's
+// namespace (namespace.go).
 type object struct {
-	v   *Volume
-	ino uint64
+	v     *Volume
+	ino   uint64
+	grows bool // a file: writes extend the length and the table
 	// size is the volume size (inode 0) or the file length. Files: it
 	// changes only under at least one stripe lock (writes extend it under
 	// their window's read locks with a CAS; truncate holds every stripe).
@@ -35,10 +41,19 @@ type object struct {
 
 const numStripes = 64
 
+// newObject returns a fixed-length object: a block volume's data.
 func newObject(v *Volume, ino uint64, size, chunks int64) *object {
 	o := &object{v: v, ino: ino}
 	o.size.Store(size)
 	o.table.Store(newChunkTable(chunks))
+	return o
+}
+
+// newFileObject returns a growing object: a file's data, of length size
+// with a table of chunks entries to begin with.
+func newFileObject(v *Volume, ino uint64, size, chunks int64) *object {
+	o := newObject(v, ino, size, chunks)
+	o.grows = true
 	return o
 }
 
@@ -108,9 +123,12 @@ func (o *object) ensureChunks(n int64) {
 	o.table.Store(t.resized(max(n, t.n+t.n/2)))
 }
 
-// growSize raises the length to at least end (files only; the caller holds
-// a stripe lock covering end-1).
+// growSize raises a growing object's length to at least end (the caller
+// holds a stripe lock covering end-1); a fixed-length one keeps its length.
 func (o *object) growSize(end int64) {
+	if !o.grows {
+		return
+	}
 	for {
 		cur := o.size.Load()
 		if end <= cur {
@@ -123,8 +141,12 @@ func (o *object) growSize(end int64) {
 	}
 }
 
-// touch records a data change of a file now.
+// touch records a data change of a file now (its namespace persists the
+// mtime); a fixed-length object has none to record.
 func (o *object) touch() {
+	if !o.grows {
+		return
+	}
 	o.mtime.Store(time.Now().UnixNano())
 	o.dirty.Store(true)
 }

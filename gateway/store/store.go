@@ -224,8 +224,8 @@ func (s *Store) load(ctx context.Context) error {
 		return fmt.Errorf("store: load: %w", err)
 	}
 	for _, v := range s.byID {
-		if v.fs != nil {
-			if err := v.fs.purgeOrphans(); err != nil {
+		if v.ns != nil {
+			if err := v.ns.purgeOrphans(); err != nil {
 				return fmt.Errorf("store: volume %s: %w", v.ref, err)
 			}
 		}
@@ -263,7 +263,7 @@ func (s *Store) loadChunks(txn *badger.Txn, v *Volume) error {
 			return err
 		}
 		switch {
-		case ino == 0 && v.obj0 == nil, ino != 0 && v.fs == nil:
+		case ino == 0 && v.obj0 == nil, ino != 0 && v.obj0 != nil:
 			s.log.Error("chunk of an inode the volume cannot have; ignored (run fsck)", "volume", v.ref, "inode", ino, "chunk", idx)
 		case ino == 0 && idx >= uint64(v.obj0.table.Load().n):
 			s.log.Error("chunk past the end of its volume; ignored (run fsck)", "volume", v.ref, "chunk", idx)
@@ -381,8 +381,8 @@ func (s *Store) syncMeta() error {
 	// their commits before they are written (FS.update): commit every open
 	// group, then wait for every commit handed to badger (a transaction's
 	// start waits for those before it), so the sync covers them.
-	for _, f := range s.fileSystems() {
-		f.barrier()
+	for _, ns := range s.namespaces() {
+		ns.barrier()
 	}
 	s.db.NewTransaction(false).Discard()
 	seq, err := s.commitSyncSeq()
@@ -399,19 +399,6 @@ func (s *Store) syncMeta() error {
 	}
 	s.alloc.release(s.zeroFreed(freed))
 	return nil
-}
-
-// fileSystems lists the namespaces of the live fs volumes.
-func (s *Store) fileSystems() []*FS {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var fss []*FS
-	for _, v := range s.byID {
-		if v.fs != nil {
-			fss = append(fss, v.fs)
-		}
-	}
-	return fss
 }
 
 // zeroFreed zeroes the extents marked zero (freed by copy-on-write: they

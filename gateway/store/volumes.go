@@ -318,8 +318,8 @@ type Volume struct {
 	readOnly  bool
 	chunkSize int64
 	chunkBits uint
-	obj0      *object // block volumes: the volume's data; nil for fs volumes
-	fs        *FS     // fs volumes: the namespace; nil for block volumes
+	obj0      *object   // block volumes: the volume's data; nil for fs volumes
+	ns        namespace // fs volumes: the namespace (an *FS); nil for block volumes
 
 	infoMu sync.RWMutex
 	info   VolumeInfo
@@ -345,7 +345,7 @@ func newVolume(s *Store, info VolumeInfo) *Volume {
 	}
 	v.size.Store(info.Size)
 	if info.Kind == KindFS {
-		v.fs = newFS(v)
+		v.ns = newFS(v)
 	} else {
 		v.obj0 = newObject(v, 0, info.Size, numChunks(info.Size, info.ChunkSize))
 	}
@@ -371,14 +371,17 @@ func (v *Volume) Size() int64 { return v.size.Load() }
 
 // Kind is KindBlock or KindFS.
 func (v *Volume) Kind() string {
-	if v.fs != nil {
+	if v.ns != nil {
 		return KindFS
 	}
 	return KindBlock
 }
 
 // FS is the namespace of an fs volume, nil for a block volume.
-func (v *Volume) FS() *FS { return v.fs }
+func (v *Volume) FS() *FS {
+	f, _ := v.ns.(*FS)
+	return f
+}
 
 // AllocatedBytes is the pool space the volume's chunks hold (transformed
 // chunks count what they take, not their plain size).
@@ -404,13 +407,13 @@ func (v *Volume) objects() []*object {
 	if v.obj0 != nil {
 		return []*object{v.obj0}
 	}
-	return v.fs.loadedObjects()
+	return v.ns.loadedObjects()
 }
 
 // markDeleted fails in-flight and later IO on every object of the volume.
 func (v *Volume) markDeleted() {
-	if v.fs != nil {
-		v.fs.markDeleted()
+	if v.ns != nil {
+		v.ns.markDeleted()
 	}
 	for _, o := range v.objects() {
 		o.lockAll()
