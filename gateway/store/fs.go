@@ -196,7 +196,7 @@ func (f *FS) getAttr(txn kv, ino uint64) (Attr, error) {
 		return Attr{}, err
 	}
 	if a.Size > 0 {
-		a.Blocks = countChunks(txn, f.v.id, ino) * f.v.chunkSize / 512
+		a.Blocks = f.v.countChunks(txn, ino) * f.v.chunkSize / 512
 	}
 	return a, nil
 }
@@ -270,16 +270,6 @@ func readLength(txn kv, vol, ino uint64) (int64, error) {
 		return 0, fmt.Errorf("inode %d: length record of %d bytes: %w", ino, len(b), ErrIO)
 	}
 	return int64(binary.BigEndian.Uint64(b)), nil
-}
-
-func countChunks(txn kv, vol, ino uint64) int64 {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(vol, ino)})
-	defer it.Close()
-	var n int64
-	for it.Rewind(); it.Valid(); it.Next() {
-		n++
-	}
-	return n
 }
 
 // putAttr writes a's attributes (not its length) in txn, which must be
@@ -646,7 +636,11 @@ func (f *FS) dropLink(txn kv, a Attr, t int64) (uint64, error) {
 		// Nobody has it open, and nobody can open it now: what it
 		// holds can no longer change.
 		fresh := f.freshness(a.Ino)
-		if fresh&freshNoChunks != 0 || !f.hasChunks(a.Ino) {
+		// Chunks are written outside namespace changes, so the
+		// change's reads (which may have begun before the inode's
+		// last writer committed) cannot answer this: the engine looks
+		// in a transaction of its own.
+		if fresh&freshNoChunks != 0 || !f.v.hasChunks(a.Ino) {
 			f.noteDrop(a.Ino)
 			f.forgetFresh(a.Ino)
 			// a had a name until now, so it has no orphan record (Link
@@ -681,27 +675,6 @@ func (f *FS) unclaimDying(ino uint64) {
 	defer f.objMu.Unlock()
 	delete(f.inUse, ino)
 	f.dying = f.dying[:len(f.dying)-1]
-}
-
-// hasChunks reports whether ino has chunk entries, in a transaction of its
-// own: chunks are written outside namespace changes, so the change's
-// reads (which may have begun before the inode's last writer committed)
-// cannot answer it.
-func (f *FS) hasChunks(ino uint64) bool {
-	var has bool
-	f.v.s.db.View(func(txn *badger.Txn) error {
-		has = hasPrefix(viewTxn{txn}, chunkPrefix(f.v.id, ino))
-		return nil
-	})
-	return has
-}
-
-// hasPrefix reports whether any key starts with prefix.
-func hasPrefix(txn kv, prefix []byte) bool {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchSize: 1})
-	defer it.Close()
-	it.Rewind()
-	return it.Valid()
 }
 
 // deleteInode deletes an inode's records (not its chunks) in txn. Xattrs,

@@ -140,54 +140,27 @@ func (f *FS) ensureObject(ino uint64) error {
 	return nil
 }
 
-// loadObject builds a file's object from its length and chunk map. The
-// caller holds objMu.
+// loadObject builds a file's object from its length and chunk map (the
+// engine reads the map). The caller holds objMu.
 func (f *FS) loadObject(ino uint64) (*object, error) {
 	v := f.v
-	var size int64
-	var chunks []struct{ idx, dev int64 } // dev as the table holds it
+	var o *object
 	err := f.view(func(txn kv) error {
-		var err error
-		if size, err = readLength(txn, v.id, ino); err != nil {
+		size, err := readLength(txn, v.id, ino)
+		if err != nil {
 			return err
 		}
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.id, ino), PrefetchValues: true})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			_, _, idx, ok := parseChunkKey(it.Item().Key())
-			if !ok || idx >= MaxFileSize/uint64(v.chunkSize) {
-				continue
-			}
-			var e chunkEntry
-			if err := it.Item().Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err }); err != nil {
-				return err
-			}
-			if v.s.alloc.contains(e.devOff, int64(e.storedLen)) {
-				chunks = append(chunks, struct{ idx, dev int64 }{int64(idx), tableEntry(e)})
-			}
-		}
-		return nil
+		o, err = v.loadFileObject(txn, ino, size)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load inode %d: %w", ino, err)
 	}
-	n := numChunks(size, v.chunkSize)
-	if len(chunks) > 0 {
-		n = max(n, chunks[len(chunks)-1].idx+1)
-	}
-	o := newFileObject(v, ino, size, n)
-	t := o.table.Load()
-	for _, c := range chunks {
-		t.set(c.idx, c.dev)
-	}
-	o.mapped.Store(int64(len(chunks)))
 	if !f.trimmed[ino] {
 		// Bytes past the persisted length may be writes that a crash
 		// cut off from their length: make them zeros/holes again.
-		if end := t.n * v.chunkSize; end > size && !v.readOnly {
-			if err := o.discard(size, end-size); err != nil {
-				return nil, fmt.Errorf("trim inode %d past its length: %w", ino, err)
-			}
+		if err := o.trimPastEnd(); err != nil {
+			return nil, err
 		}
 		f.trimmed[ino] = true
 	}
@@ -322,58 +295,14 @@ func (f *FS) isOrphan(ino uint64) bool {
 // purge deletes orphan ino (a no-op for an inode that is not an orphan).
 func (f *FS) purge(ino uint64) error {
 	v := f.v
-	db := v.s.db
 	if !f.isOrphan(ino) {
 		return nil
 	}
 	// The orphan record goes to badger before the chunks go: a crash in
 	// between must not leave a named file without its data.
 	f.barrier()
-	for {
-		var keys [][]byte
-		var freed []extent
-		var saved int64
-		err := db.View(func(txn *badger.Txn) error {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.id, ino), PrefetchValues: true})
-			defer it.Close()
-			for it.Rewind(); it.Valid() && len(keys) < 4096; it.Next() {
-				var e chunkEntry
-				if err := it.Item().Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err }); err != nil {
-					return err
-				}
-				keys = append(keys, it.Item().KeyCopy(nil))
-				if v.s.alloc.contains(e.devOff, int64(e.storedLen)) {
-					freed = append(freed, extent{off: e.devOff, length: e.extentLen()})
-				}
-				saved += v.savedBy(e)
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		if len(keys) == 0 {
-			break
-		}
-		for _, e := range freed {
-			if err := v.zeroDevice(e.off, e.length); err != nil {
-				return err
-			}
-		}
-		err = db.Update(func(txn *badger.Txn) error {
-			for _, k := range keys {
-				if err := txn.Delete(k); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		v.allocated.Add(-int64(len(keys)))
-		v.saved.Add(-saved)
-		v.s.alloc.deferFree(freed)
+	if err := v.dropChunks(ino); err != nil {
+		return err
 	}
 	// The records go in a namespace transaction, under f.mu: a persist
 	// of the same inode still in flight (a last Release that raced a
@@ -502,24 +431,13 @@ func (f *FS) truncate(ctx context.Context, ino uint64, size int64) error {
 	if o == nil {
 		return fmt.Errorf("truncate inode %d: %w", ino, ErrNotFound)
 	}
-	o.lockAll()
-	defer o.unlockAll()
-	if end := o.table.Load().n * f.v.chunkSize; end > size {
-		for off := size; off < end; {
-			w := o.window(off, end-off)
-			n, err := o.discardWindow(w, off, end-off)
-			if err != nil {
-				return err
-			}
-			off += n
-		}
-	}
-	o.size.Store(size)
-	o.touch()
-	defer f.noteData(ctx, ino, size, 0)
-	err = f.update(ctx, func(txn kv) error {
-		f.noteDrop(ino)
-		return txn.Set(lengthKey(f.v.id, ino), binary.BigEndian.AppendUint64(nil, uint64(size)))
+	// The length is recorded after the chunks are cut, so a crash midway
+	// leaves the old length with zeros at its end.
+	return o.truncate(size, func() error {
+		defer f.noteData(ctx, ino, size, 0)
+		return f.update(ctx, func(txn kv) error {
+			f.noteDrop(ino)
+			return txn.Set(lengthKey(f.v.id, ino), binary.BigEndian.AppendUint64(nil, uint64(size)))
+		})
 	})
-	return err
 }

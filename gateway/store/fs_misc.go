@@ -56,40 +56,9 @@ func (f *FS) Fallocate(ctx context.Context, ino uint64, off, length int64, mode 
 		return fmt.Errorf("fallocate mode %#x: %w", mode, ErrUnsupported)
 	}
 	if mode&FallocKeepSize == 0 {
-		o.ensureChunks(numChunks(off+length, f.v.chunkSize))
-		w := o.window(off+length-1, 1)
-		o.rlock(w.mask)
-		o.growSize(off + length)
-		o.runlock(w.mask)
+		o.extendTo(off + length)
 	}
 	o.touch()
-	return nil
-}
-
-// allocate maps every hole of [off, off+length) to zeroed pool space.
-func (o *object) allocate(off, length int64) error {
-	v := o.v
-	cs := v.chunkSize
-	o.ensureChunks(numChunks(off+length, cs))
-	pos := off &^ (cs - 1)
-	end := off + length
-	for pos < end {
-		if o.table.Load().get(pos>>v.chunkBits) != 0 {
-			pos += cs
-			continue
-		}
-		n := min(end-pos, int64(len(v.s.zeros)))
-		n = (n + cs - 1) &^ (cs - 1) // whole chunks: zeros never extend the length here
-		n = min(n, int64(len(v.s.zeros)))
-		done, err := o.writeNewChunks(v.s.zeros[:n], pos, false)
-		if err != nil {
-			return err
-		}
-		if done == 0 {
-			pos += cs // allocated meanwhile
-		}
-		pos += int64(done)
-	}
 	return nil
 }
 
@@ -142,8 +111,8 @@ type FSStats struct {
 // StatFS reports the volume's size and use: space counts whole chunks.
 func (f *FS) StatFS(ctx context.Context) FSStats {
 	const bs = 4096
-	size := f.v.size.Load()
-	used := f.v.allocated.Load() * f.v.chunkSize
+	size := f.v.Size()
+	used := f.v.usedBytes()
 	const files = 1 << 32
 	f.mu.Lock()
 	next := f.nextIno
