@@ -56,6 +56,59 @@
 // side. Chunk lookups are atomic loads from an in-memory table (8 bytes per
 // chunk), so the hot path takes no global lock and does no metadata IO.
 //
+// # Two halves: the chunk engine and the namespace
+//
+// The package holds two ideas that meet at one seam (namespace.go). Until
+// the namespace moves to a package of its own, its files say which half
+// they belong to.
+//
+// The chunk engine owns where every byte lives: allocation (alloc.go), the
+// chunk tables and objects (table.go, object.go), device IO and the
+// read/write/discard paths (io.go), copy-on-write and transformed chunks
+// (cow.go, transformed.go, entrycache.go, scrub.go), the chunk work of files
+// (fileobj.go), the pool and its volumes (store.go, volumes.go, format.go,
+// config.go, errors.go, syncmark.go, metacheck.go), and fsck of the chunk
+// maps (fsck.go). Its invariants:
+//
+//   - a chunk map entry points only at space the allocator holds, shared
+//     with no other entry, and at bytes written before the entry was
+//     committed (data before metadata);
+//   - an extent is reused only after the commit that freed it is durable;
+//   - a volume's chunk count (allocated, saved) matches its chunk maps;
+//   - stripe locks order every change to a chunk; an object's table is
+//     the chunk map of what is loaded;
+//   - Flush and FUA make what they cover durable.
+//
+// The engine does not branch on a volume's kind or an inode number: an
+// object either has a fixed length (a block volume) or grows with its
+// writes (a file, object.grows), and a volume with a namespace gives the
+// engine its hooks (the namespace interface: willWrite before a change to
+// a file's chunks, noteData after it, barrier before a metadata sync,
+// purgeOrphans at open, markDeleted, fsck). Only making a volume knows its
+// kind (volumes.go): CreateVolume writes an fs volume's root directory
+// (initRoot) and newVolume gives it its FS. seam_test.go keeps the engine files to this.
+//
+// The namespace (FS: fs.go, fs_data.go, fs_misc.go, fs_rename.go,
+// fs_txn.go, fs_group.go, fs_watch.go, fs_format.go, fs_fsck.go,
+// attrcache.go) owns inodes, directory entries, symlink targets,
+// xattrs, file lengths as records, orphans, and the order of its metadata
+// transactions (the group commit). Its invariants:
+//
+//   - link counts match the entries, every inode is reachable or an
+//     orphan, every record belongs to an inode;
+//   - a file's records reach badger before the chunk commits that depend
+//     on them (willWrite); a shorter length is recorded only after the
+//     chunks past it are cut (truncate), and what lies past the recorded
+//     length after a crash reads as zeros (the first load trims it);
+//   - an orphan's chunks are dropped only after its orphan record is in
+//     badger, and its records only after its chunks.
+//
+// The namespace reaches the engine only through Volume.ReadAt, WriteAt,
+// Discard, WriteZeroes and Extents, the object operations of fileobj.go and
+// io.go (checkRange, discard, allocate, extendTo, truncate, extents), the
+// object's live length and data-change marks (size, mapped, mtime, dirty),
+// and the store's badger handle for its own records.
+//
 // The on-disk format is specified in docs/FORMAT.md.
 package store
 
