@@ -110,6 +110,13 @@ type inUse struct {
 	purging bool    // a pin by purgeIfUnused: the inode is going away
 }
 
+// fsMaker makes FS the namespace of fs volumes (namespaceMaker).
+type fsMaker struct{}
+
+func (fsMaker) create(txn *badger.Txn, vol uint64) error { return initRoot(viewTxn{txn}, vol, 0, 0) }
+
+func (fsMaker) attach(v *Volume) namespace { return newFS(v) }
+
 func newFS(v *Volume) *FS {
 	return &FS{v: v, inUse: make(map[uint64]*inUse), trimmed: make(map[uint64]bool), orphans: make(map[uint64]bool), fresh: make(map[uint64]uint8), groupIdx: make(map[string]int)}
 }

@@ -44,6 +44,18 @@ type namespace interface {
 
 var _ namespace = (*FS)(nil)
 
+// namespaceMaker makes the namespaces of fs volumes: the engine knows a
+// volume's kind only to ask it. The store's is fsMaker (fs.go); it is
+// meant to come from the store's Options once the namespace has a package
+// of its own.
+type namespaceMaker interface {
+	// create writes a new volume's first namespace records (its root
+	// directory) in txn, the transaction that creates the volume.
+	create(txn *badger.Txn, vol uint64) error
+	// attach returns the namespace of volume v (created or loaded).
+	attach(v *Volume) namespace
+}
+
 // willChange runs before a change to o's chunks: the namespace's willWrite
 // (nothing without a namespace). The change's changed call follows it,
 // deferred, whatever the outcome.
@@ -62,8 +74,8 @@ func (o *object) changed(ctx context.Context, off, length int64) {
 	}
 }
 
-// namespaces lists the namespaces of the live volumes that have one.
-func (s *Store) namespaces() []namespace {
+// liveNamespaces lists the namespaces of the live volumes that have one.
+func (s *Store) liveNamespaces() []namespace {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []namespace

@@ -84,9 +84,9 @@
 // writes (a file, object.grows), and a volume with a namespace gives the
 // engine its hooks (the namespace interface: willWrite before a change to
 // a file's chunks, noteData after it, barrier before a metadata sync,
-// purgeOrphans at open, markDeleted, fsck). Only making a volume knows its
-// kind (volumes.go): CreateVolume writes an fs volume's root directory
-// (initRoot) and newVolume gives it its FS. seam_test.go keeps the engine files to this.
+// purgeOrphans at open, markDeleted, fsck). Making a volume asks the
+// store's namespaceMaker (fsMaker, set in Open) for an fs volume's first
+// records and its namespace. seam_test.go keeps the engine files to this.
 //
 // The namespace (FS: fs.go, fs_data.go, fs_misc.go, fs_rename.go,
 // fs_txn.go, fs_group.go, fs_watch.go, fs_format.go, fs_fsck.go,
@@ -152,10 +152,12 @@ type Store struct {
 	alloc *allocator
 	// entries caches transformed chunks' map entries (entrycache.go).
 	entries *entryCache
-	log     *slog.Logger
-	zeros   []byte // maxChunkSize zero bytes, never written
-	uuid    string // the pool's identity
-	env     *filter.Env
+	// namespaces makes the namespaces of fs volumes (namespace.go).
+	namespaces namespaceMaker
+	log        *slog.Logger
+	zeros      []byte // maxChunkSize zero bytes, never written
+	uuid       string // the pool's identity
+	env        *filter.Env
 	// ownEnv: the store made env and closes it.
 	ownEnv bool
 	bufs   sync.Pool // *[]byte scratch for transformed chunks
@@ -198,7 +200,7 @@ func Open(ctx context.Context, metaDir string, dev device.Device, opts Options) 
 		return nil, fmt.Errorf("store: %s: %w (restore it from a backup)", metaDir, err)
 	}
 	s := &Store{
-		db: db, dev: dev, log: opts.Logger, env: opts.Filters,
+		db: db, dev: dev, log: opts.Logger, env: opts.Filters, namespaces: fsMaker{},
 		zeros: make([]byte, maxChunkSize),
 		byID:  make(map[uint64]*Volume), byName: make(map[string]*Volume),
 		stop: make(chan struct{}), done: make(chan struct{}),
@@ -434,7 +436,7 @@ func (s *Store) syncMeta() error {
 	// their commits before they are written (FS.update): commit every open
 	// group, then wait for every commit handed to badger (a transaction's
 	// start waits for those before it), so the sync covers them.
-	for _, ns := range s.namespaces() {
+	for _, ns := range s.liveNamespaces() {
 		ns.barrier()
 	}
 	s.db.NewTransaction(false).Discard()

@@ -193,7 +193,7 @@ func (s *Store) CreateVolume(ctx context.Context, o CreateOptions) (*Volume, err
 			return err
 		}
 		if o.Kind == KindFS {
-			if err := initRoot(viewTxn{txn}, id, 0, 0); err != nil {
+			if err := s.namespaces.create(txn, id); err != nil {
 				return err
 			}
 		}
@@ -345,7 +345,7 @@ func newVolume(s *Store, info VolumeInfo) *Volume {
 	}
 	v.size.Store(info.Size)
 	if info.Kind == KindFS {
-		v.ns = newFS(v)
+		v.ns = s.namespaces.attach(v)
 	} else {
 		v.obj0 = newObject(v, 0, info.Size, numChunks(info.Size, info.ChunkSize))
 	}
