@@ -117,6 +117,8 @@ func (fsMaker) create(txn *badger.Txn, vol uint64) error { return initRoot(viewT
 
 func (fsMaker) attach(v *Volume) namespace { return newFS(v) }
 
+func (fsMaker) prefixes(vol uint64) [][]byte { return namespacePrefixes(vol) }
+
 func newFS(v *Volume) *FS {
 	return &FS{v: v, inUse: make(map[uint64]*inUse), trimmed: make(map[uint64]bool), orphans: make(map[uint64]bool), fresh: make(map[uint64]uint8), groupIdx: make(map[string]int)}
 }

@@ -29,9 +29,11 @@ const (
 	MaxXattrValueLen = 64 << 10
 )
 
-func volumePrefixes(id uint64) [][]byte {
+// namespacePrefixes are the key prefixes of every namespace record of
+// volume id.
+func namespacePrefixes(id uint64) [][]byte {
 	var out [][]byte
-	for _, p := range []byte{prefixChunk, prefixInode, prefixLength, prefixDentry, prefixXattr, prefixLink, prefixOrphan} {
+	for _, p := range []byte{prefixInode, prefixLength, prefixDentry, prefixXattr, prefixLink, prefixOrphan} {
 		out = append(out, binary.BigEndian.AppendUint64([]byte{p}, id))
 	}
 	return out

@@ -54,6 +54,9 @@ type namespaceMaker interface {
 	create(txn *badger.Txn, vol uint64) error
 	// attach returns the namespace of volume v (created or loaded).
 	attach(v *Volume) namespace
+	// prefixes are the key prefixes of every namespace record of volume
+	// vol: deleting a volume drops them after its chunks.
+	prefixes(vol uint64) [][]byte
 }
 
 // willChange runs before a change to o's chunks: the namespace's willWrite

@@ -86,7 +86,8 @@
 // a file's chunks, noteData after it, barrier before a metadata sync,
 // purgeOrphans at open, markDeleted, fsck). Making a volume asks the
 // store's namespaceMaker (fsMaker, set in Open) for an fs volume's first
-// records and its namespace. seam_test.go keeps the engine files to this.
+// records and its namespace, and deleting one for the key prefixes of its
+// records. seam_test.go keeps the engine files to this.
 //
 // The namespace (FS: fs.go, fs_data.go, fs_misc.go, fs_rename.go,
 // fs_txn.go, fs_group.go, fs_watch.go, fs_format.go, fs_fsck.go,

@@ -296,7 +296,10 @@ func (s *Store) purge(ctx context.Context, v *Volume) error {
 			s.log.Warn("discard of deleted volume's extent failed", "volume", v.ref, "err", err)
 		}
 	}
-	for _, p := range volumePrefixes(v.id) { // chunks and namespace
+	// Chunks, then the namespace's records (of any volume: a block
+	// volume has none).
+	prefixes := append([][]byte{chunkPrefix(v.id, 0)[:9]}, s.namespaces.prefixes(v.id)...)
+	for _, p := range prefixes {
 		if err := s.db.DropPrefix(p); err != nil {
 			return fmt.Errorf("drop metadata: %w", err)
 		}
