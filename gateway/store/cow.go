@@ -38,7 +38,7 @@ import (
 
 // writeChain writes p at off through a transforming chain, window by
 // window.
-func (o *object) writeChain(p []byte, off int64, chain *filter.Chain) error {
+func (o *Object) writeChain(p []byte, off int64, chain *filter.Chain) error {
 	for len(p) > 0 {
 		w := o.window(off, int64(len(p)))
 		o.lock(w.mask)
@@ -58,7 +58,7 @@ func (o *object) writeChain(p []byte, off int64, chain *filter.Chain) error {
 // rewriteChunk writes the part of p that falls in off's chunk by
 // copy-on-write through chain (nil: plain), taking that chunk's stripe
 // write lock. It returns the bytes written.
-func (o *object) rewriteChunk(p []byte, off int64, chain *filter.Chain) (int, error) {
+func (o *Object) rewriteChunk(p []byte, off int64, chain *filter.Chain) (int, error) {
 	cs := o.v.chunkSize
 	n := min(int64(len(p)), cs-off&(cs-1))
 	w := o.window(off, n)
@@ -75,7 +75,7 @@ func (o *object) rewriteChunk(p []byte, off int64, chain *filter.Chain) (int, er
 // zeros (a partial discard or truncate), rewriting it by copy-on-write
 // through the transforms its record names, so an encrypted chunk stays
 // encrypted. The caller holds w's stripes write-locked.
-func (o *object) zeroTransformed(w window, idx, in, n int64) error {
+func (o *Object) zeroTransformed(w window, idx, in, n int64) error {
 	e, err := o.entry(idx)
 	if err != nil {
 		return err
@@ -100,7 +100,7 @@ type cowChunk struct {
 // cowLocked writes p at off by copy-on-write through chain (nil or plain:
 // stored plain), for the chunks of window w, whose stripes the caller holds
 // write-locked. It returns the bytes of p written: up to the window's end.
-func (o *object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (int, error) {
+func (o *Object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (int, error) {
 	v := o.v
 	s := v.s
 	if o.deleted {
@@ -153,7 +153,7 @@ type cowBufs struct{ plain, out *[]byte }
 // is merged into the chunk's current contents (undone if transformed, zeros
 // if a hole), the chain runs forward, and the stored bytes go to a new
 // extent. Nothing is committed; on error nothing stays allocated.
-func (o *object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain *filter.Chain, bufs cowBufs) (cowChunk, error) {
+func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain *filter.Chain, bufs cowBufs) (cowChunk, error) {
 	v := o.v
 	s := v.s
 	cs := v.chunkSize
@@ -213,7 +213,7 @@ func (o *object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 
 // commitCow commits the new map entries of a copy-on-write window in one
 // transaction (their data is on the device already).
-func (o *object) commitCow(chunks []cowChunk) error {
+func (o *Object) commitCow(chunks []cowChunk) error {
 	v := o.v
 	err := v.s.db.Update(func(txn *badger.Txn) error {
 		for _, c := range chunks {
@@ -233,7 +233,7 @@ func (o *object) commitCow(chunks []cowChunk) error {
 // installCow makes table t and the caches follow a committed copy-on-write
 // window, and hands the replaced extents to the deferred free list, to be
 // zeroed once the commit is durable.
-func (o *object) installCow(t *chunkTable, chunks []cowChunk) {
+func (o *Object) installCow(t *chunkTable, chunks []cowChunk) {
 	v := o.v
 	s := v.s
 	var freed []extent

@@ -12,19 +12,19 @@ import (
 // record, attributes and orphans stay with the namespace, which decides
 // when each of these runs.
 
-// iterTxn is what reading a chunk map needs of a transaction (a badger
+// IterTxn is what reading a chunk map needs of a transaction (a badger
 // transaction, or the namespace's kv over one).
-type iterTxn interface {
+type IterTxn interface {
 	NewIterator(opt badger.IteratorOptions) *badger.Iterator
 }
 
-// loadFileObject builds the object of file ino, of length size, from its
+// LoadFileObject builds the object of file ino, of length size, from its
 // chunk map as read in txn.
-func (v *Volume) loadFileObject(txn iterTxn, ino uint64, size int64) (*object, error) {
+func (v *Volume) LoadFileObject(txn IterTxn, ino uint64, size int64) (*Object, error) {
 	var chunks []struct{ idx, dev int64 } // dev as the table holds it
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.id, ino), PrefetchValues: true})
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(v.id, ino), PrefetchValues: true})
 	for it.Rewind(); it.Valid(); it.Next() {
-		_, _, idx, ok := parseChunkKey(it.Item().Key())
+		_, _, idx, ok := ParseChunkKey(it.Item().Key())
 		if !ok || idx >= MaxFileSize/uint64(v.chunkSize) {
 			continue
 		}
@@ -51,23 +51,27 @@ func (v *Volume) loadFileObject(txn iterTxn, ino uint64, size int64) (*object, e
 	return o, nil
 }
 
-// trimPastEnd unmaps what a file object holds past its length and zeroes
+// NewFileObject returns the object of file ino, created a moment ago: empty,
+// without reading the chunk map.
+func (v *Volume) NewFileObject(ino uint64) *Object { return newFileObject(v, ino, 0, 0) }
+
+// TrimPastEnd unmaps what a file object holds past its length and zeroes
 // the rest of its last chunk (nothing on a read-only volume).
-func (o *object) trimPastEnd() error {
+func (o *Object) TrimPastEnd() error {
 	size := o.size.Load()
 	if end := o.table.Load().n * o.v.chunkSize; end > size && !o.v.readOnly {
-		if err := o.discard(size, end-size); err != nil {
+		if err := o.Discard(size, end-size); err != nil {
 			return fmt.Errorf("trim inode %d past its length: %w", o.ino, err)
 		}
 	}
 	return nil
 }
 
-// truncate sets a file object's length: chunks past size are unmapped and
+// Truncate sets a file object's length: chunks past size are unmapped and
 // the rest of the last chunk is zeroed, then record runs (the namespace
 // records the length), all with every stripe held, so no write lands
 // between the new length and its record.
-func (o *object) truncate(size int64, record func() error) error {
+func (o *Object) Truncate(size int64, record func() error) error {
 	o.lockAll()
 	defer o.unlockAll()
 	if end := o.table.Load().n * o.v.chunkSize; end > size {
@@ -81,12 +85,12 @@ func (o *object) truncate(size int64, record func() error) error {
 		}
 	}
 	o.size.Store(size)
-	o.touch()
+	o.Touch()
 	return record()
 }
 
-// allocate maps every hole of [off, off+length) to zeroed pool space.
-func (o *object) allocate(off, length int64) error {
+// Allocate maps every hole of [off, off+length) to zeroed pool space.
+func (o *Object) Allocate(off, length int64) error {
 	v := o.v
 	cs := v.chunkSize
 	o.ensureChunks(numChunks(off+length, cs))
@@ -112,9 +116,9 @@ func (o *object) allocate(off, length int64) error {
 	return nil
 }
 
-// extendTo raises a file object's length to at least end, its table with
+// ExtendTo raises a file object's length to at least end, its table with
 // it.
-func (o *object) extendTo(end int64) {
+func (o *Object) ExtendTo(end int64) {
 	o.ensureChunks(numChunks(end, o.v.chunkSize))
 	w := o.window(end-1, 1)
 	o.rlock(w.mask)
@@ -122,17 +126,17 @@ func (o *object) extendTo(end int64) {
 	o.runlock(w.mask)
 }
 
-// dropChunks unmaps every chunk of inode ino, in batches: their space
+// DropChunks unmaps every chunk of inode ino, in batches: their space
 // returns to the pool after the next durable commit. The object must be
 // gone (nobody can open the inode).
-func (v *Volume) dropChunks(ino uint64) error {
+func (v *Volume) DropChunks(ino uint64) error {
 	db := v.s.db
 	for {
 		var keys [][]byte
 		var freed []extent
 		var saved int64
 		err := db.View(func(txn *badger.Txn) error {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.id, ino), PrefetchValues: true})
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(v.id, ino), PrefetchValues: true})
 			defer it.Close()
 			for it.Rewind(); it.Valid() && len(keys) < 4096; it.Next() {
 				var e chunkEntry
@@ -175,12 +179,12 @@ func (v *Volume) dropChunks(ino uint64) error {
 	}
 }
 
-// hasChunks reports whether inode ino has chunk entries, in a transaction
+// HasChunks reports whether inode ino has chunk entries, in a transaction
 // of its own (chunks are committed outside namespace transactions).
-func (v *Volume) hasChunks(ino uint64) bool {
+func (v *Volume) HasChunks(ino uint64) bool {
 	var has bool
 	v.s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.id, ino), PrefetchSize: 1})
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(v.id, ino), PrefetchSize: 1})
 		defer it.Close()
 		it.Rewind()
 		has = it.Valid()
@@ -189,9 +193,9 @@ func (v *Volume) hasChunks(ino uint64) bool {
 	return has
 }
 
-// countChunks counts the chunk entries of inode ino in txn.
-func (v *Volume) countChunks(txn iterTxn, ino uint64) int64 {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.id, ino)})
+// CountChunks counts the chunk entries of inode ino in txn.
+func (v *Volume) CountChunks(txn IterTxn, ino uint64) int64 {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(v.id, ino)})
 	defer it.Close()
 	var n int64
 	for it.Rewind(); it.Valid(); it.Next() {
@@ -200,6 +204,6 @@ func (v *Volume) countChunks(txn iterTxn, ino uint64) int64 {
 	return n
 }
 
-// usedBytes is the space the volume's chunks count against its size (whole
+// UsedBytes is the space the volume's chunks count against its size (whole
 // chunks, as an fs volume's statfs reports it).
-func (v *Volume) usedBytes() int64 { return v.allocated.Load() * v.chunkSize }
+func (v *Volume) UsedBytes() int64 { return v.allocated.Load() * v.chunkSize }

@@ -106,18 +106,37 @@ type FS struct {
 
 type inUse struct {
 	refs    int
-	obj     *object // regular files only
+	obj     *Object // regular files only
 	purging bool    // a pin by purgeIfUnused: the inode is going away
 }
 
-// fsMaker makes FS the namespace of fs volumes (namespaceMaker).
+// fsMaker makes FS the namespace of fs volumes (NamespaceMaker).
 type fsMaker struct{}
 
-func (fsMaker) create(txn *badger.Txn, vol uint64) error { return initRoot(viewTxn{txn}, vol, 0, 0) }
+func (fsMaker) Create(txn *badger.Txn, vol uint64) error { return initRoot(viewTxn{txn}, vol, 0, 0) }
 
-func (fsMaker) attach(v *Volume) namespace { return newFS(v) }
+func (fsMaker) Attach(v *Volume) Namespace { return fsHooks{newFS(v)} }
 
-func (fsMaker) prefixes(vol uint64) [][]byte { return namespacePrefixes(vol) }
+func (fsMaker) Prefixes(vol uint64) [][]byte { return namespacePrefixes(vol) }
+
+// fsHooks is FS as the engine's Namespace: the hooks stay off FS's own
+// API, which is for the doors.
+type fsHooks struct{ f *FS }
+
+var _ Namespace = fsHooks{}
+
+func (h fsHooks) OpenObject(ino uint64) (*Object, error) { return h.f.openObject(ino) }
+func (h fsHooks) LoadedObjects() []*Object               { return h.f.loadedObjects() }
+func (h fsHooks) WillWrite(o *Object)                    { h.f.willWrite(o) }
+func (h fsHooks) Barrier()                               { h.f.barrier() }
+func (h fsHooks) MarkDeleted()                           { h.f.markDeleted() }
+func (h fsHooks) PurgeOrphans() error                    { return h.f.purgeOrphans() }
+func (h fsHooks) Fsck(txn *badger.Txn, r *FsckReport) error {
+	return h.f.fsck(txn, r)
+}
+func (h fsHooks) NoteData(ctx context.Context, ino uint64, off, length int64) {
+	h.f.noteData(ctx, ino, off, length)
+}
 
 func newFS(v *Volume) *FS {
 	return &FS{v: v, inUse: make(map[uint64]*inUse), trimmed: make(map[uint64]bool), orphans: make(map[uint64]bool), fresh: make(map[uint64]uint8), groupIdx: make(map[string]int)}
@@ -158,7 +177,7 @@ func validEntryName(name string) error {
 
 func (f *FS) check() error {
 	if f.deleted {
-		return fmt.Errorf("volume %s: %w", f.v.ref, ErrNotFound)
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), ErrNotFound)
 	}
 	return f.failed()
 }
@@ -167,7 +186,7 @@ func (f *FS) check() error {
 // operation returned, wrapped in ErrIO, or nil.
 func (f *FS) failed() error {
 	if p := f.commitErr.Load(); p != nil {
-		return fmt.Errorf("volume %s: %w: an earlier metadata commit failed: %w", f.v.ref, ErrIO, *p)
+		return fmt.Errorf("volume %s: %w: an earlier metadata commit failed: %w", f.v.Ref(), ErrIO, *p)
 	}
 	return nil
 }
@@ -189,7 +208,7 @@ func initRoot(txn kv, vol uint64, uid, gid uint32) error {
 	return txn.Set(inoCounterKey(vol), binary.BigEndian.AppendUint64(nil, RootIno+1))
 }
 
-func inoCounterKey(vol uint64) []byte { return counterKey(fmt.Sprintf("ino.%d", vol)) }
+func inoCounterKey(vol uint64) []byte { return CounterKey(fmt.Sprintf("ino.%d", vol)) }
 
 // getAttr reads ino's attributes in txn, with the live length and mtime of
 // a file in use, and the space it holds.
@@ -201,11 +220,11 @@ func (f *FS) getAttr(txn kv, ino uint64) (Attr, error) {
 	if f.overlayLive(&a) {
 		return a, nil
 	}
-	if a.Size, err = readLength(txn, f.v.id, ino); err != nil {
+	if a.Size, err = readLength(txn, f.v.ID(), ino); err != nil {
 		return Attr{}, err
 	}
 	if a.Size > 0 {
-		a.Blocks = f.v.countChunks(txn, ino) * f.v.chunkSize / 512
+		a.Blocks = f.v.CountChunks(txn, ino) * f.v.ChunkSize() / 512
 	}
 	return a, nil
 }
@@ -217,7 +236,7 @@ func (f *FS) overlayLive(a *Attr) bool {
 	if o == nil {
 		return false
 	}
-	liveValues(a, o, f.v.chunkSize)
+	liveValues(a, o, f.v.ChunkSize())
 	return true
 }
 
@@ -236,18 +255,18 @@ func (f *FS) overlayCached(a *Attr, gen uint64) bool {
 }
 
 // liveValues sets a's length, mtime and blocks from the file's object.
-func liveValues(a *Attr, o *object, chunkSize int64) {
-	a.Size = o.size.Load()
-	if m := o.mtime.Load(); m > a.Mtime {
+func liveValues(a *Attr, o *Object, chunkSize int64) {
+	a.Size = o.Size()
+	if m := o.Mtime(); m > a.Mtime {
 		a.Mtime, a.Ctime = m, max(a.Ctime, m)
 	}
-	a.Blocks = o.mapped.Load() * chunkSize / 512
+	a.Blocks = o.Mapped() * chunkSize / 512
 }
 
 // rawAttr reads ino's attribute record only: what namespace changes need
 // (a file's length and blocks are left zero).
 func (f *FS) rawAttr(txn kv, ino uint64) (Attr, error) {
-	b, err := txn.Get(inodeKey(f.v.id, ino))
+	b, err := txn.Get(inodeKey(f.v.ID(), ino))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return Attr{}, fmt.Errorf("inode %d: %w", ino, ErrNotFound)
 	} else if err != nil {
@@ -261,7 +280,7 @@ func (f *FS) rawAttr(txn kv, ino uint64) (Attr, error) {
 	case a.IsDir():
 		a.Size = 4096
 	case a.IsSymlink():
-		if target, err := txn.Get(linkKey(f.v.id, ino)); err == nil {
+		if target, err := txn.Get(linkKey(f.v.ID(), ino)); err == nil {
 			a.Size = int64(len(target))
 		}
 	}
@@ -288,7 +307,7 @@ func (f *FS) putAttr(txn kv, a Attr) error {
 	rec := encodeAttr(a)
 	if a.IsRegular() || a.IsSymlink() { // sizes live in other records
 		f.noteDrop(a.Ino)
-		return txn.Set(inodeKey(f.v.id, a.Ino), rec)
+		return txn.Set(inodeKey(f.v.ID(), a.Ino), rec)
 	}
 	c, err := decodeAttr(a.Ino, rec) // exactly what rawAttr reads back
 	if err != nil {
@@ -298,7 +317,7 @@ func (f *FS) putAttr(txn kv, a Attr) error {
 		c.Size = 4096
 	}
 	f.attrMods = append(f.attrMods, attrChange{a: c, keep: true})
-	return txn.Set(inodeKey(f.v.id, a.Ino), rec)
+	return txn.Set(inodeKey(f.v.ID(), a.Ino), rec)
 }
 
 // Lookup returns the attributes of name in directory parent, from the
@@ -370,7 +389,7 @@ func (f *FS) noteDrop(ino uint64) {
 func (f *FS) Readlink(ctx context.Context, ino uint64) (string, error) {
 	var target string
 	err := f.view(func(txn kv) error {
-		b, err := txn.Get(linkKey(f.v.id, ino))
+		b, err := txn.Get(linkKey(f.v.ID(), ino))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return fmt.Errorf("inode %d is not a symlink: %w", ino, ErrInvalid)
 		} else if err != nil {
@@ -389,7 +408,7 @@ func (f *FS) ReadDir(ctx context.Context, ino uint64) ([]DirEntry, error) {
 		if _, err := f.dirAttr(txn, ino); err != nil {
 			return err
 		}
-		prefix := dentryPrefix(f.v.id, ino)
+		prefix := dentryPrefix(f.v.ID(), ino)
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 100})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
@@ -429,8 +448,8 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 	default:
 		return Attr{}, fmt.Errorf("mode %#o: %w", in.Mode, ErrInvalid)
 	}
-	if f.v.readOnly {
-		return Attr{}, fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return Attr{}, fmt.Errorf("volume %s: %w", f.v.Ref(), ErrReadOnly)
 	}
 	var a Attr
 	err := f.update(ctx, func(txn kv) error {
@@ -456,7 +475,7 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 			p.Nlink++
 		case syscall.S_IFLNK:
 			a.Size = int64(len(in.Target))
-			if err := txn.Set(linkKey(f.v.id, ino), []byte(in.Target)); err != nil {
+			if err := txn.Set(linkKey(f.v.ID(), ino), []byte(in.Target)); err != nil {
 				return err
 			}
 		}
@@ -486,8 +505,8 @@ func (f *FS) Tmpfile(ctx context.Context, parent uint64, in NewInode) (Attr, err
 	if in.Mode&syscall.S_IFMT != syscall.S_IFREG {
 		return Attr{}, fmt.Errorf("tmpfile mode %#o: %w", in.Mode, ErrInvalid)
 	}
-	if f.v.readOnly {
-		return Attr{}, fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return Attr{}, fmt.Errorf("volume %s: %w", f.v.Ref(), ErrReadOnly)
 	}
 	var a Attr
 	err := f.update(ctx, func(txn kv) error {
@@ -504,7 +523,7 @@ func (f *FS) Tmpfile(ctx context.Context, parent uint64, in NewInode) (Attr, err
 		if err := f.putAttr(txn, a); err != nil {
 			return err
 		}
-		return txn.Set(orphanKey(f.v.id, ino), nil)
+		return txn.Set(orphanKey(f.v.ID(), ino), nil)
 	})
 	if err != nil {
 		return Attr{}, err
@@ -518,8 +537,8 @@ func (f *FS) Link(ctx context.Context, ino, newParent uint64, newName string) (A
 	if err := validEntryName(newName); err != nil {
 		return Attr{}, err
 	}
-	if f.v.readOnly {
-		return Attr{}, fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return Attr{}, fmt.Errorf("volume %s: %w", f.v.Ref(), ErrReadOnly)
 	}
 	var a Attr
 	resurrected := false
@@ -542,7 +561,7 @@ func (f *FS) Link(ctx context.Context, ino, newParent uint64, newName string) (A
 		if a.Nlink == 0 {
 			// Linking an open O_TMPFILE file (linkat AT_EMPTY_PATH)
 			// brings it back from the orphan list.
-			if err := txn.Delete(orphanKey(f.v.id, ino)); err != nil {
+			if err := txn.Delete(orphanKey(f.v.ID(), ino)); err != nil {
 				return err
 			}
 			resurrected = true
@@ -576,8 +595,8 @@ func (f *FS) Rmdir(ctx context.Context, parent uint64, name string) error {
 }
 
 func (f *FS) remove(ctx context.Context, parent uint64, name string, dir bool) error {
-	if f.v.readOnly {
-		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), ErrReadOnly)
 	}
 	if name == "." || name == ".." {
 		return fmt.Errorf("remove %q: %w", name, ErrInvalid)
@@ -601,7 +620,7 @@ func (f *FS) remove(ctx context.Context, parent uint64, name string, dir bool) e
 			return fmt.Errorf("%q: %w", name, ErrNotDir)
 		case !dir && a.IsDir():
 			return fmt.Errorf("%q: %w", name, ErrIsDir)
-		case dir && !dirEmpty(txn, f.v.id, ino):
+		case dir && !dirEmpty(txn, f.v.ID(), ino):
 			return fmt.Errorf("%q: %w", name, ErrNotEmpty)
 		}
 		t := now()
@@ -649,19 +668,19 @@ func (f *FS) dropLink(txn kv, a Attr, t int64) (uint64, error) {
 		// change's reads (which may have begun before the inode's
 		// last writer committed) cannot answer this: the engine looks
 		// in a transaction of its own.
-		if fresh&freshNoChunks != 0 || !f.v.hasChunks(a.Ino) {
+		if fresh&freshNoChunks != 0 || !f.v.HasChunks(a.Ino) {
 			f.noteDrop(a.Ino)
 			f.forgetFresh(a.Ino)
 			// a had a name until now, so it has no orphan record (Link
 			// deletes that of an O_TMPFILE file it names).
-			return 0, deleteInode(txn, f.v.id, a.Ino, fresh&freshNoXattrs == 0, a.IsSymlink(), false)
+			return 0, deleteInode(txn, f.v.ID(), a.Ino, fresh&freshNoXattrs == 0, a.IsSymlink(), false)
 		}
 		f.unclaimDying(a.Ino)
 	}
 	if err := f.putAttr(txn, a); err != nil {
 		return 0, err
 	}
-	return a.Ino, txn.Set(orphanKey(f.v.id, a.Ino), nil)
+	return a.Ino, txn.Set(orphanKey(f.v.ID(), a.Ino), nil)
 }
 
 // claimDying pins ino as purging if nobody has it open, so that no Open

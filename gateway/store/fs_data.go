@@ -11,25 +11,25 @@ import (
 )
 
 // loaded returns the object of a regular file in use, or nil.
-func (f *FS) loaded(ino uint64) *object {
+func (f *FS) loaded(ino uint64) *Object {
 	if o, ok := f.objs.Load(ino); ok {
-		return o.(*object)
+		return o.(*Object)
 	}
 	return nil
 }
 
-func (f *FS) loadedObjects() []*object {
-	var out []*object
-	f.objs.Range(func(_, o any) bool { out = append(out, o.(*object)); return true })
+func (f *FS) loadedObjects() []*Object {
+	var out []*Object
+	f.objs.Range(func(_, o any) bool { out = append(out, o.(*Object)); return true })
 	return out
 }
 
 // openObject is the data path's lookup: the object of a file that is open.
-func (f *FS) openObject(ino uint64) (*object, error) {
+func (f *FS) openObject(ino uint64) (*Object, error) {
 	if o := f.loaded(ino); o != nil {
 		return o, nil
 	}
-	return nil, fmt.Errorf("volume %s: inode %d is not an open regular file: %w", f.v.ref, ino, ErrInvalid)
+	return nil, fmt.Errorf("volume %s: inode %d is not an open regular file: %w", f.v.Ref(), ino, ErrInvalid)
 }
 
 // Open pins ino for IO until the matching Release: a regular file's chunk
@@ -52,7 +52,7 @@ func (f *FS) Open(ctx context.Context, ino uint64) (Attr, error) {
 		return Attr{}, err
 	}
 	if o := f.loaded(ino); o != nil && a.IsRegular() {
-		a.Size, a.Blocks = o.size.Load(), o.mapped.Load()*f.v.chunkSize/512
+		a.Size, a.Blocks = o.Size(), o.Mapped()*f.v.ChunkSize()/512
 	}
 	return a, nil
 }
@@ -63,13 +63,13 @@ func (f *FS) acquireNew(ino uint64) error {
 	f.objMu.Lock()
 	defer f.objMu.Unlock()
 	if f.deleted {
-		return fmt.Errorf("volume %s: %w", f.v.ref, ErrNotFound)
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), ErrNotFound)
 	}
 	if u := f.inUse[ino]; u != nil {
 		u.refs++
 		return nil
 	}
-	o := newFileObject(f.v, ino, 0, 0)
+	o := f.v.NewFileObject(ino)
 	f.inUse[ino] = &inUse{refs: 1, obj: o}
 	f.objs.Store(ino, o)
 	f.trimmed[ino] = true
@@ -93,7 +93,7 @@ func (f *FS) pin(ino uint64) error {
 	f.objMu.Lock()
 	defer f.objMu.Unlock()
 	if f.deleted {
-		return fmt.Errorf("volume %s: %w", f.v.ref, ErrNotFound)
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), ErrNotFound)
 	}
 	if u := f.inUse[ino]; u != nil {
 		if u.purging {
@@ -142,15 +142,15 @@ func (f *FS) ensureObject(ino uint64) error {
 
 // loadObject builds a file's object from its length and chunk map (the
 // engine reads the map). The caller holds objMu.
-func (f *FS) loadObject(ino uint64) (*object, error) {
+func (f *FS) loadObject(ino uint64) (*Object, error) {
 	v := f.v
-	var o *object
+	var o *Object
 	err := f.view(func(txn kv) error {
-		size, err := readLength(txn, v.id, ino)
+		size, err := readLength(txn, v.ID(), ino)
 		if err != nil {
 			return err
 		}
-		o, err = v.loadFileObject(txn, ino, size)
+		o, err = v.LoadFileObject(txn, ino, size)
 		return err
 	})
 	if err != nil {
@@ -159,7 +159,7 @@ func (f *FS) loadObject(ino uint64) (*object, error) {
 	if !f.trimmed[ino] {
 		// Bytes past the persisted length may be writes that a crash
 		// cut off from their length: make them zeros/holes again.
-		if err := o.trimPastEnd(); err != nil {
+		if err := o.TrimPastEnd(); err != nil {
 			return nil, err
 		}
 		f.trimmed[ino] = true
@@ -191,7 +191,7 @@ func (f *FS) Release(ctx context.Context, ino uint64) error {
 		delete(f.inUse, ino)
 		if o := u.obj; o != nil {
 			// The cache first, then the object: see overlayCached.
-			f.attrs.refresh(ino, func(a *Attr) { liveValues(a, o, f.v.chunkSize) })
+			f.attrs.refresh(ino, func(a *Attr) { liveValues(a, o, f.v.ChunkSize()) })
 			f.objs.Delete(ino)
 		}
 	}
@@ -209,29 +209,29 @@ func (f *FS) Release(ctx context.Context, ino uint64) error {
 // lookup would then write back the stale stored length. persistMu makes
 // a second persist wait for the first, so an fsync that finds nothing
 // dirty still covers what the one in flight writes.
-func (f *FS) persist(ctx context.Context, o *object) error {
-	o.persistMu.Lock()
-	defer o.persistMu.Unlock()
-	if !o.dirty.Swap(false) {
+func (f *FS) persist(ctx context.Context, o *Object) error {
+	o.LockPersist()
+	defer o.UnlockPersist()
+	if !o.TakeDirty() {
 		return nil
 	}
 	err := f.update(ctx, func(txn kv) error {
-		a, err := f.rawAttr(txn, o.ino)
+		a, err := f.rawAttr(txn, o.Ino())
 		if err != nil {
 			return err
 		}
-		liveValues(&a, o, f.v.chunkSize)
+		liveValues(&a, o, f.v.ChunkSize())
 		if err := f.putAttr(txn, a); err != nil { // a carries the live mtime
 			return err
 		}
-		return txn.Set(lengthKey(f.v.id, o.ino), binary.BigEndian.AppendUint64(nil, uint64(a.Size)))
+		return txn.Set(lengthKey(f.v.ID(), o.Ino()), binary.BigEndian.AppendUint64(nil, uint64(a.Size)))
 	})
 	if err != nil {
-		o.dirty.Store(true)
+		o.SetDirty()
 		if errors.Is(err, ErrNotFound) {
 			return nil // removed meanwhile: nothing to keep
 		}
-		return fmt.Errorf("persist inode %d: %w", o.ino, err)
+		return fmt.Errorf("persist inode %d: %w", o.Ino(), err)
 	}
 	return nil
 }
@@ -246,13 +246,13 @@ func (f *FS) Fsync(ctx context.Context, ino uint64) error {
 	if err := f.settle(); err != nil {
 		return err
 	}
-	return f.v.s.Flush(ctx)
+	return f.v.Store().Flush(ctx)
 }
 
 // Length returns a file's current length (the live one while open).
 func (f *FS) Length(ctx context.Context, ino uint64) (int64, error) {
 	if o := f.loaded(ino); o != nil {
-		return o.size.Load(), nil
+		return o.Size(), nil
 	}
 	a, err := f.GetAttr(ctx, ino)
 	return a.Size, err
@@ -278,7 +278,7 @@ func (f *FS) purgeIfUnused(ctx context.Context, ino uint64) {
 		f.objMu.Unlock()
 	}()
 	if err := f.purge(ino); err != nil {
-		f.v.s.log.Error("purge of removed inode failed; retried at next start", "volume", f.v.ref, "inode", ino, "err", err)
+		f.v.Store().Log().Error("purge of removed inode failed; retried at next start", "volume", f.v.Ref(), "inode", ino, "err", err)
 		return
 	}
 	f.setOrphan(ino, false)
@@ -286,7 +286,7 @@ func (f *FS) purgeIfUnused(ctx context.Context, ino uint64) {
 
 func (f *FS) isOrphan(ino uint64) bool {
 	err := f.view(func(txn kv) error {
-		_, err := txn.Get(orphanKey(f.v.id, ino))
+		_, err := txn.Get(orphanKey(f.v.ID(), ino))
 		return err
 	})
 	return err == nil
@@ -301,7 +301,7 @@ func (f *FS) purge(ino uint64) error {
 	// The orphan record goes to badger before the chunks go: a crash in
 	// between must not leave a named file without its data.
 	f.barrier()
-	if err := v.dropChunks(ino); err != nil {
+	if err := v.DropChunks(ino); err != nil {
 		return err
 	}
 	// The records go in a namespace transaction, under f.mu: a persist
@@ -313,14 +313,14 @@ func (f *FS) purge(ino uint64) error {
 	return f.update(context.Background(), func(txn kv) error {
 		f.noteDrop(ino)
 		f.forgetFresh(ino)
-		return deleteInode(txn, v.id, ino, true, true, true)
+		return deleteInode(txn, v.ID(), ino, true, true, true)
 	})
 }
 
 // purgeOrphans removes the orphans a crash left behind (store open).
 func (f *FS) purgeOrphans() error {
 	var inos []uint64
-	prefix := inoKey(prefixOrphan, f.v.id, 0)[:9]
+	prefix := inoKey(prefixOrphan, f.v.ID(), 0)[:9]
 	err := f.view(func(txn kv) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 		defer it.Close()
@@ -340,10 +340,10 @@ func (f *FS) purgeOrphans() error {
 		}
 	}
 	if len(inos) > 0 {
-		if err := f.v.s.syncMeta(); err != nil { // their space is free again
+		if err := f.v.Store().SyncMeta(); err != nil { // their space is free again
 			return err
 		}
-		f.v.s.log.Info("purged inodes unlinked while open before the last stop", "volume", f.v.ref, "count", len(inos))
+		f.v.Store().Log().Info("purged inodes unlinked while open before the last stop", "volume", f.v.Ref(), "count", len(inos))
 	}
 	return nil
 }
@@ -359,8 +359,8 @@ type SetAttr struct {
 // SetAttr changes attributes; a new size truncates or extends the file
 // (extended bytes read as zeros).
 func (f *FS) SetAttr(ctx context.Context, ino uint64, in SetAttr) (Attr, error) {
-	if f.v.readOnly {
-		return Attr{}, fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return Attr{}, fmt.Errorf("volume %s: %w", f.v.Ref(), ErrReadOnly)
 	}
 	if in.Size != nil {
 		if err := f.truncate(ctx, ino, *in.Size); err != nil {
@@ -389,7 +389,7 @@ func (f *FS) SetAttr(ctx context.Context, ino uint64, in SetAttr) (Attr, error) 
 		if in.Mtime != nil {
 			a.Mtime = *in.Mtime
 			if o := f.loaded(ino); o != nil {
-				o.mtime.Store(0) // the explicit time wins over the live one
+				o.ClearMtime() // the explicit time wins over the live one
 			}
 		}
 		if in.Size != nil {
@@ -433,11 +433,11 @@ func (f *FS) truncate(ctx context.Context, ino uint64, size int64) error {
 	}
 	// The length is recorded after the chunks are cut, so a crash midway
 	// leaves the old length with zeros at its end.
-	return o.truncate(size, func() error {
+	return o.Truncate(size, func() error {
 		defer f.noteData(ctx, ino, size, 0)
 		return f.update(ctx, func(txn kv) error {
 			f.noteDrop(ino)
-			return txn.Set(lengthKey(f.v.id, ino), binary.BigEndian.AppendUint64(nil, uint64(size)))
+			return txn.Set(lengthKey(f.v.ID(), ino), binary.BigEndian.AppendUint64(nil, uint64(size)))
 		})
 	})
 }

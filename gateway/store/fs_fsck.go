@@ -12,7 +12,7 @@ import (
 
 // fsck checks inodes, entries and link counts (namespace).
 func (f *FS) fsck(txn *badger.Txn, r *FsckReport) error {
-	vol := f.v.id
+	vol := f.v.ID()
 	attrs := fsckInodes(txn, vol, r)
 	r.Inodes = len(attrs)
 	orphans := fsckOrphans(txn, vol)
@@ -31,13 +31,13 @@ func fsckInodes(txn *badger.Txn, vol uint64, r *FsckReport) map[uint64]Attr {
 	for it.Rewind(); it.Valid(); it.Next() {
 		k := it.Item().Key()
 		if len(k) != 17 {
-			r.problem("malformed inode key %x", k)
+			r.Problemf("malformed inode key %x", k)
 			continue
 		}
 		ino := binary.BigEndian.Uint64(k[9:])
 		var a Attr
 		if err := it.Item().Value(func(b []byte) (err error) { a, err = decodeAttr(ino, b); return err }); err != nil {
-			r.problem("%v", err)
+			r.Problemf("%v", err)
 			continue
 		}
 		attrs[ino] = a
@@ -69,7 +69,7 @@ func fsckDentries(txn *badger.Txn, vol uint64, attrs map[uint64]Attr, r *FsckRep
 	for it.Rewind(); it.Valid(); it.Next() {
 		k := it.Item().Key()
 		if len(k) <= 17 {
-			r.problem("malformed dentry key %x", k)
+			r.Problemf("malformed dentry key %x", k)
 			continue
 		}
 		parent, name := binary.BigEndian.Uint64(k[9:]), string(k[17:])
@@ -77,29 +77,29 @@ func fsckDentries(txn *badger.Txn, vol uint64, attrs map[uint64]Attr, r *FsckRep
 		var ino uint64
 		var typ uint32
 		if err := it.Item().Value(func(b []byte) (err error) { ino, typ, err = decodeDentry(b); return err }); err != nil {
-			r.problem("entry %q in directory %d: %v", name, parent, err)
+			r.Problemf("entry %q in directory %d: %v", name, parent, err)
 			continue
 		}
 		p, ok := attrs[parent]
 		switch {
 		case !ok:
-			r.problem("entry %q in directory %d, which does not exist", name, parent)
+			r.Problemf("entry %q in directory %d, which does not exist", name, parent)
 		case !p.IsDir():
-			r.problem("entry %q in inode %d, which is not a directory", name, parent)
+			r.Problemf("entry %q in inode %d, which is not a directory", name, parent)
 		}
 		a, ok := attrs[ino]
 		if !ok {
-			r.problem("entry %q in directory %d points at inode %d, which does not exist", name, parent, ino)
+			r.Problemf("entry %q in directory %d points at inode %d, which does not exist", name, parent, ino)
 			continue
 		}
 		if a.Mode&0o170000 != typ {
-			r.problem("entry %q in directory %d says type %#o, inode %d is %#o", name, parent, typ, ino, a.Mode&0o170000)
+			r.Problemf("entry %q in directory %d says type %#o, inode %d is %#o", name, parent, typ, ino, a.Mode&0o170000)
 		}
 		links[ino]++
 		if a.IsDir() {
 			subdirs[parent]++
 			if a.Parent != parent {
-				r.problem("directory inode %d is entry %q of %d but its parent link says %d", ino, name, parent, a.Parent)
+				r.Problemf("directory inode %d is entry %q of %d but its parent link says %d", ino, name, parent, a.Parent)
 			}
 		}
 	}
@@ -118,37 +118,37 @@ func fsckLinkCounts(attrs map[uint64]Attr, orphans map[uint64]bool, links, subdi
 		}
 		if ino == RootIno {
 			if !a.IsDir() {
-				r.problem("root inode is not a directory")
+				r.Problemf("root inode is not a directory")
 			} else if a.Nlink != 2+subdirs[ino] {
-				r.problem("root directory: nlink %d, want %d", a.Nlink, 2+subdirs[ino])
+				r.Problemf("root directory: nlink %d, want %d", a.Nlink, 2+subdirs[ino])
 			}
 			continue
 		}
 		if links[ino] == 0 {
 			if !orphans[ino] {
-				r.problem("inode %d is in no directory and not an orphan (leaked)", ino)
+				r.Problemf("inode %d is in no directory and not an orphan (leaked)", ino)
 			} else if a.Nlink != 0 {
-				r.problem("orphan inode %d has nlink %d", ino, a.Nlink)
+				r.Problemf("orphan inode %d has nlink %d", ino, a.Nlink)
 			}
 			continue
 		}
 		if orphans[ino] {
-			r.problem("inode %d is an orphan but still has %d entries", ino, links[ino])
+			r.Problemf("inode %d is an orphan but still has %d entries", ino, links[ino])
 		}
 		want := links[ino]
 		if a.IsDir() {
 			if links[ino] != 1 {
-				r.problem("directory inode %d has %d entries", ino, links[ino])
+				r.Problemf("directory inode %d has %d entries", ino, links[ino])
 			}
 			want = 2 + subdirs[ino]
 		}
 		if a.Nlink != want {
-			r.problem("inode %d: nlink %d, want %d", ino, a.Nlink, want)
+			r.Problemf("inode %d: nlink %d, want %d", ino, a.Nlink, want)
 		}
 	}
 	for ino := range orphans {
 		if _, ok := attrs[ino]; !ok {
-			r.problem("orphan record for inode %d, which does not exist", ino)
+			r.Problemf("orphan record for inode %d, which does not exist", ino)
 		}
 	}
 }
@@ -165,7 +165,7 @@ func fsckOwned(txn *badger.Txn, vol uint64, attrs map[uint64]Attr, r *FsckReport
 		for it.Rewind(); it.Valid(); it.Next() {
 			k := it.Item().Key()
 			if len(k) < 17 {
-				r.problem("malformed %s key %x", rec.what, k)
+				r.Problemf("malformed %s key %x", rec.what, k)
 				continue
 			}
 			ino := binary.BigEndian.Uint64(k[9:17])
@@ -174,26 +174,26 @@ func fsckOwned(txn *badger.Txn, vol uint64, attrs map[uint64]Attr, r *FsckReport
 			}
 			last = ino
 			if _, ok := attrs[ino]; !ok {
-				r.problem("%s record of inode %d, which does not exist (leaked)", rec.what, ino)
+				r.Problemf("%s record of inode %d, which does not exist (leaked)", rec.what, ino)
 			}
 		}
 		it.Close()
 	}
 
 	// Chunks must belong to regular files.
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(vol, 0)[:9]})
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(vol, 0)[:9]})
 	defer it.Close()
 	last := ^uint64(0)
 	for it.Rewind(); it.Valid(); it.Next() {
-		_, ino, _, ok := parseChunkKey(it.Item().Key())
+		_, ino, _, ok := ParseChunkKey(it.Item().Key())
 		if !ok || ino == last {
 			continue
 		}
 		last = ino
 		if a, ok := attrs[ino]; !ok {
-			r.problem("chunks of inode %d, which does not exist (leaked)", ino)
+			r.Problemf("chunks of inode %d, which does not exist (leaked)", ino)
 		} else if !a.IsRegular() {
-			r.problem("chunks of inode %d, which is not a regular file", ino)
+			r.Problemf("chunks of inode %d, which is not a regular file", ino)
 		}
 	}
 }

@@ -25,40 +25,40 @@ func (f *FS) Fallocate(ctx context.Context, ino uint64, off, length int64, mode 
 	if err != nil {
 		return err
 	}
-	if f.v.readOnly {
-		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), ErrReadOnly)
 	}
 	if off < 0 || length <= 0 {
 		return fmt.Errorf("fallocate offset %d length %d: %w", off, length, ErrInvalid)
 	}
-	if err := o.checkRange(off, length, ErrNoSpace); err != nil {
+	if err := o.CheckRange(off, length, ErrNoSpace); err != nil {
 		return err
 	}
 	f.willWrite(o)
 	defer f.noteData(ctx, ino, off, length)
 	switch mode &^ FallocKeepSize {
 	case 0:
-		if err := o.allocate(off, length); err != nil {
+		if err := o.Allocate(off, length); err != nil {
 			return err
 		}
 	case FallocPunchHole:
 		if mode&FallocKeepSize == 0 {
 			return fmt.Errorf("punch hole without keep-size: %w", ErrUnsupported)
 		}
-		if err := o.discard(off, length); err != nil {
+		if err := o.Discard(off, length); err != nil {
 			return err
 		}
 	case FallocZeroRange:
-		if err := o.discard(off, length); err != nil {
+		if err := o.Discard(off, length); err != nil {
 			return err
 		}
 	default:
 		return fmt.Errorf("fallocate mode %#x: %w", mode, ErrUnsupported)
 	}
 	if mode&FallocKeepSize == 0 {
-		o.extendTo(off + length)
+		o.ExtendTo(off + length)
 	}
-	o.touch()
+	o.Touch()
 	return nil
 }
 
@@ -76,14 +76,14 @@ func (f *FS) Lseek(ctx context.Context, ino uint64, off int64, whence int) (int6
 	if err != nil {
 		return 0, err
 	}
-	size := o.size.Load()
+	size := o.Size()
 	if off < 0 {
 		return 0, fmt.Errorf("seek to %d: %w", off, ErrInvalid)
 	}
 	if off >= size {
 		return 0, fmt.Errorf("seek to %d of %d bytes: %w", off, size, ErrNXIO)
 	}
-	for _, e := range o.extents(off, size-off) {
+	for _, e := range o.Extents(off, size-off) {
 		if whence == SeekData && !e.Hole || whence == SeekHole && e.Hole {
 			return e.Offset, nil
 		}
@@ -112,7 +112,7 @@ type FSStats struct {
 func (f *FS) StatFS(ctx context.Context) FSStats {
 	const bs = 4096
 	size := f.v.Size()
-	used := f.v.usedBytes()
+	used := f.v.UsedBytes()
 	const files = 1 << 32
 	f.mu.Lock()
 	next := f.nextIno
@@ -149,7 +149,7 @@ func (f *FS) GetXattr(ctx context.Context, ino uint64, name string) ([]byte, err
 		if _, err := f.rawAttr(txn, ino); err != nil {
 			return err
 		}
-		b, err := txn.Get(xattrKey(f.v.id, ino, name))
+		b, err := txn.Get(xattrKey(f.v.ID(), ino, name))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return fmt.Errorf("xattr %q: %w", name, ErrNoData)
 		} else if err != nil {
@@ -168,7 +168,7 @@ func (f *FS) ListXattr(ctx context.Context, ino uint64) ([]string, error) {
 		if _, err := f.rawAttr(txn, ino); err != nil {
 			return err
 		}
-		prefix := xattrPrefix(f.v.id, ino)
+		prefix := xattrPrefix(f.v.ID(), ino)
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
@@ -188,8 +188,8 @@ func (f *FS) SetXattr(ctx context.Context, ino uint64, name string, value []byte
 	if len(value) > MaxXattrValueLen {
 		return fmt.Errorf("xattr value of %d bytes: %w", len(value), ErrTooBig)
 	}
-	if f.v.readOnly {
-		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), ErrReadOnly)
 	}
 	return f.update(ctx, func(txn kv) error {
 		a, err := f.rawAttr(txn, ino)
@@ -197,7 +197,7 @@ func (f *FS) SetXattr(ctx context.Context, ino uint64, name string, value []byte
 			return err
 		}
 		f.spoilFresh(ino, freshNoXattrs)
-		key := xattrKey(f.v.id, ino, name)
+		key := xattrKey(f.v.ID(), ino, name)
 		_, err = txn.Get(key)
 		exists := err == nil
 		if err != nil && !errors.Is(err, badger.ErrKeyNotFound) {
@@ -222,8 +222,8 @@ func (f *FS) RemoveXattr(ctx context.Context, ino uint64, name string) error {
 	if err := validXattrName(name); err != nil {
 		return err
 	}
-	if f.v.readOnly {
-		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), ErrReadOnly)
 	}
 	return f.update(ctx, func(txn kv) error {
 		a, err := f.rawAttr(txn, ino)
@@ -231,7 +231,7 @@ func (f *FS) RemoveXattr(ctx context.Context, ino uint64, name string) error {
 			return err
 		}
 		f.spoilFresh(ino, freshNoXattrs)
-		key := xattrKey(f.v.id, ino, name)
+		key := xattrKey(f.v.ID(), ino, name)
 		if _, err := txn.Get(key); errors.Is(err, badger.ErrKeyNotFound) {
 			return fmt.Errorf("xattr %q: %w", name, ErrNoData)
 		} else if err != nil {

@@ -23,8 +23,8 @@ func (f *FS) Rename(ctx context.Context, parent uint64, name string, newParent u
 		flags&RenameNoReplace != 0 && flags&RenameExchange != 0:
 		return fmt.Errorf("rename flags %#x: %w", flags, ErrInvalid)
 	}
-	if f.v.readOnly {
-		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), ErrReadOnly)
 	}
 	var gone uint64
 	err := f.update(ctx, func(txn kv) error {
@@ -66,7 +66,7 @@ func (r *renamer) dir(ino uint64) (*Attr, error) {
 
 func (r *renamer) rename(parent uint64, name string, newParent uint64, newName string, flags uint32) (uint64, error) {
 	f, txn := r.f, r.txn
-	vol := f.v.id
+	vol := f.v.ID()
 	if _, err := r.dir(parent); err != nil {
 		return 0, err
 	}

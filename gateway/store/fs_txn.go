@@ -75,8 +75,8 @@ func (f *FS) written(prev, done chan struct{}, err error) {
 	}
 	if err != nil && f.commitErr.CompareAndSwap(nil, &err) {
 		f.attrs.disable()
-		f.v.s.log.Error("metadata commit failed after its operation returned: the volume refuses changes until restart",
-			"volume", f.v.ref, "err", err)
+		f.v.Store().Log().Error("metadata commit failed after its operation returned: the volume refuses changes until restart",
+			"volume", f.v.Ref(), "err", err)
 	}
 	close(done)
 }
@@ -124,7 +124,7 @@ const inoBatch = 1024
 // inode that needs it. The caller holds f.mu.
 func (f *FS) allocIno(txn kv) (uint64, error) {
 	if f.nextIno == 0 {
-		b, err := txn.Get(inoCounterKey(f.v.id))
+		b, err := txn.Get(inoCounterKey(f.v.ID()))
 		if err != nil {
 			return 0, fmt.Errorf("inode counter: %w", err)
 		}
@@ -140,7 +140,7 @@ func (f *FS) allocIno(txn kv) (uint64, error) {
 		return ino, nil
 	}
 	limit := ino + inoBatch
-	if err := txn.Set(inoCounterKey(f.v.id), binary.BigEndian.AppendUint64(nil, limit)); err != nil {
+	if err := txn.Set(inoCounterKey(f.v.ID()), binary.BigEndian.AppendUint64(nil, limit)); err != nil {
 		return 0, err
 	}
 	f.inoPending = limit // update makes it f.inoLimit once the change joins the group
@@ -198,7 +198,7 @@ func (f *FS) entryOf(txn kv, parent uint64, name string) (uint64, uint32, error)
 
 // lookupTxn resolves name in directory parent to an inode number and type.
 func (f *FS) lookupTxn(txn kv, parent uint64, name string) (uint64, uint32, error) {
-	b, err := txn.Get(dentryKey(f.v.id, parent, name))
+	b, err := txn.Get(dentryKey(f.v.ID(), parent, name))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return 0, 0, fmt.Errorf("%q in inode %d: %w", name, parent, ErrNotFound)
 	} else if err != nil {
@@ -210,11 +210,11 @@ func (f *FS) lookupTxn(txn kv, parent uint64, name string) (uint64, uint32, erro
 // setDentry writes name → ino in parent, in FS.update's txn.
 func (f *FS) setDentry(txn kv, parent uint64, name string, ino uint64, mode uint32) error {
 	f.attrMods = append(f.attrMods, attrChange{a: Attr{Ino: ino}, keep: true, dent: &dentName{parent, name}})
-	return txn.Set(dentryKey(f.v.id, parent, name), encodeDentry(ino, mode))
+	return txn.Set(dentryKey(f.v.ID(), parent, name), encodeDentry(ino, mode))
 }
 
 // deleteDentry removes name from parent, in FS.update's txn.
 func (f *FS) deleteDentry(txn kv, parent uint64, name string) error {
 	f.attrMods = append(f.attrMods, attrChange{dent: &dentName{parent, name}})
-	return txn.Delete(dentryKey(f.v.id, parent, name))
+	return txn.Delete(dentryKey(f.v.ID(), parent, name))
 }

@@ -28,7 +28,8 @@ func (r FsckReport) Clean() bool { return len(r.Problems) == 0 }
 
 const maxProblems = 100
 
-func (r *FsckReport) problem(format string, a ...any) {
+// Problemf adds a problem to the report (at most maxProblems are listed).
+func (r *FsckReport) Problemf(format string, a ...any) {
 	if len(r.Problems) < maxProblems {
 		r.Problems = append(r.Problems, fmt.Sprintf(format, a...))
 	} else if len(r.Problems) == maxProblems {
@@ -49,7 +50,7 @@ func (s *Store) Fsck(ctx context.Context, tenant, name string) (FsckReport, erro
 	}
 	r := FsckReport{Volume: v.ref, Kind: v.Kind(), Problems: []string{}}
 	if v.ns != nil {
-		v.ns.barrier()
+		v.ns.Barrier()
 	}
 	before := v.allocated.Load()
 	var unallocated []string
@@ -59,7 +60,7 @@ func (s *Store) Fsck(ctx context.Context, tenant, name string) (FsckReport, erro
 			return err
 		}
 		if v.ns != nil {
-			return v.ns.fsck(txn, &r)
+			return v.ns.Fsck(txn, &r)
 		}
 		return nil
 	})
@@ -69,10 +70,10 @@ func (s *Store) Fsck(ctx context.Context, tenant, name string) (FsckReport, erro
 	// volume did not change during the scan, since IO moves both.
 	if after := v.allocated.Load(); err == nil && before == after {
 		if int64(r.Chunks) != after {
-			r.problem("the chunk maps hold %d chunks but the store counted %d since it opened: map entries were lost or added behind its back", r.Chunks, after)
+			r.Problemf("the chunk maps hold %d chunks but the store counted %d since it opened: map entries were lost or added behind its back", r.Chunks, after)
 		}
 		for _, p := range unallocated {
-			r.problem("%s", p)
+			r.Problemf("%s", p)
 		}
 	}
 	return r, err
@@ -94,17 +95,17 @@ func (s *Store) fsckChunks(txn *badger.Txn, v *Volume, r *FsckReport) ([]string,
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixChunk}, PrefetchValues: true})
 	defer it.Close()
 	for it.Rewind(); it.Valid(); it.Next() {
-		vol, ino, idx, ok := parseChunkKey(it.Item().Key())
+		vol, ino, idx, ok := ParseChunkKey(it.Item().Key())
 		if !ok {
 			if len(r.Problems) < maxProblems {
-				r.problem("malformed chunk key %x", it.Item().Key())
+				r.Problemf("malformed chunk key %x", it.Item().Key())
 			}
 			continue
 		}
 		var e chunkEntry
 		if err := it.Item().Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err }); err != nil {
 			if vol == v.id {
-				r.problem("inode %d chunk %d: %v", ino, idx, err)
+				r.Problemf("inode %d chunk %d: %v", ino, idx, err)
 			}
 			continue
 		}
@@ -115,17 +116,17 @@ func (s *Store) fsckChunks(txn *badger.Txn, v *Volume, r *FsckReport) ([]string,
 		r.Chunks++
 		switch {
 		case !s.alloc.contains(e.devOff, int64(e.storedLen)):
-			r.problem("inode %d chunk %d points outside the pool (offset %d length %d)", ino, idx, e.devOff, e.storedLen)
+			r.Problemf("inode %d chunk %d points outside the pool (offset %d length %d)", ino, idx, e.devOff, e.storedLen)
 		case !s.alloc.inUse(e.devOff, int64(e.storedLen)) && len(unallocated) < maxProblems:
 			unallocated = append(unallocated, fmt.Sprintf("inode %d chunk %d points at space the allocator has free (offset %d length %d)",
 				ino, idx, e.devOff, e.storedLen))
 		case v.obj0 != nil && ino != 0:
-			r.problem("block volume has a chunk of inode %d", ino)
+			r.Problemf("block volume has a chunk of inode %d", ino)
 		case v.obj0 != nil && int64(idx) >= numChunks(v.Size(), v.chunkSize):
-			r.problem("chunk %d past the end of the volume", idx)
+			r.Problemf("chunk %d past the end of the volume", idx)
 		case e.transformed():
 			if _, err := filter.ParseRecord(e.record); err != nil {
-				r.problem("inode %d chunk %d: filter record: %v", ino, idx, err)
+				r.Problemf("inode %d chunk %d: filter record: %v", ino, idx, err)
 			}
 		}
 	}
@@ -133,7 +134,7 @@ func (s *Store) fsckChunks(txn *badger.Txn, v *Volume, r *FsckReport) ([]string,
 	for i := 1; i < len(all); i++ {
 		a, b := all[i-1], all[i]
 		if b.off < a.off+a.length && (a.vol == v.id || b.vol == v.id) {
-			r.problem("chunk space shared: volume %d inode %d chunk %d and volume %d inode %d chunk %d at offset %d",
+			r.Problemf("chunk space shared: volume %d inode %d chunk %d and volume %d inode %d chunk %d at offset %d",
 				a.vol, a.ino, a.idx, b.vol, b.ino, b.idx, b.off)
 		}
 	}

@@ -82,12 +82,13 @@
 // The engine does not branch on a volume's kind or an inode number: an
 // object either has a fixed length (a block volume) or grows with its
 // writes (a file, object.grows), and a volume with a namespace gives the
-// engine its hooks (the namespace interface: willWrite before a change to
-// a file's chunks, noteData after it, barrier before a metadata sync,
-// purgeOrphans at open, markDeleted, fsck). Making a volume asks the
-// store's namespaceMaker (fsMaker, set in Open) for an fs volume's first
-// records and its namespace, and deleting one for the key prefixes of its
-// records. seam_test.go keeps the engine files to this.
+// engine its hooks (the Namespace interface: WillWrite before a change to
+// a file's chunks, NoteData after it, Barrier before a metadata sync,
+// PurgeOrphans at open, MarkDeleted, Fsck). Making a volume asks the
+// store's NamespaceMaker (Options.Namespaces; fsMaker by default) for an
+// fs volume's first records and its namespace, and deleting one for the
+// key prefixes of its records. seam_test.go keeps the engine files to
+// this.
 //
 // The namespace (FS: fs.go, fs_data.go, fs_misc.go, fs_rename.go,
 // fs_txn.go, fs_group.go, fs_watch.go, fs_format.go, fs_fsck.go,
@@ -104,11 +105,17 @@
 //   - an orphan's chunks are dropped only after its orphan record is in
 //     badger, and its records only after its chunks.
 //
-// The namespace reaches the engine only through Volume.ReadAt, WriteAt,
-// Discard, WriteZeroes and Extents, the object operations of fileobj.go and
-// io.go (checkRange, discard, allocate, extendTo, truncate, extents), the
-// object's live length and data-change marks (size, mapped, mtime, dirty),
-// and the store's badger handle for its own records.
+// The namespace reaches the engine only through exported API: Volume's
+// ReadAt, WriteAt, Discard, WriteZeroes and Extents (which the doors use
+// too), ID, Ref, ReadOnly, ChunkSize, Size, UsedBytes and Store; the chunk
+// work of files (fileobj.go: LoadFileObject, NewFileObject, DropChunks,
+// HasChunks, CountChunks, and Object's TrimPastEnd, Truncate, Allocate,
+// ExtendTo); Object's CheckRange, Discard, Extents, Touch and its live
+// values and data-change marks (Ino, Size, Mapped, Mtime, TakeDirty,
+// SetDirty, FirstWrite, LockPersist); the store's DB (for its own records,
+// under its own key prefixes), Log, Flush and SyncMeta; CounterKey,
+// ChunkPrefix and ParseChunkKey; FsckReport.Problemf; and the error
+// sentinels.
 //
 // The on-disk format is specified in docs/FORMAT.md.
 package store
@@ -140,6 +147,9 @@ type Options struct {
 	SyncInterval time.Duration
 	// InMemoryMeta keeps metadata in memory only (tests).
 	InMemoryMeta bool
+	// Namespaces makes the namespaces of fs volumes (NamespaceMaker).
+	// Default: FS.
+	Namespaces NamespaceMaker
 	// Filters undoes transformed chunks on read (decoders and the
 	// keyring) and serves the chains writes bring. Default: an Env without
 	// keys, closed with the store; a caller's Env is the caller's to close.
@@ -154,7 +164,7 @@ type Store struct {
 	// entries caches transformed chunks' map entries (entrycache.go).
 	entries *entryCache
 	// namespaces makes the namespaces of fs volumes (namespace.go).
-	namespaces namespaceMaker
+	namespaces NamespaceMaker
 	log        *slog.Logger
 	zeros      []byte // maxChunkSize zero bytes, never written
 	uuid       string // the pool's identity
@@ -201,13 +211,16 @@ func Open(ctx context.Context, metaDir string, dev device.Device, opts Options) 
 		return nil, fmt.Errorf("store: %s: %w (restore it from a backup)", metaDir, err)
 	}
 	s := &Store{
-		db: db, dev: dev, log: opts.Logger, env: opts.Filters, namespaces: fsMaker{},
+		db: db, dev: dev, log: opts.Logger, env: opts.Filters, namespaces: opts.Namespaces,
 		zeros: make([]byte, maxChunkSize),
 		byID:  make(map[uint64]*Volume), byName: make(map[string]*Volume),
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	if s.env == nil {
 		s.env, s.ownEnv = filter.NewEnv(nil), true
+	}
+	if s.namespaces == nil {
+		s.namespaces = fsMaker{}
 	}
 	if err := s.load(ctx); err != nil {
 		db.Close()
@@ -281,7 +294,7 @@ func (s *Store) load(ctx context.Context) error {
 	}
 	for _, v := range s.byID {
 		if v.ns != nil {
-			if err := v.ns.purgeOrphans(); err != nil {
+			if err := v.ns.PurgeOrphans(); err != nil {
 				return fmt.Errorf("store: volume %s: %w", v.ref, err)
 			}
 		}
@@ -306,10 +319,10 @@ func (s *Store) load(ctx context.Context) error {
 // a block volume it also fills the chunk table; files load theirs when they
 // are opened (memory follows open files, not the namespace).
 func (s *Store) loadChunks(txn *badger.Txn, v *Volume) error {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.id, 0)[:9], PrefetchValues: true})
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(v.id, 0)[:9], PrefetchValues: true})
 	defer it.Close()
 	for it.Rewind(); it.Valid(); it.Next() {
-		_, ino, idx, ok := parseChunkKey(it.Item().Key())
+		_, ino, idx, ok := ParseChunkKey(it.Item().Key())
 		if !ok {
 			continue
 		}
@@ -418,6 +431,17 @@ func (s *Store) putJSON(key []byte, v any) error {
 	return s.db.Sync()
 }
 
+// DB is the store's metadata database. A volume's namespace keeps its own
+// records there, under its own key prefixes (NamespaceMaker.Prefixes).
+func (s *Store) DB() *badger.DB { return s.db }
+
+// Log is the store's logger.
+func (s *Store) Log() *slog.Logger { return s.log }
+
+// SyncMeta makes committed metadata durable and lets the space its frees
+// released be reused (no device flush).
+func (s *Store) SyncMeta() error { return s.syncMeta() }
+
 // Flush makes every completed write to every volume durable: device flush,
 // then metadata sync (which also lets deferred frees be reused).
 func (s *Store) Flush(ctx context.Context) error {
@@ -438,7 +462,7 @@ func (s *Store) syncMeta() error {
 	// group, then wait for every commit handed to badger (a transaction's
 	// start waits for those before it), so the sync covers them.
 	for _, ns := range s.liveNamespaces() {
-		ns.barrier()
+		ns.Barrier()
 	}
 	s.db.NewTransaction(false).Discard()
 	seq, err := s.commitSyncSeq()
@@ -554,7 +578,7 @@ func (s *Store) Stats() PoolStats {
 // nextID allocates a volume id inside txn.
 func nextID(txn *badger.Txn) (uint64, error) {
 	var id uint64
-	item, err := txn.Get(counterKey("volume_id"))
+	item, err := txn.Get(CounterKey("volume_id"))
 	switch {
 	case errors.Is(err, badger.ErrKeyNotFound):
 	case err != nil:
@@ -565,7 +589,7 @@ func nextID(txn *badger.Txn) (uint64, error) {
 		}
 	}
 	id++
-	return id, txn.Set(counterKey("volume_id"), binary.BigEndian.AppendUint64(nil, id))
+	return id, txn.Set(CounterKey("volume_id"), binary.BigEndian.AppendUint64(nil, id))
 }
 
 // Volumes lists live volumes sorted by tenant/name.
