@@ -56,19 +56,16 @@
 // side. Chunk lookups are atomic loads from an in-memory table (8 bytes per
 // chunk), so the hot path takes no global lock and does no metadata IO.
 //
-// # Two halves: the chunk engine and the namespace
+// # The chunk engine and the namespace
 //
-// The package holds two ideas that meet at one seam (namespace.go). Until
-// the namespace moves to a package of its own, its files say which half
-// they belong to.
-//
-// The chunk engine owns where every byte lives: allocation (alloc.go), the
-// chunk tables and objects (table.go, object.go), device IO and the
-// read/write/discard paths (io.go), copy-on-write and transformed chunks
-// (cow.go, transformed.go, entrycache.go, scrub.go), the chunk work of files
-// (fileobj.go), the pool and its volumes (store.go, volumes.go, format.go,
-// config.go, errors.go, syncmark.go, metacheck.go), and fsck of the chunk
-// maps (fsck.go). Its invariants:
+// This package is the chunk engine: it owns where every byte lives.
+// Allocation (alloc.go), the chunk tables and objects (table.go,
+// object.go), device IO and the read/write/discard paths (io.go),
+// copy-on-write and transformed chunks (cow.go, transformed.go,
+// entrycache.go, scrub.go), the chunk work of files (fileobj.go), the pool
+// and its volumes (store.go, volumes.go, format.go, config.go, errors.go,
+// syncmark.go, metacheck.go), and fsck of the chunk maps (fsck.go). Its
+// invariants:
 //
 //   - a chunk map entry points only at space the allocator holds, shared
 //     with no other entry, and at bytes written before the entry was
@@ -79,43 +76,31 @@
 //     the chunk map of what is loaded;
 //   - Flush and FUA make what they cover durable.
 //
-// The engine does not branch on a volume's kind or an inode number: an
-// object either has a fixed length (a block volume) or grows with its
-// writes (a file, object.grows), and a volume with a namespace gives the
-// engine its hooks (the Namespace interface: WillWrite before a change to
-// a file's chunks, NoteData after it, Barrier before a metadata sync,
-// PurgeOrphans at open, MarkDeleted, Fsck). Making a volume asks the
-// store's NamespaceMaker (Options.Namespaces; fsMaker by default) for an
-// fs volume's first records and its namespace, and deleting one for the
-// key prefixes of its records. seam_test.go keeps the engine files to
-// this.
-//
-// The namespace (FS: fs.go, fs_data.go, fs_misc.go, fs_rename.go,
-// fs_txn.go, fs_group.go, fs_watch.go, fs_format.go, fs_fsck.go,
-// attrcache.go) owns inodes, directory entries, symlink targets,
-// xattrs, file lengths as records, orphans, and the order of its metadata
-// transactions (the group commit). Its invariants:
-//
-//   - link counts match the entries, every inode is reachable or an
-//     orphan, every record belongs to an inode;
-//   - a file's records reach badger before the chunk commits that depend
-//     on them (willWrite); a shorter length is recorded only after the
-//     chunks past it are cut (truncate), and what lies past the recorded
-//     length after a crash reads as zeros (the first load trims it);
-//   - an orphan's chunks are dropped only after its orphan record is in
-//     badger, and its records only after its chunks.
+// An fs volume's names, attributes and file lengths are its namespace,
+// package fsns, built on this one (fsns imports store, never the
+// reverse). The engine does not branch on a volume's kind or an inode
+// number: an object either has a fixed length (a block volume) or grows
+// with its writes (a file, Object.grows), and a volume with a namespace
+// gives the engine its hooks (namespace.go, the Namespace interface:
+// WillWrite before a change to a file's chunks, NoteData after it, Barrier
+// before a metadata sync, PurgeOrphans at open, MarkDeleted, Fsck). Making
+// a volume asks the store's NamespaceMaker (Options.Namespaces: fsns.Maker)
+// for an fs volume's first records and its namespace, and deleting one for
+// the key prefixes of its records. A store opened without a maker holds
+// block volumes only. seam_test.go keeps the engine from telling files
+// apart by inode number.
 //
 // The namespace reaches the engine only through exported API: Volume's
 // ReadAt, WriteAt, Discard, WriteZeroes and Extents (which the doors use
-// too), ID, Ref, ReadOnly, ChunkSize, Size, UsedBytes and Store; the chunk
-// work of files (fileobj.go: LoadFileObject, NewFileObject, DropChunks,
-// HasChunks, CountChunks, and Object's TrimPastEnd, Truncate, Allocate,
-// ExtendTo); Object's CheckRange, Discard, Extents, Touch and its live
-// values and data-change marks (Ino, Size, Mapped, Mtime, TakeDirty,
-// SetDirty, FirstWrite, LockPersist); the store's DB (for its own records,
-// under its own key prefixes), Log, Flush and SyncMeta; CounterKey,
-// ChunkPrefix and ParseChunkKey; FsckReport.Problemf; and the error
-// sentinels.
+// too), ID, Ref, ReadOnly, ChunkSize, Size, UsedBytes, Store and
+// Namespace; the chunk work of files (fileobj.go: LoadFileObject,
+// NewFileObject, DropChunks, HasChunks, CountChunks, and Object's
+// TrimPastEnd, Truncate, Allocate, ExtendTo); Object's CheckRange, Discard,
+// Extents, Touch and its live values and data-change marks (Ino, Size,
+// Mapped, Mtime, TakeDirty, SetDirty, FirstWrite, LockPersist); the
+// store's DB (for its own records, under its own key prefixes), Log, Flush
+// and SyncMeta; CounterKey, ChunkPrefix and ParseChunkKey;
+// FsckReport.Problemf; and the error sentinels.
 //
 // The on-disk format is specified in docs/FORMAT.md.
 package store
@@ -147,8 +132,9 @@ type Options struct {
 	SyncInterval time.Duration
 	// InMemoryMeta keeps metadata in memory only (tests).
 	InMemoryMeta bool
-	// Namespaces makes the namespaces of fs volumes (NamespaceMaker).
-	// Default: FS.
+	// Namespaces makes the namespaces of fs volumes (NamespaceMaker:
+	// fsns.Maker). Without one, the store holds block volumes only: it
+	// refuses to create an fs volume, and to open if it has one.
 	Namespaces NamespaceMaker
 	// Filters undoes transformed chunks on read (decoders and the
 	// keyring) and serves the chains writes bring. Default: an Env without
@@ -219,9 +205,6 @@ func Open(ctx context.Context, metaDir string, dev device.Device, opts Options) 
 	if s.env == nil {
 		s.env, s.ownEnv = filter.NewEnv(nil), true
 	}
-	if s.namespaces == nil {
-		s.namespaces = fsMaker{}
-	}
 	if err := s.load(ctx); err != nil {
 		db.Close()
 		if s.ownEnv {
@@ -275,6 +258,9 @@ func (s *Store) load(ctx context.Context) error {
 			var info VolumeInfo
 			if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, &info) }); err != nil {
 				return fmt.Errorf("volume record %x: %w", it.Item().Key(), err)
+			}
+			if info.Kind == KindFS && s.namespaces == nil {
+				return fmt.Errorf("volume %s is an fs volume: %w: opened without a namespace for fs volumes (Options.Namespaces)", info.Ref(), ErrUnsupported)
 			}
 			v := newVolume(s, info)
 			if info.State == stateDeleting {
@@ -458,9 +444,9 @@ func (s *Store) syncMeta() error {
 	defer s.syncMu.Unlock()
 	freed := s.alloc.takeDeferred()
 	// Namespace changes return before their group is committed, and
-	// their commits before they are written (FS.update): commit every open
-	// group, then wait for every commit handed to badger (a transaction's
-	// start waits for those before it), so the sync covers them.
+	// their commits before they are written (fsns, FS.update): Barrier
+	// commits every open group, then a transaction's start waits for
+	// every commit handed to badger before it, so the sync covers them.
 	for _, ns := range s.liveNamespaces() {
 		ns.Barrier()
 	}

@@ -161,6 +161,9 @@ func (s *Store) CreateVolume(ctx context.Context, o CreateOptions) (*Volume, err
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
+	if o.Kind == KindFS && s.namespaces == nil {
+		return nil, fmt.Errorf("create volume %s/%s: %w: fs volumes need a namespace (Options.Namespaces)", o.Tenant, o.Name, ErrUnsupported)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -298,7 +301,10 @@ func (s *Store) purge(ctx context.Context, v *Volume) error {
 	}
 	// Chunks, then the namespace's records (of any volume: a block
 	// volume has none).
-	prefixes := append([][]byte{ChunkPrefix(v.id, 0)[:9]}, s.namespaces.Prefixes(v.id)...)
+	prefixes := [][]byte{ChunkPrefix(v.id, 0)[:9]}
+	if s.namespaces != nil {
+		prefixes = append(prefixes, s.namespaces.Prefixes(v.id)...)
+	}
 	for _, p := range prefixes {
 		if err := s.db.DropPrefix(p); err != nil {
 			return fmt.Errorf("drop metadata: %w", err)
@@ -389,18 +395,10 @@ func (v *Volume) Size() int64 { return v.size.Load() }
 
 // Kind is KindBlock or KindFS.
 func (v *Volume) Kind() string {
-	if v.ns != nil {
+	if v.obj0 == nil {
 		return KindFS
 	}
 	return KindBlock
-}
-
-// FS is the namespace of an fs volume, nil for a block volume.
-func (v *Volume) FS() *FS {
-	if h, ok := v.ns.(fsHooks); ok {
-		return h.f
-	}
-	return nil
 }
 
 // AllocatedBytes is the pool space the volume's chunks hold (transformed

@@ -1,4 +1,4 @@
-package store
+package fsns
 
 import (
 	"context"
@@ -8,28 +8,30 @@ import (
 	"syscall"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 // loaded returns the object of a regular file in use, or nil.
-func (f *FS) loaded(ino uint64) *Object {
+func (f *FS) loaded(ino uint64) *store.Object {
 	if o, ok := f.objs.Load(ino); ok {
-		return o.(*Object)
+		return o.(*store.Object)
 	}
 	return nil
 }
 
-func (f *FS) loadedObjects() []*Object {
-	var out []*Object
-	f.objs.Range(func(_, o any) bool { out = append(out, o.(*Object)); return true })
+func (f *FS) loadedObjects() []*store.Object {
+	var out []*store.Object
+	f.objs.Range(func(_, o any) bool { out = append(out, o.(*store.Object)); return true })
 	return out
 }
 
 // openObject is the data path's lookup: the object of a file that is open.
-func (f *FS) openObject(ino uint64) (*Object, error) {
+func (f *FS) openObject(ino uint64) (*store.Object, error) {
 	if o := f.loaded(ino); o != nil {
 		return o, nil
 	}
-	return nil, fmt.Errorf("volume %s: inode %d is not an open regular file: %w", f.v.Ref(), ino, ErrInvalid)
+	return nil, fmt.Errorf("volume %s: inode %d is not an open regular file: %w", f.v.Ref(), ino, store.ErrInvalid)
 }
 
 // Open pins ino for IO until the matching Release: a regular file's chunk
@@ -63,7 +65,7 @@ func (f *FS) acquireNew(ino uint64) error {
 	f.objMu.Lock()
 	defer f.objMu.Unlock()
 	if f.deleted {
-		return fmt.Errorf("volume %s: %w", f.v.Ref(), ErrNotFound)
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrNotFound)
 	}
 	if u := f.inUse[ino]; u != nil {
 		u.refs++
@@ -79,7 +81,7 @@ func (f *FS) acquireNew(ino uint64) error {
 // CreateOpen is Create of a regular file followed by Open (O_CREAT).
 func (f *FS) CreateOpen(ctx context.Context, parent uint64, name string, in NewInode) (Attr, error) {
 	if in.Mode&syscall.S_IFMT != syscall.S_IFREG {
-		return Attr{}, fmt.Errorf("create-open of mode %#o: %w", in.Mode, ErrInvalid)
+		return Attr{}, fmt.Errorf("create-open of mode %#o: %w", in.Mode, store.ErrInvalid)
 	}
 	a, err := f.Create(ctx, parent, name, in)
 	if err != nil {
@@ -93,11 +95,11 @@ func (f *FS) pin(ino uint64) error {
 	f.objMu.Lock()
 	defer f.objMu.Unlock()
 	if f.deleted {
-		return fmt.Errorf("volume %s: %w", f.v.Ref(), ErrNotFound)
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrNotFound)
 	}
 	if u := f.inUse[ino]; u != nil {
 		if u.purging {
-			return fmt.Errorf("inode %d: %w", ino, ErrNotFound)
+			return fmt.Errorf("inode %d: %w", ino, store.ErrNotFound)
 		}
 		u.refs++
 		return nil
@@ -126,7 +128,7 @@ func (f *FS) ensureObject(ino uint64) error {
 	defer f.objMu.Unlock()
 	u := f.inUse[ino]
 	if u == nil {
-		return fmt.Errorf("inode %d is not pinned: %w", ino, ErrInvalid)
+		return fmt.Errorf("inode %d is not pinned: %w", ino, store.ErrInvalid)
 	}
 	if u.obj != nil {
 		return nil
@@ -142,9 +144,9 @@ func (f *FS) ensureObject(ino uint64) error {
 
 // loadObject builds a file's object from its length and chunk map (the
 // engine reads the map). The caller holds objMu.
-func (f *FS) loadObject(ino uint64) (*Object, error) {
+func (f *FS) loadObject(ino uint64) (*store.Object, error) {
 	v := f.v
-	var o *Object
+	var o *store.Object
 	err := f.view(func(txn kv) error {
 		size, err := readLength(txn, v.ID(), ino)
 		if err != nil {
@@ -174,7 +176,7 @@ func (f *FS) Release(ctx context.Context, ino uint64) error {
 	u := f.inUse[ino]
 	if u == nil {
 		f.objMu.Unlock()
-		return fmt.Errorf("release of inode %d that is not open: %w", ino, ErrInvalid)
+		return fmt.Errorf("release of inode %d that is not open: %w", ino, store.ErrInvalid)
 	}
 	u.refs--
 	last := u.refs == 0
@@ -209,7 +211,7 @@ func (f *FS) Release(ctx context.Context, ino uint64) error {
 // lookup would then write back the stale stored length. persistMu makes
 // a second persist wait for the first, so an fsync that finds nothing
 // dirty still covers what the one in flight writes.
-func (f *FS) persist(ctx context.Context, o *Object) error {
+func (f *FS) persist(ctx context.Context, o *store.Object) error {
 	o.LockPersist()
 	defer o.UnlockPersist()
 	if !o.TakeDirty() {
@@ -228,7 +230,7 @@ func (f *FS) persist(ctx context.Context, o *Object) error {
 	})
 	if err != nil {
 		o.SetDirty()
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) {
 			return nil // removed meanwhile: nothing to keep
 		}
 		return fmt.Errorf("persist inode %d: %w", o.Ino(), err)
@@ -360,7 +362,7 @@ type SetAttr struct {
 // (extended bytes read as zeros).
 func (f *FS) SetAttr(ctx context.Context, ino uint64, in SetAttr) (Attr, error) {
 	if f.v.ReadOnly() {
-		return Attr{}, fmt.Errorf("volume %s: %w", f.v.Ref(), ErrReadOnly)
+		return Attr{}, fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
 	if in.Size != nil {
 		if err := f.truncate(ctx, ino, *in.Size); err != nil {
@@ -406,8 +408,8 @@ func (f *FS) SetAttr(ctx context.Context, ino uint64, in SetAttr) (Attr, error) 
 // crash midway leaves either the old length with zeros at its end or the
 // new length.
 func (f *FS) truncate(ctx context.Context, ino uint64, size int64) error {
-	if size < 0 || size > MaxFileSize {
-		return fmt.Errorf("truncate inode %d to %d: %w", ino, size, ErrTooBig)
+	if size < 0 || size > store.MaxFileSize {
+		return fmt.Errorf("truncate inode %d to %d: %w", ino, size, store.ErrTooBig)
 	}
 	a, err := f.GetAttr(ctx, ino)
 	if err != nil {
@@ -415,9 +417,9 @@ func (f *FS) truncate(ctx context.Context, ino uint64, size int64) error {
 	}
 	switch {
 	case a.IsDir():
-		return fmt.Errorf("truncate inode %d: %w", ino, ErrIsDir)
+		return fmt.Errorf("truncate inode %d: %w", ino, store.ErrIsDir)
 	case !a.IsRegular():
-		return fmt.Errorf("truncate inode %d: %w", ino, ErrInvalid)
+		return fmt.Errorf("truncate inode %d: %w", ino, store.ErrInvalid)
 	}
 	if err := f.pin(ino); err != nil {
 		return err
@@ -429,7 +431,7 @@ func (f *FS) truncate(ctx context.Context, ino uint64, size int64) error {
 	defer f.Release(ctx, ino)
 	o := f.loaded(ino)
 	if o == nil {
-		return fmt.Errorf("truncate inode %d: %w", ino, ErrNotFound)
+		return fmt.Errorf("truncate inode %d: %w", ino, store.ErrNotFound)
 	}
 	// The length is recorded after the chunks are cut, so a crash midway
 	// leaves the old length with zeros at its end.

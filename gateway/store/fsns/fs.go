@@ -1,4 +1,4 @@
-package store
+package fsns
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 // FS is the namespace of an fs volume: inodes, directory entries, symlink
@@ -33,7 +35,7 @@ import (
 // is committed to badger as one transaction when something is about to
 // read badger, when a file's chunks are about to be written, when it is
 // full, on fsync or Store.Flush, and about a millisecond after its first
-// change (fs_group.go explains why and how reads stay exact). The commit
+// change (group.go explains why and how reads stay exact). The commit
 // is handed to badger without waiting for the write (memtable and its
 // log, on another goroutine), and every transaction that begins later
 // waits for it. What the group changes is the crash window: a SIGKILL can
@@ -64,7 +66,7 @@ import (
 // records deleted); one that is open is purged on its last Release; orphans
 // left by a crash are purged when the store opens.
 type FS struct {
-	v *Volume
+	v *store.Volume
 
 	mu         sync.Mutex            // serialises namespace changes
 	nextIno    uint64                // next free inode number, under mu (0: not read yet)
@@ -82,12 +84,12 @@ type FS struct {
 	orphans map[uint64]bool   // inodes with an orphan record, purged when unused
 	deleted bool
 
-	watchers atomic.Pointer[[]Watcher] // replaced under objMu (fs_watch.go)
+	watchers atomic.Pointer[[]Watcher] // replaced under objMu (watch.go)
 	fresh    map[uint64]uint8          // under objMu: what inodes created since the store opened have never had (freshNo*)
 
 	op ntxn // the running change's, reused; under mu
 
-	// The open group of changes not yet handed to badger (fs_group.go).
+	// The open group of changes not yet handed to badger (group.go).
 	// groupMu comes after mu and objMu: a reader holding objMu (an object
 	// load) can commit the group without mu.
 	groupMu      sync.Mutex
@@ -106,39 +108,11 @@ type FS struct {
 
 type inUse struct {
 	refs    int
-	obj     *Object // regular files only
-	purging bool    // a pin by purgeIfUnused: the inode is going away
+	obj     *store.Object // regular files only
+	purging bool          // a pin by purgeIfUnused: the inode is going away
 }
 
-// fsMaker makes FS the namespace of fs volumes (NamespaceMaker).
-type fsMaker struct{}
-
-func (fsMaker) Create(txn *badger.Txn, vol uint64) error { return initRoot(viewTxn{txn}, vol, 0, 0) }
-
-func (fsMaker) Attach(v *Volume) Namespace { return fsHooks{newFS(v)} }
-
-func (fsMaker) Prefixes(vol uint64) [][]byte { return namespacePrefixes(vol) }
-
-// fsHooks is FS as the engine's Namespace: the hooks stay off FS's own
-// API, which is for the doors.
-type fsHooks struct{ f *FS }
-
-var _ Namespace = fsHooks{}
-
-func (h fsHooks) OpenObject(ino uint64) (*Object, error) { return h.f.openObject(ino) }
-func (h fsHooks) LoadedObjects() []*Object               { return h.f.loadedObjects() }
-func (h fsHooks) WillWrite(o *Object)                    { h.f.willWrite(o) }
-func (h fsHooks) Barrier()                               { h.f.barrier() }
-func (h fsHooks) MarkDeleted()                           { h.f.markDeleted() }
-func (h fsHooks) PurgeOrphans() error                    { return h.f.purgeOrphans() }
-func (h fsHooks) Fsck(txn *badger.Txn, r *FsckReport) error {
-	return h.f.fsck(txn, r)
-}
-func (h fsHooks) NoteData(ctx context.Context, ino uint64, off, length int64) {
-	h.f.noteData(ctx, ino, off, length)
-}
-
-func newFS(v *Volume) *FS {
+func newFS(v *store.Volume) *FS {
 	return &FS{v: v, inUse: make(map[uint64]*inUse), trimmed: make(map[uint64]bool), orphans: make(map[uint64]bool), fresh: make(map[uint64]uint8), groupIdx: make(map[string]int)}
 }
 
@@ -168,16 +142,16 @@ func now() int64 { return time.Now().UnixNano() }
 func validEntryName(name string) error {
 	switch {
 	case name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00"):
-		return fmt.Errorf("name %q: %w", name, ErrInvalid)
+		return fmt.Errorf("name %q: %w", name, store.ErrInvalid)
 	case len(name) > MaxNameLen:
-		return fmt.Errorf("name of %d bytes: %w", len(name), ErrNameTooLong)
+		return fmt.Errorf("name of %d bytes: %w", len(name), store.ErrNameTooLong)
 	}
 	return nil
 }
 
 func (f *FS) check() error {
 	if f.deleted {
-		return fmt.Errorf("volume %s: %w", f.v.Ref(), ErrNotFound)
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrNotFound)
 	}
 	return f.failed()
 }
@@ -186,7 +160,7 @@ func (f *FS) check() error {
 // operation returned, wrapped in ErrIO, or nil.
 func (f *FS) failed() error {
 	if p := f.commitErr.Load(); p != nil {
-		return fmt.Errorf("volume %s: %w: an earlier metadata commit failed: %w", f.v.Ref(), ErrIO, *p)
+		return fmt.Errorf("volume %s: %w: an earlier metadata commit failed: %w", f.v.Ref(), store.ErrIO, *p)
 	}
 	return nil
 }
@@ -208,7 +182,7 @@ func initRoot(txn kv, vol uint64, uid, gid uint32) error {
 	return txn.Set(inoCounterKey(vol), binary.BigEndian.AppendUint64(nil, RootIno+1))
 }
 
-func inoCounterKey(vol uint64) []byte { return CounterKey(fmt.Sprintf("ino.%d", vol)) }
+func inoCounterKey(vol uint64) []byte { return store.CounterKey(fmt.Sprintf("ino.%d", vol)) }
 
 // getAttr reads ino's attributes in txn, with the live length and mtime of
 // a file in use, and the space it holds.
@@ -255,7 +229,7 @@ func (f *FS) overlayCached(a *Attr, gen uint64) bool {
 }
 
 // liveValues sets a's length, mtime and blocks from the file's object.
-func liveValues(a *Attr, o *Object, chunkSize int64) {
+func liveValues(a *Attr, o *store.Object, chunkSize int64) {
 	a.Size = o.Size()
 	if m := o.Mtime(); m > a.Mtime {
 		a.Mtime, a.Ctime = m, max(a.Ctime, m)
@@ -268,7 +242,7 @@ func liveValues(a *Attr, o *Object, chunkSize int64) {
 func (f *FS) rawAttr(txn kv, ino uint64) (Attr, error) {
 	b, err := txn.Get(inodeKey(f.v.ID(), ino))
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return Attr{}, fmt.Errorf("inode %d: %w", ino, ErrNotFound)
+		return Attr{}, fmt.Errorf("inode %d: %w", ino, store.ErrNotFound)
 	} else if err != nil {
 		return Attr{}, err
 	}
@@ -295,7 +269,7 @@ func readLength(txn kv, vol, ino uint64) (int64, error) {
 		return 0, err
 	}
 	if len(b) != 8 {
-		return 0, fmt.Errorf("inode %d: length record of %d bytes: %w", ino, len(b), ErrIO)
+		return 0, fmt.Errorf("inode %d: length record of %d bytes: %w", ino, len(b), store.ErrIO)
 	}
 	return int64(binary.BigEndian.Uint64(b)), nil
 }
@@ -324,10 +298,10 @@ func (f *FS) putAttr(txn kv, a Attr) error {
 // cache when it has both the name and the inode.
 func (f *FS) Lookup(ctx context.Context, parent uint64, name string) (Attr, error) {
 	if len(name) > MaxNameLen {
-		return Attr{}, fmt.Errorf("name of %d bytes: %w", len(name), ErrNameTooLong)
+		return Attr{}, fmt.Errorf("name of %d bytes: %w", len(name), store.ErrNameTooLong)
 	}
 	if a, gen, ok, absent := f.attrs.lookupAt(parent, name); absent {
-		return Attr{}, ErrNotFound // a common answer: no formatted error
+		return Attr{}, store.ErrNotFound // a common answer: no formatted error
 	} else if ok && f.overlayCached(&a, gen) {
 		return a, nil
 	}
@@ -339,7 +313,7 @@ func (f *FS) Lookup(ctx context.Context, parent uint64, name string) (Attr, erro
 		if err == nil {
 			wasLoaded = f.loaded(ino) != nil
 		}
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) {
 			if _, derr := f.dirAttr(txn, parent); derr != nil {
 				return derr // the parent is gone or not a directory
 			}
@@ -391,7 +365,7 @@ func (f *FS) Readlink(ctx context.Context, ino uint64) (string, error) {
 	err := f.view(func(txn kv) error {
 		b, err := txn.Get(linkKey(f.v.ID(), ino))
 		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("inode %d is not a symlink: %w", ino, ErrInvalid)
+			return fmt.Errorf("inode %d is not a symlink: %w", ino, store.ErrInvalid)
 		} else if err != nil {
 			return err
 		}
@@ -443,13 +417,13 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 	case syscall.S_IFREG, syscall.S_IFDIR, syscall.S_IFIFO, syscall.S_IFSOCK, syscall.S_IFCHR, syscall.S_IFBLK:
 	case syscall.S_IFLNK:
 		if in.Target == "" || len(in.Target) > MaxSymlinkLen {
-			return Attr{}, fmt.Errorf("symlink target of %d bytes: %w", len(in.Target), ErrNameTooLong)
+			return Attr{}, fmt.Errorf("symlink target of %d bytes: %w", len(in.Target), store.ErrNameTooLong)
 		}
 	default:
-		return Attr{}, fmt.Errorf("mode %#o: %w", in.Mode, ErrInvalid)
+		return Attr{}, fmt.Errorf("mode %#o: %w", in.Mode, store.ErrInvalid)
 	}
 	if f.v.ReadOnly() {
-		return Attr{}, fmt.Errorf("volume %s: %w", f.v.Ref(), ErrReadOnly)
+		return Attr{}, fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
 	var a Attr
 	err := f.update(ctx, func(txn kv) error {
@@ -458,8 +432,8 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 			return err
 		}
 		if _, _, err := f.entryOf(txn, parent, name); err == nil {
-			return fmt.Errorf("%q: %w", name, ErrExists)
-		} else if !errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("%q: %w", name, store.ErrExists)
+		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
 		ino, err := f.allocIno(txn)
@@ -503,10 +477,10 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 // start, open once for the caller, who must Release it.
 func (f *FS) Tmpfile(ctx context.Context, parent uint64, in NewInode) (Attr, error) {
 	if in.Mode&syscall.S_IFMT != syscall.S_IFREG {
-		return Attr{}, fmt.Errorf("tmpfile mode %#o: %w", in.Mode, ErrInvalid)
+		return Attr{}, fmt.Errorf("tmpfile mode %#o: %w", in.Mode, store.ErrInvalid)
 	}
 	if f.v.ReadOnly() {
-		return Attr{}, fmt.Errorf("volume %s: %w", f.v.Ref(), ErrReadOnly)
+		return Attr{}, fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
 	var a Attr
 	err := f.update(ctx, func(txn kv) error {
@@ -538,7 +512,7 @@ func (f *FS) Link(ctx context.Context, ino, newParent uint64, newName string) (A
 		return Attr{}, err
 	}
 	if f.v.ReadOnly() {
-		return Attr{}, fmt.Errorf("volume %s: %w", f.v.Ref(), ErrReadOnly)
+		return Attr{}, fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
 	var a Attr
 	resurrected := false
@@ -551,11 +525,11 @@ func (f *FS) Link(ctx context.Context, ino, newParent uint64, newName string) (A
 			return err
 		}
 		if a.IsDir() {
-			return fmt.Errorf("hard link to directory inode %d: %w", ino, ErrPerm)
+			return fmt.Errorf("hard link to directory inode %d: %w", ino, store.ErrPerm)
 		}
 		if _, _, err := f.entryOf(txn, newParent, newName); err == nil {
-			return fmt.Errorf("%q: %w", newName, ErrExists)
-		} else if !errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("%q: %w", newName, store.ErrExists)
+		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
 		if a.Nlink == 0 {
@@ -596,10 +570,10 @@ func (f *FS) Rmdir(ctx context.Context, parent uint64, name string) error {
 
 func (f *FS) remove(ctx context.Context, parent uint64, name string, dir bool) error {
 	if f.v.ReadOnly() {
-		return fmt.Errorf("volume %s: %w", f.v.Ref(), ErrReadOnly)
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
 	if name == "." || name == ".." {
-		return fmt.Errorf("remove %q: %w", name, ErrInvalid)
+		return fmt.Errorf("remove %q: %w", name, store.ErrInvalid)
 	}
 	var gone uint64
 	err := f.update(ctx, func(txn kv) error {
@@ -617,11 +591,11 @@ func (f *FS) remove(ctx context.Context, parent uint64, name string, dir bool) e
 		}
 		switch {
 		case dir && !a.IsDir():
-			return fmt.Errorf("%q: %w", name, ErrNotDir)
+			return fmt.Errorf("%q: %w", name, store.ErrNotDir)
 		case !dir && a.IsDir():
-			return fmt.Errorf("%q: %w", name, ErrIsDir)
+			return fmt.Errorf("%q: %w", name, store.ErrIsDir)
 		case dir && !dirEmpty(txn, f.v.ID(), ino):
-			return fmt.Errorf("%q: %w", name, ErrNotEmpty)
+			return fmt.Errorf("%q: %w", name, store.ErrNotEmpty)
 		}
 		t := now()
 		p.Mtime, p.Ctime = t, t

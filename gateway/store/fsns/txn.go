@@ -1,8 +1,8 @@
-package store
+package fsns
 
 // The transaction machinery of FS: update runs each namespace change and
 // adds it to the open group (see "Transactions" in FS's doc and
-// fs_group.go), settle commits the group and waits for what was handed
+// group.go), settle commits the group and waits for what was handed
 // over, allocIno reserves inode numbers, and the read helpers namespace
 // changes use answer from the attribute cache when they can.
 
@@ -14,12 +14,14 @@ import (
 	"syscall"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 // update runs fn as one change under the namespace mutex and adds its
 // writes to the open group (see Transactions in the type's doc). Then it
 // reports the records fn wrote
-// to the watchers other than ctx's origin (fs_watch.go).
+// to the watchers other than ctx's origin (watch.go).
 func (f *FS) update(ctx context.Context, fn func(txn kv) error) error {
 	ws := f.others(ctx)
 	cs, err := f.commit(fn, ws != nil)
@@ -30,7 +32,7 @@ func (f *FS) update(ctx context.Context, fn func(txn kv) error) error {
 }
 
 // commit is update's part under the mutex: fn runs in an ntxn whose
-// writes join the open group when it succeeds (fs_group.go). It returns
+// writes join the open group when it succeeds (group.go). It returns
 // the reports when asked for them.
 func (f *FS) commit(fn func(txn kv) error, reports bool) ([]Change, error) {
 	f.mu.Lock()
@@ -129,7 +131,7 @@ func (f *FS) allocIno(txn kv) (uint64, error) {
 			return 0, fmt.Errorf("inode counter: %w", err)
 		}
 		if len(b) != 8 {
-			return 0, fmt.Errorf("inode counter of %d bytes: %w", len(b), ErrIO)
+			return 0, fmt.Errorf("inode counter of %d bytes: %w", len(b), store.ErrIO)
 		}
 		f.nextIno = binary.BigEndian.Uint64(b)
 		f.inoLimit = f.nextIno
@@ -164,7 +166,7 @@ func (f *FS) dirAttr(txn kv, ino uint64) (Attr, error) {
 		}
 	}
 	if !a.IsDir() {
-		return Attr{}, fmt.Errorf("inode %d: %w", ino, ErrNotDir)
+		return Attr{}, fmt.Errorf("inode %d: %w", ino, store.ErrNotDir)
 	}
 	return a, nil
 }
@@ -189,7 +191,7 @@ func (f *FS) entryOf(txn kv, parent uint64, name string) (uint64, uint32, error)
 	if a, ok, absent := f.attrs.lookup(parent, name); absent {
 		// Unwrapped: a create's check for its new name takes this path,
 		// and formatting an error costs more than the rest of the check.
-		return 0, 0, ErrNotFound
+		return 0, 0, store.ErrNotFound
 	} else if ok {
 		return a.Ino, a.Mode & syscall.S_IFMT, nil
 	}
@@ -200,7 +202,7 @@ func (f *FS) entryOf(txn kv, parent uint64, name string) (uint64, uint32, error)
 func (f *FS) lookupTxn(txn kv, parent uint64, name string) (uint64, uint32, error) {
 	b, err := txn.Get(dentryKey(f.v.ID(), parent, name))
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return 0, 0, fmt.Errorf("%q in inode %d: %w", name, parent, ErrNotFound)
+		return 0, 0, fmt.Errorf("%q in inode %d: %w", name, parent, store.ErrNotFound)
 	} else if err != nil {
 		return 0, 0, err
 	}

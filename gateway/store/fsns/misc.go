@@ -1,4 +1,4 @@
-package store
+package fsns
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 // Fallocate modes (Linux fallocate(2)).
@@ -26,12 +28,12 @@ func (f *FS) Fallocate(ctx context.Context, ino uint64, off, length int64, mode 
 		return err
 	}
 	if f.v.ReadOnly() {
-		return fmt.Errorf("volume %s: %w", f.v.Ref(), ErrReadOnly)
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
 	if off < 0 || length <= 0 {
-		return fmt.Errorf("fallocate offset %d length %d: %w", off, length, ErrInvalid)
+		return fmt.Errorf("fallocate offset %d length %d: %w", off, length, store.ErrInvalid)
 	}
-	if err := o.CheckRange(off, length, ErrNoSpace); err != nil {
+	if err := o.CheckRange(off, length, store.ErrNoSpace); err != nil {
 		return err
 	}
 	f.willWrite(o)
@@ -43,7 +45,7 @@ func (f *FS) Fallocate(ctx context.Context, ino uint64, off, length int64, mode 
 		}
 	case FallocPunchHole:
 		if mode&FallocKeepSize == 0 {
-			return fmt.Errorf("punch hole without keep-size: %w", ErrUnsupported)
+			return fmt.Errorf("punch hole without keep-size: %w", store.ErrUnsupported)
 		}
 		if err := o.Discard(off, length); err != nil {
 			return err
@@ -53,7 +55,7 @@ func (f *FS) Fallocate(ctx context.Context, ino uint64, off, length int64, mode 
 			return err
 		}
 	default:
-		return fmt.Errorf("fallocate mode %#x: %w", mode, ErrUnsupported)
+		return fmt.Errorf("fallocate mode %#x: %w", mode, store.ErrUnsupported)
 	}
 	if mode&FallocKeepSize == 0 {
 		o.ExtendTo(off + length)
@@ -78,10 +80,10 @@ func (f *FS) Lseek(ctx context.Context, ino uint64, off int64, whence int) (int6
 	}
 	size := o.Size()
 	if off < 0 {
-		return 0, fmt.Errorf("seek to %d: %w", off, ErrInvalid)
+		return 0, fmt.Errorf("seek to %d: %w", off, store.ErrInvalid)
 	}
 	if off >= size {
-		return 0, fmt.Errorf("seek to %d of %d bytes: %w", off, size, ErrNXIO)
+		return 0, fmt.Errorf("seek to %d of %d bytes: %w", off, size, store.ErrNXIO)
 	}
 	for _, e := range o.Extents(off, size-off) {
 		if whence == SeekData && !e.Hole || whence == SeekHole && e.Hole {
@@ -92,9 +94,9 @@ func (f *FS) Lseek(ctx context.Context, ino uint64, off int64, whence int) (int6
 		return size, nil
 	}
 	if whence != SeekData {
-		return 0, fmt.Errorf("whence %d: %w", whence, ErrInvalid)
+		return 0, fmt.Errorf("whence %d: %w", whence, store.ErrInvalid)
 	}
-	return 0, fmt.Errorf("no data after %d: %w", off, ErrNXIO)
+	return 0, fmt.Errorf("no data after %d: %w", off, store.ErrNXIO)
 }
 
 // FSStats is what statfs reports.
@@ -132,9 +134,9 @@ const (
 func validXattrName(name string) error {
 	switch {
 	case name == "":
-		return fmt.Errorf("empty xattr name: %w", ErrInvalid)
+		return fmt.Errorf("empty xattr name: %w", store.ErrInvalid)
 	case len(name) > MaxXattrNameLen:
-		return fmt.Errorf("xattr name of %d bytes: %w", len(name), ErrRange)
+		return fmt.Errorf("xattr name of %d bytes: %w", len(name), store.ErrRange)
 	}
 	return nil
 }
@@ -151,7 +153,7 @@ func (f *FS) GetXattr(ctx context.Context, ino uint64, name string) ([]byte, err
 		}
 		b, err := txn.Get(xattrKey(f.v.ID(), ino, name))
 		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("xattr %q: %w", name, ErrNoData)
+			return fmt.Errorf("xattr %q: %w", name, store.ErrNoData)
 		} else if err != nil {
 			return err
 		}
@@ -186,10 +188,10 @@ func (f *FS) SetXattr(ctx context.Context, ino uint64, name string, value []byte
 		return err
 	}
 	if len(value) > MaxXattrValueLen {
-		return fmt.Errorf("xattr value of %d bytes: %w", len(value), ErrTooBig)
+		return fmt.Errorf("xattr value of %d bytes: %w", len(value), store.ErrTooBig)
 	}
 	if f.v.ReadOnly() {
-		return fmt.Errorf("volume %s: %w", f.v.Ref(), ErrReadOnly)
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
 	return f.update(ctx, func(txn kv) error {
 		a, err := f.rawAttr(txn, ino)
@@ -205,9 +207,9 @@ func (f *FS) SetXattr(ctx context.Context, ino uint64, name string, value []byte
 		}
 		switch {
 		case flags&XattrCreate != 0 && exists:
-			return fmt.Errorf("xattr %q: %w", name, ErrExists)
+			return fmt.Errorf("xattr %q: %w", name, store.ErrExists)
 		case flags&XattrReplace != 0 && !exists:
-			return fmt.Errorf("xattr %q: %w", name, ErrNoData)
+			return fmt.Errorf("xattr %q: %w", name, store.ErrNoData)
 		}
 		a.Ctime = now()
 		if err := f.putAttr(txn, a); err != nil {
@@ -223,7 +225,7 @@ func (f *FS) RemoveXattr(ctx context.Context, ino uint64, name string) error {
 		return err
 	}
 	if f.v.ReadOnly() {
-		return fmt.Errorf("volume %s: %w", f.v.Ref(), ErrReadOnly)
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
 	return f.update(ctx, func(txn kv) error {
 		a, err := f.rawAttr(txn, ino)
@@ -233,7 +235,7 @@ func (f *FS) RemoveXattr(ctx context.Context, ino uint64, name string) error {
 		f.spoilFresh(ino, freshNoXattrs)
 		key := xattrKey(f.v.ID(), ino, name)
 		if _, err := txn.Get(key); errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("xattr %q: %w", name, ErrNoData)
+			return fmt.Errorf("xattr %q: %w", name, store.ErrNoData)
 		} else if err != nil {
 			return err
 		}

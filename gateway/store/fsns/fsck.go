@@ -1,9 +1,11 @@
-package store
+package fsns
 
 import (
 	"encoding/binary"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 // The namespace's half of fsck (Store.Fsck runs it after the chunk maps'
@@ -11,7 +13,7 @@ import (
 // which inodes may own records and chunks.
 
 // fsck checks inodes, entries and link counts (namespace).
-func (f *FS) fsck(txn *badger.Txn, r *FsckReport) error {
+func (f *FS) fsck(txn *badger.Txn, r *store.FsckReport) error {
 	vol := f.v.ID()
 	attrs := fsckInodes(txn, vol, r)
 	r.Inodes = len(attrs)
@@ -24,7 +26,7 @@ func (f *FS) fsck(txn *badger.Txn, r *FsckReport) error {
 }
 
 // fsckInodes reads every inode record of volume vol.
-func fsckInodes(txn *badger.Txn, vol uint64, r *FsckReport) map[uint64]Attr {
+func fsckInodes(txn *badger.Txn, vol uint64, r *store.FsckReport) map[uint64]Attr {
 	attrs := make(map[uint64]Attr)
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: inoKey(prefixInode, vol, 0)[:9], PrefetchValues: true})
 	defer it.Close()
@@ -61,7 +63,7 @@ func fsckOrphans(txn *badger.Txn, vol uint64) map[uint64]bool {
 // fsckDentries checks every directory entry against the inodes and counts
 // the entries pointing at each inode (links) and the subdirectories of
 // each directory (subdirs).
-func fsckDentries(txn *badger.Txn, vol uint64, attrs map[uint64]Attr, r *FsckReport) (links, subdirs map[uint64]uint32) {
+func fsckDentries(txn *badger.Txn, vol uint64, attrs map[uint64]Attr, r *store.FsckReport) (links, subdirs map[uint64]uint32) {
 	links = make(map[uint64]uint32)
 	subdirs = make(map[uint64]uint32)
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: inoKey(prefixDentry, vol, 0)[:9], PrefetchValues: true})
@@ -108,7 +110,7 @@ func fsckDentries(txn *badger.Txn, vol uint64, attrs map[uint64]Attr, r *FsckRep
 
 // fsckLinkCounts checks each inode's link count against the entries that
 // point at it, and that every inode is reachable or an orphan.
-func fsckLinkCounts(attrs map[uint64]Attr, orphans map[uint64]bool, links, subdirs map[uint64]uint32, r *FsckReport) {
+func fsckLinkCounts(attrs map[uint64]Attr, orphans map[uint64]bool, links, subdirs map[uint64]uint32, r *store.FsckReport) {
 	for ino, a := range attrs {
 		switch {
 		case a.IsDir():
@@ -155,7 +157,7 @@ func fsckLinkCounts(attrs map[uint64]Attr, orphans map[uint64]bool, links, subdi
 
 // fsckOwned checks that lengths, xattrs, symlink targets and chunks belong
 // to an inode that can have them.
-func fsckOwned(txn *badger.Txn, vol uint64, attrs map[uint64]Attr, r *FsckReport) {
+func fsckOwned(txn *badger.Txn, vol uint64, attrs map[uint64]Attr, r *store.FsckReport) {
 	for _, rec := range []struct {
 		prefix byte
 		what   string
@@ -181,11 +183,11 @@ func fsckOwned(txn *badger.Txn, vol uint64, attrs map[uint64]Attr, r *FsckReport
 	}
 
 	// Chunks must belong to regular files.
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(vol, 0)[:9]})
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: store.ChunkPrefix(vol, 0)[:9]})
 	defer it.Close()
 	last := ^uint64(0)
 	for it.Rewind(); it.Valid(); it.Next() {
-		_, ino, _, ok := ParseChunkKey(it.Item().Key())
+		_, ino, _, ok := store.ParseChunkKey(it.Item().Key())
 		if !ok || ino == last {
 			continue
 		}

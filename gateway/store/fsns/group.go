@@ -1,4 +1,4 @@
-package store
+package fsns
 
 // Group commit of namespace changes. A badger commit costs the gateway
 // more than the change itself: the hand-off wakes badger's writer, its
@@ -35,6 +35,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 const (
@@ -172,7 +174,7 @@ func (t *ntxn) Delete(key []byte) error { return t.write(kvWrite{key: key, del: 
 
 func (t *ntxn) write(w kvWrite) error {
 	if len(w.key) == 0 {
-		return fmt.Errorf("namespace write with an empty key: %w", ErrInvalid)
+		return fmt.Errorf("namespace write with an empty key: %w", store.ErrInvalid)
 	}
 	t.writes = append(t.writes, w)
 	t.size += len(w.key) + len(w.val)
@@ -366,7 +368,7 @@ func (f *FS) forgetFresh(ino uint64) {
 // the open group goes to badger first (a chunk commit must not reach
 // badger's log before the records of its file), and the file stops being
 // fresh the first time.
-func (f *FS) willWrite(o *Object) {
+func (f *FS) willWrite(o *store.Object) {
 	f.barrier()
 	if o.FirstWrite() {
 		f.spoilFresh(o.Ino(), freshNoChunks)
