@@ -14,7 +14,7 @@ import (
 // longer than a filesystem whose backing store can change behind it could
 // afford (go-fuse's loopback uses 1 s): every change to an fs volume goes
 // through its engine, which reports the changes made through anything but
-// this mount (store.FS.Watch: another mount, the LD_PRELOAD shim, a write
+// this mount (fsns.FS.Watch: another mount, the LD_PRELOAD shim, a write
 // through Volume.Do). The notifier queues each report and a goroutine of
 // its own tells the kernel to drop the entry (FUSE_NOTIFY_INVAL_ENTRY),
 // the attributes (FUSE_NOTIFY_INVAL_INODE with a negative offset) or the

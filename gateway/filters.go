@@ -9,6 +9,7 @@ import (
 
 	"github.com/sluice-storage/sluice/gateway/filter"
 	"github.com/sluice-storage/sluice/gateway/store"
+	"github.com/sluice-storage/sluice/gateway/store/fsns"
 	"github.com/sluice-storage/sluice/policy"
 )
 
@@ -51,7 +52,7 @@ func (v *Volume) filtersFor(ctx context.Context, vf *volFilters, req *Request) s
 		return vf.base
 	}
 	var fi policy.FileInfo
-	if fs := v.sv.FS(); fs != nil {
+	if fs := fsns.Of(v.sv); fs != nil {
 		fi.Size, _ = fs.Length(ctx, req.Inode)
 	}
 	info := v.sv.Info()

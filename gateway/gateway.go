@@ -65,6 +65,7 @@ import (
 	"github.com/sluice-storage/sluice/gateway/filter"
 	"github.com/sluice-storage/sluice/gateway/qos"
 	"github.com/sluice-storage/sluice/gateway/store"
+	"github.com/sluice-storage/sluice/gateway/store/fsns"
 )
 
 // Config is everything a Gateway needs, in one plain struct.
@@ -155,7 +156,7 @@ func Open(ctx context.Context, cfg Config) (*Gateway, error) {
 		cfg.Logger.Info("keyring loaded", "keyring", cfg.Keyring) // tenants only, never keys
 	}
 	env := filter.NewEnv(cfg.Keyring)
-	st, err := store.Open(ctx, filepath.Join(cfg.DataDir, "meta"), dev, store.Options{Logger: cfg.Logger, Filters: env})
+	st, err := store.Open(ctx, filepath.Join(cfg.DataDir, "meta"), dev, store.Options{Logger: cfg.Logger, Filters: env, Namespaces: fsns.Maker{}})
 	if err != nil {
 		dev.Close()
 		env.Close()

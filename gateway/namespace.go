@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/sluice-storage/sluice/gateway/store"
+	"github.com/sluice-storage/sluice/gateway/store/fsns"
 )
 
 // Namespace is an fs volume's names and attributes, as the file doors (FUSE,
@@ -44,12 +44,12 @@ type Namespace interface {
 	RemoveXattr(ctx context.Context, ino uint64, name string) error
 
 	// Watch registers a door that caches names or attributes: w hears of
-	// every change made through another door (see store.FS.Watch).
+	// every change made through another door (see fsns.FS.Watch).
 	Watch(w Watcher) (stop func())
 }
 
 // namespace is the store's FS without its data calls.
-type namespace struct{ *store.FS }
+type namespace struct{ *fsns.FS }
 
 func (n namespace) SetAttr(ctx context.Context, ino uint64, in SetAttr) (Attr, error) {
 	if in.Size != nil {
@@ -60,7 +60,7 @@ func (n namespace) SetAttr(ctx context.Context, ino uint64, in SetAttr) (Attr, e
 
 // Namespace returns an fs volume's namespace, or nil for a block volume.
 func (v *Volume) Namespace() Namespace {
-	fs := v.sv.FS()
+	fs := fsns.Of(v.sv)
 	if fs == nil {
 		return nil
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sluice-storage/sluice/gateway/store"
+	"github.com/sluice-storage/sluice/gateway/store/fsns"
 )
 
 // Extent is one run of a volume's address space.
@@ -23,19 +24,19 @@ type CreateOptions = store.CreateOptions
 // doors (FUSE, the shim). File data goes through Do with the file's inode
 // and path.
 type (
-	Attr       = store.Attr
-	NewInode   = store.NewInode
-	SetAttr    = store.SetAttr
-	DirEntry   = store.DirEntry
-	FSStats    = store.FSStats
+	Attr       = fsns.Attr
+	NewInode   = fsns.NewInode
+	SetAttr    = fsns.SetAttr
+	DirEntry   = fsns.DirEntry
+	FSStats    = fsns.FSStats
 	FsckReport = store.FsckReport
-	Change     = store.Change  // a change reported to a Watcher
-	Watcher    = store.Watcher // a door that caches (FS.Watch)
+	Change     = fsns.Change  // a change reported to a Watcher
+	Watcher    = fsns.Watcher // a door that caches (FS.Watch)
 )
 
 // WithOrigin marks ctx as a call on behalf of w: FS does not report the
 // changes it makes back to w.
-func WithOrigin(ctx context.Context, w Watcher) context.Context { return store.WithOrigin(ctx, w) }
+func WithOrigin(ctx context.Context, w Watcher) context.Context { return fsns.WithOrigin(ctx, w) }
 
 // Volume kinds.
 const (
@@ -44,7 +45,7 @@ const (
 )
 
 // RootIno is the inode of an fs volume's root directory.
-const RootIno = store.RootIno
+const RootIno = fsns.RootIno
 
 // Volume is a volume as the doors see it: the store volume plus the request
 // pipeline and its counters.
@@ -157,7 +158,7 @@ func (v *Volume) exec(ctx context.Context, req *Request, f store.Filters) (int64
 		if ferr != nil {
 			return 0, ferr
 		}
-		_, err = fs.SetAttr(ctx, req.Inode, store.SetAttr{Size: &req.Length})
+		_, err = fs.SetAttr(ctx, req.Inode, fsns.SetAttr{Size: &req.Length})
 	default:
 		return 0, fmt.Errorf("op %v: %w", req.Op, ErrUnsupported)
 	}
@@ -173,7 +174,7 @@ func (v *Volume) writeZeroes(ctx context.Context, req *Request, f store.Filters)
 	if req.Inode == 0 || req.NoHole {
 		return v.sv.WriteZeroesWith(ctx, req.Inode, req.Offset, req.Length, req.NoHole, f)
 	}
-	return v.fallocate(ctx, req, store.FallocZeroRange)
+	return v.fallocate(ctx, req, fsns.FallocZeroRange)
 }
 
 // fallocate runs fallocate(2)'s mode on an fs file, with KEEP_SIZE from req.
@@ -183,14 +184,14 @@ func (v *Volume) fallocate(ctx context.Context, req *Request, mode uint32) error
 		return err
 	}
 	if req.KeepSize {
-		mode |= store.FallocKeepSize
+		mode |= fsns.FallocKeepSize
 	}
 	return fs.Fallocate(ctx, req.Inode, req.Offset, req.Length, mode)
 }
 
 // fileOp returns the namespace for an op that applies to fs files only.
-func (v *Volume) fileOp(req *Request) (*store.FS, error) {
-	fs := v.sv.FS()
+func (v *Volume) fileOp(req *Request) (*fsns.FS, error) {
+	fs := fsns.Of(v.sv)
 	if fs == nil || req.Inode == 0 {
 		return nil, fmt.Errorf("volume %s: %v on inode %d: %w (fs files only)", v.Ref(), req.Op, req.Inode, ErrUnsupported)
 	}

@@ -25,7 +25,7 @@ func configKey(kind string, id uint64) []byte {
 func (s *Store) NextConfigID(kind string) (uint64, error) {
 	var id uint64
 	err := s.db.Update(func(txn *badger.Txn) error {
-		key := counterKey("config/" + kind)
+		key := CounterKey("config/" + kind)
 		item, err := txn.Get(key)
 		switch {
 		case errors.Is(err, badger.ErrKeyNotFound):

@@ -38,12 +38,12 @@ import (
 
 // writeChain writes p at off through a transforming chain, window by
 // window.
-func (o *object) writeChain(p []byte, off int64, chain *filter.Chain) error {
+func (o *Object) writeChain(p []byte, off int64, chain *filter.Chain) error {
 	for len(p) > 0 {
 		w := o.window(off, int64(len(p)))
 		o.lock(w.mask)
 		n, err := o.cowLocked(w, p, off, chain)
-		if n > 0 && o.ino != 0 {
+		if n > 0 {
 			o.growSize(off + int64(n))
 		}
 		o.unlock(w.mask)
@@ -58,14 +58,14 @@ func (o *object) writeChain(p []byte, off int64, chain *filter.Chain) error {
 // rewriteChunk writes the part of p that falls in off's chunk by
 // copy-on-write through chain (nil: plain), taking that chunk's stripe
 // write lock. It returns the bytes written.
-func (o *object) rewriteChunk(p []byte, off int64, chain *filter.Chain) (int, error) {
+func (o *Object) rewriteChunk(p []byte, off int64, chain *filter.Chain) (int, error) {
 	cs := o.v.chunkSize
 	n := min(int64(len(p)), cs-off&(cs-1))
 	w := o.window(off, n)
 	o.lock(w.mask)
 	defer o.unlock(w.mask)
 	written, err := o.cowLocked(w, p[:n], off, chain)
-	if written > 0 && o.ino != 0 {
+	if written > 0 {
 		o.growSize(off + int64(written))
 	}
 	return written, err
@@ -75,7 +75,7 @@ func (o *object) rewriteChunk(p []byte, off int64, chain *filter.Chain) (int, er
 // zeros (a partial discard or truncate), rewriting it by copy-on-write
 // through the transforms its record names, so an encrypted chunk stays
 // encrypted. The caller holds w's stripes write-locked.
-func (o *object) zeroTransformed(w window, idx, in, n int64) error {
+func (o *Object) zeroTransformed(w window, idx, in, n int64) error {
 	e, err := o.entry(idx)
 	if err != nil {
 		return err
@@ -100,7 +100,7 @@ type cowChunk struct {
 // cowLocked writes p at off by copy-on-write through chain (nil or plain:
 // stored plain), for the chunks of window w, whose stripes the caller holds
 // write-locked. It returns the bytes of p written: up to the window's end.
-func (o *object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (int, error) {
+func (o *Object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (int, error) {
 	v := o.v
 	s := v.s
 	if o.deleted {
@@ -127,68 +127,95 @@ func (o *object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 		v.allocated.Add(-holes)
 		return 0, err
 	}
-	plainBuf := s.getBuf(int(cs))
-	defer s.putBuf(plainBuf)
-	outBuf := s.getBuf(int(cs) + 1024)
-	defer s.putBuf(outBuf)
+	bufs := cowBufs{plain: s.getBuf(int(cs)), out: s.getBuf(int(cs) + 1024)}
+	defer s.putBuf(bufs.plain)
+	defer s.putBuf(bufs.out)
 	for idx := first; idx <= last; idx++ {
-		c := cowChunk{idx: idx, old: t.get(idx)}
-		if c.old&markTransformed != 0 {
-			var err error
-			if c.oldE, err = o.entry(idx); err != nil {
-				return fail(err)
-			}
-		}
 		from, to := max(off, idx*cs), min(end, (idx+1)*cs)
-		src := p[from-off : to-off]
-		if to-from < cs {
-			// Part of the chunk: merge into its current contents.
-			var buf []byte
-			var err error
-			switch {
-			case c.old&markTransformed != 0:
-				buf, err = o.readStored(idx, c.oldE, (*plainBuf)[:0])
-			default:
-				buf, err = o.loadChunk(idx, c.old, (*plainBuf)[:0])
-			}
-			if err != nil {
-				return fail(err)
-			}
-			*plainBuf = buf[:0]
-			copy(buf[from-idx*cs:], src)
-			src = buf
-		}
-		stored := src
-		var record []byte
-		if !chain.Plain() {
-			var err error
-			stored, record, err = chain.Forward(o.chunkContext(idx), (*outBuf)[:0], src)
-			if err != nil {
-				s.log.Error("filter chain failed on write", "volume", v.ref, "inode", o.ino, "offset", idx*cs, "err", err)
-				return fail(fmt.Errorf("%w: volume %s inode %d offset %d: %w", ErrIO, v.ref, o.ino, idx*cs, err))
-			}
-			*outBuf = stored[:0]
-		}
-		dev, err := s.allocSyncing(int64(len(stored)))
+		c, err := o.cowWrite(t, idx, p[from-off:to-off], from-idx*cs, chain, bufs)
 		if err != nil {
-			return fail(fmt.Errorf("volume %s: %w", v.ref, err))
+			return fail(err)
 		}
-		c.devSize = int64(len(stored))
-		c.e = chunkEntry{storedLen: uint32(len(stored)), devOff: dev}
 		chunks = append(chunks, c)
-		if record != nil {
-			c := &chunks[len(chunks)-1]
-			c.e.flags, c.e.record = flagRecord, record
-			if r, err := filter.ParseRecord(record); err == nil {
-				c.e.checksum, _ = r.Checksum()
-			}
-		}
-		if _, err := s.dev.WriteAt(stored, dev); err != nil {
-			s.log.Error("device write failed", "volume", v.ref, "inode", o.ino, "offset", idx*cs, "err", err)
-			return fail(fmt.Errorf("%w: %w", ErrIO, err))
+	}
+	if err := o.commitCow(chunks); err != nil {
+		return fail(err)
+	}
+	o.installCow(t, chunks)
+	return int(end - off), nil
+}
+
+// cowBufs are a copy-on-write window's scratch buffers: a chunk's plain
+// bytes and the chain's output.
+type cowBufs struct{ plain, out *[]byte }
+
+// cowWrite stores chunk idx anew with src at byte in of it: a partial chunk
+// is merged into the chunk's current contents (undone if transformed, zeros
+// if a hole), the chain runs forward, and the stored bytes go to a new
+// extent. Nothing is committed; on error nothing stays allocated.
+func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain *filter.Chain, bufs cowBufs) (cowChunk, error) {
+	v := o.v
+	s := v.s
+	cs := v.chunkSize
+	c := cowChunk{idx: idx, old: t.get(idx)}
+	if c.old&markTransformed != 0 {
+		var err error
+		if c.oldE, err = o.entry(idx); err != nil {
+			return c, err
 		}
 	}
-	err := s.db.Update(func(txn *badger.Txn) error {
+	if int64(len(src)) < cs {
+		// Part of the chunk: merge into its current contents.
+		var buf []byte
+		var err error
+		if c.old&markTransformed != 0 {
+			buf, err = o.readStored(idx, c.oldE, (*bufs.plain)[:0])
+		} else {
+			buf, err = o.loadChunk(idx, c.old, (*bufs.plain)[:0])
+		}
+		if err != nil {
+			return c, err
+		}
+		*bufs.plain = buf[:0]
+		copy(buf[in:], src)
+		src = buf
+	}
+	stored := src
+	var record []byte
+	if !chain.Plain() {
+		var err error
+		stored, record, err = chain.Forward(o.chunkContext(idx), (*bufs.out)[:0], src)
+		if err != nil {
+			s.log.Error("filter chain failed on write", "volume", v.ref, "inode", o.ino, "offset", idx*cs, "err", err)
+			return c, fmt.Errorf("%w: volume %s inode %d offset %d: %w", ErrIO, v.ref, o.ino, idx*cs, err)
+		}
+		*bufs.out = stored[:0]
+	}
+	dev, err := s.allocSyncing(int64(len(stored)))
+	if err != nil {
+		return c, fmt.Errorf("volume %s: %w", v.ref, err)
+	}
+	c.devSize = int64(len(stored))
+	c.e = chunkEntry{storedLen: uint32(len(stored)), devOff: dev}
+	if record != nil {
+		c.e.flags, c.e.record = flagRecord, record
+		if r, err := filter.ParseRecord(record); err == nil {
+			c.e.checksum, _ = r.Checksum()
+		}
+	}
+	if _, err := s.dev.WriteAt(stored, dev); err != nil {
+		s.alloc.free(dev, c.devSize)
+		s.log.Error("device write failed", "volume", v.ref, "inode", o.ino, "offset", idx*cs, "err", err)
+		return c, fmt.Errorf("%w: %w", ErrIO, err)
+	}
+	return c, nil
+}
+
+// commitCow commits the new map entries of a copy-on-write window in one
+// transaction (their data is on the device already).
+func (o *Object) commitCow(chunks []cowChunk) error {
+	v := o.v
+	err := v.s.db.Update(func(txn *badger.Txn) error {
 		for _, c := range chunks {
 			if err := txn.Set(chunkKey(v.id, o.ino, uint64(c.idx)), c.e.encode()); err != nil {
 				return err
@@ -197,9 +224,18 @@ func (o *object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 		return nil
 	})
 	if err != nil {
-		s.log.Error("chunk map commit failed", "volume", v.ref, "inode", o.ino, "err", err)
-		return fail(fmt.Errorf("%w: commit chunk map: %w", ErrIO, err))
+		v.s.log.Error("chunk map commit failed", "volume", v.ref, "inode", o.ino, "err", err)
+		return fmt.Errorf("%w: commit chunk map: %w", ErrIO, err)
 	}
+	return nil
+}
+
+// installCow makes table t and the caches follow a committed copy-on-write
+// window, and hands the replaced extents to the deferred free list, to be
+// zeroed once the commit is durable.
+func (o *Object) installCow(t *chunkTable, chunks []cowChunk) {
+	v := o.v
+	s := v.s
 	var freed []extent
 	var saved int64
 	for _, c := range chunks {
@@ -217,13 +253,12 @@ func (o *object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 			freed = append(freed, extent{off: c.oldE.devOff, length: c.oldE.extentLen(), zero: true})
 			saved -= v.savedBy(c.oldE)
 		default:
-			freed = append(freed, extent{off: c.old, length: cs, zero: true})
+			freed = append(freed, extent{off: c.old, length: v.chunkSize, zero: true})
 		}
 		o.invalidate(c.idx, 1)
 	}
 	v.saved.Add(saved)
 	s.alloc.deferFree(freed)
-	return int(end - off), nil
 }
 
 // allocSyncing allocates an extent; when the pool is full it first makes

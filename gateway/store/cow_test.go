@@ -10,7 +10,6 @@ import (
 	mrand "math/rand/v2"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -343,46 +342,6 @@ func TestCOWFreesAfterSyncAndZeroes(t *testing.T) {
 	if a, used := v.AllocatedBytes(), s.Stats().Used; a <= 0 || a > 16<<10 || used != a {
 		t.Fatalf("one compressed chunk left: volume holds %d, pool uses %d", a, used)
 	}
-}
-
-// TestFileChunksTransformed: fs files go through the same paths: a chain
-// write, truncate into a compressed chunk, restart.
-func TestFileChunksTransformed(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
-	env := testEnv(t)
-	s, dev := openWithEnv(t, dir, env)
-	v, f := newFSVolume(t, s, "home", 64*MiB)
-	a := mustCreate(t, f, RootIno, "doc.txt", syscall.S_IFREG|0o644)
-	if _, err := f.Open(ctx, a.Ino); err != nil {
-		t.Fatal(err)
-	}
-	data := text(5, 1*MiB+777)
-	mustWrite(t, v, a.Ino, 0, data, Filters{Chain: chainOf(t, env, "compression", "encryption")})
-	mustRead(t, v, a.Ino, 0, data)
-	size := int64(700000)
-	if _, err := f.SetAttr(ctx, a.Ino, SetAttr{Size: &size}); err != nil {
-		t.Fatal(err)
-	}
-	mustRead(t, v, a.Ino, 0, data[:size])
-	mustRead(t, v, a.Ino, size, make([]byte, 64<<10))
-	if err := f.Release(ctx, a.Ino); err != nil {
-		t.Fatal(err)
-	}
-	closeStore(t, s, dev)
-	s, dev = openWithEnv(t, dir, env)
-	defer closeStore(t, s, dev)
-	v, _ = s.Volume("t", "home")
-	f = v.FS()
-	if _, err := f.Open(ctx, a.Ino); err != nil {
-		t.Fatal(err)
-	}
-	defer f.Release(ctx, a.Ino)
-	mustRead(t, v, a.Ino, 0, data[:size])
-	if rep, err := v.Scrub(ctx); err != nil || !rep.Clean() || rep.Transformed != 11 {
-		t.Fatalf("scrub: %+v %v", rep, err)
-	}
-	mustFsck(t, s, "home")
 }
 
 // TestReadCache: reads through the cache hit after the first, and writes

@@ -42,10 +42,12 @@ func volumeKey(id uint64) []byte {
 	return binary.BigEndian.AppendUint64([]byte{prefixVolume}, id)
 }
 
-func counterKey(name string) []byte { return append([]byte{prefixCounter}, name...) }
+// CounterKey is the key of a named counter (a namespace's inode counter
+// among them).
+func CounterKey(name string) []byte { return append([]byte{prefixCounter}, name...) }
 
-// chunkPrefix is the key prefix of every chunk of one volume and inode.
-func chunkPrefix(id, inode uint64) []byte {
+// ChunkPrefix is the key prefix of every chunk of one volume and inode.
+func ChunkPrefix(id, inode uint64) []byte {
 	k := make([]byte, 17, 25)
 	k[0] = prefixChunk
 	binary.BigEndian.PutUint64(k[1:], id)
@@ -54,10 +56,11 @@ func chunkPrefix(id, inode uint64) []byte {
 }
 
 func chunkKey(id, inode, index uint64) []byte {
-	return binary.BigEndian.AppendUint64(chunkPrefix(id, inode), index)
+	return binary.BigEndian.AppendUint64(ChunkPrefix(id, inode), index)
 }
 
-func parseChunkKey(k []byte) (id, inode, index uint64, ok bool) {
+// ParseChunkKey splits a chunk key into volume, inode and chunk index.
+func ParseChunkKey(k []byte) (id, inode, index uint64, ok bool) {
 	if len(k) != 25 || k[0] != prefixChunk {
 		return 0, 0, 0, false
 	}

@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"sort"
 
@@ -29,7 +28,8 @@ func (r FsckReport) Clean() bool { return len(r.Problems) == 0 }
 
 const maxProblems = 100
 
-func (r *FsckReport) problem(format string, a ...any) {
+// Problemf adds a problem to the report (at most maxProblems are listed).
+func (r *FsckReport) Problemf(format string, a ...any) {
 	if len(r.Problems) < maxProblems {
 		r.Problems = append(r.Problems, fmt.Sprintf(format, a...))
 	} else if len(r.Problems) == maxProblems {
@@ -49,8 +49,8 @@ func (s *Store) Fsck(ctx context.Context, tenant, name string) (FsckReport, erro
 		return FsckReport{}, err
 	}
 	r := FsckReport{Volume: v.ref, Kind: v.Kind(), Problems: []string{}}
-	if v.fs != nil {
-		v.fs.barrier()
+	if v.ns != nil {
+		v.ns.Barrier()
 	}
 	before := v.allocated.Load()
 	var unallocated []string
@@ -59,8 +59,8 @@ func (s *Store) Fsck(ctx context.Context, tenant, name string) (FsckReport, erro
 		if unallocated, err = s.fsckChunks(txn, v, &r); err != nil {
 			return err
 		}
-		if v.fs != nil {
-			return v.fs.fsckNamespace(txn, &r)
+		if v.ns != nil {
+			return v.ns.Fsck(txn, &r)
 		}
 		return nil
 	})
@@ -70,10 +70,10 @@ func (s *Store) Fsck(ctx context.Context, tenant, name string) (FsckReport, erro
 	// volume did not change during the scan, since IO moves both.
 	if after := v.allocated.Load(); err == nil && before == after {
 		if int64(r.Chunks) != after {
-			r.problem("the chunk maps hold %d chunks but the store counted %d since it opened: map entries were lost or added behind its back", r.Chunks, after)
+			r.Problemf("the chunk maps hold %d chunks but the store counted %d since it opened: map entries were lost or added behind its back", r.Chunks, after)
 		}
 		for _, p := range unallocated {
-			r.problem("%s", p)
+			r.Problemf("%s", p)
 		}
 	}
 	return r, err
@@ -95,17 +95,17 @@ func (s *Store) fsckChunks(txn *badger.Txn, v *Volume, r *FsckReport) ([]string,
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixChunk}, PrefetchValues: true})
 	defer it.Close()
 	for it.Rewind(); it.Valid(); it.Next() {
-		vol, ino, idx, ok := parseChunkKey(it.Item().Key())
+		vol, ino, idx, ok := ParseChunkKey(it.Item().Key())
 		if !ok {
 			if len(r.Problems) < maxProblems {
-				r.problem("malformed chunk key %x", it.Item().Key())
+				r.Problemf("malformed chunk key %x", it.Item().Key())
 			}
 			continue
 		}
 		var e chunkEntry
 		if err := it.Item().Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err }); err != nil {
 			if vol == v.id {
-				r.problem("inode %d chunk %d: %v", ino, idx, err)
+				r.Problemf("inode %d chunk %d: %v", ino, idx, err)
 			}
 			continue
 		}
@@ -116,17 +116,17 @@ func (s *Store) fsckChunks(txn *badger.Txn, v *Volume, r *FsckReport) ([]string,
 		r.Chunks++
 		switch {
 		case !s.alloc.contains(e.devOff, int64(e.storedLen)):
-			r.problem("inode %d chunk %d points outside the pool (offset %d length %d)", ino, idx, e.devOff, e.storedLen)
+			r.Problemf("inode %d chunk %d points outside the pool (offset %d length %d)", ino, idx, e.devOff, e.storedLen)
 		case !s.alloc.inUse(e.devOff, int64(e.storedLen)) && len(unallocated) < maxProblems:
 			unallocated = append(unallocated, fmt.Sprintf("inode %d chunk %d points at space the allocator has free (offset %d length %d)",
 				ino, idx, e.devOff, e.storedLen))
-		case v.fs == nil && ino != 0:
-			r.problem("block volume has a chunk of inode %d", ino)
-		case v.fs == nil && int64(idx) >= numChunks(v.Size(), v.chunkSize):
-			r.problem("chunk %d past the end of the volume", idx)
+		case v.obj0 != nil && ino != 0:
+			r.Problemf("block volume has a chunk of inode %d", ino)
+		case v.obj0 != nil && int64(idx) >= numChunks(v.Size(), v.chunkSize):
+			r.Problemf("chunk %d past the end of the volume", idx)
 		case e.transformed():
 			if _, err := filter.ParseRecord(e.record); err != nil {
-				r.problem("inode %d chunk %d: filter record: %v", ino, idx, err)
+				r.Problemf("inode %d chunk %d: filter record: %v", ino, idx, err)
 			}
 		}
 	}
@@ -134,169 +134,9 @@ func (s *Store) fsckChunks(txn *badger.Txn, v *Volume, r *FsckReport) ([]string,
 	for i := 1; i < len(all); i++ {
 		a, b := all[i-1], all[i]
 		if b.off < a.off+a.length && (a.vol == v.id || b.vol == v.id) {
-			r.problem("chunk space shared: volume %d inode %d chunk %d and volume %d inode %d chunk %d at offset %d",
+			r.Problemf("chunk space shared: volume %d inode %d chunk %d and volume %d inode %d chunk %d at offset %d",
 				a.vol, a.ino, a.idx, b.vol, b.ino, b.idx, b.off)
 		}
 	}
 	return unallocated, nil
-}
-
-// fsckNamespace checks inodes, entries and link counts.
-func (f *FS) fsckNamespace(txn *badger.Txn, r *FsckReport) error {
-	vol := f.v.id
-	attrs := make(map[uint64]Attr)
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: inoKey(prefixInode, vol, 0)[:9], PrefetchValues: true})
-	for it.Rewind(); it.Valid(); it.Next() {
-		k := it.Item().Key()
-		if len(k) != 17 {
-			r.problem("malformed inode key %x", k)
-			continue
-		}
-		ino := binary.BigEndian.Uint64(k[9:])
-		var a Attr
-		if err := it.Item().Value(func(b []byte) (err error) { a, err = decodeAttr(ino, b); return err }); err != nil {
-			r.problem("%v", err)
-			continue
-		}
-		attrs[ino] = a
-	}
-	it.Close()
-	r.Inodes = len(attrs)
-
-	orphans := make(map[uint64]bool)
-	it = txn.NewIterator(badger.IteratorOptions{Prefix: inoKey(prefixOrphan, vol, 0)[:9]})
-	for it.Rewind(); it.Valid(); it.Next() {
-		if k := it.Item().Key(); len(k) == 17 {
-			orphans[binary.BigEndian.Uint64(k[9:])] = true
-		}
-	}
-	it.Close()
-	r.Orphans = len(orphans)
-
-	links := make(map[uint64]uint32)   // entries pointing at each inode
-	subdirs := make(map[uint64]uint32) // subdirectories of each directory
-	it = txn.NewIterator(badger.IteratorOptions{Prefix: inoKey(prefixDentry, vol, 0)[:9], PrefetchValues: true})
-	for it.Rewind(); it.Valid(); it.Next() {
-		k := it.Item().Key()
-		if len(k) <= 17 {
-			r.problem("malformed dentry key %x", k)
-			continue
-		}
-		parent, name := binary.BigEndian.Uint64(k[9:]), string(k[17:])
-		r.Dentries++
-		var ino uint64
-		var typ uint32
-		if err := it.Item().Value(func(b []byte) (err error) { ino, typ, err = decodeDentry(b); return err }); err != nil {
-			r.problem("entry %q in directory %d: %v", name, parent, err)
-			continue
-		}
-		p, ok := attrs[parent]
-		switch {
-		case !ok:
-			r.problem("entry %q in directory %d, which does not exist", name, parent)
-		case !p.IsDir():
-			r.problem("entry %q in inode %d, which is not a directory", name, parent)
-		}
-		a, ok := attrs[ino]
-		if !ok {
-			r.problem("entry %q in directory %d points at inode %d, which does not exist", name, parent, ino)
-			continue
-		}
-		if a.Mode&0o170000 != typ {
-			r.problem("entry %q in directory %d says type %#o, inode %d is %#o", name, parent, typ, ino, a.Mode&0o170000)
-		}
-		links[ino]++
-		if a.IsDir() {
-			subdirs[parent]++
-			if a.Parent != parent {
-				r.problem("directory inode %d is entry %q of %d but its parent link says %d", ino, name, parent, a.Parent)
-			}
-		}
-	}
-	it.Close()
-
-	for ino, a := range attrs {
-		switch {
-		case a.IsDir():
-			r.Dirs++
-		case a.IsRegular():
-			r.Files++
-		}
-		if ino == RootIno {
-			if !a.IsDir() {
-				r.problem("root inode is not a directory")
-			} else if a.Nlink != 2+subdirs[ino] {
-				r.problem("root directory: nlink %d, want %d", a.Nlink, 2+subdirs[ino])
-			}
-			continue
-		}
-		if links[ino] == 0 {
-			if !orphans[ino] {
-				r.problem("inode %d is in no directory and not an orphan (leaked)", ino)
-			} else if a.Nlink != 0 {
-				r.problem("orphan inode %d has nlink %d", ino, a.Nlink)
-			}
-			continue
-		}
-		if orphans[ino] {
-			r.problem("inode %d is an orphan but still has %d entries", ino, links[ino])
-		}
-		want := links[ino]
-		if a.IsDir() {
-			if links[ino] != 1 {
-				r.problem("directory inode %d has %d entries", ino, links[ino])
-			}
-			want = 2 + subdirs[ino]
-		}
-		if a.Nlink != want {
-			r.problem("inode %d: nlink %d, want %d", ino, a.Nlink, want)
-		}
-	}
-	for ino := range orphans {
-		if _, ok := attrs[ino]; !ok {
-			r.problem("orphan record for inode %d, which does not exist", ino)
-		}
-	}
-	// Lengths, xattrs and symlink targets must belong to an inode.
-	for _, rec := range []struct {
-		prefix byte
-		what   string
-	}{{prefixLength, "length"}, {prefixXattr, "xattr"}, {prefixLink, "symlink target"}} {
-		it = txn.NewIterator(badger.IteratorOptions{Prefix: inoKey(rec.prefix, vol, 0)[:9]})
-		last := ^uint64(0)
-		for it.Rewind(); it.Valid(); it.Next() {
-			k := it.Item().Key()
-			if len(k) < 17 {
-				r.problem("malformed %s key %x", rec.what, k)
-				continue
-			}
-			ino := binary.BigEndian.Uint64(k[9:17])
-			if ino == last {
-				continue
-			}
-			last = ino
-			if _, ok := attrs[ino]; !ok {
-				r.problem("%s record of inode %d, which does not exist (leaked)", rec.what, ino)
-			}
-		}
-		it.Close()
-	}
-
-	// Chunks must belong to regular files.
-	it = txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(vol, 0)[:9]})
-	defer it.Close()
-	last := ^uint64(0)
-	for it.Rewind(); it.Valid(); it.Next() {
-		_, ino, _, ok := parseChunkKey(it.Item().Key())
-		if !ok || ino == last {
-			continue
-		}
-		last = ino
-		if a, ok := attrs[ino]; !ok {
-			r.problem("chunks of inode %d, which does not exist (leaked)", ino)
-		} else if !a.IsRegular() {
-			r.problem("chunks of inode %d, which is not a regular file", ino)
-		}
-	}
-	return nil
 }

@@ -25,26 +25,27 @@ type syncWriter interface {
 	WriteAtSync(p []byte, off int64) (int, error)
 }
 
-// object returns the data object of inode: the volume itself for inode 0 of
+// objectOf returns the data object of inode: the volume itself for inode 0 of
 // a block volume, an open file of an fs volume otherwise.
-func (v *Volume) object(inode uint64) (*object, error) {
+func (v *Volume) objectOf(inode uint64) (*Object, error) {
 	if inode == 0 {
 		if v.obj0 == nil {
 			return nil, fmt.Errorf("volume %s: inode 0: %w (an fs volume's data lives in files)", v.ref, ErrUnsupported)
 		}
 		return v.obj0, nil
 	}
-	if v.fs == nil {
+	if v.ns == nil {
 		return nil, fmt.Errorf("volume %s: inode %d: %w (block volumes have inode 0 only)", v.ref, inode, ErrUnsupported)
 	}
-	return v.fs.openObject(inode)
+	return v.ns.OpenObject(inode)
 }
 
-// checkRange validates [off, off+length) for inode 0 against the volume
-// size, and for files against MaxFileSize.
-func (o *object) checkRange(off, length int64, pastEnd error) error {
+// CheckRange validates [off, off+length) for a fixed-length object (a block
+// volume) against its length, and for a growing one (a file) against
+// MaxFileSize.
+func (o *Object) CheckRange(off, length int64, pastEnd error) error {
 	limit := int64(MaxFileSize)
-	if o.ino == 0 {
+	if !o.grows {
 		limit = o.size.Load()
 	} else if pastEnd == ErrNoSpace {
 		pastEnd = ErrTooBig
@@ -75,11 +76,11 @@ func (v *Volume) ReadAt(ctx context.Context, inode uint64, p []byte, off int64) 
 // always undone from their records; f.Cache makes the read go through the
 // volume's read cache.
 func (v *Volume) ReadAtWith(ctx context.Context, inode uint64, p []byte, off int64, f Filters) error {
-	o, err := v.object(inode)
+	o, err := v.objectOf(inode)
 	if err != nil {
 		return err
 	}
-	if err := o.checkRange(off, int64(len(p)), ErrOutOfRange); err != nil {
+	if err := o.CheckRange(off, int64(len(p)), ErrOutOfRange); err != nil {
 		return err
 	}
 	var c *filter.Cache
@@ -106,7 +107,7 @@ func (v *Volume) ReadAtWith(ctx context.Context, inode uint64, p []byte, off int
 
 // readWindow reads what of p falls in w, coalescing chunks that are adjacent
 // on the device into one device read. Stripes of w are read-locked.
-func (o *object) readWindow(w window, p []byte, off int64) (int, error) {
+func (o *Object) readWindow(w window, p []byte, off int64) (int, error) {
 	if o.deleted {
 		return 0, fmt.Errorf("volume %s: inode %d: %w", o.v.ref, o.ino, ErrNotFound)
 	}
@@ -144,7 +145,7 @@ func (o *object) readWindow(w window, p []byte, off int64) (int, error) {
 // continues the extent on the device (or, for a hole, is also a hole); a
 // transformed chunk (odd entry) never continues a run. It returns the run's length in
 // bytes and the index of the first chunk after it.
-func (o *object) run(t *chunkTable, w window, idx, dev, in, left int64) (length, next int64) {
+func (o *Object) run(t *chunkTable, w window, idx, dev, in, left int64) (length, next int64) {
 	cs := o.v.chunkSize
 	length = min(left, cs-in)
 	next = idx + 1
@@ -171,30 +172,26 @@ func (v *Volume) WriteAt(ctx context.Context, inode uint64, p []byte, off int64,
 // copy-on-write; under a transforming chain every chunk touched is
 // rewritten by copy-on-write (cow.go).
 func (v *Volume) WriteAtWith(ctx context.Context, inode uint64, p []byte, off int64, fua bool, f Filters) error {
-	o, err := v.object(inode)
+	o, err := v.objectOf(inode)
 	if err != nil {
 		return err
 	}
-	if o.ino != 0 {
-		v.fs.willWrite(o)
-		defer v.fs.noteData(ctx, o.ino, off, int64(len(p)))
-	}
-	if err := o.checkRange(off, int64(len(p)), ErrNoSpace); err != nil {
+	o.willChange()
+	defer o.changed(ctx, off, int64(len(p)))
+	if err := o.CheckRange(off, int64(len(p)), ErrNoSpace); err != nil {
 		return err
 	}
 	if v.readOnly {
 		return fmt.Errorf("volume %s: %w", v.ref, ErrReadOnly)
 	}
-	if o.ino != 0 {
+	if o.grows {
 		o.ensureChunks(numChunks(off+int64(len(p)), v.chunkSize))
 	}
 	if !f.Chain.Plain() {
 		if err := o.writeChain(p, off, f.Chain); err != nil {
 			return err
 		}
-		if o.ino != 0 {
-			o.touch()
-		}
+		o.Touch()
 		if fua {
 			return v.s.Flush(ctx)
 		}
@@ -205,7 +202,7 @@ func (v *Volume) WriteAtWith(ctx context.Context, inode uint64, p []byte, off in
 		w := o.window(off, int64(len(p)))
 		o.rlock(w.mask)
 		n, stop, err := o.writeWindow(w, p, off, fua)
-		if n > 0 && o.ino != 0 {
+		if n > 0 {
 			o.growSize(off + int64(n))
 		}
 		o.runlock(w.mask)
@@ -217,7 +214,7 @@ func (v *Volume) WriteAtWith(ctx context.Context, inode uint64, p []byte, off in
 		case stopHole:
 			// The next chunk is unallocated: allocate it and the holes
 			// after it under their stripes' write locks.
-			n, err := o.writeNewChunks(p, off, o.ino != 0)
+			n, err := o.writeNewChunks(p, off, true)
 			if err != nil {
 				return err
 			}
@@ -234,9 +231,7 @@ func (v *Volume) WriteAtWith(ctx context.Context, inode uint64, p []byte, off in
 			allocated = true
 		}
 	}
-	if o.ino != 0 {
-		o.touch()
-	}
+	o.Touch()
 	if fua && allocated {
 		return v.s.Flush(ctx)
 	}
@@ -253,7 +248,7 @@ const (
 // writeWindow writes in place into allocated plain chunks of w until it
 // meets a hole or a transformed chunk; it reports how many bytes it wrote
 // and where it stopped.
-func (o *object) writeWindow(w window, p []byte, off int64, fua bool) (int, int, error) {
+func (o *Object) writeWindow(w window, p []byte, off int64, fua bool) (int, int, error) {
 	if o.deleted {
 		return 0, stopNone, fmt.Errorf("volume %s: inode %d: %w", o.v.ref, o.ino, ErrNotFound)
 	}
@@ -283,7 +278,7 @@ func (o *object) writeWindow(w window, p []byte, off int64, fua bool) (int, int,
 
 // devRead fills p from the device at devOff. A failure is logged with the
 // object's offset at (where the read was for) and returned as ErrIO.
-func (o *object) devRead(p []byte, devOff, at int64) error {
+func (o *Object) devRead(p []byte, devOff, at int64) error {
 	v := o.v
 	if _, err := v.s.dev.ReadAt(p, devOff); err != nil {
 		v.s.log.Error("device read failed", "volume", v.ref, "inode", o.ino, "offset", at, "err", err)
@@ -307,12 +302,13 @@ func (v *Volume) devWrite(p []byte, off int64, fua bool) error {
 	return err
 }
 
-// reserve accounts k more chunks to the volume. An fs volume may not hold
-// more chunks than its size allows (ENOSPC); a block volume cannot by
+// reserve accounts k more chunks to the volume. The objects of a volume
+// with a namespace (an fs volume's files) may not hold more chunks than its
+// size allows (ENOSPC); a block volume's one object cannot by
 // construction.
 func (v *Volume) reserve(k int64) error {
 	n := v.allocated.Add(k)
-	if v.fs != nil && n*v.chunkSize > v.size.Load() {
+	if v.ns != nil && n*v.chunkSize > v.size.Load() {
 		v.allocated.Add(-k)
 		return fmt.Errorf("volume %s: %w (volume size %d bytes reached)", v.ref, ErrNoSpace, v.size.Load())
 	}
@@ -326,7 +322,7 @@ func (v *Volume) reserve(k int64) error {
 // all the run's map entries in one transaction. It returns 0 bytes if
 // another writer allocated the first chunk meanwhile; the caller then writes
 // in place. With extend, a file's length grows to cover what was written.
-func (o *object) writeNewChunks(p []byte, off int64, extend bool) (int, error) {
+func (o *Object) writeNewChunks(p []byte, off int64, extend bool) (int, error) {
 	v := o.v
 	w := o.window(off, int64(len(p)))
 	o.lock(w.mask)
@@ -427,7 +423,7 @@ func (v *Volume) freePieces(pieces []piece) {
 // commitPieces commits the map entries of freshly written pieces in one
 // transaction and installs them in the table (the caller holds their
 // stripes' write locks).
-func (o *object) commitPieces(pieces []piece) error {
+func (o *Object) commitPieces(pieces []piece) error {
 	v := o.v
 	cs := v.chunkSize
 	err := v.s.db.Update(func(txn *badger.Txn) error {
@@ -460,25 +456,25 @@ func (o *object) commitPieces(pieces []piece) error {
 // durable commit), partial chunks are zeroed in place. The range reads as
 // zeros afterwards. A file's length does not change.
 func (v *Volume) Discard(ctx context.Context, inode uint64, off, length int64) error {
-	o, err := v.object(inode)
+	o, err := v.objectOf(inode)
 	if err != nil {
 		return err
 	}
-	if err := o.checkRange(off, length, ErrOutOfRange); err != nil {
+	if err := o.CheckRange(off, length, ErrOutOfRange); err != nil {
 		return err
 	}
 	if v.readOnly {
 		return fmt.Errorf("volume %s: %w", v.ref, ErrReadOnly)
 	}
-	if o.ino != 0 {
-		v.fs.willWrite(o)
-		defer v.fs.noteData(ctx, o.ino, off, length)
-	}
-	return o.discard(off, length)
+	o.willChange()
+	defer o.changed(ctx, off, length)
+	return o.Discard(off, length)
 }
 
-func (o *object) discard(off, length int64) error {
-	if t := o.table.Load(); o.ino != 0 {
+// Discard unmaps [off, off+length) of o like Volume.Discard, without the
+// namespace's hooks: for the namespace itself (fallocate's punch).
+func (o *Object) Discard(off, length int64) error {
+	if t := o.table.Load(); o.grows {
 		// Nothing to unmap past the table's end.
 		length = max(0, min(length, t.n*o.v.chunkSize-off))
 	}
@@ -497,7 +493,7 @@ func (o *object) discard(off, length int64) error {
 
 // discardWindow handles the part of [off, off+length) in w, with w's stripes
 // write-locked: one metadata transaction for the window's whole chunks.
-func (o *object) discardWindow(w window, off, length int64) (int64, error) {
+func (o *Object) discardWindow(w window, off, length int64) (int64, error) {
 	v := o.v
 	if o.deleted {
 		return 0, fmt.Errorf("volume %s: inode %d: %w", v.ref, o.ino, ErrNotFound)
@@ -612,22 +608,20 @@ func (v *Volume) WriteZeroes(ctx context.Context, inode uint64, off, length int6
 // WriteZeroesWith is WriteZeroes with the request's filters: with noHole,
 // the zeros are written through f.Chain.
 func (v *Volume) WriteZeroesWith(ctx context.Context, inode uint64, off, length int64, noHole bool, f Filters) error {
-	o, err := v.object(inode)
+	o, err := v.objectOf(inode)
 	if err != nil {
 		return err
 	}
-	if err := o.checkRange(off, length, ErrNoSpace); err != nil {
+	if err := o.CheckRange(off, length, ErrNoSpace); err != nil {
 		return err
 	}
 	if !noHole {
 		if v.readOnly {
 			return fmt.Errorf("volume %s: %w", v.ref, ErrReadOnly)
 		}
-		if o.ino != 0 {
-			v.fs.willWrite(o)
-			defer v.fs.noteData(ctx, o.ino, off, length)
-		}
-		return o.discard(off, length) // a file's length does not change
+		o.willChange()
+		defer o.changed(ctx, off, length)
+		return o.Discard(off, length) // a file's length does not change
 	}
 	for length > 0 {
 		n := min(length, v.chunkSize-(off&(v.chunkSize-1)))
@@ -645,17 +639,19 @@ func (v *Volume) Flush(ctx context.Context) error { return v.s.Flush(ctx) }
 // Extents describes [off, off+length) of inode as runs of data and holes,
 // from the chunk map. Runs are merged; the last one is clipped to the range.
 func (v *Volume) Extents(ctx context.Context, inode uint64, off, length int64) ([]Extent, error) {
-	o, err := v.object(inode)
+	o, err := v.objectOf(inode)
 	if err != nil {
 		return nil, err
 	}
-	if err := o.checkRange(off, length, ErrOutOfRange); err != nil {
+	if err := o.CheckRange(off, length, ErrOutOfRange); err != nil {
 		return nil, err
 	}
-	return o.extents(off, length), nil
+	return o.Extents(off, length), nil
 }
 
-func (o *object) extents(off, length int64) []Extent {
+// Extents describes [off, off+length) of o as runs of data and holes (see
+// Volume.Extents).
+func (o *Object) Extents(off, length int64) []Extent {
 	t := o.table.Load()
 	bits := o.v.chunkBits
 	var out []Extent

@@ -7,13 +7,19 @@ import (
 	"time"
 )
 
-// object is the data of one inode: its chunk table, the stripe locks that
+// Object is the data of one inode: its chunk table, the stripe locks that
 // guard it, and its length. A block volume is one object (inode 0) whose
 // length is the volume size; an fs volume has one object per regular file
 // that is in use, loaded from the chunk map when first opened.
-type object struct {
-	v   *Volume
-	ino uint64
+//
+// The engine tells the two apart by grows only, never by inode number or
+// volume kind: a growing object's length follows its writes up to
+// MaxFileSize, and its data changes are reported to the volume's
+// namespace (namespace.go).
+type Object struct {
+	v     *Volume
+	ino   uint64
+	grows bool // a file: writes extend the length and the table
 	// size is the volume size (inode 0) or the file length. Files: it
 	// changes only under at least one stripe lock (writes extend it under
 	// their window's read locks with a CAS; truncate holds every stripe).
@@ -35,10 +41,19 @@ type object struct {
 
 const numStripes = 64
 
-func newObject(v *Volume, ino uint64, size, chunks int64) *object {
-	o := &object{v: v, ino: ino}
+// newObject returns a fixed-length object: a block volume's data.
+func newObject(v *Volume, ino uint64, size, chunks int64) *Object {
+	o := &Object{v: v, ino: ino}
 	o.size.Store(size)
 	o.table.Store(newChunkTable(chunks))
+	return o
+}
+
+// newFileObject returns a growing object: a file's data, of length size
+// with a table of chunks entries to begin with.
+func newFileObject(v *Volume, ino uint64, size, chunks int64) *Object {
+	o := newObject(v, ino, size, chunks)
+	o.grows = true
 	return o
 }
 
@@ -50,7 +65,7 @@ type window struct {
 	mask     uint64
 }
 
-func (o *object) window(off, length int64) window {
+func (o *Object) window(off, length int64) window {
 	first := off >> o.v.chunkBits
 	last := (off + max(length, 1) - 1) >> o.v.chunkBits
 	n := min(last-first+1, numStripes)
@@ -64,37 +79,37 @@ func (o *object) window(off, length int64) window {
 	return window{first: first, n: n, mask: mask}
 }
 
-func (o *object) rlock(mask uint64) {
+func (o *Object) rlock(mask uint64) {
 	for m := mask; m != 0; m &= m - 1 {
 		o.stripes[bits.TrailingZeros64(m)].RLock()
 	}
 }
 
-func (o *object) runlock(mask uint64) {
+func (o *Object) runlock(mask uint64) {
 	for m := mask; m != 0; m &= m - 1 {
 		o.stripes[bits.TrailingZeros64(m)].RUnlock()
 	}
 }
 
-func (o *object) lock(mask uint64) {
+func (o *Object) lock(mask uint64) {
 	for m := mask; m != 0; m &= m - 1 {
 		o.stripes[bits.TrailingZeros64(m)].Lock()
 	}
 }
 
-func (o *object) unlock(mask uint64) {
+func (o *Object) unlock(mask uint64) {
 	for m := mask; m != 0; m &= m - 1 {
 		o.stripes[bits.TrailingZeros64(m)].Unlock()
 	}
 }
 
-func (o *object) lockAll()   { o.lock(^uint64(0)) }
-func (o *object) unlockAll() { o.unlock(^uint64(0)) }
+func (o *Object) lockAll()   { o.lock(^uint64(0)) }
+func (o *Object) unlockAll() { o.unlock(^uint64(0)) }
 
 // ensureChunks makes the table hold at least n chunks (files grow their
 // table as they grow; block tables are sized by the volume). It takes every
 // stripe, so callers must hold none.
-func (o *object) ensureChunks(n int64) {
+func (o *Object) ensureChunks(n int64) {
 	if o.table.Load().n >= n {
 		return
 	}
@@ -108,9 +123,12 @@ func (o *object) ensureChunks(n int64) {
 	o.table.Store(t.resized(max(n, t.n+t.n/2)))
 }
 
-// growSize raises the length to at least end (files only; the caller holds
-// a stripe lock covering end-1).
-func (o *object) growSize(end int64) {
+// growSize raises a growing object's length to at least end (the caller
+// holds a stripe lock covering end-1); a fixed-length one keeps its length.
+func (o *Object) growSize(end int64) {
+	if !o.grows {
+		return
+	}
 	for {
 		cur := o.size.Load()
 		if end <= cur {
@@ -123,8 +141,48 @@ func (o *object) growSize(end int64) {
 	}
 }
 
-// touch records a data change of a file now.
-func (o *object) touch() {
+// Touch records a data change of a file now (its namespace persists the
+// mtime); a fixed-length object has none to record.
+func (o *Object) Touch() {
+	if !o.grows {
+		return
+	}
 	o.mtime.Store(time.Now().UnixNano())
 	o.dirty.Store(true)
 }
+
+// The object as its namespace sees it: the inode, the live length and
+// chunk count, and the marks of data changes the namespace persists.
+
+// Ino is the inode whose data o is.
+func (o *Object) Ino() uint64 { return o.ino }
+
+// Size is o's length now.
+func (o *Object) Size() int64 { return o.size.Load() }
+
+// Mapped is the number of chunks o holds.
+func (o *Object) Mapped() int64 { return o.mapped.Load() }
+
+// Mtime is o's last data change (Unix ns), 0 if none since it was loaded
+// or ClearMtime.
+func (o *Object) Mtime() int64 { return o.mtime.Load() }
+
+// ClearMtime forgets o's last data change (an explicit mtime wins over it).
+func (o *Object) ClearMtime() { o.mtime.Store(0) }
+
+// TakeDirty reports whether o's length or mtime changed since the last
+// TakeDirty, and clears the mark.
+func (o *Object) TakeDirty() bool { return o.dirty.Swap(false) }
+
+// SetDirty marks o's length and mtime changed (a persist that failed).
+func (o *Object) SetDirty() { o.dirty.Store(true) }
+
+// FirstWrite reports true once: at the first change to o's chunks since it
+// was loaded (the namespace's willWrite).
+func (o *Object) FirstWrite() bool { return !o.wrote.Load() && !o.wrote.Swap(true) }
+
+// LockPersist and UnlockPersist serialise the namespace's persisting of
+// o's length and mtime: a persist that finds nothing dirty returns only
+// after one in flight has finished.
+func (o *Object) LockPersist()   { o.persistMu.Lock() }
+func (o *Object) UnlockPersist() { o.persistMu.Unlock() }

@@ -50,7 +50,7 @@ type scrubItem struct {
 // not reported.
 func (v *Volume) Scrub(ctx context.Context) (ScrubReport, error) {
 	r := ScrubReport{Volume: v.ref, Bad: []BadChunk{}}
-	start := chunkPrefix(v.id, 0)[:9]
+	start := ChunkPrefix(v.id, 0)[:9]
 	prefix := start
 	for {
 		var batch []scrubItem
@@ -60,7 +60,7 @@ func (v *Volume) Scrub(ctx context.Context) (ScrubReport, error) {
 			for it.Seek(start); it.Valid() && len(batch) < scrubBatch; it.Next() {
 				k := it.Item().KeyCopy(nil)
 				start = append(k, 0) // the next key after k
-				_, ino, idx, ok := parseChunkKey(k)
+				_, ino, idx, ok := ParseChunkKey(k)
 				if !ok {
 					continue
 				}

@@ -56,6 +56,52 @@
 // side. Chunk lookups are atomic loads from an in-memory table (8 bytes per
 // chunk), so the hot path takes no global lock and does no metadata IO.
 //
+// # The chunk engine and the namespace
+//
+// This package is the chunk engine: it owns where every byte lives.
+// Allocation (alloc.go), the chunk tables and objects (table.go,
+// object.go), device IO and the read/write/discard paths (io.go),
+// copy-on-write and transformed chunks (cow.go, transformed.go,
+// entrycache.go, scrub.go), the chunk work of files (fileobj.go), the pool
+// and its volumes (store.go, volumes.go, format.go, config.go, errors.go,
+// syncmark.go, metacheck.go), and fsck of the chunk maps (fsck.go). Its
+// invariants:
+//
+//   - a chunk map entry points only at space the allocator holds, shared
+//     with no other entry, and at bytes written before the entry was
+//     committed (data before metadata);
+//   - an extent is reused only after the commit that freed it is durable;
+//   - a volume's chunk count (allocated, saved) matches its chunk maps;
+//   - stripe locks order every change to a chunk; an object's table is
+//     the chunk map of what is loaded;
+//   - Flush and FUA make what they cover durable.
+//
+// An fs volume's names, attributes and file lengths are its namespace,
+// package fsns, built on this one (fsns imports store, never the
+// reverse). The engine does not branch on a volume's kind or an inode
+// number: an object either has a fixed length (a block volume) or grows
+// with its writes (a file, Object.grows), and a volume with a namespace
+// gives the engine its hooks (namespace.go, the Namespace interface:
+// WillWrite before a change to a file's chunks, NoteData after it, Barrier
+// before a metadata sync, PurgeOrphans at open, MarkDeleted, Fsck). Making
+// a volume asks the store's NamespaceMaker (Options.Namespaces: fsns.Maker)
+// for an fs volume's first records and its namespace, and deleting one for
+// the key prefixes of its records. A store opened without a maker holds
+// block volumes only. seam_test.go keeps the engine from telling files
+// apart by inode number.
+//
+// The namespace reaches the engine only through exported API: Volume's
+// ReadAt, WriteAt, Discard, WriteZeroes and Extents (which the doors use
+// too), ID, Ref, ReadOnly, ChunkSize, Size, UsedBytes, Store and
+// Namespace; the chunk work of files (fileobj.go: LoadFileObject,
+// NewFileObject, DropChunks, HasChunks, CountChunks, and Object's
+// TrimPastEnd, Truncate, Allocate, ExtendTo); Object's CheckRange, Discard,
+// Extents, Touch and its live values and data-change marks (Ino, Size,
+// Mapped, Mtime, TakeDirty, SetDirty, FirstWrite, LockPersist); the
+// store's DB (for its own records, under its own key prefixes), Log, Flush
+// and SyncMeta; CounterKey, ChunkPrefix and ParseChunkKey;
+// FsckReport.Problemf; and the error sentinels.
+//
 // The on-disk format is specified in docs/FORMAT.md.
 package store
 
@@ -87,6 +133,10 @@ type Options struct {
 	SyncInterval time.Duration
 	// InMemoryMeta keeps metadata in memory only (tests).
 	InMemoryMeta bool
+	// Namespaces makes the namespaces of fs volumes (NamespaceMaker:
+	// fsns.Maker). Without one, the store holds block volumes only: it
+	// refuses to create an fs volume, and to open if it has one.
+	Namespaces NamespaceMaker
 	// Filters undoes transformed chunks on read (decoders and the
 	// keyring) and serves the chains writes bring. Default: an Env without
 	// keys, closed with the store; a caller's Env is the caller's to close.
@@ -100,10 +150,12 @@ type Store struct {
 	alloc *allocator
 	// entries caches transformed chunks' map entries (entrycache.go).
 	entries *entryCache
-	log     *slog.Logger
-	zeros   []byte // maxChunkSize zero bytes, never written
-	uuid    string // the pool's identity
-	env     *filter.Env
+	// namespaces makes the namespaces of fs volumes (namespace.go).
+	namespaces NamespaceMaker
+	log        *slog.Logger
+	zeros      []byte // maxChunkSize zero bytes, never written
+	uuid       string // the pool's identity
+	env        *filter.Env
 	// ownEnv: the store made env and closes it.
 	ownEnv bool
 	bufs   sync.Pool // *[]byte scratch for transformed chunks
@@ -146,7 +198,7 @@ func Open(ctx context.Context, metaDir string, dev device.Device, opts Options) 
 		return nil, fmt.Errorf("store: %s: %w (restore it from a backup)", metaDir, err)
 	}
 	s := &Store{
-		db: db, dev: dev, log: opts.Logger, env: opts.Filters,
+		db: db, dev: dev, log: opts.Logger, env: opts.Filters, namespaces: opts.Namespaces,
 		zeros: make([]byte, maxChunkSize),
 		byID:  make(map[uint64]*Volume), byName: make(map[string]*Volume),
 		stop: make(chan struct{}), done: make(chan struct{}),
@@ -208,6 +260,9 @@ func (s *Store) load(ctx context.Context) error {
 			if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, &info) }); err != nil {
 				return fmt.Errorf("volume record %x: %w", it.Item().Key(), err)
 			}
+			if info.Kind == KindFS && s.namespaces == nil {
+				return fmt.Errorf("volume %s is an fs volume: %w: opened without a namespace for fs volumes (Options.Namespaces)", info.Ref(), ErrUnsupported)
+			}
 			v := newVolume(s, info)
 			if info.State == stateDeleting {
 				deleting = append(deleting, v)
@@ -225,8 +280,8 @@ func (s *Store) load(ctx context.Context) error {
 		return fmt.Errorf("store: load: %w", err)
 	}
 	for _, v := range s.byID {
-		if v.fs != nil {
-			if err := v.fs.purgeOrphans(); err != nil {
+		if v.ns != nil {
+			if err := v.ns.PurgeOrphans(); err != nil {
 				return fmt.Errorf("store: volume %s: %w", v.ref, err)
 			}
 		}
@@ -251,10 +306,10 @@ func (s *Store) load(ctx context.Context) error {
 // a block volume it also fills the chunk table; files load theirs when they
 // are opened (memory follows open files, not the namespace).
 func (s *Store) loadChunks(txn *badger.Txn, v *Volume) error {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.id, 0)[:9], PrefetchValues: true})
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(v.id, 0)[:9], PrefetchValues: true})
 	defer it.Close()
 	for it.Rewind(); it.Valid(); it.Next() {
-		_, ino, idx, ok := parseChunkKey(it.Item().Key())
+		_, ino, idx, ok := ParseChunkKey(it.Item().Key())
 		if !ok {
 			continue
 		}
@@ -264,7 +319,7 @@ func (s *Store) loadChunks(txn *badger.Txn, v *Volume) error {
 			return err
 		}
 		switch {
-		case ino == 0 && v.obj0 == nil, ino != 0 && v.fs == nil:
+		case ino == 0 && v.obj0 == nil, ino != 0 && v.obj0 != nil:
 			s.log.Error("chunk of an inode the volume cannot have; ignored (run fsck)", "volume", v.ref, "inode", ino, "chunk", idx)
 		case ino == 0 && idx >= uint64(v.obj0.table.Load().n):
 			s.log.Error("chunk past the end of its volume; ignored (run fsck)", "volume", v.ref, "chunk", idx)
@@ -363,6 +418,17 @@ func (s *Store) putJSON(key []byte, v any) error {
 	return s.db.Sync()
 }
 
+// DB is the store's metadata database. A volume's namespace keeps its own
+// records there, under its own key prefixes (NamespaceMaker.Prefixes).
+func (s *Store) DB() *badger.DB { return s.db }
+
+// Log is the store's logger.
+func (s *Store) Log() *slog.Logger { return s.log }
+
+// SyncMeta makes committed metadata durable and lets the space its frees
+// released be reused (no device flush).
+func (s *Store) SyncMeta() error { return s.syncMeta() }
+
 // Flush makes every completed write to every volume durable: device flush,
 // then metadata sync (which also lets deferred frees be reused).
 func (s *Store) Flush(ctx context.Context) error {
@@ -379,11 +445,11 @@ func (s *Store) syncMeta() error {
 	defer s.syncMu.Unlock()
 	freed := s.alloc.takeDeferred()
 	// Namespace changes return before their group is committed, and
-	// their commits before they are written (FS.update): commit every open
-	// group, then wait for every commit handed to badger (a transaction's
-	// start waits for those before it), so the sync covers them.
-	for _, f := range s.fileSystems() {
-		f.barrier()
+	// their commits before they are written (fsns, FS.update): Barrier
+	// commits every open group, then a transaction's start waits for
+	// every commit handed to badger before it, so the sync covers them.
+	for _, ns := range s.liveNamespaces() {
+		ns.Barrier()
 	}
 	s.db.NewTransaction(false).Discard()
 	seq, err := s.commitSyncSeq()
@@ -400,19 +466,6 @@ func (s *Store) syncMeta() error {
 	}
 	s.alloc.release(s.zeroFreed(freed))
 	return nil
-}
-
-// fileSystems lists the namespaces of the live fs volumes.
-func (s *Store) fileSystems() []*FS {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var fss []*FS
-	for _, v := range s.byID {
-		if v.fs != nil {
-			fss = append(fss, v.fs)
-		}
-	}
-	return fss
 }
 
 // zeroFreed zeroes the extents marked zero (freed by copy-on-write: they
@@ -512,7 +565,7 @@ func (s *Store) Stats() PoolStats {
 // nextID allocates a volume id inside txn.
 func nextID(txn *badger.Txn) (uint64, error) {
 	var id uint64
-	item, err := txn.Get(counterKey("volume_id"))
+	item, err := txn.Get(CounterKey("volume_id"))
 	switch {
 	case errors.Is(err, badger.ErrKeyNotFound):
 	case err != nil:
@@ -523,7 +576,7 @@ func nextID(txn *badger.Txn) (uint64, error) {
 		}
 	}
 	id++
-	return id, txn.Set(counterKey("volume_id"), binary.BigEndian.AppendUint64(nil, id))
+	return id, txn.Set(CounterKey("volume_id"), binary.BigEndian.AppendUint64(nil, id))
 }
 
 // Volumes lists live volumes sorted by tenant/name.

@@ -40,6 +40,16 @@ func closeStore(t *testing.T, s *Store, dev device.Device) {
 	}
 }
 
+func memStore(t *testing.T) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), "", device.NewMemory(256*MiB), Options{InMemoryMeta: true, SyncInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 func pattern(seed uint64, n int) []byte {
 	b := make([]byte, n)
 	r := rand.New(rand.NewPCG(seed, seed))
@@ -503,5 +513,19 @@ func TestLabelsValidated(t *testing.T) {
 	ok := map[string]string{"app": "db", "example.com/tier": "gold", "note": "", "team_1": "ünïcode ok"}
 	if _, err := s.CreateVolume(ctx, CreateOptions{Tenant: "t", Name: "v", Size: MiB, Labels: ok}); err != nil {
 		t.Fatalf("valid labels: %v", err)
+	}
+}
+
+// TestFSVolumeNeedsNamespace: a store opened without a NamespaceMaker holds
+// block volumes only (the namespace is package fsns, which the store cannot
+// import): it refuses to create an fs volume.
+func TestFSVolumeNeedsNamespace(t *testing.T) {
+	s := memStore(t)
+	_, err := s.CreateVolume(context.Background(), CreateOptions{Tenant: "t", Name: "fs", Kind: KindFS, Size: 16 * MiB})
+	if !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("create an fs volume without a namespace: %v, want ErrUnsupported", err)
+	}
+	if _, err := s.Volume("t", "fs"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the refused volume exists: %v", err)
 	}
 }

@@ -33,7 +33,7 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-func syncSeqKey() []byte { return counterKey("sync") }
+func syncSeqKey() []byte { return CounterKey("sync") }
 
 // sync mark bytes: magic (12) | sequence uint64 | crc32c of bytes 0..19.
 func encodeSyncMark(seq uint64) []byte {

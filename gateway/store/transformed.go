@@ -31,14 +31,14 @@ func tableEntry(e chunkEntry) int64 {
 }
 
 // entry fetches chunk idx's map entry. The caller holds its stripe lock.
-func (o *object) entry(idx int64) (chunkEntry, error) {
+func (o *Object) entry(idx int64) (chunkEntry, error) {
 	ce, err := o.cachedEntry(idx)
 	return ce.e, err
 }
 
 // cachedEntry is entry with the record's layout, from the entry cache or,
 // on a miss, from badger (and then cached).
-func (o *object) cachedEntry(idx int64) (cachedEntry, error) {
+func (o *Object) cachedEntry(idx int64) (cachedEntry, error) {
 	dev := o.table.Load().get(idx) &^ markTransformed
 	if ce, ok := o.v.s.entries.get(o.v.id, o.ino, idx, dev); ok {
 		return ce, nil
@@ -73,7 +73,7 @@ func errIO(err error) error {
 	return fmt.Errorf("%w: %w", ErrIO, err)
 }
 
-func (o *object) chunkContext(idx int64) filter.ChunkContext {
+func (o *Object) chunkContext(idx int64) filter.ChunkContext {
 	return filter.ChunkContext{VolumeID: o.v.id, Inode: o.ino, ChunkIndex: uint64(idx), Tenant: o.v.tenant}
 }
 
@@ -98,7 +98,7 @@ func (s *Store) putBuf(b *[]byte) { s.bufs.Put(b) }
 
 // readStored reads and undoes transformed chunk idx (entry e), appending its
 // plain bytes (a whole chunk) to dst.
-func (o *object) readStored(idx int64, e chunkEntry, dst []byte) ([]byte, error) {
+func (o *Object) readStored(idx int64, e chunkEntry, dst []byte) ([]byte, error) {
 	v := o.v
 	if !v.s.alloc.contains(e.devOff, int64(e.storedLen)) || int64(e.storedLen) > int64(filter.MaxStored(int(v.chunkSize))) {
 		err := fmt.Errorf("chunk %d: entry points outside the pool (offset %d length %d): %w", idx, e.devOff, e.storedLen, ErrIO)
@@ -127,7 +127,7 @@ func (o *object) readStored(idx int64, e chunkEntry, dst []byte) ([]byte, error)
 // loadChunk appends the plain bytes of chunk idx (table entry dev) to dst:
 // zeros for a hole, the device bytes of a plain chunk, the undone bytes of a
 // transformed one. The caller holds the chunk's stripe lock.
-func (o *object) loadChunk(idx, dev int64, dst []byte) ([]byte, error) {
+func (o *Object) loadChunk(idx, dev int64, dst []byte) ([]byte, error) {
 	cs := int(o.v.chunkSize)
 	switch {
 	case dev == 0:
@@ -151,7 +151,7 @@ func (o *object) loadChunk(idx, dev int64, dst []byte) ([]byte, error) {
 
 // readTransformed fills p from byte in of transformed chunk idx, up to the
 // chunk's end; it returns the bytes filled.
-func (o *object) readTransformed(idx, in int64, p []byte) (int, error) {
+func (o *Object) readTransformed(idx, in int64, p []byte) (int, error) {
 	ce, err := o.cachedEntry(idx)
 	if err != nil {
 		return 0, err
@@ -173,7 +173,7 @@ func (o *object) readTransformed(idx, in int64, p []byte) (int, error) {
 
 // readSectors fills p from byte in of chunk idx (entry e, laid out in
 // sectors as l) by reading and opening only the sectors p covers.
-func (o *object) readSectors(idx int64, e chunkEntry, l filter.Sectors, in int64, p []byte) (int, error) {
+func (o *Object) readSectors(idx int64, e chunkEntry, l filter.Sectors, in int64, p []byte) (int, error) {
 	v := o.v
 	first, last := in/filter.SectorSize, (in+int64(len(p))-1)/filter.SectorSize
 	from, to := first*int64(l.Stride), min((last+1)*int64(l.Stride), int64(e.storedLen))
@@ -223,7 +223,7 @@ func (o *object) readSectors(idx int64, e chunkEntry, l filter.Sectors, in int64
 
 // readCached is readWindow through the volume's read cache c: each chunk is
 // served from the cache or loaded whole, cached, and copied from.
-func (o *object) readCached(c *filter.Cache, w window, p []byte, off int64) (int, error) {
+func (o *Object) readCached(c *filter.Cache, w window, p []byte, off int64) (int, error) {
 	if o.deleted {
 		return 0, fmt.Errorf("volume %s: inode %d: %w", o.v.ref, o.ino, ErrNotFound)
 	}
@@ -261,7 +261,7 @@ func clear0(b []byte) []byte {
 
 // invalidate drops chunks [first, first+n) from the volume's read cache, if
 // it has one. Called after every change to a chunk is visible.
-func (o *object) invalidate(first, n int64) {
+func (o *Object) invalidate(first, n int64) {
 	c := o.v.cache.Load()
 	if c == nil {
 		return

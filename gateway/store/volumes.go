@@ -161,6 +161,9 @@ func (s *Store) CreateVolume(ctx context.Context, o CreateOptions) (*Volume, err
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
+	if o.Kind == KindFS && s.namespaces == nil {
+		return nil, fmt.Errorf("create volume %s/%s: %w: fs volumes need a namespace (Options.Namespaces)", o.Tenant, o.Name, ErrUnsupported)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -193,7 +196,7 @@ func (s *Store) CreateVolume(ctx context.Context, o CreateOptions) (*Volume, err
 			return err
 		}
 		if o.Kind == KindFS {
-			if err := initRoot(viewTxn{txn}, id, 0, 0); err != nil {
+			if err := s.namespaces.Create(txn, id); err != nil {
 				return err
 			}
 		}
@@ -296,7 +299,13 @@ func (s *Store) purge(ctx context.Context, v *Volume) error {
 			s.log.Warn("discard of deleted volume's extent failed", "volume", v.ref, "err", err)
 		}
 	}
-	for _, p := range volumePrefixes(v.id) { // chunks and namespace
+	// Chunks, then the namespace's records (of any volume: a block
+	// volume has none).
+	prefixes := [][]byte{ChunkPrefix(v.id, 0)[:9]}
+	if s.namespaces != nil {
+		prefixes = append(prefixes, s.namespaces.Prefixes(v.id)...)
+	}
+	for _, p := range prefixes {
 		if err := s.db.DropPrefix(p); err != nil {
 			return fmt.Errorf("drop metadata: %w", err)
 		}
@@ -318,8 +327,8 @@ type Volume struct {
 	readOnly  bool
 	chunkSize int64
 	chunkBits uint
-	obj0      *object // block volumes: the volume's data; nil for fs volumes
-	fs        *FS     // fs volumes: the namespace; nil for block volumes
+	obj0      *Object   // block volumes: the volume's data; nil for fs volumes
+	ns        Namespace // fs volumes: the namespace; nil for block volumes
 
 	infoMu sync.RWMutex
 	info   VolumeInfo
@@ -345,7 +354,7 @@ func newVolume(s *Store, info VolumeInfo) *Volume {
 	}
 	v.size.Store(info.Size)
 	if info.Kind == KindFS {
-		v.fs = newFS(v)
+		v.ns = s.namespaces.Attach(v)
 	} else {
 		v.obj0 = newObject(v, 0, info.Size, numChunks(info.Size, info.ChunkSize))
 	}
@@ -366,19 +375,31 @@ func (v *Volume) setInfo(i VolumeInfo) {
 	v.size.Store(i.Size)
 }
 
+// ID is the volume's number (in every metadata key of its own).
+func (v *Volume) ID() uint64 { return v.id }
+
+// Ref is the volume's name, tenant/name.
+func (v *Volume) Ref() string { return v.ref }
+
+// ReadOnly reports whether the volume refuses changes.
+func (v *Volume) ReadOnly() bool { return v.readOnly }
+
+// ChunkSize is the volume's chunk size in bytes.
+func (v *Volume) ChunkSize() int64 { return v.chunkSize }
+
+// Store is the store the volume belongs to.
+func (v *Volume) Store() *Store { return v.s }
+
 // Size is the volume's size in bytes.
 func (v *Volume) Size() int64 { return v.size.Load() }
 
 // Kind is KindBlock or KindFS.
 func (v *Volume) Kind() string {
-	if v.fs != nil {
+	if v.obj0 == nil {
 		return KindFS
 	}
 	return KindBlock
 }
-
-// FS is the namespace of an fs volume, nil for a block volume.
-func (v *Volume) FS() *FS { return v.fs }
 
 // AllocatedBytes is the pool space the volume's chunks hold (transformed
 // chunks count what they take, not their plain size).
@@ -400,17 +421,17 @@ func (v *Volume) SetCache(c *filter.Cache) { v.cache.Store(c) }
 func (v *Volume) Cache() *filter.Cache { return v.cache.Load() }
 
 // objects returns every data object of the volume that is in memory.
-func (v *Volume) objects() []*object {
+func (v *Volume) objects() []*Object {
 	if v.obj0 != nil {
-		return []*object{v.obj0}
+		return []*Object{v.obj0}
 	}
-	return v.fs.loadedObjects()
+	return v.ns.LoadedObjects()
 }
 
 // markDeleted fails in-flight and later IO on every object of the volume.
 func (v *Volume) markDeleted() {
-	if v.fs != nil {
-		v.fs.markDeleted()
+	if v.ns != nil {
+		v.ns.MarkDeleted()
 	}
 	for _, o := range v.objects() {
 		o.lockAll()
@@ -424,7 +445,7 @@ func (v *Volume) markDeleted() {
 func (s *Store) volumeExtents(id uint64) ([]extent, error) {
 	var out []extent
 	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(id, 0)[:9], PrefetchValues: true})
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(id, 0)[:9], PrefetchValues: true})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			var e chunkEntry

@@ -1,9 +1,11 @@
-package store
+package fsns
 
 import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 // Rename moves name in parent to newName in newParent, in one transaction.
@@ -16,15 +18,15 @@ func (f *FS) Rename(ctx context.Context, parent uint64, name string, newParent u
 		return err
 	}
 	if name == "." || name == ".." {
-		return fmt.Errorf("rename %q: %w", name, ErrInvalid)
+		return fmt.Errorf("rename %q: %w", name, store.ErrInvalid)
 	}
 	switch {
 	case flags&^(RenameNoReplace|RenameExchange) != 0,
 		flags&RenameNoReplace != 0 && flags&RenameExchange != 0:
-		return fmt.Errorf("rename flags %#x: %w", flags, ErrInvalid)
+		return fmt.Errorf("rename flags %#x: %w", flags, store.ErrInvalid)
 	}
-	if f.v.readOnly {
-		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
 	var gone uint64
 	err := f.update(ctx, func(txn kv) error {
@@ -66,7 +68,7 @@ func (r *renamer) dir(ino uint64) (*Attr, error) {
 
 func (r *renamer) rename(parent uint64, name string, newParent uint64, newName string, flags uint32) (uint64, error) {
 	f, txn := r.f, r.txn
-	vol := f.v.id
+	vol := f.v.ID()
 	if _, err := r.dir(parent); err != nil {
 		return 0, err
 	}
@@ -83,14 +85,14 @@ func (r *renamer) rename(parent uint64, name string, newParent uint64, newName s
 	}
 	dstIno, _, err := f.entryOf(txn, newParent, newName)
 	dstExists := err == nil
-	if err != nil && !errors.Is(err, ErrNotFound) {
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return 0, err
 	}
 	switch {
 	case flags&RenameNoReplace != 0 && dstExists:
-		return 0, fmt.Errorf("%q: %w", newName, ErrExists)
+		return 0, fmt.Errorf("%q: %w", newName, store.ErrExists)
 	case flags&RenameExchange != 0 && !dstExists:
-		return 0, fmt.Errorf("%q: %w", newName, ErrNotFound)
+		return 0, fmt.Errorf("%q: %w", newName, store.ErrNotFound)
 	case dstExists && dstIno == srcIno:
 		return 0, nil // same inode: POSIX says do nothing
 	}
@@ -132,11 +134,11 @@ func (r *renamer) rename(parent uint64, name string, newParent uint64, newName s
 	if dstExists {
 		switch {
 		case src.IsDir() && !dst.IsDir():
-			return 0, fmt.Errorf("%q: %w", newName, ErrNotDir)
+			return 0, fmt.Errorf("%q: %w", newName, store.ErrNotDir)
 		case !src.IsDir() && dst.IsDir():
-			return 0, fmt.Errorf("%q: %w", newName, ErrIsDir)
+			return 0, fmt.Errorf("%q: %w", newName, store.ErrIsDir)
 		case dst.IsDir() && !dirEmpty(txn, vol, dstIno):
-			return 0, fmt.Errorf("%q: %w", newName, ErrNotEmpty)
+			return 0, fmt.Errorf("%q: %w", newName, store.ErrNotEmpty)
 		}
 		if dst.IsDir() {
 			np, _ := r.dir(newParent)
@@ -195,13 +197,13 @@ func (r *renamer) finish() error {
 func (r *renamer) checkNotBelow(ino, dir uint64) error {
 	for seen := 0; ; seen++ {
 		if dir == ino {
-			return fmt.Errorf("move directory inode %d below itself: %w", ino, ErrInvalid)
+			return fmt.Errorf("move directory inode %d below itself: %w", ino, store.ErrInvalid)
 		}
 		if dir == RootIno {
 			return nil
 		}
 		if seen > 1<<16 {
-			return fmt.Errorf("directory inode %d: parent chain too deep or cyclic: %w", dir, ErrIO)
+			return fmt.Errorf("directory inode %d: parent chain too deep or cyclic: %w", dir, store.ErrIO)
 		}
 		a, err := r.f.dirAttr(r.txn, dir)
 		if err != nil {

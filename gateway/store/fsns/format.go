@@ -1,9 +1,11 @@
-package store
+package fsns
 
 import (
 	"encoding/binary"
 	"fmt"
 	"syscall"
+
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 // Namespace key layout of fs volumes (docs/FORMAT.md). Like the chunk map:
@@ -29,9 +31,11 @@ const (
 	MaxXattrValueLen = 64 << 10
 )
 
-func volumePrefixes(id uint64) [][]byte {
+// namespacePrefixes are the key prefixes of every namespace record of
+// volume id.
+func namespacePrefixes(id uint64) [][]byte {
 	var out [][]byte
-	for _, p := range []byte{prefixChunk, prefixInode, prefixLength, prefixDentry, prefixXattr, prefixLink, prefixOrphan} {
+	for _, p := range []byte{prefixInode, prefixLength, prefixDentry, prefixXattr, prefixLink, prefixOrphan} {
 		out = append(out, binary.BigEndian.AppendUint64([]byte{p}, id))
 	}
 	return out
@@ -72,7 +76,7 @@ func encodeDentry(ino uint64, mode uint32) []byte {
 
 func decodeDentry(b []byte) (ino uint64, typ uint32, err error) {
 	if len(b) != 12 {
-		return 0, 0, fmt.Errorf("dentry: length %d: %w", len(b), ErrIO)
+		return 0, 0, fmt.Errorf("dentry: length %d: %w", len(b), store.ErrIO)
 	}
 	return binary.BigEndian.Uint64(b), binary.BigEndian.Uint32(b[8:]), nil
 }
@@ -134,7 +138,7 @@ func encodeAttr(a Attr) []byte {
 
 func decodeAttr(ino uint64, b []byte) (Attr, error) {
 	if len(b) < attrLen || b[0] != 1 {
-		return Attr{}, fmt.Errorf("inode %d: bad attribute record (length %d): %w", ino, len(b), ErrIO)
+		return Attr{}, fmt.Errorf("inode %d: bad attribute record (length %d): %w", ino, len(b), store.ErrIO)
 	}
 	return Attr{
 		Ino:    ino,

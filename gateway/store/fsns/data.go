@@ -1,4 +1,4 @@
-package store
+package fsns
 
 import (
 	"context"
@@ -8,28 +8,30 @@ import (
 	"syscall"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 // loaded returns the object of a regular file in use, or nil.
-func (f *FS) loaded(ino uint64) *object {
+func (f *FS) loaded(ino uint64) *store.Object {
 	if o, ok := f.objs.Load(ino); ok {
-		return o.(*object)
+		return o.(*store.Object)
 	}
 	return nil
 }
 
-func (f *FS) loadedObjects() []*object {
-	var out []*object
-	f.objs.Range(func(_, o any) bool { out = append(out, o.(*object)); return true })
+func (f *FS) loadedObjects() []*store.Object {
+	var out []*store.Object
+	f.objs.Range(func(_, o any) bool { out = append(out, o.(*store.Object)); return true })
 	return out
 }
 
 // openObject is the data path's lookup: the object of a file that is open.
-func (f *FS) openObject(ino uint64) (*object, error) {
+func (f *FS) openObject(ino uint64) (*store.Object, error) {
 	if o := f.loaded(ino); o != nil {
 		return o, nil
 	}
-	return nil, fmt.Errorf("volume %s: inode %d is not an open regular file: %w", f.v.ref, ino, ErrInvalid)
+	return nil, fmt.Errorf("volume %s: inode %d is not an open regular file: %w", f.v.Ref(), ino, store.ErrInvalid)
 }
 
 // Open pins ino for IO until the matching Release: a regular file's chunk
@@ -52,7 +54,7 @@ func (f *FS) Open(ctx context.Context, ino uint64) (Attr, error) {
 		return Attr{}, err
 	}
 	if o := f.loaded(ino); o != nil && a.IsRegular() {
-		a.Size, a.Blocks = o.size.Load(), o.mapped.Load()*f.v.chunkSize/512
+		a.Size, a.Blocks = o.Size(), o.Mapped()*f.v.ChunkSize()/512
 	}
 	return a, nil
 }
@@ -63,13 +65,13 @@ func (f *FS) acquireNew(ino uint64) error {
 	f.objMu.Lock()
 	defer f.objMu.Unlock()
 	if f.deleted {
-		return fmt.Errorf("volume %s: %w", f.v.ref, ErrNotFound)
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrNotFound)
 	}
 	if u := f.inUse[ino]; u != nil {
 		u.refs++
 		return nil
 	}
-	o := newObject(f.v, ino, 0, 0)
+	o := f.v.NewFileObject(ino)
 	f.inUse[ino] = &inUse{refs: 1, obj: o}
 	f.objs.Store(ino, o)
 	f.trimmed[ino] = true
@@ -79,7 +81,7 @@ func (f *FS) acquireNew(ino uint64) error {
 // CreateOpen is Create of a regular file followed by Open (O_CREAT).
 func (f *FS) CreateOpen(ctx context.Context, parent uint64, name string, in NewInode) (Attr, error) {
 	if in.Mode&syscall.S_IFMT != syscall.S_IFREG {
-		return Attr{}, fmt.Errorf("create-open of mode %#o: %w", in.Mode, ErrInvalid)
+		return Attr{}, fmt.Errorf("create-open of mode %#o: %w", in.Mode, store.ErrInvalid)
 	}
 	a, err := f.Create(ctx, parent, name, in)
 	if err != nil {
@@ -93,11 +95,11 @@ func (f *FS) pin(ino uint64) error {
 	f.objMu.Lock()
 	defer f.objMu.Unlock()
 	if f.deleted {
-		return fmt.Errorf("volume %s: %w", f.v.ref, ErrNotFound)
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrNotFound)
 	}
 	if u := f.inUse[ino]; u != nil {
 		if u.purging {
-			return fmt.Errorf("inode %d: %w", ino, ErrNotFound)
+			return fmt.Errorf("inode %d: %w", ino, store.ErrNotFound)
 		}
 		u.refs++
 		return nil
@@ -126,7 +128,7 @@ func (f *FS) ensureObject(ino uint64) error {
 	defer f.objMu.Unlock()
 	u := f.inUse[ino]
 	if u == nil {
-		return fmt.Errorf("inode %d is not pinned: %w", ino, ErrInvalid)
+		return fmt.Errorf("inode %d is not pinned: %w", ino, store.ErrInvalid)
 	}
 	if u.obj != nil {
 		return nil
@@ -140,54 +142,27 @@ func (f *FS) ensureObject(ino uint64) error {
 	return nil
 }
 
-// loadObject builds a file's object from its length and chunk map. The
-// caller holds objMu.
-func (f *FS) loadObject(ino uint64) (*object, error) {
+// loadObject builds a file's object from its length and chunk map (the
+// engine reads the map). The caller holds objMu.
+func (f *FS) loadObject(ino uint64) (*store.Object, error) {
 	v := f.v
-	var size int64
-	var chunks []struct{ idx, dev int64 } // dev as the table holds it
+	var o *store.Object
 	err := f.view(func(txn kv) error {
-		var err error
-		if size, err = readLength(txn, v.id, ino); err != nil {
+		size, err := readLength(txn, v.ID(), ino)
+		if err != nil {
 			return err
 		}
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.id, ino), PrefetchValues: true})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			_, _, idx, ok := parseChunkKey(it.Item().Key())
-			if !ok || idx >= MaxFileSize/uint64(v.chunkSize) {
-				continue
-			}
-			var e chunkEntry
-			if err := it.Item().Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err }); err != nil {
-				return err
-			}
-			if v.s.alloc.contains(e.devOff, int64(e.storedLen)) {
-				chunks = append(chunks, struct{ idx, dev int64 }{int64(idx), tableEntry(e)})
-			}
-		}
-		return nil
+		o, err = v.LoadFileObject(txn, ino, size)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load inode %d: %w", ino, err)
 	}
-	n := numChunks(size, v.chunkSize)
-	if len(chunks) > 0 {
-		n = max(n, chunks[len(chunks)-1].idx+1)
-	}
-	o := newObject(v, ino, size, n)
-	t := o.table.Load()
-	for _, c := range chunks {
-		t.set(c.idx, c.dev)
-	}
-	o.mapped.Store(int64(len(chunks)))
 	if !f.trimmed[ino] {
 		// Bytes past the persisted length may be writes that a crash
 		// cut off from their length: make them zeros/holes again.
-		if end := t.n * v.chunkSize; end > size && !v.readOnly {
-			if err := o.discard(size, end-size); err != nil {
-				return nil, fmt.Errorf("trim inode %d past its length: %w", ino, err)
-			}
+		if err := o.TrimPastEnd(); err != nil {
+			return nil, err
 		}
 		f.trimmed[ino] = true
 	}
@@ -201,7 +176,7 @@ func (f *FS) Release(ctx context.Context, ino uint64) error {
 	u := f.inUse[ino]
 	if u == nil {
 		f.objMu.Unlock()
-		return fmt.Errorf("release of inode %d that is not open: %w", ino, ErrInvalid)
+		return fmt.Errorf("release of inode %d that is not open: %w", ino, store.ErrInvalid)
 	}
 	u.refs--
 	last := u.refs == 0
@@ -218,7 +193,7 @@ func (f *FS) Release(ctx context.Context, ino uint64) error {
 		delete(f.inUse, ino)
 		if o := u.obj; o != nil {
 			// The cache first, then the object: see overlayCached.
-			f.attrs.refresh(ino, func(a *Attr) { liveValues(a, o, f.v.chunkSize) })
+			f.attrs.refresh(ino, func(a *Attr) { liveValues(a, o, f.v.ChunkSize()) })
 			f.objs.Delete(ino)
 		}
 	}
@@ -236,29 +211,29 @@ func (f *FS) Release(ctx context.Context, ino uint64) error {
 // lookup would then write back the stale stored length. persistMu makes
 // a second persist wait for the first, so an fsync that finds nothing
 // dirty still covers what the one in flight writes.
-func (f *FS) persist(ctx context.Context, o *object) error {
-	o.persistMu.Lock()
-	defer o.persistMu.Unlock()
-	if !o.dirty.Swap(false) {
+func (f *FS) persist(ctx context.Context, o *store.Object) error {
+	o.LockPersist()
+	defer o.UnlockPersist()
+	if !o.TakeDirty() {
 		return nil
 	}
 	err := f.update(ctx, func(txn kv) error {
-		a, err := f.rawAttr(txn, o.ino)
+		a, err := f.rawAttr(txn, o.Ino())
 		if err != nil {
 			return err
 		}
-		liveValues(&a, o, f.v.chunkSize)
+		liveValues(&a, o, f.v.ChunkSize())
 		if err := f.putAttr(txn, a); err != nil { // a carries the live mtime
 			return err
 		}
-		return txn.Set(lengthKey(f.v.id, o.ino), binary.BigEndian.AppendUint64(nil, uint64(a.Size)))
+		return txn.Set(lengthKey(f.v.ID(), o.Ino()), binary.BigEndian.AppendUint64(nil, uint64(a.Size)))
 	})
 	if err != nil {
-		o.dirty.Store(true)
-		if errors.Is(err, ErrNotFound) {
+		o.SetDirty()
+		if errors.Is(err, store.ErrNotFound) {
 			return nil // removed meanwhile: nothing to keep
 		}
-		return fmt.Errorf("persist inode %d: %w", o.ino, err)
+		return fmt.Errorf("persist inode %d: %w", o.Ino(), err)
 	}
 	return nil
 }
@@ -273,13 +248,13 @@ func (f *FS) Fsync(ctx context.Context, ino uint64) error {
 	if err := f.settle(); err != nil {
 		return err
 	}
-	return f.v.s.Flush(ctx)
+	return f.v.Store().Flush(ctx)
 }
 
 // Length returns a file's current length (the live one while open).
 func (f *FS) Length(ctx context.Context, ino uint64) (int64, error) {
 	if o := f.loaded(ino); o != nil {
-		return o.size.Load(), nil
+		return o.Size(), nil
 	}
 	a, err := f.GetAttr(ctx, ino)
 	return a.Size, err
@@ -305,7 +280,7 @@ func (f *FS) purgeIfUnused(ctx context.Context, ino uint64) {
 		f.objMu.Unlock()
 	}()
 	if err := f.purge(ino); err != nil {
-		f.v.s.log.Error("purge of removed inode failed; retried at next start", "volume", f.v.ref, "inode", ino, "err", err)
+		f.v.Store().Log().Error("purge of removed inode failed; retried at next start", "volume", f.v.Ref(), "inode", ino, "err", err)
 		return
 	}
 	f.setOrphan(ino, false)
@@ -313,7 +288,7 @@ func (f *FS) purgeIfUnused(ctx context.Context, ino uint64) {
 
 func (f *FS) isOrphan(ino uint64) bool {
 	err := f.view(func(txn kv) error {
-		_, err := txn.Get(orphanKey(f.v.id, ino))
+		_, err := txn.Get(orphanKey(f.v.ID(), ino))
 		return err
 	})
 	return err == nil
@@ -322,58 +297,14 @@ func (f *FS) isOrphan(ino uint64) bool {
 // purge deletes orphan ino (a no-op for an inode that is not an orphan).
 func (f *FS) purge(ino uint64) error {
 	v := f.v
-	db := v.s.db
 	if !f.isOrphan(ino) {
 		return nil
 	}
 	// The orphan record goes to badger before the chunks go: a crash in
 	// between must not leave a named file without its data.
 	f.barrier()
-	for {
-		var keys [][]byte
-		var freed []extent
-		var saved int64
-		err := db.View(func(txn *badger.Txn) error {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(v.id, ino), PrefetchValues: true})
-			defer it.Close()
-			for it.Rewind(); it.Valid() && len(keys) < 4096; it.Next() {
-				var e chunkEntry
-				if err := it.Item().Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err }); err != nil {
-					return err
-				}
-				keys = append(keys, it.Item().KeyCopy(nil))
-				if v.s.alloc.contains(e.devOff, int64(e.storedLen)) {
-					freed = append(freed, extent{off: e.devOff, length: e.extentLen()})
-				}
-				saved += v.savedBy(e)
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		if len(keys) == 0 {
-			break
-		}
-		for _, e := range freed {
-			if err := v.zeroDevice(e.off, e.length); err != nil {
-				return err
-			}
-		}
-		err = db.Update(func(txn *badger.Txn) error {
-			for _, k := range keys {
-				if err := txn.Delete(k); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		v.allocated.Add(-int64(len(keys)))
-		v.saved.Add(-saved)
-		v.s.alloc.deferFree(freed)
+	if err := v.DropChunks(ino); err != nil {
+		return err
 	}
 	// The records go in a namespace transaction, under f.mu: a persist
 	// of the same inode still in flight (a last Release that raced a
@@ -384,14 +315,14 @@ func (f *FS) purge(ino uint64) error {
 	return f.update(context.Background(), func(txn kv) error {
 		f.noteDrop(ino)
 		f.forgetFresh(ino)
-		return deleteInode(txn, v.id, ino, true, true, true)
+		return deleteInode(txn, v.ID(), ino, true, true, true)
 	})
 }
 
 // purgeOrphans removes the orphans a crash left behind (store open).
 func (f *FS) purgeOrphans() error {
 	var inos []uint64
-	prefix := inoKey(prefixOrphan, f.v.id, 0)[:9]
+	prefix := inoKey(prefixOrphan, f.v.ID(), 0)[:9]
 	err := f.view(func(txn kv) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 		defer it.Close()
@@ -411,10 +342,10 @@ func (f *FS) purgeOrphans() error {
 		}
 	}
 	if len(inos) > 0 {
-		if err := f.v.s.syncMeta(); err != nil { // their space is free again
+		if err := f.v.Store().SyncMeta(); err != nil { // their space is free again
 			return err
 		}
-		f.v.s.log.Info("purged inodes unlinked while open before the last stop", "volume", f.v.ref, "count", len(inos))
+		f.v.Store().Log().Info("purged inodes unlinked while open before the last stop", "volume", f.v.Ref(), "count", len(inos))
 	}
 	return nil
 }
@@ -430,8 +361,8 @@ type SetAttr struct {
 // SetAttr changes attributes; a new size truncates or extends the file
 // (extended bytes read as zeros).
 func (f *FS) SetAttr(ctx context.Context, ino uint64, in SetAttr) (Attr, error) {
-	if f.v.readOnly {
-		return Attr{}, fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return Attr{}, fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
 	if in.Size != nil {
 		if err := f.truncate(ctx, ino, *in.Size); err != nil {
@@ -460,7 +391,7 @@ func (f *FS) SetAttr(ctx context.Context, ino uint64, in SetAttr) (Attr, error) 
 		if in.Mtime != nil {
 			a.Mtime = *in.Mtime
 			if o := f.loaded(ino); o != nil {
-				o.mtime.Store(0) // the explicit time wins over the live one
+				o.ClearMtime() // the explicit time wins over the live one
 			}
 		}
 		if in.Size != nil {
@@ -477,8 +408,8 @@ func (f *FS) SetAttr(ctx context.Context, ino uint64, in SetAttr) (Attr, error) 
 // crash midway leaves either the old length with zeros at its end or the
 // new length.
 func (f *FS) truncate(ctx context.Context, ino uint64, size int64) error {
-	if size < 0 || size > MaxFileSize {
-		return fmt.Errorf("truncate inode %d to %d: %w", ino, size, ErrTooBig)
+	if size < 0 || size > store.MaxFileSize {
+		return fmt.Errorf("truncate inode %d to %d: %w", ino, size, store.ErrTooBig)
 	}
 	a, err := f.GetAttr(ctx, ino)
 	if err != nil {
@@ -486,9 +417,9 @@ func (f *FS) truncate(ctx context.Context, ino uint64, size int64) error {
 	}
 	switch {
 	case a.IsDir():
-		return fmt.Errorf("truncate inode %d: %w", ino, ErrIsDir)
+		return fmt.Errorf("truncate inode %d: %w", ino, store.ErrIsDir)
 	case !a.IsRegular():
-		return fmt.Errorf("truncate inode %d: %w", ino, ErrInvalid)
+		return fmt.Errorf("truncate inode %d: %w", ino, store.ErrInvalid)
 	}
 	if err := f.pin(ino); err != nil {
 		return err
@@ -500,26 +431,15 @@ func (f *FS) truncate(ctx context.Context, ino uint64, size int64) error {
 	defer f.Release(ctx, ino)
 	o := f.loaded(ino)
 	if o == nil {
-		return fmt.Errorf("truncate inode %d: %w", ino, ErrNotFound)
+		return fmt.Errorf("truncate inode %d: %w", ino, store.ErrNotFound)
 	}
-	o.lockAll()
-	defer o.unlockAll()
-	if end := o.table.Load().n * f.v.chunkSize; end > size {
-		for off := size; off < end; {
-			w := o.window(off, end-off)
-			n, err := o.discardWindow(w, off, end-off)
-			if err != nil {
-				return err
-			}
-			off += n
-		}
-	}
-	o.size.Store(size)
-	o.touch()
-	defer f.noteData(ctx, ino, size, 0)
-	err = f.update(ctx, func(txn kv) error {
-		f.noteDrop(ino)
-		return txn.Set(lengthKey(f.v.id, ino), binary.BigEndian.AppendUint64(nil, uint64(size)))
+	// The length is recorded after the chunks are cut, so a crash midway
+	// leaves the old length with zeros at its end.
+	return o.Truncate(size, func() error {
+		defer f.noteData(ctx, ino, size, 0)
+		return f.update(ctx, func(txn kv) error {
+			f.noteDrop(ino)
+			return txn.Set(lengthKey(f.v.ID(), ino), binary.BigEndian.AppendUint64(nil, uint64(size)))
+		})
 	})
-	return err
 }

@@ -1,4 +1,4 @@
-package store
+package fsns
 
 import "sync"
 
@@ -14,7 +14,7 @@ import "sync"
 // looks its new name up first).
 //
 // The cache holds the state of the changes that joined the open group
-// (fs_group.go) or were committed before it:
+// (group.go) or were committed before it:
 //
 //   - Namespace changes run in FS.update under FS.mu. putAttr, dropLink,
 //     the length writers and setDentry/deleteDentry note the inodes and

@@ -1,4 +1,4 @@
-package store
+package fsns
 
 // Change reports. A door that caches what FS told it (the FUSE door: the
 // kernel's dentries, attributes and page cache of a mount) registers a

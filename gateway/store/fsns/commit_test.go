@@ -1,4 +1,4 @@
-package store
+package fsns
 
 import (
 	"context"
@@ -11,12 +11,14 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
 	"github.com/sluice-storage/sluice/gateway/device"
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 // TestFSReadsSeeAcknowledgedChanges: a namespace change returns before its
 // group is committed, and the commit before badger has written it
-// (FS.update, fs_group.go); a read begun after it returns, through
+// (FS.update, group.go); a read begun after it returns, through
 // FS.view as every namespace read outside FS.update is, must still find
 // what it wrote.
 func TestFSReadsSeeAcknowledgedChanges(t *testing.T) {
@@ -40,7 +42,7 @@ func TestFSReadsSeeAcknowledgedChanges(t *testing.T) {
 				t.Fatal(err)
 			}
 			err := f.view(func(txn kv) error { _, err := f.rawAttr(txn, a.Ino); return err })
-			if !errors.Is(err, ErrNotFound) {
+			if !errors.Is(err, store.ErrNotFound) {
 				t.Fatalf("unlink %d: a later read transaction finds the inode: %v", i, err)
 			}
 		}
@@ -69,13 +71,13 @@ func TestFSCommitFailureFailsNamespace(t *testing.T) {
 	f.groupMu.Unlock()
 	f.written(prev, done, errors.New("injected log write failure"))
 
-	if _, err := f.Create(ctx, RootIno, "b", NewInode{Mode: syscall.S_IFREG | 0o644}); !errors.Is(err, ErrIO) {
+	if _, err := f.Create(ctx, RootIno, "b", NewInode{Mode: syscall.S_IFREG | 0o644}); !errors.Is(err, store.ErrIO) {
 		t.Fatalf("create after a failed commit: %v, want ErrIO", err)
 	}
-	if err := f.Unlink(ctx, RootIno, "a"); !errors.Is(err, ErrIO) {
+	if err := f.Unlink(ctx, RootIno, "a"); !errors.Is(err, store.ErrIO) {
 		t.Fatalf("unlink after a failed commit: %v, want ErrIO", err)
 	}
-	if err := f.Fsync(ctx, a.Ino); !errors.Is(err, ErrIO) {
+	if err := f.Fsync(ctx, a.Ino); !errors.Is(err, store.ErrIO) {
 		t.Fatalf("fsync after a failed commit: %v, want ErrIO", err)
 	}
 	if _, ok := f.attrs.get(a.Ino); ok {
@@ -102,7 +104,7 @@ func TestFSInodeNumbersAcrossRestarts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, err := Open(ctx, filepath.Join(dir, "meta"), dev, Options{SyncInterval: time.Hour})
+		s, err := store.Open(ctx, filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -114,7 +116,7 @@ func TestFSInodeNumbersAcrossRestarts(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			f = v.FS()
+			f = Of(v)
 		}
 		n := inoBatch + 7 // cross a batch boundary in every round
 		if round == 1 {
@@ -136,8 +138,8 @@ func TestFSInodeNumbersAcrossRestarts(t *testing.T) {
 		if err := f.settle(); err != nil {
 			t.Fatal(err)
 		}
-		err = s.db.View(func(txn *badger.Txn) error {
-			item, err := txn.Get(inoCounterKey(f.v.id))
+		err = s.DB().View(func(txn *badger.Txn) error {
+			item, err := txn.Get(inoCounterKey(f.v.ID()))
 			if err != nil {
 				return err
 			}
@@ -207,7 +209,7 @@ func TestFSReleaseRacingReopen(t *testing.T) {
 	v, f := newFSVolume(t, s, "fs", 128*MiB)
 	storedLength := func(ino uint64) int64 {
 		var n int64
-		if err := f.view(func(txn kv) (err error) { n, err = readLength(txn, v.id, ino); return err }); err != nil {
+		if err := f.view(func(txn kv) (err error) { n, err = readLength(txn, v.ID(), ino); return err }); err != nil {
 			t.Fatal(err)
 		}
 		return n

@@ -1,4 +1,4 @@
-package store
+package fsns
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 // FS is the namespace of an fs volume: inodes, directory entries, symlink
@@ -33,7 +35,7 @@ import (
 // is committed to badger as one transaction when something is about to
 // read badger, when a file's chunks are about to be written, when it is
 // full, on fsync or Store.Flush, and about a millisecond after its first
-// change (fs_group.go explains why and how reads stay exact). The commit
+// change (group.go explains why and how reads stay exact). The commit
 // is handed to badger without waiting for the write (memtable and its
 // log, on another goroutine), and every transaction that begins later
 // waits for it. What the group changes is the crash window: a SIGKILL can
@@ -64,7 +66,7 @@ import (
 // records deleted); one that is open is purged on its last Release; orphans
 // left by a crash are purged when the store opens.
 type FS struct {
-	v *Volume
+	v *store.Volume
 
 	mu         sync.Mutex            // serialises namespace changes
 	nextIno    uint64                // next free inode number, under mu (0: not read yet)
@@ -82,12 +84,12 @@ type FS struct {
 	orphans map[uint64]bool   // inodes with an orphan record, purged when unused
 	deleted bool
 
-	watchers atomic.Pointer[[]Watcher] // replaced under objMu (fs_watch.go)
+	watchers atomic.Pointer[[]Watcher] // replaced under objMu (watch.go)
 	fresh    map[uint64]uint8          // under objMu: what inodes created since the store opened have never had (freshNo*)
 
 	op ntxn // the running change's, reused; under mu
 
-	// The open group of changes not yet handed to badger (fs_group.go).
+	// The open group of changes not yet handed to badger (group.go).
 	// groupMu comes after mu and objMu: a reader holding objMu (an object
 	// load) can commit the group without mu.
 	groupMu      sync.Mutex
@@ -106,11 +108,11 @@ type FS struct {
 
 type inUse struct {
 	refs    int
-	obj     *object // regular files only
-	purging bool    // a pin by purgeIfUnused: the inode is going away
+	obj     *store.Object // regular files only
+	purging bool          // a pin by purgeIfUnused: the inode is going away
 }
 
-func newFS(v *Volume) *FS {
+func newFS(v *store.Volume) *FS {
 	return &FS{v: v, inUse: make(map[uint64]*inUse), trimmed: make(map[uint64]bool), orphans: make(map[uint64]bool), fresh: make(map[uint64]uint8), groupIdx: make(map[string]int)}
 }
 
@@ -140,16 +142,16 @@ func now() int64 { return time.Now().UnixNano() }
 func validEntryName(name string) error {
 	switch {
 	case name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00"):
-		return fmt.Errorf("name %q: %w", name, ErrInvalid)
+		return fmt.Errorf("name %q: %w", name, store.ErrInvalid)
 	case len(name) > MaxNameLen:
-		return fmt.Errorf("name of %d bytes: %w", len(name), ErrNameTooLong)
+		return fmt.Errorf("name of %d bytes: %w", len(name), store.ErrNameTooLong)
 	}
 	return nil
 }
 
 func (f *FS) check() error {
 	if f.deleted {
-		return fmt.Errorf("volume %s: %w", f.v.ref, ErrNotFound)
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrNotFound)
 	}
 	return f.failed()
 }
@@ -158,7 +160,7 @@ func (f *FS) check() error {
 // operation returned, wrapped in ErrIO, or nil.
 func (f *FS) failed() error {
 	if p := f.commitErr.Load(); p != nil {
-		return fmt.Errorf("volume %s: %w: an earlier metadata commit failed: %w", f.v.ref, ErrIO, *p)
+		return fmt.Errorf("volume %s: %w: an earlier metadata commit failed: %w", f.v.Ref(), store.ErrIO, *p)
 	}
 	return nil
 }
@@ -180,7 +182,7 @@ func initRoot(txn kv, vol uint64, uid, gid uint32) error {
 	return txn.Set(inoCounterKey(vol), binary.BigEndian.AppendUint64(nil, RootIno+1))
 }
 
-func inoCounterKey(vol uint64) []byte { return counterKey(fmt.Sprintf("ino.%d", vol)) }
+func inoCounterKey(vol uint64) []byte { return store.CounterKey(fmt.Sprintf("ino.%d", vol)) }
 
 // getAttr reads ino's attributes in txn, with the live length and mtime of
 // a file in use, and the space it holds.
@@ -192,11 +194,11 @@ func (f *FS) getAttr(txn kv, ino uint64) (Attr, error) {
 	if f.overlayLive(&a) {
 		return a, nil
 	}
-	if a.Size, err = readLength(txn, f.v.id, ino); err != nil {
+	if a.Size, err = readLength(txn, f.v.ID(), ino); err != nil {
 		return Attr{}, err
 	}
 	if a.Size > 0 {
-		a.Blocks = countChunks(txn, f.v.id, ino) * f.v.chunkSize / 512
+		a.Blocks = f.v.CountChunks(txn, ino) * f.v.ChunkSize() / 512
 	}
 	return a, nil
 }
@@ -208,7 +210,7 @@ func (f *FS) overlayLive(a *Attr) bool {
 	if o == nil {
 		return false
 	}
-	liveValues(a, o, f.v.chunkSize)
+	liveValues(a, o, f.v.ChunkSize())
 	return true
 }
 
@@ -227,20 +229,20 @@ func (f *FS) overlayCached(a *Attr, gen uint64) bool {
 }
 
 // liveValues sets a's length, mtime and blocks from the file's object.
-func liveValues(a *Attr, o *object, chunkSize int64) {
-	a.Size = o.size.Load()
-	if m := o.mtime.Load(); m > a.Mtime {
+func liveValues(a *Attr, o *store.Object, chunkSize int64) {
+	a.Size = o.Size()
+	if m := o.Mtime(); m > a.Mtime {
 		a.Mtime, a.Ctime = m, max(a.Ctime, m)
 	}
-	a.Blocks = o.mapped.Load() * chunkSize / 512
+	a.Blocks = o.Mapped() * chunkSize / 512
 }
 
 // rawAttr reads ino's attribute record only: what namespace changes need
 // (a file's length and blocks are left zero).
 func (f *FS) rawAttr(txn kv, ino uint64) (Attr, error) {
-	b, err := txn.Get(inodeKey(f.v.id, ino))
+	b, err := txn.Get(inodeKey(f.v.ID(), ino))
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return Attr{}, fmt.Errorf("inode %d: %w", ino, ErrNotFound)
+		return Attr{}, fmt.Errorf("inode %d: %w", ino, store.ErrNotFound)
 	} else if err != nil {
 		return Attr{}, err
 	}
@@ -252,7 +254,7 @@ func (f *FS) rawAttr(txn kv, ino uint64) (Attr, error) {
 	case a.IsDir():
 		a.Size = 4096
 	case a.IsSymlink():
-		if target, err := txn.Get(linkKey(f.v.id, ino)); err == nil {
+		if target, err := txn.Get(linkKey(f.v.ID(), ino)); err == nil {
 			a.Size = int64(len(target))
 		}
 	}
@@ -267,19 +269,9 @@ func readLength(txn kv, vol, ino uint64) (int64, error) {
 		return 0, err
 	}
 	if len(b) != 8 {
-		return 0, fmt.Errorf("inode %d: length record of %d bytes: %w", ino, len(b), ErrIO)
+		return 0, fmt.Errorf("inode %d: length record of %d bytes: %w", ino, len(b), store.ErrIO)
 	}
 	return int64(binary.BigEndian.Uint64(b)), nil
-}
-
-func countChunks(txn kv, vol, ino uint64) int64 {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: chunkPrefix(vol, ino)})
-	defer it.Close()
-	var n int64
-	for it.Rewind(); it.Valid(); it.Next() {
-		n++
-	}
-	return n
 }
 
 // putAttr writes a's attributes (not its length) in txn, which must be
@@ -289,7 +281,7 @@ func (f *FS) putAttr(txn kv, a Attr) error {
 	rec := encodeAttr(a)
 	if a.IsRegular() || a.IsSymlink() { // sizes live in other records
 		f.noteDrop(a.Ino)
-		return txn.Set(inodeKey(f.v.id, a.Ino), rec)
+		return txn.Set(inodeKey(f.v.ID(), a.Ino), rec)
 	}
 	c, err := decodeAttr(a.Ino, rec) // exactly what rawAttr reads back
 	if err != nil {
@@ -299,17 +291,17 @@ func (f *FS) putAttr(txn kv, a Attr) error {
 		c.Size = 4096
 	}
 	f.attrMods = append(f.attrMods, attrChange{a: c, keep: true})
-	return txn.Set(inodeKey(f.v.id, a.Ino), rec)
+	return txn.Set(inodeKey(f.v.ID(), a.Ino), rec)
 }
 
 // Lookup returns the attributes of name in directory parent, from the
 // cache when it has both the name and the inode.
 func (f *FS) Lookup(ctx context.Context, parent uint64, name string) (Attr, error) {
 	if len(name) > MaxNameLen {
-		return Attr{}, fmt.Errorf("name of %d bytes: %w", len(name), ErrNameTooLong)
+		return Attr{}, fmt.Errorf("name of %d bytes: %w", len(name), store.ErrNameTooLong)
 	}
 	if a, gen, ok, absent := f.attrs.lookupAt(parent, name); absent {
-		return Attr{}, ErrNotFound // a common answer: no formatted error
+		return Attr{}, store.ErrNotFound // a common answer: no formatted error
 	} else if ok && f.overlayCached(&a, gen) {
 		return a, nil
 	}
@@ -321,7 +313,7 @@ func (f *FS) Lookup(ctx context.Context, parent uint64, name string) (Attr, erro
 		if err == nil {
 			wasLoaded = f.loaded(ino) != nil
 		}
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) {
 			if _, derr := f.dirAttr(txn, parent); derr != nil {
 				return derr // the parent is gone or not a directory
 			}
@@ -371,9 +363,9 @@ func (f *FS) noteDrop(ino uint64) {
 func (f *FS) Readlink(ctx context.Context, ino uint64) (string, error) {
 	var target string
 	err := f.view(func(txn kv) error {
-		b, err := txn.Get(linkKey(f.v.id, ino))
+		b, err := txn.Get(linkKey(f.v.ID(), ino))
 		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("inode %d is not a symlink: %w", ino, ErrInvalid)
+			return fmt.Errorf("inode %d is not a symlink: %w", ino, store.ErrInvalid)
 		} else if err != nil {
 			return err
 		}
@@ -390,7 +382,7 @@ func (f *FS) ReadDir(ctx context.Context, ino uint64) ([]DirEntry, error) {
 		if _, err := f.dirAttr(txn, ino); err != nil {
 			return err
 		}
-		prefix := dentryPrefix(f.v.id, ino)
+		prefix := dentryPrefix(f.v.ID(), ino)
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 100})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
@@ -425,13 +417,13 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 	case syscall.S_IFREG, syscall.S_IFDIR, syscall.S_IFIFO, syscall.S_IFSOCK, syscall.S_IFCHR, syscall.S_IFBLK:
 	case syscall.S_IFLNK:
 		if in.Target == "" || len(in.Target) > MaxSymlinkLen {
-			return Attr{}, fmt.Errorf("symlink target of %d bytes: %w", len(in.Target), ErrNameTooLong)
+			return Attr{}, fmt.Errorf("symlink target of %d bytes: %w", len(in.Target), store.ErrNameTooLong)
 		}
 	default:
-		return Attr{}, fmt.Errorf("mode %#o: %w", in.Mode, ErrInvalid)
+		return Attr{}, fmt.Errorf("mode %#o: %w", in.Mode, store.ErrInvalid)
 	}
-	if f.v.readOnly {
-		return Attr{}, fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return Attr{}, fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
 	var a Attr
 	err := f.update(ctx, func(txn kv) error {
@@ -440,8 +432,8 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 			return err
 		}
 		if _, _, err := f.entryOf(txn, parent, name); err == nil {
-			return fmt.Errorf("%q: %w", name, ErrExists)
-		} else if !errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("%q: %w", name, store.ErrExists)
+		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
 		ino, err := f.allocIno(txn)
@@ -457,7 +449,7 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 			p.Nlink++
 		case syscall.S_IFLNK:
 			a.Size = int64(len(in.Target))
-			if err := txn.Set(linkKey(f.v.id, ino), []byte(in.Target)); err != nil {
+			if err := txn.Set(linkKey(f.v.ID(), ino), []byte(in.Target)); err != nil {
 				return err
 			}
 		}
@@ -485,10 +477,10 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 // start, open once for the caller, who must Release it.
 func (f *FS) Tmpfile(ctx context.Context, parent uint64, in NewInode) (Attr, error) {
 	if in.Mode&syscall.S_IFMT != syscall.S_IFREG {
-		return Attr{}, fmt.Errorf("tmpfile mode %#o: %w", in.Mode, ErrInvalid)
+		return Attr{}, fmt.Errorf("tmpfile mode %#o: %w", in.Mode, store.ErrInvalid)
 	}
-	if f.v.readOnly {
-		return Attr{}, fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return Attr{}, fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
 	var a Attr
 	err := f.update(ctx, func(txn kv) error {
@@ -505,7 +497,7 @@ func (f *FS) Tmpfile(ctx context.Context, parent uint64, in NewInode) (Attr, err
 		if err := f.putAttr(txn, a); err != nil {
 			return err
 		}
-		return txn.Set(orphanKey(f.v.id, ino), nil)
+		return txn.Set(orphanKey(f.v.ID(), ino), nil)
 	})
 	if err != nil {
 		return Attr{}, err
@@ -519,8 +511,8 @@ func (f *FS) Link(ctx context.Context, ino, newParent uint64, newName string) (A
 	if err := validEntryName(newName); err != nil {
 		return Attr{}, err
 	}
-	if f.v.readOnly {
-		return Attr{}, fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return Attr{}, fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
 	var a Attr
 	resurrected := false
@@ -533,17 +525,17 @@ func (f *FS) Link(ctx context.Context, ino, newParent uint64, newName string) (A
 			return err
 		}
 		if a.IsDir() {
-			return fmt.Errorf("hard link to directory inode %d: %w", ino, ErrPerm)
+			return fmt.Errorf("hard link to directory inode %d: %w", ino, store.ErrPerm)
 		}
 		if _, _, err := f.entryOf(txn, newParent, newName); err == nil {
-			return fmt.Errorf("%q: %w", newName, ErrExists)
-		} else if !errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("%q: %w", newName, store.ErrExists)
+		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
 		if a.Nlink == 0 {
 			// Linking an open O_TMPFILE file (linkat AT_EMPTY_PATH)
 			// brings it back from the orphan list.
-			if err := txn.Delete(orphanKey(f.v.id, ino)); err != nil {
+			if err := txn.Delete(orphanKey(f.v.ID(), ino)); err != nil {
 				return err
 			}
 			resurrected = true
@@ -577,11 +569,11 @@ func (f *FS) Rmdir(ctx context.Context, parent uint64, name string) error {
 }
 
 func (f *FS) remove(ctx context.Context, parent uint64, name string, dir bool) error {
-	if f.v.readOnly {
-		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
 	if name == "." || name == ".." {
-		return fmt.Errorf("remove %q: %w", name, ErrInvalid)
+		return fmt.Errorf("remove %q: %w", name, store.ErrInvalid)
 	}
 	var gone uint64
 	err := f.update(ctx, func(txn kv) error {
@@ -599,11 +591,11 @@ func (f *FS) remove(ctx context.Context, parent uint64, name string, dir bool) e
 		}
 		switch {
 		case dir && !a.IsDir():
-			return fmt.Errorf("%q: %w", name, ErrNotDir)
+			return fmt.Errorf("%q: %w", name, store.ErrNotDir)
 		case !dir && a.IsDir():
-			return fmt.Errorf("%q: %w", name, ErrIsDir)
-		case dir && !dirEmpty(txn, f.v.id, ino):
-			return fmt.Errorf("%q: %w", name, ErrNotEmpty)
+			return fmt.Errorf("%q: %w", name, store.ErrIsDir)
+		case dir && !dirEmpty(txn, f.v.ID(), ino):
+			return fmt.Errorf("%q: %w", name, store.ErrNotEmpty)
 		}
 		t := now()
 		p.Mtime, p.Ctime = t, t
@@ -646,19 +638,23 @@ func (f *FS) dropLink(txn kv, a Attr, t int64) (uint64, error) {
 		// Nobody has it open, and nobody can open it now: what it
 		// holds can no longer change.
 		fresh := f.freshness(a.Ino)
-		if fresh&freshNoChunks != 0 || !f.hasChunks(a.Ino) {
+		// Chunks are written outside namespace changes, so the
+		// change's reads (which may have begun before the inode's
+		// last writer committed) cannot answer this: the engine looks
+		// in a transaction of its own.
+		if fresh&freshNoChunks != 0 || !f.v.HasChunks(a.Ino) {
 			f.noteDrop(a.Ino)
 			f.forgetFresh(a.Ino)
 			// a had a name until now, so it has no orphan record (Link
 			// deletes that of an O_TMPFILE file it names).
-			return 0, deleteInode(txn, f.v.id, a.Ino, fresh&freshNoXattrs == 0, a.IsSymlink(), false)
+			return 0, deleteInode(txn, f.v.ID(), a.Ino, fresh&freshNoXattrs == 0, a.IsSymlink(), false)
 		}
 		f.unclaimDying(a.Ino)
 	}
 	if err := f.putAttr(txn, a); err != nil {
 		return 0, err
 	}
-	return a.Ino, txn.Set(orphanKey(f.v.id, a.Ino), nil)
+	return a.Ino, txn.Set(orphanKey(f.v.ID(), a.Ino), nil)
 }
 
 // claimDying pins ino as purging if nobody has it open, so that no Open
@@ -681,27 +677,6 @@ func (f *FS) unclaimDying(ino uint64) {
 	defer f.objMu.Unlock()
 	delete(f.inUse, ino)
 	f.dying = f.dying[:len(f.dying)-1]
-}
-
-// hasChunks reports whether ino has chunk entries, in a transaction of its
-// own: chunks are written outside namespace changes, so the change's
-// reads (which may have begun before the inode's last writer committed)
-// cannot answer it.
-func (f *FS) hasChunks(ino uint64) bool {
-	var has bool
-	f.v.s.db.View(func(txn *badger.Txn) error {
-		has = hasPrefix(viewTxn{txn}, chunkPrefix(f.v.id, ino))
-		return nil
-	})
-	return has
-}
-
-// hasPrefix reports whether any key starts with prefix.
-func hasPrefix(txn kv, prefix []byte) bool {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchSize: 1})
-	defer it.Close()
-	it.Rewind()
-	return it.Valid()
 }
 
 // deleteInode deletes an inode's records (not its chunks) in txn. Xattrs,

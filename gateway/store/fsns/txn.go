@@ -1,8 +1,8 @@
-package store
+package fsns
 
 // The transaction machinery of FS: update runs each namespace change and
 // adds it to the open group (see "Transactions" in FS's doc and
-// fs_group.go), settle commits the group and waits for what was handed
+// group.go), settle commits the group and waits for what was handed
 // over, allocIno reserves inode numbers, and the read helpers namespace
 // changes use answer from the attribute cache when they can.
 
@@ -14,12 +14,14 @@ import (
 	"syscall"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 // update runs fn as one change under the namespace mutex and adds its
 // writes to the open group (see Transactions in the type's doc). Then it
 // reports the records fn wrote
-// to the watchers other than ctx's origin (fs_watch.go).
+// to the watchers other than ctx's origin (watch.go).
 func (f *FS) update(ctx context.Context, fn func(txn kv) error) error {
 	ws := f.others(ctx)
 	cs, err := f.commit(fn, ws != nil)
@@ -30,7 +32,7 @@ func (f *FS) update(ctx context.Context, fn func(txn kv) error) error {
 }
 
 // commit is update's part under the mutex: fn runs in an ntxn whose
-// writes join the open group when it succeeds (fs_group.go). It returns
+// writes join the open group when it succeeds (group.go). It returns
 // the reports when asked for them.
 func (f *FS) commit(fn func(txn kv) error, reports bool) ([]Change, error) {
 	f.mu.Lock()
@@ -75,8 +77,8 @@ func (f *FS) written(prev, done chan struct{}, err error) {
 	}
 	if err != nil && f.commitErr.CompareAndSwap(nil, &err) {
 		f.attrs.disable()
-		f.v.s.log.Error("metadata commit failed after its operation returned: the volume refuses changes until restart",
-			"volume", f.v.ref, "err", err)
+		f.v.Store().Log().Error("metadata commit failed after its operation returned: the volume refuses changes until restart",
+			"volume", f.v.Ref(), "err", err)
 	}
 	close(done)
 }
@@ -124,12 +126,12 @@ const inoBatch = 1024
 // inode that needs it. The caller holds f.mu.
 func (f *FS) allocIno(txn kv) (uint64, error) {
 	if f.nextIno == 0 {
-		b, err := txn.Get(inoCounterKey(f.v.id))
+		b, err := txn.Get(inoCounterKey(f.v.ID()))
 		if err != nil {
 			return 0, fmt.Errorf("inode counter: %w", err)
 		}
 		if len(b) != 8 {
-			return 0, fmt.Errorf("inode counter of %d bytes: %w", len(b), ErrIO)
+			return 0, fmt.Errorf("inode counter of %d bytes: %w", len(b), store.ErrIO)
 		}
 		f.nextIno = binary.BigEndian.Uint64(b)
 		f.inoLimit = f.nextIno
@@ -140,7 +142,7 @@ func (f *FS) allocIno(txn kv) (uint64, error) {
 		return ino, nil
 	}
 	limit := ino + inoBatch
-	if err := txn.Set(inoCounterKey(f.v.id), binary.BigEndian.AppendUint64(nil, limit)); err != nil {
+	if err := txn.Set(inoCounterKey(f.v.ID()), binary.BigEndian.AppendUint64(nil, limit)); err != nil {
 		return 0, err
 	}
 	f.inoPending = limit // update makes it f.inoLimit once the change joins the group
@@ -164,7 +166,7 @@ func (f *FS) dirAttr(txn kv, ino uint64) (Attr, error) {
 		}
 	}
 	if !a.IsDir() {
-		return Attr{}, fmt.Errorf("inode %d: %w", ino, ErrNotDir)
+		return Attr{}, fmt.Errorf("inode %d: %w", ino, store.ErrNotDir)
 	}
 	return a, nil
 }
@@ -189,7 +191,7 @@ func (f *FS) entryOf(txn kv, parent uint64, name string) (uint64, uint32, error)
 	if a, ok, absent := f.attrs.lookup(parent, name); absent {
 		// Unwrapped: a create's check for its new name takes this path,
 		// and formatting an error costs more than the rest of the check.
-		return 0, 0, ErrNotFound
+		return 0, 0, store.ErrNotFound
 	} else if ok {
 		return a.Ino, a.Mode & syscall.S_IFMT, nil
 	}
@@ -198,9 +200,9 @@ func (f *FS) entryOf(txn kv, parent uint64, name string) (uint64, uint32, error)
 
 // lookupTxn resolves name in directory parent to an inode number and type.
 func (f *FS) lookupTxn(txn kv, parent uint64, name string) (uint64, uint32, error) {
-	b, err := txn.Get(dentryKey(f.v.id, parent, name))
+	b, err := txn.Get(dentryKey(f.v.ID(), parent, name))
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return 0, 0, fmt.Errorf("%q in inode %d: %w", name, parent, ErrNotFound)
+		return 0, 0, fmt.Errorf("%q in inode %d: %w", name, parent, store.ErrNotFound)
 	} else if err != nil {
 		return 0, 0, err
 	}
@@ -210,11 +212,11 @@ func (f *FS) lookupTxn(txn kv, parent uint64, name string) (uint64, uint32, erro
 // setDentry writes name → ino in parent, in FS.update's txn.
 func (f *FS) setDentry(txn kv, parent uint64, name string, ino uint64, mode uint32) error {
 	f.attrMods = append(f.attrMods, attrChange{a: Attr{Ino: ino}, keep: true, dent: &dentName{parent, name}})
-	return txn.Set(dentryKey(f.v.id, parent, name), encodeDentry(ino, mode))
+	return txn.Set(dentryKey(f.v.ID(), parent, name), encodeDentry(ino, mode))
 }
 
 // deleteDentry removes name from parent, in FS.update's txn.
 func (f *FS) deleteDentry(txn kv, parent uint64, name string) error {
 	f.attrMods = append(f.attrMods, attrChange{dent: &dentName{parent, name}})
-	return txn.Delete(dentryKey(f.v.id, parent, name))
+	return txn.Delete(dentryKey(f.v.ID(), parent, name))
 }

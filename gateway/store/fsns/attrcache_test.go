@@ -1,4 +1,4 @@
-package store
+package fsns
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 // storedAttr reads ino's attributes from badger (with a loaded file's live
@@ -26,7 +28,7 @@ func sameAsStored(t *testing.T, f *FS, ino uint64, what string) {
 	t.Helper()
 	got, gerr := f.GetAttr(context.Background(), ino)
 	want, werr := storedAttr(f, ino)
-	if !errors.Is(gerr, ErrNotFound) || !errors.Is(werr, ErrNotFound) {
+	if !errors.Is(gerr, store.ErrNotFound) || !errors.Is(werr, store.ErrNotFound) {
 		if gerr != nil || werr != nil || got != want {
 			t.Fatalf("%s: inode %d: GetAttr %+v (%v), stored %+v (%v)", what, ino, got, gerr, want, werr)
 		}
@@ -48,7 +50,7 @@ func sameLookup(t *testing.T, f *FS, parent uint64, name, what string) {
 	})
 	for range 2 {
 		got, gerr := f.Lookup(context.Background(), parent, name)
-		if errors.Is(gerr, ErrNotFound) && errors.Is(werr, ErrNotFound) {
+		if errors.Is(gerr, store.ErrNotFound) && errors.Is(werr, store.ErrNotFound) {
 			continue
 		}
 		if gerr != nil || werr != nil || got != want {
@@ -82,7 +84,7 @@ func TestAttrCacheFollowsChanges(t *testing.T) {
 	check("mkdir")
 	file := mustCreate(t, f, a.Ino, "f", syscall.S_IFREG|0o644)
 	check("create")
-	if _, err := f.Create(ctx, a.Ino, "f", NewInode{Mode: syscall.S_IFREG | 0o644}); !errors.Is(err, ErrExists) {
+	if _, err := f.Create(ctx, a.Ino, "f", NewInode{Mode: syscall.S_IFREG | 0o644}); !errors.Is(err, store.ErrExists) {
 		t.Fatalf("create over an existing name: %v", err)
 	}
 	check("failed create")
@@ -125,7 +127,7 @@ func TestAttrCacheFollowsChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("rmdir")
-	if _, err := f.GetAttr(ctx, sub.Ino); !errors.Is(err, ErrNotFound) {
+	if _, err := f.GetAttr(ctx, sub.Ino); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("GetAttr of a removed directory: %v", err)
 	}
 	if got, _ := f.GetAttr(ctx, b.Ino); got.Mode&0o777 != 0o711 || got.Nlink != 2 {
@@ -251,7 +253,7 @@ func TestAttrCacheFiles(t *testing.T) {
 		}
 		check("unlink " + name)
 	}
-	if _, err := f.GetAttr(ctx, a.Ino); !errors.Is(err, ErrNotFound) {
+	if _, err := f.GetAttr(ctx, a.Ino); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("GetAttr of a removed file: %v", err)
 	}
 	l, err := f.Create(ctx, RootIno, "l", NewInode{Mode: syscall.S_IFLNK | 0o777, Target: "some/target"})
@@ -295,7 +297,7 @@ func TestAttrCacheCompleteDirectory(t *testing.T) {
 			sameLookup(t, f, RootIno, name, "after rename in")
 		}
 	}
-	if err := f.Rmdir(ctx, RootIno, "d"); !errors.Is(err, ErrNotEmpty) {
+	if err := f.Rmdir(ctx, RootIno, "d"); !errors.Is(err, store.ErrNotEmpty) {
 		t.Fatalf("rmdir of a full directory: %v", err)
 	}
 	for i := range 50 {
@@ -311,7 +313,7 @@ func TestAttrCacheCompleteDirectory(t *testing.T) {
 	if _, _, absent := f.attrs.lookup(d.Ino, "nope"); absent {
 		t.Fatal("a removed directory still answers lookups")
 	}
-	if _, err := f.Lookup(ctx, d.Ino, "n1"); !errors.Is(err, ErrNotFound) {
+	if _, err := f.Lookup(ctx, d.Ino, "n1"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("lookup in a removed directory: %v", err)
 	}
 }

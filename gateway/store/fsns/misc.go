@@ -1,4 +1,4 @@
-package store
+package fsns
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 // Fallocate modes (Linux fallocate(2)).
@@ -25,71 +27,40 @@ func (f *FS) Fallocate(ctx context.Context, ino uint64, off, length int64, mode 
 	if err != nil {
 		return err
 	}
-	if f.v.readOnly {
-		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
 	if off < 0 || length <= 0 {
-		return fmt.Errorf("fallocate offset %d length %d: %w", off, length, ErrInvalid)
+		return fmt.Errorf("fallocate offset %d length %d: %w", off, length, store.ErrInvalid)
 	}
-	if err := o.checkRange(off, length, ErrNoSpace); err != nil {
+	if err := o.CheckRange(off, length, store.ErrNoSpace); err != nil {
 		return err
 	}
 	f.willWrite(o)
 	defer f.noteData(ctx, ino, off, length)
 	switch mode &^ FallocKeepSize {
 	case 0:
-		if err := o.allocate(off, length); err != nil {
+		if err := o.Allocate(off, length); err != nil {
 			return err
 		}
 	case FallocPunchHole:
 		if mode&FallocKeepSize == 0 {
-			return fmt.Errorf("punch hole without keep-size: %w", ErrUnsupported)
+			return fmt.Errorf("punch hole without keep-size: %w", store.ErrUnsupported)
 		}
-		if err := o.discard(off, length); err != nil {
+		if err := o.Discard(off, length); err != nil {
 			return err
 		}
 	case FallocZeroRange:
-		if err := o.discard(off, length); err != nil {
+		if err := o.Discard(off, length); err != nil {
 			return err
 		}
 	default:
-		return fmt.Errorf("fallocate mode %#x: %w", mode, ErrUnsupported)
+		return fmt.Errorf("fallocate mode %#x: %w", mode, store.ErrUnsupported)
 	}
 	if mode&FallocKeepSize == 0 {
-		o.ensureChunks(numChunks(off+length, f.v.chunkSize))
-		w := o.window(off+length-1, 1)
-		o.rlock(w.mask)
-		o.growSize(off + length)
-		o.runlock(w.mask)
+		o.ExtendTo(off + length)
 	}
-	o.touch()
-	return nil
-}
-
-// allocate maps every hole of [off, off+length) to zeroed pool space.
-func (o *object) allocate(off, length int64) error {
-	v := o.v
-	cs := v.chunkSize
-	o.ensureChunks(numChunks(off+length, cs))
-	pos := off &^ (cs - 1)
-	end := off + length
-	for pos < end {
-		if o.table.Load().get(pos>>v.chunkBits) != 0 {
-			pos += cs
-			continue
-		}
-		n := min(end-pos, int64(len(v.s.zeros)))
-		n = (n + cs - 1) &^ (cs - 1) // whole chunks: zeros never extend the length here
-		n = min(n, int64(len(v.s.zeros)))
-		done, err := o.writeNewChunks(v.s.zeros[:n], pos, false)
-		if err != nil {
-			return err
-		}
-		if done == 0 {
-			pos += cs // allocated meanwhile
-		}
-		pos += int64(done)
-	}
+	o.Touch()
 	return nil
 }
 
@@ -107,14 +78,14 @@ func (f *FS) Lseek(ctx context.Context, ino uint64, off int64, whence int) (int6
 	if err != nil {
 		return 0, err
 	}
-	size := o.size.Load()
+	size := o.Size()
 	if off < 0 {
-		return 0, fmt.Errorf("seek to %d: %w", off, ErrInvalid)
+		return 0, fmt.Errorf("seek to %d: %w", off, store.ErrInvalid)
 	}
 	if off >= size {
-		return 0, fmt.Errorf("seek to %d of %d bytes: %w", off, size, ErrNXIO)
+		return 0, fmt.Errorf("seek to %d of %d bytes: %w", off, size, store.ErrNXIO)
 	}
-	for _, e := range o.extents(off, size-off) {
+	for _, e := range o.Extents(off, size-off) {
 		if whence == SeekData && !e.Hole || whence == SeekHole && e.Hole {
 			return e.Offset, nil
 		}
@@ -123,9 +94,9 @@ func (f *FS) Lseek(ctx context.Context, ino uint64, off int64, whence int) (int6
 		return size, nil
 	}
 	if whence != SeekData {
-		return 0, fmt.Errorf("whence %d: %w", whence, ErrInvalid)
+		return 0, fmt.Errorf("whence %d: %w", whence, store.ErrInvalid)
 	}
-	return 0, fmt.Errorf("no data after %d: %w", off, ErrNXIO)
+	return 0, fmt.Errorf("no data after %d: %w", off, store.ErrNXIO)
 }
 
 // FSStats is what statfs reports.
@@ -142,8 +113,8 @@ type FSStats struct {
 // StatFS reports the volume's size and use: space counts whole chunks.
 func (f *FS) StatFS(ctx context.Context) FSStats {
 	const bs = 4096
-	size := f.v.size.Load()
-	used := f.v.allocated.Load() * f.v.chunkSize
+	size := f.v.Size()
+	used := f.v.UsedBytes()
 	const files = 1 << 32
 	f.mu.Lock()
 	next := f.nextIno
@@ -163,9 +134,9 @@ const (
 func validXattrName(name string) error {
 	switch {
 	case name == "":
-		return fmt.Errorf("empty xattr name: %w", ErrInvalid)
+		return fmt.Errorf("empty xattr name: %w", store.ErrInvalid)
 	case len(name) > MaxXattrNameLen:
-		return fmt.Errorf("xattr name of %d bytes: %w", len(name), ErrRange)
+		return fmt.Errorf("xattr name of %d bytes: %w", len(name), store.ErrRange)
 	}
 	return nil
 }
@@ -180,9 +151,9 @@ func (f *FS) GetXattr(ctx context.Context, ino uint64, name string) ([]byte, err
 		if _, err := f.rawAttr(txn, ino); err != nil {
 			return err
 		}
-		b, err := txn.Get(xattrKey(f.v.id, ino, name))
+		b, err := txn.Get(xattrKey(f.v.ID(), ino, name))
 		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("xattr %q: %w", name, ErrNoData)
+			return fmt.Errorf("xattr %q: %w", name, store.ErrNoData)
 		} else if err != nil {
 			return err
 		}
@@ -199,7 +170,7 @@ func (f *FS) ListXattr(ctx context.Context, ino uint64) ([]string, error) {
 		if _, err := f.rawAttr(txn, ino); err != nil {
 			return err
 		}
-		prefix := xattrPrefix(f.v.id, ino)
+		prefix := xattrPrefix(f.v.ID(), ino)
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
@@ -217,10 +188,10 @@ func (f *FS) SetXattr(ctx context.Context, ino uint64, name string, value []byte
 		return err
 	}
 	if len(value) > MaxXattrValueLen {
-		return fmt.Errorf("xattr value of %d bytes: %w", len(value), ErrTooBig)
+		return fmt.Errorf("xattr value of %d bytes: %w", len(value), store.ErrTooBig)
 	}
-	if f.v.readOnly {
-		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
 	return f.update(ctx, func(txn kv) error {
 		a, err := f.rawAttr(txn, ino)
@@ -228,7 +199,7 @@ func (f *FS) SetXattr(ctx context.Context, ino uint64, name string, value []byte
 			return err
 		}
 		f.spoilFresh(ino, freshNoXattrs)
-		key := xattrKey(f.v.id, ino, name)
+		key := xattrKey(f.v.ID(), ino, name)
 		_, err = txn.Get(key)
 		exists := err == nil
 		if err != nil && !errors.Is(err, badger.ErrKeyNotFound) {
@@ -236,9 +207,9 @@ func (f *FS) SetXattr(ctx context.Context, ino uint64, name string, value []byte
 		}
 		switch {
 		case flags&XattrCreate != 0 && exists:
-			return fmt.Errorf("xattr %q: %w", name, ErrExists)
+			return fmt.Errorf("xattr %q: %w", name, store.ErrExists)
 		case flags&XattrReplace != 0 && !exists:
-			return fmt.Errorf("xattr %q: %w", name, ErrNoData)
+			return fmt.Errorf("xattr %q: %w", name, store.ErrNoData)
 		}
 		a.Ctime = now()
 		if err := f.putAttr(txn, a); err != nil {
@@ -253,8 +224,8 @@ func (f *FS) RemoveXattr(ctx context.Context, ino uint64, name string) error {
 	if err := validXattrName(name); err != nil {
 		return err
 	}
-	if f.v.readOnly {
-		return fmt.Errorf("volume %s: %w", f.v.ref, ErrReadOnly)
+	if f.v.ReadOnly() {
+		return fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
 	return f.update(ctx, func(txn kv) error {
 		a, err := f.rawAttr(txn, ino)
@@ -262,9 +233,9 @@ func (f *FS) RemoveXattr(ctx context.Context, ino uint64, name string) error {
 			return err
 		}
 		f.spoilFresh(ino, freshNoXattrs)
-		key := xattrKey(f.v.id, ino, name)
+		key := xattrKey(f.v.ID(), ino, name)
 		if _, err := txn.Get(key); errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("xattr %q: %w", name, ErrNoData)
+			return fmt.Errorf("xattr %q: %w", name, store.ErrNoData)
 		} else if err != nil {
 			return err
 		}

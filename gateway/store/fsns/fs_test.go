@@ -1,29 +1,43 @@
-package store
+package fsns
 
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	mrand "math/rand/v2"
 	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sluice-storage/sluice/gateway/device"
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
-func newFSVolume(t *testing.T, s *Store, name string, size int64) (*Volume, *FS) {
+const MiB = 1 << 20
+
+func pattern(seed uint64, n int) []byte {
+	b := make([]byte, n)
+	r := mrand.New(mrand.NewPCG(seed, seed))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func newFSVolume(t *testing.T, s *store.Store, name string, size int64) (*store.Volume, *FS) {
 	t.Helper()
-	v, err := s.CreateVolume(context.Background(), CreateOptions{Tenant: "t", Name: name, Kind: KindFS, Size: size})
+	v, err := s.CreateVolume(context.Background(), store.CreateOptions{Tenant: "t", Name: name, Kind: store.KindFS, Size: size})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return v, v.FS()
+	return v, Of(v)
 }
 
-func memStore(t *testing.T) *Store {
+func memStore(t *testing.T) *store.Store {
 	t.Helper()
-	s, err := Open(context.Background(), "", device.NewMemory(256*MiB), Options{InMemoryMeta: true, SyncInterval: time.Hour})
+	s, err := store.Open(context.Background(), "", device.NewMemory(256*MiB), store.Options{InMemoryMeta: true, SyncInterval: time.Hour, Namespaces: Maker{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,14 +55,14 @@ func mustCreate(t *testing.T, f *FS, parent uint64, name string, mode uint32) At
 }
 
 // mustFsckEmpty fails unless fsck is clean and finds the root alone.
-func mustFsckEmpty(t *testing.T, s *Store, name string) {
+func mustFsckEmpty(t *testing.T, s *store.Store, name string) {
 	t.Helper()
 	if r := mustFsck(t, s, name); r.Inodes != 1 {
 		t.Fatalf("fsck counts %d inodes, want the root alone", r.Inodes)
 	}
 }
 
-func mustFsck(t *testing.T, s *Store, name string) FsckReport {
+func mustFsck(t *testing.T, s *store.Store, name string) store.FsckReport {
 	t.Helper()
 	r, err := s.Fsck(context.Background(), "t", name)
 	if err != nil {
@@ -67,10 +81,10 @@ func TestFSNamespace(t *testing.T) {
 
 	d := mustCreate(t, f, RootIno, "dir", syscall.S_IFDIR|0o755)
 	file := mustCreate(t, f, d.Ino, "a", syscall.S_IFREG|0o644)
-	if _, err := f.Create(ctx, d.Ino, "a", NewInode{Mode: syscall.S_IFREG | 0o644}); !errors.Is(err, ErrExists) {
+	if _, err := f.Create(ctx, d.Ino, "a", NewInode{Mode: syscall.S_IFREG | 0o644}); !errors.Is(err, store.ErrExists) {
 		t.Fatalf("duplicate create: %v", err)
 	}
-	if _, err := f.Create(ctx, file.Ino, "x", NewInode{Mode: syscall.S_IFREG}); !errors.Is(err, ErrNotDir) {
+	if _, err := f.Create(ctx, file.Ino, "x", NewInode{Mode: syscall.S_IFREG}); !errors.Is(err, store.ErrNotDir) {
 		t.Fatalf("create in a file: %v", err)
 	}
 	for _, bad := range []string{"", ".", "..", "a/b", string(make([]byte, 256))} {
@@ -97,7 +111,7 @@ func TestFSNamespace(t *testing.T) {
 	if a, _ := f.GetAttr(ctx, file.Ino); a.Nlink != 2 {
 		t.Fatalf("nlink after link: %d", a.Nlink)
 	}
-	if _, err := f.Link(ctx, d.Ino, RootIno, "dirlink"); !errors.Is(err, ErrPerm) {
+	if _, err := f.Link(ctx, d.Ino, RootIno, "dirlink"); !errors.Is(err, store.ErrPerm) {
 		t.Fatalf("hard link to a directory: %v", err)
 	}
 	entries, err := f.ReadDir(ctx, RootIno)
@@ -107,13 +121,13 @@ func TestFSNamespace(t *testing.T) {
 	mustFsck(t, s, "fs")
 
 	// Rmdir of a non-empty directory, unlink of a directory.
-	if err := f.Rmdir(ctx, RootIno, "dir"); !errors.Is(err, ErrNotEmpty) {
+	if err := f.Rmdir(ctx, RootIno, "dir"); !errors.Is(err, store.ErrNotEmpty) {
 		t.Fatalf("rmdir non-empty: %v", err)
 	}
-	if err := f.Unlink(ctx, RootIno, "dir"); !errors.Is(err, ErrIsDir) {
+	if err := f.Unlink(ctx, RootIno, "dir"); !errors.Is(err, store.ErrIsDir) {
 		t.Fatalf("unlink dir: %v", err)
 	}
-	if err := f.Rmdir(ctx, RootIno, "hard"); !errors.Is(err, ErrNotDir) {
+	if err := f.Rmdir(ctx, RootIno, "hard"); !errors.Is(err, store.ErrNotDir) {
 		t.Fatalf("rmdir file: %v", err)
 	}
 	if err := f.Unlink(ctx, d.Ino, "a"); err != nil {
@@ -125,7 +139,7 @@ func TestFSNamespace(t *testing.T) {
 	if err := f.Rmdir(ctx, RootIno, "dir"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.GetAttr(ctx, d.Ino); !errors.Is(err, ErrNotFound) {
+	if _, err := f.GetAttr(ctx, d.Ino); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("removed directory still there: %v", err)
 	}
 	if root, _ := f.GetAttr(ctx, RootIno); root.Nlink != 2 {
@@ -151,15 +165,15 @@ func TestFSRename(t *testing.T) {
 	if got, err := f.Lookup(ctx, b.Ino, "y"); err != nil || got.Ino != x.Ino {
 		t.Fatalf("b/y is %d (%v), want %d", got.Ino, err, x.Ino)
 	}
-	if _, err := f.GetAttr(ctx, y.Ino); !errors.Is(err, ErrNotFound) {
+	if _, err := f.GetAttr(ctx, y.Ino); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("replaced inode survives: %v", err)
 	}
 	// NOREPLACE, EXCHANGE.
 	z := mustCreate(t, f, a.Ino, "z", syscall.S_IFREG|0o644)
-	if err := f.Rename(ctx, a.Ino, "z", b.Ino, "y", RenameNoReplace); !errors.Is(err, ErrExists) {
+	if err := f.Rename(ctx, a.Ino, "z", b.Ino, "y", RenameNoReplace); !errors.Is(err, store.ErrExists) {
 		t.Fatalf("noreplace: %v", err)
 	}
-	if err := f.Rename(ctx, a.Ino, "z", b.Ino, "nothere", RenameExchange); !errors.Is(err, ErrNotFound) {
+	if err := f.Rename(ctx, a.Ino, "z", b.Ino, "nothere", RenameExchange); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("exchange with nothing: %v", err)
 	}
 	if err := f.Rename(ctx, a.Ino, "z", b.Ino, "y", RenameExchange); err != nil {
@@ -180,23 +194,23 @@ func TestFSRename(t *testing.T) {
 	}
 	mustFsck(t, s, "fs")
 	// Directory moves: not below itself; over an empty directory only.
-	if err := f.Rename(ctx, RootIno, "b", sub.Ino, "b", 0); !errors.Is(err, ErrInvalid) {
+	if err := f.Rename(ctx, RootIno, "b", sub.Ino, "b", 0); !errors.Is(err, store.ErrInvalid) {
 		t.Fatalf("move below itself: %v", err)
 	}
 	empty := mustCreate(t, f, RootIno, "empty", syscall.S_IFDIR|0o755)
-	if err := f.Rename(ctx, RootIno, "a", RootIno, "b", 0); !errors.Is(err, ErrNotEmpty) {
+	if err := f.Rename(ctx, RootIno, "a", RootIno, "b", 0); !errors.Is(err, store.ErrNotEmpty) {
 		t.Fatalf("over a non-empty directory: %v", err)
 	}
-	if err := f.Rename(ctx, a.Ino, "sub", RootIno, "b", 0); !errors.Is(err, ErrIsDir) {
+	if err := f.Rename(ctx, a.Ino, "sub", RootIno, "b", 0); !errors.Is(err, store.ErrIsDir) {
 		t.Fatalf("file over a directory: %v", err)
 	}
-	if err := f.Rename(ctx, RootIno, "empty", a.Ino, "z", 0); !errors.Is(err, ErrNotDir) {
+	if err := f.Rename(ctx, RootIno, "empty", a.Ino, "z", 0); !errors.Is(err, store.ErrNotDir) {
 		t.Fatalf("directory over a file: %v", err)
 	}
 	if err := f.Rename(ctx, b.Ino, "y", RootIno, "empty", 0); err != nil {
 		t.Fatalf("directory over an empty directory: %v", err)
 	}
-	if _, err := f.GetAttr(ctx, empty.Ino); !errors.Is(err, ErrNotFound) {
+	if _, err := f.GetAttr(ctx, empty.Ino); !errors.Is(err, store.ErrNotFound) {
 		t.Fatal("replaced empty directory survives")
 	}
 	// Same inode under two names: nothing happens.
@@ -214,7 +228,7 @@ func TestFSFileData(t *testing.T) {
 	s := memStore(t)
 	v, f := newFSVolume(t, s, "fs", 64*MiB)
 	a := mustCreate(t, f, RootIno, "f", syscall.S_IFREG|0o644)
-	if err := v.WriteAt(ctx, a.Ino, []byte("x"), 0, false); !errors.Is(err, ErrInvalid) {
+	if err := v.WriteAt(ctx, a.Ino, []byte("x"), 0, false); !errors.Is(err, store.ErrInvalid) {
 		t.Fatalf("write to a file that is not open: %v", err)
 	}
 	if _, err := f.Open(ctx, a.Ino); err != nil {
@@ -254,10 +268,10 @@ func TestFSFileData(t *testing.T) {
 	if off, err := f.Lseek(ctx, a.Ino, 0, SeekData); err != nil || off != 0 {
 		t.Fatalf("SEEK_DATA 0: %d %v", off, err)
 	}
-	if off, err := f.Lseek(ctx, a.Ino, 0, SeekHole); err != nil || off != 2*DefaultChunkSize {
-		t.Fatalf("SEEK_HOLE 0: %d %v, want %d", off, err, 2*DefaultChunkSize)
+	if off, err := f.Lseek(ctx, a.Ino, 0, SeekHole); err != nil || off != 2*store.DefaultChunkSize {
+		t.Fatalf("SEEK_HOLE 0: %d %v, want %d", off, err, 2*store.DefaultChunkSize)
 	}
-	if _, err := f.Lseek(ctx, a.Ino, 200000, SeekData); !errors.Is(err, ErrNXIO) {
+	if _, err := f.Lseek(ctx, a.Ino, 200000, SeekData); !errors.Is(err, store.ErrNXIO) {
 		t.Fatalf("SEEK_DATA at EOF: %v", err)
 	}
 	// Fallocate: keep-size allocates without growing; punch makes zeros.
@@ -304,7 +318,7 @@ func TestFSNoSpaceAndStatFS(t *testing.T) {
 	if st := f.StatFS(ctx); st.BlocksFree != 0 || st.Blocks != MiB/4096 {
 		t.Fatalf("statfs of a full volume: %+v", st)
 	}
-	if err := v.WriteAt(ctx, a.Ino, []byte{1}, MiB, false); !errors.Is(err, ErrNoSpace) {
+	if err := v.WriteAt(ctx, a.Ino, []byte{1}, MiB, false); !errors.Is(err, store.ErrNoSpace) {
 		t.Fatalf("write past the volume's size: %v", err)
 	}
 	f.Release(ctx, a.Ino)
@@ -327,7 +341,7 @@ func TestFSOrphansAndRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Open(ctx, filepath.Join(dir, "meta"), dev, Options{SyncInterval: time.Hour})
+	s, err := store.Open(ctx, filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -362,18 +376,18 @@ func TestFSOrphansAndRestart(t *testing.T) {
 	if err := s.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	s.db.Close()
+	s.DB().Close()
 	dev.Close()
 
 	dev, _ = device.OpenFile(filepath.Join(dir, "pool"), 0)
-	s, err = Open(ctx, filepath.Join(dir, "meta"), dev, Options{SyncInterval: time.Hour})
+	s, err = store.Open(ctx, filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
 	v, _ = s.Volume("t", "fs")
-	f = v.FS()
-	if _, err := f.GetAttr(ctx, a.Ino); !errors.Is(err, ErrNotFound) {
+	f = Of(v)
+	if _, err := f.GetAttr(ctx, a.Ino); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("orphan survived the restart: %v", err)
 	}
 	if s.Stats().Used >= used {
@@ -403,20 +417,20 @@ func TestFSXattrs(t *testing.T) {
 	s := memStore(t)
 	_, f := newFSVolume(t, s, "fs", 64*MiB)
 	a := mustCreate(t, f, RootIno, "f", syscall.S_IFREG|0o644)
-	if _, err := f.GetXattr(ctx, a.Ino, "user.x"); !errors.Is(err, ErrNoData) {
+	if _, err := f.GetXattr(ctx, a.Ino, "user.x"); !errors.Is(err, store.ErrNoData) {
 		t.Fatalf("absent xattr: %v", err)
 	}
-	if err := f.SetXattr(ctx, a.Ino, "user.x", []byte("1"), XattrReplace); !errors.Is(err, ErrNoData) {
+	if err := f.SetXattr(ctx, a.Ino, "user.x", []byte("1"), XattrReplace); !errors.Is(err, store.ErrNoData) {
 		t.Fatalf("replace absent: %v", err)
 	}
 	if err := f.SetXattr(ctx, a.Ino, "user.x", []byte("1"), XattrCreate); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.SetXattr(ctx, a.Ino, "user.x", []byte("2"), XattrCreate); !errors.Is(err, ErrExists) {
+	if err := f.SetXattr(ctx, a.Ino, "user.x", []byte("2"), XattrCreate); !errors.Is(err, store.ErrExists) {
 		t.Fatalf("create existing: %v", err)
 	}
 	f.SetXattr(ctx, a.Ino, "user.y", bytes.Repeat([]byte{7}, MaxXattrValueLen), 0)
-	if err := f.SetXattr(ctx, a.Ino, "user.z", make([]byte, MaxXattrValueLen+1), 0); !errors.Is(err, ErrTooBig) {
+	if err := f.SetXattr(ctx, a.Ino, "user.z", make([]byte, MaxXattrValueLen+1), 0); !errors.Is(err, store.ErrTooBig) {
 		t.Fatalf("oversized value: %v", err)
 	}
 	names, _ := f.ListXattr(ctx, a.Ino)
@@ -429,7 +443,7 @@ func TestFSXattrs(t *testing.T) {
 	if err := f.RemoveXattr(ctx, a.Ino, "user.x"); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.RemoveXattr(ctx, a.Ino, "user.x"); !errors.Is(err, ErrNoData) {
+	if err := f.RemoveXattr(ctx, a.Ino, "user.x"); !errors.Is(err, store.ErrNoData) {
 		t.Fatalf("remove absent: %v", err)
 	}
 	// Xattrs go with the inode.
@@ -447,12 +461,18 @@ func TestFsckFindsDamage(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A dentry to nowhere, a wrong link count, a leaked chunk.
-	txn := s.db.NewTransaction(true)
-	txn.Set(dentryKey(f.v.id, RootIno, "ghost"), encodeDentry(999, syscall.S_IFREG))
+	txn := s.DB().NewTransaction(true)
+	txn.Set(dentryKey(f.v.ID(), RootIno, "ghost"), encodeDentry(999, syscall.S_IFREG))
 	at, _ := f.GetAttr(ctx, a.Ino)
 	at.Nlink = 5
-	txn.Set(inodeKey(f.v.id, a.Ino), encodeAttr(at))
-	txn.Set(chunkKey(f.v.id, 777, 0), chunkEntry{storedLen: uint32(DefaultChunkSize), devOff: dataStart}.encode())
+	txn.Set(inodeKey(f.v.ID(), a.Ino), encodeAttr(at))
+	// A plain chunk entry (docs/FORMAT.md): version 1, flags 0, stored
+	// length, device offset (1 MiB: the first extent).
+	entry := make([]byte, 24)
+	entry[0] = 1
+	binary.BigEndian.PutUint32(entry[4:], uint32(store.DefaultChunkSize))
+	binary.BigEndian.PutUint64(entry[8:], 1<<20)
+	txn.Set(binary.BigEndian.AppendUint64(store.ChunkPrefix(f.v.ID(), 777), 0), entry)
 	if err := txn.Commit(); err != nil {
 		t.Fatal(err)
 	}
@@ -464,5 +484,42 @@ func TestFsckFindsDamage(t *testing.T) {
 	// points at space the allocator has free: two more problems.
 	if len(r.Problems) != 5 {
 		t.Fatalf("fsck found %d problems, want 5: %q", len(r.Problems), r.Problems)
+	}
+}
+
+// TestStoreWithoutMakerRefusesFSVolume: a store that holds an fs volume
+// does not open without Maker (its namespace would be missing: no orphan
+// purge, no FS).
+func TestStoreWithoutMakerRefusesFSVolume(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	dev, err := device.OpenFile(filepath.Join(dir, "pool"), 256*MiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	s, err := store.Open(ctx, filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newFSVolume(t, s, "fs", 64*MiB)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = store.Open(ctx, filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour})
+	if err == nil {
+		s.Close()
+		t.Fatal("a store with an fs volume opened without a namespace maker")
+	}
+	if !errors.Is(err, store.ErrUnsupported) {
+		t.Fatalf("open without Maker: %v, want ErrUnsupported", err)
+	}
+	s, err = store.Open(ctx, filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
+	if err != nil {
+		t.Fatalf("reopen with Maker after the refusal: %v", err)
+	}
+	defer s.Close()
+	if v, err := s.Volume("t", "fs"); err != nil || Of(v) == nil {
+		t.Fatalf("the fs volume after reopening with Maker: %v", err)
 	}
 }

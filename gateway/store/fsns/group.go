@@ -1,4 +1,4 @@
-package store
+package fsns
 
 // Group commit of namespace changes. A badger commit costs the gateway
 // more than the change itself: the hand-off wakes badger's writer, its
@@ -35,6 +35,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 const (
@@ -49,7 +51,7 @@ const (
 // too; one that does not fails as a too-big transaction did before
 // groups.
 func (f *FS) groupLimits() (entries, bytes int) {
-	db := f.v.s.db
+	db := f.v.Store().DB()
 	return int(db.MaxBatchCount() / 2), int(min(groupMaxBytes, db.MaxBatchSize()/2))
 }
 
@@ -114,7 +116,7 @@ func (t *ntxn) reader(fresh bool) *badger.Txn {
 		t.done()
 	}
 	if t.rd == nil {
-		t.rd, t.rdGen = t.f.v.s.db.NewTransaction(true), t.f.flushGen
+		t.rd, t.rdGen = t.f.v.Store().DB().NewTransaction(true), t.f.flushGen
 		for _, w := range t.writes {
 			t.mirror(w)
 		}
@@ -172,7 +174,7 @@ func (t *ntxn) Delete(key []byte) error { return t.write(kvWrite{key: key, del: 
 
 func (t *ntxn) write(w kvWrite) error {
 	if len(w.key) == 0 {
-		return fmt.Errorf("namespace write with an empty key: %w", ErrInvalid)
+		return fmt.Errorf("namespace write with an empty key: %w", store.ErrInvalid)
 	}
 	t.writes = append(t.writes, w)
 	t.size += len(w.key) + len(w.val)
@@ -252,7 +254,7 @@ func (f *FS) flushGroupLocked() bool {
 	if len(f.group) == 0 {
 		return false
 	}
-	txn := f.v.s.db.NewTransaction(true)
+	txn := f.v.Store().DB().NewTransaction(true)
 	var err error
 	for _, w := range f.group {
 		if w.del {
@@ -308,7 +310,7 @@ func (f *FS) barrier() {
 // outside FS.update goes through it.
 func (f *FS) view(fn func(txn kv) error) error {
 	f.barrier()
-	return f.v.s.db.View(func(txn *badger.Txn) error { return fn(viewTxn{txn}) })
+	return f.v.Store().DB().View(func(txn *badger.Txn) error { return fn(viewTxn{txn}) })
 }
 
 // What a fresh inode has never had. An unlink of the last link of an
@@ -366,10 +368,9 @@ func (f *FS) forgetFresh(ino uint64) {
 // the open group goes to badger first (a chunk commit must not reach
 // badger's log before the records of its file), and the file stops being
 // fresh the first time.
-func (f *FS) willWrite(o *object) {
+func (f *FS) willWrite(o *store.Object) {
 	f.barrier()
-	if !o.wrote.Load() {
-		o.wrote.Store(true)
-		f.spoilFresh(o.ino, freshNoChunks)
+	if o.FirstWrite() {
+		f.spoilFresh(o.Ino(), freshNoChunks)
 	}
 }

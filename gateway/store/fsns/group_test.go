@@ -1,4 +1,4 @@
-package store
+package fsns
 
 import (
 	"context"
@@ -9,17 +9,19 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 // inBadger reports whether badger itself (no barrier, no cache) holds
 // name in parent.
 func inBadger(t *testing.T, f *FS, parent uint64, name string) bool {
 	t.Helper()
-	err := f.v.s.db.View(func(txn *badger.Txn) error {
+	err := f.v.Store().DB().View(func(txn *badger.Txn) error {
 		_, _, err := f.lookupTxn(viewTxn{txn}, parent, name)
 		return err
 	})
-	if err != nil && !errors.Is(err, ErrNotFound) {
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		t.Fatal(err)
 	}
 	return err == nil

@@ -1,4 +1,4 @@
-package store
+package fsns
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sluice-storage/sluice/gateway/device"
+	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 // BenchmarkNamespace measures the store's side of bench/fuse.sh's metadata
@@ -15,16 +16,16 @@ import (
 // badger, without FUSE: what each operation costs the gateway.
 func BenchmarkNamespace(b *testing.B) {
 	ctx := context.Background()
-	s, err := Open(ctx, b.TempDir(), device.NewMemory(256*MiB), Options{SyncInterval: time.Hour})
+	s, err := store.Open(ctx, b.TempDir(), device.NewMemory(256*MiB), store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer s.Close()
-	v, err := s.CreateVolume(ctx, CreateOptions{Tenant: "t", Name: "fs", Kind: KindFS, Size: 128 * MiB})
+	v, err := s.CreateVolume(ctx, store.CreateOptions{Tenant: "t", Name: "fs", Kind: store.KindFS, Size: 128 * MiB})
 	if err != nil {
 		b.Fatal(err)
 	}
-	f := v.FS()
+	f := Of(v)
 	run := 0
 	// Each sub-benchmark creates its own files, then measures one phase.
 	phase := func(name string, setup func(names []string, inos []uint64), op func(name string, ino uint64) error) {

@@ -1,0 +1,209 @@
+package store
+
+import (
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Engine operations on the objects of files: what the namespace (FS) asks
+// of the chunk engine besides Volume.ReadAt/WriteAt/Discard. Everything
+// here is about chunks and their device space; lengths as a namespace
+// record, attributes and orphans stay with the namespace, which decides
+// when each of these runs.
+
+// IterTxn is what reading a chunk map needs of a transaction (a badger
+// transaction, or the namespace's kv over one).
+type IterTxn interface {
+	NewIterator(opt badger.IteratorOptions) *badger.Iterator
+}
+
+// LoadFileObject builds the object of file ino, of length size, from its
+// chunk map as read in txn.
+func (v *Volume) LoadFileObject(txn IterTxn, ino uint64, size int64) (*Object, error) {
+	var chunks []struct{ idx, dev int64 } // dev as the table holds it
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(v.id, ino), PrefetchValues: true})
+	for it.Rewind(); it.Valid(); it.Next() {
+		_, _, idx, ok := ParseChunkKey(it.Item().Key())
+		if !ok || idx >= MaxFileSize/uint64(v.chunkSize) {
+			continue
+		}
+		var e chunkEntry
+		if err := it.Item().Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err }); err != nil {
+			it.Close()
+			return nil, err
+		}
+		if v.s.alloc.contains(e.devOff, int64(e.storedLen)) {
+			chunks = append(chunks, struct{ idx, dev int64 }{int64(idx), tableEntry(e)})
+		}
+	}
+	it.Close()
+	n := numChunks(size, v.chunkSize)
+	if len(chunks) > 0 {
+		n = max(n, chunks[len(chunks)-1].idx+1)
+	}
+	o := newFileObject(v, ino, size, n)
+	t := o.table.Load()
+	for _, c := range chunks {
+		t.set(c.idx, c.dev)
+	}
+	o.mapped.Store(int64(len(chunks)))
+	return o, nil
+}
+
+// NewFileObject returns the object of file ino, created a moment ago: empty,
+// without reading the chunk map.
+func (v *Volume) NewFileObject(ino uint64) *Object { return newFileObject(v, ino, 0, 0) }
+
+// TrimPastEnd unmaps what a file object holds past its length and zeroes
+// the rest of its last chunk (nothing on a read-only volume).
+func (o *Object) TrimPastEnd() error {
+	size := o.size.Load()
+	if end := o.table.Load().n * o.v.chunkSize; end > size && !o.v.readOnly {
+		if err := o.Discard(size, end-size); err != nil {
+			return fmt.Errorf("trim inode %d past its length: %w", o.ino, err)
+		}
+	}
+	return nil
+}
+
+// Truncate sets a file object's length: chunks past size are unmapped and
+// the rest of the last chunk is zeroed, then record runs (the namespace
+// records the length), all with every stripe held, so no write lands
+// between the new length and its record.
+func (o *Object) Truncate(size int64, record func() error) error {
+	o.lockAll()
+	defer o.unlockAll()
+	if end := o.table.Load().n * o.v.chunkSize; end > size {
+		for off := size; off < end; {
+			w := o.window(off, end-off)
+			n, err := o.discardWindow(w, off, end-off)
+			if err != nil {
+				return err
+			}
+			off += n
+		}
+	}
+	o.size.Store(size)
+	o.Touch()
+	return record()
+}
+
+// Allocate maps every hole of [off, off+length) to zeroed pool space.
+func (o *Object) Allocate(off, length int64) error {
+	v := o.v
+	cs := v.chunkSize
+	o.ensureChunks(numChunks(off+length, cs))
+	pos := off &^ (cs - 1)
+	end := off + length
+	for pos < end {
+		if o.table.Load().get(pos>>v.chunkBits) != 0 {
+			pos += cs
+			continue
+		}
+		n := min(end-pos, int64(len(v.s.zeros)))
+		n = (n + cs - 1) &^ (cs - 1) // whole chunks: zeros never extend the length here
+		n = min(n, int64(len(v.s.zeros)))
+		done, err := o.writeNewChunks(v.s.zeros[:n], pos, false)
+		if err != nil {
+			return err
+		}
+		if done == 0 {
+			pos += cs // allocated meanwhile
+		}
+		pos += int64(done)
+	}
+	return nil
+}
+
+// ExtendTo raises a file object's length to at least end, its table with
+// it.
+func (o *Object) ExtendTo(end int64) {
+	o.ensureChunks(numChunks(end, o.v.chunkSize))
+	w := o.window(end-1, 1)
+	o.rlock(w.mask)
+	o.growSize(end)
+	o.runlock(w.mask)
+}
+
+// DropChunks unmaps every chunk of inode ino, in batches: their space
+// returns to the pool after the next durable commit. The object must be
+// gone (nobody can open the inode).
+func (v *Volume) DropChunks(ino uint64) error {
+	db := v.s.db
+	for {
+		var keys [][]byte
+		var freed []extent
+		var saved int64
+		err := db.View(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(v.id, ino), PrefetchValues: true})
+			defer it.Close()
+			for it.Rewind(); it.Valid() && len(keys) < 4096; it.Next() {
+				var e chunkEntry
+				if err := it.Item().Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err }); err != nil {
+					return err
+				}
+				keys = append(keys, it.Item().KeyCopy(nil))
+				if v.s.alloc.contains(e.devOff, int64(e.storedLen)) {
+					freed = append(freed, extent{off: e.devOff, length: e.extentLen()})
+				}
+				saved += v.savedBy(e)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if len(keys) == 0 {
+			return nil
+		}
+		for _, e := range freed {
+			if err := v.zeroDevice(e.off, e.length); err != nil {
+				return err
+			}
+		}
+		err = db.Update(func(txn *badger.Txn) error {
+			for _, k := range keys {
+				if err := txn.Delete(k); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		v.allocated.Add(-int64(len(keys)))
+		v.saved.Add(-saved)
+		v.s.alloc.deferFree(freed)
+	}
+}
+
+// HasChunks reports whether inode ino has chunk entries, in a transaction
+// of its own (chunks are committed outside namespace transactions).
+func (v *Volume) HasChunks(ino uint64) bool {
+	var has bool
+	v.s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(v.id, ino), PrefetchSize: 1})
+		defer it.Close()
+		it.Rewind()
+		has = it.Valid()
+		return nil
+	})
+	return has
+}
+
+// CountChunks counts the chunk entries of inode ino in txn.
+func (v *Volume) CountChunks(txn IterTxn, ino uint64) int64 {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(v.id, ino)})
+	defer it.Close()
+	var n int64
+	for it.Rewind(); it.Valid(); it.Next() {
+		n++
+	}
+	return n
+}
+
+// UsedBytes is the space the volume's chunks count against its size (whole
+// chunks, as an fs volume's statfs reports it).
+func (v *Volume) UsedBytes() int64 { return v.allocated.Load() * v.chunkSize }

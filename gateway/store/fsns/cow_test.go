@@ -1,0 +1,157 @@
+package fsns
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	mrand "math/rand/v2"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluice-storage/sluice/gateway/device"
+	"github.com/sluice-storage/sluice/gateway/filter"
+	"github.com/sluice-storage/sluice/gateway/store"
+)
+
+// The helpers of the store's copy-on-write tests, for files.
+
+func testEnv(t testing.TB) *filter.Env {
+	t.Helper()
+	var text strings.Builder
+	for _, tenant := range []string{"acme", "t"} {
+		k := make([]byte, 32)
+		rand.Read(k)
+		fmt.Fprintf(&text, "%s %s\n", tenant, base64.StdEncoding.EncodeToString(k))
+	}
+	kr, err := filter.ParseKeyring(strings.NewReader(text.String()), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := filter.NewEnv(kr)
+	t.Cleanup(env.Close)
+	return env
+}
+
+func chainOf(t testing.TB, env *filter.Env, specs ...string) *filter.Chain {
+	t.Helper()
+	var fs []*filter.Filter
+	for _, s := range specs {
+		name, arg, _ := strings.Cut(s, ":")
+		var params map[string]string
+		if arg != "" {
+			k, v, _ := strings.Cut(arg, "=")
+			params = map[string]string{k: v}
+		}
+		f, err := filter.New(env, name, params)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fs = append(fs, f)
+	}
+	c, err := filter.NewChain(fs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func openWithEnv(t *testing.T, dir string, env *filter.Env) (*store.Store, *device.File) {
+	t.Helper()
+	dev, err := device.OpenFile(filepath.Join(dir, "pool"), 256*MiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := store.Open(context.Background(), filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: 20 * time.Millisecond, Filters: env, Namespaces: Maker{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, dev
+}
+
+// text is compressible data: words from a small vocabulary.
+func text(seed uint64, n int) []byte {
+	r := mrand.New(mrand.NewPCG(seed, 7))
+	words := []string{"sluice ", "storage ", "gateway ", "chunk ", "tenant ", "volume ", "filter\n"}
+	b := make([]byte, 0, n+16)
+	for len(b) < n {
+		b = append(b, words[r.IntN(len(words))]...)
+	}
+	return b[:n]
+}
+
+func mustRead(t *testing.T, v *store.Volume, ino uint64, off int64, want []byte) {
+	t.Helper()
+	got := make([]byte, len(want))
+	if err := v.ReadAt(context.Background(), ino, got, off); err != nil {
+		t.Fatalf("read %d bytes at %d: %v", len(want), off, err)
+	}
+	if !bytes.Equal(got, want) {
+		i := 0
+		for i < len(got) && got[i] == want[i] {
+			i++
+		}
+		t.Fatalf("read at %d: first difference at byte %d", off, i)
+	}
+}
+
+func mustWrite(t *testing.T, v *store.Volume, ino uint64, off int64, p []byte, f store.Filters) {
+	t.Helper()
+	if err := v.WriteAtWith(context.Background(), ino, p, off, false, f); err != nil {
+		t.Fatalf("write %d bytes at %d: %v", len(p), off, err)
+	}
+}
+
+func closeStore(t *testing.T, s *store.Store, dev device.Device) {
+	t.Helper()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFileChunksTransformed: fs files go through the same paths: a chain
+// write, truncate into a compressed chunk, restart.
+func TestFileChunksTransformed(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	env := testEnv(t)
+	s, dev := openWithEnv(t, dir, env)
+	v, f := newFSVolume(t, s, "home", 64*MiB)
+	a := mustCreate(t, f, RootIno, "doc.txt", syscall.S_IFREG|0o644)
+	if _, err := f.Open(ctx, a.Ino); err != nil {
+		t.Fatal(err)
+	}
+	data := text(5, 1*MiB+777)
+	mustWrite(t, v, a.Ino, 0, data, store.Filters{Chain: chainOf(t, env, "compression", "encryption")})
+	mustRead(t, v, a.Ino, 0, data)
+	size := int64(700000)
+	if _, err := f.SetAttr(ctx, a.Ino, SetAttr{Size: &size}); err != nil {
+		t.Fatal(err)
+	}
+	mustRead(t, v, a.Ino, 0, data[:size])
+	mustRead(t, v, a.Ino, size, make([]byte, 64<<10))
+	if err := f.Release(ctx, a.Ino); err != nil {
+		t.Fatal(err)
+	}
+	closeStore(t, s, dev)
+	s, dev = openWithEnv(t, dir, env)
+	defer closeStore(t, s, dev)
+	v, _ = s.Volume("t", "home")
+	f = Of(v)
+	if _, err := f.Open(ctx, a.Ino); err != nil {
+		t.Fatal(err)
+	}
+	defer f.Release(ctx, a.Ino)
+	mustRead(t, v, a.Ino, 0, data[:size])
+	if rep, err := v.Scrub(ctx); err != nil || !rep.Clean() || rep.Transformed != 11 {
+		t.Fatalf("scrub: %+v %v", rep, err)
+	}
+	mustFsck(t, s, "home")
+}
