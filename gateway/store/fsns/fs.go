@@ -436,20 +436,17 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		ino, err := f.allocIno(txn)
-		if err != nil {
+		if a, err = f.newInode(txn, in, 1); err != nil {
 			return err
 		}
-		f.markFresh(ino)
-		t := now()
-		a = Attr{Ino: ino, Mode: in.Mode, Nlink: 1, UID: in.UID, GID: in.GID, Rdev: in.Rdev, Atime: t, Mtime: t, Ctime: t}
+		t := a.Ctime
 		switch typ {
 		case syscall.S_IFDIR:
 			a.Nlink, a.Parent, a.Size = 2, parent, 4096
 			p.Nlink++
 		case syscall.S_IFLNK:
 			a.Size = int64(len(in.Target))
-			if err := txn.Set(linkKey(f.v.ID(), ino), []byte(in.Target)); err != nil {
+			if err := txn.Set(linkKey(f.v.ID(), a.Ino), []byte(in.Target)); err != nil {
 				return err
 			}
 		}
@@ -468,9 +465,21 @@ func (f *FS) Create(ctx context.Context, parent uint64, name string, in NewInode
 		if err := f.putAttr(txn, p); err != nil {
 			return err
 		}
-		return f.setDentry(txn, parent, name, ino, a.Mode)
+		return f.setDentry(txn, parent, name, a.Ino, a.Mode)
 	})
 	return a, err
+}
+
+// newInode allocates an inode number and returns the attributes of a new
+// inode made from in with nlink links, its times now.
+func (f *FS) newInode(txn kv, in NewInode, nlink uint32) (Attr, error) {
+	ino, err := f.allocIno(txn)
+	if err != nil {
+		return Attr{}, err
+	}
+	f.markFresh(ino)
+	t := now()
+	return Attr{Ino: ino, Mode: in.Mode, Nlink: nlink, UID: in.UID, GID: in.GID, Rdev: in.Rdev, Atime: t, Mtime: t, Ctime: t}, nil
 }
 
 // Tmpfile makes an unnamed regular file (O_TMPFILE): an orphan from the
@@ -487,17 +496,14 @@ func (f *FS) Tmpfile(ctx context.Context, parent uint64, in NewInode) (Attr, err
 		if _, err := f.dirAttr(txn, parent); err != nil {
 			return err
 		}
-		ino, err := f.allocIno(txn)
-		if err != nil {
+		var err error
+		if a, err = f.newInode(txn, in, 0); err != nil {
 			return err
 		}
-		f.markFresh(ino)
-		t := now()
-		a = Attr{Ino: ino, Mode: in.Mode, Nlink: 0, UID: in.UID, GID: in.GID, Atime: t, Mtime: t, Ctime: t}
 		if err := f.putAttr(txn, a); err != nil {
 			return err
 		}
-		return txn.Set(orphanKey(f.v.ID(), ino), nil)
+		return txn.Set(orphanKey(f.v.ID(), a.Ino), nil)
 	})
 	if err != nil {
 		return Attr{}, err

@@ -190,6 +190,33 @@ func (f *FS) SetXattr(ctx context.Context, ino uint64, name string, value []byte
 	if len(value) > MaxXattrValueLen {
 		return fmt.Errorf("xattr value of %d bytes: %w", len(value), store.ErrTooBig)
 	}
+	return f.changeXattr(ctx, ino, name, func(txn kv, key []byte, exists bool) error {
+		switch {
+		case flags&XattrCreate != 0 && exists:
+			return fmt.Errorf("xattr %q: %w", name, store.ErrExists)
+		case flags&XattrReplace != 0 && !exists:
+			return fmt.Errorf("xattr %q: %w", name, store.ErrNoData)
+		}
+		return txn.Set(key, append([]byte{}, value...))
+	})
+}
+
+// RemoveXattr removes xattr name of ino (ErrNoData if absent).
+func (f *FS) RemoveXattr(ctx context.Context, ino uint64, name string) error {
+	if err := validXattrName(name); err != nil {
+		return err
+	}
+	return f.changeXattr(ctx, ino, name, func(txn kv, key []byte, exists bool) error {
+		if !exists {
+			return fmt.Errorf("xattr %q: %w", name, store.ErrNoData)
+		}
+		return txn.Delete(key)
+	})
+}
+
+// changeXattr runs change on xattr name of ino in one transaction that
+// also sets the inode's ctime; exists says whether the xattr is there.
+func (f *FS) changeXattr(ctx context.Context, ino uint64, name string, change func(txn kv, key []byte, exists bool) error) error {
 	if f.v.ReadOnly() {
 		return fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
 	}
@@ -201,48 +228,13 @@ func (f *FS) SetXattr(ctx context.Context, ino uint64, name string, value []byte
 		f.spoilFresh(ino, freshNoXattrs)
 		key := xattrKey(f.v.ID(), ino, name)
 		_, err = txn.Get(key)
-		exists := err == nil
 		if err != nil && !errors.Is(err, badger.ErrKeyNotFound) {
 			return err
 		}
-		switch {
-		case flags&XattrCreate != 0 && exists:
-			return fmt.Errorf("xattr %q: %w", name, store.ErrExists)
-		case flags&XattrReplace != 0 && !exists:
-			return fmt.Errorf("xattr %q: %w", name, store.ErrNoData)
-		}
 		a.Ctime = now()
 		if err := f.putAttr(txn, a); err != nil {
 			return err
 		}
-		return txn.Set(key, append([]byte{}, value...))
-	})
-}
-
-// RemoveXattr removes xattr name of ino (ErrNoData if absent).
-func (f *FS) RemoveXattr(ctx context.Context, ino uint64, name string) error {
-	if err := validXattrName(name); err != nil {
-		return err
-	}
-	if f.v.ReadOnly() {
-		return fmt.Errorf("volume %s: %w", f.v.Ref(), store.ErrReadOnly)
-	}
-	return f.update(ctx, func(txn kv) error {
-		a, err := f.rawAttr(txn, ino)
-		if err != nil {
-			return err
-		}
-		f.spoilFresh(ino, freshNoXattrs)
-		key := xattrKey(f.v.ID(), ino, name)
-		if _, err := txn.Get(key); errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("xattr %q: %w", name, store.ErrNoData)
-		} else if err != nil {
-			return err
-		}
-		a.Ctime = now()
-		if err := f.putAttr(txn, a); err != nil {
-			return err
-		}
-		return txn.Delete(key)
+		return change(txn, key, err == nil)
 	})
 }
