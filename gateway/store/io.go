@@ -214,22 +214,19 @@ func (v *Volume) WriteAtWith(ctx context.Context, inode uint64, p []byte, off in
 		case stopHole:
 			// The next chunk is unallocated: allocate it and the holes
 			// after it under their stripes' write locks.
-			n, err := o.writeNewChunks(p, off, true)
-			if err != nil {
-				return err
-			}
-			p, off = p[n:], off+int64(n)
-			allocated = true
+			n, err = o.writeNewChunks(p, off, true)
 		case stopTransformed:
 			// The next chunk was written under a transforming policy:
 			// rewrite it as a plain chunk.
-			n, err := o.rewriteChunk(p, off, nil)
-			if err != nil {
-				return err
-			}
-			p, off = p[n:], off+int64(n)
-			allocated = true
+			n, err = o.rewriteChunk(p, off, nil)
+		default:
+			continue
 		}
+		if err != nil {
+			return err
+		}
+		p, off = p[n:], off+int64(n)
+		allocated = true
 	}
 	o.Touch()
 	if fua && allocated {
