@@ -3,17 +3,9 @@ package nbd
 import (
 	"testing"
 	"time"
-)
 
-// waitFor polls cond (the evidence) until it holds or 10 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after 10 s", what)
-		}
-	}
-}
+	"github.com/sluice-storage/sluice/internal/testwait"
+)
 
 func (s *Server) connCount() int { return s.door.Len() }
 
@@ -30,7 +22,7 @@ func TestConnCapPerClient(t *testing.T) {
 	extra := dial(t, sock)
 	extra.expectClosed()
 	rcs[0].c.Close()
-	waitFor(t, "the closed connection leaves the count", func() bool { return s.connCount() == 2 })
+	testwait.For(t, "the closed connection leaves the count", func() bool { return s.connCount() == 2 })
 	rc := dial(t, sock)
 	rc.hello(clientFlagFixedNewstyle | clientFlagNoZeroes)
 }
@@ -43,9 +35,9 @@ func TestStalledWritePayloadCloses(t *testing.T) {
 	rc := dial(t, sock)
 	rc.connect(testName, false)
 	rc.write(requestBytes(0, cmdWrite, 1, 0, 4<<20, nil)) // header only
-	waitFor(t, "the tenant's budget holds the payload", func() bool { return s.lim.tenant(testName).used.Load() == 4<<20 })
+	testwait.For(t, "the tenant's budget holds the payload", func() bool { return s.lim.tenant(testName).used.Load() == 4<<20 })
 	rc.expectClosed()
-	waitFor(t, "the budget returns", func() bool { return s.lim.total.used.Load() == 0 && s.connCount() == 0 })
+	testwait.For(t, "the budget returns", func() bool { return s.lim.total.used.Load() == 0 && s.connCount() == 0 })
 }
 
 // TestUnreadRepliesRelease: a client that pipelines large READs and
@@ -58,8 +50,8 @@ func TestUnreadRepliesRelease(t *testing.T) {
 	for i := range 8 {
 		rc.write(requestBytes(0, cmdRead, uint64(i), 0, 8<<20, nil))
 	}
-	waitFor(t, "replies pile up", func() bool { return s.lim.total.used.Load() > 0 })
-	waitFor(t, "the stalled connection is closed and its bytes return", func() bool {
+	testwait.For(t, "replies pile up", func() bool { return s.lim.total.used.Load() > 0 })
+	testwait.For(t, "the stalled connection is closed and its bytes return", func() bool {
 		return s.lim.total.used.Load() == 0 && s.connCount() == 0
 	})
 }
@@ -77,12 +69,12 @@ func TestTenantInflightBound(t *testing.T) {
 		}
 	}
 	b := s.lim.tenant(testName)
-	waitFor(t, "the tenant's budget fills", func() bool { return b.used.Load() == limit })
+	testwait.For(t, "the tenant's budget fills", func() bool { return b.used.Load() == limit })
 	for range 50 { // and stays within it while the readers wait
 		if u := b.used.Load(); u > limit {
 			t.Fatalf("tenant holds %d bytes, limit %d", u, limit)
 		}
 		time.Sleep(2 * time.Millisecond) // sampling interval
 	}
-	waitFor(t, "the stalled connections are closed", func() bool { return s.lim.total.used.Load() == 0 && s.connCount() == 0 })
+	testwait.For(t, "the stalled connections are closed", func() bool { return s.lim.total.used.Load() == 0 && s.connCount() == 0 })
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sluice-storage/sluice/gateway"
+	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
 // hostileChain places descs in the main descriptor table of the client's
@@ -169,24 +170,13 @@ func TestHostileRingFatal(t *testing.T) {
 			tc.bad(q)
 			q.mu.Unlock()
 			signalFd(q.kickFd)
-			waitFor(t, func() bool { return srv.Stats().BrokenRings > before })
+			testwait.For(t, "the ring is counted broken", func() bool { return srv.Stats().BrokenRings > before })
 			if err := c.Close(); err != nil {
 				t.Fatal(err)
 			}
 			good := dial(t, sock, Options{})
 			checkAlive(t, good, 0)
 		})
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10 s")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -228,7 +218,7 @@ func TestHostileHeadReuse(t *testing.T) {
 	q.ring.publish(head)
 	q.mu.Unlock()
 	signalFd(q.kickFd)
-	waitFor(t, func() bool { return srv.Stats().BrokenRings > before })
+	testwait.For(t, "the ring is counted broken", func() bool { return srv.Stats().BrokenRings > before })
 	close(g.gate)
 	if err := <-done; err != nil {
 		t.Errorf("the first request: %v", err)

@@ -7,19 +7,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-)
 
-// waitFor polls cond (real time) for up to 5 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
+	"github.com/sluice-storage/sluice/internal/testwait"
+)
 
 func schedInFlight(s *Scheduler) int {
 	s.mu.Lock()
@@ -54,7 +44,7 @@ func TestAdmitFastPathAndDone(t *testing.T) {
 		d3, err = s.Admit(ctx, q, Read, 1)
 		got <- err
 	}()
-	waitFor(t, "third request to queue", func() bool { return q.Stats().Depth == 1 })
+	testwait.For(t, "third request to queue", func() bool { return q.Stats().Depth == 1 })
 	d1()
 	if err := <-got; err != nil {
 		t.Fatal(err)
@@ -119,7 +109,7 @@ func TestCloseReleasesWaiters(t *testing.T) {
 			dones <- d
 		}()
 	}
-	waitFor(t, "waiters", func() bool { return q.Stats().Depth == n })
+	testwait.For(t, "waiters", func() bool { return q.Stats().Depth == n })
 	q.Close()
 	for i := 0; i < n; i++ {
 		select {
@@ -167,7 +157,7 @@ func TestCancelWaitingForSlot(t *testing.T) {
 		_, err := s.Admit(ctx, a, Read, 1)
 		got <- err
 	}()
-	waitFor(t, "a to wait", func() bool { return a.Stats().Depth == 1 })
+	testwait.For(t, "a to wait", func() bool { return a.Stats().Depth == 1 })
 	clk.Advance(3 * time.Second)
 	cancel()
 	if err := <-got; !errors.Is(err, context.Canceled) {
@@ -210,7 +200,7 @@ func TestCancelWaitingForLimit(t *testing.T) {
 		_, err := s.Admit(cctx, q, Read, 1)
 		got <- err
 	}()
-	waitFor(t, "waiter", func() bool { return q.Stats().Depth == 1 })
+	testwait.For(t, "waiter", func() bool { return q.Stats().Depth == 1 })
 	cancel()
 	if err := <-got; !errors.Is(err, context.Canceled) {
 		t.Fatal(err)
@@ -229,7 +219,7 @@ func TestCancelWaitingForLimit(t *testing.T) {
 		}
 		got <- err
 	}()
-	waitFor(t, "second waiter", func() bool { return q.Stats().Depth == 1 })
+	testwait.For(t, "second waiter", func() bool { return q.Stats().Depth == 1 })
 	clk.Advance(99 * time.Millisecond)
 	select {
 	case err := <-got:

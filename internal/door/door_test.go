@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
 // testConn is a connection that serves until its client goes away, it is
@@ -122,16 +124,6 @@ next:
 	return "", false
 }
 
-// waitFor polls cond (the evidence) until it holds or 10 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(2 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after 10 s", what)
-		}
-	}
-}
-
 // harness is a Server of testConns serving one listener.
 type harness struct {
 	t     *testing.T
@@ -184,7 +176,7 @@ func (h *harness) dial(n int) (net.Conn, *testConn) {
 	}
 	h.t.Cleanup(func() { nc.Close() })
 	var c *testConn
-	waitFor(h.t, "the connection is opened", func() bool {
+	testwait.For(h.t, "the connection is opened", func() bool {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		if len(h.conns) >= n {
@@ -259,7 +251,7 @@ func TestCapTotal(t *testing.T) {
 		t.Fatalf("Len() = %d after a refusal, want 2", n)
 	}
 	first.Close()
-	waitFor(t, "the closed connection leaves the registry", func() bool { return h.s.Len() == 1 })
+	testwait.For(t, "the closed connection leaves the registry", func() bool { return h.s.Len() == 1 })
 	h.dial(3)
 	if n := h.s.Len(); n != 2 {
 		t.Fatalf("Len() = %d, want 2", n)
@@ -289,7 +281,7 @@ func TestCapPerPeer(t *testing.T) {
 		t.Skipf("cannot dial from 127.0.0.2: %v", err)
 	}
 	defer other.Close()
-	waitFor(t, "the other peer's connection is served", func() bool { return h.s.Len() == 2 })
+	testwait.For(t, "the other peer's connection is served", func() bool { return h.s.Len() == 2 })
 }
 
 // TestOpenRefuses: a socket open refuses is closed and not counted.
@@ -362,7 +354,7 @@ func TestShutdownForces(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	res := make(chan error, 1)
 	go func() { res <- h.s.Shutdown(ctx) }()
-	waitFor(t, "both are drained and the polite one ends", func() bool {
+	testwait.For(t, "both are drained and the polite one ends", func() bool {
 		return stubborn.drains.Load() > 0 && h.s.Len() == 1
 	})
 	select {
@@ -400,7 +392,7 @@ func TestServeCtxHardStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Close()
-	waitFor(t, "the other listener's connection is served", func() bool { return h.s.Len() == 3 })
+	testwait.For(t, "the other listener's connection is served", func() bool { return h.s.Len() == 3 })
 	cancel()
 	if err := <-h.done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Serve: %v, want context.Canceled", err)
@@ -436,7 +428,7 @@ func TestConnContextOutlivesServe(t *testing.T) {
 	}
 	cancel()
 	<-res
-	waitFor(t, "the context ends after the last connection", func() bool { return c.ctx.Err() != nil })
+	testwait.For(t, "the context ends after the last connection", func() bool { return c.ctx.Err() != nil })
 }
 
 // TestServePanicRecovered: a panic escaping a connection's Serve is
@@ -449,7 +441,7 @@ func TestServePanicRecovered(t *testing.T) {
 	c := newTestConn(context.Background(), nil)
 	c.panicky = true
 	s.Start(c)
-	waitFor(t, "the panicking connection is gone", func() bool { return s.Len() == 0 })
+	testwait.For(t, "the panicking connection is gone", func() bool { return s.Len() == 0 })
 	if !c.isClosed() || panics.Load() != 1 {
 		t.Fatalf("closed %v, panics %d", c.isClosed(), panics.Load())
 	}
