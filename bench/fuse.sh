@@ -12,9 +12,14 @@
 # Prints each figure with the ratios Sluice/loopback and Sluice/native.
 #
 # Usage: bench/fuse.sh [RUNTIME_SECONDS]   (default 10; needs root and bin/sluice: make build)
-# Env:   PASSES=N  repeat every job N times and report the median (default 1)
-#        META_ONLY=1  skip the fio rows (the metadata run alone; its passes
-#                     alternate between the targets)
+# Env:   PASSES=N  repeat every job N times and report the median (default 1);
+#                  passes alternate between the targets
+#        META_ONLY=1  skip the fio rows (the metadata run alone)
+#        FIO_ONLY=1   skip the metadata rows
+#        ROWS="4K randread QD1,4K randwrite QD1"  run only these fio rows
+#        SLUICE_BIN_B=PATH  a second Sluice build as a fourth target
+#                  ("sluiceB", its own gateway and mount): an A/B of two
+#                  builds in one run, printed as sluice/sluiceB
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNTIME=${1:-10}
@@ -32,6 +37,7 @@ PIDS=()
 cleanup() {
   umount "$W/mnt-sluice" 2>/dev/null || umount -l "$W/mnt-sluice" 2>/dev/null || true
   umount "$W/mnt-loop" 2>/dev/null || umount -l "$W/mnt-loop" 2>/dev/null || true
+  umount "$W/mnt-sluiceB" 2>/dev/null || umount -l "$W/mnt-sluiceB" 2>/dev/null || true
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
   umount "$W" 2>/dev/null || umount -l "$W"; rmdir "$W"
 }
@@ -55,6 +61,16 @@ for _ in $(seq 1 100); do grep -q ready "$W/loop.out" 2>/dev/null && break; slee
 
 TARGETS=(sluice loop native)
 declare -A DIR=([sluice]="$W/mnt-sluice" [loop]="$W/mnt-loop" [native]="$W/native")
+if [ -n "${SLUICE_BIN_B:-}" ]; then
+  mkdir -p "$W/mnt-sluiceB"
+  "$SLUICE_BIN_B" gateway --data-dir "$W/sluiceB" --nbd-listen "" --nbd-socket none --pool-size 5G --log-level warn 2>"$W/sluiceB.log" &
+  PIDS+=($!)
+  wait_sock "$W/sluiceB/api.sock"
+  SB="$SLUICE_BIN_B --api-socket $W/sluiceB/api.sock"
+  $SB volume create bench/fs --size 4G --kind fs >/dev/null
+  $SB mount bench/fs "$W/mnt-sluiceB" >/dev/null
+  TARGETS+=(sluiceB); DIR[sluiceB]="$W/mnt-sluiceB"
+fi
 
 fio_job() { # dir rw bs qd engine → IOPS and MB/s on one line
   local out="$W/fio.json"
@@ -77,17 +93,32 @@ for t in "${TARGETS[@]}"; do
       --direct=1 --ioengine=psync >/dev/null 2>&1
 done
 
-printf "%-22s %12s %12s %12s %9s %9s\n" "row" "sluice" "loopback" "native" "s/loop" "s/native"
+B=${SLUICE_BIN_B:+1}
+header() { printf "%-22s %12s %12s %12s %9s %9s" "row" "sluice" "loopback" "native" "s/loop" "s/native"; [ -n "$B" ] && printf " %12s %9s" "sluiceB" "s/sB"; echo; }
+line() { # name sluice loop native [sluiceB]
+  python3 -c "
+import sys
+name, s, l, n = sys.argv[1], *map(float, sys.argv[2:5])
+out = '%-22s %12.0f %12.0f %12.0f %8.2fx %8.2fx' % (name, s, l, n, s/max(l,1), s/max(n,1))
+if len(sys.argv) > 5:
+    b = float(sys.argv[5]); out += ' %12.0f %8.2fx' % (b, s/max(b,1))
+print(out)" "$@"
+}
+rss() { echo "gateway RSS: $(awk '/VmRSS/{print $2/1024 " MiB"}' /proc/$SLUICE_PID/status)"; }
+header
 row() { # name rw bs qd engine metric(iops|mbs)
   local name=$1; shift; local metric=${@: -1}; set -- "${@:1:$#-1}"
+  if [ -n "${ROWS:-}" ] && [[ ",$ROWS," != *",$name,"* ]]; then return; fi
   declare -A v
+  rm -f "$W"/row.*
+  for _ in $(seq 1 "$PASSES"); do
+    for t in "${TARGETS[@]}"; do fio_job "${DIR[$t]}" "$@" >> "$W/row.$t"; done
+  done
   for t in "${TARGETS[@]}"; do
-    r=$(for _ in $(seq 1 "$PASSES"); do fio_job "${DIR[$t]}" "$@"; done | median)
+    r=$(median < "$W/row.$t")
     if [ "$metric" = iops ]; then v[$t]=${r%% *}; else v[$t]=${r##* }; fi
   done
-  python3 -c "
-s,l,n=${v[sluice]},${v[loop]},${v[native]}
-print(f'%-22s %12.0f %12.0f %12.0f %8.2fx %8.2fx' % ('$name ($metric)', s, l, n, s/max(l,1), s/max(n,1)))"
+  line "$name ($metric)" "${v[sluice]}" "${v[loop]}" "${v[native]}" ${B:+"${v[sluiceB]}"}
 }
 if [ -z "${META_ONLY:-}" ]; then
   row "4K randread QD1"   randread  4k 1  psync    iops
@@ -97,6 +128,7 @@ if [ -z "${META_ONLY:-}" ]; then
   row "1M read"           read      1M 4  io_uring mbs
   row "1M write"          write     1M 4  io_uring mbs
 fi
+if [ -n "${FIO_ONLY:-}" ]; then rss; exit 0; fi
 
 for t in "${TARGETS[@]}"; do rm -f "${DIR[$t]}/bench.dat"; done
 declare -A M
@@ -108,7 +140,8 @@ done
 for t in "${TARGETS[@]}"; do M[$t]=$(median < "$W/meta.$t"); done
 for i in 1 2 3; do
   name=$(echo create stat unlink | cut -d' ' -f$i)
-  s=$(echo ${M[sluice]} | cut -d' ' -f$i); l=$(echo ${M[loop]} | cut -d' ' -f$i); n=$(echo ${M[native]} | cut -d' ' -f$i)
-  python3 -c "print(f'%-22s %12.0f %12.0f %12.0f %8.2fx %8.2fx' % ('$FILES files $name/s', $s, $l, $n, $s/max($l,1), $s/max($n,1)))"
+  args=()
+  for t in "${TARGETS[@]}"; do args+=("$(echo ${M[$t]} | cut -d' ' -f$i)"); done
+  line "$FILES files $name/s" "${args[@]}"
 done
-echo "gateway RSS: $(awk '/VmRSS/{print $2/1024 " MiB"}' /proc/$SLUICE_PID/status)"
+rss
