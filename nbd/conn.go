@@ -39,7 +39,9 @@ type conn struct {
 	tlsConfig *tls.Config
 	nc        io.ReadWriteCloser
 	br        *bufio.Reader
-	raw       syscall.RawConn // for large WRITE payloads (payload.go); nil if not a socket
+	raw       syscall.RawConn // for large WRITE payloads (payload.go); nil if not a socket or under TLS
+	sock      syscall.RawConn // the socket, also under TLS, for the idle spin (spin.go); nil if not a socket
+	idle      idleWait        // the reader's spin (spin.go)
 	batch     *recordBatcher  // under nc once TLS is on (tls.go)
 	ctx       context.Context // passed to Export; cancelled on a hard close
 	cancel    context.CancelFunc
@@ -97,6 +99,8 @@ func newConn(s *Server, parent context.Context, nc io.ReadWriteCloser) *conn {
 		nc:         nc,
 		br:         bufio.NewReaderSize(nc, 128<<10),
 		raw:        rawConn(nc),
+		sock:       rawConn(nc),
+		idle:       newIdleWait(s.spinMax),
 		ctx:        ctx,
 		cancel:     cancel,
 		work:       make(chan *request),
@@ -245,14 +249,22 @@ func (c *conn) transmit() {
 	var hdr [requestHeaderLen]byte
 	defer c.flushDeferred()
 	for {
+		var waitStart time.Time
 		if !c.inputReady(requestHeaderLen) {
 			c.flushDeferred() // about to block: send what the reader queued
+			waitStart = time.Now()
+			if c.sock != nil && c.active.Load() == 0 && c.idle.worth() {
+				c.srv.countSpin(c.idle.spin(c.sock))
+			}
 		}
 		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
 			if !c.isShutting() && !isClosedErr(err) && !errors.Is(err, io.EOF) {
 				c.log.Debug("nbd: read request", "err", err)
 			}
 			return
+		}
+		if !waitStart.IsZero() {
+			c.idle.observe(time.Since(waitStart))
 		}
 		h, err := parseRequestHeader(hdr[:])
 		if err != nil {

@@ -77,6 +77,12 @@
 // client is normally mid-send and a park/wake-up per piece costs more
 // (payload.go).
 //
+// A reader about to wait for the next request on an idle connection
+// (nothing in flight) first polls its socket for up to Options.SpinMax
+// (64 µs by default), but only while the client's recent requests came
+// closer together than that; otherwise it parks at once (spin.go). At queue
+// depth 1 over TCP this takes Go's netpoller wake-up out of each request.
+//
 // # Errors
 //
 // Volume errors map to NBD errors in one place (errno): ErrOutOfRange and
@@ -117,8 +123,8 @@
 //
 // # Not supported
 //
-// TLS (STARTTLS gets ERR_UNSUP: use unix sockets or a trusted network),
-// extended headers, oldstyle negotiation, export descriptions, FAST_ZERO,
+// TLS on a listener served with Serve (STARTTLS gets ERR_UNSUP there;
+// ServeTLS requires it, tls.go), extended headers, oldstyle negotiation, export descriptions, FAST_ZERO,
 // RESIZE, OFFSET_HOLE read replies, meta contexts other than base:allocation,
 // and kernel attach (netlink/ioctl) — that lives with the attach code.
 package nbd

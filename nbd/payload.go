@@ -66,6 +66,10 @@ func (c *conn) readPayload(b []byte) error {
 		c.flushDeferred() // about to wait for the client: send what the reader queued
 	}
 	if c.raw == nil || len(b) < rawPayloadMin {
+		if c.batch != nil { // TLS: the records of the payload are on their way
+			c.batch.inPayload = true
+			defer func() { c.batch.inPayload = false }()
+		}
 		_, err := io.ReadFull(c.br, b)
 		return err
 	}

@@ -71,6 +71,11 @@ type Options struct {
 	TenantInflight    int64         // payload bytes in flight per tenant
 	TotalInflight     int64         // payload bytes in flight in all
 	StallTimeout      time.Duration // a payload or a reply write that makes no progress this long closes the connection
+
+	// SpinMax bounds how long a reader on an idle connection polls its
+	// socket before it parks (spin.go); zero: DefaultSpinMax; negative:
+	// never spin.
+	SpinMax time.Duration
 }
 
 // Defaults and limits.
@@ -102,7 +107,23 @@ type Server struct {
 	// the connection caps (Options.MaxConns, MaxConnsPerClient).
 	door *door.Server[*conn]
 
-	panics atomic.Uint64 // requests and connections whose handling panicked
+	spinMax time.Duration // Options.SpinMax resolved; <= 0: never spin
+
+	panics     atomic.Uint64 // requests and connections whose handling panicked
+	spinHits   atomic.Uint64 // idle spins that saw the next request arrive
+	spinMisses atomic.Uint64 // idle spins that ended with the reader parking
+}
+
+// Spins counts the idle readers' spins (spin.go): those that saw the next
+// request arrive and those that ended with the reader parking.
+func (s *Server) Spins() (hits, misses uint64) { return s.spinHits.Load(), s.spinMisses.Load() }
+
+func (s *Server) countSpin(hit bool) {
+	if hit {
+		s.spinHits.Add(1)
+	} else {
+		s.spinMisses.Add(1)
+	}
 }
 
 // Panics counts the requests whose handling panicked in this server, in
@@ -134,6 +155,10 @@ func NewServer(exports Exports, opts Options) *Server {
 		log:        log,
 		clients:    logcap.NewClients(log, 0, 0),
 		lim:        newLimits(opts),
+		spinMax:    opts.SpinMax,
+	}
+	if s.spinMax == 0 {
+		s.spinMax = DefaultSpinMax
 	}
 	s.door = door.New[*conn](door.Options{
 		Name:            "nbd",

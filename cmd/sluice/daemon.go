@@ -63,7 +63,7 @@ func (d *daemon) start(ctx context.Context) error {
 	d.reg = prometheus.NewRegistry()
 	d.reg.MustRegister(gateway.NewCollector(d.g), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	d.nbdDoor = nbd.NewServer(nbdExports{d.g}, nbd.Options{ReadOnly: a.NBDReadOnly, Logger: log})
+	d.nbdDoor = nbd.NewServer(nbdExports{d.g}, nbd.Options{ReadOnly: a.NBDReadOnly, SpinMax: spinOption(a.NBDSpin), Logger: log})
 	for _, l := range d.pre.nbd {
 		go d.serveNBD(ctx, l)
 	}
@@ -72,7 +72,7 @@ func (d *daemon) start(ctx context.Context) error {
 		go d.metrics.Serve(d.pre.metrics)
 	}
 	d.mounts = fuse.NewManager(d.g, log)
-	d.attachSrv = nbd.NewServer(nbdExports{d.g}, nbd.Options{Logger: log})
+	d.attachSrv = nbd.NewServer(nbdExports{d.g}, nbd.Options{SpinMax: spinOption(a.NBDSpin), Logger: log})
 	d.attacher, err = attach.New(d.g, d.mounts, attach.Options{Dir: filepath.Join(a.DataDir, "attach"), Method: a.AttachMethod, NBD: d.attachSrv, Logger: log})
 	if err != nil {
 		return err
@@ -179,4 +179,13 @@ func (d *daemon) stop() {
 		}
 		d.pre.close()
 	}
+}
+
+// spinOption maps --nbd-spin (0: never) onto nbd.Options.SpinMax (0: the
+// default, negative: never).
+func spinOption(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }

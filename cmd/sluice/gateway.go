@@ -34,6 +34,7 @@ type gatewayArgs struct {
 	NBDListen, NBDSocket                 string
 	NBDTLSCert, NBDTLSKey, NBDTLSCA      string
 	NBDReadOnly                          bool
+	NBDSpin                              time.Duration
 	AttachMethod                         string
 	MetricsListen                        string
 	Pprof                                bool
@@ -69,6 +70,7 @@ wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
 			&cli.StringFlag{Name: "nbd-tls-cert", Destination: &a.NBDTLSCert, Usage: "`PEM` certificate of the NBD door: TCP clients must then use TLS (STARTTLS) with a client certificate"},
 			&cli.StringFlag{Name: "nbd-tls-key", Destination: &a.NBDTLSKey, Usage: "`PEM` private key of --nbd-tls-cert"},
 			&cli.StringFlag{Name: "nbd-tls-ca", Destination: &a.NBDTLSCA, Usage: "`PEM` CA that signs client certificates; a certificate's common name is the one tenant its client may use"},
+			&cli.DurationFlag{Name: "nbd-spin", Value: nbd.DefaultSpinMax, Destination: &a.NBDSpin, Usage: "how long a reader on an idle NBD connection polls its socket before it parks, while its client sends requests back to back (0: never; saves CPU, costs latency at queue depth 1)"},
 			&cli.BoolFlag{Name: "nbd-read-only", Destination: &a.NBDReadOnly, Usage: "serve every export of the NBD door (socket and TCP) read-only; attached devices follow their volume's read-only flag"},
 			&cli.StringFlag{Name: "attach-method", Value: "auto", Destination: &a.AttachMethod, Usage: "how 'sluice attach' makes devices: nbd (the kernel's nbd driver over netlink), loop (a loop device over the volume's FUSE image) or auto (nbd where /dev/nbd* exists)"},
 			&cli.StringFlag{Name: "metrics-listen", Destination: &a.MetricsListen, Usage: "also serve /metrics on this TCP address; keep it on loopback (per-tenant counters are readable by anyone who reaches it)"},
@@ -115,6 +117,9 @@ func (a *gatewayArgs) check(c *cli.Context) error {
 	}
 	if a.costUnit, err = parseSize(a.QoSCostUnit); err != nil || a.costUnit < 512 || a.costUnit > 16<<20 {
 		return usageErr("--qos-cost-unit %q: want a size from 512 to 16M", a.QoSCostUnit)
+	}
+	if a.NBDSpin < 0 || a.NBDSpin > time.Second {
+		return usageErr("--nbd-spin must be from 0 (never) to 1s")
 	}
 	if a.virtioWait, err = virtio.ParseWaitMode(a.VirtioWait); err != nil {
 		return usageErr("--virtio-wait: %v", err)
