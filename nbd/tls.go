@@ -277,10 +277,19 @@ const tlsDirectBytes = 64 << 10
 func (c *conn) writeTLS(w io.Writer, bufs [][]byte) error {
 	for len(bufs) > 0 {
 		if len(bufs[0]) >= tlsDirectBytes {
-			// A large buffer is many full records: written as they are
-			// encrypted, the socket sends one while the next is sealed.
-			if _, err := w.Write(bufs[0]); err != nil {
-				return err
+			// A large buffer is many full records, sealed straight from
+			// it and written tlsBatchBytes at a time.
+			for b := bufs[0]; len(b) > 0; {
+				n := min(len(b), tlsBatchBytes)
+				c.batch.begin()
+				_, err := w.Write(b[:n])
+				if ferr := c.batch.flush(); err == nil {
+					err = ferr
+				}
+				if err != nil {
+					return err
+				}
+				b = b[n:]
 			}
 			bufs = bufs[1:]
 			continue
