@@ -42,7 +42,7 @@ type daemon struct {
 	attacher  *attach.Attacher
 	virtio    *virtio.Exports
 	shim      *shim.Server // nil: --shim-socket none
-	join      *joined // nil unless --controller
+	join      *joined      // nil unless --controller
 	api       *http.Server
 }
 
