@@ -15,7 +15,8 @@ import (
 // same open file description, so the same access mode and flags), and
 // what its requests need.
 type file struct {
-	fd       int // ours, closed on unregister
+	fd       int // an O_PATH descriptor of the file (for its name), closed on unregister
+	dsync    bool // opened O_DSYNC or O_SYNC: every write is durable when answered
 	vol      *gateway.Volume
 	ns       gateway.Namespace
 	ino      uint64
@@ -106,8 +107,8 @@ func (c *channel) file(h uint64) *file {
 // of one of this gateway's fs mounts. fd is closed unless kept.
 func (c *channel) register(fd int, clientFd uint32) registered {
 	r, f := c.check(fd)
+	unix.Close(fd) // the file keeps an O_PATH descriptor (check)
 	if r.Reason != ReasonNone {
-		unix.Close(fd)
 		c.s.stats.refused[r.Reason].Add(1)
 		c.log.Debug("shim: fd not served", "fd", clientFd, "reason", ReasonName(r.Reason))
 		return r
@@ -115,7 +116,7 @@ func (c *channel) register(fd int, clientFd uint32) registered {
 	c.mu.Lock()
 	if len(c.files) >= c.s.opt.MaxHandles {
 		c.mu.Unlock()
-		unix.Close(fd)
+		f.close()
 		c.s.stats.refused[ReasonTooMany].Add(1)
 		return registered{Reason: ReasonTooMany, Dev: r.Dev, Ino: r.Ino}
 	}
@@ -165,7 +166,16 @@ func (c *channel) check(fd int) (registered, *file) {
 		r.Reason = ReasonError
 		return r, nil
 	}
-	f := &file{fd: fd, vol: m.Volume, ns: ns, ino: r.Ino, dir: m.Dir, renames: m.Renames, settle: m.Settle}
+	// We keep an O_PATH descriptor, not the client's open file: closing
+	// an open file of our own mount sends FLUSH to ourselves, which a
+	// gateway that is being killed can never answer (its exit would
+	// hang). Opening O_PATH asks nothing of the mount.
+	opath, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		r.Reason = ReasonError
+		return r, nil
+	}
+	f := &file{fd: opath, dsync: flags&unix.O_DSYNC != 0, vol: m.Volume, ns: ns, ino: r.Ino, dir: m.Dir, renames: m.Renames, settle: m.Settle}
 	switch flags & unix.O_ACCMODE {
 	case unix.O_RDONLY:
 		f.readable = true
@@ -180,7 +190,7 @@ func (c *channel) check(fd int) (registered, *file) {
 	if f.renames != nil {
 		f.renamed = f.renames()
 	}
-	f.at, _ = pathOf(fd, m.Dir)
+	f.at, _ = pathOf(opath, m.Dir)
 	if f.readable {
 		r.Flags |= regReadable
 	}

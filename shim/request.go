@@ -105,10 +105,7 @@ func (c *channel) read(f *file, r record) result {
 	return done(n)
 }
 
-// write serves pwrite(2). The fd's flags are read again first: they
-// belong to the open file description the client shares with the
-// gateway's copy, and a later fcntl(F_SETFL) there (O_APPEND) or an
-// O_DSYNC open changes what a write means.
+// write serves pwrite(2); an fd opened O_DSYNC or O_SYNC writes FUA.
 func (c *channel) write(f *file, r record) result {
 	lo, hi, err := c.l.dataRange(r.data, r.length)
 	if err == nil {
@@ -121,13 +118,6 @@ func (c *channel) write(f *file, r record) result {
 	if !f.writable {
 		return failed(unix.EBADF)
 	}
-	flags, err := unix.FcntlInt(uintptr(f.fd), unix.F_GETFL, 0)
-	if err != nil {
-		return failed(unix.EIO)
-	}
-	if flags&unix.O_APPEND != 0 {
-		return fallback(ReasonAppend)
-	}
 	if r.length == 0 {
 		return done(0)
 	}
@@ -138,7 +128,7 @@ func (c *channel) write(f *file, r record) result {
 	b := bufs.Get(hi - lo)
 	defer bufs.Put(b)
 	copy(b.B, c.mem[lo:hi])
-	req := gateway.Request{Op: gateway.OpWrite, Offset: r.offset, Buf: b.B, FUA: flags&unix.O_DSYNC != 0}
+	req := gateway.Request{Op: gateway.OpWrite, Offset: r.offset, Buf: b.B, FUA: f.dsync}
 	if res := c.do(f, &req); res.value < 0 {
 		return res
 	}

@@ -236,16 +236,8 @@ func TestRegisterRefusals(t *testing.T) {
 	if b, _ := os.ReadFile(path); string(b) != "data" {
 		t.Fatalf("the file holds %q after refused writes", b)
 	}
-	// O_APPEND set later on the same open file description: the write
-	// falls back, the kernel appends.
 	fd := open(unix.O_RDWR)
 	rw := c.register(fd)
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, unix.O_APPEND); err != nil {
-		t.Fatal(err)
-	}
-	if status, reason, _ := c.do(req{op: opWrite, handle: rw.Handle, length: 4}, []byte("XXXX")); status != statusFallback || reason != ReasonAppend {
-		t.Errorf("write after F_SETFL O_APPEND: status %d reason %s, want fall back (o_append)", status, ReasonName(reason))
-	}
 	// Unregister lets the gateway's copy go.
 	b := make([]byte, unregisterLen)
 	putHeader(b, msgUnregister)
