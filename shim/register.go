@@ -15,7 +15,7 @@ import (
 // same open file description, so the same access mode and flags), and
 // what its requests need.
 type file struct {
-	fd       int // an O_PATH descriptor of the file (for its name), closed on unregister
+	fd       int  // an O_PATH descriptor of the file (for its name), closed on unregister
 	dsync    bool // opened O_DSYNC or O_SYNC: every write is durable when answered
 	vol      *gateway.Volume
 	ns       gateway.Namespace
