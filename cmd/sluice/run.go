@@ -38,7 +38,7 @@ programs) make their system calls themselves and get the kernel's path.
 SLUICE_SHIM_STATS=1 in CMD's environment prints per-call counts at its exit.
 Put CMD after "--" so its own flags stay its own. See docs/SHIM.md.`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "mount", Destination: &a.Mount, Required: true, Usage: "`DIR`: the Sluice fs mount the program works on"},
+			&cli.StringFlag{Name: "mount", Destination: &a.Mount, Usage: "`DIR`: the Sluice fs mount the program works on"},
 			&cli.StringFlag{Name: "shim-lib", Destination: &a.ShimLib, Usage: "the shim library (default: " + shimLibName + " beside the sluice binary)"},
 			&cli.BoolFlag{Name: "print-env", Destination: &a.Print, Usage: "print the environment CMD would get instead of running it"},
 			jsonFlag,
@@ -50,6 +50,9 @@ Put CMD after "--" so its own flags stay its own. See docs/SHIM.md.`,
 // run checks the mount and the library, then replaces this process with
 // CMD (its exit status and signals are CMD's own).
 func (a *runArgs) run(c *cli.Context) error {
+	if err := requireFlag(c, "mount"); err != nil {
+		return err
+	}
 	if c.NArg() == 0 && !a.Print {
 		return usageErr("run: want a command after --")
 	}
