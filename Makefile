@@ -4,22 +4,36 @@
 SHELL     := /bin/bash
 GO        ?= go
 BIN       := bin/sluice
+# The LD_PRELOAD shim (C; docs/SHIM.md), built beside the binary.
+SHIM_LIB  := bin/libsluice-shim.so
+SHIM_SRC  := $(wildcard shim/lib/*.c shim/lib/*.h)
+SHIM_CC   ?= gcc
 PKGS      := ./...
 UNIT_PKGS := $(shell $(GO) list ./... 2>/dev/null | grep -v /test/integration)
-APT_PKGS  := nbdkit libnbd-bin qemu-utils qemu-system-x86 qemu-system-common fio stress-ng e2fsprogs fuse3 python3
+APT_PKGS  := nbdkit libnbd-bin qemu-utils qemu-system-x86 qemu-system-common fio stress-ng e2fsprogs fuse3 python3 gcc libc6-dev sqlite3
 FUZZTIME  ?= 30s
 # staticcheck, pinned; `make tools` (run by `make vet`) installs it into
 # bin/tools when it is missing or another version.
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK         := $(CURDIR)/bin/tools/staticcheck
 
-.PHONY: all build run test unit integration deps vet tools bench fuzz clean
+.PHONY: all build shim run test unit integration deps vet tools bench fuzz clean
 
 all: build
 
 # Static (no cgo): TestAttachKernelNBD runs it inside a busybox guest.
-build:
+build: shim
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/sluice
+
+# The shim: C, no threads of its own, raw system calls; every exported
+# symbol is an interposed libc entry point (-fvisibility=hidden).
+# _FORTIFY_SOURCE is off: the library defines the functions whose inline
+# fortified wrappers it would otherwise see.
+shim: $(SHIM_LIB)
+
+$(SHIM_LIB): $(SHIM_SRC)
+	@mkdir -p $(dir $@)
+	$(SHIM_CC) -O2 -fPIC -shared -Wall -Wextra -Werror -U_FORTIFY_SOURCE -fvisibility=hidden -o $@ shim/lib/channel.c shim/lib/intercept.c
 
 # A gateway on the embedded default: badger + a sparse pool file in ./sluice-data,
 # tenants' encryption keys in ./sluice-keyring (created empty, mode 0600; add
@@ -61,7 +75,8 @@ integration: build
 test: deps vet unit integration
 
 # Fuzz each parser of untrusted bytes (NBD, filter records, chunk entries,
-# the policy DSL, vhost-user messages and virtqueue descriptor chains) for
+# the policy DSL, vhost-user messages, virtqueue descriptor chains, the
+# shim's control messages and request records) for
 # FUZZTIME.
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzOptions -fuzztime=$(FUZZTIME) ./nbd/
@@ -74,6 +89,8 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzMessage -fuzztime=$(FUZZTIME) ./virtio/
 	$(GO) test -run='^$$' -fuzz=FuzzDescriptorChain -fuzztime=$(FUZZTIME) ./virtio/
 	$(GO) test -run='^$$' -fuzz=FuzzNetlinkReply -fuzztime=$(FUZZTIME) ./attach/
+	$(GO) test -run='^$$' -fuzz=FuzzControlMessage -fuzztime=$(FUZZTIME) ./shim/
+	$(GO) test -run='^$$' -fuzz=FuzzRequest -fuzztime=$(FUZZTIME) ./shim/
 
 bench: build deps
 	bash bench/nbd.sh

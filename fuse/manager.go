@@ -133,6 +133,20 @@ func (mg *Manager) MountedAt(dir string) (MountInfo, bool) {
 	return MountInfo{}, false
 }
 
+// ByDevice returns the live fs mount whose device number is dev (the
+// st_dev of a file on it): the shim door's check that a file it is handed
+// is one of this gateway's. Block volumes' image mounts are not returned.
+func (mg *Manager) ByDevice(dev uint64) (*Mount, bool) {
+	mg.mu.Lock()
+	defer mg.mu.Unlock()
+	for _, e := range mg.mounts {
+		if e.m.Dev == dev && e.kind == gateway.KindFS {
+			return e.m, true
+		}
+	}
+	return nil, false
+}
+
 // ImageResized makes the kernel take the new size of the block volume
 // mounted at dir (Mount.ImageResized).
 func (mg *Manager) ImageResized(dir string) error {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluice-storage/sluice/gateway"
 )
@@ -26,6 +27,9 @@ type Options struct {
 type Mount struct {
 	Dir    string
 	Volume string // tenant/name
+	// Dev is the mount's device number, the st_dev of every file on it
+	// (the shim door matches a file it is handed against it).
+	Dev    uint64
 	server *fuse.Server
 	m      *mount
 }
@@ -129,8 +133,43 @@ func MountVolume(ctx context.Context, vol *gateway.Volume, dir string, opts Opti
 			close(stop)
 		}()
 	}
-	return &Mount{Dir: dir, Volume: vol.Ref(), server: server, m: m}, nil
+	dev, err := deviceOf(dir)
+	if err != nil {
+		server.Unmount()
+		return nil, fmt.Errorf("mount %s at %s: %w", vol.Ref(), dir, err)
+	}
+	return &Mount{Dir: dir, Volume: vol.Ref(), Dev: dev, server: server, m: m}, nil
 }
+
+// deviceOf returns the device number of the filesystem mounted at dir.
+// AT_STATX_DONT_SYNC: the kernel answers from what it holds (st_dev is
+// the mount's, never asked of the server), so the gateway does not send a
+// request to its own mount.
+func deviceOf(dir string) (uint64, error) {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, dir, unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE, &st); err != nil {
+		return 0, fmt.Errorf("statx of the mount point: %w", err)
+	}
+	return unix.Mkdev(st.Dev_major, st.Dev_minor), nil
+}
+
+// Vol is the mounted volume.
+func (m *Mount) Vol() *gateway.Volume { return m.m.vol }
+
+// ReadOnly reports whether the mount refuses writes.
+func (m *Mount) ReadOnly() bool { return m.m.readOnly }
+
+// Settle returns once the kernel has dropped what it cached of every
+// change made through other doors before the call (fs volumes; notify.go).
+func (m *Mount) Settle() {
+	if m.m.note != nil {
+		m.m.note.settle()
+	}
+}
+
+// Renames counts the renames and links made through the mount: a door
+// that keeps a file's path looks it up again when the count moves.
+func (m *Mount) Renames() uint64 { return m.m.renames.Load() }
 
 // Unmount detaches the mount; it fails (EBUSY) while files on it are open,
 // like umount(8).

@@ -33,16 +33,24 @@ type notifier struct {
 	mu    sync.Mutex
 	queue []gateway.Change
 	wake  chan struct{}
+	// queued and told count reports in and reports passed to the kernel;
+	// settle waits on told (signalled under mu). stopped: run returned.
+	queued, told uint64
+	stopped      bool
+	toldCond     *sync.Cond
 }
 
 func newNotifier() *notifier {
-	return &notifier{wake: make(chan struct{}, 1)}
+	nt := &notifier{wake: make(chan struct{}, 1)}
+	nt.toldCond = sync.NewCond(&nt.mu)
+	return nt
 }
 
 // Changed queues a report (gateway.Watcher).
 func (nt *notifier) Changed(c gateway.Change) {
 	nt.mu.Lock()
 	nt.queue = append(nt.queue, c)
+	nt.queued++
 	nt.mu.Unlock()
 	select {
 	case nt.wake <- struct{}{}:
@@ -52,6 +60,12 @@ func (nt *notifier) Changed(c gateway.Change) {
 
 // run tells the kernel about queued reports until stop is closed.
 func (nt *notifier) run(stop <-chan struct{}) {
+	defer func() {
+		nt.mu.Lock()
+		nt.stopped = true
+		nt.toldCond.Broadcast()
+		nt.mu.Unlock()
+	}()
 	var batch []gateway.Change
 	for {
 		select {
@@ -65,6 +79,22 @@ func (nt *notifier) run(stop <-chan struct{}) {
 		for _, c := range batch {
 			nt.tell(c)
 		}
+		nt.mu.Lock()
+		nt.told += uint64(len(batch))
+		nt.toldCond.Broadcast()
+		nt.mu.Unlock()
+	}
+}
+
+// settle returns once the kernel has been told of every report queued
+// before the call (or the mount is gone): a door whose change the kernel
+// must see at once (a file's new length, before a program maps it) waits
+// for it.
+func (nt *notifier) settle() {
+	nt.mu.Lock()
+	defer nt.mu.Unlock()
+	for target := nt.queued; nt.told < target && !nt.stopped; {
+		nt.toldCond.Wait()
 	}
 }
 

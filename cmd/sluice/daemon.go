@@ -20,6 +20,7 @@ import (
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/gateway/admin"
 	"github.com/sluice-storage/sluice/nbd"
+	"github.com/sluice-storage/sluice/shim"
 	"github.com/sluice-storage/sluice/virtio"
 )
 
@@ -40,7 +41,8 @@ type daemon struct {
 	attachSrv *nbd.Server // attached nbd devices' own server (no --nbd-read-only)
 	attacher  *attach.Attacher
 	virtio    *virtio.Exports
-	join      *joined // nil unless --controller
+	shim      *shim.Server // nil: --shim-socket none
+	join      *joined      // nil unless --controller
 	api       *http.Server
 }
 
@@ -82,6 +84,12 @@ func (d *daemon) start(ctx context.Context) error {
 		return err
 	}
 	doors := admin.Doors{Mounts: mountDoor{d.mounts}, Attachments: attachDoor{d.attacher}, Virtio: virtioDoor{d.virtio}}
+	if d.pre.shim != nil {
+		d.shim = shim.NewServer(shimMounts{d.mounts}, shim.Options{Logger: log})
+		d.reg.MustRegister(shim.NewCollector(d.shim))
+		go d.shim.Serve(ctx, d.pre.shim)
+		doors.Shim = shimDoor{d.shim, a.ShimSocket}
+	}
 	if a.join.url != "" {
 		if d.join, err = joinController(ctx, d.g, a.join, a.APISocket, log); err != nil {
 			return err
@@ -127,12 +135,14 @@ func (d *daemon) metricsServer() *http.Server {
 //  2. the NBD door: in-flight requests drain, connections close;
 //  3. the metrics listener;
 //  4. the controller agent (before the store it reports on);
-//  5. virtio exports;
-//  6. attachments: each attached device is flushed and released, logged
+//  5. the shim door: requests in flight finish, channels close and the
+//     fds they registered (files of the FUSE mounts) are closed;
+//  6. virtio exports;
+//  7. attachments: each attached device is flushed and released, logged
 //     as abandoned if something still uses it; then their NBD server;
-//  7. FUSE mounts;
-//  8. the store (flush, close badger and the device);
-//  9. the data directory's lock, last, so no second gateway opens the
+//  8. FUSE mounts;
+//  9. the store (flush, close badger and the device);
+//  10. the data directory's lock, last, so no second gateway opens the
 //     store before this one has closed it.
 func (d *daemon) stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -151,6 +161,11 @@ func (d *daemon) stop() {
 	}
 	if d.join != nil {
 		d.join.close()
+	}
+	if d.shim != nil {
+		if err := d.shim.Shutdown(ctx); err != nil {
+			d.log.Warn("shim door drain incomplete", "err", err)
+		}
 	}
 	if d.virtio != nil {
 		d.virtio.Close(context.Background())
@@ -176,6 +191,9 @@ func (d *daemon) stop() {
 	if d.pre != nil {
 		if d.args.NBDSocket != "none" && d.nbdDoor != nil {
 			os.Remove(d.args.NBDSocket)
+		}
+		if d.pre.shim != nil {
+			os.Remove(d.args.ShimSocket)
 		}
 		d.pre.close()
 	}

@@ -6,6 +6,7 @@ import (
 	"github.com/sluice-storage/sluice/attach"
 	"github.com/sluice-storage/sluice/fuse"
 	"github.com/sluice-storage/sluice/gateway/admin"
+	"github.com/sluice-storage/sluice/shim"
 	"github.com/sluice-storage/sluice/virtio"
 )
 
@@ -69,4 +70,30 @@ func (d virtioDoor) Exports() []admin.VirtioExport {
 		out = append(out, admin.VirtioExport(e))
 	}
 	return out
+}
+
+// shimMounts gives the shim door the FUSE door's mounts to check files
+// against.
+type shimMounts struct{ mg *fuse.Manager }
+
+func (m shimMounts) ByDevice(dev uint64) (shim.Mount, bool) {
+	mt, ok := m.mg.ByDevice(dev)
+	if !ok {
+		return shim.Mount{}, false
+	}
+	return shim.Mount{Dir: mt.Dir, Volume: mt.Vol(), ReadOnly: mt.ReadOnly(), Renames: mt.Renames, Settle: mt.Settle}, true
+}
+
+// shimDoor adapts the shim Server to the admin API.
+type shimDoor struct {
+	s      *shim.Server
+	socket string
+}
+
+func (d shimDoor) Shim() admin.ShimInfo {
+	info := admin.ShimInfo{Socket: d.socket}
+	for _, c := range d.s.Channels() {
+		info.Channels = append(info.Channels, admin.ShimChannel(c))
+	}
+	return info
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/gateway/filter"
 	"github.com/sluice-storage/sluice/nbd"
+	"github.com/sluice-storage/sluice/shim"
 	"github.com/sluice-storage/sluice/virtio"
 )
 
@@ -32,6 +33,7 @@ import (
 type gatewayArgs struct {
 	DataDir, Device, PoolSize, APISocket string
 	NBDListen, NBDSocket                 string
+	ShimSocket                           string
 	NBDTLSCert, NBDTLSKey, NBDTLSCA      string
 	NBDReadOnly                          bool
 	NBDSpin                              time.Duration
@@ -67,6 +69,7 @@ wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
 			&cli.StringFlag{Name: "api-socket", Destination: &a.APISocket, Usage: "admin API socket (default DATA-DIR/api.sock)"},
 			&cli.StringFlag{Name: "nbd-listen", Value: "127.0.0.1:10809", Destination: &a.NBDListen, Usage: "NBD TCP address (\"\" to disable)"},
 			&cli.StringFlag{Name: "nbd-socket", Destination: &a.NBDSocket, Usage: "NBD unix socket (default DATA-DIR/nbd.sock, \"none\" to disable)"},
+			&cli.StringFlag{Name: "shim-socket", Destination: &a.ShimSocket, Usage: "the LD_PRELOAD shim door's socket, mode 0666: access is proven per file (default DATA-DIR/shim.sock, \"none\" to disable)"},
 			&cli.StringFlag{Name: "nbd-tls-cert", Destination: &a.NBDTLSCert, Usage: "`PEM` certificate of the NBD door: TCP clients must then use TLS (STARTTLS) with a client certificate"},
 			&cli.StringFlag{Name: "nbd-tls-key", Destination: &a.NBDTLSKey, Usage: "`PEM` private key of --nbd-tls-cert"},
 			&cli.StringFlag{Name: "nbd-tls-ca", Destination: &a.NBDTLSCA, Usage: "`PEM` CA that signs client certificates; a certificate's common name is the one tenant its client may use"},
@@ -134,6 +137,14 @@ func (a *gatewayArgs) check(c *cli.Context) error {
 	if a.NBDSocket == "" {
 		a.NBDSocket = filepath.Join(a.DataDir, "nbd.sock")
 	}
+	if a.ShimSocket == "" {
+		a.ShimSocket = filepath.Join(a.DataDir, "shim.sock")
+	}
+	if a.ShimSocket != "none" {
+		if abs, err := filepath.Abs(a.ShimSocket); err == nil {
+			a.ShimSocket = abs // clients are told this path (GET /v1/shim)
+		}
+	}
 	return nil
 }
 
@@ -170,6 +181,7 @@ type started struct {
 	nbd     []net.Listener
 	tls     *tls.Config  // nil: NBD over TCP without TLS (loopback only)
 	metrics net.Listener // nil: no --metrics-listen
+	shim    net.Listener // nil: --shim-socket none
 }
 
 // preflight takes the data directory's lock and checks and opens what a
@@ -212,6 +224,11 @@ func preflight(a *gatewayArgs) (*started, error) {
 			return fail(fmt.Errorf("NBD socket: %w", err))
 		}
 		pre.nbd = append(pre.nbd, l)
+	}
+	if a.ShimSocket != "none" {
+		if pre.shim, err = shim.Listen(a.ShimSocket); err != nil {
+			return fail(fmt.Errorf("shim socket: %w", err))
+		}
 	}
 	if addr := a.MetricsListen; addr != "" {
 		if pre.metrics, err = net.Listen("tcp", addr); err != nil {
@@ -258,6 +275,9 @@ func (p *started) close() {
 	}
 	if p.metrics != nil {
 		p.metrics.Close()
+	}
+	if p.shim != nil {
+		p.shim.Close()
 	}
 	p.lock.Close()
 }

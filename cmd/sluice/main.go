@@ -67,6 +67,7 @@ func newApp() *cli.App {
 			scrubCommand(),
 			keyringCommand(),
 			tenantCommand(),
+			runCommand(),
 			controllerCommand(),
 			sloCommand(),
 			clusterCommand(),

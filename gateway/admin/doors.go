@@ -15,6 +15,7 @@ type Doors struct {
 	Mounts      Mounter
 	Attachments Attacher
 	Virtio      VirtioExporter
+	Shim        ShimDoor // nil: the shim door is off
 	// Controller is the cluster controller the gateway follows (nil: none;
 	// GET /v1/controller then says so).
 	Controller ControllerSource
@@ -95,6 +96,7 @@ func (h *handler) routeDoors(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/virtio", h.virtioList)
 	mux.HandleFunc("POST /v1/virtio", h.virtioExport)
 	mux.HandleFunc("DELETE /v1/virtio/{tenant}/{name}", h.virtioUnexport)
+	mux.HandleFunc("GET /v1/shim", h.shim)
 }
 
 func (h *handler) virtioList(w http.ResponseWriter, r *http.Request) {
@@ -306,4 +308,45 @@ func (c *Client) Attach(ctx context.Context, ref string) (Attachment, error) {
 // Detach detaches a device made by Attach.
 func (c *Client) Detach(ctx context.Context, device string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/attachments?device="+url.QueryEscape(device), nil, nil)
+}
+
+// ShimInfo is the LD_PRELOAD door: its socket and live channels (one per
+// client process).
+type ShimInfo struct {
+	Socket   string        `json:"socket"`
+	Channels []ShimChannel `json:"channels"`
+}
+
+// ShimChannel is one client process's channel.
+type ShimChannel struct {
+	ID       uint32 `json:"id"`
+	PID      int32  `json:"pid"`
+	UID      uint32 `json:"uid"`
+	Slots    int    `json:"slots"`
+	SlotData int    `json:"slot_data"`
+	Handles  int    `json:"handles"`
+	Requests uint64 `json:"requests"`
+}
+
+// ShimDoor reports the shim door.
+type ShimDoor interface {
+	Shim() ShimInfo
+}
+
+func (h *handler) shim(w http.ResponseWriter, r *http.Request) {
+	if h.doors.Shim == nil {
+		h.fail(w, fmt.Errorf("the shim door is off (the gateway runs with --shim-socket none): %w", errNoDoor))
+		return
+	}
+	info := h.doors.Shim.Shim()
+	if info.Channels == nil {
+		info.Channels = []ShimChannel{}
+	}
+	reply(w, http.StatusOK, info)
+}
+
+// Shim describes the gateway's shim door (ErrUnsupported when it is off).
+func (c *Client) Shim(ctx context.Context) (ShimInfo, error) {
+	var out ShimInfo
+	return out, c.do(ctx, http.MethodGet, "/v1/shim", nil, &out)
 }

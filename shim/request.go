@@ -1,0 +1,216 @@
+package shim
+
+import (
+	"encoding/binary"
+	"errors"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-storage/sluice/gateway"
+	"github.com/sluice-storage/sluice/internal/bufpool"
+)
+
+// result is a request's completion.
+type result struct {
+	status uint32 // statusDone or statusFallback
+	reason uint32 // with statusFallback
+	value  int64  // with statusDone: >= 0 the answer, < 0 -errno
+}
+
+func done(v int64) result           { return result{status: statusDone, value: v} }
+func failed(e syscall.Errno) result { return result{status: statusDone, value: -int64(e)} }
+func fallback(reason uint32) result { return result{status: statusFallback, reason: reason} }
+
+// bufs holds the copies of written data: the client may change its
+// shared memory while a write runs, and filters (checksums) must see one
+// version of the bytes.
+var bufs bufpool.Pool
+
+// exec checks one request (copied out of shared memory) and runs it
+// through Volume.Do with the file's inode and path. Numbers that do not
+// fit fail EINVAL; a handle the channel does not hold falls back.
+func (c *channel) exec(r record) result {
+	f := c.file(r.handle)
+	if f == nil || !f.acquire() {
+		return fallback(ReasonStale)
+	}
+	defer f.release()
+	switch r.op {
+	case opRead:
+		return c.read(f, r)
+	case opWrite:
+		return c.write(f, r)
+	case opFsync, opFdatasync:
+		return c.do(f, &gateway.Request{Op: gateway.OpSync})
+	case opFtruncate:
+		if !f.writable {
+			return failed(unix.EINVAL) // ftruncate(2) on an fd not open for writing
+		}
+		if r.length < 0 {
+			return failed(unix.EINVAL)
+		}
+		return f.settled(c.do(f, &gateway.Request{Op: gateway.OpSetLength, Length: r.length}))
+	case opFallocate:
+		return f.settled(c.fallocate(f, r))
+	case opFstat:
+		return c.fstat(f, r)
+	}
+	c.s.stats.bad.Add(1)
+	return failed(unix.EINVAL)
+}
+
+// do runs req on f's file and maps its error.
+func (c *channel) do(f *file, req *gateway.Request) result {
+	req.Inode, req.Door, req.Path = f.ino, gateway.DoorShim, f.path()
+	if err := f.vol.Do(c.ctx, req); err != nil {
+		return failed(c.errno(req.Op.String(), err))
+	}
+	return done(0)
+}
+
+func (c *channel) errno(op string, err error) syscall.Errno {
+	e, ok := gateway.Errno(err)
+	if !ok {
+		c.log.Error("shim: request failed", "op", op, "err", err)
+	}
+	return e
+}
+
+// read serves pread(2): it stops at the file's end, as the kernel does.
+func (c *channel) read(f *file, r record) result {
+	lo, hi, err := c.l.dataRange(r.data, r.length)
+	if err == nil {
+		err = fileRange(r.offset, r.length)
+	}
+	if err != nil {
+		c.s.stats.bad.Add(1)
+		return failed(unix.EINVAL)
+	}
+	if !f.readable {
+		return failed(unix.EBADF)
+	}
+	size, err := f.ns.Length(c.ctx, f.ino)
+	if err != nil {
+		return failed(c.errno("read", err))
+	}
+	if r.offset >= size || r.length == 0 {
+		return done(0)
+	}
+	n := min(r.length, size-r.offset)
+	req := gateway.Request{Op: gateway.OpRead, Offset: r.offset, Buf: c.mem[lo : lo+int(n) : hi]}
+	if res := c.do(f, &req); res.value < 0 {
+		return res
+	}
+	return done(n)
+}
+
+// write serves pwrite(2); an fd opened O_DSYNC or O_SYNC writes FUA.
+func (c *channel) write(f *file, r record) result {
+	lo, hi, err := c.l.dataRange(r.data, r.length)
+	if err == nil {
+		err = fileRange(r.offset, r.length)
+	}
+	if err != nil {
+		c.s.stats.bad.Add(1)
+		return failed(unix.EINVAL)
+	}
+	if !f.writable {
+		return failed(unix.EBADF)
+	}
+	if r.length == 0 {
+		return done(0)
+	}
+	size, err := f.ns.Length(c.ctx, f.ino)
+	if err != nil {
+		return failed(c.errno("write", err))
+	}
+	b := bufs.Get(hi - lo)
+	defer bufs.Put(b)
+	copy(b.B, c.mem[lo:hi])
+	req := gateway.Request{Op: gateway.OpWrite, Offset: r.offset, Buf: b.B, FUA: f.dsync}
+	if res := c.do(f, &req); res.value < 0 {
+		return res
+	}
+	if r.offset+r.length > size {
+		return f.settled(done(r.length))
+	}
+	return done(r.length)
+}
+
+// settled waits, after a change of the file's length, until the mount's
+// kernel caches have dropped the old one: a program that maps the file
+// next (SQLite's WAL index) must fault on the new length, not SIGBUS on
+// the old. Overwrites inside the file do not wait (docs/SHIM.md).
+func (f *file) settled(res result) result {
+	if f.settle != nil {
+		f.settle()
+	}
+	return res
+}
+
+// fallocate maps fallocate(2)'s modes as the FUSE door does: plain
+// allocation, PUNCH_HOLE (with KEEP_SIZE, as Linux requires), ZERO_RANGE;
+// any other mode is EOPNOTSUPP.
+func (c *channel) fallocate(f *file, r record) result {
+	if r.offset < 0 || r.length <= 0 || fileRange(r.offset, r.length) != nil {
+		return failed(unix.EINVAL)
+	}
+	if !f.writable {
+		return failed(unix.EBADF)
+	}
+	keep := r.arg&unix.FALLOC_FL_KEEP_SIZE != 0
+	req := gateway.Request{Offset: r.offset, Length: r.length, KeepSize: keep}
+	switch r.arg &^ unix.FALLOC_FL_KEEP_SIZE {
+	case 0:
+		req.Op = gateway.OpAllocate
+	case unix.FALLOC_FL_PUNCH_HOLE:
+		if !keep {
+			return failed(unix.EOPNOTSUPP)
+		}
+		req.Op = gateway.OpDiscard
+	case unix.FALLOC_FL_ZERO_RANGE:
+		req.Op = gateway.OpWriteZeroes
+	default:
+		return failed(unix.EOPNOTSUPP)
+	}
+	return c.do(f, &req)
+}
+
+// fstat writes the file's attributes (statLen bytes) to the request's
+// data; the client fills st_dev from its registration.
+func (c *channel) fstat(f *file, r record) result {
+	lo, _, err := c.l.dataRange(r.data, statLen)
+	if err != nil {
+		c.s.stats.bad.Add(1)
+		return failed(unix.EINVAL)
+	}
+	a, err := f.ns.GetAttr(c.ctx, f.ino)
+	if err != nil {
+		if errors.Is(err, gateway.ErrNotFound) {
+			return fallback(ReasonStale)
+		}
+		return failed(c.errno("fstat", err))
+	}
+	var b [statLen]byte
+	encodeStat(b[:], a)
+	copy(c.mem[lo:lo+statLen], b[:])
+	return done(statLen)
+}
+
+// encodeStat lays out a's fields as fstat's answer (docs/SHIM.md).
+func encodeStat(b []byte, a gateway.Attr) {
+	le := binary.LittleEndian
+	le.PutUint64(b[0:], a.Ino)
+	le.PutUint64(b[8:], uint64(a.Size))
+	le.PutUint64(b[16:], uint64(a.Blocks))
+	le.PutUint32(b[24:], a.Mode)
+	le.PutUint32(b[28:], a.Nlink)
+	le.PutUint32(b[32:], a.UID)
+	le.PutUint32(b[36:], a.GID)
+	le.PutUint64(b[40:], uint64(a.Rdev))
+	le.PutUint64(b[48:], uint64(a.Atime))
+	le.PutUint64(b[56:], uint64(a.Mtime))
+	le.PutUint64(b[64:], uint64(a.Ctime))
+	le.PutUint32(b[72:], 4096) // st_blksize, as the FUSE door reports it
+}

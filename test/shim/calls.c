@@ -1,0 +1,214 @@
+/* The shim's call matrix, run under `sluice run` by TestShimCalls: every
+ * call the library intercepts, in each glibc spelling, on files of a
+ * Sluice mount. It checks results itself (exit 1 and a message on the
+ * first wrong one); the test checks from SLUICE_SHIM_STATS that the calls
+ * took the shim's path.
+ *
+ * usage: calls DIR       the matrix, files in DIR
+ *        calls DIR loop  write and read DIR/loop until a call fails or
+ *                        60 s pass (the gateway-killed test) */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The __fxstat family and the fortified entry points, as old or
+ * fortified binaries call them. */
+extern int __fxstat(int ver, int fd, struct stat *st);
+extern int __fxstat64(int ver, int fd, struct stat64 *st);
+extern ssize_t __read_chk(int fd, void *buf, size_t n, size_t buflen);
+extern ssize_t __pread_chk(int fd, void *buf, size_t n, off_t off, size_t buflen);
+extern ssize_t __pread64_chk(int fd, void *buf, size_t n, off64_t off, size_t buflen);
+extern int __open_2(const char *path, int flags);
+extern int __open64_2(const char *path, int flags);
+
+static const char *dir;
+
+#define CHECK(cond, ...)                                            \
+	do {                                                        \
+		if (!(cond)) {                                      \
+			fprintf(stderr, "calls: line %d: ", __LINE__); \
+			fprintf(stderr, __VA_ARGS__);               \
+			fprintf(stderr, " (errno %d)\n", errno);    \
+			exit(1);                                    \
+		}                                                   \
+	} while (0)
+
+static char *at(const char *name) {
+	static char p[4][4096];
+	static int i;
+	i = (i + 1) % 4;
+	snprintf(p[i], sizeof p[i], "%s/%s", dir, name);
+	return p[i];
+}
+
+static void fill(char *b, size_t n, char seed) {
+	for (size_t i = 0; i < n; i++)
+		b[i] = (char)(seed + i % 23);
+}
+
+static void data_calls(void) {
+	char w[300000], r[300000];
+	fill(w, sizeof w, 'a');
+	int fd = open(at("data"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(fd >= 3, "open");
+	/* pwrite and pwrite64; larger than a slot: split by the library */
+	CHECK(pwrite(fd, w, sizeof w, 0) == (ssize_t)sizeof w, "pwrite");
+	CHECK(pwrite64(fd, w, 4096, 1 << 20) == 4096, "pwrite64");
+	CHECK(pread(fd, r, sizeof r, 0) == (ssize_t)sizeof r && memcmp(r, w, sizeof r) == 0, "pread");
+	CHECK(pread64(fd, r, 4096, 1 << 20) == 4096 && memcmp(r, w, 4096) == 0, "pread64");
+	CHECK(__pread_chk(fd, r, 100, 10, sizeof r) == 100 && memcmp(r, w + 10, 100) == 0, "__pread_chk");
+	CHECK(__pread64_chk(fd, r, 100, 20, sizeof r) == 100 && memcmp(r, w + 20, 100) == 0, "__pread64_chk");
+	CHECK(pread(fd, r, 10, (1 << 20) + 4096) == 0, "pread at the end");
+	/* read and write at the kernel's offset */
+	CHECK(lseek(fd, 0, SEEK_SET) == 0, "lseek SET");
+	CHECK(read(fd, r, 1000) == 1000 && memcmp(r, w, 1000) == 0, "read");
+	CHECK(lseek(fd, 0, SEEK_CUR) == 1000, "read moved the offset");
+	CHECK(__read_chk(fd, r, 1000, sizeof r) == 1000 && memcmp(r, w + 1000, 1000) == 0, "__read_chk");
+	CHECK(write(fd, "WRITE", 5) == 5, "write");
+	CHECK(lseek64(fd, 0, SEEK_CUR) == 2005, "write moved the offset");
+	CHECK(pread(fd, r, 5, 2000) == 5 && memcmp(r, "WRITE", 5) == 0, "write landed at the offset");
+	/* SEEK_END from the gateway's length */
+	CHECK(lseek(fd, 0, SEEK_END) == (1 << 20) + 4096, "lseek END");
+	CHECK(lseek64(fd, -96, SEEK_END) == (1 << 20) + 4000, "lseek64 END");
+	/* fstat's spellings */
+	struct stat st;
+	struct stat64 st64;
+	CHECK(fstat(fd, &st) == 0 && st.st_size == (1 << 20) + 4096 && S_ISREG(st.st_mode), "fstat");
+	CHECK(fstat64(fd, &st64) == 0 && st64.st_size == st.st_size && st64.st_ino == st.st_ino, "fstat64");
+	CHECK(__fxstat(1, fd, &st) == 0 && st.st_size == (1 << 20) + 4096, "__fxstat");
+	CHECK(__fxstat64(1, fd, &st64) == 0 && st64.st_ino == st.st_ino, "__fxstat64");
+	struct stat kst;
+	CHECK(stat(at("data"), &kst) == 0 && kst.st_ino == st.st_ino && kst.st_dev == st.st_dev, "the kernel's identity");
+	/* sync, length, allocation */
+	CHECK(fsync(fd) == 0 && fdatasync(fd) == 0, "fsync, fdatasync");
+	CHECK(ftruncate(fd, 8192) == 0 && fstat(fd, &st) == 0 && st.st_size == 8192, "ftruncate");
+	CHECK(ftruncate64(fd, 4096) == 0 && lseek(fd, 0, SEEK_END) == 4096, "ftruncate64");
+	CHECK(fallocate(fd, 0, 0, 16384) == 0 && fstat(fd, &st) == 0 && st.st_size == 16384, "fallocate");
+	CHECK(fallocate64(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 0, 4096) == 0, "fallocate64 punch");
+	CHECK(pread(fd, r, 4096, 0) == 4096 && r[0] == 0 && r[4095] == 0, "punched range reads zeros");
+	CHECK(posix_fallocate(fd, 0, 32768) == 0 && fstat(fd, &st) == 0 && st.st_size == 32768, "posix_fallocate");
+	CHECK(posix_fallocate64(fd, 0, 40960) == 0, "posix_fallocate64");
+	CHECK(close(fd) == 0, "close");
+
+	/* written through the mount by a process without the shim */
+	fd = open(at("from-mount"), O_RDONLY);
+	CHECK(fd >= 0 && pread(fd, r, 64, 0) == 26 && memcmp(r, "written through the mount\n", 26) == 0, "a file written without the shim");
+	close(fd);
+
+	/* open's other spellings */
+	fd = open64(at("data"), O_RDWR);
+	CHECK(fd >= 0 && pwrite(fd, "64", 2, 0) == 2, "open64");
+	close(fd);
+	fd = openat(AT_FDCWD, at("data"), O_RDONLY);
+	CHECK(fd >= 0 && pread(fd, r, 2, 0) == 2 && memcmp(r, "64", 2) == 0, "openat");
+	close(fd);
+	fd = openat64(AT_FDCWD, at("data"), O_RDONLY);
+	CHECK(fd >= 0 && pread(fd, r, 2, 0) == 2, "openat64");
+	close(fd);
+	fd = __open_2(at("data"), O_RDONLY);
+	CHECK(fd >= 0 && read(fd, r, 2) == 2, "__open_2");
+	close(fd);
+	fd = __open64_2(at("data"), O_RDONLY);
+	CHECK(fd >= 0 && read(fd, r, 2) == 2, "__open64_2");
+	close(fd);
+}
+
+/* dup'd fds share the kernel's offset, and each is served. */
+static void dup_calls(void) {
+	int fd = open(at("dup"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(fd >= 0, "open dup");
+	int d1 = dup(fd), d2 = dup2(fd, 40), d3 = dup3(fd, 41, O_CLOEXEC), d4 = fcntl(fd, F_DUPFD, 50), d5 = fcntl(fd, F_DUPFD_CLOEXEC, 60);
+	CHECK(d1 > 0 && d2 == 40 && d3 == 41 && d4 >= 50 && d5 >= 60, "dup family");
+	CHECK(write(fd, "0123", 4) == 4 && write(d1, "4567", 4) == 4 && write(d2, "89", 2) == 2, "writes through dups");
+	CHECK(write(d3, "ab", 2) == 2 && write(d4, "cd", 2) == 2 && write(d5, "ef", 2) == 2, "more writes through dups");
+	char r[32] = {0};
+	CHECK(pread(d1, r, 16, 0) == 16 && memcmp(r, "0123456789abcdef", 16) == 0, "the shared offset: %.16s", r);
+	CHECK(lseek(d5, 0, SEEK_CUR) == 16, "one offset");
+	/* F_SETFL O_APPEND: the fd goes to the kernel from now on */
+	CHECK(fcntl(fd, F_SETFL, O_APPEND) == 0, "F_SETFL");
+	CHECK(pwrite(fd, "Z", 1, 0) == 1, "pwrite on O_APPEND");
+	int fl = fcntl(fd, F_GETFL);
+	CHECK(fl & O_APPEND, "F_GETFL");
+	close(d1), close(d2), close(d3), close(d4), close(d5), close(fd);
+	CHECK(close(d1) == -1 && errno == EBADF, "close twice");
+}
+
+/* A read-only fd's write is the kernel's EBADF. */
+static void readonly_calls(void) {
+	int fd = open(at("data"), O_RDONLY);
+	CHECK(fd >= 0, "open ro");
+	char r[4];
+	CHECK(pread(fd, r, 2, 0) == 2, "pread ro");
+	errno = 0;
+	CHECK(pwrite(fd, "no", 2, 0) == -1 && errno == EBADF, "pwrite on a read-only fd");
+	errno = 0;
+	CHECK(write(fd, "no", 2) == -1 && errno == EBADF, "write on a read-only fd");
+	errno = 0;
+	CHECK(ftruncate(fd, 0) == -1 && errno == EINVAL, "ftruncate on a read-only fd");
+	close(fd);
+}
+
+/* A fork child does IO on an inherited fd and on its own, on a channel
+ * of its own; the parent carries on with its own. */
+static void fork_calls(void) {
+	int fd = open(at("fork"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(fd >= 0 && pwrite(fd, "parent", 6, 0) == 6, "parent write");
+	pid_t pid = fork();
+	CHECK(pid >= 0, "fork");
+	if (pid == 0) {
+		char r[8] = {0};
+		CHECK(pread(fd, r, 6, 0) == 6 && memcmp(r, "parent", 6) == 0, "child reads the parent's");
+		CHECK(pwrite(fd, "child!", 6, 6) == 6, "child write");
+		CHECK(lseek(fd, 0, SEEK_SET) == 0 && write(fd, "P", 1) == 1, "child moves the shared offset");
+		int own = open(at("fork-child"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+		CHECK(own >= 0 && pwrite(own, "mine", 4, 0) == 4 && fsync(own) == 0, "child's own file");
+		close(own);
+		exit(0);
+	}
+	int status;
+	CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child failed");
+	char r[16] = {0};
+	CHECK(pread(fd, r, 12, 0) == 12 && memcmp(r, "Parentchild!", 12) == 0, "parent reads the child's: %.12s", r);
+	CHECK(lseek(fd, 0, SEEK_CUR) == 1, "the offset the child moved");
+	close(fd);
+}
+
+static int loop(void) {
+	int fd = open(at("loop"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(fd >= 0, "open loop");
+	char b[4096];
+	fill(b, sizeof b, 'l');
+	time_t end = time(NULL) + 60;
+	long i;
+	for (i = 0; time(NULL) < end; i++) {
+		if (pwrite(fd, b, sizeof b, (i % 256) * 4096) < 0 || pread(fd, b, sizeof b, (i % 256) * 4096) < 0) {
+			printf("failed after %ld rounds: errno %d\n", i, errno);
+			return 0;
+		}
+		if (i == 100)
+			printf("running\n"), fflush(stdout);
+	}
+	printf("no failure in 60 s\n");
+	return 2;
+}
+
+int main(int argc, char **argv) {
+	if (argc < 2)
+		return 2;
+	dir = argv[1];
+	if (argc > 2 && strcmp(argv[2], "loop") == 0)
+		return loop();
+	data_calls();
+	dup_calls();
+	readonly_calls();
+	fork_calls();
+	printf("ok\n");
+	return 0;
+}
