@@ -77,18 +77,29 @@ func (c *channel) errno(op string, err error) syscall.Errno {
 	return e
 }
 
-// read serves pread(2): it stops at the file's end, as the kernel does.
-func (c *channel) read(f *file, r record) result {
+// dataRange checks a read's or write's record: its slot data range, its
+// file range, and that the fd allows the access (allowed). It returns the
+// data's place in the shared memory, or the result to answer with.
+func (c *channel) dataRange(r record, allowed bool) (lo, hi int, res result, ok bool) {
 	lo, hi, err := c.l.dataRange(r.data, r.length)
 	if err == nil {
 		err = fileRange(r.offset, r.length)
 	}
 	if err != nil {
 		c.s.stats.bad.Add(1)
-		return failed(unix.EINVAL)
+		return 0, 0, failed(unix.EINVAL), false
 	}
-	if !f.readable {
-		return failed(unix.EBADF)
+	if !allowed {
+		return 0, 0, failed(unix.EBADF), false
+	}
+	return lo, hi, result{}, true
+}
+
+// read serves pread(2): it stops at the file's end, as the kernel does.
+func (c *channel) read(f *file, r record) result {
+	lo, hi, res, ok := c.dataRange(r, f.readable)
+	if !ok {
+		return res
 	}
 	size, err := f.ns.Length(c.ctx, f.ino)
 	if err != nil {
@@ -107,16 +118,9 @@ func (c *channel) read(f *file, r record) result {
 
 // write serves pwrite(2); an fd opened O_DSYNC or O_SYNC writes FUA.
 func (c *channel) write(f *file, r record) result {
-	lo, hi, err := c.l.dataRange(r.data, r.length)
-	if err == nil {
-		err = fileRange(r.offset, r.length)
-	}
-	if err != nil {
-		c.s.stats.bad.Add(1)
-		return failed(unix.EINVAL)
-	}
-	if !f.writable {
-		return failed(unix.EBADF)
+	lo, hi, res, ok := c.dataRange(r, f.writable)
+	if !ok {
+		return res
 	}
 	if r.length == 0 {
 		return done(0)

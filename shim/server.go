@@ -2,17 +2,15 @@ package shim
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"sort"
 	"sync/atomic"
 	"time"
 
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/internal/door"
+	"github.com/sluice-storage/sluice/internal/listen"
 )
 
 // Mounts are the gateway's own FUSE mounts, as the shim checks a file it
@@ -92,25 +90,7 @@ func NewServer(mounts Mounts, opts Options) *Server {
 // temporary name and renames it into place, so the path never names a
 // socket nobody listens on.
 func Listen(path string) (*net.UnixListener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, err
-	}
-	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
-	os.Remove(tmp)
-	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: tmp, Net: "unixpacket"})
-	if err != nil {
-		return nil, err
-	}
-	l.SetUnlinkOnClose(false)
-	if err := os.Chmod(tmp, 0o666); err != nil {
-		l.Close()
-		return nil, err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		l.Close()
-		return nil, err
-	}
-	return l, nil
+	return listen.Unix("unixpacket", path, 0o666)
 }
 
 // Serve accepts clients on l until Shutdown, l is closed, or ctx ends

@@ -22,6 +22,7 @@ import (
 	"github.com/sluice-storage/sluice/controller"
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/gateway/filter"
+	"github.com/sluice-storage/sluice/internal/listen"
 	"github.com/sluice-storage/sluice/nbd"
 	"github.com/sluice-storage/sluice/shim"
 	"github.com/sluice-storage/sluice/virtio"
@@ -338,28 +339,10 @@ func checkNotRunning(socket string) error {
 	return os.Remove(socket)
 }
 
-// listenUnix creates a unix socket with the given mode, atomically: it binds
-// a temporary name, sets the mode, then renames it into place.
+// listenUnix creates a unix socket with the given mode, atomically
+// (internal/listen.Unix).
 func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, err
-	}
-	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
-	os.Remove(tmp)
-	l, err := net.Listen("unix", tmp)
-	if err != nil {
-		return nil, err
-	}
-	l.(*net.UnixListener).SetUnlinkOnClose(false)
-	if err := os.Chmod(tmp, mode); err != nil {
-		l.Close()
-		return nil, err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		l.Close()
-		return nil, err
-	}
-	return l, nil
+	return listen.Unix("unix", path, mode)
 }
 
 // nbdExports resolves NBD export names ("tenant/volume") to volumes.
