@@ -14,15 +14,24 @@
 #include <unistd.h>
 
 static const char *call_names[NUM_CALLS] = {
-	"read", "__read_chk", "write", "pread", "pread64", "__pread_chk", "__pread64_chk",
-	"pwrite", "pwrite64", "lseek", "lseek64", "fsync", "fdatasync", "ftruncate",
-	"ftruncate64", "fallocate", "fallocate64", "posix_fallocate", "posix_fallocate64",
-	"fstat", "fstat64", "__fxstat", "__fxstat64",
+	[CALL_read] = "read", [CALL_read_chk] = "__read_chk", [CALL_write] = "write",
+	[CALL_pread] = "pread", [CALL_pread64] = "pread64", [CALL_pread_chk] = "__pread_chk",
+	[CALL_pread64_chk] = "__pread64_chk", [CALL_pwrite] = "pwrite", [CALL_pwrite64] = "pwrite64",
+	[CALL_lseek] = "lseek", [CALL_lseek64] = "lseek64", [CALL_fsync] = "fsync",
+	[CALL_fdatasync] = "fdatasync", [CALL_ftruncate] = "ftruncate", [CALL_ftruncate64] = "ftruncate64",
+	[CALL_fallocate] = "fallocate", [CALL_fallocate64] = "fallocate64",
+	[CALL_posix_fallocate] = "posix_fallocate", [CALL_posix_fallocate64] = "posix_fallocate64",
+	[CALL_fstat] = "fstat", [CALL_fstat64] = "fstat64", [CALL_fxstat] = "__fxstat", [CALL_fxstat64] = "__fxstat64",
+	[CALL_readv] = "readv", [CALL_writev] = "writev", [CALL_preadv] = "preadv", [CALL_preadv64] = "preadv64",
+	[CALL_pwritev] = "pwritev", [CALL_pwritev64] = "pwritev64", [CALL_preadv2] = "preadv2",
+	[CALL_preadv64v2] = "preadv64v2", [CALL_pwritev2] = "pwritev2", [CALL_pwritev64v2] = "pwritev64v2",
+	[CALL_sync_file_range] = "sync_file_range", [CALL_statx] = "statx", [CALL_fstatat] = "fstatat",
+	[CALL_fstatat64] = "fstatat64", [CALL_fxstatat] = "__fxstatat", [CALL_fxstatat64] = "__fxstatat64",
 };
 
 static const char *reason_names[NUM_REASONS] = {
 	"none", "not_sluice", "not_regular", "o_append", "o_path", "mmap",
-	"gateway_gone", "error", "too_many", "stale_handle",
+	"gateway_gone", "error", "too_many", "stale_handle", "flags",
 };
 
 void shim_opened(int fd) {
@@ -107,6 +116,16 @@ void shim_mapping(int fd) {
 		fd_off(e, REASON_MMAP);
 		pthread_mutex_unlock(&S.ctl);
 	}
+	shim_kernel_length(fd);
+}
+
+/* shim_kernel_length makes the kernel take the file's length from the
+ * gateway: the mount's notifier has invalidated its cached attributes
+ * after a shim write that changed the length, and a kernel fstat fetches
+ * them again. Before an mmap (a fault past a stale length is SIGBUS) and
+ * before an append the kernel serves (it appends at its own idea of the
+ * end, which it does not refresh itself). Cheap while they are valid. */
+void shim_kernel_length(int fd) {
 	struct stat st;
 	shim_raw(SYS_fstat, fd, (long)&st, 0, 0);
 }
@@ -119,10 +138,7 @@ void shim_setfl(int fd, int flags) {
 	fd_drop(e);
 	fd_off(e, REASON_APPEND);
 	pthread_mutex_unlock(&S.ctl);
-	/* The kernel appends at its own idea of the end: make it take the
-	 * length our writes gave the file. */
-	struct stat st;
-	shim_raw(SYS_fstat, fd, (long)&st, 0, 0);
+	shim_kernel_length(fd);
 }
 
 /* ---- fork, start and exit ---- */

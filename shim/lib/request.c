@@ -15,6 +15,7 @@
 #include <sched.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -75,11 +76,37 @@ static int await(struct chan *c, struct shm_slot *s) {
 	return 0;
 }
 
+/* A cursor over a program's vector: pieces of the slot data are gathered
+ * from it (writes) or scattered into it (reads), one iovec after another. */
+struct cursor {
+	const struct iovec *iov;
+	int cnt, i;
+	size_t at; /* bytes of iov[i] already moved */
+};
+
+/* move copies n bytes between the cursor's buffers and p: into p (gather)
+ * or out of p (scatter). The cursor holds at least n more bytes. */
+static void move(struct cursor *cur, char *p, size_t n, int gather) {
+	while (n > 0 && cur->i < cur->cnt) {
+		char *b = (char *)cur->iov[cur->i].iov_base + cur->at;
+		size_t k = cur->iov[cur->i].iov_len - cur->at;
+		if (k > n)
+			k = n;
+		if (gather)
+			memcpy(p, b, k);
+		else
+			memcpy(b, p, k);
+		p += k, n -= k, cur->at += k;
+		if (cur->at == cur->iov[cur->i].iov_len)
+			cur->i++, cur->at = 0;
+	}
+}
+
 /* submit runs one request on c: in (write data) or out (read data, the
  * stat answer) of at most slot_data bytes. It returns the answer, -errno,
  * or SHIM_FALLBACK with *reason. */
 static int64_t submit(struct chan *c, struct fdent *e, uint32_t op, uint32_t arg, int64_t off, int64_t len,
-		      const void *in, void *out, uint32_t *reason) {
+		      struct cursor *in, struct cursor *out, uint32_t *reason) {
 	int idx = claim(c);
 	if (idx < 0) {
 		chan_retire(c);
@@ -90,7 +117,7 @@ static int64_t submit(struct chan *c, struct fdent *e, uint32_t op, uint32_t arg
 	struct shm_slot *s = (struct shm_slot *)(c->mem + SHM_PAGE) + idx;
 	char *data = c->mem + c->data_start + (size_t)idx * c->slot_data;
 	if (in && len > 0)
-		memcpy(data, in, (size_t)len);
+		move(in, data, (size_t)len, 1);
 	s->op = op;
 	s->arg = arg;
 	s->handle = e->handle;
@@ -114,7 +141,7 @@ static int64_t submit(struct chan *c, struct fdent *e, uint32_t op, uint32_t arg
 	uint32_t status = s->status;
 	*reason = s->reason;
 	if (status == STATUS_DONE && out && res > 0 && res <= len)
-		memcpy(out, data, (size_t)res);
+		move(out, data, (size_t)res, 0);
 	__atomic_store_n(&s->state, SLOT_FREE, __ATOMIC_RELEASE);
 	if (status != STATUS_DONE)
 		return SHIM_FALLBACK;
@@ -137,12 +164,15 @@ static int64_t finish(enum call call, struct fdent *e, int64_t r, uint32_t reaso
 	return r;
 }
 
-/* rw moves n bytes at off in slot-sized pieces; a short piece ends it. */
-static int64_t rw(struct chan *c, struct fdent *e, uint32_t op, char *rbuf, const char *wbuf, size_t n, int64_t off, uint32_t *reason) {
+/* rw moves n bytes at off in slot-sized pieces, gathered from or
+ * scattered into the cursor; a short piece ends it. */
+static int64_t rw(struct chan *c, struct fdent *e, uint32_t op, uint32_t arg, struct cursor *cur, size_t n, int64_t off,
+		  uint32_t *reason) {
 	size_t done = 0;
 	while (done < n) {
 		size_t piece = n - done < c->slot_data ? n - done : c->slot_data;
-		int64_t r = submit(c, e, op, 0, off + (int64_t)done, (int64_t)piece, wbuf ? wbuf + done : NULL, rbuf ? rbuf + done : NULL, reason);
+		int64_t r = submit(c, e, op, arg, off + (int64_t)done, (int64_t)piece, op == OP_WRITE ? cur : NULL,
+				   op == OP_READ ? cur : NULL, reason);
 		if (r == SHIM_FALLBACK || r < 0)
 			return done > 0 ? (int64_t)done : r;
 		done += (size_t)r;
@@ -152,57 +182,52 @@ static int64_t rw(struct chan *c, struct fdent *e, uint32_t op, char *rbuf, cons
 	return (int64_t)done;
 }
 
-static int64_t io(enum call call, int fd, struct fdent *e, uint32_t op, void *rbuf, const void *wbuf, size_t n, int64_t off) {
+/* shim_io moves the vector's bytes at off, or at the kernel's file
+ * offset (SHIM_AT_OFFSET: read it, move the data at it, advance it). Two
+ * threads or processes doing read() or write() on one open file
+ * description at once may both use the same offset (the kernel would
+ * serialise them): docs/SHIM.md. */
+int64_t shim_io(enum call call, int fd, struct fdent *e, uint32_t op, uint32_t arg, const struct iovec *iov, int cnt, int64_t off) {
+	size_t n = 0;
+	for (int i = 0; i < cnt; i++)
+		n += iov[i].iov_len;
+	if (n > (size_t)INT64_MAX || (off < 0 && off != SHIM_AT_OFFSET))
+		return -EINVAL; /* the callers pass neither */
 	uint32_t reason;
 	struct chan *c = fd_ready(fd, e, &reason);
 	if (!c) {
 		count_call(call, reason);
+		if (op == OP_WRITE && reason == REASON_APPEND)
+			shim_kernel_length(fd);
 		return SHIM_FALLBACK;
 	}
-	int64_t r = rw(c, e, op, rbuf, wbuf, n, off, &reason);
-	chan_release(c);
-	return finish(call, e, r, reason);
-}
-
-int64_t shim_pread(enum call call, int fd, struct fdent *e, void *buf, size_t n, int64_t off) {
-	if (off < 0)
-		return -EINVAL;
-	return io(call, fd, e, OP_READ, buf, NULL, n, off);
-}
-
-int64_t shim_pwrite(enum call call, int fd, struct fdent *e, const void *buf, size_t n, int64_t off) {
-	if (off < 0)
-		return -EINVAL;
-	return io(call, fd, e, OP_WRITE, NULL, buf, n, off);
-}
-
-/* shim_read and shim_write use the kernel's offset: read it, move the
- * data at it, advance it. Two threads or processes doing read() or
- * write() on one open file description at once may both use the same
- * offset (the kernel would serialise them): docs/SHIM.md. */
-static int64_t at_offset(enum call call, int fd, struct fdent *e, uint32_t op, void *rbuf, const void *wbuf, size_t n) {
-	uint32_t reason;
-	struct chan *c = fd_ready(fd, e, &reason);
-	if (!c) {
-		count_call(call, reason);
-		return SHIM_FALLBACK;
-	}
-	int64_t pos = shim_raw(SYS_lseek, fd, 0, SEEK_CUR, 0);
-	int64_t r = pos < 0 ? SHIM_FALLBACK : rw(c, e, op, rbuf, wbuf, n, pos, &reason);
+	int64_t pos = off;
+	if (off == SHIM_AT_OFFSET)
+		pos = shim_raw(SYS_lseek, fd, 0, SEEK_CUR, 0);
+	struct cursor cur = {.iov = iov, .cnt = cnt};
+	int64_t r = SHIM_FALLBACK;
 	if (pos < 0)
 		reason = REASON_ERROR;
+	else
+		r = rw(c, e, op, arg, &cur, n, pos, &reason);
 	chan_release(c);
-	if (r > 0)
+	if (off == SHIM_AT_OFFSET && r > 0)
 		shim_raw(SYS_lseek, fd, pos + r, SEEK_SET, 0);
-	return finish(call, e, r, reason);
+	r = finish(call, e, r, reason);
+	if (op == OP_WRITE && r == SHIM_FALLBACK && reason == REASON_APPEND)
+		shim_kernel_length(fd);
+	return r;
 }
 
-int64_t shim_read(enum call call, int fd, struct fdent *e, void *buf, size_t n) {
-	return at_offset(call, fd, e, OP_READ, buf, NULL, n);
-}
-
-int64_t shim_write(enum call call, int fd, struct fdent *e, const void *buf, size_t n) {
-	return at_offset(call, fd, e, OP_WRITE, NULL, buf, n);
+int64_t shim_check(enum call call, int fd, struct fdent *e, uint32_t why) {
+	uint32_t reason;
+	struct chan *c = fd_ready(fd, e, &reason);
+	if (c) {
+		chan_release(c);
+		reason = why;
+	}
+	count_call(call, reason);
+	return reason == REASON_NONE ? 0 : SHIM_FALLBACK;
 }
 
 int64_t shim_op(enum call call, int fd, struct fdent *e, uint32_t op, uint32_t arg, int64_t off, int64_t len) {
@@ -217,39 +242,46 @@ int64_t shim_op(enum call call, int fd, struct fdent *e, uint32_t op, uint32_t a
 	return finish(call, e, r, reason);
 }
 
-int64_t shim_fstat(enum call call, int fd, struct fdent *e, struct stat *st) {
+/* shim_attr asks the gateway for fd's attributes (fstat, statx). */
+int64_t shim_attr(enum call call, int fd, struct fdent *e, struct shm_stat *a) {
 	uint32_t reason;
 	struct chan *c = fd_ready(fd, e, &reason);
 	if (!c) {
 		count_call(call, reason);
 		return SHIM_FALLBACK;
 	}
-	struct shm_stat a;
-	int64_t r = submit(c, e, OP_FSTAT, 0, 0, sizeof a, NULL, &a, &reason);
+	struct iovec v = {.iov_base = a, .iov_len = sizeof *a};
+	struct cursor out = {.iov = &v, .cnt = 1};
+	int64_t r = submit(c, e, OP_FSTAT, 0, 0, sizeof *a, NULL, &out, &reason);
 	chan_release(c);
-	if (r >= 0 && r != sizeof a)
-		r = -EIO;
-	if (r == sizeof a) {
-		memset(st, 0, sizeof *st);
-		st->st_dev = e->dev;
-		st->st_ino = a.ino;
-		st->st_mode = a.mode;
-		st->st_nlink = a.nlink;
-		st->st_uid = a.uid;
-		st->st_gid = a.gid;
-		st->st_rdev = a.rdev;
-		st->st_size = a.size;
-		st->st_blksize = a.blksize;
-		st->st_blocks = a.blocks;
-		st->st_atim.tv_sec = a.atime_ns / 1000000000LL;
-		st->st_atim.tv_nsec = a.atime_ns % 1000000000LL;
-		st->st_mtim.tv_sec = a.mtime_ns / 1000000000LL;
-		st->st_mtim.tv_nsec = a.mtime_ns % 1000000000LL;
-		st->st_ctim.tv_sec = a.ctime_ns / 1000000000LL;
-		st->st_ctim.tv_nsec = a.ctime_ns % 1000000000LL;
-		r = 0;
-	}
+	if (r >= 0)
+		r = r == sizeof *a ? 0 : -EIO;
 	return finish(call, e, r, reason);
+}
+
+int64_t shim_fstat(enum call call, int fd, struct fdent *e, struct stat *st) {
+	struct shm_stat a;
+	int64_t r = shim_attr(call, fd, e, &a);
+	if (r != 0)
+		return r;
+	memset(st, 0, sizeof *st);
+	st->st_dev = e->dev;
+	st->st_ino = a.ino;
+	st->st_mode = a.mode;
+	st->st_nlink = a.nlink;
+	st->st_uid = a.uid;
+	st->st_gid = a.gid;
+	st->st_rdev = a.rdev;
+	st->st_size = a.size;
+	st->st_blksize = a.blksize;
+	st->st_blocks = a.blocks;
+	st->st_atim.tv_sec = a.atime_ns / 1000000000LL;
+	st->st_atim.tv_nsec = a.atime_ns % 1000000000LL;
+	st->st_mtim.tv_sec = a.mtime_ns / 1000000000LL;
+	st->st_mtim.tv_nsec = a.mtime_ns % 1000000000LL;
+	st->st_ctim.tv_sec = a.ctime_ns / 1000000000LL;
+	st->st_ctim.tv_nsec = a.ctime_ns % 1000000000LL;
+	return 0;
 }
 
 /* shim_seek_end is lseek(fd, off, SEEK_END) with the gateway's length:

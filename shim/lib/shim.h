@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "proto.h"
 
@@ -44,6 +45,22 @@ enum call {
 	CALL_fstat64,
 	CALL_fxstat,
 	CALL_fxstat64,
+	CALL_readv,
+	CALL_writev,
+	CALL_preadv,
+	CALL_preadv64,
+	CALL_pwritev,
+	CALL_pwritev64,
+	CALL_preadv2,
+	CALL_preadv64v2,
+	CALL_pwritev2,
+	CALL_pwritev64v2,
+	CALL_sync_file_range,
+	CALL_statx,
+	CALL_fstatat,
+	CALL_fstatat64,
+	CALL_fxstatat,
+	CALL_fxstatat64,
 	NUM_CALLS
 };
 
@@ -110,14 +127,21 @@ static inline void set_state(struct fdent *e, uint32_t s) { __atomic_store_n(&e-
  * SLUICE_SHIM_SOCKET) or fd is outside the table: pass the call through. */
 struct fdent *shim_fd(int fd);
 
+/* SHIM_AT_OFFSET, as shim_io's offset: at the kernel's file offset, which
+ * the call then advances (read, write, readv, writev, the v2 calls' -1). */
+#define SHIM_AT_OFFSET INT64_MIN
+
 /* Data calls. Each returns >= 0, -errno, or SHIM_FALLBACK (counted). */
-int64_t shim_pread(enum call call, int fd, struct fdent *e, void *buf, size_t n, int64_t off);
-int64_t shim_pwrite(enum call call, int fd, struct fdent *e, const void *buf, size_t n, int64_t off);
-int64_t shim_read(enum call call, int fd, struct fdent *e, void *buf, size_t n);
-int64_t shim_write(enum call call, int fd, struct fdent *e, const void *buf, size_t n);
+int64_t shim_io(enum call call, int fd, struct fdent *e, uint32_t op, uint32_t arg, const struct iovec *iov, int cnt, int64_t off);
 int64_t shim_op(enum call call, int fd, struct fdent *e, uint32_t op, uint32_t arg, int64_t off, int64_t len);
+int64_t shim_attr(enum call call, int fd, struct fdent *e, struct shm_stat *a);
 int64_t shim_fstat(enum call call, int fd, struct fdent *e, struct stat *st);
 int64_t shim_seek_end(enum call call, int fd, struct fdent *e, int64_t off);
+/* shim_check answers a call the library serves without a request (why:
+ * REASON_NONE; 0) or sends to the kernel for why (SHIM_FALLBACK); either
+ * way fd is first looked at, and an fd the library does not serve counts
+ * its own reason. */
+int64_t shim_check(enum call call, int fd, struct fdent *e, uint32_t why);
 
 /* Table upkeep. */
 void shim_opened(int fd);             /* a new fd (open, dup): forget what its number was */
@@ -125,6 +149,7 @@ void shim_closing(int fd);            /* before fd is closed or replaced (dup2) 
 void shim_closing_range(int lo, int hi);
 void shim_setfl(int fd, int flags);   /* after fcntl(F_SETFL) */
 void shim_mapping(int fd);            /* before mmap of fd */
+void shim_kernel_length(int fd);      /* the kernel refreshes fd's length (before it appends or maps) */
 
 /* Raw syscalls (no libc wrapper: those are what we interpose). */
 long shim_raw(long nr, long a, long b, long c, long d);
