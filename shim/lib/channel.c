@@ -262,16 +262,28 @@ void fd_unregister(struct fdent *e) {
 	chan_release(c);
 }
 
-/* drop forgets e's registration (ctl held): the handle goes back to the
- * gateway and our witness is closed. */
+/* fd_drop forgets e's registration (ctl held): the handle goes back to
+ * the gateway. Our witness stays open as long as the program's fd: any
+ * close of a file drops the process's POSIX locks on it (fcntl F_SETLK,
+ * SQLite's), and the program still holds them. The next registration of
+ * the fd takes the witness up again. */
 void fd_drop(struct fdent *e) {
 	if (state_of(e) != FD_ON)
 		return;
 	fd_unregister(e);
-	int w = e->witness;
-	e->witness = -1;
 	set_state(e, FD_UNKNOWN);
-	if (w >= 0) {
+}
+
+/* fd_forget: the program closed or replaced fd, or did behind our back
+ * (ctl held). The entry forgets everything and our witness is closed:
+ * the program's own close drops (or dropped) the process's locks on the
+ * file anyway. */
+void fd_forget(struct fdent *e) {
+	fd_drop(e);
+	int w = e->witness;
+	e->witness = 0;
+	set_state(e, FD_UNKNOWN);
+	if (w > 0) {
 		if (w < TABLE_MAX)
 			set_state(&S.table[w], FD_UNKNOWN);
 		shim_raw(SYS_close, w, 0, 0, 0);
@@ -309,6 +321,23 @@ static uint32_t check_fd(int fd, struct stat *st) {
 	return REASON_NONE;
 }
 
+/* witness returns our dup of fd (ctl held): the one e keeps if it is
+ * still fd's file (the fd was registered before), else a new one. A
+ * witness of another file means the program closed fd behind our back
+ * (which dropped its locks on that file): that one is closed. */
+static int witness(int fd, struct fdent *e) {
+	pid_t pid = getpid();
+	if (e->witness > 0 && syscall(SYS_kcmp, pid, pid, KCMP_FILE, fd, e->witness) == 0)
+		return e->witness;
+	fd_forget(e);
+	int w = (int)shim_raw(SYS_fcntl, fd, F_DUPFD_CLOEXEC, S.fd_base, 0);
+	if (w >= TABLE_MAX) {
+		shim_raw(SYS_close, w, 0, 0, 0);
+		return -1;
+	}
+	return w;
+}
+
 /* do_register hands fd to the gateway and records its answer in e (ctl
  * held, e in FD_UNKNOWN). It returns the reason the fd is not served, or
  * REASON_GONE with e left unknown (try again later). */
@@ -336,10 +365,8 @@ static uint32_t do_register(int fd, struct fdent *e) {
 		fd_off(e, rep.reason);
 		return rep.reason;
 	}
-	int w = (int)shim_raw(SYS_fcntl, fd, F_DUPFD_CLOEXEC, S.fd_base, 0);
-	if (w < 0 || w >= TABLE_MAX) {
-		if (w >= 0)
-			shim_raw(SYS_close, w, 0, 0, 0);
+	int w = witness(fd, e);
+	if (w < 0) {
 		e->handle = rep.handle;
 		e->gen = c->gen;
 		fd_unregister(e);

@@ -39,11 +39,10 @@ void shim_opened(int fd) {
 	if (!e)
 		return;
 	fd_touch(fd);
-	if (state_of(e) == FD_UNKNOWN)
+	if (state_of(e) == FD_UNKNOWN && e->witness == 0)
 		return;
 	pthread_mutex_lock(&S.ctl);
-	fd_drop(e);
-	set_state(e, FD_UNKNOWN);
+	fd_forget(e);
 	pthread_mutex_unlock(&S.ctl);
 }
 
@@ -52,22 +51,20 @@ void shim_opened(int fd) {
  * registered again when used; a channel fd retires the channel. */
 void shim_closing(int fd) {
 	struct fdent *e = shim_fd(fd);
-	if (!e || state_of(e) == FD_UNKNOWN)
+	if (!e || (state_of(e) == FD_UNKNOWN && e->witness == 0))
 		return;
 	pthread_mutex_lock(&S.ctl);
 	switch (state_of(e)) {
+	case FD_UNKNOWN:
 	case FD_ON:
-		fd_drop(e);
-		break;
 	case FD_OFF:
-		set_state(e, FD_UNKNOWN);
+		fd_forget(e);
 		break;
 	case FD_WITNESS: {
 		struct fdent *o = shim_fd(e->owner);
-		if (o && state_of(o) == FD_ON && o->witness == fd) {
-			fd_unregister(o);
-			o->witness = -1;
-			set_state(o, FD_UNKNOWN);
+		if (o && o->witness == fd) {
+			fd_drop(o);
+			o->witness = 0;
 		}
 		set_state(e, FD_UNKNOWN);
 		break;
@@ -162,8 +159,9 @@ static void child_after_fork(void) {
 	}
 	for (int fd = 0; fd < S.hiwater; fd++) {
 		struct fdent *e = &S.table[fd];
-		if (e->state == FD_ON && e->witness >= 0)
+		if (e->state != FD_WITNESS && e->witness > 0)
 			shim_raw(SYS_close, e->witness, 0, 0, 0);
+		e->witness = 0;
 		if (e->state != FD_OFF)
 			e->state = FD_UNKNOWN;
 	}

@@ -79,7 +79,7 @@ struct fdent {
 	uint64_t handle;
 	uint64_t dev, ino;
 	uint32_t gen;     /* the channel the handle belongs to */
-	int32_t witness;  /* FD_ON: our dup of the fd (kcmp proves fd is still that file) */
+	int32_t witness;  /* our dup of the fd (kcmp proves fd is still that file), 0: none (ours are >= 3) */
 	int32_t owner;    /* FD_WITNESS: the fd it witnesses */
 	uint32_t flags;   /* REG_READABLE | REG_WRITABLE */
 };
@@ -164,7 +164,8 @@ void chan_release(struct chan *c);
 void chan_retire(struct chan *c);                     /* c is dead: the next call opens another */
 int chan_gone(struct chan *c);                        /* the gateway closed c's socket */
 void fd_unregister(struct fdent *e);                  /* give e's handle back to the gateway */
-void fd_drop(struct fdent *e);                        /* forget e's registration (ctl held) */
+void fd_drop(struct fdent *e);                        /* forget e's registration, keep its witness (ctl held) */
+void fd_forget(struct fdent *e);                      /* forget e altogether: the program closed it (ctl held) */
 void fd_off(struct fdent *e, uint32_t reason);        /* the kernel serves e from now on (ctl held) */
 struct chan *fd_ready(int fd, struct fdent *e, uint32_t *reason); /* the channel to serve fd on */
 
