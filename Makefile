@@ -33,7 +33,7 @@ shim: $(SHIM_LIB)
 
 $(SHIM_LIB): $(SHIM_SRC)
 	@mkdir -p $(dir $@)
-	$(SHIM_CC) -O2 -fPIC -shared -Wall -Wextra -Werror -U_FORTIFY_SOURCE -fvisibility=hidden -o $@ shim/lib/channel.c shim/lib/intercept.c
+	$(SHIM_CC) -O2 -fPIC -shared -Wall -Wextra -Werror -U_FORTIFY_SOURCE -fvisibility=hidden -o $@ shim/lib/channel.c shim/lib/request.c shim/lib/fdtable.c shim/lib/intercept.c
 
 # A gateway on the embedded default: badger + a sparse pool file in ./sluice-data,
 # tenants' encryption keys in ./sluice-keyring (created empty, mode 0600; add

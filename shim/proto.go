@@ -39,19 +39,20 @@ const (
 // the names are what SLUICE_SHIM_STATS and the metrics print.
 const (
 	ReasonNone       = 0
-	ReasonNotSluice  = 1 // not a file of one of this gateway's fs mounts
-	ReasonNotRegular = 2 // not a regular file
-	ReasonAppend     = 3 // opened O_APPEND (the kernel keeps appends atomic)
-	ReasonPath       = 4 // an O_PATH descriptor
-	ReasonMmap       = 5 // the file is mapped (reserved: not used yet)
-	ReasonGone       = 6 // no gateway, or it went away
-	ReasonError      = 7 // the registration failed (see the gateway's log)
-	ReasonTooMany    = 8 // the channel holds its maximum of handles
-	ReasonStale      = 9 // a request named a handle the channel does not hold
-	numReasons       = 10
+	ReasonNotSluice  = 1  // not a file of one of this gateway's fs mounts
+	ReasonNotRegular = 2  // not a regular file
+	ReasonAppend     = 3  // opened O_APPEND (the kernel keeps appends atomic)
+	ReasonPath       = 4  // an O_PATH descriptor
+	ReasonMmap       = 5  // the file is mapped (the library's own)
+	ReasonGone       = 6  // no gateway, or it went away
+	ReasonError      = 7  // the registration failed (see the gateway's log)
+	ReasonTooMany    = 8  // the channel holds its maximum of handles
+	ReasonStale      = 9  // a request named a handle the channel does not hold
+	ReasonFlags      = 10 // a call's flags the library does not serve (the library's own: RWF_NOWAIT, statx fields)
+	numReasons       = 11
 )
 
-var reasonNames = [numReasons]string{"none", "not_sluice", "not_regular", "o_append", "o_path", "mmap", "gateway_gone", "error", "too_many", "stale_handle"}
+var reasonNames = [numReasons]string{"none", "not_sluice", "not_regular", "o_append", "o_path", "mmap", "gateway_gone", "error", "too_many", "stale_handle", "flags"}
 
 // ReasonName is the name of a reason number.
 func ReasonName(r uint32) string {
@@ -197,7 +198,7 @@ const (
 	recState   = 0  // u32: slotFree, slotClaimed, slotSubmitted, slotDone (a futex word)
 	recWaiting = 4  // u32: 1 while the client thread sleeps on state
 	recOp      = 8  // u32
-	recArg     = 12 // u32: op-specific (fallocate's mode)
+	recArg     = 12 // u32: op-specific (fallocate's mode, write's writeFUA)
 	recHandle  = 16 // u64
 	recOffset  = 24 // i64
 	recLength  = 32 // i64
@@ -232,6 +233,11 @@ const (
 	opFstat     = 7
 	numOpCodes  = 8
 )
+
+// writeFUA, in a write's arg: the write is durable when answered
+// (pwritev2's RWF_DSYNC or RWF_SYNC), as every write of an fd opened
+// O_DSYNC or O_SYNC is. No other bit is defined.
+const writeFUA = 1
 
 var opCodeNames = [numOpCodes]string{"op0", "read", "write", "fsync", "fdatasync", "ftruncate", "fallocate", "fstat"}
 

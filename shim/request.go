@@ -116,11 +116,16 @@ func (c *channel) read(f *file, r record) result {
 	return done(n)
 }
 
-// write serves pwrite(2); an fd opened O_DSYNC or O_SYNC writes FUA.
+// write serves pwrite(2); an fd opened O_DSYNC or O_SYNC, or a write
+// with writeFUA (pwritev2's RWF_DSYNC), writes FUA.
 func (c *channel) write(f *file, r record) result {
 	lo, hi, res, ok := c.dataRange(r, f.writable)
 	if !ok {
 		return res
+	}
+	if r.arg&^writeFUA != 0 {
+		c.s.stats.bad.Add(1)
+		return failed(unix.EINVAL)
 	}
 	if r.length == 0 {
 		return done(0)
@@ -132,7 +137,7 @@ func (c *channel) write(f *file, r record) result {
 	b := bufs.Get(hi - lo)
 	defer bufs.Put(b)
 	copy(b.B, c.mem[lo:hi])
-	req := gateway.Request{Op: gateway.OpWrite, Offset: r.offset, Buf: b.B, FUA: f.dsync}
+	req := gateway.Request{Op: gateway.OpWrite, Offset: r.offset, Buf: b.B, FUA: f.dsync || r.arg&writeFUA != 0}
 	if res := c.do(f, &req); res.value < 0 {
 		return res
 	}

@@ -91,6 +91,10 @@ func TestRequests(t *testing.T) {
 	if status, _, n := c.do(req{op: opWrite, handle: r.Handle, offset: 4096, length: int64(len(payload))}, payload); status != statusDone || n != int64(len(payload)) {
 		t.Fatalf("write: status %d result %d", status, n)
 	}
+	// A durable write (pwritev2's RWF_DSYNC) of the same bytes.
+	if status, _, n := c.do(req{op: opWrite, arg: writeFUA, handle: r.Handle, offset: 4096, length: int64(len(payload))}, payload); status != statusDone || n != int64(len(payload)) {
+		t.Fatalf("FUA write: status %d result %d", status, n)
+	}
 	// Through the mount, as another process would read it.
 	got, err := os.ReadFile(path)
 	if err != nil || len(got) != 4096+len(payload) || !bytes.Equal(got[4096:], payload) || !bytes.Equal(got[:4096], make([]byte, 4096)) {
@@ -143,10 +147,10 @@ func TestRequests(t *testing.T) {
 			shimOps += int(o.Ops)
 		}
 	}
-	// write, read, fsync, fdatasync, ftruncate, fallocate: the read past
-	// the end, fstat and the refused mode never reach Volume.Do.
-	if shimOps != 6 {
-		t.Errorf("the volume counted %d shim requests, want 6", shimOps)
+	// write twice, read, fsync, fdatasync, ftruncate, fallocate: the read
+	// past the end, fstat and the refused mode never reach Volume.Do.
+	if shimOps != 7 {
+		t.Errorf("the volume counted %d shim requests, want 7", shimOps)
 	}
 }
 
@@ -278,6 +282,7 @@ func TestHostileRequests(t *testing.T) {
 		{"stat into the header", req{op: opFstat, handle: h, data: 16}},
 		{"negative truncate", req{op: opFtruncate, handle: h, length: -1}},
 		{"fallocate nothing", req{op: opFallocate, handle: h, length: 0}},
+		{"write with an unknown flag", req{op: opWrite, arg: writeFUA << 1, handle: h, length: 16}},
 		{"unknown op", req{op: 99, handle: h}},
 	} {
 		hdr := append([]byte(nil), c.mem[:pageSize]...)

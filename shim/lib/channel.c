@@ -1,29 +1,22 @@
-/* libsluice-shim: the channel to the gateway, the fd table and the
- * counters. docs/SHIM.md is the manual.
+/* libsluice-shim: the channel to the gateway and the registration of
+ * fds. docs/SHIM.md is the manual; request.c runs requests on a channel,
+ * fdtable.c keeps the fd table, fork and the counters.
  *
  * One channel per process: a SOCK_SEQPACKET socket to the gateway's shim
  * socket, a sealed memfd (header, slot records, data regions) and an
- * eventfd to kick the gateway's poller. A thread claims a free slot with
- * one compare-and-swap, fills it, marks it submitted (a bit in the
- * header's bitmap), kicks the eventfd only when the gateway says its
- * poller sleeps, and waits for its own slot: a short spin, then a futex
- * on the slot's state word with a 50 ms timeout, after each of which it
- * checks that the gateway's socket is still open. Nothing here starts a
- * thread; the control socket is used under one mutex. */
+ * eventfd to kick the gateway's poller. An fd is registered on its first
+ * data call: the fd itself goes to the gateway (SCM_RIGHTS), which answers
+ * with a handle or the reason it will not serve it. Nothing here starts a
+ * thread; the control socket is used under one mutex (S.ctl). */
 #include "shim.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/futex.h>
 #include <linux/kcmp.h>
 #include <poll.h>
 #include <pthread.h>
-#include <sched.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/eventfd.h>
@@ -33,75 +26,24 @@
 
 #define SLOTS 32
 #define SLOT_DATA (256 * 1024)
-#define TABLE_MAX 65536
-#define SPIN_NS 10000               /* spin on a slot before sleeping */
-#define SLEEP_NS 50000000           /* one futex wait; then check the socket */
 #define REPLY_TIMEOUT_MS 5000       /* a control reply */
 #define RETRY_NS 1000000000LL       /* after a failed connect, wait this long */
 
-/* A channel. Its struct is never freed (a page per channel the process
- * ever had): a thread that loaded the pointer before the channel died may
- * still look at it. users counts the threads inside it, plus one while it
- * is the current channel; the last one out of a dead channel unmaps it. */
-struct chan {
-	int sock, kick;
-	char *mem;
-	size_t size;
-	uint32_t slots, slot_data, data_start;
-	uint32_t gen;
-	uint32_t users, dead, destroyed;
-};
-
-static struct {
-	int enabled, stats;
-	int stats_fd; /* a dup of stderr taken at start: programs close theirs (gnulib's close_stdout) */
-	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	struct fdent *table;
-	int hiwater; /* highest fd with an entry + 1 */
-	int fd_base; /* where our own fds go: high, out of programs' way */
-	pthread_mutex_t ctl;
-	struct chan *cur;
-	uint32_t gens;
-	int64_t failed_at;
-	uint64_t neg_dev[16]; /* devices the gateway said are not its mounts */
-	int neg_n;
-	uint64_t counts[NUM_CALLS][1 + NUM_REASONS]; /* [0] bypassed, [1+r] fell back for r */
-} S = {.ctl = PTHREAD_MUTEX_INITIALIZER};
-
-static const char *call_names[NUM_CALLS] = {
-	"read", "__read_chk", "write", "pread", "pread64", "__pread_chk", "__pread64_chk",
-	"pwrite", "pwrite64", "lseek", "lseek64", "fsync", "fdatasync", "ftruncate",
-	"ftruncate64", "fallocate", "fallocate64", "posix_fallocate", "posix_fallocate64",
-	"fstat", "fstat64", "__fxstat", "__fxstat64",
-};
-
-static const char *reason_names[NUM_REASONS] = {
-	"none", "not_sluice", "not_regular", "o_append", "o_path", "mmap",
-	"gateway_gone", "error", "too_many", "stale_handle",
-};
-
-#if defined(__x86_64__) || defined(__i386__)
-#define cpu_relax() __builtin_ia32_pause()
-#elif defined(__aarch64__)
-#define cpu_relax() __asm__ volatile("yield")
-#else
-#define cpu_relax() ((void)0)
-#endif
+struct shim_state S = {.ctl = PTHREAD_MUTEX_INITIALIZER};
 
 long shim_raw(long nr, long a, long b, long c, long d) { return syscall(nr, a, b, c, d); }
 
-/* raw_mmap: the library maps its own memory without its mmap wrapper. */
-static void *raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+void *raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
 	return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
 }
 
-static int64_t now_ns(void) {
+int64_t now_ns(void) {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static void count(enum call call, uint32_t reason) {
+void count_call(enum call call, uint32_t reason) {
 	if (reason >= NUM_REASONS)
 		reason = REASON_ERROR;
 	__atomic_fetch_add(&S.counts[call][reason == REASON_NONE ? 0 : 1 + reason], 1, __ATOMIC_RELAXED);
@@ -113,10 +55,7 @@ struct fdent *shim_fd(int fd) {
 	return &S.table[fd];
 }
 
-static uint32_t state_of(struct fdent *e) { return __atomic_load_n(&e->state, __ATOMIC_ACQUIRE); }
-static void set_state(struct fdent *e, uint32_t s) { __atomic_store_n(&e->state, s, __ATOMIC_RELEASE); }
-
-static void touch(int fd) {
+void fd_touch(int fd) {
 	if (fd >= 0 && fd < TABLE_MAX && fd + 1 > __atomic_load_n(&S.hiwater, __ATOMIC_RELAXED))
 		__atomic_store_n(&S.hiwater, fd + 1, __ATOMIC_RELAXED);
 }
@@ -194,12 +133,12 @@ static void destroy(struct chan *c) {
 	}
 }
 
-static void chan_release(struct chan *c) {
+void chan_release(struct chan *c) {
 	if (__atomic_sub_fetch(&c->users, 1, __ATOMIC_ACQ_REL) == 0 && __atomic_load_n(&c->dead, __ATOMIC_ACQUIRE))
 		destroy(c);
 }
 
-static struct chan *chan_acquire(void) {
+struct chan *chan_acquire(void) {
 	struct chan *c = __atomic_load_n(&S.cur, __ATOMIC_ACQUIRE);
 	if (!c)
 		return NULL;
@@ -213,7 +152,7 @@ static struct chan *chan_acquire(void) {
 
 /* retire makes c dead (once): new calls open another channel; the last
  * thread inside it unmaps it. */
-static void retire(struct chan *c) {
+void chan_retire(struct chan *c) {
 	uint32_t zero = 0;
 	if (!__atomic_compare_exchange_n(&c->dead, &zero, 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
 		return;
@@ -223,7 +162,7 @@ static void retire(struct chan *c) {
 }
 
 /* gone reports whether the gateway has closed its end of c's socket. */
-static int gone(struct chan *c) {
+int chan_gone(struct chan *c) {
 	if (__atomic_load_n(&c->dead, __ATOMIC_ACQUIRE))
 		return 1;
 	struct pollfd p = {.fd = __atomic_load_n(&c->sock, __ATOMIC_ACQUIRE), .events = POLLIN | POLLRDHUP};
@@ -291,7 +230,7 @@ static struct chan *chan_open(void) {
 	for (int i = 0; i < 2; i++) {
 		int fd = i ? c->kick : c->sock;
 		if (fd < TABLE_MAX) {
-			touch(fd);
+			fd_touch(fd);
 			set_state(&S.table[fd], FD_CHANNEL);
 		}
 	}
@@ -312,7 +251,7 @@ fail:
 
 /* ---- registration ---- */
 
-static void unregister(struct fdent *e) {
+void fd_unregister(struct fdent *e) {
 	struct chan *c = chan_acquire();
 	if (!c)
 		return;
@@ -323,23 +262,35 @@ static void unregister(struct fdent *e) {
 	chan_release(c);
 }
 
-/* drop forgets e's registration (ctl held): the handle goes back to the
- * gateway and our witness is closed. */
-static void drop(struct fdent *e) {
+/* fd_drop forgets e's registration (ctl held): the handle goes back to
+ * the gateway. Our witness stays open as long as the program's fd: any
+ * close of a file drops the process's POSIX locks on it (fcntl F_SETLK,
+ * SQLite's), and the program still holds them. The next registration of
+ * the fd takes the witness up again. */
+void fd_drop(struct fdent *e) {
 	if (state_of(e) != FD_ON)
 		return;
-	unregister(e);
-	int w = e->witness;
-	e->witness = -1;
+	fd_unregister(e);
 	set_state(e, FD_UNKNOWN);
-	if (w >= 0) {
+}
+
+/* fd_forget: the program closed or replaced fd, or did behind our back
+ * (ctl held). The entry forgets everything and our witness is closed:
+ * the program's own close drops (or dropped) the process's locks on the
+ * file anyway. */
+void fd_forget(struct fdent *e) {
+	fd_drop(e);
+	int w = e->witness;
+	e->witness = 0;
+	set_state(e, FD_UNKNOWN);
+	if (w > 0) {
 		if (w < TABLE_MAX)
 			set_state(&S.table[w], FD_UNKNOWN);
 		shim_raw(SYS_close, w, 0, 0, 0);
 	}
 }
 
-static void off(struct fdent *e, uint32_t reason) {
+void fd_off(struct fdent *e, uint32_t reason) {
 	e->reason = reason;
 	set_state(e, FD_OFF);
 }
@@ -370,6 +321,23 @@ static uint32_t check_fd(int fd, struct stat *st) {
 	return REASON_NONE;
 }
 
+/* witness returns our dup of fd (ctl held): the one e keeps if it is
+ * still fd's file (the fd was registered before), else a new one. A
+ * witness of another file means the program closed fd behind our back
+ * (which dropped its locks on that file): that one is closed. */
+static int witness(int fd, struct fdent *e) {
+	pid_t pid = getpid();
+	if (e->witness > 0 && syscall(SYS_kcmp, pid, pid, KCMP_FILE, fd, e->witness) == 0)
+		return e->witness;
+	fd_forget(e);
+	int w = (int)shim_raw(SYS_fcntl, fd, F_DUPFD_CLOEXEC, S.fd_base, 0);
+	if (w >= TABLE_MAX) {
+		shim_raw(SYS_close, w, 0, 0, 0);
+		return -1;
+	}
+	return w;
+}
+
 /* do_register hands fd to the gateway and records its answer in e (ctl
  * held, e in FD_UNKNOWN). It returns the reason the fd is not served, or
  * REASON_GONE with e left unknown (try again later). */
@@ -377,7 +345,7 @@ static uint32_t do_register(int fd, struct fdent *e) {
 	struct stat st;
 	uint32_t r = check_fd(fd, &st);
 	if (r != REASON_NONE) {
-		off(e, r);
+		fd_off(e, r);
 		return r;
 	}
 	struct chan *c = __atomic_load_n(&S.cur, __ATOMIC_ACQUIRE);
@@ -388,26 +356,24 @@ static uint32_t do_register(int fd, struct fdent *e) {
 	struct msg_register m = {.h = {MSG_MAGIC, MSG_REGISTER, SHIM_VERSION}, .fd = (uint32_t)fd};
 	struct msg_registered rep;
 	if (send_msg(c->sock, &m, sizeof m, &fd, 1) < 0 || recv_reply(c->sock, &rep, sizeof rep, MSG_REGISTERED) < 0) {
-		retire(c);
+		chan_retire(c);
 		return REASON_GONE;
 	}
 	if (rep.reason != REASON_NONE) {
 		if (rep.reason == REASON_NOT_SLUICE && S.neg_n < 16)
 			S.neg_dev[S.neg_n++] = st.st_dev;
-		off(e, rep.reason);
+		fd_off(e, rep.reason);
 		return rep.reason;
 	}
-	int w = (int)shim_raw(SYS_fcntl, fd, F_DUPFD_CLOEXEC, S.fd_base, 0);
-	if (w < 0 || w >= TABLE_MAX) {
-		if (w >= 0)
-			shim_raw(SYS_close, w, 0, 0, 0);
+	int w = witness(fd, e);
+	if (w < 0) {
 		e->handle = rep.handle;
 		e->gen = c->gen;
-		unregister(e);
-		off(e, REASON_ERROR);
+		fd_unregister(e);
+		fd_off(e, REASON_ERROR);
 		return REASON_ERROR;
 	}
-	touch(w);
+	fd_touch(w);
 	S.table[w].owner = fd;
 	set_state(&S.table[w], FD_WITNESS);
 	e->handle = rep.handle;
@@ -425,7 +391,7 @@ static uint32_t do_register(int fd, struct fdent *e) {
  * is proven still to be the registered file (kcmp against our witness: an
  * fd closed and reused behind our back, by stdio say, is caught) on the
  * current channel; otherwise it is registered again. */
-static struct chan *ready(int fd, struct fdent *e, uint32_t *reason) {
+struct chan *fd_ready(int fd, struct fdent *e, uint32_t *reason) {
 	pid_t pid = getpid();
 	for (int attempt = 0; attempt < 2; attempt++) {
 		uint32_t s = state_of(e);
@@ -438,7 +404,7 @@ static struct chan *ready(int fd, struct fdent *e, uint32_t *reason) {
 			if (c)
 				chan_release(c);
 			pthread_mutex_lock(&S.ctl);
-			drop(e);
+			fd_drop(e);
 			pthread_mutex_unlock(&S.ctl);
 			continue;
 		}
@@ -460,420 +426,4 @@ static struct chan *ready(int fd, struct fdent *e, uint32_t *reason) {
 	}
 	*reason = REASON_ERROR;
 	return NULL;
-}
-
-/* ---- requests ---- */
-
-/* claim takes a free slot (one CAS), or -1 if the channel dies while all
- * are busy. */
-static int claim(struct chan *c) {
-	static __thread uint32_t hint;
-	struct shm_slot *slots = (struct shm_slot *)(c->mem + SHM_PAGE);
-	for (uint32_t spins = 0;; spins++) {
-		for (uint32_t i = 0; i < c->slots; i++) {
-			uint32_t idx = (hint + i) % c->slots;
-			uint32_t want = SLOT_FREE;
-			if (__atomic_load_n(&slots[idx].state, __ATOMIC_RELAXED) == SLOT_FREE &&
-			    __atomic_compare_exchange_n(&slots[idx].state, &want, SLOT_CLAIMED, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
-				hint = idx;
-				return (int)idx;
-			}
-		}
-		if (spins % 1024 == 1023 && gone(c))
-			return -1;
-		sched_yield();
-	}
-}
-
-/* await waits for slot s to be done: 0, or -1 if the gateway is gone. */
-static int await(struct chan *c, struct shm_slot *s) {
-	int64_t start = now_ns();
-	while (now_ns() - start < SPIN_NS) {
-		if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == SLOT_DONE)
-			return 0;
-		cpu_relax();
-	}
-	for (;;) {
-		__atomic_store_n(&s->waiting, 1, __ATOMIC_SEQ_CST);
-		if (__atomic_load_n(&s->state, __ATOMIC_SEQ_CST) == SLOT_DONE)
-			break;
-		struct timespec ts = {0, SLEEP_NS};
-		syscall(SYS_futex, &s->state, FUTEX_WAIT, SLOT_SUBMITTED, &ts, NULL, 0);
-		if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == SLOT_DONE)
-			break;
-		if (gone(c)) {
-			__atomic_store_n(&s->waiting, 0, __ATOMIC_RELAXED);
-			return -1;
-		}
-	}
-	__atomic_store_n(&s->waiting, 0, __ATOMIC_RELAXED);
-	return 0;
-}
-
-/* submit runs one request on c: in (write data) or out (read data, the
- * stat answer) of at most slot_data bytes. It returns the answer, -errno,
- * or SHIM_FALLBACK with *reason. */
-static int64_t submit(struct chan *c, struct fdent *e, uint32_t op, uint32_t arg, int64_t off, int64_t len,
-		      const void *in, void *out, uint32_t *reason) {
-	int idx = claim(c);
-	if (idx < 0) {
-		retire(c);
-		*reason = REASON_GONE;
-		return SHIM_FALLBACK;
-	}
-	struct shm_header *h = (struct shm_header *)c->mem;
-	struct shm_slot *s = (struct shm_slot *)(c->mem + SHM_PAGE) + idx;
-	char *data = c->mem + c->data_start + (size_t)idx * c->slot_data;
-	if (in && len > 0)
-		memcpy(data, in, (size_t)len);
-	s->op = op;
-	s->arg = arg;
-	s->handle = e->handle;
-	s->offset = off;
-	s->length = len;
-	s->data = (uint64_t)(data - c->mem);
-	s->waiting = 0;
-	__atomic_store_n(&s->state, SLOT_SUBMITTED, __ATOMIC_RELEASE);
-	__atomic_fetch_or(&h->submitted[idx / 64], 1ULL << (idx % 64), __ATOMIC_SEQ_CST);
-	if (__atomic_load_n(&h->idle, __ATOMIC_SEQ_CST)) {
-		uint64_t one = 1;
-		shim_raw(SYS_write, __atomic_load_n(&c->kick, __ATOMIC_ACQUIRE), (long)&one, sizeof one, 0);
-	}
-	if (await(c, s) < 0) {
-		/* The slot stays submitted: the channel is dead and unmapped later. */
-		retire(c);
-		*reason = REASON_GONE;
-		return SHIM_FALLBACK;
-	}
-	int64_t res = s->result;
-	uint32_t status = s->status;
-	*reason = s->reason;
-	if (status == STATUS_DONE && out && res > 0 && res <= len)
-		memcpy(out, data, (size_t)res);
-	__atomic_store_n(&s->state, SLOT_FREE, __ATOMIC_RELEASE);
-	if (status != STATUS_DONE)
-		return SHIM_FALLBACK;
-	if (res > len && (op == OP_READ || op == OP_WRITE))
-		return -EIO;
-	*reason = REASON_NONE;
-	return res;
-}
-
-/* finish counts a call's outcome and, for a stale handle, forgets it. */
-static int64_t finish(enum call call, struct fdent *e, int64_t r, uint32_t reason) {
-	count(call, r == SHIM_FALLBACK ? reason : REASON_NONE);
-	if (r == SHIM_FALLBACK && (reason == REASON_STALE || reason == REASON_APPEND)) {
-		pthread_mutex_lock(&S.ctl);
-		drop(e);
-		if (reason == REASON_APPEND)
-			off(e, REASON_APPEND);
-		pthread_mutex_unlock(&S.ctl);
-	}
-	return r;
-}
-
-/* rw moves n bytes at off in slot-sized pieces; a short piece ends it. */
-static int64_t rw(struct chan *c, struct fdent *e, uint32_t op, char *rbuf, const char *wbuf, size_t n, int64_t off, uint32_t *reason) {
-	size_t done = 0;
-	while (done < n) {
-		size_t piece = n - done < c->slot_data ? n - done : c->slot_data;
-		int64_t r = submit(c, e, op, 0, off + (int64_t)done, (int64_t)piece, wbuf ? wbuf + done : NULL, rbuf ? rbuf + done : NULL, reason);
-		if (r == SHIM_FALLBACK || r < 0)
-			return done > 0 ? (int64_t)done : r;
-		done += (size_t)r;
-		if ((size_t)r < piece)
-			break;
-	}
-	return (int64_t)done;
-}
-
-static int64_t io(enum call call, int fd, struct fdent *e, uint32_t op, void *rbuf, const void *wbuf, size_t n, int64_t off) {
-	uint32_t reason;
-	struct chan *c = ready(fd, e, &reason);
-	if (!c) {
-		count(call, reason);
-		return SHIM_FALLBACK;
-	}
-	int64_t r = rw(c, e, op, rbuf, wbuf, n, off, &reason);
-	chan_release(c);
-	return finish(call, e, r, reason);
-}
-
-int64_t shim_pread(enum call call, int fd, struct fdent *e, void *buf, size_t n, int64_t off) {
-	if (off < 0)
-		return -EINVAL;
-	return io(call, fd, e, OP_READ, buf, NULL, n, off);
-}
-
-int64_t shim_pwrite(enum call call, int fd, struct fdent *e, const void *buf, size_t n, int64_t off) {
-	if (off < 0)
-		return -EINVAL;
-	return io(call, fd, e, OP_WRITE, NULL, buf, n, off);
-}
-
-/* shim_read and shim_write use the kernel's offset: read it, move the
- * data at it, advance it. Two threads or processes doing read() or
- * write() on one open file description at once may both use the same
- * offset (the kernel would serialise them): docs/SHIM.md. */
-static int64_t at_offset(enum call call, int fd, struct fdent *e, uint32_t op, void *rbuf, const void *wbuf, size_t n) {
-	uint32_t reason;
-	struct chan *c = ready(fd, e, &reason);
-	if (!c) {
-		count(call, reason);
-		return SHIM_FALLBACK;
-	}
-	int64_t pos = shim_raw(SYS_lseek, fd, 0, SEEK_CUR, 0);
-	int64_t r = pos < 0 ? SHIM_FALLBACK : rw(c, e, op, rbuf, wbuf, n, pos, &reason);
-	if (pos < 0)
-		reason = REASON_ERROR;
-	chan_release(c);
-	if (r > 0)
-		shim_raw(SYS_lseek, fd, pos + r, SEEK_SET, 0);
-	return finish(call, e, r, reason);
-}
-
-int64_t shim_read(enum call call, int fd, struct fdent *e, void *buf, size_t n) {
-	return at_offset(call, fd, e, OP_READ, buf, NULL, n);
-}
-
-int64_t shim_write(enum call call, int fd, struct fdent *e, const void *buf, size_t n) {
-	return at_offset(call, fd, e, OP_WRITE, NULL, buf, n);
-}
-
-int64_t shim_op(enum call call, int fd, struct fdent *e, uint32_t op, uint32_t arg, int64_t off, int64_t len) {
-	uint32_t reason;
-	struct chan *c = ready(fd, e, &reason);
-	if (!c) {
-		count(call, reason);
-		return SHIM_FALLBACK;
-	}
-	int64_t r = submit(c, e, op, arg, off, len, NULL, NULL, &reason);
-	chan_release(c);
-	return finish(call, e, r, reason);
-}
-
-int64_t shim_fstat(enum call call, int fd, struct fdent *e, struct stat *st) {
-	uint32_t reason;
-	struct chan *c = ready(fd, e, &reason);
-	if (!c) {
-		count(call, reason);
-		return SHIM_FALLBACK;
-	}
-	struct shm_stat a;
-	int64_t r = submit(c, e, OP_FSTAT, 0, 0, sizeof a, NULL, &a, &reason);
-	chan_release(c);
-	if (r >= 0 && r != sizeof a)
-		r = -EIO;
-	if (r == sizeof a) {
-		memset(st, 0, sizeof *st);
-		st->st_dev = e->dev;
-		st->st_ino = a.ino;
-		st->st_mode = a.mode;
-		st->st_nlink = a.nlink;
-		st->st_uid = a.uid;
-		st->st_gid = a.gid;
-		st->st_rdev = a.rdev;
-		st->st_size = a.size;
-		st->st_blksize = a.blksize;
-		st->st_blocks = a.blocks;
-		st->st_atim.tv_sec = a.atime_ns / 1000000000LL;
-		st->st_atim.tv_nsec = a.atime_ns % 1000000000LL;
-		st->st_mtim.tv_sec = a.mtime_ns / 1000000000LL;
-		st->st_mtim.tv_nsec = a.mtime_ns % 1000000000LL;
-		st->st_ctim.tv_sec = a.ctime_ns / 1000000000LL;
-		st->st_ctim.tv_nsec = a.ctime_ns % 1000000000LL;
-		r = 0;
-	}
-	return finish(call, e, r, reason);
-}
-
-/* shim_seek_end is lseek(fd, off, SEEK_END) with the gateway's length:
- * the kernel's cached size lags a shim write by the mount's notifier. */
-int64_t shim_seek_end(enum call call, int fd, struct fdent *e, int64_t off) {
-	struct stat st;
-	int64_t r = shim_fstat(call, fd, e, &st);
-	if (r == SHIM_FALLBACK || r < 0)
-		return r;
-	if ((off > 0 && st.st_size > INT64_MAX - off) || st.st_size + off < 0)
-		return -EINVAL;
-	return shim_raw(SYS_lseek, fd, st.st_size + off, SEEK_SET, 0) < 0 ? -errno : st.st_size + off;
-}
-
-/* ---- the fd table ---- */
-
-void shim_opened(int fd) {
-	struct fdent *e = shim_fd(fd);
-	if (!e)
-		return;
-	touch(fd);
-	if (state_of(e) == FD_UNKNOWN)
-		return;
-	pthread_mutex_lock(&S.ctl);
-	drop(e);
-	set_state(e, FD_UNKNOWN);
-	pthread_mutex_unlock(&S.ctl);
-}
-
-/* shim_closing: the program closes fd or replaces it (dup2). Ours (a
- * witness, the channel's) are let go first: a witness's file is
- * registered again when used; a channel fd retires the channel. */
-void shim_closing(int fd) {
-	struct fdent *e = shim_fd(fd);
-	if (!e || state_of(e) == FD_UNKNOWN)
-		return;
-	pthread_mutex_lock(&S.ctl);
-	switch (state_of(e)) {
-	case FD_ON:
-		drop(e);
-		break;
-	case FD_OFF:
-		set_state(e, FD_UNKNOWN);
-		break;
-	case FD_WITNESS: {
-		struct fdent *o = shim_fd(e->owner);
-		if (o && state_of(o) == FD_ON && o->witness == fd) {
-			unregister(o);
-			o->witness = -1;
-			set_state(o, FD_UNKNOWN);
-		}
-		set_state(e, FD_UNKNOWN);
-		break;
-	}
-	case FD_CHANNEL: {
-		struct chan *c = __atomic_load_n(&S.cur, __ATOMIC_ACQUIRE);
-		if (c) {
-			int want = fd;
-			__atomic_compare_exchange_n(&c->sock, &want, -1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-			want = fd;
-			__atomic_compare_exchange_n(&c->kick, &want, -1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-			retire(c);
-		}
-		set_state(e, FD_UNKNOWN);
-		break;
-	}
-	}
-	pthread_mutex_unlock(&S.ctl);
-}
-
-void shim_closing_range(int lo, int hi) {
-	int top = __atomic_load_n(&S.hiwater, __ATOMIC_RELAXED);
-	for (int fd = lo < 0 ? 0 : lo; fd < top && fd <= hi; fd++)
-		shim_closing(fd);
-	struct chan *c = __atomic_load_n(&S.cur, __ATOMIC_ACQUIRE);
-	if (c && ((c->sock >= lo && c->sock <= hi) || (c->kick >= lo && c->kick <= hi))) {
-		pthread_mutex_lock(&S.ctl);
-		retire(c);
-		pthread_mutex_unlock(&S.ctl);
-	}
-}
-
-/* shim_mapping: the program maps fd. Its data calls go to the kernel from
- * now on (the mapping and the kernel's page cache are one; shim writes
- * would reach the mapping only when the mount's notifier catches up), and
- * a kernel fstat makes the kernel take the length the gateway's notifier
- * invalidated (a fault past a stale length is SIGBUS). */
-void shim_mapping(int fd) {
-	struct fdent *e = shim_fd(fd);
-	if (!e)
-		return;
-	uint32_t s = state_of(e);
-	if (s == FD_ON || s == FD_UNKNOWN) {
-		pthread_mutex_lock(&S.ctl);
-		drop(e);
-		off(e, REASON_MMAP);
-		pthread_mutex_unlock(&S.ctl);
-	}
-	struct stat st;
-	shim_raw(SYS_fstat, fd, (long)&st, 0, 0);
-}
-
-void shim_setfl(int fd, int flags) {
-	struct fdent *e = shim_fd(fd);
-	if (!e || !(flags & O_APPEND) || state_of(e) != FD_ON)
-		return;
-	pthread_mutex_lock(&S.ctl);
-	drop(e);
-	off(e, REASON_APPEND);
-	pthread_mutex_unlock(&S.ctl);
-	/* The kernel appends at its own idea of the end: make it take the
-	 * length our writes gave the file. */
-	struct stat st;
-	shim_raw(SYS_fstat, fd, (long)&st, 0, 0);
-}
-
-/* ---- fork, start and exit ---- */
-
-static void before_fork(void) { pthread_mutex_lock(&S.ctl); }
-static void parent_after_fork(void) { pthread_mutex_unlock(&S.ctl); }
-
-/* child_after_fork: the child shares the parent's memfd and socket but
- * must not use them (its slots are the parent's threads'): it lets go of
- * its copies and opens its own channel on first use. Registrations were
- * the parent's channel's: every fd is checked again. */
-static void child_after_fork(void) {
-	struct chan *c = S.cur;
-	S.cur = NULL;
-	if (c) {
-		munmap(c->mem, c->size);
-		if (c->sock >= 0)
-			shim_raw(SYS_close, c->sock, 0, 0, 0);
-		if (c->kick >= 0)
-			shim_raw(SYS_close, c->kick, 0, 0, 0);
-	}
-	for (int fd = 0; fd < S.hiwater; fd++) {
-		struct fdent *e = &S.table[fd];
-		if (e->state == FD_ON && e->witness >= 0)
-			shim_raw(SYS_close, e->witness, 0, 0, 0);
-		if (e->state != FD_OFF)
-			e->state = FD_UNKNOWN;
-	}
-	memset(S.counts, 0, sizeof S.counts);
-	S.failed_at = 0;
-	pthread_mutex_init(&S.ctl, NULL);
-}
-
-__attribute__((constructor)) static void shim_init(void) {
-	const char *p = getenv("SLUICE_SHIM_SOCKET");
-	const char *st = getenv("SLUICE_SHIM_STATS");
-	S.stats = st && strcmp(st, "1") == 0;
-	S.stats_fd = S.stats ? (int)shim_raw(SYS_fcntl, 2, F_DUPFD_CLOEXEC, 100, 0) : -1;
-	if (!p || !*p || strlen(p) >= sizeof S.path)
-		return;
-	memcpy(S.path, p, strlen(p) + 1);
-	S.table = raw_mmap(NULL, sizeof(struct fdent) * TABLE_MAX, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (S.table == MAP_FAILED)
-		return;
-	struct rlimit rl;
-	S.fd_base = 512;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
-		S.fd_base = rl.rlim_cur / 2 > 3 ? (int)(rl.rlim_cur / 2) : 3;
-	if (S.fd_base > TABLE_MAX / 2)
-		S.fd_base = TABLE_MAX / 2;
-	pthread_atfork(before_fork, parent_after_fork, child_after_fork);
-	S.enabled = 1;
-}
-
-/* At exit, SLUICE_SHIM_STATS=1 prints one line per call that did
- * anything, in a stable format:
- *   sluice-shim: pid=P call=NAME bypassed=N fallback=M [REASON=K ...] */
-__attribute__((destructor)) static void shim_fini(void) {
-	if (!S.stats)
-		return;
-	for (int call = 0; call < NUM_CALLS; call++) {
-		uint64_t fb = 0;
-		for (int r = 1; r < NUM_REASONS; r++)
-			fb += S.counts[call][1 + r];
-		if (S.counts[call][0] == 0 && fb == 0)
-			continue;
-		char line[512];
-		int n = snprintf(line, sizeof line, "sluice-shim: pid=%d call=%s bypassed=%llu fallback=%llu", (int)getpid(),
-				 call_names[call], (unsigned long long)S.counts[call][0], (unsigned long long)fb);
-		for (int r = 1; r < NUM_REASONS && n < (int)sizeof line; r++)
-			if (S.counts[call][1 + r])
-				n += snprintf(line + n, sizeof line - n, " %s=%llu", reason_names[r], (unsigned long long)S.counts[call][1 + r]);
-		if (n >= (int)sizeof line - 1)
-			n = sizeof line - 2;
-		line[n++] = '\n';
-		shim_raw(SYS_write, S.stats_fd >= 0 ? S.stats_fd : 2, (long)line, n, 0);
-	}
 }

@@ -73,7 +73,8 @@ struct msg_registered { /* 48 bytes */
 #define REASON_ERROR 7
 #define REASON_TOO_MANY 8
 #define REASON_STALE 9
-#define NUM_REASONS 10
+#define REASON_FLAGS 10 /* the library's own: a call's flags it does not serve (RWF_NOWAIT, statx fields) */
+#define NUM_REASONS 11
 
 /* Shared memory: a header page, the slot records (64 bytes each, rounded
  * up to a page), then one data region of slot_data bytes per slot. */
@@ -121,6 +122,10 @@ struct shm_slot { /* 64 bytes */
 #define OP_FTRUNCATE 5
 #define OP_FALLOCATE 6
 #define OP_FSTAT 7
+
+/* OP_WRITE's arg: this write is durable when answered (pwritev2's
+ * RWF_DSYNC or RWF_SYNC), as every write of an fd opened O_DSYNC is. */
+#define WRITE_FUA 1u
 
 /* fstat's answer in the data region (80 bytes). */
 struct shm_stat {

@@ -113,7 +113,9 @@ func TestShimCalls(t *testing.T) {
 	st := parseShimStats(string(out))
 	for _, call := range []string{"read", "__read_chk", "write", "pread", "pread64", "__pread_chk", "__pread64_chk",
 		"pwrite", "pwrite64", "lseek", "lseek64", "fsync", "fdatasync", "ftruncate", "ftruncate64", "fallocate",
-		"fallocate64", "posix_fallocate", "posix_fallocate64", "fstat", "fstat64", "__fxstat", "__fxstat64"} {
+		"fallocate64", "posix_fallocate", "posix_fallocate64", "fstat", "fstat64", "__fxstat", "__fxstat64",
+		"readv", "writev", "preadv", "preadv64", "pwritev", "pwritev64", "preadv2", "preadv64v2", "pwritev2", "pwritev64v2",
+		"sync_file_range", "statx", "fstatat", "fstatat64", "__fxstatat", "__fxstatat64"} {
 		if st.sum(call, "bypassed") == 0 {
 			t.Errorf("%s: never bypassed\n%s", call, out)
 		}
@@ -123,9 +125,15 @@ func TestShimCalls(t *testing.T) {
 			}
 		}
 	}
-	// The one fallback the matrix asks for: pwrite after F_SETFL O_APPEND.
-	if n := st.sum("pwrite", "o_append"); n != 1 {
-		t.Errorf("pwrite fell back %d times for o_append, want 1", n)
+	// The fallbacks the matrix asks for: pwrite after F_SETFL O_APPEND,
+	// pwritev2 with RWF_APPEND, preadv2 with RWF_NOWAIT and statx for the
+	// mount id.
+	for _, fb := range []struct {
+		call, reason string
+	}{{"pwrite", "o_append"}, {"pwritev2", "o_append"}, {"preadv2", "flags"}, {"statx", "flags"}} {
+		if n := st.sum(fb.call, fb.reason); n != 1 {
+			t.Errorf("%s fell back %d times for %s, want 1", fb.call, n, fb.reason)
+		}
 	}
 	if n := st.pids("pwrite", "bypassed"); n != 2 {
 		t.Errorf("%d processes bypassed pwrite, want the parent and its fork child\n%s", n, out)

@@ -10,10 +10,13 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,6 +28,8 @@ extern int __fxstat64(int ver, int fd, struct stat64 *st);
 extern ssize_t __read_chk(int fd, void *buf, size_t n, size_t buflen);
 extern ssize_t __pread_chk(int fd, void *buf, size_t n, off_t off, size_t buflen);
 extern ssize_t __pread64_chk(int fd, void *buf, size_t n, off64_t off, size_t buflen);
+extern int __fxstatat(int ver, int dirfd, const char *path, struct stat *st, int flags);
+extern int __fxstatat64(int ver, int dirfd, const char *path, struct stat64 *st, int flags);
 extern int __open_2(const char *path, int flags);
 extern int __open64_2(const char *path, int flags);
 
@@ -120,6 +125,99 @@ static void data_calls(void) {
 	close(fd);
 }
 
+/* iov splits n bytes of b into three buffers of uneven sizes (a slot's
+ * pieces do not fall on their boundaries). */
+static void iov3(struct iovec *v, char *b, size_t n) {
+	v[0] = (struct iovec){b, n / 7};
+	v[1] = (struct iovec){b + n / 7, n / 2};
+	v[2] = (struct iovec){b + n / 7 + n / 2, n - n / 7 - n / 2};
+}
+
+/* The vector family (gathered and scattered through the slots, larger
+ * vectors split across requests), the v2 flags, sync_file_range and the
+ * fd's statx and fstatat spellings. */
+static void vector_calls(void) {
+	static char w[600000], r[600000];
+	fill(w, sizeof w, 'v');
+	struct iovec wv[3], rv[3];
+	int fd = open(at("vec"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(fd >= 0, "open vec");
+	/* pwritev and preadv, both spellings: 600 KB in three pieces */
+	iov3(wv, w, sizeof w);
+	iov3(rv, r, sizeof r);
+	CHECK(pwritev(fd, wv, 3, 4096) == (ssize_t)sizeof w, "pwritev");
+	memset(r, 0, sizeof r);
+	CHECK(preadv(fd, rv, 3, 4096) == (ssize_t)sizeof r && memcmp(r, w, sizeof r) == 0, "preadv");
+	CHECK(pwritev64(fd, wv, 2, 0) == (ssize_t)(wv[0].iov_len + wv[1].iov_len), "pwritev64");
+	memset(r, 0, sizeof r);
+	CHECK(preadv64(fd, rv, 3, 0) == (ssize_t)sizeof r && memcmp(r, w, wv[0].iov_len + wv[1].iov_len) == 0, "preadv64");
+	CHECK(lseek(fd, 0, SEEK_CUR) == 0, "the p calls leave the offset");
+	errno = 0;
+	CHECK(preadv(fd, rv, 3, -1) == -1 && errno == EINVAL, "preadv at -1 is EINVAL");
+	errno = 0;
+	CHECK(pread(fd, r, 1, -5) == -1 && errno == EINVAL, "pread at a negative offset is EINVAL");
+	/* readv and writev at the kernel's offset */
+	CHECK(lseek(fd, 100, SEEK_SET) == 100, "lseek");
+	struct iovec small[3] = {{"ab", 2}, {"cde", 3}, {"f", 1}};
+	CHECK(writev(fd, small, 3) == 6 && lseek(fd, 0, SEEK_CUR) == 106, "writev moved the offset");
+	char a[2], b[3], c[5];
+	struct iovec back[3] = {{a, 2}, {b, 3}, {c, 5}};
+	CHECK(lseek(fd, 100, SEEK_SET) == 100, "lseek");
+	CHECK(readv(fd, back, 3) == 10 && memcmp(a, "ab", 2) == 0 && memcmp(b, "cde", 3) == 0 && c[0] == 'f', "readv");
+	CHECK(lseek(fd, 0, SEEK_CUR) == 110, "readv moved the offset");
+	/* the v2 calls: -1 is the file's offset; HIPRI ignored, DSYNC durable */
+	struct iovec one = {"v2!", 3};
+	CHECK(lseek(fd, 200, SEEK_SET) == 200, "lseek");
+	CHECK(pwritev2(fd, &one, 1, -1, 0) == 3 && lseek(fd, 0, SEEK_CUR) == 203, "pwritev2 at -1");
+	CHECK(pwritev2(fd, &one, 1, 300, RWF_DSYNC) == 3 && lseek(fd, 0, SEEK_CUR) == 203, "pwritev2 RWF_DSYNC");
+	CHECK(pwritev64v2(fd, &one, 1, 400, RWF_SYNC | RWF_HIPRI) == 3, "pwritev64v2 RWF_SYNC|RWF_HIPRI");
+	char t[3];
+	struct iovec in = {t, 3};
+	CHECK(lseek(fd, 200, SEEK_SET) == 200, "lseek");
+	CHECK(preadv2(fd, &in, 1, -1, RWF_HIPRI) == 3 && memcmp(t, "v2!", 3) == 0 && lseek(fd, 0, SEEK_CUR) == 203, "preadv2 at -1");
+	memset(t, 0, 3);
+	CHECK(preadv64v2(fd, &in, 1, 300, 0) == 3 && memcmp(t, "v2!", 3) == 0, "preadv64v2");
+	CHECK(preadv2(fd, &in, 1, 400, 0) == 3 && memcmp(t, "v2!", 3) == 0, "preadv2 at 400");
+	/* RWF_NOWAIT goes to the kernel: its answer on a FUSE file */
+	ssize_t nw = preadv2(fd, &in, 1, 300, RWF_NOWAIT);
+	CHECK(nw == 3 || (nw == -1 && (errno == EOPNOTSUPP || errno == EAGAIN)), "preadv2 RWF_NOWAIT: %zd", nw);
+	/* RWF_APPEND goes to the kernel, which appends at the gateway's length */
+	struct stat st;
+	CHECK(fstat(fd, &st) == 0, "fstat");
+	CHECK(pwritev2(fd, &one, 1, 0, RWF_APPEND) == 3, "pwritev2 RWF_APPEND");
+	CHECK(pread(fd, t, 3, st.st_size) == 3 && memcmp(t, "v2!", 3) == 0, "RWF_APPEND landed at the end (%lld)", (long long)st.st_size);
+	CHECK(pwritev2(fd, &one, 1, 0, 0) == 3, "the fd is still served after RWF_APPEND");
+
+	/* sync_file_range: WRITE alone is done, WAIT_AFTER a sync */
+	CHECK(sync_file_range(fd, 0, 4096, SYNC_FILE_RANGE_WRITE) == 0, "sync_file_range WRITE");
+	CHECK(sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) == 0,
+	      "sync_file_range WAIT_AFTER");
+	errno = 0;
+	CHECK(sync_file_range(fd, 0, 0, 0x80) == -1 && errno == EINVAL, "sync_file_range bad flags");
+	errno = 0;
+	CHECK(sync_file_range(fd, -1, 0, SYNC_FILE_RANGE_WRITE) == -1 && errno == EINVAL, "sync_file_range negative offset");
+
+	/* statx and fstatat on the fd itself: the gateway's attributes */
+	CHECK(pwrite(fd, "end", 3, 1 << 20) == 3, "extend");
+	CHECK(fstat(fd, &st) == 0 && st.st_size == (1 << 20) + 3, "fstat after extending");
+	struct statx sx;
+	CHECK(statx(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS, &sx) == 0, "statx");
+	CHECK(sx.stx_size == (uint64_t)st.st_size && sx.stx_ino == st.st_ino && sx.stx_mode == st.st_mode &&
+		      makedev(sx.stx_dev_major, sx.stx_dev_minor) == st.st_dev && sx.stx_mtime.tv_sec == st.st_mtim.tv_sec &&
+		      (sx.stx_mask & STATX_BASIC_STATS) == STATX_BASIC_STATS && sx.stx_blocks == (uint64_t)st.st_blocks,
+	      "statx agrees with fstat: size %llu", (unsigned long long)sx.stx_size);
+	CHECK(statx(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_MNT_ID, &sx) == 0 && sx.stx_ino == st.st_ino,
+	      "statx for the mount id (the kernel's)");
+	struct stat st2;
+	struct stat64 st64;
+	CHECK(fstatat(fd, "", &st2, AT_EMPTY_PATH) == 0 && st2.st_size == st.st_size && st2.st_ino == st.st_ino, "fstatat");
+	CHECK(fstatat64(fd, "", &st64, AT_EMPTY_PATH) == 0 && st64.st_size == st.st_size, "fstatat64");
+	CHECK(__fxstatat(1, fd, "", &st2, AT_EMPTY_PATH) == 0 && st2.st_size == st.st_size, "__fxstatat");
+	CHECK(__fxstatat64(1, fd, "", &st64, AT_EMPTY_PATH) == 0 && st64.st_size == st.st_size, "__fxstatat64");
+	CHECK(fstatat(AT_FDCWD, at("vec"), &st2, 0) == 0 && st2.st_ino == st.st_ino, "fstatat of a path (the kernel's)");
+	close(fd);
+}
+
 /* dup'd fds share the kernel's offset, and each is served. */
 static void dup_calls(void) {
 	int fd = open(at("dup"), O_RDWR | O_CREAT | O_TRUNC, 0644);
@@ -206,6 +304,7 @@ int main(int argc, char **argv) {
 	if (argc > 2 && strcmp(argv[2], "loop") == 0)
 		return loop();
 	data_calls();
+	vector_calls();
 	dup_calls();
 	readonly_calls();
 	fork_calls();

@@ -1,0 +1,217 @@
+/* libsluice-shim: the fd table's upkeep (opens, closes, dup2, mmap,
+ * F_SETFL), fork, the library's start and the counters printed at exit.
+ * docs/SHIM.md describes the per-fd states. */
+#include "shim.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static const char *call_names[NUM_CALLS] = {
+	[CALL_read] = "read", [CALL_read_chk] = "__read_chk", [CALL_write] = "write",
+	[CALL_pread] = "pread", [CALL_pread64] = "pread64", [CALL_pread_chk] = "__pread_chk",
+	[CALL_pread64_chk] = "__pread64_chk", [CALL_pwrite] = "pwrite", [CALL_pwrite64] = "pwrite64",
+	[CALL_lseek] = "lseek", [CALL_lseek64] = "lseek64", [CALL_fsync] = "fsync",
+	[CALL_fdatasync] = "fdatasync", [CALL_ftruncate] = "ftruncate", [CALL_ftruncate64] = "ftruncate64",
+	[CALL_fallocate] = "fallocate", [CALL_fallocate64] = "fallocate64",
+	[CALL_posix_fallocate] = "posix_fallocate", [CALL_posix_fallocate64] = "posix_fallocate64",
+	[CALL_fstat] = "fstat", [CALL_fstat64] = "fstat64", [CALL_fxstat] = "__fxstat", [CALL_fxstat64] = "__fxstat64",
+	[CALL_readv] = "readv", [CALL_writev] = "writev", [CALL_preadv] = "preadv", [CALL_preadv64] = "preadv64",
+	[CALL_pwritev] = "pwritev", [CALL_pwritev64] = "pwritev64", [CALL_preadv2] = "preadv2",
+	[CALL_preadv64v2] = "preadv64v2", [CALL_pwritev2] = "pwritev2", [CALL_pwritev64v2] = "pwritev64v2",
+	[CALL_sync_file_range] = "sync_file_range", [CALL_statx] = "statx", [CALL_fstatat] = "fstatat",
+	[CALL_fstatat64] = "fstatat64", [CALL_fxstatat] = "__fxstatat", [CALL_fxstatat64] = "__fxstatat64",
+};
+
+static const char *reason_names[NUM_REASONS] = {
+	"none", "not_sluice", "not_regular", "o_append", "o_path", "mmap",
+	"gateway_gone", "error", "too_many", "stale_handle", "flags",
+};
+
+void shim_opened(int fd) {
+	struct fdent *e = shim_fd(fd);
+	if (!e)
+		return;
+	fd_touch(fd);
+	if (state_of(e) == FD_UNKNOWN && e->witness == 0)
+		return;
+	pthread_mutex_lock(&S.ctl);
+	fd_forget(e);
+	pthread_mutex_unlock(&S.ctl);
+}
+
+/* shim_closing: the program closes fd or replaces it (dup2). Ours (a
+ * witness, the channel's) are let go first: a witness's file is
+ * registered again when used; a channel fd retires the channel. */
+void shim_closing(int fd) {
+	struct fdent *e = shim_fd(fd);
+	if (!e || (state_of(e) == FD_UNKNOWN && e->witness == 0))
+		return;
+	pthread_mutex_lock(&S.ctl);
+	switch (state_of(e)) {
+	case FD_UNKNOWN:
+	case FD_ON:
+	case FD_OFF:
+		fd_forget(e);
+		break;
+	case FD_WITNESS: {
+		struct fdent *o = shim_fd(e->owner);
+		if (o && o->witness == fd) {
+			fd_drop(o);
+			o->witness = 0;
+		}
+		set_state(e, FD_UNKNOWN);
+		break;
+	}
+	case FD_CHANNEL: {
+		struct chan *c = __atomic_load_n(&S.cur, __ATOMIC_ACQUIRE);
+		if (c) {
+			int want = fd;
+			__atomic_compare_exchange_n(&c->sock, &want, -1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+			want = fd;
+			__atomic_compare_exchange_n(&c->kick, &want, -1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+			chan_retire(c);
+		}
+		set_state(e, FD_UNKNOWN);
+		break;
+	}
+	}
+	pthread_mutex_unlock(&S.ctl);
+}
+
+void shim_closing_range(int lo, int hi) {
+	int top = __atomic_load_n(&S.hiwater, __ATOMIC_RELAXED);
+	for (int fd = lo < 0 ? 0 : lo; fd < top && fd <= hi; fd++)
+		shim_closing(fd);
+	struct chan *c = __atomic_load_n(&S.cur, __ATOMIC_ACQUIRE);
+	if (c && ((c->sock >= lo && c->sock <= hi) || (c->kick >= lo && c->kick <= hi))) {
+		pthread_mutex_lock(&S.ctl);
+		chan_retire(c);
+		pthread_mutex_unlock(&S.ctl);
+	}
+}
+
+/* shim_mapping: the program maps fd. Its data calls go to the kernel from
+ * now on (the mapping and the kernel's page cache are one; shim writes
+ * would reach the mapping only when the mount's notifier catches up), and
+ * a kernel fstat makes the kernel take the length the gateway's notifier
+ * invalidated (a fault past a stale length is SIGBUS). */
+void shim_mapping(int fd) {
+	struct fdent *e = shim_fd(fd);
+	if (!e)
+		return;
+	uint32_t s = state_of(e);
+	if (s == FD_ON || s == FD_UNKNOWN) {
+		pthread_mutex_lock(&S.ctl);
+		fd_drop(e);
+		fd_off(e, REASON_MMAP);
+		pthread_mutex_unlock(&S.ctl);
+	}
+	shim_kernel_length(fd);
+}
+
+/* shim_kernel_length makes the kernel take the file's length from the
+ * gateway: the mount's notifier has invalidated its cached attributes
+ * after a shim write that changed the length, and a kernel fstat fetches
+ * them again. Before an mmap (a fault past a stale length is SIGBUS) and
+ * before an append the kernel serves (it appends at its own idea of the
+ * end, which it does not refresh itself). Cheap while they are valid. */
+void shim_kernel_length(int fd) {
+	struct stat st;
+	shim_raw(SYS_fstat, fd, (long)&st, 0, 0);
+}
+
+void shim_setfl(int fd, int flags) {
+	struct fdent *e = shim_fd(fd);
+	if (!e || !(flags & O_APPEND) || state_of(e) != FD_ON)
+		return;
+	pthread_mutex_lock(&S.ctl);
+	fd_drop(e);
+	fd_off(e, REASON_APPEND);
+	pthread_mutex_unlock(&S.ctl);
+	shim_kernel_length(fd);
+}
+
+/* ---- fork, start and exit ---- */
+
+static void before_fork(void) { pthread_mutex_lock(&S.ctl); }
+static void parent_after_fork(void) { pthread_mutex_unlock(&S.ctl); }
+
+/* child_after_fork: the child shares the parent's memfd and socket but
+ * must not use them (its slots are the parent's threads'): it lets go of
+ * its copies and opens its own channel on first use. Registrations were
+ * the parent's channel's: every fd is checked again. */
+static void child_after_fork(void) {
+	struct chan *c = S.cur;
+	S.cur = NULL;
+	if (c) {
+		munmap(c->mem, c->size);
+		if (c->sock >= 0)
+			shim_raw(SYS_close, c->sock, 0, 0, 0);
+		if (c->kick >= 0)
+			shim_raw(SYS_close, c->kick, 0, 0, 0);
+	}
+	for (int fd = 0; fd < S.hiwater; fd++) {
+		struct fdent *e = &S.table[fd];
+		if (e->state != FD_WITNESS && e->witness > 0)
+			shim_raw(SYS_close, e->witness, 0, 0, 0);
+		e->witness = 0;
+		if (e->state != FD_OFF)
+			e->state = FD_UNKNOWN;
+	}
+	memset(S.counts, 0, sizeof S.counts);
+	S.failed_at = 0;
+	pthread_mutex_init(&S.ctl, NULL);
+}
+
+__attribute__((constructor)) static void shim_init(void) {
+	const char *p = getenv("SLUICE_SHIM_SOCKET");
+	const char *st = getenv("SLUICE_SHIM_STATS");
+	S.stats = st && strcmp(st, "1") == 0;
+	S.stats_fd = S.stats ? (int)shim_raw(SYS_fcntl, 2, F_DUPFD_CLOEXEC, 100, 0) : -1;
+	if (!p || !*p || strlen(p) >= sizeof S.path)
+		return;
+	memcpy(S.path, p, strlen(p) + 1);
+	S.table = raw_mmap(NULL, sizeof(struct fdent) * TABLE_MAX, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (S.table == MAP_FAILED)
+		return;
+	struct rlimit rl;
+	S.fd_base = 512;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+		S.fd_base = rl.rlim_cur / 2 > 3 ? (int)(rl.rlim_cur / 2) : 3;
+	if (S.fd_base > TABLE_MAX / 2)
+		S.fd_base = TABLE_MAX / 2;
+	pthread_atfork(before_fork, parent_after_fork, child_after_fork);
+	S.enabled = 1;
+}
+
+/* At exit, SLUICE_SHIM_STATS=1 prints one line per call that did
+ * anything, in a stable format:
+ *   sluice-shim: pid=P call=NAME bypassed=N fallback=M [REASON=K ...] */
+__attribute__((destructor)) static void shim_fini(void) {
+	if (!S.stats)
+		return;
+	for (int call = 0; call < NUM_CALLS; call++) {
+		uint64_t fb = 0;
+		for (int r = 1; r < NUM_REASONS; r++)
+			fb += S.counts[call][1 + r];
+		if (S.counts[call][0] == 0 && fb == 0)
+			continue;
+		char line[512];
+		int n = snprintf(line, sizeof line, "sluice-shim: pid=%d call=%s bypassed=%llu fallback=%llu", (int)getpid(),
+				 call_names[call], (unsigned long long)S.counts[call][0], (unsigned long long)fb);
+		for (int r = 1; r < NUM_REASONS && n < (int)sizeof line; r++)
+			if (S.counts[call][1 + r])
+				n += snprintf(line + n, sizeof line - n, " %s=%llu", reason_names[r], (unsigned long long)S.counts[call][1 + r]);
+		if (n >= (int)sizeof line - 1)
+			n = sizeof line - 2;
+		line[n++] = '\n';
+		shim_raw(SYS_write, S.stats_fd >= 0 ? S.stats_fd : 2, (long)line, n, 0);
+	}
+}

@@ -1,0 +1,297 @@
+/* libsluice-shim: requests on the channel, and the data calls built on
+ * them (docs/SHIM.md, "One request").
+ *
+ * A thread claims a free slot with one compare-and-swap, fills it, marks
+ * it submitted (a bit in the header's bitmap), kicks the eventfd only when
+ * the gateway says its poller sleeps, and waits for its own slot: a short
+ * spin, then a futex on the slot's state word with a 50 ms timeout, after
+ * each of which it checks that the gateway's socket is still open. */
+#include "shim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SPIN_NS 10000     /* spin on a slot before sleeping */
+#define SLEEP_NS 50000000 /* one futex wait; then check the socket */
+
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ volatile("yield")
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+/* claim takes a free slot (one CAS), or -1 if the channel dies while all
+ * are busy. */
+static int claim(struct chan *c) {
+	static __thread uint32_t hint;
+	struct shm_slot *slots = (struct shm_slot *)(c->mem + SHM_PAGE);
+	for (uint32_t spins = 0;; spins++) {
+		for (uint32_t i = 0; i < c->slots; i++) {
+			uint32_t idx = (hint + i) % c->slots;
+			uint32_t want = SLOT_FREE;
+			if (__atomic_load_n(&slots[idx].state, __ATOMIC_RELAXED) == SLOT_FREE &&
+			    __atomic_compare_exchange_n(&slots[idx].state, &want, SLOT_CLAIMED, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+				hint = idx;
+				return (int)idx;
+			}
+		}
+		if (spins % 1024 == 1023 && chan_gone(c))
+			return -1;
+		sched_yield();
+	}
+}
+
+/* await waits for slot s to be done: 0, or -1 if the gateway is gone. */
+static int await(struct chan *c, struct shm_slot *s) {
+	int64_t start = now_ns();
+	while (now_ns() - start < SPIN_NS) {
+		if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == SLOT_DONE)
+			return 0;
+		cpu_relax();
+	}
+	for (;;) {
+		__atomic_store_n(&s->waiting, 1, __ATOMIC_SEQ_CST);
+		if (__atomic_load_n(&s->state, __ATOMIC_SEQ_CST) == SLOT_DONE)
+			break;
+		struct timespec ts = {0, SLEEP_NS};
+		syscall(SYS_futex, &s->state, FUTEX_WAIT, SLOT_SUBMITTED, &ts, NULL, 0);
+		if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == SLOT_DONE)
+			break;
+		if (chan_gone(c)) {
+			__atomic_store_n(&s->waiting, 0, __ATOMIC_RELAXED);
+			return -1;
+		}
+	}
+	__atomic_store_n(&s->waiting, 0, __ATOMIC_RELAXED);
+	return 0;
+}
+
+/* A cursor over a program's vector: pieces of the slot data are gathered
+ * from it (writes) or scattered into it (reads), one iovec after another. */
+struct cursor {
+	const struct iovec *iov;
+	int cnt, i;
+	size_t at; /* bytes of iov[i] already moved */
+};
+
+/* move copies n bytes between the cursor's buffers and p: into p (gather)
+ * or out of p (scatter). The cursor holds at least n more bytes. */
+static void move(struct cursor *cur, char *p, size_t n, int gather) {
+	while (n > 0 && cur->i < cur->cnt) {
+		char *b = (char *)cur->iov[cur->i].iov_base + cur->at;
+		size_t k = cur->iov[cur->i].iov_len - cur->at;
+		if (k > n)
+			k = n;
+		if (gather)
+			memcpy(p, b, k);
+		else
+			memcpy(b, p, k);
+		p += k, n -= k, cur->at += k;
+		if (cur->at == cur->iov[cur->i].iov_len)
+			cur->i++, cur->at = 0;
+	}
+}
+
+/* submit runs one request on c: in (write data) or out (read data, the
+ * stat answer) of at most slot_data bytes. It returns the answer, -errno,
+ * or SHIM_FALLBACK with *reason. */
+static int64_t submit(struct chan *c, struct fdent *e, uint32_t op, uint32_t arg, int64_t off, int64_t len,
+		      struct cursor *in, struct cursor *out, uint32_t *reason) {
+	int idx = claim(c);
+	if (idx < 0) {
+		chan_retire(c);
+		*reason = REASON_GONE;
+		return SHIM_FALLBACK;
+	}
+	struct shm_header *h = (struct shm_header *)c->mem;
+	struct shm_slot *s = (struct shm_slot *)(c->mem + SHM_PAGE) + idx;
+	char *data = c->mem + c->data_start + (size_t)idx * c->slot_data;
+	if (in && len > 0)
+		move(in, data, (size_t)len, 1);
+	s->op = op;
+	s->arg = arg;
+	s->handle = e->handle;
+	s->offset = off;
+	s->length = len;
+	s->data = (uint64_t)(data - c->mem);
+	s->waiting = 0;
+	__atomic_store_n(&s->state, SLOT_SUBMITTED, __ATOMIC_RELEASE);
+	__atomic_fetch_or(&h->submitted[idx / 64], 1ULL << (idx % 64), __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&h->idle, __ATOMIC_SEQ_CST)) {
+		uint64_t one = 1;
+		shim_raw(SYS_write, __atomic_load_n(&c->kick, __ATOMIC_ACQUIRE), (long)&one, sizeof one, 0);
+	}
+	if (await(c, s) < 0) {
+		/* The slot stays submitted: the channel is dead and unmapped later. */
+		chan_retire(c);
+		*reason = REASON_GONE;
+		return SHIM_FALLBACK;
+	}
+	int64_t res = s->result;
+	uint32_t status = s->status;
+	*reason = s->reason;
+	if (status == STATUS_DONE && out && res > 0 && res <= len)
+		move(out, data, (size_t)res, 0);
+	__atomic_store_n(&s->state, SLOT_FREE, __ATOMIC_RELEASE);
+	if (status != STATUS_DONE)
+		return SHIM_FALLBACK;
+	if (res > len && (op == OP_READ || op == OP_WRITE))
+		return -EIO;
+	*reason = REASON_NONE;
+	return res;
+}
+
+/* finish counts a call's outcome and, for a stale handle, forgets it. */
+static int64_t finish(enum call call, struct fdent *e, int64_t r, uint32_t reason) {
+	count_call(call, r == SHIM_FALLBACK ? reason : REASON_NONE);
+	if (r == SHIM_FALLBACK && (reason == REASON_STALE || reason == REASON_APPEND)) {
+		pthread_mutex_lock(&S.ctl);
+		fd_drop(e);
+		if (reason == REASON_APPEND)
+			fd_off(e, REASON_APPEND);
+		pthread_mutex_unlock(&S.ctl);
+	}
+	return r;
+}
+
+/* rw moves n bytes at off in slot-sized pieces, gathered from or
+ * scattered into the cursor; a short piece ends it. */
+static int64_t rw(struct chan *c, struct fdent *e, uint32_t op, uint32_t arg, struct cursor *cur, size_t n, int64_t off,
+		  uint32_t *reason) {
+	size_t done = 0;
+	while (done < n) {
+		size_t piece = n - done < c->slot_data ? n - done : c->slot_data;
+		int64_t r = submit(c, e, op, arg, off + (int64_t)done, (int64_t)piece, op == OP_WRITE ? cur : NULL,
+				   op == OP_READ ? cur : NULL, reason);
+		if (r == SHIM_FALLBACK || r < 0)
+			return done > 0 ? (int64_t)done : r;
+		done += (size_t)r;
+		if ((size_t)r < piece)
+			break;
+	}
+	return (int64_t)done;
+}
+
+/* shim_io moves the vector's bytes at off, or at the kernel's file
+ * offset (SHIM_AT_OFFSET: read it, move the data at it, advance it). Two
+ * threads or processes doing read() or write() on one open file
+ * description at once may both use the same offset (the kernel would
+ * serialise them): docs/SHIM.md. */
+int64_t shim_io(enum call call, int fd, struct fdent *e, uint32_t op, uint32_t arg, const struct iovec *iov, int cnt, int64_t off) {
+	size_t n = 0;
+	for (int i = 0; i < cnt; i++)
+		n += iov[i].iov_len;
+	if (n > (size_t)INT64_MAX || (off < 0 && off != SHIM_AT_OFFSET))
+		return -EINVAL; /* the callers pass neither */
+	uint32_t reason;
+	struct chan *c = fd_ready(fd, e, &reason);
+	if (!c) {
+		count_call(call, reason);
+		if (op == OP_WRITE && reason == REASON_APPEND)
+			shim_kernel_length(fd);
+		return SHIM_FALLBACK;
+	}
+	int64_t pos = off;
+	if (off == SHIM_AT_OFFSET)
+		pos = shim_raw(SYS_lseek, fd, 0, SEEK_CUR, 0);
+	struct cursor cur = {.iov = iov, .cnt = cnt};
+	int64_t r = SHIM_FALLBACK;
+	if (pos < 0)
+		reason = REASON_ERROR;
+	else
+		r = rw(c, e, op, arg, &cur, n, pos, &reason);
+	chan_release(c);
+	if (off == SHIM_AT_OFFSET && r > 0)
+		shim_raw(SYS_lseek, fd, pos + r, SEEK_SET, 0);
+	r = finish(call, e, r, reason);
+	if (op == OP_WRITE && r == SHIM_FALLBACK && reason == REASON_APPEND)
+		shim_kernel_length(fd);
+	return r;
+}
+
+int64_t shim_check(enum call call, int fd, struct fdent *e, uint32_t why) {
+	uint32_t reason;
+	struct chan *c = fd_ready(fd, e, &reason);
+	if (c) {
+		chan_release(c);
+		reason = why;
+	}
+	count_call(call, reason);
+	return reason == REASON_NONE ? 0 : SHIM_FALLBACK;
+}
+
+int64_t shim_op(enum call call, int fd, struct fdent *e, uint32_t op, uint32_t arg, int64_t off, int64_t len) {
+	uint32_t reason;
+	struct chan *c = fd_ready(fd, e, &reason);
+	if (!c) {
+		count_call(call, reason);
+		return SHIM_FALLBACK;
+	}
+	int64_t r = submit(c, e, op, arg, off, len, NULL, NULL, &reason);
+	chan_release(c);
+	return finish(call, e, r, reason);
+}
+
+/* shim_attr asks the gateway for fd's attributes (fstat, statx). */
+int64_t shim_attr(enum call call, int fd, struct fdent *e, struct shm_stat *a) {
+	uint32_t reason;
+	struct chan *c = fd_ready(fd, e, &reason);
+	if (!c) {
+		count_call(call, reason);
+		return SHIM_FALLBACK;
+	}
+	struct iovec v = {.iov_base = a, .iov_len = sizeof *a};
+	struct cursor out = {.iov = &v, .cnt = 1};
+	int64_t r = submit(c, e, OP_FSTAT, 0, 0, sizeof *a, NULL, &out, &reason);
+	chan_release(c);
+	if (r >= 0)
+		r = r == sizeof *a ? 0 : -EIO;
+	return finish(call, e, r, reason);
+}
+
+int64_t shim_fstat(enum call call, int fd, struct fdent *e, struct stat *st) {
+	struct shm_stat a;
+	int64_t r = shim_attr(call, fd, e, &a);
+	if (r != 0)
+		return r;
+	memset(st, 0, sizeof *st);
+	st->st_dev = e->dev;
+	st->st_ino = a.ino;
+	st->st_mode = a.mode;
+	st->st_nlink = a.nlink;
+	st->st_uid = a.uid;
+	st->st_gid = a.gid;
+	st->st_rdev = a.rdev;
+	st->st_size = a.size;
+	st->st_blksize = a.blksize;
+	st->st_blocks = a.blocks;
+	st->st_atim.tv_sec = a.atime_ns / 1000000000LL;
+	st->st_atim.tv_nsec = a.atime_ns % 1000000000LL;
+	st->st_mtim.tv_sec = a.mtime_ns / 1000000000LL;
+	st->st_mtim.tv_nsec = a.mtime_ns % 1000000000LL;
+	st->st_ctim.tv_sec = a.ctime_ns / 1000000000LL;
+	st->st_ctim.tv_nsec = a.ctime_ns % 1000000000LL;
+	return 0;
+}
+
+/* shim_seek_end is lseek(fd, off, SEEK_END) with the gateway's length:
+ * the kernel's cached size lags a shim write by the mount's notifier. */
+int64_t shim_seek_end(enum call call, int fd, struct fdent *e, int64_t off) {
+	struct stat st;
+	int64_t r = shim_fstat(call, fd, e, &st);
+	if (r == SHIM_FALLBACK || r < 0)
+		return r;
+	if ((off > 0 && st.st_size > INT64_MAX - off) || st.st_size + off < 0)
+		return -EINVAL;
+	return shim_raw(SYS_lseek, fd, st.st_size + off, SEEK_SET, 0) < 0 ? -errno : st.st_size + off;
+}

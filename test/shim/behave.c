@@ -1,0 +1,374 @@
+/* Behaviour under the shim (issue 19's matrix), run by TestShimBehaviour:
+ * each mode checks its own results (exit 1 and a message on the first
+ * wrong one); the test checks from SLUICE_SHIM_STATS which path the calls
+ * took, and reads the files back without the shim.
+ *
+ * usage: behave DIR MODE [ARGS]
+ *   append ID        1000 records of REC bytes to DIR/append (O_APPEND)
+ *   spawn            an fd inherited across fork+exec, posix_spawn and
+ *                    vfork+exec: each child does IO on it (mode child)
+ *   child FD TAG     pwrite TAG at its slot of FD's file, read it back
+ *   threads          16 threads pwrite and pread disjoint ranges of one fd
+ *   direct           O_DIRECT IO, aligned and not: prints each errno
+ *   mmap-write       overwrite and extend DIR/mapped, then a child maps it
+ *   mmap-check       map DIR/mapped and check it (also run without the shim)
+ *   locks            fcntl locks seen across processes, kept by the shim,
+ *                    dropped by any close of the file
+ *   stdio            fopen/fwrite/fread/fflush/fclose */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static const char *dir, *self;
+
+#define CHECK(cond, ...)                                             \
+	do {                                                         \
+		if (!(cond)) {                                       \
+			fprintf(stderr, "behave: line %d: ", __LINE__); \
+			fprintf(stderr, __VA_ARGS__);                \
+			fprintf(stderr, " (errno %d)\n", errno);     \
+			exit(1);                                     \
+		}                                                    \
+	} while (0)
+
+static char *at(const char *name) {
+	static char p[2][4096];
+	static int i;
+	i = (i + 1) % 2;
+	snprintf(p[i], sizeof p[i], "%s/%s", dir, name);
+	return p[i];
+}
+
+/* ---- O_APPEND from several processes ---- */
+
+#define REC 64
+#define RECORDS 1000
+
+/* One record: "ID SEQ" padded with the ID's letter, ending in a newline;
+ * the test checks every one is whole and present once. */
+static int append(const char *id) {
+	int fd = open(at("append"), O_WRONLY | O_CREAT | O_APPEND, 0644);
+	CHECK(fd >= 0, "open append");
+	char rec[REC];
+	for (int i = 0; i < RECORDS; i++) {
+		memset(rec, id[0], sizeof rec);
+		int n = snprintf(rec, sizeof rec, "%s %04d ", id, i);
+		rec[n] = id[0];
+		rec[REC - 1] = '\n';
+		CHECK(write(fd, rec, REC) == REC, "append %d", i);
+	}
+	CHECK(close(fd) == 0, "close");
+	return 0;
+}
+
+/* ---- an fd inherited across exec ---- */
+
+/* child: the exec'd program does IO on an fd number it was given: its
+ * tag at slot TAG[0]-'a' (64 bytes each), read back. */
+static int child(const char *fdarg, const char *tag) {
+	int fd = atoi(fdarg);
+	off_t slot = (tag[0] - 'a') * 64;
+	char buf[64] = {0};
+	CHECK(pwrite(fd, tag, strlen(tag), slot) == (ssize_t)strlen(tag), "child pwrite %s", tag);
+	CHECK(pread(fd, buf, strlen(tag), slot) == (ssize_t)strlen(tag) && strcmp(buf, tag) == 0, "child pread %s", tag);
+	struct stat st;
+	CHECK(fstat(fd, &st) == 0 && st.st_size >= slot + (off_t)strlen(tag), "child fstat");
+	return 0;
+}
+
+static void wait_ok(pid_t pid, const char *what) {
+	int status;
+	CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s failed", what);
+}
+
+static int spawn(void) {
+	int fd = open(at("inherit"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(fd >= 0 && pwrite(fd, "parent", 6, 0) == 6, "parent write");
+	char fdarg[16];
+	snprintf(fdarg, sizeof fdarg, "%d", fd);
+	/* fork + exec */
+	pid_t pid = fork();
+	if (pid == 0) {
+		execl(self, self, dir, "child", fdarg, "b-exec", (char *)NULL);
+		_exit(127);
+	}
+	wait_ok(pid, "the exec child");
+	/* posix_spawn */
+	char *argv[] = {(char *)self, (char *)dir, "child", fdarg, "c-spawn", NULL};
+	CHECK(posix_spawn(&pid, self, NULL, NULL, argv, environ) == 0, "posix_spawn");
+	wait_ok(pid, "the posix_spawn child");
+	/* vfork + exec: the child runs nothing but execve */
+	char *vargv[] = {(char *)self, (char *)dir, "child", fdarg, "d-vfork", NULL};
+	pid = vfork();
+	if (pid == 0) {
+		execve(self, vargv, environ);
+		_exit(127);
+	}
+	wait_ok(pid, "the vfork child");
+	/* the parent reads what its children wrote */
+	const char *tags[] = {"b-exec", "c-spawn", "d-vfork"};
+	for (int i = 0; i < 3; i++) {
+		char buf[16] = {0};
+		CHECK(pread(fd, buf, strlen(tags[i]), (i + 1) * 64) == (ssize_t)strlen(tags[i]) && strcmp(buf, tags[i]) == 0,
+		      "the parent reads %s: %s", tags[i], buf);
+	}
+	close(fd);
+	return 0;
+}
+
+/* ---- 16 threads on one fd ---- */
+
+#define THREADS 16
+#define PER_THREAD (256 * 1024)
+#define CHUNK 4096
+
+static int shared_fd;
+
+static char byte_at(long off) { return (char)((off * 131 + off / CHUNK) % 251); }
+
+static void *thread_io(void *arg) {
+	long t = (long)arg;
+	char w[CHUNK], r[CHUNK];
+	for (long off = t * PER_THREAD; off < (t + 1) * PER_THREAD; off += CHUNK) {
+		for (int i = 0; i < CHUNK; i++)
+			w[i] = byte_at(off + i);
+		if (pwrite(shared_fd, w, CHUNK, off) != CHUNK || pread(shared_fd, r, CHUNK, off) != CHUNK || memcmp(r, w, CHUNK) != 0)
+			return (void *)1;
+	}
+	return NULL;
+}
+
+static int threads(void) {
+	shared_fd = open(at("threads"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(shared_fd >= 0, "open threads");
+	pthread_t th[THREADS];
+	for (long t = 0; t < THREADS; t++)
+		CHECK(pthread_create(&th[t], NULL, thread_io, (void *)t) == 0, "pthread_create");
+	for (int t = 0; t < THREADS; t++) {
+		void *res;
+		CHECK(pthread_join(th[t], &res) == 0 && res == NULL, "thread %d failed", t);
+	}
+	static char all[THREADS * PER_THREAD];
+	CHECK(pread(shared_fd, all, sizeof all, 0) == (ssize_t)sizeof all, "read all");
+	for (long off = 0; off < (long)sizeof all; off++)
+		CHECK(all[off] == byte_at(off), "byte %ld", off);
+	close(shared_fd);
+	return 0;
+}
+
+/* ---- O_DIRECT ---- */
+
+/* direct prints "CASE=RESULT" lines (a byte count or an errno name's
+ * number); the test compares the shim's lines with the kernel's. */
+static int direct(void) {
+	int fd = open(at("direct"), O_RDWR | O_CREAT | O_TRUNC | O_DIRECT, 0644);
+	CHECK(fd >= 0, "open O_DIRECT");
+	char *buf = aligned_alloc(4096, 3 * 4096);
+	CHECK(buf != NULL, "aligned_alloc");
+	memset(buf, 'd', 3 * 4096);
+	struct {
+		const char *name;
+		int write;
+		size_t boff, len;
+		off_t off;
+	} cases[] = {
+		{"aligned-write", 1, 0, 8192, 0},
+		{"aligned-read", 0, 0, 8192, 0},
+		{"misaligned-buffer-write", 1, 1, 4096, 0},
+		{"misaligned-buffer-read", 0, 1, 4096, 0},
+		{"misaligned-offset-write", 1, 0, 4096, 100},
+		{"misaligned-offset-read", 0, 0, 4096, 100},
+		{"misaligned-length-write", 1, 0, 100, 4096},
+		{"misaligned-length-read", 0, 0, 100, 0},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		errno = 0;
+		ssize_t n = cases[i].write ? pwrite(fd, buf + cases[i].boff, cases[i].len, cases[i].off)
+					   : pread(fd, buf + cases[i].boff, cases[i].len, cases[i].off);
+		printf("%s=%zd/%d\n", cases[i].name, n, n < 0 ? errno : 0);
+	}
+	close(fd);
+	return 0;
+}
+
+/* ---- mmap after a shim write ---- */
+
+#define MAPPED (4 * 4096)
+
+static char mapped_byte(long i) { return (char)('A' + i % 26); }
+
+static int mmap_write(void) {
+	int fd = open(at("mapped"), O_RDWR);
+	CHECK(fd >= 0, "open mapped");
+	char b[MAPPED];
+	for (long i = 0; i < MAPPED; i++)
+		b[i] = mapped_byte(i);
+	/* overwrite the pages the test read through the mount, then extend */
+	CHECK(pwrite(fd, b, MAPPED - 4096, 0) == MAPPED - 4096, "overwrite");
+	CHECK(pwrite(fd, b + MAPPED - 4096, 4096, MAPPED - 4096) == 4096, "extend");
+	close(fd);
+	pid_t pid = fork();
+	if (pid == 0) {
+		execl(self, self, dir, "mmap-check", (char *)NULL);
+		_exit(127);
+	}
+	wait_ok(pid, "the mapping child");
+	return 0;
+}
+
+static int mmap_check(void) {
+	int fd = open(at("mapped"), O_RDONLY);
+	CHECK(fd >= 0, "open mapped");
+	struct stat st;
+	CHECK(fstat(fd, &st) == 0 && st.st_size == MAPPED, "the mapped file's size %lld", (long long)st.st_size);
+	char *m = mmap(NULL, MAPPED, PROT_READ, MAP_SHARED, fd, 0);
+	CHECK(m != MAP_FAILED, "mmap");
+	for (long i = 0; i < MAPPED; i++)
+		CHECK(m[i] == mapped_byte(i), "mapped byte %ld is %c", i, m[i]);
+	munmap(m, MAPPED);
+	close(fd);
+	return 0;
+}
+
+/* ---- fcntl locks ---- */
+
+static int setlk(int fd, short type) {
+	struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = 0, .l_len = 100};
+	return fcntl(fd, F_SETLK, &fl);
+}
+
+/* locker: a second process tries the lock when told (a byte on in) and
+ * answers on out: 'c' conflict (with the holder's pid seen by F_GETLK),
+ * 'g' got it (and let it go). 'q' ends it. */
+static void locker(int in, int out, pid_t holder) {
+	int fd = open(at("locked"), O_RDWR);
+	CHECK(fd >= 0, "locker open");
+	char cmd;
+	while (read(in, &cmd, 1) == 1 && cmd != 'q') {
+		char ans = 'g';
+		if (setlk(fd, F_WRLCK) < 0) {
+			CHECK(errno == EAGAIN || errno == EACCES, "locker F_SETLK");
+			struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 100};
+			CHECK(fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type == F_WRLCK && fl.l_pid == holder, "F_GETLK: pid %d", fl.l_pid);
+			ans = 'c';
+		} else
+			setlk(fd, F_UNLCK);
+		CHECK(write(out, &ans, 1) == 1, "locker answer");
+	}
+	_exit(0);
+}
+
+static char ask(int to, int from) {
+	char c = 't', ans = 0;
+	CHECK(write(to, &c, 1) == 1 && read(from, &ans, 1) == 1, "ask the locker");
+	return ans;
+}
+
+static int locks(void) {
+	int fd = open(at("locked"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(fd >= 0 && pwrite(fd, "locked", 6, 0) == 6, "open locked");
+	int to[2], from[2];
+	CHECK(pipe(to) == 0 && pipe(from) == 0, "pipe");
+	pid_t me = getpid(), pid = fork();
+	if (pid == 0) {
+		close(to[1]), close(from[0]);
+		locker(to[0], from[1], me);
+	}
+	close(to[0]), close(from[1]);
+	CHECK(ask(to[1], from[0]) == 'g', "nobody holds the lock yet");
+	CHECK(setlk(fd, F_WRLCK) == 0, "F_SETLK");
+	CHECK(ask(to[1], from[0]) == 'c', "the other process sees the lock");
+	/* The shim's own bookkeeping must not drop the lock: IO on the fd,
+	 * then a mapping (the fd's bypass ends). */
+	char b[6];
+	CHECK(pwrite(fd, "LOCKED", 6, 0) == 6 && pread(fd, b, 6, 0) == 6, "IO under the lock");
+	void *m = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+	CHECK(m != MAP_FAILED, "mmap");
+	munmap(m, 4096);
+	CHECK(pwrite(fd, "locked", 6, 0) == 6, "IO after the mapping");
+	CHECK(ask(to[1], from[0]) == 'c', "the lock held after the shim's IO and the mapping");
+	/* SQLite's rule: closing any fd of the file drops the process's locks. */
+	int other = open(at("locked"), O_RDONLY);
+	CHECK(other >= 0 && pread(other, b, 6, 0) == 6, "a second fd");
+	CHECK(ask(to[1], from[0]) == 'c', "the lock held while the second fd is open");
+	CHECK(close(other) == 0, "close the second fd");
+	CHECK(ask(to[1], from[0]) == 'g', "any close dropped the lock");
+	char q = 'q';
+	CHECK(write(to[1], &q, 1) == 1, "quit");
+	wait_ok(pid, "the locker");
+	close(fd);
+	return 0;
+}
+
+/* ---- stdio ---- */
+
+static int stdio_calls(void) {
+	FILE *f = fopen(at("stdio"), "w+");
+	CHECK(f != NULL, "fopen");
+	for (int i = 0; i < 10000; i++)
+		CHECK(fprintf(f, "line %05d\n", i) == 11, "fprintf");
+	static char big[100000];
+	memset(big, 's', sizeof big);
+	CHECK(fwrite(big, 1, sizeof big, f) == sizeof big, "fwrite");
+	CHECK(fflush(f) == 0, "fflush");
+	CHECK(fseek(f, 0, SEEK_SET) == 0, "fseek");
+	char line[32];
+	for (int i = 0; i < 10000; i++) {
+		char want[16];
+		snprintf(want, sizeof want, "line %05d\n", i);
+		CHECK(fgets(line, sizeof line, f) != NULL && strcmp(line, want) == 0, "fgets %d: %s", i, line);
+	}
+	static char back[100000];
+	CHECK(fread(back, 1, sizeof back, f) == sizeof back && memcmp(back, big, sizeof big) == 0, "fread");
+	CHECK(fclose(f) == 0, "fclose");
+	/* appended with stdio, read back with the fd calls */
+	f = fopen(at("stdio"), "a");
+	CHECK(f != NULL && fputs("tail\n", f) >= 0 && fclose(f) == 0, "fopen a");
+	int fd = open(at("stdio"), O_RDONLY);
+	char t[5];
+	CHECK(fd >= 0 && pread(fd, t, 5, 110000 + sizeof big) == 5 && memcmp(t, "tail\n", 5) == 0, "stdio's append");
+	close(fd);
+	return 0;
+}
+
+int main(int argc, char **argv) {
+	if (argc < 3)
+		return 2;
+	self = argv[0];
+	dir = argv[1];
+	const char *mode = argv[2];
+	int r = 2;
+	if (strcmp(mode, "append") == 0 && argc > 3)
+		r = append(argv[3]);
+	else if (strcmp(mode, "spawn") == 0)
+		r = spawn();
+	else if (strcmp(mode, "child") == 0 && argc > 4)
+		r = child(argv[3], argv[4]);
+	else if (strcmp(mode, "threads") == 0)
+		r = threads();
+	else if (strcmp(mode, "direct") == 0)
+		r = direct();
+	else if (strcmp(mode, "mmap-write") == 0)
+		r = mmap_write();
+	else if (strcmp(mode, "mmap-check") == 0)
+		r = mmap_check();
+	else if (strcmp(mode, "locks") == 0)
+		r = locks();
+	else if (strcmp(mode, "stdio") == 0)
+		r = stdio_calls();
+	if (r == 0)
+		printf("ok\n");
+	return r;
+}
