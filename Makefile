@@ -12,12 +12,24 @@ PKGS      := ./...
 UNIT_PKGS := $(shell $(GO) list ./... 2>/dev/null | grep -v /test/integration)
 APT_PKGS  := nbdkit libnbd-bin qemu-utils qemu-system-x86 qemu-system-common fio stress-ng e2fsprogs fuse3 python3 gcc libc6-dev sqlite3
 FUZZTIME  ?= 30s
+# SPDK for the SPDK device's tests (docs/SPDK.md). Debian has no SPDK
+# package: `make deps` unpacks the build in ../shared/spdk into SPDK_DIR
+# (tests look there unless SPDK_DIR says otherwise) and installs the Debian
+# libraries it runs on (DPDK 22.11's among them).
+SPDK_VERSION  := v23.01.1
+SPDK_TARBALL  ?= $(abspath $(CURDIR)/../shared/spdk/spdk-$(SPDK_VERSION)-debian12-x86_64.tar.xz)
+SPDK_DIR      ?= /opt/sluice-spdk/$(SPDK_VERSION)
+SPDK_APT_PKGS := xz-utils libaio1 libbsd0 libfdt1 libmd0 libnuma1 libssl3 libuuid1 \
+	librte-bus-pci23 librte-cryptodev23 librte-dmadev23 librte-eal23 librte-ethdev23 \
+	librte-hash23 librte-kvargs23 librte-mbuf23 librte-mempool-ring23 librte-mempool23 \
+	librte-meter23 librte-net23 librte-pci23 librte-power23 librte-rcu23 librte-ring23 \
+	librte-telemetry23 librte-timer23 librte-vhost23
 # staticcheck, pinned; `make tools` (run by `make vet`) installs it into
 # bin/tools when it is missing or another version.
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK         := $(CURDIR)/bin/tools/staticcheck
 
-.PHONY: all build shim run test unit integration deps vet tools bench fuzz clean
+.PHONY: all build shim run test unit integration deps deps-spdk vet tools bench fuzz clean
 
 all: build
 
@@ -42,9 +54,9 @@ run: build
 	@test -e sluice-keyring || (umask 077 && : > sluice-keyring)
 	$(BIN) gateway --data-dir ./sluice-data --keyring ./sluice-keyring
 
-# Tools the tests drive: real NBD clients and servers from Debian.
+# Tools the tests drive: real NBD clients and servers from Debian, and SPDK.
 deps:
-	@missing=""; for p in $(APT_PKGS); do \
+	@missing=""; for p in $(APT_PKGS) $(SPDK_APT_PKGS); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -54,6 +66,22 @@ deps:
 	fi
 	$(GO) mod download
 	bash test/integration/guest-fetch.sh $${SLUICE_GUEST_CACHE:-/var/cache/sluice-test-guest}
+	@$(MAKE) --no-print-directory deps-spdk
+
+# Unpack SPDK into SPDK_DIR unless the same tarball already is (its sha256
+# is kept beside it). It is unpacked beside SPDK_DIR and renamed into place,
+# so an interrupted run leaves no half-unpacked tree behind.
+deps-spdk:
+	@if [ ! -f "$(SPDK_TARBALL)" ]; then \
+		if [ -x "$(SPDK_DIR)/bin/vhost" ]; then exit 0; fi; \
+		echo "SPDK: no $(SPDK_TARBALL) and nothing in $(SPDK_DIR); SPDK tests will skip (and fail under CI=true)"; exit 0; \
+	fi; \
+	sum=$$(sha256sum < "$(SPDK_TARBALL)" | cut -d' ' -f1); \
+	if [ -x "$(SPDK_DIR)/bin/vhost" ] && [ "$$(cat "$(SPDK_DIR)/.tarball-sha256" 2>/dev/null)" = "$$sum" ]; then exit 0; fi; \
+	echo "unpacking SPDK $(SPDK_VERSION) into $(SPDK_DIR)"; \
+	mkdir -p "$(dir $(SPDK_DIR))" && tmp=$$(mktemp -d "$(dir $(SPDK_DIR)).unpack.XXXXXX") && \
+	tar xJf "$(SPDK_TARBALL)" -C "$$tmp" && echo "$$sum" > "$$tmp/spdk-$(SPDK_VERSION)/.tarball-sha256" && \
+	rm -rf "$(SPDK_DIR)" && mv "$$tmp/spdk-$(SPDK_VERSION)" "$(SPDK_DIR)" && rm -rf "$$tmp"
 
 vet: tools
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
@@ -67,10 +95,10 @@ tools:
 	}
 
 unit:
-	$(GO) test -race -count=1 $(UNIT_PKGS)
+	SPDK_DIR=$(SPDK_DIR) $(GO) test -race -count=1 $(UNIT_PKGS)
 
 integration: build
-	SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -v ./test/integration/ 2>&1 | tee integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; exit $${PIPESTATUS[0]}
+	SPDK_DIR=$(SPDK_DIR) SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -v ./test/integration/ 2>&1 | tee integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; exit $${PIPESTATUS[0]}
 
 test: deps vet unit integration
 

@@ -82,7 +82,14 @@ func (c *Client) wait(ctx context.Context, o *op) error {
 
 func (c *Client) result(o *op) error {
 	s := o.s
-	if s.usedLen == 0 {
+	// The used length counts the bytes the target wrote, the status byte
+	// included (virtio 1.1 §2.6.8), so 0 should mean it wrote none. SPDK's
+	// vhost-blk target (v23.01) reports 0 for FLUSH, DISCARD and
+	// WRITE_ZEROES although it does write the status. Like Linux's
+	// virtio-blk driver, which never looks at the length, we believe the
+	// status byte when the target changed it from statusUnset, which submit
+	// leaves there; only a byte still unset is "no status".
+	if s.usedLen == 0 && s.status[0] == statusUnset {
 		return fmt.Errorf("virtio: target failed the request without a status: %w", gateway.ErrIO)
 	}
 	switch s.status[0] {

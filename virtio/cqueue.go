@@ -283,9 +283,13 @@ func (q *cqueue) build(s *cslot, dataLen int, deviceWrites bool, segSize int) {
 	}
 }
 
+// statusUnset is the status byte a request goes out with: no status the
+// target can write, so a byte still unset after completion was not written.
+const statusUnset = 0xff
+
 // submit publishes s's chain and kicks the target if it wants a kick.
 func (q *cqueue) submit(s *cslot) {
-	s.status[0] = 0xff
+	s.status[0] = statusUnset
 	s.state.Store(slotInFlight)
 	q.mu.Lock()
 	kick := q.ring.publish(s.head)
