@@ -17,7 +17,13 @@ FUZZTIME  ?= 30s
 # (tests look there unless SPDK_DIR says otherwise) and installs the Debian
 # libraries it runs on (DPDK 22.11's among them).
 SPDK_VERSION  := v23.01.1
-SPDK_TARBALL  ?= $(abspath $(CURDIR)/../shared/spdk/spdk-$(SPDK_VERSION)-debian12-x86_64.tar.xz)
+SPDK_TARBALL_NAME := spdk-$(SPDK_VERSION)-debian12-x86_64.tar.xz
+# The first of: beside the checkout (../shared/spdk), the workspace's shared
+# folder (a clone elsewhere, as CI's), the checkout's parent's parent.
+SPDK_TARBALL  ?= $(firstword $(wildcard $(abspath $(CURDIR)/../shared/spdk/$(SPDK_TARBALL_NAME)) \
+                   /work/shared/spdk/$(SPDK_TARBALL_NAME) \
+                   $(abspath $(CURDIR)/../../shared/spdk/$(SPDK_TARBALL_NAME))) \
+                   $(abspath $(CURDIR)/../shared/spdk/$(SPDK_TARBALL_NAME)))
 SPDK_DIR      ?= /opt/sluice-spdk/$(SPDK_VERSION)
 SPDK_APT_PKGS := xz-utils libaio1 libbsd0 libfdt1 libmd0 libnuma1 libssl3 libuuid1 \
 	librte-bus-pci23 librte-cryptodev23 librte-dmadev23 librte-eal23 librte-ethdev23 \
