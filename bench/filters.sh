@@ -10,6 +10,8 @@
 # PASSES=N (default 1) runs every row N times, each pass going over all the
 # policies in turn, and prints each cell's median: single passes on a noisy
 # 2-core machine move a ratio by ±0.15.
+# POLICIES="none aes" runs only these policies (none first); ROWS="randread
+# 4k 1,write 1m 8" only these rows (rw bs qd).
 #
 # Usage: [PASSES=N] bench/filters.sh [RUNTIME_SECONDS]   (default 5; needs bin/sluice: make build)
 set -euo pipefail
@@ -33,7 +35,7 @@ chmod 600 "$W/keyring"
 PIDS+=($!)
 wait_sock "$W/g/api.sock"
 S() { "$BIN" --api-socket "$W/g/api.sock" "$@"; }
-POLICIES=(none noop zstd lz4 aes crc)
+read -ra POLICIES <<< "${POLICIES:-none noop zstd lz4 aes crc}" # "none" first: the ratios' base
 declare -A TEXT=([noop]="SET noop" [zstd]="SET compression WITH algo=zstd, level=1" [lz4]="SET compression WITH algo=lz4"
                  [aes]="SET encryption" [crc]="SET checksum")
 for p in "${POLICIES[@]}"; do
@@ -71,7 +73,8 @@ median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1
 ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 printf '%-24s' job; for p in "${POLICIES[@]}"; do printf ' %8s' "$p"; done
 for p in "${POLICIES[@]:1}"; do printf ' %8s' "$p/none"; done; echo
-for job in "write 1m 8" "read 1m 8" "randread 4k 1" "randread 4k 16" "randwrite 4k 1" "randwrite 4k 16"; do
+IFS=, read -ra JOBS <<< "${ROWS:-write 1m 8,read 1m 8,randread 4k 1,randread 4k 16,randwrite 4k 1,randwrite 4k 16}"
+for job in "${JOBS[@]}"; do
   set -- $job
   unit=IOPS; col=1; [ "$2" = 1m ] && unit=MB/s && col=2
   declare -A r=()
