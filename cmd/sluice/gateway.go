@@ -167,7 +167,7 @@ func runGateway(a *gatewayArgs) error {
 		}
 		return &exitError{exitStartup, err}
 	}
-	log.Info("gateway ready", "api", a.APISocket, "nbd", a.NBDListen, "nbd_socket", a.NBDSocket, "volumes", len(d.g.Volumes()))
+	log.Info("gateway ready", "api", a.APISocket, "nbd", a.NBDListen, "nbd_socket", a.NBDSocket, "shim_socket", a.ShimSocket, "volumes", len(d.g.Volumes()))
 	<-ctx.Done()
 	log.Info("shutting down: draining NBD requests and flushing")
 	d.stop()
