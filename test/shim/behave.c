@@ -31,25 +31,10 @@
 
 extern char **environ;
 
-static const char *dir, *self;
+#define PROG "behave"
+#include "check.h"
 
-#define CHECK(cond, ...)                                             \
-	do {                                                         \
-		if (!(cond)) {                                       \
-			fprintf(stderr, "behave: line %d: ", __LINE__); \
-			fprintf(stderr, __VA_ARGS__);                \
-			fprintf(stderr, " (errno %d)\n", errno);     \
-			exit(1);                                     \
-		}                                                    \
-	} while (0)
-
-static char *at(const char *name) {
-	static char p[2][4096];
-	static int i;
-	i = (i + 1) % 2;
-	snprintf(p[i], sizeof p[i], "%s/%s", dir, name);
-	return p[i];
-}
+static const char *self;
 
 /* ---- O_APPEND from several processes ---- */
 

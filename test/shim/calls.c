@@ -33,25 +33,8 @@ extern int __fxstatat64(int ver, int dirfd, const char *path, struct stat64 *st,
 extern int __open_2(const char *path, int flags);
 extern int __open64_2(const char *path, int flags);
 
-static const char *dir;
-
-#define CHECK(cond, ...)                                            \
-	do {                                                        \
-		if (!(cond)) {                                      \
-			fprintf(stderr, "calls: line %d: ", __LINE__); \
-			fprintf(stderr, __VA_ARGS__);               \
-			fprintf(stderr, " (errno %d)\n", errno);    \
-			exit(1);                                    \
-		}                                                   \
-	} while (0)
-
-static char *at(const char *name) {
-	static char p[4][4096];
-	static int i;
-	i = (i + 1) % 4;
-	snprintf(p[i], sizeof p[i], "%s/%s", dir, name);
-	return p[i];
-}
+#define PROG "calls"
+#include "check.h"
 
 static void fill(char *b, size_t n, char seed) {
 	for (size_t i = 0; i < n; i++)
