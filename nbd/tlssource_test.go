@@ -37,15 +37,21 @@ func TestRecordSourceExpecting(t *testing.T) {
 	if src.rc == nil {
 		t.Fatal("no RawConn for a TCP connection")
 	}
+	sent := make(chan struct{})
 	go func() {
 		client.Write([]byte("first"))
-		time.Sleep(5 * time.Millisecond) // longer than the spins: the reader parks, then wakes
+		<-sent // the reader has "first": "second" finds it waiting (spinning or parked)
 		client.Write([]byte("second"))
 		client.(*net.TCPConn).CloseWrite()
 	}()
+	first := make([]byte, 5)
+	if _, err := io.ReadFull(src, first); err != nil || string(first) != "first" {
+		t.Fatalf("read %q, %v; want \"first\"", first, err)
+	}
+	close(sent)
 	got, err := io.ReadAll(src)
-	if err != nil || string(got) != "firstsecond" {
-		t.Fatalf("read %q, %v; want \"firstsecond\", nil", got, err)
+	if err != nil || string(got) != "second" {
+		t.Fatalf("read %q, %v; want \"second\", nil", got, err)
 	}
 
 	server2, _ := tcpPair(t)
