@@ -3,61 +3,24 @@ package fsns
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/base64"
-	"fmt"
 	mrand "math/rand/v2"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sluice-storage/sluice/gateway/device"
 	"github.com/sluice-storage/sluice/gateway/filter"
+	"github.com/sluice-storage/sluice/gateway/filter/filtertest"
 	"github.com/sluice-storage/sluice/gateway/store"
 )
 
 // The helpers of the store's copy-on-write tests, for files.
 
-func testEnv(t testing.TB) *filter.Env {
-	t.Helper()
-	var text strings.Builder
-	for _, tenant := range []string{"acme", "t"} {
-		k := make([]byte, 32)
-		rand.Read(k)
-		fmt.Fprintf(&text, "%s %s\n", tenant, base64.StdEncoding.EncodeToString(k))
-	}
-	kr, err := filter.ParseKeyring(strings.NewReader(text.String()), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := filter.NewEnv(kr)
-	t.Cleanup(env.Close)
-	return env
-}
+func testEnv(t testing.TB) *filter.Env { return filtertest.Env(t) }
 
 func chainOf(t testing.TB, env *filter.Env, specs ...string) *filter.Chain {
-	t.Helper()
-	var fs []*filter.Filter
-	for _, s := range specs {
-		name, arg, _ := strings.Cut(s, ":")
-		var params map[string]string
-		if arg != "" {
-			k, v, _ := strings.Cut(arg, "=")
-			params = map[string]string{k: v}
-		}
-		f, err := filter.New(env, name, params)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fs = append(fs, f)
-	}
-	c, err := filter.NewChain(fs...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return filtertest.Chain(t, env, specs...)
 }
 
 func openWithEnv(t *testing.T, dir string, env *filter.Env) (*store.Store, *device.File) {
