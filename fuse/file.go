@@ -8,7 +8,6 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"golang.org/x/sys/unix"
 
 	"github.com/sluice-storage/sluice/gateway"
 )
@@ -117,26 +116,14 @@ func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, sy
 	return uint64(pos), 0
 }
 
-// Allocate maps fallocate(2)'s modes onto Volume.Do: plain allocation is
-// OpAllocate, PUNCH_HOLE (which Linux allows only with KEEP_SIZE) is
-// OpDiscard, ZERO_RANGE is OpWriteZeroes.
+// Allocate is fallocate(2), mapped onto Volume.Do by gateway.Fallocate.
 func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
 	ctx = f.n.m.own(ctx)
-	keep := mode&unix.FALLOC_FL_KEEP_SIZE != 0
-	req := gateway.Request{Inode: f.n.ino, Offset: int64(off), Length: int64(size), KeepSize: keep, Door: gateway.DoorFUSE, Path: f.path()}
-	switch mode &^ unix.FALLOC_FL_KEEP_SIZE {
-	case 0:
-		req.Op = gateway.OpAllocate
-	case unix.FALLOC_FL_PUNCH_HOLE:
-		if !keep {
-			return syscall.EOPNOTSUPP
-		}
-		req.Op = gateway.OpDiscard
-	case unix.FALLOC_FL_ZERO_RANGE:
-		req.Op = gateway.OpWriteZeroes
-	default:
-		return syscall.EOPNOTSUPP
+	req, err := gateway.Fallocate(mode, int64(off), int64(size))
+	if err != nil {
+		return f.n.errno("fallocate", err)
 	}
+	req.Inode, req.Door, req.Path = f.n.ino, gateway.DoorFUSE, f.path()
 	return f.n.errno("fallocate", f.n.m.vol.Do(ctx, &req))
 }
 

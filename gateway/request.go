@@ -3,6 +3,8 @@ package gateway
 import (
 	"fmt"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/sluice-storage/sluice/gateway/store"
 )
 
@@ -106,3 +108,27 @@ var (
 	ErrPerm        = store.ErrPerm
 	ErrNXIO        = store.ErrNXIO
 )
+
+// Fallocate is the request fallocate(2) with mode makes of [off,
+// off+length), for every door that serves it: plain allocation is
+// OpAllocate, PUNCH_HOLE (which Linux allows only with KEEP_SIZE) is
+// OpDiscard, ZERO_RANGE is OpWriteZeroes, KEEP_SIZE sets KeepSize. Any
+// other mode is ErrUnsupported (EOPNOTSUPP).
+func Fallocate(mode uint32, off, length int64) (Request, error) {
+	keep := mode&unix.FALLOC_FL_KEEP_SIZE != 0
+	req := Request{Offset: off, Length: length, KeepSize: keep}
+	switch mode &^ unix.FALLOC_FL_KEEP_SIZE {
+	case 0:
+		req.Op = OpAllocate
+	case unix.FALLOC_FL_PUNCH_HOLE:
+		if !keep {
+			return Request{}, fmt.Errorf("fallocate: PUNCH_HOLE without KEEP_SIZE: %w", ErrUnsupported)
+		}
+		req.Op = OpDiscard
+	case unix.FALLOC_FL_ZERO_RANGE:
+		req.Op = OpWriteZeroes
+	default:
+		return Request{}, fmt.Errorf("fallocate: mode %#x: %w", mode, ErrUnsupported)
+	}
+	return req, nil
+}

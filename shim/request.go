@@ -158,9 +158,8 @@ func (f *file) settled(res result) result {
 	return res
 }
 
-// fallocate maps fallocate(2)'s modes as the FUSE door does: plain
-// allocation, PUNCH_HOLE (with KEEP_SIZE, as Linux requires), ZERO_RANGE;
-// any other mode is EOPNOTSUPP.
+// fallocate serves fallocate(2), mapped by gateway.Fallocate as in the
+// FUSE door.
 func (c *channel) fallocate(f *file, r record) result {
 	if r.offset < 0 || r.length <= 0 || fileRange(r.offset, r.length) != nil {
 		return failed(unix.EINVAL)
@@ -168,20 +167,9 @@ func (c *channel) fallocate(f *file, r record) result {
 	if !f.writable {
 		return failed(unix.EBADF)
 	}
-	keep := r.arg&unix.FALLOC_FL_KEEP_SIZE != 0
-	req := gateway.Request{Offset: r.offset, Length: r.length, KeepSize: keep}
-	switch r.arg &^ unix.FALLOC_FL_KEEP_SIZE {
-	case 0:
-		req.Op = gateway.OpAllocate
-	case unix.FALLOC_FL_PUNCH_HOLE:
-		if !keep {
-			return failed(unix.EOPNOTSUPP)
-		}
-		req.Op = gateway.OpDiscard
-	case unix.FALLOC_FL_ZERO_RANGE:
-		req.Op = gateway.OpWriteZeroes
-	default:
-		return failed(unix.EOPNOTSUPP)
+	req, err := gateway.Fallocate(r.arg, r.offset, r.length)
+	if err != nil {
+		return failed(c.errno("fallocate", err))
 	}
 	return c.do(f, &req)
 }
