@@ -80,7 +80,9 @@ func fuzzChannel(f *testing.F) *channel {
 	}
 	f.Cleanup(func() { unix.Munmap(mem) })
 	c.mem, c.l = mem, l
-	c.files[1] = &file{fd: int(local.Fd()), vol: v, ns: ns, ino: a.Ino, readable: true, writable: true, at: "f"}
+	file := &file{fd: int(local.Fd()), vol: v, ns: ns, ino: a.Ino, readable: true, writable: true}
+	file.at.Store(&named{path: "f"})
+	c.files[1] = file
 	return c
 }
 

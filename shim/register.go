@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -27,9 +28,7 @@ type file struct {
 	renames func() uint64 // the mount's rename count; nil: never re-check
 	settle  func()        // the mount's Settle; nil: none
 
-	mu      sync.Mutex
-	at      string // the path inside the volume, for QoS file rules and policies
-	renamed uint64 // renames() when at was taken
+	at atomic.Pointer[named] // the path inside the volume, for QoS file rules and policies
 
 	// use is held (read) by each request on the file and (write) by
 	// close, so fd is not closed, and its number reused, under a request.
@@ -63,19 +62,26 @@ func (f *file) close() {
 // with, looked up again (from the kernel's name for our fd) after a
 // rename or link through the mount.
 func (f *file) path() string {
+	at := f.at.Load()
 	if f.renames == nil {
-		return f.at
+		return at.path
 	}
-	n := f.renames()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if n != f.renamed {
-		if p, ok := pathOf(f.fd, f.dir); ok {
-			f.at = p
-		}
-		f.renamed = n
+	n := f.renames() // before the name is read: a rename after this is seen next time
+	if n == at.renames {
+		return at.path
 	}
-	return f.at
+	next := &named{renames: n, path: at.path}
+	if p, ok := pathOf(f.fd, f.dir); ok {
+		next.path = p
+	}
+	f.at.Store(next)
+	return next.path
+}
+
+// named is a file's path as of a count of its mount's renames.
+type named struct {
+	renames uint64
+	path    string
 }
 
 // pathOf is the path inside the volume mounted at dir of the file fd has
@@ -187,10 +193,12 @@ func (c *channel) check(fd int) (registered, *file) {
 	if m.ReadOnly || m.Volume.ReadOnly() {
 		f.writable = false
 	}
+	at := &named{}
 	if f.renames != nil {
-		f.renamed = f.renames()
+		at.renames = f.renames()
 	}
-	f.at, _ = pathOf(opath, m.Dir)
+	at.path, _ = pathOf(opath, m.Dir)
+	f.at.Store(at)
 	if f.readable {
 		r.Flags |= regReadable
 	}
