@@ -12,6 +12,7 @@ import (
 	"unsafe"
 
 	"github.com/sluice-storage/sluice/gateway"
+	"github.com/sluice-storage/sluice/internal/waiter"
 )
 
 // Options configure Dial. The zero value is usable.
@@ -85,8 +86,8 @@ type Client struct {
 	queues []*cqueue
 	rr     atomic.Uint32
 
-	bogus atomic.Uint64 // used elements that matched no request in flight
-	waits waitCounters  // the queue pollers'
+	bogus atomic.Uint64   // used elements that matched no request in flight
+	waits waiter.Counters // the queue pollers'
 
 	ioMu     sync.RWMutex // IO calls hold it shared; Close takes it to unmap
 	closed   atomic.Bool
@@ -155,7 +156,7 @@ func (o *Options) fill() error {
 	if o.ControlTimeout <= 0 {
 		o.ControlTimeout = defaultControlTimeout
 	}
-	o.Wait = o.Wait.withDefaults()
+	o.Wait = o.Wait.WithDefaults()
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -432,7 +433,7 @@ func (c *Client) Close() error {
 		}
 	}
 	for _, q := range c.queues {
-		q.w.stop()
+		q.w.Stop()
 		<-q.done
 	}
 	c.fail(fmt.Errorf("virtio: client closed: %w", gateway.ErrClosed))
@@ -472,7 +473,7 @@ func (c *Client) Features() uint64 { return c.features }
 
 // WaitStats returns what the queue pollers did while waiting for
 // completions, summed over the queues.
-func (c *Client) WaitStats() WaitStats { return c.waits.stats() }
+func (c *Client) WaitStats() WaitStats { return c.waits.Stats() }
 
 // Queues returns the number of queues in use.
 func (c *Client) Queues() int { return len(c.queues) }

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-storage/sluice/internal/waiter"
 )
 
 // layout places the rings, per-request metadata and data buffers of every
@@ -92,7 +94,7 @@ type cqueue struct {
 	free     chan uint16 // slot numbers
 	kickFd   int
 	callFd   int
-	w        *waiter
+	w        *waiter.Waiter
 	done     chan struct{} // closed when the poller has exited
 
 	mu sync.Mutex // submit: avail ring and its flags
@@ -162,7 +164,7 @@ func newCQueue(c *Client, index int, l *layout) (*cqueue, error) {
 		q.close()
 		return nil, fmt.Errorf("virtio: call eventfd: %w", err)
 	}
-	if q.w, err = newWaiter(c.opt.Wait, q.callFd, &c.waits); err != nil {
+	if q.w, err = waiter.New(c.opt.Wait, q.callFd, &c.waits); err != nil {
 		q.close()
 		return nil, err
 	}
@@ -179,15 +181,15 @@ func (q *cqueue) close() {
 		q.callFd = -1
 	}
 	if q.w != nil {
-		q.w.close()
+		q.w.Close()
 		q.w = nil
 	}
 }
 
 // ready and notify make the queue a waitable for its waiter.
-func (q *cqueue) ready() bool { return q.ring.usedIdx() != q.ring.lastUsed }
+func (q *cqueue) Ready() bool { return q.ring.usedIdx() != q.ring.lastUsed }
 
-func (q *cqueue) notify(on bool) {
+func (q *cqueue) Notify(on bool) {
 	q.mu.Lock()
 	q.ring.setInterrupts(on)
 	q.mu.Unlock()
@@ -196,16 +198,16 @@ func (q *cqueue) notify(on bool) {
 // poll delivers completions until stopped.
 func (q *cqueue) poll() {
 	defer close(q.done)
-	q.notify(false)
+	q.Notify(false)
 	for {
 		n := q.harvest()
-		q.w.processed(n)
+		q.w.Processed(n)
 		if n > 0 {
 			// Hand the P to the callers just woken (they sit in this P's
 			// run queue) instead of making them wait for our next spin.
 			runtime.Gosched()
 		}
-		if !q.w.wait(q) {
+		if !q.w.Wait(q) {
 			return
 		}
 	}

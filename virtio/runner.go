@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluice-storage/sluice/internal/door"
+	"github.com/sluice-storage/sluice/internal/waiter"
 )
 
 // runner serves one started ring of one connection: a poller goroutine
@@ -20,7 +21,7 @@ type runner struct {
 	v     *vring
 	ring  *deviceRing
 	mem   *guestMemory
-	w     *waiter
+	w     *waiter.Waiter
 	reqs  []*blkReq // by head: at most one in-flight request per head
 	chain int       // longest chain accepted
 	segs  int       // most iov pieces per direction
@@ -37,7 +38,7 @@ type runner struct {
 }
 
 func newRunner(b *backend, v *vring, ring *deviceRing) (*runner, error) {
-	w, err := newWaiter(b.s.opt.Wait, v.kickFd, &b.s.waits)
+	w, err := waiter.New(b.s.opt.Wait, v.kickFd, &b.s.waits)
 	if err != nil {
 		return nil, err
 	}
@@ -53,9 +54,9 @@ func newRunner(b *backend, v *vring, ring *deviceRing) (*runner, error) {
 }
 
 // ready and notify make the runner a waitable for its waiter.
-func (r *runner) ready() bool { return r.ring.availIdx() != r.ring.lastAvail }
+func (r *runner) Ready() bool { return r.ring.availIdx() != r.ring.lastAvail }
 
-func (r *runner) notify(on bool) {
+func (r *runner) Notify(on bool) {
 	r.usedMu.Lock()
 	r.ring.setNotify(on)
 	r.usedMu.Unlock()
@@ -63,9 +64,9 @@ func (r *runner) notify(on bool) {
 
 // stop ends the poller and waits for it and every request it started.
 func (r *runner) stop() {
-	r.w.stop()
+	r.w.Stop()
 	<-r.done
-	r.w.close()
+	r.w.Close()
 }
 
 func (r *runner) run() {
@@ -81,18 +82,18 @@ func (r *runner) run() {
 	// Touching a page the front-end truncated away raises SIGBUS; make it
 	// a panic we recover instead of a crash of the whole gateway.
 	debug.SetPanicOnFault(true)
-	r.notify(false)
+	r.Notify(false)
 	for {
 		n, err := r.drain()
 		if err != nil {
 			r.fail(err)
 			return
 		}
-		r.w.processed(n)
+		r.w.Processed(n)
 		if n > 0 {
 			runtime.Gosched() // let request goroutines and the caller's side run
 		}
-		if !r.w.wait(r) {
+		if !r.w.Wait(r) {
 			return
 		}
 	}

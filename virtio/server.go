@@ -15,6 +15,7 @@ import (
 	"github.com/sluice-storage/sluice/internal/door"
 	"github.com/sluice-storage/sluice/internal/listen"
 	"github.com/sluice-storage/sluice/internal/logcap"
+	"github.com/sluice-storage/sluice/internal/waiter"
 )
 
 // Export is one volume as the vhost-user-blk target sees it.
@@ -84,10 +85,10 @@ type Server struct {
 	bufs     bufpool.Pool
 	door     *door.Server[*backend] // listeners and live connections
 
-	brokenRings    atomic.Uint64 // rings stopped for a protocol violation or a fault
-	waits          waitCounters  // every ring poller's, over the server's life
-	rejectedChains atomic.Uint64 // requests failed for a bad descriptor chain or header
-	panics         atomic.Uint64 // requests and connections that panicked
+	brokenRings    atomic.Uint64   // rings stopped for a protocol violation or a fault
+	waits          waiter.Counters // every ring poller's, over the server's life
+	rejectedChains atomic.Uint64   // requests failed for a bad descriptor chain or header
+	panics         atomic.Uint64   // requests and connections that panicked
 }
 
 // ServerStats are counters of misbehaving front-ends and of the ring
@@ -106,7 +107,7 @@ type ServerStats struct {
 // Stats returns the server's counters.
 func (s *Server) Stats() ServerStats {
 	return ServerStats{BrokenRings: s.brokenRings.Load(), RejectedChains: s.rejectedChains.Load(),
-		Panics: s.panics.Load(), Wait: s.waits.stats()}
+		Panics: s.panics.Load(), Wait: s.waits.Stats()}
 }
 
 // NewServer returns a server for exp. It does not listen; call Serve.
@@ -130,7 +131,7 @@ func NewServer(exp Export, opts ServerOptions) *Server {
 	if opts.Door == gateway.DoorInternal {
 		opts.Door = gateway.DoorVirtio
 	}
-	opts.Wait = opts.Wait.withDefaults()
+	opts.Wait = opts.Wait.WithDefaults()
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()

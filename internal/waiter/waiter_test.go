@@ -1,4 +1,4 @@
-package virtio
+package waiter
 
 import (
 	"sync/atomic"
@@ -6,26 +6,26 @@ import (
 	"time"
 )
 
-// fakeRing is a waitable that becomes ready after a number of checks.
+// fakeRing is a Waitable that becomes ready after a number of checks.
 type fakeRing struct {
 	readyAfter int64 // checks until ready; < 0: never
 	checks     atomic.Int64
 	notifyOn   atomic.Bool
 }
 
-func (f *fakeRing) ready() bool {
+func (f *fakeRing) Ready() bool {
 	n := f.checks.Add(1)
 	return f.readyAfter >= 0 && n > f.readyAfter
 }
 
-func (f *fakeRing) notify(on bool) { f.notifyOn.Store(on) }
+func (f *fakeRing) Notify(on bool) { f.notifyOn.Store(on) }
 
 func TestWaitDefaults(t *testing.T) {
-	o := WaitOptions{}.withDefaults()
+	o := Options{}.WithDefaults()
 	if o.SpinMax != defaultSpinMax || o.PollMax != defaultPollMax || o.PollIdle != defaultPollIdle {
 		t.Fatalf("defaults: %+v", o)
 	}
-	o = WaitOptions{SpinMax: time.Millisecond, PollMax: time.Microsecond}.withDefaults()
+	o = Options{SpinMax: time.Millisecond, PollMax: time.Microsecond}.WithDefaults()
 	if o.PollMax != o.SpinMax {
 		t.Fatalf("PollMax below SpinMax not raised: %+v", o)
 	}
@@ -35,7 +35,7 @@ func TestWaitDefaults(t *testing.T) {
 // but before PollMax doubles it (from windowStart), work after 2 x PollMax
 // halves it; in between (slow wake-ups) it stays.
 func TestWaitAdjust(t *testing.T) {
-	w, err := newWaiter(WaitOptions{}, -1, nil)
+	w, err := New(Options{}, -1, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func TestWaitAdjust(t *testing.T) {
 }
 
 func TestWaitSpinBudget(t *testing.T) {
-	w, _ := newWaiter(WaitOptions{SpinMax: 20 * time.Microsecond}, -1, nil)
+	w, _ := New(Options{SpinMax: 20 * time.Microsecond}, -1, nil)
 	w.window = 8 * time.Microsecond
 	if got := w.spinBudget(); got != 8*time.Microsecond {
 		t.Fatalf("spin budget %v, want the window", got)
@@ -107,17 +107,17 @@ func TestBatchNap(t *testing.T) {
 // Batch mode starts when wake-ups average batchTarget items, and only in
 // adaptive mode.
 func TestWaitBatchMode(t *testing.T) {
-	for _, mode := range []WaitMode{WaitAdaptive, WaitEventfd, WaitPoll} {
-		w, _ := newWaiter(WaitOptions{Mode: mode}, -1, nil)
+	for _, mode := range []Mode{Adaptive, Eventfd, Poll} {
+		w, _ := New(Options{Mode: mode}, -1, nil)
 		for range 50 {
-			w.processed(32)
+			w.Processed(32)
 			time.Sleep(10 * time.Microsecond)
 		}
-		if w.batchMode != (mode == WaitAdaptive) {
+		if w.batchMode != (mode == Adaptive) {
 			t.Errorf("%v: batch mode %v after many 32-item wake-ups", mode, w.batchMode)
 		}
 		for range 50 {
-			w.processed(1)
+			w.Processed(1)
 		}
 		if w.batchMode {
 			t.Errorf("%v: still in batch mode after 1-item wake-ups", mode)
@@ -128,7 +128,7 @@ func TestWaitBatchMode(t *testing.T) {
 // In batch mode the poller spins before it naps: work that arrives within
 // the spin is taken without a sleep.
 func TestWaitBatchSpinsFirst(t *testing.T) {
-	w, _ := newWaiter(WaitOptions{SpinMax: time.Second, PollMax: time.Second}, -1, nil)
+	w, _ := New(Options{SpinMax: time.Second, PollMax: time.Second}, -1, nil)
 	w.window = time.Second
 	w.batchMode, w.rate, w.batch = true, 1e5, batchTarget
 	r := &fakeRing{readyAfter: 40}
@@ -154,16 +154,16 @@ func TestWaitBatchSpinsFirst(t *testing.T) {
 // Without an eventfd a waiter that finds nothing ends up polling the ring
 // with notifications enabled, and returns when work arrives.
 func TestWaitAdaptiveWithoutEventfd(t *testing.T) {
-	w, _ := newWaiter(WaitOptions{PollIdle: time.Millisecond}, -1, nil)
+	w, _ := New(Options{PollIdle: time.Millisecond}, -1, nil)
 	r := &fakeRing{readyAfter: 5000}
-	if !w.wait(r) {
+	if !w.Wait(r) {
 		t.Fatal("wait returned false")
 	}
 	if r.notifyOn.Load() {
 		t.Fatal("notifications left enabled after wait returned with work")
 	}
-	w.stop()
-	if w.wait(&fakeRing{readyAfter: -1}) {
+	w.Stop()
+	if w.Wait(&fakeRing{readyAfter: -1}) {
 		t.Fatal("wait on a stopped waiter returned true")
 	}
 }
