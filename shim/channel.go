@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/bits"
 	"net"
 	"os"
-	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-storage/sluice/internal/door"
+	"github.com/sluice-storage/sluice/internal/waiter"
 )
 
 // channel is one client process's connection: its control socket, its
@@ -33,9 +34,9 @@ type channel struct {
 	uid    uint32
 
 	// Set by the handshake, before the poller starts.
-	mem  []byte
-	l    layout
-	kick *os.File // the client's kick eventfd, non-blocking (netpoller)
+	mem []byte
+	l   layout
+	w   *waiter.Waiter // the poller's, on the client's kick eventfd
 	// running[i] is true while slot i's request runs: a slot submitted
 	// again meanwhile is ignored, so a channel runs at most l.slots
 	// requests at once.
@@ -46,8 +47,9 @@ type channel struct {
 	next    uint64 // the last handle given out
 	ready   bool   // the handshake is done (info may read l)
 	served  atomic.Uint64
-	inf     sync.WaitGroup // requests running
-	polling sync.WaitGroup // the poller
+	avgNs   [numClasses]atomic.Int64 // EWMA of a request's time, per class
+	inf     sync.WaitGroup           // requests running
+	polling sync.WaitGroup           // the poller
 
 	draining atomic.Bool // Drain: answer new requests "fall back", then end
 	stopping atomic.Bool // the poller must return
@@ -83,7 +85,6 @@ func (c *channel) Serve() {
 		}
 		return
 	}
-	c.s.stats.opened.Add(1)
 	c.polling.Add(1)
 	go c.poll()
 	for {
@@ -121,15 +122,15 @@ func (c *channel) Close() {
 func (c *channel) release() {
 	c.closed.Do(func() {
 		c.stopping.Store(true)
-		if c.kick != nil {
-			c.kick.SetReadDeadline(time.Unix(1, 0))
+		if c.w != nil {
+			c.w.Stop()
 		}
 		c.polling.Wait()
 		c.inf.Wait()
 		c.cancel()
 		c.conn.Close()
-		if c.kick != nil {
-			c.kick.Close()
+		if c.w != nil {
+			c.w.Close()
 		}
 		c.mu.Lock()
 		for h, f := range c.files {
@@ -217,6 +218,7 @@ func (c *channel) handshake() error {
 	c.ready = true
 	c.mu.Unlock()
 	c.log.Debug("shim: channel open", "slots", c.l.slots, "slot_data", c.l.slotData, "uid", c.uid)
+	c.s.stats.opened.Add(1) // before the answer: a client that sees it sees the count
 	if _, err := c.conn.Write(encodeHelloOK(0, c.id)); err != nil {
 		return err
 	}
@@ -254,18 +256,13 @@ func (c *channel) attach(h *hello, memfd, evfd int) error {
 		unix.Munmap(mem)
 		return fmt.Errorf("%w: the shared memory's header does not match the hello", errBadMessage)
 	}
-	dup, err := unix.FcntlInt(uintptr(evfd), unix.F_DUPFD_CLOEXEC, 0)
+	// The waiter reads a non-blocking dup of the eventfd.
+	w, err := waiter.New(c.s.opt.Wait, evfd, &c.s.waits)
 	if err != nil {
 		unix.Munmap(mem)
-		return fmt.Errorf("dup the kick eventfd: %w", err)
+		return fmt.Errorf("the kick eventfd: %w", err)
 	}
-	if err := unix.SetNonblock(dup, true); err != nil {
-		unix.Close(dup)
-		unix.Munmap(mem)
-		return fmt.Errorf("kick eventfd non-blocking: %w", err)
-	}
-	c.mem, c.l, c.pid = mem, l, max(c.pid, int32(h.PID))
-	c.kick = os.NewFile(uintptr(dup), "shim-kick")
+	c.mem, c.l, c.pid, c.w = mem, l, max(c.pid, int32(h.PID)), w
 	return nil
 }
 
@@ -314,10 +311,10 @@ func (c *channel) control() error {
 	return fmt.Errorf("%w: a second hello", errBadMessage)
 }
 
-// poll is the channel's poller: it takes submitted slots and starts their
-// requests, and sleeps on the kick eventfd when there are none (after a
-// short spin). A fault in the shared memory ends the poller, not the
-// gateway.
+// poll is the channel's poller: it takes submitted slots and runs their
+// requests, and waits with internal/waiter (the virtio door's adaptive
+// waiting: spin, short naps, then the kick eventfd) when there are none.
+// A fault in the shared memory ends the poller, not the gateway.
 func (c *channel) poll() {
 	defer c.polling.Done()
 	defer door.Recover(c.log, &c.s.stats.panics, "shim: panic in a channel's poller", func() { c.conn.Close() })
@@ -326,13 +323,28 @@ func (c *channel) poll() {
 		if c.stopping.Load() {
 			return
 		}
-		if c.take() > 0 {
+		if n := c.take(); n > 0 {
+			c.w.Processed(n)
 			continue
 		}
-		if !c.wait() {
+		if !c.w.Wait(c) {
 			return
 		}
 	}
+}
+
+// Ready and Notify make the channel a waiter.Waitable: work is a
+// submitted slot; notifications are the header's idle word (clients kick
+// the eventfd only while it is 1). The atomic store is a full barrier.
+func (c *channel) Ready() bool { return c.pending() }
+
+// Notify sets the idle word: on, clients kick.
+func (c *channel) Notify(on bool) {
+	v := uint32(0)
+	if on {
+		v = 1
+	}
+	atomic.StoreUint32(c.word(hdrIdle), v)
 }
 
 // take claims every submitted slot and starts it; it returns how many.
@@ -341,12 +353,9 @@ func (c *channel) take() int {
 	for w := 0; w*64 < c.l.slots; w++ {
 		set := atomic.SwapUint64(c.bits(w), 0)
 		for set != 0 {
-			bit := 0
-			for set&(1<<bit) == 0 {
-				bit++
-			}
-			set &^= 1 << bit
-			if i := w*64 + bit; i < c.l.slots {
+			i := w*64 + bits.TrailingZeros64(set)
+			set &= set - 1
+			if i < c.l.slots {
 				c.start(i)
 				n++
 			}
@@ -365,87 +374,80 @@ func (c *channel) pending() bool {
 	return false
 }
 
-// wait returns when a slot may be submitted (true) or the poller must
-// stop (false): it spins for Options.Spin, then announces that it
-// sleeps (the header's idle word: clients kick the eventfd only then),
-// checks once more and blocks on the eventfd, re-checking every second
-// in case a kick was lost.
-func (c *channel) wait() bool {
-	start := time.Now()
-	for i := 1; c.s.opt.Spin > 0; i++ {
-		if c.pending() {
-			return true
-		}
-		if i%16 == 0 {
-			if c.stopping.Load() {
-				return false
-			}
-			if time.Since(start) > c.s.opt.Spin {
-				break
-			}
-			runtime.Gosched()
-		}
+// Request classes, for the inline decision.
+const (
+	classRead  = iota // read, fstat
+	classWrite        // write, ftruncate, fallocate
+	classSync         // fsync, fdatasync
+	numClasses
+)
+
+func classOf(op uint32) int {
+	switch op {
+	case opRead, opFstat:
+		return classRead
+	case opFsync, opFdatasync:
+		return classSync
 	}
-	idle := c.word(hdrIdle)
-	atomic.StoreUint32(idle, 1)
-	defer atomic.StoreUint32(idle, 0)
-	var b [8]byte
-	for !c.pending() {
-		c.kick.SetReadDeadline(time.Now().Add(time.Second))
-		if c.stopping.Load() {
-			return false
-		}
-		_, err := c.kick.Read(b[:])
-		if c.stopping.Load() {
-			return false
-		}
-		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			c.log.Warn("shim: the kick eventfd failed; closing the channel", "err", err)
-			c.conn.Close()
-			return false
-		}
-	}
-	return true
+	return classWrite
 }
 
-// start runs slot i's request on a goroutine of its own, unless it is
-// already running (a client that submits a slot twice).
+// start serves slot i, unless it is already running (a client that
+// submits a slot twice). It copies the record out of shared memory and
+// runs it on the poller while requests of its class have been quick
+// (Options.InlineBelow, as the virtio door): handing it to a goroutine
+// costs a wake-up, more than a cached 4 KiB read takes. Slower ones
+// (throttled files, a sync that waits for the device) run on their own
+// goroutine so they do not hold up the channel's other requests.
 func (c *channel) start(i int) {
 	if !c.running[i].CompareAndSwap(false, true) {
 		c.s.stats.bad.Add(1)
 		return
 	}
-	c.inf.Add(1)
-	go c.run(i)
-}
-
-// run serves slot i: copy the record out, check and execute it, publish
-// the completion and wake the client thread if it sleeps.
-func (c *channel) run(i int) {
-	defer c.inf.Done()
 	rec := c.mem[pageSize+i*recordLen : pageSize+(i+1)*recordLen]
-	res := result{status: statusDone, value: -int64(unix.EIO)}
-	defer func() {
-		if p := recover(); p != nil {
-			door.Panicked(c.log, &c.s.stats.panics, "shim: request panicked; failed with EIO", p, "slot", i)
-			res = result{status: statusDone, value: -int64(unix.EIO)}
-		}
-		c.complete(i, rec, res)
-	}()
-	debug.SetPanicOnFault(true)
 	if atomic.LoadUint32(c.word(pageSize+i*recordLen+recState)) != slotSubmitted {
 		c.s.stats.bad.Add(1)
-		res = result{status: statusDone, value: -int64(unix.EINVAL)}
+		c.complete(i, rec, failed(unix.EINVAL))
 		return
 	}
 	var copied [recordLen]byte
 	copy(copied[:], rec)
 	r := decodeRecord(copied[:])
 	if c.draining.Load() {
-		res = result{status: statusFallback, reason: ReasonGone}
-	} else {
-		res = c.exec(r)
+		res := fallback(ReasonGone)
+		c.count(r.op, res)
+		c.complete(i, rec, res)
+		return
 	}
+	class := classOf(r.op)
+	if below := c.s.opt.InlineBelow; below < 0 || time.Duration(c.avgNs[class].Load()) >= below {
+		c.inf.Add(1)
+		go func() {
+			defer c.inf.Done()
+			debug.SetPanicOnFault(true)
+			c.run(i, rec, r, class)
+		}()
+		return
+	}
+	c.run(i, rec, r, class)
+}
+
+// run executes slot i's request r, publishes the completion and wakes the
+// client thread if it sleeps. A panic fails the request with EIO.
+func (c *channel) run(i int, rec []byte, r record, class int) {
+	res := failed(unix.EIO)
+	defer func() {
+		if p := recover(); p != nil {
+			door.Panicked(c.log, &c.s.stats.panics, "shim: request panicked; failed with EIO", p, "slot", i)
+			res = failed(unix.EIO)
+		}
+		c.complete(i, rec, res)
+	}()
+	t0 := time.Now()
+	res = c.exec(r)
+	a := &c.avgNs[class]
+	old := a.Load()
+	a.Store(old + (int64(time.Since(t0))-old)/8)
 	c.count(r.op, res)
 }
 

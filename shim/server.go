@@ -11,6 +11,7 @@ import (
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/internal/door"
 	"github.com/sluice-storage/sluice/internal/listen"
+	"github.com/sluice-storage/sluice/internal/waiter"
 )
 
 // Mounts are the gateway's own FUSE mounts, as the shim checks a file it
@@ -42,16 +43,20 @@ type Options struct {
 	MaxChannels int
 	// MaxHandles caps the fds one channel may register (default 65536).
 	MaxHandles int
-	// Spin is how long a channel's poller polls its ring for new requests
-	// before it sleeps on the kick eventfd (default 20 µs; negative: it
-	// sleeps at once).
-	Spin time.Duration
+	// Wait is how a channel's poller waits for requests (internal/waiter;
+	// the zero value is the adaptive mode the virtio door uses).
+	Wait waiter.Options
+	// InlineBelow: a request runs on the channel's poller while requests
+	// of its class (reads, writes, syncs) have averaged less than this in
+	// Volume.Do, otherwise on its own goroutine (default 20 µs, as the
+	// virtio door; negative: always its own goroutine).
+	InlineBelow time.Duration
 }
 
 const (
 	defaultMaxChannels = 1024
 	defaultMaxHandles  = 65536
-	defaultSpin        = 20 * time.Microsecond
+	defaultInlineBelow = 20 * time.Microsecond
 )
 
 // Server is the shim door: a socket and the channels of the processes
@@ -63,6 +68,7 @@ type Server struct {
 	door   *door.Server[*channel]
 	ids    atomic.Uint32
 	stats  counters
+	waits  waiter.Counters // every channel poller's
 }
 
 // NewServer returns a Server that serves files of mounts.
@@ -76,8 +82,8 @@ func NewServer(mounts Mounts, opts Options) *Server {
 	if opts.MaxHandles <= 0 {
 		opts.MaxHandles = defaultMaxHandles
 	}
-	if opts.Spin == 0 {
-		opts.Spin = defaultSpin
+	if opts.InlineBelow == 0 {
+		opts.InlineBelow = defaultInlineBelow
 	}
 	s := &Server{mounts: mounts, opt: opts, log: opts.Logger}
 	s.door = door.New[*channel](door.Options{Name: "shim", Logger: opts.Logger, MaxConns: opts.MaxChannels, Panics: &s.stats.panics})

@@ -348,16 +348,23 @@ static uint32_t do_register(int fd, struct fdent *e) {
 		fd_off(e, r);
 		return r;
 	}
-	struct chan *c = __atomic_load_n(&S.cur, __ATOMIC_ACQUIRE);
-	if (!c || c->dead)
-		c = chan_open();
-	if (!c)
-		return REASON_GONE;
-	struct msg_register m = {.h = {MSG_MAGIC, MSG_REGISTER, SHIM_VERSION}, .fd = (uint32_t)fd};
+	/* A channel that fails here may be one to a gateway that restarted
+	 * since: retire it and try once more on a new one. */
 	struct msg_registered rep;
-	if (send_msg(c->sock, &m, sizeof m, &fd, 1) < 0 || recv_reply(c->sock, &rep, sizeof rep, MSG_REGISTERED) < 0) {
+	struct chan *c = NULL;
+	for (int attempt = 0;; attempt++) {
+		c = __atomic_load_n(&S.cur, __ATOMIC_ACQUIRE);
+		int fresh = !c || c->dead;
+		if (fresh)
+			c = chan_open();
+		if (!c)
+			return REASON_GONE;
+		struct msg_register m = {.h = {MSG_MAGIC, MSG_REGISTER, SHIM_VERSION}, .fd = (uint32_t)fd};
+		if (send_msg(c->sock, &m, sizeof m, &fd, 1) >= 0 && recv_reply(c->sock, &rep, sizeof rep, MSG_REGISTERED) >= 0)
+			break;
 		chan_retire(c);
-		return REASON_GONE;
+		if (fresh || attempt > 0)
+			return REASON_GONE;
 	}
 	if (rep.reason != REASON_NONE) {
 		if (rep.reason == REASON_NOT_SLUICE && S.neg_n < 16)

@@ -3,9 +3,10 @@
  *
  * A thread claims a free slot with one compare-and-swap, fills it, marks
  * it submitted (a bit in the header's bitmap), kicks the eventfd only when
- * the gateway says its poller sleeps, and waits for its own slot: a short
- * spin, then a futex on the slot's state word with a 50 ms timeout, after
- * each of which it checks that the gateway's socket is still open. */
+ * the gateway says its poller sleeps, and waits for its own slot: a spin
+ * sized by recent requests (await), then a futex on the slot's state word
+ * with a 50 ms timeout, after each of which it checks that the gateway's
+ * socket is still open. */
 #include "shim.h"
 
 #include <errno.h>
@@ -19,7 +20,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SPIN_NS 10000     /* spin on a slot before sleeping */
 #define SLEEP_NS 50000000 /* one futex wait; then check the socket */
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -51,28 +51,78 @@ static int claim(struct chan *c) {
 	}
 }
 
+/* Waiting for a slot. A thread spins while its request is likely to be
+ * done soon, then sleeps on a futex: the spin budget is twice the average
+ * time of recent requests of the same class (reads, writes, syncs), at
+ * least SPIN_MIN_NS and at most SPIN_MAX_NS; a class that averages more
+ * than SPIN_MAX_NS (fsync on a disk, a throttled file) spins only
+ * SPIN_MIN_NS. At most MAX_SPINNERS threads of a process spin at once:
+ * sixteen threads spinning on two cores would starve the gateway that
+ * answers them. */
+#define SPIN_MIN_NS 2000
+#define SPIN_MAX_NS 60000
+#define MAX_SPINNERS 2
+
+static int class_of(uint32_t op) {
+	switch (op) {
+	case OP_READ:
+	case OP_FSTAT:
+		return 0;
+	case OP_FSYNC:
+	case OP_FDATASYNC:
+		return 2;
+	}
+	return 1;
+}
+
+static int64_t spin_budget(struct chan *c, int cls) {
+	if (__atomic_add_fetch(&c->spinners, 1, __ATOMIC_RELAXED) > MAX_SPINNERS)
+		return 0;
+	int64_t avg = __atomic_load_n(&c->avg_ns[cls], __ATOMIC_RELAXED);
+	if (avg > SPIN_MAX_NS)
+		return SPIN_MIN_NS;
+	int64_t b = 2 * avg;
+	return b < SPIN_MIN_NS ? SPIN_MIN_NS : b > SPIN_MAX_NS ? SPIN_MAX_NS : b;
+}
+
+/* observe folds one request's time into its class's average (weight 1/8;
+ * racy updates from several threads only blur it). */
+static void observe(struct chan *c, int cls, int64_t ns) {
+	int64_t avg = __atomic_load_n(&c->avg_ns[cls], __ATOMIC_RELAXED);
+	__atomic_store_n(&c->avg_ns[cls], avg + (ns - avg) / 8, __ATOMIC_RELAXED);
+}
+
 /* await waits for slot s to be done: 0, or -1 if the gateway is gone. */
-static int await(struct chan *c, struct shm_slot *s) {
-	int64_t start = now_ns();
-	while (now_ns() - start < SPIN_NS) {
-		if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == SLOT_DONE)
-			return 0;
-		cpu_relax();
-	}
-	for (;;) {
-		__atomic_store_n(&s->waiting, 1, __ATOMIC_SEQ_CST);
-		if (__atomic_load_n(&s->state, __ATOMIC_SEQ_CST) == SLOT_DONE)
+static int await(struct chan *c, struct shm_slot *s, int cls, int64_t start) {
+	int64_t budget = spin_budget(c, cls), now = start;
+	int done = 0;
+	while (now - start < budget) {
+		if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == SLOT_DONE) {
+			done = 1;
 			break;
-		struct timespec ts = {0, SLEEP_NS};
-		syscall(SYS_futex, &s->state, FUTEX_WAIT, SLOT_SUBMITTED, &ts, NULL, 0);
-		if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == SLOT_DONE)
-			break;
-		if (chan_gone(c)) {
-			__atomic_store_n(&s->waiting, 0, __ATOMIC_RELAXED);
-			return -1;
 		}
+		cpu_relax();
+		now = now_ns();
 	}
-	__atomic_store_n(&s->waiting, 0, __ATOMIC_RELAXED);
+	__atomic_sub_fetch(&c->spinners, 1, __ATOMIC_RELAXED);
+	if (!done) {
+		for (;;) {
+			__atomic_store_n(&s->waiting, 1, __ATOMIC_SEQ_CST);
+			if (__atomic_load_n(&s->state, __ATOMIC_SEQ_CST) == SLOT_DONE)
+				break;
+			struct timespec ts = {0, SLEEP_NS};
+			syscall(SYS_futex, &s->state, FUTEX_WAIT, SLOT_SUBMITTED, &ts, NULL, 0);
+			if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == SLOT_DONE)
+				break;
+			if (chan_gone(c)) {
+				__atomic_store_n(&s->waiting, 0, __ATOMIC_RELAXED);
+				return -1;
+			}
+		}
+		__atomic_store_n(&s->waiting, 0, __ATOMIC_RELAXED);
+		now = now_ns();
+	}
+	observe(c, cls, now - start);
 	return 0;
 }
 
@@ -125,13 +175,14 @@ static int64_t submit(struct chan *c, struct fdent *e, uint32_t op, uint32_t arg
 	s->length = len;
 	s->data = (uint64_t)(data - c->mem);
 	s->waiting = 0;
+	int64_t start = now_ns();
 	__atomic_store_n(&s->state, SLOT_SUBMITTED, __ATOMIC_RELEASE);
 	__atomic_fetch_or(&h->submitted[idx / 64], 1ULL << (idx % 64), __ATOMIC_SEQ_CST);
 	if (__atomic_load_n(&h->idle, __ATOMIC_SEQ_CST)) {
 		uint64_t one = 1;
 		shim_raw(SYS_write, __atomic_load_n(&c->kick, __ATOMIC_ACQUIRE), (long)&one, sizeof one, 0);
 	}
-	if (await(c, s) < 0) {
+	if (await(c, s, class_of(op), start) < 0) {
 		/* The slot stays submitted: the channel is dead and unmapped later. */
 		chan_retire(c);
 		*reason = REASON_GONE;

@@ -97,6 +97,8 @@ struct chan {
 	uint32_t slots, slot_data, data_start;
 	uint32_t gen;
 	uint32_t users, dead, destroyed;
+	uint32_t spinners;  /* threads spinning on a slot now (request.c) */
+	int64_t avg_ns[3]; /* recent request time per class: read, write, sync */
 };
 
 /* The library's state, one per process (channel.c defines it). */
