@@ -3,6 +3,9 @@
 // three targets, with the same worker loop and the same measurements:
 //
 //	virtioload -target inproc -dir DATA-DIR -volume T/V JOBS...   Volume.Do in this process (the limit)
+//	virtioload -target inproc -dir DATA-DIR -volume T/V -file NAME JOBS...
+//	                                               the same on file NAME in the root of fs volume T/V,
+//	                                               as the shim door calls it (bench/shim.sh)
 //	virtioload -target virtio -socket S -wait MODE -pid P JOBS... our initiator → a gateway's vhost-user socket
 //	virtioload -target nbd -socket S -volume T/V -pid P JOBS...   a minimal NBD client on a unix socket
 //
@@ -63,19 +66,20 @@ func main() {
 		dir     = flag.String("dir", "", "inproc: the gateway's data directory (no gateway may run on it)")
 		socket  = flag.String("socket", "", "virtio: vhost-user socket; nbd: NBD unix socket")
 		volume  = flag.String("volume", "bench/bench", "inproc and nbd: the volume (T/V)")
+		file    = flag.String("file", "", "inproc: a file in the root directory of an fs volume, not the volume itself")
 		wait    = flag.String("wait", "adaptive", "virtio: initiator wait mode (adaptive, eventfd, poll)")
 		pid     = flag.Int("pid", 0, "the gateway's pid, for its CPU time")
 		runtime = flag.Duration("runtime", 5*time.Second, "time per job")
 		fill    = flag.Bool("fill", false, "write the whole volume once before the jobs")
 	)
 	flag.Parse()
-	if err := run(*kind, *dir, *socket, *volume, *wait, *pid, *runtime, *fill, flag.Args()); err != nil {
+	if err := run(*kind, *dir, *socket, *volume, *file, *wait, *pid, *runtime, *fill, flag.Args()); err != nil {
 		fmt.Fprintln(os.Stderr, "virtioload:", err)
 		os.Exit(1)
 	}
 }
 
-func run(kind, dir, socket, volume, wait string, pid int, runtime time.Duration, fill bool, specs []string) error {
+func run(kind, dir, socket, volume, file, wait string, pid int, runtime time.Duration, fill bool, specs []string) error {
 	ctx := context.Background()
 	jobs := make([]job, 0, len(specs))
 	for _, s := range specs {
@@ -85,7 +89,7 @@ func run(kind, dir, socket, volume, wait string, pid int, runtime time.Duration,
 		}
 		jobs = append(jobs, j)
 	}
-	t, err := open(ctx, kind, dir, socket, volume, wait)
+	t, err := open(ctx, kind, dir, socket, volume, file, wait)
 	if err != nil {
 		return err
 	}
@@ -105,7 +109,7 @@ func run(kind, dir, socket, volume, wait string, pid int, runtime time.Duration,
 	return nil
 }
 
-func open(ctx context.Context, kind, dir, socket, volume, wait string) (target, error) {
+func open(ctx context.Context, kind, dir, socket, volume, file, wait string) (target, error) {
 	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	switch kind {
 	case "inproc":
@@ -118,7 +122,18 @@ func open(ctx context.Context, kind, dir, socket, volume, wait string) (target, 
 			g.Close()
 			return nil, err
 		}
-		return &inproc{g: g, v: v}, nil
+		if file == "" {
+			return &inproc{g: g, v: v}, nil
+		}
+		a, err := v.Namespace().Lookup(ctx, gateway.RootIno, file)
+		if err == nil {
+			a, err = v.Namespace().Open(ctx, a.Ino) // as the mount holds it open for the shim's fd
+		}
+		if err != nil {
+			g.Close()
+			return nil, err
+		}
+		return &inprocFile{inproc: inproc{g: g, v: v}, ino: a.Ino, path: file, length: a.Size}, nil
 	case "virtio":
 		mode, err := virtio.ParseWaitMode(wait)
 		if err != nil {
@@ -339,6 +354,29 @@ func (p *inproc) size() int64 { return p.v.Size() }
 func (p *inproc) close() error {
 	return p.g.Close()
 }
+
+// inprocFile is Volume.Do on one file of an fs volume, each IO as the
+// shim door makes it: the file's length read first, then the request
+// with the file's inode and path.
+type inprocFile struct {
+	inproc
+	ino    uint64
+	path   string
+	length int64
+}
+
+func (p *inprocFile) io(ctx context.Context, write bool, buf []byte, off int64) error {
+	if _, err := p.v.Namespace().Length(ctx, p.ino); err != nil {
+		return err
+	}
+	req := gateway.Request{Op: gateway.OpRead, Offset: off, Buf: buf, Inode: p.ino, Path: p.path, Door: gateway.DoorShim}
+	if write {
+		req.Op = gateway.OpWrite
+	}
+	return p.v.Do(ctx, &req)
+}
+
+func (p *inprocFile) size() int64 { return p.length }
 
 // vclient is our initiator.
 type vclient struct{ c *virtio.Client }
