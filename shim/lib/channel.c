@@ -174,7 +174,7 @@ int chan_gone(struct chan *c) {
 }
 
 static int kcmp_works(int fd) {
-	pid_t pid = getpid();
+	pid_t pid = S.pid;
 	return syscall(SYS_kcmp, pid, pid, KCMP_FILE, fd, fd) == 0;
 }
 
@@ -207,7 +207,7 @@ static struct chan *chan_open(void) {
 	h->slots = SLOTS;
 	h->slot_data = SLOT_DATA;
 	h->size = size;
-	struct msg_hello hello = {.h = {MSG_MAGIC, MSG_HELLO, SHIM_VERSION}, .slots = SLOTS, .slot_data = SLOT_DATA, .size = size, .pid = (uint32_t)getpid()};
+	struct msg_hello hello = {.h = {MSG_MAGIC, MSG_HELLO, SHIM_VERSION}, .slots = SLOTS, .slot_data = SLOT_DATA, .size = size, .pid = (uint32_t)S.pid};
 	int fds[2] = {memfd, kick};
 	struct msg_hello_ok ok;
 	if (send_msg(sock, &hello, sizeof hello, fds, 2) < 0 || recv_reply(sock, &ok, sizeof ok, MSG_HELLO_OK) < 0 || ok.err != 0)
@@ -326,7 +326,7 @@ static uint32_t check_fd(int fd, struct stat *st) {
  * witness of another file means the program closed fd behind our back
  * (which dropped its locks on that file): that one is closed. */
 static int witness(int fd, struct fdent *e) {
-	pid_t pid = getpid();
+	pid_t pid = S.pid;
 	if (e->witness > 0 && syscall(SYS_kcmp, pid, pid, KCMP_FILE, fd, e->witness) == 0)
 		return e->witness;
 	fd_forget(e);
@@ -399,7 +399,7 @@ static uint32_t do_register(int fd, struct fdent *e) {
  * fd closed and reused behind our back, by stdio say, is caught) on the
  * current channel; otherwise it is registered again. */
 struct chan *fd_ready(int fd, struct fdent *e, uint32_t *reason) {
-	pid_t pid = getpid();
+	pid_t pid = S.pid;
 	for (int attempt = 0; attempt < 2; attempt++) {
 		uint32_t s = state_of(e);
 		if (s == FD_ON) {

@@ -167,6 +167,7 @@ static void child_after_fork(void) {
 	}
 	memset(S.counts, 0, sizeof S.counts);
 	S.failed_at = 0;
+	S.pid = (pid_t)shim_raw(SYS_getpid, 0, 0, 0, 0);
 	pthread_mutex_init(&S.ctl, NULL);
 }
 
@@ -174,6 +175,7 @@ __attribute__((constructor)) static void shim_init(void) {
 	const char *p = getenv("SLUICE_SHIM_SOCKET");
 	const char *st = getenv("SLUICE_SHIM_STATS");
 	S.stats = st && strcmp(st, "1") == 0;
+	S.pid = (pid_t)shim_raw(SYS_getpid, 0, 0, 0, 0);
 	S.stats_fd = S.stats ? (int)shim_raw(SYS_fcntl, 2, F_DUPFD_CLOEXEC, 100, 0) : -1;
 	if (!p || !*p || strlen(p) >= sizeof S.path)
 		return;

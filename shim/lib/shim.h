@@ -104,6 +104,7 @@ struct chan {
 /* The library's state, one per process (channel.c defines it). */
 struct shim_state {
 	int enabled, stats;
+	pid_t pid; /* getpid() is a system call in glibc; kept here, renewed in a fork child */
 	int stats_fd; /* a dup of stderr taken at start: programs close theirs (gnulib's close_stdout) */
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	struct fdent *table;
