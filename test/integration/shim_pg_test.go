@@ -429,8 +429,15 @@ func TestShimPostgres(t *testing.T) {
 
 	// 15 s: the CHECKPOINT and the next one's start (30 s at most) fit
 	// in pgbench's 60 s even on a slow machine.
+	// The killed server prints no stats: the gateway's counters show its
+	// writes came through the shim door.
+	shimBefore := g.shimWritten("t/pg")
 	killed := c.runAndKill(s, 2000, 15*time.Second)
-	t.Logf("the killed run: %d transactions acknowledged, %d failed, %.1f tps", killed.processed, killed.failed, killed.tps)
+	t.Logf("the killed run: %d transactions acknowledged, %d failed, %.1f tps; the shim door wrote %d MiB",
+		killed.processed, killed.failed, killed.tps, (g.shimWritten("t/pg")-shimBefore)>>20)
+	if g.shimWritten("t/pg") == shimBefore {
+		t.Errorf("the shim door wrote nothing during the killed run")
+	}
 	if killed.processed == 0 {
 		t.Fatalf("pgbench saw no transaction committed before the kill:\n%s", killed.out)
 	}
@@ -475,6 +482,21 @@ func TestShimPostgres(t *testing.T) {
 	t.Logf("TestShimPostgres took %v", time.Since(began).Round(time.Millisecond))
 }
 
+// shimWritten is the bytes the gateway has written to a volume through
+// the shim door since it started.
+func (g *gw) shimWritten(ref string) int64 {
+	g.t.Helper()
+	var n int64
+	for _, v := range g.stats().Volumes {
+		for _, o := range v.Ops {
+			if v.Ref == ref && o.Door == "shim" && o.Op == "write" {
+				n += o.Bytes
+			}
+		}
+	}
+	return n
+}
+
 // checkPGStats asserts from the stats lines the server's processes printed
 // at their clean exit that PostgreSQL's file IO took the shim's path:
 // pread and pwrite of relation and WAL pages, fdatasync of WAL segments,
@@ -489,10 +511,16 @@ func checkPGStats(t *testing.T, log string) {
 		report = append(report, fmt.Sprintf("%s %d/%d", call, st.sum(call, "bypassed"), st.sum(call, "fallback")))
 	}
 	pids := map[string]bool{}
-	for k := range st {
+	reasons := map[string]int{} // fallbacks by reason, every call
+	for k, f := range st {
 		pids[strings.Fields(k)[0]] = true
+		for r, n := range f {
+			if r != "bypassed" && r != "fallback" {
+				reasons[r] += n
+			}
+		}
 	}
-	t.Logf("stats of %d processes of the server, bypassed/fallback: %s", len(pids), strings.Join(report, ", "))
+	t.Logf("stats of %d processes of the server, bypassed/fallback: %s; fallbacks by reason: %v", len(pids), strings.Join(report, ", "), reasons)
 	for _, call := range []string{"pread", "pwrite", "fdatasync", "fsync"} {
 		if st.sum(call, "bypassed") == 0 {
 			t.Errorf("the server's %s calls were never bypassed\n%s", call, pgTail(b))
