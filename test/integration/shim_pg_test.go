@@ -363,7 +363,10 @@ func (c *pgCluster) runAndKill(s *pgServer, minCommits float64, minRun time.Dura
 func newPGCluster(t *testing.T, g *gw, mnt, shimDir string) *pgCluster {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Fatal("TestShimPostgres runs the server as the postgres user (runuser): it needs root")
+		if os.Getenv("CI") == "true" {
+			t.Fatal("TestShimPostgres runs the server as the postgres user (runuser): it needs root")
+		}
+		t.Skip("TestShimPostgres runs the server as the postgres user (runuser): it needs root")
 	}
 	pgUser, err := user.Lookup("postgres")
 	if err != nil {
@@ -406,7 +409,8 @@ func newPGCluster(t *testing.T, g *gw, mnt, shimDir string) *pgCluster {
 // balances agree (none torn); pg_amcheck finds nothing. A 10 s pgbench run
 // then completes without errors, a clean stop lets every server process
 // print its shim stats, and those show PostgreSQL's reads, writes and
-// syncs of relation and WAL files bypassed, none fallen back.
+// syncs of relation and WAL files bypassed, no pread, pwrite or fdatasync
+// fallen back.
 func TestShimPostgres(t *testing.T) {
 	began := time.Now()
 	shimDir := t.TempDir() // 0755 below: the postgres user connects to the socket
@@ -427,15 +431,16 @@ func TestShimPostgres(t *testing.T) {
 	c.pgbench("-i", "-q", "-s", "10")
 	t.Logf("pgbench -i -s 10 done at %v", time.Since(began).Round(time.Millisecond))
 
-	// 15 s: the CHECKPOINT and the next one's start (30 s at most) fit
-	// in pgbench's 60 s even on a slow machine.
 	// The killed server prints no stats: the gateway's counters show its
-	// writes came through the shim door.
+	// writes came through the shim door. 15 s: the CHECKPOINT and the
+	// next one's start (30 s at most) fit in pgbench's 60 s even on a slow
+	// machine.
 	shimBefore := g.shimWritten("t/pg")
 	killed := c.runAndKill(s, 2000, 15*time.Second)
+	shimWrote := g.shimWritten("t/pg") - shimBefore
 	t.Logf("the killed run: %d transactions acknowledged, %d failed, %.1f tps; the shim door wrote %d MiB",
-		killed.processed, killed.failed, killed.tps, (g.shimWritten("t/pg")-shimBefore)>>20)
-	if g.shimWritten("t/pg") == shimBefore {
+		killed.processed, killed.failed, killed.tps, shimWrote>>20)
+	if shimWrote == 0 {
 		t.Errorf("the shim door wrote nothing during the killed run")
 	}
 	if killed.processed == 0 {
