@@ -7,7 +7,9 @@
 #
 # Rows (fio, psync engine, O_DIRECT, one 1 GiB file; IOPS, mean and p99):
 #   4K randread QD1, 4K randwrite QD1, 4K randwrite with fdatasync after
-#   each, 128K sequential read and write. For the two doors, the gateway's
+#   each, 128K sequential read and write; and 4K randread QD1 without
+#   O_DIRECT (the FUSE door's reads may then come from the kernel's page
+#   cache; the shim's always ask the gateway). For the two doors, the gateway's
 #   CPU per IO (its threads' run time from /proc/PID/task/*/schedstat).
 # Then:
 #   inproc   Volume.Do on the same file in one process (bench/virtioload
@@ -93,7 +95,7 @@ need_bypass() { # STATS WHAT CALL...
 
 # --- fio rows ------------------------------------------------------------------
 FIO_ROWS=("4K randread QD1|randread|4k|" "4K randwrite QD1|randwrite|4k|" "4K randwrite+fdatasync|randwrite|4k|--fdatasync=1"
-          "128K read|read|128k|" "128K write|write|128k|")
+          "128K read|read|128k|" "128K write|write|128k|" "4K randread QD1 buffered|randread|4k|--direct=0")
 fio_job() { # target row-spec pass → one result line in $W/out/fio
   local t=$1 spec=$2 name rw bs extra before after st="$W/out/stats"
   IFS='|' read -r name rw bs extra <<<"$spec"
