@@ -23,15 +23,17 @@ import (
 	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
-// RocksDB 7.8 (Debian's rocksdb-tools: db_bench and ldb) under the shim
-// on a Sluice fs mount. What RocksDB's files see through the shim, from
-// strace and SLUICE_SHIM_STATS: the WAL, SST and MANIFEST appends are
-// write(2) (bypassed), every sync=1 write one fdatasync (bypassed), the
-// files preallocated with fallocate(KEEP_SIZE) and cut back with
-// ftruncate at close, SST range syncs with sync_file_range, and SST
-// reads are pread on fds opened with O_DIRECT when use_direct_reads is
-// set (RocksDB fails the open rather than falling back, so a run that
-// reads proves the mount took O_DIRECT). What stays the kernel's:
+// RocksDB 7.8 (Debian's rocksdb-tools: db_bench, ldb, sst_dump) under
+// the shim on a Sluice fs mount. What RocksDB's files see through the
+// shim, from strace and SLUICE_SHIM_STATS: the WAL, SST and MANIFEST
+// appends are write(2) (bypassed), every sync=1 write one fdatasync
+// (bypassed), the files preallocated with fallocate(KEEP_SIZE) and cut
+// back with ftruncate at close, SST range syncs with sync_file_range,
+// SST reads are pread on fds opened with O_DIRECT when use_direct_reads
+// is set (RocksDB fails the open rather than falling back, so a run that
+// reads proves the mount took O_DIRECT), and with
+// use_direct_io_for_flush_and_compaction the SSTs are pwrites of
+// aligned buffers on O_DIRECT fds. What stays the kernel's:
 // directory fsyncs (not_regular), the WAL reopened with O_APPEND at
 // recovery to cut its preallocated tail (o_append), and the stdio
 // reads of CURRENT, MANIFEST and the WAL at open (glibc's internal
@@ -138,12 +140,13 @@ func assertRocksShim(t *testing.T, what string, st shimStats, want map[string]in
 	t.Logf("%s: bypassed %s", what, strings.Join(got, " "))
 }
 
-// TestShimRocksDB: db_bench and ldb under the shim on a Sluice mount.
-// fillrandom with sync=1, readrandom with O_DIRECT reads on the reopened
-// database (its hit rate matching the distinct keys ldb counts), and
-// overwrite with sync=1; then a crash (rocksdbCrash).
+// TestShimRocksDB: db_bench, ldb and sst_dump under the shim on a Sluice
+// mount. fillrandom with sync=1, readrandom with O_DIRECT reads on the
+// reopened database (its hit rate matching the distinct keys ldb
+// counts), overwrite with sync=1 and O_DIRECT flushes, checkconsistency
+// and every SST's checksums; then a crash (rocksdbCrash).
 func TestShimRocksDB(t *testing.T) {
-	testtool.Need(t, "db_bench", "ldb")
+	testtool.Need(t, "db_bench", "ldb", "sst_dump")
 	g := startGateway(t, t.TempDir())
 	mnt := g.mountVolume("t/rocks", "fs", "2G")
 	db := filepath.Join(mnt, "bench")
@@ -186,12 +189,16 @@ func TestShimRocksDB(t *testing.T) {
 		t.Errorf("readrandom found %d of %d keys; the database holds %d of the %d it draws from", read.found, read.reads, distinct, num)
 	}
 
+	// Flushes and compactions with O_DIRECT too: their SSTs are pwrites
+	// of aligned buffers on O_DIRECT fds.
 	over := dbBench(t, g, mnt, db, "overwrite", "--use_existing_db=1", "--sync=1",
+		"--use_direct_reads=1", "--use_direct_io_for_flush_and_compaction=1",
 		fmt.Sprintf("--num=%d", num), fmt.Sprintf("--writes=%d", num/2))
-	assertRocksShim(t, "overwrite", over.st, map[string]int{"write": num / 2, "fdatasync": num / 2})
+	assertRocksShim(t, "overwrite", over.st, map[string]int{"write": num / 2, "fdatasync": num / 2, "pwrite": 1})
 	if out, _ := ldb(t, g, mnt, db, "checkconsistency"); out != "OK\n" {
 		t.Errorf("checkconsistency after the benchmarks: %q", out)
 	}
+	sstVerify(t, g, mnt, db)
 
 	rocksdbCrash(t, g, mnt)
 	fsckClean(t, g, "t/rocks")
@@ -251,7 +258,8 @@ func (w *crashWriter) output() string {
 // under the shim: checkconsistency passes, ldb scan holds exactly keys
 // 0..K-1 with K >= N (WAL recovery keeps a prefix; no hole), a
 // readrandom over [0, K) with O_DIRECT reads finds every key (and
-// recovers the WAL read-write), and ldb dump then counts K keys.
+// recovers the WAL read-write), ldb dump then counts K keys, and
+// checkconsistency and every SST's checksums pass again.
 func rocksdbCrash(t *testing.T, g *gw, mnt string) {
 	db := filepath.Join(mnt, "crash")
 	argv := append([]string{testtool.Path(t, "db_bench"), "--db=" + db, "--benchmarks=fillseq", "--sync=1", "--num=100000000",
@@ -317,6 +325,25 @@ func rocksdbCrash(t *testing.T, g *gw, mnt string) {
 	if out, _ := ldb(t, g, mnt, db, "checkconsistency"); out != "OK\n" {
 		t.Errorf("checkconsistency after the read-write reopen: %q", out)
 	}
+	sstVerify(t, g, mnt, db)
+}
+
+// sstVerify runs `sst_dump --command=verify` under the shim over every
+// SST of db: each block's checksum, data, index and meta blocks alike.
+func sstVerify(t *testing.T, g *gw, mnt, db string) {
+	t.Helper()
+	cmd := g.shimCmd(mnt, testtool.Path(t, "sst_dump"), "--file="+db, "--command=verify")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	out := stdout.String()
+	files, ok := strings.Count(out, "\nProcess "), strings.Count(out, "\nThe file is ok\n")
+	ssts, _ := filepath.Glob(filepath.Join(db, "*.sst"))
+	if err != nil || files == 0 || ok != files || files != len(ssts) {
+		t.Fatalf("sst_dump verify over %d SSTs: %v; %d files, %d ok\n%s\n%s", len(ssts), err, files, ok, tail(out, 40), stderr.String())
+	}
+	st := parseShimStats(stderr.String())
+	assertRocksShim(t, fmt.Sprintf("sst_dump verify of %d SSTs", files), st, map[string]int{"pread": files})
 }
 
 // keysInRange is ldb dump --count_only's "Keys in range: N".
