@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/sluice-storage/sluice/internal/testtool"
-	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
 // RocksDB 7.8 (Debian's rocksdb-tools: db_bench, ldb, sst_dump) under
@@ -252,9 +251,9 @@ func (w *crashWriter) output() string {
 // order and reports "finished N ops" only after the Nth put returned, so
 // keys 0..N-1 were acknowledged durable. Its memtable flushes every
 // ~2300 puts and two L0 files are compacted; once it reported 5000 puts
-// and an SST exists (the WAL, SSTs and MANIFEST are all in play) it is
-// SIGKILLed, and then the gateway too: what sync=1 promised must
-// be in the volume, not only in the gateway's memory. After a restart,
+// and an SST exists (the WAL, SSTs and MANIFEST are all in play) the
+// gateway is SIGKILLed under it, then db_bench: what sync=1 promised must
+// be in the volume, the WAL's length included. After a restart,
 // under the shim: checkconsistency passes, ldb scan holds exactly keys
 // 0..K-1 with K >= N (WAL recovery keeps a prefix; no hole), a
 // readrandom over [0, K) with O_DIRECT reads finds every key (and
@@ -271,28 +270,44 @@ func rocksdbCrash(t *testing.T, g *gw, mnt string) {
 	go w.read(pipe)
 	const enough = 5000 // two flushes and an L0 compaction
 	began := time.Now()
-	testwait.For(t, fmt.Sprintf("db_bench fillseq reporting %d synced puts and an SST", enough), func() bool {
+	// Evidence, polled: about 3 s on an idle machine; a loaded one gets
+	// two minutes (testwait's 30 s is a few hundred synced puts a second).
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(5 * time.Millisecond) {
+		ssts, _ := filepath.Glob(filepath.Join(db, "*.sst"))
+		if w.progress.Load() >= enough && len(ssts) > 0 {
+			break
+		}
 		select {
 		case <-w.eof:
 			t.Fatalf("db_bench fillseq exited before the kill: %v\n%s", w.cmd.Wait(), w.output())
 		default:
 		}
-		ssts, _ := filepath.Glob(filepath.Join(db, "*.sst"))
-		return w.progress.Load() >= enough && len(ssts) > 0
-	})
-	must(t, w.cmd.Process.Signal(syscall.SIGKILL))
-	<-w.eof // every report it printed is read
-	if err := w.cmd.Wait(); err == nil || !strings.Contains(err.Error(), "killed") {
-		t.Fatalf("db_bench fillseq: %v after SIGKILL, want killed", err)
+		if time.Now().After(deadline) {
+			w.cmd.Process.Kill()
+			<-w.eof
+			t.Fatalf("db_bench fillseq reported %d synced puts in 2 minutes, want %d and an SST\n%s", w.progress.Load(), enough, w.output())
+		}
 	}
-	acked := int(w.progress.Load())
 	files, _ := os.ReadDir(db)
 	var names []string
 	for _, f := range files {
 		names = append(names, f.Name())
 	}
-	t.Logf("SIGKILLed db_bench fillseq --sync=1 after %v with %d puts reported; %s", time.Since(began).Round(time.Millisecond), acked, strings.Join(names, " "))
+	// The gateway first. While it lives db_bench's files stay open, so
+	// the volume holds the WAL's length as its last fdatasync persisted
+	// it (docs/FUSE.md: a length is durable at fsync or last close);
+	// killing db_bench first would close them, persisting the length
+	// anyway, and a no-op fdatasync would pass. Then db_bench, unless
+	// its next call already failed (ENOTCONN) and it exited.
 	g.kill()
+	w.cmd.Process.Signal(syscall.SIGKILL)
+	<-w.eof // every report it printed is read
+	exit := w.cmd.Wait()
+	// A report comes after its put's fdatasync returned 0, which only
+	// the live gateway answers: every reported put must be there.
+	acked := int(w.progress.Load())
+	t.Logf("SIGKILLed the gateway, then db_bench fillseq --sync=1 (%v), after %v with %d puts reported; %s",
+		exit, time.Since(began).Round(time.Millisecond), acked, strings.Join(names, " "))
 	g.restart()
 	g.mustSluice("umount", mnt) // the dead mount of the killed gateway
 	g.mustSluice("mount", "t/rocks", mnt)
