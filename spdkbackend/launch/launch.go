@@ -5,9 +5,13 @@
 //
 // The sequence: the target starts with --wait-for-rpc, so only start-up
 // methods work; Start waits until its RPC socket accepts, calls
-// framework_start_init (accepting "already initialised": a --json config
-// initialises the framework itself once its start-up methods have run) and
-// framework_wait_init, and returns. Stop sends SIGTERM (SPDK shuts its
+// framework_start_init and framework_wait_init, and returns. With a JSON
+// config (--json) the target is started without --wait-for-rpc, which SPDK
+// 23.01 refuses beside --json ("JSON configuration file can't be used
+// together with --wait-for-rpc"): the config's loader initialises the
+// framework itself once its start-up methods have run, so Start's
+// framework_start_init answers "already initialised", which is accepted,
+// and framework_wait_init waits for the config's bdevs. Stop sends SIGTERM (SPDK shuts its
 // subsystems down and removes its sockets) and SIGKILL after a timeout.
 // The child runs with Pdeathsig SIGKILL, so it does not outlive a parent
 // that dies without stopping it, and in its own process group, so a ^C
@@ -100,10 +104,11 @@ func Args(opt Options) []string {
 		// target leaves none behind in /dev/hugepages.
 		"--huge-unlink",
 		"-r", opt.RPCSocket, "-S", cmp.Or(opt.VhostDir, filepath.Dir(opt.RPCSocket)),
-		"--wait-for-rpc",
 	}
 	if opt.Config != "" {
 		args = append(args, "--json", opt.Config)
+	} else {
+		args = append(args, "--wait-for-rpc")
 	}
 	return append(args, opt.ExtraArgs...)
 }
