@@ -136,6 +136,22 @@ func Start(ctx context.Context, opt Options) (*Target, error) {
 			return nil, fmt.Errorf("spdk launch: an SPDK target already serves %s", opt.RPCSocket)
 		}
 	}
+	tg, err := spawn(prog, opt)
+	if err != nil {
+		return nil, err
+	}
+	opt.Logger.Info("SPDK target started", "program", prog, "pid", tg.Pid(), "args", Args(opt))
+	ictx, cancel := context.WithTimeout(ctx, opt.InitTimeout)
+	defer cancel()
+	if err := tg.init(ictx); err != nil {
+		tg.Kill()
+		return nil, fmt.Errorf("spdk launch: %s: %w", prog, err)
+	}
+	return tg, nil
+}
+
+// spawn starts prog with opt's arguments and reaps it when it exits.
+func spawn(prog string, opt Options) (*Target, error) {
 	tg := &Target{RPCSocket: opt.RPCSocket, VhostDir: cmp.Or(opt.VhostDir, filepath.Dir(opt.RPCSocket)), Program: prog, opt: opt, exited: make(chan struct{})}
 	tg.cmd = exec.Command(prog, Args(opt)...)
 	tg.cmd.Env = os.Environ()
@@ -161,13 +177,6 @@ func Start(ctx context.Context, opt Options) (*Target, error) {
 		os.RemoveAll(fmt.Sprintf("/var/run/dpdk/spdk_pid%d", tg.cmd.Process.Pid))
 		close(tg.exited)
 	}()
-	opt.Logger.Info("SPDK target started", "program", prog, "pid", tg.Pid(), "args", Args(opt))
-	ictx, cancel := context.WithTimeout(ctx, opt.InitTimeout)
-	defer cancel()
-	if err := tg.init(ictx); err != nil {
-		tg.Kill()
-		return nil, fmt.Errorf("spdk launch: %s: %w", prog, err)
-	}
 	return tg, nil
 }
 
