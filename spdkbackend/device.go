@@ -137,6 +137,7 @@ type Device struct {
 	zeroes bool // DiscardZeroes
 	reused bool // the controller was there before Open
 	locks  [64]sync.Mutex
+	stats  stats // for the metrics (metrics.go)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -370,7 +371,12 @@ func (d *Device) DiscardZeroes() bool { return d.zeroes }
 
 // Flush makes completed writes durable (virtio FLUSH, which SPDK passes to
 // the bdev).
-func (d *Device) Flush() error { return d.c.Flush() }
+func (d *Device) Flush() error {
+	end := d.stats.begin(opFlush)
+	err := d.c.Flush()
+	end(0, err)
+	return err
+}
 
 // Close closes the initiator, then deletes the controller and closes the
 // RPC connection. It is safe to call more than once.

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sluice-storage/sluice/gateway/device"
 	"github.com/sluice-storage/sluice/internal/spdktest"
 	"github.com/sluice-storage/sluice/spdkbackend/rpc"
@@ -278,5 +280,70 @@ func TestPreflight(t *testing.T) {
 				t.Fatalf("controllers %v after a failed pre-flight, were %v", got, before)
 			}
 		})
+	}
+}
+
+// TestMetrics: the device's Prometheus metrics count what was done to it:
+// calls, errors and bytes per operation, the latency histogram's count,
+// nothing in flight once the calls returned, the initiator's slots.
+func TestMetrics(t *testing.T) {
+	tg, _ := target(t)
+	d := open(t, tg, "M0", "metrics")
+	p := make([]byte, 4096)
+	for i := range 10 {
+		if _, err := d.WriteAt(p, int64(i)*4096+100); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 5 {
+		if _, err := d.ReadAt(p[:1000], int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := d.WriteAt(p, d.Size()); err == nil {
+		t.Fatal("a write past the end succeeded")
+	}
+	if err := d.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Discard(1<<20, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(d))
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range fams {
+		for _, m := range f.GetMetric() {
+			key := f.GetName()
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "op" {
+					key += "/" + l.GetValue()
+				}
+			}
+			switch {
+			case m.GetCounter() != nil:
+				got[key] = m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				got[key] = m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				got[key] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	want := map[string]float64{
+		"sluice_device_ops_total/write": 11, "sluice_device_errors_total/write": 1, "sluice_device_bytes_total/write": 40960,
+		"sluice_device_ops_total/read": 5, "sluice_device_errors_total/read": 0, "sluice_device_bytes_total/read": 5000,
+		"sluice_device_ops_total/flush": 1, "sluice_device_ops_total/discard": 1, "sluice_device_bytes_total/discard": 1 << 20,
+		"sluice_device_latency_seconds/write": 11, "sluice_device_latency_seconds/read": 5,
+		"sluice_device_inflight": 0, "sluice_device_queue_slots": 64,
+	}
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
+		}
 	}
 }

@@ -38,6 +38,13 @@ func (d *Device) lock(block int64) func() {
 
 // ReadAt reads len(p) bytes at off; any offset and length.
 func (d *Device) ReadAt(p []byte, off int64) (int, error) {
+	end := d.stats.begin(opRead)
+	n, err := d.readAt(p, off)
+	end(int64(n), err)
+	return n, err
+}
+
+func (d *Device) readAt(p []byte, off int64) (int, error) {
 	n := int64(len(p))
 	if err := d.checkRange(off, n); err != nil {
 		return 0, err
@@ -70,6 +77,13 @@ func (d *Device) ReadAt(p []byte, off int64) (int, error) {
 // WriteAt writes p at off; any offset and length. Partial blocks are
 // read, patched and written back under their block's lock.
 func (d *Device) WriteAt(p []byte, off int64) (int, error) {
+	end := d.stats.begin(opWrite)
+	n, err := d.writeAt(p, off)
+	end(int64(n), err)
+	return n, err
+}
+
+func (d *Device) writeAt(p []byte, off int64) (int, error) {
 	n := int64(len(p))
 	if err := d.checkRange(off, n); err != nil {
 		return 0, err
@@ -113,6 +127,13 @@ func (d *Device) patch(p []byte, off int64) error {
 // the whole blocks inside the range when the controller offers it, else
 // nothing.
 func (d *Device) Discard(off, length int64) error {
+	end := d.stats.begin(opDiscard)
+	err := d.discard(off, length)
+	end(length, err)
+	return err
+}
+
+func (d *Device) discard(off, length int64) error {
 	if err := d.checkRange(off, length); err != nil {
 		return err
 	}

@@ -34,8 +34,9 @@ type daemon struct {
 	args *gatewayArgs
 	log  *slog.Logger
 
-	pre       *started       // lock, keyring, listeners (preflight)
-	spdk      *launch.Target // nil unless --spdk-launch
+	pre       *started            // lock, keyring, listeners (preflight)
+	spdk      *launch.Target      // nil unless --spdk-launch
+	spdkDev   *spdkbackend.Device // nil unless --device spdk:...
 	g         *gateway.Gateway
 	reg       *prometheus.Registry
 	nbdDoor   *nbd.Server // the NBD door's TCP and unix listeners
@@ -69,6 +70,7 @@ func (d *daemon) start(ctx context.Context) error {
 			return err
 		}
 		cfg.Dev = dev
+		d.spdkDev = dev
 	}
 	d.g, err = gateway.Open(ctx, cfg)
 	if err != nil {
@@ -77,6 +79,9 @@ func (d *daemon) start(ctx context.Context) error {
 	go reloadOnHangup(ctx, d.g, log)
 	d.reg = prometheus.NewRegistry()
 	d.reg.MustRegister(gateway.NewCollector(d.g), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if d.spdkDev != nil {
+		d.reg.MustRegister(spdkbackend.NewCollector(d.spdkDev))
+	}
 
 	d.nbdDoor = nbd.NewServer(nbdExports{d.g}, nbd.Options{ReadOnly: a.NBDReadOnly, SpinMax: spinOption(a.NBDSpin), Logger: log})
 	for _, l := range d.pre.nbd {

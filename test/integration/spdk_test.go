@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -98,13 +99,36 @@ func TestSPDKFioVerify(t *testing.T) {
 					t.Fatalf("fio %v:\n%s", job, out)
 				}
 			}
-			if st := g.stats(); st.Volumes[0].Allocated < 16*MiB {
+			st := g.stats()
+			if st.Volumes[0].Allocated < 16*MiB {
 				t.Fatalf("the volume holds %d bytes after fio wrote at least 16 MiB", st.Volumes[0].Allocated)
+			}
+			// The device's metrics saw fio's writes reach the bdev.
+			m := g.metrics()
+			written := metricValue(t, m, `sluice_device_bytes_total{bdev="`+c.bdev+`",op="write"}`)
+			if written < float64(st.Volumes[0].Allocated) || !strings.Contains(m, `sluice_device_latency_seconds_count{bdev="`+c.bdev+`",op="read"}`) ||
+				metricValue(t, m, `sluice_device_inflight{bdev="`+c.bdev+`"}`) != 0 {
+				t.Fatalf("device metrics after fio (%d bytes allocated):\n%s", st.Volumes[0].Allocated, grepLines(m, "sluice_device_"))
 			}
 			g.stop()
 			noControllers(t, rc)
 		})
 	}
+}
+
+// metricValue is the value of the sample named exactly name (with its
+// labels) in a /metrics text.
+func metricValue(t *testing.T, metrics, name string) float64 {
+	t.Helper()
+	for line := range strings.Lines(metrics) {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			must(t, err)
+			return f
+		}
+	}
+	t.Fatalf("no %s in /metrics:\n%s", name, grepLines(metrics, "sluice_device_"))
+	return 0
 }
 
 // TestSPDKPosixSuite runs go-fuse's posixtest against an fs volume whose
