@@ -76,6 +76,10 @@ type Config struct {
 	// Device is a pool file or block device that exists; default
 	// DataDir/pool, created on first start.
 	Device string
+	// Dev, when set, is the device itself, already open (the SPDK
+	// device); Device and PoolSize are then ignored. The gateway owns it
+	// from Open on: it is closed by Close, or by Open when Open fails.
+	Dev device.Device
 	// PoolSize is the size of the default pool file created on first
 	// start (sparse: it takes no space until written; 0: DefaultPoolSize).
 	// A larger size grows an existing pool file; block devices keep theirs.
@@ -132,23 +136,18 @@ func Open(ctx context.Context, cfg Config) (*Gateway, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.DataDir == "" {
+		if cfg.Dev != nil {
+			cfg.Dev.Close()
+		}
 		return nil, fmt.Errorf("gateway: no data directory: %w", ErrInvalid)
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		if cfg.Dev != nil {
+			cfg.Dev.Close()
+		}
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	// The default pool file is created (with DefaultPoolSize if no size
-	// is given); a device named in the config must exist, and is grown
-	// only to a size given explicitly.
-	devOpts := device.FileOptions{Size: cfg.PoolSize}
-	if cfg.Device == "" {
-		cfg.Device = filepath.Join(cfg.DataDir, "pool")
-		devOpts.Create = true
-		if devOpts.Size == 0 {
-			devOpts.Size = DefaultPoolSize
-		}
-	}
-	dev, err := device.OpenFileWith(cfg.Device, devOpts)
+	dev, err := openDevice(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
@@ -187,6 +186,25 @@ func Open(ctx context.Context, cfg Config) (*Gateway, error) {
 		go g.automate(cfg.AutomationInterval, g.stop, g.done)
 	}
 	return g, nil
+}
+
+// openDevice returns cfg.Dev, or opens the pool file or block device: the
+// default pool file is created (with DefaultPoolSize if no size is given);
+// a device named in the config must exist, and is grown only to a size
+// given explicitly.
+func openDevice(cfg Config) (device.Device, error) {
+	if cfg.Dev != nil {
+		return cfg.Dev, nil
+	}
+	devOpts := device.FileOptions{Size: cfg.PoolSize}
+	if cfg.Device == "" {
+		cfg.Device = filepath.Join(cfg.DataDir, "pool")
+		devOpts.Create = true
+		if devOpts.Size == 0 {
+			devOpts.Size = DefaultPoolSize
+		}
+	}
+	return device.OpenFileWith(cfg.Device, devOpts)
 }
 
 // Close flushes everything and closes the store and device.

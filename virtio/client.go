@@ -481,6 +481,12 @@ func (c *Client) Queues() int { return len(c.queues) }
 // MaxIO is the largest request the client sends; larger IO is split.
 func (c *Client) MaxIO() int { return c.maxIO }
 
+// HasDiscard reports whether the target accepts DISCARD.
+func (c *Client) HasDiscard() bool { return c.has(blkFeatDiscard) }
+
+// HasWriteZeroes reports whether the target accepts WRITE_ZEROES.
+func (c *Client) HasWriteZeroes() bool { return c.has(blkFeatWriteZeroes) }
+
 // DiscardZeroes reports false: virtio-blk does not promise that discarded
 // ranges read back as zeros (use WriteZeroes).
 func (c *Client) DiscardZeroes() bool { return false }

@@ -21,6 +21,8 @@ import (
 	"github.com/sluice-storage/sluice/gateway/admin"
 	"github.com/sluice-storage/sluice/nbd"
 	"github.com/sluice-storage/sluice/shim"
+	"github.com/sluice-storage/sluice/spdkbackend"
+	"github.com/sluice-storage/sluice/spdkbackend/launch"
 	"github.com/sluice-storage/sluice/virtio"
 )
 
@@ -32,7 +34,9 @@ type daemon struct {
 	args *gatewayArgs
 	log  *slog.Logger
 
-	pre       *started // lock, keyring, listeners (preflight)
+	pre       *started            // lock, keyring, listeners (preflight)
+	spdk      *launch.Target      // nil unless --spdk-launch
+	spdkDev   *spdkbackend.Device // nil unless --device spdk:...
 	g         *gateway.Gateway
 	reg       *prometheus.Registry
 	nbdDoor   *nbd.Server // the NBD door's TCP and unix listeners
@@ -56,14 +60,28 @@ func (d *daemon) start(ctx context.Context) error {
 	if d.pre, err = preflight(a); err != nil {
 		return err
 	}
-	d.g, err = gateway.Open(ctx, gateway.Config{DataDir: a.DataDir, Device: a.Device, PoolSize: a.poolSize, QoSSlots: a.QoSSlots,
-		QoSCapacityIOPS: a.QoSCapacityIOPS, QoSCostUnit: a.costUnit, Keyring: d.pre.keyring, Logger: log})
+	cfg := gateway.Config{DataDir: a.DataDir, Device: a.Device, PoolSize: a.poolSize, QoSSlots: a.QoSSlots,
+		QoSCapacityIOPS: a.QoSCapacityIOPS, QoSCostUnit: a.costUnit, Keyring: d.pre.keyring, Logger: log}
+	if a.SPDK.uri != nil {
+		// The SPDK device replaces the pool file; the gateway owns it
+		// from here (gateway.Open closes it if it fails).
+		var dev *spdkbackend.Device
+		if d.spdk, dev, err = openSPDK(ctx, &a.SPDK, a.DataDir, log); err != nil {
+			return err
+		}
+		cfg.Dev = dev
+		d.spdkDev = dev
+	}
+	d.g, err = gateway.Open(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	go reloadOnHangup(ctx, d.g, log)
 	d.reg = prometheus.NewRegistry()
 	d.reg.MustRegister(gateway.NewCollector(d.g), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if d.spdkDev != nil {
+		d.reg.MustRegister(spdkbackend.NewCollector(d.spdkDev))
+	}
 
 	d.nbdDoor = nbd.NewServer(nbdExports{d.g}, nbd.Options{ReadOnly: a.NBDReadOnly, SpinMax: spinOption(a.NBDSpin), Logger: log})
 	for _, l := range d.pre.nbd {
@@ -141,8 +159,11 @@ func (d *daemon) metricsServer() *http.Server {
 //  7. attachments: each attached device is flushed and released, logged
 //     as abandoned if something still uses it; then their NBD server;
 //  8. FUSE mounts;
-//  9. the store (flush, close badger and the device);
-//  10. the data directory's lock, last, so no second gateway opens the
+//  9. the store (flush, close badger and the device; the SPDK device
+//     deletes its vhost controller);
+//  10. the SPDK target, if the gateway launched it (SIGTERM, SIGKILL
+//     after 10 s);
+//  11. the data directory's lock, last, so no second gateway opens the
 //     store before this one has closed it.
 func (d *daemon) stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -186,6 +207,13 @@ func (d *daemon) stop() {
 	if d.g != nil {
 		if err := d.g.Close(); err != nil {
 			d.log.Error("closing the store", "err", err)
+		}
+	}
+	if d.spdk != nil {
+		if killed := d.spdk.Stop(); killed {
+			d.log.Warn("the SPDK target needed SIGKILL", "pid", d.spdk.Pid())
+		} else {
+			d.log.Info("SPDK target stopped", "pid", d.spdk.Pid(), "exit", d.spdk.Err())
 		}
 	}
 	if d.pre != nil {

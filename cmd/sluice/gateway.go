@@ -47,6 +47,7 @@ type gatewayArgs struct {
 	Keyring                              string
 	VirtioWait                           string
 	LogLevel                             string
+	SPDK                                 spdkArgs
 
 	// Set by check.
 	poolSize   int64 // 0: a named --device keeps its size
@@ -65,7 +66,7 @@ The API socket appears only once everything is ready to serve, so scripts can
 wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "data-dir", Value: defaultDataDir, Destination: &a.DataDir, Usage: "metadata, default pool file and sockets live here"},
-			&cli.StringFlag{Name: "device", Destination: &a.Device, Usage: "an existing pool file or block device (default DATA-DIR/pool, created on first start)"},
+			&cli.StringFlag{Name: "device", Destination: &a.Device, Usage: "an existing pool file or block device (default DATA-DIR/pool, created on first start), or spdk:RPC_SOCKET?bdev=NAME: a bdev of an SPDK target (docs/SPDK.md)"},
 			&cli.StringFlag{Name: "pool-size", Value: "64G", Destination: &a.PoolSize, Usage: "size of the default sparse pool file; with --device, grows a pool file to it"},
 			&cli.StringFlag{Name: "api-socket", Destination: &a.APISocket, Usage: "admin API socket (default DATA-DIR/api.sock)"},
 			&cli.StringFlag{Name: "nbd-listen", Value: "127.0.0.1:10809", Destination: &a.NBDListen, Usage: "NBD TCP address (\"\" to disable)"},
@@ -85,7 +86,7 @@ wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
 			&cli.StringFlag{Name: "keyring", Destination: &a.Keyring, Usage: "`FILE` of tenants' encryption keys, one line \"TENANT BASE64-OF-32-BYTES\" each, mode 0600 or 0400"},
 			&cli.StringFlag{Name: "virtio-wait", Value: "adaptive", Destination: &a.VirtioWait, Usage: "how virtio export queues wait for requests: adaptive, eventfd or poll"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Destination: &a.LogLevel},
-		}, joinFlags()...),
+		}, append(spdkFlags(&a.SPDK), joinFlags()...)...),
 		Action: func(c *cli.Context) error {
 			if err := a.check(c); err != nil {
 				return err
@@ -107,6 +108,9 @@ func (a *gatewayArgs) check(c *cli.Context) error {
 	}
 	if a.Device != "" && !c.IsSet("pool-size") {
 		a.poolSize = 0 // a named device keeps its size unless --pool-size says otherwise
+	}
+	if err := a.SPDK.check(a.Device, a.DataDir); err != nil {
+		return err
 	}
 	switch a.AttachMethod {
 	case attach.MethodAuto, attach.MethodNBD, attach.MethodLoop:

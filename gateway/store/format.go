@@ -28,6 +28,17 @@ const (
 	superblockMagic = "SLUICEPOOL\x00\x01"
 )
 
+// MinDeviceSize is the smallest device a store opens on: the reserved area
+// before dataStart and room for one chunk of the largest size.
+const MinDeviceSize = dataStart + maxChunkSize
+
+// DeviceBlockSize is the largest device block size the store's layout
+// keeps whole: the superblock, the sync mark's area and every chunk extent
+// (chunks are at least 4 KiB, powers of two, at aligned device offsets)
+// are multiples of it. Smaller writes (a file's few bytes) still reach the
+// device: a device with blocks must read-modify-write.
+const DeviceBlockSize = minChunkSize
+
 func headerKey() []byte { return []byte{prefixHeader} }
 
 func nameKey(tenant, name string) []byte {

@@ -181,8 +181,8 @@ func Open(ctx context.Context, metaDir string, dev device.Device, opts Options) 
 	if opts.SyncInterval <= 0 {
 		opts.SyncInterval = time.Second
 	}
-	if dev.Size() < dataStart+maxChunkSize {
-		return nil, fmt.Errorf("store: device of %d bytes is too small (need at least %d): %w", dev.Size(), dataStart+maxChunkSize, ErrInvalid)
+	if dev.Size() < MinDeviceSize {
+		return nil, fmt.Errorf("store: device of %d bytes is too small (need at least %d): %w", dev.Size(), MinDeviceSize, ErrInvalid)
 	}
 	if !opts.InMemoryMeta {
 		if err := checkTableFooters(metaDir, badgerOptions(metaDir, opts)); err != nil {

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sluice-storage/sluice/spdkbackend"
+	"github.com/sluice-storage/sluice/spdkbackend/launch"
+)
+
+// spdkArgs are the flags of the SPDK device (--device spdk:...) and of the
+// target the gateway may launch.
+type spdkArgs struct {
+	Launch, Config, Cores, Mem string
+
+	// Set by check.
+	uri    *spdkbackend.URI // nil: the device is not an SPDK bdev
+	memMiB int
+}
+
+func spdkFlags(s *spdkArgs) []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "spdk-launch", Destination: &s.Launch, Usage: "`PATH` of an SPDK target binary (spdk_tgt or vhost) or of an SPDK directory (its bin/spdk_tgt) to start as a child for --device spdk:..., with its RPC socket in the data directory; stopped on exit"},
+		&cli.StringFlag{Name: "spdk-config", Destination: &s.Config, Usage: "`FILE` of SPDK JSON config (save_config's format) the launched target loads at start (--json): its bdevs, an NVMe controller"},
+		&cli.StringFlag{Name: "spdk-cores", Value: "0x1", Destination: &s.Cores, Usage: "core mask of the launched SPDK target's reactors (-m)"},
+		&cli.StringFlag{Name: "spdk-mem", Value: "256M", Destination: &s.Mem, Usage: "huge-page memory of the launched SPDK target (-s)"},
+	}
+}
+
+// check parses --device spdk:... and the launch flags.
+func (s *spdkArgs) check(device, dataDir string) error {
+	if !spdkbackend.IsURI(device) {
+		if s.Launch != "" || s.Config != "" {
+			return usageErr("--spdk-launch and --spdk-config need --device spdk:RPC_SOCKET?bdev=NAME")
+		}
+		return nil
+	}
+	u, err := spdkbackend.ParseURI(device)
+	if err != nil {
+		return usageErr("--device: %v", err)
+	}
+	if s.Config != "" && s.Launch == "" {
+		return usageErr("--spdk-config is for the target --spdk-launch starts")
+	}
+	if u.Socket == "" {
+		u.Socket = spdkbackend.DefaultRPCSocket
+		if s.Launch != "" {
+			abs, err := filepath.Abs(filepath.Join(dataDir, "spdk", "rpc.sock"))
+			if err != nil {
+				return usageErr("--data-dir: %v", err)
+			}
+			u.Socket = abs
+		}
+	}
+	if len(u.Socket) > 107 {
+		return usageErr("the SPDK RPC socket path %s is longer than a unix socket's 107 bytes: name a shorter one in --device spdk:PATH?bdev=%s", u.Socket, u.Bdev)
+	}
+	mem, err := parseSize(s.Mem)
+	if err != nil || mem < 64<<20 || mem%(1<<20) != 0 {
+		return usageErr("--spdk-mem %q: want a whole number of MiB, at least 64M", s.Mem)
+	}
+	s.memMiB = int(mem >> 20)
+	if s.Launch != "" {
+		if _, err := launch.ResolveProgram(s.Launch); err != nil {
+			return usageErr("--spdk-launch: %v", err)
+		}
+	}
+	s.uri = &u
+	return nil
+}
+
+// openSPDK launches the target if asked and opens the SPDK device on it.
+// The launched target (nil if none) is returned even when the device
+// fails to open, for the caller to stop.
+func openSPDK(ctx context.Context, s *spdkArgs, dataDir string, log *slog.Logger) (*launch.Target, *spdkbackend.Device, error) {
+	var tg *launch.Target
+	if s.Launch != "" {
+		if err := os.MkdirAll(filepath.Dir(s.uri.Socket), 0o700); err != nil {
+			return nil, nil, fmt.Errorf("SPDK RPC socket directory: %w", err)
+		}
+		var err error
+		tg, err = launch.Start(ctx, launch.Options{
+			Program: s.Launch, RPCSocket: s.uri.Socket, CoreMask: s.Cores, MemMiB: s.memMiB,
+			Config: s.Config, LogPath: filepath.Join(dataDir, "spdk.log"), Logger: log,
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	dev, err := spdkbackend.Open(ctx, spdkbackend.Options{
+		Socket: s.uri.Socket, Bdev: s.uri.Bdev, Controller: spdkbackend.ControllerName(dataDir), Logger: log,
+	})
+	if err != nil {
+		return tg, nil, fmt.Errorf("SPDK device %s: %w", s.uri, err)
+	}
+	return tg, dev, nil
+}
