@@ -176,7 +176,7 @@ pgbench_row() { # target → TPS
   rm -rf "$d" "$sock"; mkdir -p "$d" "$sock"; chown postgres "$d" "$sock"
   with "$t" runuser -u postgres -- "$PGBIN/initdb" -D "$d/data" -A trust -U postgres >/dev/null 2>"$st"
   with "$t" runuser -u postgres -- "$PGBIN/pg_ctl" -D "$d/data" -l "$d/log" -w \
-    -o "-k $sock -c listen_addresses='' -c max_connections=20" start >/dev/null 2>>"$st"
+    -o "-k $sock -c listen_addresses='' -c max_connections=20 -c huge_pages=off" start >/dev/null 2>>"$st"
   runuser -u postgres -- "$PGBIN/pgbench" -h "$sock" -i -s 10 -q postgres >/dev/null 2>&1
   runuser -u postgres -- "$PGBIN/pgbench" -h "$sock" -c 8 -j 2 -T "$RUNTIME" postgres 2>/dev/null |
     awk -v t="$t" '/^tps/ {print t "|" $3}' >>"$W/out/pgbench"

@@ -75,11 +75,13 @@ func (c *pgCluster) start(name string) *pgServer {
 	// The settings the test relies on, explicit: every commit durable when
 	// acknowledged; the server log on stderr; no TCP; checkpoints every
 	// 32 MB of WAL or 30 s (the least PostgreSQL allows), so that one
-	// starts during the run (runAndKill).
+	// starts during the run (runAndKill); no huge pages (PostgreSQL's
+	// default, try, takes free ones: the SPDK tests reserve theirs).
 	s.cmd = c.asPostgres("postgres", "-D", c.data, "-k", c.sock, "-c", "listen_addresses=",
 		"-c", "logging_collector=off", "-c", "fsync=on", "-c", "synchronous_commit=on",
 		"-c", "full_page_writes=on", "-c", "max_wal_size=32MB",
-		"-c", "checkpoint_timeout=30s", "-c", "log_checkpoints=on")
+		"-c", "checkpoint_timeout=30s", "-c", "log_checkpoints=on",
+		"-c", "huge_pages=off")
 	s.cmd.Stdout, s.cmd.Stderr = f, f
 	must(c.t, s.cmd.Start())
 	go func() { s.err = s.cmd.Wait(); close(s.done) }()
