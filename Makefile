@@ -125,6 +125,8 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzNetlinkReply -fuzztime=$(FUZZTIME) ./attach/
 	$(GO) test -run='^$$' -fuzz=FuzzControlMessage -fuzztime=$(FUZZTIME) ./shim/
 	$(GO) test -run='^$$' -fuzz=FuzzRequest -fuzztime=$(FUZZTIME) ./shim/
+	$(GO) test -run='^$$' -fuzz=FuzzListenEnv -fuzztime=$(FUZZTIME) ./internal/systemd/
+	$(GO) test -run='^$$' -fuzz=FuzzWatchdogEnv -fuzztime=$(FUZZTIME) ./internal/systemd/
 
 bench: build deps
 	bash bench/nbd.sh
