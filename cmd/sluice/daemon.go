@@ -107,6 +107,7 @@ func (d *daemon) start(ctx context.Context) error {
 			return fmt.Errorf("API socket: %w", err)
 		}
 	}
+	d.pre.byName[fdAPI] = apiL
 	d.api = &http.Server{Handler: admin.NewHandler(d.g, d.reg, log, doors), ReadHeaderTimeout: 10 * time.Second}
 	go d.api.Serve(apiL)
 	return nil

@@ -179,6 +179,7 @@ func runGateway(a *gatewayArgs) error {
 	}
 	log.Info("gateway ready", "api", a.APISocket, "nbd", a.NBDListen, "nbd_socket", a.NBDSocket, "shim_socket", a.ShimSocket, "volumes", len(d.g.Volumes()))
 	status := fmt.Sprintf("serving %d volumes; API %s", len(d.g.Volumes()), a.APISocket)
+	svc.storeListeners(d.pre, log)
 	if err := svc.notify.Ready(status); err != nil {
 		log.Warn("telling the service manager the gateway is ready", "err", err)
 	}
@@ -208,6 +209,9 @@ type started struct {
 	// inherited names the sockets the service manager passed (fdAPI...):
 	// their paths belong to it, so stop leaves them in place.
 	inherited map[string]bool
+	// byName is every listening socket by its fd name, inherited or made
+	// (for systemd's fd store).
+	byName map[string]net.Listener
 }
 
 // preflight takes the data directory's lock and checks and opens what a
@@ -219,7 +223,7 @@ func preflight(a *gatewayArgs, svc *service) (*started, error) {
 	if err != nil {
 		return nil, err
 	}
-	pre := &started{lock: lock, inherited: map[string]bool{}}
+	pre := &started{lock: lock, inherited: map[string]bool{}, byName: map[string]net.Listener{}}
 	fail := func(err error) (*started, error) {
 		pre.close()
 		return nil, err
@@ -258,6 +262,7 @@ func preflight(a *gatewayArgs, svc *service) (*started, error) {
 			}
 		}
 		pre.nbd = append(pre.nbd, l)
+		pre.byName[fdNBDTCP] = l
 	}
 	if a.NBDSocket != "none" {
 		l := take(fdNBD)
@@ -267,6 +272,7 @@ func preflight(a *gatewayArgs, svc *service) (*started, error) {
 			}
 		}
 		pre.nbd = append(pre.nbd, l)
+		pre.byName[fdNBD] = l
 	}
 	if a.ShimSocket != "none" {
 		if pre.shim = take(fdShim); pre.shim == nil {
@@ -274,6 +280,7 @@ func preflight(a *gatewayArgs, svc *service) (*started, error) {
 				return fail(fmt.Errorf("shim socket: %w", err))
 			}
 		}
+		pre.byName[fdShim] = pre.shim
 	}
 	if addr := a.MetricsListen; addr != "" {
 		if pre.metrics = take(fdMetrics); pre.metrics == nil {
@@ -281,6 +288,7 @@ func preflight(a *gatewayArgs, svc *service) (*started, error) {
 				return fail(fmt.Errorf("metrics listen on %s: %w", addr, err))
 			}
 		}
+		pre.byName[fdMetrics] = pre.metrics
 	}
 	return pre, nil
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -32,6 +33,9 @@ type service struct {
 	notify    *systemd.Notifier
 	watchdog  time.Duration
 	inherited map[string]net.Listener
+	// fdStore is how many fds the manager's store takes ($FDSTORE, set by
+	// systemd 254 and later from FileDescriptorStoreMax=); 0: none.
+	fdStore int
 }
 
 // newService reads NOTIFY_SOCKET, WATCHDOG_USEC and LISTEN_FDS (and
@@ -55,6 +59,9 @@ func newService(a *gatewayArgs) (*service, error) {
 	if s.notify, err = systemd.NotifierFromEnv(); err != nil {
 		s.closeInherited()
 		return nil, err
+	}
+	if s.notify != nil {
+		s.fdStore = systemd.FDStoreFromEnv()
 	}
 	return s, nil
 }
@@ -139,12 +146,18 @@ func inheritedTarget(a *gatewayArgs, name string) (network, flag, want string) {
 // absolute path for a unix socket, the same port and IP for TCP (a flag
 // with no host or an unspecified IP matches a socket on any address of
 // the same family's wildcard).
+//
+// A unix socket the gateway made itself and handed to the fd store is
+// bound to the temporary name internal/listen.Unix gives it before
+// renaming it into place (PATH.PID.tmp): the kernel reports the name a
+// socket was bound to, not where its file is now. That name counts as
+// PATH.
 func sameAddress(got net.Addr, want string) error {
 	switch got := got.(type) {
 	case *net.UnixAddr:
 		g, err1 := filepath.Abs(got.Name)
 		w, err2 := filepath.Abs(want)
-		if err1 != nil || err2 != nil || g != w {
+		if err1 != nil || err2 != nil || (g != w && !isTempName(g, w)) {
 			return fmt.Errorf("is bound to %q", got.Name)
 		}
 		return nil
@@ -160,6 +173,46 @@ func sameAddress(got net.Addr, want string) error {
 		return nil
 	}
 	return fmt.Errorf("is bound to %s", got)
+}
+
+// isTempName reports whether name is PATH.PID.tmp, the name
+// internal/listen.Unix binds before renaming the socket to path.
+func isTempName(name, path string) bool {
+	pid, ok := strings.CutPrefix(name, path+".")
+	if pid, ok = strings.CutSuffix(pid, ".tmp"); !ok || pid == "" {
+		return false
+	}
+	return strings.Trim(pid, "0123456789") == ""
+}
+
+// storeListeners hands the listening sockets this gateway made to the
+// manager's fd store, one FDSTORE message per name, so that after a
+// crash the manager passes them back (LISTEN_FDS) and clients that
+// connect meanwhile wait in the socket's queue instead of being refused.
+// Inherited sockets are not stored again: they are in the store already
+// or belong to a .socket unit. Nothing is stored unless the manager says
+// how many fds its store takes ($FDSTORE) and all of them fit.
+func (s *service) storeListeners(pre *started, log *slog.Logger) {
+	var names []string
+	for name := range pre.byName {
+		if !pre.inherited[name] {
+			names = append(names, name)
+		}
+	}
+	if s.fdStore < len(pre.byName) || len(names) == 0 {
+		return
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		f, err := pre.byName[name].(interface{ File() (*os.File, error) }).File()
+		if err == nil {
+			err = s.notify.StoreFDs(name, f)
+			f.Close()
+		}
+		if err != nil {
+			log.Warn("fd store: socket not stored (a restart after a crash will make a new one)", "socket", name, "err", err)
+		}
+	}
 }
 
 // take returns the inherited listener of that name and forgets it (the

@@ -159,3 +159,18 @@ func sockKind(domain, typ int) string {
 	}
 	return fmt.Sprintf("domain %d type %d", domain, typ)
 }
+
+// FDStoreFromEnv returns how many fds the manager's fd store takes for
+// this service ($FDSTORE, which systemd 254 and later set from
+// FileDescriptorStoreMax=), 0 when it does not say; it unsets FDSTORE.
+// Earlier managers do not say: a daemon that stores fds only when told
+// stores none under them, rather than fds the manager would drop.
+func FDStoreFromEnv() int {
+	v, _ := os.LookupEnv("FDSTORE")
+	os.Unsetenv("FDSTORE")
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
+}

@@ -234,6 +234,94 @@ func TestSystemdSocketActivation(t *testing.T) {
 	checkNBDGreeting(t, g2.nbdSock)
 }
 
+// TestSystemdFDStore: told its fd store has room ($FDSTORE), the gateway
+// stores the sockets it made (FDSTORE=1, FDNAME=api, nbd, shim) before
+// READY=1. After a SIGKILL, started again with those fds as systemd
+// passes them (LISTEN_FDS), it serves on them (the socket files are the
+// same inodes), answers a request sent while it was dead, and stores
+// nothing again.
+func TestSystemdFDStore(t *testing.T) {
+	n := listenNotify(t)
+	dir := t.TempDir()
+	g := startSystemdGateway(t, dir, []string{"NOTIFY_SOCKET=" + n.path, "FDSTORE=16"}, nil)
+	stored := map[string]*os.File{}
+	var names []string
+	for {
+		msg, fds := n.recvFDs(g)
+		if strings.HasPrefix(msg, "READY=1\n") {
+			break
+		}
+		name, ok := strings.CutPrefix(msg, "FDSTORE=1\nFDNAME=")
+		if !ok || len(fds) != 1 || stored[name] != nil {
+			t.Fatalf("before READY=1: %q with %d fds", msg, len(fds))
+		}
+		stored[name] = os.NewFile(uintptr(fds[0]), name)
+		t.Cleanup(func() { stored[name].Close() })
+		names = append(names, name)
+	}
+	if strings.Join(names, ",") != "api,nbd,shim" {
+		t.Fatalf("stored %q, want api, nbd and shim", names)
+	}
+	inodes := map[string]uint64{}
+	for _, name := range names {
+		var st syscall.Stat_t
+		must(t, syscall.Stat(filepath.Join(dir, name+".sock"), &st))
+		inodes[name] = st.Ino
+	}
+	g.mustSluice("volume", "create", "t/v", "--size", "64M")
+
+	g.kill()
+	c, err := net.Dial("unix", g.api) // queued in the stored socket
+	must(t, err)
+	defer c.Close()
+	_, err = io.WriteString(c, "GET /v1/volumes HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n")
+	must(t, err)
+
+	files := []*os.File{stored["api"], stored["nbd"], stored["shim"]}
+	env := []string{"NOTIFY_SOCKET=" + n.path, "FDSTORE=16", "LISTEN_FDS=3", "LISTEN_FDNAMES=api:nbd:shim"}
+	g2 := startSystemdGateway(t, dir, env, files)
+	if msg := n.recv(g2); !strings.HasPrefix(msg, "READY=1\nSTATUS=serving 1 volumes") {
+		t.Fatalf("after the restart: %q, want READY=1 (and no FDSTORE again)", msg)
+	}
+	for _, name := range names {
+		var st syscall.Stat_t
+		must(t, syscall.Stat(filepath.Join(dir, name+".sock"), &st))
+		if st.Ino != inodes[name] {
+			t.Errorf("%s.sock was made anew after the restart, not taken from the fd store", name)
+		}
+	}
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("the request sent while the gateway was dead: %v\n%s", err, g2.logTail())
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "t/v") {
+		t.Fatalf("the request sent while the gateway was dead: %s %s", resp.Status, body)
+	}
+	checkNBDGreeting(t, g2.nbdSock)
+}
+
+// recvFDs is recv that also returns the fds a notification carried.
+func (n *notifySocket) recvFDs(g *gw) (string, []int) {
+	n.t.Helper()
+	buf, oob := make([]byte, 4097), make([]byte, syscall.CmsgSpace(253*4))
+	n.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+	k, oobn, _, _, err := n.conn.ReadMsgUnix(buf, oob)
+	if err != nil {
+		n.t.Fatalf("no notification: %v\ngateway log:\n%s", err, g.logTail())
+	}
+	msgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
+	must(n.t, err)
+	var fds []int
+	for _, m := range msgs {
+		got, err := syscall.ParseUnixRights(&m)
+		must(n.t, err)
+		fds = append(fds, got...)
+	}
+	return string(buf[:k]), fds
+}
+
 // checkNBDGreeting connects to an NBD socket and reads the server's
 // greeting (NBDMAGIC IHAVEOPT).
 func checkNBDGreeting(t *testing.T, socket string) {
