@@ -178,8 +178,12 @@ func sameAddress(got net.Addr, want string) error {
 // isTempName reports whether name is PATH.PID.tmp, the name
 // internal/listen.Unix binds before renaming the socket to path.
 func isTempName(name, path string) bool {
-	pid, ok := strings.CutPrefix(name, path+".")
-	if pid, ok = strings.CutSuffix(pid, ".tmp"); !ok || pid == "" {
+	rest, ok := strings.CutPrefix(name, path+".")
+	if !ok {
+		return false
+	}
+	pid, ok := strings.CutSuffix(rest, ".tmp")
+	if !ok || pid == "" {
 		return false
 	}
 	return strings.Trim(pid, "0123456789") == ""

@@ -25,6 +25,7 @@ func TestSameAddress(t *testing.T) {
 		{&net.UnixAddr{Name: "/run/sluice/api.sock.x.tmp"}, "/run/sluice/api.sock", false},
 		{&net.UnixAddr{Name: "/run/sluice/api.sock..tmp"}, "/run/sluice/api.sock", false},
 		{&net.UnixAddr{Name: "/run/sluice/api.sock.4242"}, "/run/sluice/api.sock", false},
+		{&net.UnixAddr{Name: "/run/other/nbd.sock.4242.tmp"}, "/run/sluice/api.sock", false},
 		{&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 10809}, "127.0.0.1:10809", true},
 		{&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 10809}, "127.0.0.1:10810", false},
 		{&net.TCPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 10809}, "127.0.0.1:10809", false},
