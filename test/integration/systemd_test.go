@@ -15,6 +15,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/testtool"
+	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
 // notifySocket is the service manager's end of NOTIFY_SOCKET: a unixgram
@@ -62,9 +65,6 @@ func startSystemdGateway(t *testing.T, dir string, env []string, files []*os.Fil
 	t.Helper()
 	g := &gw{t: t, dir: dir, api: filepath.Join(dir, "api.sock"), nbdSock: filepath.Join(dir, "nbd.sock")}
 	g.args = append([]string{"gateway", "--data-dir", dir, "--nbd-listen", "", "--pool-size", "16G"}, extra...)
-	var err error
-	g.log, err = os.OpenFile(filepath.Join(dir, "gateway.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	must(t, err)
 	if len(files) > 0 {
 		sh, err := exec.LookPath("sh")
 		must(t, err)
@@ -74,12 +74,22 @@ func startSystemdGateway(t *testing.T, dir string, env []string, files []*os.Fil
 	}
 	g.cmd.Env = append(os.Environ(), env...)
 	g.cmd.ExtraFiles = files
+	g.launch()
+	return g
+}
+
+// launch starts g.cmd with its output in the gateway's log, and stops it
+// when the test ends.
+func (g *gw) launch() {
+	g.t.Helper()
+	var err error
+	g.log, err = os.OpenFile(filepath.Join(g.dir, "gateway.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	must(g.t, err)
 	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
-	must(t, g.cmd.Start())
+	must(g.t, g.cmd.Start())
 	g.exited = make(chan error, 1)
 	go func(c *exec.Cmd, ch chan error) { ch <- c.Wait() }(g.cmd, g.exited)
-	t.Cleanup(func() { g.stop() })
-	return g
+	g.t.Cleanup(func() { g.stop() })
 }
 
 // apiHealth asks the API socket once, without retrying: an error means it
@@ -320,6 +330,40 @@ func (n *notifySocket) recvFDs(g *gw) (string, []int) {
 		fds = append(fds, got...)
 	}
 	return string(buf[:k]), fds
+}
+
+// TestSystemdSocketActivateTool: under systemd's own
+// systemd-socket-activate, which makes the sockets and execs the gateway
+// in its place when the first client connects, that client is answered,
+// READY=1 follows, and SIGTERM stops the gateway cleanly.
+func TestSystemdSocketActivateTool(t *testing.T) {
+	tool := testtool.Path(t, "systemd-socket-activate")
+	n := listenNotify(t)
+	dir := t.TempDir()
+	g := &gw{t: t, dir: dir, api: filepath.Join(dir, "api.sock"), nbdSock: filepath.Join(dir, "nbd.sock")}
+	g.args = []string{"gateway", "--data-dir", dir, "--nbd-listen", "", "--pool-size", "16G"}
+	g.cmd = exec.Command(tool, append([]string{"-l", g.api, "-l", g.nbdSock, "--fdname=api:nbd",
+		"-E", "NOTIFY_SOCKET=" + n.path, sluiceBin}, g.args...)...)
+	g.launch()
+	testwait.For(t, "systemd-socket-activate listening on "+g.api, func() bool {
+		_, err := os.Stat(g.api)
+		return err == nil
+	})
+	if _, err := os.Stat(filepath.Join(dir, "lock")); err == nil {
+		t.Fatal("the gateway ran before any client connected")
+	}
+	// The first client starts it, and is answered.
+	if out := g.mustSluice("volume", "list", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Fatalf("volume list through the activated gateway: %q", out)
+	}
+	if msg := n.recv(g); !strings.HasPrefix(msg, "READY=1\n") {
+		t.Fatalf("first notification %q, want READY=1", msg)
+	}
+	checkNBDGreeting(t, g.nbdSock)
+	g.stop()
+	if msg := n.recv(g); !strings.HasPrefix(msg, "STOPPING=1\n") {
+		t.Fatalf("on SIGTERM: %q, want STOPPING=1", msg)
+	}
 }
 
 // checkNBDGreeting connects to an NBD socket and reads the server's
