@@ -62,7 +62,10 @@ func gatewayCommand() *cli.Command {
 		Usage: "run the per-host gateway daemon",
 		Description: `Opens (or creates) the pool and serves its volumes over NBD and the admin API.
 The API socket appears only once everything is ready to serve, so scripts can
-wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
+wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.
+Under systemd (Type=notify) it says READY=1 and STOPPING=1, pings the
+watchdog, and serves sockets passed in LISTEN_FDS named api, nbd, nbd-tcp,
+shim or metrics (docs/SYSTEMD.md).`,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "data-dir", Value: defaultDataDir, Destination: &a.DataDir, Usage: "metadata, default pool file and sockets live here"},
 			&cli.StringFlag{Name: "device", Destination: &a.Device, Usage: "an existing pool file or block device (default DATA-DIR/pool, created on first start)"},
