@@ -10,7 +10,7 @@ SHIM_SRC  := $(wildcard shim/lib/*.c shim/lib/*.h)
 SHIM_CC   ?= gcc
 PKGS      := ./...
 UNIT_PKGS := $(shell $(GO) list ./... 2>/dev/null | grep -v /test/integration)
-APT_PKGS  := nbdkit libnbd-bin qemu-utils qemu-system-x86 qemu-system-common fio stress-ng e2fsprogs fuse3 python3 gcc libc6-dev sqlite3 postgresql-15 rocksdb-tools
+APT_PKGS  := nbdkit libnbd-bin qemu-utils qemu-system-x86 qemu-system-common fio stress-ng e2fsprogs fuse3 python3 gcc libc6-dev sqlite3 postgresql-15 rocksdb-tools systemd
 FUZZTIME  ?= 30s
 # SPDK for the SPDK device's tests (docs/SPDK.md). Debian has no SPDK
 # package: `make deps` unpacks the build in ../shared/spdk into SPDK_DIR
@@ -125,6 +125,8 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzNetlinkReply -fuzztime=$(FUZZTIME) ./attach/
 	$(GO) test -run='^$$' -fuzz=FuzzControlMessage -fuzztime=$(FUZZTIME) ./shim/
 	$(GO) test -run='^$$' -fuzz=FuzzRequest -fuzztime=$(FUZZTIME) ./shim/
+	$(GO) test -run='^$$' -fuzz=FuzzListenEnv -fuzztime=$(FUZZTIME) ./internal/systemd/
+	$(GO) test -run='^$$' -fuzz=FuzzWatchdogEnv -fuzztime=$(FUZZTIME) ./internal/systemd/
 
 bench: build deps
 	bash bench/nbd.sh

@@ -33,6 +33,7 @@ import (
 type daemon struct {
 	args *gatewayArgs
 	log  *slog.Logger
+	svc  *service // the service manager's side (LISTEN_FDS, notify)
 
 	pre       *started            // lock, keyring, listeners (preflight)
 	spdk      *launch.Target      // nil unless --spdk-launch
@@ -57,7 +58,7 @@ func (d *daemon) start(ctx context.Context) error {
 	// Everything that can be checked is checked before the store is
 	// opened (which creates the pool file on a first start).
 	var err error
-	if d.pre, err = preflight(a); err != nil {
+	if d.pre, err = preflight(a, d.svc); err != nil {
 		return err
 	}
 	cfg := gateway.Config{DataDir: a.DataDir, Device: a.Device, PoolSize: a.poolSize, QoSSlots: a.QoSSlots,
@@ -115,11 +116,16 @@ func (d *daemon) start(ctx context.Context) error {
 		doors.Controller = d.join
 	}
 
-	// Last: the API socket, whose appearance tells scripts we are ready.
-	apiL, err := listenUnix(a.APISocket, 0o600)
-	if err != nil {
-		return fmt.Errorf("API socket: %w", err)
+	// Last: the API socket, whose appearance tells scripts we are ready
+	// (an inherited one exists already: it is served from here on, and
+	// the service manager is told READY=1 after this).
+	apiL := d.pre.api
+	if apiL == nil {
+		if apiL, err = listenUnix(a.APISocket, 0o600); err != nil {
+			return fmt.Errorf("API socket: %w", err)
+		}
 	}
+	d.pre.byName[fdAPI] = apiL
 	d.api = &http.Server{Handler: admin.NewHandler(d.g, d.reg, log, doors), ReadHeaderTimeout: 10 * time.Second}
 	go d.api.Serve(apiL)
 	return nil
@@ -170,7 +176,7 @@ func (d *daemon) stop() {
 	defer cancel()
 	if d.api != nil {
 		d.api.Shutdown(ctx)
-		os.Remove(d.args.APISocket)
+		d.removeSocket(fdAPI, d.args.APISocket)
 	}
 	if d.nbdDoor != nil {
 		if err := d.nbdDoor.Shutdown(ctx); err != nil {
@@ -218,13 +224,23 @@ func (d *daemon) stop() {
 	}
 	if d.pre != nil {
 		if d.args.NBDSocket != "none" && d.nbdDoor != nil {
-			os.Remove(d.args.NBDSocket)
+			d.removeSocket(fdNBD, d.args.NBDSocket)
 		}
 		if d.pre.shim != nil {
-			os.Remove(d.args.ShimSocket)
+			d.removeSocket(fdShim, d.args.ShimSocket)
 		}
 		d.pre.close()
 	}
+}
+
+// removeSocket removes a unix socket's path, unless the service manager
+// passed the socket: its .socket unit owns the path and hands the same
+// socket to the next start.
+func (d *daemon) removeSocket(name, path string) {
+	if d.pre != nil && d.pre.inherited[name] {
+		return
+	}
+	os.Remove(path)
 }
 
 // spinOption maps --nbd-spin (0: never) onto nbd.Options.SpinMax (0: the

@@ -63,7 +63,10 @@ func gatewayCommand() *cli.Command {
 		Usage: "run the per-host gateway daemon",
 		Description: `Opens (or creates) the pool and serves its volumes over NBD and the admin API.
 The API socket appears only once everything is ready to serve, so scripts can
-wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.`,
+wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.
+Under systemd (Type=notify) it says READY=1 and STOPPING=1, pings the
+watchdog, and serves sockets passed in LISTEN_FDS named api, nbd, nbd-tcp,
+shim or metrics (docs/SYSTEMD.md).`,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "data-dir", Value: defaultDataDir, Destination: &a.DataDir, Usage: "metadata, default pool file and sockets live here"},
 			&cli.StringFlag{Name: "device", Destination: &a.Device, Usage: "an existing pool file or block device (default DATA-DIR/pool, created on first start), or spdk:RPC_SOCKET?bdev=NAME: a bdev of an SPDK target (docs/SPDK.md)"},
@@ -154,17 +157,27 @@ func (a *gatewayArgs) check(c *cli.Context) error {
 }
 
 // runGateway serves until SIGTERM or SIGINT, then stops in order (see
-// daemon.stop).
+// daemon.stop). Under systemd (docs/SYSTEMD.md) it takes its listening
+// sockets from LISTEN_FDS, says READY=1 once every door listens, pings
+// the watchdog while it runs, and says STOPPING=1 when shutdown begins;
+// without those variables none of this happens.
 func runGateway(a *gatewayArgs) error {
 	log, err := newLogger(a.LogLevel)
 	if err != nil {
 		return err
 	}
+	svc, err := newService(a)
+	if err != nil {
+		return &exitError{exitStartup, err}
+	}
+	defer svc.notify.Close()
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
-	d := &daemon{args: a, log: log}
+	d := &daemon{args: a, log: log, svc: svc}
 	if err := d.start(ctx); err != nil {
+		svc.notify.Status("start-up failed: " + err.Error())
 		d.stop()
+		svc.closeInherited()
 		var ee *exitError
 		if errors.As(err, &ee) {
 			return err // a usage error stays one
@@ -172,7 +185,19 @@ func runGateway(a *gatewayArgs) error {
 		return &exitError{exitStartup, err}
 	}
 	log.Info("gateway ready", "api", a.APISocket, "nbd", a.NBDListen, "nbd_socket", a.NBDSocket, "shim_socket", a.ShimSocket, "volumes", len(d.g.Volumes()))
+	status := fmt.Sprintf("serving %d volumes; API %s", len(d.g.Volumes()), a.APISocket)
+	svc.storeListeners(d.pre, log)
+	if err := svc.notify.Ready(status); err != nil {
+		log.Warn("telling the service manager the gateway is ready", "err", err)
+	}
+	watchdogDone := make(chan struct{})
+	go func() {
+		defer close(watchdogDone)
+		svc.runWatchdog(ctx, a, status, log)
+	}()
 	<-ctx.Done()
+	<-watchdogDone // at once: its check's context is ctx
+	svc.notify.Stopping("draining NBD requests and flushing")
 	log.Info("shutting down: draining NBD requests and flushing")
 	d.stop()
 	return nil
@@ -187,23 +212,43 @@ type started struct {
 	tls     *tls.Config  // nil: NBD over TCP without TLS (loopback only)
 	metrics net.Listener // nil: no --metrics-listen
 	shim    net.Listener // nil: --shim-socket none
+	api     net.Listener // inherited from the service manager; nil: start creates it last
+	// inherited names the sockets the service manager passed (fdAPI...):
+	// their paths belong to it, so stop leaves them in place.
+	inherited map[string]bool
+	// byName is every listening socket by its fd name, inherited or made
+	// (for systemd's fd store).
+	byName map[string]net.Listener
 }
 
 // preflight takes the data directory's lock and checks and opens what a
 // bad flag or a busy port would otherwise fail after the pool was
 // created: the API socket, the keyring, the NBD and metrics listeners.
-func preflight(a *gatewayArgs) (*started, error) {
+// A listener the service manager passed (svc) is taken instead of made.
+func preflight(a *gatewayArgs, svc *service) (*started, error) {
 	lock, err := lockDataDir(a.DataDir)
 	if err != nil {
 		return nil, err
 	}
-	pre := &started{lock: lock}
+	pre := &started{lock: lock, inherited: map[string]bool{}, byName: map[string]net.Listener{}}
 	fail := func(err error) (*started, error) {
 		pre.close()
 		return nil, err
 	}
-	if err := checkNotRunning(a.APISocket); err != nil {
-		return fail(err)
+	// take hands an inherited listener over to pre (closed with it).
+	take := func(name string) net.Listener {
+		l := svc.take(name)
+		if l != nil {
+			pre.inherited[name] = true
+		}
+		return l
+	}
+	// An inherited API socket answers already (the kernel queues
+	// connections): it is ours, not a running gateway's.
+	if pre.api = take(fdAPI); pre.api == nil {
+		if err := checkNotRunning(a.APISocket); err != nil {
+			return fail(err)
+		}
 	}
 	if pre.keyring, err = loadKeyring(a.Keyring); err != nil {
 		return fail(err)
@@ -217,28 +262,40 @@ func preflight(a *gatewayArgs) (*started, error) {
 			// and the traffic would be in the clear.
 			return fail(fmt.Errorf("--nbd-listen %s is not a loopback address: NBD over the network needs TLS with client certificates (--nbd-tls-cert, --nbd-tls-key, --nbd-tls-ca); or listen on 127.0.0.1, or use the unix socket", addr))
 		}
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fail(fmt.Errorf("NBD listen on %s: %w", addr, err))
+		l := take(fdNBDTCP)
+		if l == nil {
+			if l, err = net.Listen("tcp", addr); err != nil {
+				return fail(fmt.Errorf("NBD listen on %s: %w", addr, err))
+			}
 		}
 		pre.nbd = append(pre.nbd, l)
+		pre.byName[fdNBDTCP] = l
 	}
 	if a.NBDSocket != "none" {
-		l, err := listenUnix(a.NBDSocket, 0o600)
-		if err != nil {
-			return fail(fmt.Errorf("NBD socket: %w", err))
+		l := take(fdNBD)
+		if l == nil {
+			if l, err = listenUnix(a.NBDSocket, 0o600); err != nil {
+				return fail(fmt.Errorf("NBD socket: %w", err))
+			}
 		}
 		pre.nbd = append(pre.nbd, l)
+		pre.byName[fdNBD] = l
 	}
 	if a.ShimSocket != "none" {
-		if pre.shim, err = shim.Listen(a.ShimSocket); err != nil {
-			return fail(fmt.Errorf("shim socket: %w", err))
+		if pre.shim = take(fdShim); pre.shim == nil {
+			if pre.shim, err = shim.Listen(a.ShimSocket); err != nil {
+				return fail(fmt.Errorf("shim socket: %w", err))
+			}
 		}
+		pre.byName[fdShim] = pre.shim
 	}
 	if addr := a.MetricsListen; addr != "" {
-		if pre.metrics, err = net.Listen("tcp", addr); err != nil {
-			return fail(fmt.Errorf("metrics listen on %s: %w", addr, err))
+		if pre.metrics = take(fdMetrics); pre.metrics == nil {
+			if pre.metrics, err = net.Listen("tcp", addr); err != nil {
+				return fail(fmt.Errorf("metrics listen on %s: %w", addr, err))
+			}
 		}
+		pre.byName[fdMetrics] = pre.metrics
 	}
 	return pre, nil
 }
@@ -283,6 +340,9 @@ func (p *started) close() {
 	}
 	if p.shim != nil {
 		p.shim.Close()
+	}
+	if p.api != nil {
+		p.api.Close() // an inherited API socket start never served
 	}
 	p.lock.Close()
 }
