@@ -28,6 +28,8 @@
 #        ROWS="4K randread QD1,128K write"   only these fio rows
 #        FIO_ONLY=1   skip the in-process, virtio and database rows
 #        DB_ONLY=1    only the database rows
+#        DBS="sqlite dbbench pgbench"   which database rows (default all)
+#        TARGETS="shim fuse"   a subset of shim, fuse, tmpfs, disk
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNTIME=${1:-10}
@@ -73,7 +75,7 @@ S mount bench/fs "$W/mnt" >/dev/null
 chmod 1777 "$W/mnt"
 RUN_SHIM=("$BIN" --api-socket "$W/sluice/api.sock" run --shim-lib "$LIB" --mount "$W/mnt" --)
 
-TARGETS=(shim fuse tmpfs disk)
+read -r -a TARGETS <<<"${TARGETS:-shim fuse tmpfs disk}"
 declare -A DIR=([shim]="$W/mnt" [fuse]="$W/mnt" [tmpfs]="$W/native" [disk]="$DISK")
 # with TARGET ARGS...: ARGS run as the target needs (the shim: under `sluice run`)
 with() {
@@ -120,10 +122,10 @@ PY
 if [ -z "${DB_ONLY:-}" ]; then
   # lay the file out once per directory (the two doors share theirs)
   for t in fuse tmpfs disk; do
-    fio --name=lay --directory="${DIR[$t]}" --filename=bench.dat --size=1G --rw=write --bs=1m --output=/dev/null
+    fio --name=lay --directory="${DIR[$t]}" --filename=bench.dat --size=1G --rw=write --bs=1m --end_fsync=1 --output=/dev/null
   done
   for p in $(seq 1 "$PASSES"); do
-    order=("${TARGETS[@]}"); [ $((p % 2)) = 0 ] && order=(disk tmpfs fuse shim)
+    order=("${TARGETS[@]}"); [ $((p % 2)) = 0 ] && for ((i = ${#TARGETS[@]} - 1, k = 0; i >= 0; i--, k++)); do order[k]=${TARGETS[i]}; done
     for spec in "${FIO_ROWS[@]}"; do
       name=${spec%%|*}
       [ -n "${ROWS:-}" ] && [[ ",$ROWS," != *",$name,"* ]] && continue
@@ -167,7 +169,7 @@ dbbench_row() { # target → fillrandom and readrandom ops/s
   with "$t" db_bench --db="$d" --benchmarks=fillrandom,readrandom --num=300000 --reads=300000 --value_size=400 \
     --threads=1 --compression_type=none --disable_wal=0 --sync=0 2>"$st" >"$W/out/dbbench.txt"
   [ "$t" = shim ] && need_bypass "$st" "db_bench" pwrite64 pwrite pread64 pread write read
-  awk -v t="$t" '/^fillrandom|^readrandom/ {for (i = 1; i <= NF; i++) if ($(i+1) == "ops/sec;") print $1 "|" t "|" $i}' \
+  awk -v t="$t" '/^fillrandom|^readrandom/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^ops\/sec/) print $1 "|" t "|" $i}' \
     "$W/out/dbbench.txt" >>"$W/out/dbbench"
 }
 
@@ -185,10 +187,13 @@ pgbench_row() { # target → TPS
 }
 
 if [ -z "${FIO_ONLY:-}" ]; then
-  for t in "${TARGETS[@]}"; do sqlite_row "$t"; done
-  if command -v db_bench >/dev/null; then for t in "${TARGETS[@]}"; do dbbench_row "$t"; done
+  DBS=${DBS:-sqlite dbbench pgbench}
+  if [[ " $DBS " == *" sqlite "* ]]; then for t in "${TARGETS[@]}"; do sqlite_row "$t"; done; fi
+  if [[ " $DBS " != *" dbbench "* ]]; then :
+  elif command -v db_bench >/dev/null; then for t in "${TARGETS[@]}"; do dbbench_row "$t"; done
   else echo "db_bench missing: no RocksDB rows (make deps)"; fi
-  if [ -x "$PGBIN/pgbench" ] && id postgres >/dev/null 2>&1; then
+  if [[ " $DBS " != *" pgbench "* ]]; then :
+  elif [ -x "$PGBIN/pgbench" ] && id postgres >/dev/null 2>&1; then
     chmod 755 "$W/sluice" 2>/dev/null || true
     for t in "${TARGETS[@]}"; do pgbench_row "$t"; done
   else echo "PostgreSQL 15 missing: no pgbench rows (make deps)"; fi

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"runtime"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -44,7 +45,11 @@ type Options struct {
 	// MaxHandles caps the fds one channel may register (default 65536).
 	MaxHandles int
 	// Wait is how a channel's poller waits for requests (internal/waiter;
-	// the zero value is the adaptive mode the virtio door uses).
+	// the zero value is the adaptive mode the virtio door uses). Unless
+	// Wait.Spinners is set, at most GOMAXPROCS/2 (at least 1) of the
+	// server's pollers spin at once: a poller per client process (a
+	// PostgreSQL server has one per backend) would otherwise spin on
+	// every core the requests need.
 	Wait waiter.Options
 	// InlineBelow: a request runs on the channel's poller while requests
 	// of its class (reads, writes, syncs) have averaged less than this in
@@ -84,6 +89,9 @@ func NewServer(mounts Mounts, opts Options) *Server {
 	}
 	if opts.InlineBelow == 0 {
 		opts.InlineBelow = defaultInlineBelow
+	}
+	if opts.Wait.Spinners == nil {
+		opts.Wait.Spinners = waiter.NewSpinners(runtime.GOMAXPROCS(0) / 2)
 	}
 	s := &Server{mounts: mounts, opt: opts, log: opts.Logger}
 	s.door = door.New[*channel](door.Options{Name: "shim", Logger: opts.Logger, MaxConns: opts.MaxChannels, Panics: &s.stats.panics})

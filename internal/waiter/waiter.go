@@ -65,6 +65,43 @@ type Options struct {
 	// PollIdle: in Poll mode, block after this long without work
 	// (default 1 s; negative: never block).
 	PollIdle time.Duration
+	// Spinners, if set, caps how many of the waiters sharing it spin or
+	// nap at once (adaptive mode); the others block on their eventfd at
+	// once. For doors with a poller per client process (the shim), whose
+	// pollers can outnumber the cores many times over.
+	Spinners *Spinners
+}
+
+// Spinners is a cap on spinning waiters, shared by the waiters of one
+// server (Options.Spinners).
+type Spinners struct {
+	max int32
+	n   atomic.Int32
+}
+
+// NewSpinners returns a cap of n spinning waiters (at least 1).
+func NewSpinners(n int) *Spinners { return &Spinners{max: int32(min(max(n, 1), 1<<20))} }
+
+// acquire takes a place to spin in; a nil cap always has one.
+func (s *Spinners) acquire() bool {
+	if s == nil {
+		return true
+	}
+	for {
+		n := s.n.Load()
+		if n >= s.max {
+			return false
+		}
+		if s.n.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+func (s *Spinners) release() {
+	if s != nil {
+		s.n.Add(-1)
+	}
 }
 
 // Tuning constants (notes/virtio.md §10.4).
@@ -137,17 +174,18 @@ type Stats struct {
 	Blocks    uint64 // times a poller blocked on the eventfd
 	Naps      uint64 // timed sleeps (nanosleep)
 	Contended uint64 // yields that found other goroutines waiting
+	Capped    uint64 // waits that blocked at once: Options.Spinners was full
 }
 
 // Counters is where waiters count (Stats); one per client or server,
 // shared by its queues' waiters.
 type Counters struct {
-	wakeups, blocks, naps, contended atomic.Uint64
+	wakeups, blocks, naps, contended, capped atomic.Uint64
 }
 
 // Stats reads the counters.
 func (c *Counters) Stats() Stats {
-	return Stats{Wakeups: c.wakeups.Load(), Blocks: c.blocks.Load(), Naps: c.naps.Load(), Contended: c.contended.Load()}
+	return Stats{Wakeups: c.wakeups.Load(), Blocks: c.blocks.Load(), Naps: c.naps.Load(), Contended: c.contended.Load(), Capped: c.capped.Load()}
 }
 
 // New returns a waiter that blocks on fd (-1: none) and counts into
@@ -269,6 +307,18 @@ func (w *Waiter) spin(t Waitable, idle time.Duration) bool {
 // adaptive: spin, then a batch nap or timed sleeps, then block (package
 // doc).
 func (w *Waiter) adaptive(t Waitable) bool {
+	if !w.opt.Spinners.acquire() {
+		w.ctr.capped.Add(1)
+		return w.block(t)
+	}
+	held := true
+	release := func() {
+		if held {
+			w.opt.Spinners.release()
+			held = false
+		}
+	}
+	defer release()
 	start := time.Now()
 	lastYield := start
 	spin := w.spinBudget()
@@ -288,6 +338,7 @@ func (w *Waiter) adaptive(t Waitable) bool {
 			}
 			if now.Sub(lastYield) >= yieldEvery {
 				if w.yield() {
+					release()
 					return w.block(t)
 				}
 				lastYield = time.Now()
@@ -300,6 +351,7 @@ func (w *Waiter) adaptive(t Waitable) bool {
 		// suppressed, unless other goroutines need this P (then block
 		// and let them run).
 		if w.yield() {
+			release()
 			return w.block(t)
 		}
 		w.nap(batchNap(w.rate))
@@ -312,6 +364,7 @@ func (w *Waiter) adaptive(t Waitable) bool {
 	}
 	for time.Since(start) < w.window {
 		if w.yield() {
+			release()
 			return w.block(t)
 		}
 		w.nap(napShort)
@@ -324,6 +377,7 @@ func (w *Waiter) adaptive(t Waitable) bool {
 			return false
 		}
 	}
+	release()
 	ok := w.block(t)
 	w.adjust(time.Since(start))
 	return ok

@@ -4,6 +4,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // fakeRing is a Waitable that becomes ready after a number of checks.
@@ -165,5 +167,52 @@ func TestWaitAdaptiveWithoutEventfd(t *testing.T) {
 	w.Stop()
 	if w.Wait(&fakeRing{readyAfter: -1}) {
 		t.Fatal("wait on a stopped waiter returned true")
+	}
+}
+
+// A waiter whose Spinners cap is full blocks on its eventfd at once and
+// counts it; with the place free it spins and gives the place back.
+func TestSpinnersCap(t *testing.T) {
+	cap1 := NewSpinners(1)
+	if !cap1.acquire() || cap1.acquire() {
+		t.Fatal("a cap of 1 gave out other than one place")
+	}
+	ev, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ev)
+	var ctr Counters
+	w, err := New(Options{Spinners: cap1}, ev, &ctr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	ring := &fakeRing{readyAfter: 1}
+	go func() { // the peer: kick once the waiter asked for kicks
+		for !ring.notifyOn.Load() {
+			time.Sleep(time.Millisecond)
+		}
+		Signal(ev)
+	}()
+	if !w.Wait(ring) {
+		t.Fatal("wait returned false")
+	}
+	if st := ctr.Stats(); st.Capped != 1 || st.Blocks != 1 {
+		t.Fatalf("capped %d blocks %d, want 1 and 1 (stats %+v)", st.Capped, st.Blocks, st)
+	}
+	cap1.release()
+	ring = &fakeRing{readyAfter: 3}
+	if !w.Wait(ring) {
+		t.Fatal("wait returned false")
+	}
+	if st := ctr.Stats(); st.Capped != 1 || st.Blocks != 1 {
+		t.Fatalf("capped %d blocks %d with the place free, want still 1 and 1", st.Capped, st.Blocks)
+	}
+	if !cap1.acquire() {
+		t.Fatal("the waiter kept its place after waiting")
+	}
+	if NewSpinners(0).max != 1 {
+		t.Fatal("a cap below 1 is not 1")
 	}
 }

@@ -56,9 +56,10 @@ static int claim(struct chan *c) {
  * time of recent requests of the same class (reads, writes, syncs), at
  * least SPIN_MIN_NS and at most SPIN_MAX_NS; a class that averages more
  * than SPIN_MAX_NS (fsync on a disk, a throttled file) spins only
- * SPIN_MIN_NS. At most MAX_SPINNERS threads of a process spin at once:
- * sixteen threads spinning on two cores would starve the gateway that
- * answers them. */
+ * SPIN_MIN_NS, and so does a request that had to kick the gateway's
+ * poller awake (its answer waits for a wake-up). At most MAX_SPINNERS
+ * threads of a process spin at once: sixteen threads spinning on two
+ * cores would starve the gateway that answers them. */
 #define SPIN_MIN_NS 2000
 #define SPIN_MAX_NS 60000
 #define MAX_SPINNERS 2
@@ -75,9 +76,11 @@ static int class_of(uint32_t op) {
 	return 1;
 }
 
-static int64_t spin_budget(struct chan *c, int cls) {
+static int64_t spin_budget(struct chan *c, int cls, int kicked) {
 	if (__atomic_add_fetch(&c->spinners, 1, __ATOMIC_RELAXED) > MAX_SPINNERS)
 		return 0;
+	if (kicked)
+		return SPIN_MIN_NS;
 	int64_t avg = __atomic_load_n(&c->avg_ns[cls], __ATOMIC_RELAXED);
 	if (avg > SPIN_MAX_NS)
 		return SPIN_MIN_NS;
@@ -93,8 +96,8 @@ static void observe(struct chan *c, int cls, int64_t ns) {
 }
 
 /* await waits for slot s to be done: 0, or -1 if the gateway is gone. */
-static int await(struct chan *c, struct shm_slot *s, int cls, int64_t start) {
-	int64_t budget = spin_budget(c, cls), now = start;
+static int await(struct chan *c, struct shm_slot *s, int cls, int kicked, int64_t start) {
+	int64_t budget = spin_budget(c, cls, kicked), now = start;
 	int done = 0;
 	while (now - start < budget) {
 		if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == SLOT_DONE) {
@@ -178,11 +181,12 @@ static int64_t submit(struct chan *c, struct fdent *e, uint32_t op, uint32_t arg
 	int64_t start = now_ns();
 	__atomic_store_n(&s->state, SLOT_SUBMITTED, __ATOMIC_RELEASE);
 	__atomic_fetch_or(&h->submitted[idx / 64], 1ULL << (idx % 64), __ATOMIC_SEQ_CST);
-	if (__atomic_load_n(&h->idle, __ATOMIC_SEQ_CST)) {
+	int kicked = __atomic_load_n(&h->idle, __ATOMIC_SEQ_CST) != 0;
+	if (kicked) {
 		uint64_t one = 1;
 		shim_raw(SYS_write, __atomic_load_n(&c->kick, __ATOMIC_ACQUIRE), (long)&one, sizeof one, 0);
 	}
-	if (await(c, s, class_of(op), start) < 0) {
+	if (await(c, s, class_of(op), kicked, start) < 0) {
 		/* The slot stays submitted: the channel is dead and unmapped later. */
 		chan_retire(c);
 		*reason = REASON_GONE;
@@ -335,14 +339,3 @@ int64_t shim_fstat(enum call call, int fd, struct fdent *e, struct stat *st) {
 	return 0;
 }
 
-/* shim_seek_end is lseek(fd, off, SEEK_END) with the gateway's length:
- * the kernel's cached size lags a shim write by the mount's notifier. */
-int64_t shim_seek_end(enum call call, int fd, struct fdent *e, int64_t off) {
-	struct stat st;
-	int64_t r = shim_fstat(call, fd, e, &st);
-	if (r == SHIM_FALLBACK || r < 0)
-		return r;
-	if ((off > 0 && st.st_size > INT64_MAX - off) || st.st_size + off < 0)
-		return -EINVAL;
-	return shim_raw(SYS_lseek, fd, st.st_size + off, SEEK_SET, 0) < 0 ? -errno : st.st_size + off;
-}
