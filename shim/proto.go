@@ -49,11 +49,10 @@ const (
 	ReasonTooMany    = 8  // the channel holds its maximum of handles
 	ReasonStale      = 9  // a request named a handle the channel does not hold
 	ReasonFlags      = 10 // a call's flags the library does not serve (the library's own: RWF_NOWAIT, statx fields)
-	ReasonKernel     = 11 // the kernel answers as right and faster (the library's own: lseek)
-	numReasons       = 12
+	numReasons       = 11
 )
 
-var reasonNames = [numReasons]string{"none", "not_sluice", "not_regular", "o_append", "o_path", "mmap", "gateway_gone", "error", "too_many", "stale_handle", "flags", "kernel"}
+var reasonNames = [numReasons]string{"none", "not_sluice", "not_regular", "o_append", "o_path", "mmap", "gateway_gone", "error", "too_many", "stale_handle", "flags"}
 
 // ReasonName is the name of a reason number.
 func ReasonName(r uint32) string {

@@ -31,7 +31,7 @@ static const char *call_names[NUM_CALLS] = {
 
 static const char *reason_names[NUM_REASONS] = {
 	"none", "not_sluice", "not_regular", "o_append", "o_path", "mmap",
-	"gateway_gone", "error", "too_many", "stale_handle", "flags", "kernel",
+	"gateway_gone", "error", "too_many", "stale_handle", "flags",
 };
 
 void shim_opened(int fd) {

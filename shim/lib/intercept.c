@@ -309,17 +309,12 @@ EXPORT ssize_t pwritev64v2(int fd, const struct iovec *iov, int cnt, off64_t off
 	return v2(CALL_pwritev64v2, OP_WRITE, fd, iov, cnt, off, flags);
 }
 
-/* lseek is the kernel's: its offset is the truth, and its cached length
- * (SEEK_END) is kept true by the mount's notifier, which every length
- * change through the library waits for. A round trip to the gateway
- * costs more than the kernel's answer (PostgreSQL asks for a relation's
- * length with SEEK_END far more often than it writes). Calls on a served
- * fd are counted with reason "kernel". */
+/* lseek keeps the kernel's offset the truth; only SEEK_END asks the
+ * gateway for the length. */
 static off_t do_lseek(enum call call, int fd, off_t off, int whence) {
 	struct fdent *e = shim_fd(fd);
-	if (e && state_of(e) == FD_ON)
-		count_call(call, REASON_KERNEL);
-	return shim_raw(SYS_lseek, fd, off, whence, 0);
+	int64_t r = e && whence == SEEK_END ? shim_seek_end(call, fd, e, off) : SHIM_FALLBACK;
+	return r == SHIM_FALLBACK ? shim_raw(SYS_lseek, fd, off, whence, 0) : ret(r);
 }
 
 EXPORT off_t lseek(int fd, off_t off, int whence) { return do_lseek(CALL_lseek, fd, off, whence); }

@@ -74,8 +74,7 @@ struct msg_registered { /* 48 bytes */
 #define REASON_TOO_MANY 8
 #define REASON_STALE 9
 #define REASON_FLAGS 10 /* the library's own: a call's flags it does not serve (RWF_NOWAIT, statx fields) */
-#define REASON_KERNEL 11 /* the library's own: the kernel answers as right and faster (lseek) */
-#define NUM_REASONS 12
+#define NUM_REASONS 11
 
 /* Shared memory: a header page, the slot records (64 bytes each, rounded
  * up to a page), then one data region of slot_data bytes per slot. */

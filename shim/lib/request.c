@@ -339,3 +339,20 @@ int64_t shim_fstat(enum call call, int fd, struct fdent *e, struct stat *st) {
 	return 0;
 }
 
+/* shim_seek_end is lseek(fd, off, SEEK_END) with the gateway's length:
+ * the kernel's cached size is not the truth for a file the shim extends.
+ * The notifier's invalidation races with GETATTR answers in flight (the
+ * kernel drops an answer older than the invalidation and keeps its old
+ * size), so another process's SEEK_END can come back short. Tried:
+ * SEEK_END served by the kernel made PostgreSQL fail at once with
+ * "unexpected data beyond EOF" (eight backends extending and sizing the
+ * same relations); docs/SHIM.md. */
+int64_t shim_seek_end(enum call call, int fd, struct fdent *e, int64_t off) {
+	struct stat st;
+	int64_t r = shim_fstat(call, fd, e, &st);
+	if (r == SHIM_FALLBACK || r < 0)
+		return r;
+	if ((off > 0 && st.st_size > INT64_MAX - off) || st.st_size + off < 0)
+		return -EINVAL;
+	return shim_raw(SYS_lseek, fd, st.st_size + off, SEEK_SET, 0) < 0 ? -errno : st.st_size + off;
+}

@@ -139,6 +139,7 @@ int64_t shim_io(enum call call, int fd, struct fdent *e, uint32_t op, uint32_t a
 int64_t shim_op(enum call call, int fd, struct fdent *e, uint32_t op, uint32_t arg, int64_t off, int64_t len);
 int64_t shim_attr(enum call call, int fd, struct fdent *e, struct shm_stat *a);
 int64_t shim_fstat(enum call call, int fd, struct fdent *e, struct stat *st);
+int64_t shim_seek_end(enum call call, int fd, struct fdent *e, int64_t off);
 /* shim_check answers a call the library serves without a request (why:
  * REASON_NONE; 0) or sends to the kernel for why (SHIM_FALLBACK); either
  * way fd is first looked at, and an fd the library does not serve counts
