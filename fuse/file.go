@@ -91,7 +91,8 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 
 func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	ctx = f.n.m.own(ctx)
-	req := gateway.Request{Op: gateway.OpSync, Inode: f.n.ino, Door: gateway.DoorFUSE, Path: f.path()}
+	// FUSE_FSYNC_FDATASYNC (bit 0): fdatasync(2).
+	req := gateway.Request{Op: gateway.OpSync, Inode: f.n.ino, DataOnly: flags&1 != 0, Door: gateway.DoorFUSE, Path: f.path()}
 	return f.n.errno("fsync", f.n.m.vol.Do(ctx, &req))
 }
 

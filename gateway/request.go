@@ -80,6 +80,9 @@ type Request struct {
 	// KeepSize: fs files, OpWriteZeroes and OpAllocate: leave the file's
 	// length as it is (fallocate's KEEP_SIZE).
 	KeepSize bool
+	// DataOnly: OpSync is fdatasync(2): a file's data and the attributes
+	// reading it needs (the length), not its times.
+	DataOnly bool
 	Door     Door
 	Path     string // fs volumes: the file's path, for rules that target files
 }

@@ -146,7 +146,7 @@ func (v *Volume) exec(ctx context.Context, req *Request, f store.Filters) (int64
 		if ferr != nil {
 			return 0, ferr
 		}
-		return 0, fs.Fsync(ctx, req.Inode)
+		return 0, fs.Fsync(ctx, req.Inode, req.DataOnly)
 	case OpDiscard:
 		err = v.sv.Discard(ctx, req.Inode, req.Offset, req.Length)
 	case OpWriteZeroes:

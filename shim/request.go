@@ -42,7 +42,7 @@ func (c *channel) exec(r record) result {
 	case opWrite:
 		return c.write(f, r)
 	case opFsync, opFdatasync:
-		return c.do(f, &gateway.Request{Op: gateway.OpSync})
+		return c.do(f, &gateway.Request{Op: gateway.OpSync, DataOnly: r.op == opFdatasync})
 	case opFtruncate:
 		if !f.writable {
 			return failed(unix.EINVAL) // ftruncate(2) on an fd not open for writing

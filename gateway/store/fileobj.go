@@ -85,6 +85,7 @@ func (o *Object) Truncate(size int64, record func() error) error {
 		}
 	}
 	o.size.Store(size)
+	o.lenDirty.Store(true) // record commits it too; the next persist repeats it
 	o.Touch()
 	return record()
 }

@@ -32,6 +32,9 @@ type Object struct {
 	mapped atomic.Int64 // allocated chunks
 	mtime  atomic.Int64 // last data change (Unix ns), 0 if none since load
 	dirty  atomic.Bool  // length or mtime changed since last persisted
+	// lenDirty: the length changed since last persisted (a part of
+	// dirty): fdatasync persists only then.
+	lenDirty atomic.Bool
 	// persistMu serialises FS.persist: a persist that finds nothing dirty
 	// (an fsync, a later Release) returns only after one in flight has
 	// joined the group, so what it covers is in that group.
@@ -135,6 +138,7 @@ func (o *Object) growSize(end int64) {
 			return
 		}
 		if o.size.CompareAndSwap(cur, end) {
+			o.lenDirty.Store(true)
 			o.dirty.Store(true)
 			return
 		}
@@ -171,11 +175,21 @@ func (o *Object) Mtime() int64 { return o.mtime.Load() }
 func (o *Object) ClearMtime() { o.mtime.Store(0) }
 
 // TakeDirty reports whether o's length or mtime changed since the last
-// TakeDirty, and clears the mark.
-func (o *Object) TakeDirty() bool { return o.dirty.Swap(false) }
+// TakeDirty, and clears the marks (the caller persists both).
+func (o *Object) TakeDirty() bool {
+	l := o.lenDirty.Swap(false)
+	return o.dirty.Swap(false) || l
+}
 
 // SetDirty marks o's length and mtime changed (a persist that failed).
-func (o *Object) SetDirty() { o.dirty.Store(true) }
+func (o *Object) SetDirty() {
+	o.lenDirty.Store(true)
+	o.dirty.Store(true)
+}
+
+// LengthDirty reports whether o's length changed since the last
+// TakeDirty: fdatasync persists only then (the mtime can wait).
+func (o *Object) LengthDirty() bool { return o.lenDirty.Load() }
 
 // FirstWrite reports true once: at the first change to o's chunks since it
 // was loaded (the namespace's willWrite).

@@ -166,9 +166,13 @@ type Store struct {
 
 	syncMu  sync.Mutex // one metadata sync + release at a time
 	syncSeq uint64     // the last sync number committed, under syncMu (syncmark.go)
-	stop    chan struct{}
-	done    chan struct{}
-	closed  bool
+	// syncedTs is badger's last commit timestamp covered by the last
+	// metadata sync, under syncMu: a sync that finds no commit after it
+	// (and nothing to release) has nothing to make durable.
+	syncedTs uint64
+	stop     chan struct{}
+	done     chan struct{}
+	closed   bool
 }
 
 // Open opens (or creates) the store whose metadata lives in metaDir and whose
@@ -451,9 +455,16 @@ func (s *Store) syncMeta() error {
 	for _, ns := range s.liveNamespaces() {
 		ns.Barrier()
 	}
-	s.db.NewTransaction(false).Discard()
+	if ts := s.committedTs(); ts == s.syncedTs && ts != 0 && len(freed) == 0 {
+		// Nothing committed since the last sync covered it: every
+		// fdatasync of a file overwritten in place (a database's WAL
+		// segment) lands here and costs only the device's flush.
+		return nil
+	}
 	seq, err := s.commitSyncSeq()
+	var ts uint64
 	if err == nil {
+		ts = s.committedTs() // the sync below covers every commit up to it
 		err = s.db.Sync()
 	}
 	if err != nil {
@@ -464,8 +475,18 @@ func (s *Store) syncMeta() error {
 		s.alloc.deferFree(freed)
 		return err
 	}
+	s.syncedTs = ts
 	s.alloc.release(s.zeroFreed(freed))
 	return nil
+}
+
+// committedTs is the timestamp of badger's last commit: a transaction's
+// start waits for every commit handed to badger before it, and reads at
+// the last one's timestamp.
+func (s *Store) committedTs() uint64 {
+	txn := s.db.NewTransaction(false)
+	defer txn.Discard()
+	return txn.ReadTs()
 }
 
 // zeroFreed zeroes the extents marked zero (freed by copy-on-write: they

@@ -77,7 +77,7 @@ func TestFSCommitFailureFailsNamespace(t *testing.T) {
 	if err := f.Unlink(ctx, RootIno, "a"); !errors.Is(err, store.ErrIO) {
 		t.Fatalf("unlink after a failed commit: %v, want ErrIO", err)
 	}
-	if err := f.Fsync(ctx, a.Ino); !errors.Is(err, store.ErrIO) {
+	if err := f.Fsync(ctx, a.Ino, false); !errors.Is(err, store.ErrIO) {
 		t.Fatalf("fsync after a failed commit: %v, want ErrIO", err)
 	}
 	if _, ok := f.attrs.get(a.Ino); ok {
@@ -229,7 +229,7 @@ func TestFSReleaseRacingReopen(t *testing.T) {
 				fsynced <- -1
 				return
 			}
-			if err := f.Fsync(ctx, a.Ino); err != nil {
+			if err := f.Fsync(ctx, a.Ino, false); err != nil {
 				t.Error(err)
 			}
 			fsynced <- storedLength(a.Ino)

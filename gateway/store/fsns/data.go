@@ -238,9 +238,13 @@ func (f *FS) persist(ctx context.Context, o *store.Object) error {
 	return nil
 }
 
-// Fsync makes a file's data and attributes durable.
-func (f *FS) Fsync(ctx context.Context, ino uint64) error {
-	if o := f.loaded(ino); o != nil {
+// Fsync makes a file's data and attributes durable. dataOnly is
+// fdatasync(2): the attributes only if reading the data needs them, that
+// is the length; a file overwritten in place (a database's WAL segment)
+// then costs the device's flush alone (Store.Flush skips a metadata sync
+// with nothing committed since the last).
+func (f *FS) Fsync(ctx context.Context, ino uint64, dataOnly bool) error {
+	if o := f.loaded(ino); o != nil && (!dataOnly || o.LengthDirty()) {
 		if err := f.persist(ctx, o); err != nil {
 			return err
 		}

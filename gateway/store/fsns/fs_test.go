@@ -352,7 +352,7 @@ func TestFSOrphansAndRestart(t *testing.T) {
 	f.Open(ctx, b.Ino)
 	v.WriteAt(ctx, a.Ino, pattern(2, 200000), 0, false)
 	v.WriteAt(ctx, b.Ino, pattern(3, 100000), 0, false)
-	if err := f.Fsync(ctx, b.Ino); err != nil {
+	if err := f.Fsync(ctx, b.Ino, false); err != nil {
 		t.Fatal(err)
 	}
 	v.WriteAt(ctx, b.Ino, pattern(4, 50000), 100000, false) // never fsynced
@@ -522,4 +522,83 @@ func TestStoreWithoutMakerRefusesFSVolume(t *testing.T) {
 	if v, err := s.Volume("t", "fs"); err != nil || Of(v) == nil {
 		t.Fatalf("the fs volume after reopening with Maker: %v", err)
 	}
+}
+
+// fdatasync (Fsync with dataOnly) commits a file's length when it
+// changed and nothing when only its data and mtime did: the store's
+// sync then finds no commit since the last and flushes the device alone.
+// A full fsync commits the mtime. What fdatasync made durable survives a
+// reopen.
+func TestFdatasync(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	dev, err := device.OpenFile(filepath.Join(dir, "pool"), 256*MiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := store.Open(ctx, filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, f := newFSVolume(t, s, "fs", 64*MiB)
+	a := mustCreate(t, f, RootIno, "wal", syscall.S_IFREG|0o644)
+	f.Open(ctx, a.Ino)
+	committed := func() uint64 {
+		txn := s.DB().NewTransaction(false)
+		defer txn.Discard()
+		return txn.ReadTs()
+	}
+	sync := func(dataOnly bool) uint64 {
+		t.Helper()
+		before := committed()
+		if err := f.Fsync(ctx, a.Ino, dataOnly); err != nil {
+			t.Fatal(err)
+		}
+		return committed() - before
+	}
+	if err := v.WriteAt(ctx, a.Ino, pattern(1, 100000), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := sync(true); n == 0 {
+		t.Fatal("fdatasync after the file grew committed nothing (its length)")
+	}
+	if err := v.WriteAt(ctx, a.Ino, pattern(2, 4096), 8192, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := sync(true); n != 0 {
+		t.Fatalf("fdatasync of an overwrite committed %d times, want none", n)
+	}
+	if n := sync(false); n == 0 {
+		t.Fatal("fsync after an overwrite committed nothing (its mtime)")
+	}
+	if err := v.WriteAt(ctx, a.Ino, pattern(3, 50000), 100000, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := sync(true); n == 0 {
+		t.Fatal("fdatasync after the file grew again committed nothing")
+	}
+	// Reopen without releasing the file: the length and data are there.
+	s.DB().Close()
+	dev.Close()
+	dev, _ = device.OpenFile(filepath.Join(dir, "pool"), 0)
+	s, err = store.Open(ctx, filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	v, _ = s.Volume("t", "fs")
+	f = Of(v)
+	at, err := f.Open(ctx, a.Ino)
+	if err != nil || at.Size != 150000 {
+		t.Fatalf("after reopen: %+v %v, want length 150000", at, err)
+	}
+	want := pattern(1, 100000)
+	copy(want[8192:], pattern(2, 4096))
+	want = append(want, pattern(3, 50000)...)
+	got := make([]byte, 150000)
+	if err := v.ReadAt(ctx, a.Ino, got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("data after reopen differs (%v)", err)
+	}
+	f.Release(ctx, a.Ino)
+	mustFsck(t, s, "fs")
 }
