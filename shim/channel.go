@@ -34,9 +34,10 @@ type channel struct {
 	uid    uint32
 
 	// Set by the handshake, before the poller starts.
-	mem []byte
-	l   layout
-	w   *waiter.Waiter // the poller's, on the client's kick eventfd
+	mem  []byte
+	l    layout
+	w    *waiter.Waiter // the poller's, on the client's kick eventfd
+	lens *lengthTable   // the files' lengths, mapped read-only by the client (lengths.go)
 	// running[i] is true while slot i's request runs: a slot submitted
 	// again meanwhile is ignored, so a channel runs at most l.slots
 	// requests at once.
@@ -134,7 +135,7 @@ func (c *channel) release() {
 		}
 		c.mu.Lock()
 		for h, f := range c.files {
-			f.close()
+			f.close(&c.s.lens)
 			delete(c.files, h)
 			c.s.stats.handles.Add(-1)
 		}
@@ -142,6 +143,9 @@ func (c *channel) release() {
 		c.mu.Unlock()
 		if c.mem != nil {
 			unix.Munmap(c.mem)
+		}
+		if c.lens != nil {
+			c.lens.close()
 		}
 	})
 }
@@ -219,7 +223,7 @@ func (c *channel) handshake() error {
 	c.mu.Unlock()
 	c.log.Debug("shim: channel open", "slots", c.l.slots, "slot_data", c.l.slotData, "uid", c.uid)
 	c.s.stats.opened.Add(1) // before the answer: a client that sees it sees the count
-	if _, err := c.conn.Write(encodeHelloOK(0, c.id)); err != nil {
+	if _, _, err := c.conn.WriteMsgUnix(encodeHelloOK(0, c.id), unix.UnixRights(c.lens.fd), nil); err != nil {
 		return err
 	}
 	return nil
@@ -262,7 +266,13 @@ func (c *channel) attach(h *hello, memfd, evfd int) error {
 		unix.Munmap(mem)
 		return fmt.Errorf("the kick eventfd: %w", err)
 	}
-	c.mem, c.l, c.pid, c.w = mem, l, max(c.pid, int32(h.PID)), w
+	lens, err := newLengthTable(c.s.opt.MaxHandles + 1)
+	if err != nil {
+		w.Close()
+		unix.Munmap(mem)
+		return err
+	}
+	c.mem, c.l, c.pid, c.w, c.lens = mem, l, max(c.pid, int32(h.PID)), w, lens
 	return nil
 }
 

@@ -110,6 +110,9 @@ type client struct {
 	mem  []byte
 	kick int
 	l    layout
+	// The gateway's length table, mapped read-only.
+	lensFd int
+	lens   []byte
 }
 
 // newMemfd makes a sealed memfd of the geometry's size with its header.
@@ -199,11 +202,36 @@ func connect(t *testing.T, sock string) *client {
 	t.Cleanup(func() { unix.Close(kick) })
 	c := &client{t: t, conn: dial(t, sock), mem: mem, kick: kick, l: l}
 	send(t, c.conn, helloMsg(4, 64<<10, uint64(l.size)), memfd, kick)
-	r := reply(t, c.conn)
-	if len(r) != helloOKLen || binary.LittleEndian.Uint16(r[4:]) != msgHelloOK || binary.LittleEndian.Uint32(r[8:]) != 0 {
-		t.Fatalf("hello refused: %x", r)
+	r, oob := make([]byte, 128), make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := c.conn.ReadMsgUnix(r, oob)
+	if err != nil || n != helloOKLen || binary.LittleEndian.Uint16(r[4:]) != msgHelloOK || binary.LittleEndian.Uint32(r[8:]) != 0 {
+		t.Fatalf("hello refused: %x (%v)", r[:n], err)
 	}
+	// The length table's memfd, mapped read-only as the library does.
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("HELLO_OK without the length table: %v", err)
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		t.Fatalf("HELLO_OK's fds: %v %v", fds, err)
+	}
+	c.lensFd = fds[0]
+	t.Cleanup(func() { unix.Close(c.lensFd) })
+	var st unix.Stat_t
+	if err := unix.Fstat(c.lensFd, &st); err != nil {
+		t.Fatal(err)
+	}
+	if c.lens, err = unix.Mmap(c.lensFd, 0, int(st.Size), unix.PROT_READ, unix.MAP_SHARED); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(c.lens) })
 	return c
+}
+
+// length is word i of the client's length table.
+func (c *client) length(i uint32) int64 {
+	return int64(atomic.LoadUint64((*uint64)(unsafe.Pointer(&c.lens[8*int(i)]))))
 }
 
 // register hands fd over and returns the gateway's answer.
@@ -218,7 +246,8 @@ func (c *client) register(fd int) registered {
 		c.t.Fatalf("register: reply %x", r)
 	}
 	le := binary.LittleEndian
-	return registered{Reason: le.Uint32(r[8:]), Flags: le.Uint32(r[12:]), Handle: le.Uint64(r[16:]), Dev: le.Uint64(r[24:]), Ino: le.Uint64(r[32:])}
+	return registered{Reason: le.Uint32(r[8:]), Flags: le.Uint32(r[12:]), Handle: le.Uint64(r[16:]), Dev: le.Uint64(r[24:]), Ino: le.Uint64(r[32:]),
+		LengthWord: le.Uint32(r[40:])}
 }
 
 // req is one request as a client writes it into a slot.

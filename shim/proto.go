@@ -148,6 +148,9 @@ type registered struct {
 	Dev    uint64 // the file's st_dev (what fstat through the shim reports)
 	Ino    uint64
 	Flags  uint32 // regReadable, regWritable
+	// LengthWord is the file's word in the channel's length table
+	// (lengths.go), 0: none. Bytes 40-43 of REGISTERED (were reserved).
+	LengthWord uint32
 }
 
 const (
@@ -164,6 +167,7 @@ func encodeRegistered(r registered) []byte {
 	le.PutUint64(b[16:], r.Handle)
 	le.PutUint64(b[24:], r.Dev)
 	le.PutUint64(b[32:], r.Ino)
+	le.PutUint32(b[40:], r.LengthWord)
 	return b
 }
 

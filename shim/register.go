@@ -27,6 +27,7 @@ type file struct {
 	dir     string        // the mount's directory
 	renames func() uint64 // the mount's rename count; nil: never re-check
 	settle  func()        // the mount's Settle; nil: none
+	length  *lengthRef    // its word in the channel's length table; nil: none
 
 	at atomic.Pointer[named] // the path inside the volume, for QoS file rules and policies
 
@@ -49,12 +50,16 @@ func (f *file) acquire() bool {
 func (f *file) release() { f.use.RUnlock() }
 
 // close waits for the file's requests and closes our fd.
-func (f *file) close() {
+func (f *file) close(l *lengths) {
 	f.use.Lock()
 	defer f.use.Unlock()
 	if !f.gone {
 		f.gone = true
 		unix.Close(f.fd)
+		if f.length != nil {
+			l.remove(f.ns, f.ino, f.length)
+			f.length.t.release(f.length.i)
+		}
 	}
 }
 
@@ -122,7 +127,7 @@ func (c *channel) register(fd int, clientFd uint32) registered {
 	c.mu.Lock()
 	if len(c.files) >= c.s.opt.MaxHandles {
 		c.mu.Unlock()
-		f.close()
+		f.close(&c.s.lens)
 		c.s.stats.refused[ReasonTooMany].Add(1)
 		return registered{Reason: ReasonTooMany, Dev: r.Dev, Ino: r.Ino}
 	}
@@ -132,6 +137,17 @@ func (c *channel) register(fd int, clientFd uint32) registered {
 	c.mu.Unlock()
 	c.s.stats.registered.Add(1)
 	c.s.stats.handles.Add(1)
+	if c.lens != nil {
+		if i := c.lens.alloc(); i != 0 {
+			ref := &lengthRef{t: c.lens, i: i}
+			if err := c.s.lens.add(f.ns, f.ino, ref); err == nil {
+				f.length = ref
+				r.LengthWord = i
+			} else {
+				c.lens.release(i)
+			}
+		}
+	}
 	return r
 }
 
@@ -216,7 +232,7 @@ func (c *channel) unregister(h uint64) {
 	delete(c.files, h)
 	c.mu.Unlock()
 	if f != nil {
-		f.close()
+		f.close(&c.s.lens)
 		c.s.stats.handles.Add(-1)
 	}
 }

@@ -74,6 +74,7 @@ type Server struct {
 	ids    atomic.Uint32
 	stats  counters
 	waits  waiter.Counters // every channel poller's
+	lens   lengths         // the length tables' watches (lengths.go)
 }
 
 // NewServer returns a Server that serves files of mounts.

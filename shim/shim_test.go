@@ -315,3 +315,69 @@ func TestHostileRequests(t *testing.T) {
 	c.conn.Close()
 	testwait.For(t, "the channel closed", func() bool { st := s.Stats(); return st.Channels == 0 && st.Handles == 0 })
 }
+
+// The length table: a registered file's length is in the word REGISTERED
+// names, kept current by writes and truncates through the ring and
+// through the mount (another process's), before they return; the client
+// can map the table only read-only.
+func TestLengthTable(t *testing.T) {
+	v := openVolume(t)
+	m := mountVolume(t, v)
+	_, sock := startServer(t, mounts{[]*fuse.Mount{m}})
+	c := connect(t, sock)
+	path := filepath.Join(m.Dir, "rel")
+	if err := os.WriteFile(path, make([]byte, 8192), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r := c.register(int(f.Fd()))
+	if r.Reason != ReasonNone || r.LengthWord == 0 {
+		t.Fatalf("register: %+v, want a length word", r)
+	}
+	if n := c.length(r.LengthWord); n != 8192 {
+		t.Fatalf("word at registration %d, want 8192", n)
+	}
+	payload := []byte("an extending write through the ring")
+	if _, _, n := c.do(req{op: opWrite, handle: r.Handle, offset: 10000, length: int64(len(payload))}, payload); n != int64(len(payload)) {
+		t.Fatalf("write: %d", n)
+	}
+	if n := c.length(r.LengthWord); n != 10000+int64(len(payload)) {
+		t.Fatalf("word after the ring's write %d, want %d", n, 10000+len(payload))
+	}
+	// Another process's write through the mount: the word moves before
+	// its write returns.
+	g, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.WriteAt([]byte("x"), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	g.Close()
+	if n := c.length(r.LengthWord); n != 1<<20+1 {
+		t.Fatalf("word after the mount's write %d, want %d", n, 1<<20+1)
+	}
+	if _, _, n := c.do(req{op: opFtruncate, handle: r.Handle, length: 100}, nil); n != 0 {
+		t.Fatalf("ftruncate: %d", n)
+	}
+	if n := c.length(r.LengthWord); n != 100 {
+		t.Fatalf("word after ftruncate %d, want 100", n)
+	}
+	if err := os.Truncate(path, 50); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.length(r.LengthWord); n != 50 {
+		t.Fatalf("word after a truncate through the mount %d, want 50", n)
+	}
+	// Read-only for the client: no writable mapping, no write(2).
+	if _, err := unix.Mmap(c.lensFd, 0, len(c.lens), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
+		t.Fatal("the client mapped the length table writable")
+	}
+	if _, err := unix.Pwrite(c.lensFd, []byte{1}, 8); err == nil {
+		t.Fatal("the client wrote to the length table")
+	}
+}

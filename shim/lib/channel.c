@@ -117,12 +117,63 @@ static int recv_reply(int sock, void *buf, size_t len, uint16_t typ) {
 	return 0;
 }
 
+/* recv_hello_ok reads HELLO_OK and the length table's memfd that comes
+ * with it (*fd, -1 if none). */
+static int recv_hello_ok(int sock, struct msg_hello_ok *ok, int *fd) {
+	*fd = -1;
+	struct pollfd p = {.fd = sock, .events = POLLIN};
+	long r;
+	do
+		r = shim_raw(SYS_poll, (long)&p, 1, REPLY_TIMEOUT_MS, 0);
+	while (r < 0 && errno == EINTR);
+	if (r <= 0)
+		return -1;
+	struct iovec iov = {.iov_base = ok, .iov_len = sizeof *ok};
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	memset(cbuf, 0, sizeof cbuf);
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+	long n;
+	do
+		n = shim_raw(SYS_recvmsg, sock, (long)&mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC, 0);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -1;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS && cm->cmsg_len == CMSG_LEN(sizeof(int)))
+			memcpy(fd, CMSG_DATA(cm), sizeof(int));
+	if (n != (long)sizeof *ok || ok->h.magic != MSG_MAGIC || ok->h.type != MSG_HELLO_OK || ok->h.version != SHIM_VERSION) {
+		if (*fd >= 0)
+			shim_raw(SYS_close, *fd, 0, 0, 0);
+		*fd = -1;
+		return -1;
+	}
+	return 0;
+}
+
+/* map_lengths maps the gateway's length table read-only (NULL if it
+ * cannot: SEEK_END then asks the gateway) and closes fd. */
+static const uint64_t *map_lengths(int fd, size_t *size) {
+	if (fd < 0)
+		return NULL;
+	struct stat st;
+	void *m = MAP_FAILED;
+	if (shim_raw(SYS_fstat, fd, (long)&st, 0, 0) == 0 && st.st_size > 0 && (st.st_size % 8) == 0)
+		m = raw_mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	shim_raw(SYS_close, fd, 0, 0, 0);
+	if (m == MAP_FAILED)
+		return NULL;
+	*size = (size_t)st.st_size;
+	return m;
+}
+
 /* ---- channels ---- */
 
 static void destroy(struct chan *c) {
 	if (__atomic_exchange_n(&c->destroyed, 1, __ATOMIC_ACQ_REL))
 		return;
 	munmap(c->mem, c->size);
+	if (c->lens)
+		munmap((void *)c->lens, c->lens_size);
 	int fds[2] = {__atomic_exchange_n(&c->sock, -1, __ATOMIC_ACQ_REL), __atomic_exchange_n(&c->kick, -1, __ATOMIC_ACQ_REL)};
 	for (int i = 0; i < 2; i++) {
 		if (fds[i] < 0)
@@ -210,14 +261,24 @@ static struct chan *chan_open(void) {
 	struct msg_hello hello = {.h = {MSG_MAGIC, MSG_HELLO, SHIM_VERSION}, .slots = SLOTS, .slot_data = SLOT_DATA, .size = size, .pid = (uint32_t)S.pid};
 	int fds[2] = {memfd, kick};
 	struct msg_hello_ok ok;
-	if (send_msg(sock, &hello, sizeof hello, fds, 2) < 0 || recv_reply(sock, &ok, sizeof ok, MSG_HELLO_OK) < 0 || ok.err != 0)
+	int lens_fd = -1;
+	if (send_msg(sock, &hello, sizeof hello, fds, 2) < 0 || recv_hello_ok(sock, &ok, &lens_fd) < 0 || ok.err != 0) {
+		if (lens_fd >= 0)
+			shim_raw(SYS_close, lens_fd, 0, 0, 0);
 		goto fail;
+	}
+	size_t lens_size = 0;
+	const uint64_t *lens = map_lengths(lens_fd, &lens_size);
 	shim_raw(SYS_close, memfd, 0, 0, 0);
 	struct chan *c = raw_mmap(NULL, sizeof *c, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (c == MAP_FAILED) {
+		if (lens)
+			munmap((void *)lens, lens_size);
 		memfd = -1;
 		goto fail;
 	}
+	c->lens = lens;
+	c->lens_size = lens_size;
 	c->sock = high(sock);
 	c->kick = high(kick);
 	c->mem = mem;
@@ -387,6 +448,7 @@ static uint32_t do_register(int fd, struct fdent *e) {
 	e->dev = rep.dev;
 	e->ino = rep.ino;
 	e->flags = rep.flags;
+	e->lenw = c->lens && rep.length_word < c->lens_size / 8 ? rep.length_word : 0;
 	e->gen = c->gen;
 	e->witness = w;
 	set_state(e, FD_ON);

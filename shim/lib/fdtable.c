@@ -152,6 +152,8 @@ static void child_after_fork(void) {
 	S.cur = NULL;
 	if (c) {
 		munmap(c->mem, c->size);
+		if (c->lens)
+			munmap((void *)c->lens, c->lens_size);
 		if (c->sock >= 0)
 			shim_raw(SYS_close, c->sock, 0, 0, 0);
 		if (c->kick >= 0)

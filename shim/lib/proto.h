@@ -56,7 +56,8 @@ struct msg_registered { /* 48 bytes */
 	uint64_t handle;
 	uint64_t dev; /* the file's st_dev */
 	uint64_t ino;
-	uint64_t reserved;
+	uint32_t length_word; /* the file's word in the length table (HELLO_OK's fd), 0: none */
+	uint32_t reserved;
 };
 
 #define REG_READABLE 1u

@@ -346,13 +346,28 @@ int64_t shim_fstat(enum call call, int fd, struct fdent *e, struct stat *st) {
  * size), so another process's SEEK_END can come back short. Tried:
  * SEEK_END served by the kernel made PostgreSQL fail at once with
  * "unexpected data beyond EOF" (eight backends extending and sizing the
- * same relations); docs/SHIM.md. */
+ * same relations); docs/SHIM.md. The length comes from the channel's
+ * length table, which the gateway keeps current before any change's
+ * request returns (no round trip), or else from an fstat request. */
 int64_t shim_seek_end(enum call call, int fd, struct fdent *e, int64_t off) {
-	struct stat st;
-	int64_t r = shim_fstat(call, fd, e, &st);
-	if (r == SHIM_FALLBACK || r < 0)
-		return r;
-	if ((off > 0 && st.st_size > INT64_MAX - off) || st.st_size + off < 0)
+	uint32_t reason;
+	int64_t size = -1;
+	struct chan *c = fd_ready(fd, e, &reason);
+	if (c) {
+		if (e->lenw && c->lens)
+			size = (int64_t)__atomic_load_n(&c->lens[e->lenw], __ATOMIC_ACQUIRE);
+		chan_release(c);
+	}
+	if (size < 0) {
+		struct stat st;
+		int64_t r = shim_fstat(call, fd, e, &st);
+		if (r == SHIM_FALLBACK || r < 0)
+			return r;
+		size = st.st_size;
+	} else {
+		count_call(call, REASON_NONE);
+	}
+	if ((off > 0 && size > INT64_MAX - off) || size + off < 0)
 		return -EINVAL;
-	return shim_raw(SYS_lseek, fd, st.st_size + off, SEEK_SET, 0) < 0 ? -errno : st.st_size + off;
+	return shim_raw(SYS_lseek, fd, size + off, SEEK_SET, 0) < 0 ? -errno : size + off;
 }

@@ -82,6 +82,7 @@ struct fdent {
 	int32_t witness;  /* our dup of the fd (kcmp proves fd is still that file), 0: none (ours are >= 3) */
 	int32_t owner;    /* FD_WITNESS: the fd it witnesses */
 	uint32_t flags;   /* REG_READABLE | REG_WRITABLE */
+	uint32_t lenw;    /* the file's word in the channel's length table, 0: none */
 };
 
 #define TABLE_MAX 65536 /* fds the table covers; higher ones go to the kernel */
@@ -98,6 +99,8 @@ struct chan {
 	uint32_t gen;
 	uint32_t users, dead, destroyed;
 	uint32_t spinners;  /* threads spinning on a slot now (request.c) */
+	const uint64_t *lens; /* the gateway's length table, read-only; NULL: none */
+	size_t lens_size;
 	int64_t avg_ns[3]; /* recent request time per class: read, write, sync */
 };
 
