@@ -19,6 +19,7 @@ import (
 	"github.com/sluice-storage/sluice/fuse"
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/gateway/admin"
+	"github.com/sluice-storage/sluice/internal/waiter"
 	"github.com/sluice-storage/sluice/nbd"
 	"github.com/sluice-storage/sluice/shim"
 	"github.com/sluice-storage/sluice/spdkbackend"
@@ -104,7 +105,7 @@ func (d *daemon) start(ctx context.Context) error {
 	}
 	doors := admin.Doors{Mounts: mountDoor{d.mounts}, Attachments: attachDoor{d.attacher}, Virtio: virtioDoor{d.virtio}}
 	if d.pre.shim != nil {
-		d.shim = shim.NewServer(shimMounts{d.mounts}, shim.Options{Logger: log})
+		d.shim = shim.NewServer(shimMounts{d.mounts}, shim.Options{Wait: waiter.Options{Mode: a.shimWait}, Logger: log})
 		d.reg.MustRegister(shim.NewCollector(d.shim))
 		go d.shim.Serve(ctx, d.pre.shim)
 		doors.Shim = shimDoor{d.shim, a.ShimSocket}

@@ -46,6 +46,7 @@ type gatewayArgs struct {
 	QoSCostUnit                          string
 	Keyring                              string
 	VirtioWait                           string
+	ShimWait                             string
 	LogLevel                             string
 	SPDK                                 spdkArgs
 
@@ -53,6 +54,7 @@ type gatewayArgs struct {
 	poolSize   int64 // 0: a named --device keeps its size
 	costUnit   int64
 	virtioWait virtio.WaitMode
+	shimWait   virtio.WaitMode
 	join       joinOptions
 }
 
@@ -88,6 +90,7 @@ shim or metrics (docs/SYSTEMD.md).`,
 			&cli.StringFlag{Name: "qos-cost-unit", Value: "8K", Destination: &a.QoSCostUnit, Usage: "IO size that counts as one IO for QoS IOPS (larger IOs count proportionally)"},
 			&cli.StringFlag{Name: "keyring", Destination: &a.Keyring, Usage: "`FILE` of tenants' encryption keys, one line \"TENANT BASE64-OF-32-BYTES\" each, mode 0600 or 0400"},
 			&cli.StringFlag{Name: "virtio-wait", Value: "adaptive", Destination: &a.VirtioWait, Usage: "how virtio export queues wait for requests: adaptive, eventfd or poll"},
+			&cli.StringFlag{Name: "shim-wait", Value: "adaptive", Destination: &a.ShimWait, Usage: "how the shim door's channel pollers wait for requests: adaptive (spin briefly, at most one poller per two cores) or eventfd (never spin: for many busy client processes on few cores)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Destination: &a.LogLevel},
 		}, append(spdkFlags(&a.SPDK), joinFlags()...)...),
 		Action: func(c *cli.Context) error {
@@ -134,6 +137,9 @@ func (a *gatewayArgs) check(c *cli.Context) error {
 	}
 	if a.virtioWait, err = virtio.ParseWaitMode(a.VirtioWait); err != nil {
 		return usageErr("--virtio-wait: %v", err)
+	}
+	if a.shimWait, err = virtio.ParseWaitMode(a.ShimWait); err != nil {
+		return usageErr("--shim-wait: %v", err)
 	}
 	if a.join, err = parseJoinFlags(c); err != nil {
 		return err

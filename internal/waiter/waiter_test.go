@@ -216,3 +216,43 @@ func TestSpinnersCap(t *testing.T) {
 		t.Fatal("a cap below 1 is not 1")
 	}
 }
+
+// BlockInSyscall: a waiter blocked in poll(2) wakes for a kick and for
+// Stop.
+func TestBlockInSyscall(t *testing.T) {
+	ev, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ev)
+	w, err := New(Options{Mode: Eventfd, BlockInSyscall: true}, ev, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	ring := &fakeRing{readyAfter: 1}
+	go func() {
+		for !ring.notifyOn.Load() {
+			time.Sleep(time.Millisecond)
+		}
+		Signal(ev)
+	}()
+	if !w.Wait(ring) {
+		t.Fatal("wait returned false after a kick")
+	}
+	done := make(chan bool)
+	idle := &fakeRing{readyAfter: -1}
+	go func() { done <- w.Wait(idle) }()
+	for !idle.notifyOn.Load() { // armed: about to block
+		time.Sleep(time.Millisecond)
+	}
+	w.Stop()
+	select {
+	case ok := <-done:
+		if ok {
+			t.Fatal("wait returned true after Stop with nothing ready")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Stop did not wake a waiter blocked in poll(2)")
+	}
+}
