@@ -413,20 +413,26 @@ func (v *Volume) allocRun(first, k int64) ([]piece, error) {
 }
 
 // freePieces returns pieces no committed entry points at to the pool at
-// once. Where a write may have reached them, they are zeroed first on a
-// device whose discards read as zeros: free space there must read as zeros
-// (allocateLocked and partial writes rely on it). A piece that cannot be
-// zeroed stays in use until the next start.
+// once (freeWritten).
 func (v *Volume) freePieces(pieces []piece) {
 	for _, pc := range pieces {
-		if v.s.dev.DiscardZeroes() {
-			if err := v.zeroDevice(pc.dev, pc.count*v.chunkSize); err != nil {
-				v.s.log.Error("zeroing unused extent failed; it stays unused until restart", "offset", pc.dev, "err", err)
-				continue
-			}
-		}
-		v.s.alloc.free(pc.dev, pc.count*v.chunkSize)
+		v.s.freeWritten(pc.dev, pc.count*v.chunkSize)
 	}
+}
+
+// freeWritten returns an extent no committed entry points at, which a
+// write may have reached, to the pool at once. On a device whose discards
+// read as zeros it is zeroed first: free space there must read as zeros
+// (allocateLocked and partial writes of new chunks rely on it). An extent
+// that cannot be zeroed stays in use until the next start.
+func (s *Store) freeWritten(off, length int64) {
+	if s.dev.DiscardZeroes() {
+		if err := s.zeroExtent(off, length); err != nil {
+			s.log.Error("zeroing unused extent failed; it stays unused until restart", "offset", off, "err", err)
+			return
+		}
+	}
+	s.alloc.free(off, length)
 }
 
 // commitPieces commits the map entries of freshly written (or, on a
