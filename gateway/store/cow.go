@@ -122,7 +122,7 @@ func (o *Object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 	chunks := make([]cowChunk, 0, last-first+1)
 	fail := func(err error) (int, error) {
 		for _, c := range chunks {
-			s.alloc.free(c.e.devOff, c.devSize)
+			s.freeWritten(c.e.devOff, c.devSize)
 		}
 		v.allocated.Add(-holes)
 		return 0, err
@@ -204,7 +204,7 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 		}
 	}
 	if _, err := s.dev.WriteAt(stored, dev); err != nil {
-		s.alloc.free(dev, c.devSize)
+		s.freeWritten(dev, c.devSize)
 		s.log.Error("device write failed", "volume", v.ref, "inode", o.ino, "offset", idx*cs, "err", err)
 		return c, fmt.Errorf("%w: %w", ErrIO, err)
 	}

@@ -75,13 +75,8 @@ func (o *Object) Truncate(size int64, record func() error) error {
 	o.lockAll()
 	defer o.unlockAll()
 	if end := o.table.Load().n * o.v.chunkSize; end > size {
-		for off := size; off < end; {
-			w := o.window(off, end-off)
-			n, err := o.discardWindow(w, off, end-off)
-			if err != nil {
-				return err
-			}
-			off += n
+		if err := o.discardLocked(size, end-size); err != nil {
+			return err
 		}
 	}
 	o.size.Store(size)
@@ -90,11 +85,19 @@ func (o *Object) Truncate(size int64, record func() error) error {
 	return record()
 }
 
-// Allocate maps every hole of [off, off+length) to zeroed pool space.
+// Allocate maps every hole of [off, off+length) to zeroed pool space. On a
+// device whose discards read as zeros that is map entries alone
+// (allocateLocked), in one pass under every stripe; elsewhere zeros are
+// written, a window at a time.
 func (o *Object) Allocate(off, length int64) error {
 	v := o.v
 	cs := v.chunkSize
 	o.ensureChunks(numChunks(off+length, cs))
+	if v.s.dev.DiscardZeroes() {
+		o.lockAll()
+		defer o.unlockAll()
+		return o.allocateLocked(off>>v.chunkBits, (off+length-1)>>v.chunkBits)
+	}
 	pos := off &^ (cs - 1)
 	end := off + length
 	for pos < end {
@@ -127,27 +130,34 @@ func (o *Object) ExtendTo(end int64) {
 	o.runlock(w.mask)
 }
 
-// DropChunks unmaps every chunk of inode ino, in batches: their space
-// returns to the pool after the next durable commit. The object must be
-// gone (nobody can open the inode).
+// DropChunks unmaps every chunk of inode ino, in batches of unmapFlush
+// chunks: each batch's plain extents are zeroed (one device call per run
+// of adjacent extents), then its entries deleted in as few transactions as
+// badger allows; their space returns to the pool after the next durable
+// commit. The object must be gone (nobody can open the inode).
 func (v *Volume) DropChunks(ino uint64) error {
 	db := v.s.db
+	from := ChunkPrefix(v.id, ino)
 	for {
 		var keys [][]byte
-		var freed []extent
+		var freed []extent // freed[i]: what keys[i] frees (length 0: nothing)
 		var saved int64
 		err := db.View(func(txn *badger.Txn) error {
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(v.id, ino), PrefetchValues: true})
 			defer it.Close()
-			for it.Rewind(); it.Valid() && len(keys) < 4096; it.Next() {
+			// Seek past the batches before: their tombstones are not
+			// walked again.
+			for it.Seek(from); it.Valid() && len(keys) < unmapFlush; it.Next() {
 				var e chunkEntry
 				if err := it.Item().Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err }); err != nil {
 					return err
 				}
 				keys = append(keys, it.Item().KeyCopy(nil))
+				var x extent
 				if v.s.alloc.contains(e.devOff, int64(e.storedLen)) {
-					freed = append(freed, extent{off: e.devOff, length: e.extentLen()})
+					x = extent{off: e.devOff, length: e.extentLen()}
 				}
+				freed = append(freed, x)
 				saved += v.savedBy(e)
 			}
 			return nil
@@ -158,25 +168,23 @@ func (v *Volume) DropChunks(ino uint64) error {
 		if len(keys) == 0 {
 			return nil
 		}
-		for _, e := range freed {
-			if err := v.zeroDevice(e.off, e.length); err != nil {
-				return err
-			}
-		}
-		err = db.Update(func(txn *badger.Txn) error {
-			for _, k := range keys {
-				if err := txn.Delete(k); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
+		if err := v.s.zeroRuns(freed); err != nil {
 			return err
 		}
-		v.allocated.Add(-int64(len(keys)))
+		done, err := v.s.batchUpdate(len(keys), func(txn *badger.Txn, i int) error { return txn.Delete(keys[i]) })
+		v.allocated.Add(-int64(done))
+		var ready []extent
+		for _, x := range freed[:done] {
+			if x.length > 0 {
+				ready = append(ready, x)
+			}
+		}
+		v.s.alloc.deferFree(ready)
+		if err != nil {
+			return fmt.Errorf("%w: commit chunk deletes: %w", ErrIO, err)
+		}
 		v.saved.Add(-saved)
-		v.s.alloc.deferFree(freed)
+		from = append(keys[len(keys)-1], 0) // the next key after the batch's last
 	}
 }
 

@@ -365,8 +365,9 @@ func (o *Object) writeNewChunks(p []byte, off int64, extend bool) (int, error) {
 			return fail(fmt.Errorf("%w: %w", ErrIO, err))
 		}
 	}
-	if err := o.commitPieces(pieces); err != nil {
-		return fail(err)
+	if committed, err := o.commitPieces(pieces); err != nil {
+		v.allocated.Add(committed - k)
+		return 0, err
 	}
 	if extend {
 		o.growSize(off + n)
@@ -411,42 +412,67 @@ func (v *Volume) allocRun(first, k int64) ([]piece, error) {
 	return pieces, nil
 }
 
+// freePieces returns pieces no committed entry points at to the pool at
+// once (freeWritten).
 func (v *Volume) freePieces(pieces []piece) {
 	for _, pc := range pieces {
-		v.s.alloc.free(pc.dev, pc.count*v.chunkSize)
+		v.s.freeWritten(pc.dev, pc.count*v.chunkSize)
 	}
 }
 
-// commitPieces commits the map entries of freshly written pieces in one
-// transaction and installs them in the table (the caller holds their
-// stripes' write locks).
-func (o *Object) commitPieces(pieces []piece) error {
+// freeWritten returns an extent no committed entry points at, which a
+// write may have reached, to the pool at once. On a device whose discards
+// read as zeros it is zeroed first: free space there must read as zeros
+// (allocateLocked and partial writes of new chunks rely on it). An extent
+// that cannot be zeroed stays in use until the next start.
+func (s *Store) freeWritten(off, length int64) {
+	if s.dev.DiscardZeroes() {
+		if err := s.zeroExtent(off, length); err != nil {
+			s.log.Error("zeroing unused extent failed; it stays unused until restart", "offset", off, "err", err)
+			return
+		}
+	}
+	s.alloc.free(off, length)
+}
+
+// commitPieces commits the map entries of freshly written (or, on a
+// device whose discards read as zeros, freshly allocated) pieces in as few
+// transactions as badger allows and installs them in the table (the caller
+// holds their stripes' write locks). It returns how many chunks it
+// committed; the space of the others it frees again, zeroed where a write
+// may have reached it.
+func (o *Object) commitPieces(pieces []piece) (int64, error) {
 	v := o.v
 	cs := v.chunkSize
-	err := v.s.db.Update(func(txn *badger.Txn) error {
-		for _, pc := range pieces {
-			for i := int64(0); i < pc.count; i++ {
-				e := chunkEntry{storedLen: uint32(cs), devOff: pc.dev + i*cs}
-				if err := txn.Set(chunkKey(v.id, o.ino, uint64(pc.first+i)), e.encode()); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		v.s.log.Error("chunk map commit failed", "volume", v.ref, "inode", o.ino, "err", err)
-		return fmt.Errorf("%w: commit chunk map: %w", ErrIO, err)
-	}
-	t := o.table.Load()
-	for _, pc := range pieces {
+	var pcOf, iOf []int64 // change j: chunk iOf[j] of pieces[pcOf[j]]
+	for p, pc := range pieces {
 		for i := int64(0); i < pc.count; i++ {
-			t.set(pc.first+i, pc.dev+i*cs)
+			pcOf, iOf = append(pcOf, int64(p)), append(iOf, i)
 		}
-		o.mapped.Add(pc.count)
-		o.invalidate(pc.first, pc.count) // a cached hole
 	}
-	return nil
+	done, err := v.s.batchUpdate(len(iOf), func(txn *badger.Txn, j int) error {
+		pc := pieces[pcOf[j]]
+		e := chunkEntry{storedLen: uint32(cs), devOff: pc.dev + iOf[j]*cs}
+		return txn.Set(chunkKey(v.id, o.ino, uint64(pc.first+iOf[j])), e.encode())
+	})
+	t := o.table.Load()
+	for j := 0; j < done; j++ {
+		pc := pieces[pcOf[j]]
+		t.set(pc.first+iOf[j], pc.dev+iOf[j]*cs)
+		o.invalidate(pc.first+iOf[j], 1) // a cached hole
+	}
+	o.mapped.Add(int64(done))
+	if err != nil {
+		var rest []piece
+		for j := done; j < len(iOf); j++ {
+			pc := pieces[pcOf[j]]
+			rest = append(rest, piece{pc.first + iOf[j], 1, pc.dev + iOf[j]*cs})
+		}
+		v.freePieces(rest)
+		v.s.log.Error("chunk map commit failed", "volume", v.ref, "inode", o.ino, "err", err)
+		return int64(done), fmt.Errorf("%w: commit chunk map: %w", ErrIO, err)
+	}
+	return int64(done), nil
 }
 
 // Discard unmaps the range: whole chunks return to the pool (after the next
@@ -475,10 +501,20 @@ func (o *Object) Discard(off, length int64) error {
 		// Nothing to unmap past the table's end.
 		length = max(0, min(length, t.n*o.v.chunkSize-off))
 	}
+	if length > numStripes*o.v.chunkSize {
+		// More than a window: one batch for all of it (ranges.go).
+		o.lockAll()
+		defer o.unlockAll()
+		return o.discardLocked(off, length)
+	}
 	for length > 0 {
 		w := o.window(off, length)
 		o.lock(w.mask)
-		n, err := o.discardWindow(w, off, length)
+		var b unmapBatch
+		n, err := o.unmapWindow(w, off, length, &b)
+		if err == nil {
+			err = o.commitUnmap(&b)
+		}
 		o.unlock(w.mask)
 		if err != nil {
 			return err
@@ -488,17 +524,15 @@ func (o *Object) Discard(off, length int64) error {
 	return nil
 }
 
-// discardWindow handles the part of [off, off+length) in w, with w's stripes
-// write-locked: one metadata transaction for the window's whole chunks.
-func (o *Object) discardWindow(w window, off, length int64) (int64, error) {
+// unmapWindow handles the part of [off, off+length) in w, with w's stripes
+// write-locked: partial chunks are zeroed (transformed ones rewritten),
+// whole chunks are added to b for commitUnmap.
+func (o *Object) unmapWindow(w window, off, length int64, b *unmapBatch) (int64, error) {
 	v := o.v
 	if o.deleted {
 		return 0, fmt.Errorf("volume %s: inode %d: %w", v.ref, o.ino, ErrNotFound)
 	}
 	t := o.table.Load()
-	var freed []extent
-	var unmapped []int64
-	var saved int64
 	done := int64(0)
 	for idx := w.first; idx < w.first+w.n && done < length; idx++ {
 		in := (off + done) & (v.chunkSize - 1)
@@ -515,9 +549,9 @@ func (o *Object) discardWindow(w window, off, length int64) (int64, error) {
 			}
 			// Zeroed once the unmap is durable: until then a crash
 			// leaves the entry, which must still find its bytes.
-			freed = append(freed, extent{off: e.devOff, length: e.extentLen(), zero: true})
-			unmapped = append(unmapped, idx)
-			saved += v.savedBy(e)
+			b.freed = append(b.freed, extent{off: e.devOff, length: e.extentLen(), zero: true})
+			b.unmapped = append(b.unmapped, idx)
+			b.saved += v.savedBy(e)
 			continue
 		case dev&markTransformed != 0:
 			// Part of a transformed chunk: rewrite it with zeros there,
@@ -527,8 +561,8 @@ func (o *Object) discardWindow(w window, off, length int64) (int64, error) {
 			}
 			continue
 		case n == v.chunkSize:
-			freed = append(freed, extent{off: dev, length: v.chunkSize})
-			unmapped = append(unmapped, idx)
+			b.freed = append(b.freed, extent{off: dev, length: v.chunkSize})
+			b.unmapped = append(b.unmapped, idx)
 			continue
 		}
 		if err := v.zeroDevice(dev+in, n); err != nil {
@@ -536,41 +570,6 @@ func (o *Object) discardWindow(w window, off, length int64) (int64, error) {
 		}
 		o.invalidate(idx, 1)
 	}
-	if len(unmapped) == 0 {
-		return done, nil
-	}
-	// Discard plain extents first (a crash before the commit leaves
-	// entries pointing at zeros, which is what a discard promises), then
-	// commit.
-	for _, e := range freed {
-		if e.zero {
-			continue
-		}
-		if err := v.zeroDevice(e.off, e.length); err != nil {
-			return 0, err
-		}
-	}
-	err := v.s.db.Update(func(txn *badger.Txn) error {
-		for _, idx := range unmapped {
-			if err := txn.Delete(chunkKey(v.id, o.ino, uint64(idx))); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		v.s.log.Error("chunk map commit failed", "volume", v.ref, "inode", o.ino, "err", err)
-		return 0, fmt.Errorf("%w: commit unmap: %w", ErrIO, err)
-	}
-	for _, idx := range unmapped {
-		v.s.entries.drop(v.id, o.ino, idx)
-		t.set(idx, 0)
-		o.invalidate(idx, 1)
-	}
-	o.mapped.Add(-int64(len(unmapped)))
-	v.allocated.Add(-int64(len(unmapped)))
-	v.saved.Add(-saved)
-	v.s.alloc.deferFree(freed)
 	return done, nil
 }
 
