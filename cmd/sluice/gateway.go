@@ -224,9 +224,11 @@ func runGateway(a *gatewayArgs) error {
 	select {
 	case <-ctx.Done():
 	case np := <-takeovers:
-		cancel()
-		<-watchdogDone
-		if err := d.handOver(np, hl); err != nil {
+		stopServing := func() {
+			cancel()
+			<-watchdogDone
+		}
+		if err := d.handOver(np, hl, stopServing); err != nil {
 			log.Error("handover failed after the store was closed", "err", err)
 			return &exitError{exitFailed, err}
 		}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -172,9 +173,22 @@ func listenerList(byName map[string]net.Listener) ([]handover.Listener, []string
 	ls := make([]handover.Listener, len(names))
 	for i, name := range names {
 		addr := byName[name].Addr()
-		ls[i] = handover.Listener{Name: name, Network: addr.Network(), Addr: addr.String()}
+		ls[i] = handover.Listener{Name: name, Network: addr.Network(), Addr: boundPath(addr)}
 	}
 	return ls, names
+}
+
+// boundPath is where a socket is: for a unix socket bound to the
+// temporary name internal/listen.Unix renames (PATH.PID.tmp), PATH.
+func boundPath(addr net.Addr) string {
+	name := addr.String()
+	if _, ok := addr.(*net.UnixAddr); !ok {
+		return name
+	}
+	if i := strings.LastIndex(strings.TrimSuffix(name, ".tmp"), "."); i > 0 && isTempName(name, name[:i]) {
+		return name[:i]
+	}
+	return name
 }
 
 // offerHandover makes DATA-DIR/handover.sock and answers new processes
@@ -260,10 +274,10 @@ func (d *daemon) answerHello(c *handover.Conn) (pid int, ok bool) {
 // connect meanwhile wait in their queues), stops as on SIGTERM but
 // leaves the socket paths in place (daemon.stop: drains, unmounts FUSE
 // mounts, closes the store, releases the data directory's lock), then
-// sends the sockets and the state. The new process can open the store
+// sends the sockets and the state. stopServing ends the doors' context. The new process can open the store
 // only once this one has closed it, so the pause is this stop plus the
 // new process's start.
-func (d *daemon) handOver(np newProcess, hl *net.UnixListener) error {
+func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func()) error {
 	c := np.conn
 	defer c.Close()
 	hl.Close()
@@ -282,6 +296,9 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener) error {
 		}
 		files = append(files, f)
 	}
+	// Only now may the doors' contexts end: the NBD door closes its
+	// listeners when its context does.
+	stopServing()
 	var unmounted []string
 	for _, m := range d.mounts.Mounts() {
 		unmounted = append(unmounted, m.Dir)
