@@ -127,6 +127,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzRequest -fuzztime=$(FUZZTIME) ./shim/
 	$(GO) test -run='^$$' -fuzz=FuzzListenEnv -fuzztime=$(FUZZTIME) ./internal/systemd/
 	$(GO) test -run='^$$' -fuzz=FuzzWatchdogEnv -fuzztime=$(FUZZTIME) ./internal/systemd/
+	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./internal/handover/
 
 bench: build deps
 	bash bench/nbd.sh

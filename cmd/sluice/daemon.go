@@ -50,6 +50,9 @@ type daemon struct {
 	shim      *shim.Server // nil: --shim-socket none
 	join      *joined      // nil unless --controller
 	api       *http.Server
+	// handingOver: stop leaves every socket path in place (the new
+	// process serves the same sockets).
+	handingOver bool
 }
 
 // start opens everything; on an error the caller runs stop, which closes
@@ -238,7 +241,7 @@ func (d *daemon) stop() {
 // passed the socket: its .socket unit owns the path and hands the same
 // socket to the next start.
 func (d *daemon) removeSocket(name, path string) {
-	if d.pre != nil && d.pre.inherited[name] {
+	if d.handingOver || (d.pre != nil && d.pre.inherited[name]) {
 		return
 	}
 	os.Remove(path)

@@ -22,6 +22,7 @@ import (
 	"github.com/sluice-storage/sluice/controller"
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/gateway/filter"
+	"github.com/sluice-storage/sluice/internal/handover"
 	"github.com/sluice-storage/sluice/internal/listen"
 	"github.com/sluice-storage/sluice/nbd"
 	"github.com/sluice-storage/sluice/shim"
@@ -48,6 +49,7 @@ type gatewayArgs struct {
 	VirtioWait                           string
 	ShimWait                             string
 	LogLevel                             string
+	Takeover                             bool
 	SPDK                                 spdkArgs
 
 	// Set by check.
@@ -68,7 +70,10 @@ The API socket appears only once everything is ready to serve, so scripts can
 wait for it. SIGTERM or SIGINT drains in-flight requests and flushes.
 Under systemd (Type=notify) it says READY=1 and STOPPING=1, pings the
 watchdog, and serves sockets passed in LISTEN_FDS named api, nbd, nbd-tcp,
-shim or metrics (docs/SYSTEMD.md).`,
+shim or metrics (docs/SYSTEMD.md).
+With --takeover (and the running gateway's flags) it takes over from the
+gateway running on the data directory: that one drains, closes the store and
+hands its listening sockets over, then exits (docs/HANDOVER.md).`,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "data-dir", Value: defaultDataDir, Destination: &a.DataDir, Usage: "metadata, default pool file and sockets live here"},
 			&cli.StringFlag{Name: "device", Destination: &a.Device, Usage: "an existing pool file or block device (default DATA-DIR/pool, created on first start), or spdk:RPC_SOCKET?bdev=NAME: a bdev of an SPDK target (docs/SPDK.md)"},
@@ -92,6 +97,7 @@ shim or metrics (docs/SYSTEMD.md).`,
 			&cli.StringFlag{Name: "virtio-wait", Value: "adaptive", Destination: &a.VirtioWait, Usage: "how virtio export queues wait for requests: adaptive, eventfd or poll"},
 			&cli.StringFlag{Name: "shim-wait", Value: "adaptive", Destination: &a.ShimWait, Usage: "how the shim door's channel pollers wait for requests: adaptive (spin briefly, at most one poller per two cores) or eventfd (never spin: for many busy client processes on few cores)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Destination: &a.LogLevel},
+			&cli.BoolFlag{Name: "takeover", Destination: &a.Takeover, Usage: "take over from the gateway running on --data-dir (give its flags): it drains, closes the store and hands its listening sockets to this process, which serves on them; FUSE mounts, attachments and NBD connections end (docs/HANDOVER.md)"},
 		}, append(spdkFlags(&a.SPDK), joinFlags()...)...),
 		Action: func(c *cli.Context) error {
 			if err := a.check(c); err != nil {
@@ -179,6 +185,18 @@ func runGateway(a *gatewayArgs) error {
 	defer svc.notify.Close()
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
+	var took *takenOver
+	if a.Takeover {
+		if took, err = takeOver(a, svc, log); err != nil {
+			svc.closeInherited()
+			var ee *exitError
+			if errors.As(err, &ee) {
+				return err
+			}
+			return &exitError{exitStartup, err}
+		}
+		defer took.conn.Close()
+	}
 	d := &daemon{args: a, log: log, svc: svc}
 	if err := d.start(ctx); err != nil {
 		svc.notify.Status("start-up failed: " + err.Error())
@@ -189,6 +207,10 @@ func runGateway(a *gatewayArgs) error {
 			return err // a usage error stays one
 		}
 		return &exitError{exitStartup, err}
+	}
+	if took != nil {
+		pause := time.Since(time.Unix(0, took.state.StoppedAccepting))
+		log.Info("takeover complete", "pause_ms", float64(pause.Microseconds())/1000, "ended_fuse_mounts", took.state.Unmounted)
 	}
 	log.Info("gateway ready", "api", a.APISocket, "nbd", a.NBDListen, "nbd_socket", a.NBDSocket, "shim_socket", a.ShimSocket, "volumes", len(d.g.Volumes()))
 	status := fmt.Sprintf("serving %d volumes; API %s", len(d.g.Volumes()), a.APISocket)
@@ -201,7 +223,28 @@ func runGateway(a *gatewayArgs) error {
 		defer close(watchdogDone)
 		svc.runWatchdog(ctx, a, status, log)
 	}()
-	<-ctx.Done()
+	hl, takeovers, err := d.offerHandover(ctx)
+	if err != nil {
+		log.Warn("no takeover possible", "err", err)
+	}
+	select {
+	case <-ctx.Done():
+	case np := <-takeovers:
+		stopServing := func() {
+			cancel()
+			<-watchdogDone
+		}
+		if err := d.handOver(np, hl, stopServing); err != nil {
+			log.Error("handover failed after the store was closed", "err", err)
+			return &exitError{exitFailed, err}
+		}
+		log.Info("handed over; exiting", "to_pid", np.pid)
+		return nil
+	}
+	if hl != nil {
+		hl.Close()
+		os.Remove(filepath.Join(a.DataDir, handover.SocketName))
+	}
 	<-watchdogDone // at once: its check's context is ctx
 	svc.notify.Stopping("draining NBD requests and flushing")
 	log.Info("shutting down: draining NBD requests and flushing")
@@ -222,6 +265,10 @@ type started struct {
 	// inherited names the sockets the service manager passed (fdAPI...):
 	// their paths belong to it, so stop leaves them in place.
 	inherited map[string]bool
+	// handedOver names the sockets a gateway handed over (--takeover):
+	// ours to remove on stop, but in the fd store already if the old
+	// process stored them.
+	handedOver map[string]bool
 	// byName is every listening socket by its fd name, inherited or made
 	// (for systemd's fd store).
 	byName map[string]net.Listener
@@ -236,7 +283,7 @@ func preflight(a *gatewayArgs, svc *service) (*started, error) {
 	if err != nil {
 		return nil, err
 	}
-	pre := &started{lock: lock, inherited: map[string]bool{}, byName: map[string]net.Listener{}}
+	pre := &started{lock: lock, inherited: map[string]bool{}, handedOver: map[string]bool{}, byName: map[string]net.Listener{}}
 	fail := func(err error) (*started, error) {
 		pre.close()
 		return nil, err
@@ -244,8 +291,11 @@ func preflight(a *gatewayArgs, svc *service) (*started, error) {
 	// take hands an inherited listener over to pre (closed with it).
 	take := func(name string) net.Listener {
 		l := svc.take(name)
-		if l != nil {
+		if l != nil && !svc.handedOver {
 			pre.inherited[name] = true
+		}
+		if l != nil && svc.handedOver {
+			pre.handedOver[name] = true
 		}
 		return l
 	}

@@ -36,6 +36,9 @@ type service struct {
 	// fdStore is how many fds the manager's store takes ($FDSTORE, set by
 	// systemd 254 and later from FileDescriptorStoreMax=); 0: none.
 	fdStore int
+	// handedOver: inherited came from a gateway that handed over
+	// (--takeover), not from the service manager.
+	handedOver bool
 }
 
 // newService reads NOTIFY_SOCKET, WATCHDOG_USEC and LISTEN_FDS (and
@@ -199,7 +202,7 @@ func isTempName(name, path string) bool {
 func (s *service) storeListeners(pre *started, log *slog.Logger) {
 	var names []string
 	for name := range pre.byName {
-		if !pre.inherited[name] {
+		if !pre.inherited[name] && !pre.handedOver[name] {
 			names = append(names, name)
 		}
 	}

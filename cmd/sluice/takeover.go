@@ -1,0 +1,321 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-storage/sluice/gateway/store"
+	"github.com/sluice-storage/sluice/internal/handover"
+)
+
+// Bounds on the two phases of a takeover, seen from the new process: the
+// hellos (the old process answers at once), then the old one's drain and
+// store close (daemon.stop gives its drains 30 s).
+const (
+	helloTimeout = 30 * time.Second
+	drainTimeout = 2 * time.Minute
+)
+
+// sluiceVersion is this binary's version as the Go toolchain recorded
+// it: the module version and, when built from a git checkout, the
+// commit. It is told to the other process of a handover (and logged);
+// it is not what decides whether a handover may happen.
+func sluiceVersion() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	for _, s := range bi.Settings {
+		switch {
+		case s.Key == "vcs.revision" && len(s.Value) >= 12:
+			v += "+" + s.Value[:12]
+		case s.Key == "vcs.modified" && s.Value == "true":
+			v += "-dirty"
+		}
+	}
+	return v
+}
+
+// takenOver is what the new process received from the old one.
+type takenOver struct {
+	conn  *handover.Conn
+	state handover.Message
+}
+
+// takeOver is the new process's side of a handover (`--takeover`): it
+// checks with the gateway running on the data directory that the two
+// may hand over (versions, and that this process's flags describe the
+// same sockets), says go, and receives the listening sockets, which it
+// puts where preflight takes inherited sockets from. Every refusal
+// happens before "go": the running gateway then serves on, untouched.
+func takeOver(a *gatewayArgs, svc *service, log *slog.Logger) (*takenOver, error) {
+	if len(svc.inherited) > 0 {
+		return nil, usageErr("--takeover takes the sockets of the running gateway: it cannot also take sockets from the service manager (LISTEN_FDS)")
+	}
+	path := filepath.Join(a.DataDir, handover.SocketName)
+	c, err := handover.Dial(a.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("--takeover: no running gateway answers on %s (%w): start it without --takeover", path, err)
+	}
+	t := &takenOver{conn: c}
+	fail := func(err error) (*takenOver, error) {
+		c.Close()
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(helloTimeout))
+	mine := handover.Hello(sluiceVersion(), store.FormatVersion, nil)
+	if err := c.Send(mine); err != nil {
+		return fail(fmt.Errorf("--takeover: %w", err))
+	}
+	theirs, fds, err := c.Recv()
+	closeFDs(fds) // a hello carries none
+	if err != nil {
+		return fail(fmt.Errorf("--takeover: the running gateway's answer: %w", err))
+	}
+	if theirs.Type == handover.TypeRefuse {
+		return fail(fmt.Errorf("--takeover: the running gateway refused: %s", theirs.Error))
+	}
+	if theirs.Type != handover.TypeHello {
+		return fail(fmt.Errorf("--takeover: the running gateway answered %q, not hello", theirs.Type))
+	}
+	refuse := func(err error) (*takenOver, error) {
+		c.Send(handover.Message{Type: handover.TypeRefuse, Error: err.Error()})
+		return fail(fmt.Errorf("--takeover refused, the running gateway (pid %d) serves on: %w", theirs.PID, err))
+	}
+	if err := handover.Compatible(mine, theirs); err != nil {
+		return refuse(fmt.Errorf("the running gateway speaks %w", err))
+	}
+	if err := sameListeners(a, theirs.Listeners); err != nil {
+		return refuse(err)
+	}
+	log.Info("taking over", "pid", theirs.PID, "sluice_version", theirs.SluiceVersion, "state_version", theirs.StateVersion)
+	if err := c.Send(handover.Message{Type: handover.TypeGo}); err != nil {
+		return fail(fmt.Errorf("--takeover: %w", err))
+	}
+	// From here the old process stops: a failure is an outage.
+	c.SetDeadline(time.Now().Add(drainTimeout))
+	st, fds, err := c.Recv()
+	if err != nil {
+		return fail(fmt.Errorf("--takeover: receiving the running gateway's sockets: %w", err))
+	}
+	if st.Type != handover.TypeState || len(fds) != len(st.Listeners) {
+		closeFDs(fds)
+		return fail(fmt.Errorf("--takeover: expected the state with %d sockets, got %q with %d", len(st.Listeners), st.Type, len(fds)))
+	}
+	files := make([]*os.File, len(fds))
+	for i, fd := range fds {
+		files[i] = os.NewFile(uintptr(fd), st.Listeners[i].Name)
+	}
+	if svc.inherited, err = matchInherited(a, files); err != nil {
+		return fail(fmt.Errorf("--takeover: %w", err))
+	}
+	svc.handedOver = true
+	t.state = st
+	return t, nil
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// sameListeners checks that this process's flags describe the sockets
+// the running gateway serves: the same names, kinds and addresses (as
+// for sockets from systemd: docs/SYSTEMD.md). A socket this process's
+// flags add is made by it; one they drop is refused.
+func sameListeners(a *gatewayArgs, ls []handover.Listener) error {
+	for _, l := range ls {
+		network, flag, want := inheritedTarget(a, l.Name)
+		if network == "" {
+			return fmt.Errorf("the running gateway serves a socket named %q, which this sluice does not know", l.Name)
+		}
+		if want == "" {
+			return fmt.Errorf("the running gateway serves its %s socket on %s, but %s disables it: start the new process with the running gateway's flags", l.Name, l.Addr, flag)
+		}
+		if network != l.Network {
+			return fmt.Errorf("the running gateway's %s socket is %s, want %s", l.Name, l.Network, network)
+		}
+		var addr net.Addr = &net.UnixAddr{Name: l.Addr, Net: l.Network}
+		if network == "tcp" {
+			ta, err := net.ResolveTCPAddr("tcp", l.Addr)
+			if err != nil {
+				return fmt.Errorf("the running gateway's %s socket: %w", l.Name, err)
+			}
+			addr = ta
+		}
+		if err := sameAddress(addr, want); err != nil {
+			return fmt.Errorf("the running gateway's %s socket %w, but %s is %s: start the new process with the running gateway's flags", l.Name, err, flag, want)
+		}
+	}
+	return nil
+}
+
+// listenerList names the daemon's listening sockets, sorted by name.
+func listenerList(byName map[string]net.Listener) ([]handover.Listener, []string) {
+	names := make([]string, 0, len(byName))
+	for name := range byName {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	ls := make([]handover.Listener, len(names))
+	for i, name := range names {
+		addr := byName[name].Addr()
+		ls[i] = handover.Listener{Name: name, Network: addr.Network(), Addr: boundPath(addr)}
+	}
+	return ls, names
+}
+
+// boundPath is where a socket is: for a unix socket bound to the
+// temporary name internal/listen.Unix renames (PATH.PID.tmp), PATH.
+func boundPath(addr net.Addr) string {
+	name := addr.String()
+	if _, ok := addr.(*net.UnixAddr); !ok {
+		return name
+	}
+	if i := strings.LastIndex(strings.TrimSuffix(name, ".tmp"), "."); i > 0 && isTempName(name, name[:i]) {
+		return name[:i]
+	}
+	return name
+}
+
+// offerHandover makes DATA-DIR/handover.sock and answers new processes
+// on it, one at a time, until one says go: that connection is sent on
+// the channel, and the listener is left for the caller to close. A
+// process whose versions or flags do not fit is refused and the gateway
+// serves on.
+func (d *daemon) offerHandover(ctx context.Context) (*net.UnixListener, <-chan newProcess, error) {
+	l, err := handover.Listen(d.args.DataDir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("handover socket: %w", err)
+	}
+	ready := make(chan newProcess, 1)
+	go func() {
+		for {
+			c, err := handover.Accept(l)
+			if err != nil {
+				if !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
+					d.log.Error("handover socket: accept failed; no takeover possible", "err", err)
+				}
+				return
+			}
+			if pid, ok := d.answerHello(c); ok {
+				ready <- newProcess{c, pid}
+				return
+			}
+			c.Close()
+		}
+	}()
+	return l, ready, nil
+}
+
+// newProcess is a process that said go: its connection and pid.
+type newProcess struct {
+	conn *handover.Conn
+	pid  int
+}
+
+// answerHello runs the old process's side of the hellos; ok when the
+// new process (pid) said go.
+func (d *daemon) answerHello(c *handover.Conn) (pid int, ok bool) {
+	c.SetDeadline(time.Now().Add(helloTimeout))
+	theirs, fds, err := c.Recv()
+	closeFDs(fds)
+	if err != nil {
+		d.log.Warn("handover: a bad hello", "err", err)
+		return 0, false
+	}
+	ls, _ := listenerList(d.pre.byName)
+	mine := handover.Hello(sluiceVersion(), store.FormatVersion, ls)
+	if theirs.Type != handover.TypeHello {
+		c.Send(handover.Message{Type: handover.TypeRefuse, Error: fmt.Sprintf("expected hello, got %q", theirs.Type)})
+		return 0, false
+	}
+	if err := handover.Compatible(mine, theirs); err != nil {
+		d.log.Warn("takeover refused", "pid", theirs.PID, "err", err)
+		c.Send(handover.Message{Type: handover.TypeRefuse, Error: "the new process speaks " + err.Error()})
+		return 0, false
+	}
+	if err := c.Send(mine); err != nil {
+		d.log.Warn("handover", "err", err)
+		return 0, false
+	}
+	next, fds, err := c.Recv()
+	closeFDs(fds)
+	switch {
+	case err != nil:
+		d.log.Warn("handover: the new process went away", "err", err)
+		return 0, false
+	case next.Type == handover.TypeRefuse:
+		d.log.Warn("the new process refused the takeover", "pid", theirs.PID, "reason", next.Error)
+		return 0, false
+	case next.Type != handover.TypeGo:
+		d.log.Warn("handover: unexpected message", "type", next.Type)
+		return 0, false
+	}
+	d.log.Info("handing over", "to_pid", theirs.PID, "sluice_version", theirs.SluiceVersion)
+	return theirs.PID, true
+}
+
+// handOver is the old process's side after go: it keeps a duplicate of
+// each listening socket (so the sockets outlive stop, and clients that
+// connect meanwhile wait in their queues), stops as on SIGTERM but
+// leaves the socket paths in place (daemon.stop: drains, unmounts FUSE
+// mounts, closes the store, releases the data directory's lock), then
+// sends the sockets and the state. stopServing ends the doors' context. The new process can open the store
+// only once this one has closed it, so the pause is this stop plus the
+// new process's start.
+func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func()) error {
+	c := np.conn
+	defer c.Close()
+	hl.Close()
+	os.Remove(filepath.Join(d.args.DataDir, handover.SocketName))
+	ls, names := listenerList(d.pre.byName)
+	files := make([]*os.File, 0, len(names))
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	for _, name := range names {
+		f, err := d.pre.byName[name].(interface{ File() (*os.File, error) }).File()
+		if err != nil {
+			return fmt.Errorf("handover: socket %s: %w", name, err)
+		}
+		files = append(files, f)
+	}
+	// Only now may the doors' contexts end: the NBD door closes its
+	// listeners when its context does.
+	stopServing()
+	var unmounted []string
+	for _, m := range d.mounts.Mounts() {
+		unmounted = append(unmounted, m.Dir)
+	}
+	if len(unmounted) > 0 {
+		d.log.Warn("handover: FUSE mounts are not handed over yet: unmounting them", "mounts", unmounted)
+	}
+	stopped := time.Now()
+	d.handingOver = true
+	d.stop()
+	d.log.Info("handover: stopped; sending the sockets", "stop_ms", time.Since(stopped).Milliseconds())
+	// The new process becomes the unit's main process before this one
+	// exits (NotifyAccess=main then accepts its READY=1).
+	if err := d.svc.notify.MainPID(np.pid); err != nil {
+		d.log.Warn("telling the service manager the new main pid", "err", err)
+	}
+	c.SetDeadline(time.Now().Add(helloTimeout))
+	return c.Send(handover.Message{Type: handover.TypeState, StateVersion: handover.StateVersion,
+		Listeners: ls, StoppedAccepting: stopped.UnixNano(), Unmounted: unmounted}, files...)
+}

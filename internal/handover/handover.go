@@ -1,0 +1,315 @@
+// Package handover is the wire protocol of a planned gateway handover
+// (`sluice gateway --takeover`, docs/HANDOVER.md): the running gateway
+// listens on DATA-DIR/handover.sock (SOCK_SEQPACKET, mode 0600); a new
+// process connects and the two exchange one message per packet, JSON,
+// the last one carrying the listening sockets as SCM_RIGHTS:
+//
+//	new → old  hello   its versions
+//	old → new  hello   its versions and listeners (or refuse)
+//	new → old  go      (or refuse: the flags do not match)
+//	old → new  state   when it has stopped accepting, drained and closed
+//	                   the store; the listeners' fds ride along
+//
+// Sequenced packets keep each message whole and its fds with it, so the
+// parser sees exactly one message and never half of one. A message is
+// bytes from another process that may be of another Sluice version:
+// Parse checks every field it relies on (FuzzParse).
+package handover
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-storage/sluice/internal/listen"
+)
+
+// StateVersion is the version of this protocol and of the state it
+// carries. Two processes hand over only when theirs are equal.
+const StateVersion = 1
+
+// SocketName is the handover socket's name in the data directory.
+const SocketName = "handover.sock"
+
+// Message types.
+const (
+	TypeHello  = "hello"
+	TypeRefuse = "refuse"
+	TypeGo     = "go"
+	TypeState  = "state"
+)
+
+// Limits on what a peer may send.
+const (
+	maxMessage   = 64 << 10
+	MaxListeners = 16
+	maxString    = 4096
+	maxMounts    = 4096
+)
+
+// Message is one packet of the protocol. Which fields are set depends on
+// Type (see the package doc); Parse checks them.
+type Message struct {
+	Type string `json:"type"`
+	// hello
+	StateVersion  int    `json:"state_version,omitempty"`
+	SluiceVersion string `json:"sluice_version,omitempty"`
+	FormatVersion int    `json:"format_version,omitempty"`
+	PID           int    `json:"pid,omitempty"`
+	// hello (old → new) and state: the listening sockets by name; in a
+	// state message, in the order of the fds that came with it.
+	Listeners []Listener `json:"listeners,omitempty"`
+	// refuse
+	Error string `json:"error,omitempty"`
+	// state: when the old process stopped accepting (Unix nanoseconds),
+	// and the FUSE mounts it unmounted (not handed over yet).
+	StoppedAccepting int64    `json:"stopped_accepting,omitempty"`
+	Unmounted        []string `json:"unmounted,omitempty"`
+}
+
+// Listener names one listening socket: its fd name (api, nbd, nbd-tcp,
+// shim, metrics), its network and the address it is bound to.
+type Listener struct {
+	Name    string `json:"name"`
+	Network string `json:"network"`
+	Addr    string `json:"addr"`
+}
+
+// Hello is this process's hello.
+func Hello(sluiceVersion string, formatVersion int, listeners []Listener) Message {
+	return Message{Type: TypeHello, StateVersion: StateVersion, SluiceVersion: sluiceVersion,
+		FormatVersion: formatVersion, PID: os.Getpid(), Listeners: listeners}
+}
+
+// Compatible says whether a peer's hello allows a handover with ours:
+// the same state version and the same on-disk format. Sluice versions
+// may differ (an upgrade is the point).
+func Compatible(mine, theirs Message) error {
+	if theirs.StateVersion != mine.StateVersion {
+		return fmt.Errorf("handover state version %d (sluice %s) against this process's %d (sluice %s): both must speak the same",
+			theirs.StateVersion, theirs.SluiceVersion, mine.StateVersion, mine.SluiceVersion)
+	}
+	if theirs.FormatVersion != mine.FormatVersion {
+		return fmt.Errorf("on-disk format %d (sluice %s) against this process's %d (sluice %s): a handover needs the same format; stop the gateway and start the new one instead",
+			theirs.FormatVersion, theirs.SluiceVersion, mine.FormatVersion, mine.SluiceVersion)
+	}
+	return nil
+}
+
+// Parse decodes and checks one message.
+func Parse(b []byte) (Message, error) {
+	var m Message
+	if len(b) > maxMessage {
+		return m, fmt.Errorf("handover message of %d bytes (at most %d)", len(b), maxMessage)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		return Message{}, fmt.Errorf("handover message: %w", err)
+	}
+	if dec.More() {
+		return Message{}, errors.New("handover message: data after the JSON object")
+	}
+	// Empty lists are none (so a message encodes and parses to itself).
+	if len(m.Listeners) == 0 {
+		m.Listeners = nil
+	}
+	if len(m.Unmounted) == 0 {
+		m.Unmounted = nil
+	}
+	if err := m.check(); err != nil {
+		return Message{}, fmt.Errorf("handover %s message: %w", m.Type, err)
+	}
+	return m, nil
+}
+
+func (m *Message) check() error {
+	if len(m.SluiceVersion) > maxString || len(m.Error) > maxString {
+		return errors.New("a string is too long")
+	}
+	switch m.Type {
+	case TypeHello:
+		if m.StateVersion < 1 || m.PID < 1 {
+			return errors.New("no state version or pid")
+		}
+	case TypeRefuse:
+		if m.Error == "" {
+			return errors.New("no reason")
+		}
+	case TypeGo:
+	case TypeState:
+		if m.StateVersion != StateVersion {
+			return fmt.Errorf("state version %d, want %d", m.StateVersion, StateVersion)
+		}
+		if m.StoppedAccepting <= 0 {
+			return errors.New("no stop time")
+		}
+		if len(m.Unmounted) > maxMounts {
+			return errors.New("too many mounts")
+		}
+		for _, p := range m.Unmounted {
+			if len(p) > maxString {
+				return errors.New("a mount path is too long")
+			}
+		}
+	default:
+		return fmt.Errorf("unknown type %q", m.Type)
+	}
+	return checkListeners(m.Listeners)
+}
+
+func checkListeners(ls []Listener) error {
+	if len(ls) > MaxListeners {
+		return fmt.Errorf("%d listeners (at most %d)", len(ls), MaxListeners)
+	}
+	seen := map[string]bool{}
+	for _, l := range ls {
+		if l.Name == "" || len(l.Name) > 64 || len(l.Addr) > maxString {
+			return fmt.Errorf("listener name %q or address is empty or too long", l.Name)
+		}
+		if seen[l.Name] {
+			return fmt.Errorf("two listeners named %q", l.Name)
+		}
+		seen[l.Name] = true
+		switch l.Network {
+		case "unix", "unixpacket", "tcp":
+		default:
+			return fmt.Errorf("listener %q: network %q", l.Name, l.Network)
+		}
+	}
+	return nil
+}
+
+// Conn is one end of a handover connection.
+type Conn struct{ c *net.UnixConn }
+
+// Listen makes the handover socket in dir (mode 0600: only the gateway's
+// user may take it over).
+func Listen(dir string) (*net.UnixListener, error) {
+	return listen.Unix("unixpacket", filepath.Join(dir, SocketName), 0o600)
+}
+
+// Accept waits for the next new process on l.
+func Accept(l *net.UnixListener) (*Conn, error) {
+	c, err := l.AcceptUnix()
+	if err != nil {
+		return nil, err
+	}
+	return &Conn{c}, nil
+}
+
+// Dial connects to the gateway running on dir.
+func Dial(dir string) (*Conn, error) {
+	path := filepath.Join(dir, SocketName)
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return nil, err
+	}
+	return &Conn{c}, nil
+}
+
+// Close closes the connection.
+func (c *Conn) Close() error { return c.c.Close() }
+
+// SetDeadline bounds the next sends and receives.
+func (c *Conn) SetDeadline(t time.Time) error { return c.c.SetDeadline(t) }
+
+// Send sends one message with files (their fds are duplicated into the
+// peer; the caller still owns and closes them).
+func (c *Conn) Send(m Message, files ...*os.File) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if len(b) > maxMessage {
+		return fmt.Errorf("handover message of %d bytes (at most %d)", len(b), maxMessage)
+	}
+	var oob []byte
+	if len(files) > 0 {
+		fds := make([]int, len(files))
+		for i, f := range files {
+			fds[i] = int(f.Fd())
+		}
+		oob = unix.UnixRights(fds...)
+	}
+	if _, _, err := c.c.WriteMsgUnix(b, oob, nil); err != nil {
+		return fmt.Errorf("sending the handover %s message: %w", m.Type, err)
+	}
+	return nil
+}
+
+// Recv receives one message and the fds that came with it
+// (close-on-exec; the caller owns them). A peer that closed the
+// connection gives an error for which IsClosed is true.
+func (c *Conn) Recv() (Message, []int, error) {
+	buf := make([]byte, maxMessage+1)
+	oob := make([]byte, unix.CmsgSpace(4*MaxListeners))
+	n, oobn, flags, _, err := c.c.ReadMsgUnix(buf, oob)
+	if errors.Is(err, io.EOF) {
+		return Message{}, nil, errEOF
+	}
+	if err != nil {
+		return Message{}, nil, err
+	}
+	fds, ferr := rights(oob[:oobn])
+	fail := func(err error) (Message, []int, error) {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		return Message{}, nil, err
+	}
+	if ferr != nil {
+		return fail(ferr)
+	}
+	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+		return fail(errors.New("handover message truncated"))
+	}
+	if n == 0 {
+		return fail(errEOF)
+	}
+	m, err := Parse(buf[:n])
+	if err != nil {
+		return fail(err)
+	}
+	return m, fds, nil
+}
+
+// errEOF: a zero-length read on a sequenced-packet socket is the peer's
+// close.
+var errEOF = fmt.Errorf("the other process closed the handover connection: %w", errClosed)
+
+var errClosed = errors.New("closed")
+
+// IsClosed reports whether err is the peer's close.
+func IsClosed(err error) bool { return errors.Is(err, errClosed) }
+
+// rights returns the fds of oob's SCM_RIGHTS, close-on-exec.
+func rights(oob []byte) ([]int, error) {
+	if len(oob) == 0 {
+		return nil, nil
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("handover control message: %w", err)
+	}
+	var all []int
+	for _, msg := range msgs {
+		fds, err := unix.ParseUnixRights(&msg)
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			unix.CloseOnExec(fd)
+			all = append(all, fd)
+		}
+	}
+	return all, nil
+}

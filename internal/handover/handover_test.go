@@ -1,0 +1,178 @@
+package handover
+
+import (
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestSendRecv: a state message and two listening sockets go through the
+// handover socket; the received fds are the same sockets (inodes), are
+// close-on-exec, and the received listener accepts.
+func TestSendRecv(t *testing.T) {
+	dir := t.TempDir()
+	hl, err := Listen(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hl.Close()
+	if st, err := os.Stat(filepath.Join(dir, SocketName)); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("handover socket: %v, mode %v", err, st.Mode())
+	}
+	l1, err := net.Listen("unix", filepath.Join(dir, "a.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l1.Close()
+	l2, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	f1, _ := l1.(*net.UnixListener).File()
+	f2, _ := l2.(*net.TCPListener).File()
+	defer f1.Close()
+	defer f2.Close()
+	sent := Message{Type: TypeState, StateVersion: StateVersion, StoppedAccepting: 1,
+		Listeners: []Listener{{Name: "a", Network: "unix", Addr: l1.Addr().String()}, {Name: "b", Network: "tcp", Addr: l2.Addr().String()}}}
+
+	done := make(chan error, 1)
+	go func() {
+		c, err := Accept(hl)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer c.Close()
+		done <- c.Send(sent, f1, f2)
+	}()
+	c, err := Dial(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got, fds, err := c.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, sent) {
+		t.Fatalf("got %+v, sent %+v", got, sent)
+	}
+	if len(fds) != 2 {
+		t.Fatalf("%d fds, want 2", len(fds))
+	}
+	for i, f := range []*os.File{f1, f2} {
+		var a, b unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &a); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Fstat(fds[i], &b); err != nil {
+			t.Fatal(err)
+		}
+		if a.Ino != b.Ino || a.Dev != b.Dev {
+			t.Errorf("fd %d: inode %d, sent %d", i, b.Ino, a.Ino)
+		}
+		flags, err := unix.FcntlInt(uintptr(fds[i]), unix.F_GETFD, 0)
+		if err != nil || flags&unix.FD_CLOEXEC == 0 {
+			t.Errorf("fd %d: not close-on-exec (%v)", i, err)
+		}
+	}
+	rl, err := net.FileListener(os.NewFile(uintptr(fds[1]), "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rl.Close()
+	unix.Close(fds[0])
+	cl, err := net.Dial("tcp", l2.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	sc, err := rl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.Close()
+
+	// The peer's close is told apart from a bad message.
+	if _, _, err := c.Recv(); !IsClosed(err) {
+		t.Fatalf("after the peer closed: %v", err)
+	}
+}
+
+// TestCompatible: state and format versions must match; sluice versions
+// may differ, and the error names both sides.
+func TestCompatible(t *testing.T) {
+	mine := Hello("v1", 1, nil)
+	other := Hello("v2", 1, nil)
+	if err := Compatible(mine, other); err != nil {
+		t.Fatalf("another sluice version with the same format: %v", err)
+	}
+	other.FormatVersion = 2
+	if err := Compatible(mine, other); err == nil || !strings.Contains(err.Error(), "on-disk format 2") {
+		t.Fatalf("format mismatch: %v", err)
+	}
+	other = Hello("v2", 1, nil)
+	other.StateVersion = 7
+	if err := Compatible(mine, other); err == nil || !strings.Contains(err.Error(), "state version 7") {
+		t.Fatalf("state version mismatch: %v", err)
+	}
+}
+
+// TestParseRefuses: messages Parse must refuse.
+func TestParseRefuses(t *testing.T) {
+	for _, b := range []string{
+		``, `{}`, `[]`, `{"type":"hello"}`, `{"type":"what"}`, `{"type":"refuse"}`,
+		`{"type":"go","extra":1}`, `{"type":"go"} {"type":"go"}`,
+		`{"type":"state","state_version":2,"stopped_accepting":1}`,
+		`{"type":"state","state_version":1}`,
+		`{"type":"go","listeners":[{"name":"a","network":"tcp"},{"name":"a","network":"tcp"}]}`,
+		`{"type":"go","listeners":[{"name":"a","network":"udp"}]}`,
+		`{"type":"go","listeners":[{"name":"","network":"tcp"}]}`,
+	} {
+		if m, err := Parse([]byte(b)); err == nil {
+			t.Errorf("Parse(%q) = %+v, want an error", b, m)
+		}
+	}
+}
+
+// FuzzParse: Parse never panics, and what it accepts encodes and parses
+// again to the same message.
+func FuzzParse(f *testing.F) {
+	for _, m := range []Message{
+		Hello("v", 1, []Listener{{Name: "api", Network: "unix", Addr: "/x/api.sock"}}),
+		{Type: TypeRefuse, Error: "no"},
+		{Type: TypeGo},
+		{Type: TypeState, StateVersion: 1, StoppedAccepting: 5, Unmounted: []string{"/mnt"},
+			Listeners: []Listener{{Name: "nbd-tcp", Network: "tcp", Addr: "127.0.0.1:1"}}},
+	} {
+		b, _ := json.Marshal(m)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := Parse(b)
+		if err != nil {
+			return
+		}
+		b2, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m2, err := Parse(b2)
+		if err != nil {
+			t.Fatalf("re-encoded %q refused: %v", b2, err)
+		}
+		if !reflect.DeepEqual(m, m2) {
+			t.Fatalf("%+v became %+v", m, m2)
+		}
+	})
+}
