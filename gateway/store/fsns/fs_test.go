@@ -331,20 +331,28 @@ func TestFSNoSpaceAndStatFS(t *testing.T) {
 	mustFsck(t, s, "small")
 }
 
+// diskStore opens (size > 0: creates) a store with its pool file and
+// metadata in dir, syncing only when asked.
+func diskStore(t *testing.T, dir string, size int64) (*store.Store, *device.File) {
+	t.Helper()
+	dev, err := device.OpenFile(filepath.Join(dir, "pool"), size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := store.Open(context.Background(), filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, dev
+}
+
 // An unlinked file stays readable while open; a crash with it open leaves
 // an orphan that the next open of the store purges. Unflushed length past
 // the last fsync is cut back at reopen.
 func TestFSOrphansAndRestart(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	dev, err := device.OpenFile(filepath.Join(dir, "pool"), 256*MiB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := store.Open(ctx, filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, dev := diskStore(t, dir, 256*MiB)
 	v, f := newFSVolume(t, s, "fs", 64*MiB)
 	a := mustCreate(t, f, RootIno, "open", syscall.S_IFREG|0o644)
 	b := mustCreate(t, f, RootIno, "kept", syscall.S_IFREG|0o644)
@@ -379,11 +387,7 @@ func TestFSOrphansAndRestart(t *testing.T) {
 	s.DB().Close()
 	dev.Close()
 
-	dev, _ = device.OpenFile(filepath.Join(dir, "pool"), 0)
-	s, err = store.Open(ctx, filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, dev = diskStore(t, dir, 0)
 	defer s.Close()
 	v, _ = s.Volume("t", "fs")
 	f = Of(v)
@@ -532,14 +536,7 @@ func TestStoreWithoutMakerRefusesFSVolume(t *testing.T) {
 func TestFdatasync(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	dev, err := device.OpenFile(filepath.Join(dir, "pool"), 256*MiB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := store.Open(ctx, filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, dev := diskStore(t, dir, 256*MiB)
 	v, f := newFSVolume(t, s, "fs", 64*MiB)
 	a := mustCreate(t, f, RootIno, "wal", syscall.S_IFREG|0o644)
 	f.Open(ctx, a.Ino)
@@ -580,11 +577,7 @@ func TestFdatasync(t *testing.T) {
 	// Reopen without releasing the file: the length and data are there.
 	s.DB().Close()
 	dev.Close()
-	dev, _ = device.OpenFile(filepath.Join(dir, "pool"), 0)
-	s, err = store.Open(ctx, filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, dev = diskStore(t, dir, 0)
 	defer s.Close()
 	v, _ = s.Volume("t", "fs")
 	f = Of(v)
