@@ -77,7 +77,7 @@ func (s *spdkArgs) check(device, dataDir string) error {
 // openSPDK launches the target if asked and opens the SPDK device on it.
 // The launched target (nil if none) is returned even when the device
 // fails to open, for the caller to stop.
-func openSPDK(ctx context.Context, s *spdkArgs, dataDir string, log *slog.Logger) (*launch.Target, *spdkbackend.Device, error) {
+func openSPDK(ctx context.Context, s *spdkArgs, dataDir string, log *slog.Logger) (*launch.Supervisor, *spdkbackend.Device, error) {
 	var tg *launch.Target
 	if s.Launch != "" {
 		if err := os.MkdirAll(filepath.Dir(s.uri.Socket), 0o700); err != nil {
@@ -92,11 +92,16 @@ func openSPDK(ctx context.Context, s *spdkArgs, dataDir string, log *slog.Logger
 			return nil, nil, err
 		}
 	}
+	var sup *launch.Supervisor
+	if tg != nil {
+		// A target the gateway launched is the gateway's to keep running.
+		sup = launch.Supervise(tg, launch.DefaultMaxRestarts)
+	}
 	dev, err := spdkbackend.Open(ctx, spdkbackend.Options{
 		Socket: s.uri.Socket, Bdev: s.uri.Bdev, Controller: spdkbackend.ControllerName(dataDir), Logger: log,
 	})
 	if err != nil {
-		return tg, nil, fmt.Errorf("SPDK device %s: %w", s.uri, err)
+		return sup, nil, fmt.Errorf("SPDK device %s: %w", s.uri, err)
 	}
-	return tg, dev, nil
+	return sup, dev, nil
 }

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -85,4 +86,46 @@ func TestSPDKTargetKill(t *testing.T) {
 	}
 	fsckClean(t, g, "acme/kill")
 	g.stop()
+}
+
+// TestSPDKLaunchRestartsTarget: a target the gateway launched
+// (--spdk-launch, the aio bdev in --spdk-config) and that is SIGKILLed
+// while a write waits is started again by the gateway; the configuration
+// re-creates the bdev, the device reconnects, the write completes and
+// what was flushed before reads back. Stopping the gateway stops the new
+// target.
+func TestSPDKLaunchRestartsTarget(t *testing.T) {
+	testtool.Need(t, "qemu-io")
+	dir := spdktest.Dir(t)
+	spdktest.ReserveHugePages(t, 300)
+	img := filepath.Join(t.TempDir(), "aio.img")
+	must(t, os.WriteFile(img, nil, 0o600))
+	must(t, os.Truncate(img, 256<<20))
+	cfg := filepath.Join(t.TempDir(), "spdk.json")
+	must(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`{"subsystems": [{"subsystem": "bdev", "config": [
+		{"method": "bdev_aio_create", "params": {"name": "A0", "filename": %q, "block_size": 4096}}]}]}`, img)), 0o600))
+	data := t.TempDir()
+	g := startGateway(t, data, "--device", "spdk:?bdev=A0", "--spdk-launch", filepath.Join(dir, "bin", "vhost"),
+		"--spdk-config", cfg, "--spdk-mem", "256M")
+	sock := filepath.Join(data, "spdk", "rpc.sock")
+	pid := spdkPid(t, sock)
+	g.createVolume("acme/l", "64M")
+	uri := g.uri("acme/l")
+	qemuIO(t, uri, "write -P 9 1000 100000", "flush")
+	must(t, syscall.Kill(pid, syscall.SIGKILL))
+	// This write waits for the restarted target.
+	qemuIO(t, uri, "write -P 10 300000 200000", "flush")
+	newPid := spdkPid(t, sock)
+	if newPid == pid {
+		t.Fatalf("the SPDK target is still pid %d", pid)
+	}
+	if n := metricValue(t, g.metrics(), `sluice_device_reconnects_total{bdev="A0"}`); n != 1 {
+		t.Fatalf("sluice_device_reconnects_total is %v, want 1", n)
+	}
+	if out := g.logTail(); !strings.Contains(out, "the SPDK target exited; restarting it") {
+		t.Fatalf("no restart in the gateway's log:\n%s", out)
+	}
+	qemuIO(t, uri, "read -P 9 1000 100000", "read -P 10 300000 200000")
+	g.stop()
+	spdkGone(t, newPid, sock)
 }
