@@ -228,3 +228,18 @@ func (d *Device) Reconnects() uint64 { return d.stats.reconnects.Load() }
 
 // Connected reports whether the device has a connection to its target now.
 func (d *Device) Connected() bool { return !d.isDown() }
+
+// Iostat asks the target for its own counters of the device's bdev
+// (bdev_get_iostat), and its tick rate, to turn latency ticks into time.
+func (d *Device) Iostat(ctx context.Context) (rpc.BdevIostat, uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, attemptTimeout)
+	defer cancel()
+	st, err := d.rc.BdevGetIostat(ctx, d.opt.Bdev)
+	if err != nil {
+		return rpc.BdevIostat{}, 0, fmt.Errorf("bdev_get_iostat %s: %w", d.opt.Bdev, err)
+	}
+	if len(st.Bdevs) != 1 {
+		return rpc.BdevIostat{}, 0, fmt.Errorf("bdev_get_iostat %s answered %d bdevs", d.opt.Bdev, len(st.Bdevs))
+	}
+	return st.Bdevs[0], st.TickRate, nil
+}

@@ -103,6 +103,9 @@ func (d *daemon) start(ctx context.Context) error {
 		return err
 	}
 	doors := admin.Doors{Mounts: mountDoor{d.mounts}, Attachments: attachDoor{d.attacher}, Virtio: virtioDoor{d.virtio}}
+	if d.spdkDev != nil {
+		doors.Device = spdkDeviceDoor{d.spdkDev}
+	}
 	if d.pre.shim != nil {
 		d.shim = shim.NewServer(shimMounts{d.mounts}, shim.Options{Logger: log})
 		d.reg.MustRegister(shim.NewCollector(d.shim))

@@ -9,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluice-storage/sluice/gateway/admin"
 	"github.com/sluice-storage/sluice/spdkbackend"
 	"github.com/sluice-storage/sluice/spdkbackend/launch"
 )
@@ -104,4 +105,30 @@ func openSPDK(ctx context.Context, s *spdkArgs, dataDir string, log *slog.Logger
 		return sup, nil, fmt.Errorf("SPDK device %s: %w", s.uri, err)
 	}
 	return sup, dev, nil
+}
+
+// spdkDeviceDoor puts the SPDK device's state and SPDK's own counters of
+// its bdev in GET /v1/stats.
+type spdkDeviceDoor struct{ dev *spdkbackend.Device }
+
+func (s spdkDeviceDoor) DeviceStats(ctx context.Context) admin.DeviceStats {
+	d := s.dev
+	ds := admin.DeviceStats{Kind: "spdk", Bdev: d.Bdev().Name, Controller: d.Controller(), Connected: d.Connected(), Reconnects: d.Reconnects()}
+	st, rate, err := d.Iostat(ctx)
+	if err != nil {
+		ds.Error = err.Error()
+		return ds
+	}
+	mean := func(ticks, ops uint64) float64 {
+		if ops == 0 || rate == 0 {
+			return 0
+		}
+		return float64(ticks) / float64(rate) / float64(ops)
+	}
+	ds.SPDK = &admin.SPDKIostat{
+		ReadOps: st.NumReadOps, BytesRead: st.BytesRead, MeanReadLatency: mean(st.ReadLatencyTicks, st.NumReadOps),
+		WriteOps: st.NumWriteOps, BytesWritten: st.BytesWritten, MeanWriteLatency: mean(st.WriteLatencyTicks, st.NumWriteOps),
+		UnmapOps: st.NumUnmapOps, BytesUnmapped: st.BytesUnmapped, MeanUnmapLatency: mean(st.UnmapLatencyTicks, st.NumUnmapOps),
+	}
+	return ds
 }

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-storage/sluice/gateway/admin"
 	"github.com/sluice-storage/sluice/internal/spdktest"
 	"github.com/sluice-storage/sluice/internal/testtool"
 	"github.com/sluice-storage/sluice/internal/testwait"
@@ -83,6 +85,19 @@ func TestSPDKTargetKill(t *testing.T) {
 		}
 		t.Logf("round %d: %v device calls retried so far", i, metricValue(t, m, `sluice_device_retries_total{bdev="A0"}`))
 		verifyFlushed(t, uri, flushed)
+	}
+	// sluice stats: the device's state and SPDK's own counters of the
+	// bdev (the last target's: fio wrote and read through it).
+	var st struct {
+		Device *admin.DeviceStats `json:"device"`
+	}
+	must(t, json.Unmarshal([]byte(g.mustSluice("stats", "--json")), &st))
+	if d := st.Device; d == nil || d.Kind != "spdk" || d.Bdev != "A0" || !d.Connected || d.Reconnects != rounds ||
+		d.SPDK == nil || d.SPDK.WriteOps == 0 || d.SPDK.BytesWritten < 8*MiB || d.SPDK.ReadOps == 0 || d.SPDK.MeanWriteLatency <= 0 {
+		t.Fatalf("sluice stats --json device: %+v %+v", d, d.SPDK)
+	}
+	if out := g.mustSluice("stats"); !strings.Contains(out, "device spdk bdev A0") || !strings.Contains(out, "SPDK OP") {
+		t.Fatalf("sluice stats without the device:\n%s", out)
 	}
 	fsckClean(t, g, "acme/kill")
 	g.stop()
