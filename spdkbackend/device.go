@@ -63,9 +63,33 @@
 //
 // # Faults
 //
-// Not handled yet: when the target dies, the initiator's requests fail
-// (virtio.ErrClosed once the connection is gone) and the device stays
-// failed; the gateway must be restarted once the target is back.
+// The desired state is the gateway's: when the connection to the target
+// is lost, the device puts it back. A connection counts as lost when the
+// initiator sees it die (the target killed or restarted: virtio reports
+// gateway.ErrClosed) or when a request has no answer within
+// Options.IOTimeout (a stopped or wedged target). The first call to see it
+// starts a reconnect loop (reconnect.go), which closes the old connection
+// and then, with a back-off from 50 ms to 2 s until Close: waits for the
+// RPC socket to answer and the bdev to be there again with the same size
+// and block size (the bdev is the target's configuration's or its
+// operator's; the device never creates it), deletes its controller if it
+// survived (SPDK refuses while the old session has requests in flight, so
+// nothing sent on the old connection can land after what the new one
+// writes), creates it again and dials it. sluice_device_reconnects_total
+// counts the successes.
+//
+// Calls meanwhile wait, and a call whose connection failed under it runs
+// again, whole, on the new connection: reads, writes (the same bytes to
+// the same place), flushes and discards are idempotent on a block device,
+// and a partial block's read-modify-write reads the block again. A flush
+// is sent again on the new connection, so it covers what the target wrote
+// before it died only as far as the bdev kept it (aio, NVMe: writes the
+// target completed are in the file or the drive's cache; a flush that
+// returned success made them durable). A call gives up once
+// Options.ReconnectTimeout has passed since it first met the outage,
+// failing with ErrUnreachable and gateway.ErrIO (EIO); so no call waits
+// longer than about IOTimeout + ReconnectTimeout + IOTimeout. The loop
+// goes on after that, and later calls work once the target is back.
 package spdkbackend
 
 import (
@@ -107,6 +131,15 @@ type Options struct {
 	MaxIO      int
 	// RPCTimeout bounds each RPC call (default 30 s).
 	RPCTimeout time.Duration
+	// IOTimeout bounds one request at the target (default 30 s): a request
+	// without an answer by then counts as a lost connection (a stopped or
+	// wedged target), and the device reconnects (package doc, Faults).
+	IOTimeout time.Duration
+	// ReconnectTimeout is how long a call waits for the device to
+	// reconnect after it met a lost connection before it fails with
+	// ErrUnreachable and gateway.ErrIO (default 60 s). The reconnect loop
+	// itself goes on until Close.
+	ReconnectTimeout time.Duration
 	// HugePageDir is the kernel's 2 MiB huge page pool (default
 	// /sys/kernel/mm/hugepages/hugepages-2048kB).
 	HugePageDir string
@@ -127,17 +160,29 @@ func ControllerName(dataDir string) string {
 
 // Device is a device.Device on an SPDK bdev.
 type Device struct {
-	opt    Options
-	log    *slog.Logger
-	rc     *rpc.Client
-	c      *virtio.Client
-	bdev   rpc.Bdev
-	bs     int64 // the bdev's block size
-	size   int64
-	zeroes bool // DiscardZeroes
-	reused bool // the controller was there before Open
-	locks  [64]sync.Mutex
-	stats  stats // for the metrics (metrics.go)
+	opt     Options
+	log     *slog.Logger
+	rc      *rpc.Client
+	bdev    rpc.Bdev
+	bs      int64 // the bdev's block size
+	size    int64
+	zeroes  bool // DiscardZeroes
+	discard bool // the controller offers DISCARD
+	reused  bool // the controller was there before Open
+	locks   [64]sync.Mutex
+	stats   stats // for the metrics (metrics.go)
+
+	// The connection (reconnect.go). cur is nil while the device
+	// reconnects; ready is closed when it is set again; gen counts
+	// connections, so that of many calls failing on one connection only
+	// the first starts the reconnect loop.
+	mu       sync.Mutex
+	cur      *virtio.Client
+	gen      uint64
+	ready    chan struct{}
+	loopDone chan struct{} // closed when the reconnect loop has ended
+	ctx      context.Context
+	cancel   context.CancelFunc // ends the reconnect loop (Close)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -155,6 +200,8 @@ func (o *Options) fill() {
 	o.QueueDepth = cmp.Or(o.QueueDepth, 64)
 	o.MaxIO = cmp.Or(o.MaxIO, 256<<10)
 	o.RPCTimeout = cmp.Or(o.RPCTimeout, 30*time.Second)
+	o.IOTimeout = cmp.Or(o.IOTimeout, 30*time.Second)
+	o.ReconnectTimeout = cmp.Or(o.ReconnectTimeout, 60*time.Second)
 	o.HugePageDir = cmp.Or(o.HugePageDir, "/sys/kernel/mm/hugepages/hugepages-2048kB")
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -168,10 +215,20 @@ func Open(ctx context.Context, opt Options) (*Device, error) {
 	if opt.Bdev == "" || opt.Controller == "" {
 		return nil, fmt.Errorf("%w: a bdev and a controller name are required", ErrPreflight)
 	}
-	d := &Device{opt: opt, log: opt.Logger.With("spdk_bdev", opt.Bdev, "vhost_controller", opt.Controller)}
+	d := &Device{opt: opt, log: opt.Logger.With("spdk_bdev", opt.Bdev, "vhost_controller", opt.Controller),
+		ready: make(chan struct{}), loopDone: make(chan struct{})}
+	close(d.ready)
+	close(d.loopDone)
+	d.ctx, d.cancel = context.WithCancel(context.Background())
 	if err := checkHugePages(opt); err != nil {
 		return nil, err
 	}
+	ok := false
+	defer func() {
+		if !ok {
+			d.cancel()
+		}
+	}()
 	rc, err := rpc.Dial(ctx, opt.Socket, rpc.Options{Timeout: opt.RPCTimeout, Logger: opt.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("%w: SPDK RPC socket %s: %w (is the SPDK target running? --spdk-launch starts one)", ErrPreflight, opt.Socket, err)
@@ -187,8 +244,9 @@ func Open(ctx context.Context, opt Options) (*Device, error) {
 		rc.Close()
 		return nil, err
 	}
+	ok = true
 	d.log.Info("SPDK device open", "size", d.size, "block_size", d.bs, "product", d.bdev.ProductName,
-		"discard_zeroes", d.zeroes, "discard", d.c.HasDiscard(), "reused_controller", reuse)
+		"discard_zeroes", d.zeroes, "discard", d.discard, "reused_controller", reuse)
 	return d, nil
 }
 
@@ -320,23 +378,21 @@ func (d *Device) connect(ctx context.Context, reuse bool) error {
 		}
 		return err
 	}
-	ctrls, err := d.rc.VhostGetControllers(ctx, opt.Controller)
-	if err != nil || len(ctrls) != 1 || ctrls[0].Socket == "" {
-		return fail(fmt.Errorf("vhost controller %s: no socket (%d controllers): %v", opt.Controller, len(ctrls), err))
-	}
-	d.c, err = virtio.Dial(ctx, ctrls[0].Socket, virtio.Options{HugePages: true, Queues: opt.Queues, QueueDepth: opt.QueueDepth, MaxIO: opt.MaxIO, Logger: opt.Logger})
+	c, err := d.dial(ctx)
 	if err != nil {
-		return fail(fmt.Errorf("connect to SPDK vhost controller %s: %w", ctrls[0].Socket, err))
+		return fail(err)
 	}
-	if cb := int64(d.c.BlockSize()); cb > d.bs {
+	if cb := int64(c.BlockSize()); cb > d.bs {
 		d.bs = cb
 	}
-	d.size = min(d.c.Size(), d.bdev.Size())
-	if d.c.ReadOnly() {
-		d.c.Close()
+	d.size = min(c.Size(), d.bdev.Size())
+	if c.ReadOnly() {
+		c.Close()
 		return fail(fmt.Errorf("vhost controller %s offers bdev %s read-only", opt.Controller, opt.Bdev))
 	}
-	d.zeroes = d.bdev.SupportedIOTypes.Unmap && d.c.HasWriteZeroes()
+	d.zeroes = d.bdev.SupportedIOTypes.Unmap && c.HasWriteZeroes()
+	d.discard = c.HasDiscard()
+	d.cur = c
 	return nil
 }
 
@@ -373,16 +429,25 @@ func (d *Device) DiscardZeroes() bool { return d.zeroes }
 // the bdev).
 func (d *Device) Flush() error {
 	end := d.stats.begin(opFlush)
-	err := d.c.Flush()
+	err := d.do(func(ctx context.Context, c *virtio.Client) error { return c.FlushContext(ctx) })
 	end(0, err)
 	return err
 }
 
-// Close closes the initiator, then deletes the controller and closes the
-// RPC connection. It is safe to call more than once.
+// Close ends a reconnect in progress, closes the initiator, then deletes
+// the controller and closes the RPC connection. Calls waiting for a
+// reconnect fail with gateway.ErrClosed. It is safe to call more than once.
 func (d *Device) Close() error {
 	d.closeOnce.Do(func() {
-		d.closeErr = d.c.Close()
+		d.cancel()
+		d.mu.Lock()
+		c, loop := d.cur, d.loopDone
+		d.cur = nil
+		d.mu.Unlock()
+		<-loop
+		if c != nil {
+			d.closeErr = c.Close()
+		}
 		if err := d.deleteController(); err != nil && !errors.Is(err, rpc.ErrNoSuchDevice) && d.closeErr == nil {
 			d.closeErr = fmt.Errorf("delete vhost controller %s: %w", d.opt.Controller, err)
 		}

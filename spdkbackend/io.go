@@ -7,7 +7,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/gateway/device"
+	"github.com/sluice-storage/sluice/virtio"
 )
 
 func (d *Device) checkRange(off, length int64) error {
@@ -39,23 +41,24 @@ func (d *Device) lock(block int64) func() {
 // ReadAt reads len(p) bytes at off; any offset and length.
 func (d *Device) ReadAt(p []byte, off int64) (int, error) {
 	end := d.stats.begin(opRead)
-	n, err := d.readAt(p, off)
+	err := d.checkRange(off, int64(len(p)))
+	if err == nil && len(p) > 0 {
+		err = d.do(func(ctx context.Context, c *virtio.Client) error { return d.readAt(ctx, c, p, off) })
+	}
+	n := len(p)
+	if err != nil {
+		n = 0
+	}
 	end(int64(n), err)
 	return n, err
 }
 
-func (d *Device) readAt(p []byte, off int64) (int, error) {
+func (d *Device) readAt(ctx context.Context, c *virtio.Client, p []byte, off int64) error {
 	n := int64(len(p))
-	if err := d.checkRange(off, n); err != nil {
-		return 0, err
-	}
-	if n == 0 {
-		return 0, nil
-	}
 	a, b := d.split(off, n)
 	if a < b {
-		if _, err := d.c.ReadAt(p[a-off:b-off], a); err != nil {
-			return 0, err
+		if err := c.Do(ctx, &gateway.Request{Op: gateway.OpRead, Buf: p[a-off : b-off], Offset: a}); err != nil {
+			return err
 		}
 	}
 	// Partial blocks: the head [off, a) and the tail [b, off+n); when the
@@ -66,60 +69,60 @@ func (d *Device) readAt(p []byte, off int64) (int, error) {
 		}
 		blk := r[0] / d.bs * d.bs
 		buf := make([]byte, d.bs)
-		if _, err := d.c.ReadAt(buf, blk); err != nil {
-			return 0, err
+		if err := c.Do(ctx, &gateway.Request{Op: gateway.OpRead, Buf: buf, Offset: blk}); err != nil {
+			return err
 		}
 		copy(p[r[0]-off:r[1]-off], buf[r[0]-blk:])
 	}
-	return len(p), nil
+	return nil
 }
 
 // WriteAt writes p at off; any offset and length. Partial blocks are
 // read, patched and written back under their block's lock.
 func (d *Device) WriteAt(p []byte, off int64) (int, error) {
 	end := d.stats.begin(opWrite)
-	n, err := d.writeAt(p, off)
+	err := d.checkRange(off, int64(len(p)))
+	if err == nil && len(p) > 0 {
+		err = d.do(func(ctx context.Context, c *virtio.Client) error { return d.writeAt(ctx, c, p, off) })
+	}
+	n := len(p)
+	if err != nil {
+		n = 0
+	}
 	end(int64(n), err)
 	return n, err
 }
 
-func (d *Device) writeAt(p []byte, off int64) (int, error) {
+func (d *Device) writeAt(ctx context.Context, c *virtio.Client, p []byte, off int64) error {
 	n := int64(len(p))
-	if err := d.checkRange(off, n); err != nil {
-		return 0, err
-	}
-	if n == 0 {
-		return 0, nil
-	}
 	a, b := d.split(off, n)
 	if a < b {
-		if _, err := d.c.WriteAt(p[a-off:b-off], a); err != nil {
-			return 0, err
+		if err := c.Do(ctx, &gateway.Request{Op: gateway.OpWrite, Buf: p[a-off : b-off], Offset: a}); err != nil {
+			return err
 		}
 	}
 	for _, r := range [][2]int64{{off, a}, {b, off + n}} {
 		if r[0] == r[1] {
 			continue
 		}
-		if err := d.patch(p[r[0]-off:r[1]-off], r[0]); err != nil {
-			return 0, err
+		if err := d.patch(ctx, c, p[r[0]-off:r[1]-off], r[0]); err != nil {
+			return err
 		}
 	}
-	return len(p), nil
+	return nil
 }
 
 // patch writes p (within one block) at off: read the block, copy, write.
-func (d *Device) patch(p []byte, off int64) error {
+func (d *Device) patch(ctx context.Context, c *virtio.Client, p []byte, off int64) error {
 	blk := off / d.bs * d.bs
 	unlock := d.lock(blk / d.bs)
 	defer unlock()
 	buf := make([]byte, d.bs)
-	if _, err := d.c.ReadAt(buf, blk); err != nil {
+	if err := c.Do(ctx, &gateway.Request{Op: gateway.OpRead, Buf: buf, Offset: blk}); err != nil {
 		return err
 	}
 	copy(buf[off-blk:], p)
-	_, err := d.c.WriteAt(buf, blk)
-	return err
+	return c.Do(ctx, &gateway.Request{Op: gateway.OpWrite, Buf: buf, Offset: blk})
 }
 
 // Discard drops [off, off+length): WRITE_ZEROES with unmap when
@@ -128,33 +131,27 @@ func (d *Device) patch(p []byte, off int64) error {
 // nothing.
 func (d *Device) Discard(off, length int64) error {
 	end := d.stats.begin(opDiscard)
-	err := d.discard(off, length)
+	err := d.checkRange(off, length)
+	if a, b := d.split(off, length); err == nil && length > 0 && (d.zeroes || (a < b && d.discard)) {
+		err = d.do(func(ctx context.Context, c *virtio.Client) error { return d.discardOn(ctx, c, off, length) })
+	}
 	end(length, err)
 	return err
 }
 
-func (d *Device) discard(off, length int64) error {
-	if err := d.checkRange(off, length); err != nil {
-		return err
-	}
-	if length == 0 {
-		return nil
-	}
+func (d *Device) discardOn(ctx context.Context, c *virtio.Client, off, length int64) error {
 	a, b := d.split(off, length)
 	if !d.zeroes {
-		if a >= b || !d.c.HasDiscard() {
-			return nil
-		}
-		return d.c.Discard(a, b-a)
+		return c.DiscardContext(ctx, a, b-a)
 	}
 	if a < b {
-		if err := d.c.WriteZeroes(context.Background(), a, b-a, true); err != nil {
+		if err := c.WriteZeroes(ctx, a, b-a, true); err != nil {
 			return err
 		}
 	}
 	for _, r := range [][2]int64{{off, a}, {b, off + length}} {
 		if r[0] != r[1] {
-			if err := d.patch(make([]byte, r[1]-r[0]), r[0]); err != nil {
+			if err := d.patch(ctx, c, make([]byte, r[1]-r[0]), r[0]); err != nil {
 				return err
 			}
 		}

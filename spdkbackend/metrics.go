@@ -36,6 +36,9 @@ type opStats struct {
 type stats struct {
 	ops      [numOps]opStats
 	inflight atomic.Int64 // device calls in progress
+	// reconnects counts connections restored; retries, calls run again
+	// on a new connection after the old one failed under them.
+	reconnects, retries atomic.Uint64
 }
 
 // begin counts a call in flight; the returned func records its end.
@@ -70,6 +73,9 @@ var (
 	descLatency  = prometheus.NewDesc("sluice_device_latency_seconds", "Latency of calls to the SPDK device, through the vhost-user-blk controller (read-modify-write of partial blocks included).", devLabels, nil)
 	descInflight = prometheus.NewDesc("sluice_device_inflight", "Calls to the SPDK device in progress now (its queue depth).", []string{"bdev"}, nil)
 	descSlots    = prometheus.NewDesc("sluice_device_queue_slots", "Requests the initiator can have in flight at the SPDK target (queues × depth).", []string{"bdev"}, nil)
+	descReconn   = prometheus.NewDesc("sluice_device_reconnects_total", "Times the device reconnected to its SPDK target after losing it (a target killed, restarted or stopped).", []string{"bdev"}, nil)
+	descRetries  = prometheus.NewDesc("sluice_device_retries_total", "Device calls run again on a new connection after the connection failed under them.", []string{"bdev"}, nil)
+	descUp       = prometheus.NewDesc("sluice_device_connected", "1 while the device has a connection to its SPDK target, 0 while it reconnects.", []string{"bdev"}, nil)
 )
 
 // Collector exports a Device's counters to Prometheus, read at scrape
@@ -81,7 +87,7 @@ func NewCollector(d *Device) *Collector { return &Collector{d: d} }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descOps, descErrors, descBytes, descLatency, descInflight, descSlots} {
+	for _, d := range []*prometheus.Desc{descOps, descErrors, descBytes, descLatency, descInflight, descSlots, descReconn, descRetries, descUp} {
 		ch <- d
 	}
 }
@@ -91,6 +97,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	d, bdev := c.d, c.d.opt.Bdev
 	ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(d.stats.inflight.Load()), bdev)
 	ch <- prometheus.MustNewConstMetric(descSlots, prometheus.GaugeValue, float64(d.opt.Queues*d.opt.QueueDepth), bdev)
+	ch <- prometheus.MustNewConstMetric(descReconn, prometheus.CounterValue, float64(d.stats.reconnects.Load()), bdev)
+	ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(d.stats.retries.Load()), bdev)
+	up := 0.0
+	if d.Connected() {
+		up = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up, bdev)
 	for op := range numOps {
 		o := &d.stats.ops[op]
 		n := o.ops.Load()

@@ -8,6 +8,10 @@
 //	                                               as the shim door calls it (bench/shim.sh)
 //	virtioload -target virtio -socket S -wait MODE -pid P JOBS... our initiator → a gateway's vhost-user socket
 //	virtioload -target nbd -socket S -volume T/V -pid P JOBS...   a minimal NBD client on a unix socket
+//	virtioload -target inproc -dir D -device spdk:SOCK?bdev=B -pid SPDK JOBS...
+//	                                               the store on an SPDK bdev (bench/spdk.sh)
+//	virtioload -target virtio -socket S -hugepages -pid SPDK JOBS...
+//	                                               our initiator → SPDK's vhost target
 //
 // A job is RW:BS:QD[:RATE], RW one of randread, randwrite, read, write
 // (sequential), BS like 4k or 1m, QD the number of concurrent workers, RATE
@@ -19,7 +23,8 @@
 //	JOB IOS SECONDS IOPS MB/S MEAN_US P99_US CPU_SELF_S CPU_PEER_S
 //
 // CPU_SELF_S is getrusage(RUSAGE_SELF) user+system; CPU_PEER_S is the sum
-// of /proc/PID/task/*/schedstat run time of -pid (the gateway), 0 without.
+// of /proc/PID/task/*/schedstat run time of -pid (the gateway, the SPDK
+// target: a comma-separated list), 0 without.
 package main
 
 import (
@@ -41,6 +46,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-storage/sluice/gateway"
+	"github.com/sluice-storage/sluice/spdkbackend"
 	"github.com/sluice-storage/sluice/virtio"
 )
 
@@ -68,18 +74,29 @@ func main() {
 		volume  = flag.String("volume", "bench/bench", "inproc and nbd: the volume (T/V)")
 		file    = flag.String("file", "", "inproc: a file in the root directory of an fs volume, not the volume itself")
 		wait    = flag.String("wait", "adaptive", "virtio: initiator wait mode (adaptive, eventfd, poll)")
-		pid     = flag.Int("pid", 0, "the gateway's pid, for its CPU time")
+		pids    = flag.String("pid", "", "the gateway's pid (and the SPDK target's, comma-separated), for their CPU time")
+		device  = flag.String("device", "", "inproc: the store's device, spdk:SOCK?bdev=NAME (default: DATA-DIR/pool)")
+		huge    = flag.Bool("hugepages", false, "virtio: shared memory in 2 MiB huge pages (SPDK's vhost target needs them)")
 		runtime = flag.Duration("runtime", 5*time.Second, "time per job")
 		fill    = flag.Bool("fill", false, "write the whole volume once before the jobs")
 	)
 	flag.Parse()
-	if err := run(*kind, *dir, *socket, *volume, *file, *wait, *pid, *runtime, *fill, flag.Args()); err != nil {
+	var pid []int
+	for _, f := range strings.FieldsFunc(*pids, func(r rune) bool { return r == ',' }) {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "virtioload: -pid:", err)
+			os.Exit(2)
+		}
+		pid = append(pid, n)
+	}
+	if err := run(*kind, *dir, *socket, *volume, *file, *wait, *device, *huge, pid, *runtime, *fill, flag.Args()); err != nil {
 		fmt.Fprintln(os.Stderr, "virtioload:", err)
 		os.Exit(1)
 	}
 }
 
-func run(kind, dir, socket, volume, file, wait string, pid int, runtime time.Duration, fill bool, specs []string) error {
+func run(kind, dir, socket, volume, file, wait, device string, huge bool, pid []int, runtime time.Duration, fill bool, specs []string) error {
 	ctx := context.Background()
 	jobs := make([]job, 0, len(specs))
 	for _, s := range specs {
@@ -89,7 +106,7 @@ func run(kind, dir, socket, volume, file, wait string, pid int, runtime time.Dur
 		}
 		jobs = append(jobs, j)
 	}
-	t, err := open(ctx, kind, dir, socket, volume, file, wait)
+	t, err := open(ctx, kind, dir, socket, volume, file, wait, device, huge)
 	if err != nil {
 		return err
 	}
@@ -109,11 +126,23 @@ func run(kind, dir, socket, volume, file, wait string, pid int, runtime time.Dur
 	return nil
 }
 
-func open(ctx context.Context, kind, dir, socket, volume, file, wait string) (target, error) {
+func open(ctx context.Context, kind, dir, socket, volume, file, wait, device string, huge bool) (target, error) {
 	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	switch kind {
 	case "inproc":
-		g, err := gateway.Open(ctx, gateway.Config{DataDir: dir, Device: filepath.Join(dir, "pool"), Logger: quiet, AutomationInterval: -1})
+		cfg := gateway.Config{DataDir: dir, Device: filepath.Join(dir, "pool"), Logger: quiet, AutomationInterval: -1}
+		if device != "" {
+			u, err := spdkbackend.ParseURI(device)
+			if err != nil {
+				return nil, err
+			}
+			dev, err := spdkbackend.Open(ctx, spdkbackend.Options{Socket: u.Socket, Bdev: u.Bdev, Controller: spdkbackend.ControllerName(dir), Logger: quiet})
+			if err != nil {
+				return nil, err
+			}
+			cfg.Device, cfg.Dev = "", dev
+		}
+		g, err := gateway.Open(ctx, cfg)
 		if err != nil {
 			return nil, err
 		}
@@ -139,7 +168,7 @@ func open(ctx context.Context, kind, dir, socket, volume, file, wait string) (ta
 		if err != nil {
 			return nil, err
 		}
-		c, err := virtio.Dial(ctx, socket, virtio.Options{Wait: virtio.WaitOptions{Mode: mode}, Logger: quiet})
+		c, err := virtio.Dial(ctx, socket, virtio.Options{Wait: virtio.WaitOptions{Mode: mode}, HugePages: huge, Logger: quiet})
 		if err != nil {
 			return nil, err
 		}
@@ -213,7 +242,7 @@ func fillRandom(b []byte, seed uint64) {
 }
 
 // runJob runs j for d and returns its result line.
-func runJob(ctx context.Context, t target, j job, d time.Duration, pid int) (string, error) {
+func runJob(ctx context.Context, t target, j job, d time.Duration, pid []int) (string, error) {
 	blocks := t.size() / int64(j.bs)
 	if blocks < 1 {
 		return "", errors.New("volume smaller than the block size")
@@ -315,11 +344,12 @@ func selfCPU() time.Duration {
 // peerCPU sums the run time of every thread of pid (schedstat is in
 // nanoseconds; /proc/PID/stat would give 10 ms ticks). Threads that exit
 // during a job are lost; Go rarely ends threads.
-func peerCPU(pid int) time.Duration {
-	if pid <= 0 {
-		return 0
+func peerCPU(pids []int) time.Duration {
+	var tasks []string
+	for _, pid := range pids {
+		t, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+		tasks = append(tasks, t...)
 	}
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
 	var sum time.Duration
 	for _, p := range tasks {
 		b, err := os.ReadFile(p)

@@ -37,7 +37,7 @@ type daemon struct {
 	svc  *service // the service manager's side (LISTEN_FDS, notify)
 
 	pre       *started            // lock, keyring, listeners (preflight)
-	spdk      *launch.Target      // nil unless --spdk-launch
+	spdk      *launch.Supervisor  // nil unless --spdk-launch
 	spdkDev   *spdkbackend.Device // nil unless --device spdk:...
 	g         *gateway.Gateway
 	reg       *prometheus.Registry
@@ -107,6 +107,9 @@ func (d *daemon) start(ctx context.Context) error {
 		return err
 	}
 	doors := admin.Doors{Mounts: mountDoor{d.mounts}, Attachments: attachDoor{d.attacher}, Virtio: virtioDoor{d.virtio}}
+	if d.spdkDev != nil {
+		doors.Device = spdkDeviceDoor{d.spdkDev}
+	}
 	if d.pre.shim != nil {
 		d.shim = shim.NewServer(shimMounts{d.mounts}, shim.Options{Wait: waiter.Options{Mode: a.shimWait}, Logger: log})
 		d.reg.MustRegister(shim.NewCollector(d.shim))
@@ -220,10 +223,11 @@ func (d *daemon) stop() {
 		}
 	}
 	if d.spdk != nil {
-		if killed := d.spdk.Stop(); killed {
-			d.log.Warn("the SPDK target needed SIGKILL", "pid", d.spdk.Pid())
+		tg := d.spdk.Release()
+		if killed := tg.Stop(); killed {
+			d.log.Warn("the SPDK target needed SIGKILL", "pid", tg.Pid())
 		} else {
-			d.log.Info("SPDK target stopped", "pid", d.spdk.Pid(), "exit", d.spdk.Err())
+			d.log.Info("SPDK target stopped", "pid", tg.Pid(), "exit", tg.Err())
 		}
 	}
 	if d.pre != nil {

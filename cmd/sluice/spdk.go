@@ -9,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluice-storage/sluice/gateway/admin"
 	"github.com/sluice-storage/sluice/spdkbackend"
 	"github.com/sluice-storage/sluice/spdkbackend/launch"
 )
@@ -77,7 +78,7 @@ func (s *spdkArgs) check(device, dataDir string) error {
 // openSPDK launches the target if asked and opens the SPDK device on it.
 // The launched target (nil if none) is returned even when the device
 // fails to open, for the caller to stop.
-func openSPDK(ctx context.Context, s *spdkArgs, dataDir string, log *slog.Logger) (*launch.Target, *spdkbackend.Device, error) {
+func openSPDK(ctx context.Context, s *spdkArgs, dataDir string, log *slog.Logger) (*launch.Supervisor, *spdkbackend.Device, error) {
 	var tg *launch.Target
 	if s.Launch != "" {
 		if err := os.MkdirAll(filepath.Dir(s.uri.Socket), 0o700); err != nil {
@@ -92,11 +93,42 @@ func openSPDK(ctx context.Context, s *spdkArgs, dataDir string, log *slog.Logger
 			return nil, nil, err
 		}
 	}
+	var sup *launch.Supervisor
+	if tg != nil {
+		// A target the gateway launched is the gateway's to keep running.
+		sup = launch.Supervise(tg, launch.DefaultMaxRestarts)
+	}
 	dev, err := spdkbackend.Open(ctx, spdkbackend.Options{
 		Socket: s.uri.Socket, Bdev: s.uri.Bdev, Controller: spdkbackend.ControllerName(dataDir), Logger: log,
 	})
 	if err != nil {
-		return tg, nil, fmt.Errorf("SPDK device %s: %w", s.uri, err)
+		return sup, nil, fmt.Errorf("SPDK device %s: %w", s.uri, err)
 	}
-	return tg, dev, nil
+	return sup, dev, nil
+}
+
+// spdkDeviceDoor puts the SPDK device's state and SPDK's own counters of
+// its bdev in GET /v1/stats.
+type spdkDeviceDoor struct{ dev *spdkbackend.Device }
+
+func (s spdkDeviceDoor) DeviceStats(ctx context.Context) admin.DeviceStats {
+	d := s.dev
+	ds := admin.DeviceStats{Kind: "spdk", Bdev: d.Bdev().Name, Controller: d.Controller(), Connected: d.Connected(), Reconnects: d.Reconnects()}
+	st, rate, err := d.Iostat(ctx)
+	if err != nil {
+		ds.Error = err.Error()
+		return ds
+	}
+	mean := func(ticks, ops uint64) float64 {
+		if ops == 0 || rate == 0 {
+			return 0
+		}
+		return float64(ticks) / float64(rate) / float64(ops)
+	}
+	ds.SPDK = &admin.SPDKIostat{
+		ReadOps: st.NumReadOps, BytesRead: st.BytesRead, MeanReadLatency: mean(st.ReadLatencyTicks, st.NumReadOps),
+		WriteOps: st.NumWriteOps, BytesWritten: st.BytesWritten, MeanWriteLatency: mean(st.WriteLatencyTicks, st.NumWriteOps),
+		UnmapOps: st.NumUnmapOps, BytesUnmapped: st.BytesUnmapped, MeanUnmapLatency: mean(st.UnmapLatencyTicks, st.NumUnmapOps),
+	}
+	return ds
 }

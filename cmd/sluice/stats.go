@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 
+	"github.com/sluice-storage/sluice/gateway/admin"
+
 	"github.com/urfave/cli/v2"
 )
 
@@ -43,5 +45,27 @@ func stats(c *cli.Context) error {
 		fmt.Println()
 		table(qosHeader, qosRows(st.Queues))
 	}
+	if st.Device != nil {
+		printDevice(st.Device)
+	}
 	return nil
+}
+
+// printDevice prints the store's device's own stats (an SPDK bdev's).
+func printDevice(d *admin.DeviceStats) {
+	state := "connected"
+	if !d.Connected {
+		state = "reconnecting"
+	}
+	fmt.Printf("\ndevice %s bdev %s (controller %s): %s, %d reconnects\n", d.Kind, d.Bdev, d.Controller, state, d.Reconnects)
+	if d.SPDK == nil {
+		fmt.Printf("SPDK iostat unavailable: %s\n", d.Error)
+		return
+	}
+	s := d.SPDK
+	table([]string{"SPDK OP", "OPS", "BYTES", "MEAN LATENCY"}, [][]string{
+		{"read", fmt.Sprint(s.ReadOps), formatSize(int64(s.BytesRead)), formatLatency(s.MeanReadLatency)},
+		{"write", fmt.Sprint(s.WriteOps), formatSize(int64(s.BytesWritten)), formatLatency(s.MeanWriteLatency)},
+		{"unmap", fmt.Sprint(s.UnmapOps), formatSize(int64(s.BytesUnmapped)), formatLatency(s.MeanUnmapLatency)},
+	})
 }

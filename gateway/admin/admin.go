@@ -87,6 +87,9 @@ type Stats struct {
 	Pool    store.PoolStats        `json:"pool"`
 	Volumes []VolumeStats          `json:"volumes"`
 	Queues  []gateway.QoSRuleStats `json:"queues"`
+	// Device is the store's device's own stats (an SPDK bdev's); absent
+	// for a pool file or a block device.
+	Device *DeviceStats `json:"device,omitempty"`
 }
 
 // Error is the body of every error response.
@@ -229,6 +232,10 @@ func (h *handler) stats(w http.ResponseWriter, r *http.Request) {
 			ops = []gateway.OpStats{}
 		}
 		st.Volumes = append(st.Volumes, VolumeStats{Volume: view(v), Ops: ops})
+	}
+	if h.doors.Device != nil {
+		ds := h.doors.Device.DeviceStats(r.Context())
+		st.Device = &ds
 	}
 	reply(w, http.StatusOK, st)
 }

@@ -19,6 +19,8 @@ type Doors struct {
 	// Controller is the cluster controller the gateway follows (nil: none;
 	// GET /v1/controller then says so).
 	Controller ControllerSource
+	// Device is the store's device, when it has stats of its own (SPDK).
+	Device DeviceSource
 }
 
 // VirtioExport is a volume served as a vhost-user-blk device.
@@ -349,4 +351,41 @@ func (h *handler) shim(w http.ResponseWriter, r *http.Request) {
 func (c *Client) Shim(ctx context.Context) (ShimInfo, error) {
 	var out ShimInfo
 	return out, c.do(ctx, http.MethodGet, "/v1/shim", nil, &out)
+}
+
+// DeviceStats is what the store's device says of itself, in GET /v1/stats
+// when the store is on an SPDK bdev.
+type DeviceStats struct {
+	Kind       string `json:"kind"` // "spdk"
+	Bdev       string `json:"bdev"`
+	Controller string `json:"controller"`
+	// Connected is false while the device reconnects to its target;
+	// Reconnects counts the times it did.
+	Connected  bool   `json:"connected"`
+	Reconnects uint64 `json:"reconnects"`
+	// SPDK is the target's own bdev_get_iostat for the bdev (counted over
+	// the bdev's life in that target: a restarted target starts again from
+	// zero); nil when the target did not answer, and Error says why.
+	SPDK  *SPDKIostat `json:"spdk_iostat,omitempty"`
+	Error string      `json:"error,omitempty"`
+}
+
+// SPDKIostat is SPDK's bdev_get_iostat for one bdev, latencies as means
+// in seconds (SPDK's ticks divided by its tick rate and the op count).
+type SPDKIostat struct {
+	ReadOps          uint64  `json:"read_ops"`
+	BytesRead        uint64  `json:"bytes_read"`
+	MeanReadLatency  float64 `json:"mean_read_latency_seconds"`
+	WriteOps         uint64  `json:"write_ops"`
+	BytesWritten     uint64  `json:"bytes_written"`
+	MeanWriteLatency float64 `json:"mean_write_latency_seconds"`
+	UnmapOps         uint64  `json:"unmap_ops"`
+	BytesUnmapped    uint64  `json:"bytes_unmapped"`
+	MeanUnmapLatency float64 `json:"mean_unmap_latency_seconds"`
+}
+
+// DeviceSource reports the store's device's stats (nil in Doors: the
+// store is on a pool file or a block device, and says nothing more).
+type DeviceSource interface {
+	DeviceStats(ctx context.Context) DeviceStats
 }

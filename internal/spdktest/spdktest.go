@@ -175,9 +175,11 @@ type Target struct {
 	VhostDir  string // where its vhost controllers' sockets appear (-S)
 	LogPath   string // its stdout and stderr
 
-	cmd    *exec.Cmd
-	exited chan struct{} // closed when the process has been waited for
-	err    error         // its exit status, once exited is closed
+	program string
+	args    []string
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed when the process has been waited for
+	err     error         // its exit status, once exited is closed
 }
 
 // Start reserves huge pages and starts an SPDK target on core 0, and
@@ -205,7 +207,7 @@ func Start(t testing.TB, opt Options) *Target {
 	t.Cleanup(func() { os.RemoveAll(run) })
 	tg := &Target{
 		Dir: dir, RPCSocket: filepath.Join(run, "rpc.sock"), VhostDir: run,
-		LogPath: filepath.Join(run, "spdk.log"), exited: make(chan struct{}),
+		LogPath: filepath.Join(run, "spdk.log"), program: opt.Program,
 	}
 	args := []string{
 		"-m", "0x1", "-s", strconv.Itoa(opt.MemMiB), "--huge-unlink",
@@ -218,38 +220,66 @@ func Start(t testing.TB, opt Options) *Target {
 	if opt.WaitForRPC {
 		args = append(args, "--wait-for-rpc")
 	}
-	logf, err := os.Create(tg.LogPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	tg.cmd = exec.Command(filepath.Join(dir, "bin", opt.Program), args...)
-	tg.cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Join(dir, "lib"))
-	tg.cmd.Stdout, tg.cmd.Stderr = logf, logf
-	// Should the test binary die without running its cleanups, the target
-	// dies with it rather than spinning on a core.
-	tg.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := tg.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", opt.Program, err)
-	}
-	go func() {
-		tg.err = tg.cmd.Wait()
-		// DPDK leaves its run-time directory (named by the file prefix
-		// SPDK gives it, spdk_pid<PID>) behind, however SPDK ends.
-		os.RemoveAll(fmt.Sprintf("/var/run/dpdk/spdk_pid%d", tg.cmd.Process.Pid))
-		close(tg.exited)
-	}()
+	tg.args = args
 	t.Cleanup(func() {
 		tg.Stop(t)
 		if t.Failed() {
 			t.Logf("SPDK log (%s):\n%s", opt.Program, tg.Log())
 		}
 	})
+	tg.run(t)
+	return tg
+}
+
+// Restart starts the target again on the same sockets after it was
+// killed (or stops it first with SIGKILL if it still runs), and returns
+// once its RPC socket accepts connections. What was created at run time
+// (bdevs, controllers) is gone; the test re-creates what it needs.
+func (tg *Target) Restart(t testing.TB) {
+	t.Helper()
+	select {
+	case <-tg.exited:
+	default:
+		tg.Kill()
+	}
+	tg.run(t)
+}
+
+// run starts the process (its output appended to LogPath) and waits for
+// its RPC socket.
+func (tg *Target) run(t testing.TB) {
+	t.Helper()
+	tg.exited = make(chan struct{})
+	logf, err := os.OpenFile(tg.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	// A killed target leaves its RPC socket file behind; connecting to
+	// it fails until the new one binds, which the wait below relies on.
+	os.Remove(tg.RPCSocket)
+	tg.cmd = exec.Command(filepath.Join(tg.Dir, "bin", tg.program), tg.args...)
+	tg.cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Join(tg.Dir, "lib"))
+	tg.cmd.Stdout, tg.cmd.Stderr = logf, logf
+	// Should the test binary die without running its cleanups, the target
+	// dies with it rather than spinning on a core.
+	tg.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := tg.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", tg.program, err)
+	}
+	cmd, exited := tg.cmd, tg.exited
+	go func() {
+		tg.err = cmd.Wait()
+		// DPDK leaves its run-time directory (named by the file prefix
+		// SPDK gives it, spdk_pid<PID>) behind, however SPDK ends.
+		os.RemoveAll(fmt.Sprintf("/var/run/dpdk/spdk_pid%d", cmd.Process.Pid))
+		close(exited)
+	}()
 
 	testwait.For(t, "SPDK RPC socket "+tg.RPCSocket, func() bool {
 		select {
-		case <-tg.exited:
-			t.Fatalf("%s exited before serving RPC (%v); log:\n%s", opt.Program, tg.err, tg.Log())
+		case <-exited:
+			t.Fatalf("%s exited before serving RPC (%v); log:\n%s", tg.program, tg.err, tg.Log())
 		default:
 		}
 		c, err := net.Dial("unix", tg.RPCSocket)
@@ -259,7 +289,6 @@ func Start(t testing.TB, opt Options) *Target {
 		c.Close()
 		return true
 	})
-	return tg
 }
 
 // Pid is the target's process id.
