@@ -100,8 +100,13 @@ tools:
 		rm -f $(STATICCHECK); GOBIN=$(dir $(STATICCHECK)) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION); \
 	}
 
+# The packages whose tests start an SPDK target run one at a time: each
+# reserves huge pages for its target and gives them back when done, which
+# takes free pages from under another package's target.
+SPDK_UNIT_PKGS := $(filter %/spdkbackend %/spdkbackend/rpc %/virtio,$(UNIT_PKGS))
 unit:
-	SPDK_DIR=$(SPDK_DIR) $(GO) test -race -count=1 $(UNIT_PKGS)
+	SPDK_DIR=$(SPDK_DIR) $(GO) test -race -count=1 $(filter-out $(SPDK_UNIT_PKGS),$(UNIT_PKGS))
+	SPDK_DIR=$(SPDK_DIR) $(GO) test -race -count=1 -p 1 $(SPDK_UNIT_PKGS)
 
 integration: build
 	SPDK_DIR=$(SPDK_DIR) SLUICE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -v ./test/integration/ 2>&1 | tee integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; exit $${PIPESTATUS[0]}

@@ -406,6 +406,33 @@ func (d *Device) deleteController() error {
 	return err
 }
 
+// deleteClosed deletes the controller after the initiator closed: SPDK
+// refuses ("Device or resource busy", "has still valid connection")
+// until it has processed the disconnect, so a busy answer is retried for
+// up to two seconds.
+func (d *Device) deleteClosed() error {
+	deadline := time.Now().Add(2 * time.Second)
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
+		ctx, cancel := context.WithTimeout(context.Background(), d.opt.RPCTimeout)
+		err := d.rc.VhostDeleteController(ctx, d.opt.Controller)
+		cancel()
+		var re *rpc.Error
+		if err == nil || !errors.As(err, &re) || !busy(re) || time.Now().After(deadline) {
+			if err != nil && !errors.Is(err, rpc.ErrNoSuchDevice) {
+				d.log.Warn("deleting the vhost controller failed", "err", err)
+			}
+			return err
+		}
+		time.Sleep(wait) // SPDK's reactor tears the session down meanwhile
+	}
+}
+
+// busy reports whether SPDK refused because the controller still has a
+// connection.
+func busy(e *rpc.Error) bool {
+	return e.Code == -16 || strings.Contains(e.Message, "busy") || strings.Contains(e.Message, "valid connection")
+}
+
 // Bdev is what the target said of the bdev when the device was opened.
 func (d *Device) Bdev() rpc.Bdev { return d.bdev }
 
@@ -448,7 +475,7 @@ func (d *Device) Close() error {
 		if c != nil {
 			d.closeErr = c.Close()
 		}
-		if err := d.deleteController(); err != nil && !errors.Is(err, rpc.ErrNoSuchDevice) && d.closeErr == nil {
+		if err := d.deleteClosed(); err != nil && !errors.Is(err, rpc.ErrNoSuchDevice) && d.closeErr == nil {
 			d.closeErr = fmt.Errorf("delete vhost controller %s: %w", d.opt.Controller, err)
 		}
 		d.rc.Close()

@@ -188,22 +188,21 @@ func TestSpinnersCap(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	ring := &fakeRing{readyAfter: 1}
+	kicked := &fakeRing{readyAfter: 1}
 	go func() { // the peer: kick once the waiter asked for kicks
-		for !ring.notifyOn.Load() {
+		for !kicked.notifyOn.Load() {
 			time.Sleep(time.Millisecond)
 		}
 		Signal(ev)
 	}()
-	if !w.Wait(ring) {
+	if !w.Wait(kicked) {
 		t.Fatal("wait returned false")
 	}
 	if st := ctr.Stats(); st.Capped != 1 || st.Blocks != 1 {
 		t.Fatalf("capped %d blocks %d, want 1 and 1 (stats %+v)", st.Capped, st.Blocks, st)
 	}
 	cap1.release()
-	ring = &fakeRing{readyAfter: 3}
-	if !w.Wait(ring) {
+	if !w.Wait(&fakeRing{readyAfter: 3}) {
 		t.Fatal("wait returned false")
 	}
 	if st := ctr.Stats(); st.Capped != 1 || st.Blocks != 1 {

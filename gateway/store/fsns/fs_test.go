@@ -387,7 +387,7 @@ func TestFSOrphansAndRestart(t *testing.T) {
 	s.DB().Close()
 	dev.Close()
 
-	s, dev = diskStore(t, dir, 0)
+	s, _ = diskStore(t, dir, 0)
 	defer s.Close()
 	v, _ = s.Volume("t", "fs")
 	f = Of(v)
@@ -577,7 +577,7 @@ func TestFdatasync(t *testing.T) {
 	// Reopen without releasing the file: the length and data are there.
 	s.DB().Close()
 	dev.Close()
-	s, dev = diskStore(t, dir, 0)
+	s, _ = diskStore(t, dir, 0)
 	defer s.Close()
 	v, _ = s.Volume("t", "fs")
 	f = Of(v)
