@@ -94,7 +94,6 @@ func NewServer(mounts Mounts, opts Options) *Server {
 	if opts.Wait.Spinners == nil {
 		opts.Wait.Spinners = waiter.NewSpinners(runtime.GOMAXPROCS(0) / 2)
 	}
-	opts.Wait.BlockInSyscall = true // woken by the kernel directly (waiter.Options)
 	s := &Server{mounts: mounts, opt: opts, log: opts.Logger}
 	s.door = door.New[*channel](door.Options{Name: "shim", Logger: opts.Logger, MaxConns: opts.MaxChannels, Panics: &s.stats.panics})
 	return s

@@ -19,7 +19,6 @@ import (
 	"github.com/sluice-storage/sluice/fuse"
 	"github.com/sluice-storage/sluice/gateway"
 	"github.com/sluice-storage/sluice/gateway/admin"
-	"github.com/sluice-storage/sluice/internal/waiter"
 	"github.com/sluice-storage/sluice/nbd"
 	"github.com/sluice-storage/sluice/shim"
 	"github.com/sluice-storage/sluice/spdkbackend"
@@ -111,7 +110,7 @@ func (d *daemon) start(ctx context.Context) error {
 		doors.Device = spdkDeviceDoor{d.spdkDev}
 	}
 	if d.pre.shim != nil {
-		d.shim = shim.NewServer(shimMounts{d.mounts}, shim.Options{Wait: waiter.Options{Mode: a.shimWait}, Logger: log})
+		d.shim = shim.NewServer(shimMounts{d.mounts}, shim.Options{Logger: log})
 		d.reg.MustRegister(shim.NewCollector(d.shim))
 		go d.shim.Serve(ctx, d.pre.shim)
 		doors.Shim = shimDoor{d.shim, a.ShimSocket}

@@ -47,7 +47,6 @@ type gatewayArgs struct {
 	QoSCostUnit                          string
 	Keyring                              string
 	VirtioWait                           string
-	ShimWait                             string
 	LogLevel                             string
 	Takeover                             bool
 	SPDK                                 spdkArgs
@@ -56,7 +55,6 @@ type gatewayArgs struct {
 	poolSize   int64 // 0: a named --device keeps its size
 	costUnit   int64
 	virtioWait virtio.WaitMode
-	shimWait   virtio.WaitMode
 	join       joinOptions
 }
 
@@ -95,7 +93,6 @@ hands its listening sockets over, then exits (docs/HANDOVER.md).`,
 			&cli.StringFlag{Name: "qos-cost-unit", Value: "8K", Destination: &a.QoSCostUnit, Usage: "IO size that counts as one IO for QoS IOPS (larger IOs count proportionally)"},
 			&cli.StringFlag{Name: "keyring", Destination: &a.Keyring, Usage: "`FILE` of tenants' encryption keys, one line \"TENANT BASE64-OF-32-BYTES\" each, mode 0600 or 0400"},
 			&cli.StringFlag{Name: "virtio-wait", Value: "adaptive", Destination: &a.VirtioWait, Usage: "how virtio export queues wait for requests: adaptive, eventfd or poll"},
-			&cli.StringFlag{Name: "shim-wait", Value: "adaptive", Destination: &a.ShimWait, Usage: "how the shim door's channel pollers wait for requests: adaptive (spin briefly, at most one poller per two cores) or eventfd (never spin: for many busy client processes on few cores)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Destination: &a.LogLevel},
 			&cli.BoolFlag{Name: "takeover", Destination: &a.Takeover, Usage: "take over from the gateway running on --data-dir (give its flags): it drains, closes the store and hands its listening sockets to this process, which serves on them; FUSE mounts, attachments and NBD connections end (docs/HANDOVER.md)"},
 		}, append(spdkFlags(&a.SPDK), joinFlags()...)...),
@@ -143,9 +140,6 @@ func (a *gatewayArgs) check(c *cli.Context) error {
 	}
 	if a.virtioWait, err = virtio.ParseWaitMode(a.VirtioWait); err != nil {
 		return usageErr("--virtio-wait: %v", err)
-	}
-	if a.shimWait, err = virtio.ParseWaitMode(a.ShimWait); err != nil {
-		return usageErr("--shim-wait: %v", err)
 	}
 	if a.join, err = parseJoinFlags(c); err != nil {
 		return err

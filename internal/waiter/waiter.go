@@ -70,13 +70,6 @@ type Options struct {
 	// once. For doors with a poller per client process (the shim), whose
 	// pollers can outnumber the cores many times over.
 	Spinners *Spinners
-	// BlockInSyscall: block in poll(2) on this goroutine's thread
-	// instead of parking in Go's netpoller. The thread is woken by the
-	// kernel directly, as a FUSE daemon's reader threads are; the
-	// netpoller's wake-up needs an idle P to notice the eventfd first,
-	// which many busy client processes on few cores make slow. Costs a
-	// thread per blocked waiter (not a P).
-	BlockInSyscall bool
 }
 
 // Spinners is a cap on spinning waiters, shared by the waiters of one
@@ -161,7 +154,6 @@ type Waiter struct {
 	// blocked poller holds no P. nil: no usable fd, poll only.
 	ev       *os.File
 	evBroken bool // ev is not an eventfd we can read (poller only)
-	evFd     int  // ev's descriptor (BlockInSyscall); valid until Close
 
 	stopped atomic.Bool
 
@@ -217,7 +209,6 @@ func New(opt Options, fd int, ctr *Counters) (*Waiter, error) {
 		return nil, fmt.Errorf("waiter: eventfd non-blocking: %w", err)
 	}
 	w.ev = os.NewFile(uintptr(dup), "eventfd")
-	w.evFd = dup // for poll(2): ev.Fd() would make the file blocking
 	return w, nil
 }
 
@@ -226,9 +217,6 @@ func (w *Waiter) Stop() {
 	w.stopped.Store(true)
 	if w.ev != nil {
 		w.ev.SetReadDeadline(time.Unix(1, 0))
-		if w.opt.BlockInSyscall {
-			Signal(w.evFd) // wakes a thread in poll(2); the count is ours to read
-		}
 	}
 }
 
@@ -481,13 +469,7 @@ func (w *Waiter) block(t Waitable) bool {
 		if w.stopped.Load() {
 			return false
 		}
-		var n int
-		var err error
-		if w.opt.BlockInSyscall {
-			n, err = w.pollRead(b[:])
-		} else {
-			n, err = w.ev.Read(b[:])
-		}
+		n, err := w.ev.Read(b[:])
 		if w.stopped.Load() {
 			return false
 		}
@@ -502,26 +484,6 @@ func (w *Waiter) block(t Waitable) bool {
 			return true
 		}
 	}
-}
-
-// pollRead waits in poll(2) for the eventfd (at most the housekeeping
-// interval) and reads it: n is 8 after a read, 0 after a timeout (as a
-// deadline), err for an fd that poll or read refuse.
-func (w *Waiter) pollRead(b []byte) (int, error) {
-	fd := w.evFd
-	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	n, err := unix.Poll(pfd, int(housekeeping/time.Millisecond))
-	if err == unix.EINTR || err == nil && n == 0 {
-		return 0, os.ErrDeadlineExceeded
-	}
-	if err != nil {
-		return 0, err
-	}
-	m, err := unix.Read(fd, b)
-	if err == unix.EAGAIN { // another reader took it
-		return 0, os.ErrDeadlineExceeded
-	}
-	return m, err
 }
 
 // idle waits without an eventfd (the peer sent none, or a broken one):
