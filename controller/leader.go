@@ -25,6 +25,11 @@ func (s *Server) Leader(ctx context.Context) string {
 func (s *Server) syncLeadership(ctx context.Context) bool {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
+	return s.syncLocked(ctx)
+}
+
+// syncLocked is syncLeadership under writeMu.
+func (s *Server) syncLocked(ctx context.Context) bool {
 	term := s.store.Term()
 	s.mu.Lock()
 	cur, closed := s.term, s.closed

@@ -267,7 +267,8 @@ func (s *Server) DeleteSLO(ctx context.Context, tenant string) error {
 	return nil
 }
 
-// writable checks, under writeMu, that a write may proceed.
+// writable checks, under writeMu, that a write may proceed: the server is
+// open and leads.
 func (s *Server) writable(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -277,6 +278,14 @@ func (s *Server) writable(ctx context.Context) error {
 	s.mu.Unlock()
 	if closed {
 		return ErrClosed
+	}
+	if term != s.store.Term() {
+		// Won or lost since Run last looked: follow now rather than
+		// refuse a write this replica may make (or make one it may not).
+		s.syncLocked(ctx)
+		s.mu.Lock()
+		term = s.term
+		s.mu.Unlock()
 	}
 	if term == 0 {
 		// A follower: its memory lags the leader's by up to an interval.
