@@ -13,6 +13,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
 
 	"github.com/sluice-storage/sluice/internal/testwait"
 )
@@ -36,7 +37,7 @@ func startEtcd(t *testing.T) string {
 	t.Helper()
 	cfg := embed.NewConfig()
 	cfg.Dir = t.TempDir()
-	cfg.LogLevel = "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop()) // it logs errors on a normal Close
 	cu, pu := freeURL(t), freeURL(t)
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
@@ -183,23 +184,24 @@ func TestEtcdOneLeaderAndFailover(t *testing.T) {
 		return err == nil && got == gold
 	})
 
-	// The leader's session ends (as when its lease expires): b takes over.
+	// The leader's session ends (its lease revoked, as when it expires):
+	// b takes over.
 	ast := a.store.(*etcdStore)
 	ast.mu.Lock()
 	sess := ast.session
 	ast.mu.Unlock()
 	t0 := time.Now()
-	if err := sess.Close(); err != nil {
+	if _, err := ast.cli.Revoke(ctx, sess.Lease()); err != nil {
 		t.Fatal(err)
 	}
 	testwait.For(t, "b leads", func() bool { return b.store.Term() != 0 })
 	took := time.Since(t0)
-	t.Logf("failover: b's store leads %v after a's session closed", took)
+	t.Logf("failover: b's store leads %v after a's lease was revoked", took)
 	if took > 3*time.Second {
 		t.Errorf("failover took %v, goal 3 s", took)
 	}
 	testwait.For(t, "b's server leads and a's follows", func() bool { return b.Leading() && !a.Leading() })
-	t.Logf("failover: b's server leads %v after a's session closed", time.Since(t0))
+	t.Logf("failover: b's server leads %v after a's lease was revoked", time.Since(t0))
 	if _, err := b.SetSLO(ctx, SLO{Tenant: "silver"}); err != nil {
 		t.Fatalf("SetSLO on the new leader: %v", err)
 	}
@@ -274,4 +276,43 @@ func TestEtcdSchemaVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	other.Close()
+}
+
+func TestEtcdAuth(t *testing.T) {
+	ep := startEtcd(t)
+	ctx := context.Background()
+	cli := etcdClient(t, ep)
+	if _, err := cli.UserAdd(ctx, "root", "secret"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.UserGrantRole(ctx, "root", "root"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.AuthEnable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	open := func(user, pass string) (*etcdStore, error) {
+		return openEtcdStore(ctx, EtcdOptions{Endpoints: []string{ep}, Username: user, Password: pass, Name: "http://a", Logger: quietLogger()})
+	}
+	if _, err := open("root", "wrong"); err == nil {
+		t.Fatal("opened with a wrong password")
+	} else {
+		t.Logf("wrong password: %v", err)
+	}
+	if _, err := open("", ""); err == nil {
+		t.Fatal("opened without credentials on an etcd with auth enabled")
+	}
+	st, err := open("root", "secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	testwait.For(t, "it leads", func() bool { return st.Term() != 0 })
+	if err := st.Put(ctx, keySLO+"gold", SLO{Tenant: "gold"}); err != nil {
+		t.Fatal(err)
+	}
+	// A client certificate needs its key (checked before dialling).
+	if _, err := openEtcdStore(ctx, EtcdOptions{Endpoints: []string{ep}, Cert: "c.pem"}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("--etcd-cert without --etcd-key: %v", err)
+	}
 }

@@ -12,6 +12,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
 
 	"github.com/sluice-storage/sluice/controller"
 	"github.com/sluice-storage/sluice/internal/testwait"
@@ -23,7 +24,7 @@ func startEtcd(t *testing.T) string {
 	t.Helper()
 	cfg := embed.NewConfig()
 	cfg.Dir = t.TempDir()
-	cfg.LogLevel = "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop()) // it logs errors on a normal Close
 	cu := url.URL{Scheme: "http", Host: freeLoopbackAddr(t)}
 	pu := url.URL{Scheme: "http", Host: freeLoopbackAddr(t)}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
