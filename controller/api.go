@@ -123,6 +123,9 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		status = http.StatusUnauthorized
 	case errors.Is(err, ErrClosed):
 		status = http.StatusServiceUnavailable
+	case errors.Is(err, ErrNotLeader):
+		// The message names the leader; redirecting is future work.
+		status = http.StatusServiceUnavailable
 	}
 	if status == http.StatusInternalServerError {
 		s.log.Error("controller API request failed", "err", err)

@@ -148,9 +148,16 @@
 // state. Reports, assignments and liveness live in memory only: a restarted
 // controller loads its desired state, waits out the warm-up while gateways
 // report (they keep their last assignments meanwhile), and carries on with
-// a higher generation. One controller; for high availability the desired
-// state would move to etcd with leader election and the epoch would take
-// the leader's revision as its fencing token.
+// a higher generation.
+//
+// The Store interface holds it: OpenBadgerStore (the default, one host) or
+// OpenEtcdStore, the same keys under one etcd prefix with a schema version
+// key. On etcd any number of replicas campaign (client v3 concurrency);
+// only the leader runs rounds, each won term starts a new generation, and
+// every write is a transaction fenced on the leader's election key's create
+// revision, so a deposed leader's write fails. Followers reload the state
+// every interval, answer reads, and refuse writes with a NotLeaderError
+// naming the leader (HTTP 503).
 //
 // # Metrics
 //

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -13,7 +14,7 @@ import (
 	"github.com/sluice-storage/sluice/internal/badgerlog"
 )
 
-// Desired state in badger. Keys:
+// Desired state in badger (and, under a prefix, in etcd: etcdstore.go). Keys:
 //
 //	slo/<tenant>      JSON SLO
 //	gw/<id>           JSON GatewayRegistration
@@ -27,13 +28,17 @@ const (
 	keyGeneration = "meta/generation"
 )
 
-// db is the controller's badger database.
-type db struct {
+// badgerStore is the controller's badger database: one host, always
+// writable.
+type badgerStore struct {
 	b *badger.DB
 }
 
-// openDB opens (or creates) the database in dir; "" keeps it in memory.
-func openDB(dir string, log *slog.Logger) (*db, error) {
+var _ Store = (*badgerStore)(nil)
+
+// OpenBadgerStore opens (or creates) the database in dir; "" keeps it in
+// memory.
+func OpenBadgerStore(dir string, log *slog.Logger) (Store, error) {
 	o := badger.DefaultOptions(dir)
 	if dir == "" {
 		o = badger.DefaultOptions("").WithInMemory(true)
@@ -54,15 +59,20 @@ func openDB(dir string, log *slog.Logger) (*db, error) {
 	if err != nil {
 		return nil, fmt.Errorf("controller state in %q: %w", dir, err)
 	}
-	return &db{b: b}, nil
+	return &badgerStore{b: b}, nil
 }
 
-func (d *db) close() error { return d.b.Close() }
+func (d *badgerStore) Close() error { return d.b.Close() }
 
-// nextGeneration stores and returns a generation greater than the stored
-// one and not less than the wall-clock second, so that epochs keep growing
-// across restarts, even after the data directory was lost.
-func (d *db) nextGeneration(now time.Time) (uint64, error) {
+// Term: one host, always the writer.
+func (d *badgerStore) Term() uint64 { return 1 }
+
+// Leader: there are no other replicas.
+func (d *badgerStore) Leader(context.Context) string { return "" }
+
+// NextGeneration keeps epochs growing across restarts, even after the
+// data directory was lost.
+func (d *badgerStore) NextGeneration(_ context.Context, now time.Time) (uint64, error) {
 	var gen uint64
 	err := d.b.Update(func(txn *badger.Txn) error {
 		var prev uint64
@@ -82,7 +92,7 @@ func (d *db) nextGeneration(now time.Time) (uint64, error) {
 				return err
 			}
 		}
-		gen = max(prev+1, uint64(max(now.Unix(), 1)))
+		gen = nextGen(prev, now)
 		return txn.Set([]byte(keyGeneration), binary.BigEndian.AppendUint64(nil, gen))
 	})
 	if err != nil {
@@ -91,9 +101,7 @@ func (d *db) nextGeneration(now time.Time) (uint64, error) {
 	return gen, nil
 }
 
-// load reads every SLO and registration. Any error is fatal to the caller:
-// a failed read must never look like empty desired state.
-func (d *db) load() (map[string]SLO, map[string]GatewayRegistration, error) {
+func (d *badgerStore) Load(context.Context) (map[string]SLO, map[string]GatewayRegistration, error) {
 	slos := map[string]SLO{}
 	gws := map[string]GatewayRegistration{}
 	err := d.b.View(func(txn *badger.Txn) error {
@@ -102,37 +110,11 @@ func (d *db) load() (map[string]SLO, map[string]GatewayRegistration, error) {
 		for it.Rewind(); it.Valid(); it.Next() {
 			item := it.Item()
 			key := string(item.Key())
-			var decode func([]byte) error
-			switch {
-			case strings.HasPrefix(key, keySLO):
-				decode = func(v []byte) error {
-					var s SLO
-					if err := json.Unmarshal(v, &s); err != nil {
-						return err
-					}
-					if err := s.Validate(); err != nil {
-						return err
-					}
-					slos[s.Tenant] = s
-					return nil
-				}
-			case strings.HasPrefix(key, keyGateway):
-				decode = func(v []byte) error {
-					var g GatewayRegistration
-					if err := json.Unmarshal(v, &g); err != nil {
-						return err
-					}
-					if err := g.Validate(); err != nil {
-						return err
-					}
-					gws[g.ID] = g
-					return nil
-				}
-			default:
+			if !strings.HasPrefix(key, keySLO) && !strings.HasPrefix(key, keyGateway) {
 				continue
 			}
-			if err := item.Value(decode); err != nil {
-				return fmt.Errorf("record %q: %w", key, err)
+			if err := item.Value(func(v []byte) error { return decodeRecord(key, v, slos, gws) }); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -143,7 +125,7 @@ func (d *db) load() (map[string]SLO, map[string]GatewayRegistration, error) {
 	return slos, gws, nil
 }
 
-func (d *db) put(key string, v any) error {
+func (d *badgerStore) Put(_ context.Context, key string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -154,7 +136,7 @@ func (d *db) put(key string, v any) error {
 	return nil
 }
 
-func (d *db) delete(key string) error {
+func (d *badgerStore) Delete(_ context.Context, key string) error {
 	if err := d.b.Update(func(txn *badger.Txn) error { return txn.Delete([]byte(key)) }); err != nil {
 		return fmt.Errorf("deleting %s: %w", key, err)
 	}

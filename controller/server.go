@@ -17,8 +17,11 @@ import (
 // Options configures a Server. Zero fields take the defaults below.
 type Options struct {
 	// DataDir holds the badger database of desired state; "" keeps it in
-	// memory (tests).
+	// memory (tests). Ignored when Store is set.
 	DataDir string
+	// Store, if set, holds the desired state instead (OpenEtcdStore); the
+	// Server closes it.
+	Store Store
 	// Algorithm computes assignments (default Crystal{Headroom:
 	// DefaultHeadroom}).
 	Algorithm Algorithm
@@ -63,11 +66,11 @@ type Server struct {
 	alg     Algorithm
 	clock   qos.Clock
 	log     *slog.Logger
-	db      *db
+	store   Store
 	reg     *prometheus.Registry
 	metrics *metrics
-	gen     uint64
-	start   time.Time
+	gen     uint64    // under mu
+	start   time.Time // under mu
 	done    chan struct{}
 	once    sync.Once
 
@@ -76,6 +79,7 @@ type Server struct {
 
 	mu         sync.Mutex
 	closed     bool
+	term       uint64 // the store's term this server leads in; 0: a follower
 	slos       map[string]SLO
 	gws        map[string]GatewayRegistration
 	reports    map[string]received
@@ -120,30 +124,38 @@ func Open(ctx context.Context, opts Options) (*Server, error) {
 	if opts.Registry == nil {
 		opts.Registry = prometheus.NewRegistry()
 	}
-	d, err := openDB(opts.DataDir, opts.Logger)
-	if err != nil {
-		return nil, err
+	d := opts.Store
+	if d == nil {
+		var err error
+		if d, err = OpenBadgerStore(opts.DataDir, opts.Logger); err != nil {
+			return nil, err
+		}
 	}
-	slos, gws, err := d.load()
+	slos, gws, err := d.Load(ctx)
 	if err != nil {
-		d.close()
+		d.Close()
 		return nil, err
 	}
 	now := opts.Clock.Now()
-	gen, err := d.nextGeneration(now)
-	if err != nil {
-		d.close()
-		return nil, err
+	// A store that is writable at once (badger) starts the term here; a
+	// replicated one when Run sees this replica win the election.
+	var gen uint64
+	term := d.Term()
+	if term != 0 {
+		if gen, err = d.NextGeneration(ctx, now); err != nil {
+			d.Close()
+			return nil, err
+		}
 	}
 	s := &Server{
-		opts: opts, alg: opts.Algorithm, clock: opts.Clock, log: opts.Logger, db: d, reg: opts.Registry,
-		gen: gen, start: now, done: make(chan struct{}),
+		opts: opts, alg: opts.Algorithm, clock: opts.Clock, log: opts.Logger, store: d, reg: opts.Registry,
+		gen: gen, term: term, start: now, done: make(chan struct{}),
 		slos: slos, gws: gws, reports: map[string]received{},
 		sets: map[string]AssignmentSet{}, limits: map[string]map[string]Rates{}, wake: make(chan struct{}),
 	}
 	s.metrics = newMetrics(s)
 	if err := s.reg.Register(s.metrics); err != nil {
-		d.close()
+		d.Close()
 		return nil, fmt.Errorf("registering controller metrics: %w", err)
 	}
 	s.log.Info("controller state loaded", "slos", len(slos), "gateways", len(gws), "generation", gen)
@@ -159,7 +171,7 @@ func (s *Server) Close() error {
 		s.mu.Lock()
 		s.closed = true
 		s.mu.Unlock()
-		err = s.db.close()
+		err = s.store.Close()
 		s.writeMu.Unlock()
 		s.reg.Unregister(s.metrics)
 	})
@@ -178,7 +190,7 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-s.done:
 			return nil
 		case <-t.C:
-			if s.clock.Now().Sub(s.start) >= s.opts.Warmup {
+			if s.syncLeadership(ctx) {
 				s.runRound()
 			}
 		}
@@ -225,7 +237,7 @@ func (s *Server) SetSLO(ctx context.Context, slo SLO) (SLO, error) {
 	if err := s.writable(ctx); err != nil {
 		return SLO{}, err
 	}
-	if err := s.db.put(keySLO+slo.Tenant, slo); err != nil {
+	if err := s.store.Put(ctx, keySLO+slo.Tenant, slo); err != nil {
 		return SLO{}, err
 	}
 	s.mu.Lock()
@@ -245,7 +257,7 @@ func (s *Server) DeleteSLO(ctx context.Context, tenant string) error {
 	if _, err := s.SLO(tenant); err != nil {
 		return err
 	}
-	if err := s.db.delete(keySLO + tenant); err != nil {
+	if err := s.store.Delete(ctx, keySLO+tenant); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -255,15 +267,30 @@ func (s *Server) DeleteSLO(ctx context.Context, tenant string) error {
 	return nil
 }
 
-// writable checks, under writeMu, that a write may proceed.
+// writable checks, under writeMu, that a write may proceed: the server is
+// open and leads.
 func (s *Server) writable(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
+	closed, term := s.closed, s.term
+	s.mu.Unlock()
+	if closed {
 		return ErrClosed
+	}
+	if term != s.store.Term() {
+		// Won or lost since Run last looked: follow now rather than
+		// refuse a write this replica may make (or make one it may not).
+		s.syncLocked(ctx)
+		s.mu.Lock()
+		term = s.term
+		s.mu.Unlock()
+	}
+	if term == 0 {
+		// A follower: its memory lags the leader's by up to an interval.
+		// The store fences writes on leadership in any case.
+		return &NotLeaderError{Leader: s.store.Leader(ctx)}
 	}
 	return nil
 }
@@ -290,7 +317,7 @@ func (s *Server) Register(ctx context.Context, g GatewayRegistration) (GatewayRe
 	} else {
 		g.Registered = s.clock.Now().UTC()
 	}
-	if err := s.db.put(keyGateway+g.ID, g); err != nil {
+	if err := s.store.Put(ctx, keyGateway+g.ID, g); err != nil {
 		return GatewayRegistration{}, err
 	}
 	s.mu.Lock()
@@ -313,7 +340,7 @@ func (s *Server) Deregister(ctx context.Context, id string) error {
 	if !ok {
 		return fmt.Errorf("gateway %q: %w", id, ErrNotFound)
 	}
-	if err := s.db.delete(keyGateway + id); err != nil {
+	if err := s.store.Delete(ctx, keyGateway+id); err != nil {
 		return err
 	}
 	s.mu.Lock()

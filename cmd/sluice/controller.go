@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -34,7 +37,12 @@ Every API call but /v1/health carries a bearer token: the one in
 its first start. Clients pass it with --token-file (gateways with
 --controller-token-file); without one they try ./sluice-controller/token.
 Listening beyond loopback requires an explicit --token-file. SIGTERM or SIGINT stops it; gateways keep their
-last assignments for their grace period.`,
+last assignments for their grace period.
+
+With --etcd-endpoints the desired state lives in etcd under --etcd-prefix
+instead (DATA-DIR then holds only the token), and any number of replicas
+elect one leader through etcd: only the leader runs rounds and writes;
+followers answer reads and refuse writes naming the leader (--advertise).`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: controller.DefaultListen, Usage: "HTTP address (HOST:PORT)"},
 			&cli.StringFlag{Name: "data-dir", Value: "./sluice-controller", Usage: "desired state (SLOs, gateway registry) lives here"},
@@ -42,6 +50,16 @@ last assignments for their grace period.`,
 			&cli.DurationFlag{Name: "interval", Value: controller.DefaultInterval, Usage: "time between assignment rounds"},
 			&cli.DurationFlag{Name: "report-timeout", Value: controller.DefaultReportTimeout, Usage: "a gateway silent this long loses its share"},
 			&cli.StringFlag{Name: "log-level", Value: "info"},
+			&cli.StringFlag{Name: "etcd-endpoints", Usage: "keep desired state in etcd and elect a leader there: URL[,URL...]"},
+			&cli.StringFlag{Name: "etcd-prefix", Value: controller.DefaultEtcdPrefix, Usage: "etcd key prefix of this cluster's controller state"},
+			&cli.StringFlag{Name: "etcd-cacert", Usage: "verify etcd's TLS certificate with this CA bundle (PEM)"},
+			&cli.StringFlag{Name: "etcd-cert", Usage: "TLS client certificate for etcd (PEM)"},
+			&cli.StringFlag{Name: "etcd-key", Usage: "TLS client key for etcd (PEM)"},
+			&cli.StringFlag{Name: "etcd-user", Usage: "etcd user name"},
+			&cli.StringFlag{Name: "etcd-password", Usage: "etcd password (or --etcd-password-file)"},
+			&cli.StringFlag{Name: "etcd-password-file", Usage: "file holding the etcd password"},
+			&cli.DurationFlag{Name: "etcd-session-ttl", Value: controller.DefaultEtcdSessionTTL, Usage: "leader lease: a dead leader is replaced within about this long"},
+			&cli.StringFlag{Name: "advertise", Usage: "this replica's URL as followers name it (default http://LISTEN)"},
 		},
 		Action: runController,
 	}
@@ -86,10 +104,14 @@ func runController(c *cli.Context) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
+	store, err := etcdStore(ctx, c, log)
+	if err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s, err := controller.Open(ctx, controller.Options{
-		DataDir: c.String("data-dir"), Interval: c.Duration("interval"), ReportTimeout: c.Duration("report-timeout"),
+		DataDir: c.String("data-dir"), Store: store, Interval: c.Duration("interval"), ReportTimeout: c.Duration("report-timeout"),
 		Token: token, Logger: log, Registry: reg,
 	})
 	if err != nil {
@@ -130,4 +152,49 @@ func runController(c *cli.Context) error {
 	defer cancel()
 	srv.Shutdown(shutCtx)
 	return failed
+}
+
+// etcdStore opens the etcd store --etcd-endpoints names (nil without it:
+// the controller keeps its badger store in --data-dir).
+func etcdStore(ctx context.Context, c *cli.Context, log *slog.Logger) (controller.Store, error) {
+	eps := c.String("etcd-endpoints")
+	if eps == "" {
+		for _, f := range []string{"etcd-cacert", "etcd-cert", "etcd-key", "etcd-user", "etcd-password", "etcd-password-file"} {
+			if c.IsSet(f) {
+				return nil, usageErr("--%s needs --etcd-endpoints", f)
+			}
+		}
+		return nil, nil
+	}
+	o := controller.EtcdOptions{
+		Prefix: c.String("etcd-prefix"), CACert: c.String("etcd-cacert"), Cert: c.String("etcd-cert"), Key: c.String("etcd-key"),
+		Username: c.String("etcd-user"), Password: c.String("etcd-password"), SessionTTL: c.Duration("etcd-session-ttl"),
+		Name: c.String("advertise"), Logger: log,
+	}
+	for _, e := range strings.Split(eps, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			o.Endpoints = append(o.Endpoints, e)
+		}
+	}
+	if f := c.String("etcd-password-file"); f != "" {
+		if o.Password != "" {
+			return nil, usageErr("--etcd-password and --etcd-password-file exclude each other")
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, usageErr("--etcd-password-file: %v", err)
+		}
+		o.Password = strings.TrimRight(string(b), "\r\n")
+	}
+	if (o.Password != "") != (o.Username != "") {
+		return nil, usageErr("etcd authentication needs both --etcd-user and a password")
+	}
+	if o.Name == "" {
+		o.Name = "http://" + c.String("listen")
+	}
+	st, err := controller.OpenEtcdStore(ctx, o)
+	if err != nil {
+		return nil, &exitError{exitStartup, err}
+	}
+	return st, nil
 }

@@ -63,6 +63,7 @@ type ctl struct {
 	cmd    *exec.Cmd
 	log    *os.File
 	exited chan error
+	extra  []string // more flags for `sluice controller`
 }
 
 func (c *ctl) url() string { return "http://" + c.addr }
@@ -80,9 +81,9 @@ func freeLoopbackAddr(t *testing.T) string {
 
 // startController starts `sluice controller` on dir and addr and waits
 // until /v1/health answers.
-func startController(t *testing.T, dir, addr string) *ctl {
+func startController(t *testing.T, dir, addr string, extra ...string) *ctl {
 	t.Helper()
-	c := &ctl{t: t, dir: dir, addr: addr}
+	c := &ctl{t: t, dir: dir, addr: addr, extra: extra}
 	c.start()
 	t.Cleanup(func() {
 		if c.cmd != nil {
@@ -110,7 +111,7 @@ func (c *ctl) start() {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	c.cmd = exec.Command(sluiceBin, "controller", "--listen", c.addr, "--data-dir", filepath.Join(c.dir, "state"))
+	c.cmd = exec.Command(sluiceBin, append([]string{"controller", "--listen", c.addr, "--data-dir", filepath.Join(c.dir, "state")}, c.extra...)...)
 	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
 	if err := c.cmd.Start(); err != nil {
 		c.t.Fatal(err)
