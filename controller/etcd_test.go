@@ -3,59 +3,20 @@ package controller
 import (
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 
+	"github.com/sluice-storage/sluice/internal/etcdtest"
 	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
-// freeURL is a loopback URL on a port the kernel just handed out.
-func freeURL(t *testing.T) url.URL {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return url.URL{Scheme: "http", Host: addr}
-}
-
-// startEtcd runs a real one-member etcd server in the test process, on
-// loopback, with its data in a temporary directory; it returns the client
-// endpoint.
-func startEtcd(t *testing.T) string {
-	t.Helper()
-	cfg := embed.NewConfig()
-	cfg.Dir = t.TempDir()
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop()) // it logs errors on a normal Close
-	cu, pu := freeURL(t), freeURL(t)
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case err := <-e.Err():
-		t.Fatal(err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("etcd not ready after 30 s")
-	}
-	return cu.String()
-}
+// startEtcd: a real one-member etcd in this process (internal/etcdtest).
+func startEtcd(t *testing.T) string { return etcdtest.Start(t) }
 
 func etcdClient(t *testing.T, endpoint string) *clientv3.Client {
 	t.Helper()

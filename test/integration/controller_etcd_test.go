@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,39 +10,14 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 
 	"github.com/sluice-storage/sluice/controller"
+	"github.com/sluice-storage/sluice/internal/etcdtest"
 	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
-// startEtcd runs a real one-member etcd server inside the test process, on
-// loopback, and returns its client URL.
-func startEtcd(t *testing.T) string {
-	t.Helper()
-	cfg := embed.NewConfig()
-	cfg.Dir = t.TempDir()
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop()) // it logs errors on a normal Close
-	cu := url.URL{Scheme: "http", Host: freeLoopbackAddr(t)}
-	pu := url.URL{Scheme: "http", Host: freeLoopbackAddr(t)}
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case err := <-e.Err():
-		t.Fatal(err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("etcd not ready after 30 s")
-	}
-	return cu.String()
-}
+// startEtcd: a real one-member etcd in this process (internal/etcdtest).
+func startEtcd(t *testing.T) string { return etcdtest.Start(t) }
 
 // TestControllerEtcdFailover: two `sluice controller` processes on one
 // etcd. One leads; the follower answers reads and refuses writes naming the
