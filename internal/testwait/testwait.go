@@ -14,15 +14,26 @@ import (
 const Timeout = 30 * time.Second
 
 // For polls cond until it returns true, and fails t (naming what it waited
-// for) if it has not after Timeout. The poll interval starts at 100 µs and
-// doubles up to 10 ms, so a condition that holds soon is seen soon.
+// for) if it has not after Timeout.
 func For(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(Timeout)
+	if !Poll(Timeout, cond) {
+		t.Fatalf("%s: not after %v", what, Timeout)
+	}
+}
+
+// Poll polls cond until it returns true (true) or limit has passed
+// (false): for a caller that words its own failure, waits longer than
+// Timeout, or waits outside the test's goroutine. The poll interval starts
+// at 100 µs and doubles up to 10 ms, so a condition that holds soon is
+// seen soon.
+func Poll(limit time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(limit)
 	for pause := 100 * time.Microsecond; !cond(); pause = min(2*pause, 10*time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %v", what, Timeout)
+			return false
 		}
 		time.Sleep(pause)
 	}
+	return true
 }

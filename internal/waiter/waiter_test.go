@@ -13,6 +13,7 @@ type fakeRing struct {
 	readyAfter int64 // checks until ready; < 0: never
 	checks     atomic.Int64
 	notifyOn   atomic.Bool
+	peer       func() // called when notifications are armed; nil: none
 }
 
 func (f *fakeRing) Ready() bool {
@@ -20,7 +21,12 @@ func (f *fakeRing) Ready() bool {
 	return f.readyAfter >= 0 && n > f.readyAfter
 }
 
-func (f *fakeRing) Notify(on bool) { f.notifyOn.Store(on) }
+func (f *fakeRing) Notify(on bool) {
+	f.notifyOn.Store(on)
+	if on && f.peer != nil {
+		f.peer() // the peer sees notifications armed and kicks
+	}
+}
 
 func TestWaitDefaults(t *testing.T) {
 	o := Options{}.WithDefaults()
@@ -188,13 +194,7 @@ func TestSpinnersCap(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	kicked := &fakeRing{readyAfter: 1}
-	go func() { // the peer: kick once the waiter asked for kicks
-		for !kicked.notifyOn.Load() {
-			time.Sleep(time.Millisecond)
-		}
-		Signal(ev)
-	}()
+	kicked := &fakeRing{readyAfter: 1, peer: func() { Signal(ev) }}
 	if !w.Wait(kicked) {
 		t.Fatal("wait returned false")
 	}

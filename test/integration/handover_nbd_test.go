@@ -10,6 +10,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
 // nbdTestClient is a minimal NBD client for verified IO across gateway
@@ -131,13 +133,12 @@ func (w *verifiedWriter) run(stop <-chan struct{}) {
 		}
 		if cl == nil {
 			var err error
-			deadline := time.Now().Add(90 * time.Second)
-			for cl, err = dialNBDExport(w.socket, w.export); err != nil; cl, err = dialNBDExport(w.socket, w.export) {
-				if time.Now().After(deadline) {
-					w.fail(fmt.Errorf("reconnect: %w", err))
-					return
-				}
-				time.Sleep(5 * time.Millisecond)
+			if !testwait.Poll(90*time.Second, func() bool {
+				cl, err = dialNBDExport(w.socket, w.export)
+				return err == nil
+			}) {
+				w.fail(fmt.Errorf("reconnect: %w", err))
+				return
 			}
 		}
 		blk := i % w.blocks

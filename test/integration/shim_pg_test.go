@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sluice-storage/sluice/internal/testtool"
+	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
 // PostgreSQL 15 from Debian (make deps installs postgresql-15, whose
@@ -94,22 +95,23 @@ func (c *pgCluster) start(name string) *pgServer {
 // exits first or after pgWait.
 func (c *pgCluster) waitLog(s *pgServer, what string, cond func(log string) bool) {
 	c.t.Helper()
-	deadline := time.Now().Add(pgWait)
-	for {
-		b, err := os.ReadFile(s.log)
+	var b []byte
+	ok := testwait.Poll(pgWait, func() bool {
+		var err error
+		b, err = os.ReadFile(s.log)
 		must(c.t, err)
 		if cond(string(b)) {
-			return
+			return true
 		}
 		select {
 		case <-s.done:
 			c.t.Fatalf("waiting for %s: the server exited: %v\n%s\ngateway log:\n%s", what, s.err, pgTail(b), c.g.logTail())
 		default:
 		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("waiting for %s: not after %v\n%s", what, pgWait, pgTail(b))
-		}
-		time.Sleep(20 * time.Millisecond)
+		return false
+	})
+	if !ok {
+		c.t.Fatalf("waiting for %s: not after %v\n%s", what, pgWait, pgTail(b))
 	}
 }
 
@@ -150,22 +152,18 @@ func (c *pgCluster) killAll() int {
 		}
 	}
 	killed := map[int]bool{}
-	deadline := time.Now().Add(pgWait)
-	for {
+	gone := testwait.Poll(pgWait, func() bool {
 		pids := c.serverPids()
-		if len(pids) == 0 {
-			return len(killed)
-		}
-		if time.Now().After(deadline) {
-			c.t.Errorf("server processes %v still there %v after SIGKILL", pids, pgWait)
-			return len(killed)
-		}
 		for _, pid := range pids {
 			syscall.Kill(pid, syscall.SIGKILL)
 			killed[pid] = true
 		}
-		time.Sleep(10 * time.Millisecond)
+		return len(pids) == 0
+	})
+	if !gone {
+		c.t.Errorf("server processes %v still there %v after SIGKILL", c.serverPids(), pgWait)
 	}
+	return len(killed)
 }
 
 // isServer says whether pid is one of the server's processes (a stale

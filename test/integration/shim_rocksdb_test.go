@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/sluice-storage/sluice/internal/testtool"
+	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
 // RocksDB 7.8 (Debian's rocksdb-tools: db_bench, ldb, sst_dump) under
@@ -272,21 +273,22 @@ func rocksdbCrash(t *testing.T, g *gw, mnt string) {
 	began := time.Now()
 	// Evidence, polled: about 3 s on an idle machine; a loaded one gets
 	// two minutes (testwait's 30 s is a few hundred synced puts a second).
-	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(5 * time.Millisecond) {
+	landed := testwait.Poll(2*time.Minute, func() bool {
 		ssts, _ := filepath.Glob(filepath.Join(db, "*.sst"))
 		if w.progress.Load() >= enough && len(ssts) > 0 {
-			break
+			return true
 		}
 		select {
 		case <-w.eof:
 			t.Fatalf("db_bench fillseq exited before the kill: %v\n%s", w.cmd.Wait(), w.output())
 		default:
 		}
-		if time.Now().After(deadline) {
-			w.cmd.Process.Kill()
-			<-w.eof
-			t.Fatalf("db_bench fillseq reported %d synced puts in 2 minutes, want %d and an SST\n%s", w.progress.Load(), enough, w.output())
-		}
+		return false
+	})
+	if !landed {
+		w.cmd.Process.Kill()
+		<-w.eof
+		t.Fatalf("db_bench fillseq reported %d synced puts in 2 minutes, want %d and an SST\n%s", w.progress.Load(), enough, w.output())
 	}
 	files, _ := os.ReadDir(db)
 	var names []string
