@@ -19,6 +19,17 @@ import (
 type file struct {
 	n  *node
 	at atomic.Pointer[filePath]
+	// paged: the handle has read or written through the kernel, which
+	// may keep the pages (mount.pages counts it until Release).
+	paged atomic.Bool
+}
+
+// paging counts the handle in the mount's pages before its first read or
+// write is served: a change made behind the mount after that sees it.
+func (f *file) paging() {
+	if !f.paged.Load() && f.paged.CompareAndSwap(false, true) {
+		f.n.m.pages.add(f.n.ino)
+	}
 }
 
 // filePath is an open file's path as of a count of the mount's renames.
@@ -65,6 +76,7 @@ var (
 
 func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	m := f.n.m
+	f.paging()
 	size, err := m.fs.Length(ctx, f.n.ino)
 	if err != nil {
 		return nil, f.n.errno("read", err)
@@ -82,6 +94,7 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	ctx = f.n.m.own(ctx)
+	f.paging()
 	req := gateway.Request{Op: gateway.OpWrite, Inode: f.n.ino, Offset: off, Buf: data, Door: gateway.DoorFUSE, Path: f.path()}
 	if err := f.n.m.vol.Do(ctx, &req); err != nil {
 		return 0, f.n.errno("write", err)
@@ -106,6 +119,9 @@ func (f *file) Flush(ctx context.Context) syscall.Errno { return syscall.ENOSYS 
 
 func (f *file) Release(ctx context.Context) syscall.Errno {
 	ctx = f.n.m.own(ctx)
+	if f.paged.Load() {
+		f.n.m.pages.drop(f.n.ino)
+	}
 	return f.n.errno("release", f.n.m.fs.Release(ctx, f.n.ino))
 }
 

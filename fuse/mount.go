@@ -41,6 +41,7 @@ type mount struct {
 	log      *slog.Logger
 	readOnly bool
 	note     *notifier // fs volumes: keeps the kernel's caches true (notify.go)
+	pages    pages     // fs volumes: the files whose pages the kernel may hold (pages.go)
 	img      *fs.Inode // block volumes: the image file, once the kernel has the mount
 	// renames counts the renames and links made through the mount, once
 	// go-fuse's tree has them: open files check their path again
@@ -166,6 +167,12 @@ func (m *Mount) Settle() {
 		m.m.note.settle()
 	}
 }
+
+// PageCached reports whether the kernel may hold pages of inode ino that
+// were read or written through this mount (pages.go): a door that
+// changes the file's bytes behind the mount waits for Settle before it
+// answers, so no read through the kernel sees the old bytes.
+func (m *Mount) PageCached(ino uint64) bool { return m.m.pages.has(ino) }
 
 // Renames counts the renames and links made through the mount: a door
 // that keeps a file's path looks it up again when the count moves.

@@ -92,6 +92,10 @@ func (t *lengthTable) set(i uint32, n int64) {
 	atomic.StoreUint64((*uint64)(unsafe.Pointer(&t.mem[8*int(i)])), uint64(n))
 }
 
+func (t *lengthTable) get(i uint32) int64 {
+	return int64(atomic.LoadUint64((*uint64)(unsafe.Pointer(&t.mem[8*int(i)]))))
+}
+
 func (t *lengthTable) close() {
 	unix.Munmap(t.mem)
 	unix.Close(t.fd)
@@ -103,6 +107,9 @@ type lengthRef struct {
 	i uint32
 }
 
+// get is the length the word holds.
+func (r *lengthRef) get() int64 { return r.t.get(r.i) }
+
 // lengthWatch keeps the words of one namespace's registered files
 // current (a gateway.Watcher).
 type lengthWatch struct {
@@ -113,14 +120,29 @@ type lengthWatch struct {
 }
 
 // Changed rewrites the words of c.Ino's registered files. It runs in the
-// goroutine that made the change, before that request returns.
+// goroutine that made the change, before that request returns. A change
+// of bytes inside the published length (an overwrite, a punched hole)
+// leaves the length as it is and costs one read of a word; any other
+// change takes the length again under the watch's lock, so two changes'
+// rewrites cannot land in the wrong order.
 func (w *lengthWatch) Changed(c gateway.Change) {
 	if c.Ino == 0 {
 		return
 	}
 	w.mu.RLock()
-	defer w.mu.RUnlock()
 	refs := w.byIno[c.Ino]
+	inside := false
+	for r := range refs {
+		inside = c.Data && c.Len > 0 && c.Off+c.Len <= r.get()
+		break // every word of an inode holds the same length
+	}
+	w.mu.RUnlock()
+	if len(refs) == 0 || inside {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	refs = w.byIno[c.Ino]
 	if len(refs) == 0 {
 		return
 	}

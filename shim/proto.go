@@ -49,10 +49,11 @@ const (
 	ReasonTooMany    = 8  // the channel holds its maximum of handles
 	ReasonStale      = 9  // a request named a handle the channel does not hold
 	ReasonFlags      = 10 // a call's flags the library does not serve (the library's own: RWF_NOWAIT, statx fields)
-	numReasons       = 11
+	ReasonCached     = 11 // a read of a read-only buffered fd: the kernel's page cache serves it (the library's own)
+	numReasons       = 12
 )
 
-var reasonNames = [numReasons]string{"none", "not_sluice", "not_regular", "o_append", "o_path", "mmap", "gateway_gone", "error", "too_many", "stale_handle", "flags"}
+var reasonNames = [numReasons]string{"none", "not_sluice", "not_regular", "o_append", "o_path", "mmap", "gateway_gone", "error", "too_many", "stale_handle", "flags", "page_cache"}
 
 // ReasonName is the name of a reason number.
 func ReasonName(r uint32) string {
@@ -147,7 +148,7 @@ type registered struct {
 	Handle uint64
 	Dev    uint64 // the file's st_dev (what fstat through the shim reports)
 	Ino    uint64
-	Flags  uint32 // regReadable, regWritable
+	Flags  uint32 // regReadable, regWritable, regCached
 	// LengthWord is the file's word in the channel's length table
 	// (lengths.go), 0: none. Bytes 40-43 of REGISTERED (were reserved).
 	LengthWord uint32
@@ -156,6 +157,11 @@ type registered struct {
 const (
 	regReadable = 1 << 0
 	regWritable = 1 << 1
+	// regCached: the fd is open read-only without O_DIRECT on a mount
+	// that keeps the kernel's page cache coherent with shim writes
+	// (Mount.PageCached): its reads may go to the kernel (docs/SHIM.md,
+	// "Reads the page cache serves").
+	regCached = 1 << 2
 )
 
 func encodeRegistered(r registered) []byte {

@@ -24,10 +24,11 @@ type file struct {
 	readable bool
 	writable bool
 
-	dir     string        // the mount's directory
-	renames func() uint64 // the mount's rename count; nil: never re-check
-	settle  func()        // the mount's Settle; nil: none
-	length  *lengthRef    // its word in the channel's length table; nil: none
+	dir     string            // the mount's directory
+	renames func() uint64     // the mount's rename count; nil: never re-check
+	settle  func()            // the mount's Settle; nil: none
+	cached  func(uint64) bool // the mount's PageCached; nil: none
+	length  *lengthRef        // its word in the channel's length table; nil: none
 
 	at atomic.Pointer[named] // the path inside the volume, for QoS file rules and policies
 
@@ -197,7 +198,7 @@ func (c *channel) check(fd int) (registered, *file) {
 		r.Reason = ReasonError
 		return r, nil
 	}
-	f := &file{fd: opath, dsync: flags&unix.O_DSYNC != 0, vol: m.Volume, ns: ns, ino: r.Ino, dir: m.Dir, renames: m.Renames, settle: m.Settle}
+	f := &file{fd: opath, dsync: flags&unix.O_DSYNC != 0, vol: m.Volume, ns: ns, ino: r.Ino, dir: m.Dir, renames: m.Renames, settle: m.Settle, cached: m.PageCached}
 	switch flags & unix.O_ACCMODE {
 	case unix.O_RDONLY:
 		f.readable = true
@@ -220,6 +221,9 @@ func (c *channel) check(fd int) (registered, *file) {
 	}
 	if f.writable {
 		r.Flags |= regWritable
+	}
+	if f.cached != nil && flags&unix.O_ACCMODE == unix.O_RDONLY && flags&unix.O_DIRECT == 0 {
+		r.Flags |= regCached
 	}
 	return r, f
 }

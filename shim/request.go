@@ -101,7 +101,7 @@ func (c *channel) read(f *file, r record) result {
 	if !ok {
 		return res
 	}
-	size, err := f.ns.Length(c.ctx, f.ino)
+	size, err := f.size(c)
 	if err != nil {
 		return failed(c.errno("read", err))
 	}
@@ -130,7 +130,7 @@ func (c *channel) write(f *file, r record) result {
 	if r.length == 0 {
 		return done(0)
 	}
-	size, err := f.ns.Length(c.ctx, f.ino)
+	size, err := f.size(c)
 	if err != nil {
 		return failed(c.errno("write", err))
 	}
@@ -141,16 +141,28 @@ func (c *channel) write(f *file, r record) result {
 	if res := c.do(f, &req); res.value < 0 {
 		return res
 	}
-	if r.offset+r.length > size {
+	if r.offset+r.length > size || (f.cached != nil && f.cached(f.ino)) {
 		return f.settled(done(r.length))
 	}
 	return done(r.length)
 }
 
-// settled waits, after a change of the file's length, until the mount's
-// kernel caches have dropped the old one: a program that maps the file
-// next (SQLite's WAL index) must fault on the new length, not SIGBUS on
-// the old. Overwrites inside the file do not wait (docs/SHIM.md).
+// size is the file's length: its word in the length table, which the
+// engine's change reports keep current before any change returns
+// (lengths.go), or else the engine's.
+func (f *file) size(c *channel) (int64, error) {
+	if f.length != nil {
+		return f.length.get(), nil
+	}
+	return f.ns.Length(c.ctx, f.ino)
+}
+
+// settled waits until the mount's kernel caches have dropped what a
+// change made stale: after a change of the file's length (a program that
+// maps the file next, SQLite's WAL index, must fault on the new length,
+// not SIGBUS on the old), and after an overwrite of a file whose pages
+// the kernel may hold (Mount.PageCached). Other overwrites do not wait
+// (docs/SHIM.md).
 func (f *file) settled(res result) result {
 	if f.settle != nil {
 		f.settle()

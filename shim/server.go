@@ -35,6 +35,13 @@ type Mount struct {
 	// Settle returns once the mount's kernel caches have dropped what
 	// changes made so far made stale. nil: nothing to wait for.
 	Settle func()
+	// PageCached says whether the kernel may hold pages of inode ino
+	// that a process read or wrote through the mount. A shim write to
+	// such a file waits (Settle) until the kernel has dropped the pages
+	// it made stale, so a read through the kernel never sees old bytes;
+	// and the shim's read-only buffered fds read through the kernel
+	// (regCached). nil: the shim serves every read itself.
+	PageCached func(ino uint64) bool
 }
 
 // Options configure a Server. The zero value is usable.

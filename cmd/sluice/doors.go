@@ -81,7 +81,7 @@ func (m shimMounts) ByDevice(dev uint64) (shim.Mount, bool) {
 	if !ok {
 		return shim.Mount{}, false
 	}
-	return shim.Mount{Dir: mt.Dir, Volume: mt.Vol(), ReadOnly: mt.ReadOnly(), Renames: mt.Renames, Settle: mt.Settle}, true
+	return shim.Mount{Dir: mt.Dir, Volume: mt.Vol(), ReadOnly: mt.ReadOnly(), Renames: mt.Renames, Settle: mt.Settle, PageCached: mt.PageCached}, true
 }
 
 // shimDoor adapts the shim Server to the admin API.

@@ -31,7 +31,7 @@ static const char *call_names[NUM_CALLS] = {
 
 static const char *reason_names[NUM_REASONS] = {
 	"none", "not_sluice", "not_regular", "o_append", "o_path", "mmap",
-	"gateway_gone", "error", "too_many", "stale_handle", "flags",
+	"gateway_gone", "error", "too_many", "stale_handle", "flags", "page_cache",
 };
 
 void shim_opened(int fd) {
@@ -176,7 +176,9 @@ static void child_after_fork(void) {
 __attribute__((constructor)) static void shim_init(void) {
 	const char *p = getenv("SLUICE_SHIM_SOCKET");
 	const char *st = getenv("SLUICE_SHIM_STATS");
+	const char *cr = getenv("SLUICE_SHIM_CACHED_READS");
 	S.stats = st && strcmp(st, "1") == 0;
+	S.cached_reads = !(cr && strcmp(cr, "0") == 0);
 	S.pid = (pid_t)shim_raw(SYS_getpid, 0, 0, 0, 0);
 	S.stats_fd = S.stats ? (int)shim_raw(SYS_fcntl, 2, F_DUPFD_CLOEXEC, 100, 0) : -1;
 	if (!p || !*p || strlen(p) >= sizeof S.path)

@@ -52,7 +52,7 @@ struct msg_hello_ok { /* 16 bytes */
 struct msg_registered { /* 48 bytes */
 	struct msg_hdr h;
 	uint32_t reason; /* REASON_NONE: served */
-	uint32_t flags;  /* REG_READABLE | REG_WRITABLE */
+	uint32_t flags;  /* REG_READABLE | REG_WRITABLE | REG_CACHED */
 	uint64_t handle;
 	uint64_t dev; /* the file's st_dev */
 	uint64_t ino;
@@ -62,6 +62,7 @@ struct msg_registered { /* 48 bytes */
 
 #define REG_READABLE 1u
 #define REG_WRITABLE 2u
+#define REG_CACHED 4u /* read-only, buffered, on a mount whose page cache the gateway keeps coherent */
 
 /* Why a call is not served over the channel. */
 #define REASON_NONE 0
@@ -75,7 +76,8 @@ struct msg_registered { /* 48 bytes */
 #define REASON_TOO_MANY 8
 #define REASON_STALE 9
 #define REASON_FLAGS 10 /* the library's own: a call's flags it does not serve (RWF_NOWAIT, statx fields) */
-#define NUM_REASONS 11
+#define REASON_CACHED 11 /* the library's own: a read of a REG_CACHED fd goes to the page cache */
+#define NUM_REASONS 12
 
 /* Shared memory: a header page, the slot records (64 bytes each, rounded
  * up to a page), then one data region of slot_data bytes per slot. */

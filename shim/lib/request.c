@@ -256,6 +256,14 @@ int64_t shim_io(enum call call, int fd, struct fdent *e, uint32_t op, uint32_t a
 			shim_kernel_length(fd);
 		return SHIM_FALLBACK;
 	}
+	if (op == OP_READ && (e->flags & REG_CACHED) && S.cached_reads) {
+		/* A read-only buffered fd: the kernel's page cache serves its
+		 * reads, which the gateway keeps coherent with shim writes
+		 * (docs/SHIM.md, "Reads the page cache serves"). */
+		chan_release(c);
+		count_call(call, REASON_CACHED);
+		return SHIM_FALLBACK;
+	}
 	int64_t pos = off;
 	if (off == SHIM_AT_OFFSET)
 		pos = shim_raw(SYS_lseek, fd, 0, SEEK_CUR, 0);

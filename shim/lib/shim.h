@@ -81,7 +81,7 @@ struct fdent {
 	uint32_t gen;     /* the channel the handle belongs to */
 	int32_t witness;  /* our dup of the fd (kcmp proves fd is still that file), 0: none (ours are >= 3) */
 	int32_t owner;    /* FD_WITNESS: the fd it witnesses */
-	uint32_t flags;   /* REG_READABLE | REG_WRITABLE */
+	uint32_t flags;   /* REG_READABLE | REG_WRITABLE | REG_CACHED */
 	uint32_t lenw;    /* the file's word in the channel's length table, 0: none */
 };
 
@@ -107,6 +107,7 @@ struct chan {
 /* The library's state, one per process (channel.c defines it). */
 struct shim_state {
 	int enabled, stats;
+	int cached_reads; /* reads of REG_CACHED fds go to the kernel (SLUICE_SHIM_CACHED_READS, default 1) */
 	pid_t pid; /* getpid() is a system call in glibc; kept here, renewed in a fork child */
 	int stats_fd; /* a dup of stderr taken at start: programs close theirs (gnulib's close_stdout) */
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];

@@ -109,6 +109,28 @@ func TestShimBehaviour(t *testing.T) {
 		}
 	})
 
+	t.Run("cached", func(t *testing.T) {
+		// Reads of a read-only buffered fd go to the page cache; shim
+		// writes through another fd (and a fork child's) are seen at once.
+		st := run(t, "cached")
+		if n := st.sum("pread", "page_cache"); n < 200 {
+			t.Errorf("%d preads went to the page cache, want at least 200", n)
+		}
+		if n := st.sum("pwrite", "bypassed"); n < 201 {
+			t.Errorf("%d pwrites bypassed, want at least 201", n)
+		}
+		// With SLUICE_SHIM_CACHED_READS=0 the same reads are the shim's.
+		cmd := g.shimCmd(mnt, behave, mnt, "cached")
+		cmd.Env = append(cmd.Env, "SLUICE_SHIM_CACHED_READS=0")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "ok\n") {
+			t.Fatalf("behave cached, cached reads off: %v\n%s", err, out)
+		}
+		if st := parseShimStats(string(out)); st.sum("pread", "page_cache") != 0 || st.sum("pread", "bypassed") < 200 {
+			t.Errorf("cached reads off: preads went to the page cache\n%s", out)
+		}
+	})
+
 	t.Run("stdio", func(t *testing.T) {
 		st := run(t, "stdio")
 		// glibc's stdio calls read and write inside libc: the kernel serves

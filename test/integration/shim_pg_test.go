@@ -531,8 +531,12 @@ func checkPGStats(t *testing.T, log string) {
 			t.Errorf("the server's %s calls were never bypassed\n%s", call, pgTail(b))
 		}
 	}
+	// PostgreSQL reads a few files read-only (WAL segments in recovery
+	// and by the checkpointer, pg_control): those reads go to the page
+	// cache by design (regCached, docs/SHIM.md). Every other fallback of
+	// a data call is a failure.
 	for _, call := range []string{"pread", "pwrite", "fdatasync"} {
-		if n := st.sum(call, "fallback"); n != 0 {
+		if n := st.sum(call, "fallback") - st.sum(call, "page_cache"); n != 0 {
 			t.Errorf("%d of the server's %s calls fell back to the kernel\n%s", n, call, pgTail(b))
 		}
 	}

@@ -321,10 +321,46 @@ static int stdio_calls(void) {
 	/* appended with stdio, read back with the fd calls */
 	f = fopen(at("stdio"), "a");
 	CHECK(f != NULL && fputs("tail\n", f) >= 0 && fclose(f) == 0, "fopen a");
-	int fd = open(at("stdio"), O_RDONLY);
+	int fd = open(at("stdio"), O_RDWR); /* read-write: the shim reads it (a read-only fd reads the page cache) */
 	char t[5];
 	CHECK(fd >= 0 && pread(fd, t, 5, 110000 + sizeof big) == 5 && memcmp(t, "tail\n", 5) == 0, "stdio's append");
 	close(fd);
+	return 0;
+}
+
+/* ---- the page cache of read-only fds ---- */
+
+/* A read-only buffered fd reads through the kernel's page cache
+ * (REG_CACHED); a shim write through another fd must never leave it
+ * reading the old bytes. Each round reads a page through the cache (so
+ * the kernel holds it), overwrites it through the shim and reads it
+ * through the cache again; the same across a fork. */
+static int cached_calls(void) {
+	int w = open(at("cached"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(w >= 0, "open rw");
+	static char page[4096], got[4096];
+	memset(page, '0', sizeof page);
+	CHECK(pwrite(w, page, sizeof page, 0) == sizeof page && fdatasync(w) == 0, "first write");
+	int r = open(at("cached"), O_RDONLY);
+	CHECK(r >= 0, "open ro");
+	for (int i = 0; i < 200; i++) {
+		CHECK(pread(r, got, sizeof got, 0) == sizeof got && memcmp(got, page, sizeof page) == 0, "round %d: read %c, want %c", i, got[0], page[0]);
+		memset(page, 'a' + i % 26, sizeof page);
+		page[i] = '#';
+		CHECK(pwrite(w, page, sizeof page, 0) == sizeof page, "round %d: write", i);
+	}
+	CHECK(pread(r, got, sizeof got, 0) == sizeof got && memcmp(got, page, sizeof page) == 0, "last read");
+	/* a child's shim write, seen by the parent's cached fd */
+	pid_t pid = fork();
+	if (pid == 0) {
+		memset(page, 'C', sizeof page);
+		_exit(pwrite(w, page, sizeof page, 0) == sizeof page ? 0 : 1);
+	}
+	int status;
+	CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0, "child");
+	CHECK(pread(r, got, sizeof got, 0) == sizeof got && got[0] == 'C' && got[4095] == 'C', "the child's write, read through the cache");
+	close(r);
+	close(w);
 	return 0;
 }
 
@@ -353,6 +389,8 @@ int main(int argc, char **argv) {
 		r = locks();
 	else if (strcmp(mode, "stdio") == 0)
 		r = stdio_calls();
+	else if (strcmp(mode, "cached") == 0)
+		r = cached_calls();
 	if (r == 0)
 		printf("ok\n");
 	return r;
