@@ -20,7 +20,7 @@ type file struct {
 	n  *node
 	at atomic.Pointer[filePath]
 	// paged: the handle has read or written through the kernel, which
-	// may keep the pages (mount.pages counts it until Release).
+	// may keep the pages (the mount's kcache counts it until Release).
 	paged atomic.Bool
 }
 
@@ -28,7 +28,7 @@ type file struct {
 // write is served: a change made behind the mount after that sees it.
 func (f *file) paging() {
 	if !f.paged.Load() && f.paged.CompareAndSwap(false, true) {
-		f.n.m.pages.add(f.n.ino)
+		f.n.m.kc.addPages(f.n.ino)
 	}
 }
 
@@ -120,7 +120,7 @@ func (f *file) Flush(ctx context.Context) syscall.Errno { return syscall.ENOSYS 
 func (f *file) Release(ctx context.Context) syscall.Errno {
 	ctx = f.n.m.own(ctx)
 	if f.paged.Load() {
-		f.n.m.pages.drop(f.n.ino)
+		f.n.m.kc.dropPages(f.n.ino)
 	}
 	return f.n.errno("release", f.n.m.fs.Release(ctx, f.n.ino))
 }

@@ -41,7 +41,7 @@ type mount struct {
 	log      *slog.Logger
 	readOnly bool
 	note     *notifier // fs volumes: keeps the kernel's caches true (notify.go)
-	pages    pages     // fs volumes: the files whose pages the kernel may hold (pages.go)
+	kc       *kcache   // fs volumes: what the kernel may cache of each file (kcache.go)
 	img      *fs.Inode // block volumes: the image file, once the kernel has the mount
 	// renames counts the renames and links made through the mount, once
 	// go-fuse's tree has them: open files check their path again
@@ -66,7 +66,8 @@ func MountVolume(ctx context.Context, vol *gateway.Volume, dir string, opts Opti
 	m := &mount{vol: vol, fs: vol.Namespace(), log: opts.Logger, readOnly: opts.ReadOnly || vol.ReadOnly()}
 	var root fs.InodeEmbedder
 	if m.fs != nil {
-		m.note = newNotifier()
+		m.kc = newKcache()
+		m.note = newNotifier(m.kc)
 		root = &node{m: m, ino: gateway.RootIno}
 	} else {
 		root = &imageRoot{m: m}
@@ -169,10 +170,10 @@ func (m *Mount) Settle() {
 }
 
 // PageCached reports whether the kernel may hold pages of inode ino that
-// were read or written through this mount (pages.go): a door that
+// were read or written through this mount (kcache.go): a door that
 // changes the file's bytes behind the mount waits for Settle before it
 // answers, so no read through the kernel sees the old bytes.
-func (m *Mount) PageCached(ino uint64) bool { return m.m.pages.has(ino) }
+func (m *Mount) PageCached(ino uint64) bool { return m.m.kc != nil && m.m.kc.hasPages(ino) }
 
 // Renames counts the renames and links made through the mount: a door
 // that keeps a file's path looks it up again when the count moves.

@@ -72,6 +72,24 @@ func (n *node) named(p string) bool {
 	return in == n.EmbeddedInode()
 }
 
+// fill answers with a's attributes, which the kernel then caches: the
+// mount's kcache notes it, and tells the kernel at once if a change it
+// skipped since s0 (the answer's start, n.begin) may have made them stale.
+func (n *node) fill(a gateway.Attr, out *fuse.Attr, s0 uint64) {
+	fillAttr(a, out)
+	if k := n.m.kc; k != nil && k.gave(a.Ino, s0) {
+		n.m.note.Changed(gateway.Change{Ino: a.Ino})
+	}
+}
+
+// begin is the start of an answer that carries attributes (fill).
+func (n *node) begin() uint64 {
+	if n.m.kc == nil {
+		return 0
+	}
+	return n.m.kc.begin()
+}
+
 func fillAttr(a gateway.Attr, out *fuse.Attr) {
 	out.Ino = a.Ino
 	out.Mode = a.Mode
@@ -93,9 +111,10 @@ func splitTime(ns int64) (uint64, uint32) {
 	return uint64(t.Unix()), uint32(t.Nanosecond())
 }
 
-// child makes (or finds: hard links share one) the go-fuse inode for a.
-func (n *node) child(ctx context.Context, a gateway.Attr, out *fuse.EntryOut) *fs.Inode {
-	fillAttr(a, &out.Attr)
+// child makes (or finds: hard links share one) the go-fuse inode for a,
+// an answer that started at s0 (kcache.begin).
+func (n *node) child(ctx context.Context, a gateway.Attr, out *fuse.EntryOut, s0 uint64) *fs.Inode {
+	n.fill(a, &out.Attr, s0)
 	return n.NewInode(ctx, &node{m: n.m, ino: a.Ino}, fs.StableAttr{Mode: a.Mode & syscall.S_IFMT, Ino: a.Ino})
 }
 
@@ -107,23 +126,26 @@ func caller(ctx context.Context) (uid, gid uint32) {
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	s0 := n.begin()
 	a, err := n.m.fs.Lookup(ctx, n.ino, name)
 	if err != nil {
 		return nil, n.errno("lookup", err)
 	}
-	return n.child(ctx, a, out), 0
+	return n.child(ctx, a, out, s0), 0
 }
 
 func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	s0 := n.begin()
 	a, err := n.m.fs.GetAttr(ctx, n.ino)
 	if err != nil {
 		return n.errno("getattr", err)
 	}
-	fillAttr(a, &out.Attr)
+	n.fill(a, &out.Attr, s0)
 	return 0
 }
 
 func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	s0 := n.begin()
 	ctx = n.m.own(ctx)
 	var sa gateway.SetAttr
 	if m, ok := in.GetMode(); ok {
@@ -154,7 +176,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	if err != nil {
 		return n.errno("setattr", err)
 	}
-	fillAttr(a, &out.Attr)
+	n.fill(a, &out.Attr, s0)
 	return 0
 }
 
@@ -188,12 +210,13 @@ func (n *node) newInode(ctx context.Context, mode uint32) gateway.NewInode {
 }
 
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	s0 := n.begin()
 	ctx = n.m.own(ctx)
 	a, err := n.m.fs.CreateOpen(ctx, n.ino, name, n.newInode(ctx, syscall.S_IFREG|mode&07777))
 	if err != nil {
 		return nil, nil, 0, n.errno("create", err)
 	}
-	ch := n.child(ctx, a, out)
+	ch := n.child(ctx, a, out, s0)
 	// The child joins the mount's tree only when Create returns: its path
 	// is its parent's and its name.
 	p := name
@@ -205,27 +228,30 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 }
 
 func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	s0 := n.begin()
 	ctx = n.m.own(ctx)
 	a, err := n.m.fs.Tmpfile(ctx, n.ino, n.newInode(ctx, syscall.S_IFREG|mode&07777))
 	if err != nil {
 		return nil, nil, 0, n.errno("tmpfile", err)
 	}
-	fillAttr(a, &out.Attr)
+	n.fill(a, &out.Attr, s0)
 	ch := n.NewInode(ctx, &node{m: n.m, ino: a.Ino}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: a.Ino})
 	fh, fuseFlags, _ := ch.Operations().(*node).handle(flags, "") // no name until linked
 	return ch, fh, fuseFlags, 0
 }
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	s0 := n.begin()
 	ctx = n.m.own(ctx)
 	a, err := n.m.fs.Create(ctx, n.ino, name, n.newInode(ctx, syscall.S_IFDIR|mode&07777))
 	if err != nil {
 		return nil, n.errno("mkdir", err)
 	}
-	return n.child(ctx, a, out), 0
+	return n.child(ctx, a, out, s0), 0
 }
 
 func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	s0 := n.begin()
 	ctx = n.m.own(ctx)
 	in := n.newInode(ctx, mode)
 	in.Rdev = dev
@@ -233,10 +259,11 @@ func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, 
 	if err != nil {
 		return nil, n.errno("mknod", err)
 	}
-	return n.child(ctx, a, out), 0
+	return n.child(ctx, a, out, s0), 0
 }
 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	s0 := n.begin()
 	ctx = n.m.own(ctx)
 	in := n.newInode(ctx, syscall.S_IFLNK|0o777)
 	in.Target = target
@@ -244,10 +271,11 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 	if err != nil {
 		return nil, n.errno("symlink", err)
 	}
-	return n.child(ctx, a, out), 0
+	return n.child(ctx, a, out, s0), 0
 }
 
 func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	s0 := n.begin()
 	ctx = n.m.own(ctx)
 	t, ok := target.(*node)
 	if !ok {
@@ -257,7 +285,7 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	if err != nil {
 		return nil, n.errno("link", err)
 	}
-	return n.child(ctx, a, out), 0
+	return n.child(ctx, a, out, s0), 0
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {

@@ -30,6 +30,7 @@ import (
 // because open drops the file's page cache.
 type notifier struct {
 	srv   *fuse.Server // set before run starts
+	kc    *kcache      // what the kernel may hold: reports about nothing it holds are dropped
 	mu    sync.Mutex
 	queue []gateway.Change
 	wake  chan struct{}
@@ -40,14 +41,18 @@ type notifier struct {
 	toldCond     *sync.Cond
 }
 
-func newNotifier() *notifier {
-	nt := &notifier{wake: make(chan struct{}, 1)}
+func newNotifier(kc *kcache) *notifier {
+	nt := &notifier{wake: make(chan struct{}, 1), kc: kc}
 	nt.toldCond = sync.NewCond(&nt.mu)
 	return nt
 }
 
-// Changed queues a report (gateway.Watcher).
+// Changed queues a report (gateway.Watcher), unless it is only about a
+// file of which the kernel holds nothing it would make stale (kcache).
 func (nt *notifier) Changed(c gateway.Change) {
+	if c.Parent == 0 && c.Ino != 0 && !nt.kc.holds(c.Ino, c.Data) {
+		return
+	}
 	nt.mu.Lock()
 	nt.queue = append(nt.queue, c)
 	nt.queued++
@@ -108,6 +113,7 @@ func (nt *notifier) tell(c gateway.Change) {
 		nt.srv.EntryNotify(c.Parent, c.Name) // drops the dentry and the directory's attributes
 	}
 	if c.Ino != 0 {
+		nt.kc.told(c.Ino)                  // before the kernel drops them: an answer after this marks them again
 		off, length := int64(-1), int64(0) // attributes only
 		if c.Data {
 			off, length = c.Off, c.Len
