@@ -122,26 +122,7 @@ func TestHandoverNBD(t *testing.T) {
 	}()
 	progress := func(what string, n int64) {
 		t.Helper()
-		before := make([]int64, len(ws))
-		for i, w := range ws {
-			before[i] = w.opCount()
-		}
-		testwait.For(t, what, func() bool {
-			for i, w := range ws {
-				if w.failed() != nil {
-					return true
-				}
-				if w.opCount() < before[i]+n {
-					return false
-				}
-			}
-			return true
-		})
-		for _, w := range ws {
-			if err := w.failed(); err != nil {
-				t.Fatalf("NBD client on %s: %v\n%s", w.socket, err, g.logTail())
-			}
-		}
+		waitProgress(t, g, ws, what, n)
 	}
 	const rounds = 10
 	longest := make([][]time.Duration, len(ws))
@@ -208,6 +189,32 @@ func TestHandoverNBD(t *testing.T) {
 	for _, w := range ws {
 		if err := w.verifyAll(); err != nil {
 			t.Fatalf("after a restart, %s: %v", w.export, err)
+		}
+	}
+}
+
+// waitProgress waits until each writer has made n more steps; it fails
+// the test on a writer's error.
+func waitProgress(t *testing.T, g *gw, ws []*verifiedWriter, what string, n int64) {
+	t.Helper()
+	before := make([]int64, len(ws))
+	for i, w := range ws {
+		before[i] = w.opCount()
+	}
+	testwait.For(t, what, func() bool {
+		for i, w := range ws {
+			if w.failed() != nil {
+				return true
+			}
+			if w.opCount() < before[i]+n {
+				return false
+			}
+		}
+		return true
+	})
+	for _, w := range ws {
+		if err := w.failed(); err != nil {
+			t.Fatalf("NBD client on %s: %v\n%s", w.socket, err, g.logTail())
 		}
 	}
 }
