@@ -38,6 +38,7 @@ type conn struct {
 	// tlsConfig: the listener requires TLS (tls.go).
 	tlsConfig *tls.Config
 	nc        io.ReadWriteCloser
+	src       *source // under br (handover.go)
 	br        *bufio.Reader
 	raw       syscall.RawConn // for large WRITE payloads (payload.go); nil if not a socket or under TLS
 	sock      syscall.RawConn // the socket, also under TLS, for the idle spin (spin.go); nil if not a socket
@@ -76,6 +77,12 @@ type conn struct {
 	phase    int
 	shutting atomic.Bool
 
+	// A handover (handover.go): detaching is set by Drain; the reader
+	// owns the rest.
+	detaching        atomic.Bool
+	wokenForHandover bool // the read deadline that woke the reader was cleared
+	stoppedForHand   bool // the reader stopped at a request boundary
+
 	closeOnce sync.Once
 }
 
@@ -93,11 +100,13 @@ type request struct {
 
 func newConn(s *Server, parent context.Context, nc io.ReadWriteCloser) *conn {
 	ctx, cancel := context.WithCancel(parent)
+	src := &source{r: nc}
 	c := &conn{
 		srv:        s,
 		log:        s.clients.For(listen.ClientKey(nc)),
 		nc:         nc,
-		br:         bufio.NewReaderSize(nc, 128<<10),
+		src:        src,
+		br:         bufio.NewReaderSize(src, 128<<10),
 		raw:        rawConn(nc),
 		sock:       rawConn(nc),
 		idle:       newIdleWait(s.spinMax),
@@ -182,7 +191,9 @@ func (c *conn) setSession(sess *session) {
 	}
 }
 
-// finish waits for in-flight requests, stops the workers and closes.
+// finish waits for in-flight requests, stops the workers and closes
+// (after duplicating the socket for a handover if the reader stopped
+// for one).
 func (c *conn) finish() {
 	c.inflight.Wait()
 	c.setPhase(phaseDone)
@@ -190,6 +201,9 @@ func (c *conn) finish() {
 	case <-c.done:
 	default:
 		close(c.done)
+	}
+	if c.stoppedForHand {
+		c.handOver()
 	}
 	c.closeTransport()
 }
@@ -210,6 +224,9 @@ func (c *conn) isShutting() bool { return c.shutting.Load() }
 // Drain starts a graceful stop (door.Conn): a connection still negotiating
 // is closed; one in transmission stops reading (requests already buffered
 // get ESHUTDOWN) and closes once in-flight requests have been answered.
+// For a handover (ShutdownHandover) a connection in transmission that
+// can be handed over stops at a request boundary instead, answers every
+// request it read, and is handed over (handover.go).
 func (c *conn) Drain() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -218,6 +235,9 @@ func (c *conn) Drain() {
 	case phaseHandshake:
 		c.closeTransport()
 	case phaseTransmission:
+		if c.srv.handover.Load() && c.canHandOver() {
+			c.detaching.Store(true)
+		}
 		if d, ok := c.nc.(interface{ SetReadDeadline(time.Time) error }); ok {
 			_ = d.SetReadDeadline(time.Now())
 		} else {
@@ -249,6 +269,11 @@ func (c *conn) transmit() {
 	var hdr [requestHeaderLen]byte
 	defer c.flushDeferred()
 	for {
+		if c.handingOver() && c.br.Buffered() == 0 {
+			// A request boundary with nothing read past it.
+			c.stoppedForHand = true
+			return
+		}
 		var waitStart time.Time
 		if !c.inputReady(requestHeaderLen) {
 			c.flushDeferred() // about to block: send what the reader queued
@@ -257,8 +282,15 @@ func (c *conn) transmit() {
 				c.srv.countSpin(c.idle.spin(c.sock))
 			}
 		}
-		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
-			if !c.isShutting() && !isClosedErr(err) && !errors.Is(err, io.EOF) {
+		stop, err := c.readHeader(hdr[:])
+		if stop {
+			c.stoppedForHand = true
+			return
+		}
+		if err != nil {
+			if errors.Is(err, errBoundary) {
+				c.log.Error("nbd: closing connection", "err", err)
+			} else if !c.isShutting() && !isClosedErr(err) && !errors.Is(err, io.EOF) {
 				c.log.Debug("nbd: read request", "err", err)
 			}
 			return
@@ -276,7 +308,7 @@ func (c *conn) transmit() {
 		if h.typ == cmdDisc {
 			return
 		}
-		if c.isShutting() {
+		if c.isShutting() && !c.handingOver() {
 			if h.typ == cmdWrite && !c.skipPayload(h.length) {
 				return
 			}
@@ -338,8 +370,15 @@ func (c *conn) skipPayload(n uint32) bool {
 	if !c.inputReady(int(n)) {
 		c.flushDeferred()
 	}
-	_, err := io.CopyN(io.Discard, c.br, int64(n))
-	return err == nil
+	for left := int64(n); left > 0; {
+		c.expect(int(left))
+		m, err := io.CopyN(io.Discard, c.br, left)
+		left -= m
+		if err != nil && !c.retryRead(err, time.Time{}) {
+			return false
+		}
+	}
+	return true
 }
 
 // dispatch hands r to an idle worker, starts a new one, or waits for one.

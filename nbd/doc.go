@@ -121,6 +121,13 @@
 // connection caps, the registry of connections and this order of shutdown
 // are internal/door's, shared with the virtio door.
 //
+// ShutdownHandover is Shutdown for a gateway handover: connections in
+// transmission without TLS stop exactly at a request boundary, answer
+// every request they read, and are returned (a duplicate of the socket
+// and the negotiated state) instead of closed; Resume serves such a
+// socket in another server without a handshake (handover.go,
+// docs/HANDOVER.md).
+//
 // # Not supported
 //
 // TLS on a listener served with Serve (STARTTLS gets ERR_UNSUP there;

@@ -5,6 +5,7 @@ import (
 	"net"
 	"runtime"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -70,9 +71,28 @@ func (c *conn) readPayload(b []byte) error {
 			c.batch.inPayload = true
 			defer func() { c.batch.inPayload = false }()
 		}
-		_, err := io.ReadFull(c.br, b)
-		return err
+		for {
+			c.expect(len(b))
+			n, err := io.ReadFull(c.br, b)
+			b = b[n:]
+			if err == nil || !c.retryRead(err, time.Now().Add(c.srv.lim.stall)) {
+				return err
+			}
+		}
 	}
+	for {
+		err := c.readRaw(&b)
+		if err == nil || !c.retryRead(err, time.Now().Add(c.srv.lim.stall)) {
+			return err
+		}
+	}
+}
+
+// readRaw reads *b from the socket through the RawConn, advancing *b as
+// it goes (so a read woken by a deadline can go on where it stopped).
+func (c *conn) readRaw(bp *[]byte) error {
+	b := *bp
+	defer func() { *bp = b }()
 	var err error
 	rerr := c.raw.Read(func(fd uintptr) bool {
 		for spins := 0; len(b) > 0; {

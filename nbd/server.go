@@ -109,6 +109,12 @@ type Server struct {
 
 	spinMax time.Duration // Options.SpinMax resolved; <= 0: never spin
 
+	// A handover (handover.go): set by ShutdownHandover; connections
+	// stopped for it are collected in handed.
+	handover atomic.Bool
+	handedMu sync.Mutex
+	handed   []HandedConn
+
 	panics     atomic.Uint64 // requests and connections whose handling panicked
 	spinHits   atomic.Uint64 // idle spins that saw the next request arrive
 	spinMisses atomic.Uint64 // idle spins that ended with the reader parking

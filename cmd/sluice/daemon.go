@@ -162,7 +162,9 @@ func (d *daemon) metricsServer() *http.Server {
 // stop closes what start opened, in this order:
 //
 //  1. the admin API (no new commands) and its socket;
-//  2. the NBD door: in-flight requests drain, connections close;
+//  2. the NBD door: in-flight requests drain, connections close (on a
+//     handover, handOver has stopped it before, keeping the connections
+//     it can hand over);
 //  3. the metrics listener;
 //  4. the controller agent (before the store it reports on);
 //  5. the shim door: requests in flight finish, channels close and the
@@ -185,6 +187,7 @@ func (d *daemon) stop() {
 		d.removeSocket(fdAPI, d.args.APISocket)
 	}
 	if d.nbdDoor != nil {
+		// On a handover handOver has stopped it already: nothing is left.
 		if err := d.nbdDoor.Shutdown(ctx); err != nil {
 			d.log.Warn("NBD drain incomplete", "err", err)
 		}

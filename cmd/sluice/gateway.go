@@ -193,6 +193,9 @@ func runGateway(a *gatewayArgs) error {
 	}
 	d := &daemon{args: a, log: log, svc: svc}
 	if err := d.start(ctx); err != nil {
+		if took != nil {
+			took.closeNBD()
+		}
 		svc.notify.Status("start-up failed: " + err.Error())
 		d.stop()
 		svc.closeInherited()
@@ -203,8 +206,11 @@ func runGateway(a *gatewayArgs) error {
 		return &exitError{exitStartup, err}
 	}
 	if took != nil {
+		handed := len(took.nbd)
+		resumed := took.resumeNBD(d)
 		pause := time.Since(time.Unix(0, took.state.StoppedAccepting))
-		log.Info("takeover complete", "pause_ms", float64(pause.Microseconds())/1000, "ended_fuse_mounts", took.state.Unmounted)
+		log.Info("takeover complete", "pause_ms", float64(pause.Microseconds())/1000, "nbd_conns_resumed", resumed,
+			"nbd_conns_handed", handed, "ended_fuse_mounts", took.state.Unmounted)
 	}
 	log.Info("gateway ready", "api", a.APISocket, "nbd", a.NBDListen, "nbd_socket", a.NBDSocket, "shim_socket", a.ShimSocket, "volumes", len(d.g.Volumes()))
 	status := fmt.Sprintf("serving %d volumes; API %s", len(d.g.Volumes()), a.APISocket)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/sluice-storage/sluice/gateway/store"
 	"github.com/sluice-storage/sluice/internal/handover"
+	"github.com/sluice-storage/sluice/nbd"
 )
 
 // Bounds on the two phases of a takeover, seen from the new process: the
@@ -52,6 +53,13 @@ func sluiceVersion() string {
 type takenOver struct {
 	conn  *handover.Conn
 	state handover.Message
+	nbd   []handedNBD // resumed once the NBD door serves (resumeNBD)
+}
+
+// handedNBD is one NBD connection the old process handed over.
+type handedNBD struct {
+	file  *os.File
+	state handover.NBDConn
 }
 
 // takeOver is the new process's side of a handover (`--takeover`): it
@@ -123,7 +131,52 @@ func takeOver(a *gatewayArgs, svc *service, log *slog.Logger) (*takenOver, error
 	}
 	svc.handedOver = true
 	t.state = st
+	for i := 0; i < st.NBDConns; i++ {
+		m, fds, err := c.Recv()
+		if err != nil || m.Type != handover.TypeNBD || len(fds) != 1 {
+			closeFDs(fds)
+			t.closeNBD()
+			return fail(fmt.Errorf("--takeover: expected NBD connection %d of %d with its socket, got %q with %d fds: %v",
+				i+1, st.NBDConns, m.Type, len(fds), err))
+		}
+		t.nbd = append(t.nbd, handedNBD{os.NewFile(uintptr(fds[0]), "nbd-conn"), *m.NBD})
+	}
 	return t, nil
+}
+
+// closeNBD closes the handed-over NBD connections not resumed: their
+// clients see the connection close.
+func (t *takenOver) closeNBD() {
+	for _, h := range t.nbd {
+		h.file.Close()
+	}
+	t.nbd = nil
+}
+
+// resumeNBD serves the handed-over NBD connections with the NBD door, in
+// the transmission phase; it returns how many were resumed. One that
+// cannot be (the export is gone or changed) is closed and logged.
+func (t *takenOver) resumeNBD(d *daemon) int {
+	n := 0
+	for _, h := range t.nbd {
+		nc, err := net.FileConn(h.file)
+		h.file.Close()
+		if err == nil {
+			st := h.state
+			err = d.nbdDoor.Resume(nc, nbd.ConnState{Export: st.Export, Size: st.Size, ReadOnly: st.ReadOnly,
+				Structured: st.Structured, MetaAlloc: st.MetaAlloc, Flags: st.Flags, MaxPayload: st.MaxPayload})
+			if err != nil {
+				nc.Close()
+			}
+		}
+		if err != nil {
+			d.log.Warn("takeover: an NBD connection could not be resumed; closed", "export", h.state.Export, "err", err)
+			continue
+		}
+		n++
+	}
+	t.nbd = nil
+	return n
 }
 
 func closeFDs(fds []int) {
@@ -296,6 +349,21 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func(
 		}
 		files = append(files, f)
 	}
+	stopped := time.Now()
+	// The NBD door first: its connections that can be handed over stop
+	// at a request boundary, answer what they read and are kept (the
+	// door's Serve would close them when the doors' context ends).
+	nctx, ncancel := context.WithTimeout(context.Background(), 30*time.Second)
+	handed, err := d.nbdDoor.ShutdownHandover(nctx)
+	ncancel()
+	if err != nil {
+		d.log.Warn("NBD drain incomplete", "err", err)
+	}
+	defer func() {
+		for _, h := range handed {
+			h.File.Close()
+		}
+	}()
 	// Only now may the doors' contexts end: the NBD door closes its
 	// listeners when its context does.
 	stopServing()
@@ -306,16 +374,27 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func(
 	if len(unmounted) > 0 {
 		d.log.Warn("handover: FUSE mounts are not handed over yet: unmounting them", "mounts", unmounted)
 	}
-	stopped := time.Now()
 	d.handingOver = true
 	d.stop()
-	d.log.Info("handover: stopped; sending the sockets", "stop_ms", time.Since(stopped).Milliseconds())
+	d.log.Info("handover: stopped; sending the sockets", "stop_ms", time.Since(stopped).Milliseconds(),
+		"nbd_conns", len(handed))
 	// The new process becomes the unit's main process before this one
 	// exits (NotifyAccess=main then accepts its READY=1).
 	if err := d.svc.notify.MainPID(np.pid); err != nil {
 		d.log.Warn("telling the service manager the new main pid", "err", err)
 	}
 	c.SetDeadline(time.Now().Add(helloTimeout))
-	return c.Send(handover.Message{Type: handover.TypeState, StateVersion: handover.StateVersion,
-		Listeners: ls, StoppedAccepting: stopped.UnixNano(), Unmounted: unmounted}, files...)
+	if err := c.Send(handover.Message{Type: handover.TypeState, StateVersion: handover.StateVersion,
+		Listeners: ls, StoppedAccepting: stopped.UnixNano(), Unmounted: unmounted, NBDConns: len(handed)}, files...); err != nil {
+		return err
+	}
+	for _, h := range handed {
+		st := h.State
+		m := handover.Message{Type: handover.TypeNBD, NBD: &handover.NBDConn{Export: st.Export, Size: st.Size,
+			ReadOnly: st.ReadOnly, Structured: st.Structured, MetaAlloc: st.MetaAlloc, Flags: st.Flags, MaxPayload: st.MaxPayload}}
+		if err := c.Send(m, h.File); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -9,6 +9,9 @@
 //	new → old  go      (or refuse: the flags do not match)
 //	old → new  state   when it has stopped accepting, drained and closed
 //	                   the store; the listeners' fds ride along
+//	old → new  nbd_conn  one per NBD connection handed over (as many as
+//	                   the state message said), its socket's fd riding
+//	                   along
 //
 // Sequenced packets keep each message whole and its fds with it, so the
 // parser sees exactly one message and never half of one. A message is
@@ -34,7 +37,8 @@ import (
 
 // StateVersion is the version of this protocol and of the state it
 // carries. Two processes hand over only when theirs are equal.
-const StateVersion = 1
+// Version 2 added the NBD connections (nbd_conn messages).
+const StateVersion = 2
 
 // SocketName is the handover socket's name in the data directory.
 const SocketName = "handover.sock"
@@ -45,6 +49,7 @@ const (
 	TypeRefuse = "refuse"
 	TypeGo     = "go"
 	TypeState  = "state"
+	TypeNBD    = "nbd_conn"
 )
 
 // Limits on what a peer may send.
@@ -53,6 +58,10 @@ const (
 	MaxListeners = 16
 	maxString    = 4096
 	maxMounts    = 4096
+	// MaxNBDConns bounds the NBD connections one handover carries (one
+	// nbd_conn message each).
+	MaxNBDConns = 65536
+	maxPayload  = 1 << 30 // nbd's largest MaxPayload
 )
 
 // Message is one packet of the protocol. Which fields are set depends on
@@ -73,6 +82,24 @@ type Message struct {
 	// and the FUSE mounts it unmounted (not handed over yet).
 	StoppedAccepting int64    `json:"stopped_accepting,omitempty"`
 	Unmounted        []string `json:"unmounted,omitempty"`
+	// state: how many nbd_conn messages follow.
+	NBDConns int `json:"nbd_conns,omitempty"`
+	// nbd_conn: one NBD connection; its socket's fd comes with it.
+	NBD *NBDConn `json:"nbd,omitempty"`
+}
+
+// NBDConn is an NBD connection in the transmission phase as the old
+// process served it: the export the client opened and what its
+// handshake negotiated (nbd.ConnState). The new process serves it on
+// without a handshake.
+type NBDConn struct {
+	Export     string `json:"export"`
+	Size       int64  `json:"size"`
+	ReadOnly   bool   `json:"read_only,omitempty"`
+	Structured bool   `json:"structured,omitempty"`
+	MetaAlloc  bool   `json:"meta_alloc,omitempty"`
+	Flags      uint16 `json:"flags"`
+	MaxPayload uint32 `json:"max_payload"`
 }
 
 // Listener names one listening socket: its fd name (api, nbd, nbd-tcp,
@@ -160,10 +187,37 @@ func (m *Message) check() error {
 				return errors.New("a mount path is too long")
 			}
 		}
+		if m.NBDConns < 0 || m.NBDConns > MaxNBDConns {
+			return fmt.Errorf("%d NBD connections (at most %d)", m.NBDConns, MaxNBDConns)
+		}
+	case TypeNBD:
+		if err := m.NBD.check(); err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("unknown type %q", m.Type)
 	}
+	if m.Type != TypeNBD && m.NBD != nil {
+		return errors.New("an NBD connection outside an nbd_conn message")
+	}
+	if m.Type != TypeState && m.NBDConns != 0 {
+		return errors.New("an NBD connection count outside a state message")
+	}
 	return checkListeners(m.Listeners)
+}
+
+func (n *NBDConn) check() error {
+	switch {
+	case n == nil:
+		return errors.New("no NBD connection")
+	case n.Export == "" || len(n.Export) > maxString:
+		return errors.New("NBD export name empty or too long")
+	case n.Size < 0:
+		return fmt.Errorf("NBD export size %d", n.Size)
+	case n.MaxPayload == 0 || n.MaxPayload > maxPayload:
+		return fmt.Errorf("NBD max payload %d", n.MaxPayload)
+	}
+	return nil
 }
 
 func checkListeners(ls []Listener) error {

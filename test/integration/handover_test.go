@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -8,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,69 +81,100 @@ func (g *gw) pauses() []float64 {
 }
 
 // TestHandoverNBD: a gateway serving NBD (unix and TCP), metrics and the
-// API is taken over 5 times in a row by `sluice gateway --takeover` while
-// a client writes, flushes and reads back blocks through the NBD unix
-// socket. NBD connections are not handed over: the client sees its
-// connection close and reconnects, and the reconnect waits in the
-// socket's queue until the new process accepts. Each old process exits
-// 0, each new one serves, no flushed block is lost (checked through each
-// new process, and after a plain restart at the end), and the API keeps
-// working (a volume created after each handover).
+// API is taken over 10 times in a row by `sluice gateway --takeover`
+// while two clients, one on the NBD unix socket (4 KiB blocks) and one
+// on TCP (128 KiB blocks, read through the gateway's raw payload path),
+// each keep one connection doing random writes pipelined with verified
+// reads, and flushes. The connections are handed over: neither client
+// may see an error or reconnect, and each new process must say it
+// resumed them. Each old process exits 0, each new one serves, every
+// flushed block reads back (through each new process, and after a plain
+// restart at the end), and the API keeps working (a volume created after
+// each handover). The longest IO of each client across each handover
+// (its p100 pause) is logged.
 func TestHandoverNBD(t *testing.T) {
 	dir := t.TempDir()
-	g := startGateway(t, dir, "--nbd-listen", freeTCPAddr(t), "--metrics-listen", freeTCPAddr(t))
+	tcpAddr := freeTCPAddr(t)
+	g := startGateway(t, dir, "--nbd-listen", tcpAddr, "--metrics-listen", freeTCPAddr(t))
 	g.createVolume("t/disk", "64M")
-	w := &verifiedWriter{socket: g.nbdSock, export: "t/disk", blocks: 256, bs: 4096,
-		flushed: map[int][]byte{}, uncertain: map[int][2][]byte{}}
+	g.createVolume("t/disk2", "64M")
+	ws := []*verifiedWriter{
+		{socket: g.nbdSock, export: "t/disk", blocks: 1024, bs: 4096, keep: true},
+		{socket: tcpAddr, export: "t/disk2", blocks: 256, bs: 128 << 10, keep: true},
+	}
 	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		w.run(stop)
-	}()
+	var done sync.WaitGroup
+	for _, w := range ws {
+		w.flushed, w.uncertain = map[int][]byte{}, map[int][2][]byte{}
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			w.run(stop)
+		}()
+	}
 	defer func() {
 		select {
 		case <-stop:
 		default:
 			close(stop)
 		}
-		<-done
+		done.Wait()
 	}()
-	const rounds = 5
+	progress := func(what string, n int64) {
+		t.Helper()
+		waitProgress(t, g, ws, what, n)
+	}
+	const rounds = 10
+	longest := make([][]time.Duration, len(ws))
 	for i := 0; i < rounds; i++ {
-		before := w.opCount()
-		testwait.For(t, "the NBD client makes progress", func() bool { return w.opCount() >= before+200 || w.err != nil })
-		if w.err != nil {
-			t.Fatal(w.err)
+		progress("the NBD clients make progress", 100)
+		for _, w := range ws {
+			w.takeLongestIO()
 		}
 		start := time.Now()
 		g.takeover()
-		t.Logf("handover %d: old exited and new serving after %v", i+1, time.Since(start).Round(time.Millisecond))
+		took := time.Since(start)
+		progress("the NBD clients make progress after the handover", 20)
+		var line []string
+		for j, w := range ws {
+			d := w.takeLongestIO()
+			longest[j] = append(longest[j], d)
+			line = append(line, fmt.Sprintf("%s longest IO %v", w.export, d.Round(100*time.Microsecond)))
+		}
+		t.Logf("handover %d: old exited and new serving after %v; %s", i+1, took.Round(time.Millisecond), strings.Join(line, ", "))
 		g.createVolume("t/after"+strconv.Itoa(i), "1M")
-		if err := w.verifyAll(); err != nil {
-			t.Fatalf("after handover %d: %v", i+1, err)
+		for _, w := range ws {
+			if err := w.verifyAll(); err != nil {
+				t.Fatalf("after handover %d, %s: %v", i+1, w.export, err)
+			}
 		}
 	}
-	before := w.opCount()
-	testwait.For(t, "the NBD client makes progress after the last handover", func() bool { return w.opCount() >= before+200 || w.err != nil })
+	progress("the NBD clients make progress after the last handover", 100)
 	close(stop)
-	<-done
-	if w.err != nil {
-		t.Fatal(w.err)
-	}
+	done.Wait()
 	pauses := g.pauses()
 	if len(pauses) != rounds {
 		t.Fatalf("%d takeover complete lines in the log, want %d", len(pauses), rounds)
 	}
-	var longest float64
+	var longestPause float64
 	for _, p := range pauses {
-		longest = max(longest, p)
+		longestPause = max(longestPause, p)
 	}
-	t.Logf("pauses (old stops accepting → new serving), ms: %v; longest %.1f ms", pauses, longest)
-	t.Logf("NBD client: %d write+flush+read steps, %d reconnects, %d verified reads, longest gap between steps %v",
-		w.ops, w.reconnects, w.verifyReads, w.longestGap.Round(time.Millisecond))
-	if w.reconnects < rounds {
-		t.Errorf("the client reconnected %d times over %d handovers: NBD connections are not handed over, each must have closed", w.reconnects, rounds)
+	t.Logf("pauses (old stops accepting → new serving), ms: %v; longest %.1f ms", pauses, longestPause)
+	for j, w := range ws {
+		if err := w.failed(); err != nil {
+			t.Fatalf("NBD client on %s: %v", w.socket, err)
+		}
+		t.Logf("NBD client %s (%s, %d-byte blocks): %d write+read+flush steps, %d verified reads, %d connections, longest IO per handover %v",
+			w.export, w.socket, w.bs, w.ops, w.verifyReads, w.dials, longest[j])
+		if w.dials != 1 || w.reconnects != 0 {
+			t.Errorf("NBD client %s connected %d times (%d reconnects): its connection did not survive the handovers", w.export, w.dials, w.reconnects)
+		}
+	}
+	for i, n := range g.resumedNBD() {
+		if n < len(ws) {
+			t.Errorf("handover %d resumed %d NBD connections, want at least %d", i+1, n, len(ws))
+		}
 	}
 	vols := g.mustSluice("volume", "list")
 	for i := 0; i < rounds; i++ {
@@ -153,9 +186,50 @@ func TestHandoverNBD(t *testing.T) {
 	g.stop()
 	g.args = append([]string{}, g.args...)
 	g.start()
-	if err := w.verifyAll(); err != nil {
-		t.Fatalf("after a restart: %v", err)
+	for _, w := range ws {
+		if err := w.verifyAll(); err != nil {
+			t.Fatalf("after a restart, %s: %v", w.export, err)
+		}
 	}
+}
+
+// waitProgress waits until each writer has made n more steps; it fails
+// the test on a writer's error.
+func waitProgress(t *testing.T, g *gw, ws []*verifiedWriter, what string, n int64) {
+	t.Helper()
+	before := make([]int64, len(ws))
+	for i, w := range ws {
+		before[i] = w.opCount()
+	}
+	testwait.For(t, what, func() bool {
+		for i, w := range ws {
+			if w.failed() != nil {
+				return true
+			}
+			if w.opCount() < before[i]+n {
+				return false
+			}
+		}
+		return true
+	})
+	for _, w := range ws {
+		if err := w.failed(); err != nil {
+			t.Fatalf("NBD client on %s: %v\n%s", w.socket, err, g.logTail())
+		}
+	}
+}
+
+var resumedRE = regexp.MustCompile(`msg="takeover complete" .*nbd_conns_resumed=([0-9]+)`)
+
+// resumedNBD is how many NBD connections each new process resumed.
+func (g *gw) resumedNBD() []int {
+	b, _ := os.ReadFile(filepath.Join(g.dir, "gateway.log"))
+	var out []int
+	for _, m := range resumedRE.FindAllStringSubmatch(string(b), -1) {
+		v, _ := strconv.Atoi(m[1])
+		out = append(out, v)
+	}
+	return out
 }
 
 // TestHandoverNoGateway: --takeover with no gateway running fails with a
