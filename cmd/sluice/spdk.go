@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -18,6 +19,9 @@ import (
 // target the gateway may launch.
 type spdkArgs struct {
 	Launch, Config, Cores, Mem string
+	// IOTimeout and ReconnectTimeout are the device's fault bounds
+	// (spdkbackend.Options; docs/SPDK.md, "Fault policy").
+	IOTimeout, ReconnectTimeout time.Duration
 
 	// Set by check.
 	uri    *spdkbackend.URI // nil: the device is not an SPDK bdev
@@ -30,6 +34,8 @@ func spdkFlags(s *spdkArgs) []cli.Flag {
 		&cli.StringFlag{Name: "spdk-config", Destination: &s.Config, Usage: "`FILE` of SPDK JSON config (save_config's format) the launched target loads at start (--json): its bdevs, an NVMe controller"},
 		&cli.StringFlag{Name: "spdk-cores", Value: "0x1", Destination: &s.Cores, Usage: "core mask of the launched SPDK target's reactors (-m)"},
 		&cli.StringFlag{Name: "spdk-mem", Value: "256M", Destination: &s.Mem, Usage: "huge-page memory of the launched SPDK target (-s)"},
+		&cli.DurationFlag{Name: "spdk-io-timeout", Value: 30 * time.Second, Destination: &s.IOTimeout, Usage: "how long one request may wait for the SPDK target before the device counts it gone and reconnects (1s..10m)"},
+		&cli.DurationFlag{Name: "spdk-reconnect-timeout", Value: 60 * time.Second, Destination: &s.ReconnectTimeout, Usage: "how long requests wait for a gone SPDK target to come back before they fail with EIO (1s..1h)"},
 	}
 }
 
@@ -66,6 +72,12 @@ func (s *spdkArgs) check(device, dataDir string) error {
 		return usageErr("--spdk-mem %q: want a whole number of MiB, at least 64M", s.Mem)
 	}
 	s.memMiB = int(mem >> 20)
+	if s.IOTimeout < time.Second || s.IOTimeout > 10*time.Minute {
+		return usageErr("--spdk-io-timeout %v: want 1s to 10m", s.IOTimeout)
+	}
+	if s.ReconnectTimeout < time.Second || s.ReconnectTimeout > time.Hour {
+		return usageErr("--spdk-reconnect-timeout %v: want 1s to 1h", s.ReconnectTimeout)
+	}
 	if s.Launch != "" {
 		if _, err := launch.ResolveProgram(s.Launch); err != nil {
 			return usageErr("--spdk-launch: %v", err)
@@ -100,6 +112,7 @@ func openSPDK(ctx context.Context, s *spdkArgs, dataDir string, log *slog.Logger
 	}
 	dev, err := spdkbackend.Open(ctx, spdkbackend.Options{
 		Socket: s.uri.Socket, Bdev: s.uri.Bdev, Controller: spdkbackend.ControllerName(dataDir), Logger: log,
+		IOTimeout: s.IOTimeout, ReconnectTimeout: s.ReconnectTimeout,
 	})
 	if err != nil {
 		return sup, nil, fmt.Errorf("SPDK device %s: %w", s.uri, err)

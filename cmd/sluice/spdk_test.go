@@ -4,6 +4,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluice-storage/sluice/spdkbackend"
 )
@@ -13,6 +14,7 @@ import (
 func TestSPDKArgs(t *testing.T) {
 	data := t.TempDir()
 	sh := "/bin/sh" // an executable file stands in for spdk_tgt
+	def := spdkArgs{IOTimeout: 30 * time.Second, ReconnectTimeout: time.Minute}
 	for _, c := range []struct {
 		device string
 		s      spdkArgs
@@ -29,7 +31,17 @@ func TestSPDKArgs(t *testing.T) {
 		{device: "spdk:?bdev=M0", s: spdkArgs{Mem: "10M"}, err: "--spdk-mem"},
 		{device: "spdk:?bdev=M0", s: spdkArgs{Launch: "/nonexistent/spdk_tgt", Mem: "256M"}, err: "--spdk-launch"},
 		{device: "spdk:?bdev=M0", s: spdkArgs{Launch: sh, Mem: "256M"}, err: "longer than a unix socket's"},
+		{device: "spdk:?bdev=M0", s: spdkArgs{Mem: "256M", IOTimeout: time.Millisecond}, err: "--spdk-io-timeout"},
+		{device: "spdk:?bdev=M0", s: spdkArgs{Mem: "256M", ReconnectTimeout: 2 * time.Hour}, err: "--spdk-reconnect-timeout"},
+		{device: "spdk:?bdev=M0", s: spdkArgs{Mem: "256M", IOTimeout: 5 * time.Second, ReconnectTimeout: 10 * time.Second}, sock: spdkbackend.DefaultRPCSocket},
 	} {
+		// The flags' defaults where a case leaves a timeout out.
+		if c.s.IOTimeout == 0 {
+			c.s.IOTimeout = def.IOTimeout
+		}
+		if c.s.ReconnectTimeout == 0 {
+			c.s.ReconnectTimeout = def.ReconnectTimeout
+		}
 		dir := data
 		if strings.Contains(c.err, "longer") {
 			dir = "/" + strings.Repeat("d", 100)

@@ -32,7 +32,9 @@ import (
 // Then `sluice fsck` is clean.
 func TestSPDKTargetKill(t *testing.T) {
 	testtool.Need(t, "qemu-io", "fio")
-	tg := spdktest.Start(t, spdktest.Options{})
+	// spdk_tgt, the target the issue names (not the lighter vhost app): its
+	// iSCSI subsystem alone allocates pools beyond -s, ~380 pages in all.
+	tg := spdktest.Start(t, spdktest.Options{Program: "spdk_tgt", HugePages: 500})
 	img := filepath.Join(t.TempDir(), "aio.img")
 	must(t, os.WriteFile(img, nil, 0o600))
 	must(t, os.Truncate(img, 2048<<20))
@@ -112,7 +114,7 @@ func TestSPDKTargetKill(t *testing.T) {
 func TestSPDKLaunchRestartsTarget(t *testing.T) {
 	testtool.Need(t, "qemu-io")
 	dir := spdktest.Dir(t)
-	spdktest.ReserveHugePages(t, 300)
+	spdktest.ReserveHugePages(t, 500) // spdk_tgt (~380 pages) and the gateway's initiator
 	img := filepath.Join(t.TempDir(), "aio.img")
 	must(t, os.WriteFile(img, nil, 0o600))
 	must(t, os.Truncate(img, 256<<20))
@@ -120,7 +122,7 @@ func TestSPDKLaunchRestartsTarget(t *testing.T) {
 	must(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`{"subsystems": [{"subsystem": "bdev", "config": [
 		{"method": "bdev_aio_create", "params": {"name": "A0", "filename": %q, "block_size": 4096}}]}]}`, img)), 0o600))
 	data := t.TempDir()
-	g := startGateway(t, data, "--device", "spdk:?bdev=A0", "--spdk-launch", filepath.Join(dir, "bin", "vhost"),
+	g := startGateway(t, data, "--device", "spdk:?bdev=A0", "--spdk-launch", dir, // a directory: its bin/spdk_tgt
 		"--spdk-config", cfg, "--spdk-mem", "256M")
 	sock := filepath.Join(data, "spdk", "rpc.sock")
 	pid := spdkPid(t, sock)
