@@ -38,8 +38,8 @@ type ControllerStatus struct {
 	// Term is the newest leader's term accepted (0 from a controller
 	// without replicas); StaleTermSets counts the sets ignored because
 	// they came from an older term.
-	Term          uint64 `json:"term"`
-	StaleTermSets uint64 `json:"stale_term_sets"`
+	Term          uint64 `json:"term,omitempty"`
+	StaleTermSets uint64 `json:"stale_term_sets,omitempty"`
 	// Capacity is the gateway's measured capacity as last reported, by
 	// resource (read_bw, write_bw in bytes/s; read_iops, write_iops in
 	// cost units/s); absent or 0 is unknown.
