@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -59,7 +60,9 @@ type haSample struct {
 // elected (goal 3 s), the gateways find it and follow its newer term
 // within a few seconds, never fall back to their static rules on the way
 // (sampled from their status all along, and their logs), and `sluice
-// cluster status --json` names the new leader.
+// cluster status --json` names the new leader. Then pause the new leader
+// (SIGSTOP) past its lease: the gateways find the third replica by
+// timeout, and the paused one, resumed, follows.
 func TestControllerReplicasGatewaysFollowLeader(t *testing.T) {
 	ep := startEtcd(t)
 	etcdLeader := etcdLeaderOf(t, ep)
@@ -70,9 +73,11 @@ func TestControllerReplicasGatewaysFollowLeader(t *testing.T) {
 	// The first replica leads (it campaigns alone); the others follow.
 	var ctls []*ctl
 	var urls []string
+	byURL := map[string]*ctl{}
 	for i := 0; i < 3; i++ {
 		c := startController(t, t.TempDir(), freeLoopbackAddr(t), flags...)
 		ctls, urls = append(ctls, c), append(urls, c.url())
+		byURL[c.url()] = c
 		if i == 0 {
 			testwait.For(t, "the first replica leads", func() bool { return etcdLeader() == c.url() })
 		}
@@ -215,18 +220,88 @@ func TestControllerReplicasGatewaysFollowLeader(t *testing.T) {
 		}
 	}
 
+	// Pause the new leader (SIGSTOP) past its lease: its connections stay
+	// open but nothing answers, so the gateways find the third replica by
+	// timeout. Then resume it: it learns it lost, and the gateways stay
+	// with the third.
+	paused := byURL[newLeader]
+	must(t, paused.cmd.Process.Signal(syscall.SIGSTOP))
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			paused.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}
+	defer resume()
+	t1 := time.Now()
+	third := ""
+	testwait.For(t, "the third replica leads in etcd", func() bool {
+		third = etcdLeader()
+		elected = time.Since(t1)
+		return third != "" && third != newLeader
+	})
+	mid, _ := state(gws[0])
+	for i, g := range gws {
+		testwait.For(t, fmt.Sprintf("gw%d follows the third replica's term", i+1), func() bool {
+			f, err := state(g)
+			refound[i] = time.Since(t1)
+			return err == nil && f.Following && f.Leader == third && f.Term > mid.Term
+		})
+	}
+	last, _ := state(gws[0])
+	t.Logf("after SIGSTOP of the leader: %s elected in %v; gw1 follows its term (%d, after %d) after %v, gw2 after %v",
+		third, elected, last.Term, mid.Term, refound[0], refound[1])
+	if elected > 3*time.Second {
+		t.Errorf("election took %v after the pause, goal 3 s (lease 2 s)", elected)
+	}
+	for i, d := range refound {
+		// Election, the report to the paused leader timing out (3 s),
+		// the warm-up and a round: inside the 10 s grace.
+		if d > 9*time.Second {
+			t.Errorf("gw%d took %v to follow the third replica", i+1, d)
+		}
+	}
+	resume()
+	testwait.For(t, "the resumed replica knows it no longer leads", func() bool {
+		b, err := os.ReadFile(filepath.Join(paused.dir, "controller.log"))
+		return err == nil && strings.Contains(string(b), "no longer the leader")
+	})
+	testwait.For(t, "cluster status names the third replica, the resumed one a follower", func() bool {
+		st, err := status(gws[0], "--controller", all)
+		return err == nil && st.Leader == third && len(st.Replicas) == 2 && st.Replicas[0].URL == third && st.Replicas[1].URL == newLeader
+	})
+
+	// Sample until both gateways were seen at the third replica's term,
+	// so that the samples cover the whole of both failovers.
+	final, _ := state(gws[0])
+	testwait.For(t, "the samplers see the final term", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, ss := range samples {
+			if len(ss) == 0 || ss[len(ss)-1].f.Term < final.Term {
+				return false
+			}
+		}
+		return true
+	})
 	stopSampling()
 	for i, ss := range samples {
-		var last haSample
+		// The transitions each gateway went through, for the log.
+		var seen []string
+		prev := haFollower{}
 		for _, s := range ss {
 			if !s.f.Following {
 				t.Errorf("gw%d fell back to its static rules %v after the kill: %+v", i+1, s.at.Sub(t0), s.f)
 				break
 			}
-			last = s
+			if s.f.Leader != prev.Leader || s.f.Term != prev.Term {
+				seen = append(seen, fmt.Sprintf("%.1fs: %s term %d", s.at.Sub(t0).Seconds(), s.f.Leader, s.f.Term))
+			}
+			prev = s.f
 		}
-		t.Logf("gw%d: %d status samples, all following; last: leader %s term %d, %d stale-term sets ignored",
-			i+1, len(ss), last.f.Leader, last.f.Term, last.f.StaleTermSets)
+		t.Logf("gw%d: %d status samples, all following; %d stale-term sets ignored; transitions: %s",
+			i+1, len(ss), prev.StaleTermSets, strings.Join(seen, ", "))
 		if log, err := os.ReadFile(filepath.Join(gws[i].dir, "gateway.log")); err == nil && strings.Contains(string(log), "falling back to local rules") {
 			t.Errorf("gw%d logged a fallback:\n%s", i+1, gws[i].logTail())
 		}
