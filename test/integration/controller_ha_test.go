@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -54,241 +53,154 @@ type haSample struct {
 	f  haFollower
 }
 
-// TestControllerReplicasGatewaysFollowLeader: three `sluice controller`
-// replicas on one etcd, two gateways given all three URLs. The gateways
-// find the leader and follow its term; SIGKILL the leader: a new one is
-// elected (goal 3 s), the gateways find it and follow its newer term
-// within a few seconds, never fall back to their static rules on the way
-// (sampled from their status all along, and their logs), and `sluice
-// cluster status --json` names the new leader. Then pause the new leader
-// (SIGSTOP) past its lease: the gateways find the third replica by
-// timeout, and the paused one, resumed, follows.
-func TestControllerReplicasGatewaysFollowLeader(t *testing.T) {
-	ep := startEtcd(t)
-	etcdLeader := etcdLeaderOf(t, ep)
-	tok := filepath.Join(t.TempDir(), "token")
-	must(t, os.WriteFile(tok, []byte(strings.Repeat("h", 32)+"\n"), 0o600))
-	flags := []string{"--etcd-endpoints", ep, "--token-file", tok, "--interval", "200ms", "--report-timeout", "3s"}
+// haCluster is three controller replicas on one etcd and two gateways
+// given every replica's URL.
+type haCluster struct {
+	t          *testing.T
+	etcdLeader func() string
+	tok        string
+	urls       []string
+	all        string // every URL, comma-separated
+	byURL      map[string]*ctl
+	gws        []*gw
 
+	mu      sync.Mutex
+	samples [][]haSample
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+func startHACluster(t *testing.T) *haCluster {
+	ep := startEtcd(t)
+	h := &haCluster{t: t, etcdLeader: etcdLeaderOf(t, ep), tok: filepath.Join(t.TempDir(), "token"), byURL: map[string]*ctl{}}
+	must(t, os.WriteFile(h.tok, []byte(strings.Repeat("h", 32)+"\n"), 0o600))
+	flags := []string{"--etcd-endpoints", ep, "--token-file", h.tok, "--interval", "200ms", "--report-timeout", "3s"}
 	// The first replica leads (it campaigns alone); the others follow.
-	var ctls []*ctl
-	var urls []string
-	byURL := map[string]*ctl{}
 	for i := 0; i < 3; i++ {
 		c := startController(t, t.TempDir(), freeLoopbackAddr(t), flags...)
-		ctls, urls = append(ctls, c), append(urls, c.url())
-		byURL[c.url()] = c
+		h.urls, h.byURL[c.url()] = append(h.urls, c.url()), c
 		if i == 0 {
-			testwait.For(t, "the first replica leads", func() bool { return etcdLeader() == c.url() })
+			testwait.For(t, "the first replica leads", func() bool { return h.etcdLeader() == c.url() })
 		}
 	}
-	all := strings.Join(urls, ",")
-	var gws []*gw
+	h.all = strings.Join(h.urls, ",")
+	// The leader last: the gateways must follow the followers' answers
+	// to find it.
+	rev := strings.Join([]string{h.urls[2], h.urls[1], h.urls[0]}, ",")
 	for i := 1; i <= 2; i++ {
-		// The leader last: the gateways must follow the followers'
-		// answers to find it.
-		rev := strings.Join([]string{urls[2], urls[1], urls[0]}, ",")
-		gws = append(gws, startGateway(t, t.TempDir(), "--controller", rev, "--controller-token-file", tok, "--gateway-id", fmt.Sprintf("gw%d", i)))
+		h.gws = append(h.gws, startGateway(t, t.TempDir(), "--controller", rev, "--controller-token-file", h.tok, "--gateway-id", fmt.Sprintf("gw%d", i)))
 	}
-	gws[0].mustSluice("slo", "set", "gold", "--min-read-bw", "10MiB", "--controller", all, "--token-file", tok)
+	h.gws[0].mustSluice("slo", "set", "gold", "--min-read-bw", "10MiB", "--controller", h.all, "--token-file", h.tok)
+	return h
+}
 
-	state := func(g *gw) (haFollower, error) {
-		var f haFollower
-		return f, g.controllerJSON(&f)
-	}
-	status := func(g *gw, args ...string) (haStatus, error) {
-		var st haStatus
-		out, code := g.sluice(append([]string{"cluster", "status", "--json", "--token-file", tok}, args...)...)
-		if code != 0 {
-			return st, fmt.Errorf("cluster status: exit %d: %s", code, out)
-		}
-		return st, json.Unmarshal([]byte(out), &st)
-	}
+func (h *haCluster) state(g *gw) (haFollower, error) {
+	var f haFollower
+	return f, g.controllerJSON(&f)
+}
 
-	var before []haFollower
-	for i, g := range gws {
-		testwait.For(t, fmt.Sprintf("gw%d follows the first leader", i+1), func() bool {
-			f, err := state(g)
-			return err == nil && f.Following && f.Term != 0 && f.Leader == urls[0]
-		})
-		f, _ := state(g)
-		before = append(before, f)
+// status runs `sluice cluster status --json` on g's API socket.
+func (h *haCluster) status(g *gw, args ...string) (haStatus, error) {
+	var st haStatus
+	out, code := g.sluice(append([]string{"cluster", "status", "--json", "--token-file", h.tok}, args...)...)
+	if code != 0 {
+		return st, fmt.Errorf("cluster status: exit %d: %s", code, out)
 	}
-	if before[0].Term != before[1].Term {
-		t.Fatalf("the gateways follow different terms: %+v", before)
-	}
-	// The status, asked through the gateway (its --controller list), is
-	// the leader's.
-	var st0 haStatus
-	testwait.For(t, "the status shows both gateways live at the leader", func() bool {
-		st, err := status(gws[0])
-		st0 = st
-		return err == nil && st.Leader == urls[0] && st.Replica == urls[0] && len(st.Gateways) == 2 && st.Gateways[0].Live && st.Gateways[1].Live
-	})
-	if len(st0.Replicas) != 3 || st0.Replicas[0].URL != urls[0] || !st0.Replicas[0].Leader || st0.Etcd == nil || !st0.Etcd.Healthy ||
-		st0.Term != before[0].Term {
-		t.Fatalf("status before the kill: %+v; want 3 replicas, %s leading in term %d, etcd healthy", st0, urls[0], before[0].Term)
-	}
-	t.Logf("before the kill: leader %s term %d, gateways at epoch %d.%d", st0.Leader, st0.Term, before[0].Epoch>>32, before[0].Epoch&(1<<32-1))
+	return st, json.Unmarshal([]byte(out), &st)
+}
 
-	// Sample both gateways' follower state until the end: the evidence
-	// that neither falls back during the failover.
-	var mu sync.Mutex
-	samples := make([][]haSample, len(gws))
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for i, g := range gws {
-		wg.Add(1)
+// sample reads both gateways' follower state every 50 ms until
+// stopSampling: the evidence that neither falls back.
+func (h *haCluster) sample() {
+	h.samples, h.stop = make([][]haSample, len(h.gws)), make(chan struct{})
+	for i, g := range h.gws {
+		h.wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer h.wg.Done()
 			tick := time.NewTicker(50 * time.Millisecond)
 			defer tick.Stop()
 			for {
-				if f, err := state(g); err == nil {
-					mu.Lock()
-					samples[i] = append(samples[i], haSample{time.Now(), f})
-					mu.Unlock()
+				if f, err := h.state(g); err == nil {
+					h.mu.Lock()
+					h.samples[i] = append(h.samples[i], haSample{time.Now(), f})
+					h.mu.Unlock()
 				}
 				select {
-				case <-stop:
+				case <-h.stop:
 					return
 				case <-tick.C:
 				}
 			}
 		}()
 	}
-	stopSampling := func() {
-		select {
-		case <-stop:
-		default:
-			close(stop)
-			wg.Wait()
-		}
-	}
-	defer stopSampling()
+	h.t.Cleanup(h.stopSampling)
+}
 
-	t0 := time.Now()
-	ctls[0].kill()
+func (h *haCluster) stopSampling() {
+	select {
+	case <-h.stop:
+	default:
+		close(h.stop)
+		h.wg.Wait()
+	}
+}
+
+// failover waits for a replica other than old to lead in etcd, then for
+// both gateways to follow it in a term above minTerm; it returns the new
+// leader and logs the times since t0, failing above the goals.
+func (h *haCluster) failover(what string, t0 time.Time, old string, minTerm uint64, refindGoal time.Duration) string {
+	t := h.t
+	t.Helper()
 	var elected time.Duration
-	newLeader := ""
-	testwait.For(t, "another replica leads in etcd", func() bool {
-		newLeader = etcdLeader()
+	leader := ""
+	testwait.For(t, what+": another replica leads in etcd", func() bool {
+		leader = h.etcdLeader()
 		elected = time.Since(t0)
-		return newLeader != "" && newLeader != urls[0]
+		return leader != "" && leader != old
 	})
-	if !slices.Contains(urls[1:], newLeader) {
-		t.Fatalf("new leader %q is not one of the surviving replicas %v", newLeader, urls[1:])
+	if h.byURL[leader] == nil || leader == old {
+		t.Fatalf("%s: new leader %q is not one of the surviving replicas %v", what, leader, h.urls)
 	}
-	refound := make([]time.Duration, len(gws))
-	for i, g := range gws {
-		testwait.For(t, fmt.Sprintf("gw%d follows the new leader's term", i+1), func() bool {
-			f, err := state(g)
-			refound[i] = time.Since(t0)
-			return err == nil && f.Following && f.Leader == newLeader && f.Term > before[i].Term && f.Epoch>>32 > before[i].Epoch>>32
-		})
-	}
-	t.Logf("after SIGKILL of the leader: %s elected in %v (goal 3 s); gw1 follows its term after %v, gw2 after %v",
-		newLeader, elected, refound[0], refound[1])
-	if elected > 3*time.Second {
-		t.Errorf("election took %v after the kill, goal 3 s (lease 2 s)", elected)
-	}
-	for i, d := range refound {
-		// Election, then the new leader's warm-up (2 rounds) and first
-		// round, then the gateway's next poll: well inside the 10 s grace.
-		if d > 8*time.Second {
-			t.Errorf("gw%d took %v to follow the new leader", i+1, d)
-		}
-	}
-
-	// cluster status --json names the new leader, asked with every URL
-	// (the dead one first) and through the gateway's own list.
-	for _, args := range [][]string{{"--controller", all}, nil} {
-		var st haStatus
-		testwait.For(t, fmt.Sprintf("cluster status %v names the new leader with both gateways live", args), func() bool {
+	refound := make([]time.Duration, len(h.gws))
+	var f haFollower
+	for i, g := range h.gws {
+		testwait.For(t, fmt.Sprintf("%s: gw%d follows the new leader's term", what, i+1), func() bool {
 			var err error
-			st, err = status(gws[1], args...)
-			live := 0
-			for _, g := range st.Gateways {
-				if g.Live && g.Epoch>>32 > before[0].Epoch>>32 {
-					live++
-				}
-			}
-			return err == nil && st.Leader == newLeader && st.Replica == newLeader && live == 2
-		})
-		if len(st.Replicas) != 2 || st.Replicas[0].URL != newLeader || st.Term <= before[0].Term || st.Etcd == nil || !st.Etcd.Healthy {
-			t.Errorf("status after the failover: %+v; want 2 replicas led by %s in a term above %d, etcd healthy", st, newLeader, before[0].Term)
-		}
-	}
-
-	// Pause the new leader (SIGSTOP) past its lease: its connections stay
-	// open but nothing answers, so the gateways find the third replica by
-	// timeout. Then resume it: it learns it lost, and the gateways stay
-	// with the third.
-	paused := byURL[newLeader]
-	must(t, paused.cmd.Process.Signal(syscall.SIGSTOP))
-	resumed := false
-	resume := func() {
-		if !resumed {
-			resumed = true
-			paused.cmd.Process.Signal(syscall.SIGCONT)
-		}
-	}
-	defer resume()
-	t1 := time.Now()
-	third := ""
-	testwait.For(t, "the third replica leads in etcd", func() bool {
-		third = etcdLeader()
-		elected = time.Since(t1)
-		return third != "" && third != newLeader
-	})
-	mid, _ := state(gws[0])
-	for i, g := range gws {
-		testwait.For(t, fmt.Sprintf("gw%d follows the third replica's term", i+1), func() bool {
-			f, err := state(g)
-			refound[i] = time.Since(t1)
-			return err == nil && f.Following && f.Leader == third && f.Term > mid.Term
+			f, err = h.state(g)
+			refound[i] = time.Since(t0)
+			return err == nil && f.Following && f.Leader == leader && f.Term > minTerm
 		})
 	}
-	last, _ := state(gws[0])
-	t.Logf("after SIGSTOP of the leader: %s elected in %v; gw1 follows its term (%d, after %d) after %v, gw2 after %v",
-		third, elected, last.Term, mid.Term, refound[0], refound[1])
+	t.Logf("after %s: %s elected in %v (goal 3 s); both gateways follow its term %d (was %d) after %v and %v",
+		what, leader, elected, f.Term, minTerm, refound[0], refound[1])
 	if elected > 3*time.Second {
-		t.Errorf("election took %v after the pause, goal 3 s (lease 2 s)", elected)
+		t.Errorf("%s: election took %v, goal 3 s (lease 2 s)", what, elected)
 	}
 	for i, d := range refound {
-		// Election, the report to the paused leader timing out (3 s),
-		// the warm-up and a round: inside the 10 s grace.
-		if d > 9*time.Second {
-			t.Errorf("gw%d took %v to follow the third replica", i+1, d)
+		if d > refindGoal {
+			t.Errorf("%s: gw%d took %v to follow the new leader, more than %v", what, i+1, d, refindGoal)
 		}
 	}
-	resume()
-	testwait.For(t, "the resumed replica knows it no longer leads", func() bool {
-		b, err := os.ReadFile(filepath.Join(paused.dir, "controller.log"))
-		return err == nil && strings.Contains(string(b), "no longer the leader")
-	})
-	testwait.For(t, "cluster status names the third replica, the resumed one a follower", func() bool {
-		st, err := status(gws[0], "--controller", all)
-		return err == nil && st.Leader == third && len(st.Replicas) == 2 && st.Replicas[0].URL == third && st.Replicas[1].URL == newLeader
-	})
+	return leader
+}
 
-	// Sample until both gateways were seen at the third replica's term,
-	// so that the samples cover the whole of both failovers.
-	final, _ := state(gws[0])
+// checkSamples waits until the samplers saw both gateways at term, stops
+// them, and fails if any sample or log shows a fallback to static rules.
+func (h *haCluster) checkSamples(t0 time.Time, term uint64) {
+	t := h.t
 	testwait.For(t, "the samplers see the final term", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, ss := range samples {
-			if len(ss) == 0 || ss[len(ss)-1].f.Term < final.Term {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for _, ss := range h.samples {
+			if len(ss) == 0 || ss[len(ss)-1].f.Term < term {
 				return false
 			}
 		}
 		return true
 	})
-	stopSampling()
-	for i, ss := range samples {
-		// The transitions each gateway went through, for the log.
-		var seen []string
+	h.stopSampling()
+	for i, ss := range h.samples {
+		var seen []string // the transitions, for the log
 		prev := haFollower{}
 		for _, s := range ss {
 			if !s.f.Following {
@@ -302,8 +214,98 @@ func TestControllerReplicasGatewaysFollowLeader(t *testing.T) {
 		}
 		t.Logf("gw%d: %d status samples, all following; %d stale-term sets ignored; transitions: %s",
 			i+1, len(ss), prev.StaleTermSets, strings.Join(seen, ", "))
-		if log, err := os.ReadFile(filepath.Join(gws[i].dir, "gateway.log")); err == nil && strings.Contains(string(log), "falling back to local rules") {
-			t.Errorf("gw%d logged a fallback:\n%s", i+1, gws[i].logTail())
+		if log, err := os.ReadFile(filepath.Join(h.gws[i].dir, "gateway.log")); err == nil && strings.Contains(string(log), "falling back to local rules") {
+			t.Errorf("gw%d logged a fallback:\n%s", i+1, h.gws[i].logTail())
 		}
 	}
+}
+
+// TestControllerReplicasGatewaysFollowLeader: three `sluice controller`
+// replicas on one etcd, two gateways given all three URLs. The gateways
+// find the leader and follow its term; SIGKILL the leader: a new one is
+// elected (goal 3 s), the gateways find it and follow its newer term
+// within a few seconds, never fall back to their static rules on the way
+// (sampled from their status all along, and their logs), and `sluice
+// cluster status --json` names the new leader. Then pause the new leader
+// (SIGSTOP) past its lease: the gateways find the third replica by
+// timeout, and the paused one, resumed, follows.
+func TestControllerReplicasGatewaysFollowLeader(t *testing.T) {
+	h := startHACluster(t)
+	first := h.urls[0]
+	var before haFollower
+	for i, g := range h.gws {
+		testwait.For(t, fmt.Sprintf("gw%d follows the first leader", i+1), func() bool {
+			f, err := h.state(g)
+			before = f
+			return err == nil && f.Following && f.Term != 0 && f.Leader == first
+		})
+	}
+	// The status, asked through the gateway (its --controller list), is
+	// the leader's.
+	var st haStatus
+	testwait.For(t, "the status shows both gateways live at the leader", func() bool {
+		var err error
+		st, err = h.status(h.gws[0])
+		return err == nil && st.Leader == first && st.Replica == first && len(st.Gateways) == 2 && st.Gateways[0].Live && st.Gateways[1].Live
+	})
+	if len(st.Replicas) != 3 || st.Replicas[0].URL != first || !st.Replicas[0].Leader || st.Etcd == nil || !st.Etcd.Healthy || st.Term != before.Term {
+		t.Fatalf("status before the kill: %+v; want 3 replicas, %s leading in term %d, etcd healthy", st, first, before.Term)
+	}
+	t.Logf("before the kill: leader %s term %d, gateways at epoch %d.%d", st.Leader, st.Term, before.Epoch>>32, before.Epoch&(1<<32-1))
+
+	h.sample()
+	t0 := time.Now()
+	h.byURL[first].kill()
+	// Election, the gateway's next report and poll, the new leader's
+	// warm-up (2 rounds) and first round: well inside the 10 s grace.
+	second := h.failover("SIGKILL of the leader", t0, first, before.Term, 8*time.Second)
+
+	// cluster status --json names the new leader, asked with every URL
+	// (the dead one first) and through the gateway's own list.
+	for _, args := range [][]string{{"--controller", h.all}, nil} {
+		testwait.For(t, fmt.Sprintf("cluster status %v names the new leader with both gateways live", args), func() bool {
+			var err error
+			st, err = h.status(h.gws[1], args...)
+			live := 0
+			for _, g := range st.Gateways {
+				if g.Live && g.Epoch>>32 > before.Epoch>>32 {
+					live++
+				}
+			}
+			return err == nil && st.Leader == second && st.Replica == second && live == 2
+		})
+		if len(st.Replicas) != 2 || st.Replicas[0].URL != second || st.Term <= before.Term || st.Etcd == nil || !st.Etcd.Healthy {
+			t.Errorf("status after the failover: %+v; want 2 replicas led by %s in a term above %d, etcd healthy", st, second, before.Term)
+		}
+	}
+
+	// Pause the new leader (SIGSTOP) past its lease: its connections stay
+	// open but nothing answers, so the gateways find the third replica by
+	// timeout (the report to the paused one times out after 3 s). Then
+	// resume it: it learns it lost, and the gateways stay with the third.
+	paused := h.byURL[second]
+	must(t, paused.cmd.Process.Signal(syscall.SIGSTOP))
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			paused.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}
+	defer resume()
+	mid, err := h.state(h.gws[0])
+	must(t, err)
+	third := h.failover("SIGSTOP of the leader", time.Now(), second, mid.Term, 9*time.Second)
+	resume()
+	testwait.For(t, "the resumed replica knows it no longer leads", func() bool {
+		b, err := os.ReadFile(filepath.Join(paused.dir, "controller.log"))
+		return err == nil && strings.Contains(string(b), "no longer the leader")
+	})
+	testwait.For(t, "cluster status names the third replica, the resumed one a follower", func() bool {
+		st, err := h.status(h.gws[0], "--controller", h.all)
+		return err == nil && st.Leader == third && len(st.Replicas) == 2 && st.Replicas[0].URL == third && st.Replicas[1].URL == second
+	})
+	final, err := h.state(h.gws[0])
+	must(t, err)
+	h.checkSamples(t0, final.Term)
 }
