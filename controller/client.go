@@ -168,7 +168,8 @@ func (e *APIError) Is(target error) bool {
 var errLeaderMoved = errors.New("the controller's leader moved")
 
 // do sends a request to the leader; it returns the status (for 2xx) or an
-// error. A replica that does not answer, or answers that it does not lead,
+// error. A replica that does not answer, is closing (503), or answers that
+// it does not lead,
 // sends the call on to the leader it names, else to the next URL; each
 // replica is tried at most once per call. A timeout (ctx's deadline) ends
 // the call but points the next one at another replica.
@@ -194,7 +195,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) (int,
 		switch {
 		case err == nil:
 			return status, nil
-		case errors.As(err, &ae) && !ae.NotLeader:
+		case errors.As(err, &ae) && !ae.NotLeader && ae.Status != http.StatusServiceUnavailable:
 			return status, err // an answer: the leader refused
 		case ctx.Err() != nil:
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
@@ -202,12 +203,12 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) (int,
 			}
 			return status, err
 		}
-		if ae != nil {
+		if ae != nil && ae.NotLeader {
 			refused = ae
 		}
 		next := ""
-		if ae != nil && ae.Leader != "" && !tried[ae.Leader] {
-			if u, nerr := normURL(ae.Leader); nerr == nil {
+		if ae != nil && ae.Leader != "" {
+			if u, nerr := normURL(ae.Leader); nerr == nil && !tried[u] {
 				next = u
 			}
 		}
