@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +47,7 @@ type Agent struct {
 	mu         sync.Mutex
 	registered bool
 	lastErr    map[string]string // op → last failure ("" none)
+	replica    string            // the replica last reached (logged when it changes)
 }
 
 // NewAgent checks o and returns an Agent; call Run.
@@ -65,7 +67,7 @@ func NewAgent(o AgentOptions) (*Agent, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	o.Logger = o.Logger.With("controller", o.Client.URL(), "gateway", o.Registration.ID)
+	o.Logger = o.Logger.With("controller", strings.Join(o.Client.URLs(), ","), "gateway", o.Registration.ID)
 	f := NewFollower(FollowerOptions{Gateway: o.Registration.ID, Apply: o.Apply, Fallback: o.Fallback,
 		Grace: o.Grace, Clock: o.Clock, Logger: o.Logger})
 	return &Agent{o: o, f: f, lastErr: map[string]string{}}, nil
@@ -136,7 +138,25 @@ func (a *Agent) reportOnce(ctx context.Context) {
 		return
 	}
 	a.trouble(ctx, "report", nil)
+	a.reached()
 }
+
+// reached logs the replica a call just reached when it is another one
+// than before: the leader moved, or the client found it.
+func (a *Agent) reached() {
+	u := a.o.Client.URL()
+	a.mu.Lock()
+	prev := a.replica
+	a.replica = u
+	a.mu.Unlock()
+	if u != prev {
+		a.o.Logger.Info("reaching the controller's leader", "leader", u, "before", prev)
+	}
+}
+
+// Leader is the controller replica the agent talks to: the leader, as far
+// as it knows.
+func (a *Agent) Leader() string { return a.o.Client.URL() }
 
 func (a *Agent) pollLoop(ctx context.Context) {
 	for ctx.Err() == nil {
@@ -149,6 +169,7 @@ func (a *Agent) pollLoop(ctx context.Context) {
 			sleep(ctx, a.o.ReportInterval)
 		case ok:
 			a.trouble(ctx, "poll", nil)
+			a.reached()
 			if _, err := a.f.Offer(set); err != nil {
 				a.o.Logger.Warn("assignment set refused", "err", err)
 			}

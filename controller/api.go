@@ -31,7 +31,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/slos/{tenant}", s.httpGetSLO)
 	mux.HandleFunc("PUT /v1/slos/{tenant}", s.httpSetSLO)
 	mux.HandleFunc("DELETE /v1/slos/{tenant}", s.httpDeleteSLO)
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { reply(w, http.StatusOK, s.Status()) })
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { reply(w, http.StatusOK, s.ClusterStatus(r.Context())) })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	if s.opts.Token == "" {
 		return mux
@@ -81,6 +81,10 @@ func CheckListen(addr, token string) error {
 // apiError is the body of every error response.
 type apiError struct {
 	Error string `json:"error"`
+	// NotLeader: a follower refused the call; Leader is the leader's URL
+	// ("" while none is elected). Clients follow it.
+	NotLeader bool   `json:"not_leader,omitempty"`
+	Leader    string `json:"leader,omitempty"`
 }
 
 func reply(w http.ResponseWriter, status int, v any) {
@@ -114,6 +118,8 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // fail is the API's one error-mapping place.
 func (s *Server) fail(w http.ResponseWriter, err error) {
 	status := http.StatusInternalServerError
+	body := apiError{Error: err.Error()}
+	var nl *NotLeaderError
 	switch {
 	case errors.Is(err, ErrInvalid):
 		status = http.StatusBadRequest
@@ -123,14 +129,18 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		status = http.StatusUnauthorized
 	case errors.Is(err, ErrClosed):
 		status = http.StatusServiceUnavailable
-	case errors.Is(err, ErrNotLeader):
-		// The message names the leader; redirecting is future work.
+	case errors.As(err, &nl):
+		// Clients (Client.do) follow the leader named in the body.
 		status = http.StatusServiceUnavailable
+		body.NotLeader, body.Leader = true, nl.Leader
+	case errors.Is(err, ErrNotLeader):
+		status = http.StatusServiceUnavailable
+		body.NotLeader = true
 	}
 	if status == http.StatusInternalServerError {
 		s.log.Error("controller API request failed", "err", err)
 	}
-	reply(w, status, apiError{Error: err.Error()})
+	reply(w, status, body)
 }
 
 func (s *Server) httpRegister(w http.ResponseWriter, r *http.Request) {

@@ -88,15 +88,28 @@
 // An epoch is GENERATION<<32 | ROUND. The generation is stored in the
 // database and is max(previous+1, Unix seconds) at every start, so epochs
 // keep growing across restarts, even after the data directory is lost.
-// Every round makes a new epoch for every gateway.
+// Every round makes a new epoch for every gateway. On etcd a set also
+// carries the leader's term: the create revision of its election key,
+// which grows with every new leader (a new leader's key is the oldest
+// live one, and every key older than it is gone).
 //
 // # The gateway side
 //
-// Follower applies sets whose epoch is at least the newest it has seen
-// (equal: contact only; newer: Apply if the limits changed or it was in
-// fallback) and ignores older ones. It starts in fallback (the gateway's
+// Follower orders sets by term, then epoch: it ignores (logs and counts)
+// a set from an older term than the newest it accepted, and in one term
+// applies sets whose epoch is at least the newest it has seen (equal:
+// contact only; newer: Apply if the limits changed or it was in fallback)
+// and ignores older ones. A set without a term (one controller) is
+// ordered by its epoch alone. It starts in fallback (the gateway's
 // static rules). If no set arrives for Grace (10 s) it calls Fallback once.
 // Apply and Fallback never run concurrently and are never on the IO path.
+//
+// Client takes one URL or several (the replicas of a controller on etcd):
+// it sends each call to the replica it believes leads and, when that one
+// refuses the connection, drops it, times out or answers "not the leader",
+// goes to the leader the answer names, else to the next URL, each replica
+// at most once per call. A long poll in flight on a replica is abandoned
+// when another call moves the client to another replica.
 //
 // Agent is the loop a gateway runs: register, Report every second (the
 // gateway's Report callback, usually a Meter over its queue counters), long
@@ -133,8 +146,12 @@
 //
 // Errors are {"error": "one line"}: 400 invalid input (unknown JSON fields
 // are refused), 401 missing or wrong token, 404 unknown gateway or SLO, 503
-// closing, 500 anything else. Client maps them back (errors.Is with
-// ErrInvalid, ErrUnauthorized, ErrNotFound, ErrClosed).
+// closing or not the leader, 500 anything else. A follower's 503 adds
+// "not_leader": true and "leader": URL (absent while none is elected);
+// followers refuse writes, reports and assignment polls this way (reports
+// and assignments are the leader's runtime state). Client maps them back
+// (errors.Is with ErrInvalid, ErrUnauthorized, ErrNotFound, ErrClosed,
+// ErrNotLeader).
 //
 // With Options.Token set, every call but /v1/health must carry
 // "Authorization: Bearer TOKEN" (compared in constant time); CheckListen
@@ -157,7 +174,8 @@
 // every write is a transaction fenced on the leader's election key's create
 // revision, so a deposed leader's write fails. Followers reload the state
 // every interval, answer reads, and refuse writes with a NotLeaderError
-// naming the leader (HTTP 503).
+// naming the leader (HTTP 503). ClusterStatus (GET /v1/status) adds the
+// leader, the replica that answered, the replicas and etcd's health.
 //
 // # Metrics
 //
@@ -187,5 +205,5 @@
 //   - A tenant that starts IO on a gateway that is full gets a token rate
 //     until the next round (about a second).
 //   - No weights or priorities among tenants; the spare is shared equally.
-//   - One controller: no HA, no leader election.
+//   - HA on etcd is partial: see docs/CONTROLLER.md, "Replicas".
 package controller

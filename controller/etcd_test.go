@@ -37,10 +37,12 @@ func openTestEtcdStore(t *testing.T, endpoint, name string) *etcdStore {
 	return st
 }
 
-// replica is a controller on the etcd store with its rounds running.
+// openReplica is a controller on the etcd store with its rounds running,
+// advertising name (a URL).
 func openReplica(t *testing.T, endpoint, name string) *Server {
 	t.Helper()
-	s, err := Open(context.Background(), Options{Store: openTestEtcdStore(t, endpoint, name), Interval: 100 * time.Millisecond, Logger: quietLogger()})
+	s, err := Open(context.Background(), Options{Store: openTestEtcdStore(t, endpoint, name), Interval: 100 * time.Millisecond,
+		Logger: quietLogger(), Advertise: name})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,6 +42,8 @@ type Follower struct {
 
 	mu        sync.Mutex
 	epoch     uint64 // newest epoch accepted
+	term      uint64 // newest leader's term accepted (0: none carried one)
+	stale     uint64 // sets ignored because their term was older than term
 	last      AssignmentSet
 	following bool
 	contact   time.Time
@@ -55,6 +57,11 @@ type FollowerState struct {
 	Following   bool      `json:"following"` // the controller's assignments are in force
 	Epoch       uint64    `json:"epoch"`     // newest epoch accepted (kept after fallback)
 	LastContact time.Time `json:"last_contact,omitzero"`
+	// Term is the newest leader's term accepted (0: none came with one);
+	// StaleTermSets counts the sets ignored because they came from an
+	// older term (a deposed leader still running rounds).
+	Term          uint64 `json:"term"`
+	StaleTermSets uint64 `json:"stale_term_sets"`
 }
 
 // NewFollower returns a Follower in fallback.
@@ -77,12 +84,15 @@ func NewFollower(o FollowerOptions) *Follower {
 	return &Follower{o: o}
 }
 
-// Offer hands the follower a set received from the controller. A set with
-// an older epoch than one already accepted is ignored (a stale controller
-// or a reordered reply). A set with a newer or equal epoch counts as
-// contact and restarts the grace period; it is applied if it differs from
-// the set in force or if the follower was in fallback. Offer reports
-// whether Apply was called.
+// Offer hands the follower a set received from the controller. Sets are
+// ordered by the leader's term first, then by epoch: a set from an older
+// term than the newest accepted is ignored and counted (a deposed leader
+// that still runs rounds), and so is one with an older epoch in the same
+// term (a reordered reply); a set without a term (a single controller)
+// is ordered by its epoch alone. A set from a newer term is taken whatever
+// its epoch. An accepted set counts as contact and restarts the grace
+// period; it is applied if it differs from the set in force or if the
+// follower was in fallback. Offer reports whether Apply was called.
 func (f *Follower) Offer(set AssignmentSet) (bool, error) {
 	if set.Gateway != f.o.Gateway {
 		return false, fmt.Errorf("assignment set for gateway %q offered to %q: %w", set.Gateway, f.o.Gateway, ErrInvalid)
@@ -90,12 +100,23 @@ func (f *Follower) Offer(set AssignmentSet) (bool, error) {
 	f.cb.Lock()
 	defer f.cb.Unlock()
 	f.mu.Lock()
-	if f.stopped || set.Epoch < f.epoch || set.Epoch == 0 {
-		stale := !f.stopped
+	if f.stopped || set.Epoch == 0 {
 		f.mu.Unlock()
-		if stale {
-			f.o.Logger.Debug("ignoring a stale assignment set", "epoch", set.Epoch, "newest", f.epoch)
-		}
+		return false, nil
+	}
+	if set.Term != 0 && set.Term < f.term {
+		f.stale++
+		n, newest := f.stale, f.term
+		f.mu.Unlock()
+		f.o.Logger.Warn("ignoring an assignment set from an older leader's term", "term", set.Term, "newest_term", newest,
+			"epoch", FormatEpoch(set.Epoch), "ignored", n)
+		return false, nil
+	}
+	newTerm := set.Term > f.term
+	if !newTerm && set.Epoch < f.epoch {
+		newest := f.epoch
+		f.mu.Unlock()
+		f.o.Logger.Debug("ignoring a stale assignment set", "epoch", set.Epoch, "newest", newest)
 		return false, nil
 	}
 	f.contact = f.o.Clock.Now()
@@ -105,14 +126,17 @@ func (f *Follower) Offer(set AssignmentSet) (bool, error) {
 	f.gen++
 	gen := f.gen
 	f.timer = f.o.Clock.AfterFunc(f.o.Grace, func() { f.expire(gen) })
-	apply := !f.following || (set.Epoch > f.epoch && !set.Equal(f.last))
+	apply := !f.following || (set.Epoch != f.epoch && !set.Equal(f.last))
 	resumed := !f.following
 	f.epoch = set.Epoch
+	f.term = max(f.term, set.Term)
 	f.last = set
 	f.following = true
 	f.mu.Unlock()
 	if resumed {
-		f.o.Logger.Info("following the controller's assignments", "epoch", set.Epoch, "tenants", len(set.Assignments))
+		f.o.Logger.Info("following the controller's assignments", "epoch", set.Epoch, "term", set.Term, "tenants", len(set.Assignments))
+	} else if newTerm && set.Term != 0 {
+		f.o.Logger.Info("following a new leader's term", "term", set.Term, "epoch", FormatEpoch(set.Epoch))
 	}
 	if apply {
 		f.o.Apply(set)
@@ -140,7 +164,7 @@ func (f *Follower) expire(gen uint64) {
 func (f *Follower) State() FollowerState {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return FollowerState{Following: f.following, Epoch: f.epoch, LastContact: f.contact}
+	return FollowerState{Following: f.following, Epoch: f.epoch, LastContact: f.contact, Term: f.term, StaleTermSets: f.stale}
 }
 
 // Enforced returns the epoch of the set in force, 0 in fallback.

@@ -166,3 +166,68 @@ func TestFollowerConcurrent(t *testing.T) {
 		t.Error("Apply and Fallback overlapped")
 	}
 }
+
+// termSet is a set from the leader of term, at epoch.
+func termSet(term, epoch uint64, gold float64) AssignmentSet {
+	s := set(epoch, gold)
+	s.Term = term
+	return s
+}
+
+func TestFollowerIgnoresOlderTerms(t *testing.T) {
+	clk := qos.NewFakeClock(time.Unix(1000, 0))
+	var rec recorder
+	f := NewFollower(FollowerOptions{Gateway: "g1", Apply: rec.apply, Fallback: rec.fallback, Clock: clk, Logger: quietLogger()})
+	offer := func(s AssignmentSet) bool {
+		t.Helper()
+		got, err := f.Offer(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	gen := func(g, round uint64) uint64 { return g<<32 | round }
+
+	if !offer(termSet(7, gen(100, 1), 100)) {
+		t.Fatal("first set of term 7 not applied")
+	}
+	// The new leader (term 9) takes over; its sets win.
+	if !offer(termSet(9, gen(101, 1), 200)) {
+		t.Fatal("first set of term 9 not applied")
+	}
+	// The deposed leader, paused past its lease and resumed, still runs
+	// rounds: its sets are newer in epoch than anything it sent before,
+	// and even newer than the new leader's (a clock ahead), but from an
+	// older term. Each is ignored and counted.
+	for i, s := range []AssignmentSet{termSet(7, gen(100, 2), 50), termSet(7, gen(102, 1), 50)} {
+		if offer(s) {
+			t.Fatalf("stale-term set %d (term %d, epoch %s) applied", i, s.Term, FormatEpoch(s.Epoch))
+		}
+	}
+	st := f.State()
+	if st.Term != 9 || st.StaleTermSets != 2 || st.Epoch != gen(101, 1) || !st.Following {
+		t.Fatalf("state after stale-term sets: %+v; want term 9, 2 ignored, epoch 101.1 in force", st)
+	}
+	if n, _ := rec.counts(); n != 2 || rec.applied[1] != gen(101, 1) {
+		t.Fatalf("applied %v, want the two leaders' first sets only", rec.applied)
+	}
+	// A stale-term set is not contact: the grace period runs from the
+	// new leader's last set.
+	clk.Advance(DefaultGrace - time.Second)
+	offer(termSet(7, gen(102, 2), 50))
+	clk.Advance(2 * time.Second)
+	if _, fb := rec.counts(); fb != 1 || f.State().Following {
+		t.Fatalf("stale-term sets kept the follower from falling back: %d fallbacks, %+v", fb, f.State())
+	}
+	// The current term's next round is followed again; a set without a
+	// term (a single controller) is ordered by epoch alone.
+	if !offer(termSet(9, gen(101, 5), 200)) {
+		t.Fatal("term 9 after the fallback not applied")
+	}
+	if offer(set(gen(101, 4), 10)) {
+		t.Fatal("a term-less set with an older epoch applied")
+	}
+	if st := f.State(); st.Term != 9 || st.StaleTermSets != 3 {
+		t.Fatalf("final state %+v", st)
+	}
+}

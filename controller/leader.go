@@ -17,6 +17,17 @@ func (s *Server) Leader(ctx context.Context) string {
 	return s.store.Leader(ctx)
 }
 
+// leading returns a NotLeaderError naming the leader unless this replica
+// leads in the store (it may not have started its term yet: it then takes
+// reports while it warms up). Reports and assignment polls are runtime
+// state, kept by the leader alone.
+func (s *Server) leading(ctx context.Context) error {
+	if s.store.Term() != 0 {
+		return nil
+	}
+	return &NotLeaderError{Leader: s.store.Leader(ctx)}
+}
+
 // syncLeadership follows the store's election, once per Run tick, and
 // reports whether a round is due. A follower reloads the desired state
 // (the leader writes it); a replica that has just won reloads it, starts a
@@ -45,6 +56,11 @@ func (s *Server) syncLocked(ctx context.Context) bool {
 	case term == 0 && cur != 0:
 		s.mu.Lock()
 		s.term = 0
+		// Drop this term's sets and release the long polls: they
+		// reconnect, are refused, and find the new leader.
+		s.sets, s.limits, s.shortfalls = map[string]AssignmentSet{}, map[string]map[string]Rates{}, nil
+		close(s.wake)
+		s.wake = make(chan struct{})
 		s.mu.Unlock()
 		s.log.Warn("controller: no longer the leader: rounds stop here", "leader", s.store.Leader(ctx))
 	}

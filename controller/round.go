@@ -46,7 +46,7 @@ func (s *Server) runRound() {
 	s.round++
 	s.epoch = s.gen<<32 | s.round&(1<<32-1)
 	for _, g := range in.Gateways {
-		set := AssignmentSet{Epoch: s.epoch, Gateway: g.ID, Assignments: make(map[string]qos.Limits, len(out.Assignments[g.ID]))}
+		set := AssignmentSet{Epoch: s.epoch, Term: s.setTerm(), Gateway: g.ID, Assignments: make(map[string]qos.Limits, len(out.Assignments[g.ID]))}
 		lim := make(map[string]Rates, len(out.Assignments[g.ID]))
 		for t, a := range out.Assignments[g.ID] {
 			set.Assignments[t] = LimitsFor(a)

@@ -34,6 +34,10 @@ type Options struct {
 	// controller hears from every live gateway before it reassigns (default
 	// 2×Interval). Gateways keep their last assignments meanwhile.
 	Warmup time.Duration
+	// Advertise is this controller's URL as clients reach it: shown in
+	// the status as the replica that answered (and, on a store without
+	// replicas, as the leader).
+	Advertise string
 	// Token, if set, is the bearer token every API call but /v1/health must
 	// carry.
 	Token string
@@ -362,6 +366,9 @@ func (s *Server) Report(ctx context.Context, rep Report) (ReportReply, error) {
 	if err := rep.Validate(); err != nil {
 		return ReportReply{}, err
 	}
+	if err := s.leading(ctx); err != nil {
+		return ReportReply{}, err // runtime state goes to the leader only
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -387,6 +394,9 @@ func (s *Server) Assignments(ctx context.Context, gateway string, after uint64, 
 		timeout = t.C
 	}
 	for {
+		if err := s.leading(ctx); err != nil {
+			return AssignmentSet{}, false, err
+		}
 		s.mu.Lock()
 		_, registered := s.gws[gateway]
 		set, ok := s.sets[gateway]

@@ -267,7 +267,13 @@ type ReportReply struct {
 // entry per tenant the controller knows. Gateways apply a set only if its
 // Epoch is newer than the last one they applied.
 type AssignmentSet struct {
-	Epoch       uint64                `json:"epoch"`
+	Epoch uint64 `json:"epoch"`
+	// Term is the leader's term (its election key's create revision in
+	// etcd) when the controller has replicas; 0 on a single controller
+	// (badger), where epochs alone order sets. A gateway ignores a set
+	// from an older term than the newest it accepted: a deposed leader
+	// still running rounds cannot undo its successor's assignments.
+	Term        uint64                `json:"term,omitempty"`
 	Gateway     string                `json:"gateway"`
 	Assignments map[string]qos.Limits `json:"assignments"` // tenant → limits
 }
@@ -287,6 +293,20 @@ func (a AssignmentSet) Equal(b AssignmentSet) bool {
 
 // Status is the controller's view of the cluster (GET /v1/status).
 type Status struct {
+	// Leader is the leading replica's URL ("" while none is elected; on a
+	// single controller, its own --advertise URL). Replica is the URL of
+	// the replica that answered: when it is not the leader, its gateway
+	// and tenant sections are empty (reports go to the leader alone).
+	Leader  string `json:"leader"`
+	Replica string `json:"replica"`
+	// Term is the leader's term, when the answering replica leads a
+	// replicated controller (0 otherwise).
+	Term uint64 `json:"term"`
+	// Replicas are the replicas campaigning in etcd, the leader first (on
+	// a single controller: itself).
+	Replicas []ReplicaStatus `json:"replicas"`
+	// Etcd is the health of each etcd endpoint (absent on badger).
+	Etcd      *EtcdStatus     `json:"etcd,omitempty"`
 	Epoch     uint64          `json:"epoch"`
 	Round     time.Time       `json:"round"` // when Epoch was computed
 	Algorithm string          `json:"algorithm"`

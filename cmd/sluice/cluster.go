@@ -23,6 +23,8 @@ func clusterCommand() *cli.Command {
 				Description: `Asks the controller (--controller or SLUICE_CONTROLLER; without them, the
 controller the gateway at --api-socket joined, and the default URL if it joined
 none). Rates are summed over live gateways from their last one-second report.
+With several controller URLs (a replicated controller), the leader is asked;
+the first lines name the leader, the replicas and, on etcd, its health.
 A tenant is "below" when it achieved less than 90 % of the part of its minimum
 it asked for. When the gateway at --api-socket follows a controller, a last
 line shows its state: following (assignments in force) or static rules.`,
@@ -54,7 +56,12 @@ func clusterStatus(c *cli.Context) error {
 	if !st.Round.IsZero() {
 		round = "last round " + agoString(st.Round)
 	}
-	fmt.Printf("controller %s: epoch %s, %s, algorithm %s\n\n", cl.URL(), controller.FormatEpoch(st.Epoch), round, st.Algorithm)
+	fmt.Printf("controller %s: epoch %s, %s, algorithm %s\n", cl.URL(), controller.FormatEpoch(st.Epoch), round, st.Algorithm)
+	fmt.Println(describeReplicas(st))
+	if st.Etcd != nil {
+		fmt.Println(describeEtcd(*st.Etcd))
+	}
+	fmt.Println()
 
 	rows := make([][]string, 0, len(st.Gateways))
 	for _, g := range st.Gateways {
@@ -120,6 +127,45 @@ func clusterStatus(c *cli.Context) error {
 	return nil
 }
 
+// describeReplicas is one line on the leader and the replicas.
+func describeReplicas(st controller.Status) string {
+	leader := "no leader elected right now"
+	if st.Leader != "" {
+		leader = "leader " + st.Leader
+		if st.Term != 0 {
+			leader += fmt.Sprintf(" (term %d)", st.Term)
+		}
+	}
+	reps := make([]string, 0, len(st.Replicas))
+	for _, r := range st.Replicas {
+		reps = append(reps, r.URL)
+	}
+	line := leader + "; replicas: " + strings.Join(reps, ", ")
+	if st.Replica != "" && st.Replica != st.Leader {
+		line += "; answered by follower " + st.Replica + " (the leader did not answer: no gateway reports here)"
+	}
+	return line
+}
+
+// describeEtcd is one line on etcd's health, and one per unhealthy
+// endpoint.
+func describeEtcd(e controller.EtcdStatus) string {
+	ok := 0
+	var bad []string
+	for _, ep := range e.Endpoints {
+		if ep.Healthy {
+			ok++
+			continue
+		}
+		bad = append(bad, fmt.Sprintf("\n  etcd %s: %s", ep.Endpoint, ep.Error))
+	}
+	state := "healthy"
+	if !e.Healthy {
+		state = "UNHEALTHY"
+	}
+	return fmt.Sprintf("etcd: %s, %d of %d endpoints answer, prefix %s%s", state, ok, len(e.Endpoints), e.Prefix, strings.Join(bad, ""))
+}
+
 // describeJoined is one line on the local gateway's follower.
 func describeJoined(js admin.ControllerStatus) string {
 	contact := "never heard from it"
@@ -132,7 +178,11 @@ func describeJoined(js admin.ControllerStatus) string {
 	} else if js.Epoch != 0 {
 		state = fmt.Sprintf("static rules since %s (last epoch %s)", agoString(js.Assignments.Since), js.EpochText)
 	}
-	return fmt.Sprintf("this gateway (%s at %s): %s; %s", js.GatewayID, js.URL, state, contact)
+	at := js.URL
+	if js.Leader != "" && js.Leader != js.URL {
+		at = js.Leader
+	}
+	return fmt.Sprintf("this gateway (%s at %s): %s; %s", js.GatewayID, at, state, contact)
 }
 
 // rateOverCapacity prints "achieved / capacity" ("?" for an unknown capacity).

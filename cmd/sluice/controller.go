@@ -59,7 +59,7 @@ followers answer reads and refuse writes naming the leader (--advertise).`,
 			&cli.StringFlag{Name: "etcd-password", Usage: "etcd password (or --etcd-password-file)"},
 			&cli.StringFlag{Name: "etcd-password-file", Usage: "file holding the etcd password"},
 			&cli.DurationFlag{Name: "etcd-session-ttl", Value: controller.DefaultEtcdSessionTTL, Usage: "leader lease: a dead leader is replaced within about this long"},
-			&cli.StringFlag{Name: "advertise", Usage: "this replica's URL as followers name it (default http://LISTEN)"},
+			&cli.StringFlag{Name: "advertise", Usage: "this replica's URL as followers and the status name it (default http://LISTEN)"},
 		},
 		Action: runController,
 	}
@@ -112,7 +112,7 @@ func runController(c *cli.Context) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s, err := controller.Open(ctx, controller.Options{
 		DataDir: c.String("data-dir"), Store: store, Interval: c.Duration("interval"), ReportTimeout: c.Duration("report-timeout"),
-		Token: token, Logger: log, Registry: reg,
+		Token: token, Logger: log, Registry: reg, Advertise: advertiseURL(c),
 	})
 	if err != nil {
 		return startup(err)
@@ -169,7 +169,7 @@ func etcdStore(ctx context.Context, c *cli.Context, log *slog.Logger) (controlle
 	o := controller.EtcdOptions{
 		Prefix: c.String("etcd-prefix"), CACert: c.String("etcd-cacert"), Cert: c.String("etcd-cert"), Key: c.String("etcd-key"),
 		Username: c.String("etcd-user"), Password: c.String("etcd-password"), SessionTTL: c.Duration("etcd-session-ttl"),
-		Name: c.String("advertise"), Logger: log,
+		Logger: log,
 	}
 	for _, e := range strings.Split(eps, ",") {
 		if e = strings.TrimSpace(e); e != "" {
@@ -189,12 +189,19 @@ func etcdStore(ctx context.Context, c *cli.Context, log *slog.Logger) (controlle
 	if (o.Password != "") != (o.Username != "") {
 		return nil, usageErr("etcd authentication needs both --etcd-user and a password")
 	}
-	if o.Name == "" {
-		o.Name = "http://" + c.String("listen")
-	}
+	o.Name = advertiseURL(c)
 	st, err := controller.OpenEtcdStore(ctx, o)
 	if err != nil {
 		return nil, &exitError{exitStartup, err}
 	}
 	return st, nil
+}
+
+// advertiseURL is --advertise, or http:// + --listen: the URL clients reach
+// this replica at, as the status and followers' refusals name it.
+func advertiseURL(c *cli.Context) string {
+	if u := c.String("advertise"); u != "" {
+		return strings.TrimSuffix(u, "/")
+	}
+	return "http://" + c.String("listen")
 }

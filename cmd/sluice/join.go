@@ -24,7 +24,7 @@ import (
 // joinFlags are the gateway command's controller flags.
 func joinFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "controller", Usage: "join the cluster controller at this `URL` (http://HOST:PORT): report per-tenant traffic, enforce its assignments"},
+		&cli.StringFlag{Name: "controller", Usage: "join the cluster controller at this `URL` (http://HOST:PORT; a replicated controller: every replica's URL, comma-separated): report per-tenant traffic, enforce its assignments"},
 		&cli.StringFlag{Name: "gateway-id", Usage: "this gateway's `ID` at the controller (required with --controller; unique in the cluster)"},
 		&cli.StringFlag{Name: "controller-token-file", Usage: "`FILE` holding the controller's bearer token (default: ./sluice-controller/token if readable)"},
 		&cli.DurationFlag{Name: "controller-grace", Value: controller.DefaultGrace, Usage: "keep the controller's assignments this long after last hearing from it, then fall back to the static QoS rules"},
@@ -228,8 +228,9 @@ func counters(in []gateway.TenantTotals) []controller.TenantCounters {
 // ControllerStatus implements admin.ControllerSource.
 func (j *joined) ControllerStatus() admin.ControllerStatus {
 	fs := j.agent.Follower().State()
-	st := admin.ControllerStatus{URL: j.o.url, GatewayID: j.o.id, GraceSeconds: j.o.grace.Seconds(),
-		Following: fs.Following, Epoch: fs.Epoch, LastContact: fs.LastContact, Capacity: map[string]float64{}}
+	st := admin.ControllerStatus{URL: j.o.url, Leader: j.agent.Leader(), GatewayID: j.o.id, GraceSeconds: j.o.grace.Seconds(),
+		Following: fs.Following, Epoch: fs.Epoch, LastContact: fs.LastContact, Term: fs.Term, StaleTermSets: fs.StaleTermSets,
+		Capacity: map[string]float64{}}
 	if fs.Epoch != 0 {
 		st.EpochText = controller.FormatEpoch(fs.Epoch)
 	}

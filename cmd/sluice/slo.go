@@ -20,7 +20,7 @@ import (
 // may follow positional arguments.
 func controllerFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "controller", Value: controller.DefaultURL, EnvVars: []string{"SLUICE_CONTROLLER"}, Usage: "the controller's URL"},
+		&cli.StringFlag{Name: "controller", Value: controller.DefaultURL, EnvVars: []string{"SLUICE_CONTROLLER"}, Usage: "the controller's URL (a replicated controller: some or all replicas' URLs, comma-separated; calls go to the leader)"},
 		&cli.StringFlag{Name: "token-file", EnvVars: []string{"SLUICE_CONTROLLER_TOKEN_FILE"}, Usage: "file holding the controller's bearer token (default: ./sluice-controller/token if readable)"},
 	}
 }

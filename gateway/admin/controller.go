@@ -17,8 +17,12 @@ import (
 type ControllerStatus struct {
 	// Joined: the gateway was started with --controller. The fields up to
 	// Capacity are set only then.
-	Joined    bool   `json:"joined"`
+	Joined bool `json:"joined"`
+	// URL is what --controller names: one URL, or the replicas' URLs
+	// comma-separated. Leader is the replica the gateway reports to: the
+	// leader as far as it knows.
 	URL       string `json:"url,omitempty"`
+	Leader    string `json:"leader,omitempty"`
 	GatewayID string `json:"gateway_id,omitempty"`
 	// GraceSeconds is how long the gateway keeps the controller's
 	// assignments after it last heard from it.
@@ -31,6 +35,11 @@ type ControllerStatus struct {
 	Epoch       uint64    `json:"epoch"`
 	EpochText   string    `json:"epoch_text,omitempty"`
 	LastContact time.Time `json:"last_contact,omitzero"`
+	// Term is the newest leader's term accepted (0 from a controller
+	// without replicas); StaleTermSets counts the sets ignored because
+	// they came from an older term.
+	Term          uint64 `json:"term,omitempty"`
+	StaleTermSets uint64 `json:"stale_term_sets,omitempty"`
 	// Capacity is the gateway's measured capacity as last reported, by
 	// resource (read_bw, write_bw in bytes/s; read_iops, write_iops in
 	// cost units/s); absent or 0 is unknown.

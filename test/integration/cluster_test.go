@@ -180,20 +180,26 @@ func (g *gw) follower() followerJSON {
 
 // followerErr is follower for goroutines other than the test's.
 func (g *gw) followerErr() (followerJSON, error) {
+	var st followerJSON
+	return st, g.controllerJSON(&st)
+}
+
+// controllerJSON reads GET /v1/controller from the gateway's API socket
+// into v.
+func (g *gw) controllerJSON(v any) error {
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", g.api)
 	}}}
-	var st followerJSON
 	resp, err := c.Get("http://sluice/v1/controller")
 	if err != nil {
-		return st, fmt.Errorf("GET /v1/controller: %w", err)
+		return fmt.Errorf("GET /v1/controller: %w", err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	if err := json.Unmarshal(body, &st); err != nil || resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("GET /v1/controller: %d %v: %s", resp.StatusCode, err, body)
+	if err := json.Unmarshal(body, v); err != nil || resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET /v1/controller: %d %v: %s", resp.StatusCode, err, body)
 	}
-	return st, nil
+	return nil
 }
 
 // bwSample is one fio bandwidth log entry: the mean rate of one job over
