@@ -62,7 +62,10 @@ type Options struct {
 	InitTimeout time.Duration
 	// ExtraArgs are passed to the target last.
 	ExtraArgs []string
-	Logger    *slog.Logger
+	// HugePageDir is where the kernel reports its 2 MiB huge pages
+	// (default DefaultHugePageDir); Start checks that enough are free.
+	HugePageDir string
+	Logger      *slog.Logger
 }
 
 // Target is a running SPDK target started by Start.
@@ -135,6 +138,9 @@ func Start(ctx context.Context, opt Options) (*Target, error) {
 			c.Close()
 			return nil, fmt.Errorf("spdk launch: an SPDK target already serves %s", opt.RPCSocket)
 		}
+	}
+	if err := checkHugePages(prog, opt); err != nil {
+		return nil, err
 	}
 	tg, err := spawn(prog, opt)
 	if err != nil {

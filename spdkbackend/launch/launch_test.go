@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -89,7 +90,7 @@ func TestStopKills(t *testing.T) {
 	if err := os.WriteFile(quits, []byte("#!/bin/sh\nexit 3\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	_, err = Start(t.Context(), Options{Program: quits, RPCSocket: filepath.Join(run, "q.sock")})
+	_, err = Start(t.Context(), Options{Program: quits, RPCSocket: filepath.Join(run, "q.sock"), HugePageDir: fakeHugePages(t, 1000, 0)})
 	if err == nil || !strings.Contains(err.Error(), "exited before serving RPC: exit status 3") {
 		t.Fatalf("Start of a program that exits: %v", err)
 	}
@@ -108,6 +109,59 @@ func TestResolveProgram(t *testing.T) {
 	for _, bad := range []string{filepath.Join(dir, "nope"), filepath.Join(dir, "lib")} {
 		if _, err := ResolveProgram(bad); err == nil {
 			t.Errorf("ResolveProgram(%s) succeeded", bad)
+		}
+	}
+}
+
+// TestHugePagePreflight: Start refuses, before starting anything, when
+// fewer 2 MiB huge pages are free than the target takes at start, and
+// names the number; spdk_tgt needs more than the vhost app.
+func TestHugePagePreflight(t *testing.T) {
+	hp := t.TempDir()
+	set := func(free, resv int) { writeHugePages(t, hp, free, resv) }
+	bin := filepath.Join(t.TempDir(), "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	prog := filepath.Join(bin, "spdk_tgt")
+	if err := os.WriteFile(prog, []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run := t.TempDir()
+	opt := Options{Program: prog, RPCSocket: filepath.Join(run, "rpc.sock"), MemMiB: 256, HugePageDir: hp}
+	set(300, 0)
+	_, err := Start(t.Context(), opt)
+	if err == nil || !strings.Contains(err.Error(), "takes about 388 free 2 MiB huge pages") || !strings.Contains(err.Error(), "300 are free") {
+		t.Fatalf("spdk_tgt with 300 free pages: %v", err)
+	}
+	set(500, 150) // reserved but not yet faulted pages are not free
+	if _, err := Start(t.Context(), opt); err == nil || !strings.Contains(err.Error(), "350 are free") {
+		t.Fatalf("spdk_tgt with 500 free, 150 reserved: %v", err)
+	}
+	if got := pagesNeeded(filepath.Join(bin, "vhost"), 256); got != 258 {
+		t.Errorf("vhost at -s 256 needs %d pages, want 258", got)
+	}
+	// Enough pages: the check passes and the program runs (and fails:
+	// it is a stand-in that exits at once).
+	set(400, 0)
+	if _, err := Start(t.Context(), opt); err == nil || strings.Contains(err.Error(), "huge pages") {
+		t.Fatalf("spdk_tgt with 400 free pages: %v; want the stand-in's own failure", err)
+	}
+}
+
+// fakeHugePages is a directory laid out as the kernel's
+// hugepages-2048kB, with free and reserved counts, for a stand-in target.
+func fakeHugePages(t *testing.T, free, resv int) string {
+	dir := t.TempDir()
+	writeHugePages(t, dir, free, resv)
+	return dir
+}
+
+func writeHugePages(t *testing.T, dir string, free, resv int) {
+	t.Helper()
+	for name, n := range map[string]int{"free_hugepages": free, "resv_hugepages": resv} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(strconv.Itoa(n)+"\n"), 0o600); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
