@@ -8,8 +8,8 @@
 # Rows (fio, psync engine, O_DIRECT, one 1 GiB file; IOPS, mean and p99):
 #   4K randread QD1, 4K randwrite QD1, 4K randwrite with fdatasync after
 #   each, 128K sequential read and write; and 4K randread QD1 without
-#   O_DIRECT (the FUSE door's reads may then come from the kernel's page
-#   cache; the shim's always ask the gateway). For the two doors, the gateway's
+#   O_DIRECT (both doors' reads then come from the kernel's page cache:
+#   the shim sends a read-only buffered fd's reads there). For the two doors, the gateway's
 #   CPU per IO (its threads' run time from /proc/PID/task/*/schedstat).
 # Then:
 #   inproc   Volume.Do on the same file in one process (bench/virtioload
@@ -94,6 +94,15 @@ need_bypass() { # STATS WHAT CALL...
   local f=$1 what=$2; shift 2
   if [ "$(bypassed "$f" "$@")" = 0 ]; then echo "$what: the shim bypassed none of $* (see $f)"; cat "$f"; exit 1; fi
 }
+# need_cached STATS WHAT CALL...: a read-only buffered fd's reads went to
+# the page cache (docs/SHIM.md, "Reads the page cache serves")
+need_cached() {
+  local f=$1 what=$2 n=0; shift 2
+  for c in "$@"; do
+    n=$((n + $(grep "call=$c " "$f" | grep -o 'page_cache=[0-9]*' | awk -F= '{s += $2} END {print s + 0}')))
+  done
+  if [ "$n" = 0 ]; then echo "$what: none of $* went to the page cache (see $f)"; cat "$f"; exit 1; fi
+}
 
 # --- fio rows ------------------------------------------------------------------
 FIO_ROWS=("4K randread QD1|randread|4k|" "4K randwrite QD1|randwrite|4k|" "4K randwrite+fdatasync|randwrite|4k|--fdatasync=1"
@@ -107,7 +116,11 @@ fio_job() { # target row-spec pass → one result line in $W/out/fio
     --ioengine=psync --iodepth=1 --rw="$rw" --bs="$bs" $extra --time_based --runtime="$RUNTIME" \
     --output-format=json --output="$W/out/fio.json" >/dev/null 2>"$st"
   after=0; [ "$t" = shim ] || [ "$t" = fuse ] && after=$(gw_cpu_ns)
-  [ "$t" = shim ] && need_bypass "$st" "$name" pread64 pwrite64 pread pwrite
+  if [ "$t" = shim ] && [ "$rw" = randread ] && [[ "$extra" == *--direct=0* ]]; then
+    need_cached "$st" "$name" pread64 pread # fio opens a read job's file read-only
+  elif [ "$t" = shim ]; then
+    need_bypass "$st" "$name" pread64 pwrite64 pread pwrite
+  fi
   python3 - "$W/out/fio.json" "$rw" "$name" "$t" "$before" "$after" >>"$W/out/fio" <<'PY'
 import json, sys
 f, rw, name, t, before, after = sys.argv[1:]
@@ -180,8 +193,14 @@ pgbench_row() { # target → TPS
   with "$t" runuser -u postgres -- "$PGBIN/pg_ctl" -D "$d/data" -l "$d/log" -w \
     -o "-k $sock -c listen_addresses='' -c max_connections=20 -c huge_pages=off" start >/dev/null 2>>"$st"
   runuser -u postgres -- "$PGBIN/pgbench" -h "$sock" -i -s 10 -q postgres >/dev/null 2>&1
-  runuser -u postgres -- "$PGBIN/pgbench" -h "$sock" -c 8 -j 2 -T "$RUNTIME" postgres 2>/dev/null |
-    awk -v t="$t" '/^tps/ {print t "|" $3}' >>"$W/out/pgbench"
+  local before after
+  before=$(gw_cpu_ns)
+  runuser -u postgres -- "$PGBIN/pgbench" -h "$sock" -c 8 -j 2 -T "$RUNTIME" postgres 2>/dev/null >"$W/out/pgbench.txt"
+  after=$(gw_cpu_ns)
+  # target|TPS|gateway CPU µs per transaction (0 for the native targets)
+  awk -v t="$t" -v cpu=$((after - before)) '/actually processed/ {n = $NF} /^tps/ {tps = $3}
+    END {printf "%s|%s|%.1f\n", t, tps, (t == "shim" || t == "fuse") && n ? cpu / 1e3 / n : 0}' \
+    "$W/out/pgbench.txt" >>"$W/out/pgbench"
   runuser -u postgres -- "$PGBIN/pg_ctl" -D "$d/data" -m fast -w stop >/dev/null
   if [ "$t" = shim ]; then cat "$d/log" >>"$st"; need_bypass "$st" "pgbench" pwrite64 pwrite pread64 pread; fi
 }
@@ -255,8 +274,11 @@ for bench, t, ops in lines("dbbench"):
 for bench, per in db.items():
     print(f"db_bench {bench}: " + ", ".join(f"{t} {per[t]:.0f}" for t in targets if t in per) + " ops/s"
           + (f"; shim/fuse {per['shim'] / per['fuse']:.2f}x" if "shim" in per and "fuse" in per else ""))
-pg = {t: float(v) for t, v in lines("pgbench")}
+pg = {t: (float(v), float(c)) for t, v, c in lines("pgbench")}
 if pg:
-    print("pgbench -c 8 -j 2 (scale 10): " + ", ".join(f"{t} {pg[t]:.0f}" for t in targets if t in pg) + " TPS"
-          + (f"; shim/fuse {pg['shim'] / pg['fuse']:.2f}x" if "shim" in pg and "fuse" in pg else ""))
+    print("pgbench -c 8 -j 2 (scale 10): " + ", ".join(f"{t} {pg[t][0]:.0f}" for t in targets if t in pg) + " TPS"
+          + (f"; shim/fuse {pg['shim'][0] / pg['fuse'][0]:.2f}x" if "shim" in pg and "fuse" in pg else "")
+          + (f"; shim/tmpfs {pg['shim'][0] / pg['tmpfs'][0]:.2f}x, tmpfs/fuse {pg['tmpfs'][0] / pg['fuse'][0]:.2f}x (the shim's ceiling)"
+             if "shim" in pg and "tmpfs" in pg and "fuse" in pg else ""))
+    print("pgbench: gateway CPU per transaction: " + ", ".join(f"{t} {pg[t][1]:.0f} µs" for t in ("shim", "fuse") if t in pg))
 PY
