@@ -52,6 +52,10 @@ type fileEntry struct {
 	// Handle number which we communicate to the kernel.
 	fh uint32
 
+	// flags the handle was registered with (Sluice patch: exported
+	// with the session, handover.go).
+	flags uint32
+
 	// Protects directory fields. Must be acquired before rawBridge.ids'
 	// and rawBridge.backingMu's locks.
 	mu sync.Mutex

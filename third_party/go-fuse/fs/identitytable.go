@@ -296,6 +296,7 @@ func (t *mapIdentityTable) registerFile(e *nodeEntry, f FileHandle, flags uint32
 	}
 	fe.nodeIndex = len(e.openFiles)
 	fe.file = f
+	fe.flags = flags
 	fe.inode = e.inode.Load()
 	e.openFiles = append(e.openFiles, fe.fh)
 

@@ -5,6 +5,7 @@
 package fuse
 
 import (
+	"errors"
 	"log"
 	"os"
 	"sync"
@@ -52,6 +53,13 @@ type fuseFD struct {
 // Ownership of fd passes to the returned fuseFD's *os.File. All shared
 // state (pools, buffer pool, accounting constants) is wired up here.
 func (ms *Server) newFuseFD(fd int) (*fuseFD, error) {
+	// Sluice patch: non-blocking, so that the fd is in the runtime's
+	// poller and a read deadline wakes readers waiting for a request
+	// (Server.Detach); readRequest waits through RawConn.Read.
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		syscall.Close(fd)
+		return nil, err
+	}
 	file := os.NewFile(uintptr(fd), "/dev/fuse")
 	conn, err := file.SyscallConn()
 	if err != nil {
@@ -115,13 +123,36 @@ func (r *fuseFD) readRequest() (req *requestAlloc, code Status) {
 	var n int
 	err := handleEINTR(func() error {
 		var err error
-		if cerr := r.withFD(func(fd int) {
-			n, err = syscall.Read(fd, dest)
-		}); cerr != nil {
+		// Sluice patch: RawConn.Read waits in the poller while the
+		// read would block (EAGAIN), and returns a deadline error
+		// once Detach has set a read deadline.
+		cerr := r.conn.Read(func(fd uintptr) bool {
+			n, err = syscall.Read(int(fd), dest)
+			return err != syscall.EAGAIN
+		})
+		if cerr != nil && !errors.Is(cerr, os.ErrDeadlineExceeded) {
+			// The poller reports a dead connection (EPOLLERR) as
+			// "not pollable": read once more for the kernel's
+			// error (ENODEV after an unmount).
+			if r.withFD(func(fd int) { n, err = syscall.Read(fd, dest) }) != nil {
+				return cerr
+			}
+			return err
+		}
+		if cerr != nil {
 			return cerr
 		}
 		return err
 	})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// Sluice patch: detaching; nothing was read.
+		r.reqMu.Lock()
+		r.putReadBuf(dest)
+		r.putReq(req)
+		r.reqReaders--
+		r.reqMu.Unlock()
+		return nil, OK
+	}
 	if err != nil {
 		r.reqMu.Lock()
 		r.putReadBuf(dest)

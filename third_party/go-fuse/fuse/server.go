@@ -69,6 +69,11 @@ type Server struct {
 
 	// for implementing single threaded processing.
 	requestProcessingMu sync.Mutex
+
+	// Sluice patch (handover.go): detaching is set by Detach; Serve then
+	// returns without closing the fd and closes detached.
+	detaching atomic.Bool
+	detached  chan struct{}
 }
 
 // SetDebug is deprecated. Use MountOptions.Debug instead.
@@ -205,6 +210,42 @@ func defaultPanicHandler(logger *log.Logger, obj any) Status {
 // See the "Mount styles" section in the package documentation if you want to
 // know about the inner workings of the mount process. Usually you do not.
 func NewServer(fs RawFileSystem, mountPoint string, opts *MountOptions) (*Server, error) {
+	ms, o := newServer(fs, opts)
+	mountPoint = filepath.Clean(mountPoint)
+	if !filepath.IsAbs(mountPoint) {
+		cwd, err := os.Getwd()
+		if err != nil {
+			return nil, err
+		}
+		mountPoint = filepath.Clean(filepath.Join(cwd, mountPoint))
+	}
+	fd, err := mount(mountPoint, o, ms.ready)
+	if err != nil {
+		return nil, err
+	}
+
+	ms.mountPoint = mountPoint
+	ms.fuseFD, err = ms.newFuseFD(fd)
+	if err != nil {
+		return nil, err
+	}
+	ms.protocolServer.writev = ms.fuseFD.writev
+
+	if code := ms.handleInit(); !code.Ok() {
+		ms.fuseFD.close()
+		// TODO - unmount as well?
+		return nil, fmt.Errorf("init: %s", code)
+	}
+
+	// This prepares for Serve being called somewhere, either
+	// synchronously or asynchronously.
+	ms.fuseFD.loops.Add(1)
+	return ms, nil
+}
+
+// newServer is the part of NewServer that does not touch the kernel
+// (Sluice patch: split out for NewServerSession).
+func newServer(fs RawFileSystem, opts *MountOptions) (*Server, *MountOptions) {
 	if opts == nil {
 		opts = &MountOptions{
 			MaxBackground: _DEFAULT_BACKGROUND_TASKS,
@@ -232,6 +273,7 @@ func NewServer(fs RawFileSystem, mountPoint string, opts *MountOptions) (*Server
 		maxReaders:   maxReaders,
 		singleReader: useSingleReader,
 		ready:        make(chan error, 1),
+		detached:     make(chan struct{}),
 	}
 	ms.reqPool.New = func() any {
 		return &requestAlloc{
@@ -249,36 +291,7 @@ func NewServer(fs RawFileSystem, mountPoint string, opts *MountOptions) (*Server
 		buf = alignSlice(buf, unsafe.Sizeof(WriteIn{}), logicalBlockSize, uintptr(readBufSize))
 		return buf
 	}
-	mountPoint = filepath.Clean(mountPoint)
-	if !filepath.IsAbs(mountPoint) {
-		cwd, err := os.Getwd()
-		if err != nil {
-			return nil, err
-		}
-		mountPoint = filepath.Clean(filepath.Join(cwd, mountPoint))
-	}
-	fd, err := mount(mountPoint, &o, ms.ready)
-	if err != nil {
-		return nil, err
-	}
-
-	ms.mountPoint = mountPoint
-	ms.fuseFD, err = ms.newFuseFD(fd)
-	if err != nil {
-		return nil, err
-	}
-	ms.protocolServer.writev = ms.fuseFD.writev
-
-	if code := ms.handleInit(); !code.Ok() {
-		ms.fuseFD.close()
-		// TODO - unmount as well?
-		return nil, fmt.Errorf("init: %s", code)
-	}
-
-	// This prepares for Serve being called somewhere, either
-	// synchronously or asynchronously.
-	ms.fuseFD.loops.Add(1)
-	return ms, nil
+	return ms, &o
 }
 
 func requestAccountingSizes(maxWrite int) (readBufSize, readBufBytes, reqAllocBytes int) {
@@ -378,6 +391,11 @@ func (ms *Server) Serve() {
 	ms.loop()
 	ms.fuseFD.loops.Wait()
 
+	if ms.detaching.Load() {
+		// Sluice patch: Detach takes the fd over; the session lives on.
+		close(ms.detached)
+		return
+	}
 	ms.fuseFD.close()
 
 	// shutdown in-flight cache retrieves.
