@@ -39,6 +39,9 @@ func (mt *Mount) Detach() (int, *HandoverState, error) {
 		return -1, nil, fmt.Errorf("detach %s at %s: %w", mt.Volume, mt.Dir, err)
 	}
 	table, err := fs.ExportSession(mt.raw)
+	if err == nil {
+		err = mt.persistOpen(table)
+	}
 	if err != nil {
 		unix.Close(fd)
 		unix.Unmount(mt.Dir, unix.MNT_DETACH)
@@ -46,6 +49,29 @@ func (mt *Mount) Detach() (int, *HandoverState, error) {
 	}
 	return fd, &HandoverState{Volume: mt.Volume, Dir: mt.Dir, ReadOnly: mt.asked,
 		Session: mt.server.Session(), Table: table}, nil
+}
+
+// persistOpen makes the live length and times of every file open on an
+// fs volume's mount durable (the engine keeps them in memory until the
+// last release or an fsync; the new process's engine would discard what
+// lies past the persisted length): an fsync of each, as the file's own
+// would be, so one store flush per open file.
+func (mt *Mount) persistOpen(table *fs.SessionTable) error {
+	if mt.m.fs == nil {
+		return nil
+	}
+	done := map[uint64]bool{}
+	for _, f := range table.Files {
+		if f.Dir || done[f.NodeID] {
+			continue
+		}
+		done[f.NodeID] = true // node IDs are inode numbers (ExternalNodeID)
+		req := gateway.Request{Op: gateway.OpSync, Inode: f.NodeID, Door: gateway.DoorFUSE}
+		if err := mt.m.vol.Do(mt.m.own(context.Background()), &req); err != nil {
+			return fmt.Errorf("persist open inode %d: %w", f.NodeID, err)
+		}
+	}
+	return nil
 }
 
 // Adopt serves a mount another server detached (Mount.Detach, possibly
