@@ -72,6 +72,11 @@ func (d *daemon) start(ctx context.Context) error {
 	}
 	cfg := gateway.Config{DataDir: a.DataDir, Device: a.Device, PoolSize: a.poolSize, QoSSlots: a.QoSSlots,
 		QoSCapacityIOPS: a.QoSCapacityIOPS, QoSCostUnit: a.costUnit, Keyring: d.pre.keyring, Logger: log}
+	if d.took != nil {
+		// Files unlinked while open on a handed-over mount stay until
+		// the adopted handles release them.
+		cfg.KeepOrphans = d.took.openInodes()
+	}
 	if a.SPDK.uri != nil {
 		// The SPDK device replaces the pool file; the gateway owns it
 		// from here (gateway.Open closes it if it fails).

@@ -148,6 +148,21 @@ func (t *takenOver) adoptFUSE(ctx context.Context, d *daemon) []string {
 	return dirs
 }
 
+// openInodes are the inodes the handed-over mounts hold open, by volume
+// (node IDs of an fs volume's mount are its inode numbers).
+func (t *takenOver) openInodes() map[string]map[uint64]bool {
+	out := map[string]map[uint64]bool{}
+	for _, h := range t.fuse {
+		for _, f := range h.state.Table.Files {
+			if out[h.state.Volume] == nil {
+				out[h.state.Volume] = map[uint64]bool{}
+			}
+			out[h.state.Volume][f.NodeID] = true
+		}
+	}
+	return out
+}
+
 // unmountedOf is what the old process ended rather than handed over:
 // the mounts it had (before) that were not detached.
 func unmountedOf(before []fuse.MountInfo, detached []fuse.Detached) []string {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sluice-storage/sluice/internal/testtool"
+	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
 // fileClient keeps one file open on a mount and writes random 4 KiB
@@ -149,7 +150,8 @@ var adoptedRE = regexp.MustCompile(`msg="takeover complete" .*fuse_mounts_adopte
 // TestHandoverFUSE: a gateway with two FUSE mounts, an fs volume and a
 // block volume's image, is taken over 10 times in a row while this
 // process (not the gateway) keeps files open on them: one file in a
-// directory of the fs volume and the image, each written with random
+// directory of the fs volume, one unlinked while open, and the image,
+// each written with random
 // blocks read back and checked at once, and a loop that stats the file
 // and lists its directory. The mounts are handed over: no operation may
 // fail, each new process must say it adopted both mounts, the mount
@@ -171,7 +173,13 @@ func TestHandoverFUSE(t *testing.T) {
 		t.Fatal(err)
 	}
 	devBefore := []uint64{deviceOfPath(t, mnt), deviceOfPath(t, img)}
-	cs := []*fileClient{newFileClient(t, filepath.Join(mnt, "d", "data"), 256), newFileClient(t, filepath.Join(img, "image"), 1024)}
+	cs := []*fileClient{newFileClient(t, filepath.Join(mnt, "d", "data"), 256), newFileClient(t, filepath.Join(img, "image"), 1024),
+		newFileClient(t, filepath.Join(mnt, "d", "tmp"), 64)}
+	// The third file is unlinked while open (a temporary file): the new
+	// processes must keep it (its orphan record) for the open descriptor.
+	if err := os.Remove(filepath.Join(mnt, "d", "tmp")); err != nil {
+		t.Fatal(err)
+	}
 	ls := &lister{dir: filepath.Join(mnt, "d"), name: "data"}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -203,11 +211,19 @@ func TestHandoverFUSE(t *testing.T) {
 	}
 	progress := func() {
 		t.Helper()
-		want := []int64{cs[0].ops.Load() + 50, cs[1].ops.Load() + 50, ls.ops.Load() + 20}
+		want := make([]int64, len(cs))
+		for i, c := range cs {
+			want[i] = c.ops.Load() + 50
+		}
+		wantLs := ls.ops.Load() + 20
 		deadline := time.Now().Add(2 * time.Minute)
 		for {
 			check()
-			if cs[0].ops.Load() >= want[0] && cs[1].ops.Load() >= want[1] && ls.ops.Load() >= want[2] {
+			done := ls.ops.Load() >= wantLs
+			for i, c := range cs {
+				done = done && c.ops.Load() >= want[i]
+			}
+			if done {
 				return
 			}
 			if time.Now().After(deadline) {
@@ -217,7 +233,7 @@ func TestHandoverFUSE(t *testing.T) {
 		}
 	}
 	const rounds = 10
-	var longest [2][]time.Duration
+	var longest [3][]time.Duration
 	for i := 0; i < rounds; i++ {
 		progress()
 		for _, c := range cs {
@@ -237,6 +253,9 @@ func TestHandoverFUSE(t *testing.T) {
 		}
 	}
 	b, _ := os.ReadFile(filepath.Join(g.dir, "gateway.log"))
+	if n := strings.Count(string(b), "kept inodes unlinked while open"); n != rounds {
+		t.Errorf("%d new processes kept the unlinked open file, want %d", n, rounds)
+	}
 	adopted := adoptedRE.FindAllStringSubmatch(string(b), -1)
 	if len(adopted) != rounds {
 		t.Fatalf("%d takeovers logged adopted mounts, want %d\n%s", len(adopted), rounds, g.logTail())
@@ -265,10 +284,17 @@ func TestHandoverFUSE(t *testing.T) {
 			t.Fatalf("%s is still mounted after sluice umount", dir)
 		}
 	}
+	// The unlinked file is purged once its last handle is released (by
+	// the last process), and the volume checks clean.
+	testwait.For(t, "the unlinked file is purged after its release", func() bool {
+		out, code := g.sluice("fsck", "t/fs", "--json")
+		return code == 0 && strings.Contains(out, `"orphans": 0`)
+	})
 	t.Logf("pauses (ms): %v", g.pauses())
 	t.Logf("longest write+read per handover, fs file: %v", longest[0])
 	t.Logf("longest write+read per handover, image: %v", longest[1])
-	t.Logf("%d and %d checked writes+reads, %d stat+list rounds", cs[0].ops.Load(), cs[1].ops.Load(), ls.ops.Load())
+	t.Logf("longest write+read per handover, unlinked file: %v", longest[2])
+	t.Logf("%d, %d and %d checked writes+reads, %d stat+list rounds", cs[0].ops.Load(), cs[1].ops.Load(), cs[2].ops.Load(), ls.ops.Load())
 }
 
 // deviceOfPath is the st_dev of path.
