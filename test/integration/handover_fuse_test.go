@@ -253,6 +253,13 @@ func TestHandoverFUSE(t *testing.T) {
 		}
 	}
 	b, _ := os.ReadFile(filepath.Join(g.dir, "gateway.log"))
+	for _, l := range strings.Split(string(b), "\n") {
+		for _, bad := range []string{"level=ERROR", "level=WARN", "Failed to read from fuse conn", "writer: Write", "unknown node", "panic"} {
+			if strings.Contains(l, bad) {
+				t.Errorf("the gateways logged: %s", l)
+			}
+		}
+	}
 	if n := strings.Count(string(b), "kept inodes unlinked while open"); n != rounds {
 		t.Errorf("%d new processes kept the unlinked open file, want %d", n, rounds)
 	}
