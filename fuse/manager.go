@@ -16,7 +16,9 @@ import (
 )
 
 // Manager keeps a gateway's mounts: at most one per directory, each
-// unmounted on Close. Mounts do not outlive the gateway process.
+// unmounted on Close. Mounts do not outlive the gateway process, except
+// by a planned handover (DetachAll, Adopt), which moves them to the
+// process that takes over.
 type Manager struct {
 	g   *gateway.Gateway
 	log *slog.Logger

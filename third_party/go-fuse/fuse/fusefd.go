@@ -9,8 +9,11 @@ import (
 	"log"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // fuseFD owns the per-FUSE-fd state: the fd itself, the read-side
@@ -31,6 +34,11 @@ type fuseFD struct {
 	// number being reused without any explicit locking.
 	file *os.File
 	conn syscall.RawConn
+
+	// wake is an eventfd that Detach makes readable: readers waiting in
+	// poll return and stop (Sluice patch).
+	wake     int
+	stopping atomic.Bool
 
 	reqMu                sync.Mutex
 	reqReaders           int
@@ -53,17 +61,33 @@ type fuseFD struct {
 // Ownership of fd passes to the returned fuseFD's *os.File. All shared
 // state (pools, buffer pool, accounting constants) is wired up here.
 func (ms *Server) newFuseFD(fd int) (*fuseFD, error) {
-	// Sluice patch: non-blocking, so that the fd is in the runtime's
-	// poller and a read deadline wakes readers waiting for a request
-	// (Server.Detach); readRequest waits through RawConn.Read.
-	if err := syscall.SetNonblock(fd, true); err != nil {
+	// Sluice patch: readers wait in poll(2) on the fd and an eventfd
+	// (wake), so that Server.Detach can wake them; the fd is made
+	// non-blocking (after os.NewFile, so it stays out of the runtime's
+	// poller) so that a reader that lost a request to another one gets
+	// EAGAIN rather than blocking where no wake-up reaches it.
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
 		syscall.Close(fd)
 		return nil, err
 	}
+	// A handed-over fd arrives non-blocking (its open file description
+	// is shared with the old server): blocking for os.NewFile.
+	if err := syscall.SetNonblock(fd, false); err != nil {
+		syscall.Close(fd)
+		syscall.Close(wake)
+		return nil, err
+	}
 	file := os.NewFile(uintptr(fd), "/dev/fuse")
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		file.Close()
+		syscall.Close(wake)
+		return nil, err
+	}
 	conn, err := file.SyscallConn()
 	if err != nil {
 		file.Close()
+		syscall.Close(wake)
 		return nil, err
 	}
 	_, readBufBytes, reqAllocBytes := requestAccountingSizes(ms.opts.MaxWrite)
@@ -71,6 +95,7 @@ func (ms *Server) newFuseFD(fd int) (*fuseFD, error) {
 		server:        ms,
 		file:          file,
 		conn:          conn,
+		wake:          wake,
 		reqPool:       &ms.reqPool,
 		readPool:      &ms.readPool,
 		buffers:       &ms.buffers,
@@ -123,28 +148,14 @@ func (r *fuseFD) readRequest() (req *requestAlloc, code Status) {
 	var n int
 	err := handleEINTR(func() error {
 		var err error
-		// Sluice patch: RawConn.Read waits in the poller while the
-		// read would block (EAGAIN), and returns a deadline error
-		// once Detach has set a read deadline.
-		cerr := r.conn.Read(func(fd uintptr) bool {
-			n, err = syscall.Read(int(fd), dest)
-			return err != syscall.EAGAIN
-		})
-		if cerr != nil && !errors.Is(cerr, os.ErrDeadlineExceeded) {
-			// The poller reports a dead connection (EPOLLERR) as
-			// "not pollable": read once more for the kernel's
-			// error (ENODEV after an unmount).
-			if r.withFD(func(fd int) { n, err = syscall.Read(fd, dest) }) != nil {
-				return cerr
-			}
-			return err
-		}
-		if cerr != nil {
+		if cerr := r.withFD(func(fd int) {
+			n, err = r.readOrWait(fd, dest)
+		}); cerr != nil {
 			return cerr
 		}
 		return err
 	})
-	if errors.Is(err, os.ErrDeadlineExceeded) {
+	if err == errDetaching {
 		// Sluice patch: detaching; nothing was read.
 		r.reqMu.Lock()
 		r.putReadBuf(dest)
@@ -189,6 +200,31 @@ func (r *fuseFD) readRequest() (req *requestAlloc, code Status) {
 	}
 
 	return req, OK
+}
+
+// errDetaching: Detach woke the reader before it read a request.
+var errDetaching = errors.New("fuse: detaching")
+
+// readOrWait reads one request from fd (non-blocking); while there is
+// none, it waits in poll(2) for one or for Detach's wake-up (Sluice
+// patch). A request is read only while not detaching: a reader never
+// takes a request it would not answer.
+func (r *fuseFD) readOrWait(fd int, dest []byte) (int, error) {
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(r.wake), Events: unix.POLLIN}}
+	for {
+		if r.stopping.Load() {
+			return 0, errDetaching
+		}
+		n, err := syscall.Read(fd, dest)
+		if err != syscall.EAGAIN {
+			return n, err
+		}
+		if _, err := unix.Poll(pfd, -1); err != nil && err != unix.EINTR {
+			return 0, err
+		}
+		// POLLERR on fd (the connection is gone): the next read
+		// returns the kernel's error (ENODEV).
+	}
 }
 
 // returnRequest returns a request to the pool of unused requests.
@@ -250,7 +286,17 @@ func (r *fuseFD) putReq(req *requestAlloc) {
 // close closes the underlying FUSE fd. The *os.File waits for in-flight
 // RawConn operations (reads, writes, ioctls) before releasing the fd.
 func (r *fuseFD) close() error {
+	syscall.Close(r.wake)
 	return r.file.Close()
+}
+
+// stop wakes every reader waiting for a request and makes readers stop
+// before their next read (Detach; Sluice patch).
+func (r *fuseFD) stop() error {
+	r.stopping.Store(true)
+	one := [8]byte{1}
+	_, err := syscall.Write(r.wake, one[:])
+	return err
 }
 
 func (r *fuseFD) writev(iov [][]byte) (int, syscall.Errno) {

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
-	"time"
 )
 
 // Session is what a FUSE connection's INIT negotiated, which a Server
@@ -32,7 +31,7 @@ func (ms *Server) Session() Session {
 
 // Detach stops the server at a request boundary without unmounting:
 // its readers stop reading /dev/fuse (a reader waiting for a request is
-// woken by a read deadline; one that has read a request handles it),
+// woken through an eventfd; one that has read a request handles it),
 // and Detach returns once every request read has been answered and
 // Serve has returned. Requests the kernel sends from then on wait in
 // the connection's queue. It returns a duplicate of the /dev/fuse fd
@@ -46,7 +45,7 @@ func (ms *Server) Detach() (int, error) {
 	if !ms.detaching.CompareAndSwap(false, true) {
 		return -1, errors.New("fuse: Detach called twice")
 	}
-	if err := ms.fuseFD.file.SetReadDeadline(time.Unix(1, 0)); err != nil {
+	if err := ms.fuseFD.stop(); err != nil {
 		return -1, fmt.Errorf("fuse: waking the readers: %w", err)
 	}
 	<-ms.detached
