@@ -3,6 +3,7 @@ package fuse
 import (
 	"context"
 	"fmt"
+	"os"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -32,9 +33,35 @@ type HandoverState struct {
 // with. The Mount must not be used afterwards. On an error after the
 // server stopped, the session cannot be served by anyone: the fd is
 // closed (the kernel fails what waits) and the mount detached lazily.
-func (mt *Mount) Detach() (int, *HandoverState, error) {
+// If the requests read do not all finish before ctx ends (one held by a
+// QoS limit, say), the mount ends: its connection is aborted (what waits
+// on it fails, ECONNABORTED) and it is detached lazily.
+func (mt *Mount) Detach(ctx context.Context) (int, *HandoverState, error) {
 	mt.stopNote()
-	fd, err := mt.server.Detach()
+	type detached struct {
+		fd  int
+		err error
+	}
+	ch := make(chan detached, 1)
+	go func() {
+		fd, err := mt.server.Detach()
+		ch <- detached{fd, err}
+	}()
+	var d detached
+	select {
+	case d = <-ch:
+	case <-ctx.Done():
+		mt.abort()
+		go func() {
+			// The stuck request ends (its answer is dropped), then
+			// the server: close what it hands back.
+			if d := <-ch; d.err == nil {
+				unix.Close(d.fd)
+			}
+		}()
+		return -1, nil, fmt.Errorf("detach %s at %s: requests still running: %w", mt.Volume, mt.Dir, ctx.Err())
+	}
+	fd, err := d.fd, d.err
 	if err != nil {
 		return -1, nil, fmt.Errorf("detach %s at %s: %w", mt.Volume, mt.Dir, err)
 	}
@@ -49,6 +76,17 @@ func (mt *Mount) Detach() (int, *HandoverState, error) {
 	}
 	return fd, &HandoverState{Volume: mt.Volume, Dir: mt.Dir, ReadOnly: mt.asked,
 		Session: mt.server.Session(), Table: table}, nil
+}
+
+// abort ends the mount's FUSE connection (fusectl's abort: the kernel
+// fails every request waiting and every later one) and detaches the
+// mount lazily.
+func (mt *Mount) abort() {
+	p := fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", unix.Minor(mt.Dev))
+	if err := os.WriteFile(p, []byte("1"), 0); err != nil {
+		mt.m.log.Warn("fuse: aborting the connection", "dir", mt.Dir, "err", err)
+	}
+	unix.Unmount(mt.Dir, unix.MNT_DETACH)
 }
 
 // persistOpen makes the live length and times of every file open on an

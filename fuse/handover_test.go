@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,10 +18,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-storage/sluice/gateway"
+	"github.com/sluice-storage/sluice/gateway/qos"
+	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
 // handoverVolumes opens a gateway with an fs volume and a block volume.
-func handoverVolumes(t *testing.T) (fsVol, blockVol *gateway.Volume) {
+func handoverVolumes(t *testing.T) (g *gateway.Gateway, fsVol, blockVol *gateway.Volume) {
 	t.Helper()
 	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
@@ -29,7 +32,8 @@ func handoverVolumes(t *testing.T) (fsVol, blockVol *gateway.Volume) {
 		t.Skip("a FUSE mount needs root and /dev/fuse")
 	}
 	ctx := context.Background()
-	g, err := gateway.Open(ctx, gateway.Config{DataDir: t.TempDir(), PoolSize: 256 << 20, AutomationInterval: -1,
+	var err error
+	g, err = gateway.Open(ctx, gateway.Config{DataDir: t.TempDir(), PoolSize: 256 << 20, AutomationInterval: -1,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +53,7 @@ func handoverVolumes(t *testing.T) (fsVol, blockVol *gateway.Volume) {
 	if blockVol, err = g.Volume("t/blk"); err != nil {
 		t.Fatal(err)
 	}
-	return fsVol, blockVol
+	return g, fsVol, blockVol
 }
 
 func mountAt(t *testing.T, v *gateway.Volume) (*Mount, string) {
@@ -74,7 +78,7 @@ func mountAt(t *testing.T, v *gateway.Volume) (*Mount, string) {
 // directory: no operation fails, every read returns what was written, and
 // handles, directory handles and FORGETs stay right across the handovers.
 func TestHandoverSession(t *testing.T) {
-	fsVol, blockVol := handoverVolumes(t)
+	_, fsVol, blockVol := handoverVolumes(t)
 	mfs, dfs := mountAt(t, fsVol)
 	mblk, dblk := mountAt(t, blockVol)
 
@@ -183,7 +187,7 @@ func TestHandoverSession(t *testing.T) {
 // new process of a handover does.
 func handOverMount(t *testing.T, m *Mount, vol *gateway.Volume) *Mount {
 	t.Helper()
-	fd, st, err := m.Detach()
+	fd, st, err := m.Detach(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,4 +236,61 @@ func statAndList(dir string, stop *atomic.Bool, n *atomic.Int64) error {
 		n.Add(1)
 	}
 	return nil
+}
+
+// TestDetachBounded: a write held by a QoS limit (4 KiB/s, 64 KiB writes)
+// keeps a mount from stopping at a request boundary; Detach gives up when
+// its context ends: the connection is aborted, the writer gets an error
+// instead of hanging, and the directory is no longer a mount.
+func TestDetachBounded(t *testing.T) {
+	g, fsVol, _ := handoverVolumes(t)
+	m, dir := mountAt(t, fsVol)
+	ctx := context.Background()
+	if _, err := g.SetQoSRule(ctx, gateway.QoSRule{Tenant: "t", Volume: "fs", Limits: qos.Limits{WriteBPS: 4096, Burst: 10 * time.Millisecond}}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(dir, "slow"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	wrote := make(chan error, 1)
+	go func() {
+		// The first write may be admitted on credit; the next ones wait.
+		for off := int64(0); ; off += 64 << 10 {
+			if _, err := f.WriteAt(make([]byte, 64<<10), off); err != nil {
+				wrote <- err
+				return
+			}
+		}
+	}()
+	testwait.For(t, "the write waits for the QoS limit", func() bool {
+		for _, r := range g.QoSRules() {
+			if r.Stats.Depth > 0 {
+				return true
+			}
+		}
+		return false
+	})
+	dctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, _, err := m.Detach(dctx); err == nil {
+		t.Fatal("Detach with a request held by QoS succeeded")
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("Detach took %v to give up", d)
+	}
+	select {
+	case err := <-wrote:
+		if err == nil {
+			t.Fatal("the held write succeeded on an aborted mount")
+		}
+		t.Logf("the held write failed: %v", err)
+	case <-time.After(time.Minute):
+		t.Fatal("the held write still hangs a minute after the abort")
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), " "+dir+" ") {
+		t.Fatalf("%s is still mounted after the aborted detach", dir)
+	}
 }

@@ -100,9 +100,10 @@ type Detached struct {
 
 // DetachAll stops every mount for a handover (Mount.Detach) and forgets
 // it. A mount that cannot be detached is logged and left for Close
-// (which unmounts it). It runs after the shim door has closed the files
-// it held on the mounts: a close may wait for the mount's answer.
-func (mg *Manager) DetachAll() []Detached {
+// (which unmounts it); one whose requests do not finish before ctx ends
+// is aborted (Mount.Detach). It runs after the shim door has closed the
+// files it held on the mounts: a close may wait for the mount's answer.
+func (mg *Manager) DetachAll(ctx context.Context) []Detached {
 	mg.mu.Lock()
 	es := make(map[string]*entry, len(mg.mounts))
 	for abs, e := range mg.mounts {
@@ -111,9 +112,15 @@ func (mg *Manager) DetachAll() []Detached {
 	mg.mu.Unlock()
 	var out []Detached
 	for abs, e := range es {
-		fd, st, err := e.m.Detach()
+		fd, st, err := e.m.Detach(ctx)
 		if err != nil {
 			mg.log.Error("handover: a mount could not be detached; it ends", "volume", e.m.Volume, "dir", abs, "err", err)
+			if ctx.Err() != nil {
+				// Aborted (Mount.Detach): nothing is left to unmount.
+				mg.mu.Lock()
+				delete(mg.mounts, abs)
+				mg.mu.Unlock()
+			}
 			continue
 		}
 		mg.mu.Lock()

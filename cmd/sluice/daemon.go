@@ -236,7 +236,7 @@ func (d *daemon) stop() {
 	}
 	if d.mounts != nil {
 		if d.handingOver {
-			d.detached = d.mounts.DetachAll()
+			d.detached = d.mounts.DetachAll(ctx) // bounded as the other drains (30 s)
 		}
 		d.mounts.Close()
 	}
