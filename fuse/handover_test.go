@@ -159,18 +159,7 @@ func TestHandoverSession(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The directory handle opened before the handovers lists what is
-	// there now (its listing restarts in the new process).
-	names, err := dirh.Readdirnames(-1)
-	if err != nil {
-		t.Fatalf("readdir of the handed-over directory handle: %v", err)
-	}
-	if fmt.Sprint(names) != "[a e]" && fmt.Sprint(names) != "[e a]" {
-		t.Errorf("the handed-over directory handle lists %v, want a and e", names)
-	}
-	if b, err := os.ReadFile(filepath.Join(dfs, "d", "e", "c2")); err != nil || string(b) != "c" {
-		t.Errorf("the renamed file reads %q, %v", b, err)
-	}
+	checkTree(t, dfs, dirh)
 	t.Logf("%d checked writes+reads on the fs file, %d on the image, %d stat+list rounds", ios[0].Load(), ios[1].Load(), ios[2].Load())
 	data.Close()
 	img.Close()
@@ -180,6 +169,23 @@ func TestHandoverSession(t *testing.T) {
 			t.Errorf("unmount %s after the handovers: %v", m.Dir, err)
 		}
 		m.Wait()
+	}
+}
+
+// checkTree: the directory handle opened before the handovers lists
+// what is there now (its listing restarts in the new server), and the
+// file renamed between handovers reads back.
+func checkTree(t *testing.T, dfs string, dirh *os.File) {
+	t.Helper()
+	names, err := dirh.Readdirnames(-1)
+	if err != nil {
+		t.Fatalf("readdir of the handed-over directory handle: %v", err)
+	}
+	if fmt.Sprint(names) != "[a e]" && fmt.Sprint(names) != "[e a]" {
+		t.Errorf("the handed-over directory handle lists %v, want a and e", names)
+	}
+	if b, err := os.ReadFile(filepath.Join(dfs, "d", "e", "c2")); err != nil || string(b) != "c" {
+		t.Errorf("the renamed file reads %q, %v", b, err)
 	}
 }
 

@@ -180,58 +180,10 @@ func TestHandoverFUSE(t *testing.T) {
 	if err := os.Remove(filepath.Join(mnt, "d", "tmp")); err != nil {
 		t.Fatal(err)
 	}
-	ls := &lister{dir: filepath.Join(mnt, "d"), name: "data"}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for _, c := range cs {
-		wg.Add(1)
-		go func() { defer wg.Done(); c.run(stop) }()
-	}
-	wg.Add(1)
-	go func() { defer wg.Done(); ls.run(stop) }()
-	stopped := false
-	halt := func() {
-		if !stopped {
-			close(stop)
-			stopped = true
-		}
-		wg.Wait()
-	}
-	defer halt()
-	check := func() {
-		t.Helper()
-		for _, c := range cs {
-			if err := c.failed(); err != nil {
-				t.Fatalf("a client failed: %v", err)
-			}
-		}
-		if p := ls.err.Load(); p != nil {
-			t.Fatalf("stat/list failed: %v", *p)
-		}
-	}
-	progress := func() {
-		t.Helper()
-		want := make([]int64, len(cs))
-		for i, c := range cs {
-			want[i] = c.ops.Load() + 50
-		}
-		wantLs := ls.ops.Load() + 20
-		deadline := time.Now().Add(2 * time.Minute)
-		for {
-			check()
-			done := ls.ops.Load() >= wantLs
-			for i, c := range cs {
-				done = done && c.ops.Load() >= want[i]
-			}
-			if done {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the clients make no progress after a handover\n%s", g.logTail())
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
+	cl := &fuseClients{cs: cs, ls: &lister{dir: filepath.Join(mnt, "d"), name: "data"}, stop: make(chan struct{})}
+	cl.start()
+	defer cl.halt()
+	progress := func() { t.Helper(); cl.progress(t, g) }
 	const rounds = 10
 	var longest [3][]time.Duration
 	for i := 0; i < rounds; i++ {
@@ -245,33 +197,14 @@ func TestHandoverFUSE(t *testing.T) {
 			longest[j] = append(longest[j], c.takeLongest())
 		}
 	}
-	halt()
-	check()
+	cl.halt()
+	cl.check(t)
 	for _, c := range cs {
 		if err := c.verify(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	b, _ := os.ReadFile(filepath.Join(g.dir, "gateway.log"))
-	for _, l := range strings.Split(string(b), "\n") {
-		for _, bad := range []string{"level=ERROR", "level=WARN", "Failed to read from fuse conn", "writer: Write", "unknown node", "panic"} {
-			if strings.Contains(l, bad) {
-				t.Errorf("the gateways logged: %s", l)
-			}
-		}
-	}
-	if n := strings.Count(string(b), "kept inodes unlinked while open"); n != rounds {
-		t.Errorf("%d new processes kept the unlinked open file, want %d", n, rounds)
-	}
-	adopted := adoptedRE.FindAllStringSubmatch(string(b), -1)
-	if len(adopted) != rounds {
-		t.Fatalf("%d takeovers logged adopted mounts, want %d\n%s", len(adopted), rounds, g.logTail())
-	}
-	for i, m := range adopted {
-		if m[1] != "2" || m[2] != "2" {
-			t.Fatalf("handover %d: %s of %s mounts adopted, want 2 of 2", i+1, m[1], m[2])
-		}
-	}
+	checkFUSEHandoverLog(t, g, rounds)
 	for i, dir := range []string{mnt, img} {
 		if d := deviceOfPath(t, dir); d != devBefore[i] {
 			t.Fatalf("%s is device %d after the handovers, was %d: not the same mount", dir, d, devBefore[i])
@@ -301,7 +234,99 @@ func TestHandoverFUSE(t *testing.T) {
 	t.Logf("longest write+read per handover, fs file: %v", longest[0])
 	t.Logf("longest write+read per handover, image: %v", longest[1])
 	t.Logf("longest write+read per handover, unlinked file: %v", longest[2])
-	t.Logf("%d, %d and %d checked writes+reads, %d stat+list rounds", cs[0].ops.Load(), cs[1].ops.Load(), cs[2].ops.Load(), ls.ops.Load())
+	t.Logf("%d, %d and %d checked writes+reads, %d stat+list rounds", cs[0].ops.Load(), cs[1].ops.Load(), cs[2].ops.Load(), cl.ls.ops.Load())
+}
+
+// fuseClients are TestHandoverFUSE's file clients and lister.
+type fuseClients struct {
+	cs      []*fileClient
+	ls      *lister
+	stop    chan struct{}
+	stopped bool
+	wg      sync.WaitGroup
+}
+
+func (cl *fuseClients) start() {
+	for _, c := range cl.cs {
+		cl.wg.Add(1)
+		go func() { defer cl.wg.Done(); c.run(cl.stop) }()
+	}
+	cl.wg.Add(1)
+	go func() { defer cl.wg.Done(); cl.ls.run(cl.stop) }()
+}
+
+// halt stops the clients and waits for them (once or more).
+func (cl *fuseClients) halt() {
+	if !cl.stopped {
+		close(cl.stop)
+		cl.stopped = true
+	}
+	cl.wg.Wait()
+}
+
+// check fails the test on any client's error.
+func (cl *fuseClients) check(t *testing.T) {
+	t.Helper()
+	for _, c := range cl.cs {
+		if err := c.failed(); err != nil {
+			t.Fatalf("a client failed: %v", err)
+		}
+	}
+	if p := cl.ls.err.Load(); p != nil {
+		t.Fatalf("stat/list failed: %v", *p)
+	}
+}
+
+// progress waits until every client has done more (50 IOs, 20 listings).
+func (cl *fuseClients) progress(t *testing.T, g *gw) {
+	t.Helper()
+	want := make([]int64, len(cl.cs))
+	for i, c := range cl.cs {
+		want[i] = c.ops.Load() + 50
+	}
+	wantLs := cl.ls.ops.Load() + 20
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		cl.check(t)
+		done := cl.ls.ops.Load() >= wantLs
+		for i, c := range cl.cs {
+			done = done && c.ops.Load() >= want[i]
+		}
+		if done {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the clients make no progress after a handover\n%s", g.logTail())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// checkFUSEHandoverLog: the gateways logged no warning, error or go-fuse
+// complaint; each new process kept the unlinked open file and adopted
+// both mounts.
+func checkFUSEHandoverLog(t *testing.T, g *gw, rounds int) {
+	t.Helper()
+	b, _ := os.ReadFile(filepath.Join(g.dir, "gateway.log"))
+	for _, l := range strings.Split(string(b), "\n") {
+		for _, bad := range []string{"level=ERROR", "level=WARN", "Failed to read from fuse conn", "writer: Write", "unknown node", "panic"} {
+			if strings.Contains(l, bad) {
+				t.Errorf("the gateways logged: %s", l)
+			}
+		}
+	}
+	if n := strings.Count(string(b), "kept inodes unlinked while open"); n != rounds {
+		t.Errorf("%d new processes kept the unlinked open file, want %d", n, rounds)
+	}
+	adopted := adoptedRE.FindAllStringSubmatch(string(b), -1)
+	if len(adopted) != rounds {
+		t.Fatalf("%d takeovers logged adopted mounts, want %d\n%s", len(adopted), rounds, g.logTail())
+	}
+	for i, m := range adopted {
+		if m[1] != "2" || m[2] != "2" {
+			t.Fatalf("handover %d: %s of %s mounts adopted, want 2 of 2", i+1, m[1], m[2])
+		}
+	}
 }
 
 // deviceOfPath is the st_dev of path.
