@@ -47,6 +47,15 @@
 //     stack. Panics inside Volume.Do are recovered there (ErrIO, counted in
 //     sluice_volume_panics_total), the same policy as every door.
 //
+// # Handover
+//
+// A planned handover (`sluice gateway --takeover`, docs/HANDOVER.md) moves
+// each mount to the new process without unmounting it (handover.go):
+// Mount.Detach stops go-fuse at a request boundary and returns the
+// /dev/fuse fd with what INIT negotiated and go-fuse's node and handle
+// tables; Adopt serves them in the new process. go-fuse is vendored and
+// patched for it (third_party/go-fuse/PATCHES.md).
+//
 // The serving process must never touch its own mount (go-fuse's deadlock
 // rules); tests run the gateway as a separate process.
 package fuse

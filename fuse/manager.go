@@ -16,7 +16,9 @@ import (
 )
 
 // Manager keeps a gateway's mounts: at most one per directory, each
-// unmounted on Close. Mounts do not outlive the gateway process.
+// unmounted on Close. Mounts do not outlive the gateway process, except
+// by a planned handover (DetachAll, Adopt), which moves them to the
+// process that takes over.
 type Manager struct {
 	g   *gateway.Gateway
 	log *slog.Logger
@@ -67,10 +69,18 @@ func (mg *Manager) Mount(ctx context.Context, ref, dir string, readOnly bool) (M
 	if err != nil {
 		return MountInfo{}, err
 	}
-	e := &entry{m: m, readOnly: readOnly || vol.ReadOnly(), kind: vol.Kind()}
+	e := mg.add(abs, m, vol)
+	mg.log.Info("mounted", "volume", ref, "dir", abs, "read_only", e.readOnly)
+	return e.info(), nil
+}
+
+// add keeps m (mg.mu held).
+func (mg *Manager) add(abs string, m *Mount, vol *gateway.Volume) *entry {
+	e := &entry{m: m, readOnly: m.ReadOnly(), kind: vol.Kind()}
 	mg.mounts[abs] = e
 	go func() {
-		// Forget mounts that go away behind our back (umount(8)).
+		// Forget mounts that go away behind our back (umount(8)), or
+		// are detached for a handover.
 		m.Wait()
 		mg.mu.Lock()
 		if mg.mounts[abs] == e {
@@ -78,7 +88,79 @@ func (mg *Manager) Mount(ctx context.Context, ref, dir string, readOnly bool) (M
 		}
 		mg.mu.Unlock()
 	}()
-	mg.log.Info("mounted", "volume", ref, "dir", abs, "read_only", e.readOnly)
+	return e
+}
+
+// Detached is a mount stopped for a handover (Mount.Detach): its
+// /dev/fuse fd, owned by the holder, and the state to adopt it with.
+type Detached struct {
+	FD    int
+	State *HandoverState
+}
+
+// DetachAll stops every mount for a handover (Mount.Detach) and forgets
+// it. A mount that cannot be detached is logged and left for Close
+// (which unmounts it); one whose requests do not finish before ctx ends
+// is aborted (Mount.Detach). It runs after the shim door has closed the
+// files it held on the mounts: a close may wait for the mount's answer.
+func (mg *Manager) DetachAll(ctx context.Context) []Detached {
+	mg.mu.Lock()
+	es := make(map[string]*entry, len(mg.mounts))
+	for abs, e := range mg.mounts {
+		es[abs] = e
+	}
+	mg.mu.Unlock()
+	var out []Detached
+	for abs, e := range es {
+		fd, st, err := e.m.Detach(ctx)
+		if err != nil {
+			mg.log.Error("handover: a mount could not be detached; it ends", "volume", e.m.Volume, "dir", abs, "err", err)
+			if ctx.Err() != nil {
+				// Aborted (Mount.Detach): nothing is left to unmount.
+				mg.mu.Lock()
+				delete(mg.mounts, abs)
+				mg.mu.Unlock()
+			}
+			continue
+		}
+		mg.mu.Lock()
+		delete(mg.mounts, abs)
+		mg.mu.Unlock()
+		out = append(out, Detached{FD: fd, State: st})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].State.Dir < out[j].State.Dir })
+	return out
+}
+
+// Adopt serves a mount the gateway this one took over detached
+// (DetachAll, Adopt): fd is its /dev/fuse fd, which Adopt owns. If it
+// cannot be adopted (the volume is gone, the directory has a mount of
+// this gateway), the session ends: what waits on it fails.
+func (mg *Manager) Adopt(ctx context.Context, st *HandoverState, fd int) (MountInfo, error) {
+	fail := func(err error) (MountInfo, error) {
+		unix.Close(fd)
+		unix.Unmount(st.Dir, unix.MNT_DETACH)
+		return MountInfo{}, err
+	}
+	vol, err := mg.g.Volume(st.Volume)
+	if err != nil {
+		return fail(err)
+	}
+	mg.mu.Lock()
+	defer mg.mu.Unlock()
+	if mg.closed {
+		return fail(gateway.ErrClosed)
+	}
+	if e := mg.mounts[st.Dir]; e != nil {
+		return fail(fmt.Errorf("%s already has %s mounted: %w", st.Dir, e.m.Volume, gateway.ErrExists))
+	}
+	m, err := Adopt(ctx, vol, st, fd, Options{Logger: mg.log})
+	if err != nil {
+		return MountInfo{}, err
+	}
+	e := mg.add(st.Dir, m, vol)
+	mg.log.Info("mount taken over", "volume", st.Volume, "dir", st.Dir, "read_only", e.readOnly,
+		"nodes", len(st.Table.Nodes), "open_handles", len(st.Table.Files))
 	return e.info(), nil
 }
 

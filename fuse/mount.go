@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -31,7 +32,12 @@ type Mount struct {
 	// (the shim door matches a file it is handed against it).
 	Dev    uint64
 	server *fuse.Server
+	raw    fuse.RawFileSystem // go-fuse's node bridge (its tables are handed over)
 	m      *mount
+	asked  bool // ReadOnly as asked (Options), handed over with the mount
+	// stopNote stops the notifier (idempotent): before a detach, no
+	// notification may reach the kernel from this process.
+	stopNote func()
 }
 
 // mount is what every node of one mount shares.
@@ -53,15 +59,36 @@ type mount struct {
 // Unmount. An fs volume shows its namespace; a block volume shows one file,
 // ImageName. It returns when the kernel has the mount.
 func MountVolume(ctx context.Context, vol *gateway.Volume, dir string, opts Options) (*Mount, error) {
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
 	st, err := os.Stat(dir)
 	if err != nil {
 		return nil, fmt.Errorf("mount point: %w", err)
 	}
 	if !st.IsDir() {
 		return nil, fmt.Errorf("mount point %s is not a directory: %w", dir, gateway.ErrInvalid)
+	}
+	p := prepare(vol, opts)
+	raw := fs.NewNodeFS(p.root, p.opts)
+	server, err := serve(dir, raw, &p.m.renames, &p.opts.MountOptions)
+	if err != nil {
+		p.unwatch()
+		return nil, fmt.Errorf("mount %s at %s: %w", vol.Ref(), dir, err)
+	}
+	return p.start(server, raw, dir, opts)
+}
+
+// prepared is a mount before it serves: its shared state, root node and
+// go-fuse options (the same for a new mount and one taken over, so that
+// the kernel gets the same answers).
+type prepared struct {
+	m       *mount
+	root    fs.InodeEmbedder
+	opts    *fs.Options
+	unwatch func()
+}
+
+func prepare(vol *gateway.Volume, opts Options) *prepared {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
 	}
 	m := &mount{vol: vol, fs: vol.Namespace(), log: opts.Logger, readOnly: opts.ReadOnly || vol.ReadOnly()}
 	var root fs.InodeEmbedder
@@ -107,7 +134,7 @@ func MountVolume(ctx context.Context, vol *gateway.Volume, dir string, opts Opti
 		// made meanwhile wait in the queue.
 		unwatch = m.fs.Watch(m.note)
 	}
-	server, err := serve(dir, root, &m.renames, &fs.Options{
+	return &prepared{m: m, root: root, unwatch: unwatch, opts: &fs.Options{
 		MountOptions:    mo,
 		EntryTimeout:    &to,
 		AttrTimeout:     &to,
@@ -120,27 +147,41 @@ func MountVolume(ctx context.Context, vol *gateway.Volume, dir string, opts Opti
 		// FUSE node IDs are the engine's inode numbers (never reused),
 		// so the notifier names nodes the way the engine reports them.
 		ExternalNodeID: m.fs != nil,
-	})
-	if err != nil {
-		unwatch()
-		return nil, fmt.Errorf("mount %s at %s: %w", vol.Ref(), dir, err)
-	}
+	}}
+}
+
+// start finishes a mount whose server serves: the notifier runs until
+// the server ends or the mount is detached (Mount.Detach).
+func (p *prepared) start(server *fuse.Server, raw fuse.RawFileSystem, dir string, opts Options) (*Mount, error) {
+	m := p.m
+	mt := &Mount{Dir: dir, Volume: m.vol.Ref(), server: server, raw: raw, m: m, asked: opts.ReadOnly, stopNote: p.unwatch}
 	if m.note != nil {
 		m.note.srv = server
-		stop := make(chan struct{})
-		go m.note.run(stop)
+		stop, done := make(chan struct{}), make(chan struct{})
+		go func() {
+			m.note.run(stop)
+			close(done)
+		}()
+		var once sync.Once
+		mt.stopNote = func() {
+			once.Do(func() {
+				p.unwatch()
+				close(stop)
+				<-done
+			})
+		}
 		go func() {
 			server.Wait()
-			unwatch()
-			close(stop)
+			mt.stopNote()
 		}()
 	}
 	dev, err := deviceOf(dir)
 	if err != nil {
 		server.Unmount()
-		return nil, fmt.Errorf("mount %s at %s: %w", vol.Ref(), dir, err)
+		return nil, fmt.Errorf("mount %s at %s: %w", m.vol.Ref(), dir, err)
 	}
-	return &Mount{Dir: dir, Volume: vol.Ref(), Dev: dev, server: server, m: m}, nil
+	mt.Dev = dev
+	return mt, nil
 }
 
 // deviceOf returns the device number of the filesystem mounted at dir.
@@ -206,11 +247,11 @@ func (m *Mount) ImageResized() error {
 	return nil
 }
 
-// serve mounts root at dir and serves it, as fs.Mount does, counting in
-// renames each rename and link go-fuse has made in its tree.
-func serve(dir string, root fs.InodeEmbedder, renames *atomic.Uint64, opts *fs.Options) (*fuse.Server, error) {
-	raw := namesCounted{RawFileSystem: fs.NewNodeFS(root, opts), n: renames}
-	server, err := fuse.NewServer(raw, dir, &opts.MountOptions)
+// serve mounts raw (go-fuse's node bridge) at dir and serves it, as
+// fs.Mount does, counting in renames each rename and link go-fuse has
+// made in its tree.
+func serve(dir string, raw fuse.RawFileSystem, renames *atomic.Uint64, mo *fuse.MountOptions) (*fuse.Server, error) {
+	server, err := fuse.NewServer(namesCounted{RawFileSystem: raw, n: renames}, dir, mo)
 	if err != nil {
 		return nil, err
 	}

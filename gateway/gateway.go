@@ -105,6 +105,9 @@ type Config struct {
 	// and no policy can set encryption).
 	Keyring *filter.Keyring
 	Logger  *slog.Logger
+	// KeepOrphans: store.Options.KeepOrphans (inodes a planned handover's
+	// FUSE mounts still hold open, by volume ref).
+	KeepOrphans map[string]map[uint64]bool
 }
 
 // DefaultPoolSize is the sparse pool file created by default.
@@ -155,7 +158,8 @@ func Open(ctx context.Context, cfg Config) (*Gateway, error) {
 		cfg.Logger.Info("keyring loaded", "keyring", cfg.Keyring) // tenants only, never keys
 	}
 	env := filter.NewEnv(cfg.Keyring)
-	st, err := store.Open(ctx, filepath.Join(cfg.DataDir, "meta"), dev, store.Options{Logger: cfg.Logger, Filters: env, Namespaces: fsns.Maker{}})
+	st, err := store.Open(ctx, filepath.Join(cfg.DataDir, "meta"), dev, store.Options{Logger: cfg.Logger, Filters: env, Namespaces: fsns.Maker{},
+		KeepOrphans: cfg.KeepOrphans})
 	if err != nil {
 		dev.Close()
 		env.Close()

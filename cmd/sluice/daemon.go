@@ -50,8 +50,14 @@ type daemon struct {
 	join      *joined      // nil unless --controller
 	api       *http.Server
 	// handingOver: stop leaves every socket path in place (the new
-	// process serves the same sockets).
+	// process serves the same sockets) and detaches the FUSE mounts
+	// (detached) instead of unmounting them.
 	handingOver bool
+	detached    []fuse.Detached
+	// took: what this process took over (--takeover), nil otherwise;
+	// start adopts its FUSE mounts (adopted: their directories).
+	took    *takenOver
+	adopted []string
 }
 
 // start opens everything; on an error the caller runs stop, which closes
@@ -66,6 +72,11 @@ func (d *daemon) start(ctx context.Context) error {
 	}
 	cfg := gateway.Config{DataDir: a.DataDir, Device: a.Device, PoolSize: a.poolSize, QoSSlots: a.QoSSlots,
 		QoSCapacityIOPS: a.QoSCapacityIOPS, QoSCostUnit: a.costUnit, Keyring: d.pre.keyring, Logger: log}
+	if d.took != nil {
+		// Files unlinked while open on a handed-over mount stay until
+		// the adopted handles release them.
+		cfg.KeepOrphans = d.took.openInodes()
+	}
 	if a.SPDK.uri != nil {
 		// The SPDK device replaces the pool file; the gateway owns it
 		// from here (gateway.Open closes it if it fails).
@@ -96,6 +107,11 @@ func (d *daemon) start(ctx context.Context) error {
 		go d.metrics.Serve(d.pre.metrics)
 	}
 	d.mounts = fuse.NewManager(d.g, log)
+	if d.took != nil {
+		// Before the shim door: its clients register files of these
+		// mounts again.
+		d.adopted = d.took.adoptFUSE(ctx, d)
+	}
 	d.attachSrv = nbd.NewServer(nbdExports{d.g}, nbd.Options{SpinMax: spinOption(a.NBDSpin), Logger: log})
 	d.attacher, err = attach.New(d.g, d.mounts, attach.Options{Dir: filepath.Join(a.DataDir, "attach"), Method: a.AttachMethod, NBD: d.attachSrv, Logger: log})
 	if err != nil {
@@ -172,7 +188,9 @@ func (d *daemon) metricsServer() *http.Server {
 //  6. virtio exports;
 //  7. attachments: each attached device is flushed and released, logged
 //     as abandoned if something still uses it; then their NBD server;
-//  8. FUSE mounts;
+//  8. FUSE mounts (on a handover: detached at a request boundary and
+//     kept for the new process, fuse.Manager.DetachAll; after the shim
+//     door, whose closes of files on them may wait for their answer);
 //  9. the store (flush, close badger and the device; the SPDK device
 //     deletes its vhost controller);
 //  10. the SPDK target, if the gateway launched it (SIGTERM, SIGKILL
@@ -217,6 +235,9 @@ func (d *daemon) stop() {
 		acancel()
 	}
 	if d.mounts != nil {
+		if d.handingOver {
+			d.detached = d.mounts.DetachAll(ctx) // bounded as the other drains (30 s)
+		}
 		d.mounts.Close()
 	}
 	if d.g != nil {

@@ -94,7 +94,7 @@ hands its listening sockets over, then exits (docs/HANDOVER.md).`,
 			&cli.StringFlag{Name: "keyring", Destination: &a.Keyring, Usage: "`FILE` of tenants' encryption keys, one line \"TENANT BASE64-OF-32-BYTES\" each, mode 0600 or 0400"},
 			&cli.StringFlag{Name: "virtio-wait", Value: "adaptive", Destination: &a.VirtioWait, Usage: "how virtio export queues wait for requests: adaptive, eventfd or poll"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Destination: &a.LogLevel},
-			&cli.BoolFlag{Name: "takeover", Destination: &a.Takeover, Usage: "take over from the gateway running on --data-dir (give its flags): it drains, closes the store and hands its listening sockets to this process, which serves on them; FUSE mounts, attachments and NBD connections end (docs/HANDOVER.md)"},
+			&cli.BoolFlag{Name: "takeover", Destination: &a.Takeover, Usage: "take over from the gateway running on --data-dir (give its flags): it drains, closes the store and hands its listening sockets to this process, which serves on them; NBD connections (without TLS) and FUSE mounts are handed over too, attachments end (docs/HANDOVER.md)"},
 		}, append(spdkFlags(&a.SPDK), joinFlags()...)...),
 		Action: func(c *cli.Context) error {
 			if err := a.check(c); err != nil {
@@ -191,10 +191,15 @@ func runGateway(a *gatewayArgs) error {
 		}
 		defer took.conn.Close()
 	}
-	d := &daemon{args: a, log: log, svc: svc}
+	d := &daemon{args: a, log: log, svc: svc, took: took}
+	handedFUSE := 0
+	if took != nil {
+		handedFUSE = len(took.fuse)
+	}
 	if err := d.start(ctx); err != nil {
 		if took != nil {
 			took.closeNBD()
+			took.closeFUSE()
 		}
 		svc.notify.Status("start-up failed: " + err.Error())
 		d.stop()
@@ -210,7 +215,8 @@ func runGateway(a *gatewayArgs) error {
 		resumed := took.resumeNBD(d)
 		pause := time.Since(time.Unix(0, took.state.StoppedAccepting))
 		log.Info("takeover complete", "pause_ms", float64(pause.Microseconds())/1000, "nbd_conns_resumed", resumed,
-			"nbd_conns_handed", handed, "ended_fuse_mounts", took.state.Unmounted)
+			"nbd_conns_handed", handed, "fuse_mounts_adopted", len(d.adopted), "fuse_mounts_handed", handedFUSE,
+			"ended_fuse_mounts", took.state.Unmounted)
 	}
 	log.Info("gateway ready", "api", a.APISocket, "nbd", a.NBDListen, "nbd_socket", a.NBDSocket, "shim_socket", a.ShimSocket, "volumes", len(d.g.Volumes()))
 	status := fmt.Sprintf("serving %d volumes; API %s", len(d.g.Volumes()), a.APISocket)

@@ -53,7 +53,8 @@ func sluiceVersion() string {
 type takenOver struct {
 	conn  *handover.Conn
 	state handover.Message
-	nbd   []handedNBD // resumed once the NBD door serves (resumeNBD)
+	nbd   []handedNBD  // resumed once the NBD door serves (resumeNBD)
+	fuse  []handedFUSE // adopted once the mount manager exists (adoptFUSE)
 }
 
 // handedNBD is one NBD connection the old process handed over.
@@ -140,6 +141,15 @@ func takeOver(a *gatewayArgs, svc *service, log *slog.Logger) (*takenOver, error
 				i+1, st.NBDConns, m.Type, len(fds), err))
 		}
 		t.nbd = append(t.nbd, handedNBD{os.NewFile(uintptr(fds[0]), "nbd-conn"), *m.NBD})
+	}
+	for i := 0; i < st.FUSEMounts; i++ {
+		h, err := recvFUSE(c)
+		if err != nil {
+			t.closeNBD()
+			t.closeFUSE()
+			return fail(fmt.Errorf("--takeover: FUSE mount %d of %d: %w", i+1, st.FUSEMounts, err))
+		}
+		t.fuse = append(t.fuse, h)
 	}
 	return t, nil
 }
@@ -367,17 +377,20 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func(
 	// Only now may the doors' contexts end: the NBD door closes its
 	// listeners when its context does.
 	stopServing()
-	var unmounted []string
-	for _, m := range d.mounts.Mounts() {
-		unmounted = append(unmounted, m.Dir)
-	}
-	if len(unmounted) > 0 {
-		d.log.Warn("handover: FUSE mounts are not handed over yet: unmounting them", "mounts", unmounted)
-	}
+	before := d.mounts.Mounts()
 	d.handingOver = true
-	d.stop()
+	d.stop() // detaches the FUSE mounts (d.detached) after the shim door has closed
+	defer func() {
+		for _, dt := range d.detached {
+			unix.Close(dt.FD)
+		}
+	}()
+	unmounted := unmountedOf(before, d.detached)
+	if len(unmounted) > 0 {
+		d.log.Warn("handover: FUSE mounts ended, not handed over", "mounts", unmounted)
+	}
 	d.log.Info("handover: stopped; sending the sockets", "stop_ms", time.Since(stopped).Milliseconds(),
-		"nbd_conns", len(handed))
+		"nbd_conns", len(handed), "fuse_mounts", len(d.detached))
 	// The new process becomes the unit's main process before this one
 	// exits (NotifyAccess=main then accepts its READY=1).
 	if err := d.svc.notify.MainPID(np.pid); err != nil {
@@ -385,7 +398,8 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func(
 	}
 	c.SetDeadline(time.Now().Add(helloTimeout))
 	if err := c.Send(handover.Message{Type: handover.TypeState, StateVersion: handover.StateVersion,
-		Listeners: ls, StoppedAccepting: stopped.UnixNano(), Unmounted: unmounted, NBDConns: len(handed)}, files...); err != nil {
+		Listeners: ls, StoppedAccepting: stopped.UnixNano(), Unmounted: unmounted, NBDConns: len(handed),
+		FUSEMounts: len(d.detached)}, files...); err != nil {
 		return err
 	}
 	for _, h := range handed {
@@ -393,6 +407,11 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func(
 		m := handover.Message{Type: handover.TypeNBD, NBD: &handover.NBDConn{Export: st.Export, Size: st.Size,
 			ReadOnly: st.ReadOnly, Structured: st.Structured, MetaAlloc: st.MetaAlloc, Flags: st.Flags, MaxPayload: st.MaxPayload}}
 		if err := c.Send(m, h.File); err != nil {
+			return err
+		}
+	}
+	for _, dt := range d.detached {
+		if err := sendFUSE(c, dt); err != nil {
 			return err
 		}
 	}

@@ -32,8 +32,9 @@ type Namespace interface {
 	// records are dropped after it returns.
 	MarkDeleted()
 	// PurgeOrphans removes what a crash left of unlinked inodes; it runs
-	// once, when the store opens.
-	PurgeOrphans() error
+	// once, when the store opens. Those in keep are still open (a planned
+	// handover): they stay, purged at their last Release.
+	PurgeOrphans(keep map[uint64]bool) error
 	// Fsck checks the namespace's records in txn into r.
 	Fsck(txn *badger.Txn, r *FsckReport) error
 }

@@ -141,6 +141,11 @@ type Options struct {
 	// keyring) and serves the chains writes bring. Default: an Env without
 	// keys, closed with the store; a caller's Env is the caller's to close.
 	Filters *filter.Env
+	// KeepOrphans names, by volume ref, inodes that are still open in
+	// another door after a planned handover (FUSE handles the new process
+	// adopts): their orphan records are kept at open, and such an inode is
+	// purged at its last Release instead.
+	KeepOrphans map[string]map[uint64]bool
 }
 
 // Store is one pool: a device plus its metadata.
@@ -152,10 +157,12 @@ type Store struct {
 	entries *entryCache
 	// namespaces makes the namespaces of fs volumes (namespace.go).
 	namespaces NamespaceMaker
-	log        *slog.Logger
-	zeros      []byte // maxChunkSize zero bytes, never written
-	uuid       string // the pool's identity
-	env        *filter.Env
+	// keepOrphans: Options.KeepOrphans, used once by load.
+	keepOrphans map[string]map[uint64]bool
+	log         *slog.Logger
+	zeros       []byte // maxChunkSize zero bytes, never written
+	uuid        string // the pool's identity
+	env         *filter.Env
 	// ownEnv: the store made env and closes it.
 	ownEnv bool
 	bufs   sync.Pool // *[]byte scratch for transformed chunks
@@ -202,7 +209,7 @@ func Open(ctx context.Context, metaDir string, dev device.Device, opts Options) 
 		return nil, fmt.Errorf("store: %s: %w (restore it from a backup)", metaDir, err)
 	}
 	s := &Store{
-		db: db, dev: dev, log: opts.Logger, env: opts.Filters, namespaces: opts.Namespaces,
+		db: db, dev: dev, log: opts.Logger, env: opts.Filters, namespaces: opts.Namespaces, keepOrphans: opts.KeepOrphans,
 		zeros: make([]byte, maxChunkSize),
 		byID:  make(map[uint64]*Volume), byName: make(map[string]*Volume),
 		stop: make(chan struct{}), done: make(chan struct{}),
@@ -285,7 +292,7 @@ func (s *Store) load(ctx context.Context) error {
 	}
 	for _, v := range s.byID {
 		if v.ns != nil {
-			if err := v.ns.PurgeOrphans(); err != nil {
+			if err := v.ns.PurgeOrphans(s.keepOrphans[v.ref]); err != nil {
 				return fmt.Errorf("store: volume %s: %w", v.ref, err)
 			}
 		}

@@ -12,6 +12,9 @@
 //	old → new  nbd_conn  one per NBD connection handed over (as many as
 //	                   the state message said), its socket's fd riding
 //	                   along
+//	old → new  fuse_mount  one per FUSE mount handed over (as many as the
+//	                   state message said), its /dev/fuse fd riding
+//	                   along, each followed by its fuse_table parts
 //
 // Sequenced packets keep each message whole and its fds with it, so the
 // parser sees exactly one message and never half of one. A message is
@@ -37,8 +40,9 @@ import (
 
 // StateVersion is the version of this protocol and of the state it
 // carries. Two processes hand over only when theirs are equal.
-// Version 2 added the NBD connections (nbd_conn messages).
-const StateVersion = 2
+// Version 2 added the NBD connections (nbd_conn messages), version 3
+// the FUSE mounts (fuse_mount and fuse_table messages).
+const StateVersion = 3
 
 // SocketName is the handover socket's name in the data directory.
 const SocketName = "handover.sock"
@@ -50,6 +54,8 @@ const (
 	TypeGo     = "go"
 	TypeState  = "state"
 	TypeNBD    = "nbd_conn"
+	TypeFUSE   = "fuse_mount"
+	TypeTable  = "fuse_table"
 )
 
 // Limits on what a peer may send.
@@ -86,6 +92,13 @@ type Message struct {
 	NBDConns int `json:"nbd_conns,omitempty"`
 	// nbd_conn: one NBD connection; its socket's fd comes with it.
 	NBD *NBDConn `json:"nbd,omitempty"`
+	// state: how many fuse_mount messages follow (after the nbd_conn
+	// ones).
+	FUSEMounts int `json:"fuse_mounts,omitempty"`
+	// fuse_mount: one mount; its /dev/fuse fd comes with it.
+	FUSE *FUSEMount `json:"fuse,omitempty"`
+	// fuse_table: part of the tables of the mount before it.
+	Table *FUSETable `json:"table,omitempty"`
 }
 
 // NBDConn is an NBD connection in the transmission phase as the old
@@ -152,6 +165,7 @@ func Parse(b []byte) (Message, error) {
 	if len(m.Unmounted) == 0 {
 		m.Unmounted = nil
 	}
+	m.Table.normalize()
 	if err := m.check(); err != nil {
 		return Message{}, fmt.Errorf("handover %s message: %w", m.Type, err)
 	}
@@ -190,8 +204,19 @@ func (m *Message) check() error {
 		if m.NBDConns < 0 || m.NBDConns > MaxNBDConns {
 			return fmt.Errorf("%d NBD connections (at most %d)", m.NBDConns, MaxNBDConns)
 		}
+		if m.FUSEMounts < 0 || m.FUSEMounts > MaxFUSEMounts {
+			return fmt.Errorf("%d FUSE mounts (at most %d)", m.FUSEMounts, MaxFUSEMounts)
+		}
 	case TypeNBD:
 		if err := m.NBD.check(); err != nil {
+			return err
+		}
+	case TypeFUSE:
+		if err := m.FUSE.check(); err != nil {
+			return err
+		}
+	case TypeTable:
+		if err := m.Table.check(); err != nil {
 			return err
 		}
 	default:
@@ -200,8 +225,11 @@ func (m *Message) check() error {
 	if m.Type != TypeNBD && m.NBD != nil {
 		return errors.New("an NBD connection outside an nbd_conn message")
 	}
-	if m.Type != TypeState && m.NBDConns != 0 {
-		return errors.New("an NBD connection count outside a state message")
+	if m.Type != TypeState && (m.NBDConns != 0 || m.FUSEMounts != 0) {
+		return errors.New("an NBD connection or FUSE mount count outside a state message")
+	}
+	if m.Type != TypeFUSE && m.FUSE != nil || m.Type != TypeTable && m.Table != nil {
+		return errors.New("a FUSE mount or table outside its message")
 	}
 	return checkListeners(m.Listeners)
 }
@@ -279,6 +307,16 @@ func (c *Conn) SetDeadline(t time.Time) error { return c.c.SetDeadline(t) }
 // Send sends one message with files (their fds are duplicated into the
 // peer; the caller still owns and closes them).
 func (c *Conn) Send(m Message, files ...*os.File) error {
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	return c.SendFDs(m, fds...)
+}
+
+// SendFDs is Send with plain fds (a /dev/fuse fd is not made an
+// *os.File: its Fd would switch it to blocking mode).
+func (c *Conn) SendFDs(m Message, fds ...int) error {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return err
@@ -287,11 +325,7 @@ func (c *Conn) Send(m Message, files ...*os.File) error {
 		return fmt.Errorf("handover message of %d bytes (at most %d)", len(b), maxMessage)
 	}
 	var oob []byte
-	if len(files) > 0 {
-		fds := make([]int, len(files))
-		for i, f := range files {
-			fds[i] = int(f.Fd())
-		}
+	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
 	if _, _, err := c.c.WriteMsgUnix(b, oob, nil); err != nil {

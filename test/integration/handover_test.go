@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/sluice-storage/sluice/internal/handover"
-	"github.com/sluice-storage/sluice/internal/testtool"
 	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
@@ -365,48 +364,5 @@ func TestHandoverRefused(t *testing.T) {
 		if e.Name() != handover.SocketName {
 			t.Errorf("a refused takeover created %s in the data directory", e.Name())
 		}
-	}
-}
-
-// TestHandoverEndsFUSEMount: FUSE sessions are not handed over in this
-// slice. The old process unmounts each mount cleanly before it hands
-// over (the directory is a plain directory again, not a dead mount that
-// answers ENOTCONN), the new process logs which mounts ended, and what
-// was written and fsynced is there when the volume is mounted again.
-func TestHandoverEndsFUSEMount(t *testing.T) {
-	testtool.Path(t, "fusermount3")
-	g := startGateway(t, t.TempDir())
-	mnt := g.mountVolume("t/fs", "fs", "64M")
-	want := []byte("written before the handover\n")
-	f, err := os.Create(filepath.Join(mnt, "file"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.Write(want); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	g.takeover()
-	mi, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(string(mi), " "+mnt+" ") {
-		t.Fatalf("%s is still mounted after the handover", mnt)
-	}
-	entries, err := os.ReadDir(mnt)
-	if err != nil || len(entries) != 0 {
-		t.Fatalf("the mount point after the handover: %v, %d entries (want an empty directory)", err, len(entries))
-	}
-	if log := g.logTail(); !strings.Contains(log, "ended_fuse_mounts=["+mnt+"]") {
-		t.Fatalf("the new process does not say the mount ended:\n%s", log)
-	}
-	g.mustSluice("mount", "t/fs", mnt)
-	got, err := os.ReadFile(filepath.Join(mnt, "file"))
-	if err != nil || string(got) != string(want) {
-		t.Fatalf("after remounting: %q, %v; want %q", got, err, want)
 	}
 }

@@ -323,8 +323,10 @@ func (f *FS) purge(ino uint64) error {
 	})
 }
 
-// purgeOrphans removes the orphans a crash left behind (store open).
-func (f *FS) purgeOrphans() error {
+// purgeOrphans removes the orphans a crash left behind (store open),
+// except those in keep: still open after a planned handover, they are
+// purged at their last Release (purgeIfUnused).
+func (f *FS) purgeOrphans(keep map[uint64]bool) error {
 	var inos []uint64
 	prefix := inoKey(prefixOrphan, f.v.ID(), 0)[:9]
 	err := f.view(func(txn kv) error {
@@ -340,16 +342,25 @@ func (f *FS) purgeOrphans() error {
 	if err != nil {
 		return err
 	}
+	kept := 0
 	for _, ino := range inos {
+		if keep[ino] {
+			f.setOrphan(ino, true)
+			kept++
+			continue
+		}
 		if err := f.purge(ino); err != nil {
 			return fmt.Errorf("purge orphan inode %d: %w", ino, err)
 		}
 	}
-	if len(inos) > 0 {
+	if len(inos) > kept {
 		if err := f.v.Store().SyncMeta(); err != nil { // their space is free again
 			return err
 		}
-		f.v.Store().Log().Info("purged inodes unlinked while open before the last stop", "volume", f.v.Ref(), "count", len(inos))
+		f.v.Store().Log().Info("purged inodes unlinked while open before the last stop", "volume", f.v.Ref(), "count", len(inos)-kept)
+	}
+	if kept > 0 {
+		f.v.Store().Log().Info("kept inodes unlinked while open: still open after the handover", "volume", f.v.Ref(), "count", kept)
 	}
 	return nil
 }

@@ -595,3 +595,61 @@ func TestFdatasync(t *testing.T) {
 	f.Release(ctx, a.Ino)
 	mustFsck(t, s, "fs")
 }
+
+// An orphan named in Options.KeepOrphans (a file a handed-over FUSE mount
+// still holds open) survives the store's open, stays readable once opened
+// again, and is purged at its last Release.
+func TestFSKeepOrphans(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, dev := diskStore(t, dir, 256*MiB)
+	v, f := newFSVolume(t, s, "fs", 64*MiB)
+	a := mustCreate(t, f, RootIno, "tmp", syscall.S_IFREG|0o644)
+	f.Open(ctx, a.Ino)
+	v.WriteAt(ctx, a.Ino, pattern(5, 100000), 0, false)
+	if err := f.Fsync(ctx, a.Ino, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Unlink(ctx, RootIno, "tmp"); err != nil {
+		t.Fatal(err)
+	}
+	// The old process closes its store with the file still open.
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.DB().Close()
+	dev.Close()
+
+	dev, err := device.OpenFile(filepath.Join(dir, "pool"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err = store.Open(ctx, filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{},
+		KeepOrphans: map[string]map[uint64]bool{"t/fs": {a.Ino: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	v, _ = s.Volume("t", "fs")
+	f = Of(v)
+	at, err := f.Open(ctx, a.Ino)
+	if err != nil || at.Size != 100000 || at.Nlink != 0 {
+		t.Fatalf("the kept orphan: %+v, %v", at, err)
+	}
+	got := make([]byte, 100000)
+	if err := v.ReadAt(ctx, a.Ino, got, 0); err != nil || !bytes.Equal(got, pattern(5, 100000)) {
+		t.Fatalf("the kept orphan reads wrong: %v", err)
+	}
+	if r := mustFsck(t, s, "fs"); r.Orphans != 1 {
+		t.Fatalf("fsck sees %d orphans while it is open, want 1", r.Orphans)
+	}
+	if err := f.Release(ctx, a.Ino); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.GetAttr(ctx, a.Ino); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the orphan outlived its last release: %v", err)
+	}
+	if r := mustFsck(t, s, "fs"); r.Orphans != 0 {
+		t.Fatalf("fsck sees %d orphans after the release, want 0", r.Orphans)
+	}
+}

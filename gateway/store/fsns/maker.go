@@ -43,7 +43,7 @@ func (h hooks) LoadedObjects() []*store.Object               { return h.f.loaded
 func (h hooks) WillWrite(o *store.Object)                    { h.f.willWrite(o) }
 func (h hooks) Barrier()                                     { h.f.barrier() }
 func (h hooks) MarkDeleted()                                 { h.f.markDeleted() }
-func (h hooks) PurgeOrphans() error                          { return h.f.purgeOrphans() }
+func (h hooks) PurgeOrphans(keep map[uint64]bool) error      { return h.f.purgeOrphans(keep) }
 func (h hooks) Fsck(txn *badger.Txn, r *store.FsckReport) error {
 	return h.f.fsck(txn, r)
 }
