@@ -22,6 +22,7 @@
 # SPDK_DIR (default /opt/sluice-spdk/v23.01.1: make deps), bin/sluice.
 #
 # Usage: bench/spdk.sh [RUNTIME_SECONDS]   (default 5)
+# Env:   SPDK_ARGS="-E"  extra arguments for the SPDK target (-E: interrupt mode)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNTIME=${1:-5}
@@ -62,8 +63,9 @@ ADDED=$(( $(cat /proc/sys/vm/nr_hugepages) - before ))
 [ "$ADDED" -ge "$PAGES" ] || { echo "could reserve only $ADDED of $PAGES huge pages"; exit 1; }
 mountpoint -q /dev/hugepages || { mkdir -p /dev/hugepages; mount -t hugetlbfs nodev /dev/hugepages; }
 
+# shellcheck disable=SC2086
 LD_LIBRARY_PATH="$SPDK_DIR/lib" "$SPDK_DIR/bin/vhost" -m 0x1 -s $SPDK_MEM --huge-unlink --disable-cpumask-locks \
-  -r "$W/spdk.sock" -S "$W" >"$W/spdk.log" 2>&1 &
+  -r "$W/spdk.sock" -S "$W" ${SPDK_ARGS:-} >"$W/spdk.log" 2>&1 &
 SPDK=$!
 wait_sock "$W/spdk.sock"
 for _ in $(seq 1 100); do rpc spdk_get_version >/dev/null 2>&1 && break; sleep 0.1; done
