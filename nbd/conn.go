@@ -534,12 +534,25 @@ type deadliner interface {
 
 // readPayloadTimed is readPayload bounded by the stall timeout: a client
 // that sends a WRITE header and then nothing loses the connection instead
-// of holding its buffer for ever.
+// of holding its buffer for ever. The stall deadline replaces the one a
+// Drain may have set meanwhile (the payload must be read either way), so
+// afterwards the deadline is the Drain's again, not none: else the
+// reader's next header read would wait for an idle client with no
+// deadline and hold the stop until its timeout. Under c.mu, as Drain
+// sets it.
 func (c *conn) readPayloadTimed(b []byte) error {
 	d, ok := c.nc.(deadliner)
 	if ok {
 		_ = d.SetReadDeadline(time.Now().Add(c.srv.lim.stall))
-		defer d.SetReadDeadline(time.Time{})
+		defer func() {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if c.shutting.Load() {
+				_ = d.SetReadDeadline(time.Now())
+			} else {
+				_ = d.SetReadDeadline(time.Time{})
+			}
+		}()
 	}
 	return c.readPayload(b)
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -254,5 +255,53 @@ func TestHardStopDuringPayload(t *testing.T) {
 	rc.expectClosed()
 	if m.calls.Load() != 0 {
 		t.Fatalf("export saw %d calls", m.calls.Load())
+	}
+}
+
+// deadlineConn is a transport whose reads wait for the test and whose
+// read deadlines are recorded.
+type deadlineConn struct {
+	reading chan struct{} // closed at the first Read
+	data    chan []byte   // what the waiting Read returns
+	once    sync.Once
+	mu      sync.Mutex
+	last    time.Time // the last read deadline set
+}
+
+func (d *deadlineConn) Read(b []byte) (int, error) {
+	d.once.Do(func() { close(d.reading) })
+	return copy(b, <-d.data), nil
+}
+func (d *deadlineConn) Write(b []byte) (int, error) { return len(b), nil }
+func (d *deadlineConn) Close() error                { return nil }
+func (d *deadlineConn) SetReadDeadline(t time.Time) error {
+	d.mu.Lock()
+	d.last = t
+	d.mu.Unlock()
+	return nil
+}
+func (d *deadlineConn) SetWriteDeadline(time.Time) error { return nil }
+
+// A Drain while the reader waits for a WRITE payload: once the payload
+// is in, the read deadline is the Drain's again (not cleared), so the
+// reader's next header read does not wait for an idle client with no
+// deadline and hold the stop until its timeout.
+func TestDrainDuringPayloadKeepsTheStop(t *testing.T) {
+	s := NewServer(memExports{}, Options{Logger: testLogger(t)})
+	dc := &deadlineConn{reading: make(chan struct{}), data: make(chan []byte)}
+	c := newConn(s, context.Background(), dc)
+	c.phase = phaseTransmission
+	done := make(chan error, 1)
+	go func() { done <- c.readPayloadTimed(make([]byte, 4096)) }()
+	<-dc.reading
+	c.Drain()
+	dc.data <- make([]byte, 4096)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	dc.mu.Lock()
+	defer dc.mu.Unlock()
+	if dc.last.IsZero() {
+		t.Fatal("the read deadline was cleared after the payload: the Drain's wake-up is lost")
 	}
 }
