@@ -18,6 +18,7 @@ func TestZeroTimesLeftOut(t *testing.T) {
 		{GatewayRegistration{ID: "gw1"}, GatewayRegistration{ID: "gw1", Registered: now}, `"registered"`},
 		{GatewayStatus{}, GatewayStatus{LastReport: now}, `"last_report"`},
 		{FollowerState{}, FollowerState{LastContact: now}, `"last_contact"`},
+		{Status{}, Status{Round: now}, `"round"`},
 	}
 	for _, c := range cases {
 		zero, err := json.Marshal(c.zero)

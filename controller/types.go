@@ -308,7 +308,7 @@ type Status struct {
 	// Etcd is the health of each etcd endpoint (absent on badger).
 	Etcd      *EtcdStatus     `json:"etcd,omitempty"`
 	Epoch     uint64          `json:"epoch"`
-	Round     time.Time       `json:"round"` // when Epoch was computed
+	Round     time.Time       `json:"round,omitzero"` // when Epoch was computed; absent before the first round
 	Algorithm string          `json:"algorithm"`
 	Gateways  []GatewayStatus `json:"gateways"`
 	Tenants   []TenantStatus  `json:"tenants"`
