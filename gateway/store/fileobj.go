@@ -33,7 +33,7 @@ func (v *Volume) LoadFileObject(txn IterTxn, ino uint64, size int64) (*Object, e
 			it.Close()
 			return nil, err
 		}
-		if v.s.alloc.contains(e.devOff, int64(e.storedLen)) {
+		if v.s.alloc.contains(e.devOff, int64(e.storedLen)) && (!e.short() || int64(e.storedLen) < v.chunkSize) {
 			chunks = append(chunks, struct{ idx, dev int64 }{int64(idx), tableEntry(e)})
 		}
 	}
@@ -85,7 +85,8 @@ func (o *Object) Truncate(size int64, record func() error) error {
 	return record()
 }
 
-// Allocate maps every hole of [off, off+length) to zeroed pool space. On a
+// Allocate maps every hole of [off, off+length) to zeroed pool space, and
+// makes short chunks there full (short.go). On a
 // device whose discards read as zeros that is map entries alone
 // (allocateLocked), in one pass under every stripe; elsewhere zeros are
 // written, a window at a time.
@@ -93,10 +94,21 @@ func (o *Object) Allocate(off, length int64) error {
 	v := o.v
 	cs := v.chunkSize
 	o.ensureChunks(numChunks(off+length, cs))
+	first, last := off>>v.chunkBits, (off+length-1)>>v.chunkBits
 	if v.s.dev.DiscardZeroes() {
 		o.lockAll()
 		defer o.unlockAll()
-		return o.allocateLocked(off>>v.chunkBits, (off+length-1)>>v.chunkBits)
+		for idx := first; idx <= last; idx++ {
+			// A short chunk grows to a full one: a later write into the
+			// range must not need space (short.go).
+			if err := o.growShortLocked(idx); err != nil {
+				return err
+			}
+		}
+		return o.allocateLocked(first, last)
+	}
+	if err := o.growShorts(first, last); err != nil {
+		return err
 	}
 	pos := off &^ (cs - 1)
 	end := off + length

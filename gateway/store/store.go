@@ -329,6 +329,8 @@ func (s *Store) loadChunks(txn *badger.Txn, v *Volume) error {
 			s.log.Error("chunk past the end of its volume; ignored (run fsck)", "volume", v.ref, "chunk", idx)
 		case !s.alloc.contains(e.devOff, int64(e.storedLen)):
 			s.log.Error("chunk points outside the pool; treated as a hole (run fsck)", "volume", v.ref, "inode", ino, "chunk", idx, "offset", e.devOff)
+		case e.short() && int64(e.storedLen) >= v.chunkSize:
+			s.log.Error("short chunk longer than a chunk; treated as a hole (run fsck)", "volume", v.ref, "inode", ino, "chunk", idx, "length", e.storedLen)
 		default:
 			if !s.alloc.mark(e.devOff, int64(e.storedLen)) {
 				s.log.Error("chunk shares space with another chunk (run fsck)", "volume", v.ref, "inode", ino, "chunk", idx, "offset", e.devOff)

@@ -30,6 +30,24 @@ type chunkTable struct {
 // are undone from the filter record in its map entry, never read in place.
 const markTransformed = 1
 
+// A short plain chunk (short.go) keeps its stored length in units in bits
+// 1..11 of its entry (at most 1023 units: chunks are at most 4 MiB, 1024
+// units, and a short chunk is shorter). A full plain chunk's entry is its
+// device offset alone, so the hot path's arithmetic is unchanged.
+const (
+	shortShift = 1
+	shortMask  = (unitSize - 1) &^ markTransformed
+)
+
+// entryAddr is the device offset in a table entry.
+func entryAddr(dev int64) int64 { return dev &^ (unitSize - 1) }
+
+// isShort reports whether a table entry is a short plain chunk's.
+func isShort(dev int64) bool { return dev&shortMask != 0 }
+
+// shortLen is the stored length of a short plain chunk's table entry.
+func shortLen(dev int64) int64 { return (dev & shortMask) >> shortShift * unitSize }
+
 const leafBits = 12
 const leafChunks = 1 << leafBits
 
