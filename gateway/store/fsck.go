@@ -19,7 +19,7 @@ type FsckReport struct {
 	Files    int      `json:"files"`
 	Dentries int      `json:"dentries"`
 	Chunks   int      `json:"chunks"`
-	Short    int      `json:"short"` // short plain chunks (short.go)
+	Short    int      `json:"short"`   // short plain chunks (short.go)
 	Orphans  int      `json:"orphans"` // unlinked inodes still open (or awaiting purge)
 	Problems []string `json:"problems"`
 }

@@ -13,15 +13,15 @@ import (
 
 // ScrubReport is the result of verifying a volume's transformed chunks.
 type ScrubReport struct {
-	Volume      string     `json:"volume"`
-	Chunks      int        `json:"chunks"`      // chunk entries seen
-	Transformed int        `json:"transformed"` // verified by undoing their filter record
-	Checksummed int        `json:"checksummed"` // of those, chunks with a crc32c
+	Volume      string `json:"volume"`
+	Chunks      int    `json:"chunks"`      // chunk entries seen
+	Transformed int    `json:"transformed"` // verified by undoing their filter record
+	Checksummed int    `json:"checksummed"` // of those, chunks with a crc32c
 	// Short is the short plain chunks (short.go) read: their entries
 	// checked against the chunk size and the pool, their stored bytes
 	// read from the device (plain bytes carry no checksum).
-	Short int `json:"short"`
-	Bad         []BadChunk `json:"bad"`
+	Short int        `json:"short"`
+	Bad   []BadChunk `json:"bad"`
 }
 
 // BadChunk is a chunk that failed verification.
