@@ -282,6 +282,7 @@ func (o *Object) installCow(t *chunkTable, chunks []cowChunk) {
 		o.invalidate(c.idx, 1)
 	}
 	v.saved.Add(saved)
+	o.saved.Add(saved)
 	s.alloc.deferFree(freed)
 }
 

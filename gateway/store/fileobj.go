@@ -22,6 +22,7 @@ type IterTxn interface {
 // chunk map as read in txn.
 func (v *Volume) LoadFileObject(txn IterTxn, ino uint64, size int64) (*Object, error) {
 	var chunks []struct{ idx, dev int64 } // dev as the table holds it
+	var saved int64
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(v.id, ino), PrefetchValues: true})
 	for it.Rewind(); it.Valid(); it.Next() {
 		_, _, idx, ok := ParseChunkKey(it.Item().Key())
@@ -35,6 +36,7 @@ func (v *Volume) LoadFileObject(txn IterTxn, ino uint64, size int64) (*Object, e
 		}
 		if v.s.alloc.contains(e.devOff, int64(e.storedLen)) && (!e.short() || int64(e.storedLen) < v.chunkSize) {
 			chunks = append(chunks, struct{ idx, dev int64 }{int64(idx), tableEntry(e)})
+			saved += v.savedBy(e)
 		}
 	}
 	it.Close()
@@ -48,6 +50,7 @@ func (v *Volume) LoadFileObject(txn IterTxn, ino uint64, size int64) (*Object, e
 		t.set(c.idx, c.dev)
 	}
 	o.mapped.Store(int64(len(chunks)))
+	o.saved.Store(saved)
 	return o, nil
 }
 
@@ -212,6 +215,21 @@ func (v *Volume) HasChunks(ino uint64) bool {
 		return nil
 	})
 	return has
+}
+
+// HeldBytes is the pool space the chunks of inode ino hold, as read in
+// txn (Object.Held for a file that is not loaded).
+func (v *Volume) HeldBytes(txn IterTxn, ino uint64) int64 {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(v.id, ino), PrefetchValues: true})
+	defer it.Close()
+	var n int64
+	for it.Rewind(); it.Valid(); it.Next() {
+		var e chunkEntry
+		if err := it.Item().Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err }); err == nil {
+			n += v.chunkSize - v.savedBy(e)
+		}
+	}
+	return n
 }
 
 // CountChunks counts the chunk entries of inode ino in txn.

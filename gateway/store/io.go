@@ -529,6 +529,7 @@ func (o *Object) commitPieces(pieces []piece) (int64, error) {
 	}
 	o.mapped.Add(int64(done))
 	v.saved.Add(saved)
+	o.saved.Add(saved)
 	if err != nil {
 		var rest []piece
 		for j := done; j < len(iOf); j++ {

@@ -30,6 +30,9 @@ type Object struct {
 
 	// Files only.
 	mapped atomic.Int64 // allocated chunks
+	// saved is what o's chunks take less than full plain chunks (short
+	// and transformed ones; Volume.saved for one object).
+	saved atomic.Int64
 	mtime  atomic.Int64 // last data change (Unix ns), 0 if none since load
 	dirty  atomic.Bool  // length or mtime changed since last persisted
 	// lenDirty: the length changed since last persisted (a part of
@@ -166,6 +169,9 @@ func (o *Object) Size() int64 { return o.size.Load() }
 
 // Mapped is the number of chunks o holds.
 func (o *Object) Mapped() int64 { return o.mapped.Load() }
+
+// Held is the pool space o's chunks hold (what st_blocks reports).
+func (o *Object) Held() int64 { return o.mapped.Load()*o.v.chunkSize - o.saved.Load() }
 
 // Mtime is o's last data change (Unix ns), 0 if none since it was loaded
 // or ClearMtime.

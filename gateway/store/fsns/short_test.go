@@ -137,11 +137,24 @@ func TestShortChunks(t *testing.T) {
 	}
 	mustAllocated(t, v, 3*cs+unit, "a chunk and a byte")
 	mustContent(t, v, c.Ino, data[:cs+1])
+	// st_blocks counts what each file holds, open (its object) and
+	// closed (its chunk map).
+	blocks := map[uint64]int64{a.Ino: cs / 512, b.Ino: cs / 512, c.Ino: (cs + unit) / 512}
+	mustBlocks := func(when string) {
+		t.Helper()
+		for ino, want := range blocks {
+			if at, err := f.GetAttr(ctx, ino); err != nil || at.Blocks != want {
+				t.Fatalf("%s: inode %d has %d blocks (%v), want %d", when, ino, at.Blocks, err, want)
+			}
+		}
+	}
+	mustBlocks("open")
 	for _, ino := range []uint64{a.Ino, b.Ino, c.Ino} {
 		if err := f.Release(ctx, ino); err != nil {
 			t.Fatal(err)
 		}
 	}
+	mustBlocks("closed")
 	r := mustFsck(t, s, "fs")
 	if r.Short != 1 {
 		t.Fatalf("fsck counts %d short chunks, want 1 (c's)", r.Short)
