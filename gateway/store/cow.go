@@ -210,6 +210,11 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 		}
 		*bufs.out = stored[:0]
 	}
+	if grow := int64(len(stored)) - shortLen(c.old); isShort(c.old) && grow > 0 && v.ns != nil &&
+		v.AllocatedBytes()+grow > v.size.Load() {
+		// A short chunk grows: what the volume holds grows with it.
+		return c, fmt.Errorf("volume %s: %w (volume size %d bytes reached)", v.ref, ErrNoSpace, v.size.Load())
+	}
 	dev, err := s.allocSyncing(int64(len(stored)))
 	if err != nil {
 		return c, fmt.Errorf("volume %s: %w", v.ref, err)

@@ -243,6 +243,6 @@ func (v *Volume) CountChunks(txn IterTxn, ino uint64) int64 {
 	return n
 }
 
-// UsedBytes is the space the volume's chunks count against its size (whole
-// chunks, as an fs volume's statfs reports it).
-func (v *Volume) UsedBytes() int64 { return v.allocated.Load() * v.chunkSize }
+// UsedBytes is the space the volume's chunks count against its size (what
+// they hold, as an fs volume's statfs reports it: AllocatedBytes).
+func (v *Volume) UsedBytes() int64 { return v.AllocatedBytes() }

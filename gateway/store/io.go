@@ -322,12 +322,13 @@ func (v *Volume) devWrite(p []byte, off int64, fua bool) error {
 }
 
 // reserve accounts k more chunks to the volume. The objects of a volume
-// with a namespace (an fs volume's files) may not hold more chunks than its
-// size allows (ENOSPC); a block volume's one object cannot by
-// construction.
+// with a namespace (an fs volume's files) may not hold more pool space
+// than its size (ENOSPC): the space its chunks hold (short and transformed
+// ones what they take) with the k new ones counted whole; a block
+// volume's one object cannot by construction.
 func (v *Volume) reserve(k int64) error {
 	n := v.allocated.Add(k)
-	if v.ns != nil && n*v.chunkSize > v.size.Load() {
+	if v.ns != nil && n*v.chunkSize-v.saved.Load() > v.size.Load() {
 		v.allocated.Add(-k)
 		return fmt.Errorf("volume %s: %w (volume size %d bytes reached)", v.ref, ErrNoSpace, v.size.Load())
 	}

@@ -33,8 +33,8 @@ type Object struct {
 	// saved is what o's chunks take less than full plain chunks (short
 	// and transformed ones; Volume.saved for one object).
 	saved atomic.Int64
-	mtime  atomic.Int64 // last data change (Unix ns), 0 if none since load
-	dirty  atomic.Bool  // length or mtime changed since last persisted
+	mtime atomic.Int64 // last data change (Unix ns), 0 if none since load
+	dirty atomic.Bool  // length or mtime changed since last persisted
 	// lenDirty: the length changed since last persisted (a part of
 	// dirty): fdatasync persists only then.
 	lenDirty atomic.Bool

@@ -20,12 +20,8 @@ import (
 func TestFSCrashGrowingShortChunks(t *testing.T) {
 	g := startGateway(t, t.TempDir())
 	mnt := g.mountVolume("t/grow", "fs", "1G")
-	type synced struct {
-		name string
-		data []byte // the file's bytes at its last fsync
-	}
 	var mu sync.Mutex
-	last := map[string][]byte{}
+	last := map[string][]byte{} // each file's bytes at its last fsync
 	fsyncs := 0
 	stop := make(chan struct{})
 	var wg sync.WaitGroup

@@ -3,6 +3,8 @@ package fsns
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"syscall"
 	"testing"
 
@@ -211,4 +213,45 @@ func TestShortChunks(t *testing.T) {
 		t.Fatalf("pool use %d after unlinking everything, %d before", used, base)
 	}
 	mustFsckEmpty(t, s, "fs")
+}
+
+// TestShortChunksVolumeSize: an fs volume's size bounds the space its
+// chunks hold, short ones counted by their units: many small files fit
+// where whole chunks would not, statfs says what they hold, and a short
+// chunk that grows past what is left fails with ENOSPC.
+func TestShortChunksVolumeSize(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	v, f := newFSVolume(t, s, "small", MiB) // 16 chunks of 64 KiB
+	var small []uint64
+	for i := range 40 {
+		a := mustCreate(t, f, RootIno, fmt.Sprint("s", i), syscall.S_IFREG|0o644)
+		f.Open(ctx, a.Ino)
+		if err := v.WriteAt(ctx, a.Ino, pattern(uint64(i), 1000), 0, false); err != nil {
+			t.Fatalf("small file %d: %v", i, err)
+		}
+		small = append(small, a.Ino)
+	}
+	if st := f.StatFS(ctx); st.BlocksFree != (MiB-40*unit)/unit {
+		t.Fatalf("statfs with 40 one-unit files: %d blocks free, want %d", st.BlocksFree, (MiB-40*unit)/unit)
+	}
+	big := mustCreate(t, f, RootIno, "big", syscall.S_IFREG|0o644)
+	f.Open(ctx, big.Ino)
+	if err := v.WriteAt(ctx, big.Ino, pattern(99, 768<<10), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	// 160 KiB + 768 KiB held; growing a one-unit file to a full chunk
+	// takes 60 KiB more: once, not twice.
+	cs := v.ChunkSize()
+	if err := v.WriteAt(ctx, small[0], pattern(1, int(cs)), 0, false); err != nil {
+		t.Fatalf("first growth: %v", err)
+	}
+	if err := v.WriteAt(ctx, small[1], pattern(1, int(cs)), 0, false); !errors.Is(err, store.ErrNoSpace) {
+		t.Fatalf("growth past the volume's size: %v, want ENOSPC", err)
+	}
+	mustContent(t, v, small[1], pattern(1, 1000))
+	for _, ino := range append(small, big.Ino) {
+		f.Release(ctx, ino)
+	}
+	mustFsck(t, s, "small")
 }
