@@ -8,6 +8,8 @@
 // record of allocation: free space is derived from it at start-up and kept in
 // memory. Chunks are allocated on first write (thin provisioning); a plain
 // chunk is then overwritten in place and later writes touch no metadata.
+// A file's last chunk is stored short, in the 4 KiB units its data needs,
+// and re-placed by copy-on-write when the file grows past them (short.go).
 // Reads of unallocated chunks return zeros without touching the device.
 //
 // # Filters

@@ -8,7 +8,8 @@ import (
 // chunkTable is one object's in-memory chunk map: the device offset of each
 // chunk, 0 for a hole, with markTransformed set for a transformed chunk
 // (device offsets are multiples of the allocation unit, so bit 0 is free).
-// A plain chunk's entry is its offset as it is; a transformed chunk's stored
+// A full plain chunk's entry is its offset as it is; a short one's has its
+// length in units in the low bits (short.go); a transformed chunk's stored
 // length and filter record stay in its badger map entry, read when the
 // chunk is (see transformed.go), so memory stays 8 bytes per chunk either
 // way. It is two-level so that memory follows what is
