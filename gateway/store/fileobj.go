@@ -56,7 +56,11 @@ func (v *Volume) LoadFileObject(txn IterTxn, ino uint64, size int64) (*Object, e
 
 // NewFileObject returns the object of file ino, created a moment ago: empty,
 // without reading the chunk map.
-func (v *Volume) NewFileObject(ino uint64) *Object { return newFileObject(v, ino, 0, 0) }
+func (v *Volume) NewFileObject(ino uint64) *Object {
+	o := newFileObject(v, ino, 0, 0)
+	o.born = v.s.flushes.Load()
+	return o
+}
 
 // TrimPastEnd unmaps what a file object holds past its length and zeroes
 // the rest of its last chunk (nothing on a read-only volume).

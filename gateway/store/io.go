@@ -308,6 +308,7 @@ func (o *Object) devRead(p []byte, devOff, at int64) error {
 
 func (v *Volume) devWrite(p []byte, off int64, fua bool) error {
 	if fua {
+		v.s.flushes.Add(1)
 		if sw, ok := v.s.dev.(syncWriter); ok {
 			_, err := sw.WriteAtSync(p, off)
 			return err

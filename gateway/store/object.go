@@ -43,6 +43,9 @@ type Object struct {
 	// joined the group, so what it covers is in that group.
 	persistMu sync.Mutex
 	wrote     atomic.Bool // chunks may have been added since load (FS.willWrite)
+	// born is the store's flush count when o was created empty (a new
+	// file), -1 for an object loaded from a chunk map (short.go).
+	born int64
 }
 
 const numStripes = 64
@@ -60,6 +63,7 @@ func newObject(v *Volume, ino uint64, size, chunks int64) *Object {
 func newFileObject(v *Volume, ino uint64, size, chunks int64) *Object {
 	o := newObject(v, ino, size, chunks)
 	o.grows = true
+	o.born = -1
 	return o
 }
 

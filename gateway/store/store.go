@@ -117,6 +117,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -161,6 +162,10 @@ type Store struct {
 	// ownEnv: the store made env and closes it.
 	ownEnv bool
 	bufs   sync.Pool // *[]byte scratch for transformed chunks
+	// flushes counts device flushes issued (Flush, FUA writes): a short
+	// chunk re-placed by copy-on-write in a file created after the last
+	// one holds nothing a flush promised (short.go, growDurably).
+	flushes atomic.Int64
 
 	mu     sync.RWMutex
 	byID   map[uint64]*Volume
@@ -440,6 +445,7 @@ func (s *Store) SyncMeta() error { return s.syncMeta() }
 // Flush makes every completed write to every volume durable: device flush,
 // then metadata sync (which also lets deferred frees be reused).
 func (s *Store) Flush(ctx context.Context) error {
+	s.flushes.Add(1)
 	if err := s.dev.Flush(); err != nil {
 		return fmt.Errorf("%w: %w", ErrIO, err)
 	}

@@ -5,9 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/sluice-storage/sluice/gateway/device"
 	"github.com/sluice-storage/sluice/gateway/store"
 )
 
@@ -254,4 +258,68 @@ func TestShortChunksVolumeSize(t *testing.T) {
 		f.Release(ctx, ino)
 	}
 	mustFsck(t, s, "small")
+}
+
+// flushCounter is a pool file that counts device flushes and durable
+// writes.
+type flushCounter struct {
+	*device.File
+	n atomic.Int64
+}
+
+func (d *flushCounter) Flush() error {
+	d.n.Add(1)
+	return d.File.Flush()
+}
+
+func (d *flushCounter) WriteAtSync(p []byte, off int64) (int, error) {
+	d.n.Add(1)
+	return d.File.WriteAtSync(p, off)
+}
+
+// TestShortGrowthDurable: re-placing a short chunk whose bytes a flush
+// may have promised writes the new extent through to the device before
+// its entry is committed (a power loss must not leave the entry pointing
+// at bytes that never reached the disk while the old ones are gone); a
+// file being written out with no flush since it was created pays nothing.
+func TestShortGrowthDurable(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	f0, err := device.OpenFile(filepath.Join(dir, "pool"), 256*MiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := &flushCounter{File: f0}
+	s, err := store.Open(ctx, filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeStore(t, s, dev)
+	v, f := newFSVolume(t, s, "fs", 64*MiB)
+	a, err := f.CreateOpen(ctx, RootIno, "a", NewInode{Mode: syscall.S_IFREG | 0o644}) // as O_CREAT does
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := pattern(3, 60000)
+	before := dev.n.Load()
+	for _, end := range []int{3000, 9000, 20000} { // 1 unit, grown to 3, to 6
+		if err := v.WriteAt(ctx, a.Ino, data[:end], 0, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := dev.n.Load() - before; n != 0 {
+		t.Fatalf("%d device flushes or durable writes growing a file written out with no flush", n)
+	}
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before = dev.n.Load()
+	if err := v.WriteAt(ctx, a.Ino, data[:50000], 0, false); err != nil { // grown to 13 units
+		t.Fatal(err)
+	}
+	if n := dev.n.Load() - before; n != 1 {
+		t.Fatalf("%d device flushes or durable writes growing a short chunk after a flush, want 1 (the new extent's)", n)
+	}
+	mustContent(t, v, a.Ino, data[:50000])
+	f.Release(ctx, a.Ino)
 }
