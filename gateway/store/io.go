@@ -411,33 +411,6 @@ func (pc piece) bytes(cs int64) int64 {
 	return pc.count * cs
 }
 
-// allocNew allocates the k unallocated chunks from chunk first that a
-// write ending at object offset end fills: like allocRun, except that a
-// last chunk the write leaves short of its end is a short chunk when
-// plainLen says so (short.go).
-func (o *Object) allocNew(first, k, end int64) ([]piece, error) {
-	v := o.v
-	cs := v.chunkSize
-	last := first + k - 1
-	sl := cs
-	if end < (last+1)*cs {
-		sl = o.plainLen(last, end-last*cs, 0)
-	}
-	if sl == cs {
-		return v.allocRun(first, k)
-	}
-	pieces, err := v.allocRun(first, k-1)
-	if err != nil {
-		return nil, err
-	}
-	dev, err := v.s.allocSyncing(sl)
-	if err != nil {
-		v.freePieces(pieces)
-		return nil, fmt.Errorf("volume %s: %w", v.ref, err)
-	}
-	return append(pieces, piece{first: last, count: 1, dev: dev, short: sl}), nil
-}
-
 // allocRun allocates k chunks from chunk first as few contiguous extents as
 // the allocator allows (power-of-two pieces, halved while fragmented).
 func (v *Volume) allocRun(first, k int64) ([]piece, error) {

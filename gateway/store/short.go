@@ -1,5 +1,7 @@
 package store
 
+import "fmt"
+
 // Short plain chunks: small allocations for the tails of files.
 //
 // A file's last chunk usually holds less than a chunk of data (a 3 KiB
@@ -47,6 +49,33 @@ func (o *Object) plainLen(idx, end, oldLen int64) int64 {
 		n = max(n, 2*oldLen/unitSize)
 	}
 	return min(n*unitSize, cs)
+}
+
+// allocNew allocates the k unallocated chunks from chunk first that a
+// write ending at object offset end fills: like allocRun, except that a
+// last chunk the write leaves short of its end is a short chunk when
+// plainLen says so (short.go).
+func (o *Object) allocNew(first, k, end int64) ([]piece, error) {
+	v := o.v
+	cs := v.chunkSize
+	last := first + k - 1
+	sl := cs
+	if end < (last+1)*cs {
+		sl = o.plainLen(last, end-last*cs, 0)
+	}
+	if sl == cs {
+		return v.allocRun(first, k)
+	}
+	pieces, err := v.allocRun(first, k-1)
+	if err != nil {
+		return nil, err
+	}
+	dev, err := v.s.allocSyncing(sl)
+	if err != nil {
+		v.freePieces(pieces)
+		return nil, fmt.Errorf("volume %s: %w", v.ref, err)
+	}
+	return append(pieces, piece{first: last, count: 1, dev: dev, short: sl}), nil
 }
 
 // plainExtentLen is the extent length of the plain chunk with table entry
