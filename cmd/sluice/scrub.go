@@ -21,8 +21,8 @@ func scrubCommand() *cli.Command {
 func scrubAction(c *cli.Context) error {
 	return checkAction(c, "scrub", apiClient(c).Scrub,
 		func(r gateway.ScrubReport) {
-			fmt.Printf("%s: %d chunks, %d transformed verified (%d with a checksum), %d bad\n",
-				r.Volume, r.Chunks, r.Transformed, r.Checksummed, len(r.Bad))
+			fmt.Printf("%s: %d chunks, %d transformed verified (%d with a checksum), %d short read, %d bad\n",
+				r.Volume, r.Chunks, r.Transformed, r.Checksummed, r.Short, len(r.Bad))
 			for _, b := range r.Bad {
 				fmt.Printf("  bad: inode %d chunk %d (offset %d, device offset %d): %s\n", b.Inode, b.Chunk, b.Offset, b.DeviceOffset, b.Error)
 			}

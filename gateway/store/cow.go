@@ -34,7 +34,8 @@ import (
 // extent, which start-up discards with the rest of the free space. A write
 // under a plain chain that meets a transformed chunk rewrites that chunk
 // the same way, stored plain (a whole chunk, no record), after which it is
-// written in place again.
+// written in place again; so does one that goes past a short chunk's
+// stored bytes (short.go), into a bigger extent.
 
 // writeChain writes p at off through a transforming chain, window by
 // window.
@@ -164,6 +165,15 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 			return c, err
 		}
 	}
+	// Where the chunk's data may end: a plain chunk stored under a plain
+	// chain may be short (short.go).
+	dataEnd := cs
+	switch {
+	case c.old == 0:
+		dataEnd = in + int64(len(src))
+	case isShort(c.old):
+		dataEnd = max(shortLen(c.old), in+int64(len(src)))
+	}
 	if int64(len(src)) < cs {
 		// Part of the chunk: merge into its current contents.
 		var buf []byte
@@ -182,7 +192,16 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 	}
 	stored := src
 	var record []byte
-	if !chain.Plain() {
+	short := false
+	if chain.Plain() {
+		oldLen := int64(0)
+		if isShort(c.old) {
+			oldLen = shortLen(c.old)
+		}
+		if sl := o.plainLen(idx, dataEnd, oldLen); sl < cs {
+			stored, short = src[:sl], true
+		}
+	} else {
 		var err error
 		stored, record, err = chain.Forward(o.chunkContext(idx), (*bufs.out)[:0], src)
 		if err != nil {
@@ -191,19 +210,27 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 		}
 		*bufs.out = stored[:0]
 	}
+	if grow := int64(len(stored)) - shortLen(c.old); isShort(c.old) && grow > 0 && v.ns != nil &&
+		v.AllocatedBytes()+grow > v.size.Load() {
+		// A short chunk grows: what the volume holds grows with it.
+		return c, fmt.Errorf("volume %s: %w (volume size %d bytes reached)", v.ref, ErrNoSpace, v.size.Load())
+	}
 	dev, err := s.allocSyncing(int64(len(stored)))
 	if err != nil {
 		return c, fmt.Errorf("volume %s: %w", v.ref, err)
 	}
 	c.devSize = int64(len(stored))
 	c.e = chunkEntry{storedLen: uint32(len(stored)), devOff: dev}
+	if short {
+		c.e.flags = flagShort
+	}
 	if record != nil {
 		c.e.flags, c.e.record = flagRecord, record
 		if r, err := filter.ParseRecord(record); err == nil {
 			c.e.checksum, _ = r.Checksum()
 		}
 	}
-	if _, err := s.dev.WriteAt(stored, dev); err != nil {
+	if err := v.devWrite(stored, dev, chain.Plain() && isShort(c.old) && o.growDurably()); err != nil {
 		s.freeWritten(dev, c.devSize)
 		s.log.Error("device write failed", "volume", v.ref, "inode", o.ino, "offset", idx*cs, "err", err)
 		return c, fmt.Errorf("%w: %w", ErrIO, err)
@@ -253,11 +280,14 @@ func (o *Object) installCow(t *chunkTable, chunks []cowChunk) {
 			freed = append(freed, extent{off: c.oldE.devOff, length: c.oldE.extentLen(), zero: true})
 			saved -= v.savedBy(c.oldE)
 		default:
-			freed = append(freed, extent{off: c.old, length: v.chunkSize, zero: true})
+			l := v.plainExtentLen(c.old)
+			freed = append(freed, extent{off: entryAddr(c.old), length: l, zero: true})
+			saved -= v.chunkSize - l
 		}
 		o.invalidate(c.idx, 1)
 	}
 	v.saved.Add(saved)
+	o.saved.Add(saved)
 	s.alloc.deferFree(freed)
 }
 

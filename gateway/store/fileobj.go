@@ -22,6 +22,7 @@ type IterTxn interface {
 // chunk map as read in txn.
 func (v *Volume) LoadFileObject(txn IterTxn, ino uint64, size int64) (*Object, error) {
 	var chunks []struct{ idx, dev int64 } // dev as the table holds it
+	var saved int64
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(v.id, ino), PrefetchValues: true})
 	for it.Rewind(); it.Valid(); it.Next() {
 		_, _, idx, ok := ParseChunkKey(it.Item().Key())
@@ -33,8 +34,9 @@ func (v *Volume) LoadFileObject(txn IterTxn, ino uint64, size int64) (*Object, e
 			it.Close()
 			return nil, err
 		}
-		if v.s.alloc.contains(e.devOff, int64(e.storedLen)) {
+		if v.s.alloc.contains(e.devOff, int64(e.storedLen)) && (!e.short() || int64(e.storedLen) < v.chunkSize) {
 			chunks = append(chunks, struct{ idx, dev int64 }{int64(idx), tableEntry(e)})
+			saved += v.savedBy(e)
 		}
 	}
 	it.Close()
@@ -48,12 +50,17 @@ func (v *Volume) LoadFileObject(txn IterTxn, ino uint64, size int64) (*Object, e
 		t.set(c.idx, c.dev)
 	}
 	o.mapped.Store(int64(len(chunks)))
+	o.saved.Store(saved)
 	return o, nil
 }
 
 // NewFileObject returns the object of file ino, created a moment ago: empty,
 // without reading the chunk map.
-func (v *Volume) NewFileObject(ino uint64) *Object { return newFileObject(v, ino, 0, 0) }
+func (v *Volume) NewFileObject(ino uint64) *Object {
+	o := newFileObject(v, ino, 0, 0)
+	o.born = v.s.flushes.Load()
+	return o
+}
 
 // TrimPastEnd unmaps what a file object holds past its length and zeroes
 // the rest of its last chunk (nothing on a read-only volume).
@@ -85,7 +92,8 @@ func (o *Object) Truncate(size int64, record func() error) error {
 	return record()
 }
 
-// Allocate maps every hole of [off, off+length) to zeroed pool space. On a
+// Allocate maps every hole of [off, off+length) to zeroed pool space, and
+// makes short chunks there full (short.go). On a
 // device whose discards read as zeros that is map entries alone
 // (allocateLocked), in one pass under every stripe; elsewhere zeros are
 // written, a window at a time.
@@ -93,10 +101,21 @@ func (o *Object) Allocate(off, length int64) error {
 	v := o.v
 	cs := v.chunkSize
 	o.ensureChunks(numChunks(off+length, cs))
+	first, last := off>>v.chunkBits, (off+length-1)>>v.chunkBits
 	if v.s.dev.DiscardZeroes() {
 		o.lockAll()
 		defer o.unlockAll()
-		return o.allocateLocked(off>>v.chunkBits, (off+length-1)>>v.chunkBits)
+		for idx := first; idx <= last; idx++ {
+			// A short chunk grows to a full one: a later write into the
+			// range must not need space (short.go).
+			if err := o.growShortLocked(idx); err != nil {
+				return err
+			}
+		}
+		return o.allocateLocked(first, last)
+	}
+	if err := o.growShorts(first, last); err != nil {
+		return err
 	}
 	pos := off &^ (cs - 1)
 	end := off + length
@@ -202,6 +221,21 @@ func (v *Volume) HasChunks(ino uint64) bool {
 	return has
 }
 
+// HeldBytes is the pool space the chunks of inode ino hold, as read in
+// txn (Object.Held for a file that is not loaded).
+func (v *Volume) HeldBytes(txn IterTxn, ino uint64) int64 {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(v.id, ino), PrefetchValues: true})
+	defer it.Close()
+	var n int64
+	for it.Rewind(); it.Valid(); it.Next() {
+		var e chunkEntry
+		if err := it.Item().Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err }); err == nil {
+			n += v.chunkSize - v.savedBy(e)
+		}
+	}
+	return n
+}
+
 // CountChunks counts the chunk entries of inode ino in txn.
 func (v *Volume) CountChunks(txn IterTxn, ino uint64) int64 {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(v.id, ino)})
@@ -213,6 +247,6 @@ func (v *Volume) CountChunks(txn IterTxn, ino uint64) int64 {
 	return n
 }
 
-// UsedBytes is the space the volume's chunks count against its size (whole
-// chunks, as an fs volume's statfs reports it).
-func (v *Volume) UsedBytes() int64 { return v.allocated.Load() * v.chunkSize }
+// UsedBytes is the space the volume's chunks count against its size (what
+// they hold, as an fs volume's statfs reports it: AllocatedBytes).
+func (v *Volume) UsedBytes() int64 { return v.AllocatedBytes() }

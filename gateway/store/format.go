@@ -84,7 +84,9 @@ func ParseChunkKey(k []byte) (id, inode, index uint64, ok bool) {
 //
 //	0      version (1)
 //	1      flags: 0 = plain chunk, stored as written; flagRecord = the
-//	       chunk was transformed and its filter record follows byte 24
+//	       chunk was transformed and its filter record follows byte 24;
+//	       flagShort = a plain chunk whose extent holds only its first
+//	       stored-length bytes (the rest of the chunk reads as zeros)
 //	2..3   reserved, zero
 //	4..7   stored length (bytes on the device)
 //	8..15  device offset
@@ -109,12 +111,20 @@ const chunkEntryLen = 24
 // Chunk entry flags.
 const (
 	flagRecord = 1 << 0 // a filter record follows byte 24
-	knownFlags = flagRecord
+	// flagShort: a plain chunk stored in fewer units than the chunk size
+	// (short.go). Its stored length is a whole number of units below the
+	// chunk size; bytes past it read as zeros. Binaries from before it
+	// refuse the entry (an unknown flag), and with it the store.
+	flagShort  = 1 << 1
+	knownFlags = flagRecord | flagShort
 )
 
 // transformed reports whether the chunk's stored bytes must be undone by
 // its filter record.
 func (e chunkEntry) transformed() bool { return e.flags&flagRecord != 0 }
+
+// short reports whether the chunk is a short plain chunk (short.go).
+func (e chunkEntry) short() bool { return e.flags&flagShort != 0 }
 
 // extentLen is the length of the chunk's extent: its stored length in whole
 // allocation units (what freeing it must zero and release).
@@ -152,6 +162,10 @@ func decodeChunkEntry(b []byte) (chunkEntry, error) {
 		return chunkEntry{}, fmt.Errorf("chunk entry: flagged as transformed but has no filter record: %w", ErrIO)
 	case e.flags&flagRecord == 0 && len(b) != chunkEntryLen:
 		return chunkEntry{}, fmt.Errorf("chunk entry: plain entry of %d bytes: %w", len(b), ErrIO)
+	case e.flags&flagShort != 0 && e.flags&flagRecord != 0:
+		return chunkEntry{}, fmt.Errorf("chunk entry: flagged both short and transformed: %w", ErrIO)
+	case e.flags&flagShort != 0 && (e.storedLen == 0 || e.storedLen%unitSize != 0 || e.storedLen >= maxChunkSize):
+		return chunkEntry{}, fmt.Errorf("chunk entry: short chunk of %d bytes (want whole units of %d below a chunk): %w", e.storedLen, unitSize, ErrIO)
 	}
 	if e.flags&flagRecord != 0 {
 		e.record = append([]byte(nil), b[chunkEntryLen:]...)

@@ -19,6 +19,7 @@ type FsckReport struct {
 	Files    int      `json:"files"`
 	Dentries int      `json:"dentries"`
 	Chunks   int      `json:"chunks"`
+	Short    int      `json:"short"`   // short plain chunks (short.go)
 	Orphans  int      `json:"orphans"` // unlinked inodes still open (or awaiting purge)
 	Problems []string `json:"problems"`
 }
@@ -114,6 +115,9 @@ func (s *Store) fsckChunks(txn *badger.Txn, v *Volume, r *FsckReport) ([]string,
 			continue
 		}
 		r.Chunks++
+		if e.short() {
+			r.Short++
+		}
 		switch {
 		case !s.alloc.contains(e.devOff, int64(e.storedLen)):
 			r.Problemf("inode %d chunk %d points outside the pool (offset %d length %d)", ino, idx, e.devOff, e.storedLen)
@@ -124,6 +128,10 @@ func (s *Store) fsckChunks(txn *badger.Txn, v *Volume, r *FsckReport) ([]string,
 			r.Problemf("block volume has a chunk of inode %d", ino)
 		case v.obj0 != nil && int64(idx) >= numChunks(v.Size(), v.chunkSize):
 			r.Problemf("chunk %d past the end of the volume", idx)
+		case e.short() && int64(e.storedLen) >= v.chunkSize:
+			r.Problemf("inode %d chunk %d: short chunk of %d bytes, not shorter than the chunk size %d", ino, idx, e.storedLen, v.chunkSize)
+		case !e.transformed() && !e.short() && int64(e.storedLen) != v.chunkSize:
+			r.Problemf("inode %d chunk %d: plain chunk of %d bytes, want the chunk size %d", ino, idx, e.storedLen, v.chunkSize)
 		case e.transformed():
 			if _, err := filter.ParseRecord(e.record); err != nil {
 				r.Problemf("inode %d chunk %d: filter record: %v", ino, idx, err)

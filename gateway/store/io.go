@@ -117,8 +117,14 @@ func (o *Object) readWindow(w window, p []byte, off int64) (int, error) {
 	for idx := w.first; idx < w.first+w.n && done < len(p); {
 		in := (off + int64(done)) & (v.chunkSize - 1)
 		dev := t.get(idx)
-		if dev&markTransformed != 0 {
-			n, err := o.readTransformed(idx, in, p[done:])
+		if dev&(unitSize-1) != 0 { // transformed or short: a chunk at a time
+			var n int
+			var err error
+			if dev&markTransformed != 0 {
+				n, err = o.readTransformed(idx, in, p[done:])
+			} else {
+				n, err = o.readShort(idx, dev, in, p[done:])
+			}
 			if err != nil {
 				return done, err
 			}
@@ -140,10 +146,11 @@ func (o *Object) readWindow(w window, p []byte, off int64) (int, error) {
 }
 
 // run measures how far one device IO can go from byte in of chunk idx
-// (at device offset dev, 0 for a hole; never a transformed chunk), for at
-// most left bytes: it extends over the following chunks of w while each
-// continues the extent on the device (or, for a hole, is also a hole); a
-// transformed chunk (odd entry) never continues a run. It returns the run's length in
+// (at device offset dev, 0 for a hole; never a transformed or short chunk),
+// for at most left bytes: it extends over the following chunks of w while
+// each continues the extent on the device (or, for a hole, is also a
+// hole); a transformed or short chunk (an entry with low bits set) never
+// continues a run. It returns the run's length in
 // bytes and the index of the first chunk after it.
 func (o *Object) run(t *chunkTable, w window, idx, dev, in, left int64) (length, next int64) {
 	cs := o.v.chunkSize
@@ -215,9 +222,10 @@ func (v *Volume) WriteAtWith(ctx context.Context, inode uint64, p []byte, off in
 			// The next chunk is unallocated: allocate it and the holes
 			// after it under their stripes' write locks.
 			n, err = o.writeNewChunks(p, off, true)
-		case stopTransformed:
-			// The next chunk was written under a transforming policy:
-			// rewrite it as a plain chunk.
+		case stopTransformed, stopShort:
+			// The next chunk was written under a transforming policy, or
+			// is short and the write goes past its stored bytes: rewrite
+			// it as a plain chunk (short.go: grown).
 			n, err = o.rewriteChunk(p, off, nil)
 		default:
 			continue
@@ -240,6 +248,7 @@ const (
 	stopNone        = iota
 	stopHole        // at an unallocated chunk
 	stopTransformed // at a transformed chunk (not writable in place)
+	stopShort       // at a short chunk the write goes past the end of
 )
 
 // writeWindow writes in place into allocated plain chunks of w until it
@@ -260,6 +269,19 @@ func (o *Object) writeWindow(w window, p []byte, off int64, fua bool) (int, int,
 			return done, stopHole, nil
 		case dev&markTransformed != 0:
 			return done, stopTransformed, nil
+		case isShort(dev):
+			n := min(int64(len(p)-done), v.chunkSize-in)
+			if in+n > shortLen(dev) {
+				return done, stopShort, nil
+			}
+			if err := v.devWrite(p[done:done+int(n)], entryAddr(dev)+in, fua); err != nil {
+				v.s.log.Error("device write failed", "volume", v.ref, "inode", o.ino, "offset", off+int64(done), "err", err)
+				return done, stopNone, fmt.Errorf("%w: %w", ErrIO, err)
+			}
+			o.invalidate(idx, 1)
+			done += int(n)
+			idx++
+			continue
 		}
 		runLen, next := o.run(t, w, idx, dev, in, int64(len(p)-done))
 		if err := v.devWrite(p[done:done+int(runLen)], dev+in, fua); err != nil {
@@ -286,6 +308,7 @@ func (o *Object) devRead(p []byte, devOff, at int64) error {
 
 func (v *Volume) devWrite(p []byte, off int64, fua bool) error {
 	if fua {
+		v.s.flushes.Add(1)
 		if sw, ok := v.s.dev.(syncWriter); ok {
 			_, err := sw.WriteAtSync(p, off)
 			return err
@@ -300,12 +323,13 @@ func (v *Volume) devWrite(p []byte, off int64, fua bool) error {
 }
 
 // reserve accounts k more chunks to the volume. The objects of a volume
-// with a namespace (an fs volume's files) may not hold more chunks than its
-// size allows (ENOSPC); a block volume's one object cannot by
-// construction.
+// with a namespace (an fs volume's files) may not hold more pool space
+// than its size (ENOSPC): the space its chunks hold (short and transformed
+// ones what they take) with the k new ones counted whole; a block
+// volume's one object cannot by construction.
 func (v *Volume) reserve(k int64) error {
 	n := v.allocated.Add(k)
-	if v.ns != nil && n*v.chunkSize > v.size.Load() {
+	if v.ns != nil && n*v.chunkSize-v.saved.Load() > v.size.Load() {
 		v.allocated.Add(-k)
 		return fmt.Errorf("volume %s: %w (volume size %d bytes reached)", v.ref, ErrNoSpace, v.size.Load())
 	}
@@ -341,7 +365,7 @@ func (o *Object) writeNewChunks(p []byte, off int64, extend bool) (int, error) {
 	if err := v.reserve(k); err != nil {
 		return 0, err
 	}
-	pieces, err := v.allocRun(w.first, k)
+	pieces, err := o.allocNew(w.first, k, off+n)
 	if err != nil {
 		v.allocated.Add(-k)
 		return 0, err
@@ -352,11 +376,11 @@ func (o *Object) writeNewChunks(p []byte, off int64, extend bool) (int, error) {
 		return 0, err
 	}
 	for _, pc := range pieces {
-		start, end := pc.first*cs, (pc.first+pc.count)*cs // object offsets
+		start, end := pc.first*cs, pc.first*cs+pc.bytes(cs) // object offsets
 		from, to := max(off, start), min(off+n, end)
 		if !v.s.dev.DiscardZeroes() && (from != start || to != end) {
 			// Free space may hold old bytes: zero the extent first.
-			if err := v.zeroDevice(pc.dev, pc.count*cs); err != nil {
+			if err := v.zeroDevice(pc.dev, pc.bytes(cs)); err != nil {
 				return fail(err)
 			}
 		}
@@ -376,8 +400,16 @@ func (o *Object) writeNewChunks(p []byte, off int64, extend bool) (int, error) {
 }
 
 // piece is a run of count chunks from chunk first, stored contiguously at
-// device offset dev.
-type piece struct{ first, count, dev int64 }
+// device offset dev; short > 0: one short chunk of that stored length.
+type piece struct{ first, count, dev, short int64 }
+
+// bytes is the length of the piece's extent.
+func (pc piece) bytes(cs int64) int64 {
+	if pc.short > 0 {
+		return pc.short
+	}
+	return pc.count * cs
+}
 
 // allocRun allocates k chunks from chunk first as few contiguous extents as
 // the allocator allows (power-of-two pieces, halved while fragmented).
@@ -406,7 +438,7 @@ func (v *Volume) allocRun(first, k int64) ([]piece, error) {
 			v.freePieces(pieces)
 			return nil, fmt.Errorf("volume %s: %w", v.ref, err)
 		}
-		pieces = append(pieces, piece{first + done, c, dev})
+		pieces = append(pieces, piece{first: first + done, count: c, dev: dev})
 		done += c
 	}
 	return pieces, nil
@@ -416,7 +448,7 @@ func (v *Volume) allocRun(first, k int64) ([]piece, error) {
 // once (freeWritten).
 func (v *Volume) freePieces(pieces []piece) {
 	for _, pc := range pieces {
-		v.s.freeWritten(pc.dev, pc.count*v.chunkSize)
+		v.s.freeWritten(pc.dev, pc.bytes(v.chunkSize))
 	}
 }
 
@@ -450,23 +482,34 @@ func (o *Object) commitPieces(pieces []piece) (int64, error) {
 			pcOf, iOf = append(pcOf, int64(p)), append(iOf, i)
 		}
 	}
+	entry := func(j int) chunkEntry {
+		pc := pieces[pcOf[j]]
+		if pc.short > 0 {
+			return chunkEntry{flags: flagShort, storedLen: uint32(pc.short), devOff: pc.dev}
+		}
+		return chunkEntry{storedLen: uint32(cs), devOff: pc.dev + iOf[j]*cs}
+	}
 	done, err := v.s.batchUpdate(len(iOf), func(txn *badger.Txn, j int) error {
 		pc := pieces[pcOf[j]]
-		e := chunkEntry{storedLen: uint32(cs), devOff: pc.dev + iOf[j]*cs}
-		return txn.Set(chunkKey(v.id, o.ino, uint64(pc.first+iOf[j])), e.encode())
+		return txn.Set(chunkKey(v.id, o.ino, uint64(pc.first+iOf[j])), entry(j).encode())
 	})
 	t := o.table.Load()
+	var saved int64
 	for j := 0; j < done; j++ {
 		pc := pieces[pcOf[j]]
-		t.set(pc.first+iOf[j], pc.dev+iOf[j]*cs)
+		e := entry(j)
+		t.set(pc.first+iOf[j], tableEntry(e))
+		saved += v.savedBy(e)
 		o.invalidate(pc.first+iOf[j], 1) // a cached hole
 	}
 	o.mapped.Add(int64(done))
+	v.saved.Add(saved)
+	o.saved.Add(saved)
 	if err != nil {
 		var rest []piece
 		for j := done; j < len(iOf); j++ {
 			pc := pieces[pcOf[j]]
-			rest = append(rest, piece{pc.first + iOf[j], 1, pc.dev + iOf[j]*cs})
+			rest = append(rest, piece{first: pc.first + iOf[j], count: 1, dev: pc.dev + iOf[j]*cs, short: pc.short})
 		}
 		v.freePieces(rest)
 		v.s.log.Error("chunk map commit failed", "volume", v.ref, "inode", o.ino, "err", err)
@@ -559,6 +602,22 @@ func (o *Object) unmapWindow(w window, off, length int64, b *unmapBatch) (int64,
 			if err := o.zeroTransformed(w, idx, in, n); err != nil {
 				return 0, err
 			}
+			continue
+		case isShort(dev) && n == v.chunkSize:
+			sl := shortLen(dev)
+			b.freed = append(b.freed, extent{off: entryAddr(dev), length: sl})
+			b.unmapped = append(b.unmapped, idx)
+			b.saved += v.chunkSize - sl
+			continue
+		case isShort(dev):
+			// Part of a short chunk: only its stored bytes can be other
+			// than zeros.
+			if sl := shortLen(dev); in < sl {
+				if err := v.zeroDevice(entryAddr(dev)+in, min(n, sl-in)); err != nil {
+					return 0, err
+				}
+			}
+			o.invalidate(idx, 1)
 			continue
 		case n == v.chunkSize:
 			b.freed = append(b.freed, extent{off: dev, length: v.chunkSize})

@@ -30,8 +30,11 @@ type Object struct {
 
 	// Files only.
 	mapped atomic.Int64 // allocated chunks
-	mtime  atomic.Int64 // last data change (Unix ns), 0 if none since load
-	dirty  atomic.Bool  // length or mtime changed since last persisted
+	// saved is what o's chunks take less than full plain chunks (short
+	// and transformed ones; Volume.saved for one object).
+	saved atomic.Int64
+	mtime atomic.Int64 // last data change (Unix ns), 0 if none since load
+	dirty atomic.Bool  // length or mtime changed since last persisted
 	// lenDirty: the length changed since last persisted (a part of
 	// dirty): fdatasync persists only then.
 	lenDirty atomic.Bool
@@ -40,6 +43,9 @@ type Object struct {
 	// joined the group, so what it covers is in that group.
 	persistMu sync.Mutex
 	wrote     atomic.Bool // chunks may have been added since load (FS.willWrite)
+	// born is the store's flush count when o was created empty (a new
+	// file), -1 for an object loaded from a chunk map (short.go).
+	born int64
 }
 
 const numStripes = 64
@@ -57,6 +63,7 @@ func newObject(v *Volume, ino uint64, size, chunks int64) *Object {
 func newFileObject(v *Volume, ino uint64, size, chunks int64) *Object {
 	o := newObject(v, ino, size, chunks)
 	o.grows = true
+	o.born = -1
 	return o
 }
 
@@ -166,6 +173,9 @@ func (o *Object) Size() int64 { return o.size.Load() }
 
 // Mapped is the number of chunks o holds.
 func (o *Object) Mapped() int64 { return o.mapped.Load() }
+
+// Held is the pool space o's chunks hold (what st_blocks reports).
+func (o *Object) Held() int64 { return o.mapped.Load()*o.v.chunkSize - o.saved.Load() }
 
 // Mtime is o's last data change (Unix ns), 0 if none since it was loaded
 // or ClearMtime.

@@ -107,6 +107,7 @@ func (o *Object) commitUnmap(b *unmapBatch) error {
 	v.allocated.Add(-int64(done))
 	if done == len(b.unmapped) {
 		v.saved.Add(-b.saved)
+		o.saved.Add(-b.saved)
 	}
 	v.s.alloc.deferFree(b.freed[:done])
 	*b = unmapBatch{}

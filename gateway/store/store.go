@@ -8,6 +8,8 @@
 // record of allocation: free space is derived from it at start-up and kept in
 // memory. Chunks are allocated on first write (thin provisioning); a plain
 // chunk is then overwritten in place and later writes touch no metadata.
+// A file's last chunk is stored short, in the 4 KiB units its data needs,
+// and re-placed by copy-on-write when the file grows past them (short.go).
 // Reads of unallocated chunks return zeros without touching the device.
 //
 // # Filters
@@ -115,6 +117,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -166,6 +169,10 @@ type Store struct {
 	// ownEnv: the store made env and closes it.
 	ownEnv bool
 	bufs   sync.Pool // *[]byte scratch for transformed chunks
+	// flushes counts device flushes issued (Flush, FUA writes): a short
+	// chunk re-placed by copy-on-write in a file created after the last
+	// one holds nothing a flush promised (short.go, growDurably).
+	flushes atomic.Int64
 
 	mu     sync.RWMutex
 	byID   map[uint64]*Volume
@@ -336,6 +343,8 @@ func (s *Store) loadChunks(txn *badger.Txn, v *Volume) error {
 			s.log.Error("chunk past the end of its volume; ignored (run fsck)", "volume", v.ref, "chunk", idx)
 		case !s.alloc.contains(e.devOff, int64(e.storedLen)):
 			s.log.Error("chunk points outside the pool; treated as a hole (run fsck)", "volume", v.ref, "inode", ino, "chunk", idx, "offset", e.devOff)
+		case e.short() && int64(e.storedLen) >= v.chunkSize:
+			s.log.Error("short chunk longer than a chunk; treated as a hole (run fsck)", "volume", v.ref, "inode", ino, "chunk", idx, "length", e.storedLen)
 		default:
 			if !s.alloc.mark(e.devOff, int64(e.storedLen)) {
 				s.log.Error("chunk shares space with another chunk (run fsck)", "volume", v.ref, "inode", ino, "chunk", idx, "offset", e.devOff)
@@ -443,6 +452,7 @@ func (s *Store) SyncMeta() error { return s.syncMeta() }
 // Flush makes every completed write to every volume durable: device flush,
 // then metadata sync (which also lets deferred frees be reused).
 func (s *Store) Flush(ctx context.Context) error {
+	s.flushes.Add(1)
 	if err := s.dev.Flush(); err != nil {
 		return fmt.Errorf("%w: %w", ErrIO, err)
 	}

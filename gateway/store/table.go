@@ -8,7 +8,8 @@ import (
 // chunkTable is one object's in-memory chunk map: the device offset of each
 // chunk, 0 for a hole, with markTransformed set for a transformed chunk
 // (device offsets are multiples of the allocation unit, so bit 0 is free).
-// A plain chunk's entry is its offset as it is; a transformed chunk's stored
+// A full plain chunk's entry is its offset as it is; a short one's has its
+// length in units in the low bits (short.go); a transformed chunk's stored
 // length and filter record stay in its badger map entry, read when the
 // chunk is (see transformed.go), so memory stays 8 bytes per chunk either
 // way. It is two-level so that memory follows what is
@@ -29,6 +30,24 @@ type chunkTable struct {
 // markTransformed flags a table entry whose chunk is transformed: its bytes
 // are undone from the filter record in its map entry, never read in place.
 const markTransformed = 1
+
+// A short plain chunk (short.go) keeps its stored length in units in bits
+// 1..11 of its entry (at most 1023 units: chunks are at most 4 MiB, 1024
+// units, and a short chunk is shorter). A full plain chunk's entry is its
+// device offset alone, so the hot path's arithmetic is unchanged.
+const (
+	shortShift = 1
+	shortMask  = (unitSize - 1) &^ markTransformed
+)
+
+// entryAddr is the device offset in a table entry.
+func entryAddr(dev int64) int64 { return dev &^ (unitSize - 1) }
+
+// isShort reports whether a table entry is a short plain chunk's.
+func isShort(dev int64) bool { return dev&shortMask != 0 }
+
+// shortLen is the stored length of a short plain chunk's table entry.
+func shortLen(dev int64) int64 { return (dev & shortMask) >> shortShift * unitSize }
 
 const leafBits = 12
 const leafChunks = 1 << leafBits

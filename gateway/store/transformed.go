@@ -24,8 +24,11 @@ import (
 
 // tableEntry is what the chunk table holds for a chunk with entry e.
 func tableEntry(e chunkEntry) int64 {
-	if e.transformed() {
+	switch {
+	case e.transformed():
 		return e.devOff | markTransformed
+	case e.short():
+		return e.devOff | int64(e.storedLen)/unitSize<<shortShift
 	}
 	return e.devOff
 }
@@ -125,8 +128,8 @@ func (o *Object) readStored(idx int64, e chunkEntry, dst []byte) ([]byte, error)
 }
 
 // loadChunk appends the plain bytes of chunk idx (table entry dev) to dst:
-// zeros for a hole, the device bytes of a plain chunk, the undone bytes of a
-// transformed one. The caller holds the chunk's stripe lock.
+// zeros for a hole, the device bytes of a plain chunk (zeros past a short
+// one's), the undone bytes of a transformed one. The caller holds the chunk's stripe lock.
 func (o *Object) loadChunk(idx, dev int64, dst []byte) ([]byte, error) {
 	cs := int(o.v.chunkSize)
 	switch {
@@ -143,7 +146,13 @@ func (o *Object) loadChunk(idx, dev int64, dst []byte) ([]byte, error) {
 	}
 	base := len(dst)
 	dst = bufpool.Grow(dst, cs)
-	if err := o.devRead(dst[base:], dev, idx*o.v.chunkSize); err != nil {
+	var err error
+	if isShort(dev) {
+		_, err = o.readShort(idx, dev, 0, dst[base:])
+	} else {
+		err = o.devRead(dst[base:], dev, idx*o.v.chunkSize)
+	}
+	if err != nil {
 		return dst[:base], err
 	}
 	return dst, nil

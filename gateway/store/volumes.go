@@ -335,9 +335,9 @@ type Volume struct {
 	size   atomic.Int64
 
 	allocated atomic.Int64 // mapped chunks, every inode
-	// saved is the pool space transformed chunks do not take compared
-	// with plain ones: the sum of chunkSize − their extent's size (negative
-	// for a chunk that grew, e.g. by an encryption tag).
+	// saved is the pool space transformed and short chunks do not take
+	// compared with full plain ones: the sum of chunkSize − their extent's
+	// size (negative for a chunk that grew, e.g. by an encryption tag).
 	saved atomic.Int64
 	// cache is the volume's read cache (the cache filter), nil when no
 	// policy sets one. Every change to a chunk invalidates it; reads use
@@ -405,9 +405,11 @@ func (v *Volume) Kind() string {
 // chunks count what they take, not their plain size).
 func (v *Volume) AllocatedBytes() int64 { return v.allocated.Load()*v.chunkSize - v.saved.Load() }
 
-// savedBy is what a chunk with entry e takes less than a plain chunk.
+// savedBy is what a chunk with entry e takes less than a full plain
+// chunk: a transformed chunk's or a short chunk's extent is what its
+// stored length needs.
 func (v *Volume) savedBy(e chunkEntry) int64 {
-	if !e.transformed() {
+	if !e.transformed() && !e.short() {
 		return 0
 	}
 	return v.chunkSize - unitsFor(int64(e.storedLen))*unitSize

@@ -54,7 +54,7 @@ func (f *FS) Open(ctx context.Context, ino uint64) (Attr, error) {
 		return Attr{}, err
 	}
 	if o := f.loaded(ino); o != nil && a.IsRegular() {
-		a.Size, a.Blocks = o.Size(), o.Mapped()*f.v.ChunkSize()/512
+		a.Size, a.Blocks = o.Size(), o.Held()/512
 	}
 	return a, nil
 }
@@ -193,7 +193,7 @@ func (f *FS) Release(ctx context.Context, ino uint64) error {
 		delete(f.inUse, ino)
 		if o := u.obj; o != nil {
 			// The cache first, then the object: see overlayCached.
-			f.attrs.refresh(ino, func(a *Attr) { liveValues(a, o, f.v.ChunkSize()) })
+			f.attrs.refresh(ino, func(a *Attr) { liveValues(a, o) })
 			f.objs.Delete(ino)
 		}
 	}
@@ -222,7 +222,7 @@ func (f *FS) persist(ctx context.Context, o *store.Object) error {
 		if err != nil {
 			return err
 		}
-		liveValues(&a, o, f.v.ChunkSize())
+		liveValues(&a, o)
 		if err := f.putAttr(txn, a); err != nil { // a carries the live mtime
 			return err
 		}

@@ -198,7 +198,7 @@ func (f *FS) getAttr(txn kv, ino uint64) (Attr, error) {
 		return Attr{}, err
 	}
 	if a.Size > 0 {
-		a.Blocks = f.v.CountChunks(txn, ino) * f.v.ChunkSize() / 512
+		a.Blocks = f.v.HeldBytes(txn, ino) / 512
 	}
 	return a, nil
 }
@@ -210,7 +210,7 @@ func (f *FS) overlayLive(a *Attr) bool {
 	if o == nil {
 		return false
 	}
-	liveValues(a, o, f.v.ChunkSize())
+	liveValues(a, o)
 	return true
 }
 
@@ -229,12 +229,12 @@ func (f *FS) overlayCached(a *Attr, gen uint64) bool {
 }
 
 // liveValues sets a's length, mtime and blocks from the file's object.
-func liveValues(a *Attr, o *store.Object, chunkSize int64) {
+func liveValues(a *Attr, o *store.Object) {
 	a.Size = o.Size()
 	if m := o.Mtime(); m > a.Mtime {
 		a.Mtime, a.Ctime = m, max(a.Ctime, m)
 	}
-	a.Blocks = o.Mapped() * chunkSize / 512
+	a.Blocks = o.Held() / 512
 }
 
 // rawAttr reads ino's attribute record only: what namespace changes need

@@ -110,7 +110,8 @@ type FSStats struct {
 	FragmentLen int64 `json:"fragment_size"`
 }
 
-// StatFS reports the volume's size and use: space counts whole chunks.
+// StatFS reports the volume's size and use: the pool space its chunks
+// hold (a short tail chunk its units, a transformed chunk its extent).
 func (f *FS) StatFS(ctx context.Context) FSStats {
 	const bs = 4096
 	size := f.v.Size()
