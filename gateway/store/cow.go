@@ -230,7 +230,7 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 			c.e.checksum, _ = r.Checksum()
 		}
 	}
-	if err := v.devWrite(stored, dev, chain.Plain() && isShort(c.old) && o.growDurably()); err != nil {
+	if err := v.devWrite(stored, dev, c.old != 0 && o.growDurably()); err != nil {
 		s.freeWritten(dev, c.devSize)
 		s.log.Error("device write failed", "volume", v.ref, "inode", o.ino, "offset", idx*cs, "err", err)
 		return c, fmt.Errorf("%w: %w", ErrIO, err)

@@ -138,14 +138,17 @@ func (o *Object) growShorts(first, last int64) error {
 	return nil
 }
 
-// growDurably reports whether the re-placement of one of o's short chunks
-// must reach the device before its entry is committed. The commit may be
-// written back to disk before the new extent's bytes (badger's log and
-// the pool are both in the page cache until synced), and a power loss
-// then would leave the entry pointing at an extent that never got them:
-// the chunk's older bytes, which a flush may have promised, would be
-// lost with the unflushed new ones. So the new extent is written with
-// FUA, unless no device flush was issued since o was created empty (a
-// file being written out, cp or tar): then nothing it holds was promised
-// yet, and the write costs no flush.
+// growDurably reports whether the copy-on-write re-placement of one of
+// o's chunks that holds data (a short chunk growing, any rewrite of a
+// transformed chunk) must reach the device before its entry is
+// committed. The commit may be written back to disk before the new
+// extent's bytes (badger's log and the pool are both in the page cache
+// until synced), and a power loss then would leave the entry pointing at
+// an extent that never got them: the chunk's older bytes, which a flush
+// may have promised, would be lost with the unflushed new ones. So the
+// new extent is written with FUA, unless no device flush was issued since
+// o was created empty (a file being written out, cp or tar): then nothing
+// it holds was promised yet, and the write costs no flush. (The cost
+// falls on small rewrites of filtered chunks; issue 22's deferred commit
+// of such entries until the next flush would batch it: docs/FORMAT.md.)
 func (o *Object) growDurably() bool { return o.born != o.v.s.flushes.Load() }

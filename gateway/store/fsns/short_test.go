@@ -323,3 +323,49 @@ func TestShortGrowthDurable(t *testing.T) {
 	mustContent(t, v, a.Ino, data[:50000])
 	f.Release(ctx, a.Ino)
 }
+
+// TestFilteredRewriteDurable: a rewrite of a transformed chunk that holds
+// data (copy-on-write) writes its new extent through to the device before
+// the entry commits once a flush was issued since the file was created,
+// as a short chunk's growth does (growDurably): else a power loss could
+// leave the entry pointing at an extent without its bytes while the old,
+// flushed ones are unreachable. Before any flush, and for a chunk that
+// was a hole, nothing is written through.
+func TestFilteredRewriteDurable(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	f0, err := device.OpenFile(filepath.Join(dir, "pool"), 256*MiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := &flushCounter{File: f0}
+	s, err := store.Open(ctx, filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeStore(t, s, dev)
+	v, f := newFSVolume(t, s, "fs", 64*MiB)
+	a, err := f.CreateOpen(ctx, RootIno, "a", NewInode{Mode: syscall.S_IFREG | 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	crc := store.Filters{Chain: chainOf(t, testEnv(t), "checksum")}
+	data := pattern(5, 3*64*1024)
+	before := dev.n.Load()
+	mustWrite(t, v, a.Ino, 0, data, crc)               // three holes
+	mustWrite(t, v, a.Ino, 1000, data[1000:5000], crc) // a rewrite, no flush yet
+	if n := dev.n.Load() - before; n != 0 {
+		t.Fatalf("%d device flushes or durable writes before any flush", n)
+	}
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before = dev.n.Load()
+	copy(data[70000:], pattern(6, 4096))
+	mustWrite(t, v, a.Ino, 70000, data[70000:70000+4096], crc) // chunk 1 rewritten
+	if n := dev.n.Load() - before; n != 1 {
+		t.Fatalf("%d device flushes or durable writes rewriting a filtered chunk after a flush, want 1 (the new extent's)", n)
+	}
+	mustContent(t, v, a.Ino, data)
+	f.Release(ctx, a.Ino)
+}
