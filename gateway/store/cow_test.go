@@ -8,6 +8,7 @@ import (
 	mrand "math/rand/v2"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -684,4 +685,37 @@ func TestEntryCacheFollowsRewrites(t *testing.T) {
 		}
 	}
 	mustRead(t, v, 0, 0, want)
+}
+
+// BenchmarkWrite4K: 4 KiB random writes from 16 goroutines (as QD16)
+// over a 64 MiB volume, plain and through transforms (each a
+// read-modify-write of the chunk by copy-on-write): issue 22's first row.
+func BenchmarkWrite4K(b *testing.B) {
+	env := testEnv(b)
+	for _, name := range []string{"plain", "noop", "checksum", "encryption"} {
+		b.Run(name, func(b *testing.B) {
+			ctx := context.Background()
+			v, f := benchVolume(b, env, name)
+			p := text(1, MiB)
+			for off := int64(0); off < 64*MiB; off += MiB {
+				if err := v.WriteAtWith(ctx, 0, p, off, false, f); err != nil {
+					b.Fatal(err)
+				}
+			}
+			var seed atomic.Uint64
+			b.SetBytes(4096)
+			b.SetParallelism(8) // 16 writers on 2 cores
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				r := mrand.New(mrand.NewPCG(seed.Add(1), 3))
+				buf := text(r.Uint64(), 4096)
+				for pb.Next() {
+					if err := v.WriteAtWith(ctx, 0, buf, int64(r.IntN(16384))*4096, false, f); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
 }
