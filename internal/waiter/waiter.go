@@ -73,19 +73,30 @@ type Options struct {
 }
 
 // Spinners is a cap on spinning waiters, shared by the waiters of one
-// server (Options.Spinners).
+// server (Options.Spinners). It also keeps every one of them from
+// spinning or napping while the machine has more runnable tasks than CPUs
+// (load.go): then they block at once.
 type Spinners struct {
-	max int32
-	n   atomic.Int32
+	max  int32
+	n    atomic.Int32
+	load *osLoad
 }
 
 // NewSpinners returns a cap of n spinning waiters (at least 1).
-func NewSpinners(n int) *Spinners { return &Spinners{max: int32(min(max(n, 1), 1<<20))} }
+func NewSpinners(n int) *Spinners {
+	return &Spinners{max: int32(min(max(n, 1), 1<<20)), load: newOSLoad()}
+}
+
+// busy reports whether the machine's CPUs are all taken (a nil cap: no).
+func (s *Spinners) busy() bool { return s != nil && s.load.contended() }
 
 // acquire takes a place to spin in; a nil cap always has one.
 func (s *Spinners) acquire() bool {
 	if s == nil {
 		return true
+	}
+	if s.busy() {
+		return false
 	}
 	for {
 		n := s.n.Load()
@@ -337,7 +348,7 @@ func (w *Waiter) adaptive(t Waitable) bool {
 				break
 			}
 			if now.Sub(lastYield) >= yieldEvery {
-				if w.yield() {
+				if w.yield() || w.opt.Spinners.busy() {
 					release()
 					return w.block(t)
 				}
@@ -363,7 +374,7 @@ func (w *Waiter) adaptive(t Waitable) bool {
 		w.batch = 0
 	}
 	for time.Since(start) < w.window {
-		if w.yield() {
+		if w.yield() || w.opt.Spinners.busy() {
 			release()
 			return w.block(t)
 		}

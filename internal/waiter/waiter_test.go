@@ -1,6 +1,9 @@
 package waiter
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -180,6 +183,7 @@ func TestWaitAdaptiveWithoutEventfd(t *testing.T) {
 // counts it; with the place free it spins and gives the place back.
 func TestSpinnersCap(t *testing.T) {
 	cap1 := NewSpinners(1)
+	cap1.load = fakeLoad(t, 1, 2) // an idle machine, whatever this one's load
 	if !cap1.acquire() || cap1.acquire() {
 		t.Fatal("a cap of 1 gave out other than one place")
 	}
@@ -213,5 +217,76 @@ func TestSpinnersCap(t *testing.T) {
 	}
 	if NewSpinners(0).max != 1 {
 		t.Fatal("a cap below 1 is not 1")
+	}
+}
+
+// fakeLoad is an osLoad reading a loadavg file of ours: running tasks
+// of ncpu CPUs.
+func fakeLoad(t *testing.T, running, ncpu int) *osLoad {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "loadavg")
+	writeLoad(t, path, running)
+	return &osLoad{ncpu: ncpu, path: path, clock: time.Now}
+}
+
+func writeLoad(t *testing.T, path string, running int) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(fmt.Sprintf("0.52 0.58 0.59 %d/467 12345\n", running)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// More runnable tasks than CPUs: no waiter of the cap spins (acquire
+// fails, the wait blocks at once and counts as capped); the count is read
+// again only after loadEvery; at or below the CPUs the place is given.
+func TestSpinnersOSLoad(t *testing.T) {
+	if n, ok := runningTasks("/proc/loadavg"); !ok || n < 1 {
+		t.Fatalf("running tasks from /proc/loadavg: %d %v (this test runs, so at least 1)", n, ok)
+	}
+	for _, bad := range []string{"", "1 2 3", "0.1 0.1 0.1 x/10 1", "0.1 0.1 0.1 5 1"} {
+		path := filepath.Join(t.TempDir(), "loadavg")
+		if err := os.WriteFile(path, []byte(bad), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if n, ok := runningTasks(path); ok {
+			t.Errorf("%q parsed as %d running", bad, n)
+		}
+	}
+	now := time.Unix(1000, 0)
+	l := fakeLoad(t, 3, 2)
+	l.clock = func() time.Time { return now }
+	s := NewSpinners(1)
+	s.load = l
+	if s.acquire() {
+		t.Fatal("a place to spin with 3 runnable tasks on 2 CPUs")
+	}
+	writeLoad(t, l.path, 2)
+	if s.acquire() {
+		t.Fatal("the load was read again before loadEvery")
+	}
+	now = now.Add(loadEvery)
+	if !s.acquire() {
+		t.Fatal("no place to spin with 2 runnable tasks on 2 CPUs")
+	}
+	s.release()
+
+	writeLoad(t, l.path, 9)
+	now = now.Add(loadEvery)
+	ev, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ev)
+	var ctr Counters
+	w, err := New(Options{Spinners: s}, ev, &ctr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if !w.Wait(&fakeRing{readyAfter: 1, peer: func() { Signal(ev) }}) {
+		t.Fatal("wait returned false")
+	}
+	if st := ctr.Stats(); st.Capped != 1 || st.Blocks != 1 || st.Naps != 0 {
+		t.Fatalf("stats %+v on a contended machine, want one capped blocked wait and no naps", st)
 	}
 }
