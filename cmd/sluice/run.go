@@ -2,11 +2,13 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -74,6 +76,9 @@ func (a *runArgs) run(c *cli.Context) error {
 	if err := checkMount(dir, c, cl); err != nil {
 		return err
 	}
+	if err := checkShimSocket(info.Socket); err != nil {
+		return err
+	}
 	env := map[string]string{"LD_PRELOAD": preload(lib, os.Getenv("LD_PRELOAD")), "SLUICE_SHIM_SOCKET": info.Socket}
 	if a.Print {
 		if c.Bool("json") {
@@ -132,6 +137,24 @@ func checkMount(dir string, c *cli.Context, cl *admin.Client) error {
 		}
 	}
 	return &exitError{exitFailed, fmt.Errorf("run: %s is not a mount of this gateway (`sluice mount TENANT/NAME %s` first)", dir, dir)}
+}
+
+// checkShimSocket connects to the gateway's shim socket as this user: a
+// socket the program cannot reach (a directory it may not enter, a socket
+// file left by a gateway that is gone) would leave the library silently
+// sending every call to the kernel. A program run as another user
+// (runuser) is checked only as far as this user goes: docs/SHIM.md.
+func checkShimSocket(path string) error {
+	if path == "" {
+		return &exitError{exitFailed, fmt.Errorf("run: the gateway serves no shim socket (its shim door is off)")}
+	}
+	conn, err := net.DialTimeout("unixpacket", path, 5*time.Second) // the shim door is SOCK_SEQPACKET
+	if err != nil {
+		return &exitError{exitFailed, fmt.Errorf("run: the gateway's shim socket %s cannot be reached (%w): "+
+			"the program would get the kernel's path for every call; with --shim-socket, put it where the program's user can reach it", path, err)}
+	}
+	conn.Close()
+	return nil
 }
 
 // preload puts lib first in an LD_PRELOAD list.
