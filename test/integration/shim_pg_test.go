@@ -125,12 +125,19 @@ func pgTail(b []byte) string {
 // serverPids is every process whose working directory is PGDATA: the
 // postmaster and each of its children (they chdir there), and nothing
 // else on this machine (PGDATA is in this test's temporary directory).
+// Only processes named postgres are looked at: reading another process's
+// cwd link can block for as long as that process is stuck (one exec'ing
+// from a FUSE mount whose gateway another test killed held this test for
+// ten minutes).
 func (c *pgCluster) serverPids() []int {
 	ents, _ := os.ReadDir("/proc")
 	var pids []int
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
+			continue
+		}
+		if comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm")); err != nil || string(comm) != "postgres\n" {
 			continue
 		}
 		if cwd, err := os.Readlink(filepath.Join("/proc", e.Name(), "cwd")); err == nil && cwd == c.data {
