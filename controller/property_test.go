@@ -51,6 +51,9 @@ func checkInvariants(t *testing.T, in Input, alg Crystal, out Output) {
 			for ti, tn := range tenants {
 				a, ok := out.Assignments[g.ID][tn.Tenant]
 				if !ok {
+					a, ok = out.Defaults[g.ID]
+				}
+				if !ok {
 					t.Fatalf("%s: no assignment for %s on %s", r, tn.Tenant, g.ID)
 				}
 				lim, m := a.Limit.Get(r), a.Minimum.Get(r)
@@ -111,14 +114,14 @@ func checkInvariants(t *testing.T, in Input, alg Crystal, out Output) {
 			}
 			sum := 0.0
 			for _, tn := range tenants {
-				sum += out.Assignments[g.ID][tn.Tenant].Limit.Get(r)
+				sum += out.Get(g.ID, tn.Tenant).Limit.Get(r)
 			}
 			if sum >= c-tol(c) {
 				continue
 			}
 			for ti, tn := range tenants {
 				atMax := total[ti] >= maxOf[ti]-tol(maxOf[ti])
-				lim := out.Assignments[g.ID][tn.Tenant].Limit.Get(r)
+				lim := out.Get(g.ID, tn.Tenant).Limit.Get(r)
 				if edge[gi][ti] > 0 && lim < edge[gi][ti]-tol(lim) && !atMax {
 					t.Errorf("%s: %s has %v idle but %s wants more (limit %v, asks %v)", r, g.ID, c-sum, tn.Tenant, lim, edge[gi][ti])
 				}
@@ -303,7 +306,7 @@ func TestRandomisedEqualShare(t *testing.T) {
 			t.Fatalf("case %d: infeasible: %+v", i, out.Shortfalls)
 		}
 		share := (capTotal - minTotal) / float64(nT)
-		tot := readTotals(out)
+		tot := readTotals(expand(in, out))
 		for _, slo := range in.Tenants {
 			if got, want := tot[slo.Tenant], slo.Min.ReadBPS+share; math.Abs(got-want) > 1e-3*capTotal {
 				t.Errorf("case %d: %s got %.4f, want min %.0f + share %.4f = %.4f", i, slo.Tenant, got, slo.Min.ReadBPS, share, want)
