@@ -90,9 +90,9 @@ type Server struct {
 	round      uint64
 	epoch      uint64
 	roundAt    time.Time
-	sets       map[string]AssignmentSet    // gateway → its set of the last round
-	limits     map[string]gatewayLimits    // gateway → the last round's limits there
-	known      map[string]bool             // the tenants of the last round's input
+	sets       map[string]AssignmentSet // gateway → its set of the last round
+	limits     map[string]gatewayLimits // gateway → the last round's limits there
+	known      map[string]bool          // the tenants of the last round's input
 	shortfalls []Shortfall
 	wake       chan struct{} // closed and replaced after every round
 }
