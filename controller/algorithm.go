@@ -142,10 +142,21 @@ func (c Crystal) Name() string { return "crystal-min-slo-share-spare" }
 // Assign implements Algorithm.
 func (c Crystal) Assign(in Input) Output {
 	tenants := inputTenants(in)
+	idx := make(map[string]int, len(tenants))
+	for ti, t := range tenants {
+		idx[t.Tenant] = ti
+	}
+	loadTenant := make([][]int, len(in.Gateways)) // per gateway, per load: its tenant's index
+	for gi, g := range in.Gateways {
+		loadTenant[gi] = make([]int, len(g.Loads))
+		for li, l := range g.Loads {
+			loadTenant[gi][li] = idx[l.Tenant]
+		}
+	}
 	var solved [NumResources]*solution
 	out := Output{}
 	for r := Resource(0); r < NumResources; r++ {
-		p := newProblem(in, tenants, r, c.Headroom)
+		p := newProblem(in, tenants, loadTenant, r, c.Headroom)
 		xm, want := p.placeMinimums()
 		out.Shortfalls = append(out.Shortfalls, p.shortfalls(xm, want)...)
 		solved[r] = p.share(xm, c.MaxSteps)
@@ -264,15 +275,15 @@ type pending struct {
 	dem, edge float64
 }
 
-func newProblem(in Input, tenants []SLO, r Resource, headroom float64) *problem {
+// newProblem builds resource r's problem; loadTenant[g][l] is the index
+// in tenants of the tenant of in.Gateways[g].Loads[l].
+func newProblem(in Input, tenants []SLO, loadTenant [][]int, r Resource, headroom float64) *problem {
 	nG, nT := len(in.Gateways), len(tenants)
 	p := &problem{r: r, nG: nG, nT: nT, gw: make([]string, nG), tn: make([]string, nT),
 		cap: make([]float64, nG), min: make([]float64, nT), max: make([]float64, nT),
 		tg: make([][]int, nT), gt: make([][]int, nG)}
 	scale := 1.0
-	idx := make(map[string]int, nT)
 	for ti, t := range tenants {
-		idx[t.Tenant] = ti
 		p.tn[ti] = t.Tenant
 		p.min[ti] = t.Min.Get(r)
 		p.max[ti] = t.Max.Get(r)
@@ -288,9 +299,9 @@ func newProblem(in Input, tenants []SLO, r Resource, headroom float64) *problem 
 		p.cap[gi] = g.Capacity.Get(r)
 		scale = math.Max(scale, finite(p.cap[gi]))
 		row = row[:0]
-		for _, l := range g.Loads {
-			ti, ok := idx[l.Tenant]
-			if !ok || !l.active(r) {
+		for li, l := range g.Loads {
+			ti := loadTenant[gi][li]
+			if !l.active(r) {
 				continue
 			}
 			if slot[ti] == 0 {

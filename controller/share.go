@@ -134,6 +134,7 @@ func (f *filling) step() bool {
 		return false
 	}
 	delta := math.Inf(1)
+	anyInf := false
 	for _, t := range f.active {
 		sum := 0.0
 		base := f.off[t]
@@ -142,30 +143,54 @@ func (f *filling) step() bool {
 			f.slot[base+j] = v
 			sum += v
 		}
+		anyInf = anyInf || math.IsInf(sum, 1)
 		delta = min(delta, min(s.budget[t], sum))
 	}
 	if delta <= p.eps {
 		return false
 	}
 	for _, t := range f.active {
-		base := f.off[t]
-		live := f.live[base : base+f.n[t]]
-		takes := p.spread(delta, f.slot[base:base+f.n[t]], func(j int) float64 { return f.sdem[live[j]] }, f.buf, f.order[base:base+f.n[t]])
-		for j, v := range takes {
-			if v <= 0 {
-				continue
+		base, n := f.off[t], f.n[t]
+		live, fs := f.live[base:base+n], f.slot[base:base+n]
+		if anyInf || n == 1 || math.IsInf(delta, 1) {
+			takes := p.spread(delta, fs, func(j int) float64 { return f.sdem[live[j]] }, f.buf, f.order[base:base+n])
+			for j, v := range takes {
+				if v > 0 {
+					f.give(t, live[j], v)
+				}
 			}
-			i := live[j]
-			f.sx[i] += v
-			if math.IsInf(v, 1) {
-				f.sroom[i] = 0
-			} else if !math.IsInf(f.sroom[i], 1) {
-				f.sroom[i] = max(0, f.sroom[i]-v)
+			continue
+		}
+		// spread's common case (finite slots, finite delta), inline.
+		order := f.order[base : base+n]
+		sortOrder(order, fs)
+		level, sum := 0.0, 0.0
+		for k, j := range order {
+			sum += fs[j]
+			level = (sum - delta) / float64(k+1)
+			if k+1 == n || level >= fs[order[k+1]] {
+				break
 			}
-			s.take(f.sg[i], t, v)
+		}
+		level = max(0, level)
+		for j, v := range fs {
+			if v = max(0, v-level); v > 0 {
+				f.give(t, live[j], v)
+			}
 		}
 	}
 	return !math.IsInf(delta, 1)
+}
+
+// give adds v to tenant t's slot i.
+func (f *filling) give(t, i int, v float64) {
+	f.sx[i] += v
+	if math.IsInf(v, 1) {
+		f.sroom[i] = 0
+	} else if !math.IsInf(f.sroom[i], 1) {
+		f.sroom[i] = max(0, f.sroom[i]-v)
+	}
+	f.s.take(f.sg[i], t, v)
 }
 
 // contenders drops from the active tenants those without budget, and from

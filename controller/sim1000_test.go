@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"runtime"
 	"slices"
 	"testing"
@@ -72,8 +73,10 @@ func TestSimulation1000Gateways10000Tenants(t *testing.T) {
 	for _, g := range c.gateways {
 		edges += len(g.tenants)
 	}
+	var reportBytes, setBytes, listed int
 	for round := 0; round < rounds; round++ {
-		for _, rep := range c.reports(s.Epoch()) {
+		reps := c.reports(s.Epoch())
+		for _, rep := range reps {
 			if _, err := s.Report(ctx, rep); err != nil {
 				t.Fatal(err)
 			}
@@ -93,6 +96,24 @@ func TestSimulation1000Gateways10000Tenants(t *testing.T) {
 		}
 		if round == rounds-1 {
 			checkInvariants(t, in, Crystal{Headroom: DefaultHeadroom}, s.alg.Assign(in))
+			// What goes over the wire at this scale, as JSON.
+			for _, rep := range reps {
+				b, err := json.Marshal(rep)
+				if err != nil {
+					t.Fatal(err)
+				}
+				reportBytes += len(b)
+			}
+			s.mu.Lock()
+			for _, set := range s.sets {
+				b, err := json.Marshal(set)
+				if err != nil {
+					t.Fatal(err)
+				}
+				setBytes += len(b)
+				listed += len(set.Assignments)
+			}
+			s.mu.Unlock()
 		}
 	}
 	roundWrites := revision() - rev1
@@ -102,12 +123,17 @@ func TestSimulation1000Gateways10000Tenants(t *testing.T) {
 		setupWrites, setup.Round(time.Millisecond), float64(setupWrites)/setup.Seconds())
 	t.Logf("round: median %v CPU (max %v), wall %v (max %v), over %d rounds",
 		median, slices.Max(cpu), slices.Sorted(slices.Values(wall))[len(wall)/2], slices.Max(wall), rounds)
+	t.Logf("wire, per second: reports %d B per gateway (%.0f B per tenant on it), %.1f MiB/s in all; sets %d B per gateway (%.0f tenants listed of %d), %.1f MiB/s in all",
+		reportBytes/nG, float64(reportBytes)/float64(edges), float64(reportBytes)/(1<<20), setBytes/nG, float64(listed)/nG, nT, float64(setBytes)/(1<<20))
 	t.Logf("etcd writes during %d rounds of %d reports each: %d", rounds, nG, roundWrites)
 	if roundWrites != 0 {
 		t.Errorf("reports and rounds wrote %d revisions to etcd; runtime state must stay out of it", roundWrites)
 	}
-	if median > 2*time.Second {
-		t.Errorf("median round %v CPU, want under 2 s", median)
+	// A round must fit in its interval (1 s) with room to spare: the
+	// sparse algorithm takes about 0.6-0.7 s of CPU here (it took 2.4 s
+	// in memory and ~16 s here when dense).
+	if median > time.Second {
+		t.Errorf("median round %v CPU, want at most the round interval, 1 s", median)
 	}
 }
 
