@@ -115,14 +115,14 @@ func (s *sharing) progressiveFill(maxSteps int) {
 // fair values (aligned with live), and per gateway the contenders and
 // the fair share.
 type filling struct {
-	s                *sharing
-	off, sg          []int
-	sx, sroom, sdem  []float64
-	live, n, order   []int // order: per tenant, its live slots' positions by fair value, largest first
-	active           []int
-	slot             []float64
-	count            []int
-	fair, buf, fsDem []float64
+	s               *sharing
+	off, sg         []int
+	sx, sroom, sdem []float64
+	live, n, order  []int // order: per tenant, its live slots' positions by fair value, largest first
+	active          []int
+	slot            []float64
+	count           []int
+	fair, buf       []float64
 }
 
 // step runs one step of progressive filling and reports whether another

@@ -39,7 +39,7 @@ func sameRate(a, b, scale float64) bool {
 func compareWithDense(t *testing.T, in Input, alg Crystal) {
 	t.Helper()
 	sparse := alg.Assign(in)
-	dense := denseCrystal{Headroom: alg.Headroom, MaxSteps: alg.MaxSteps}.Assign(in)
+	dense := denseCrystal(alg).Assign(in)
 	scale := 1.0
 	for _, g := range in.Gateways {
 		for r := Resource(0); r < NumResources; r++ {
