@@ -3,6 +3,7 @@ package controller
 import (
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -319,7 +320,10 @@ func newProblem(in Input, tenants []SLO, loadTenant [][]int, r Resource, headroo
 			}
 			scale = math.Max(scale, finite(d))
 		}
-		sort.Slice(row, func(i, j int) bool { return row[i].t < row[j].t })
+		byTenant := func(a, b pending) int { return a.t - b.t }
+		if !slices.IsSortedFunc(row, byTenant) { // reports list tenants sorted
+			slices.SortFunc(row, byTenant)
+		}
 		for _, pe := range row {
 			slot[pe.t] = 0
 			if pe.edge <= 0 {

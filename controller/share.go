@@ -173,13 +173,44 @@ func (f *filling) step() bool {
 			}
 		}
 		level = max(0, level)
-		for j, v := range fs {
-			if v = max(0, v-level); v > 0 {
-				f.give(t, live[j], v)
+		f.giveAll(t, live, fs, level)
+	}
+	return !math.IsInf(delta, 1)
+}
+
+// giveAll gives tenant t, on each live slot, what its fair value fs has
+// above level: give for finite amounts, unrolled (the same arithmetic;
+// v > 0 and finite, so x-v is never -0 and max(0, ·) is a comparison).
+func (f *filling) giveAll(t int, live []int, fs []float64, level float64) {
+	s := f.s
+	b := s.budget[t]
+	bounded := !math.IsInf(b, 1)
+	for j, v := range fs {
+		if v -= level; v <= 0 {
+			continue
+		}
+		i := live[j]
+		f.sx[i] += v
+		if r := f.sroom[i]; !math.IsInf(r, 1) {
+			if r -= v; r < 0 {
+				r = 0
+			}
+			f.sroom[i] = r
+		}
+		g := f.sg[i]
+		if sp := s.spare[g]; !math.IsInf(sp, 1) {
+			if sp -= v; sp < 0 {
+				sp = 0
+			}
+			s.spare[g] = sp
+		}
+		if bounded {
+			if b -= v; b < 0 {
+				b = 0
 			}
 		}
 	}
-	return !math.IsInf(delta, 1)
+	s.budget[t] = b
 }
 
 // give adds v to tenant t's slot i.
