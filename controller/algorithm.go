@@ -295,6 +295,12 @@ func newProblem(in Input, tenants []SLO, loadTenant [][]int, r Resource, headroo
 	}
 	slot := make([]int, nT) // tenant → 1 + its index in row (0: none yet)
 	var row []pending
+	loads := 0
+	for _, g := range in.Gateways {
+		loads += len(g.Loads)
+	}
+	p.eg, p.et = make([]int, 0, loads), make([]int, 0, loads)
+	p.dem, p.edge = make([]float64, 0, loads), make([]float64, 0, loads)
 	for gi, g := range in.Gateways {
 		p.gw[gi] = g.ID
 		p.cap[gi] = g.Capacity.Get(r)
@@ -329,15 +335,49 @@ func newProblem(in Input, tenants []SLO, loadTenant [][]int, r Resource, headroo
 			if pe.edge <= 0 {
 				continue
 			}
-			e := len(p.eg)
 			p.eg, p.et = append(p.eg, gi), append(p.et, pe.t)
 			p.dem, p.edge = append(p.dem, pe.dem), append(p.edge, pe.edge)
-			p.gt[gi] = append(p.gt[gi], e)
-			p.tg[pe.t] = append(p.tg[pe.t], e)
 		}
 	}
 	p.eps = 1e-9 * scale
+	p.index()
 	return p
+}
+
+// index builds gt and tg from the edges (numbered gateway by gateway,
+// tenant by tenant within one): gt[g] are consecutive edge numbers, tg[t]
+// a counting sort of them by tenant, in one backing array each.
+func (p *problem) index() {
+	nE := len(p.eg)
+	ids := make([]int, nE)
+	for e := range ids {
+		ids[e] = e
+	}
+	for e := 0; e < nE; {
+		g, start := p.eg[e], e
+		for e < nE && p.eg[e] == g {
+			e++
+		}
+		p.gt[g] = ids[start:e:e]
+	}
+	off := make([]int, p.nT+1)
+	for _, t := range p.et {
+		off[t+1]++
+	}
+	for t := 0; t < p.nT; t++ {
+		off[t+1] += off[t]
+	}
+	byT := make([]int, nE)
+	next := append([]int(nil), off[:p.nT]...)
+	for e, t := range p.et {
+		byT[next[t]] = e
+		next[t]++
+	}
+	for t := 0; t < p.nT; t++ {
+		if off[t] < off[t+1] {
+			p.tg[t] = byT[off[t]:off[t+1]:off[t+1]]
+		}
+	}
 }
 
 func finite(v float64) float64 {
