@@ -179,36 +179,20 @@ func (f *filling) step() bool {
 }
 
 // giveAll gives tenant t, on each live slot, what its fair value fs has
-// above level: give for finite amounts, unrolled (the same arithmetic;
-// v > 0 and finite, so x-v is never -0 and max(0, ·) is a comparison).
+// above level: give, for finite amounts, without branches (the same
+// arithmetic: a slot at or below level gets +0, which changes nothing,
+// and +Inf less a finite amount stays +Inf).
 func (f *filling) giveAll(t int, live []int, fs []float64, level float64) {
 	s := f.s
 	b := s.budget[t]
-	bounded := !math.IsInf(b, 1)
 	for j, v := range fs {
-		if v -= level; v <= 0 {
-			continue
-		}
+		v = max(v-level, 0)
 		i := live[j]
 		f.sx[i] += v
-		if r := f.sroom[i]; !math.IsInf(r, 1) {
-			if r -= v; r < 0 {
-				r = 0
-			}
-			f.sroom[i] = r
-		}
+		f.sroom[i] = max(f.sroom[i]-v, 0)
 		g := f.sg[i]
-		if sp := s.spare[g]; !math.IsInf(sp, 1) {
-			if sp -= v; sp < 0 {
-				sp = 0
-			}
-			s.spare[g] = sp
-		}
-		if bounded {
-			if b -= v; b < 0 {
-				b = 0
-			}
-		}
+		s.spare[g] = max(s.spare[g]-v, 0)
+		b = max(b-v, 0)
 	}
 	s.budget[t] = b
 }
