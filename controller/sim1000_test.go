@@ -129,13 +129,12 @@ func TestSimulation1000Gateways10000Tenants(t *testing.T) {
 	if roundWrites != 0 {
 		t.Errorf("reports and rounds wrote %d revisions to etcd; runtime state must stay out of it", roundWrites)
 	}
-	// The sparse algorithm takes 0.6-0.9 s of CPU here on the shared
-	// 2-core machine (the dense one ~16 s): inside the round interval
-	// (1 s), but not by enough to bound it there without flaking when
-	// other work shares the caches. The bound is generous, twice the
-	// interval; BenchmarkRound1000x10000 and the log give the number.
-	if median > 2*time.Second {
-		t.Errorf("median round %v CPU, want under 2 s", median)
+	// A round must fit in its interval (1 s). The sparse algorithm takes
+	// about 0.45 s of CPU here (the dense one ~16 s); CPU time grows by up
+	// to 1.4× on this shared 2-core machine when other work shares the
+	// caches, so the bound is the interval itself, not the measurement.
+	if median > time.Second {
+		t.Errorf("median round %v CPU, want under the round interval, 1 s", median)
 	}
 }
 
