@@ -104,10 +104,11 @@ tools:
 # reserves huge pages for its target and gives them back when done, which
 # takes free pages from under another package's target.
 SPDK_UNIT_PKGS := $(filter %/spdkbackend %/spdkbackend/rpc %/virtio,$(UNIT_PKGS))
+# The controller's 1,000-gateway simulation runs without the race detector
+# (it skips itself under -race: ten times slower).
 unit:
 	SPDK_DIR=$(SPDK_DIR) $(GO) test -race -count=1 $(filter-out $(SPDK_UNIT_PKGS),$(UNIT_PKGS))
 	SPDK_DIR=$(SPDK_DIR) $(GO) test -race -count=1 -p 1 $(SPDK_UNIT_PKGS)
-	# The 1,000-gateway simulation skips itself under -race (ten times slower).
 	$(GO) test -count=1 -run TestSimulation1000 ./controller/
 
 integration: build
