@@ -62,12 +62,30 @@ type Assignment struct {
 
 // Output is one round's result.
 type Output struct {
-	// Assignments[gateway][tenant]: every input tenant on every input
-	// gateway.
+	// Assignments[gateway][tenant] lists, per input gateway, every tenant
+	// named in its loads and every tenant whose assignment there differs
+	// from the gateway's default; every other input tenant gets
+	// Defaults[gateway] (see Get). Sparse: at 10,000 tenants a tenant is
+	// on a few dozen of 1,000 gateways, and listing it everywhere cost
+	// more than computing the round.
 	Assignments map[string]map[string]Assignment
+	// Defaults[gateway] is the assignment of every input tenant that
+	// Assignments[gateway] does not list: its share of the capacity
+	// nobody wants (step 4), or nothing (a zero Limit) on a full gateway.
+	// Its Minimum is always zero.
+	Defaults map[string]Assignment
 	// Shortfalls lists minimums that could not be placed (the best
 	// assignment is still given).
 	Shortfalls []Shortfall
+}
+
+// Get returns tenant's assignment on gateway: its entry in Assignments,
+// or the gateway's default.
+func (o Output) Get(gateway, tenant string) Assignment {
+	if a, ok := o.Assignments[gateway][tenant]; ok {
+		return a
+	}
+	return o.Defaults[gateway]
 }
 
 // Feasible reports whether every minimum was placed.
@@ -102,6 +120,11 @@ const DefaultHeadroom = 0.1
 //     among its tenants that want more.
 //  4. Leftover: capacity nobody wants is shared equally among every tenant
 //     (within its maximum), so a tenant that starts IO has room at once.
+//
+// The work is sparse: steps 1–3 only touch edges (a tenant with work on a
+// gateway), and step 4 gives every tenant without a maximum the same share
+// of a gateway, kept once per gateway (Output.Defaults); only tenants with
+// a maximum are followed one by one there.
 type Crystal struct {
 	// Headroom lets a tenant that was not held back grow: it is given up to
 	// Demand×(1+Headroom). 0 gives exactly its demand.
@@ -120,26 +143,90 @@ func (c Crystal) Name() string { return "crystal-min-slo-share-spare" }
 // Assign implements Algorithm.
 func (c Crystal) Assign(in Input) Output {
 	tenants := inputTenants(in)
-	out := Output{Assignments: make(map[string]map[string]Assignment, len(in.Gateways))}
-	for _, g := range in.Gateways {
-		out.Assignments[g.ID] = make(map[string]Assignment, len(tenants))
+	idx := make(map[string]int, len(tenants))
+	for ti, t := range tenants {
+		idx[t.Tenant] = ti
 	}
-	for r := Resource(0); r < NumResources; r++ {
-		p := newProblem(in, tenants, r, c.Headroom)
-		xm, want := p.placeMinimums()
-		out.Shortfalls = append(out.Shortfalls, p.shortfalls(xm, want)...)
-		x := p.share(xm, c.MaxSteps)
-		for gi, g := range in.Gateways {
-			m := out.Assignments[g.ID]
-			for ti, t := range tenants {
-				a := m[t.Tenant]
-				a.Limit.Set(r, x[gi*p.nT+ti])
-				a.Minimum.Set(r, xm[gi*p.nT+ti])
-				m[t.Tenant] = a
-			}
+	loadTenant := make([][]int, len(in.Gateways)) // per gateway, per load: its tenant's index
+	for gi, g := range in.Gateways {
+		loadTenant[gi] = make([]int, len(g.Loads))
+		for li, l := range g.Loads {
+			loadTenant[gi][li] = idx[l.Tenant]
 		}
 	}
+	var solved [NumResources]*solution
+	out := Output{}
+	for r := Resource(0); r < NumResources; r++ {
+		p := newProblem(in, tenants, loadTenant, r, c.Headroom)
+		xm, want := p.placeMinimums()
+		out.Shortfalls = append(out.Shortfalls, p.shortfalls(xm, want)...)
+		solved[r] = p.share(xm, c.MaxSteps)
+	}
+	out.Assignments, out.Defaults = assemble(in, tenants, &solved)
 	return out
+}
+
+// solution is one resource's result: per edge the limit and the minimum,
+// per gateway the default limit and the tenants (without an edge there)
+// whose limit differs from it.
+type solution struct {
+	p     *problem
+	x, xm []float64
+	def   []float64
+	extra []map[int]float64
+}
+
+// assemble builds the Output's maps from the resources' solutions: per
+// gateway the tenants of its loads, of its edges and of its exceptions,
+// each with every resource's value, and the default.
+func assemble(in Input, tenants []SLO, solved *[NumResources]*solution) (map[string]map[string]Assignment, map[string]Assignment) {
+	nT := len(tenants)
+	idx := make(map[string]int, nT)
+	for ti, t := range tenants {
+		idx[t.Tenant] = ti
+	}
+	assigns := make(map[string]map[string]Assignment, len(in.Gateways))
+	defaults := make(map[string]Assignment, len(in.Gateways))
+	scratch := make([]Assignment, nT)
+	mark := make([]bool, nT)
+	var listed []int
+	for gi, g := range in.Gateways {
+		var def Assignment
+		for r, sol := range solved {
+			def.Limit.Set(Resource(r), sol.def[gi])
+		}
+		defaults[g.ID] = def
+		listed = listed[:0]
+		add := func(t int) {
+			if !mark[t] {
+				mark[t] = true
+				scratch[t] = def
+				listed = append(listed, t)
+			}
+		}
+		for _, l := range g.Loads {
+			add(idx[l.Tenant])
+		}
+		for r, sol := range solved {
+			for t, v := range sol.extra[gi] {
+				add(t)
+				scratch[t].Limit.Set(Resource(r), v)
+			}
+			for _, e := range sol.p.gt[gi] {
+				t := sol.p.et[e]
+				add(t)
+				scratch[t].Limit.Set(Resource(r), sol.x[e])
+				scratch[t].Minimum.Set(Resource(r), sol.xm[e])
+			}
+		}
+		m := make(map[string]Assignment, len(listed))
+		for _, t := range listed {
+			m[tenants[t].Tenant] = scratch[t]
+			mark[t] = false
+		}
+		assigns[g.ID] = m
+	}
+	return assigns, defaults
 }
 
 // inputTenants returns in.Tenants plus tenants named only in loads, sorted.
@@ -164,8 +251,9 @@ func inputTenants(in Input) []SLO {
 	return out
 }
 
-// problem is one resource's allocation problem. Matrices are flat,
-// indexed g*nT+t.
+// problem is one resource's allocation problem, stored by edge: a tenant
+// with work on a gateway. Edges are numbered gateway by gateway, tenants
+// in index order within a gateway.
 type problem struct {
 	r        Resource
 	nG, nT   int
@@ -173,23 +261,30 @@ type problem struct {
 	tn       []string
 	cap      []float64 // per gateway; +Inf unknown
 	min, max []float64 // per tenant; max +Inf when none
-	dem      []float64 // demand per edge
-	edge     []float64 // what the tenant may be given on the gateway: +Inf unbounded, 0 no work
-	tg       [][]int   // per tenant, the gateways where it has work
-	gt       [][]int   // per gateway, the tenants with work there
+	eg, et   []int     // per edge: its gateway and tenant
+	dem      []float64 // per edge: demand
+	edge     []float64 // per edge: what the tenant may be given there (+Inf unbounded)
+	tg       [][]int   // per tenant, its edges (by gateway)
+	gt       [][]int   // per gateway, its edges (by tenant)
 	eps      float64
 	sorted   []float64 // scratch for spread
 }
 
-func newProblem(in Input, tenants []SLO, r Resource, headroom float64) *problem {
+// pending is one tenant's accumulated load on the gateway being read.
+type pending struct {
+	t         int
+	dem, edge float64
+}
+
+// newProblem builds resource r's problem; loadTenant[g][l] is the index
+// in tenants of the tenant of in.Gateways[g].Loads[l].
+func newProblem(in Input, tenants []SLO, loadTenant [][]int, r Resource, headroom float64) *problem {
 	nG, nT := len(in.Gateways), len(tenants)
 	p := &problem{r: r, nG: nG, nT: nT, gw: make([]string, nG), tn: make([]string, nT),
 		cap: make([]float64, nG), min: make([]float64, nT), max: make([]float64, nT),
-		dem: make([]float64, nG*nT), edge: make([]float64, nG*nT)}
+		tg: make([][]int, nT), gt: make([][]int, nG)}
 	scale := 1.0
-	idx := make(map[string]int, nT)
 	for ti, t := range tenants {
-		idx[t.Tenant] = ti
 		p.tn[ti] = t.Tenant
 		p.min[ti] = t.Min.Get(r)
 		p.max[ti] = t.Max.Get(r)
@@ -198,37 +293,91 @@ func newProblem(in Input, tenants []SLO, r Resource, headroom float64) *problem 
 		}
 		scale = math.Max(scale, finite(p.min[ti]))
 	}
+	slot := make([]int, nT) // tenant → 1 + its index in row (0: none yet)
+	var row []pending
+	loads := 0
+	for _, g := range in.Gateways {
+		loads += len(g.Loads)
+	}
+	p.eg, p.et = make([]int, 0, loads), make([]int, 0, loads)
+	p.dem, p.edge = make([]float64, 0, loads), make([]float64, 0, loads)
 	for gi, g := range in.Gateways {
 		p.gw[gi] = g.ID
 		p.cap[gi] = g.Capacity.Get(r)
 		scale = math.Max(scale, finite(p.cap[gi]))
-		for _, l := range g.Loads {
-			ti, ok := idx[l.Tenant]
-			if !ok || !l.active(r) {
+		row = row[:0]
+		for li, l := range g.Loads {
+			ti := loadTenant[gi][li]
+			if !l.active(r) {
 				continue
 			}
+			if slot[ti] == 0 {
+				row = append(row, pending{t: ti})
+				slot[ti] = len(row)
+			}
+			pe := &row[slot[ti]-1]
 			d := l.Demand.Get(r)
-			p.dem[gi*nT+ti] += d
+			pe.dem += d
 			switch {
 			case l.Unbounded[r]:
-				p.edge[gi*nT+ti] = math.Inf(1)
-			case !math.IsInf(p.edge[gi*nT+ti], 1):
-				p.edge[gi*nT+ti] += d * (1 + headroom)
+				pe.edge = math.Inf(1)
+			case !math.IsInf(pe.edge, 1):
+				pe.edge += d * (1 + headroom)
 			}
 			scale = math.Max(scale, finite(d))
 		}
-	}
-	p.eps = 1e-9 * scale
-	p.tg, p.gt = make([][]int, nT), make([][]int, nG)
-	for g := 0; g < nG; g++ {
-		for t := 0; t < nT; t++ {
-			if p.edge[g*nT+t] > 0 {
-				p.tg[t] = append(p.tg[t], g)
-				p.gt[g] = append(p.gt[g], t)
+		byTenant := func(a, b pending) int { return a.t - b.t }
+		if !slices.IsSortedFunc(row, byTenant) { // reports list tenants sorted
+			slices.SortFunc(row, byTenant)
+		}
+		for _, pe := range row {
+			slot[pe.t] = 0
+			if pe.edge <= 0 {
+				continue
 			}
+			p.eg, p.et = append(p.eg, gi), append(p.et, pe.t)
+			p.dem, p.edge = append(p.dem, pe.dem), append(p.edge, pe.edge)
 		}
 	}
+	p.eps = 1e-9 * scale
+	p.index()
 	return p
+}
+
+// index builds gt and tg from the edges (numbered gateway by gateway,
+// tenant by tenant within one): gt[g] are consecutive edge numbers, tg[t]
+// a counting sort of them by tenant, in one backing array each.
+func (p *problem) index() {
+	nE := len(p.eg)
+	ids := make([]int, nE)
+	for e := range ids {
+		ids[e] = e
+	}
+	for e := 0; e < nE; {
+		g, start := p.eg[e], e
+		for e < nE && p.eg[e] == g {
+			e++
+		}
+		p.gt[g] = ids[start:e:e]
+	}
+	off := make([]int, p.nT+1)
+	for _, t := range p.et {
+		off[t+1]++
+	}
+	for t := 0; t < p.nT; t++ {
+		off[t+1] += off[t]
+	}
+	byT := make([]int, nE)
+	next := append([]int(nil), off[:p.nT]...)
+	for e, t := range p.et {
+		byT[next[t]] = e
+		next[t]++
+	}
+	for t := 0; t < p.nT; t++ {
+		if off[t] < off[t+1] {
+			p.tg[t] = byT[off[t]:off[t+1]:off[t+1]]
+		}
+	}
 }
 
 func finite(v float64) float64 {
@@ -238,18 +387,16 @@ func finite(v float64) float64 {
 	return v
 }
 
-func (p *problem) active(g, t int) bool { return p.edge[g*p.nT+t] > 0 }
-
-// placeMinimums is step 1. It returns the placed minimums and what each
-// tenant wanted placed.
+// placeMinimums is step 1. It returns the placed minimums (per edge) and
+// what each tenant wanted placed.
 func (p *problem) placeMinimums() (xm, want []float64) {
-	xm = make([]float64, p.nG*p.nT)
+	xm = make([]float64, len(p.eg))
 	want = make([]float64, p.nT)
 	for t := 0; t < p.nT; t++ {
 		w := math.Min(p.min[t], p.max[t])
 		total := 0.0
-		for _, g := range p.tg[t] {
-			total += p.edge[g*p.nT+t]
+		for _, e := range p.tg[t] {
+			total += p.edge[e]
 		}
 		w = math.Min(w, total)
 		if w <= p.eps {
@@ -263,7 +410,7 @@ func (p *problem) placeMinimums() (xm, want []float64) {
 	return xm, want
 }
 
-// splitByDemand places w of tenant t over its gateways in proportion to its
+// splitByDemand places w of tenant t over its edges in proportion to its
 // demand there, no edge above its cap. w must not exceed the caps' sum.
 func (p *problem) splitByDemand(t int, w float64, x []float64) {
 	free := append([]int(nil), p.tg[t]...)
@@ -271,8 +418,8 @@ func (p *problem) splitByDemand(t int, w float64, x []float64) {
 	for len(free) > 0 && remaining > p.eps {
 		weights := make([]float64, len(free))
 		sum := 0.0
-		for i, g := range free {
-			weights[i] = p.dem[g*p.nT+t]
+		for i, e := range free {
+			weights[i] = p.dem[e]
 			sum += weights[i]
 		}
 		if sum <= 0 {
@@ -283,19 +430,18 @@ func (p *problem) splitByDemand(t int, w float64, x []float64) {
 		}
 		var keep []int
 		clamped := false
-		for i, g := range free {
-			k := g*p.nT + t
-			if remaining*weights[i]/sum >= p.edge[k]-x[k] {
-				remaining -= p.edge[k] - x[k]
-				x[k] = p.edge[k]
+		for i, e := range free {
+			if remaining*weights[i]/sum >= p.edge[e]-x[e] {
+				remaining -= p.edge[e] - x[e]
+				x[e] = p.edge[e]
 				clamped = true
 			} else {
-				keep = append(keep, g)
+				keep = append(keep, e)
 			}
 		}
 		if !clamped {
-			for i, g := range free {
-				x[g*p.nT+t] += remaining * weights[i] / sum
+			for i, e := range free {
+				x[e] += remaining * weights[i] / sum
 			}
 			return
 		}
@@ -303,12 +449,11 @@ func (p *problem) splitByDemand(t int, w float64, x []float64) {
 	}
 }
 
-// load returns what x puts on gateway g (x is non-zero only where
-// tenants have work).
+// load returns what x puts on gateway g.
 func (p *problem) load(x []float64, g int) float64 {
 	s := 0.0
-	for _, t := range p.gt[g] {
-		s += x[g*p.nT+t]
+	for _, e := range p.gt[g] {
+		s += x[e]
 	}
 	return s
 }
@@ -321,8 +466,8 @@ func (p *problem) reroute(x []float64) {
 	for g := range load {
 		load[g] = p.load(x, g)
 	}
-	parentG := make([]int, p.nG) // tenant through which a gateway was reached
-	parentT := make([]int, p.nT) // gateway from which a tenant was reached
+	parentG := make([]int, p.nG) // the edge through which a gateway was reached
+	parentT := make([]int, p.nT) // the edge from which a tenant was reached
 	for iter := 0; iter < 4*(p.nG*p.nT+p.nG+p.nT); iter++ {
 		var queue []int
 		for g := range parentG {
@@ -340,32 +485,7 @@ func (p *problem) reroute(x []float64) {
 		if len(queue) == 0 {
 			return
 		}
-		sink := -1
-		for len(queue) > 0 && sink < 0 {
-			g := queue[0]
-			queue = queue[1:]
-			for _, t := range p.gt[g] {
-				if sink >= 0 {
-					break
-				}
-				if parentT[t] >= 0 || x[g*p.nT+t] <= p.eps {
-					continue
-				}
-				parentT[t] = g
-				for _, g2 := range p.tg[t] {
-					k := g2*p.nT + t
-					if parentG[g2] != -2 || p.edge[k]-x[k] <= p.eps {
-						continue
-					}
-					parentG[g2] = t
-					if p.cap[g2]-load[g2] > p.eps {
-						sink = g2
-						break
-					}
-					queue = append(queue, g2)
-				}
-			}
-		}
+		sink := p.augmentingPath(x, load, queue, parentG, parentT)
 		if sink < 0 {
 			return // no way to move anything: the rest is cut
 		}
@@ -373,37 +493,69 @@ func (p *problem) reroute(x []float64) {
 		b := p.cap[sink] - load[sink]
 		g := sink
 		for parentG[g] >= 0 {
-			t := parentG[g]
-			from := parentT[t]
-			b = math.Min(b, p.edge[g*p.nT+t]-x[g*p.nT+t])
-			b = math.Min(b, x[from*p.nT+t])
-			g = from
+			to := parentG[g]
+			from := parentT[p.et[to]]
+			b = math.Min(b, p.edge[to]-x[to])
+			b = math.Min(b, x[from])
+			g = p.eg[from]
 		}
 		b = math.Min(b, load[g]-p.cap[g])
 		g = sink
 		for parentG[g] >= 0 {
-			t := parentG[g]
-			from := parentT[t]
-			x[g*p.nT+t] += b
-			x[from*p.nT+t] = math.Max(0, x[from*p.nT+t]-b)
-			g = from
+			to := parentG[g]
+			from := parentT[p.et[to]]
+			x[to] += b
+			x[from] = math.Max(0, x[from]-b)
+			g = p.eg[from]
 		}
 		load[sink] += b
 		load[g] -= b
 	}
 }
 
+// augmentingPath searches breadth first from the overloaded gateways in
+// queue for a gateway with spare capacity, and returns it (-1: none).
+func (p *problem) augmentingPath(x, load []float64, queue, parentG, parentT []int) int {
+	for len(queue) > 0 {
+		g := queue[0]
+		queue = queue[1:]
+		for _, e := range p.gt[g] {
+			t := p.et[e]
+			if parentT[t] >= 0 || x[e] <= p.eps {
+				continue
+			}
+			parentT[t] = e
+			for _, e2 := range p.tg[t] {
+				g2 := p.eg[e2]
+				if parentG[g2] != -2 || p.edge[e2]-x[e2] <= p.eps {
+					continue
+				}
+				parentG[g2] = e2
+				if p.cap[g2]-load[g2] > p.eps {
+					return g2
+				}
+				queue = append(queue, g2)
+			}
+		}
+	}
+	return -1
+}
+
 // cut trims each still-overloaded gateway to its capacity, max-min fairly:
 // every minimum above a level L is cut to L.
 func (p *problem) cut(x []float64) {
+	var row []float64
 	for g := 0; g < p.nG; g++ {
-		if p.load(x, g) <= p.cap[g]+p.eps {
+		if len(p.gt[g]) == 0 || p.load(x, g) <= p.cap[g]+p.eps {
 			continue
 		}
-		row := x[g*p.nT : (g+1)*p.nT]
+		row = row[:0]
+		for _, e := range p.gt[g] {
+			row = append(row, x[e])
+		}
 		level := waterLevel(p.cap[g], row)
-		for t := range row {
-			row[t] = math.Min(row[t], level)
+		for _, e := range p.gt[g] {
+			x[e] = math.Min(x[e], level)
 		}
 	}
 }
@@ -412,13 +564,26 @@ func (p *problem) cut(x []float64) {
 func waterLevel(total float64, vals []float64) float64 {
 	s := append([]float64(nil), vals...)
 	sort.Float64s(s)
+	return sortedWaterLevel(total, s, 0)
+}
+
+// sortedWaterLevel is waterLevel over s (sorted ascending) and nInf more
+// values that are +Inf.
+func sortedWaterLevel(total float64, s []float64, nInf int) float64 {
 	remaining := total
+	n := len(s) + nInf
 	for i, v := range s {
-		k := float64(len(s) - i)
+		k := float64(n - i)
 		if v*k >= remaining {
 			return remaining / k
 		}
 		remaining -= v
+	}
+	if nInf > 0 {
+		return remaining / float64(nInf)
+	}
+	if len(s) == 0 {
+		return 0
 	}
 	return s[len(s)-1]
 }
@@ -436,8 +601,8 @@ func (p *problem) shortfalls(xm, want []float64) []Shortfall {
 	}
 	for t := 0; t < p.nT; t++ {
 		placed := 0.0
-		for g := 0; g < p.nG; g++ {
-			placed += xm[g*p.nT+t]
+		for _, e := range p.tg[t] {
+			placed += xm[e]
 		}
 		if want[t]-placed <= 1e-6*math.Max(1, want[t]) {
 			continue
@@ -447,313 +612,14 @@ func (p *problem) shortfalls(xm, want []float64) []Shortfall {
 			reason = fmt.Sprintf("minimums of all tenants with work (%.4g) exceed the capacity of the live gateways (%.4g)", totalWant, totalCap)
 		} else {
 			var full []string
-			for g := 0; g < p.nG; g++ {
-				if p.active(g, t) && p.load(xm, g) >= p.cap[g]-p.eps {
+			for _, e := range p.tg[t] {
+				if g := p.eg[e]; p.load(xm, g) >= p.cap[g]-p.eps {
 					full = append(full, p.gw[g])
 				}
 			}
 			reason = "the gateways where the tenant has work are full of minimums: " + strings.Join(full, ", ")
 		}
 		out = append(out, Shortfall{Tenant: p.tn[t], Resource: p.r.String(), Want: want[t], Placed: placed, Reason: reason})
-	}
-	return out
-}
-
-// share runs steps 2–4 from the placed minimums and returns the limits.
-func (p *problem) share(xm []float64, maxSteps int) []float64 {
-	if maxSteps <= 0 {
-		maxSteps = 32
-	}
-	s := newSharing(p, xm)
-	s.progressiveFill(maxSteps)
-	s.conserveWork()
-	s.spreadLeftover()
-	return s.x
-}
-
-// sharing is the state of steps 2–4: the limits so far and what is left
-// of each gateway's capacity, each tenant's maximum and each edge's room.
-type sharing struct {
-	p      *problem
-	x      []float64 // limits, by gateway*nT + tenant
-	spare  []float64 // by gateway
-	budget []float64 // by tenant: its maximum less what it has
-	room   []float64 // by edge: its demand ceiling less what it has
-}
-
-func newSharing(p *problem, xm []float64) *sharing {
-	nT := p.nT
-	s := &sharing{p: p, x: append([]float64(nil), xm...),
-		spare: make([]float64, p.nG), budget: make([]float64, nT), room: make([]float64, p.nG*nT)}
-	for g := range s.spare {
-		s.spare[g] = math.Max(0, p.cap[g]-p.load(s.x, g))
-	}
-	for t := range s.budget {
-		used := 0.0
-		for g := 0; g < p.nG; g++ {
-			used += s.x[g*nT+t]
-		}
-		s.budget[t] = math.Max(0, p.max[t]-used) // +Inf stays +Inf
-	}
-	for k := range s.room {
-		if p.edge[k] > 0 {
-			s.room[k] = math.Max(0, p.edge[k]-s.x[k])
-		}
-	}
-	return s
-}
-
-// give adds v to tenant t's limit on gateway g.
-func (s *sharing) give(g, t int, v float64) {
-	k := g*s.p.nT + t
-	s.x[k] += v
-	if math.IsInf(v, 1) {
-		s.room[k] = 0
-	} else if !math.IsInf(s.room[k], 1) {
-		s.room[k] = math.Max(0, s.room[k]-v)
-	}
-	s.take(g, t, v)
-}
-
-// take counts v against gateway g's spare and tenant t's budget.
-func (s *sharing) take(g, t int, v float64) {
-	if !math.IsInf(s.spare[g], 1) {
-		s.spare[g] = math.Max(0, s.spare[g]-v)
-	}
-	if !math.IsInf(s.budget[t], 1) {
-		s.budget[t] = math.Max(0, s.budget[t]-v)
-	}
-}
-
-// progressiveFill is step 2: every tenant with budget grows by the same
-// delta per step, spread over its gateways' fair slots, until no one can.
-func (s *sharing) progressiveFill(maxSteps int) {
-	p, nT := s.p, s.p.nT
-	count := make([]int, p.nG)
-	fair := make([]float64, p.nG) // spare per contender, fixed for a step
-	slots := make([]float64, p.nG)
-	var gs []int
-	var fs []float64
-	for step := 0; step < maxSteps; step++ {
-		s.contenders(count, fair)
-		delta, found := math.Inf(1), false
-		for t := 0; t < nT; t++ {
-			if s.budget[t] <= p.eps {
-				continue
-			}
-			sum, has := 0.0, false
-			for _, g := range p.tg[t] {
-				if count[g] > 0 && s.room[g*nT+t] > p.eps {
-					sum += math.Min(s.room[g*nT+t], fair[g])
-					has = true
-				}
-			}
-			if has {
-				found = true
-				delta = math.Min(delta, math.Min(s.budget[t], sum))
-			}
-		}
-		if !found || delta <= p.eps {
-			return
-		}
-		for t := 0; t < nT; t++ {
-			if s.budget[t] <= p.eps {
-				continue
-			}
-			gs, fs = gs[:0], fs[:0]
-			for _, g := range p.tg[t] {
-				if count[g] > 0 && s.room[g*nT+t] > p.eps {
-					gs = append(gs, g)
-					fs = append(fs, math.Min(s.room[g*nT+t], fair[g]))
-				}
-			}
-			if len(gs) == 0 {
-				continue
-			}
-			takes := p.spread(t, delta, gs, fs, slots)
-			for i, g := range gs {
-				if takes[i] > 0 {
-					s.give(g, t, takes[i])
-				}
-			}
-		}
-		if math.IsInf(delta, 1) {
-			return
-		}
-	}
-}
-
-// contenders counts, per gateway with spare, the tenants that can still
-// grow there, and sets fair to the spare per contender.
-func (s *sharing) contenders(count []int, fair []float64) {
-	p := s.p
-	for g := range count {
-		count[g] = 0
-		if s.spare[g] <= p.eps {
-			continue
-		}
-		for _, t := range p.gt[g] {
-			if s.budget[t] > p.eps && s.room[g*p.nT+t] > p.eps {
-				count[g]++
-			}
-		}
-		if count[g] > 0 {
-			fair[g] = s.spare[g] / float64(count[g])
-		}
-	}
-}
-
-// conserveWork is step 3: per gateway, spare capacity goes to the tenants
-// with work there, within their room and budget.
-func (s *sharing) conserveWork() {
-	p := s.p
-	var caps []float64
-	for g := 0; g < p.nG; g++ {
-		if s.spare[g] <= p.eps {
-			continue
-		}
-		caps = caps[:0]
-		for _, t := range p.gt[g] {
-			c := 0.0
-			if s.budget[t] > p.eps {
-				c = math.Min(s.room[g*p.nT+t], s.budget[t])
-			}
-			caps = append(caps, c)
-		}
-		for i, v := range fill(s.spare[g], caps) {
-			if v > 0 {
-				s.give(g, p.gt[g][i], v)
-			}
-		}
-	}
-}
-
-// spreadLeftover is step 4: leftover nobody wants, to everyone within
-// their maximum; a maximum is spread evenly over the gateways with
-// leftover rather than spent on the first ones.
-func (s *sharing) spreadLeftover() {
-	p := s.p
-	var left []int
-	for g := 0; g < p.nG; g++ {
-		if s.spare[g] > p.eps {
-			left = append(left, g)
-		}
-	}
-	caps := make([]float64, p.nT)
-	for i := 0; i < 2*len(left); i++ {
-		// First pass: an even part of what is left of each budget per
-		// gateway; second pass: whatever the first could not place.
-		g, parts := left[i%len(left)], 1.0
-		if i < len(left) {
-			parts = float64(len(left) - i)
-		}
-		if s.spare[g] <= p.eps {
-			continue
-		}
-		for t := range caps {
-			caps[t] = s.budget[t] / parts // +Inf stays +Inf
-		}
-		for t, v := range fill(s.spare[g], caps) {
-			if v > 0 {
-				s.x[g*p.nT+t] += v
-				s.take(g, t, v)
-			}
-		}
-	}
-}
-
-// spread splits delta of tenant t over its slots fs (one per gateway in
-// gs), taking from the largest slots first so that the slots left are as
-// even as possible; unbounded slots absorb everything, in proportion to
-// demand. The result reuses buf.
-func (p *problem) spread(t int, delta float64, gs []int, fs []float64, buf []float64) []float64 {
-	takes := buf[:len(fs)]
-	for i := range takes {
-		takes[i] = 0
-	}
-	if math.IsInf(delta, 1) {
-		for i, f := range fs {
-			if math.IsInf(f, 1) {
-				takes[i] = f
-			}
-		}
-		return takes
-	}
-	if len(fs) == 1 {
-		takes[0] = delta
-		return takes
-	}
-	infSum, nInf := 0.0, 0
-	for i, f := range fs {
-		if math.IsInf(f, 1) {
-			infSum += p.dem[gs[i]*p.nT+t]
-			nInf++
-		}
-	}
-	if nInf > 0 {
-		for i, f := range fs {
-			if !math.IsInf(f, 1) {
-				continue
-			}
-			if infSum > 0 {
-				takes[i] = delta * p.dem[gs[i]*p.nT+t] / infSum
-			} else {
-				takes[i] = delta / float64(nInf)
-			}
-		}
-		return takes
-	}
-	// Level λ with Σ max(0, f−λ) = delta: take the slots largest first.
-	p.sorted = append(p.sorted[:0], fs...)
-	sortDescending(p.sorted)
-	level, sum := 0.0, 0.0
-	for k, f := range p.sorted {
-		sum += f
-		level = (sum - delta) / float64(k+1)
-		if k+1 == len(p.sorted) || level >= p.sorted[k+1] {
-			break
-		}
-	}
-	level = math.Max(0, level)
-	for i, f := range fs {
-		takes[i] = math.Max(0, f-level)
-	}
-	return takes
-}
-
-// sortDescending sorts a (no NaNs) largest first: insertion sort for the
-// few gateways a tenant usually has, the library sort beyond.
-func sortDescending(a []float64) {
-	if len(a) > 32 {
-		slices.Sort(a)
-		slices.Reverse(a)
-		return
-	}
-	for i := 1; i < len(a); i++ {
-		v, j := a[i], i
-		for j > 0 && a[j-1] < v {
-			a[j] = a[j-1]
-			j--
-		}
-		a[j] = v
-	}
-}
-
-// fill shares total among caps max-min fairly: each gets min(cap, L), as
-// much as total allows. An infinite total gives every cap in full.
-func fill(total float64, caps []float64) []float64 {
-	out := make([]float64, len(caps))
-	sum := 0.0
-	for _, c := range caps {
-		sum += c
-	}
-	if math.IsInf(total, 1) || sum <= total {
-		copy(out, caps)
-		return out
-	}
-	level := waterLevel(total, caps)
-	for i, c := range caps {
-		out[i] = math.Min(c, level)
 	}
 	return out
 }

@@ -60,7 +60,7 @@ func TestMinimumsThenEqualSpare(t *testing.T) {
 		gws = append(gws, gw(fmt.Sprintf("g%d", i), readCap(100*mb), wants("gold", 10*mb), wants("silver", 10*mb), wants("bronze", 10*mb)))
 	}
 	in := Input{Tenants: []SLO{minRead("bronze", 0), minRead("gold", 90*mb), minRead("silver", 60*mb)}, Gateways: gws}
-	out := Crystal{}.Assign(in)
+	out := expand(in, Crystal{}.Assign(in))
 	if !out.Feasible() {
 		t.Fatalf("shortfalls: %+v", out.Shortfalls)
 	}
@@ -102,7 +102,7 @@ func TestThreeTenantsOnTwoToSixGateways(t *testing.T) {
 				gws = append(gws, gw(fmt.Sprintf("g%d", i), readCap(100*mb), loads...))
 			}
 			in := Input{Tenants: []SLO{minRead("gold", 40*float64(n)*mb/2), minRead("silver", 30*mb), minRead("bronze", 10*mb)}, Gateways: gws}
-			out := Crystal{}.Assign(in)
+			out := expand(in, Crystal{}.Assign(in))
 			if !out.Feasible() {
 				t.Fatalf("shortfalls: %+v", out.Shortfalls)
 			}
@@ -126,7 +126,7 @@ func TestSpareRoutesAroundContention(t *testing.T) {
 		gw("g1", readCap(100*mb), wants("a", mb), wants("b", mb)),
 		gw("g2", readCap(100*mb), wants("b", mb)),
 	}}
-	out := Crystal{}.Assign(in)
+	out := expand(in, Crystal{}.Assign(in))
 	tot := readTotals(out)
 	near(t, "a", tot["a"], 100*mb, 0.01*mb)
 	near(t, "b", tot["b"], 100*mb, 0.01*mb)
@@ -143,7 +143,7 @@ func TestOverloadedGatewayReroutesMinimums(t *testing.T) {
 			gw("g2", readCap(100*mb), wants("gold", 10*mb)),
 		},
 	}
-	out := Crystal{}.Assign(in)
+	out := expand(in, Crystal{}.Assign(in))
 	if !out.Feasible() {
 		t.Fatalf("shortfalls: %+v", out.Shortfalls)
 	}
@@ -167,7 +167,7 @@ func TestRerouteAlongAChain(t *testing.T) {
 			gw("g3", readCap(100*mb), wants("silver", mb), wants("bronze", mb)),
 		},
 	}
-	out := Crystal{}.Assign(in)
+	out := expand(in, Crystal{}.Assign(in))
 	if !out.Feasible() {
 		t.Fatalf("shortfalls: %+v", out.Shortfalls)
 	}
@@ -188,7 +188,7 @@ func TestInfeasibleMinimums(t *testing.T) {
 			gw("g2", readCap(100*mb), wants("gold", mb), wants("silver", mb), wants("bronze", mb)),
 		},
 	}
-	out := Crystal{}.Assign(in)
+	out := expand(in, Crystal{}.Assign(in))
 	if out.Feasible() {
 		t.Fatal("270 MB/s of minimums on 200 MB/s reported feasible")
 	}
@@ -221,7 +221,7 @@ func TestShortfallWhereTheTenantIs(t *testing.T) {
 			gw("g2", readCap(100*mb), wants("silver", mb)),
 		},
 	}
-	out := Crystal{}.Assign(in)
+	out := expand(in, Crystal{}.Assign(in))
 	if len(out.Shortfalls) != 1 || !strings.Contains(out.Shortfalls[0].Reason, "g1") {
 		t.Fatalf("shortfalls %+v", out.Shortfalls)
 	}
@@ -236,7 +236,7 @@ func TestMaximumAcrossGateways(t *testing.T) {
 			gw("g2", readCap(100*mb), wants("capped", mb)),
 		},
 	}
-	out := Crystal{}.Assign(in)
+	out := expand(in, Crystal{}.Assign(in))
 	tot := readTotals(out)
 	near(t, "capped", tot["capped"], 50*mb, 1)
 	near(t, "other on g1", out.Assignments["g1"]["other"].Limit.ReadBPS, 100*mb, 1)
@@ -250,14 +250,14 @@ func TestMaximumAcrossGateways(t *testing.T) {
 func TestDemandAndHeadroom(t *testing.T) {
 	alg := Crystal{Headroom: 0.1}
 	in := Input{Gateways: []GatewayLoad{gw("g1", readCap(100*mb), uses("light", 10*mb), wants("heavy", 50*mb))}}
-	out := alg.Assign(in)
+	out := expand(in, alg.Assign(in))
 	a := out.Assignments["g1"]
 	near(t, "light", a["light"].Limit.ReadBPS, 11*mb, 1)
 	near(t, "heavy", a["heavy"].Limit.ReadBPS, 89*mb, 1)
 	checkInvariants(t, in, alg, out)
 
 	in = Input{Tenants: []SLO{{Tenant: "idle"}}, Gateways: []GatewayLoad{gw("g1", readCap(100*mb), uses("light", 10*mb))}}
-	out = alg.Assign(in)
+	out = expand(in, alg.Assign(in))
 	a = out.Assignments["g1"]
 	// light: 11 by demand, then the 89 left over split between both.
 	near(t, "light", a["light"].Limit.ReadBPS, 55.5*mb, 1)
@@ -274,7 +274,7 @@ func TestMinimumCappedByDemand(t *testing.T) {
 		Tenants:  []SLO{minRead("gold", 50*mb), minRead("idle", 50*mb)},
 		Gateways: []GatewayLoad{gw("g1", readCap(100*mb), uses("gold", 20*mb), wants("bronze", mb))},
 	}
-	out := alg.Assign(in)
+	out := expand(in, alg.Assign(in))
 	a := out.Assignments["g1"]
 	near(t, "gold minimum", a["gold"].Minimum.ReadBPS, 22*mb, 1)
 	near(t, "gold", a["gold"].Limit.ReadBPS, 22*mb, 1)
@@ -304,7 +304,7 @@ func TestTenantsJoiningAndLeaving(t *testing.T) {
 	}
 	for _, r := range rounds {
 		in := Input{Tenants: slos, Gateways: g(r.loads...)}
-		out := Crystal{}.Assign(in)
+		out := expand(in, Crystal{}.Assign(in))
 		tot := readTotals(out)
 		for tn, w := range r.want {
 			near(t, r.name+": "+tn, tot[tn], w*mb, 1)
@@ -323,7 +323,7 @@ func TestUnknownCapacity(t *testing.T) {
 			gw("g2", Rates{ReadBPS: inf}, wants("capped", 20*mb)),
 		},
 	}
-	out := Crystal{}.Assign(in)
+	out := expand(in, Crystal{}.Assign(in))
 	a := out.Assignments
 	near(t, "capped on g1", a["g1"]["capped"].Limit.ReadBPS, 30*mb, 1)
 	near(t, "capped on g2", a["g2"]["capped"].Limit.ReadBPS, 60*mb, 1)
@@ -393,16 +393,17 @@ func TestWaterLevelAndFill(t *testing.T) {
 	if got[0] != 10 || !math.IsInf(got[1], 1) {
 		t.Errorf("fill inf %v", got)
 	}
-	p := &problem{nT: 1, dem: []float64{1, 3}}
-	takes := p.spread(0, 30, []int{0, 1}, []float64{10, 40}, make([]float64, 2))
+	p := &problem{}
+	dem := func(i int) float64 { return []float64{1, 3}[i] }
+	takes := p.spread(30, []float64{10, 40}, dem, make([]float64, 2), nil)
 	if takes[0] != 0 || takes[1] != 30 {
 		t.Errorf("spread %v", takes)
 	}
-	takes = p.spread(0, 40, []int{0, 1}, []float64{10, 40}, make([]float64, 2))
+	takes = p.spread(40, []float64{10, 40}, dem, make([]float64, 2), nil)
 	if takes[0] != 5 || takes[1] != 35 {
 		t.Errorf("spread %v", takes)
 	}
-	takes = p.spread(0, 40, []int{0, 1}, []float64{inf, inf}, make([]float64, 2))
+	takes = p.spread(40, []float64{inf, inf}, dem, make([]float64, 2), nil)
 	if takes[0] != 10 || takes[1] != 30 {
 		t.Errorf("spread over unbounded slots %v", takes)
 	}
@@ -417,7 +418,7 @@ func TestIdleMaximumSpreadEvenly(t *testing.T) {
 			gw("g1", readCap(100*mb)), gw("g2", readCap(100*mb)), gw("g3", readCap(20*mb), wants("busy", mb)),
 		},
 	}
-	out := Crystal{}.Assign(in)
+	out := expand(in, Crystal{}.Assign(in))
 	a := out.Assignments
 	// g3 is taken by busy; capped gets 45 on each of g1 and g2.
 	near(t, "capped on g1", a["g1"]["capped"].Limit.ReadBPS, 45*mb, 1)

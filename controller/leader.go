@@ -58,7 +58,7 @@ func (s *Server) syncLocked(ctx context.Context) bool {
 		s.term = 0
 		// Drop this term's sets and release the long polls: they
 		// reconnect, are refused, and find the new leader.
-		s.sets, s.limits, s.shortfalls = map[string]AssignmentSet{}, map[string]map[string]Rates{}, nil
+		s.sets, s.limits, s.known, s.shortfalls = map[string]AssignmentSet{}, map[string]gatewayLimits{}, nil, nil
 		close(s.wake)
 		s.wake = make(chan struct{})
 		s.mu.Unlock()

@@ -23,6 +23,22 @@ const (
 	minLimitIOPS = 1
 )
 
+// gatewayLimits is one gateway's limits of a round: the listed tenants'
+// and the default of every other tenant of the round (+Inf = none).
+type gatewayLimits struct {
+	listed map[string]Rates
+	def    Rates
+}
+
+// get returns tenant's limit, and false if the round did not know the
+// tenant (known: the round's tenants).
+func (l gatewayLimits) get(tenant string, known map[string]bool) (Rates, bool) {
+	if r, ok := l.listed[tenant]; ok {
+		return r, true
+	}
+	return l.def, known[tenant]
+}
+
 // runRound computes and publishes one round of assignment sets.
 func (s *Server) runRound() {
 	s.roundMu.Lock()
@@ -41,20 +57,28 @@ func (s *Server) runRound() {
 	took := time.Since(t0)
 
 	sets := make(map[string]AssignmentSet, len(in.Gateways))
-	limits := make(map[string]map[string]Rates, len(in.Gateways))
+	limits := make(map[string]gatewayLimits, len(in.Gateways))
+	known := make(map[string]bool, len(in.Tenants))
+	for _, t := range in.Tenants {
+		known[t.Tenant] = true
+	}
 	s.mu.Lock()
 	s.round++
 	s.epoch = s.gen<<32 | s.round&(1<<32-1)
 	for _, g := range in.Gateways {
-		set := AssignmentSet{Epoch: s.epoch, Term: s.setTerm(), Gateway: g.ID, Assignments: make(map[string]qos.Limits, len(out.Assignments[g.ID]))}
-		lim := make(map[string]Rates, len(out.Assignments[g.ID]))
+		def := out.Defaults[g.ID]
+		defLimits := LimitsFor(def)
+		set := AssignmentSet{Epoch: s.epoch, Term: s.setTerm(), Gateway: g.ID, Default: &defLimits,
+			Assignments: make(map[string]qos.Limits, len(out.Assignments[g.ID]))}
+		lim := gatewayLimits{listed: make(map[string]Rates, len(out.Assignments[g.ID])), def: def.Limit}
 		for t, a := range out.Assignments[g.ID] {
 			set.Assignments[t] = LimitsFor(a)
-			lim[t] = a.Limit
+			lim.listed[t] = a.Limit
 		}
 		sets[g.ID] = set
 		limits[g.ID] = lim
 	}
+	s.known = known
 	s.sets, s.limits, s.shortfalls, s.roundAt = sets, limits, out.Shortfalls, now
 	close(s.wake)
 	s.wake = make(chan struct{})
@@ -93,7 +117,7 @@ func (s *Server) inputLocked(now time.Time) Input {
 			if _, ok := tenants[tr.Tenant]; !ok {
 				tenants[tr.Tenant] = SLO{Tenant: tr.Tenant}
 			}
-			lim, ok := last[tr.Tenant]
+			lim, ok := last.get(tr.Tenant, s.known)
 			g.Loads = append(g.Loads, LoadFromReport(tr, lim, haveLast && ok))
 		}
 		in.Gateways = append(in.Gateways, g)
@@ -167,6 +191,7 @@ func (s *Server) Status() Status {
 	st := Status{Epoch: s.epoch, Round: s.roundAt, Algorithm: s.alg.Name(),
 		Gateways: []GatewayStatus{}, Tenants: []TenantStatus{}, Shortfalls: append([]Shortfall{}, s.shortfalls...)}
 	tenants := map[string]*TenantStatus{}
+	var defaults Rates // the sum of the gateways' defaults
 	tenant := func(name string) *TenantStatus {
 		ts, ok := tenants[name]
 		if !ok {
@@ -204,16 +229,39 @@ func (s *Server) Status() Status {
 			addRates(&ts.Achieved, tr.rates())
 			addRates(&ts.Demand, tr.demand())
 		}
-		for t, lim := range s.limits[id] {
-			addRates(&gs.Assigned, lim)
-			addRates(&tenant(t).Assigned, lim)
+		// Every tenant of the round not listed has the default: counted
+		// once per gateway here, and per tenant as the sum of the
+		// gateways' defaults less the default where it is listed.
+		lim := s.limits[id]
+		for t, r := range lim.listed {
+			addRates(&gs.Assigned, r)
+			ts := tenant(t)
+			addRates(&ts.Assigned, r)
+			subRates(&ts.Assigned, lim.def)
+		}
+		if lim.listed != nil {
+			for r := Resource(0); r < NumResources; r++ {
+				unlisted := float64(len(s.known) - len(lim.listed))
+				gs.Assigned.Set(r, gs.Assigned.Get(r)+unlisted*finite(lim.def.Get(r)))
+			}
+			addRates(&defaults, lim.def)
 		}
 		st.Gateways = append(st.Gateways, gs)
+	}
+	for name := range s.known {
+		addRates(&tenant(name).Assigned, defaults)
 	}
 	for _, name := range slices.Sorted(maps.Keys(tenants)) {
 		st.Tenants = append(st.Tenants, *tenants[name])
 	}
 	return st
+}
+
+// subRates subtracts the finite fields of b from a.
+func subRates(a *Rates, b Rates) {
+	for r := Resource(0); r < NumResources; r++ {
+		a.Set(r, a.Get(r)-finite(b.Get(r)))
+	}
 }
 
 // addRates adds the finite fields of b to a.

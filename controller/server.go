@@ -90,8 +90,9 @@ type Server struct {
 	round      uint64
 	epoch      uint64
 	roundAt    time.Time
-	sets       map[string]AssignmentSet    // gateway → its set of the last round
-	limits     map[string]map[string]Rates // gateway → tenant → last limits (+Inf = none)
+	sets       map[string]AssignmentSet // gateway → its set of the last round
+	limits     map[string]gatewayLimits // gateway → the last round's limits there
+	known      map[string]bool          // the tenants of the last round's input
 	shortfalls []Shortfall
 	wake       chan struct{} // closed and replaced after every round
 }
@@ -155,7 +156,7 @@ func Open(ctx context.Context, opts Options) (*Server, error) {
 		opts: opts, alg: opts.Algorithm, clock: opts.Clock, log: opts.Logger, store: d, reg: opts.Registry,
 		gen: gen, term: term, start: now, done: make(chan struct{}),
 		slos: slos, gws: gws, reports: map[string]received{},
-		sets: map[string]AssignmentSet{}, limits: map[string]map[string]Rates{}, wake: make(chan struct{}),
+		sets: map[string]AssignmentSet{}, limits: map[string]gatewayLimits{}, wake: make(chan struct{}),
 	}
 	s.metrics = newMetrics(s)
 	if err := s.reg.Register(s.metrics); err != nil {

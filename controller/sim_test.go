@@ -107,12 +107,15 @@ func (c *simCluster) server(tb testing.TB) *Server {
 		}
 	}
 	for i, g := range c.gateways {
-		if _, err := s.Register(ctx, GatewayRegistration{ID: g.id, Address: fmt.Sprintf("10.0.%d.%d:7480", i/250, i%250)}); err != nil {
+		if _, err := s.Register(ctx, GatewayRegistration{ID: g.id, Address: simAddress(i)}); err != nil {
 			tb.Fatal(err)
 		}
 	}
 	return s
 }
+
+// simAddress is gateway i's made-up address.
+func simAddress(i int) string { return fmt.Sprintf("10.0.%d.%d:7480", i/250, i%250) }
 
 // threadCPU returns the CPU time the calling OS thread has used (lock
 // the goroutine to its thread around the measurement): unlike wall time it

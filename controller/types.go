@@ -263,9 +263,17 @@ type ReportReply struct {
 	Epoch uint64 `json:"epoch"` // the newest epoch (0 before the first round)
 }
 
-// AssignmentSet is the full set of limits one gateway must enforce, one
-// entry per tenant the controller knows. Gateways apply a set only if its
-// Epoch is newer than the last one they applied.
+// AssignmentSet is the full set of limits one gateway must enforce.
+// Assignments lists every tenant the gateway reported (the tenants with a
+// volume on it) and every tenant whose limits there differ from Default;
+// Default holds for every other tenant the controller knows. Gateways
+// apply a set only if its Epoch is newer than the last one they applied.
+//
+// Before Default (controller versions up to the 1,000-gateway rework)
+// Assignments listed every tenant the controller knew, on every gateway.
+// A gateway that ignores Default still enforces every tenant it reported;
+// only a tenant whose first volume there appeared after its last report
+// runs its static rules until the next round lists it.
 type AssignmentSet struct {
 	Epoch uint64 `json:"epoch"`
 	// Term is the leader's term (its election key's create revision in
@@ -276,11 +284,27 @@ type AssignmentSet struct {
 	Term        uint64                `json:"term,omitempty"`
 	Gateway     string                `json:"gateway"`
 	Assignments map[string]qos.Limits `json:"assignments"` // tenant → limits
+	// Default is the limits of every tenant Assignments does not list
+	// (nil from an older controller: those tenants are not assigned).
+	Default *qos.Limits `json:"default,omitempty"`
+}
+
+// For returns tenant's limits in the set: its entry, or the default; false
+// when the set has neither.
+func (a AssignmentSet) For(tenant string) (qos.Limits, bool) {
+	if l, ok := a.Assignments[tenant]; ok {
+		return l, true
+	}
+	if a.Default != nil {
+		return *a.Default, true
+	}
+	return qos.Limits{}, false
 }
 
 // Equal reports whether a and b assign the same limits (epochs aside).
 func (a AssignmentSet) Equal(b AssignmentSet) bool {
-	if a.Gateway != b.Gateway || len(a.Assignments) != len(b.Assignments) {
+	if a.Gateway != b.Gateway || len(a.Assignments) != len(b.Assignments) || (a.Default == nil) != (b.Default == nil) ||
+		a.Default != nil && *a.Default != *b.Default {
 		return false
 	}
 	for t, l := range a.Assignments {

@@ -21,7 +21,10 @@ import (
 // and file rules) are suspended, because the SLO is tenant-wide and a
 // static limit under it would make the controller's limit unreachable
 // (the controller would see the tenant held back and hand it more, in
-// vain). Tenants the set does not list keep their static rules.
+// vain). Tenants the set does not list keep their static rules, unless
+// the set carries a default (ApplyAssignmentSet): then every tenant with
+// a volume here that the set does not list, including one whose first
+// volume appears while the set is in force, is assigned the default.
 //
 // ApplyAssignments changes limits in place (Queue.SetLimits: immediate,
 // for waiting requests too, never blocking); only a tenant gaining or
@@ -38,6 +41,7 @@ import (
 // rules.mu.
 type controlled struct {
 	queues    map[string]*qos.Queue // tenant → its assignment queue
+	def       *qos.Limits           // the set's default for tenants it does not list (nil: none)
 	epoch     uint64                // of the last set applied (kept after fallback)
 	following bool                  // a set is in force
 	since     time.Time             // when following last changed, or the set was applied
@@ -53,6 +57,16 @@ func queueName(tenant string) string { return "controller/" + tenant }
 // validate are refused per tenant (the tenant keeps what it had) and
 // reported in the error; the rest of the set is applied.
 func (g *Gateway) ApplyAssignments(set map[string]qos.Limits, epoch uint64) error {
+	return g.ApplyAssignmentSet(set, nil, epoch)
+}
+
+// ApplyAssignmentSet is ApplyAssignments with the set's default: when def
+// is not nil, every tenant with a volume here that set does not list is
+// assigned def (a controller lists only the tenants a gateway reported
+// and sends the default for the rest), now and when its first volume
+// appears while the set is in force. A def that does not validate is
+// refused (those tenants return to their static rules).
+func (g *Gateway) ApplyAssignmentSet(set map[string]qos.Limits, def *qos.Limits, epoch uint64) error {
 	g.rules.mu.Lock()
 	defer g.rules.mu.Unlock()
 	c := &g.rules.ctl
@@ -60,6 +74,24 @@ func (g *Gateway) ApplyAssignments(set map[string]qos.Limits, epoch uint64) erro
 		c.queues = make(map[string]*qos.Queue, len(set))
 	}
 	var errs []error
+	if def != nil {
+		if err := def.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("default: %w", err))
+			def = nil
+		}
+	}
+	c.def = def
+	full := set
+	if def != nil {
+		full = make(map[string]qos.Limits, len(set))
+		maps.Copy(full, set)
+		for _, t := range g.volumeTenants() {
+			if _, ok := full[t]; !ok {
+				full[t] = *def
+			}
+		}
+	}
+	set = full
 	reroute := false
 	for _, t := range slices.Sorted(maps.Keys(set)) {
 		l := set[t]
@@ -116,7 +148,7 @@ func (g *Gateway) ClearAssignments() {
 	if c.following {
 		g.log.Warn("controller assignments dropped: static QoS rules apply again", "epoch", c.epoch, "tenants", len(gone))
 	}
-	c.following, c.since = false, time.Now()
+	c.following, c.since, c.def = false, time.Now(), nil
 	g.reroute()
 	for _, q := range gone {
 		q.Close()
@@ -157,10 +189,37 @@ func (g *Gateway) Assignments() AssignmentStatus {
 	return st
 }
 
+// volumeTenants returns the tenants with a volume here. Callers hold
+// rules.mu (which is taken before g.mu).
+func (g *Gateway) volumeTenants() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	seen := make(map[string]bool)
+	var out []string
+	for _, v := range g.vols {
+		if t := v.Info().Tenant; !seen[t] {
+			seen[t] = true
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
 // assignedRoute sends every request of a volume to its tenant's
 // assignment queue. Callers hold rules.mu.
 func (g *Gateway) assignedRoute(tenant string) *route {
-	q := g.rules.ctl.queues[tenant]
+	c := &g.rules.ctl
+	q := c.queues[tenant]
+	if q == nil && c.following && c.def != nil {
+		// The tenant's first volume here, while a set with a default is
+		// in force: the default applies until a set lists the tenant.
+		nq, err := g.rules.sched.NewQueue(queueName(tenant), *c.def)
+		if err != nil {
+			return nil // validated when the set was applied
+		}
+		c.queues[tenant] = nq
+		q = nq
+	}
 	if q == nil {
 		return nil
 	}

@@ -302,3 +302,87 @@ func TestDeviceSaturated(t *testing.T) {
 		t.Error("readers held by their own 50/s limit under a 200/s capacity: reported saturated")
 	}
 }
+
+// A set's default assigns every tenant with a volume here that the set
+// does not list, also one whose first volume appears while the set is in
+// force; tenants without a volume get no queue; a set without a default
+// (an older controller) or a fallback returns unlisted tenants to their
+// static rules.
+func TestAssignmentDefault(t *testing.T) {
+	ctx := context.Background()
+	g := openTestGateway(t)
+	if _, err := g.CreateVolume(ctx, CreateOptions{Tenant: "acme", Name: "a", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.CreateVolume(ctx, CreateOptions{Tenant: "idle", Name: "i", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	limits := func() map[string]qos.Limits {
+		out := map[string]qos.Limits{}
+		for _, a := range g.Assignments().Tenants {
+			out[a.Tenant] = a.Limits
+		}
+		return out
+	}
+	def := qos.Limits{ReadBPS: 1 << 20, WriteBPS: 1 << 20}
+	if err := g.ApplyAssignmentSet(map[string]qos.Limits{"acme": {ReadBPS: 5 << 20}}, &def, 1); err != nil {
+		t.Fatal(err)
+	}
+	got := limits()
+	if len(got) != 2 || got["acme"].ReadBPS != 5<<20 || got["idle"] != def {
+		t.Fatalf("assigned %+v, want acme listed and idle on the default", got)
+	}
+	// A new tenant's first volume while the set is in force.
+	v, err := g.CreateVolume(ctx, CreateOptions{Tenant: "late", Name: "l", Size: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, ok := limits()["late"]; !ok || l != def {
+		t.Fatalf("late's first volume: assigned %+v (%v), want the default", l, ok)
+	}
+	if err := v.Do(ctx, &Request{Op: OpRead, Buf: make([]byte, 4096), Door: DoorNBD}); err != nil {
+		t.Fatal(err)
+	}
+	if n := assignedOps(g, "late"); n != 1 {
+		t.Errorf("late's read went through its assignment queue %d times, want 1", n)
+	}
+	// A new default changes the unlisted tenants' limits in place.
+	def2 := qos.Limits{ReadBPS: 2 << 20}
+	if err := g.ApplyAssignmentSet(map[string]qos.Limits{"acme": {ReadBPS: 5 << 20}}, &def2, 2); err != nil {
+		t.Fatal(err)
+	}
+	if got := limits(); got["idle"] != def2 || got["late"] != def2 || assignedOps(g, "late") != 1 {
+		t.Errorf("after a new default: %+v", got)
+	}
+	// A set without a default: only the listed tenants are assigned.
+	if err := g.ApplyAssignments(map[string]qos.Limits{"acme": {ReadBPS: 5 << 20}}, 3); err != nil {
+		t.Fatal(err)
+	}
+	if got := limits(); len(got) != 1 {
+		t.Errorf("a set without default: assigned %+v, want acme only", got)
+	}
+	if _, err := g.CreateVolume(ctx, CreateOptions{Tenant: "later", Name: "l", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if got := limits(); len(got) != 1 {
+		t.Errorf("a volume created under a set without default: assigned %+v", got)
+	}
+	// Fallback drops the default with the set.
+	if err := g.ApplyAssignmentSet(nil, &def, 4); err != nil {
+		t.Fatal(err)
+	}
+	g.ClearAssignments()
+	if _, err := g.CreateVolume(ctx, CreateOptions{Tenant: "after", Name: "f", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if got := limits(); len(got) != 0 {
+		t.Errorf("after the fallback: assigned %+v", got)
+	}
+	bad := qos.Limits{ReadBPS: -1}
+	if err := g.ApplyAssignmentSet(map[string]qos.Limits{"acme": {ReadBPS: 5 << 20}}, &bad, 5); err == nil {
+		t.Error("an invalid default was accepted")
+	}
+	if got := limits(); len(got) != 1 {
+		t.Errorf("with an invalid default: assigned %+v, want acme only", got)
+	}
+}

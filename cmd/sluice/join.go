@@ -127,7 +127,7 @@ func joinController(ctx context.Context, g *gateway.Gateway, o joinOptions, apiS
 		Registration: controller.GatewayRegistration{ID: o.id, Address: apiSocket},
 		Report:       j.report,
 		Apply: func(set controller.AssignmentSet) {
-			if err := g.ApplyAssignments(set.Assignments, set.Epoch); err != nil {
+			if err := g.ApplyAssignmentSet(set.Assignments, set.Default, set.Epoch); err != nil {
 				log.Warn("part of the controller's assignment set was refused", "err", err)
 			}
 			j.routing(true)
