@@ -99,7 +99,8 @@ need_bypass() { # STATS WHAT CALL...
 need_cached() {
   local f=$1 what=$2 n=0; shift 2
   for c in "$@"; do
-    n=$((n + $(grep "call=$c " "$f" | grep -o 'page_cache=[0-9]*' | awk -F= '{s += $2} END {print s + 0}')))
+    n=$((n + $(awk -v c="call=$c " 'index($0, c) && match($0, /page_cache=[0-9]+/) {s += substr($0, RSTART + 11, RLENGTH - 11)}
+      END {print s + 0}' "$f")))
   done
   if [ "$n" = 0 ]; then echo "$what: none of $* went to the page cache (see $f)"; cat "$f"; exit 1; fi
 }
