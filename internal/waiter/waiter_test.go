@@ -257,21 +257,50 @@ func TestSpinnersOSLoad(t *testing.T) {
 	l.clock = func() time.Time { return now }
 	s := NewSpinners(1)
 	s.load = l
+	// settle reads the load every loadEvery for 100 ms: the average
+	// follows the count.
+	settle := func(running int) {
+		writeLoad(t, l.path, running)
+		for range 100 {
+			now = now.Add(loadEvery)
+			l.contended()
+		}
+	}
+	// A spinning poller and its spinning client (2), and now and then a
+	// third task: not contended.
+	for i := range 100 {
+		writeLoad(t, l.path, 2+min(1, i%4/3))
+		now = now.Add(loadEvery)
+		l.contended()
+	}
+	if !s.acquire() {
+		t.Fatalf("no place to spin with 2-3 runnable tasks on 2 CPUs (average %.2f)", l.avg)
+	}
+	s.release()
+	settle(4) // twice the CPUs: not yet
+	if !s.acquire() {
+		t.Fatalf("no place to spin with 4 runnable tasks on 2 CPUs (average %.2f)", l.avg)
+	}
+	s.release()
+	settle(5)
 	if s.acquire() {
-		t.Fatal("a place to spin with 3 runnable tasks on 2 CPUs")
+		t.Fatal("a place to spin with 5 runnable tasks on 2 CPUs all along")
+	}
+	settle(9)
+	if s.acquire() {
+		t.Fatal("a place to spin with 9 runnable tasks on 2 CPUs")
 	}
 	writeLoad(t, l.path, 2)
 	if s.acquire() {
 		t.Fatal("the load was read again before loadEvery")
 	}
-	now = now.Add(loadEvery)
+	settle(2)
 	if !s.acquire() {
 		t.Fatal("no place to spin with 2 runnable tasks on 2 CPUs")
 	}
 	s.release()
 
-	writeLoad(t, l.path, 9)
-	now = now.Add(loadEvery)
+	settle(9)
 	ev, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 	if err != nil {
 		t.Fatal(err)
