@@ -23,7 +23,9 @@ func TestHolder(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- Serve(context.Background(), l, time.Minute, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	go func() {
+		done <- Serve(context.Background(), l, time.Minute, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
 
 	r, w, err := os.Pipe()
 	if err != nil {
