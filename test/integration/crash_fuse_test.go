@@ -108,7 +108,7 @@ func (c *syncClient) takeLongest() time.Duration {
 // process of its own (the test re-executes its binary): a process whose
 // threads wait on a mount nobody serves cannot fork the next gateway
 // (the fork waits too), and a real program on the mount is not the
-// gateway's supervisor either. It prints "ops W L" as it goes, 
+// gateway's supervisor either. It prints "ops W L" as it goes,
 // MS" with the longest write+fsync+read of each 20 ms tick, "error: ..." on the first
 // failure, and "done" once the file held every fsynced byte when the
 // stop file appeared.
