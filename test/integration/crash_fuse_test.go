@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sluice-storage/sluice/internal/testtool"
 	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
@@ -281,4 +283,73 @@ func TestCrashResumeFUSE(t *testing.T) {
 		_, err := os.Stat(holder)
 		return os.IsNotExist(err)
 	})
+}
+
+// TestCrashResumeResend: a write the gateway has read but not answered
+// when it is killed (held by a QoS limit: four 32 KiB O_DSYNC writes at
+// 16 KiB/s; the QoS queue's depth shows it is held) is sent again by the
+// kernel once the next gateway resumes the mount (FUSE_NOTIFY_RESEND,
+// Linux 6.9+): dd, the writing process, finishes without an error, and
+// the file holds every byte (O_DSYNC: each write answered was durable).
+// Without the resend dd would wait forever, which the bounded wait turns
+// into a failure.
+func TestCrashResumeResend(t *testing.T) {
+	dd := testtool.Path(t, "dd")
+	dir := t.TempDir()
+	g := startGateway(t, dir, "--fuse-resume")
+	mnt := g.mountVolume("t/fs", "fs", "64M")
+	dev := deviceOfPath(t, mnt)
+	t.Cleanup(func() {
+		if t.Failed() {
+			os.WriteFile(fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", unix.Minor(dev)), []byte("1"), 0)
+			unix.Unmount(mnt, unix.MNT_DETACH)
+		}
+	})
+	src := filepath.Join(t.TempDir(), "src")
+	want := make([]byte, 128<<10)
+	for i := range want {
+		want[i] = byte(rand.Uint32())
+	}
+	if err := os.WriteFile(src, want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g.mustSluice("qos", "set", "--volume", "t/fs", "--op", "write", "--bw", "16KiB", "--burst", "10ms")
+	cmd := exec.Command(dd, "if="+src, "of="+filepath.Join(mnt, "f"), "bs=32k", "count=4", "oflag=dsync", "conv=fsync", "status=none")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	// Evidence that the gateway has read a write and holds it unanswered:
+	// the QoS queue's depth.
+	held := regexp.MustCompile(`"depth":\s*[1-9]`)
+	testwait.For(t, "dd's write waits in the gateway's QoS queue", func() bool {
+		out, code := g.sluice("qos", "list", "--json")
+		return code == 0 && held.MatchString(out)
+	})
+	g.kill()
+	select {
+	case err := <-exited:
+		t.Fatalf("dd ended while nobody served the mount: %v %s", err, out.String())
+	default:
+	}
+	g.restart()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("dd: %v %s\n%s", err, out.String(), g.logTail())
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatalf("dd still waits 90 s after the resume: the request read by the dead gateway was not resent\n%s", g.logTail())
+	}
+	got, err := os.ReadFile(filepath.Join(mnt, "f"))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("the file after the resent write: %v (equal %v, %d bytes)", err, bytes.Equal(got, want), len(got))
+	}
+	if strings.Contains(g.logTail(), "cannot resend") {
+		t.Fatalf("the gateway could not resend:\n%s", g.logTail())
+	}
 }
