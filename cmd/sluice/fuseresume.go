@@ -276,9 +276,12 @@ func fdHolderCommand() *cli.Command {
 		Usage:  "hold the gateway's FUSE fds across a crash (started by `sluice gateway --fuse-resume`; not for direct use)",
 		Hidden: true,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "socket", Destination: &socket, Usage: "`PATH` of the holder's socket", Required: true},
+			&cli.StringFlag{Name: "socket", Destination: &socket, Usage: "`PATH` of the holder's socket"},
 		},
 		Action: func(c *cli.Context) error {
+			if err := requireFlag(c, "socket"); err != nil {
+				return err
+			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("pid", os.Getpid())
 			l, err := fdholder.Listen(socket)
 			if err != nil {
