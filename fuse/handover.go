@@ -23,6 +23,10 @@ type HandoverState struct {
 	ReadOnly bool // as asked when mounting (the volume's own read-only is read again)
 	Session  fuse.Session
 	Table    *fs.SessionTable
+	// Epoch: how many times the session was resumed after a crash
+	// (Options.Epoch; not sent: the taking process reads it from the
+	// data directory's session record).
+	Epoch uint32
 }
 
 // Detach stops serving the mount for a handover, without unmounting it:
@@ -37,6 +41,7 @@ type HandoverState struct {
 // QoS limit, say), the mount ends: its connection is aborted (what waits
 // on it fails, ECONNABORTED) and it is detached lazily.
 func (mt *Mount) Detach(ctx context.Context) (int, *HandoverState, error) {
+	mt.detaching.Store(true)
 	mt.stopNote()
 	type detached struct {
 		fd  int
@@ -75,7 +80,7 @@ func (mt *Mount) Detach(ctx context.Context) (int, *HandoverState, error) {
 		return -1, nil, fmt.Errorf("detach %s at %s: %w", mt.Volume, mt.Dir, err)
 	}
 	return fd, &HandoverState{Volume: mt.Volume, Dir: mt.Dir, ReadOnly: mt.asked,
-		Session: mt.server.Session(), Table: table}, nil
+		Session: mt.server.Session(), Table: table, Epoch: mt.Epoch}, nil
 }
 
 // abort ends the mount's FUSE connection (fusectl's abort: the kernel
@@ -121,6 +126,9 @@ func (mt *Mount) persistOpen(table *fs.SessionTable) error {
 // closed and the mount detached lazily: what waits on it fails.
 func Adopt(ctx context.Context, vol *gateway.Volume, st *HandoverState, fd int, opts Options) (*Mount, error) {
 	opts.ReadOnly = st.ReadOnly
+	if opts.Epoch == 0 {
+		opts.Epoch = st.Epoch
+	}
 	p := prepare(vol, opts)
 	fail := func(err error) (*Mount, error) {
 		p.unwatch()

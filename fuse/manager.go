@@ -26,6 +26,25 @@ type Manager struct {
 	mu     sync.Mutex
 	mounts map[string]*entry // by absolute directory
 	closed bool
+	keeper Keeper // nil: mounts end with the process (SetKeeper)
+}
+
+// Keeper keeps what a crash resume needs of a mount outside the
+// process (the /dev/fuse fd in the fd holder, the INIT settings in the
+// data directory): Keep when a mount is made, adopted or resumed, Drop
+// when it ends (not when it is detached for a planned handover: the
+// next process goes on with it).
+type Keeper interface {
+	Keep(m *Mount) error
+	Drop(m *Mount)
+}
+
+// SetKeeper makes the manager tell k about its mounts (before the first
+// mount).
+func (mg *Manager) SetKeeper(k Keeper) {
+	mg.mu.Lock()
+	mg.keeper = k
+	mg.mu.Unlock()
 }
 
 type entry struct {
@@ -78,6 +97,12 @@ func (mg *Manager) Mount(ctx context.Context, ref, dir string, readOnly bool) (M
 func (mg *Manager) add(abs string, m *Mount, vol *gateway.Volume) *entry {
 	e := &entry{m: m, readOnly: m.ReadOnly(), kind: vol.Kind()}
 	mg.mounts[abs] = e
+	if mg.keeper != nil {
+		if err := mg.keeper.Keep(m); err != nil {
+			mg.log.Warn("crash resume: the mount's session is not kept; it ends if the gateway crashes", "dir", abs, "err", err)
+		}
+	}
+	k := mg.keeper
 	go func() {
 		// Forget mounts that go away behind our back (umount(8)), or
 		// are detached for a handover.
@@ -87,6 +112,9 @@ func (mg *Manager) add(abs string, m *Mount, vol *gateway.Volume) *entry {
 			delete(mg.mounts, abs)
 		}
 		mg.mu.Unlock()
+		if k != nil && !m.detaching.Load() {
+			k.Drop(m)
+		}
 	}()
 	return e
 }
@@ -137,6 +165,10 @@ func (mg *Manager) DetachAll(ctx context.Context) []Detached {
 // cannot be adopted (the volume is gone, the directory has a mount of
 // this gateway), the session ends: what waits on it fails.
 func (mg *Manager) Adopt(ctx context.Context, st *HandoverState, fd int) (MountInfo, error) {
+	return mg.adopt(ctx, st, fd, 0)
+}
+
+func (mg *Manager) adopt(ctx context.Context, st *HandoverState, fd int, epoch uint32) (MountInfo, error) {
 	fail := func(err error) (MountInfo, error) {
 		unix.Close(fd)
 		unix.Unmount(st.Dir, unix.MNT_DETACH)
@@ -154,14 +186,31 @@ func (mg *Manager) Adopt(ctx context.Context, st *HandoverState, fd int) (MountI
 	if e := mg.mounts[st.Dir]; e != nil {
 		return fail(fmt.Errorf("%s already has %s mounted: %w", st.Dir, e.m.Volume, gateway.ErrExists))
 	}
-	m, err := Adopt(ctx, vol, st, fd, Options{Logger: mg.log})
+	var m *Mount
+	if epoch > 0 {
+		m, err = Resume(ctx, vol, st, fd, epoch, Options{Logger: mg.log})
+	} else {
+		m, err = Adopt(ctx, vol, st, fd, Options{Logger: mg.log})
+	}
 	if err != nil {
 		return MountInfo{}, err
 	}
 	e := mg.add(st.Dir, m, vol)
-	mg.log.Info("mount taken over", "volume", st.Volume, "dir", st.Dir, "read_only", e.readOnly,
-		"nodes", len(st.Table.Nodes), "open_handles", len(st.Table.Files))
+	if epoch > 0 {
+		mg.log.Info("mount resumed after a crash", "volume", st.Volume, "dir", st.Dir, "read_only", e.readOnly, "epoch", epoch)
+	} else {
+		mg.log.Info("mount taken over", "volume", st.Volume, "dir", st.Dir, "read_only", e.readOnly,
+			"nodes", len(st.Table.Nodes), "open_handles", len(st.Table.Files))
+	}
 	return e.info(), nil
+}
+
+// Resume serves a mount whose gateway died (fuse.Resume): fd is its
+// /dev/fuse fd, which Resume owns; epoch counts the resumes of its
+// session, this one included. If it cannot be resumed the session ends
+// as for Adopt.
+func (mg *Manager) Resume(ctx context.Context, st *HandoverState, fd int, epoch uint32) (MountInfo, error) {
+	return mg.adopt(ctx, st, fd, epoch)
 }
 
 func (e *entry) info() MountInfo {
@@ -178,6 +227,7 @@ func (mg *Manager) Unmount(ctx context.Context, dir string) error {
 		return fmt.Errorf("unmount %s: %w (files still open?)", abs, busyOr(err))
 	}
 	e.m.Wait()
+	mg.drop(e.m)
 	mg.log.Info("unmounted", "volume", e.m.Volume, "dir", abs)
 	return nil
 }
@@ -267,5 +317,19 @@ func (mg *Manager) Close() {
 				"close them and `sluice umount` before stopping the gateway", "volume", e.m.Volume, "dir", e.m.Dir, "err", err)
 			unix.Unmount(e.m.Dir, unix.MNT_DETACH)
 		}
+		// The held fd goes too: a mount detached lazily must end when
+		// this process does, not wait for a gateway that is not coming.
+		mg.drop(e.m)
+	}
+}
+
+// drop tells the keeper a mount ended (also done when its server ends;
+// Keeper.Drop is idempotent).
+func (mg *Manager) drop(m *Mount) {
+	mg.mu.Lock()
+	k := mg.keeper
+	mg.mu.Unlock()
+	if k != nil {
+		k.Drop(m)
 	}
 }

@@ -22,6 +22,10 @@ type Options struct {
 	ReadOnly bool
 	Debug    bool // log every FUSE request
 	Logger   *slog.Logger
+	// Epoch: how many times the mount's FUSE session has been resumed
+	// after a crash (resume.go); 0 for a session this process or a
+	// planned handover's chain of processes has served from its INIT.
+	Epoch uint32
 }
 
 // Mount is a live mount of one volume.
@@ -35,6 +39,12 @@ type Mount struct {
 	raw    fuse.RawFileSystem // go-fuse's node bridge (its tables are handed over)
 	m      *mount
 	asked  bool // ReadOnly as asked (Options), handed over with the mount
+	// Epoch: how many times its session was resumed after a crash
+	// (Options.Epoch).
+	Epoch uint32
+	// detaching: Detach was called (the mount goes on in another
+	// process; its kept session stays kept).
+	detaching atomic.Bool
 	// stopNote stops the notifier (idempotent): before a detach, no
 	// notification may reach the kernel from this process.
 	stopNote func()
@@ -134,7 +144,7 @@ func prepare(vol *gateway.Volume, opts Options) *prepared {
 		// made meanwhile wait in the queue.
 		unwatch = m.fs.Watch(m.note)
 	}
-	return &prepared{m: m, root: root, unwatch: unwatch, opts: &fs.Options{
+	p := &prepared{m: m, root: root, unwatch: unwatch, opts: &fs.Options{
 		MountOptions:    mo,
 		EntryTimeout:    &to,
 		AttrTimeout:     &to,
@@ -148,13 +158,15 @@ func prepare(vol *gateway.Volume, opts Options) *prepared {
 		// so the notifier names nodes the way the engine reports them.
 		ExternalNodeID: m.fs != nil,
 	}}
+	p.opts.Resume = p.resumeOptions(opts.Epoch)
+	return p
 }
 
 // start finishes a mount whose server serves: the notifier runs until
 // the server ends or the mount is detached (Mount.Detach).
 func (p *prepared) start(server *fuse.Server, raw fuse.RawFileSystem, dir string, opts Options) (*Mount, error) {
 	m := p.m
-	mt := &Mount{Dir: dir, Volume: m.vol.Ref(), server: server, raw: raw, m: m, asked: opts.ReadOnly, stopNote: p.unwatch}
+	mt := &Mount{Dir: dir, Volume: m.vol.Ref(), server: server, raw: raw, m: m, asked: opts.ReadOnly, stopNote: p.unwatch, Epoch: opts.Epoch}
 	if m.note != nil {
 		m.note.srv = server
 		stop, done := make(chan struct{}), make(chan struct{})
@@ -199,6 +211,10 @@ func deviceOf(dir string) (uint64, error) {
 // Vol is the mounted volume.
 func (m *Mount) Vol() *gateway.Volume { return m.m.vol }
 
+// AskedReadOnly reports whether the mount was asked to be read-only
+// (Options.ReadOnly; the volume's own read-only is read again).
+func (m *Mount) AskedReadOnly() bool { return m.asked }
+
 // ReadOnly reports whether the mount refuses writes.
 func (m *Mount) ReadOnly() bool { return m.m.readOnly }
 
@@ -219,6 +235,15 @@ func (m *Mount) PageCached(ino uint64) bool { return m.m.kc != nil && m.m.kc.has
 // Renames counts the renames and links made through the mount: a door
 // that keeps a file's path looks it up again when the count moves.
 func (m *Mount) Renames() uint64 { return m.m.renames.Load() }
+
+// Session returns what the kernel's INIT negotiated on the mount's
+// connection (kept for a crash resume).
+func (m *Mount) Session() fuse.Session { return m.server.Session() }
+
+// DupFD returns a duplicate of the mount's /dev/fuse fd (close-on-exec,
+// the caller's): a holder keeps the connection alive with it across a
+// crash of this process.
+func (m *Mount) DupFD() (int, error) { return m.server.DupFD() }
 
 // Unmount detaches the mount; it fails (EBUSY) while files on it are open,
 // like umount(8).
@@ -272,10 +297,10 @@ type namesCounted struct {
 
 func (c namesCounted) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName, newName string) fuse.Status {
 	defer c.n.Add(1)
-	return c.RawFileSystem.Rename(cancel, in, oldName, newName)
+	return doneIfResent(&in.InHeader, c.RawFileSystem.Rename(cancel, in, oldName, newName))
 }
 
 func (c namesCounted) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
 	defer c.n.Add(1)
-	return c.RawFileSystem.Link(cancel, in, name, out)
+	return c.lookupIfResent(cancel, &in.InHeader, name, out, c.RawFileSystem.Link(cancel, in, name, out))
 }

@@ -58,6 +58,11 @@ type daemon struct {
 	// start adopts its FUSE mounts (adopted: their directories).
 	took    *takenOver
 	adopted []string
+	// keeper keeps the FUSE mounts' sessions for a crash resume
+	// (--fuse-resume; nil without); held: the sessions a gateway that
+	// died left in the holder, resumed by start.
+	keeper *keeper
+	held   []heldSession
 }
 
 // start opens everything; on an error the caller runs stop, which closes
@@ -76,6 +81,17 @@ func (d *daemon) start(ctx context.Context) error {
 		// Files unlinked while open on a handed-over mount stay until
 		// the adopted handles release them.
 		cfg.KeepOrphans = d.took.openInodes()
+	}
+	if a.FUSEResume {
+		d.keeper = newKeeper(a.DataDir, log)
+		if d.took == nil {
+			if d.held, err = d.keeper.findHeld(); err != nil {
+				log.Warn("crash resume: the fd holder did not answer; no FUSE mount is resumed", "err", err)
+			}
+			// Files unlinked while open may still be open in the
+			// kernel: kept until released (or the next start).
+			cfg.KeepOrphans = keepAllOrphans(d.held, cfg.KeepOrphans)
+		}
 	}
 	if a.SPDK.uri != nil {
 		// The SPDK device replaces the pool file; the gateway owns it
@@ -107,6 +123,18 @@ func (d *daemon) start(ctx context.Context) error {
 		go d.metrics.Serve(d.pre.metrics)
 	}
 	d.mounts = fuse.NewManager(d.g, log)
+	if d.keeper != nil {
+		d.mounts.SetKeeper(d.keeper)
+		if d.took != nil {
+			d.took.setEpochs(d.keeper)
+		}
+	}
+	if len(d.held) > 0 {
+		// Before the shim door and the API, as adopted mounts.
+		dirs := resumeHeld(ctx, d.mounts, d.keeper, d.held)
+		log.Info("crash resume", "fuse_mounts_resumed", len(dirs), "fuse_sessions_held", len(d.held), "dirs", dirs)
+		d.held = nil
+	}
 	if d.took != nil {
 		// Before the shim door: its clients register files of these
 		// mounts again.
@@ -239,6 +267,9 @@ func (d *daemon) stop() {
 			d.detached = d.mounts.DetachAll(ctx) // bounded as the other drains (30 s)
 		}
 		d.mounts.Close()
+	}
+	if d.keeper != nil {
+		d.keeper.close()
 	}
 	if d.g != nil {
 		if err := d.g.Close(); err != nil {

@@ -71,6 +71,7 @@ func newApp() *cli.App {
 			controllerCommand(),
 			sloCommand(),
 			clusterCommand(),
+			fdHolderCommand(),
 		},
 		Action:         unknownSubcommand,
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints and exits

@@ -124,6 +124,18 @@ func (h handedFUSE) end() {
 	unix.Unmount(h.state.Dir, unix.MNT_DETACH)
 }
 
+// setEpochs gives each handed-over mount its session's resume count
+// (from its record: not part of the handover protocol), so that the new
+// process hands out file handles in the same range as the old one.
+func (t *takenOver) setEpochs(k *keeper) {
+	for _, h := range t.fuse {
+		var st unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, h.state.Dir, unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE, &st); err == nil {
+			h.state.Epoch = k.epochOf(unix.Mkdev(st.Dev_major, st.Dev_minor))
+		}
+	}
+}
+
 // closeFUSE ends the handed-over mounts not adopted.
 func (t *takenOver) closeFUSE() {
 	for _, h := range t.fuse {

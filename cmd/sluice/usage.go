@@ -25,7 +25,7 @@ var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON for scripts"}
 
 // daemons are the top-level commands that are not clients of a gateway's
 // admin API: they take neither the client's --api-socket nor --json.
-var daemons = map[string]bool{"gateway": true, "controller": true}
+var daemons = map[string]bool{"gateway": true, "controller": true, "fd-holder": true}
 
 // globalFlags may be given before the command or after it: interspersed
 // moves them to the command, which declares them too.

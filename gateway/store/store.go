@@ -147,7 +147,10 @@ type Options struct {
 	// KeepOrphans names, by volume ref, inodes that are still open in
 	// another door after a planned handover (FUSE handles the new process
 	// adopts): their orphan records are kept at open, and such an inode is
-	// purged at its last Release instead.
+	// purged at its last Release instead. Inode 0 in a volume's set
+	// keeps every orphan of the volume (a FUSE session resumed after a
+	// crash: which inodes the kernel still holds open is not known);
+	// those not released meanwhile are purged at the next open without.
 	KeepOrphans map[string]map[uint64]bool
 }
 

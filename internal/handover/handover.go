@@ -42,7 +42,10 @@ import (
 // carries. Two processes hand over only when theirs are equal.
 // Version 2 added the NBD connections (nbd_conn messages), version 3
 // the FUSE mounts (fuse_mount and fuse_table messages).
-const StateVersion = 3
+// Version 4: a mount's file handle numbers may exceed 2^24 (a session
+// resumed after a crash hands out epoch<<24+index, fuse/resume.go), which
+// a version-3 process refuses after go.
+const StateVersion = 4
 
 // SocketName is the handover socket's name in the data directory.
 const SocketName = "handover.sock"

@@ -155,7 +155,7 @@ func TestParseRefuses(t *testing.T) {
 		`{"type":"fuse_table","table":{"nodes":[{"id":2,"ino":2,"lookups":1,"links":[{"p":1,"n":"a/b"}]}]}}`,
 		`{"type":"fuse_table","table":{"nodes":[{"id":2,"ino":2,"lookups":1,"links":[{"p":1,"n":".."}]}]}}`,
 		`{"type":"fuse_table","table":{"files":[{"fh":0,"node":1}]}}`,
-		`{"type":"fuse_table","table":{"files":[{"fh":16777217,"node":1}]}}`,
+		`{"type":"fuse_table","table":{"files":[{"fh":4294967296,"node":1}]}}`,
 		`{"type":"fuse_table","table":{"files":[{"fh":1,"node":0}]}}`,
 		`{"type":"go","nbd_conns":1}`,
 		`{"type":"go","nbd":{"export":"t/v","size":1,"flags":1,"max_payload":4096}}`,

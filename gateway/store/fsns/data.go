@@ -344,7 +344,7 @@ func (f *FS) purgeOrphans(keep map[uint64]bool) error {
 	}
 	kept := 0
 	for _, ino := range inos {
-		if keep[ino] {
+		if keep[ino] || keep[0] { // 0: keep all (store.Options.KeepOrphans)
 			f.setOrphan(ino, true)
 			kept++
 			continue

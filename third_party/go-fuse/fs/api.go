@@ -868,4 +868,9 @@ type Options struct {
 	// ensure StableAttr.Gen is increased each time the same inode
 	// number is reused.
 	ExternalNodeID bool
+
+	// Resume, if set, makes the bridge serve a session whose earlier
+	// server died without handing its tables over (Sluice patch,
+	// resume.go).
+	Resume *ResumeOptions
 }

@@ -111,6 +111,10 @@ type rawBridge struct {
 	// adds no extra indirection or allocation.
 	ids mapIdentityTable
 
+	// resumeMu serialises materialising unknown node IDs and handles
+	// (Sluice patch, resume.go).
+	resumeMu sync.Mutex
+
 	// backingMu protects the backingID/backingIDRefcount fields of the
 	// nodeEntry values ids hands out (see identitytable.go). It is
 	// separate from ids' own mutex because addBackingID/
@@ -331,6 +335,7 @@ func NewNodeFS(root InodeEmbedder, opts *Options) fuse.RawFileSystem {
 	bridge.root = root.embed()
 	bridge.root.hasKernelRef = true
 	bridge.ids.registerRoot(bridge.root)
+	bridge.initResume() // Sluice patch
 
 	if opts.OnAdd != nil {
 		opts.OnAdd(context.Background())
@@ -351,6 +356,9 @@ func (b *rawBridge) String() string {
 // for registerFile/addBackingID) without a second lookup.
 func (b *rawBridge) entry(nodeID uint64, fh uint64) (*nodeEntry, *fileEntry) {
 	e, f := b.ids.node(nodeID, fh)
+	if b.unknown(e, f) {
+		e, f = b.materialize(nodeID, fh) // Sluice patch: resume.go
+	}
 	if e == nil {
 		log.Panicf("unknown node %d", nodeID)
 	}
@@ -618,6 +626,9 @@ func (b *rawBridge) Tmpfile(cancel <-chan struct{}, input *fuse.CreateIn, out *f
 }
 
 func (b *rawBridge) Forget(nodeid, nlookup uint64) {
+	if e, _ := b.ids.node(nodeid, 0); e == nil && b.options.Resume != nil {
+		return // Sluice patch: a node the dead process knew, never asked for since
+	}
 	e, _ := b.entry(nodeid, 0)
 	hasKernelRef, _, _ := e.inode.Load().removeRef(nlookup, false)
 	if !hasKernelRef {
@@ -958,6 +969,9 @@ func (b *rawBridge) SetLkw(cancel <-chan struct{}, input *fuse.LkIn) fuse.Status
 }
 
 func (b *rawBridge) Release(cancel <-chan struct{}, input *fuse.ReleaseIn) {
+	if b.releaseUnknown(input.NodeId, input.Fh) {
+		return // Sluice patch: resume.go
+	}
 	e, f := b.releaseFileEntry(input.NodeId, input.Fh)
 	if f == nil {
 		return
@@ -981,6 +995,9 @@ func (b *rawBridge) Release(cancel <-chan struct{}, input *fuse.ReleaseIn) {
 }
 
 func (b *rawBridge) ReleaseDir(input *fuse.ReleaseIn) {
+	if b.releaseUnknown(input.NodeId, input.Fh) {
+		return // Sluice patch: resume.go
+	}
 	e, f := b.releaseFileEntry(input.NodeId, input.Fh)
 	if f == nil {
 		return

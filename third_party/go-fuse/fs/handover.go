@@ -78,13 +78,17 @@ func ExportSession(raw fuse.RawFileSystem) (*SessionTable, error) {
 		regs = append(regs, reg{id, e.inode.Load(), e.lookupCount})
 	}
 	st := &SessionTable{NextNodeID: t.nextNodeId, AutomaticIno: t.automaticIno}
-	for fh, fe := range t.files {
-		if fh == 0 || fe == nil {
+	for i, fe := range t.files {
+		if i == 0 || fe == nil {
 			continue
 		}
-		st.Files = append(st.Files, SessionFile{Fh: uint32(fh), NodeID: fe.inode.nodeId, Flags: fe.flags, Dir: fe.inode.IsDir()})
+		st.Files = append(st.Files, SessionFile{Fh: fe.fh, NodeID: fe.inode.nodeId, Flags: fe.flags, Dir: fe.inode.IsDir()})
+	}
+	for _, fe := range t.legacy { // Sluice patch: resume.go
+		st.Files = append(st.Files, SessionFile{Fh: fe.fh, NodeID: fe.inode.nodeId, Flags: fe.flags, Dir: fe.inode.IsDir()})
 	}
 	t.mu.Unlock()
+	sort.Slice(st.Files, func(i, j int) bool { return st.Files[i].Fh < st.Files[j].Fh })
 	sort.Slice(regs, func(i, j int) bool { return regs[i].id < regs[j].id })
 	for _, r := range regs {
 		sn := SessionNode{NodeID: r.id, Attr: r.inode.stableAttr, Lookups: r.lookups}
@@ -191,7 +195,7 @@ func (b *rawBridge) restoreFiles(st *SessionTable, byID map[uint64]*Inode, newFi
 		if n == nil {
 			return fmt.Errorf("fs: file handle %d is open on node %d, which is not in the table", sf.Fh, sf.NodeID)
 		}
-		if sf.Fh == 0 || sf.Fh > 1<<24 {
+		if sf.Fh == 0 {
 			return fmt.Errorf("fs: bad file handle %d", sf.Fh)
 		}
 		f, err := newFile(n.ops, sf)
@@ -199,10 +203,7 @@ func (b *rawBridge) restoreFiles(st *SessionTable, byID map[uint64]*Inode, newFi
 			return err
 		}
 		t.mu.Lock()
-		for uint32(len(t.files)) <= sf.Fh {
-			t.files = append(t.files, nil)
-		}
-		if t.files[sf.Fh] != nil {
+		if t.fileAt(uint64(sf.Fh)) != nil {
 			t.mu.Unlock()
 			return fmt.Errorf("fs: repeated file handle %d", sf.Fh)
 		}
@@ -211,15 +212,28 @@ func (b *rawBridge) restoreFiles(st *SessionTable, byID map[uint64]*Inode, newFi
 		if _, ok := f.(FileReaddirenter); ok {
 			fe.lastRead = dirEntryPool.Get().([]fuse.DirEntry)
 		}
-		t.files[sf.Fh] = fe
+		if sf.Fh > t.fhBase && sf.Fh-t.fhBase < 1<<24 {
+			idx := sf.Fh - t.fhBase
+			for uint32(len(t.files)) <= idx {
+				t.files = append(t.files, nil)
+			}
+			t.files[idx] = fe
+		} else {
+			// Sluice patch: a handle of a process before a crash
+			// resume (resume.go).
+			if t.legacy == nil {
+				t.legacy = map[uint32]*fileEntry{}
+			}
+			t.legacy[sf.Fh] = fe
+		}
 		e.openFiles = append(e.openFiles, sf.Fh)
 		t.mu.Unlock()
 	}
 	t.mu.Lock()
 	t.freeFiles = t.freeFiles[:0]
-	for fh := len(t.files) - 1; fh > 0; fh-- {
-		if t.files[fh] == nil {
-			t.freeFiles = append(t.freeFiles, uint32(fh))
+	for idx := len(t.files) - 1; idx > 0; idx-- {
+		if t.files[idx] == nil {
+			t.freeFiles = append(t.freeFiles, uint32(idx))
 		}
 	}
 	t.mu.Unlock()

@@ -90,6 +90,29 @@ type mapIdentityTable struct {
 	files []*fileEntry
 	// indices of files that are not allocated.
 	freeFiles []uint32
+
+	// Sluice patch (crash resume, resume.go): the handle numbers this
+	// table hands out are fhBase+index into files; a number outside
+	// that range is a handle an earlier process of the session handed
+	// out, kept in legacy once materialised. sticky: lookup counts of
+	// the nodes are not known (the kernel's came from an earlier
+	// process), so every node gets stickyLookups and a FORGET never
+	// drops it.
+	fhBase uint32
+	legacy map[uint32]*fileEntry
+	sticky bool
+}
+
+// fileAt returns the entry of handle number fh (nil if not open); t.mu
+// held. Sluice patch.
+func (t *mapIdentityTable) fileAt(fh uint64) *fileEntry {
+	if fh == 0 {
+		return t.files[0]
+	}
+	if fh > uint64(t.fhBase) && fh-uint64(t.fhBase) < uint64(len(t.files)) {
+		return t.files[fh-uint64(t.fhBase)]
+	}
+	return t.legacy[uint32(fh)]
 }
 
 // initIdentityTable prepares a zero-value mapIdentityTable for use.
@@ -171,6 +194,9 @@ func (t *mapIdentityTable) registerNew(id StableAttr, child *Inode, exclusive bo
 		// registered (the old == child case above), its entry - and
 		// any accumulated openFiles/backing state - is left alone.
 		e = &nodeEntry{}
+		if t.sticky {
+			e.lookupCount = stickyLookups // Sluice patch
+		}
 		e.inode.Store(child)
 		t.nodes[child.nodeId] = e
 		if len(t.nodes) > t.nodeCountHigh {
@@ -209,6 +235,9 @@ func (t *mapIdentityTable) decLookup(nodeID uint64, nlookup uint64) (n *Inode, r
 	if e == nil {
 		log.Panicf("decLookup: unknown node %d", nodeID)
 	}
+	if nlookup > e.lookupCount && t.sticky {
+		nlookup = e.lookupCount // Sluice patch: resumed counts are not exact
+	}
 	if nlookup > e.lookupCount {
 		log.Panicf("n%d lookupCount underflow: lookupCount=%d, decrement=%d", nodeID, e.lookupCount, nlookup)
 	}
@@ -222,7 +251,7 @@ func (t *mapIdentityTable) decLookup(nodeID uint64, nlookup uint64) (n *Inode, r
 func (t *mapIdentityTable) node(nodeID uint64, fh uint64) (*nodeEntry, *fileEntry) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.nodes[nodeID], t.files[fh]
+	return t.nodes[nodeID], t.fileAt(fh)
 }
 
 func (t *mapIdentityTable) forget(n *Inode) {
@@ -283,11 +312,12 @@ func (t *mapIdentityTable) registerFile(e *nodeEntry, f FileHandle, flags uint32
 	fe := &fileEntry{}
 	if len(t.freeFiles) > 0 {
 		last := len(t.freeFiles) - 1
-		fe.fh = t.freeFiles[last]
+		idx := t.freeFiles[last]
 		t.freeFiles = t.freeFiles[:last]
-		t.files[fe.fh] = fe
+		t.files[idx] = fe
+		fe.fh = t.fhBase + idx // Sluice patch: fhBase
 	} else {
-		fe.fh = uint32(len(t.files))
+		fe.fh = t.fhBase + uint32(len(t.files))
 		t.files = append(t.files, fe)
 	}
 
@@ -311,7 +341,7 @@ func (t *mapIdentityTable) firstOpenFile(e *nodeEntry) (FileHandle, func()) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, fh := range e.openFiles {
-		fe := t.files[fh]
+		fe := t.fileAt(uint64(fh))
 		fe.wg.Add(1)
 		return fe.file, fe.wg.Done
 	}
@@ -333,10 +363,10 @@ func (t *mapIdentityTable) detachFile(nodeID uint64, fh uint64) (*nodeEntry, *fi
 	var entry *fileEntry
 	if fh > 0 {
 		last := len(e.openFiles) - 1
-		entry = t.files[fh]
+		entry = t.fileAt(fh)
 		if last != entry.nodeIndex {
 			e.openFiles[entry.nodeIndex] = e.openFiles[last]
-			t.files[e.openFiles[entry.nodeIndex]].nodeIndex = entry.nodeIndex
+			t.fileAt(uint64(e.openFiles[entry.nodeIndex])).nodeIndex = entry.nodeIndex
 		}
 		e.openFiles = e.openFiles[:last]
 	}
@@ -347,6 +377,10 @@ func (t *mapIdentityTable) detachFile(nodeID uint64, fh uint64) (*nodeEntry, *fi
 func (t *mapIdentityTable) recycleFile(fh uint32) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.files[fh] = nil
-	t.freeFiles = append(t.freeFiles, fh)
+	if fh > t.fhBase && fh-t.fhBase < uint32(len(t.files)) {
+		t.files[fh-t.fhBase] = nil
+		t.freeFiles = append(t.freeFiles, fh-t.fhBase)
+		return
+	}
+	delete(t.legacy, fh) // Sluice patch: a handle of an earlier process
 }

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+	"unsafe"
 )
 
 // Session is what a FUSE connection's INIT negotiated, which a Server
@@ -99,4 +100,58 @@ func NewServerSession(fs RawFileSystem, fd int, mountPoint string, opts *MountOp
 	ms.ready <- nil
 	ms.fuseFD.loops.Add(1)
 	return ms, nil
+}
+
+// Sluice patch (crash resume): the kernel's FUSE_NOTIFY_RESEND.
+
+const (
+	// notifyResend is FUSE_NOTIFY_RESEND (include/uapi/linux/fuse.h,
+	// kernel 6.9+).
+	notifyResend = 7
+	// hasResend is FUSE_HAS_RESEND (1 << 39) as it appears in InitIn's
+	// Flags2: the kernel knows FUSE_NOTIFY_RESEND.
+	hasResend = 1 << (39 - 32)
+	// UniqueResend is FUSE_UNIQUE_RESEND: the bit the kernel sets in the
+	// unique ID of a request it sends again after NotifyResend.
+	UniqueResend = uint64(1) << 63
+)
+
+// CanResend reports whether the kernel advertised FUSE_NOTIFY_RESEND in
+// its INIT request.
+func (ms *Server) CanResend() bool { return ms.kernelSettings.Flags2&hasResend != 0 }
+
+// NotifyResend asks the kernel to send again every request some reader
+// of the connection read but never answered (fs/fuse/dev.c:
+// fuse_resend moves them from the processing lists back to the pending
+// queue, with UniqueResend set in their unique IDs). A server that
+// takes over a connection whose previous server died calls it once it
+// serves, or the programs waiting for those answers wait forever. ENOSYS
+// if the kernel does not know the notification.
+func (ms *Server) NotifyResend() Status {
+	if !ms.CanResend() {
+		return ENOSYS
+	}
+	if ms.writev == nil {
+		return ENOSYS
+	}
+	hdr := make([]byte, sizeOfOutHeader)
+	h := (*OutHeader)(unsafe.Pointer(&hdr[0]))
+	h.Length = uint32(sizeOfOutHeader)
+	h.Status = notifyResend
+	_, errno := ms.writev([][]byte{hdr})
+	return Status(errno)
+}
+
+// DupFD returns a close-on-exec duplicate of the server's /dev/fuse fd,
+// owned by the caller: something outside this process may keep the
+// connection alive with it (a crash-resume holder). Sluice patch.
+func (ms *Server) DupFD() (int, error) {
+	var nfd int
+	var derr error
+	if err := ms.fuseFD.withFD(func(fd int) {
+		nfd, derr = fcntlDupCloexec(fd)
+	}); err != nil {
+		return -1, err
+	}
+	return nfd, derr
 }

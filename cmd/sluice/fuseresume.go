@@ -1,0 +1,297 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	gofuse "github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-storage/sluice/fuse"
+	"github.com/sluice-storage/sluice/internal/fdholder"
+	"github.com/sluice-storage/sluice/internal/handover"
+)
+
+// Crash resume of FUSE mounts (--fuse-resume, docs/HANDOVER.md "Crash
+// resume"): each mount's /dev/fuse fd is put in the fd holder (a process
+// of its own, `sluice fd-holder`) and what its INIT negotiated in a
+// session record, DATA-DIR/fuse-sessions/fuse-N.json (N: the
+// connection's number, the minor of the mount's st_dev). A gateway
+// started on the data directory after a crash finds both and resumes the
+// mount (fuse.Manager.Resume).
+
+const sessionDir = "fuse-sessions"
+
+// sessionRecord is a kept mount's record.
+type sessionRecord struct {
+	Volume     string            `json:"volume"`
+	Dir        string            `json:"dir"`
+	ReadOnly   bool              `json:"read_only"`
+	Init       handover.FUSEInit `json:"init"`
+	Negotiated uint64            `json:"negotiated"`
+	Epoch      uint32            `json:"epoch"` // resumes so far
+	Dev        uint64            `json:"dev"`
+}
+
+func sessionName(dev uint64) string { return fmt.Sprintf("fuse-%d", unix.Minor(dev)) }
+
+// keeper is fuse.Keeper for --fuse-resume.
+type keeper struct {
+	dataDir string
+	log     *slog.Logger
+	mu      sync.Mutex
+	cl      *fdholder.Client // started at the first Keep
+	kept    map[string]bool  // names kept by this process
+}
+
+func newKeeper(dataDir string, log *slog.Logger) *keeper {
+	return &keeper{dataDir: dataDir, log: log, kept: map[string]bool{}}
+}
+
+func (k *keeper) holderPath() string { return filepath.Join(k.dataDir, fdholder.SocketName) }
+
+// client connects to the holder, starting it if none runs (k.mu held).
+func (k *keeper) client() (*fdholder.Client, error) {
+	if k.cl != nil {
+		return k.cl, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cl, err := fdholder.Start(k.holderPath(), filepath.Join(k.dataDir, "fdholder.log"), exe, "fd-holder", "--socket", k.holderPath())
+	if err != nil {
+		return nil, err
+	}
+	k.cl = cl
+	return cl, nil
+}
+
+// Keep writes the mount's record, then puts its fd in the holder.
+func (k *keeper) Keep(m *fuse.Mount) error {
+	s := m.Session()
+	rec := sessionRecord{Volume: m.Volume, Dir: m.Dir, ReadOnly: m.AskedReadOnly(), Epoch: m.Epoch, Dev: m.Dev,
+		Init: handover.FUSEInit{Major: s.Kernel.Major, Minor: s.Kernel.Minor, MaxReadAhead: s.Kernel.MaxReadAhead,
+			Flags: s.Kernel.Flags, Flags2: s.Kernel.Flags2}, Negotiated: s.Negotiated}
+	name := sessionName(m.Dev)
+	if err := k.writeRecord(name, rec); err != nil {
+		return err
+	}
+	fd, err := m.DupFD()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	cl, err := k.client()
+	if err != nil {
+		return err
+	}
+	if err := cl.Put(name, fd); err != nil {
+		return err
+	}
+	k.kept[name] = true
+	return nil
+}
+
+// Drop removes the mount's fd from the holder and its record.
+func (k *keeper) Drop(m *fuse.Mount) {
+	name := sessionName(m.Dev)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !k.kept[name] {
+		return
+	}
+	delete(k.kept, name)
+	if err := k.cl.Remove(name); err != nil {
+		k.log.Warn("crash resume: removing a mount's fd from the holder", "name", name, "err", err)
+	}
+	os.Remove(filepath.Join(k.dataDir, sessionDir, name+".json"))
+}
+
+// close ends the connection to the holder (it keeps what it holds, and
+// exits once nothing is held and no gateway is connected).
+func (k *keeper) close() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.cl != nil {
+		k.cl.Close()
+		k.cl = nil
+	}
+}
+
+func (k *keeper) writeRecord(name string, rec sessionRecord) error {
+	dir := filepath.Join(k.dataDir, sessionDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, name+".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, name+".json"))
+}
+
+func (k *keeper) readRecord(name string) (sessionRecord, error) {
+	var rec sessionRecord
+	b, err := os.ReadFile(filepath.Join(k.dataDir, sessionDir, name+".json"))
+	if err != nil {
+		return rec, err
+	}
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return rec, err
+	}
+	if rec.Volume == "" || !filepath.IsAbs(rec.Dir) || rec.Init.Major == 0 {
+		return rec, fmt.Errorf("session record %s: incomplete", name)
+	}
+	return rec, nil
+}
+
+// heldSession is a mount found in the holder at start-up.
+type heldSession struct {
+	name string
+	fd   int
+	rec  sessionRecord
+}
+
+// findHeld lists the sessions a holder keeps from a gateway that died
+// (before the store opens: their volumes keep every orphan). A held fd
+// without a record, or whose directory no longer has that connection
+// mounted, is dropped.
+func (k *keeper) findHeld() ([]heldSession, error) {
+	cl, err := fdholder.Dial(k.holderPath())
+	if err != nil {
+		if fdholder.IsAbsent(err) {
+			os.RemoveAll(filepath.Join(k.dataDir, sessionDir)) // records of mounts that ended with their gateway
+			return nil, nil
+		}
+		return nil, err
+	}
+	k.cl = cl
+	fds, err := cl.List()
+	if err != nil {
+		return nil, err
+	}
+	var out []heldSession
+	for name, fd := range fds {
+		rec, err := k.readRecord(name)
+		if err == nil {
+			err = sameConnection(rec)
+		}
+		if err != nil {
+			k.log.Warn("crash resume: a held FUSE session cannot be resumed; it ends", "name", name, "err", err)
+			unix.Close(fd)
+			cl.Remove(name)
+			os.Remove(filepath.Join(k.dataDir, sessionDir, name+".json"))
+			continue
+		}
+		out = append(out, heldSession{name: name, fd: fd, rec: rec})
+	}
+	return out, nil
+}
+
+// sameConnection checks that rec's directory still has its connection
+// mounted (statx without asking the server: the mount's st_dev).
+func sameConnection(rec sessionRecord) error {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, rec.Dir, unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE, &st); err != nil {
+		return fmt.Errorf("statx %s: %w", rec.Dir, err)
+	}
+	if dev := unix.Mkdev(st.Dev_major, st.Dev_minor); dev != rec.Dev {
+		return fmt.Errorf("%s is no longer the mount of that session (st_dev %d, was %d)", rec.Dir, dev, rec.Dev)
+	}
+	return nil
+}
+
+// keepOrphans: every orphan of the held sessions' volumes is kept
+// (which inodes the kernel holds open is not known).
+func keepAllOrphans(held []heldSession, into map[string]map[uint64]bool) map[string]map[uint64]bool {
+	if len(held) == 0 {
+		return into
+	}
+	if into == nil {
+		into = map[string]map[uint64]bool{}
+	}
+	for _, h := range held {
+		if into[h.rec.Volume] == nil {
+			into[h.rec.Volume] = map[uint64]bool{}
+		}
+		into[h.rec.Volume][0] = true
+	}
+	return into
+}
+
+// resumeHeld serves the held sessions again; it returns the directories
+// resumed. One that cannot be resumed ends (fuse.Manager.Resume).
+func resumeHeld(ctx context.Context, mounts *fuse.Manager, k *keeper, held []heldSession) []string {
+	var dirs []string
+	for _, h := range held {
+		r := h.rec
+		st := &fuse.HandoverState{Volume: r.Volume, Dir: r.Dir, ReadOnly: r.ReadOnly,
+			Session: gofuse.Session{Negotiated: r.Negotiated, Kernel: gofuse.InitIn{Major: r.Init.Major, Minor: r.Init.Minor,
+				MaxReadAhead: r.Init.MaxReadAhead, Flags: r.Init.Flags, Flags2: r.Init.Flags2}}}
+		if _, err := mounts.Resume(ctx, st, h.fd, r.Epoch+1); err != nil {
+			k.log.Warn("crash resume: a FUSE mount could not be resumed; it ends", "volume", r.Volume, "dir", r.Dir, "err", err)
+			k.mu.Lock()
+			if k.cl != nil {
+				k.cl.Remove(h.name)
+			}
+			k.mu.Unlock()
+			os.Remove(filepath.Join(k.dataDir, sessionDir, h.name+".json"))
+			continue
+		}
+		dirs = append(dirs, r.Dir)
+	}
+	return dirs
+}
+
+// epochOf is the resume count of the session at dir (0 without a
+// record): a takeover's new process goes on in the same handle range.
+func (k *keeper) epochOf(dev uint64) uint32 {
+	rec, err := k.readRecord(sessionName(dev))
+	if err != nil {
+		return 0
+	}
+	return rec.Epoch
+}
+
+// fdHolderCommand is `sluice fd-holder`, started by the gateway.
+func fdHolderCommand() *cli.Command {
+	var socket string
+	return &cli.Command{
+		Name:   "fd-holder",
+		Usage:  "hold the gateway's FUSE fds across a crash (started by `sluice gateway --fuse-resume`; not for direct use)",
+		Hidden: true,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "socket", Destination: &socket, Usage: "`PATH` of the holder's socket"},
+		},
+		Action: func(c *cli.Context) error {
+			if err := requireFlag(c, "socket"); err != nil {
+				return err
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("pid", os.Getpid())
+			l, err := fdholder.Listen(socket)
+			if err != nil {
+				return &exitError{exitStartup, err}
+			}
+			err = fdholder.Serve(context.Background(), l, time.Minute, log)
+			if err != nil && !errors.Is(err, context.Canceled) {
+				return &exitError{exitFailed, err}
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,90 @@
+package fuse
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestResumeSession serves a live fs mount with a server that knows none
+// of the node IDs and file handles the kernel holds, as after a crash
+// (the tables of the first server are dropped, only its fd and INIT
+// settings are kept), three times in a row: a file and a directory
+// opened before go on working through their old handles (unknown
+// handles, materialised from the engine), a file opened after each
+// resume gets a handle in a fresh range and works alongside, stat and
+// listing work, and the mount unmounts at the end.
+func TestResumeSession(t *testing.T) {
+	_, fsVol, _ := handoverVolumes(t)
+	m, dir := mountAt(t, fsVol)
+	if err := os.Mkdir(filepath.Join(dir, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "d", "f"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	d, err := os.Open(filepath.Join(dir, "d"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	want := bytes.Repeat([]byte("a"), 4*4096)
+	if _, err := f.WriteAt(want, 0); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for epoch := uint32(1); epoch <= 3; epoch++ {
+		fd, st, err := m.Detach(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Table = nil // lost with the process
+		if m, err = Resume(context.Background(), fsVol, st, fd, epoch, Options{Logger: log}); err != nil {
+			t.Fatal(err)
+		}
+		block := bytes.Repeat([]byte{byte('0' + epoch)}, 4096)
+		if _, err := f.WriteAt(block, int64(epoch)*4096); err != nil {
+			t.Fatalf("epoch %d: write through the old handle: %v", epoch, err)
+		}
+		copy(want[epoch*4096:], block)
+		got := make([]byte, len(want))
+		if _, err := f.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("epoch %d: read through the old handle: %v (equal %v)", epoch, err, bytes.Equal(got, want))
+		}
+		if err := f.Sync(); err != nil {
+			t.Fatalf("epoch %d: fsync through the old handle: %v", epoch, err)
+		}
+		if _, err := d.Seek(0, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+		names, err := d.Readdirnames(-1)
+		if err != nil || len(names) < 1 {
+			t.Fatalf("epoch %d: list through the old directory handle: %v %v", epoch, names, err)
+		}
+		g, err := os.Create(filepath.Join(dir, "d", "g"))
+		if err != nil {
+			t.Fatalf("epoch %d: create after the resume: %v", epoch, err)
+		}
+		if _, err := g.Write(block); err != nil {
+			t.Fatal(err)
+		}
+		g.Close()
+		if b, err := os.ReadFile(filepath.Join(dir, "d", "g")); err != nil || !bytes.Equal(b, block) {
+			t.Fatalf("epoch %d: read the new file: %v", epoch, err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "d", "f")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	d.Close()
+	if err := m.Unmount(); err != nil {
+		t.Fatalf("unmount after the resumes: %v", err)
+	}
+}

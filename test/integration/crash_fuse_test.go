@@ -1,0 +1,355 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-storage/sluice/internal/testtool"
+	"github.com/sluice-storage/sluice/internal/testwait"
+)
+
+// syncClient keeps one file open and writes random 4 KiB blocks, each
+// followed by an fsync and a read that is checked; only what an fsync
+// covered counts as durable (durable), to check the file at the end.
+type syncClient struct {
+	f       *os.File
+	blocks  int
+	durable []byte
+	ops     atomic.Int64
+	err     atomic.Pointer[error]
+	mu      sync.Mutex
+	longest time.Duration
+}
+
+func newSyncClient(t *testing.T, path string, blocks int) *syncClient {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &syncClient{f: f, blocks: blocks, durable: make([]byte, blocks*4096)}
+	if _, err := f.WriteAt(c.durable, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (c *syncClient) run(stop <-chan struct{}) {
+	buf, got := make([]byte, 4096), make([]byte, 4096)
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		for i := range buf {
+			buf[i] = byte(rand.Uint32())
+		}
+		off := int64(rand.IntN(c.blocks)) * 4096
+		start := time.Now()
+		if _, err := c.f.WriteAt(buf, off); err != nil {
+			c.fail(fmt.Errorf("write at %d: %w", off, err))
+			return
+		}
+		if err := c.f.Sync(); err != nil {
+			c.fail(fmt.Errorf("fsync after the write at %d: %w", off, err))
+			return
+		}
+		c.mu.Lock()
+		copy(c.durable[off:], buf)
+		c.mu.Unlock()
+		if _, err := c.f.ReadAt(got, off); err != nil {
+			c.fail(fmt.Errorf("read at %d: %w", off, err))
+			return
+		}
+		if !bytes.Equal(got, buf) {
+			c.fail(fmt.Errorf("read at %d: not what was written and fsynced", off))
+			return
+		}
+		c.mu.Lock()
+		c.longest = max(c.longest, time.Since(start))
+		c.mu.Unlock()
+		c.ops.Add(1)
+	}
+}
+
+func (c *syncClient) fail(err error) { c.err.CompareAndSwap(nil, &err) }
+
+func (c *syncClient) failed() error {
+	if p := c.err.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func (c *syncClient) takeLongest() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d := c.longest
+	c.longest = 0
+	return d
+}
+
+// TestCrashResumeWorker is the client of TestCrashResumeFUSE, run in a
+// process of its own (the test re-executes its binary): a process whose
+// threads wait on a mount nobody serves cannot fork the next gateway
+// (the fork waits too), and a real program on the mount is not the
+// gateway's supervisor either. It prints "ops W L" as it goes,
+// MS" with the longest write+fsync+read of each 20 ms tick, "error: ..." on the first
+// failure, and "done" once the file held every fsynced byte when the
+// stop file appeared.
+func TestCrashResumeWorker(t *testing.T) {
+	dir, stopFile := os.Getenv("SLUICE_CRASH_WORKER_DIR"), os.Getenv("SLUICE_CRASH_WORKER_STOP")
+	if dir == "" {
+		t.Skip("run by TestCrashResumeFUSE")
+	}
+	c := newSyncClient(t, filepath.Join(dir, "f"), 64)
+	ls := &lister{dir: dir, name: "f"}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); c.run(stop) }()
+	go func() { defer wg.Done(); ls.run(stop) }()
+	for {
+		if err := c.failed(); err != nil {
+			fmt.Printf("error: writer: %v\n", err)
+			os.Exit(1)
+		}
+		if p := ls.err.Load(); p != nil {
+			fmt.Printf("error: lister: %v\n", *p)
+			os.Exit(1)
+		}
+		if d := c.takeLongest(); d > 0 {
+			fmt.Printf("pause %d\n", d.Milliseconds())
+		}
+		fmt.Printf("ops %d %d\n", c.ops.Load(), ls.ops.Load())
+		if _, err := os.Stat(stopFile); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	got := make([]byte, len(c.durable))
+	if _, err := c.f.ReadAt(got, 0); err != nil || !bytes.Equal(got, c.durable) {
+		fmt.Printf("error: the file does not hold every fsynced block (%v)\n", err)
+		os.Exit(1)
+	}
+	c.f.Close()
+	if b, err := os.ReadFile(filepath.Join(dir, "f")); err != nil || !bytes.Equal(b, c.durable) {
+		fmt.Printf("error: through a new open the file does not hold every fsynced block (%v)\n", err)
+		os.Exit(1)
+	}
+	fmt.Println("done")
+}
+
+// crashWorker follows a TestCrashResumeWorker process's output.
+type crashWorker struct {
+	cmd      *exec.Cmd
+	writes   atomic.Int64
+	lists    atomic.Int64
+	longest  atomic.Int64 // ms, since the last take
+	err      atomic.Pointer[string]
+	finished chan struct{}
+	done     atomic.Bool
+}
+
+func startCrashWorker(t *testing.T, dir, stopFile string) *crashWorker {
+	t.Helper()
+	w := &crashWorker{finished: make(chan struct{})}
+	w.cmd = exec.Command(os.Args[0], "-test.run=^TestCrashResumeWorker$", "-test.count=1")
+	w.cmd.Env = append(os.Environ(), "SLUICE_CRASH_WORKER_DIR="+dir, "SLUICE_CRASH_WORKER_STOP="+stopFile)
+	out, err := w.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.cmd.Stderr = os.Stderr
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(w.finished)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			line := sc.Text()
+			var a, b int64
+			switch {
+			case strings.HasPrefix(line, "error: "):
+				w.err.CompareAndSwap(nil, &line)
+			case line == "done":
+				w.done.Store(true)
+			default:
+				if n, _ := fmt.Sscanf(line, "ops %d %d", &a, &b); n == 2 {
+					w.writes.Store(a)
+					w.lists.Store(b)
+				} else if n, _ := fmt.Sscanf(line, "pause %d", &a); n == 1 && a > w.longest.Load() {
+					w.longest.Store(a)
+				}
+			}
+		}
+		w.cmd.Wait()
+	}()
+	return w
+}
+
+// TestCrashResumeFUSE: a gateway with --fuse-resume and an fs volume
+// mounted is killed with SIGKILL 10 times while another process keeps a
+// file open on the mount (random 4 KiB writes, each fsynced and read
+// back) and stats the file and lists its directory in a loop; each time
+// a gateway is started again on the same data directory, resumes the
+// mount from the fd holder, and the client goes on. No operation may
+// fail, none may hang (each round must see progress within a bounded
+// wait), every fsynced byte must be in the file at the end, and the
+// holder must exit once the mount is unmounted and the gateway stopped.
+// The client's longest write+fsync+read per crash is logged.
+func TestCrashResumeFUSE(t *testing.T) {
+	dir := t.TempDir()
+	g := startGateway(t, dir, "--fuse-resume")
+	mnt := g.mountVolume("t/fs", "fs", "64M")
+	dev := deviceOfPath(t, mnt)
+	t.Cleanup(func() {
+		if t.Failed() {
+			// Nobody may serve the mount: end its connection, or the
+			// removal of the test's directories waits on it forever.
+			os.WriteFile(fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", unix.Minor(dev)), []byte("1"), 0)
+			unix.Unmount(mnt, unix.MNT_DETACH)
+		}
+	})
+	sub := filepath.Join(mnt, "d")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	stopFile := filepath.Join(t.TempDir(), "stop")
+	w := startCrashWorker(t, sub, stopFile)
+	t.Cleanup(func() {
+		w.cmd.Process.Kill()
+		<-w.finished
+	})
+	progress := func(what string) {
+		w0, l0 := w.writes.Load(), w.lists.Load()
+		testwait.For(t, what, func() bool {
+			if p := w.err.Load(); p != nil {
+				t.Fatalf("%s: client: %s\n%s", what, *p, g.logTail())
+			}
+			return w.writes.Load() >= w0+3 && w.lists.Load() >= l0+3
+		})
+	}
+	progress("IO before the first kill")
+	var longest []string
+	for r := 1; r <= 10; r++ {
+		w.longest.Store(0)
+		g.kill()
+		g.restart()
+		testwait.For(t, fmt.Sprintf("round %d: the new gateway resumes the mount", r), func() bool {
+			b, _ := os.ReadFile(filepath.Join(dir, "gateway.log"))
+			return strings.Count(string(b), `msg="crash resume" fuse_mounts_resumed=1 fuse_sessions_held=1`) == r
+		})
+		progress(fmt.Sprintf("round %d: IO after the restart", r))
+		longest = append(longest, fmt.Sprintf("%dms", w.longest.Load()))
+	}
+	if err := os.WriteFile(stopFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-w.finished:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the client did not finish within 2 minutes of being told to stop")
+	}
+	if p := w.err.Load(); p != nil || !w.done.Load() {
+		t.Fatalf("client: %v (done %v)\n%s", p, w.done.Load(), g.logTail())
+	}
+	t.Logf("longest write+fsync+read per crash (kill, start, resume): %s", strings.Join(longest, " "))
+	t.Logf("writes %d, stat+readdir loops %d", w.writes.Load(), w.lists.Load())
+	g.mustSluice("umount", mnt)
+	g.stop()
+	holder := filepath.Join(dir, "fdholder.sock")
+	testwait.For(t, "the fd holder exits once nothing is held", func() bool {
+		_, err := os.Stat(holder)
+		return os.IsNotExist(err)
+	})
+}
+
+// TestCrashResumeResend: a write the gateway has read but not answered
+// when it is killed (held by a QoS limit: four 32 KiB O_DSYNC writes at
+// 16 KiB/s; the QoS queue's depth shows it is held) is sent again by the
+// kernel once the next gateway resumes the mount (FUSE_NOTIFY_RESEND,
+// Linux 6.9+): dd, the writing process, finishes without an error, and
+// the file holds every byte (O_DSYNC: each write answered was durable).
+// Without the resend dd would wait forever, which the bounded wait turns
+// into a failure.
+func TestCrashResumeResend(t *testing.T) {
+	dd := testtool.Path(t, "dd")
+	dir := t.TempDir()
+	g := startGateway(t, dir, "--fuse-resume")
+	mnt := g.mountVolume("t/fs", "fs", "64M")
+	dev := deviceOfPath(t, mnt)
+	t.Cleanup(func() {
+		if t.Failed() {
+			os.WriteFile(fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", unix.Minor(dev)), []byte("1"), 0)
+			unix.Unmount(mnt, unix.MNT_DETACH)
+		}
+	})
+	src := filepath.Join(t.TempDir(), "src")
+	want := make([]byte, 128<<10)
+	for i := range want {
+		want[i] = byte(rand.Uint32())
+	}
+	if err := os.WriteFile(src, want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g.mustSluice("qos", "set", "--volume", "t/fs", "--op", "write", "--bw", "16KiB", "--burst", "10ms")
+	cmd := exec.Command(dd, "if="+src, "of="+filepath.Join(mnt, "f"), "bs=32k", "count=4", "oflag=dsync", "conv=fsync", "status=none")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	// Evidence that the gateway has read a write and holds it unanswered:
+	// the QoS queue's depth.
+	held := regexp.MustCompile(`"depth":\s*[1-9]`)
+	testwait.For(t, "dd's write waits in the gateway's QoS queue", func() bool {
+		out, code := g.sluice("qos", "list", "--json")
+		return code == 0 && held.MatchString(out)
+	})
+	g.kill()
+	select {
+	case err := <-exited:
+		t.Fatalf("dd ended while nobody served the mount: %v %s", err, out.String())
+	default:
+	}
+	g.restart()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("dd: %v %s\n%s", err, out.String(), g.logTail())
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatalf("dd still waits 90 s after the resume: the request read by the dead gateway was not resent\n%s", g.logTail())
+	}
+	got, err := os.ReadFile(filepath.Join(mnt, "f"))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("the file after the resent write: %v (equal %v, %d bytes)", err, bytes.Equal(got, want), len(got))
+	}
+	if strings.Contains(g.logTail(), "cannot resend") {
+		t.Fatalf("the gateway could not resend:\n%s", g.logTail())
+	}
+}
