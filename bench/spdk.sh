@@ -43,8 +43,8 @@ W=$(mktemp -d /var/tmp/sluice-bench.XXXXXX)   # sockets, logs
 T=$(mktemp -d /dev/shm/sluice-bench.XXXXXX)   # tmpfs: pools and metadata
 GW="" SPDK="" ADDED=0
 cleanup() {
-  [ -n "$GW" ] && kill "$GW" 2>/dev/null
-  [ -n "$SPDK" ] && kill "$SPDK" 2>/dev/null
+  [ -n "$GW" ] && kill "$GW" 2>/dev/null || true
+  [ -n "$SPDK" ] && kill "$SPDK" 2>/dev/null || true
   wait 2>/dev/null || true
   [ -n "$SPDK" ] && rm -rf "/var/run/dpdk/spdk_pid$SPDK"
   if [ "$ADDED" -gt 0 ]; then  # give back what we added (others may have added too)
