@@ -284,18 +284,7 @@ func (d *flushCounter) WriteAtSync(p []byte, off int64) (int, error) {
 // file being written out with no flush since it was created pays nothing.
 func TestShortGrowthDurable(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	f0, err := device.OpenFile(filepath.Join(dir, "pool"), 256*MiB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev := &flushCounter{File: f0}
-	s, err := store.Open(ctx, filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeStore(t, s, dev)
-	v, f := newFSVolume(t, s, "fs", 64*MiB)
+	s, dev, v, f := flushCountedFS(t)
 	a, err := f.CreateOpen(ctx, RootIno, "a", NewInode{Mode: syscall.S_IFREG | 0o644}) // as O_CREAT does
 	if err != nil {
 		t.Fatal(err)
@@ -333,18 +322,7 @@ func TestShortGrowthDurable(t *testing.T) {
 // was a hole, nothing is written through.
 func TestFilteredRewriteDurable(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	f0, err := device.OpenFile(filepath.Join(dir, "pool"), 256*MiB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev := &flushCounter{File: f0}
-	s, err := store.Open(ctx, filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeStore(t, s, dev)
-	v, f := newFSVolume(t, s, "fs", 64*MiB)
+	s, dev, v, f := flushCountedFS(t)
 	a, err := f.CreateOpen(ctx, RootIno, "a", NewInode{Mode: syscall.S_IFREG | 0o644})
 	if err != nil {
 		t.Fatal(err)
@@ -368,4 +346,23 @@ func TestFilteredRewriteDurable(t *testing.T) {
 	}
 	mustContent(t, v, a.Ino, data)
 	f.Release(ctx, a.Ino)
+}
+
+// flushCountedFS is an fs volume on a pool file whose device flushes and
+// durable writes are counted, with no background sync (closed with t).
+func flushCountedFS(t *testing.T) (*store.Store, *flushCounter, *store.Volume, *FS) {
+	t.Helper()
+	dir := t.TempDir()
+	f0, err := device.OpenFile(filepath.Join(dir, "pool"), 256*MiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := &flushCounter{File: f0}
+	s, err := store.Open(context.Background(), filepath.Join(dir, "meta"), dev, store.Options{SyncInterval: time.Hour, Namespaces: Maker{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeStore(t, s, dev) })
+	v, f := newFSVolume(t, s, "fs", 64*MiB)
+	return s, dev, v, f
 }
