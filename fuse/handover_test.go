@@ -120,13 +120,9 @@ func TestHandoverSession(t *testing.T) {
 		for i := range ios {
 			want[i] = ios[i].Load() + 10
 		}
-		deadline := time.Now().Add(time.Minute)
 		for i := range ios {
-			for ios[i].Load() < want[i] {
-				if time.Now().After(deadline) {
-					t.Fatalf("no progress on client %d after a handover", i)
-				}
-				time.Sleep(time.Millisecond)
+			if !testwait.Poll(time.Minute, func() bool { return ios[i].Load() >= want[i] }) {
+				t.Fatalf("no progress on client %d after a handover", i)
 			}
 		}
 	}

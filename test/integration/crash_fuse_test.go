@@ -142,7 +142,7 @@ func TestCrashResumeWorker(t *testing.T) {
 		if _, err := os.Stat(stopFile); err == nil {
 			break
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // the client process's report cadence, not a wait for a condition
 	}
 	close(stop)
 	wg.Wait()

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
 // SIGKILL while files grow from a few KiB (short chunks: a file's last
@@ -79,10 +81,8 @@ func TestFSCrashGrowingShortChunks(t *testing.T) {
 		defer mu.Unlock()
 		return fsyncs
 	}
-	for deadline := time.Now().Add(2 * time.Minute); count() < enough; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d fsyncs in 2 minutes; the appends did not run", count())
-		}
+	if !testwait.Poll(2*time.Minute, func() bool { return count() >= enough }) {
+		t.Fatalf("only %d fsyncs in 2 minutes; the appends did not run", count())
 	}
 	g.kill()
 	close(stop)

@@ -285,20 +285,16 @@ func (cl *fuseClients) progress(t *testing.T, g *gw) {
 		want[i] = c.ops.Load() + 50
 	}
 	wantLs := cl.ls.ops.Load() + 20
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
+	done := testwait.Poll(2*time.Minute, func() bool {
 		cl.check(t)
 		done := cl.ls.ops.Load() >= wantLs
 		for i, c := range cl.cs {
 			done = done && c.ops.Load() >= want[i]
 		}
-		if done {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the clients make no progress after a handover\n%s", g.logTail())
-		}
-		time.Sleep(5 * time.Millisecond)
+		return done
+	})
+	if !done {
+		t.Fatalf("the clients make no progress after a handover\n%s", g.logTail())
 	}
 }
 
