@@ -249,6 +249,15 @@ int64_t shim_io(enum call call, int fd, struct fdent *e, uint32_t op, uint32_t a
 	if (n > (size_t)INT64_MAX || (off < 0 && off != SHIM_AT_OFFSET))
 		return -EINVAL; /* the callers pass neither */
 	uint32_t reason;
+	if (op == OP_READ && S.cached_reads && state_of(e) == FD_ON && (e->flags & REG_CACHED)) {
+		/* A read-only buffered fd: the kernel's page cache serves its
+		 * reads, which the gateway keeps coherent with shim writes
+		 * (docs/SHIM.md, "Reads the page cache serves"). No proof that
+		 * fd is still the registered file (fd_ready's kcmp, a system
+		 * call per read): the kernel serves whatever fd is now. */
+		count_call(call, REASON_CACHED);
+		return SHIM_FALLBACK;
+	}
 	struct chan *c = fd_ready(fd, e, &reason);
 	if (!c) {
 		count_call(call, reason);
@@ -257,9 +266,7 @@ int64_t shim_io(enum call call, int fd, struct fdent *e, uint32_t op, uint32_t a
 		return SHIM_FALLBACK;
 	}
 	if (op == OP_READ && (e->flags & REG_CACHED) && S.cached_reads) {
-		/* A read-only buffered fd: the kernel's page cache serves its
-		 * reads, which the gateway keeps coherent with shim writes
-		 * (docs/SHIM.md, "Reads the page cache serves"). */
+		/* Registered just now (fd_ready): as above. */
 		chan_release(c);
 		count_call(call, REASON_CACHED);
 		return SHIM_FALLBACK;
