@@ -7,6 +7,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluice-storage/sluice/gateway"
 )
@@ -25,8 +26,17 @@ import (
 // epochShift places each resume's file handles in a range no earlier
 // process of the session used: the handles of the process started
 // after the Nth crash are N<<24+1, N<<24+2, ... (the first process's
-// from 1). 256 resumes of one session wrap around to the first range.
+// from 1). Handle numbers are 32 bits in go-fuse, so a session has 256
+// ranges: MaxResumes.
 const epochShift = 24
+
+// MaxResumes is how many times one FUSE session can be resumed after a
+// crash. The next resume is refused and the mount ends (as without
+// --fuse-resume): its handles would reuse the first process's range,
+// whose handles the kernel may still hold, and a request on an old
+// handle would reach a new one's file. Mounting again starts a new
+// session.
+const MaxResumes = 1<<(32-epochShift) - 1
 
 // resumeOptions are go-fuse's hooks for a mount resumed epoch times.
 func (p *prepared) resumeOptions(epoch uint32) *fs.ResumeOptions {
@@ -34,7 +44,7 @@ func (p *prepared) resumeOptions(epoch uint32) *fs.ResumeOptions {
 		return nil
 	}
 	return &fs.ResumeOptions{
-		FileHandleBase: (epoch % 256) << epochShift,
+		FileHandleBase: epoch << epochShift, // Resume refuses epoch > MaxResumes
 		Node:           p.resumeNode,
 		File:           p.resumeFile,
 	}
@@ -82,11 +92,15 @@ func (p *prepared) resumeFile(ops fs.InodeEmbedder, dir bool) fs.FileHandle {
 // Resume serves a mount whose gateway died: fd is its /dev/fuse fd (Resume
 // owns it), st its volume, directory and INIT settings (no tables:
 // st.Table is ignored), epoch how many times the session has been
-// resumed, this time included (>= 1). Once serving, it asks the kernel
+// resumed, this time included (1 to MaxResumes; otherwise the fd is
+// closed and the mount detached, as when Adopt fails). Once serving, it asks the kernel
 // to send again the requests the dead process read but did not answer.
 func Resume(ctx context.Context, vol *gateway.Volume, st *HandoverState, fd int, epoch uint32, opts Options) (*Mount, error) {
-	if epoch == 0 {
-		return nil, fmt.Errorf("resume %s at %s: epoch 0: %w", vol.Ref(), st.Dir, gateway.ErrInvalid)
+	if epoch == 0 || epoch > MaxResumes {
+		unix.Close(fd)
+		unix.Unmount(st.Dir, unix.MNT_DETACH)
+		return nil, fmt.Errorf("resume %s at %s: resume %d of the session: at most %d, the FUSE session's file handle ranges are used up (mount it again): %w",
+			vol.Ref(), st.Dir, epoch, MaxResumes, gateway.ErrInvalid)
 	}
 	st.Table = &fs.SessionTable{}
 	opts.Epoch = epoch

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -39,7 +40,7 @@ func TestResumeSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	for epoch := uint32(1); epoch <= 3; epoch++ {
+	for _, epoch := range []uint32{1, 2, MaxResumes} { // the last range: handles near 2^32
 		fd, st, err := m.Detach(context.Background())
 		if err != nil {
 			t.Fatal(err)
@@ -48,11 +49,12 @@ func TestResumeSession(t *testing.T) {
 		if m, err = Resume(context.Background(), fsVol, st, fd, epoch, Options{Logger: log}); err != nil {
 			t.Fatal(err)
 		}
-		block := bytes.Repeat([]byte{byte('0' + epoch)}, 4096)
-		if _, err := f.WriteAt(block, int64(epoch)*4096); err != nil {
+		block := bytes.Repeat([]byte{byte('0' + epoch%8)}, 4096)
+		at := int64(epoch%4) * 4096
+		if _, err := f.WriteAt(block, at); err != nil {
 			t.Fatalf("epoch %d: write through the old handle: %v", epoch, err)
 		}
-		copy(want[epoch*4096:], block)
+		copy(want[at:], block)
 		got := make([]byte, len(want))
 		if _, err := f.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
 			t.Fatalf("epoch %d: read through the old handle: %v (equal %v)", epoch, err, bytes.Equal(got, want))
@@ -86,5 +88,32 @@ func TestResumeSession(t *testing.T) {
 	d.Close()
 	if err := m.Unmount(); err != nil {
 		t.Fatalf("unmount after the resumes: %v", err)
+	}
+}
+
+// TestResumeRefusedPastMaxResumes: a resume past MaxResumes would hand
+// out the first process's handle numbers again, which the kernel may
+// still hold for other files: it is refused, the mount ends (IO on it
+// fails) and nothing reads another file's data.
+func TestResumeRefusedPastMaxResumes(t *testing.T) {
+	_, fsVol, _ := handoverVolumes(t)
+	m, dir := mountAt(t, fsVol)
+	f, err := os.OpenFile(filepath.Join(dir, "f"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd, st, err := m.Detach(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Table = nil
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	_, err = Resume(context.Background(), fsVol, st, fd, MaxResumes+1, Options{Logger: log})
+	if err == nil || !strings.Contains(err.Error(), "used up") {
+		t.Fatalf("resume %d: %v, want a refusal", MaxResumes+1, err)
+	}
+	if _, err := f.WriteAt([]byte("x"), 0); err == nil {
+		t.Fatal("a write on the refused mount succeeded")
 	}
 }
