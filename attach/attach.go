@@ -21,12 +21,20 @@
 //
 // Detach refuses a device that is in use (mounted, or opened exclusively),
 // flushes it (fsync: the kernel sends FLUSH), then disconnects it (nbd) or
-// unbinds the loop device and unmounts the image (loop). Attachments do not
-// survive the gateway: at shutdown every device is flushed and released
-// (a device still mounted gets a sync(2) first, which is all that can be
-// done for a filesystem that stays mounted over a device that goes away);
-// at start-up, devices a previous run of the same data directory left are
-// released.
+// unbinds the loop device and unmounts the image (loop). At shutdown every
+// device not in use is flushed and released; one still in use gets a
+// sync(2) first.
+//
+// nbd devices survive the gateway: connected with a request timeout
+// (Options.NBDTimeout) and a dead-connection timeout
+// (Options.NBDReconnectTimeout), a device whose gateway died (SIGKILL, a
+// crash, or a stop while it was in use) keeps its IO waiting, and the
+// next gateway on the same data directory gives it a new connection at
+// start-up (NBD_CMD_RECONFIGURE, found by the backend identifier);
+// requests the dead connection carried are sent again by the kernel when
+// their timeout expires. A connection the kernel itself ends (a request
+// outlived the timeout) is replaced at once. Loop devices do not survive:
+// at start-up, loop devices and images a previous run left are released.
 //
 // A volume resized while attached by loop takes its new size on the device
 // at once (Resize: LOOP_SET_CAPACITY); a resize of a volume attached by
@@ -74,9 +82,27 @@ type Options struct {
 	// It should be a server of its own, not the NBD door's: the door's
 	// --nbd-read-only does not apply to attachments, and at shutdown the
 	// attachments are flushed through it after the door has stopped.
-	NBD    *nbd.Server
+	NBD *nbd.Server
+	// NBDTimeout (nbd method): a request the gateway has not answered
+	// after this long makes the kernel drop the connection and send the
+	// request again on a new one, which the gateway gives it at once (or,
+	// after a crash, the next gateway at its start). 0: DefaultNBDTimeout.
+	NBDTimeout time.Duration
+	// NBDReconnectTimeout (nbd method): how long the kernel keeps a
+	// device's requests waiting for a new connection after the gateway
+	// died, before they fail. 0: DefaultNBDReconnectTimeout.
+	NBDReconnectTimeout time.Duration
+	// Handed are the attached devices' connections a previous process
+	// handed over (HandOver): New serves them, and owns their files.
+	Handed []Handed
 	Logger *slog.Logger
 }
+
+// Defaults of Options' nbd timeouts.
+const (
+	DefaultNBDTimeout          = 30 * time.Second
+	DefaultNBDReconnectTimeout = 120 * time.Second
+)
 
 // Attachment is one attached volume.
 type Attachment struct {
@@ -97,9 +123,12 @@ type Attacher struct {
 	dir    string
 	method string
 	srv    *nbd.Server
-	nl     *genl  // nbd method: the netlink socket
-	id     string // this data directory's identifier, in nbd backend ids
-	log    *slog.Logger
+	nl     *genl // nbd method: the netlink socket
+
+	timeout, deadTimeout time.Duration // nbd method: Options.NBDTimeout, NBDReconnectTimeout
+
+	id  string // this data directory's identifier, in nbd backend ids
+	log *slog.Logger
 
 	mu     sync.Mutex
 	byVol  map[string]*Attachment
@@ -120,12 +149,22 @@ func New(g *gateway.Gateway, mg *fuse.Manager, opts Options) (*Attacher, error) 
 	if err != nil {
 		return nil, err
 	}
-	a := &Attacher{g: g, mg: mg, dir: opts.Dir, srv: opts.NBD, id: id, log: log, byVol: make(map[string]*Attachment)}
+	a := &Attacher{g: g, mg: mg, dir: opts.Dir, srv: opts.NBD, id: id, log: log, byVol: make(map[string]*Attachment),
+		timeout: opts.NBDTimeout, deadTimeout: opts.NBDReconnectTimeout}
+	if a.timeout <= 0 {
+		a.timeout = DefaultNBDTimeout
+	}
+	if a.deadTimeout <= 0 {
+		a.deadTimeout = DefaultNBDReconnectTimeout
+	}
 	if err := a.chooseMethod(opts.Method); err != nil {
 		return nil, err
 	}
 	a.cleanStaleLoop()
-	a.cleanStaleNBD()
+	a.mu.Lock()
+	a.adoptHanded(opts.Handed)
+	a.adoptStaleNBD()
+	a.mu.Unlock()
 	log.Info("attach method", "method", a.method)
 	return a, nil
 }
@@ -339,15 +378,22 @@ func (a *Attacher) Close() {
 
 // abandon gives up a device that is in use at shutdown, loudly: sync(2)
 // (once: sync is global) writes back the filesystem on it, so what was
-// written before the shutdown is in the volume, but the device's IO fails
+// written before the shutdown is in the volume. An nbd device's
+// connection is cut: its IO waits (up to the reconnect timeout) for the
+// next gateway on the data directory, which reconnects it at start-up.
+// A loop device's image is detached lazily (Manager.Close): its IO fails
 // once the gateway is gone, and whatever the filesystem writes after this
-// point is lost, even where the write returned success. A loop device's
-// image is detached lazily (Manager.Close); an nbd device's connection is
-// cut, and the next gateway on the data directory disconnects it.
+// point is lost, even where the write returned success.
 func (a *Attacher) abandon(ref string, at *Attachment, sync bool) {
-	a.log.Error("abandoning an attached device that is still in use: its IO fails from now on, and writes to the filesystem on it "+
-		"after this point are lost; unmount it and `sluice detach` it before stopping the gateway",
-		"volume", ref, "device", at.Device, "mounted_on", strings.Join(mountedOn(at.Device), ","))
+	if at.Method == MethodNBD {
+		a.log.Warn("leaving an attached device that is still in use: its IO waits for the next gateway on this data directory, "+
+			"which reconnects it, and fails if none starts within the reconnect timeout; unmount it and `sluice detach` it to release it",
+			"volume", ref, "device", at.Device, "mounted_on", strings.Join(mountedOn(at.Device), ","), "reconnect_timeout", a.deadTimeout)
+	} else {
+		a.log.Error("abandoning an attached device that is still in use: its IO fails from now on, and writes to the filesystem on it "+
+			"after this point are lost; unmount it and `sluice detach` it before stopping the gateway",
+			"volume", ref, "device", at.Device, "mounted_on", strings.Join(mountedOn(at.Device), ","))
+	}
 	if sync {
 		unix.Sync()
 	}

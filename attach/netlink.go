@@ -14,20 +14,24 @@ import (
 // The Linux nbd driver's generic netlink interface
 // (include/uapi/linux/nbd-netlink.h), which nbd-client uses since 4.12:
 // NBD_CMD_CONNECT hands the driver connected sockets and the export's
-// size and flags, and answers with the device index; NBD_CMD_DISCONNECT
+// size and flags, and answers with the device index; NBD_CMD_RECONFIGURE
+// gives a device whose connection died a new socket; NBD_CMD_DISCONNECT
 // ends it.
 const (
 	nbdFamilyName = "nbd"
 	nbdVersion    = 1
 
-	nbdCmdConnect    = 1
-	nbdCmdDisconnect = 2
+	nbdCmdConnect     = 1
+	nbdCmdDisconnect  = 2
+	nbdCmdReconfigure = 3
 
 	nbdAttrIndex             = 1
 	nbdAttrSizeBytes         = 2
 	nbdAttrBlockSizeBytes    = 3
+	nbdAttrTimeout           = 4 // seconds
 	nbdAttrServerFlags       = 5
 	nbdAttrSockets           = 7
+	nbdAttrDeadConnTimeout   = 8  // seconds
 	nbdAttrBackendIdentifier = 10 // since 5.16; older kernels ignore it
 
 	nbdSockItem = 1
@@ -83,23 +87,66 @@ type nbdConnect struct {
 	flags           uint16 // the export's transmission flags
 	fd              int    // the kernel's end of the connection
 	backend         string // shown in /sys/block/nbdN/backend
+	// timeout: a request unanswered this many seconds marks the
+	// connection dead and is sent again once a new socket arrives
+	// (0: never; the driver then never resends a request the dead
+	// connection carried). deadTimeout: how long requests wait for a new
+	// socket (NBD_CMD_RECONFIGURE) once the connection died before they
+	// fail (0: they fail at once).
+	timeout, deadTimeout uint64
 }
 
 // connectMessage is NBD_CMD_CONNECT's attributes: no index (the driver
-// picks a free device) and no timeout (requests wait for the gateway as
-// long as it takes, as a local disk's would).
+// picks a free device).
 func connectMessage(c nbdConnect) []byte {
 	var b []byte
 	b = nlAttr(b, nbdAttrSizeBytes, u64(uint64(c.size)))
 	b = nlAttr(b, nbdAttrBlockSizeBytes, u64(uint64(c.blockSize)))
 	b = nlAttr(b, nbdAttrServerFlags, u64(uint64(c.flags)))
-	item := nlAttr(nil, nbdSockFD, u32(uint32(c.fd)))
-	socks := nlAttr(nil, nbdSockItem|unix.NLA_F_NESTED, item)
-	b = nlAttr(b, nbdAttrSockets|unix.NLA_F_NESTED, socks)
+	if c.timeout > 0 {
+		b = nlAttr(b, nbdAttrTimeout, u64(c.timeout))
+	}
+	if c.deadTimeout > 0 {
+		b = nlAttr(b, nbdAttrDeadConnTimeout, u64(c.deadTimeout))
+	}
+	b = nlAttr(b, nbdAttrSockets|unix.NLA_F_NESTED, socketsAttr(c.fd))
 	if c.backend != "" {
 		b = nlAttr(b, nbdAttrBackendIdentifier, append([]byte(c.backend), 0))
 	}
 	return b
+}
+
+// socketsAttr is NBD_ATTR_SOCKETS' contents: one socket, fd.
+func socketsAttr(fd int) []byte {
+	item := nlAttr(nil, nbdSockFD, u32(uint32(fd)))
+	return nlAttr(nil, nbdSockItem|unix.NLA_F_NESTED, item)
+}
+
+// reconfigureMessage is NBD_CMD_RECONFIGURE's attributes: device index's
+// dead connection is replaced by fd (the driver takes the first dead
+// one, and answers success without taking fd when none is dead: the
+// caller checks). A device connected with a backend identifier is
+// reconfigured only by a request naming the same one.
+func reconfigureMessage(index int, fd int, backend string, timeout, deadTimeout uint64) []byte {
+	b := nlAttr(nil, nbdAttrIndex, u32(uint32(index)))
+	if backend != "" {
+		b = nlAttr(b, nbdAttrBackendIdentifier, append([]byte(backend), 0))
+	}
+	if timeout > 0 {
+		b = nlAttr(b, nbdAttrTimeout, u64(timeout))
+	}
+	if deadTimeout > 0 {
+		b = nlAttr(b, nbdAttrDeadConnTimeout, u64(deadTimeout))
+	}
+	return nlAttr(b, nbdAttrSockets|unix.NLA_F_NESTED, socketsAttr(fd))
+}
+
+// reconfigure gives device index, whose connection died, the socket fd.
+func (g *genl) reconfigure(index, fd int, backend string, timeout, deadTimeout uint64) error {
+	if _, err := g.request(g.family, nbdCmdReconfigure, nbdVersion, reconfigureMessage(index, fd, backend, timeout, deadTimeout)); err != nil {
+		return fmt.Errorf("NBD_CMD_RECONFIGURE nbd%d: %w", index, err)
+	}
+	return nil
 }
 
 // connect hands the kernel a connection and returns the device index.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -84,6 +85,55 @@ func TestConnectMessage(t *testing.T) {
 			}
 		}
 		off += align4(l)
+	}
+}
+
+// The timeouts go in whole seconds, and only when set; NBD_CMD_RECONFIGURE
+// names the device and carries the new socket the way CONNECT does.
+func TestTimeoutsAndReconfigureMessage(t *testing.T) {
+	attrs, err := parseAttrs(connectMessage(nbdConnect{size: 1 << 20, blockSize: 512, fd: 3}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := attrs[nbdAttrTimeout]; ok {
+		t.Error("a timeout of 0 was sent")
+	}
+	if _, ok := attrs[nbdAttrDeadConnTimeout]; ok {
+		t.Error("a dead-connection timeout of 0 was sent")
+	}
+	attrs, err = parseAttrs(connectMessage(nbdConnect{size: 1 << 20, blockSize: 512, fd: 3, timeout: seconds(1500 * time.Millisecond), deadTimeout: 120}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := binary.NativeEndian.Uint64(attrs[nbdAttrTimeout]); got != 2 {
+		t.Errorf("timeout %d s, want 1.5 s rounded up to 2", got)
+	}
+	if got := binary.NativeEndian.Uint64(attrs[nbdAttrDeadConnTimeout]); got != 120 {
+		t.Errorf("dead-connection timeout %d s", got)
+	}
+	attrs, err = parseAttrs(reconfigureMessage(5, 9, "sluice:x:t/v", 30, 60))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := binary.NativeEndian.Uint32(attrs[nbdAttrIndex]); got != 5 {
+		t.Errorf("index %d", got)
+	}
+	if got := string(attrs[nbdAttrBackendIdentifier]); got != "sluice:x:t/v\x00" {
+		t.Errorf("backend %q: the driver refuses to reconfigure a device with a backend without it", got)
+	}
+	if binary.NativeEndian.Uint64(attrs[nbdAttrTimeout]) != 30 || binary.NativeEndian.Uint64(attrs[nbdAttrDeadConnTimeout]) != 60 {
+		t.Error("reconfigure timeouts not sent")
+	}
+	socks, err := parseAttrs(attrs[nbdAttrSockets])
+	if err != nil {
+		t.Fatal(err)
+	}
+	item, err := parseAttrs(socks[nbdSockItem])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := binary.NativeEndian.Uint32(item[nbdSockFD]); got != 9 {
+		t.Errorf("socket fd %d", got)
 	}
 }
 

@@ -77,19 +77,35 @@ func (s *Server) ShutdownHandover(ctx context.Context) ([]HandedConn, error) {
 // nc stays the caller's. The connection belongs to the server from
 // then on.
 func (s *Server) Resume(nc net.Conn, st ConnState) error {
+	_, err := s.resume(nc, st)
+	return err
+}
+
+// ResumeHandoff is Resume for a connection the old server served as a
+// Handoff (an attached device's, in the transmission phase from the
+// start): it returns the Handoff.
+func (s *Server) ResumeHandoff(nc net.Conn, st ConnState) (Handoff, error) {
+	c, err := s.resume(nc, st)
+	if err != nil {
+		return Handoff{}, err
+	}
+	return Handoff{Size: c.sess.size, Flags: c.sess.flags, ReadOnly: c.sess.readOnly, Done: c.done, c: c}, nil
+}
+
+func (s *Server) resume(nc net.Conn, st ConnState) (*conn, error) {
 	n := &negotiator{exports: s.exports, readOnly: s.readOnly, maxPayload: s.maxPayload, log: s.log,
 		peer: peerOf(nc), structured: st.Structured, metaAlloc: st.MetaAlloc, metaName: st.Export}
 	sess, err := n.open(st.Export)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	switch {
 	case sess.size != st.Size:
-		return fmt.Errorf("nbd: export %q is %d bytes, the client was told %d", st.Export, sess.size, st.Size)
+		return nil, fmt.Errorf("nbd: export %q is %d bytes, the client was told %d", st.Export, sess.size, st.Size)
 	case sess.readOnly != st.ReadOnly || sess.flags != st.Flags:
-		return fmt.Errorf("nbd: export %q read-only %v flags %#x, the client was told %v %#x", st.Export, sess.readOnly, sess.flags, st.ReadOnly, st.Flags)
+		return nil, fmt.Errorf("nbd: export %q read-only %v flags %#x, the client was told %v %#x", st.Export, sess.readOnly, sess.flags, st.ReadOnly, st.Flags)
 	case st.MaxPayload == 0 || int(st.MaxPayload) > s.maxPayload:
-		return fmt.Errorf("nbd: the client may send payloads of %d bytes, this server takes at most %d", st.MaxPayload, s.maxPayload)
+		return nil, fmt.Errorf("nbd: the client may send payloads of %d bytes, this server takes at most %d", st.MaxPayload, s.maxPayload)
 	}
 	tuneSocket(nc)
 	c := newConn(s, context.Background(), nc)
@@ -97,9 +113,9 @@ func (s *Server) Resume(nc net.Conn, st ConnState) error {
 	c.st.maxPayload = st.MaxPayload
 	if !s.door.Start(c) {
 		c.cancel()
-		return fmt.Errorf("nbd: server is shutting down: %w", gateway.ErrClosed)
+		return nil, fmt.Errorf("nbd: server is shutting down: %w", gateway.ErrClosed)
 	}
-	return nil
+	return c, nil
 }
 
 // source is what the connection's buffered reader reads from: the

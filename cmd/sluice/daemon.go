@@ -141,7 +141,8 @@ func (d *daemon) start(ctx context.Context) error {
 		d.adopted = d.took.adoptFUSE(ctx, d)
 	}
 	d.attachSrv = nbd.NewServer(nbdExports{d.g}, nbd.Options{SpinMax: spinOption(a.NBDSpin), Logger: log})
-	d.attacher, err = attach.New(d.g, d.mounts, attach.Options{Dir: filepath.Join(a.DataDir, "attach"), Method: a.AttachMethod, NBD: d.attachSrv, Logger: log})
+	d.attacher, err = attach.New(d.g, d.mounts, attach.Options{Dir: filepath.Join(a.DataDir, "attach"), Method: a.AttachMethod, NBD: d.attachSrv,
+		NBDTimeout: a.AttachNBDTimeout, NBDReconnectTimeout: a.AttachNBDReconnect, Handed: d.took.handedAttachments(), Logger: log})
 	if err != nil {
 		return err
 	}

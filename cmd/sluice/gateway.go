@@ -40,6 +40,8 @@ type gatewayArgs struct {
 	NBDReadOnly                          bool
 	NBDSpin                              time.Duration
 	AttachMethod                         string
+	AttachNBDTimeout                     time.Duration
+	AttachNBDReconnect                   time.Duration
 	MetricsListen                        string
 	Pprof                                bool
 	QoSSlots                             int
@@ -87,6 +89,8 @@ hands its listening sockets over, then exits (docs/HANDOVER.md).`,
 			&cli.DurationFlag{Name: "nbd-spin", Value: nbd.DefaultSpinMax, Destination: &a.NBDSpin, Usage: "how long a reader on an idle NBD connection polls its socket before it parks, while its client sends requests back to back (0: never; saves CPU, costs latency at queue depth 1)"},
 			&cli.BoolFlag{Name: "nbd-read-only", Destination: &a.NBDReadOnly, Usage: "serve every export of the NBD door (socket and TCP) read-only; attached devices follow their volume's read-only flag"},
 			&cli.StringFlag{Name: "attach-method", Value: "auto", Destination: &a.AttachMethod, Usage: "how 'sluice attach' makes devices: nbd (the kernel's nbd driver over netlink), loop (a loop device over the volume's FUSE image) or auto (nbd where /dev/nbd* exists)"},
+			&cli.DurationFlag{Name: "attach-nbd-timeout", Value: attach.DefaultNBDTimeout, Destination: &a.AttachNBDTimeout, Usage: "nbd attachments: a request the gateway has not answered after this long is sent again by the kernel on a new connection (whole seconds)"},
+			&cli.DurationFlag{Name: "attach-nbd-reconnect-timeout", Value: attach.DefaultNBDReconnectTimeout, Destination: &a.AttachNBDReconnect, Usage: "nbd attachments: how long the kernel keeps a device's IO waiting for the gateway to come back after it died (a restart on the same --data-dir reconnects it), before the IO fails (whole seconds)"},
 			&cli.StringFlag{Name: "metrics-listen", Destination: &a.MetricsListen, Usage: "also serve /metrics on this TCP address; keep it on loopback (per-tenant counters are readable by anyone who reaches it)"},
 			&cli.BoolFlag{Name: "pprof", Destination: &a.Pprof, Usage: "also serve Go's /debug/pprof profiles on --metrics-listen (goroutine stacks, heap; for debugging only)"},
 			&cli.IntFlag{Name: "qos-slots", Value: 16, Destination: &a.QoSSlots, Usage: "requests routed by QoS rules that may run at once; reservations and weights act when more wait"},
@@ -127,6 +131,12 @@ func (a *gatewayArgs) check(c *cli.Context) error {
 	case attach.MethodAuto, attach.MethodNBD, attach.MethodLoop:
 	default:
 		return usageErr("--attach-method must be auto, nbd or loop")
+	}
+	if a.AttachNBDTimeout < time.Second || a.AttachNBDTimeout > 24*time.Hour {
+		return usageErr("--attach-nbd-timeout must be from 1s to 24h")
+	}
+	if a.AttachNBDReconnect < time.Second || a.AttachNBDReconnect > 24*time.Hour {
+		return usageErr("--attach-nbd-reconnect-timeout must be from 1s to 24h")
 	}
 	if a.QoSSlots < 1 {
 		return usageErr("--qos-slots must be at least 1")

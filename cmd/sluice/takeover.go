@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sluice-storage/sluice/attach"
 	"github.com/sluice-storage/sluice/gateway/store"
 	"github.com/sluice-storage/sluice/internal/handover"
 	"github.com/sluice-storage/sluice/nbd"
@@ -51,10 +52,11 @@ func sluiceVersion() string {
 
 // takenOver is what the new process received from the old one.
 type takenOver struct {
-	conn  *handover.Conn
-	state handover.Message
-	nbd   []handedNBD  // resumed once the NBD door serves (resumeNBD)
-	fuse  []handedFUSE // adopted once the mount manager exists (adoptFUSE)
+	conn   *handover.Conn
+	state  handover.Message
+	nbd    []handedNBD     // resumed once the NBD door serves (resumeNBD)
+	attach []attach.Handed // attached devices' connections, served by attach.New
+	fuse   []handedFUSE    // adopted once the mount manager exists (adoptFUSE)
 }
 
 // handedNBD is one NBD connection the old process handed over.
@@ -140,7 +142,12 @@ func takeOver(a *gatewayArgs, svc *service, log *slog.Logger) (*takenOver, error
 			return fail(fmt.Errorf("--takeover: expected NBD connection %d of %d with its socket, got %q with %d fds: %v",
 				i+1, st.NBDConns, m.Type, len(fds), err))
 		}
-		t.nbd = append(t.nbd, handedNBD{os.NewFile(uintptr(fds[0]), "nbd-conn"), *m.NBD})
+		f := os.NewFile(uintptr(fds[0]), "nbd-conn")
+		if st := m.NBD; st.Attach {
+			t.attach = append(t.attach, attach.Handed{Volume: st.Export, Index: st.AttachIndex, File: f, State: nbdState(st)})
+			continue
+		}
+		t.nbd = append(t.nbd, handedNBD{f, *m.NBD})
 	}
 	for i := 0; i < st.FUSEMounts; i++ {
 		h, err := recvFUSE(c)
@@ -161,6 +168,22 @@ func (t *takenOver) closeNBD() {
 		h.file.Close()
 	}
 	t.nbd = nil
+	for _, h := range t.attach {
+		h.File.Close() // the device waits, and is reconnected at start-up
+	}
+	t.attach = nil
+}
+
+// nbdState is the nbd package's form of a handed-over connection's state.
+func nbdState(st *handover.NBDConn) nbd.ConnState {
+	return nbd.ConnState{Export: st.Export, Size: st.Size, ReadOnly: st.ReadOnly,
+		Structured: st.Structured, MetaAlloc: st.MetaAlloc, Flags: st.Flags, MaxPayload: st.MaxPayload}
+}
+
+// nbdConnMessage is the nbd_conn message of a handed-over connection.
+func nbdConnMessage(st nbd.ConnState) *handover.NBDConn {
+	return &handover.NBDConn{Export: st.Export, Size: st.Size, ReadOnly: st.ReadOnly, Structured: st.Structured,
+		MetaAlloc: st.MetaAlloc, Flags: st.Flags, MaxPayload: st.MaxPayload}
 }
 
 // resumeNBD serves the handed-over NBD connections with the NBD door, in
@@ -172,9 +195,7 @@ func (t *takenOver) resumeNBD(d *daemon) int {
 		nc, err := net.FileConn(h.file)
 		h.file.Close()
 		if err == nil {
-			st := h.state
-			err = d.nbdDoor.Resume(nc, nbd.ConnState{Export: st.Export, Size: st.Size, ReadOnly: st.ReadOnly,
-				Structured: st.Structured, MetaAlloc: st.MetaAlloc, Flags: st.Flags, MaxPayload: st.MaxPayload})
+			err = d.nbdDoor.Resume(nc, nbdState(&h.state))
 			if err != nil {
 				nc.Close()
 			}
@@ -377,6 +398,19 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func(
 	// Only now may the doors' contexts end: the NBD door closes its
 	// listeners when its context does.
 	stopServing()
+	// The attached nbd devices' connections: stopped at a request
+	// boundary like the door's, the devices left connected.
+	actx, acancel := context.WithTimeout(context.Background(), 30*time.Second)
+	attached, err := d.attacher.HandOver(actx)
+	acancel()
+	if err != nil {
+		d.log.Warn("attached devices' drain incomplete", "err", err)
+	}
+	defer func() {
+		for _, h := range attached {
+			h.File.Close()
+		}
+	}()
 	before := d.mounts.Mounts()
 	d.handingOver = true
 	d.stop() // detaches the FUSE mounts (d.detached) after the shim door has closed
@@ -390,7 +424,7 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func(
 		d.log.Warn("handover: FUSE mounts ended, not handed over", "mounts", unmounted)
 	}
 	d.log.Info("handover: stopped; sending the sockets", "stop_ms", time.Since(stopped).Milliseconds(),
-		"nbd_conns", len(handed), "fuse_mounts", len(d.detached))
+		"nbd_conns", len(handed), "attached_devices", len(attached), "fuse_mounts", len(d.detached))
 	// The new process becomes the unit's main process before this one
 	// exits (NotifyAccess=main then accepts its READY=1).
 	if err := d.svc.notify.MainPID(np.pid); err != nil {
@@ -398,15 +432,19 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func(
 	}
 	c.SetDeadline(time.Now().Add(helloTimeout))
 	if err := c.Send(handover.Message{Type: handover.TypeState, StateVersion: handover.StateVersion,
-		Listeners: ls, StoppedAccepting: stopped.UnixNano(), Unmounted: unmounted, NBDConns: len(handed),
+		Listeners: ls, StoppedAccepting: stopped.UnixNano(), Unmounted: unmounted, NBDConns: len(handed) + len(attached),
 		FUSEMounts: len(d.detached)}, files...); err != nil {
 		return err
 	}
 	for _, h := range handed {
-		st := h.State
-		m := handover.Message{Type: handover.TypeNBD, NBD: &handover.NBDConn{Export: st.Export, Size: st.Size,
-			ReadOnly: st.ReadOnly, Structured: st.Structured, MetaAlloc: st.MetaAlloc, Flags: st.Flags, MaxPayload: st.MaxPayload}}
-		if err := c.Send(m, h.File); err != nil {
+		if err := c.Send(handover.Message{Type: handover.TypeNBD, NBD: nbdConnMessage(h.State)}, h.File); err != nil {
+			return err
+		}
+	}
+	for _, h := range attached {
+		m := nbdConnMessage(h.State)
+		m.Attach, m.AttachIndex = true, h.Index
+		if err := c.Send(handover.Message{Type: handover.TypeNBD, NBD: m}, h.File); err != nil {
 			return err
 		}
 	}
@@ -416,4 +454,15 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func(
 		}
 	}
 	return nil
+}
+
+// handedAttachments gives the attached devices' connections to attach.New
+// (which owns them from then on); none without a takeover.
+func (t *takenOver) handedAttachments() []attach.Handed {
+	if t == nil {
+		return nil
+	}
+	h := t.attach
+	t.attach = nil
+	return h
 }

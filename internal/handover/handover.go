@@ -11,7 +11,8 @@
 //	                   the store; the listeners' fds ride along
 //	old → new  nbd_conn  one per NBD connection handed over (as many as
 //	                   the state message said), its socket's fd riding
-//	                   along
+//	                   along: the NBD door's clients, and the kernel's
+//	                   connections of attached nbd devices (attach set)
 //	old → new  fuse_mount  one per FUSE mount handed over (as many as the
 //	                   state message said), its /dev/fuse fd riding
 //	                   along, each followed by its fuse_table parts
@@ -45,7 +46,14 @@ import (
 // Version 4: a mount's file handle numbers may exceed 2^24 (a session
 // resumed after a crash hands out epoch<<24+index, fuse/resume.go), which
 // a version-3 process refuses after go.
-const StateVersion = 4
+// Version 5: nbd_conn messages may carry an attached device's connection
+// (attach), which a version-4 process would serve as an NBD door client
+// while its start-up disconnected the device.
+const StateVersion = 5
+
+// maxNBDIndex bounds an attached device's index (the kernel's nbd minors
+// are 20 bits, and partitions take some).
+const maxNBDIndex = 1 << 20
 
 // SocketName is the handover socket's name in the data directory.
 const SocketName = "handover.sock"
@@ -116,6 +124,10 @@ type NBDConn struct {
 	MetaAlloc  bool   `json:"meta_alloc,omitempty"`
 	Flags      uint16 `json:"flags"`
 	MaxPayload uint32 `json:"max_payload"`
+	// Attach: the connection is the kernel's, of attached device
+	// /dev/nbdAttachIndex (sluice attach), not a client of the NBD door.
+	Attach      bool `json:"attach,omitempty"`
+	AttachIndex int  `json:"attach_index,omitempty"`
 }
 
 // Listener names one listening socket: its fd name (api, nbd, nbd-tcp,
@@ -247,6 +259,8 @@ func (n *NBDConn) check() error {
 		return fmt.Errorf("NBD export size %d", n.Size)
 	case n.MaxPayload == 0 || n.MaxPayload > maxPayload:
 		return fmt.Errorf("NBD max payload %d", n.MaxPayload)
+	case n.AttachIndex < 0 || n.AttachIndex > maxNBDIndex || (!n.Attach && n.AttachIndex != 0):
+		return fmt.Errorf("NBD attach index %d", n.AttachIndex)
 	}
 	return nil
 }

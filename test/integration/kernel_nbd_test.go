@@ -23,14 +23,19 @@ import (
 //     files' hashes match;
 //   - a read-only volume attaches as a read-only device that refuses
 //     writes;
-//   - a gateway killed with devices attached leaves them connected to a
-//     dead socket; the next gateway on the same data directory disconnects
-//     them at start-up;
+//   - a gateway killed (SIGKILL, 3 times) while a writer on the mounted
+//     filesystem writes and fsyncs files: the device waits, the next
+//     gateway on the same data directory reconnects it at start-up
+//     (NBD_CMD_RECONFIGURE; the kernel resends the requests the dead one
+//     carried after --attach-nbd-timeout, 3 s here), the writer sees no
+//     error and goes on, every file it fsynced is whole; the longest pause
+//     between two files is logged;
 //   - a gateway stopped (SIGTERM) with a filesystem still mounted on its
-//     device syncs it first: a file written just before is in the volume.
+//     device syncs it first, and the next gateway reconnects the device:
+//     the file written just before reads back, and writes go on.
 const guestNBDScript = `
 export SLUICE_API_SOCKET=/tmp/d/api.sock
-gw() { /bin/sluice gateway --data-dir /tmp/d --pool-size 512M --nbd-listen "" --attach-method nbd --log-level warn >>/tmp/gw.log 2>&1 & GW=$!; for i in $(seq 1 300); do [ -S /tmp/d/api.sock ] && return 0; sleep 0.1; done; echo GW_NOT_READY; cat /tmp/gw.log; }
+gw() { /bin/sluice gateway --data-dir /tmp/d --pool-size 512M --nbd-listen "" --attach-method nbd --attach-nbd-timeout 3s --log-level info "$@" >>/tmp/gw.log 2>&1 & GW=$!; for i in $(seq 1 300); do [ -S /tmp/d/api.sock ] && return 0; sleep 0.1; done; echo GW_NOT_READY; cat /tmp/gw.log; }
 s() { /bin/sluice "$@"; }
 ok() { echo "OK $1"; }
 bad() { echo "BAD $1"; }
@@ -63,15 +68,56 @@ RO=$(s attach t/ro) && echo "RO=$RO"
 echo "RO_FLAG=$(cat /sys/block/${RO#/dev/}/ro)"
 dd if=/dev/zero of=$RO bs=4k count=1 oflag=direct 2>/dev/null && bad ro-write || ok ro-write
 s detach $RO || bad detach-ro
-# A killed gateway leaves its device connected to nothing.
+# A killed gateway's device waits for the next gateway, which reconnects
+# it: a writer on the filesystem on it (each file fsynced, then its hash
+# noted) sees no error through 3 SIGKILLs, and every noted file is whole.
 DEV3=$(s attach t/disk) && echo "DEV3=$DEV3"
-kill -9 $GW; wait $GW 2>/dev/null
-rm -f /tmp/d/api.sock /tmp/d/nbd.sock
-[ -e /sys/block/${DEV3#/dev/}/pid ] && ok stale-left || bad stale-left
-gw
-for i in $(seq 1 50); do [ -e /sys/block/${DEV3#/dev/}/pid ] || break; sleep 0.1; done
-[ -e /sys/block/${DEV3#/dev/}/pid ] && bad stale-cleaned || ok stale-cleaned
-# SIGTERM with a filesystem mounted on the device: synced first.
+mount -t ext2 $DEV3 /mnt || bad mount3
+mkdir -p /mnt/w; rm -f /tmp/w.sums /tmp/w.times /tmp/stopw
+( i=0; while [ ! -e /tmp/stopw ] && [ $i -lt 2000 ]; do i=$((i+1))
+    dd if=/dev/urandom of=/tmp/x bs=16k count=1 2>/dev/null
+    dd if=/tmp/x of=/mnt/w/f$i bs=16k conv=fsync 2>/dev/null || { echo "WERR f$i"; exit 1; }
+    echo "$(sha256sum /tmp/x | cut -d' ' -f1)  /mnt/w/f$i" >>/tmp/w.sums
+    cut -d' ' -f1 /proc/uptime >>/tmp/w.times
+  done ) &
+WR=$!
+files() { [ -f /tmp/w.sums ] && wc -l </tmp/w.sums || echo 0; }
+await() { for j in $(seq 1 600); do [ "$(files)" -ge "$1" ] && return 0; kill -0 $WR 2>/dev/null || return 1; sleep 0.1; done; return 1; }
+await 3 || bad writer-start
+for k in 1 2 3; do
+  kill -9 $GW; wait $GW 2>/dev/null
+  rm -f /tmp/d/api.sock /tmp/d/nbd.sock
+  [ -e /sys/block/${DEV3#/dev/}/pid ] || bad "kill$k-device-gone"
+  N0=$(files)
+  gw
+  await $((N0 + 3)) && ok "kill$k-progress" || bad "kill$k-progress"
+done
+s attach t/disk 2>&1 | grep -q "already attached as $DEV3" && ok readopted || bad readopted
+NK=$(files)
+# 3 planned handovers (--takeover): the device's connection moves to the
+# new process at a request boundary.
+for k in 1 2 3; do
+  OLD=$GW; N0=$(files)
+  gw --takeover
+  wait $OLD && ok "takeover$k-old-exit" || bad "takeover$k-old-exit"
+  await $((N0 + 3)) && ok "takeover$k-progress" || bad "takeover$k-progress"
+done
+s attach t/disk 2>&1 | grep -q "already attached as $DEV3" && ok handed || bad handed
+touch /tmp/stopw; wait $WR && ok writer-no-error || bad writer-error
+NT=$(files)
+echo "FILES=$NT"
+gap() { awk -v a=$1 -v b=$2 'NR > a && NR <= b && $1 - p > m {m = $1 - p} {p = $1} END {print m + 0}' /tmp/w.times; }
+echo "PAUSE_KILL=$(gap 1 $NK)"
+echo "PAUSE_TAKEOVER=$(gap $NK $NT)"
+grep -c "handover: stopped" /tmp/gw.log | sed 's/^/HANDOVERS=/'
+echo "TAKEOVER_PAUSES_MS=$(grep 'takeover complete' /tmp/gw.log | grep -o 'pause_ms=[0-9.]*' | cut -d= -f2 | tr '\n' ' ')"
+grep "handover: stopped" /tmp/gw.log | grep -c 'attached_devices=1' | sed 's/^/HANDED_DEVICES=/' 
+umount /mnt && mount -t ext2 $DEV3 /mnt || bad remount3
+sha256sum -c /tmp/w.sums >/tmp/w.check 2>&1 && ok crash-hashes || { bad crash-hashes; grep -v OK /tmp/w.check | head -3; }
+umount /mnt
+s detach $DEV3 || bad detach3
+# SIGTERM with a filesystem mounted on the device: synced first, and the
+# device waits for the next gateway, which reconnects it.
 DEV4=$(s attach t/disk) && echo "DEV4=$DEV4"
 mount -t ext2 $DEV4 /mnt || bad mount4
 dd if=/dev/urandom of=/tmp/late bs=64k count=8 2>/dev/null
@@ -80,12 +126,13 @@ H3=$(sha256sum /tmp/late | cut -d' ' -f1)
 kill -TERM $GW; wait $GW
 rm -f /tmp/d/api.sock
 gw
-DEV5=$(s attach t/disk) && echo "DEV5=$DEV5"
-mkdir -p /tmp/m2; mount -t ext2 -o ro $DEV5 /tmp/m2 && ok mount5 || bad mount5
-H4=$(sha256sum /tmp/m2/late | cut -d' ' -f1)
+echo 3 >/proc/sys/vm/drop_caches
+H4=$(sha256sum /mnt/late | cut -d' ' -f1)
 [ "$H3" = "$H4" ] && ok shutdown-sync || bad "shutdown-sync $H3 $H4"
-umount /tmp/m2
-s detach $DEV5 || bad detach5
+cp /tmp/late /mnt/late2 && sync && ok after-reconnect-write || bad after-reconnect-write
+umount /mnt
+s detach $DEV4 || bad detach4
+[ -e /sys/block/${DEV4#/dev/}/pid ] && bad disconnected4 || ok disconnected4
 kill -TERM $GW; wait $GW
 grep -i "error\|panic" /tmp/gw.log | head -5
 `
@@ -110,7 +157,9 @@ func TestAttachKernelNBD(t *testing.T) {
 		t.Errorf("guest: %s", strings.TrimSpace(m))
 	}
 	for _, want := range []string{"twice", "mkfs", "mount", "busy", "delete-refused", "umount", "detach", "disconnected",
-		"remount", "hashes", "ro-write", "stale-left", "stale-cleaned", "mount5", "shutdown-sync"} {
+		"remount", "hashes", "ro-write", "kill1-progress", "kill2-progress", "kill3-progress", "readopted", "writer-no-error",
+		"crash-hashes", "shutdown-sync", "after-reconnect-write", "disconnected4",
+		"takeover1-old-exit", "takeover2-old-exit", "takeover3-old-exit", "takeover1-progress", "takeover2-progress", "takeover3-progress", "handed"} {
 		if !regexp.MustCompile(`(?m)^OK ` + want + `\r?$`).MatchString(out) {
 			t.Errorf("guest did not report OK %s", want)
 		}
@@ -137,4 +186,9 @@ func TestAttachKernelNBD(t *testing.T) {
 	if ro := field("RO_FLAG"); ro != "1" {
 		t.Errorf("read-only volume's device has ro=%s, want 1", ro)
 	}
+	if n := field("HANDED_DEVICES"); n != "3" {
+		t.Errorf("%s of 3 takeovers handed the device's connection over (log attached_devices=1); the others reconnected it", n)
+	}
+	t.Logf("3 SIGKILLs and 3 takeovers of the gateway: %s files written and fsynced; longest pause between two files: %s s around the kills, %s s around the takeovers (the gateways' takeover pauses: %s ms)",
+		field("FILES"), field("PAUSE_KILL"), field("PAUSE_TAKEOVER"), field("TAKEOVER_PAUSES_MS"))
 }
