@@ -221,7 +221,14 @@ func (h *haIO) pauseLeader(leader string) {
 	t.Logf("the leader was stopped for %v (lease 2 s)", time.Since(stopped).Round(10*time.Millisecond))
 	select {
 	case a := <-answered:
-		t.Logf("the resumed replica answered the write sent to it while stopped: %d %v %s", a.code, a.err, strings.TrimSpace(a.body))
+		// "storing slo/...: ... not the leader" is etcd refusing the
+		// fenced transaction (the replica still believed it led); without
+		// "storing" the replica had already learnt it lost.
+		how := "by the replica, which had already learnt it lost"
+		if strings.Contains(a.body, "storing slo/deposed") {
+			how = "by etcd: the fenced transaction's compare failed"
+		}
+		t.Logf("the resumed replica answered the write sent to it while stopped (refused %s): %d %v %s", how, a.code, a.err, strings.TrimSpace(a.body))
 		if a.err == nil && a.code/100 == 2 {
 			t.Errorf("the deposed leader accepted a write: %d %s", a.code, a.body)
 		}
@@ -312,6 +319,8 @@ func (h *haIO) killEtcdLeader() {
 		st, err = h.status(h.gws[0], "--controller", h.all)
 		return err == nil && st.Etcd != nil && !st.Etcd.Healthy && len(st.Etcd.Endpoints) == 3
 	})
+	out, _ := h.gws[0].sluice("cluster", "status", "--controller", h.all, "--token-file", h.tok)
+	t.Logf("cluster status with one etcd member dead:\n%s", out)
 	for _, e := range st.Etcd.Endpoints {
 		if e.Healthy == (e.Endpoint == m.ClientURL()) {
 			t.Errorf("cluster status: etcd endpoint %s healthy=%v; only %s is dead", e.Endpoint, e.Healthy, m.ClientURL())
