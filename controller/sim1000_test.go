@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"runtime"
 	"slices"
 	"testing"
@@ -22,7 +23,10 @@ import (
 //   - the time to compute one round's assignments (the round's thread's
 //     CPU time: the machine is shared), over a few rounds of reports;
 //   - the etcd writes made by reports and rounds: none (runtime state
-//     goes to the leader, never to etcd), read from etcd's own revision.
+//     goes to the leader, never to etcd), read from etcd's own revision;
+//   - the etcd writes of churn (simChurn): one per gateway that joins or
+//     leaves, none when a known gateway registers again unchanged (as
+//     every gateway does when it restarts or finds a new leader).
 //
 // It runs without the race detector (make unit runs it so; under -race
 // it is skipped: ten times slower and nothing racy that the smaller
@@ -129,12 +133,48 @@ func TestSimulation1000Gateways10000Tenants(t *testing.T) {
 	if roundWrites != 0 {
 		t.Errorf("reports and rounds wrote %d revisions to etcd; runtime state must stay out of it", roundWrites)
 	}
+	simChurn(ctx, t, s, c, revision)
 	// A round must fit in its interval (1 s). The sparse algorithm takes
 	// about 0.45 s of CPU here (the dense one ~16 s); CPU time grows by up
 	// to 1.4× on this shared 2-core machine when other work shares the
 	// caches, so the bound is the interval itself, not the measurement.
 	if median > time.Second {
 		t.Errorf("median round %v CPU, want under the round interval, 1 s", median)
+	}
+}
+
+// simChurn: 100 gateways join, every known gateway registers again with
+// the same address, the 100 leave; it logs and checks the etcd writes of
+// each, read from etcd's revision, and the rate the joins were written at.
+func simChurn(ctx context.Context, t *testing.T, s *Server, c *simCluster, revision func() int64) {
+	const joins = 100
+	id := func(i int) string { return fmt.Sprintf("sim-join-%d", i) }
+	rev, t0 := revision(), time.Now()
+	for i := 0; i < joins; i++ {
+		if _, err := s.Register(ctx, GatewayRegistration{ID: id(i), Address: simAddress(len(c.gateways) + i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	joinTime, joinWrites := time.Since(t0), revision()-rev
+	rev = revision()
+	for i, g := range c.gateways {
+		if _, err := s.Register(ctx, GatewayRegistration{ID: g.id, Address: simAddress(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	againWrites := revision() - rev
+	rev = revision()
+	for i := 0; i < joins; i++ {
+		if err := s.Deregister(ctx, id(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	leaveWrites := revision() - rev
+	t.Logf("etcd writes at churn: %d gateways joining %d (%.0f writes/s as fast as they came), %d known gateways registering again %d, %d leaving %d",
+		joins, joinWrites, float64(joinWrites)/joinTime.Seconds(), len(c.gateways), againWrites, joins, leaveWrites)
+	if joinWrites != joins || againWrites != 0 || leaveWrites != joins {
+		t.Errorf("churn wrote %d, %d and %d revisions; want one per join (%d), none for the unchanged registrations, one per leave (%d)",
+			joinWrites, againWrites, leaveWrites, joins, joins)
 	}
 }
 

@@ -1,6 +1,8 @@
-// Package etcdtest runs a real one-member etcd server (go.etcd.io/etcd's
-// embed package) inside a test process, on loopback ports with its data in
-// a temporary directory, for the controller's unit and integration tests.
+// Package etcdtest runs real etcd servers (go.etcd.io/etcd's embed
+// package) on loopback ports with their data in temporary directories, for
+// the controller's unit and integration tests: Start runs one member inside
+// the test process; StartCluster runs several, each its own process (the
+// test binary re-executed), so that one can be killed.
 package etcdtest
 
 import (
@@ -50,3 +52,6 @@ func freeURL(t testing.TB) url.URL {
 	l.Close()
 	return url.URL{Scheme: "http", Host: addr}
 }
+
+// nopLogger keeps the etcd client quiet (it logs its retries).
+func nopLogger() *zap.Logger { return zap.NewNop() }

@@ -49,11 +49,41 @@ const (
 // clusterTenants are the tenants, their minimums (read bandwidth,
 // cluster-wide; sum 90 MiB/s of 120: 30 MiB/s of spare, 10 each) and the
 // gateways (0-based) where they have a volume and run fio.
-var clusterTenants = []struct {
+var clusterTenants = []clusterTenant{{"gold", 48 << 20, []int{0, 1}}, {"silver", 30 << 20, []int{0, 1, 2}}, {"bronze", 12 << 20, []int{1, 2}}}
+
+// clusterTenant is a tenant of a multi-gateway test: its cluster-wide
+// read minimum (bytes/s) and the gateways (0-based) with a volume of it.
+type clusterTenant struct {
 	name string
 	min  float64
 	on   []int
-}{{"gold", 48 << 20, []int{0, 1}}, {"silver", 30 << 20, []int{0, 1, 2}}, {"bronze", 12 << 20, []int{1, 2}}}
+}
+
+// tenantFioArgs are fio's arguments for one tenant: 64 KiB random reads
+// over NBD, one job per gateway it is on (named gwN, its volume
+// <tenant>/data), bandwidth logged every logAvg to logDir/<tenant>_bw.J.log.
+func tenantFioArgs(tn clusterTenant, gws []*gw, logDir string, iodepth int, runtime, logAvg time.Duration) []string {
+	args := []string{"--thread", "--ioengine=nbd", "--rw=randread", fmt.Sprintf("--bs=%d", clusterBS), fmt.Sprintf("--iodepth=%d", iodepth),
+		"--size=256m", "--time_based", fmt.Sprintf("--runtime=%d", int(runtime.Seconds())),
+		fmt.Sprintf("--log_avg_msec=%d", logAvg.Milliseconds()), "--log_unix_epoch=1",
+		"--write_bw_log=" + filepath.Join(logDir, tn.name), "--output=" + filepath.Join(logDir, tn.name+".out")}
+	for _, i := range tn.on {
+		args = append(args, fmt.Sprintf("--name=gw%d", i+1), "--uri="+gws[i].uri(tn.name+"/data"))
+	}
+	return args
+}
+
+// tenantLogs reads the bandwidth logs tenantFioArgs asked for: per
+// tenant, per job.
+func tenantLogs(t *testing.T, tenants []clusterTenant, logDir string) [][][]bwSample {
+	logs := make([][][]bwSample, len(tenants))
+	for ti, tn := range tenants {
+		for j := range tn.on {
+			logs[ti] = append(logs[ti], readBWLog(t, filepath.Join(logDir, fmt.Sprintf("%s_bw.%d.log", tn.name, j+1))))
+		}
+	}
+	return logs
+}
 
 // ctl is the controller process.
 type ctl struct {
@@ -139,6 +169,19 @@ func (c *ctl) start() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// stop sends SIGTERM and waits for the process to end.
+func (c *ctl) stop() {
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.exited:
+	case <-time.After(20 * time.Second):
+		c.cmd.Process.Kill()
+		<-c.exited
+	}
+	c.cmd = nil
+	c.log.Close()
 }
 
 // kill sends SIGKILL.
@@ -313,13 +356,7 @@ func TestClusterSLOs(t *testing.T) {
 	fioDone := make(chan error, len(clusterTenants))
 	t0 := time.Now()
 	for _, tn := range clusterTenants {
-		args := []string{"--thread", "--ioengine=nbd", "--rw=randread", fmt.Sprintf("--bs=%d", clusterBS), "--iodepth=16",
-			"--size=256m", "--time_based", fmt.Sprintf("--runtime=%d", int(runtime.Seconds())),
-			fmt.Sprintf("--log_avg_msec=%d", logAvg.Milliseconds()), "--log_unix_epoch=1",
-			"--write_bw_log=" + filepath.Join(logDir, tn.name), "--output=" + filepath.Join(logDir, tn.name+".out")}
-		for _, i := range tn.on {
-			args = append(args, fmt.Sprintf("--name=gw%d", i+1), "--uri="+gws[i].uri(tn.name+"/data"))
-		}
+		args := tenantFioArgs(tn, gws, logDir, 16, runtime, logAvg)
 		cmd := exec.Command("fio", args...)
 		go func() {
 			out, err := cmd.CombinedOutput()
@@ -549,12 +586,7 @@ func TestClusterSLOs(t *testing.T) {
 	}
 
 	// The figures, from fio's logs.
-	logs := make([][][]bwSample, len(clusterTenants))
-	for ti, tn := range clusterTenants {
-		for j := range tn.on {
-			logs[ti] = append(logs[ti], readBWLog(t, filepath.Join(logDir, fmt.Sprintf("%s_bw.%d.log", tn.name, j+1))))
-		}
-	}
+	logs := tenantLogs(t, clusterTenants, logDir)
 	var sumMin float64
 	for _, tn := range clusterTenants {
 		sumMin += tn.min

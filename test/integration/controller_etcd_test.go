@@ -20,18 +20,27 @@ import (
 func startEtcd(t *testing.T) string { return etcdtest.Start(t) }
 
 // etcdLeaderOf returns a function reading the leading controller
-// replica's URL from etcd ("" while none leads).
-func etcdLeaderOf(t *testing.T, ep string) func() string {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second})
-	must(t, err)
-	t.Cleanup(func() { cli.Close() })
+// replica's URL from etcd at eps (comma-separated; "" while none leads).
+func etcdLeaderOf(t *testing.T, eps string) func() string {
+	cli := etcdClientOf(t, eps)
 	return func() string {
-		resp, err := cli.Get(context.Background(), controller.DefaultEtcdPrefix+"election/", clientv3.WithFirstCreate()...)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		resp, err := cli.Get(ctx, controller.DefaultEtcdPrefix+"election/", clientv3.WithFirstCreate()...)
 		if err != nil || len(resp.Kvs) == 0 {
 			return ""
 		}
 		return string(resp.Kvs[0].Value)
 	}
+}
+
+// etcdClientOf is an etcd client of eps (comma-separated), closed when
+// the test ends.
+func etcdClientOf(t *testing.T, eps string) *clientv3.Client {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(eps, ","), DialTimeout: 5 * time.Second})
+	must(t, err)
+	t.Cleanup(func() { cli.Close() })
+	return cli
 }
 
 // TestControllerEtcdFailover: two `sluice controller` processes on one

@@ -20,11 +20,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-storage/sluice/internal/etcdtest"
 )
 
 var sluiceBin string
 
 func TestMain(m *testing.M) {
+	// A child process: an etcd member of etcdtest.StartCluster.
+	etcdtest.RunMemberIfAsked()
 	if spec := os.Getenv(durableWorkerEnv); spec != "" { // a child process of a test
 		i := strings.LastIndexByte(spec, ':')
 		n, _ := strconv.Atoi(spec[i+1:])
