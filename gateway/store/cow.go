@@ -41,6 +41,23 @@ import (
 // window.
 func (o *Object) writeChain(p []byte, off int64, chain *filter.Chain) error {
 	for len(p) > 0 {
+		if chain.Identity() {
+			// Chunks an identity chain wrote (noop) are overwritten in
+			// place: their record holds nothing the new bytes change.
+			n, err := o.writeIdentity(p, off)
+			if err != nil {
+				return err
+			}
+			if p, off = p[n:], off+int64(n); len(p) == 0 {
+				return nil
+			}
+			n, err = o.rewriteChunk(p, off, chain) // the next chunk is not one
+			if err != nil {
+				return err
+			}
+			p, off = p[n:], off+int64(n)
+			continue
+		}
 		w := o.window(off, int64(len(p)))
 		o.lock(w.mask)
 		n, err := o.cowLocked(w, p, off, chain)
@@ -54,6 +71,48 @@ func (o *Object) writeChain(p []byte, off int64, chain *filter.Chain) error {
 		p, off = p[n:], off+int64(n)
 	}
 	return nil
+}
+
+// writeIdentity writes the start of p at off in place into the chunks,
+// from off's on, whose record is of identity steps alone (noop) and which
+// are stored whole, as the plain path writes plain chunks (under the
+// stripes' read locks, no metadata), until it meets another chunk or the
+// end of a window. It returns the bytes written.
+func (o *Object) writeIdentity(p []byte, off int64) (int, error) {
+	v := o.v
+	cs := v.chunkSize
+	w := o.window(off, int64(len(p)))
+	o.rlock(w.mask)
+	defer o.runlock(w.mask)
+	if o.deleted {
+		return 0, fmt.Errorf("volume %s: inode %d: %w", v.ref, o.ino, ErrNotFound)
+	}
+	t := o.table.Load()
+	done := 0
+	for idx := w.first; idx < w.first+w.n && done < len(p); idx++ {
+		if t.get(idx)&markTransformed == 0 {
+			break
+		}
+		ce, err := o.cachedEntry(idx)
+		if err != nil {
+			return done, err
+		}
+		if !ce.partial || !ce.sectors.Identity() || int64(ce.sectors.PlainLen) != cs || int64(ce.e.storedLen) != cs {
+			break
+		}
+		in := (off + int64(done)) & (cs - 1)
+		n := int(min(int64(len(p)-done), cs-in))
+		if err := v.devWrite(p[done:done+n], ce.e.devOff+in, false); err != nil {
+			v.s.log.Error("device write failed", "volume", v.ref, "inode", o.ino, "offset", off+int64(done), "err", err)
+			return done, fmt.Errorf("%w: %w", ErrIO, err)
+		}
+		o.invalidate(idx, 1)
+		done += n
+	}
+	if done > 0 {
+		o.growSize(off + int64(done))
+	}
+	return done, nil
 }
 
 // rewriteChunk writes the part of p that falls in off's chunk by
@@ -96,6 +155,7 @@ type cowChunk struct {
 	oldE    chunkEntry // the old entry of a transformed chunk
 	e       chunkEntry // the new entry
 	devSize int64      // bytes allocated for e
+	durable bool       // e's bytes must be durable before it commits (growDurably)
 }
 
 // cowLocked writes p at off by copy-on-write through chain (nil or plain:
@@ -128,7 +188,7 @@ func (o *Object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 		v.allocated.Add(-holes)
 		return 0, err
 	}
-	bufs := cowBufs{plain: s.getBuf(int(cs)), out: s.getBuf(int(cs) + 1024)}
+	bufs := cowBufs{plain: s.getBuf(int(cs)), out: s.getBuf(int(cs) + 1024), single: first == last}
 	defer s.putBuf(bufs.plain)
 	defer s.putBuf(bufs.out)
 	for idx := first; idx <= last; idx++ {
@@ -139,6 +199,9 @@ func (o *Object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 		}
 		chunks = append(chunks, c)
 	}
+	if err := o.flushCow(chunks); err != nil {
+		return fail(err)
+	}
 	if err := o.commitCow(chunks); err != nil {
 		return fail(err)
 	}
@@ -148,7 +211,12 @@ func (o *Object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 
 // cowBufs are a copy-on-write window's scratch buffers: a chunk's plain
 // bytes and the chain's output.
-type cowBufs struct{ plain, out *[]byte }
+// single: the window has one chunk, whose durable write is written
+// through (FUA); a window of several flushes once for all (flushCow).
+type cowBufs struct {
+	plain, out *[]byte
+	single     bool
+}
 
 // cowWrite stores chunk idx anew with src at byte in of it: a partial chunk
 // is merged into the chunk's current contents (undone if transformed, zeros
@@ -230,12 +298,32 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 			c.e.checksum, _ = r.Checksum()
 		}
 	}
-	if err := v.devWrite(stored, dev, c.old != 0 && o.growDurably()); err != nil {
+	c.durable = c.old != 0 && o.growDurably()
+	if err := v.devWrite(stored, dev, c.durable && bufs.single); err != nil {
 		s.freeWritten(dev, c.devSize)
 		s.log.Error("device write failed", "volume", v.ref, "inode", o.ino, "offset", idx*cs, "err", err)
 		return c, fmt.Errorf("%w: %w", ErrIO, err)
 	}
 	return c, nil
+}
+
+// flushCow makes the new extents of a copy-on-write window durable before
+// their entries commit, when one of them replaces a chunk that held data
+// (growDurably): one device flush for a window of several chunks, not a
+// write-through per chunk (a 1 MiB write is 16 chunks of 64 KiB); a
+// window of one chunk wrote it through already.
+func (o *Object) flushCow(chunks []cowChunk) error {
+	for _, c := range chunks {
+		if c.durable && len(chunks) > 1 {
+			o.v.s.flushes.Add(1)
+			if err := o.v.s.dev.Flush(); err != nil {
+				o.v.s.log.Error("device flush failed", "volume", o.v.ref, "inode", o.ino, "err", err)
+				return fmt.Errorf("%w: %w", ErrIO, err)
+			}
+			return nil
+		}
+	}
+	return nil
 }
 
 // commitCow commits the new map entries of a copy-on-write window in one
