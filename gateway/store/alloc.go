@@ -46,6 +46,9 @@ type allocator struct {
 type extent struct {
 	off, length int64
 	zero        bool
+	// flushTok > 0: reused only after device flush flushTok has completed
+	// (the extent is a pending record's fallback, pending.go).
+	flushTok int64
 }
 
 const unitSize = 4096

@@ -155,7 +155,8 @@ type cowChunk struct {
 	oldE    chunkEntry // the old entry of a transformed chunk
 	e       chunkEntry // the new entry
 	devSize int64      // bytes allocated for e
-	durable bool       // e's bytes must be durable before it commits (growDurably)
+	durable bool       // the chunk held data that may be promised: a pending record (pending.go)
+	crc     uint32     // crc32c of e's stored bytes (durable only)
 }
 
 // cowLocked writes p at off by copy-on-write through chain (nil or plain:
@@ -188,7 +189,7 @@ func (o *Object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 		v.allocated.Add(-holes)
 		return 0, err
 	}
-	bufs := cowBufs{plain: s.getBuf(int(cs)), out: s.getBuf(int(cs) + 1024), single: first == last}
+	bufs := cowBufs{plain: s.getBuf(int(cs)), out: s.getBuf(int(cs) + 1024)}
 	defer s.putBuf(bufs.plain)
 	defer s.putBuf(bufs.out)
 	for idx := first; idx <= last; idx++ {
@@ -199,24 +200,17 @@ func (o *Object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 		}
 		chunks = append(chunks, c)
 	}
-	if err := o.flushCow(chunks); err != nil {
+	token := s.flushStarted.Load() + 1 // after the data writes (pending.go)
+	if err := o.commitCow(chunks, token); err != nil {
 		return fail(err)
 	}
-	if err := o.commitCow(chunks); err != nil {
-		return fail(err)
-	}
-	o.installCow(t, chunks)
+	o.installCow(t, chunks, token)
 	return int(end - off), nil
 }
 
 // cowBufs are a copy-on-write window's scratch buffers: a chunk's plain
 // bytes and the chain's output.
-// single: the window has one chunk, whose durable write is written
-// through (FUA); a window of several flushes once for all (flushCow).
-type cowBufs struct {
-	plain, out *[]byte
-	single     bool
-}
+type cowBufs struct{ plain, out *[]byte }
 
 // cowWrite stores chunk idx anew with src at byte in of it: a partial chunk
 // is merged into the chunk's current contents (undone if transformed, zeros
@@ -288,6 +282,7 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 		return c, fmt.Errorf("volume %s: %w", v.ref, err)
 	}
 	c.devSize = int64(len(stored))
+	hasSum := false // c.e.checksum is the crc32c of stored
 	c.e = chunkEntry{storedLen: uint32(len(stored)), devOff: dev}
 	if short {
 		c.e.flags = flagShort
@@ -295,11 +290,25 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 	if record != nil {
 		c.e.flags, c.e.record = flagRecord, record
 		if r, err := filter.ParseRecord(record); err == nil {
-			c.e.checksum, _ = r.Checksum()
+			c.e.checksum, hasSum = r.Checksum()
 		}
 	}
-	c.durable = c.old != 0 && o.growDurably()
-	if err := v.devWrite(stored, dev, c.durable && bufs.single); err != nil {
+	fua := false
+	if c.durable = c.old != 0 && o.growDurably(); c.durable && (record == nil || chain.Identity()) {
+		// A chunk that later writes change in place (plain, short,
+		// noop) cannot be checked against a crc at open: its new bytes
+		// are written through instead (FUA), as before pending records.
+		c.durable, fua = false, true
+	} else if c.durable {
+		// A pending record will let a crash find out whether these
+		// bytes reached the device (pending.go).
+		c.oldE = v.oldEntry(c.old, c.oldE)
+		c.crc = c.e.checksum
+		if !hasSum {
+			c.crc = filter.Checksum(stored)
+		}
+	}
+	if err := v.devWrite(stored, dev, fua); err != nil {
 		s.freeWritten(dev, c.devSize)
 		s.log.Error("device write failed", "volume", v.ref, "inode", o.ino, "offset", idx*cs, "err", err)
 		return c, fmt.Errorf("%w: %w", ErrIO, err)
@@ -307,30 +316,14 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 	return c, nil
 }
 
-// flushCow makes the new extents of a copy-on-write window durable before
-// their entries commit, when one of them replaces a chunk that held data
-// (growDurably): one device flush for a window of several chunks, not a
-// write-through per chunk (a 1 MiB write is 16 chunks of 64 KiB); a
-// window of one chunk wrote it through already.
-func (o *Object) flushCow(chunks []cowChunk) error {
-	for _, c := range chunks {
-		if c.durable && len(chunks) > 1 {
-			o.v.s.flushes.Add(1)
-			if err := o.v.s.dev.Flush(); err != nil {
-				o.v.s.log.Error("device flush failed", "volume", o.v.ref, "inode", o.ino, "err", err)
-				return fmt.Errorf("%w: %w", ErrIO, err)
-			}
-			return nil
-		}
-	}
-	return nil
-}
-
 // commitCow commits the new map entries of a copy-on-write window in one
 // transaction (their data is on the device already).
-func (o *Object) commitCow(chunks []cowChunk) error {
+func (o *Object) commitCow(chunks []cowChunk, token int64) error {
 	v := o.v
 	err := v.s.db.Update(func(txn *badger.Txn) error {
+		if err := o.setPending(txn, chunks, token); err != nil {
+			return err
+		}
 		for _, c := range chunks {
 			if err := txn.Set(chunkKey(v.id, o.ino, uint64(c.idx)), c.e.encode()); err != nil {
 				return err
@@ -348,7 +341,7 @@ func (o *Object) commitCow(chunks []cowChunk) error {
 // installCow makes table t and the caches follow a committed copy-on-write
 // window, and hands the replaced extents to the deferred free list, to be
 // zeroed once the commit is durable.
-func (o *Object) installCow(t *chunkTable, chunks []cowChunk) {
+func (o *Object) installCow(t *chunkTable, chunks []cowChunk, token int64) {
 	v := o.v
 	s := v.s
 	var freed []extent
@@ -361,15 +354,19 @@ func (o *Object) installCow(t *chunkTable, chunks []cowChunk) {
 		}
 		t.set(c.idx, tableEntry(c.e))
 		saved += v.savedBy(c.e)
+		tok := int64(0)
+		if c.durable {
+			tok = token
+		}
 		switch {
 		case c.old == 0:
 			o.mapped.Add(1)
 		case c.old&markTransformed != 0:
-			freed = append(freed, extent{off: c.oldE.devOff, length: c.oldE.extentLen(), zero: true})
+			freed = append(freed, extent{off: c.oldE.devOff, length: c.oldE.extentLen(), zero: true, flushTok: tok})
 			saved -= v.savedBy(c.oldE)
 		default:
 			l := v.plainExtentLen(c.old)
-			freed = append(freed, extent{off: entryAddr(c.old), length: l, zero: true})
+			freed = append(freed, extent{off: entryAddr(c.old), length: l, zero: true, flushTok: tok})
 			saved -= v.chunkSize - l
 		}
 		o.invalidate(c.idx, 1)

@@ -176,6 +176,9 @@ type Store struct {
 	// chunk re-placed by copy-on-write in a file created after the last
 	// one holds nothing a flush promised (short.go, growDurably).
 	flushes atomic.Int64
+	// flushStarted and flushDone are device flush tokens: flushes started,
+	// and the highest whose flush completed (pending.go).
+	flushStarted, flushDone atomic.Int64
 
 	mu     sync.RWMutex
 	byID   map[uint64]*Volume
@@ -272,6 +275,11 @@ func (s *Store) load(ctx context.Context) error {
 	}
 	s.alloc = newAllocator(dataStart, s.dev.Size()-dataStart)
 	s.entries = newEntryCache(s.dev.Size())
+	if n, err := s.recoverPending(); err != nil {
+		return fmt.Errorf("store: load: %w", err)
+	} else if n > 0 {
+		s.log.Warn("copy-on-write rewrites lost in a crash (never flushed): chunks read their flushed bytes", "chunks", n)
+	}
 	var deleting []*Volume
 	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixVolume}, PrefetchValues: true})
@@ -455,9 +463,8 @@ func (s *Store) SyncMeta() error { return s.syncMeta() }
 // Flush makes every completed write to every volume durable: device flush,
 // then metadata sync (which also lets deferred frees be reused).
 func (s *Store) Flush(ctx context.Context) error {
-	s.flushes.Add(1)
-	if err := s.dev.Flush(); err != nil {
-		return fmt.Errorf("%w: %w", ErrIO, err)
+	if err := s.devFlush(); err != nil {
+		return err
 	}
 	return s.syncMeta()
 }
@@ -468,6 +475,14 @@ func (s *Store) syncMeta() error {
 	s.syncMu.Lock()
 	defer s.syncMu.Unlock()
 	freed := s.alloc.takeDeferred()
+	if need := maxFlushTok(freed); need > s.flushDone.Load() {
+		// Fallbacks of pending records (pending.go): their replacements
+		// must be on the device before they are reused.
+		if err := s.devFlush(); err != nil {
+			s.alloc.deferFree(freed)
+			return err
+		}
+	}
 	// Namespace changes return before their group is committed, and
 	// their commits before they are written (fsns, FS.update): Barrier
 	// commits every open group, then a transaction's start waits for
