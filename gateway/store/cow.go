@@ -24,11 +24,18 @@ import (
 //  3. the stored bytes are written to a new extent, as long as they are
 //     (rounded up to whole 4 KiB units by the allocator);
 //  4. one badger transaction commits the window's new map entries
-//     (data before metadata);
+//     (data before metadata), with a pending record for each chunk that
+//     held data a flush may have promised (pending.go: the new bytes are
+//     not written through; the record lets the next open fall back if
+//     they never reached the device);
 //  5. the table follows, and each replaced extent goes to the deferred free
 //     list with zero set: it is zeroed and reused only after the commit that
-//     released it is durable, so until a flush the old entry — all a crash
+//     released it is durable (and, for a pending record's fallback, after
+//     a device flush), so until a flush the old entry — all a crash
 //     can leave — still finds its bytes.
+//
+// Exception: a chunk whose record is noop steps alone is written in place
+// by a noop chain (writeIdentity), like a plain chunk.
 //
 // A crash before step 4 leaves the old entry and an unreferenced new
 // extent, which start-up discards with the rest of the free space. A write
@@ -277,7 +284,7 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 		// A short chunk grows: what the volume holds grows with it.
 		return c, fmt.Errorf("volume %s: %w (volume size %d bytes reached)", v.ref, ErrNoSpace, v.size.Load())
 	}
-	dev, err := s.allocSyncing(int64(len(stored)))
+	dev, err := s.allocSyncing(int64(len(stored)), false) // written whole below
 	if err != nil {
 		return c, fmt.Errorf("volume %s: %w", v.ref, err)
 	}
@@ -378,16 +385,36 @@ func (o *Object) installCow(t *chunkTable, chunks []cowChunk, token int64) {
 
 // allocSyncing allocates an extent; when the pool is full it first makes
 // the deferred frees durable and reusable (copy-on-write frees one extent
-// per chunk written) and tries again.
-func (s *Store) allocSyncing(length int64) (int64, error) {
-	dev, err := s.alloc.alloc(length)
+// per chunk written) and tries again. With zeroed, the extent reads as
+// zeros where the device's free space does (s.allocZeroed).
+func (s *Store) allocSyncing(length int64, zeroed bool) (int64, error) {
+	alloc := s.alloc.alloc
+	if zeroed {
+		alloc = s.allocZeroed
+	}
+	dev, _, err := alloc(length)
 	if errors.Is(err, ErrNoSpace) {
 		if serr := s.syncForSpace(); serr != nil {
 			return 0, serr
 		}
-		dev, err = s.alloc.alloc(length)
+		dev, _, err = alloc(length)
 	}
 	return dev, err
+}
+
+// allocZeroed allocates an extent that reads as zeros on a device whose
+// free space does (DiscardZeroes): units freed by copy-on-write may still
+// hold old bytes (zeroFreed leaves them dirty) and are zeroed first.
+func (s *Store) allocZeroed(length int64) (int64, bool, error) {
+	dev, dirty, err := s.alloc.alloc(length)
+	if err != nil || !dirty || !s.dev.DiscardZeroes() {
+		return dev, false, err
+	}
+	if err := s.zeroExtent(dev, length); err != nil {
+		s.alloc.releaseDirty([]extent{{off: dev, length: length}}) // still dirty
+		return 0, false, err
+	}
+	return dev, false, nil
 }
 
 // syncForSpace is what an allocation that found the pool full does before

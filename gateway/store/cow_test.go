@@ -247,7 +247,8 @@ func TestChecksumMismatchIsEIO(t *testing.T) {
 }
 
 // TestCOWFreesAfterSyncAndZeroes: the extent a copy-on-write replaced keeps
-// its bytes until a metadata sync, then reads as zeros and is reusable;
+// its bytes until a metadata sync, then is reusable (dirty: zeroed when
+// a plain chunk takes it);
 // discards of transformed chunks unmap whole ones and zero parts.
 func TestCOWFreesAfterSyncAndZeroes(t *testing.T) {
 	ctx := context.Background()
@@ -280,10 +281,22 @@ func TestCOWFreesAfterSyncAndZeroes(t *testing.T) {
 	if err := s.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if s.alloc.inUse(oldDev, 64<<10) {
+		t.Fatal("replaced extent not freed after the sync")
+	}
+	// Freed dirty (not zeroed): a plain chunk that takes it gets zeros.
+	if off, dirty, err := s.alloc.alloc(64 << 10); err != nil || off != oldDev || !dirty {
+		t.Fatalf("allocating again: offset %d (freed %d), dirty %v, %v", off, oldDev, dirty, err)
+	}
+	s.alloc.releaseDirty([]extent{{off: oldDev, length: 64 << 10}})
+	if off, _, err := s.allocZeroed(64 << 10); err != nil || off != oldDev {
+		t.Fatalf("allocating zeroed: offset %d (freed %d), %v", off, oldDev, err)
+	}
 	dev.ReadAt(got, oldDev)
 	if !bytes.Equal(got, make([]byte, 64<<10)) {
-		t.Fatal("replaced extent not zeroed after the sync")
+		t.Fatal("a dirty extent allocated for a plain chunk was not zeroed")
 	}
+	s.alloc.free(oldDev, 64<<10)
 	// Partial discard keeps the chunk compressed; whole discard unmaps.
 	if err := v.Discard(ctx, 0, 1000, 2000); err != nil {
 		t.Fatal(err)
@@ -374,7 +387,7 @@ func TestAllocatorExactUnits(t *testing.T) {
 	a := newAllocator(dataStart, 64*unitSize*8)
 	var got []extent
 	for _, n := range []int64{3 * unitSize, 17 * unitSize, 16 * unitSize, 65 * unitSize, 100, 70 * unitSize} {
-		off, err := a.alloc(n)
+		off, _, err := a.alloc(n)
 		if err != nil {
 			t.Fatal(err)
 		}

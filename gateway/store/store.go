@@ -511,7 +511,7 @@ func (s *Store) syncMeta() error {
 		return err
 	}
 	s.syncedTs = ts
-	s.alloc.release(s.zeroFreed(freed))
+	s.releaseFreed(freed)
 	return nil
 }
 
@@ -524,34 +524,26 @@ func (s *Store) committedTs() uint64 {
 	return txn.ReadTs()
 }
 
-// zeroFreed zeroes the extents marked zero (freed by copy-on-write: they
-// still hold the old bytes, which the old map entry needed until the sync
-// that made their free durable; free space must read as zeros), merging
-// neighbours into one discard. It returns the extents that may be
-// released: all but those whose zeroing failed, which stay in use until
-// the next start.
-func (s *Store) zeroFreed(freed []extent) []extent {
-	sort.Slice(freed, func(i, j int) bool { return freed[i].off < freed[j].off })
-	ready := freed[:0]
-	for i := 0; i < len(freed); {
-		if !freed[i].zero {
-			ready = append(ready, freed[i])
-			i++
-			continue
-		}
-		j, end := i+1, freed[i].off+freed[i].length
-		for j < len(freed) && freed[j].zero && freed[j].off == end {
-			end += freed[j].length
-			j++
-		}
-		if err := s.zeroExtent(freed[i].off, end-freed[i].off); err != nil {
-			s.log.Error("zeroing freed extents failed; they stay unused until restart", "offset", freed[i].off, "length", end-freed[i].off, "err", err)
+// releaseFreed makes the extents of a durable free reusable. Those
+// marked zero (freed by copy-on-write, or unmapped transformed chunks:
+// they still hold the old bytes, which the old map entry needed until the
+// sync that made their free durable) are not zeroed now: they become
+// dirty free space, which an allocation that overwrites its extent whole
+// (copy-on-write) takes as it is and one that must read zeros (a new
+// plain chunk) zeroes first (allocZeroed). Zeroing them here cost a hole
+// punch per rewrite, which on a pool file also blocks the writes beside
+// it.
+func (s *Store) releaseFreed(freed []extent) {
+	var clean, dirty []extent
+	for _, e := range freed {
+		if e.zero {
+			dirty = append(dirty, e)
 		} else {
-			ready = append(ready, freed[i:j]...)
+			clean = append(clean, e)
 		}
-		i = j
 	}
-	return ready
+	s.alloc.release(clean)
+	s.alloc.releaseDirty(dirty)
 }
 
 func (s *Store) syncLoop(every time.Duration) {
