@@ -26,13 +26,13 @@ import (
 // released it is durable. Callers pass freed extents to deferFree after the
 // commit; the store calls releaseDeferred after a metadata sync.
 type allocator struct {
-	mu       sync.Mutex
-	base     int64    // device offset of unit 0
-	units    int64    // number of units
-	words    []uint64 // bit set = unit in use
+	mu    sync.Mutex
+	base  int64    // device offset of unit 0
+	units int64    // number of units
+	words []uint64 // bit set = unit in use
 	// dirty: bit set = a free unit that may hold old bytes (released by
 	// releaseDirty without zeroing); alloc reports extents that take one.
-	dirty []uint64
+	dirty    []uint64
 	used     int64    // units in use, including deferred frees
 	cursor   int      // next-fit: word index to start searching at
 	deferred []extent // freed, waiting for a durable commit
