@@ -43,9 +43,10 @@ type allocator struct {
 }
 
 // extent is a run of device bytes. zero: the extent still holds the bytes
-// of a chunk that copy-on-write replaced; it is zeroed when its free becomes
-// durable, before anyone can reuse it (other frees are zeroed before their
-// commit).
+// of a chunk that copy-on-write replaced (or of an unmapped transformed
+// chunk); when its free becomes durable it is released dirty
+// (releaseDirty), and zeroed only if an allocation that needs zeros takes
+// it (other frees are zeroed before their commit).
 type extent struct {
 	off, length int64
 	zero        bool
