@@ -127,6 +127,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzRecordReader -fuzztime=$(FUZZTIME) ./nbd/
 	$(GO) test -run='^$$' -fuzz=FuzzRecord -fuzztime=$(FUZZTIME) ./gateway/filter/
 	$(GO) test -run='^$$' -fuzz=FuzzChunkEntry -fuzztime=$(FUZZTIME) ./gateway/store/
+	$(GO) test -run='^$$' -fuzz=FuzzPendingRecord -fuzztime=$(FUZZTIME) ./gateway/store/
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./policy/
 	$(GO) test -run='^$$' -fuzz=FuzzMessage -fuzztime=$(FUZZTIME) ./virtio/
 	$(GO) test -run='^$$' -fuzz=FuzzDescriptorChain -fuzztime=$(FUZZTIME) ./virtio/

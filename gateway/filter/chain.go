@@ -57,6 +57,22 @@ func NewChain(filters ...*Filter) (*Chain, error) {
 // chunks are stored as written, with no record.
 func (c *Chain) Plain() bool { return c == nil || len(c.transforms) == 0 }
 
+// Identity reports whether the chain's transforms all store bytes as
+// they are and record nothing that depends on them (noop steps only): a
+// chunk it wrote can be overwritten in place by it, its record staying
+// true.
+func (c *Chain) Identity() bool {
+	if c.Plain() {
+		return false
+	}
+	for _, f := range c.transforms {
+		if f.spec.ID != idNoop {
+			return false
+		}
+	}
+	return true
+}
+
 // Filters returns the chain's filters: transforms in the order they run on
 // write, then controls.
 func (c *Chain) Filters() []*Filter {

@@ -26,10 +26,13 @@ import (
 // released it is durable. Callers pass freed extents to deferFree after the
 // commit; the store calls releaseDeferred after a metadata sync.
 type allocator struct {
-	mu       sync.Mutex
-	base     int64    // device offset of unit 0
-	units    int64    // number of units
-	words    []uint64 // bit set = unit in use
+	mu    sync.Mutex
+	base  int64    // device offset of unit 0
+	units int64    // number of units
+	words []uint64 // bit set = unit in use
+	// dirty: bit set = a free unit that may hold old bytes (released by
+	// releaseDirty without zeroing); alloc reports extents that take one.
+	dirty    []uint64
 	used     int64    // units in use, including deferred frees
 	cursor   int      // next-fit: word index to start searching at
 	deferred []extent // freed, waiting for a durable commit
@@ -40,19 +43,23 @@ type allocator struct {
 }
 
 // extent is a run of device bytes. zero: the extent still holds the bytes
-// of a chunk that copy-on-write replaced; it is zeroed when its free becomes
-// durable, before anyone can reuse it (other frees are zeroed before their
-// commit).
+// of a chunk that copy-on-write replaced (or of an unmapped transformed
+// chunk); when its free becomes durable it is released dirty
+// (releaseDirty), and zeroed only if an allocation that needs zeros takes
+// it (other frees are zeroed before their commit).
 type extent struct {
 	off, length int64
 	zero        bool
+	// flushTok > 0: reused only after device flush flushTok has completed
+	// (the extent is a pending record's fallback, pending.go).
+	flushTok int64
 }
 
 const unitSize = 4096
 
 func newAllocator(base, size int64) *allocator {
 	units := size / unitSize
-	a := &allocator{base: base, units: units, words: make([]uint64, (units+63)/64), nudge: make(chan struct{}, 1)}
+	a := &allocator{base: base, units: units, words: make([]uint64, (units+63)/64), dirty: make([]uint64, (units+63)/64), nudge: make(chan struct{}, 1)}
 	// Units past the end of the device in the last word are marked used.
 	if rem := units % 64; rem != 0 {
 		a.words[len(a.words)-1] = ^uint64(0) << rem
@@ -66,8 +73,11 @@ func unitsFor(length int64) int64 {
 	return max(n, 1)
 }
 
-// alloc returns the device offset of a free extent of length bytes.
-func (a *allocator) alloc(length int64) (int64, error) {
+// alloc returns the device offset of a free extent of length bytes, and
+// whether any of its units may hold old bytes (a dirty unit: see
+// releaseDirty); a caller that needs the extent to read as zeros must
+// zero it then.
+func (a *allocator) alloc(length int64) (int64, bool, error) {
 	n := unitsFor(length)
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -82,11 +92,18 @@ func (a *allocator) alloc(length int64) (int64, error) {
 		u, ok = a.findWords(n)
 	}
 	if !ok {
-		return 0, fmt.Errorf("allocate %d bytes: %w (pool of %d bytes is full)", length, ErrNoSpace, a.units*unitSize)
+		return 0, false, fmt.Errorf("allocate %d bytes: %w (pool of %d bytes is full)", length, ErrNoSpace, a.units*unitSize)
 	}
 	a.set(u, n)
 	a.used += n
-	return a.base + u*unitSize, nil
+	dirty := false
+	for k := u; k < u+n; k++ {
+		if a.dirty[k/64]&(1<<(k%64)) != 0 {
+			a.dirty[k/64] &^= 1 << (k % 64)
+			dirty = true
+		}
+	}
+	return a.base + u*unitSize, dirty, nil
 }
 
 // findAligned finds n (a power of two) free units at an offset aligned to n,
@@ -276,6 +293,21 @@ func (a *allocator) release(exts []extent) {
 	defer a.mu.Unlock()
 	for _, e := range exts {
 		a.clear(e.off, e.length)
+	}
+}
+
+// releaseDirty releases extents that still hold old bytes: they are free
+// and marked dirty, so that an allocation needing zeros zeroes them
+// (alloc's report) and one that overwrites them whole does not.
+func (a *allocator) releaseDirty(exts []extent) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, e := range exts {
+		a.clear(e.off, e.length)
+		first, n := (e.off-a.base)/unitSize, unitsFor(e.length)
+		for u := first; u < first+n; u++ {
+			a.dirty[u/64] |= 1 << (u % 64)
+		}
 	}
 }
 

@@ -24,11 +24,18 @@ import (
 //  3. the stored bytes are written to a new extent, as long as they are
 //     (rounded up to whole 4 KiB units by the allocator);
 //  4. one badger transaction commits the window's new map entries
-//     (data before metadata);
+//     (data before metadata), with a pending record for each chunk that
+//     held data a flush may have promised (pending.go: the new bytes are
+//     not written through; the record lets the next open fall back if
+//     they never reached the device);
 //  5. the table follows, and each replaced extent goes to the deferred free
 //     list with zero set: it is zeroed and reused only after the commit that
-//     released it is durable, so until a flush the old entry — all a crash
+//     released it is durable (and, for a pending record's fallback, after
+//     a device flush), so until a flush the old entry — all a crash
 //     can leave — still finds its bytes.
+//
+// Exception: a chunk whose record is noop steps alone is written in place
+// by a noop chain (writeIdentity), like a plain chunk.
 //
 // A crash before step 4 leaves the old entry and an unreferenced new
 // extent, which start-up discards with the rest of the free space. A write
@@ -41,6 +48,23 @@ import (
 // window.
 func (o *Object) writeChain(p []byte, off int64, chain *filter.Chain) error {
 	for len(p) > 0 {
+		if chain.Identity() {
+			// Chunks an identity chain wrote (noop) are overwritten in
+			// place: their record holds nothing the new bytes change.
+			n, err := o.writeIdentity(p, off)
+			if err != nil {
+				return err
+			}
+			if p, off = p[n:], off+int64(n); len(p) == 0 {
+				return nil
+			}
+			n, err = o.rewriteChunk(p, off, chain) // the next chunk is not one
+			if err != nil {
+				return err
+			}
+			p, off = p[n:], off+int64(n)
+			continue
+		}
 		w := o.window(off, int64(len(p)))
 		o.lock(w.mask)
 		n, err := o.cowLocked(w, p, off, chain)
@@ -54,6 +78,48 @@ func (o *Object) writeChain(p []byte, off int64, chain *filter.Chain) error {
 		p, off = p[n:], off+int64(n)
 	}
 	return nil
+}
+
+// writeIdentity writes the start of p at off in place into the chunks,
+// from off's on, whose record is of identity steps alone (noop) and which
+// are stored whole, as the plain path writes plain chunks (under the
+// stripes' read locks, no metadata), until it meets another chunk or the
+// end of a window. It returns the bytes written.
+func (o *Object) writeIdentity(p []byte, off int64) (int, error) {
+	v := o.v
+	cs := v.chunkSize
+	w := o.window(off, int64(len(p)))
+	o.rlock(w.mask)
+	defer o.runlock(w.mask)
+	if o.deleted {
+		return 0, fmt.Errorf("volume %s: inode %d: %w", v.ref, o.ino, ErrNotFound)
+	}
+	t := o.table.Load()
+	done := 0
+	for idx := w.first; idx < w.first+w.n && done < len(p); idx++ {
+		if t.get(idx)&markTransformed == 0 {
+			break
+		}
+		ce, err := o.cachedEntry(idx)
+		if err != nil {
+			return done, err
+		}
+		if !ce.partial || !ce.sectors.Identity() || int64(ce.sectors.PlainLen) != cs || int64(ce.e.storedLen) != cs {
+			break
+		}
+		in := (off + int64(done)) & (cs - 1)
+		n := int(min(int64(len(p)-done), cs-in))
+		if err := v.devWrite(p[done:done+n], ce.e.devOff+in, false); err != nil {
+			v.s.log.Error("device write failed", "volume", v.ref, "inode", o.ino, "offset", off+int64(done), "err", err)
+			return done, fmt.Errorf("%w: %w", ErrIO, err)
+		}
+		o.invalidate(idx, 1)
+		done += n
+	}
+	if done > 0 {
+		o.growSize(off + int64(done))
+	}
+	return done, nil
 }
 
 // rewriteChunk writes the part of p that falls in off's chunk by
@@ -96,6 +162,8 @@ type cowChunk struct {
 	oldE    chunkEntry // the old entry of a transformed chunk
 	e       chunkEntry // the new entry
 	devSize int64      // bytes allocated for e
+	durable bool       // the chunk held data that may be promised: a pending record (pending.go)
+	crc     uint32     // crc32c of e's stored bytes (durable only)
 }
 
 // cowLocked writes p at off by copy-on-write through chain (nil or plain:
@@ -139,10 +207,11 @@ func (o *Object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 		}
 		chunks = append(chunks, c)
 	}
-	if err := o.commitCow(chunks); err != nil {
+	token := s.flushStarted.Load() + 1 // after the data writes (pending.go)
+	if err := o.commitCow(chunks, token); err != nil {
 		return fail(err)
 	}
-	o.installCow(t, chunks)
+	o.installCow(t, chunks, token)
 	return int(end - off), nil
 }
 
@@ -215,11 +284,12 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 		// A short chunk grows: what the volume holds grows with it.
 		return c, fmt.Errorf("volume %s: %w (volume size %d bytes reached)", v.ref, ErrNoSpace, v.size.Load())
 	}
-	dev, err := s.allocSyncing(int64(len(stored)))
+	dev, err := s.allocSyncing(int64(len(stored)), false) // written whole below
 	if err != nil {
 		return c, fmt.Errorf("volume %s: %w", v.ref, err)
 	}
 	c.devSize = int64(len(stored))
+	hasSum := false // c.e.checksum is the crc32c of stored
 	c.e = chunkEntry{storedLen: uint32(len(stored)), devOff: dev}
 	if short {
 		c.e.flags = flagShort
@@ -227,10 +297,25 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 	if record != nil {
 		c.e.flags, c.e.record = flagRecord, record
 		if r, err := filter.ParseRecord(record); err == nil {
-			c.e.checksum, _ = r.Checksum()
+			c.e.checksum, hasSum = r.Checksum()
 		}
 	}
-	if err := v.devWrite(stored, dev, c.old != 0 && o.growDurably()); err != nil {
+	fua := false
+	if c.durable = c.old != 0 && o.growDurably(); c.durable && (record == nil || chain.Identity()) {
+		// A chunk that later writes change in place (plain, short,
+		// noop) cannot be checked against a crc at open: its new bytes
+		// are written through instead (FUA), as before pending records.
+		c.durable, fua = false, true
+	} else if c.durable {
+		// A pending record will let a crash find out whether these
+		// bytes reached the device (pending.go).
+		c.oldE = v.oldEntry(c.old, c.oldE)
+		c.crc = c.e.checksum
+		if !hasSum {
+			c.crc = filter.Checksum(stored)
+		}
+	}
+	if err := v.devWrite(stored, dev, fua); err != nil {
 		s.freeWritten(dev, c.devSize)
 		s.log.Error("device write failed", "volume", v.ref, "inode", o.ino, "offset", idx*cs, "err", err)
 		return c, fmt.Errorf("%w: %w", ErrIO, err)
@@ -240,9 +325,12 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 
 // commitCow commits the new map entries of a copy-on-write window in one
 // transaction (their data is on the device already).
-func (o *Object) commitCow(chunks []cowChunk) error {
+func (o *Object) commitCow(chunks []cowChunk, token int64) error {
 	v := o.v
 	err := v.s.db.Update(func(txn *badger.Txn) error {
+		if err := o.setPending(txn, chunks, token); err != nil {
+			return err
+		}
 		for _, c := range chunks {
 			if err := txn.Set(chunkKey(v.id, o.ino, uint64(c.idx)), c.e.encode()); err != nil {
 				return err
@@ -260,7 +348,7 @@ func (o *Object) commitCow(chunks []cowChunk) error {
 // installCow makes table t and the caches follow a committed copy-on-write
 // window, and hands the replaced extents to the deferred free list, to be
 // zeroed once the commit is durable.
-func (o *Object) installCow(t *chunkTable, chunks []cowChunk) {
+func (o *Object) installCow(t *chunkTable, chunks []cowChunk, token int64) {
 	v := o.v
 	s := v.s
 	var freed []extent
@@ -273,15 +361,19 @@ func (o *Object) installCow(t *chunkTable, chunks []cowChunk) {
 		}
 		t.set(c.idx, tableEntry(c.e))
 		saved += v.savedBy(c.e)
+		tok := int64(0)
+		if c.durable {
+			tok = token
+		}
 		switch {
 		case c.old == 0:
 			o.mapped.Add(1)
 		case c.old&markTransformed != 0:
-			freed = append(freed, extent{off: c.oldE.devOff, length: c.oldE.extentLen(), zero: true})
+			freed = append(freed, extent{off: c.oldE.devOff, length: c.oldE.extentLen(), zero: true, flushTok: tok})
 			saved -= v.savedBy(c.oldE)
 		default:
 			l := v.plainExtentLen(c.old)
-			freed = append(freed, extent{off: entryAddr(c.old), length: l, zero: true})
+			freed = append(freed, extent{off: entryAddr(c.old), length: l, zero: true, flushTok: tok})
 			saved -= v.chunkSize - l
 		}
 		o.invalidate(c.idx, 1)
@@ -293,16 +385,36 @@ func (o *Object) installCow(t *chunkTable, chunks []cowChunk) {
 
 // allocSyncing allocates an extent; when the pool is full it first makes
 // the deferred frees durable and reusable (copy-on-write frees one extent
-// per chunk written) and tries again.
-func (s *Store) allocSyncing(length int64) (int64, error) {
-	dev, err := s.alloc.alloc(length)
+// per chunk written) and tries again. With zeroed, the extent reads as
+// zeros where the device's free space does (s.allocZeroed).
+func (s *Store) allocSyncing(length int64, zeroed bool) (int64, error) {
+	alloc := s.alloc.alloc
+	if zeroed {
+		alloc = s.allocZeroed
+	}
+	dev, _, err := alloc(length)
 	if errors.Is(err, ErrNoSpace) {
 		if serr := s.syncForSpace(); serr != nil {
 			return 0, serr
 		}
-		dev, err = s.alloc.alloc(length)
+		dev, _, err = alloc(length)
 	}
 	return dev, err
+}
+
+// allocZeroed allocates an extent that reads as zeros on a device whose
+// free space does (DiscardZeroes): units freed by copy-on-write may still
+// hold old bytes (zeroFreed leaves them dirty) and are zeroed first.
+func (s *Store) allocZeroed(length int64) (int64, bool, error) {
+	dev, dirty, err := s.alloc.alloc(length)
+	if err != nil || !dirty || !s.dev.DiscardZeroes() {
+		return dev, false, err
+	}
+	if err := s.zeroExtent(dev, length); err != nil {
+		s.alloc.releaseDirty([]extent{{off: dev, length: length}}) // still dirty
+		return 0, false, err
+	}
+	return dev, false, nil
 }
 
 // syncForSpace is what an allocation that found the pool full does before

@@ -8,7 +8,6 @@ import (
 	mrand "math/rand/v2"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -248,7 +247,8 @@ func TestChecksumMismatchIsEIO(t *testing.T) {
 }
 
 // TestCOWFreesAfterSyncAndZeroes: the extent a copy-on-write replaced keeps
-// its bytes until a metadata sync, then reads as zeros and is reusable;
+// its bytes until a metadata sync, then is reusable (dirty: zeroed when
+// a plain chunk takes it);
 // discards of transformed chunks unmap whole ones and zero parts.
 func TestCOWFreesAfterSyncAndZeroes(t *testing.T) {
 	ctx := context.Background()
@@ -281,10 +281,22 @@ func TestCOWFreesAfterSyncAndZeroes(t *testing.T) {
 	if err := s.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if s.alloc.inUse(oldDev, 64<<10) {
+		t.Fatal("replaced extent not freed after the sync")
+	}
+	// Freed dirty (not zeroed): a plain chunk that takes it gets zeros.
+	if off, dirty, err := s.alloc.alloc(64 << 10); err != nil || off != oldDev || !dirty {
+		t.Fatalf("allocating again: offset %d (freed %d), dirty %v, %v", off, oldDev, dirty, err)
+	}
+	s.alloc.releaseDirty([]extent{{off: oldDev, length: 64 << 10}})
+	if off, _, err := s.allocZeroed(64 << 10); err != nil || off != oldDev {
+		t.Fatalf("allocating zeroed: offset %d (freed %d), %v", off, oldDev, err)
+	}
 	dev.ReadAt(got, oldDev)
 	if !bytes.Equal(got, make([]byte, 64<<10)) {
-		t.Fatal("replaced extent not zeroed after the sync")
+		t.Fatal("a dirty extent allocated for a plain chunk was not zeroed")
 	}
+	s.alloc.free(oldDev, 64<<10)
 	// Partial discard keeps the chunk compressed; whole discard unmaps.
 	if err := v.Discard(ctx, 0, 1000, 2000); err != nil {
 		t.Fatal(err)
@@ -375,7 +387,7 @@ func TestAllocatorExactUnits(t *testing.T) {
 	a := newAllocator(dataStart, 64*unitSize*8)
 	var got []extent
 	for _, n := range []int64{3 * unitSize, 17 * unitSize, 16 * unitSize, 65 * unitSize, 100, 70 * unitSize} {
-		off, err := a.alloc(n)
+		off, _, err := a.alloc(n)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -496,80 +508,6 @@ func TestConcurrentMixedChains(t *testing.T) {
 	}
 }
 
-// BenchmarkWrite1M: 1 MiB writes over a 64 MiB volume on a pool file,
-// plain and through each transform (copy-on-write).
-func BenchmarkWrite1M(b *testing.B) {
-	env := filter.NewEnv(nil)
-	defer env.Close()
-	for _, name := range []string{"plain", "noop", "compression", "checksum"} {
-		b.Run(name, func(b *testing.B) {
-			ctx := context.Background()
-			v, f := benchVolume(b, env, name)
-			p := text(1, MiB)
-			b.SetBytes(MiB)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				if err := v.WriteAtWith(ctx, 0, p, int64(i%64)*MiB, false, f); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
-}
-
-// benchVolume is a 64 MiB volume on a 1 GiB pool file, closed with the
-// benchmark, and the filters of chain name ("plain": none).
-func benchVolume(b *testing.B, env *filter.Env, name string) (*Volume, Filters) {
-	dir := b.TempDir()
-	dev, err := device.OpenFile(filepath.Join(dir, "pool"), 1<<30)
-	if err != nil {
-		b.Fatal(err)
-	}
-	s, err := Open(context.Background(), filepath.Join(dir, "meta"), dev, Options{Filters: env})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		s.Close()
-		dev.Close()
-	})
-	v, err := s.CreateVolume(context.Background(), CreateOptions{Tenant: "acme", Name: "db", Size: 64 * MiB})
-	if err != nil {
-		b.Fatal(err)
-	}
-	var f Filters
-	if name != "plain" {
-		f.Chain = chainOf(b, env, name)
-	}
-	return v, f
-}
-
-// BenchmarkRead4K: 4 KiB random reads of plain and transformed chunks
-// (noop and encrypted chunks are read by the sector, see filter.Sectors).
-func BenchmarkRead4K(b *testing.B) {
-	env := testEnv(b)
-	for _, name := range []string{"plain", "noop", "encryption"} {
-		b.Run(name, func(b *testing.B) {
-			ctx := context.Background()
-			v, f := benchVolume(b, env, name)
-			p := text(1, MiB)
-			for off := int64(0); off < 64*MiB; off += MiB {
-				if err := v.WriteAtWith(ctx, 0, p, off, false, f); err != nil {
-					b.Fatal(err)
-				}
-			}
-			buf := make([]byte, 4096)
-			b.SetBytes(4096)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				if err := v.ReadAt(ctx, 0, buf, int64(i*7919%16384)*4096); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
-}
-
 // TestCOWOnNearlyFullPool: concurrent copy-on-write overwrites of a volume
 // that fills most of the pool never see ENOSPC: each rewrite frees an
 // extent, and the allocator gets it back through a sync (nudged when
@@ -685,37 +623,4 @@ func TestEntryCacheFollowsRewrites(t *testing.T) {
 		}
 	}
 	mustRead(t, v, 0, 0, want)
-}
-
-// BenchmarkWrite4K: 4 KiB random writes from 16 goroutines (as QD16)
-// over a 64 MiB volume, plain and through transforms (each a
-// read-modify-write of the chunk by copy-on-write): issue 22's first row.
-func BenchmarkWrite4K(b *testing.B) {
-	env := testEnv(b)
-	for _, name := range []string{"plain", "noop", "checksum", "encryption"} {
-		b.Run(name, func(b *testing.B) {
-			ctx := context.Background()
-			v, f := benchVolume(b, env, name)
-			p := text(1, MiB)
-			for off := int64(0); off < 64*MiB; off += MiB {
-				if err := v.WriteAtWith(ctx, 0, p, off, false, f); err != nil {
-					b.Fatal(err)
-				}
-			}
-			var seed atomic.Uint64
-			b.SetBytes(4096)
-			b.SetParallelism(8) // 16 writers on 2 cores
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				r := mrand.New(mrand.NewPCG(seed.Add(1), 3))
-				buf := text(r.Uint64(), 4096)
-				for pb.Next() {
-					if err := v.WriteAtWith(ctx, 0, buf, int64(r.IntN(16384))*4096, false, f); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-		})
-	}
 }

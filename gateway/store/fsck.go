@@ -21,6 +21,7 @@ type FsckReport struct {
 	Chunks   int      `json:"chunks"`
 	Short    int      `json:"short"`   // short plain chunks (short.go)
 	Orphans  int      `json:"orphans"` // unlinked inodes still open (or awaiting purge)
+	Pending  int      `json:"pending"` // pending records of unflushed copy-on-write rewrites (pending.go)
 	Problems []string `json:"problems"`
 }
 
@@ -60,6 +61,7 @@ func (s *Store) Fsck(ctx context.Context, tenant, name string) (FsckReport, erro
 		if unallocated, err = s.fsckChunks(txn, v, &r); err != nil {
 			return err
 		}
+		s.fsckPending(txn, v, &r)
 		if v.ns != nil {
 			return v.ns.Fsck(txn, &r)
 		}

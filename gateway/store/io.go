@@ -419,10 +419,10 @@ func (v *Volume) allocRun(first, k int64) ([]piece, error) {
 	synced := false
 	for done := int64(0); done < k; {
 		c := int64(1) << (bits.Len64(uint64(k-done)) - 1)
-		dev, err := v.s.alloc.alloc(c * cs)
+		dev, _, err := v.s.allocZeroed(c * cs)
 		for err != nil && c > 1 { // fragmented: settle for smaller extents
 			c /= 2
-			dev, err = v.s.alloc.alloc(c * cs)
+			dev, _, err = v.s.allocZeroed(c * cs)
 		}
 		if err != nil && !synced {
 			// Full, but frees may wait for a durable commit: make them

@@ -70,7 +70,7 @@ func (o *Object) allocNew(first, k, end int64) ([]piece, error) {
 	if err != nil {
 		return nil, err
 	}
-	dev, err := v.s.allocSyncing(sl)
+	dev, err := v.s.allocSyncing(sl, true)
 	if err != nil {
 		v.freePieces(pieces)
 		return nil, fmt.Errorf("volume %s: %w", v.ref, err)
@@ -148,7 +148,10 @@ func (o *Object) growShorts(first, last int64) error {
 // may have promised, would be lost with the unflushed new ones. So the
 // new extent is written with FUA, unless no device flush was issued since
 // o was created empty (a file being written out, cp or tar): then nothing
-// it holds was promised yet, and the write costs no flush. (The cost
-// falls on small rewrites of filtered chunks; issue 22's deferred commit
-// of such entries until the next flush would batch it: docs/FORMAT.md.)
+// it holds was promised yet, and the write costs no flush. A rewrite
+// whose result is transformed (cow.go) does not write through: it
+// commits a pending record instead (pending.go), which the next open
+// uses to fall back when the new bytes never reached the device; a plain,
+// short or noop result is written in place later, which a pending
+// record's crc could not tell from a lost write, so it writes through.
 func (o *Object) growDurably() bool { return o.born != o.v.s.flushes.Load() }

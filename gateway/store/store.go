@@ -176,6 +176,9 @@ type Store struct {
 	// chunk re-placed by copy-on-write in a file created after the last
 	// one holds nothing a flush promised (short.go, growDurably).
 	flushes atomic.Int64
+	// flushStarted and flushDone are device flush tokens: flushes started,
+	// and the highest whose flush completed (pending.go).
+	flushStarted, flushDone atomic.Int64
 
 	mu     sync.RWMutex
 	byID   map[uint64]*Volume
@@ -272,6 +275,11 @@ func (s *Store) load(ctx context.Context) error {
 	}
 	s.alloc = newAllocator(dataStart, s.dev.Size()-dataStart)
 	s.entries = newEntryCache(s.dev.Size())
+	if n, err := s.recoverPending(); err != nil {
+		return fmt.Errorf("store: load: %w", err)
+	} else if n > 0 {
+		s.log.Warn("copy-on-write rewrites lost in a crash (never flushed): chunks read their flushed bytes", "chunks", n)
+	}
 	var deleting []*Volume
 	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixVolume}, PrefetchValues: true})
@@ -455,9 +463,8 @@ func (s *Store) SyncMeta() error { return s.syncMeta() }
 // Flush makes every completed write to every volume durable: device flush,
 // then metadata sync (which also lets deferred frees be reused).
 func (s *Store) Flush(ctx context.Context) error {
-	s.flushes.Add(1)
-	if err := s.dev.Flush(); err != nil {
-		return fmt.Errorf("%w: %w", ErrIO, err)
+	if err := s.devFlush(); err != nil {
+		return err
 	}
 	return s.syncMeta()
 }
@@ -468,6 +475,14 @@ func (s *Store) syncMeta() error {
 	s.syncMu.Lock()
 	defer s.syncMu.Unlock()
 	freed := s.alloc.takeDeferred()
+	if need := maxFlushTok(freed); need > s.flushDone.Load() {
+		// Fallbacks of pending records (pending.go): their replacements
+		// must be on the device before they are reused.
+		if err := s.devFlush(); err != nil {
+			s.alloc.deferFree(freed)
+			return err
+		}
+	}
 	// Namespace changes return before their group is committed, and
 	// their commits before they are written (fsns, FS.update): Barrier
 	// commits every open group, then a transaction's start waits for
@@ -496,7 +511,7 @@ func (s *Store) syncMeta() error {
 		return err
 	}
 	s.syncedTs = ts
-	s.alloc.release(s.zeroFreed(freed))
+	s.releaseFreed(freed)
 	return nil
 }
 
@@ -509,34 +524,26 @@ func (s *Store) committedTs() uint64 {
 	return txn.ReadTs()
 }
 
-// zeroFreed zeroes the extents marked zero (freed by copy-on-write: they
-// still hold the old bytes, which the old map entry needed until the sync
-// that made their free durable; free space must read as zeros), merging
-// neighbours into one discard. It returns the extents that may be
-// released: all but those whose zeroing failed, which stay in use until
-// the next start.
-func (s *Store) zeroFreed(freed []extent) []extent {
-	sort.Slice(freed, func(i, j int) bool { return freed[i].off < freed[j].off })
-	ready := freed[:0]
-	for i := 0; i < len(freed); {
-		if !freed[i].zero {
-			ready = append(ready, freed[i])
-			i++
-			continue
-		}
-		j, end := i+1, freed[i].off+freed[i].length
-		for j < len(freed) && freed[j].zero && freed[j].off == end {
-			end += freed[j].length
-			j++
-		}
-		if err := s.zeroExtent(freed[i].off, end-freed[i].off); err != nil {
-			s.log.Error("zeroing freed extents failed; they stay unused until restart", "offset", freed[i].off, "length", end-freed[i].off, "err", err)
+// releaseFreed makes the extents of a durable free reusable. Those
+// marked zero (freed by copy-on-write, or unmapped transformed chunks:
+// they still hold the old bytes, which the old map entry needed until the
+// sync that made their free durable) are not zeroed now: they become
+// dirty free space, which an allocation that overwrites its extent whole
+// (copy-on-write) takes as it is and one that must read zeros (a new
+// plain chunk) zeroes first (allocZeroed). Zeroing them here cost a hole
+// punch per rewrite, which on a pool file also blocks the writes beside
+// it.
+func (s *Store) releaseFreed(freed []extent) {
+	var clean, dirty []extent
+	for _, e := range freed {
+		if e.zero {
+			dirty = append(dirty, e)
 		} else {
-			ready = append(ready, freed[i:j]...)
+			clean = append(clean, e)
 		}
-		i = j
 	}
-	return ready
+	s.alloc.release(clean)
+	s.alloc.releaseDirty(dirty)
 }
 
 func (s *Store) syncLoop(every time.Duration) {

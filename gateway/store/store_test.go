@@ -194,7 +194,7 @@ func TestFreedSpaceNotReusedBeforeSync(t *testing.T) {
 		s.syncMu.Unlock()
 		t.Fatal(err)
 	}
-	_, err = s.alloc.alloc(DefaultChunkSize)
+	_, _, err = s.alloc.alloc(DefaultChunkSize)
 	pending := s.alloc.pendingFrees()
 	s.syncMu.Unlock()
 	if !errors.Is(err, ErrNoSpace) || pending != 1 {

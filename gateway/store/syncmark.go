@@ -92,7 +92,11 @@ func (s *Store) checkSyncMark() error {
 // caller holds syncMu and writes the mark after the sync succeeded.
 func (s *Store) commitSyncSeq() (uint64, error) {
 	seq := s.syncSeq + 1
+	done := s.flushDone.Load() // completed before this commit (pending.go)
 	err := s.db.Update(func(txn *badger.Txn) error {
+		if err := txn.Set(dflushKey(), binary.BigEndian.AppendUint64(nil, uint64(done))); err != nil {
+			return err
+		}
 		return txn.Set(syncSeqKey(), binary.BigEndian.AppendUint64(nil, seq))
 	})
 	if err != nil {

@@ -1,0 +1,290 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/sluice-storage/sluice/gateway/filter"
+)
+
+// Pending records: copy-on-write without a write-through per rewrite.
+//
+// A copy-on-write rewrite of a chunk that holds data writes the new bytes
+// to a new extent and commits the new map entry. Badger's log and the
+// pool both sit in the page cache until synced, and the kernel may write
+// the log back first: after a power loss the entry would name an extent
+// that never got its bytes, while the old ones, which a flush may have
+// promised, are unreachable. Instead of writing every such extent through
+// to the device (FUA: a device flush per 4 KiB write into a filtered
+// chunk), the rewrite's transaction also sets a pending record under
+// 'p' VOL INO INDEX:
+//
+//	0      version (1)
+//	1..8   flush token: the first device flush that makes the new bytes
+//	       durable is this one or a later one (tokens count the flushes
+//	       started; one read after the data write, plus one)
+//	9..16  device offset of the new extent
+//	17..20 its stored length
+//	21..24 crc32c of its stored bytes
+//	25..   the chunk's last entry whose bytes were durable (the fallback)
+//
+// and the replaced extent is freed only after a device flush (then a
+// metadata sync, as every free). Each metadata sync records under `s`
+// `dflush` the token of the last device flush completed before it. At
+// open, a pending record whose token is above the recorded one may name
+// bytes that never reached the device: the new extent is read and its
+// crc32c compared; on a mismatch the chunk's entry becomes the fallback
+// again (the write was not flushed, so its loss is allowed; the fallback's
+// extent was not reused, its free waiting for a device flush). Either way
+// the record is deleted, as are records whose chunk entry has moved on.
+// Records at or below the recorded token are stale and just deleted.
+
+const prefixPending = 'p'
+
+func pendingKey(id, inode, index uint64) []byte {
+	k := chunkKey(id, inode, index)
+	k[0] = prefixPending
+	return k
+}
+
+func dflushKey() []byte { return CounterKey("dflush") }
+
+// pendingRec is a decoded pending record.
+type pendingRec struct {
+	token  int64
+	devOff int64
+	stored uint32
+	crc    uint32
+	prev   chunkEntry
+}
+
+const pendingHeaderLen = 25
+
+func (p pendingRec) encode() []byte {
+	b := make([]byte, pendingHeaderLen, pendingHeaderLen+chunkEntryLen+len(p.prev.record))
+	b[0] = 1
+	binary.BigEndian.PutUint64(b[1:], uint64(p.token))
+	binary.BigEndian.PutUint64(b[9:], uint64(p.devOff))
+	binary.BigEndian.PutUint32(b[17:], p.stored)
+	binary.BigEndian.PutUint32(b[21:], p.crc)
+	return append(b, p.prev.encode()...)
+}
+
+func decodePending(b []byte) (pendingRec, error) {
+	if len(b) < pendingHeaderLen+chunkEntryLen || b[0] != 1 {
+		return pendingRec{}, fmt.Errorf("pending record: bad version or length %d: %w", len(b), ErrIO)
+	}
+	p := pendingRec{
+		token:  int64(binary.BigEndian.Uint64(b[1:])),
+		devOff: int64(binary.BigEndian.Uint64(b[9:])),
+		stored: binary.BigEndian.Uint32(b[17:]),
+		crc:    binary.BigEndian.Uint32(b[21:]),
+	}
+	var err error
+	p.prev, err = decodeChunkEntry(b[pendingHeaderLen:])
+	return p, err
+}
+
+// devFlush flushes the device and advances the completed-flush token.
+func (s *Store) devFlush() error {
+	tok := s.flushStarted.Add(1)
+	s.flushes.Add(1)
+	if err := s.dev.Flush(); err != nil {
+		return fmt.Errorf("%w: %w", ErrIO, err)
+	}
+	for {
+		done := s.flushDone.Load()
+		if done >= tok || s.flushDone.CompareAndSwap(done, tok) {
+			return nil
+		}
+	}
+}
+
+// setPending adds the pending records of a copy-on-write window's durable
+// rewrites to its transaction (token: the flush token after their data
+// writes). A chunk whose current entry is itself pending (its flush has
+// not completed) keeps that record's fallback: its bytes may not be
+// durable either.
+func (o *Object) setPending(txn *badger.Txn, chunks []cowChunk, token int64) error {
+	v := o.v
+	for _, c := range chunks {
+		if !c.durable {
+			continue
+		}
+		key := pendingKey(v.id, o.ino, uint64(c.idx))
+		prev := c.oldE
+		item, err := txn.Get(key)
+		switch {
+		case errors.Is(err, badger.ErrKeyNotFound):
+		case err != nil:
+			return err
+		default:
+			var p pendingRec
+			err := item.Value(func(b []byte) (err error) { p, err = decodePending(b); return err })
+			if err == nil && p.token > v.s.flushDone.Load() && p.devOff == c.oldE.devOff {
+				prev = p.prev
+			}
+		}
+		rec := pendingRec{token: token, devOff: c.e.devOff, stored: c.e.storedLen, crc: c.crc, prev: prev}
+		if err := txn.Set(key, rec.encode()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// oldEntry is the map entry of a chunk with table entry dev and
+// transformed entry e (used when dev is marked).
+func (v *Volume) oldEntry(dev int64, e chunkEntry) chunkEntry {
+	switch {
+	case dev&markTransformed != 0:
+		return e
+	case isShort(dev):
+		return chunkEntry{flags: flagShort, storedLen: uint32(shortLen(dev)), devOff: entryAddr(dev)}
+	}
+	return chunkEntry{storedLen: uint32(v.chunkSize), devOff: dev}
+}
+
+// recoverPending settles every pending record at open, before the chunk
+// maps are loaded (see above). It returns how many chunks went back to
+// their fallback.
+func (s *Store) recoverPending() (int, error) {
+	var done int64
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(dflushKey())
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return item.Value(func(b []byte) error {
+			if len(b) == 8 {
+				done = int64(binary.BigEndian.Uint64(b))
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read flush token: %w", err)
+	}
+	s.flushStarted.Store(done)
+	s.flushDone.Store(done)
+	type fix struct {
+		pkey, ckey []byte
+		revert     *chunkEntry
+	}
+	var fixes []fix
+	err = s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{prefixPending}, PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			pkey := it.Item().KeyCopy(nil)
+			ckey := append([]byte(nil), pkey...)
+			ckey[0] = prefixChunk
+			f := fix{pkey: pkey, ckey: ckey}
+			var p pendingRec
+			if err := it.Item().Value(func(b []byte) (err error) { p, err = decodePending(b); return err }); err != nil {
+				s.log.Error("pending record unreadable; dropped", "key", fmt.Sprintf("%x", pkey), "err", err)
+				fixes = append(fixes, f)
+				continue
+			}
+			if p.token > done {
+				rev, err := s.checkPending(txn, ckey, p)
+				if err != nil {
+					return err
+				}
+				f.revert = rev
+			}
+			fixes = append(fixes, f)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read pending records: %w", err)
+	}
+	reverted := 0
+	_, err = s.batchUpdate(len(fixes), func(txn *badger.Txn, j int) error {
+		f := fixes[j]
+		if f.revert != nil {
+			if err := txn.Set(f.ckey, f.revert.encode()); err != nil {
+				return err
+			}
+		}
+		return txn.Delete(f.pkey)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("settle pending records: %w", err)
+	}
+	for _, f := range fixes {
+		if f.revert != nil {
+			reverted++
+		}
+	}
+	return reverted, nil
+}
+
+// checkPending decides one live pending record: nil if the chunk's entry
+// stands (its new bytes are on the device, or it has moved on), else the
+// fallback entry to go back to.
+func (s *Store) checkPending(txn *badger.Txn, ckey []byte, p pendingRec) (*chunkEntry, error) {
+	item, err := txn.Get(ckey)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, nil // unmapped since
+	}
+	if err != nil {
+		return nil, err
+	}
+	var e chunkEntry
+	if err := item.Value(func(b []byte) (err error) { e, err = decodeChunkEntry(b); return err }); err != nil {
+		return nil, nil // fsck reports it
+	}
+	if e.devOff != p.devOff || e.storedLen != p.stored || !s.alloc.contains(e.devOff, int64(e.storedLen)) {
+		return nil, nil
+	}
+	buf := make([]byte, e.storedLen)
+	if _, err := s.dev.ReadAt(buf, e.devOff); err == nil && filter.Checksum(buf) == p.crc {
+		return nil, nil
+	}
+	s.log.Warn("an unflushed copy-on-write rewrite did not reach the device before the crash; the chunk reads its flushed bytes",
+		"key", fmt.Sprintf("%x", ckey), "device_offset", e.devOff)
+	prev := p.prev
+	return &prev, nil
+}
+
+// maxFlushTok is the highest device flush token extents wait for.
+func maxFlushTok(exts []extent) int64 {
+	m := int64(0)
+	for _, e := range exts {
+		m = max(m, e.flushTok)
+	}
+	return m
+}
+
+// fsckPending checks v's pending records: each decodes, and the fallback
+// of each live one (its flush not completed) lies in the pool and is
+// still held by the allocator (its free waits for that flush).
+func (s *Store) fsckPending(txn *badger.Txn, v *Volume, r *FsckReport) {
+	prefix := ChunkPrefix(v.id, 0)[:9]
+	prefix[0] = prefixPending
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true})
+	defer it.Close()
+	done := s.flushDone.Load()
+	for it.Rewind(); it.Valid(); it.Next() {
+		var p pendingRec
+		if err := it.Item().Value(func(b []byte) (err error) { p, err = decodePending(b); return err }); err != nil {
+			r.Problemf("pending record %x: %v", it.Item().Key(), err)
+			continue
+		}
+		if p.token <= done {
+			continue // stale: deleted at the next open
+		}
+		r.Pending++
+		if !s.alloc.contains(p.prev.devOff, int64(p.prev.storedLen)) || !s.alloc.inUse(p.prev.devOff, int64(p.prev.storedLen)) {
+			r.Problemf("pending record %x: its fallback (offset %d length %d) is not held in the pool", it.Item().Key(), p.prev.devOff, p.prev.storedLen)
+		}
+	}
+}
