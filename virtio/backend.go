@@ -31,6 +31,8 @@ type backend struct {
 	protoFeatures uint64 // acked by SET_PROTOCOL_FEATURES
 	mem           *guestMemory
 	rings         []*vring
+	inflight      *inflightRegion // SET_INFLIGHT_FD's (or GET's) region; nil before
+	replyFds      []int           // fds to send with the next reply (GET_INFLIGHT_FD)
 }
 
 // vring is one queue's configuration as the front-end set it.
@@ -140,6 +142,8 @@ func (b *backend) close() {
 	}
 	b.mem.unmapAll()
 	b.mem = nil
+	b.inflight.close()
+	b.inflight = nil
 	b.cancel()
 	b.conn.Close()
 }
@@ -161,7 +165,9 @@ func (b *backend) handle(m *message) error {
 		return err
 	}
 	if reply != nil {
-		return b.mc.write(m.Request, flagReply, reply, nil)
+		fds := b.replyFds
+		b.replyFds = nil
+		return b.mc.write(m.Request, flagReply, reply, fds)
 	}
 	if err != nil {
 		b.log.Warn("virtio: request refused", "request", reqName(m.Request), "err", err)
@@ -187,7 +193,7 @@ func (b *backend) offeredFeatures() uint64 {
 	return f
 }
 
-const offeredProtocolFeatures = 1<<protoMQ | 1<<protoReplyAck | 1<<protoConfig | 1<<protoConfigureMemSlots
+const offeredProtocolFeatures = 1<<protoMQ | 1<<protoReplyAck | 1<<protoConfig | 1<<protoConfigureMemSlots | 1<<protoInflightShmfd
 
 // ring returns the vring for a queue index from a message.
 func (b *backend) ring(index uint32) (*vring, error) {
@@ -249,8 +255,12 @@ func (b *backend) dispatch(m *message, p any) ([]byte, error) {
 		return nil, nil // nothing in our config space is writable
 	case reqSetBackendReqFd:
 		return nil, errors.New("BACKEND_REQ not offered")
-	case reqGetInflightFd, reqGetStatus:
-		// Always-replied requests for features we do not offer: the
+	case reqGetInflightFd:
+		return b.getInflightFd(p.(inflightMsg)), nil
+	case reqSetInflightFd:
+		return nil, b.setInflightFd(m, p.(inflightMsg))
+	case reqGetStatus:
+		// An always-replied request for a feature we do not offer: the
 		// front-end would wait for a reply forever, so hang up instead.
 		return nil, fmt.Errorf("%w: %s without the protocol feature", errProtocol, reqName(m.Request))
 	}
@@ -530,7 +540,8 @@ func (b *backend) startRing(v *vring) error {
 				var ring *deviceRing
 				ring, err = newDeviceRing(n, descs, avail, used, v.base, b.acked(featEventIdx), b.acked(featIndirectDesc))
 				if err == nil {
-					v.run, err = newRunner(b, v, ring)
+					track, resubmit := b.trackInflight(v, ring)
+					v.run, err = newRunner(b, v, ring, track, resubmit)
 				}
 			}
 		}

@@ -370,6 +370,8 @@ func parsePayload(m *message) (any, error) {
 		return decodeSingleRegion(m)
 	case reqGetConfig, reqSetConfig:
 		return decodeConfig(m)
+	case reqGetInflightFd, reqSetInflightFd:
+		return decodeInflight(m)
 	}
 	return nil, nil
 }
