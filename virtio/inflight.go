@@ -298,7 +298,7 @@ func (b *backend) setInflightFd(m *message, i inflightMsg) error {
 		return fmt.Errorf("SET_INFLIGHT_FD: %w", err)
 	}
 	b.installInflight(r)
-	b.log.Debug("virtio: inflight region set", "queues", r.numQueues, "queue_size", r.queueSize)
+	b.log.Info("virtio: inflight region set", "queues", r.numQueues, "queue_size", r.queueSize)
 	return b.reconcileAll()
 }
 
