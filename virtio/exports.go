@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -16,7 +17,8 @@ import (
 // Exports keeps a gateway's vhost-user-blk exports: at most one socket per
 // volume, each served by its own Server. Sockets live in a directory of the
 // gateway (mode 0700) unless a path is given; they are mode 0600 and
-// removed on Unexport and Close. Exports do not outlive the gateway.
+// removed on Unexport and Close. Exports do not outlive the gateway, except
+// through a planned handover (HandOver, Adopt).
 type Exports struct {
 	g    *gateway.Gateway
 	dir  string
@@ -30,6 +32,7 @@ type Exports struct {
 
 type export struct {
 	info   ExportInfo
+	l      *net.UnixListener
 	srv    *Server
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -63,6 +66,35 @@ func (e *Exports) DefaultSocket(ref string) string {
 
 // Export serves block volume ref on socket ("" for the default path).
 func (e *Exports) Export(ctx context.Context, ref, socket string) (ExportInfo, error) {
+	return e.serve(ref, socket, nil)
+}
+
+// Adopt serves block volume ref on a listening socket bound to socket
+// that another process handed over (HandOver there): the same socket, so
+// front-ends that reconnect to the path, or queued in its backlog, reach
+// this process. f is the socket; Adopt closes it.
+func (e *Exports) Adopt(ref, socket string, f *os.File) (ExportInfo, error) {
+	nl, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		return ExportInfo{}, fmt.Errorf("adopt virtio socket %s: %w", socket, err)
+	}
+	l, ok := nl.(*net.UnixListener)
+	if !ok {
+		nl.Close()
+		return ExportInfo{}, fmt.Errorf("adopt virtio socket %s: not a unix socket", socket)
+	}
+	l.SetUnlinkOnClose(true)
+	x, err := e.serve(ref, socket, l)
+	if err != nil {
+		l.SetUnlinkOnClose(false) // the path is not ours to remove: the old process's clients may still use it
+		l.Close()
+	}
+	return x, err
+}
+
+// serve exports ref on l, or on a new socket at socket when l is nil.
+func (e *Exports) serve(ref, socket string, l *net.UnixListener) (ExportInfo, error) {
 	vol, err := e.g.Volume(ref)
 	if err != nil {
 		return ExportInfo{}, err
@@ -89,9 +121,10 @@ func (e *Exports) Export(ctx context.Context, ref, socket string) (ExportInfo, e
 			return ExportInfo{}, fmt.Errorf("socket %s serves %s: %w", socket, x.info.Volume, gateway.ErrExists)
 		}
 	}
-	l, err := Listen(socket)
-	if err != nil {
-		return ExportInfo{}, fmt.Errorf("%w: %w", gateway.ErrInvalid, err)
+	if l == nil {
+		if l, err = Listen(socket); err != nil {
+			return ExportInfo{}, fmt.Errorf("%w: %w", gateway.ErrInvalid, err)
+		}
 	}
 	opts := e.opts
 	opts.Logger = e.log.With("volume", ref)
@@ -99,7 +132,7 @@ func (e *Exports) Export(ctx context.Context, ref, socket string) (ExportInfo, e
 	opts.Allow = func(uid int) bool { return e.g.MayUse(uid, tenant) }
 	srv := NewServer(vol, opts)
 	sctx, cancel := context.WithCancel(context.Background())
-	x := &export{info: ExportInfo{Volume: ref, Socket: socket}, srv: srv, cancel: cancel, done: make(chan struct{})}
+	x := &export{info: ExportInfo{Volume: ref, Socket: socket}, l: l, srv: srv, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(x.done)
 		if err := srv.Serve(sctx, l); err != nil && sctx.Err() == nil {
@@ -109,6 +142,45 @@ func (e *Exports) Export(ctx context.Context, ref, socket string) (ExportInfo, e
 	e.byRef[ref] = x
 	e.log.Info("virtio export", "volume", ref, "socket", socket)
 	return x.info, nil
+}
+
+// HandedExport is an export stopped for a handover: its listening socket
+// (a duplicate, still bound to Socket, which is left in place) for the
+// new process's Adopt.
+type HandedExport struct {
+	ExportInfo
+	File *os.File
+}
+
+// HandOver stops every export for a planned handover (the registry is
+// closed, as by Close): each keeps its listening socket, bound and with
+// its path, and returns it; its connections drain (in-flight requests
+// complete and are published) and close, so their front-ends reconnect
+// to the same path (QEMU: chardev reconnect=N) and are answered by the
+// new process. An export whose socket cannot be duplicated is stopped as
+// by Close.
+func (e *Exports) HandOver(ctx context.Context) []HandedExport {
+	e.mu.Lock()
+	e.closed = true
+	xs := make([]*export, 0, len(e.byRef))
+	for ref, x := range e.byRef {
+		xs = append(xs, x)
+		delete(e.byRef, ref)
+	}
+	e.mu.Unlock()
+	var out []HandedExport
+	for _, x := range xs {
+		f, err := x.l.File()
+		if err != nil {
+			e.log.Warn("virtio export not handed over: its socket", "volume", x.info.Volume, "err", err)
+			e.stop(ctx, x)
+			continue
+		}
+		x.l.SetUnlinkOnClose(false)
+		e.stopKeep(ctx, x, true)
+		out = append(out, HandedExport{ExportInfo: x.info, File: f})
+	}
+	return out
 }
 
 // Unexport stops serving ref: connected front-ends are disconnected after
@@ -126,7 +198,10 @@ func (e *Exports) Unexport(ctx context.Context, ref string) error {
 	return nil
 }
 
-func (e *Exports) stop(ctx context.Context, x *export) {
+func (e *Exports) stop(ctx context.Context, x *export) { e.stopKeep(ctx, x, false) }
+
+// stopKeep stops x; keepSocket leaves its path in place (a handover).
+func (e *Exports) stopKeep(ctx context.Context, x *export, keepSocket bool) {
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := x.srv.Shutdown(sctx); err != nil {
@@ -134,7 +209,9 @@ func (e *Exports) stop(ctx context.Context, x *export) {
 	}
 	x.cancel()
 	<-x.done
-	os.Remove(x.info.Socket)
+	if !keepSocket {
+		os.Remove(x.info.Socket)
+	}
 	st := x.srv.Stats()
 	e.log.Info("virtio export stopped", "volume", x.info.Volume, "wakeups", st.Wait.Wakeups, "blocks", st.Wait.Blocks,
 		"naps", st.Wait.Naps, "contended", st.Wait.Contended, "rejected_chains", st.RejectedChains, "broken_rings", st.BrokenRings, "panics", st.Panics)

@@ -55,6 +55,15 @@ type takenOver struct {
 	state handover.Message
 	nbd   []handedNBD  // resumed once the NBD door serves (resumeNBD)
 	fuse  []handedFUSE // adopted once the mount manager exists (adoptFUSE)
+	// virtio exports' listening sockets, adopted once the virtio
+	// registry exists (adoptVirtio)
+	virtio []handedVirtio
+}
+
+// handedVirtio is one virtio export the old process handed over.
+type handedVirtio struct {
+	file  *os.File
+	state handover.VirtioExport
 }
 
 // handedNBD is one NBD connection the old process handed over.
@@ -151,7 +160,45 @@ func takeOver(a *gatewayArgs, svc *service, log *slog.Logger) (*takenOver, error
 		}
 		t.fuse = append(t.fuse, h)
 	}
+	for i := 0; i < st.VirtioExports; i++ {
+		m, fds, err := c.Recv()
+		if err != nil || m.Type != handover.TypeVirtio || len(fds) != 1 {
+			closeFDs(fds)
+			t.closeNBD()
+			t.closeFUSE()
+			t.closeVirtio()
+			return fail(fmt.Errorf("--takeover: expected virtio export %d of %d with its socket, got %q with %d fds: %v",
+				i+1, st.VirtioExports, m.Type, len(fds), err))
+		}
+		t.virtio = append(t.virtio, handedVirtio{os.NewFile(uintptr(fds[0]), "virtio-listener"), *m.Virtio})
+	}
 	return t, nil
+}
+
+// closeVirtio closes the handed-over virtio sockets not adopted. Their
+// paths stay (a front-end reconnecting finds no listener: ECONNREFUSED,
+// and retries).
+func (t *takenOver) closeVirtio() {
+	for _, h := range t.virtio {
+		h.file.Close()
+	}
+	t.virtio = nil
+}
+
+// adoptVirtio serves the handed-over virtio exports on their sockets; it
+// returns how many. One whose volume is gone or no longer a block volume
+// is closed and logged.
+func (t *takenOver) adoptVirtio(d *daemon) int {
+	n := 0
+	for _, h := range t.virtio {
+		if _, err := d.virtio.Adopt(h.state.Volume, h.state.Socket, h.file); err != nil {
+			d.log.Warn("takeover: a virtio export could not be adopted; its socket is closed", "volume", h.state.Volume, "socket", h.state.Socket, "err", err)
+			continue
+		}
+		n++
+	}
+	t.virtio = nil
+	return n
 }
 
 // closeNBD closes the handed-over NBD connections not resumed: their
@@ -389,8 +436,13 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func(
 	if len(unmounted) > 0 {
 		d.log.Warn("handover: FUSE mounts ended, not handed over", "mounts", unmounted)
 	}
+	defer func() {
+		for _, h := range d.handedVirtio {
+			h.File.Close()
+		}
+	}()
 	d.log.Info("handover: stopped; sending the sockets", "stop_ms", time.Since(stopped).Milliseconds(),
-		"nbd_conns", len(handed), "fuse_mounts", len(d.detached))
+		"nbd_conns", len(handed), "fuse_mounts", len(d.detached), "virtio_exports", len(d.handedVirtio))
 	// The new process becomes the unit's main process before this one
 	// exits (NotifyAccess=main then accepts its READY=1).
 	if err := d.svc.notify.MainPID(np.pid); err != nil {
@@ -399,7 +451,7 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func(
 	c.SetDeadline(time.Now().Add(helloTimeout))
 	if err := c.Send(handover.Message{Type: handover.TypeState, StateVersion: handover.StateVersion,
 		Listeners: ls, StoppedAccepting: stopped.UnixNano(), Unmounted: unmounted, NBDConns: len(handed),
-		FUSEMounts: len(d.detached)}, files...); err != nil {
+		FUSEMounts: len(d.detached), VirtioExports: len(d.handedVirtio)}, files...); err != nil {
 		return err
 	}
 	for _, h := range handed {
@@ -412,6 +464,12 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func(
 	}
 	for _, dt := range d.detached {
 		if err := sendFUSE(c, dt); err != nil {
+			return err
+		}
+	}
+	for _, h := range d.handedVirtio {
+		m := handover.Message{Type: handover.TypeVirtio, Virtio: &handover.VirtioExport{Volume: h.Volume, Socket: h.Socket}}
+		if err := c.Send(m, h.File); err != nil {
 			return err
 		}
 	}

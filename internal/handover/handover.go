@@ -15,6 +15,9 @@
 //	old → new  fuse_mount  one per FUSE mount handed over (as many as the
 //	                   state message said), its /dev/fuse fd riding
 //	                   along, each followed by its fuse_table parts
+//	old → new  virtio_export  one per virtio export (as many as the state
+//	                   message said), its listening socket's fd riding
+//	                   along
 //
 // Sequenced packets keep each message whole and its fds with it, so the
 // parser sees exactly one message and never half of one. A message is
@@ -45,7 +48,9 @@ import (
 // Version 4: a mount's file handle numbers may exceed 2^24 (a session
 // resumed after a crash hands out epoch<<24+index, fuse/resume.go), which
 // a version-3 process refuses after go.
-const StateVersion = 4
+// Version 5: the virtio exports' listening sockets (virtio_export
+// messages), which a version-4 process would close.
+const StateVersion = 5
 
 // SocketName is the handover socket's name in the data directory.
 const SocketName = "handover.sock"
@@ -59,6 +64,7 @@ const (
 	TypeNBD    = "nbd_conn"
 	TypeFUSE   = "fuse_mount"
 	TypeTable  = "fuse_table"
+	TypeVirtio = "virtio_export"
 )
 
 // Limits on what a peer may send.
@@ -71,6 +77,8 @@ const (
 	// nbd_conn message each).
 	MaxNBDConns = 65536
 	maxPayload  = 1 << 30 // nbd's largest MaxPayload
+	// MaxVirtioExports bounds the virtio exports one handover carries.
+	MaxVirtioExports = 4096
 )
 
 // Message is one packet of the protocol. Which fields are set depends on
@@ -102,6 +110,32 @@ type Message struct {
 	FUSE *FUSEMount `json:"fuse,omitempty"`
 	// fuse_table: part of the tables of the mount before it.
 	Table *FUSETable `json:"table,omitempty"`
+	// state: how many virtio_export messages follow (after the FUSE
+	// ones).
+	VirtioExports int `json:"virtio_exports,omitempty"`
+	// virtio_export: one export; its listening socket's fd comes with it.
+	Virtio *VirtioExport `json:"virtio,omitempty"`
+}
+
+// VirtioExport is a vhost-user-blk export: the volume and the path its
+// listening socket is bound to. Its connections are not handed over:
+// the old process drains and closes them, and the front-ends reconnect
+// to the same socket (docs/HANDOVER.md).
+type VirtioExport struct {
+	Volume string `json:"volume"`
+	Socket string `json:"socket"`
+}
+
+func (v *VirtioExport) check() error {
+	switch {
+	case v == nil:
+		return errors.New("no virtio export")
+	case v.Volume == "" || len(v.Volume) > maxString:
+		return errors.New("virtio export volume empty or too long")
+	case len(v.Socket) > maxString || !filepath.IsAbs(v.Socket) || filepath.Clean(v.Socket) != v.Socket:
+		return fmt.Errorf("virtio socket %q is not a clean absolute path", v.Socket)
+	}
+	return nil
 }
 
 // NBDConn is an NBD connection in the transmission phase as the old
@@ -210,6 +244,9 @@ func (m *Message) check() error {
 		if m.FUSEMounts < 0 || m.FUSEMounts > MaxFUSEMounts {
 			return fmt.Errorf("%d FUSE mounts (at most %d)", m.FUSEMounts, MaxFUSEMounts)
 		}
+		if m.VirtioExports < 0 || m.VirtioExports > MaxVirtioExports {
+			return fmt.Errorf("%d virtio exports (at most %d)", m.VirtioExports, MaxVirtioExports)
+		}
 	case TypeNBD:
 		if err := m.NBD.check(); err != nil {
 			return err
@@ -222,14 +259,21 @@ func (m *Message) check() error {
 		if err := m.Table.check(); err != nil {
 			return err
 		}
+	case TypeVirtio:
+		if err := m.Virtio.check(); err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("unknown type %q", m.Type)
 	}
 	if m.Type != TypeNBD && m.NBD != nil {
 		return errors.New("an NBD connection outside an nbd_conn message")
 	}
-	if m.Type != TypeState && (m.NBDConns != 0 || m.FUSEMounts != 0) {
-		return errors.New("an NBD connection or FUSE mount count outside a state message")
+	if m.Type != TypeState && (m.NBDConns != 0 || m.FUSEMounts != 0 || m.VirtioExports != 0) {
+		return errors.New("an NBD connection, FUSE mount or virtio export count outside a state message")
+	}
+	if m.Type != TypeVirtio && m.Virtio != nil {
+		return errors.New("a virtio export outside a virtio_export message")
 	}
 	if m.Type != TypeFUSE && m.FUSE != nil || m.Type != TypeTable && m.Table != nil {
 		return errors.New("a FUSE mount or table outside its message")

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -155,8 +156,8 @@ echo GUEST_SHA=$(cat $files | sha256sum | cut -d' ' -f1)`
 
 // checkGuestRun fails the test on any IO error or difference the guest
 // saw, checks the volume's first 2 MiB against what the guest last wrote
-// (through NBD), and returns the guest's longest iteration.
-func checkGuestRun(t *testing.T, g *gw, out string) time.Duration {
+// (through NBD).
+func checkGuestRun(t *testing.T, g *gw, out string) {
 	t.Helper()
 	for _, bad := range []string{"IOERR", "MISMATCH", "I/O error", "blk_update_request", "Buffer I/O"} {
 		if strings.Contains(out, bad) {
@@ -180,12 +181,42 @@ func checkGuestRun(t *testing.T, g *gw, out string) time.Duration {
 	if host := fmt.Sprintf("%x", sha256.Sum256(b[:2<<20])); host != m[1] {
 		t.Errorf("guest last wrote sha256 %s, the volume holds %s", m[1], host)
 	}
-	var longest time.Duration
+}
+
+// restartRounds runs restart (one round) again and again for about d (at
+// least twice) while the guest's verify loop runs, each time once the
+// guest has done two iterations since the last, and returns, per round,
+// the time from the restart's start until the guest finished two more
+// iterations.
+func restartRounds(t *testing.T, guest *liveGuest, d time.Duration, restart func(round int)) []time.Duration {
+	t.Helper()
+	start := time.Now()
+	var pauses []time.Duration
+	for round := 1; time.Since(start) < d || round <= 2; round++ {
+		before := guest.iterations()
+		began := time.Now()
+		restart(round)
+		testwait.For(t, fmt.Sprintf("round %d: the guest iterates again", round), func() bool {
+			return guest.iterations() >= before+2
+		})
+		pauses = append(pauses, time.Since(began))
+		testwait.For(t, "the guest runs on", func() bool { return guest.iterations() >= before+4 })
+	}
+	return pauses
+}
+
+// iterationSpread is the guest's median and longest iteration.
+func iterationSpread(out string) (median, longest time.Duration) {
+	var ds []time.Duration
 	for _, it := range guestIterRE.FindAllStringSubmatch(out, -1) {
 		cs, _ := strconv.Atoi(it[2])
-		longest = max(longest, time.Duration(cs)*10*time.Millisecond)
+		ds = append(ds, time.Duration(cs)*10*time.Millisecond)
 	}
-	return longest
+	if len(ds) == 0 {
+		return 0, 0
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2], ds[len(ds)-1]
 }
 
 // stopGuestLoop writes the stop mark the guest polls for, through NBD.
@@ -212,25 +243,17 @@ func TestVirtioQEMUCrash(t *testing.T) {
 	guest := k.startLiveGuest(t, sock, guestVerifyLoop)
 	testwait.For(t, "the guest's verify loop", func() bool { return guest.iterations() >= 3 })
 
-	start := time.Now()
-	var pauses []time.Duration
-	for round := 1; time.Since(start) < 40*time.Second || round <= 2; round++ {
-		before := guest.iterations()
-		killed := time.Now()
+	pauses := restartRounds(t, guest, 40*time.Second, func(round int) {
 		g.kill()
 		g.restart()
 		if got := strings.TrimSpace(g.mustSluice("virtio", "export", "t/vm")); got != sock {
 			t.Fatalf("re-export on %s, want %s", got, sock)
 		}
-		testwait.For(t, fmt.Sprintf("round %d: the guest iterates again", round), func() bool {
-			return guest.iterations() >= before+2
-		})
-		pauses = append(pauses, time.Since(killed))
-		testwait.For(t, "the guest runs on", func() bool { return guest.iterations() >= before+4 })
-	}
+	})
 	stopGuestLoop(t, g)
 	out := guest.wait(t, 2*time.Minute)
-	longest := checkGuestRun(t, g, out)
+	checkGuestRun(t, g, out)
+	median, longest := iterationSpread(out)
 	log, _ := os.ReadFile(filepath.Join(g.dir, "gateway.log"))
 	resubmits := 0
 	for _, m := range regexp.MustCompile(`resubmitted in-flight requests.* requests=([0-9]+)`).FindAllStringSubmatch(string(log), -1) {
@@ -241,7 +264,42 @@ func TestVirtioQEMUCrash(t *testing.T) {
 	if regions < len(pauses) {
 		t.Errorf("QEMU gave an inflight region %d times over %d reconnects", regions, len(pauses))
 	}
-	t.Logf("%d SIGKILL + restarts; kill → two more guest iterations: %v; longest guest iteration: %v; inflight regions set: %d; requests resubmitted from it: %d; %s %s",
-		len(pauses), pauses, longest, regions, resubmits, regexp.MustCompile(`GUEST_ITERS=\S+ GUEST_MAX_CS=\S+`).FindString(out),
+	t.Logf("%d SIGKILL + restarts; kill → two more guest iterations: %v; guest iterations: median %v, longest %v; inflight regions set: %d; requests resubmitted from it: %d; %s %s",
+		len(pauses), pauses, median, longest, regions, resubmits, regexp.MustCompile(`GUEST_ITERS=\S+ GUEST_MAX_CS=\S+`).FindString(out),
+		regexp.MustCompile(`GUEST_BG_OK passes=\d+`).FindString(out))
+}
+
+// TestVirtioQEMUTakeover: the same guest through planned handovers
+// (`sluice gateway --takeover`) for about 25 s. The virtio export's
+// listening socket is handed over (state version 5); its connection is
+// not: the old process drains it (every request it took completes) and
+// closes it, and QEMU reconnects to the same socket, now the new
+// process's. No IO error, every block as last written. The pause is
+// QEMU's reconnect delay (reconnect=1: one second) plus the handover:
+// logged, not asserted (it misses issue 21's 200 ms, docs/HANDOVER.md).
+func TestVirtioQEMUTakeover(t *testing.T) {
+	k := loadGuestKit(t)
+	testtool.Need(t, "nbdcopy", "qemu-io")
+	g := startGateway(t, t.TempDir())
+	g.mustSluice("volume", "create", "t/vm", "--size", "16M")
+	sock := strings.TrimSpace(g.mustSluice("virtio", "export", "t/vm"))
+	guest := k.startLiveGuest(t, sock, guestVerifyLoop)
+	testwait.For(t, "the guest's verify loop", func() bool { return guest.iterations() >= 3 })
+	pauses := restartRounds(t, guest, 25*time.Second, func(round int) {
+		g.takeover()
+		if got := g.mustSluice("virtio", "list"); !strings.Contains(got, sock) {
+			t.Fatalf("round %d: the new gateway does not list the export on %s:\n%s", round, sock, got)
+		}
+	})
+	stopGuestLoop(t, g)
+	out := guest.wait(t, 2*time.Minute)
+	checkGuestRun(t, g, out)
+	median, longest := iterationSpread(out)
+	log, _ := os.ReadFile(filepath.Join(g.dir, "gateway.log"))
+	if n := strings.Count(string(log), "virtio_exports_adopted=1 virtio_exports_handed=1"); n != len(pauses) {
+		t.Errorf("%d takeovers logged the export adopted, want %d", n, len(pauses))
+	}
+	t.Logf("%d takeovers; takeover start → two more guest iterations: %v; handover pauses logged (ms): %v; guest iterations: median %v, longest %v; %s %s",
+		len(pauses), pauses, g.pauses(), median, longest, regexp.MustCompile(`GUEST_ITERS=\S+ GUEST_MAX_CS=\S+`).FindString(out),
 		regexp.MustCompile(`GUEST_BG_OK passes=\d+`).FindString(out))
 }
