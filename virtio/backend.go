@@ -7,8 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -91,8 +93,17 @@ func newBackend(parent context.Context, s *Server, c *net.UnixConn) *backend {
 }
 
 // Drain stops reading messages (door.Conn); Serve then stops the rings
-// (draining in-flight requests) and closes.
-func (b *backend) Drain() { b.conn.CloseRead() }
+// (draining in-flight requests) and closes. For a handover
+// (Server.ShutdownHandover) the reader is woken by a deadline instead, so
+// the socket stays whole for the next process: it stops at the next
+// message boundary (finishing a message it is in the middle of).
+func (b *backend) Drain() {
+	if b.s.handover.Load() {
+		b.conn.SetReadDeadline(time.Now())
+		return
+	}
+	b.conn.CloseRead()
+}
 
 // Close cancels in-flight requests and closes the connection (door.Conn).
 func (b *backend) Close() {
@@ -116,6 +127,10 @@ func (b *backend) Serve() {
 	for {
 		m, err := b.mc.read()
 		if err != nil {
+			if b.s.handover.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+				b.handOver()
+				return
+			}
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && b.ctx.Err() == nil {
 				b.log.Warn("virtio: closing connection", "err", err)
 			}

@@ -66,64 +66,89 @@ func (e *Exports) DefaultSocket(ref string) string {
 
 // Export serves block volume ref on socket ("" for the default path).
 func (e *Exports) Export(ctx context.Context, ref, socket string) (ExportInfo, error) {
-	return e.serve(ref, socket, nil)
+	x, err := e.serve(ref, socket, nil)
+	if err != nil {
+		return ExportInfo{}, err
+	}
+	return x.info, nil
 }
 
 // Adopt serves block volume ref on a listening socket bound to socket
-// that another process handed over (HandOver there): the same socket, so
-// front-ends that reconnect to the path, or queued in its backlog, reach
-// this process. f is the socket; Adopt closes it.
-func (e *Exports) Adopt(ref, socket string, f *os.File) (ExportInfo, error) {
+// that another process handed over (HandOver there), and the connections
+// it handed over with it: the same socket, so front-ends queued in its
+// backlog or connecting to the path reach this process, and the same
+// connections, so their front-ends see a pause. f is the socket; Adopt
+// closes it and takes the connections' fds. It returns how many
+// connections were adopted; one that cannot be is closed and logged.
+func (e *Exports) Adopt(ref, socket string, f *os.File, conns []HandedConn) (int, error) {
 	nl, err := net.FileListener(f)
 	f.Close()
 	if err != nil {
-		return ExportInfo{}, fmt.Errorf("adopt virtio socket %s: %w", socket, err)
+		closeConns(conns)
+		return 0, fmt.Errorf("adopt virtio socket %s: %w", socket, err)
 	}
 	l, ok := nl.(*net.UnixListener)
 	if !ok {
 		nl.Close()
-		return ExportInfo{}, fmt.Errorf("adopt virtio socket %s: not a unix socket", socket)
+		closeConns(conns)
+		return 0, fmt.Errorf("adopt virtio socket %s: not a unix socket", socket)
 	}
 	l.SetUnlinkOnClose(true)
 	x, err := e.serve(ref, socket, l)
 	if err != nil {
 		l.SetUnlinkOnClose(false) // the path is not ours to remove: the old process's clients may still use it
 		l.Close()
+		closeConns(conns)
+		return 0, err
 	}
-	return x, err
+	n := 0
+	for _, c := range conns {
+		if err := x.srv.Adopt(c.State, c.FDs); err != nil {
+			e.log.Warn("virtio: a handed-over connection could not be adopted; closed", "volume", ref, "err", err)
+			continue
+		}
+		n++
+	}
+	return n, nil
+}
+
+func closeConns(conns []HandedConn) {
+	for _, c := range conns {
+		c.Close()
+	}
 }
 
 // serve exports ref on l, or on a new socket at socket when l is nil.
-func (e *Exports) serve(ref, socket string, l *net.UnixListener) (ExportInfo, error) {
+func (e *Exports) serve(ref, socket string, l *net.UnixListener) (*export, error) {
 	vol, err := e.g.Volume(ref)
 	if err != nil {
-		return ExportInfo{}, err
+		return nil, err
 	}
 	if vol.Kind() != gateway.KindBlock {
-		return ExportInfo{}, fmt.Errorf("%s is an fs volume: %w: only block volumes are virtio-blk devices", ref, gateway.ErrInvalid)
+		return nil, fmt.Errorf("%s is an fs volume: %w: only block volumes are virtio-blk devices", ref, gateway.ErrInvalid)
 	}
 	if socket == "" {
 		socket = e.DefaultSocket(ref)
 	}
 	if socket, err = filepath.Abs(socket); err != nil {
-		return ExportInfo{}, fmt.Errorf("socket path: %w", gateway.ErrInvalid)
+		return nil, fmt.Errorf("socket path: %w", gateway.ErrInvalid)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return ExportInfo{}, gateway.ErrClosed
+		return nil, gateway.ErrClosed
 	}
 	if x := e.byRef[ref]; x != nil {
-		return ExportInfo{}, fmt.Errorf("%s is already exported at %s: %w", ref, x.info.Socket, gateway.ErrExists)
+		return nil, fmt.Errorf("%s is already exported at %s: %w", ref, x.info.Socket, gateway.ErrExists)
 	}
 	for _, x := range e.byRef {
 		if x.info.Socket == socket {
-			return ExportInfo{}, fmt.Errorf("socket %s serves %s: %w", socket, x.info.Volume, gateway.ErrExists)
+			return nil, fmt.Errorf("socket %s serves %s: %w", socket, x.info.Volume, gateway.ErrExists)
 		}
 	}
 	if l == nil {
 		if l, err = Listen(socket); err != nil {
-			return ExportInfo{}, fmt.Errorf("%w: %w", gateway.ErrInvalid, err)
+			return nil, fmt.Errorf("%w: %w", gateway.ErrInvalid, err)
 		}
 	}
 	opts := e.opts
@@ -141,7 +166,7 @@ func (e *Exports) serve(ref, socket string, l *net.UnixListener) (ExportInfo, er
 	}()
 	e.byRef[ref] = x
 	e.log.Info("virtio export", "volume", ref, "socket", socket)
-	return x.info, nil
+	return x, nil
 }
 
 // HandedExport is an export stopped for a handover: its listening socket
@@ -149,16 +174,15 @@ func (e *Exports) serve(ref, socket string, l *net.UnixListener) (ExportInfo, er
 // new process's Adopt.
 type HandedExport struct {
 	ExportInfo
-	File *os.File
+	File  *os.File
+	Conns []HandedConn // its connections, stopped (Server.ShutdownHandover)
 }
 
 // HandOver stops every export for a planned handover (the registry is
 // closed, as by Close): each keeps its listening socket, bound and with
-// its path, and returns it; its connections drain (in-flight requests
-// complete and are published) and close, so their front-ends reconnect
-// to the same path (QEMU: chardev reconnect=N) and are answered by the
-// new process. An export whose socket cannot be duplicated is stopped as
-// by Close.
+// its path, and returns it with its connections, stopped at a message
+// boundary with their rings drained (Server.ShutdownHandover). An export
+// whose socket cannot be duplicated is stopped as by Close.
 func (e *Exports) HandOver(ctx context.Context) []HandedExport {
 	e.mu.Lock()
 	e.closed = true
@@ -177,8 +201,8 @@ func (e *Exports) HandOver(ctx context.Context) []HandedExport {
 			continue
 		}
 		x.l.SetUnlinkOnClose(false)
-		e.stopKeep(ctx, x, true)
-		out = append(out, HandedExport{ExportInfo: x.info, File: f})
+		conns := e.stopKeep(ctx, x, true)
+		out = append(out, HandedExport{ExportInfo: x.info, File: f, Conns: conns})
 	}
 	return out
 }
@@ -200,21 +224,31 @@ func (e *Exports) Unexport(ctx context.Context, ref string) error {
 
 func (e *Exports) stop(ctx context.Context, x *export) { e.stopKeep(ctx, x, false) }
 
-// stopKeep stops x; keepSocket leaves its path in place (a handover).
-func (e *Exports) stopKeep(ctx context.Context, x *export, keepSocket bool) {
+// stopKeep stops x; handover leaves its path in place and returns its
+// connections stopped for the next process.
+func (e *Exports) stopKeep(ctx context.Context, x *export, handover bool) []HandedConn {
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := x.srv.Shutdown(sctx); err != nil {
+	var conns []HandedConn
+	var err error
+	if handover {
+		conns, err = x.srv.ShutdownHandover(sctx)
+	} else {
+		err = x.srv.Shutdown(sctx)
+	}
+	if err != nil {
 		e.log.Warn("virtio shutdown incomplete", "volume", x.info.Volume, "err", err)
 	}
 	x.cancel()
 	<-x.done
-	if !keepSocket {
+	if !handover {
 		os.Remove(x.info.Socket)
 	}
 	st := x.srv.Stats()
 	e.log.Info("virtio export stopped", "volume", x.info.Volume, "wakeups", st.Wait.Wakeups, "blocks", st.Wait.Blocks,
-		"naps", st.Wait.Naps, "contended", st.Wait.Contended, "rejected_chains", st.RejectedChains, "broken_rings", st.BrokenRings, "panics", st.Panics)
+		"naps", st.Wait.Naps, "contended", st.Wait.Contended, "rejected_chains", st.RejectedChains, "broken_rings", st.BrokenRings, "panics", st.Panics,
+		"handed_conns", len(conns))
+	return conns
 }
 
 // List returns the exports by volume.

@@ -89,6 +89,7 @@ type inflightRegion struct {
 	fd        int
 	mapping   []byte // the whole mmap
 	data      []byte // from mmap_offset, numQueues parts
+	offset    uint64 // mmap_offset
 	numQueues int
 	queueSize int
 }
@@ -141,7 +142,7 @@ func mapInflightRegion(i inflightMsg, fd int) (*inflightRegion, error) {
 	if err != nil {
 		return fail(fmt.Errorf("inflight fd: mmap %d bytes: %w", length, err))
 	}
-	return &inflightRegion{fd: fd, mapping: m, data: m[i.MmapOffset:length:length], numQueues: int(i.NumQueues), queueSize: int(i.QueueSize)}, nil
+	return &inflightRegion{fd: fd, mapping: m, data: m[i.MmapOffset:length:length], offset: i.MmapOffset, numQueues: int(i.NumQueues), queueSize: int(i.QueueSize)}, nil
 }
 
 func (r *inflightRegion) close() {

@@ -62,6 +62,7 @@ type daemon struct {
 	took          *takenOver
 	adopted       []string
 	adoptedVirtio int
+	adoptedVConns int
 	// keeper keeps the FUSE mounts' sessions for a crash resume
 	// (--fuse-resume; nil without); held: the sessions a gateway that
 	// died left in the holder, resumed by start.
@@ -154,7 +155,7 @@ func (d *daemon) start(ctx context.Context) error {
 		return err
 	}
 	if d.took != nil {
-		d.adoptedVirtio = d.took.adoptVirtio(d)
+		d.adoptedVirtio, d.adoptedVConns = d.took.adoptVirtio(d)
 	}
 	doors := admin.Doors{Mounts: mountDoor{d.mounts}, Attachments: attachDoor{d.attacher}, Virtio: virtioDoor{d.virtio}}
 	if d.spdkDev != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/sluice-storage/sluice/gateway/store"
 	"github.com/sluice-storage/sluice/internal/handover"
 	"github.com/sluice-storage/sluice/nbd"
+	"github.com/sluice-storage/sluice/virtio"
 )
 
 // Bounds on the two phases of a takeover, seen from the new process: the
@@ -60,10 +61,12 @@ type takenOver struct {
 	virtio []handedVirtio
 }
 
-// handedVirtio is one virtio export the old process handed over.
+// handedVirtio is one virtio export the old process handed over, with
+// its connections.
 type handedVirtio struct {
 	file  *os.File
 	state handover.VirtioExport
+	conns []virtio.HandedConn
 }
 
 // handedNBD is one NBD connection the old process handed over.
@@ -161,18 +164,47 @@ func takeOver(a *gatewayArgs, svc *service, log *slog.Logger) (*takenOver, error
 		t.fuse = append(t.fuse, h)
 	}
 	for i := 0; i < st.VirtioExports; i++ {
-		m, fds, err := c.Recv()
-		if err != nil || m.Type != handover.TypeVirtio || len(fds) != 1 {
-			closeFDs(fds)
+		h, err := recvVirtio(c)
+		if err != nil {
 			t.closeNBD()
 			t.closeFUSE()
 			t.closeVirtio()
-			return fail(fmt.Errorf("--takeover: expected virtio export %d of %d with its socket, got %q with %d fds: %v",
-				i+1, st.VirtioExports, m.Type, len(fds), err))
+			return fail(fmt.Errorf("--takeover: virtio export %d of %d: %w", i+1, st.VirtioExports, err))
 		}
-		t.virtio = append(t.virtio, handedVirtio{os.NewFile(uintptr(fds[0]), "virtio-listener"), *m.Virtio})
+		t.virtio = append(t.virtio, h)
 	}
 	return t, nil
+}
+
+// recvVirtio receives one virtio export and its connections.
+func recvVirtio(c *handover.Conn) (handedVirtio, error) {
+	m, fds, err := c.Recv()
+	if err != nil || m.Type != handover.TypeVirtio || len(fds) != 1 {
+		closeFDs(fds)
+		return handedVirtio{}, fmt.Errorf("expected the export with its socket, got %q with %d fds: %v", m.Type, len(fds), err)
+	}
+	h := handedVirtio{file: os.NewFile(uintptr(fds[0]), "virtio-listener"), state: *m.Virtio}
+	for j := 0; j < m.Virtio.Conns; j++ {
+		cm, fds, err := c.Recv()
+		if err != nil || cm.Type != handover.TypeVConn || len(fds) != cm.VConn.FDs() {
+			closeFDs(fds)
+			h.close()
+			want := -1
+			if cm.VConn != nil {
+				want = cm.VConn.FDs()
+			}
+			return handedVirtio{}, fmt.Errorf("connection %d of %d: got %q with %d fds (want %d): %v", j+1, m.Virtio.Conns, cm.Type, len(fds), want, err)
+		}
+		h.conns = append(h.conns, virtio.HandedConn{State: *cm.VConn, FDs: fds})
+	}
+	return h, nil
+}
+
+func (h handedVirtio) close() {
+	h.file.Close()
+	for _, c := range h.conns {
+		c.Close()
+	}
 }
 
 // closeVirtio closes the handed-over virtio sockets not adopted. Their
@@ -180,25 +212,28 @@ func takeOver(a *gatewayArgs, svc *service, log *slog.Logger) (*takenOver, error
 // and retries).
 func (t *takenOver) closeVirtio() {
 	for _, h := range t.virtio {
-		h.file.Close()
+		h.close()
 	}
 	t.virtio = nil
 }
 
-// adoptVirtio serves the handed-over virtio exports on their sockets; it
-// returns how many. One whose volume is gone or no longer a block volume
-// is closed and logged.
-func (t *takenOver) adoptVirtio(d *daemon) int {
-	n := 0
+// adoptVirtio serves the handed-over virtio exports on their sockets and
+// their connections; it returns how many exports and connections. An
+// export whose volume is gone or no longer a block volume is closed and
+// logged (its connections too: their front-ends reconnect and are
+// refused until it is exported again).
+func (t *takenOver) adoptVirtio(d *daemon) (exports, conns int) {
 	for _, h := range t.virtio {
-		if _, err := d.virtio.Adopt(h.state.Volume, h.state.Socket, h.file); err != nil {
+		n, err := d.virtio.Adopt(h.state.Volume, h.state.Socket, h.file, h.conns)
+		if err != nil {
 			d.log.Warn("takeover: a virtio export could not be adopted; its socket is closed", "volume", h.state.Volume, "socket", h.state.Socket, "err", err)
 			continue
 		}
-		n++
+		exports++
+		conns += n
 	}
 	t.virtio = nil
-	return n
+	return exports, conns
 }
 
 // closeNBD closes the handed-over NBD connections not resumed: their
@@ -439,6 +474,9 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func(
 	defer func() {
 		for _, h := range d.handedVirtio {
 			h.File.Close()
+			for _, c := range h.Conns {
+				c.Close()
+			}
 		}
 	}()
 	d.log.Info("handover: stopped; sending the sockets", "stop_ms", time.Since(stopped).Milliseconds(),
@@ -468,9 +506,15 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func(
 		}
 	}
 	for _, h := range d.handedVirtio {
-		m := handover.Message{Type: handover.TypeVirtio, Virtio: &handover.VirtioExport{Volume: h.Volume, Socket: h.Socket}}
+		m := handover.Message{Type: handover.TypeVirtio, Virtio: &handover.VirtioExport{Volume: h.Volume, Socket: h.Socket, Conns: len(h.Conns)}}
 		if err := c.Send(m, h.File); err != nil {
 			return err
+		}
+		for _, vc := range h.Conns {
+			st := vc.State
+			if err := c.SendFDs(handover.Message{Type: handover.TypeVConn, VConn: &st}, vc.FDs...); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -17,7 +17,10 @@
 //	                   along, each followed by its fuse_table parts
 //	old → new  virtio_export  one per virtio export (as many as the state
 //	                   message said), its listening socket's fd riding
-//	                   along
+//	                   along, each followed by its virtio_conn messages
+//	old → new  virtio_conn  one vhost-user connection of the export before
+//	                   it: its socket, memory regions, inflight region and
+//	                   eventfds riding along
 //
 // Sequenced packets keep each message whole and its fds with it, so the
 // parser sees exactly one message and never half of one. A message is
@@ -48,8 +51,9 @@ import (
 // Version 4: a mount's file handle numbers may exceed 2^24 (a session
 // resumed after a crash hands out epoch<<24+index, fuse/resume.go), which
 // a version-3 process refuses after go.
-// Version 5: the virtio exports' listening sockets (virtio_export
-// messages), which a version-4 process would close.
+// Version 5: the virtio exports' listening sockets and vhost-user
+// connections (virtio_export and virtio_conn messages), which a version-4
+// process would close.
 const StateVersion = 5
 
 // SocketName is the handover socket's name in the data directory.
@@ -65,6 +69,7 @@ const (
 	TypeFUSE   = "fuse_mount"
 	TypeTable  = "fuse_table"
 	TypeVirtio = "virtio_export"
+	TypeVConn  = "virtio_conn"
 )
 
 // Limits on what a peer may send.
@@ -115,15 +120,17 @@ type Message struct {
 	VirtioExports int `json:"virtio_exports,omitempty"`
 	// virtio_export: one export; its listening socket's fd comes with it.
 	Virtio *VirtioExport `json:"virtio,omitempty"`
+	// virtio_conn: one vhost-user connection; its fds come with it
+	// (VirtioConn.FDs says how many, in which order).
+	VConn *VirtioConn `json:"virtio_conn,omitempty"`
 }
 
 // VirtioExport is a vhost-user-blk export: the volume and the path its
-// listening socket is bound to. Its connections are not handed over:
-// the old process drains and closes them, and the front-ends reconnect
-// to the same socket (docs/HANDOVER.md).
+// listening socket is bound to, and how many virtio_conn messages follow.
 type VirtioExport struct {
 	Volume string `json:"volume"`
 	Socket string `json:"socket"`
+	Conns  int    `json:"conns,omitempty"`
 }
 
 func (v *VirtioExport) check() error {
@@ -134,6 +141,8 @@ func (v *VirtioExport) check() error {
 		return errors.New("virtio export volume empty or too long")
 	case len(v.Socket) > maxString || !filepath.IsAbs(v.Socket) || filepath.Clean(v.Socket) != v.Socket:
 		return fmt.Errorf("virtio socket %q is not a clean absolute path", v.Socket)
+	case v.Conns < 0 || v.Conns > MaxVirtioConns:
+		return fmt.Errorf("%d virtio connections (at most %d)", v.Conns, MaxVirtioConns)
 	}
 	return nil
 }
@@ -203,6 +212,14 @@ func Parse(b []byte) (Message, error) {
 		m.Unmounted = nil
 	}
 	m.Table.normalize()
+	if m.VConn != nil {
+		if len(m.VConn.Regions) == 0 {
+			m.VConn.Regions = nil
+		}
+		if len(m.VConn.Rings) == 0 {
+			m.VConn.Rings = nil
+		}
+	}
 	if err := m.check(); err != nil {
 		return Message{}, fmt.Errorf("handover %s message: %w", m.Type, err)
 	}
@@ -263,6 +280,10 @@ func (m *Message) check() error {
 		if err := m.Virtio.check(); err != nil {
 			return err
 		}
+	case TypeVConn:
+		if err := m.VConn.check(); err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("unknown type %q", m.Type)
 	}
@@ -272,8 +293,8 @@ func (m *Message) check() error {
 	if m.Type != TypeState && (m.NBDConns != 0 || m.FUSEMounts != 0 || m.VirtioExports != 0) {
 		return errors.New("an NBD connection, FUSE mount or virtio export count outside a state message")
 	}
-	if m.Type != TypeVirtio && m.Virtio != nil {
-		return errors.New("a virtio export outside a virtio_export message")
+	if m.Type != TypeVirtio && m.Virtio != nil || m.Type != TypeVConn && m.VConn != nil {
+		return errors.New("a virtio export or connection outside its message")
 	}
 	if m.Type != TypeFUSE && m.FUSE != nil || m.Type != TypeTable && m.Table != nil {
 		return errors.New("a FUSE mount or table outside its message")
@@ -386,7 +407,7 @@ func (c *Conn) SendFDs(m Message, fds ...int) error {
 // connection gives an error for which IsClosed is true.
 func (c *Conn) Recv() (Message, []int, error) {
 	buf := make([]byte, maxMessage+1)
-	oob := make([]byte, unix.CmsgSpace(4*MaxListeners))
+	oob := make([]byte, unix.CmsgSpace(4*MaxFDs))
 	n, oobn, flags, _, err := c.c.ReadMsgUnix(buf, oob)
 	if errors.Is(err, io.EOF) {
 		return Message{}, nil, errEOF
