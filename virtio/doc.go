@@ -20,6 +20,11 @@
 //	...
 //	srv.Shutdown(ctx) // stop every queue (in-flight requests finish), close
 //
+// A planned handover (handover.go) replaces Shutdown with
+// ShutdownHandover, which returns each connection stopped at a message
+// boundary with its rings drained, as state and fds for another process's
+// Server.Adopt; the front-end is not told.
+//
 // Export is Size() int64 and Do(ctx, *gateway.Request) error, plus an
 // optional ReadOnly() bool; *gateway.Volume satisfies it. Requests carry
 // Door = gateway.DoorVirtio. Several front-ends may connect to one socket at
