@@ -228,7 +228,9 @@ func stopGuestLoop(t *testing.T, g *gw) {
 // TestVirtioQEMUCrash: a QEMU guest (vhost-user-blk, chardev reconnect=1)
 // writes, flushes and verifies its disk while the gateway is SIGKILLed and
 // restarted on the same data directory, and the volume exported again on
-// the same socket, as many times as fit in about 40 s. QEMU reconnects,
+// the same socket, as many times as fit in about 40 s. A QoS limit on
+// the volume's virtio writes keeps requests waiting in the gateway, and
+// each kill comes when one is (the QoS queue's depth says so). QEMU reconnects,
 // gives the new process the inflight region with SET_INFLIGHT_FD, and the
 // requests the dead one had taken are run again. The guest must see no IO
 // error and read back every block as it last wrote it (each write was
@@ -239,11 +241,19 @@ func TestVirtioQEMUCrash(t *testing.T) {
 	testtool.Need(t, "nbdcopy", "qemu-io")
 	g := startGateway(t, t.TempDir())
 	g.mustSluice("volume", "create", "t/vm", "--size", "16M")
+	// Writes through virtio wait in the gateway's QoS queue (a 256 KiB
+	// write takes ~120 ms), and each kill waits until one does: every
+	// restart has a request to run again from the inflight region.
+	g.mustSluice("qos", "set", "--volume", "t/vm", "--op", "write", "--door", "virtio", "--bw", "2MiB")
+	queued := regexp.MustCompile(`"depth":\s*[1-9]`)
 	sock := strings.TrimSpace(g.mustSluice("virtio", "export", "t/vm"))
 	guest := k.startLiveGuest(t, sock, guestVerifyLoop)
 	testwait.For(t, "the guest's verify loop", func() bool { return guest.iterations() >= 3 })
-
 	pauses := restartRounds(t, guest, 40*time.Second, func(round int) {
+		testwait.For(t, "a virtio write waiting in the gateway", func() bool {
+			out, _ := g.sluice("qos", "list", "--json")
+			return queued.MatchString(out)
+		})
 		g.kill()
 		g.restart()
 		if got := strings.TrimSpace(g.mustSluice("virtio", "export", "t/vm")); got != sock {
@@ -263,6 +273,9 @@ func TestVirtioQEMUCrash(t *testing.T) {
 	regions := strings.Count(string(log), "inflight region set")
 	if regions < len(pauses) {
 		t.Errorf("QEMU gave an inflight region %d times over %d reconnects", regions, len(pauses))
+	}
+	if resubmits < len(pauses) {
+		t.Errorf("%d requests resubmitted over %d kills, each with a write in flight", resubmits, len(pauses))
 	}
 	t.Logf("%d SIGKILL + restarts; kill → two more guest iterations: %v; guest iterations: median %v, longest %v; inflight regions set: %d; requests resubmitted from it: %d; %s %s",
 		len(pauses), pauses, median, longest, regions, resubmits, regexp.MustCompile(`GUEST_ITERS=\S+ GUEST_MAX_CS=\S+`).FindString(out),
