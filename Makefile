@@ -131,6 +131,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./policy/
 	$(GO) test -run='^$$' -fuzz=FuzzMessage -fuzztime=$(FUZZTIME) ./virtio/
 	$(GO) test -run='^$$' -fuzz=FuzzDescriptorChain -fuzztime=$(FUZZTIME) ./virtio/
+	$(GO) test -run='^$$' -fuzz=FuzzInflightRecover -fuzztime=$(FUZZTIME) ./virtio/
 	$(GO) test -run='^$$' -fuzz=FuzzNetlinkReply -fuzztime=$(FUZZTIME) ./attach/
 	$(GO) test -run='^$$' -fuzz=FuzzControlMessage -fuzztime=$(FUZZTIME) ./shim/
 	$(GO) test -run='^$$' -fuzz=FuzzRequest -fuzztime=$(FUZZTIME) ./shim/

@@ -7,8 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -31,6 +33,8 @@ type backend struct {
 	protoFeatures uint64 // acked by SET_PROTOCOL_FEATURES
 	mem           *guestMemory
 	rings         []*vring
+	inflight      *inflightRegion // SET_INFLIGHT_FD's (or GET's) region; nil before
+	replyFds      []int           // fds to send with the next reply (GET_INFLIGHT_FD)
 }
 
 // vring is one queue's configuration as the front-end set it.
@@ -89,8 +93,17 @@ func newBackend(parent context.Context, s *Server, c *net.UnixConn) *backend {
 }
 
 // Drain stops reading messages (door.Conn); Serve then stops the rings
-// (draining in-flight requests) and closes.
-func (b *backend) Drain() { b.conn.CloseRead() }
+// (draining in-flight requests) and closes. For a handover
+// (Server.ShutdownHandover) the reader is woken by a deadline instead, so
+// the socket stays whole for the next process: it stops at the next
+// message boundary (finishing a message it is in the middle of).
+func (b *backend) Drain() {
+	if b.s.handover.Load() {
+		b.conn.SetReadDeadline(time.Now())
+		return
+	}
+	b.conn.CloseRead()
+}
 
 // Close cancels in-flight requests and closes the connection (door.Conn).
 func (b *backend) Close() {
@@ -114,6 +127,10 @@ func (b *backend) Serve() {
 	for {
 		m, err := b.mc.read()
 		if err != nil {
+			if b.s.handover.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+				b.handOver()
+				return
+			}
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && b.ctx.Err() == nil {
 				b.log.Warn("virtio: closing connection", "err", err)
 			}
@@ -140,6 +157,8 @@ func (b *backend) close() {
 	}
 	b.mem.unmapAll()
 	b.mem = nil
+	b.inflight.close()
+	b.inflight = nil
 	b.cancel()
 	b.conn.Close()
 }
@@ -161,7 +180,9 @@ func (b *backend) handle(m *message) error {
 		return err
 	}
 	if reply != nil {
-		return b.mc.write(m.Request, flagReply, reply, nil)
+		fds := b.replyFds
+		b.replyFds = nil
+		return b.mc.write(m.Request, flagReply, reply, fds)
 	}
 	if err != nil {
 		b.log.Warn("virtio: request refused", "request", reqName(m.Request), "err", err)
@@ -187,7 +208,7 @@ func (b *backend) offeredFeatures() uint64 {
 	return f
 }
 
-const offeredProtocolFeatures = 1<<protoMQ | 1<<protoReplyAck | 1<<protoConfig | 1<<protoConfigureMemSlots
+const offeredProtocolFeatures = 1<<protoMQ | 1<<protoReplyAck | 1<<protoConfig | 1<<protoConfigureMemSlots | 1<<protoInflightShmfd
 
 // ring returns the vring for a queue index from a message.
 func (b *backend) ring(index uint32) (*vring, error) {
@@ -249,8 +270,12 @@ func (b *backend) dispatch(m *message, p any) ([]byte, error) {
 		return nil, nil // nothing in our config space is writable
 	case reqSetBackendReqFd:
 		return nil, errors.New("BACKEND_REQ not offered")
-	case reqGetInflightFd, reqGetStatus:
-		// Always-replied requests for features we do not offer: the
+	case reqGetInflightFd:
+		return b.getInflightFd(p.(inflightMsg)), nil
+	case reqSetInflightFd:
+		return nil, b.setInflightFd(m, p.(inflightMsg))
+	case reqGetStatus:
+		// An always-replied request for a feature we do not offer: the
 		// front-end would wait for a reply forever, so hang up instead.
 		return nil, fmt.Errorf("%w: %s without the protocol feature", errProtocol, reqName(m.Request))
 	}
@@ -530,7 +555,8 @@ func (b *backend) startRing(v *vring) error {
 				var ring *deviceRing
 				ring, err = newDeviceRing(n, descs, avail, used, v.base, b.acked(featEventIdx), b.acked(featIndirectDesc))
 				if err == nil {
-					v.run, err = newRunner(b, v, ring)
+					track, resubmit := b.trackInflight(v, ring)
+					v.run, err = newRunner(b, v, ring, track, resubmit)
 				}
 			}
 		}

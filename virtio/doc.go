@@ -20,6 +20,11 @@
 //	...
 //	srv.Shutdown(ctx) // stop every queue (in-flight requests finish), close
 //
+// A planned handover (handover.go) replaces Shutdown with
+// ShutdownHandover, which returns each connection stopped at a message
+// boundary with its rings drained, as state and fds for another process's
+// Server.Adopt; the front-end is not told.
+//
 // Export is Size() int64 and Do(ctx, *gateway.Request) error, plus an
 // optional ReadOnly() bool; *gateway.Volume satisfies it. Requests carry
 // Door = gateway.DoorVirtio. Several front-ends may connect to one socket at
@@ -29,7 +34,8 @@
 // Offered virtio features: VERSION_1, VHOST_USER_F_PROTOCOL_FEATURES,
 // RING_INDIRECT_DESC, RING_EVENT_IDX, blk SEG_MAX, BLK_SIZE, FLUSH, MQ, and
 // DISCARD + WRITE_ZEROES (or RO instead, for read-only exports). Protocol
-// features: MQ, REPLY_ACK, CONFIG, CONFIGURE_MEM_SLOTS. Config space:
+// features: MQ, REPLY_ACK, CONFIG, CONFIGURE_MEM_SLOTS, INFLIGHT_SHMFD.
+// Config space:
 // capacity (export size / 512, read at each GET_CONFIG), seg_max 126,
 // blk_size (ServerOptions.BlockSize, default 512), num_queues
 // (ServerOptions.Queues, default 4), max_discard_sectors and
@@ -43,11 +49,36 @@
 // RESET_OWNER and RESET_DEVICE (stop and forget every ring), SET_MEM_TABLE
 // (up to 8 regions), ADD_MEM_REG / REM_MEM_REG (up to 32 slots),
 // GET_MAX_MEM_SLOTS, GET_QUEUE_NUM, SET_VRING_NUM / ADDR / BASE / KICK /
-// CALL / ERR / ENABLE, GET_VRING_BASE, GET/SET_CONFIG. NEED_REPLY is
+// CALL / ERR / ENABLE, GET_VRING_BASE, GET/SET_CONFIG, GET/SET_INFLIGHT_FD.
+// NEED_REPLY is
 // honoured on every request once REPLY_ACK is negotiated (0 = done, 1 =
 // refused). SET_BACKEND_REQ_FD and other requests for features we do not
-// offer are refused; GET_INFLIGHT_FD and GET_STATUS (which the front-end
-// would wait on forever) close the connection.
+// offer are refused; GET_STATUS (which the front-end would wait on
+// forever) closes the connection.
+//
+// Inflight tracking (INFLIGHT_SHMFD, inflight.go): GET_INFLIGHT_FD answers
+// a zeroed, sealed memfd laid out as QEMU's vhost-user.rst "Inflight I/O
+// tracking" says for split rings (per queue a 16-byte header: features,
+// version, desc_num, last_batch_head, used_idx; then 16 bytes per
+// descriptor: inflight, next, counter; each queue's part rounded up to 64
+// bytes). The front-end keeps it and gives it back with SET_INFLIGHT_FD at
+// every device start, also to a new back-end process after the old one
+// died (QEMU's chardev reconnect=N). A head is marked (inflight 1, the next
+// counter) when the poller takes it; completing it sets last_batch_head,
+// publishes the used element, then clears the mark and sets used_idx, all
+// under the ring's used mutex. A ring that starts on a region of version 1
+// recovers: a mark left by a death between publishing used.idx and
+// clearing it (used_idx behind used.idx) is cleared; the heads still
+// marked are run again, oldest counter first, before any new one; and the
+// next avail entry is used.idx plus their number, whatever SET_VRING_BASE
+// said (QEMU sets the base to used.idx when it lost its back-end). A
+// region of version 0 (a new one, or a front-end restarted) is initialized
+// and the base stands. The region is the front-end's shared memory: it is
+// read once per ring start, only marks on heads inside the ring count, each
+// head at most once; resubmitted chains are walked and checked like new
+// ones; a hostile region can make the ring fail (its avail index then
+// looks moved too far), never the gateway (FuzzInflightRecover,
+// TestInflightHostileMessages).
 //
 // What QEMU 7.2 sends, and how it is handled (replayed in
 // TestQEMUSequenceMemSlots and TestQEMUSequenceMemTable): GET_CONFIG comes
@@ -240,8 +271,7 @@
 // Little-endian hosts only (amd64, arm64): rings are accessed in native
 // byte order. Split rings only: no packed rings, IN_ORDER,
 // ACCESS_PLATFORM, NOTIFY_ON_EMPTY. No dirty logging (LOG_SHMFD, live
-// migration), no INFLIGHT_SHMFD (requests in flight when a front-end
-// reconnects are lost), no BACKEND_REQ channel (no config-change
+// migration), no inflight tracking for packed rings, no BACKEND_REQ channel (no config-change
 // notification when a volume is resized), no SET/GET_STATUS, no
 // postcopy. The target needs the avail ring 4-byte aligned (the spec
 // promises 2; Linux, QEMU and our initiator align it to 16 or a page):

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -16,7 +17,8 @@ import (
 // Exports keeps a gateway's vhost-user-blk exports: at most one socket per
 // volume, each served by its own Server. Sockets live in a directory of the
 // gateway (mode 0700) unless a path is given; they are mode 0600 and
-// removed on Unexport and Close. Exports do not outlive the gateway.
+// removed on Unexport and Close. Exports do not outlive the gateway, except
+// through a planned handover (HandOver, Adopt).
 type Exports struct {
 	g    *gateway.Gateway
 	dir  string
@@ -30,6 +32,7 @@ type Exports struct {
 
 type export struct {
 	info   ExportInfo
+	l      *net.UnixListener
 	srv    *Server
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -63,35 +66,90 @@ func (e *Exports) DefaultSocket(ref string) string {
 
 // Export serves block volume ref on socket ("" for the default path).
 func (e *Exports) Export(ctx context.Context, ref, socket string) (ExportInfo, error) {
-	vol, err := e.g.Volume(ref)
+	x, err := e.serve(ref, socket, nil)
 	if err != nil {
 		return ExportInfo{}, err
 	}
+	return x.info, nil
+}
+
+// Adopt serves block volume ref on a listening socket bound to socket
+// that another process handed over (HandOver there), and the connections
+// it handed over with it: the same socket, so front-ends queued in its
+// backlog or connecting to the path reach this process, and the same
+// connections, so their front-ends see a pause. f is the socket; Adopt
+// closes it and takes the connections' fds. It returns how many
+// connections were adopted; one that cannot be is closed and logged.
+func (e *Exports) Adopt(ref, socket string, f *os.File, conns []HandedConn) (int, error) {
+	nl, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		closeConns(conns)
+		return 0, fmt.Errorf("adopt virtio socket %s: %w", socket, err)
+	}
+	l, ok := nl.(*net.UnixListener)
+	if !ok {
+		nl.Close()
+		closeConns(conns)
+		return 0, fmt.Errorf("adopt virtio socket %s: not a unix socket", socket)
+	}
+	l.SetUnlinkOnClose(true)
+	x, err := e.serve(ref, socket, l)
+	if err != nil {
+		l.SetUnlinkOnClose(false) // the path is not ours to remove: the old process's clients may still use it
+		l.Close()
+		closeConns(conns)
+		return 0, err
+	}
+	n := 0
+	for _, c := range conns {
+		if err := x.srv.Adopt(c.State, c.FDs); err != nil {
+			e.log.Warn("virtio: a handed-over connection could not be adopted; closed", "volume", ref, "err", err)
+			continue
+		}
+		n++
+	}
+	return n, nil
+}
+
+func closeConns(conns []HandedConn) {
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// serve exports ref on l, or on a new socket at socket when l is nil.
+func (e *Exports) serve(ref, socket string, l *net.UnixListener) (*export, error) {
+	vol, err := e.g.Volume(ref)
+	if err != nil {
+		return nil, err
+	}
 	if vol.Kind() != gateway.KindBlock {
-		return ExportInfo{}, fmt.Errorf("%s is an fs volume: %w: only block volumes are virtio-blk devices", ref, gateway.ErrInvalid)
+		return nil, fmt.Errorf("%s is an fs volume: %w: only block volumes are virtio-blk devices", ref, gateway.ErrInvalid)
 	}
 	if socket == "" {
 		socket = e.DefaultSocket(ref)
 	}
 	if socket, err = filepath.Abs(socket); err != nil {
-		return ExportInfo{}, fmt.Errorf("socket path: %w", gateway.ErrInvalid)
+		return nil, fmt.Errorf("socket path: %w", gateway.ErrInvalid)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return ExportInfo{}, gateway.ErrClosed
+		return nil, gateway.ErrClosed
 	}
 	if x := e.byRef[ref]; x != nil {
-		return ExportInfo{}, fmt.Errorf("%s is already exported at %s: %w", ref, x.info.Socket, gateway.ErrExists)
+		return nil, fmt.Errorf("%s is already exported at %s: %w", ref, x.info.Socket, gateway.ErrExists)
 	}
 	for _, x := range e.byRef {
 		if x.info.Socket == socket {
-			return ExportInfo{}, fmt.Errorf("socket %s serves %s: %w", socket, x.info.Volume, gateway.ErrExists)
+			return nil, fmt.Errorf("socket %s serves %s: %w", socket, x.info.Volume, gateway.ErrExists)
 		}
 	}
-	l, err := Listen(socket)
-	if err != nil {
-		return ExportInfo{}, fmt.Errorf("%w: %w", gateway.ErrInvalid, err)
+	if l == nil {
+		if l, err = Listen(socket); err != nil {
+			return nil, fmt.Errorf("%w: %w", gateway.ErrInvalid, err)
+		}
 	}
 	opts := e.opts
 	opts.Logger = e.log.With("volume", ref)
@@ -99,7 +157,7 @@ func (e *Exports) Export(ctx context.Context, ref, socket string) (ExportInfo, e
 	opts.Allow = func(uid int) bool { return e.g.MayUse(uid, tenant) }
 	srv := NewServer(vol, opts)
 	sctx, cancel := context.WithCancel(context.Background())
-	x := &export{info: ExportInfo{Volume: ref, Socket: socket}, srv: srv, cancel: cancel, done: make(chan struct{})}
+	x := &export{info: ExportInfo{Volume: ref, Socket: socket}, l: l, srv: srv, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(x.done)
 		if err := srv.Serve(sctx, l); err != nil && sctx.Err() == nil {
@@ -108,7 +166,45 @@ func (e *Exports) Export(ctx context.Context, ref, socket string) (ExportInfo, e
 	}()
 	e.byRef[ref] = x
 	e.log.Info("virtio export", "volume", ref, "socket", socket)
-	return x.info, nil
+	return x, nil
+}
+
+// HandedExport is an export stopped for a handover: its listening socket
+// (a duplicate, still bound to Socket, which is left in place) for the
+// new process's Adopt.
+type HandedExport struct {
+	ExportInfo
+	File  *os.File
+	Conns []HandedConn // its connections, stopped (Server.ShutdownHandover)
+}
+
+// HandOver stops every export for a planned handover (the registry is
+// closed, as by Close): each keeps its listening socket, bound and with
+// its path, and returns it with its connections, stopped at a message
+// boundary with their rings drained (Server.ShutdownHandover). An export
+// whose socket cannot be duplicated is stopped as by Close.
+func (e *Exports) HandOver(ctx context.Context) []HandedExport {
+	e.mu.Lock()
+	e.closed = true
+	xs := make([]*export, 0, len(e.byRef))
+	for ref, x := range e.byRef {
+		xs = append(xs, x)
+		delete(e.byRef, ref)
+	}
+	e.mu.Unlock()
+	var out []HandedExport
+	for _, x := range xs {
+		f, err := x.l.File()
+		if err != nil {
+			e.log.Warn("virtio export not handed over: its socket", "volume", x.info.Volume, "err", err)
+			e.stop(ctx, x)
+			continue
+		}
+		x.l.SetUnlinkOnClose(false)
+		conns := e.stopKeep(ctx, x, true)
+		out = append(out, HandedExport{ExportInfo: x.info, File: f, Conns: conns})
+	}
+	return out
 }
 
 // Unexport stops serving ref: connected front-ends are disconnected after
@@ -126,18 +222,33 @@ func (e *Exports) Unexport(ctx context.Context, ref string) error {
 	return nil
 }
 
-func (e *Exports) stop(ctx context.Context, x *export) {
+func (e *Exports) stop(ctx context.Context, x *export) { e.stopKeep(ctx, x, false) }
+
+// stopKeep stops x; handover leaves its path in place and returns its
+// connections stopped for the next process.
+func (e *Exports) stopKeep(ctx context.Context, x *export, handover bool) []HandedConn {
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := x.srv.Shutdown(sctx); err != nil {
+	var conns []HandedConn
+	var err error
+	if handover {
+		conns, err = x.srv.ShutdownHandover(sctx)
+	} else {
+		err = x.srv.Shutdown(sctx)
+	}
+	if err != nil {
 		e.log.Warn("virtio shutdown incomplete", "volume", x.info.Volume, "err", err)
 	}
 	x.cancel()
 	<-x.done
-	os.Remove(x.info.Socket)
+	if !handover {
+		os.Remove(x.info.Socket)
+	}
 	st := x.srv.Stats()
 	e.log.Info("virtio export stopped", "volume", x.info.Volume, "wakeups", st.Wait.Wakeups, "blocks", st.Wait.Blocks,
-		"naps", st.Wait.Naps, "contended", st.Wait.Contended, "rejected_chains", st.RejectedChains, "broken_rings", st.BrokenRings, "panics", st.Panics)
+		"naps", st.Wait.Naps, "contended", st.Wait.Contended, "rejected_chains", st.RejectedChains, "broken_rings", st.BrokenRings, "panics", st.Panics,
+		"handed_conns", len(conns))
+	return conns
 }
 
 // List returns the exports by volume.

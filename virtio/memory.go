@@ -20,6 +20,7 @@ type region struct {
 	memRegion
 	mapping []byte // the whole mmap; nil when data wraps memory we do not own
 	data    []byte // the region's bytes: data[0] is at GPA and UVA
+	fd      int    // a duplicate of the region's fd (for a handover); -1 when none
 }
 
 // guestMemory is the front-end's memory table as the back-end sees it. It
@@ -49,7 +50,13 @@ func mapRegion(r memRegion, fd int) (*region, error) {
 	if err != nil {
 		return nil, fmt.Errorf("virtio: mmap region gpa %#x size %#x: %w", r.GPA, r.Size, err)
 	}
-	return &region{memRegion: r, mapping: m, data: m[r.MmapOffset:length:length]}, nil
+	// Kept so a planned handover can give the region to the next process.
+	keep, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		unix.Munmap(m)
+		return nil, fmt.Errorf("virtio: keep region fd: %w", err)
+	}
+	return &region{memRegion: r, mapping: m, data: m[r.MmapOffset:length:length], fd: keep}, nil
 }
 
 func checkRegion(r memRegion) error {
@@ -68,6 +75,10 @@ func (r *region) unmap() {
 	if r.mapping != nil {
 		unix.Munmap(r.mapping)
 		r.mapping, r.data = nil, nil
+	}
+	if r.fd > 0 {
+		unix.Close(r.fd)
+		r.fd = -1
 	}
 }
 

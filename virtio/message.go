@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -109,9 +111,19 @@ func newMsgConn(c *net.UnixConn) *msgConn {
 
 // readFull reads len(b) bytes, collecting fds that arrive on the way. On
 // error every collected fd is closed.
-func (mc *msgConn) readFull(b []byte, fds []int) ([]int, error) {
+//
+// A read deadline (a handover's Drain) ends the read only at a message
+// boundary: when nothing of the message was read yet (mid false, got 0,
+// no fds). Within a message it is cleared and the rest is read: the
+// front-end is in the middle of sending it.
+func (mc *msgConn) readFull(b []byte, fds []int, mid bool) ([]int, error) {
 	for got := 0; got < len(b); {
 		n, oobn, flags, _, err := mc.c.ReadMsgUnix(b[got:], mc.oob)
+		woken := false
+		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && (mid || got+n > 0 || len(fds) > 0 || oobn > 0) {
+			mc.c.SetReadDeadline(time.Time{})
+			err, woken = nil, true
+		}
 		if oobn > 0 {
 			var perr error
 			fds, perr = appendRights(fds, mc.oob[:oobn])
@@ -131,7 +143,7 @@ func (mc *msgConn) readFull(b []byte, fds []int) ([]int, error) {
 			closeAll(fds)
 			return nil, err
 		}
-		if n == 0 {
+		if n == 0 && !woken {
 			closeAll(fds)
 			return nil, fmt.Errorf("virtio: connection closed: %w", net.ErrClosed)
 		}
@@ -168,7 +180,7 @@ func closeAll(fds []int) {
 // read returns the next message. Malformed headers wrap errProtocol.
 func (mc *msgConn) read() (*message, error) {
 	var hb [headerSize]byte
-	fds, err := mc.readFull(hb[:], nil)
+	fds, err := mc.readFull(hb[:], nil, false)
 	if err != nil {
 		return nil, err
 	}
@@ -178,7 +190,7 @@ func (mc *msgConn) read() (*message, error) {
 		return nil, err
 	}
 	m := &message{header: h, payload: make([]byte, h.Size)}
-	if m.fds, err = mc.readFull(m.payload, fds); err != nil {
+	if m.fds, err = mc.readFull(m.payload, fds, true); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -370,6 +382,8 @@ func parsePayload(m *message) (any, error) {
 		return decodeSingleRegion(m)
 	case reqGetConfig, reqSetConfig:
 		return decodeConfig(m)
+	case reqGetInflightFd, reqSetInflightFd:
+		return decodeInflight(m)
 	}
 	return nil, nil
 }

@@ -28,6 +28,10 @@ type runner struct {
 	// writeThrough: the driver did not negotiate FLUSH, so every write,
 	// discard and write-zeroes must be durable when it completes.
 	writeThrough bool
+	// track is the ring's part of the inflight region (nil: untracked);
+	// resubmit the heads it still held in flight, run before new ones.
+	track    *inflightQueue
+	resubmit []uint16
 
 	usedMu   sync.Mutex
 	inflight sync.WaitGroup
@@ -37,7 +41,7 @@ type runner struct {
 	broken   atomic.Bool
 }
 
-func newRunner(b *backend, v *vring, ring *deviceRing) (*runner, error) {
+func newRunner(b *backend, v *vring, ring *deviceRing, track *inflightQueue, resubmit []uint16) (*runner, error) {
 	w, err := waiter.New(b.s.opt.Wait, v.kickFd, &b.s.waits)
 	if err != nil {
 		return nil, err
@@ -49,6 +53,8 @@ func newRunner(b *backend, v *vring, ring *deviceRing) (*runner, error) {
 		chain:        maxChain,
 		segs:         2 * maxChain,
 		writeThrough: !b.acked(blkFeatFlush),
+		track:        track,
+		resubmit:     resubmit,
 		done:         make(chan struct{}),
 	}, nil
 }
@@ -83,6 +89,7 @@ func (r *runner) run() {
 	// a panic we recover instead of a crash of the whole gateway.
 	debug.SetPanicOnFault(true)
 	r.Notify(false)
+	r.resubmitInflight()
 	for {
 		n, err := r.drain()
 		if err != nil {
@@ -130,30 +137,63 @@ func (r *runner) drain() (int, error) {
 			if int(head) >= r.ring.n {
 				return taken, fmt.Errorf("head %d out of range (ring of %d)", head, r.ring.n)
 			}
-			q := r.reqs[head]
-			if q == nil {
-				q = &blkReq{r: r, head: head}
-				r.reqs[head] = q
-			}
+			q := r.req(head)
 			if q.busy.Load() {
 				return taken, fmt.Errorf("head %d made available again while in flight", head)
 			}
 			r.ring.lastAvail++
 			taken++
+			if r.track != nil {
+				r.track.get(head)
+			}
 			if r.start(q) {
 				inline++
 			}
 		}
 	}
 	if inline > 0 {
-		r.usedMu.Lock()
-		call := r.ring.needCall()
-		r.usedMu.Unlock()
-		if call {
-			r.v.call.signal()
-		}
+		r.callIfNeeded()
 	}
 	return taken, nil
+}
+
+func (r *runner) req(head uint16) *blkReq {
+	q := r.reqs[head]
+	if q == nil {
+		q = &blkReq{r: r, head: head}
+		r.reqs[head] = q
+	}
+	return q
+}
+
+func (r *runner) callIfNeeded() {
+	r.usedMu.Lock()
+	call := r.ring.needCall()
+	r.usedMu.Unlock()
+	if call {
+		r.v.call.signal()
+	}
+}
+
+// resubmitInflight runs the requests a previous back-end (or connection)
+// took but did not complete, as the inflight region recorded them, oldest
+// first. Their marks and counters stay as they are until they complete.
+// The heads are distinct and inside the ring (recover checks); their
+// chains are walked and checked like any other.
+func (r *runner) resubmitInflight() {
+	inline := 0
+	for _, head := range r.resubmit {
+		if r.start(r.req(head)) {
+			inline++
+		}
+	}
+	if len(r.resubmit) > 0 {
+		r.b.log.Info("virtio: resubmitted in-flight requests", "queue", r.v.index, "requests", len(r.resubmit))
+	}
+	r.resubmit = nil
+	if inline > 0 {
+		r.callIfNeeded()
+	}
 }
 
 // start walks and checks q's chain and runs it inline (reporting true) or
@@ -192,12 +232,7 @@ func (r *runner) work(q *blkReq, class int) {
 	}()
 	status, written := r.exec(q, class)
 	r.publish(q, q.c.statusByte(), status, written)
-	r.usedMu.Lock()
-	call := r.ring.needCall()
-	r.usedMu.Unlock()
-	if call {
-		r.v.call.signal()
-	}
+	r.callIfNeeded()
 }
 
 // exec runs q and returns its status and data length. A panic (in the
@@ -226,7 +261,13 @@ func (r *runner) publish(q *blkReq, status []byte, st uint8, written uint32) {
 	q.release()
 	r.usedMu.Lock()
 	defer r.usedMu.Unlock() // putUsed writes shared memory, which may fault
+	if r.track != nil {
+		r.track.prePut(q.head)
+	}
 	r.ring.putUsed(q.head, length)
+	if r.track != nil {
+		r.track.postPut(q.head, r.ring.usedIdx)
+	}
 }
 
 // record folds one Export.Do latency into its class average.

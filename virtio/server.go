@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -89,6 +90,10 @@ type Server struct {
 	waits          waiter.Counters // every ring poller's, over the server's life
 	rejectedChains atomic.Uint64   // requests failed for a bad descriptor chain or header
 	panics         atomic.Uint64   // requests and connections that panicked
+
+	handover atomic.Bool // ShutdownHandover: connections stop for the next process
+	handedMu sync.Mutex
+	handed   []HandedConn
 }
 
 // ServerStats are counters of misbehaving front-ends and of the ring

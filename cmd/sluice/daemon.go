@@ -54,10 +54,15 @@ type daemon struct {
 	// (detached) instead of unmounting them.
 	handingOver bool
 	detached    []fuse.Detached
+	// handedVirtio: on a handover, the virtio exports stop keeping their
+	// listening sockets, for the new process.
+	handedVirtio []virtio.HandedExport
 	// took: what this process took over (--takeover), nil otherwise;
 	// start adopts its FUSE mounts (adopted: their directories).
-	took    *takenOver
-	adopted []string
+	took          *takenOver
+	adopted       []string
+	adoptedVirtio int
+	adoptedVConns int
 	// keeper keeps the FUSE mounts' sessions for a crash resume
 	// (--fuse-resume; nil without); held: the sessions a gateway that
 	// died left in the holder, resumed by start.
@@ -150,6 +155,9 @@ func (d *daemon) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if d.took != nil {
+		d.adoptedVirtio, d.adoptedVConns = d.took.adoptVirtio(d)
+	}
 	doors := admin.Doors{Mounts: mountDoor{d.mounts}, Attachments: attachDoor{d.attacher}, Virtio: virtioDoor{d.virtio}}
 	if d.spdkDev != nil {
 		doors.Device = spdkDeviceDoor{d.spdkDev}
@@ -214,7 +222,8 @@ func (d *daemon) metricsServer() *http.Server {
 //  4. the controller agent (before the store it reports on);
 //  5. the shim door: requests in flight finish, channels close and the
 //     fds they registered (files of the FUSE mounts) are closed;
-//  6. virtio exports;
+//  6. virtio exports (their connections drain and close; on a handover
+//     each keeps its listening socket, bound, for the new process);
 //  7. attachments: each attached device is flushed and released, logged
 //     as abandoned if something still uses it; then their NBD server;
 //  8. FUSE mounts (on a handover: detached at a request boundary and
@@ -251,7 +260,11 @@ func (d *daemon) stop() {
 		}
 	}
 	if d.virtio != nil {
-		d.virtio.Close(context.Background())
+		if d.handingOver {
+			d.handedVirtio = d.virtio.HandOver(context.Background())
+		} else {
+			d.virtio.Close(context.Background())
+		}
 	}
 	if d.attacher != nil {
 		d.attacher.Close()

@@ -204,14 +204,18 @@ func runGateway(a *gatewayArgs) error {
 		defer took.conn.Close()
 	}
 	d := &daemon{args: a, log: log, svc: svc, took: took}
-	handedFUSE := 0
+	handedFUSE, handedVirtio, handedVConns := 0, 0, 0
 	if took != nil {
-		handedFUSE = len(took.fuse)
+		handedFUSE, handedVirtio = len(took.fuse), len(took.virtio)
+		for _, h := range took.virtio {
+			handedVConns += len(h.conns)
+		}
 	}
 	if err := d.start(ctx); err != nil {
 		if took != nil {
 			took.closeNBD()
 			took.closeFUSE()
+			took.closeVirtio()
 		}
 		svc.notify.Status("start-up failed: " + err.Error())
 		d.stop()
@@ -228,7 +232,8 @@ func runGateway(a *gatewayArgs) error {
 		pause := time.Since(time.Unix(0, took.state.StoppedAccepting))
 		log.Info("takeover complete", "pause_ms", float64(pause.Microseconds())/1000, "nbd_conns_resumed", resumed,
 			"nbd_conns_handed", handed, "fuse_mounts_adopted", len(d.adopted), "fuse_mounts_handed", handedFUSE,
-			"ended_fuse_mounts", took.state.Unmounted)
+			"virtio_exports_adopted", d.adoptedVirtio, "virtio_exports_handed", handedVirtio,
+			"virtio_conns_adopted", d.adoptedVConns, "virtio_conns_handed", handedVConns, "ended_fuse_mounts", took.state.Unmounted)
 	}
 	log.Info("gateway ready", "api", a.APISocket, "nbd", a.NBDListen, "nbd_socket", a.NBDSocket, "shim_socket", a.ShimSocket, "volumes", len(d.g.Volumes()))
 	status := fmt.Sprintf("serving %d volumes; API %s", len(d.g.Volumes()), a.APISocket)

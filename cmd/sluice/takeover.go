@@ -19,6 +19,7 @@ import (
 	"github.com/sluice-storage/sluice/gateway/store"
 	"github.com/sluice-storage/sluice/internal/handover"
 	"github.com/sluice-storage/sluice/nbd"
+	"github.com/sluice-storage/sluice/virtio"
 )
 
 // Bounds on the two phases of a takeover, seen from the new process: the
@@ -57,6 +58,17 @@ type takenOver struct {
 	nbd    []handedNBD     // resumed once the NBD door serves (resumeNBD)
 	attach []attach.Handed // attached devices' connections, served by attach.New
 	fuse   []handedFUSE    // adopted once the mount manager exists (adoptFUSE)
+	// virtio exports' listening sockets, adopted once the virtio
+	// registry exists (adoptVirtio)
+	virtio []handedVirtio
+}
+
+// handedVirtio is one virtio export the old process handed over, with
+// its connections.
+type handedVirtio struct {
+	file  *os.File
+	state handover.VirtioExport
+	conns []virtio.HandedConn
 }
 
 // handedNBD is one NBD connection the old process handed over.
@@ -158,7 +170,77 @@ func takeOver(a *gatewayArgs, svc *service, log *slog.Logger) (*takenOver, error
 		}
 		t.fuse = append(t.fuse, h)
 	}
+	for i := 0; i < st.VirtioExports; i++ {
+		h, err := recvVirtio(c)
+		if err != nil {
+			t.closeNBD()
+			t.closeFUSE()
+			t.closeVirtio()
+			return fail(fmt.Errorf("--takeover: virtio export %d of %d: %w", i+1, st.VirtioExports, err))
+		}
+		t.virtio = append(t.virtio, h)
+	}
 	return t, nil
+}
+
+// recvVirtio receives one virtio export and its connections.
+func recvVirtio(c *handover.Conn) (handedVirtio, error) {
+	m, fds, err := c.Recv()
+	if err != nil || m.Type != handover.TypeVirtio || len(fds) != 1 {
+		closeFDs(fds)
+		return handedVirtio{}, fmt.Errorf("expected the export with its socket, got %q with %d fds: %v", m.Type, len(fds), err)
+	}
+	h := handedVirtio{file: os.NewFile(uintptr(fds[0]), "virtio-listener"), state: *m.Virtio}
+	for j := 0; j < m.Virtio.Conns; j++ {
+		cm, fds, err := c.Recv()
+		if err != nil || cm.Type != handover.TypeVConn || len(fds) != cm.VConn.FDs() {
+			closeFDs(fds)
+			h.close()
+			want := -1
+			if cm.VConn != nil {
+				want = cm.VConn.FDs()
+			}
+			return handedVirtio{}, fmt.Errorf("connection %d of %d: got %q with %d fds (want %d): %v", j+1, m.Virtio.Conns, cm.Type, len(fds), want, err)
+		}
+		h.conns = append(h.conns, virtio.HandedConn{State: *cm.VConn, FDs: fds})
+	}
+	return h, nil
+}
+
+func (h handedVirtio) close() {
+	h.file.Close()
+	for _, c := range h.conns {
+		c.Close()
+	}
+}
+
+// closeVirtio closes the handed-over virtio sockets not adopted. Their
+// paths stay (a front-end reconnecting finds no listener: ECONNREFUSED,
+// and retries).
+func (t *takenOver) closeVirtio() {
+	for _, h := range t.virtio {
+		h.close()
+	}
+	t.virtio = nil
+}
+
+// adoptVirtio serves the handed-over virtio exports on their sockets and
+// their connections; it returns how many exports and connections. An
+// export whose volume is gone or no longer a block volume is closed and
+// logged (its connections too: their front-ends reconnect and are
+// refused until it is exported again).
+func (t *takenOver) adoptVirtio(d *daemon) (exports, conns int) {
+	for _, h := range t.virtio {
+		n, err := d.virtio.Adopt(h.state.Volume, h.state.Socket, h.file, h.conns)
+		if err != nil {
+			d.log.Warn("takeover: a virtio export could not be adopted; its socket is closed", "volume", h.state.Volume, "socket", h.state.Socket, "err", err)
+			continue
+		}
+		exports++
+		conns += n
+	}
+	t.virtio = nil
+	return exports, conns
 }
 
 // closeNBD closes the handed-over NBD connections not resumed: their
@@ -423,8 +505,16 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func(
 	if len(unmounted) > 0 {
 		d.log.Warn("handover: FUSE mounts ended, not handed over", "mounts", unmounted)
 	}
+	defer func() {
+		for _, h := range d.handedVirtio {
+			h.File.Close()
+			for _, c := range h.Conns {
+				c.Close()
+			}
+		}
+	}()
 	d.log.Info("handover: stopped; sending the sockets", "stop_ms", time.Since(stopped).Milliseconds(),
-		"nbd_conns", len(handed), "attached_devices", len(attached), "fuse_mounts", len(d.detached))
+		"nbd_conns", len(handed), "attached_devices", len(attached), "fuse_mounts", len(d.detached), "virtio_exports", len(d.handedVirtio))
 	// The new process becomes the unit's main process before this one
 	// exits (NotifyAccess=main then accepts its READY=1).
 	if err := d.svc.notify.MainPID(np.pid); err != nil {
@@ -433,7 +523,7 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func(
 	c.SetDeadline(time.Now().Add(helloTimeout))
 	if err := c.Send(handover.Message{Type: handover.TypeState, StateVersion: handover.StateVersion,
 		Listeners: ls, StoppedAccepting: stopped.UnixNano(), Unmounted: unmounted, NBDConns: len(handed) + len(attached),
-		FUSEMounts: len(d.detached)}, files...); err != nil {
+		FUSEMounts: len(d.detached), VirtioExports: len(d.handedVirtio)}, files...); err != nil {
 		return err
 	}
 	for _, h := range handed {
@@ -451,6 +541,18 @@ func (d *daemon) handOver(np newProcess, hl *net.UnixListener, stopServing func(
 	for _, dt := range d.detached {
 		if err := sendFUSE(c, dt); err != nil {
 			return err
+		}
+	}
+	for _, h := range d.handedVirtio {
+		m := handover.Message{Type: handover.TypeVirtio, Virtio: &handover.VirtioExport{Volume: h.Volume, Socket: h.Socket, Conns: len(h.Conns)}}
+		if err := c.Send(m, h.File); err != nil {
+			return err
+		}
+		for _, vc := range h.Conns {
+			st := vc.State
+			if err := c.SendFDs(handover.Message{Type: handover.TypeVConn, VConn: &st}, vc.FDs...); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -16,6 +16,12 @@
 //	old → new  fuse_mount  one per FUSE mount handed over (as many as the
 //	                   state message said), its /dev/fuse fd riding
 //	                   along, each followed by its fuse_table parts
+//	old → new  virtio_export  one per virtio export (as many as the state
+//	                   message said), its listening socket's fd riding
+//	                   along, each followed by its virtio_conn messages
+//	old → new  virtio_conn  one vhost-user connection of the export before
+//	                   it: its socket, memory regions, inflight region and
+//	                   eventfds riding along
 //
 // Sequenced packets keep each message whole and its fds with it, so the
 // parser sees exactly one message and never half of one. A message is
@@ -49,7 +55,10 @@ import (
 // Version 5: nbd_conn messages may carry an attached device's connection
 // (attach), which a version-4 process would serve as an NBD door client
 // while its start-up disconnected the device.
-const StateVersion = 5
+// Version 6: the virtio exports' listening sockets and vhost-user
+// connections (virtio_export and virtio_conn messages), which a version-5
+// process would close.
+const StateVersion = 6
 
 // maxNBDIndex bounds an attached device's index (the kernel's nbd minors
 // are 20 bits, and partitions take some).
@@ -67,6 +76,8 @@ const (
 	TypeNBD    = "nbd_conn"
 	TypeFUSE   = "fuse_mount"
 	TypeTable  = "fuse_table"
+	TypeVirtio = "virtio_export"
+	TypeVConn  = "virtio_conn"
 )
 
 // Limits on what a peer may send.
@@ -79,6 +90,8 @@ const (
 	// nbd_conn message each).
 	MaxNBDConns = 65536
 	maxPayload  = 1 << 30 // nbd's largest MaxPayload
+	// MaxVirtioExports bounds the virtio exports one handover carries.
+	MaxVirtioExports = 4096
 )
 
 // Message is one packet of the protocol. Which fields are set depends on
@@ -110,6 +123,36 @@ type Message struct {
 	FUSE *FUSEMount `json:"fuse,omitempty"`
 	// fuse_table: part of the tables of the mount before it.
 	Table *FUSETable `json:"table,omitempty"`
+	// state: how many virtio_export messages follow (after the FUSE
+	// ones).
+	VirtioExports int `json:"virtio_exports,omitempty"`
+	// virtio_export: one export; its listening socket's fd comes with it.
+	Virtio *VirtioExport `json:"virtio,omitempty"`
+	// virtio_conn: one vhost-user connection; its fds come with it
+	// (VirtioConn.FDs says how many, in which order).
+	VConn *VirtioConn `json:"virtio_conn,omitempty"`
+}
+
+// VirtioExport is a vhost-user-blk export: the volume and the path its
+// listening socket is bound to, and how many virtio_conn messages follow.
+type VirtioExport struct {
+	Volume string `json:"volume"`
+	Socket string `json:"socket"`
+	Conns  int    `json:"conns,omitempty"`
+}
+
+func (v *VirtioExport) check() error {
+	switch {
+	case v == nil:
+		return errors.New("no virtio export")
+	case v.Volume == "" || len(v.Volume) > maxString:
+		return errors.New("virtio export volume empty or too long")
+	case len(v.Socket) > maxString || !filepath.IsAbs(v.Socket) || filepath.Clean(v.Socket) != v.Socket:
+		return fmt.Errorf("virtio socket %q is not a clean absolute path", v.Socket)
+	case v.Conns < 0 || v.Conns > MaxVirtioConns:
+		return fmt.Errorf("%d virtio connections (at most %d)", v.Conns, MaxVirtioConns)
+	}
+	return nil
 }
 
 // NBDConn is an NBD connection in the transmission phase as the old
@@ -181,6 +224,14 @@ func Parse(b []byte) (Message, error) {
 		m.Unmounted = nil
 	}
 	m.Table.normalize()
+	if m.VConn != nil {
+		if len(m.VConn.Regions) == 0 {
+			m.VConn.Regions = nil
+		}
+		if len(m.VConn.Rings) == 0 {
+			m.VConn.Rings = nil
+		}
+	}
 	if err := m.check(); err != nil {
 		return Message{}, fmt.Errorf("handover %s message: %w", m.Type, err)
 	}
@@ -222,6 +273,9 @@ func (m *Message) check() error {
 		if m.FUSEMounts < 0 || m.FUSEMounts > MaxFUSEMounts {
 			return fmt.Errorf("%d FUSE mounts (at most %d)", m.FUSEMounts, MaxFUSEMounts)
 		}
+		if m.VirtioExports < 0 || m.VirtioExports > MaxVirtioExports {
+			return fmt.Errorf("%d virtio exports (at most %d)", m.VirtioExports, MaxVirtioExports)
+		}
 	case TypeNBD:
 		if err := m.NBD.check(); err != nil {
 			return err
@@ -234,14 +288,25 @@ func (m *Message) check() error {
 		if err := m.Table.check(); err != nil {
 			return err
 		}
+	case TypeVirtio:
+		if err := m.Virtio.check(); err != nil {
+			return err
+		}
+	case TypeVConn:
+		if err := m.VConn.check(); err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("unknown type %q", m.Type)
 	}
 	if m.Type != TypeNBD && m.NBD != nil {
 		return errors.New("an NBD connection outside an nbd_conn message")
 	}
-	if m.Type != TypeState && (m.NBDConns != 0 || m.FUSEMounts != 0) {
-		return errors.New("an NBD connection or FUSE mount count outside a state message")
+	if m.Type != TypeState && (m.NBDConns != 0 || m.FUSEMounts != 0 || m.VirtioExports != 0) {
+		return errors.New("an NBD connection, FUSE mount or virtio export count outside a state message")
+	}
+	if m.Type != TypeVirtio && m.Virtio != nil || m.Type != TypeVConn && m.VConn != nil {
+		return errors.New("a virtio export or connection outside its message")
 	}
 	if m.Type != TypeFUSE && m.FUSE != nil || m.Type != TypeTable && m.Table != nil {
 		return errors.New("a FUSE mount or table outside its message")
@@ -356,7 +421,7 @@ func (c *Conn) SendFDs(m Message, fds ...int) error {
 // connection gives an error for which IsClosed is true.
 func (c *Conn) Recv() (Message, []int, error) {
 	buf := make([]byte, maxMessage+1)
-	oob := make([]byte, unix.CmsgSpace(4*MaxListeners))
+	oob := make([]byte, unix.CmsgSpace(4*MaxFDs))
 	n, oobn, flags, _, err := c.c.ReadMsgUnix(buf, oob)
 	if errors.Is(err, io.EOF) {
 		return Message{}, nil, errEOF
