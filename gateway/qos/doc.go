@@ -66,7 +66,9 @@
 //     restarts at now when an idle queue gets a request, so idle time is
 //     not banked. A reserved queue that fell behind (the device is slower
 //     than the sum of reservations) later catches up by at most one Burst
-//     of its reservation; older arrears are forgiven.
+//     of its reservation; older arrears are forgiven. A changed
+//     reservation moves an R that is ahead of now back to now: its lead
+//     was counted at the old rate.
 //  2. Weight phase: the highest Priority first; within it the smallest P
 //     tag, then the oldest request. Every dispatch (either phase) moves P by
 //     cost/Weight. P tags live in virtual time (start-time fair queueing): a

@@ -117,8 +117,18 @@ func (q *Queue) SetLimits(l Limits) error {
 }
 
 // apply installs validated limits at now.
+//
+// A changed reservation forgives the R tag's lead (rFin beyond now): the
+// lead was counted at the old rates, and after a tiny reservation (the
+// controller's first rounds) one reserved 64 KiB request moves it minutes
+// ahead, so a raised reservation would give the queue nothing reserved
+// until then. Forgiving it gives a queue served at its reservation at most
+// one request more per change.
 func (q *Queue) apply(l Limits, now float64) {
 	hadRes := q.reserved
+	if (l.ReservationIOPS != q.lim.ReservationIOPS || l.ReservationBPS != q.lim.ReservationBPS) && q.rFin > now {
+		q.rFin = now
+	}
 	q.lim = l
 	q.weight = l.weight()
 	q.burst = l.burst().Seconds()

@@ -232,6 +232,27 @@ func TestSetLimitsWakesWaiters(t *testing.T) {
 	}
 }
 
+// A raised reservation holds from the change: the R tag's lead, counted
+// at a tiny old reservation (one 64 KiB request at 100 B/s moves it 655 s
+// ahead), does not keep the queue from its new one.
+func TestRaisedReservationHoldsAtOnce(t *testing.T) {
+	m := newSim(t, 1, time.Millisecond) // 1000 ops/s
+	a := m.queue("a", Limits{ReservationBPS: 100})
+	b := m.queue("b", Limits{Weight: 9}) // by weight alone a gets 100/s
+	m.client(a, Read, 8, 64<<10)
+	m.client(b, Read, 8, 64<<10)
+	m.run(2 * time.Second)
+	if r := a.Stats().ReservedOps; r == 0 {
+		t.Fatalf("no reserved op at 100 B/s in 2 s: the test needs one to move the R tag")
+	}
+	if err := a.SetLimits(Limits{ReservationBPS: 600 * 64 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	n := ops(a)
+	m.run(time.Second)
+	within(t, "a's ops in the second after its reservation went to 600/s", ops(a)-n, 600, 15)
+}
+
 func TestSlotsBoundInFlight(t *testing.T) {
 	m := newSim(t, 3, time.Millisecond)
 	a := m.queue("a", Limits{})
