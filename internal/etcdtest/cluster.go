@@ -203,6 +203,8 @@ func (m *Member) Start() {
 	}
 	m.cmd = exec.Command(exe, "-test.run=^$")
 	m.cmd.Env = append(os.Environ(), memberEnv+"="+string(spec))
+	// A member dies with the test process, even when that is killed.
+	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := os.OpenFile(m.spec.Log+".stderr", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		m.t.Fatal(err)

@@ -59,11 +59,11 @@ type clusterTenant struct {
 	on   []int
 }
 
-// tenantFioArgs are fio's arguments for one tenant: 64 KiB random reads
-// over NBD, one job per gateway it is on (named gwN, its volume
+// tenantFioArgs are fio's arguments for one tenant: random reads of bs
+// bytes over NBD, one job per gateway it is on (named gwN, its volume
 // <tenant>/data), bandwidth logged every logAvg to logDir/<tenant>_bw.J.log.
-func tenantFioArgs(tn clusterTenant, gws []*gw, logDir string, iodepth int, runtime, logAvg time.Duration) []string {
-	args := []string{"--thread", "--ioengine=nbd", "--rw=randread", fmt.Sprintf("--bs=%d", clusterBS), fmt.Sprintf("--iodepth=%d", iodepth),
+func tenantFioArgs(tn clusterTenant, gws []*gw, logDir string, bs, iodepth int, runtime, logAvg time.Duration) []string {
+	args := []string{"--thread", "--ioengine=nbd", "--rw=randread", fmt.Sprintf("--bs=%d", bs), fmt.Sprintf("--iodepth=%d", iodepth),
 		"--size=256m", "--time_based", fmt.Sprintf("--runtime=%d", int(runtime.Seconds())),
 		fmt.Sprintf("--log_avg_msec=%d", logAvg.Milliseconds()), "--log_unix_epoch=1",
 		"--write_bw_log=" + filepath.Join(logDir, tn.name), "--output=" + filepath.Join(logDir, tn.name+".out")}
@@ -356,7 +356,7 @@ func TestClusterSLOs(t *testing.T) {
 	fioDone := make(chan error, len(clusterTenants))
 	t0 := time.Now()
 	for _, tn := range clusterTenants {
-		args := tenantFioArgs(tn, gws, logDir, 16, runtime, logAvg)
+		args := tenantFioArgs(tn, gws, logDir, clusterBS, 16, runtime, logAvg)
 		cmd := exec.Command("fio", args...)
 		go func() {
 			out, err := cmd.CombinedOutput()
