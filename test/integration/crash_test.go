@@ -67,7 +67,7 @@ func TestCrashWithCompressionPolicy(t *testing.T) {
 // overwritten in place) under a SIGKILL.
 func TestCrashWithEachFilter(t *testing.T) {
 	testtool.Need(t, "qemu-io", "fio")
-	g := startGateway(t, t.TempDir())
+	g := startGateway(t, t.TempDir(), "--keyring", writeKeyring(t, t.TempDir(), "acme"))
 	r := rand.New(rand.NewPCG(5, 6))
 	for _, p := range []struct{ vol, policy string }{
 		{"acme/noop", "SET noop"},
