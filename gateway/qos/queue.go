@@ -32,7 +32,6 @@ type Queue struct {
 
 	st struct {
 		ops, bytes, reserved uint64
-		throttled            float64 // seconds
 		class                [numClasses]classCounters
 	}
 }
@@ -52,7 +51,7 @@ type QueueStats struct {
 	AdmittedOps   uint64        // requests admitted (including those released by Close)
 	AdmittedBytes uint64        // bytes of admitted reads and writes
 	ReservedOps   uint64        // of AdmittedOps, those served as reservation
-	ThrottledTime time.Duration // total time requests spent waiting in this queue, for a limit or a slot
+	ThrottledTime time.Duration // total time requests spent waiting in this queue, for a limit or a slot, including those waiting now
 	Depth         int           // requests waiting now
 	InFlight      int           // admitted requests whose done has not been called
 	// Classes splits the counters by class (indexed by Read, Write,
@@ -66,7 +65,7 @@ type ClassStats struct {
 	Ops      uint64        // requests admitted
 	Bytes    uint64        // bytes admitted
 	Units    uint64        // cost units admitted (what IOPS limits count)
-	Waited   time.Duration // time requests spent waiting, for a limit or a slot
+	Waited   time.Duration // time requests spent waiting, for a limit or a slot, including those waiting now
 	Depth    int           // requests waiting now
 	InFlight int           // admitted, done not yet called
 }
@@ -189,7 +188,6 @@ func (q *Queue) Close() {
 func (q *Queue) count(c Class, cost float64, bytes int64, waited float64) {
 	q.st.ops++
 	q.st.bytes += uint64(bytes)
-	q.st.throttled += waited
 	cc := &q.st.class[c]
 	cc.ops++
 	cc.bytes += uint64(bytes)
@@ -213,14 +211,17 @@ func (q *Queue) Stats() QueueStats {
 		AdmittedOps:   q.st.ops,
 		AdmittedBytes: q.st.bytes,
 		ReservedOps:   q.st.reserved,
-		ThrottledTime: time.Duration(q.st.throttled * 1e9),
 		Depth:         q.nWaiting,
 		InFlight:      q.inFlight,
 	}
+	now := s.now()
 	for c, cc := range q.st.class {
+		waited := cc.waited + q.fifo[c].waitedBy(now)
 		st.Classes[c] = ClassStats{Ops: cc.ops, Bytes: cc.bytes, Units: cc.units,
-			Waited: time.Duration(cc.waited * 1e9), Depth: q.fifo[c].n, InFlight: cc.inFlight}
+			Waited: time.Duration(waited * 1e9), Depth: q.fifo[c].n, InFlight: cc.inFlight}
 	}
+	// The classes' waits, so that they add up to it exactly.
+	st.ThrottledTime = st.Classes[Read].Waited + st.Classes[Write].Waited + st.Classes[Other].Waited
 	return st
 }
 
@@ -312,6 +313,19 @@ func (q *Queue) resInterval(c Class, cost float64, bytes, costUnit int64) float6
 		iv = math.Min(iv, b/r)
 	}
 	return iv
+}
+
+// waitedBy is how long the requests still in l have waited at now (in
+// seconds). The counters add a request's wait when it leaves the queue;
+// Stats adds this, so that a queue whose requests all wait (nothing
+// admitted for a whole report interval) does not look idle to the
+// controller, which would then give it nothing and keep it waiting.
+func (l *waitList) waitedBy(now float64) float64 {
+	var sum float64
+	for w := l.head; w != nil; w = w.next {
+		sum += max(0, now-w.arrived)
+	}
+	return sum
 }
 
 // waitList is an intrusive FIFO of waiters.

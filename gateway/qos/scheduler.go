@@ -334,7 +334,6 @@ func (s *Scheduler) removeLocked(w *waiter, now float64) {
 	q := w.q
 	s.unqueueLocked(w)
 	if now > w.arrived {
-		q.st.throttled += now - w.arrived
 		q.st.class[w.class].waited += now - w.arrived
 	}
 	s.noteHeldLocked(now)

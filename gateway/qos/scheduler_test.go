@@ -253,6 +253,29 @@ func TestRaisedReservationHoldsAtOnce(t *testing.T) {
 	within(t, "a's ops in the second after its reservation went to 600/s", ops(a)-n, 600, 15)
 }
 
+// A queue whose requests all wait (nothing admitted in an interval) shows
+// their wait in its stats before they are admitted: the controller's
+// meter reads Waited per interval to tell a held-back tenant from an idle
+// one, and took a fully stalled tenant for an idle one.
+func TestStatsCountRequestsStillWaiting(t *testing.T) {
+	m := newSim(t, 64, time.Millisecond)
+	q := m.queue("a", Limits{ReadIOPS: 0.01}) // one op per 100 s
+	m.client(q, Read, 4)
+	m.run(time.Second)
+	before := q.Stats()
+	if before.AdmittedOps != 1 || before.Depth != 4 {
+		t.Fatalf("admitted %d, waiting %d: want 1 and 4", before.AdmittedOps, before.Depth)
+	}
+	m.run(10 * time.Second)
+	after := q.Stats()
+	if after.AdmittedOps != 1 {
+		t.Fatalf("admitted %d, want still 1", after.AdmittedOps)
+	}
+	// 4 requests waited 10 s more each.
+	within(t, "reads' waited seconds over the 10 s", (after.Classes[Read].Waited - before.Classes[Read].Waited).Seconds(), 40, 0.1)
+	within(t, "throttled seconds over the 10 s", (after.ThrottledTime - before.ThrottledTime).Seconds(), 40, 0.1)
+}
+
 func TestSlotsBoundInFlight(t *testing.T) {
 	m := newSim(t, 3, time.Millisecond)
 	a := m.queue("a", Limits{})

@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"fmt"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -70,7 +72,7 @@ dd if=/dev/zero of=$RO bs=4k count=1 oflag=direct 2>/dev/null && bad ro-write ||
 s detach $RO || bad detach-ro
 # A killed gateway's device waits for the next gateway, which reconnects
 # it: a writer on the filesystem on it (each file fsynced, then its hash
-# noted) sees no error through 3 SIGKILLs, and every noted file is whole.
+# noted) sees no error through 10 SIGKILLs, and every noted file is whole.
 DEV3=$(s attach t/disk) && echo "DEV3=$DEV3"
 mount -t ext2 $DEV3 /mnt || bad mount3
 mkdir -p /mnt/w; rm -f /tmp/w.sums /tmp/w.times /tmp/stopw
@@ -84,7 +86,7 @@ WR=$!
 files() { [ -f /tmp/w.sums ] && wc -l </tmp/w.sums || echo 0; }
 await() { for j in $(seq 1 600); do [ "$(files)" -ge "$1" ] && return 0; kill -0 $WR 2>/dev/null || return 1; sleep 0.1; done; return 1; }
 await 3 || bad writer-start
-for k in 1 2 3; do
+for k in $(seq 1 10); do
   kill -9 $GW; wait $GW 2>/dev/null
   rm -f /tmp/d/api.sock /tmp/d/nbd.sock
   [ -e /sys/block/${DEV3#/dev/}/pid ] || bad "kill$k-device-gone"
@@ -94,9 +96,9 @@ for k in 1 2 3; do
 done
 s attach t/disk 2>&1 | grep -q "already attached as $DEV3" && ok readopted || bad readopted
 NK=$(files)
-# 3 planned handovers (--takeover): the device's connection moves to the
+# 10 planned handovers (--takeover): the device's connection moves to the
 # new process at a request boundary.
-for k in 1 2 3; do
+for k in $(seq 1 10); do
   OLD=$GW; N0=$(files)
   gw --takeover
   wait $OLD && ok "takeover$k-old-exit" || bad "takeover$k-old-exit"
@@ -137,6 +139,10 @@ kill -TERM $GW; wait $GW
 grep -i "error\|panic" /tmp/gw.log | head -5
 `
 
+// kernelNBDRounds is how many SIGKILLs, and then how many takeovers, the
+// guest script's writer goes through (issue 21 asks for 10 of each).
+const kernelNBDRounds = 10
+
 func TestAttachKernelNBD(t *testing.T) {
 	k := loadGuestKit(t)
 	bin, err := os.ReadFile(sluiceBin)
@@ -156,10 +162,13 @@ func TestAttachKernelNBD(t *testing.T) {
 	for _, m := range regexp.MustCompile(`(?m)^BAD .*$`).FindAllString(out, -1) {
 		t.Errorf("guest: %s", strings.TrimSpace(m))
 	}
-	for _, want := range []string{"twice", "mkfs", "mount", "busy", "delete-refused", "umount", "detach", "disconnected",
-		"remount", "hashes", "ro-write", "kill1-progress", "kill2-progress", "kill3-progress", "readopted", "writer-no-error",
-		"crash-hashes", "shutdown-sync", "after-reconnect-write", "disconnected4",
-		"takeover1-old-exit", "takeover2-old-exit", "takeover3-old-exit", "takeover1-progress", "takeover2-progress", "takeover3-progress", "handed"} {
+	wants := []string{"twice", "mkfs", "mount", "busy", "delete-refused", "umount", "detach", "disconnected",
+		"remount", "hashes", "ro-write", "readopted", "writer-no-error",
+		"crash-hashes", "shutdown-sync", "after-reconnect-write", "disconnected4", "handed"}
+	for k := 1; k <= kernelNBDRounds; k++ {
+		wants = append(wants, fmt.Sprintf("kill%d-progress", k), fmt.Sprintf("takeover%d-old-exit", k), fmt.Sprintf("takeover%d-progress", k))
+	}
+	for _, want := range wants {
 		if !regexp.MustCompile(`(?m)^OK ` + want + `\r?$`).MatchString(out) {
 			t.Errorf("guest did not report OK %s", want)
 		}
@@ -186,9 +195,9 @@ func TestAttachKernelNBD(t *testing.T) {
 	if ro := field("RO_FLAG"); ro != "1" {
 		t.Errorf("read-only volume's device has ro=%s, want 1", ro)
 	}
-	if n := field("HANDED_DEVICES"); n != "3" {
-		t.Errorf("%s of 3 takeovers handed the device's connection over (log attached_devices=1); the others reconnected it", n)
+	if n := field("HANDED_DEVICES"); n != strconv.Itoa(kernelNBDRounds) {
+		t.Errorf("%s of %d takeovers handed the device's connection over (log attached_devices=1); the others reconnected it", n, kernelNBDRounds)
 	}
-	t.Logf("3 SIGKILLs and 3 takeovers of the gateway: %s files written and fsynced; longest pause between two files: %s s around the kills, %s s around the takeovers (the gateways' takeover pauses: %s ms)",
-		field("FILES"), field("PAUSE_KILL"), field("PAUSE_TAKEOVER"), field("TAKEOVER_PAUSES_MS"))
+	t.Logf("%d SIGKILLs and %d takeovers of the gateway: %s files written and fsynced; longest pause between two files: %s s around the kills, %s s around the takeovers (the gateways' takeover pauses: %s ms)",
+		kernelNBDRounds, kernelNBDRounds, field("FILES"), field("PAUSE_KILL"), field("PAUSE_TAKEOVER"), field("TAKEOVER_PAUSES_MS"))
 }
