@@ -31,9 +31,7 @@ const (
 	// haCapIOPS is each gateway's --qos-capacity-iops: 2560 8 KiB cost
 	// units/s, 20 MiB/s of reads.
 	haCapIOPS = 2560
-	// haBS is fio's block size. (256 KiB would cost less CPU, but IOs of
-	// a tenant with a small share on a gateway then stall for tens of
-	// seconds in more runs: see docs/CONTROLLER.md, "Left of issue 23".)
+	// haBS is fio's block size.
 	haBS = 64 << 10
 	// haStatic is each tenant's static read limit on each gateway.
 	haStatic = 3 << 20
