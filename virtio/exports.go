@@ -17,8 +17,13 @@ import (
 // Exports keeps a gateway's vhost-user-blk exports: at most one socket per
 // volume, each served by its own Server. Sockets live in a directory of the
 // gateway (mode 0700) unless a path is given; they are mode 0600 and
-// removed on Unexport and Close. Exports do not outlive the gateway, except
-// through a planned handover (HandOver, Adopt).
+// removed on Unexport and Close. The exports themselves are remembered in
+// that directory (RememberedFile, written at each Export and Unexport):
+// the next gateway on the data directory serves them again at start
+// (Restore), so that a front-end that reconnects after a crash or a stop
+// (QEMU's vhost-user chardev with reconnect=N) finds its socket without an
+// operator. A planned handover passes the sockets themselves (HandOver,
+// Adopt).
 type Exports struct {
 	g    *gateway.Gateway
 	dir  string
@@ -28,6 +33,8 @@ type Exports struct {
 	mu     sync.Mutex
 	byRef  map[string]*export
 	closed bool
+
+	saveMu sync.Mutex // orders writes of RememberedFile
 }
 
 type export struct {
@@ -64,11 +71,19 @@ func (e *Exports) DefaultSocket(ref string) string {
 	return filepath.Join(e.dir, gateway.RefFileName(ref)+".sock")
 }
 
-// Export serves block volume ref on socket ("" for the default path).
+// Export serves block volume ref on socket ("" for the default path) and
+// remembers it for the next start. Exporting a volume again where it is
+// exported (or with no path) returns the export as it is; at another path
+// it is refused (ErrExists).
 func (e *Exports) Export(ctx context.Context, ref, socket string) (ExportInfo, error) {
-	x, err := e.serve(ref, socket, nil)
+	x, fresh, err := e.serve(ref, socket, nil)
 	if err != nil {
 		return ExportInfo{}, err
+	}
+	if fresh {
+		if err := e.remember(); err != nil {
+			e.log.Warn("virtio export not remembered: it will not be served again after a restart", "volume", ref, "err", err)
+		}
 	}
 	return x.info, nil
 }
@@ -94,7 +109,7 @@ func (e *Exports) Adopt(ref, socket string, f *os.File, conns []HandedConn) (int
 		return 0, fmt.Errorf("adopt virtio socket %s: not a unix socket", socket)
 	}
 	l.SetUnlinkOnClose(true)
-	x, err := e.serve(ref, socket, l)
+	x, _, err := e.serve(ref, socket, l)
 	if err != nil {
 		l.SetUnlinkOnClose(false) // the path is not ours to remove: the old process's clients may still use it
 		l.Close()
@@ -118,37 +133,43 @@ func closeConns(conns []HandedConn) {
 	}
 }
 
-// serve exports ref on l, or on a new socket at socket when l is nil.
-func (e *Exports) serve(ref, socket string, l *net.UnixListener) (*export, error) {
+// serve exports ref on l, or on a new socket at socket when l is nil. An
+// export of ref already at socket (or anywhere, socket "") is returned,
+// not fresh, when l is nil.
+func (e *Exports) serve(ref, socket string, l *net.UnixListener) (x *export, fresh bool, err error) {
 	vol, err := e.g.Volume(ref)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if vol.Kind() != gateway.KindBlock {
-		return nil, fmt.Errorf("%s is an fs volume: %w: only block volumes are virtio-blk devices", ref, gateway.ErrInvalid)
+		return nil, false, fmt.Errorf("%s is an fs volume: %w: only block volumes are virtio-blk devices", ref, gateway.ErrInvalid)
 	}
-	if socket == "" {
+	anywhere := socket == ""
+	if anywhere {
 		socket = e.DefaultSocket(ref)
 	}
 	if socket, err = filepath.Abs(socket); err != nil {
-		return nil, fmt.Errorf("socket path: %w", gateway.ErrInvalid)
+		return nil, false, fmt.Errorf("socket path: %w", gateway.ErrInvalid)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return nil, gateway.ErrClosed
+		return nil, false, gateway.ErrClosed
 	}
 	if x := e.byRef[ref]; x != nil {
-		return nil, fmt.Errorf("%s is already exported at %s: %w", ref, x.info.Socket, gateway.ErrExists)
+		if l == nil && (anywhere || x.info.Socket == socket) {
+			return x, false, nil
+		}
+		return nil, false, fmt.Errorf("%s is already exported at %s: %w", ref, x.info.Socket, gateway.ErrExists)
 	}
 	for _, x := range e.byRef {
 		if x.info.Socket == socket {
-			return nil, fmt.Errorf("socket %s serves %s: %w", socket, x.info.Volume, gateway.ErrExists)
+			return nil, false, fmt.Errorf("socket %s serves %s: %w", socket, x.info.Volume, gateway.ErrExists)
 		}
 	}
 	if l == nil {
 		if l, err = Listen(socket); err != nil {
-			return nil, fmt.Errorf("%w: %w", gateway.ErrInvalid, err)
+			return nil, false, fmt.Errorf("%w: %w", gateway.ErrInvalid, err)
 		}
 	}
 	opts := e.opts
@@ -157,7 +178,7 @@ func (e *Exports) serve(ref, socket string, l *net.UnixListener) (*export, error
 	opts.Allow = func(uid int) bool { return e.g.MayUse(uid, tenant) }
 	srv := NewServer(vol, opts)
 	sctx, cancel := context.WithCancel(context.Background())
-	x := &export{info: ExportInfo{Volume: ref, Socket: socket}, l: l, srv: srv, cancel: cancel, done: make(chan struct{})}
+	x = &export{info: ExportInfo{Volume: ref, Socket: socket}, l: l, srv: srv, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(x.done)
 		if err := srv.Serve(sctx, l); err != nil && sctx.Err() == nil {
@@ -166,7 +187,7 @@ func (e *Exports) serve(ref, socket string, l *net.UnixListener) (*export, error
 	}()
 	e.byRef[ref] = x
 	e.log.Info("virtio export", "volume", ref, "socket", socket)
-	return x, nil
+	return x, true, nil
 }
 
 // HandedExport is an export stopped for a handover: its listening socket
@@ -219,6 +240,9 @@ func (e *Exports) Unexport(ctx context.Context, ref string) error {
 	}
 	e.stop(ctx, x)
 	e.log.Info("virtio unexport", "volume", ref)
+	if err := e.remember(); err != nil {
+		e.log.Warn("virtio unexport not remembered: the next start serves the volume again", "volume", ref, "err", err)
+	}
 	return nil
 }
 

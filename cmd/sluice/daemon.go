@@ -158,6 +158,13 @@ func (d *daemon) start(ctx context.Context) error {
 	if d.took != nil {
 		d.adoptedVirtio, d.adoptedVConns = d.took.adoptVirtio(d)
 	}
+	// After the handed-over ones: the exports the last gateway had that
+	// were not handed over (a crash, a stop) get their sockets again.
+	if n, err := d.virtio.Restore(ctx); err != nil {
+		log.Error("virtio exports not restored", "err", err)
+	} else if n > 0 {
+		log.Info("virtio exports restored", "exports", n)
+	}
 	doors := admin.Doors{Mounts: mountDoor{d.mounts}, Attachments: attachDoor{d.attacher}, Virtio: virtioDoor{d.virtio}}
 	if d.spdkDev != nil {
 		doors.Device = spdkDeviceDoor{d.spdkDev}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"path/filepath"
 
 	"github.com/urfave/cli/v2"
 
@@ -31,9 +32,16 @@ func virtioExport(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	socket := c.String("socket")
+	if socket != "" {
+		// The gateway runs elsewhere: a relative path is the caller's.
+		if socket, err = filepath.Abs(socket); err != nil {
+			return usageErr("--socket: %v", err)
+		}
+	}
 	ctx, cancel := callCtx(c)
 	defer cancel()
-	x, err := apiClient(c).VirtioExport(ctx, admin.VirtioRequest{Volume: ref, Socket: c.String("socket")})
+	x, err := apiClient(c).VirtioExport(ctx, admin.VirtioRequest{Volume: ref, Socket: socket})
 	if err != nil {
 		return apiErr(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"path/filepath"
 
 	"github.com/sluice-storage/sluice/gateway"
 )
@@ -121,6 +122,15 @@ func (h *handler) virtioExport(w http.ResponseWriter, r *http.Request) {
 	}
 	h.writersMu.Lock()
 	defer h.writersMu.Unlock()
+	// Exporting again where it is exported is no error (the export is
+	// remembered across restarts, and a script that exports at boot
+	// finds it there).
+	for _, x := range h.doors.Virtio.Exports() {
+		if x.Volume == req.Volume && (req.Socket == "" || filepath.Clean(req.Socket) == x.Socket) {
+			reply(w, http.StatusOK, x)
+			return
+		}
+	}
 	if err := h.claimWriter(req.Volume, "export"); err != nil {
 		h.fail(w, err)
 		return

@@ -294,15 +294,6 @@ func (h *haIO) pauseLeader(leader string) {
 	}
 }
 
-// logTailOf is the end of a log file in dir.
-func logTailOf(dir, name string) string {
-	b, _ := os.ReadFile(filepath.Join(dir, name))
-	if len(b) > 4000 {
-		b = b[len(b)-4000:]
-	}
-	return string(b)
-}
-
 // electionKeys lists the election keys: key, create revision, lease, value.
 func (h *haIO) electionKeys() string {
 	cli := etcdClientOf(h.t, strings.Join(h.etcd.Endpoints(), ","))

@@ -91,7 +91,7 @@ func TestVirtioInitiatorAgainstGateway(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"virtio", "export", "t/blk"}, "already exported"},
+		{[]string{"virtio", "export", "t/blk", "--socket", sock + ".other"}, "already exported over vhost-user at " + sock},
 		{[]string{"virtio", "export", "t/files"}, "fs volume"},
 		{[]string{"virtio", "export", "t/none"}, "not found"},
 		{[]string{"virtio", "unexport", "t/files"}, "not exported"},
@@ -101,9 +101,48 @@ func TestVirtioInitiatorAgainstGateway(t *testing.T) {
 			t.Errorf("sluice %v: exit %d, %q; want an error containing %q", c.args, code, out, c.want)
 		}
 	}
+	// Exporting again where it is exported (or with no path) is no error:
+	// the export as it is.
+	for _, args := range [][]string{{"virtio", "export", "t/blk", "--socket", sock}, {"virtio", "export", "t/blk"}} {
+		if got := strings.TrimSpace(g.mustSluice(args...)); got != sock {
+			t.Errorf("sluice %v printed %q, want %q", args, got, sock)
+		}
+	}
+	// The export is remembered: after a stop and after a SIGKILL the next
+	// gateway serves it on the same socket, with the same bytes.
+	g.stop()
+	g.restart()
+	checkVirtioBlock(t, sock, blocks[5], 5*3*bs)
+	g.kill()
+	g.restart()
+	checkVirtioBlock(t, sock, blocks[7], 7*3*bs)
+	if out := g.mustSluice("virtio", "list"); !strings.Contains(out, sock) {
+		t.Errorf("virtio list after the restarts: %q, want %s", out, sock)
+	}
 	g.mustSluice("virtio", "unexport", "t/blk")
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("socket still there after unexport: %v", err)
 	}
+	// An unexport is remembered too.
+	g.stop()
+	g.restart()
+	if out := g.mustSluice("virtio", "list"); strings.Contains(out, "t/blk") {
+		t.Errorf("virtio list after unexport and a restart: %q", out)
+	}
 	g.mustSluice("volume", "delete", "t/blk") // no longer in use
+}
+
+// checkVirtioBlock connects to sock with our initiator and checks that
+// the block at off holds want.
+func checkVirtioBlock(t *testing.T, sock string, want []byte, off int64) {
+	t.Helper()
+	c, err := virtio.Dial(context.Background(), sock, virtio.Options{Queues: 1})
+	if err != nil {
+		t.Fatalf("virtio connect to %s after the restart: %v", sock, err)
+	}
+	defer c.Close()
+	got := make([]byte, len(want))
+	if _, err := c.ReadAt(got, off); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("block at %d over virtio after the restart: read back wrong (err %v)", off, err)
+	}
 }
