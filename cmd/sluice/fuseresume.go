@@ -68,10 +68,12 @@ type keeper struct {
 	storeOn   bool
 	storeRoom int
 	stored    map[string]*fuse.Mount
+	// checkFD checks a kept fd found at start-up (liveFUSE).
+	checkFD func(fd int) error
 }
 
 func newKeeper(dataDir string, log *slog.Logger) *keeper {
-	return &keeper{dataDir: dataDir, log: log, kept: map[string]*fuse.Mount{}, stored: map[string]*fuse.Mount{}}
+	return &keeper{dataDir: dataDir, log: log, kept: map[string]*fuse.Mount{}, stored: map[string]*fuse.Mount{}, checkFD: liveFUSE}
 }
 
 func (k *keeper) holderPath() string { return filepath.Join(k.dataDir, fdholder.SocketName) }
@@ -217,7 +219,11 @@ func (k *keeper) findHeld(fromStore []*os.File) ([]heldSession, error) {
 	var out []heldSession
 	for _, name := range names {
 		h := found[name]
-		rec, err := k.readRecord(name)
+		err := k.checkFD(h.fd)
+		var rec sessionRecord
+		if err == nil {
+			rec, err = k.readRecord(name)
+		}
 		if err == nil {
 			err = sameConnection(rec)
 		}
@@ -291,6 +297,35 @@ func (k *keeper) forget(h heldSession) {
 		k.cl.Remove(h.name)
 	}
 	os.Remove(k.recordPath(h.name))
+}
+
+// liveFUSE checks that fd is a /dev/fuse fd (a character device, misc
+// minor 229) whose connection has not ended (poll reports no POLLERR, as
+// for an aborted or unmounted connection; events 0: a pending request's
+// POLLIN does not count). Which connection it is cannot be read from the
+// fd: sameConnection checks the record's.
+func liveFUSE(fd int) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("fstat: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != unix.Mkdev(10, 229) {
+		return errors.New("the fd is not /dev/fuse")
+	}
+	pfd := []unix.PollFd{{Fd: int32(fd)}}
+	for {
+		n, err := unix.Poll(pfd, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("poll: %w", err)
+		}
+		if n > 0 && pfd[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 {
+			return errors.New("its FUSE connection has ended")
+		}
+		return nil
+	}
 }
 
 // sameConnection checks that rec's directory still has its connection

@@ -170,6 +170,7 @@ func TestKeeperFindHeldFromStore(t *testing.T) {
 	data := t.TempDir()
 	k := newKeeper(data, quietLog())
 	k.useStore(mgr.n, true, 4, quietLog())
+	k.checkFD = func(int) error { return nil } // /dev/null stands for /dev/fuse fds here
 	dir := t.TempDir()
 	var st unix.Statx_t
 	if err := unix.Statx(unix.AT_FDCWD, dir, 0, unix.STATX_TYPE, &st); err != nil {
@@ -232,5 +233,26 @@ func TestKeeperFindHeldFromStore(t *testing.T) {
 	mgr.expectNothing()
 	if _, err := os.Stat(filepath.Join(data, "fdholder.sock")); err == nil {
 		t.Fatal("a holder was started")
+	}
+}
+
+// TestLiveFUSE: only a /dev/fuse fd with a live connection passes; a
+// /dev/fuse fd that was never mounted reports an ended connection.
+func TestLiveFUSE(t *testing.T) {
+	fd, err := dupNull(t)()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := liveFUSE(fd); err == nil || !strings.Contains(err.Error(), "not /dev/fuse") {
+		t.Fatalf("/dev/null: %v", err)
+	}
+	ffd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("/dev/fuse: %v", err)
+	}
+	defer unix.Close(ffd)
+	if err := liveFUSE(ffd); err == nil || !strings.Contains(err.Error(), "ended") {
+		t.Fatalf("an unmounted /dev/fuse fd: %v", err)
 	}
 }
