@@ -87,16 +87,27 @@ func (d *daemon) start(ctx context.Context) error {
 		// the adopted handles release them.
 		cfg.KeepOrphans = d.took.openInodes()
 	}
-	if a.FUSEResume {
+	stored := d.svc.takeFUSEFDs() // FUSE sessions the fd store kept
+	switch {
+	case a.FUSEResume:
 		d.keeper = newKeeper(a.DataDir, log)
-		if d.took == nil {
-			if d.held, err = d.keeper.findHeld(); err != nil {
-				log.Warn("crash resume: the fd holder did not answer; no FUSE mount is resumed", "err", err)
-			}
-			// Files unlinked while open may still be open in the
-			// kernel: kept until released (or the next start).
-			cfg.KeepOrphans = keepAllOrphans(d.held, cfg.KeepOrphans)
+		// +1: the API socket, made last (not in byName yet).
+		room, told := d.svc.fuseStoreRoom(len(d.pre.byName) + 1)
+		d.keeper.useStore(d.svc.notify, told, room, log)
+		if d.took != nil {
+			closeFiles(stored) // the running gateway handed its mounts over
+			break
 		}
+		if d.held, err = d.keeper.findHeld(stored); err != nil {
+			log.Warn("crash resume: the fd holder did not answer; no FUSE mount of the holder is resumed", "err", err)
+		}
+		// Files unlinked while open may still be open in the kernel:
+		// kept until released (or the next start).
+		cfg.KeepOrphans = keepAllOrphans(d.held, cfg.KeepOrphans)
+	case d.took != nil:
+		closeFiles(stored)
+	default:
+		endStoredSessions(d.svc.notify, stored, log)
 	}
 	if a.SPDK.uri != nil {
 		// The SPDK device replaces the pool file; the gateway owns it

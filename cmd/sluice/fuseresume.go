@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,12 +21,14 @@ import (
 	"github.com/sluice-storage/sluice/fuse"
 	"github.com/sluice-storage/sluice/internal/fdholder"
 	"github.com/sluice-storage/sluice/internal/handover"
+	"github.com/sluice-storage/sluice/internal/systemd"
 )
 
 // Crash resume of FUSE mounts (--fuse-resume, docs/HANDOVER.md "Crash
-// resume"): each mount's /dev/fuse fd is put in the fd holder (a process
-// of its own, `sluice fd-holder`) and what its INIT negotiated in a
-// session record, DATA-DIR/fuse-sessions/fuse-N.json (N: the
+// resume"): each mount's /dev/fuse fd is put in systemd's fd store when
+// the gateway runs under systemd and the store has room (fusestore.go),
+// in the fd holder (a process of its own, `sluice fd-holder`) otherwise,
+// and what its INIT negotiated in a session record, DATA-DIR/fuse-sessions/fuse-N.json (N: the
 // connection's number, the minor of the mount's st_dev). A gateway
 // started on the data directory after a crash finds both and resumes the
 // mount (fuse.Manager.Resume).
@@ -43,20 +48,39 @@ type sessionRecord struct {
 
 func sessionName(dev uint64) string { return fmt.Sprintf("fuse-%d", unix.Minor(dev)) }
 
-// keeper is fuse.Keeper for --fuse-resume.
+// keeper is fuse.Keeper for --fuse-resume. A mount's fd goes to the
+// service manager's fd store when it has room (fusestore.go), to the fd
+// holder otherwise.
 type keeper struct {
 	dataDir string
 	log     *slog.Logger
 	mu      sync.Mutex
-	cl      *fdholder.Client // started at the first Keep
-	kept    map[string]bool  // names kept by this process
+	cl      *fdholder.Client // started at the first Keep that needs it
+	// kept: the mount whose fd this process put in the holder, by name
+	// (a later mount of the same connection number is another owner).
+	kept map[string]*fuse.Mount
+	// notify is the service manager (nil: none), told to remove the
+	// stored fds of sessions that end. storeOn: FUSE fds go to its fd
+	// store, storeRoom of them at most. stored: what is in the store, by
+	// name (a nil owner: taken from the store at start-up, not yet
+	// claimed by its resumed mount).
+	notify    *systemd.Notifier
+	storeOn   bool
+	storeRoom int
+	stored    map[string]*fuse.Mount
+	// checkFD checks a kept fd found at start-up (liveFUSE).
+	checkFD func(fd int) error
 }
 
 func newKeeper(dataDir string, log *slog.Logger) *keeper {
-	return &keeper{dataDir: dataDir, log: log, kept: map[string]bool{}}
+	return &keeper{dataDir: dataDir, log: log, kept: map[string]*fuse.Mount{}, stored: map[string]*fuse.Mount{}, checkFD: liveFUSE}
 }
 
 func (k *keeper) holderPath() string { return filepath.Join(k.dataDir, fdholder.SocketName) }
+
+func (k *keeper) recordPath(name string) string {
+	return filepath.Join(k.dataDir, sessionDir, name+".json")
+}
 
 // client connects to the holder, starting it if none runs (k.mu held).
 func (k *keeper) client() (*fdholder.Client, error) {
@@ -75,7 +99,8 @@ func (k *keeper) client() (*fdholder.Client, error) {
 	return cl, nil
 }
 
-// Keep writes the mount's record, then puts its fd in the holder.
+// Keep writes the mount's record, then keeps its fd: in the fd store if
+// it has room, in the holder otherwise.
 func (k *keeper) Keep(m *fuse.Mount) error {
 	s := m.Session()
 	rec := sessionRecord{Volume: m.Volume, Dir: m.Dir, ReadOnly: m.AskedReadOnly(), Epoch: m.Epoch, Dev: m.Dev,
@@ -85,13 +110,16 @@ func (k *keeper) Keep(m *fuse.Mount) error {
 	if err := k.writeRecord(name, rec); err != nil {
 		return err
 	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.storeFD(m, name, m.DupFD) {
+		return nil
+	}
 	fd, err := m.DupFD()
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
-	k.mu.Lock()
-	defer k.mu.Unlock()
 	cl, err := k.client()
 	if err != nil {
 		return err
@@ -99,23 +127,29 @@ func (k *keeper) Keep(m *fuse.Mount) error {
 	if err := cl.Put(name, fd); err != nil {
 		return err
 	}
-	k.kept[name] = true
+	k.kept[name] = m
 	return nil
 }
 
-// Drop removes the mount's fd from the holder and its record.
+// Drop removes the mount's fd from the fd store or the holder, and its
+// record; nothing if another mount of the same connection number has
+// taken the name since.
 func (k *keeper) Drop(m *fuse.Mount) {
 	name := sessionName(m.Dev)
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if !k.kept[name] {
+	switch {
+	case k.stored[name] == m && m != nil:
+		k.unstore(name)
+	case k.kept[name] == m && m != nil:
+		delete(k.kept, name)
+		if err := k.cl.Remove(name); err != nil {
+			k.log.Warn("crash resume: removing a mount's fd from the holder", "name", name, "err", err)
+		}
+	default:
 		return
 	}
-	delete(k.kept, name)
-	if err := k.cl.Remove(name); err != nil {
-		k.log.Warn("crash resume: removing a mount's fd from the holder", "name", name, "err", err)
-	}
-	os.Remove(filepath.Join(k.dataDir, sessionDir, name+".json"))
+	os.Remove(k.recordPath(name))
 }
 
 // close ends the connection to the holder (it keeps what it holds, and
@@ -147,7 +181,7 @@ func (k *keeper) writeRecord(name string, rec sessionRecord) error {
 
 func (k *keeper) readRecord(name string) (sessionRecord, error) {
 	var rec sessionRecord
-	b, err := os.ReadFile(filepath.Join(k.dataDir, sessionDir, name+".json"))
+	b, err := os.ReadFile(k.recordPath(name))
 	if err != nil {
 		return rec, err
 	}
@@ -160,47 +194,138 @@ func (k *keeper) readRecord(name string) (sessionRecord, error) {
 	return rec, nil
 }
 
-// heldSession is a mount found in the holder at start-up.
+// heldSession is a mount found at start-up: its fd, from the fd store
+// (fromStore) or the holder, and its record.
 type heldSession struct {
-	name string
-	fd   int
-	rec  sessionRecord
+	name      string
+	fd        int
+	rec       sessionRecord
+	fromStore bool
 }
 
-// findHeld lists the sessions a holder keeps from a gateway that died
-// (before the store opens: their volumes keep every orphan). A held fd
-// without a record, or whose directory no longer has that connection
-// mounted, is dropped.
-func (k *keeper) findHeld() ([]heldSession, error) {
-	cl, err := fdholder.Dial(k.holderPath())
-	if err != nil {
-		if fdholder.IsAbsent(err) {
-			os.RemoveAll(filepath.Join(k.dataDir, sessionDir)) // records of mounts that ended with their gateway
-			return nil, nil
-		}
-		return nil, err
-	}
-	k.cl = cl
-	fds, err := cl.List()
-	if err != nil {
-		return nil, err
-	}
+// findHeld lists the sessions kept from a gateway that died (before the
+// store opens: their volumes keep every orphan): fromStore, the fds the
+// fd store passed (named fuse-N; findHeld owns them), and the holder's. A
+// kept fd without a record, or whose directory no longer has that
+// connection mounted, ends: it is closed and removed from where it was
+// kept, with its record. Records no fd came with are removed. An error
+// (the holder does not answer) comes with the fd store's sessions.
+func (k *keeper) findHeld(fromStore []*os.File) ([]heldSession, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	found := k.takeStored(fromStore)
+	herr := k.listHolder(found)
+	names := slices.Sorted(maps.Keys(found))
 	var out []heldSession
-	for name, fd := range fds {
-		rec, err := k.readRecord(name)
+	for _, name := range names {
+		h := found[name]
+		err := k.checkFD(h.fd)
+		var rec sessionRecord
+		if err == nil {
+			rec, err = k.readRecord(name)
+		}
 		if err == nil {
 			err = sameConnection(rec)
 		}
 		if err != nil {
-			k.log.Warn("crash resume: a held FUSE session cannot be resumed; it ends", "name", name, "err", err)
-			unix.Close(fd)
-			cl.Remove(name)
-			os.Remove(filepath.Join(k.dataDir, sessionDir, name+".json"))
+			k.log.Warn("crash resume: a kept FUSE session cannot be resumed; it ends", "name", name, "fd_store", h.fromStore, "err", err)
+			unix.Close(h.fd)
+			k.forget(h)
 			continue
 		}
-		out = append(out, heldSession{name: name, fd: fd, rec: rec})
+		h.rec = rec
+		out = append(out, h)
 	}
+	if herr != nil {
+		return out, herr
+	}
+	k.removeStrayRecords(found)
 	return out, nil
+}
+
+// listHolder adds the holder's sessions to found (none when no holder
+// runs). A name the fd store passed too is taken from the store, and the
+// holder's copy is removed. k.mu held.
+func (k *keeper) listHolder(found map[string]heldSession) error {
+	cl, err := fdholder.Dial(k.holderPath())
+	if err != nil {
+		if fdholder.IsAbsent(err) {
+			return nil
+		}
+		return err
+	}
+	k.cl = cl
+	fds, err := cl.List()
+	if err != nil {
+		return err
+	}
+	for name, fd := range fds {
+		if _, dup := found[name]; dup {
+			k.log.Warn("crash resume: a FUSE session is both in the fd store and in the fd holder; the fd store's is used", "name", name)
+			unix.Close(fd)
+			cl.Remove(name)
+			continue
+		}
+		found[name] = heldSession{name: name, fd: fd}
+	}
+	return nil
+}
+
+// removeStrayRecords removes the session records no kept fd came with
+// (mounts that ended with their gateway, or whose fd was never kept).
+func (k *keeper) removeStrayRecords(found map[string]heldSession) {
+	dir := filepath.Join(k.dataDir, sessionDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if _, held := found[name]; ok && held {
+			continue
+		}
+		os.Remove(filepath.Join(dir, e.Name()))
+	}
+}
+
+// forget ends a kept session found at start-up that is not resumed: its
+// fd leaves the fd store or the holder, its record goes (k.mu held).
+func (k *keeper) forget(h heldSession) {
+	if h.fromStore {
+		k.unstore(h.name)
+	} else if k.cl != nil {
+		k.cl.Remove(h.name)
+	}
+	os.Remove(k.recordPath(h.name))
+}
+
+// liveFUSE checks that fd is a /dev/fuse fd (a character device, misc
+// minor 229) whose connection has not ended (poll reports no POLLERR, as
+// for an aborted or unmounted connection; events 0: a pending request's
+// POLLIN does not count). Which connection it is cannot be read from the
+// fd: sameConnection checks the record's.
+func liveFUSE(fd int) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("fstat: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != unix.Mkdev(10, 229) {
+		return errors.New("the fd is not /dev/fuse")
+	}
+	pfd := []unix.PollFd{{Fd: int32(fd)}}
+	for {
+		n, err := unix.Poll(pfd, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("poll: %w", err)
+		}
+		if n > 0 && pfd[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 {
+			return errors.New("its FUSE connection has ended")
+		}
+		return nil
+	}
 }
 
 // sameConnection checks that rec's directory still has its connection
@@ -246,11 +371,8 @@ func resumeHeld(ctx context.Context, mounts *fuse.Manager, k *keeper, held []hel
 		if _, err := mounts.Resume(ctx, st, h.fd, r.Epoch+1); err != nil {
 			k.log.Warn("crash resume: a FUSE mount could not be resumed; it ends", "volume", r.Volume, "dir", r.Dir, "err", err)
 			k.mu.Lock()
-			if k.cl != nil {
-				k.cl.Remove(h.name)
-			}
+			k.forget(h)
 			k.mu.Unlock()
-			os.Remove(filepath.Join(k.dataDir, sessionDir, h.name+".json"))
 			continue
 		}
 		dirs = append(dirs, r.Dir)

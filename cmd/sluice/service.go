@@ -39,6 +39,10 @@ type service struct {
 	// handedOver: inherited came from a gateway that handed over
 	// (--takeover), not from the service manager.
 	handedOver bool
+	// fuseFDs are the inherited fds named fuse-N: FUSE sessions of a
+	// gateway that died, kept by the fd store (for the crash resume,
+	// keeper.findHeld; named by os.File.Name).
+	fuseFDs []*os.File
 }
 
 // newService reads NOTIFY_SOCKET, WATCHDOG_USEC and LISTEN_FDS (and
@@ -51,7 +55,7 @@ func newService(a *gatewayArgs) (*service, error) {
 		return nil, err
 	}
 	s := &service{}
-	s.inherited, err = matchInherited(a, files)
+	s.inherited, s.fuseFDs, err = matchInherited(a, files)
 	if err != nil {
 		return nil, err
 	}
@@ -72,31 +76,36 @@ func newService(a *gatewayArgs) (*service, error) {
 // matchInherited makes each inherited fd the listener of the flag its
 // name stands for, after checking it is the socket that flag describes
 // (same kind, same path or address), so the socket unit and the flags
-// cannot disagree about where clients connect. On an error it closes
-// them all.
-func matchInherited(a *gatewayArgs, files []*os.File) (map[string]net.Listener, error) {
+// cannot disagree about where clients connect. The fds named fuse-N (FUSE
+// sessions from the fd store) are returned as they are, in fuseFDs. On an
+// error it closes them all.
+func matchInherited(a *gatewayArgs, files []*os.File) (_ map[string]net.Listener, fuseFDs []*os.File, _ error) {
 	out := map[string]net.Listener{}
-	fail := func(err error) (map[string]net.Listener, error) {
+	fail := func(err error) (map[string]net.Listener, []*os.File, error) {
 		for _, l := range out {
 			l.Close()
 		}
-		for _, f := range files {
+		for _, f := range append(files, fuseFDs...) {
 			f.Close()
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	for i := 0; len(files) > 0; i++ {
 		f := files[0]
 		files = files[1:]
 		fd := systemd.ListenFDsStart + i
 		name := f.Name()
+		if isSessionName(name) {
+			fuseFDs = append(fuseFDs, f)
+			continue
+		}
 		network, flag, want := inheritedTarget(a, name)
 		if network == "" {
 			f.Close()
 			if name == systemd.UnknownName {
 				return fail(fmt.Errorf("inherited fd %d has no name (no LISTEN_FDNAMES): set FileDescriptorName= in the socket unit to %s", fd, fdNameList))
 			}
-			return fail(fmt.Errorf("inherited fd %d is named %q, which is none of the gateway's sockets (%s)", fd, name, fdNameList))
+			return fail(fmt.Errorf("inherited fd %d is named %q, which is none of the gateway's sockets (%s) nor a FUSE session (fuse-N)", fd, name, fdNameList))
 		}
 		if _, dup := out[name]; dup {
 			f.Close()
@@ -115,7 +124,7 @@ func matchInherited(a *gatewayArgs, files []*os.File) (map[string]net.Listener, 
 			return fail(fmt.Errorf("inherited fd %d named %q %w, but %s is %s: make the socket unit and the flag say the same", fd, name, err, flag, want))
 		}
 	}
-	return out, nil
+	return out, fuseFDs, nil
 }
 
 var fdNameList = strings.Join([]string{fdAPI, fdNBD, fdNBDTCP, fdShim, fdMetrics}, ", ")
@@ -231,12 +240,38 @@ func (s *service) take(name string) net.Listener {
 }
 
 // closeInherited closes what was inherited and not taken (a failed
-// start).
+// start). FUSE sessions' fds are closed here, not removed from the fd
+// store: the next start may resume them.
 func (s *service) closeInherited() {
 	for name, l := range s.inherited {
 		l.Close()
 		delete(s.inherited, name)
 	}
+	for _, f := range s.takeFUSEFDs() {
+		f.Close()
+	}
+}
+
+// takeFUSEFDs returns the inherited FUSE sessions' fds and forgets them
+// (the caller owns them now).
+func (s *service) takeFUSEFDs() []*os.File {
+	fds := s.fuseFDs
+	s.fuseFDs = nil
+	return fds
+}
+
+// fuseStoreRoom is how many FUSE sessions' fds the fd store takes: its
+// room ($FDSTORE) less one for each of the gateway's listening sockets
+// (sockets: counted whether stored or not, since a socket from a .socket
+// unit is not in the store but one from an earlier start is, and the
+// gateway cannot tell them apart; on the safe side). told is false when
+// the manager did not say ($FDSTORE unset, systemd before 254) or there
+// is no manager: nothing is stored then.
+func (s *service) fuseStoreRoom(sockets int) (room int, told bool) {
+	if s.notify == nil || s.fdStore <= 0 {
+		return 0, false
+	}
+	return max(0, s.fdStore-sockets), true
 }
 
 // runWatchdog pings the service manager while the admin API answers,

@@ -79,7 +79,7 @@ func TestMatchInherited(t *testing.T) {
 			}
 			files = append(files, socket(path, n))
 		}
-		_, err := matchInherited(a, files)
+		_, _, err := matchInherited(a, files)
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", names, err, want)
 		}

@@ -141,8 +141,12 @@ func takeOver(a *gatewayArgs, svc *service, log *slog.Logger) (*takenOver, error
 	for i, fd := range fds {
 		files[i] = os.NewFile(uintptr(fd), st.Listeners[i].Name)
 	}
-	if svc.inherited, err = matchInherited(a, files); err != nil {
+	var fuseFDs []*os.File
+	if svc.inherited, fuseFDs, err = matchInherited(a, files); err != nil {
 		return fail(fmt.Errorf("--takeover: %w", err))
+	}
+	for _, f := range fuseFDs { // a handover names its listeners only
+		f.Close()
 	}
 	svc.handedOver = true
 	t.state = st
