@@ -12,10 +12,12 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // Desired state in etcd, under one prefix (default DefaultEtcdPrefix):
@@ -61,7 +63,8 @@ type EtcdOptions struct {
 	// SessionTTL is the election lease (default DefaultEtcdSessionTTL;
 	// etcd rounds it up to whole seconds and its minimum).
 	SessionTTL time.Duration
-	// DialTimeout (default 5 s).
+	// DialTimeout (default 5 s) bounds the connection and authentication;
+	// the first transaction (the schema check) may take twice as long.
 	DialTimeout time.Duration
 	Logger      *slog.Logger
 }
@@ -79,6 +82,7 @@ type etcdStore struct {
 	name   string
 	ttl    int
 	log    *slog.Logger
+	cause  *lastCause // explains the client's bare deadline errors
 	cancel context.CancelFunc
 	done   chan struct{}
 
@@ -118,8 +122,10 @@ func openEtcdStore(ctx context.Context, o EtcdOptions) (*etcdStore, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	last := &lastCause{}
 	cfg := clientv3.Config{Endpoints: o.Endpoints, DialTimeout: o.DialTimeout, Username: o.Username, Password: o.Password,
-		Logger: zap.NewNop(), Context: context.WithoutCancel(ctx)}
+		Logger: zap.NewNop(), Context: context.WithoutCancel(ctx),
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(last.interceptor())}}
 	if o.CACert != "" || o.Cert != "" || o.Key != "" {
 		tc, err := etcdTLS(o)
 		if err != nil {
@@ -129,13 +135,13 @@ func openEtcdStore(ctx context.Context, o EtcdOptions) (*etcdStore, error) {
 	}
 	cli, err := clientv3.New(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("etcd at %s: %w", strings.Join(o.Endpoints, ","), err)
+		return nil, fmt.Errorf("etcd at %s: %w", strings.Join(o.Endpoints, ","), startFailure(ctx, err, o.Endpoints, cfg.TLS, last))
 	}
 	s := &etcdStore{cli: cli, prefix: o.Prefix, name: o.Name, ttl: max(int((o.SessionTTL+time.Second-1)/time.Second), 1),
-		log: o.Logger, done: make(chan struct{})}
-	if err := s.checkSchema(ctx); err != nil {
+		log: o.Logger, cause: last, done: make(chan struct{})}
+	if err := s.checkSchema(ctx, 2*o.DialTimeout); err != nil {
 		cli.Close()
-		return nil, err
+		return nil, startFailure(ctx, err, o.Endpoints, cfg.TLS, last)
 	}
 	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
@@ -156,15 +162,20 @@ func etcdTLS(o EtcdOptions) (*tls.Config, error) {
 }
 
 // checkSchema writes the schema key into an empty prefix and refuses a
-// prefix written in another layout.
-func (s *etcdStore) checkSchema(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+// prefix written in another layout, within timeout (twice the dial
+// timeout: the first call to etcd when there is no user to authenticate).
+func (s *etcdStore) checkSchema(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	key := s.prefix + keySchema
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, EtcdSchema)).
 		Else(clientv3.OpGet(key)).Commit()
+	if errors.Is(err, rpctypes.ErrPermissionDenied) {
+		return fmt.Errorf("etcd: checking the schema version at %s: %w: the controller's etcd user needs readwrite on every key under %s "+
+			"(etcdctl role grant-permission --prefix=true ROLE readwrite %s)", key, err, s.prefix, s.prefix)
+	}
 	if err != nil {
 		return fmt.Errorf("etcd: checking the schema version at %s: %w", key, err)
 	}
@@ -191,7 +202,7 @@ func (s *etcdStore) campaign(ctx context.Context) {
 	for ctx.Err() == nil {
 		sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(s.ttl), concurrency.WithContext(ctx))
 		if err != nil {
-			s.log.Warn("etcd: no session; retrying", "err", err)
+			s.log.Warn("etcd: no session; retrying", "err", s.cause.explain(err))
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):
@@ -204,7 +215,7 @@ func (s *etcdStore) campaign(ctx context.Context) {
 		e := concurrency.NewElection(sess, s.prefix+keyElection)
 		if err := e.Campaign(ctx, s.name); err != nil {
 			if ctx.Err() == nil {
-				s.log.Warn("etcd: campaign failed; retrying", "err", err)
+				s.log.Warn("etcd: campaign failed; retrying", "err", s.cause.explain(err))
 			}
 			s.endSession(sess)
 			continue

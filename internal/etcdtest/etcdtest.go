@@ -19,13 +19,30 @@ import (
 // test ends; it returns the client URL.
 func Start(t testing.TB) string {
 	t.Helper()
+	cfg := newConfig(t, "http")
+	start(t, cfg)
+	return cfg.ListenClientUrls[0].String()
+}
+
+// newConfig is a one-member configuration on free loopback ports, clients
+// served over scheme (http or https), data in a temporary directory.
+func newConfig(t testing.TB, scheme string) *embed.Config {
+	t.Helper()
 	cfg := embed.NewConfig()
 	cfg.Dir = t.TempDir()
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop()) // it logs errors on a normal Close
 	cu, pu := freeURL(t), freeURL(t)
+	cu.Scheme = scheme
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	return cfg
+}
+
+// start starts the member cfg describes, waits until it is ready and
+// stops it when the test ends.
+func start(t testing.TB, cfg *embed.Config) {
+	t.Helper()
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +55,6 @@ func Start(t testing.TB) string {
 	case <-time.After(30 * time.Second):
 		t.Fatal("etcd not ready after 30 s")
 	}
-	return cu.String()
 }
 
 // freeURL is a loopback URL on a port the kernel just handed out.
