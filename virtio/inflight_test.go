@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -159,13 +160,13 @@ func collect(t *testing.T, f *rawFront, n int) []uint16 {
 // writing (the process they ran in is, for the test, dead).
 type writeGate struct {
 	*memExport
-	armed   bool
+	armed   atomic.Bool
 	entered chan struct{}
 	release chan struct{}
 }
 
 func (g *writeGate) Do(ctx context.Context, req *gateway.Request) error {
-	if req.Op == gateway.OpWrite && g.armed {
+	if req.Op == gateway.OpWrite && g.armed.Load() {
 		g.entered <- struct{}{}
 		<-g.release
 		return errors.New("writeGate: the back-end died")
@@ -208,7 +209,7 @@ func TestInflightTracking(t *testing.T) {
 				q.flag(i), q.count(i), q.u16(inflightOffLastBatch), q.u16(inflightOffUsedIdx))
 		}
 	}
-	g.armed = true
+	g.armed.Store(true)
 	layWrite(f, 5, 80, 9)
 	publish(f, 5)
 	<-g.entered
@@ -241,7 +242,7 @@ func TestInflightResubmitAfterDeath(t *testing.T) {
 	want := map[uint64][]byte{0: layWrite(f, 0, 0, 1)}
 	publish(f, 0)
 	collect(t, f, 1)
-	gA.armed = true
+	gA.armed.Store(true)
 	// Heads 7 then 4: the counter, not the head, gives the order.
 	want[8] = layWrite(f, 7, 8, 7)
 	publish(f, 7)
