@@ -170,6 +170,23 @@ type crashWorker struct {
 	done     atomic.Bool
 }
 
+// stop tells the worker to stop (stopFile) and fails the test unless it
+// finishes within 2 minutes having reported no error.
+func (w *crashWorker) stop(t *testing.T, stopFile string, g *gw) {
+	t.Helper()
+	if err := os.WriteFile(stopFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-w.finished:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the client did not finish within 2 minutes of being told to stop")
+	}
+	if p := w.err.Load(); p != nil || !w.done.Load() {
+		t.Fatalf("client: %v (done %v)\n%s", p, w.done.Load(), g.logTail())
+	}
+}
+
 func startCrashWorker(t *testing.T, dir, stopFile string) *crashWorker {
 	t.Helper()
 	w := &crashWorker{finished: make(chan struct{})}
@@ -263,17 +280,7 @@ func TestCrashResumeFUSE(t *testing.T) {
 		progress(fmt.Sprintf("round %d: IO after the restart", r))
 		longest = append(longest, fmt.Sprintf("%dms", w.longest.Load()))
 	}
-	if err := os.WriteFile(stopFile, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-w.finished:
-	case <-time.After(2 * time.Minute):
-		t.Fatal("the client did not finish within 2 minutes of being told to stop")
-	}
-	if p := w.err.Load(); p != nil || !w.done.Load() {
-		t.Fatalf("client: %v (done %v)\n%s", p, w.done.Load(), g.logTail())
-	}
+	w.stop(t, stopFile, g)
 	t.Logf("longest write+fsync+read per crash (kill, start, resume): %s", strings.Join(longest, " "))
 	t.Logf("writes %d, stat+readdir loops %d", w.writes.Load(), w.lists.Load())
 	g.mustSluice("umount", mnt)

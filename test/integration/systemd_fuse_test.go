@@ -115,17 +115,7 @@ func TestSystemdFUSEStore(t *testing.T) {
 	}
 	progress(g2, "IO after the restart")
 
-	if err := os.WriteFile(stopFile, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-w.finished:
-	case <-time.After(2 * time.Minute):
-		t.Fatal("the client did not finish within 2 minutes of being told to stop")
-	}
-	if p := w.err.Load(); p != nil || !w.done.Load() {
-		t.Fatalf("client: %v (done %v)\n%s", p, w.done.Load(), g2.logTail())
-	}
+	w.stop(t, stopFile, g2)
 	t.Logf("client: writes %d, stat+readdir loops %d; longest write+fsync+read %d ms", w.writes.Load(), w.lists.Load(), w.longest.Load())
 
 	g2.mustSluice("umount", mnt)
