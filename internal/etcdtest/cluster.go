@@ -17,6 +17,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
 // memberEnv holds a member's spec (JSON) in the environment of a test
@@ -138,17 +140,26 @@ func (c *Cluster) WaitHealthy(d time.Duration) {
 	c.t.Helper()
 	deadline := time.Now().Add(d)
 	for _, m := range c.Members {
-		for m.cmd != nil && !m.Healthy() {
+		if m.cmd == nil {
+			continue
+		}
+		var exit error
+		exited := false
+		healthy := testwait.Poll(time.Until(deadline), func() bool {
 			select {
-			case err := <-m.exited:
-				m.exited <- err
-				c.t.Fatalf("etcd member %s exited: %v\n%s", m.spec.Name, err, m.LogTail())
+			case exit = <-m.exited:
+				m.exited <- exit
+				exited = true
+				return true
 			default:
+				return m.Healthy()
 			}
-			if time.Now().After(deadline) {
-				c.t.Fatalf("etcd member %s not healthy after %v\n%s", m.spec.Name, d, m.LogTail())
-			}
-			time.Sleep(50 * time.Millisecond)
+		})
+		if exited {
+			c.t.Fatalf("etcd member %s exited: %v\n%s", m.spec.Name, exit, m.LogTail())
+		}
+		if !healthy {
+			c.t.Fatalf("etcd member %s not healthy after %v\n%s", m.spec.Name, d, m.LogTail())
 		}
 	}
 }

@@ -78,7 +78,7 @@ func TestControllerHAEtcdClusterUnderIO(t *testing.T) {
 	t0 := time.Now()
 	// Warm-up, the first capacity measurement and rounds, then a window.
 	h.windows = append(h.windows, window{"steady", t0.Add(6 * time.Second), t0.Add(6*time.Second + haWindow)})
-	time.Sleep(time.Until(h.windows[0].to))
+	h.through(h.windows[0])
 
 	first := h.etcdLeader()
 	killed := time.Now()
@@ -217,12 +217,48 @@ func (h *haIO) term() uint64 {
 	return f.Term
 }
 
-// window adds a window haSettle from now and sleeps until its end.
+// window adds a window haSettle from now and waits through it (through).
 func (h *haIO) window(name string) {
 	from := time.Now().Add(haSettle)
 	w := window{name, from, from.Add(haWindow)}
 	h.windows = append(h.windows, w)
-	time.Sleep(time.Until(w.to))
+	h.through(w)
+}
+
+// through waits until window w has been served: its end on the clock (a
+// window is a span of wall-clock time, over which the shares are
+// measured), then, as evidence that every fio job ran through it and not
+// only the clock, until every tenant's NBD reads have moved on every
+// gateway it is on since then. A job stalled past the window's end is
+// waited for (testwait's limit), not taken as its samples being there.
+func (h *haIO) through(w window) {
+	<-time.After(time.Until(w.to))
+	at := h.readBytes()
+	testwait.For(h.t, "every tenant's reads after window "+w.name, func() bool {
+		now := h.readBytes()
+		for k, n := range at {
+			if now[k] <= n {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// readBytes is the bytes each tenant's volume has read through NBD on
+// each gateway, by "gwN tenant/data".
+func (h *haIO) readBytes() map[string]int64 {
+	out := map[string]int64{}
+	for i, g := range h.gws {
+		for _, v := range g.stats().Volumes {
+			for _, o := range v.Ops {
+				if o.Door == "nbd" && o.Op == "read" {
+					out[fmt.Sprintf("gw%d %s", i+1, v.Ref)] += o.Bytes
+				}
+			}
+		}
+	}
+	return out
 }
 
 // pauseLeader stops the leader (SIGSTOP) until another replica leads and
