@@ -168,13 +168,27 @@ type crashWorker struct {
 	err      atomic.Pointer[string]
 	finished chan struct{}
 	done     atomic.Bool
+	stopFile string // its existence tells the worker to stop
 }
 
-// stop tells the worker to stop (stopFile) and fails the test unless it
-// finishes within 2 minutes having reported no error.
-func (w *crashWorker) stop(t *testing.T, stopFile string, g *gw) {
+// progress waits until the worker has made 3 more writes and 3 more
+// listings; an error it reports fails the test, with g's log.
+func (w *crashWorker) progress(t *testing.T, g *gw, what string) {
 	t.Helper()
-	if err := os.WriteFile(stopFile, nil, 0o644); err != nil {
+	w0, l0 := w.writes.Load(), w.lists.Load()
+	testwait.For(t, what, func() bool {
+		if p := w.err.Load(); p != nil {
+			t.Fatalf("%s: client: %s\n%s", what, *p, g.logTail())
+		}
+		return w.writes.Load() >= w0+3 && w.lists.Load() >= l0+3
+	})
+}
+
+// stop tells the worker to stop and fails the test unless it finishes
+// within 2 minutes having reported no error.
+func (w *crashWorker) stop(t *testing.T, g *gw) {
+	t.Helper()
+	if err := os.WriteFile(w.stopFile, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -187,9 +201,16 @@ func (w *crashWorker) stop(t *testing.T, stopFile string, g *gw) {
 	}
 }
 
-func startCrashWorker(t *testing.T, dir, stopFile string) *crashWorker {
+// startCrashWorker starts a TestCrashResumeWorker process on a new
+// directory d of mount mnt; it is killed when the test ends.
+func startCrashWorker(t *testing.T, mnt string) *crashWorker {
 	t.Helper()
-	w := &crashWorker{finished: make(chan struct{})}
+	dir := filepath.Join(mnt, "d")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	stopFile := filepath.Join(t.TempDir(), "stop")
+	w := &crashWorker{finished: make(chan struct{}), stopFile: stopFile}
 	w.cmd = exec.Command(os.Args[0], "-test.run=^TestCrashResumeWorker$", "-test.count=1")
 	w.cmd.Env = append(os.Environ(), "SLUICE_CRASH_WORKER_DIR="+dir, "SLUICE_CRASH_WORKER_STOP="+stopFile)
 	out, err := w.cmd.StdoutPipe()
@@ -222,6 +243,10 @@ func startCrashWorker(t *testing.T, dir, stopFile string) *crashWorker {
 		}
 		w.cmd.Wait()
 	}()
+	t.Cleanup(func() {
+		w.cmd.Process.Kill()
+		<-w.finished
+	})
 	return w
 }
 
@@ -248,26 +273,8 @@ func TestCrashResumeFUSE(t *testing.T) {
 			unix.Unmount(mnt, unix.MNT_DETACH)
 		}
 	})
-	sub := filepath.Join(mnt, "d")
-	if err := os.Mkdir(sub, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	stopFile := filepath.Join(t.TempDir(), "stop")
-	w := startCrashWorker(t, sub, stopFile)
-	t.Cleanup(func() {
-		w.cmd.Process.Kill()
-		<-w.finished
-	})
-	progress := func(what string) {
-		w0, l0 := w.writes.Load(), w.lists.Load()
-		testwait.For(t, what, func() bool {
-			if p := w.err.Load(); p != nil {
-				t.Fatalf("%s: client: %s\n%s", what, *p, g.logTail())
-			}
-			return w.writes.Load() >= w0+3 && w.lists.Load() >= l0+3
-		})
-	}
-	progress("IO before the first kill")
+	w := startCrashWorker(t, mnt)
+	w.progress(t, g, "IO before the first kill")
 	var longest []string
 	for r := 1; r <= 10; r++ {
 		w.longest.Store(0)
@@ -277,10 +284,10 @@ func TestCrashResumeFUSE(t *testing.T) {
 			b, _ := os.ReadFile(filepath.Join(dir, "gateway.log"))
 			return strings.Count(string(b), `msg="crash resume" fuse_mounts_resumed=1 fuse_sessions_held=1`) == r
 		})
-		progress(fmt.Sprintf("round %d: IO after the restart", r))
+		w.progress(t, g, fmt.Sprintf("round %d: IO after the restart", r))
 		longest = append(longest, fmt.Sprintf("%dms", w.longest.Load()))
 	}
-	w.stop(t, stopFile, g)
+	w.stop(t, g)
 	t.Logf("longest write+fsync+read per crash (kill, start, resume): %s", strings.Join(longest, " "))
 	t.Logf("writes %d, stat+readdir loops %d", w.writes.Load(), w.lists.Load())
 	g.mustSluice("umount", mnt)

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
 // recvStored reads notifications up to READY=1 and returns the fds
@@ -72,26 +70,8 @@ func TestSystemdFUSEStore(t *testing.T) {
 		t.Fatal("the fd holder was started although the fd store had room")
 	}
 
-	sub := filepath.Join(mnt, "d")
-	if err := os.Mkdir(sub, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	stopFile := filepath.Join(t.TempDir(), "stop")
-	w := startCrashWorker(t, sub, stopFile)
-	t.Cleanup(func() {
-		w.cmd.Process.Kill()
-		<-w.finished
-	})
-	progress := func(g *gw, what string) {
-		w0, l0 := w.writes.Load(), w.lists.Load()
-		testwait.For(t, what, func() bool {
-			if p := w.err.Load(); p != nil {
-				t.Fatalf("%s: client: %s\n%s", what, *p, g.logTail())
-			}
-			return w.writes.Load() >= w0+3 && w.lists.Load() >= l0+3
-		})
-	}
-	progress(g, "IO before the kill")
+	w := startCrashWorker(t, mnt)
+	w.progress(t, g, "IO before the kill")
 
 	g.kill()
 	bogus := "fuse-99"
@@ -113,9 +93,9 @@ func TestSystemdFUSEStore(t *testing.T) {
 	if log := g2.logTail(); !strings.Contains(log, `msg="crash resume" fuse_mounts_resumed=1 fuse_sessions_held=1`) {
 		t.Fatalf("the restarted gateway did not resume the mount:\n%s", log)
 	}
-	progress(g2, "IO after the restart")
+	w.progress(t, g2, "IO after the restart")
 
-	w.stop(t, stopFile, g2)
+	w.stop(t, g2)
 	t.Logf("client: writes %d, stat+readdir loops %d; longest write+fsync+read %d ms", w.writes.Load(), w.lists.Load(), w.longest.Load())
 
 	g2.mustSluice("umount", mnt)
