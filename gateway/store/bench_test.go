@@ -62,6 +62,17 @@ func benchVolume(b *testing.B, env *filter.Env, name string) (*Volume, Filters) 
 	return v, f
 }
 
+// fillVolume writes the whole of a benchVolume through f, 1 MiB at a
+// time, so that reads and overwrites find data.
+func fillVolume(b *testing.B, v *Volume, f Filters) {
+	p := text(1, MiB)
+	for off := int64(0); off < 64*MiB; off += MiB {
+		if err := v.WriteAtWith(context.Background(), 0, p, off, false, f); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkRead4K: 4 KiB random reads of plain and transformed chunks
 // (noop and encrypted chunks are read by the sector, see filter.Sectors).
 func BenchmarkRead4K(b *testing.B) {
@@ -70,12 +81,7 @@ func BenchmarkRead4K(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			ctx := context.Background()
 			v, f := benchVolume(b, env, name)
-			p := text(1, MiB)
-			for off := int64(0); off < 64*MiB; off += MiB {
-				if err := v.WriteAtWith(ctx, 0, p, off, false, f); err != nil {
-					b.Fatal(err)
-				}
-			}
+			fillVolume(b, v, f)
 			buf := make([]byte, 4096)
 			b.SetBytes(4096)
 			b.ResetTimer()
@@ -97,12 +103,7 @@ func BenchmarkWrite4K(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			ctx := context.Background()
 			v, f := benchVolume(b, env, name)
-			p := text(1, MiB)
-			for off := int64(0); off < 64*MiB; off += MiB {
-				if err := v.WriteAtWith(ctx, 0, p, off, false, f); err != nil {
-					b.Fatal(err)
-				}
-			}
+			fillVolume(b, v, f)
 			var seed atomic.Uint64
 			b.SetBytes(4096)
 			b.SetParallelism(8) // 16 writers on 2 cores
