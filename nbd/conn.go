@@ -47,8 +47,9 @@ type conn struct {
 	ctx       context.Context // passed to Export; cancelled on a hard close
 	cancel    context.CancelFunc
 
-	sess *session
-	st   exportState
+	sess   *session
+	st     exportState
+	preset bool // the session was set before Start, without a handshake
 
 	// Reply writing: see reply.go. Guarded by wmu.
 	wmu      sync.Mutex
@@ -129,9 +130,13 @@ func (c *conn) Serve() {
 		c.finish()
 	})
 
-	if c.sess != nil {
-		// Handed off (handoff.go): the session was set without a handshake.
+	if c.preset {
+		// Handed off or resumed (handoff.go, handover.go): the session
+		// was set without a handshake.
 		if !c.setPhase(phaseTransmission) {
+			// A shutdown came before the first read: nothing of the
+			// stream was read, so a handover takes the socket as it is.
+			c.stoppedForHand = c.detaching.Load()
 			c.finish()
 			return
 		}
@@ -227,17 +232,27 @@ func (c *conn) isShutting() bool { return c.shutting.Load() }
 // For a handover (ShutdownHandover) a connection in transmission that
 // can be handed over stops at a request boundary instead, answers every
 // request it read, and is handed over (handover.go).
+//
+// detaching is set before shutting: the reader answers ESHUTDOWN to a
+// request it reads while shutting and not detaching, so it must never
+// see shutting without detaching on a connection being handed over.
+// A connection whose session was preset (a handoff or a resumed one)
+// and that has not begun to serve yet is not closed here: Serve sees
+// shutting before its first read and hands it over or closes it.
 func (c *conn) Drain() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	transmitting := c.phase == phaseTransmission || c.phase == phaseHandshake && c.preset
+	if transmitting && c.srv.handover.Load() && c.canHandOver() {
+		c.detaching.Store(true)
+	}
 	c.shutting.Store(true)
 	switch c.phase {
 	case phaseHandshake:
-		c.closeTransport()
-	case phaseTransmission:
-		if c.srv.handover.Load() && c.canHandOver() {
-			c.detaching.Store(true)
+		if !c.preset {
+			c.closeTransport()
 		}
+	case phaseTransmission:
 		if d, ok := c.nc.(interface{ SetReadDeadline(time.Time) error }); ok {
 			_ = d.SetReadDeadline(time.Now())
 		} else {

@@ -45,6 +45,7 @@ func (s *Server) Handoff(ctx context.Context, name string, nc net.Conn) (Handoff
 	tuneSocket(nc)
 	c := newConn(s, context.WithoutCancel(ctx), nc)
 	c.setSession(sess)
+	c.preset = true
 	if !s.door.Start(c) {
 		c.cancel() // nc stays the caller's
 		return Handoff{}, fmt.Errorf("nbd: server is shutting down: %w", gateway.ErrClosed)

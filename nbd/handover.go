@@ -110,6 +110,7 @@ func (s *Server) resume(nc net.Conn, st ConnState) (*conn, error) {
 	tuneSocket(nc)
 	c := newConn(s, context.Background(), nc)
 	c.setSession(sess)
+	c.preset = true
 	c.st.maxPayload = st.MaxPayload
 	if !s.door.Start(c) {
 		c.cancel()

@@ -114,6 +114,24 @@ func TestShutdownHandoverAtBoundary(t *testing.T) {
 // read sees a whole block no older than the last write answered before
 // the read was sent.
 func TestShutdownHandoverPipelined(t *testing.T) {
+	pipelinedHandovers(t, 5, func(int) int { return 2000 })
+}
+
+// The same client handed over 300 times back to back: half of the new
+// servers are stopped for the next handover before they answer anything
+// (often before their reader first runs), the others after one answer
+// (their reader busy with the stream). Each handover must move the
+// connection, and no request may be refused: a reader that saw the
+// shutdown before the handover mark used to answer ESHUTDOWN, and a
+// resumed connection drained before it began to serve used to be closed.
+func TestShutdownHandoverBackToBack(t *testing.T) {
+	pipelinedHandovers(t, 300, func(i int) int { return i % 2 })
+}
+
+// pipelinedHandovers runs the pipelined client of
+// TestShutdownHandoverPipelined through rounds handovers, waiting for
+// between(i) answers before handover i and 2000 after the last.
+func pipelinedHandovers(t *testing.T, rounds int, between func(i int) int) {
 	exp := newMemExport(4 << 20)
 	exports := memExports{"t/v": exp}
 	s, sock := startServer(t, exports, Options{})
@@ -226,8 +244,8 @@ func TestShutdownHandoverPipelined(t *testing.T) {
 		default:
 		}
 	}
-	for i := 0; i < 5; i++ {
-		progress(2000)
+	for i := 0; i < rounds; i++ {
+		progress(between(i))
 		next := NewServer(exports, Options{Logger: testLogger(t)})
 		if n := handOverTo(t, s, next); n != 1 {
 			t.Fatalf("handover %d moved %d connections", i+1, n)
