@@ -66,6 +66,7 @@ import (
 	"github.com/sluice-storage/sluice/gateway/qos"
 	"github.com/sluice-storage/sluice/gateway/store"
 	"github.com/sluice-storage/sluice/gateway/store/fsns"
+	"github.com/sluice-storage/sluice/internal/bufpool"
 )
 
 // Config is everything a Gateway needs, in one plain struct.
@@ -128,7 +129,8 @@ type Gateway struct {
 	env       *filter.Env // filter codecs and the keyring
 	keyringMu sync.Mutex  // serialises keyring reloads
 	policies  policies
-	auto      automation // the automation controllers' state between ticks
+	auto      automation   // the automation controllers' state between ticks
+	bufs      bufpool.Pool // copies of shared write buffers (Request.Shared)
 	stop      chan struct{}
 	done      chan struct{}
 }

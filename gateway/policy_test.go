@@ -387,3 +387,45 @@ func TestFilePolicies(t *testing.T) {
 		t.Fatalf("scrub: %+v (want the .log compressed, the .txt checksummed, the .raw plain)", rep)
 	}
 }
+
+// A write from shared memory (Request.Shared) whose buffer the client
+// changes while Do runs: on a volume whose policy checksums or compresses,
+// the filters see one version of the bytes (the copy Do made first), so
+// the chunk reads back whole, as it was when Do began. A plain volume
+// writes from the buffer itself (no copy): it stores what the buffer
+// held when the store wrote it.
+func TestSharedWriteFiltersSeeOneVersion(t *testing.T) {
+	ctx := context.Background()
+	g := openPolicyGateway(t, t.TempDir(), testKeyring(t, "acme"))
+	defer g.Close()
+	for _, name := range []string{"sum", "zip", "plain"} {
+		if _, err := g.CreateVolume(ctx, CreateOptions{Tenant: "acme", Name: name, Size: 4 << 20}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustAdd(t, g, "FOR VOLUME acme/sum DO SET checksum")
+	mustAdd(t, g, "FOR VOLUME acme/zip DO SET compression WITH algo=lz4")
+	before, after := words(128<<10), bytes.Repeat([]byte{0xa5}, 128<<10)
+	for _, tc := range []struct {
+		vol  string
+		want []byte
+	}{{"sum", before}, {"zip", before}, {"plain", after}} {
+		v, _ := g.Volume("acme/" + tc.vol)
+		v.testFault = func(req *Request) {
+			if req.Op == OpWrite {
+				copy(req.Buf, after) // the client's memory changes mid-write
+			}
+		}
+		shared := bytes.Clone(before)
+		if err := v.Do(ctx, &Request{Op: OpWrite, Offset: 64 << 10, Buf: shared, Shared: true, Door: DoorShim}); err != nil {
+			t.Fatalf("%s: shared write: %v", tc.vol, err)
+		}
+		got := make([]byte, len(before))
+		if err := v.Do(ctx, &Request{Op: OpRead, Offset: 64 << 10, Buf: got, Door: DoorShim}); err != nil {
+			t.Fatalf("%s: read back: %v", tc.vol, err)
+		}
+		if !bytes.Equal(got, tc.want) {
+			t.Errorf("%s: read back %q..., want %q...", tc.vol, got[:8], tc.want[:8])
+		}
+	}
+}

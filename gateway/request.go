@@ -83,8 +83,14 @@ type Request struct {
 	// DataOnly: OpSync is fdatasync(2): a file's data and the attributes
 	// reading it needs (the length), not its times.
 	DataOnly bool
-	Door     Door
-	Path     string // fs volumes: the file's path, for rules that target files
+	// Shared: Buf is memory another process maps and may change while
+	// Do runs (the shim's channel, a VM's memory). A write whose filters
+	// compute over its bytes (a transforming chain, a read cache) copies
+	// them first, so every filter sees one version; a plain write goes
+	// to the device from Buf as it is (no copy).
+	Shared bool
+	Door   Door
+	Path   string // fs volumes: the file's path, for rules that target files
 }
 
 // Errors a door maps to its protocol's codes (see each door's errno

@@ -62,7 +62,9 @@ type Volume struct {
 	filt     atomic.Pointer[volFilters]
 	counters counters
 	// testFault, set only by tests before any IO, runs at the start of
-	// Do's store step: a test makes it panic to check the panic policy.
+	// Do's store step with the caller's request: a test makes it panic
+	// to check the panic policy, or changes its Buf as a client changes
+	// shared memory during a write (Request.Shared).
 	testFault func(*Request)
 }
 
@@ -116,11 +118,22 @@ func (v *Volume) Do(ctx context.Context, req *Request) (err error) {
 	if vf := v.filt.Load(); vf != nil {
 		f = v.filtersFor(ctx, vf, req)
 	}
+	// 1c. a write from shared memory is copied when filters compute
+	// over its bytes (Request.Shared).
+	run := req
+	if req.Op == OpWrite && req.Shared && (!f.Chain.Plain() || f.Cache) {
+		b := v.g.bufs.Get(len(req.Buf))
+		defer v.g.bufs.Put(b)
+		copy(b.B, req.Buf)
+		own := *req
+		own.Buf = b.B
+		run = &own
+	}
 	// 3. store.
 	if v.testFault != nil {
-		v.testFault(req)
+		v.testFault(req) // the caller's request: a test may change its Buf as a client could
 	}
-	n, err := v.exec(ctx, req, f)
+	n, err := v.exec(ctx, run, f)
 	// 4. account.
 	v.counters.record(req.Door, req.Op, n, time.Since(start), err)
 	return err

@@ -50,6 +50,7 @@ type channel struct {
 	served  atomic.Uint64
 	avgNs   [numClasses]atomic.Int64 // EWMA of a request's time, per class
 	inf     sync.WaitGroup           // requests running
+	offPoll atomic.Int32             // requests running on their own goroutines
 	polling sync.WaitGroup           // the poller
 
 	draining atomic.Bool // Drain: answer new requests "fall back", then end
@@ -358,15 +359,22 @@ func (c *channel) Notify(on bool) {
 }
 
 // take claims every submitted slot and starts it; it returns how many.
+// A lone request on an idle channel (nothing else claimed, nothing
+// running off the poller) may run inline under the looser idleInline
+// bound (see start).
 func (c *channel) take() int {
-	n := 0
-	for w := 0; w*64 < c.l.slots; w++ {
-		set := atomic.SwapUint64(c.bits(w), 0)
-		for set != 0 {
-			i := w*64 + bits.TrailingZeros64(set)
-			set &= set - 1
-			if i < c.l.slots {
-				c.start(i)
+	var claimed [MaxSlots / 64]uint64
+	words, n := (c.l.slots+63)/64, 0
+	for w := 0; w < words; w++ {
+		claimed[w] = atomic.SwapUint64(c.bits(w), 0)
+		n += bits.OnesCount64(claimed[w])
+	}
+	idle := n == 1 && c.offPoll.Load() == 0
+	n = 0
+	for w := 0; w < words; w++ {
+		for set := claimed[w]; set != 0; set &= set - 1 {
+			if i := w*64 + bits.TrailingZeros64(set); i < c.l.slots {
+				c.start(i, idle)
 				n++
 			}
 		}
@@ -409,7 +417,13 @@ func classOf(op uint32) int {
 // costs a wake-up, more than a cached 4 KiB read takes. Slower ones
 // (throttled files, a sync that waits for the device) run on their own
 // goroutine so they do not hold up the channel's other requests.
-func (c *channel) start(i int) {
+//
+// A request alone on an idle channel runs inline while its class has
+// averaged under idleInline (10x InlineBelow), as the NBD door does:
+// there is nothing to overlap it with, so the hand-off would only add a
+// wake-up, and a second thread to the poller's, to a 128 KiB write. A
+// request arriving meanwhile waits at most about that long.
+func (c *channel) start(i int, idle bool) {
 	if !c.running[i].CompareAndSwap(false, true) {
 		c.s.stats.bad.Add(1)
 		return
@@ -430,16 +444,20 @@ func (c *channel) start(i int) {
 		return
 	}
 	class := classOf(r.op)
-	if below := c.s.opt.InlineBelow; below < 0 || time.Duration(c.avgNs[class].Load()) >= below {
-		c.inf.Add(1)
-		go func() {
-			defer c.inf.Done()
-			debug.SetPanicOnFault(true)
-			c.run(i, rec, r, class)
-		}()
+	below, avg := c.s.opt.InlineBelow, time.Duration(c.avgNs[class].Load())
+	if below >= 0 && (avg < below || idle && avg < idleInline*below) {
+		c.s.stats.inline.Add(1)
+		c.run(i, rec, r, class)
 		return
 	}
-	c.run(i, rec, r, class)
+	c.inf.Add(1)
+	c.offPoll.Add(1)
+	go func() {
+		defer c.inf.Done()
+		defer c.offPoll.Add(-1)
+		debug.SetPanicOnFault(true)
+		c.run(i, rec, r, class)
+	}()
 }
 
 // run executes slot i's request r, publishes the completion and wakes the

@@ -22,11 +22,12 @@ var (
 	descFallbacks  = prometheus.NewDesc("sluice_shim_fallbacks_total", "Requests answered \"do it through the kernel\", by reason.", []string{"reason"}, nil)
 	descBad        = prometheus.NewDesc("sluice_shim_protocol_errors_total", "Requests and control messages that broke the protocol (each fails or closes its channel).", nil, nil)
 	descPanics     = prometheus.NewDesc("sluice_shim_panics_total", "Panics recovered in the shim door (each failed a request or closed a channel).", nil, nil)
+	descInline     = prometheus.NewDesc("sluice_shim_requests_inline_total", "Requests run on their channel's poller (the others ran on goroutines of their own).", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descChannels, descOpened, descHandles, descRegistered, descRequests, descErrors, descRefused, descFallbacks, descBad, descPanics} {
+	for _, d := range []*prometheus.Desc{descChannels, descOpened, descHandles, descRegistered, descRequests, descErrors, descRefused, descFallbacks, descBad, descPanics, descInline} {
 		ch <- d
 	}
 }
@@ -46,6 +47,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descRegistered, st.registered.Load())
 	counter(descBad, st.bad.Load())
 	counter(descPanics, st.panics.Load())
+	counter(descInline, st.inline.Load())
 	for op := uint32(1); op < numOpCodes; op++ {
 		counter(descRequests, st.requests[op].Load(), opName(op))
 		counter(descErrors, st.failed[op].Load(), opName(op))

@@ -8,7 +8,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-storage/sluice/gateway"
-	"github.com/sluice-storage/sluice/internal/bufpool"
 )
 
 // result is a request's completion.
@@ -21,11 +20,6 @@ type result struct {
 func done(v int64) result           { return result{status: statusDone, value: v} }
 func failed(e syscall.Errno) result { return result{status: statusDone, value: -int64(e)} }
 func fallback(reason uint32) result { return result{status: statusFallback, reason: reason} }
-
-// bufs holds the copies of written data: the client may change its
-// shared memory while a write runs, and filters (checksums) must see one
-// version of the bytes.
-var bufs bufpool.Pool
 
 // exec checks one request (copied out of shared memory) and runs it
 // through Volume.Do with the file's inode and path. Numbers that do not
@@ -134,10 +128,8 @@ func (c *channel) write(f *file, r record) result {
 	if err != nil {
 		return failed(c.errno("write", err))
 	}
-	b := bufs.Get(hi - lo)
-	defer bufs.Put(b)
-	copy(b.B, c.mem[lo:hi])
-	req := gateway.Request{Op: gateway.OpWrite, Offset: r.offset, Buf: b.B, FUA: f.dsync || r.arg&writeFUA != 0}
+	req := gateway.Request{Op: gateway.OpWrite, Offset: r.offset, Buf: c.mem[lo:hi:hi], Shared: true,
+		FUA: f.dsync || r.arg&writeFUA != 0}
 	if res := c.do(f, &req); res.value < 0 {
 		return res
 	}

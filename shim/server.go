@@ -61,7 +61,8 @@ type Options struct {
 	// InlineBelow: a request runs on the channel's poller while requests
 	// of its class (reads, writes, syncs) have averaged less than this in
 	// Volume.Do, otherwise on its own goroutine (default 20 µs, as the
-	// virtio door; negative: always its own goroutine).
+	// virtio door; negative: always its own goroutine). A request alone
+	// on an idle channel runs inline under 10x this.
 	InlineBelow time.Duration
 }
 
@@ -69,6 +70,9 @@ const (
 	defaultMaxChannels = 1024
 	defaultMaxHandles  = 65536
 	defaultInlineBelow = 20 * time.Microsecond
+	// idleInline: a request alone on an idle channel runs inline while
+	// its class averages under idleInline x InlineBelow (channel.start).
+	idleInline = 10
 )
 
 // Server is the shim door: a socket and the channels of the processes
@@ -167,6 +171,7 @@ type counters struct {
 	handles    atomic.Int64
 	bad        atomic.Uint64 // requests or messages that broke the protocol
 	panics     atomic.Uint64
+	inline     atomic.Uint64 // requests run on their channel's poller
 }
 
 // Stats is a snapshot of the door's counters.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -379,5 +380,39 @@ func TestLengthTable(t *testing.T) {
 	}
 	if _, err := unix.Pwrite(c.lensFd, []byte{1}, 8); err == nil {
 		t.Fatal("the client wrote to the length table")
+	}
+}
+
+// A request alone on an idle channel runs on the poller while its class
+// averages under 10x InlineBelow (a hand-off would only add a wake-up);
+// above that it runs on a goroutine of its own.
+func TestIdleChannelInline(t *testing.T) {
+	v := openVolume(t)
+	m := mountVolume(t, v)
+	s, sock := startServer(t, mounts{[]*fuse.Mount{m}})
+	c := connect(t, sock)
+	f, err := os.OpenFile(filepath.Join(m.Dir, "f"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r := c.register(int(f.Fd()))
+	chans := s.door.Conns()
+	if len(chans) != 1 {
+		t.Fatalf("%d channels", len(chans))
+	}
+	payload := bytes.Repeat([]byte("x"), 4096)
+	for _, tc := range []struct {
+		avg    time.Duration
+		inline bool
+	}{{5 * time.Microsecond, true}, {100 * time.Microsecond, true}, {300 * time.Microsecond, false}} {
+		chans[0].avgNs[classWrite].Store(int64(tc.avg))
+		before := s.stats.inline.Load()
+		if status, _, n := c.do(req{op: opWrite, handle: r.Handle, length: int64(len(payload))}, payload); status != statusDone || n != int64(len(payload)) {
+			t.Fatalf("write: status %d result %d", status, n)
+		}
+		if inline := s.stats.inline.Load() > before; inline != tc.inline {
+			t.Errorf("writes averaging %v: inline %v, want %v", tc.avg, inline, tc.inline)
+		}
 	}
 }

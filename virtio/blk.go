@@ -150,7 +150,10 @@ func (q *blkReq) readWrite(write bool) (uint8, uint32) {
 			iovRead(buf, iov, off)
 		}
 	}
-	q.gr = gateway.Request{Op: op, Offset: offset, Length: int64(n), Buf: buf, FUA: write && q.r.writeThrough}
+	// Guest memory may change while the write runs: Shared tells the
+	// data plane to copy it before filters that compute over it.
+	q.gr = gateway.Request{Op: op, Offset: offset, Length: int64(n), Buf: buf, FUA: write && q.r.writeThrough,
+		Shared: write && contig}
 	st := q.do(class)
 	if st != blkStatusOK || write {
 		return st, 0
