@@ -22,6 +22,11 @@ type file struct {
 	// paged: the handle has read or written through the kernel, which
 	// may keep the pages (the mount's kcache counts it until Release).
 	paged atomic.Bool
+	// crashed: the handle was opened before a crash (resumeFile); the
+	// dead process may have answered writes it never made durable, so
+	// the handle's next fsync reports EIO, once, as Linux reports a
+	// writeback error to each file description open before it.
+	crashed atomic.Bool
 }
 
 // paging counts the handle in the mount's pages before its first read or
@@ -106,7 +111,15 @@ func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	ctx = f.n.m.own(ctx)
 	// FUSE_FSYNC_FDATASYNC (bit 0): fdatasync(2).
 	req := gateway.Request{Op: gateway.OpSync, Inode: f.n.ino, DataOnly: flags&1 != 0, Door: gateway.DoorFUSE, Path: f.path()}
-	return f.n.errno("fsync", f.n.m.vol.Do(ctx, &req))
+	errno := f.n.errno("fsync", f.n.m.vol.Do(ctx, &req))
+	if errno == 0 && f.crashed.Load() && f.crashed.CompareAndSwap(true, false) {
+		// What this process has is durable now; what the dead one
+		// answered and lost is not, and the program must hear of it.
+		f.n.m.log.Warn("fsync of a file opened before the gateway crashed: EIO, once (writes answered before the crash may be lost)",
+			"volume", f.n.m.vol.Ref(), "ino", f.n.ino, "path", f.path())
+		return syscall.EIO
+	}
+	return errno
 }
 
 // Flush (close(2) of one descriptor) has nothing to do: writes are already

@@ -77,7 +77,9 @@ const imageNodeID = 2
 
 // resumeFile opens a handle of the dead process again, as restoreFile
 // does for a handover: pinned in the engine, a directory with a fresh
-// listing. A file the engine cannot open answers ESTALE.
+// listing. A file the engine cannot open answers ESTALE. A regular
+// file's next fsync reports EIO once (file.crashed): the dead process
+// may have answered writes it had not made durable.
 func (p *prepared) resumeFile(ops fs.InodeEmbedder, dir bool) fs.FileHandle {
 	f, err := p.restoreFile(ops, fs.SessionFile{Dir: dir})
 	if err != nil || f == nil {
@@ -85,6 +87,9 @@ func (p *prepared) resumeFile(ops fs.InodeEmbedder, dir bool) fs.FileHandle {
 			return staleFile{}
 		}
 		return nil
+	}
+	if rf, ok := f.(*file); ok {
+		rf.crashed.Store(true)
 	}
 	return f
 }

@@ -3,11 +3,13 @@ package fuse
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -18,7 +20,10 @@ import (
 // opened before go on working through their old handles (unknown
 // handles, materialised from the engine), a file opened after each
 // resume gets a handle in a fresh range and works alongside, stat and
-// listing work, and the mount unmounts at the end.
+// listing work, and the mount unmounts at the end. The old file
+// handle's first fsync after each resume reports EIO (writes the dead
+// process answered may be lost), the next succeeds; a file opened after
+// the resume fsyncs cleanly.
 func TestResumeSession(t *testing.T) {
 	_, fsVol, _ := handoverVolumes(t)
 	m, dir := mountAt(t, fsVol)
@@ -59,8 +64,13 @@ func TestResumeSession(t *testing.T) {
 		if _, err := f.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
 			t.Fatalf("epoch %d: read through the old handle: %v (equal %v)", epoch, err, bytes.Equal(got, want))
 		}
+		// Opened before the crash: its first fsync reports EIO (writes
+		// the dead process answered may be lost), the next succeeds.
+		if err := f.Sync(); !errors.Is(err, syscall.EIO) {
+			t.Fatalf("epoch %d: first fsync through the old handle: %v, want EIO", epoch, err)
+		}
 		if err := f.Sync(); err != nil {
-			t.Fatalf("epoch %d: fsync through the old handle: %v", epoch, err)
+			t.Fatalf("epoch %d: second fsync through the old handle: %v", epoch, err)
 		}
 		if _, err := d.Seek(0, io.SeekStart); err != nil {
 			t.Fatal(err)
@@ -75,6 +85,9 @@ func TestResumeSession(t *testing.T) {
 		}
 		if _, err := g.Write(block); err != nil {
 			t.Fatal(err)
+		}
+		if err := g.Sync(); err != nil {
+			t.Fatalf("epoch %d: fsync of a file opened after the resume: %v", epoch, err)
 		}
 		g.Close()
 		if b, err := os.ReadFile(filepath.Join(dir, "d", "g")); err != nil || !bytes.Equal(b, block) {

@@ -94,6 +94,9 @@ func TestSystemdFUSEStore(t *testing.T) {
 		t.Fatalf("the restarted gateway did not resume the mount:\n%s", log)
 	}
 	w.progress(t, g2, "IO after the restart")
+	if n := w.eio.Load(); n != 1 {
+		t.Fatalf("%d fsyncs reported EIO after the crash, want 1 (the first through the handle opened before it)", n)
+	}
 
 	w.stop(t, g2)
 	t.Logf("client: writes %d, stat+readdir loops %d; longest write+fsync+read %d ms", w.writes.Load(), w.lists.Load(), w.longest.Load())
