@@ -257,15 +257,7 @@ func TestRegisterRefusals(t *testing.T) {
 // Hostile requests fail EINVAL (or fall back), never touch memory outside
 // the data regions, and leave the channel serving.
 func TestHostileRequests(t *testing.T) {
-	v := openVolume(t)
-	m := mountVolume(t, v)
-	s, sock := startServer(t, mounts{[]*fuse.Mount{m}})
-	c := connect(t, sock)
-	f, err := os.OpenFile(filepath.Join(m.Dir, "f"), os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	s, c, f := serveOneFile(t)
 	h := c.register(int(f.Fd())).Handle
 	end := uint64(c.l.size)
 	for _, tc := range []struct {
@@ -387,15 +379,7 @@ func TestLengthTable(t *testing.T) {
 // averages under 10x InlineBelow (a hand-off would only add a wake-up);
 // above that it runs on a goroutine of its own.
 func TestIdleChannelInline(t *testing.T) {
-	v := openVolume(t)
-	m := mountVolume(t, v)
-	s, sock := startServer(t, mounts{[]*fuse.Mount{m}})
-	c := connect(t, sock)
-	f, err := os.OpenFile(filepath.Join(m.Dir, "f"), os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	s, c, f := serveOneFile(t)
 	r := c.register(int(f.Fd()))
 	chans := s.door.Conns()
 	if len(chans) != 1 {
@@ -415,4 +399,19 @@ func TestIdleChannelInline(t *testing.T) {
 			t.Errorf("writes averaging %v: inline %v, want %v", tc.avg, inline, tc.inline)
 		}
 	}
+}
+
+// serveOneFile starts a server on a mounted fs volume, connects a
+// channel and opens a file "f" on the mount (closed when the test ends).
+func serveOneFile(t *testing.T) (*Server, *client, *os.File) {
+	t.Helper()
+	m := mountVolume(t, openVolume(t))
+	s, sock := startServer(t, mounts{[]*fuse.Mount{m}})
+	c := connect(t, sock)
+	f, err := os.OpenFile(filepath.Join(m.Dir, "f"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return s, c, f
 }
