@@ -25,8 +25,17 @@ type file struct {
 	// crashed: the handle was opened before a crash (resumeFile); the
 	// dead process may have answered writes it never made durable, so
 	// the handle's next fsync reports EIO, once, as Linux reports a
-	// writeback error to each file description open before it.
+	// writeback error to each file description open before it. Until
+	// then the mount lists it by fh (mount.crashed), for a handover.
 	crashed atomic.Bool
+	fh      uint32 // the kernel's handle number, when crashed
+}
+
+// markCrashed makes f's next fsync report EIO (file.crashed).
+func (f *file) markCrashed(fh uint32) {
+	f.fh = fh
+	f.crashed.Store(true)
+	f.n.m.crashed.Store(fh, f)
 }
 
 // paging counts the handle in the mount's pages before its first read or
@@ -113,6 +122,7 @@ func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	req := gateway.Request{Op: gateway.OpSync, Inode: f.n.ino, DataOnly: flags&1 != 0, Door: gateway.DoorFUSE, Path: f.path()}
 	errno := f.n.errno("fsync", f.n.m.vol.Do(ctx, &req))
 	if errno == 0 && f.crashed.Load() && f.crashed.CompareAndSwap(true, false) {
+		f.n.m.crashed.Delete(f.fh)
 		// What this process has is durable now; what the dead one
 		// answered and lost is not, and the program must hear of it.
 		f.n.m.log.Warn("fsync of a file opened before the gateway crashed: EIO, once (writes answered before the crash may be lost)",
@@ -132,6 +142,9 @@ func (f *file) Flush(ctx context.Context) syscall.Errno { return syscall.ENOSYS 
 
 func (f *file) Release(ctx context.Context) syscall.Errno {
 	ctx = f.n.m.own(ctx)
+	if f.crashed.Load() {
+		f.n.m.crashed.Delete(f.fh)
+	}
 	if f.paged.Load() {
 		f.n.m.kc.dropPages(f.n.ino)
 	}

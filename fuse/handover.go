@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -27,6 +28,9 @@ type HandoverState struct {
 	// (Options.Epoch; not sent: the taking process reads it from the
 	// data directory's session record).
 	Epoch uint32
+	// CrashEIO: the file handles opened before a crash whose next fsync
+	// must still report EIO (file.crashed), sorted.
+	CrashEIO []uint32
 }
 
 // Detach stops serving the mount for a handover, without unmounting it:
@@ -80,7 +84,19 @@ func (mt *Mount) Detach(ctx context.Context) (int, *HandoverState, error) {
 		return -1, nil, fmt.Errorf("detach %s at %s: %w", mt.Volume, mt.Dir, err)
 	}
 	return fd, &HandoverState{Volume: mt.Volume, Dir: mt.Dir, ReadOnly: mt.asked,
-		Session: mt.server.Session(), Table: table, Epoch: mt.Epoch}, nil
+		Session: mt.server.Session(), Table: table, Epoch: mt.Epoch, CrashEIO: mt.m.pendingCrashEIO()}, nil
+}
+
+// pendingCrashEIO lists the handles whose fsync must still report a
+// crash (mount.crashed), sorted.
+func (m *mount) pendingCrashEIO() []uint32 {
+	var fhs []uint32
+	m.crashed.Range(func(k, _ any) bool {
+		fhs = append(fhs, k.(uint32))
+		return true
+	})
+	slices.Sort(fhs)
+	return fhs
 }
 
 // abort ends the mount's FUSE connection (fusectl's abort: the kernel
@@ -143,7 +159,16 @@ func Adopt(ctx context.Context, vol *gateway.Volume, st *HandoverState, fd int, 
 		p.m.kc.gave(gateway.RootIno, 0)
 	}
 	raw := fs.NewNodeFS(p.root, p.opts)
-	if err := fs.RestoreSession(raw, st.Table, p.restoreNode, p.restoreFile); err != nil {
+	restore := func(ops fs.InodeEmbedder, sf fs.SessionFile) (fs.FileHandle, error) {
+		h, err := p.restoreFile(ops, sf)
+		if f, ok := h.(*file); ok && err == nil {
+			if _, found := slices.BinarySearch(st.CrashEIO, sf.Fh); found {
+				f.markCrashed(sf.Fh)
+			}
+		}
+		return h, err
+	}
+	if err := fs.RestoreSession(raw, st.Table, p.restoreNode, restore); err != nil {
 		return fail(err)
 	}
 	server, err := fuse.NewServerSession(namesCounted{RawFileSystem: raw, n: &p.m.renames}, fd, st.Dir, &p.opts.MountOptions, st.Session)

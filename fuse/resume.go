@@ -80,7 +80,7 @@ const imageNodeID = 2
 // listing. A file the engine cannot open answers ESTALE. A regular
 // file's next fsync reports EIO once (file.crashed): the dead process
 // may have answered writes it had not made durable.
-func (p *prepared) resumeFile(ops fs.InodeEmbedder, dir bool) fs.FileHandle {
+func (p *prepared) resumeFile(ops fs.InodeEmbedder, fh uint32, dir bool) fs.FileHandle {
 	f, err := p.restoreFile(ops, fs.SessionFile{Dir: dir})
 	if err != nil || f == nil {
 		if _, ok := ops.(*node); ok {
@@ -89,7 +89,7 @@ func (p *prepared) resumeFile(ops fs.InodeEmbedder, dir bool) fs.FileHandle {
 		return nil
 	}
 	if rf, ok := f.(*file); ok {
-		rf.crashed.Store(true)
+		rf.markCrashed(fh)
 	}
 	return f
 }

@@ -130,3 +130,57 @@ func TestResumeRefusedPastMaxResumes(t *testing.T) {
 		t.Fatal("a write on the refused mount succeeded")
 	}
 }
+
+// A crash's EIO not yet reported outlives a planned handover: a handle
+// opened before the crash, used (materialised) after the resume but not
+// fsynced, is handed to a new server, whose fsync through it reports
+// EIO once; a handle opened after the resume is handed over clean.
+func TestCrashEIOSurvivesHandover(t *testing.T) {
+	_, fsVol, _ := handoverVolumes(t)
+	m, dir := mountAt(t, fsVol)
+	f, err := os.OpenFile(filepath.Join(dir, "f"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	fd, st, err := m.Detach(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Table = nil // a crash: the tables are lost
+	if m, err = Resume(context.Background(), fsVol, st, fd, 1, Options{Logger: log}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("after the crash"), 0); err != nil { // materialises the old handle
+		t.Fatal(err)
+	}
+	g, err := os.OpenFile(filepath.Join(dir, "g"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if fd, st, err = m.Detach(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.CrashEIO) != 1 {
+		t.Fatalf("handles with a crash to report: %v, want the one opened before the crash", st.CrashEIO)
+	}
+	if m, err = Adopt(context.Background(), fsVol, st, fd, Options{Logger: log}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("first fsync through the handle opened before the crash, after the handover: %v, want EIO", err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatalf("second fsync: %v", err)
+	}
+	if err := g.Sync(); err != nil {
+		t.Fatalf("fsync through the handle opened after the resume: %v", err)
+	}
+	f.Close()
+	g.Close()
+	if err := m.Unmount(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -88,6 +88,12 @@ func (v *Volume) Kind() string { return v.sv.Kind() }
 // AllocatedBytes is the pool space the volume holds.
 func (v *Volume) AllocatedBytes() int64 { return v.sv.AllocatedBytes() }
 
+// Queued reports whether a QoS rule routes the volume: its requests
+// may wait in a queue inside Do for as long as their limits say. A door
+// that runs quick requests on a thread other requests need (the shim's
+// poller) runs such a volume's elsewhere.
+func (v *Volume) Queued() bool { return v.route.Load() != nil }
+
 // Do runs one request through the pipeline (see the package doc).
 //
 // A FUA write, write-zeroes or discard is durable when Do returns. A panic

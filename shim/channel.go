@@ -422,7 +422,8 @@ func classOf(op uint32) int {
 // averaged under idleInline (10x InlineBelow), as the NBD door does:
 // there is nothing to overlap it with, so the hand-off would only add a
 // wake-up, and a second thread to the poller's, to a 128 KiB write. A
-// request arriving meanwhile waits at most about that long.
+// request arriving meanwhile waits for it (on average about that long);
+// not on a volume a QoS rule routes (inline).
 func (c *channel) start(i int, idle bool) {
 	if !c.running[i].CompareAndSwap(false, true) {
 		c.s.stats.bad.Add(1)
@@ -444,30 +445,52 @@ func (c *channel) start(i int, idle bool) {
 		return
 	}
 	class := classOf(r.op)
-	below, avg := c.s.opt.InlineBelow, time.Duration(c.avgNs[class].Load())
-	if below >= 0 && (avg < below || idle && avg < idleInline*below) {
+	if c.inline(r, class, idle) {
 		c.s.stats.inline.Add(1)
-		c.run(i, rec, r, class)
+		c.run(i, rec, r, class, false)
 		return
 	}
 	c.inf.Add(1)
 	c.offPoll.Add(1)
 	go func() {
 		defer c.inf.Done()
-		defer c.offPoll.Add(-1)
 		debug.SetPanicOnFault(true)
-		c.run(i, rec, r, class)
+		c.run(i, rec, r, class, true)
 	}()
+}
+
+// inline decides where start runs r (see start). The idle bound is not
+// used on a volume a QoS rule routes: a throttled request would hold
+// the poller, and every other slot of the channel, for as long as its
+// queue holds it, while the class's average still looks quick.
+func (c *channel) inline(r record, class int, idle bool) bool {
+	below, avg := c.s.opt.InlineBelow, time.Duration(c.avgNs[class].Load())
+	switch {
+	case below < 0:
+		return false
+	case avg < below:
+		return true
+	case !idle || avg >= idleInline*below:
+		return false
+	}
+	f := c.file(r.handle)
+	return f != nil && !f.vol.Queued()
 }
 
 // run executes slot i's request r, publishes the completion and wakes the
 // client thread if it sleeps. A panic fails the request with EIO.
-func (c *channel) run(i int, rec []byte, r record, class int) {
+// offPoll: r runs on a goroutine of its own, counted in c.offPoll until
+// just before its completion is published (a QD1 client's next request
+// must find the channel idle).
+func (c *channel) run(i int, rec []byte, r record, class int, offPoll bool) {
 	res := failed(unix.EIO)
 	defer func() {
 		if p := recover(); p != nil {
 			door.Panicked(c.log, &c.s.stats.panics, "shim: request panicked; failed with EIO", p, "slot", i)
 			res = failed(unix.EIO)
+		}
+		if offPoll {
+			c.offPoll.Add(-1)
 		}
 		c.complete(i, rec, res)
 	}()

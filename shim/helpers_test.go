@@ -24,6 +24,13 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 // openVolume opens a gateway on a temporary directory with one fs volume.
 func openVolume(t testing.TB) *gateway.Volume {
 	t.Helper()
+	_, v := openGatewayVolume(t)
+	return v
+}
+
+// openGatewayVolume is openVolume with its gateway (to set rules).
+func openGatewayVolume(t testing.TB) (*gateway.Gateway, *gateway.Volume) {
+	t.Helper()
 	ctx := context.Background()
 	g, err := gateway.Open(ctx, gateway.Config{DataDir: t.TempDir(), PoolSize: 256 << 20, AutomationInterval: -1, Logger: quietLogger()})
 	if err != nil {
@@ -37,7 +44,7 @@ func openVolume(t testing.TB) *gateway.Volume {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return v
+	return g, v
 }
 
 // mounts is the FUSE door's mounts as the gateway command adapts them.

@@ -2,6 +2,7 @@ package shim
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"math"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-storage/sluice/fuse"
+	"github.com/sluice-storage/sluice/gateway"
+	"github.com/sluice-storage/sluice/gateway/qos"
 	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
@@ -257,7 +260,7 @@ func TestRegisterRefusals(t *testing.T) {
 // Hostile requests fail EINVAL (or fall back), never touch memory outside
 // the data regions, and leave the channel serving.
 func TestHostileRequests(t *testing.T) {
-	s, c, f := serveOneFile(t)
+	s, c, f := serveOneFile(t, openVolume(t))
 	h := c.register(int(f.Fd())).Handle
 	end := uint64(c.l.size)
 	for _, tc := range []struct {
@@ -377,35 +380,49 @@ func TestLengthTable(t *testing.T) {
 
 // A request alone on an idle channel runs on the poller while its class
 // averages under 10x InlineBelow (a hand-off would only add a wake-up);
-// above that it runs on a goroutine of its own.
+// above that, beside a request running off the poller, or on a volume a
+// QoS rule routes (a throttled request would hold the poller), it runs
+// on a goroutine of its own. Under InlineBelow it runs inline anyway.
 func TestIdleChannelInline(t *testing.T) {
-	s, c, f := serveOneFile(t)
+	g, v := openGatewayVolume(t)
+	s, c, f := serveOneFile(t, v)
 	r := c.register(int(f.Fd()))
 	chans := s.door.Conns()
 	if len(chans) != 1 {
 		t.Fatalf("%d channels", len(chans))
 	}
+	ch := chans[0]
 	payload := bytes.Repeat([]byte("x"), 4096)
-	for _, tc := range []struct {
-		avg    time.Duration
-		inline bool
-	}{{5 * time.Microsecond, true}, {100 * time.Microsecond, true}, {300 * time.Microsecond, false}} {
-		chans[0].avgNs[classWrite].Store(int64(tc.avg))
+	check := func(what string, avg time.Duration, inline bool) {
+		t.Helper()
+		ch.avgNs[classWrite].Store(int64(avg))
 		before := s.stats.inline.Load()
 		if status, _, n := c.do(req{op: opWrite, handle: r.Handle, length: int64(len(payload))}, payload); status != statusDone || n != int64(len(payload)) {
-			t.Fatalf("write: status %d result %d", status, n)
+			t.Fatalf("%s: write: status %d result %d", what, status, n)
 		}
-		if inline := s.stats.inline.Load() > before; inline != tc.inline {
-			t.Errorf("writes averaging %v: inline %v, want %v", tc.avg, inline, tc.inline)
+		if got := s.stats.inline.Load() > before; got != inline {
+			t.Errorf("%s, writes averaging %v: inline %v, want %v", what, avg, got, inline)
 		}
 	}
+	check("idle", 5*time.Microsecond, true)
+	check("idle", 100*time.Microsecond, true)
+	check("idle", 300*time.Microsecond, false)
+	ch.offPoll.Add(1) // as if another request ran on a goroutine
+	check("not idle", 100*time.Microsecond, false)
+	check("not idle", 5*time.Microsecond, true)
+	ch.offPoll.Add(-1)
+	if _, err := g.SetQoSRule(context.Background(), gateway.QoSRule{Tenant: "t", Volume: "fs", Limits: qos.Limits{IOPS: 1e9}}); err != nil {
+		t.Fatal(err)
+	}
+	check("QoS-routed", 100*time.Microsecond, false)
+	check("QoS-routed", 5*time.Microsecond, true)
 }
 
-// serveOneFile starts a server on a mounted fs volume, connects a
-// channel and opens a file "f" on the mount (closed when the test ends).
-func serveOneFile(t *testing.T) (*Server, *client, *os.File) {
+// serveOneFile starts a server on v mounted, connects a channel and
+// opens a file "f" on the mount (closed when the test ends).
+func serveOneFile(t *testing.T, v *gateway.Volume) (*Server, *client, *os.File) {
 	t.Helper()
-	m := mountVolume(t, openVolume(t))
+	m := mountVolume(t, v)
 	s, sock := startServer(t, mounts{[]*fuse.Mount{m}})
 	c := connect(t, sock)
 	f, err := os.OpenFile(filepath.Join(m.Dir, "f"), os.O_RDWR|os.O_CREATE, 0o644)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	gofuse "github.com/hanwen/go-fuse/v2/fuse"
@@ -29,7 +30,7 @@ type handedFUSE struct {
 func sendFUSE(c *handover.Conn, d fuse.Detached) error {
 	st := d.State
 	k := st.Session.Kernel
-	parts, err := tableParts(st.Table)
+	parts, err := tableParts(st.Table, st.CrashEIO)
 	if err != nil {
 		return err
 	}
@@ -47,8 +48,9 @@ func sendFUSE(c *handover.Conn, d fuse.Detached) error {
 	return nil
 }
 
-// tableParts cuts a mount's tables into messages of at most partBytes.
-func tableParts(t *fs.SessionTable) ([]*handover.FUSETable, error) {
+// tableParts cuts a mount's tables into messages of at most partBytes;
+// the handles in crashEIO (sorted) are sent with eio set.
+func tableParts(t *fs.SessionTable, crashEIO []uint32) ([]*handover.FUSETable, error) {
 	var parts []*handover.FUSETable
 	cur, size := &handover.FUSETable{}, 0
 	add := func(n int) {
@@ -75,7 +77,8 @@ func tableParts(t *fs.SessionTable) ([]*handover.FUSETable, error) {
 	}
 	for _, sf := range t.Files {
 		add(64)
-		cur.Files = append(cur.Files, handover.FUSEFile{Fh: sf.Fh, Node: sf.NodeID, Flags: sf.Flags, Dir: sf.Dir})
+		_, eio := slices.BinarySearch(crashEIO, sf.Fh)
+		cur.Files = append(cur.Files, handover.FUSEFile{Fh: sf.Fh, Node: sf.NodeID, Flags: sf.Flags, Dir: sf.Dir, EIO: eio})
 	}
 	if size > 0 {
 		parts = append(parts, cur)
@@ -112,8 +115,12 @@ func recvFUSE(c *handover.Conn) (handedFUSE, error) {
 		}
 		for _, f := range p.Table.Files {
 			st.Table.Files = append(st.Table.Files, fs.SessionFile{Fh: f.Fh, NodeID: f.Node, Flags: f.Flags, Dir: f.Dir})
+			if f.EIO {
+				st.CrashEIO = append(st.CrashEIO, f.Fh)
+			}
 		}
 	}
+	slices.Sort(st.CrashEIO)
 	return h, nil
 }
 

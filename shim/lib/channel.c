@@ -341,6 +341,7 @@ void fd_drop(struct fdent *e) {
  * file anyway. */
 void fd_forget(struct fdent *e) {
 	fd_drop(e);
+	__atomic_store_n(&e->sync_kernel, 0, __ATOMIC_RELAXED);
 	int w = e->witness;
 	e->witness = 0;
 	set_state(e, FD_UNKNOWN);
@@ -470,9 +471,12 @@ struct chan *fd_ready(int fd, struct fdent *e, uint32_t *reason) {
 				*reason = REASON_NONE;
 				return c;
 			}
+			int stale = !c || c->gen != e->gen; /* its channel died */
 			if (c)
 				chan_release(c);
 			pthread_mutex_lock(&S.ctl);
+			if (stale && state_of(e) == FD_ON)
+				__atomic_store_n(&e->sync_kernel, 1, __ATOMIC_RELAXED);
 			fd_drop(e);
 			pthread_mutex_unlock(&S.ctl);
 			continue;

@@ -302,9 +302,19 @@ int64_t shim_check(enum call call, int fd, struct fdent *e, uint32_t why) {
 
 int64_t shim_op(enum call call, int fd, struct fdent *e, uint32_t op, uint32_t arg, int64_t off, int64_t len) {
 	uint32_t reason;
+	int sync = op == OP_FSYNC || op == OP_FDATASYNC;
 	struct chan *c = fd_ready(fd, e, &reason);
 	if (!c) {
+		if (sync) /* the kernel syncs it: a crash is reported there */
+			__atomic_store_n(&e->sync_kernel, 0, __ATOMIC_RELAXED);
 		count_call(call, reason);
+		return SHIM_FALLBACK;
+	}
+	if (sync && __atomic_exchange_n(&e->sync_kernel, 0, __ATOMIC_RELAXED)) {
+		/* The first sync since the fd's channel died: through the
+		 * kernel, so that a crash is reported (fdent.sync_kernel). */
+		chan_release(c);
+		count_call(call, REASON_GONE);
 		return SHIM_FALLBACK;
 	}
 	int64_t r = submit(c, e, op, arg, off, len, NULL, NULL, &reason);

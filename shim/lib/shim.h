@@ -83,6 +83,11 @@ struct fdent {
 	int32_t owner;    /* FD_WITNESS: the fd it witnesses */
 	uint32_t flags;   /* REG_READABLE | REG_WRITABLE | REG_CACHED */
 	uint32_t lenw;    /* the file's word in the channel's length table, 0: none */
+	/* sync_kernel: the fd was served by a channel that died; its next
+	 * fsync/fdatasync goes through the kernel, whose FUSE handle reports
+	 * the crash (EIO, once) if the gateway died rather than handed over
+	 * (docs/SHIM.md, "The gateway restarted"). Atomic; reset on close. */
+	uint32_t sync_kernel;
 };
 
 #define TABLE_MAX 65536 /* fds the table covers; higher ones go to the kernel */

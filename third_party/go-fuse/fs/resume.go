@@ -43,13 +43,13 @@ type ResumeOptions struct {
 	// nodeID). It must not fail: a node that no longer exists is a node
 	// whose operations fail (ESTALE, say).
 	Node func(nodeID uint64) (InodeEmbedder, StableAttr)
-	// File returns the handle for a handle number the bridge does not
-	// know, open on node (dir: the node is a directory, so the handle
-	// was made by OPENDIR). It must not fail: a file that cannot be
-	// opened again is a handle whose operations fail. A RELEASE of an
+	// File returns the handle for handle number fh, which the bridge
+	// does not know, open on node (dir: the node is a directory, so the
+	// handle was made by OPENDIR). It must not fail: a file that cannot
+	// be opened again is a handle whose operations fail. A RELEASE of an
 	// unknown handle is answered without calling File: the dead
 	// process's handle died with it.
-	File func(node InodeEmbedder, dir bool) FileHandle
+	File func(node InodeEmbedder, fh uint32, dir bool) FileHandle
 }
 
 // initResume sets up the tables of a resumed bridge (NewNodeFS).
@@ -81,7 +81,7 @@ func (b *rawBridge) materialize(nodeID uint64, fh uint64) (*nodeEntry, *fileEntr
 	}
 	if f == nil {
 		n := e.inode.Load()
-		h := b.options.Resume.File(n.ops, n.IsDir())
+		h := b.options.Resume.File(n.ops, uint32(fh), n.IsDir())
 		t := &b.ids
 		t.mu.Lock()
 		f = &fileEntry{fh: uint32(fh), file: h, inode: n, nodeIndex: len(e.openFiles)}
