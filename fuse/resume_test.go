@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/sluice-storage/sluice/gateway"
 )
 
 // TestResumeSession serves a live fs mount with a server that knows none
@@ -109,20 +111,8 @@ func TestResumeSession(t *testing.T) {
 // still hold for other files: it is refused, the mount ends (IO on it
 // fails) and nothing reads another file's data.
 func TestResumeRefusedPastMaxResumes(t *testing.T) {
-	_, fsVol, _ := handoverVolumes(t)
-	m, dir := mountAt(t, fsVol)
-	f, err := os.OpenFile(filepath.Join(dir, "f"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fd, st, err := m.Detach(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.Table = nil
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	_, err = Resume(context.Background(), fsVol, st, fd, MaxResumes+1, Options{Logger: log})
+	fsVol, _, f, fd, st := crashedWithFileOpen(t)
+	_, err := Resume(context.Background(), fsVol, st, fd, MaxResumes+1, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err == nil || !strings.Contains(err.Error(), "used up") {
 		t.Fatalf("resume %d: %v, want a refusal", MaxResumes+1, err)
 	}
@@ -136,20 +126,10 @@ func TestResumeRefusedPastMaxResumes(t *testing.T) {
 // fsynced, is handed to a new server, whose fsync through it reports
 // EIO once; a handle opened after the resume is handed over clean.
 func TestCrashEIOSurvivesHandover(t *testing.T) {
-	_, fsVol, _ := handoverVolumes(t)
-	m, dir := mountAt(t, fsVol)
-	f, err := os.OpenFile(filepath.Join(dir, "f"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	fsVol, dir, f, fd, st := crashedWithFileOpen(t)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	fd, st, err := m.Detach(context.Background())
+	m, err := Resume(context.Background(), fsVol, st, fd, 1, Options{Logger: log})
 	if err != nil {
-		t.Fatal(err)
-	}
-	st.Table = nil // a crash: the tables are lost
-	if m, err = Resume(context.Background(), fsVol, st, fd, 1, Options{Logger: log}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.WriteAt([]byte("after the crash"), 0); err != nil { // materialises the old handle
@@ -183,4 +163,23 @@ func TestCrashEIOSurvivesHandover(t *testing.T) {
 	if err := m.Unmount(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// crashedWithFileOpen mounts an fs volume at dir, opens dir/f (closed
+// when the test ends) and detaches the mount as a crash leaves it: the
+// /dev/fuse fd and the session, without tables.
+func crashedWithFileOpen(t *testing.T) (vol *gateway.Volume, dir string, f *os.File, fd int, st *HandoverState) {
+	t.Helper()
+	_, vol, _ = handoverVolumes(t)
+	m, dir := mountAt(t, vol)
+	f, err := os.OpenFile(filepath.Join(dir, "f"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if fd, st, err = m.Detach(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	st.Table = nil // lost with the process
+	return vol, dir, f, fd, st
 }
