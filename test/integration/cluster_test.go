@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/sluice-storage/sluice/internal/testtool"
+	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
 // The cluster test: a controller and three gateways, each its own process
@@ -350,11 +351,13 @@ func TestClusterSLOs(t *testing.T) {
 		gws[0].mustSluice("slo", "set", tn.name, "--min-read-bw", strconv.FormatFloat(tn.min, 'f', 0, 64), "--controller", c.url(), "--token-file", c.tokenFile())
 	}
 
-	// One fio per tenant, one job per gateway.
-	const runtime = 66 * time.Second
+	// One fio per tenant, one job per gateway. The scenario's clock (t0)
+	// starts once every job reads (a loaded machine starts fio late);
+	// fio's runtime leaves room for that.
+	const runtime = 72 * time.Second
 	logDir := t.TempDir()
 	fioDone := make(chan error, len(clusterTenants))
-	t0 := time.Now()
+	fioStart := time.Now()
 	for _, tn := range clusterTenants {
 		args := tenantFioArgs(tn, gws, logDir, clusterBS, 16, runtime, logAvg)
 		cmd := exec.Command("fio", args...)
@@ -366,6 +369,21 @@ func TestClusterSLOs(t *testing.T) {
 			fioDone <- err
 		}()
 	}
+	testwait.For(t, "every fio job reads", func() bool {
+		n := 0
+		for _, b := range nbdReadBytes(gws) {
+			if b > 0 {
+				n++
+			}
+		}
+		want := 0
+		for _, tn := range clusterTenants {
+			want += len(tn.on)
+		}
+		return n == want
+	})
+	t0 := time.Now()
+	t.Logf("every fio job read %v after fio started", t0.Sub(fioStart).Round(time.Millisecond))
 	// The gateways' own capacity estimates, every 250 ms: what the
 	// controller has to share out at each moment. One sampler per gateway,
 	// so that a slow answer from one (a loaded machine) costs only its own
@@ -530,7 +548,7 @@ func TestClusterSLOs(t *testing.T) {
 		from := allResumed.Add(3*time.Second + time.Duration(i)*5*time.Second)
 		after = append(after, window{fmt.Sprintf("resumed %d", i+1), from, from.Add(5 * time.Second)})
 	}
-	if end := at(runtime - time.Second); after[len(after)-1].to.After(end) {
+	if end := fioStart.Add(runtime - time.Second); after[len(after)-1].to.After(end) {
 		t.Fatalf("the scenario ran late: the last window ends %v after fio's", after[len(after)-1].to.Sub(end))
 	}
 	sleepUntil(after[len(after)-1].to)

@@ -247,9 +247,13 @@ func (h *haIO) through(w window) {
 
 // readBytes is the bytes each tenant's volume has read through NBD on
 // each gateway, by "gwN tenant/data".
-func (h *haIO) readBytes() map[string]int64 {
+func (h *haIO) readBytes() map[string]int64 { return nbdReadBytes(h.gws) }
+
+// nbdReadBytes is the bytes each volume has read through NBD on each of
+// gws, by "gwN tenant/name".
+func nbdReadBytes(gws []*gw) map[string]int64 {
 	out := map[string]int64{}
-	for i, g := range h.gws {
+	for i, g := range gws {
 		for _, v := range g.stats().Volumes {
 			for _, o := range v.Ops {
 				if o.Door == "nbd" && o.Op == "read" {
