@@ -18,7 +18,8 @@
 #            4 KiB QD1 on a block volume), beside the shim's
 #   sqlite   inserts/s, one row per transaction, WAL, synchronous=FULL
 #   pgbench  TPS of `pgbench -c 8 -j 2 -T RUNTIME` at scale 10
-#   db_bench fillrandom and readrandom ops/s (RocksDB 7.8)
+#   db_bench fillrandom and readrandom ops/s (RocksDB 7.8), and readrandom
+#   again with use_direct_reads
 # The shim rows check SLUICE_SHIM_STATS: a row whose calls were not
 # bypassed aborts the run.
 #
@@ -184,6 +185,13 @@ dbbench_row() { # target → fillrandom and readrandom ops/s
     --threads=1 --compression_type=none --disable_wal=0 --sync=0 2>"$st" >"$W/out/dbbench.txt"
   [ "$t" = shim ] && need_bypass "$st" "db_bench" pwrite64 pwrite pread64 pread write read
   awk -v t="$t" '/^fillrandom|^readrandom/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^ops\/sec/) print $1 "|" t "|" $i}' \
+    "$W/out/dbbench.txt" >>"$W/out/dbbench"
+  # The same reads with O_DIRECT (RocksDB's use_direct_reads): no page
+  # cache on either side, every read a request to the gateway.
+  with "$t" db_bench --db="$d" --use_existing_db=1 --benchmarks=readrandom --use_direct_reads=1 --num=300000 --reads=100000 \
+    --value_size=400 --threads=1 --compression_type=none 2>"$st" >"$W/out/dbbench.txt"
+  [ "$t" = shim ] && need_bypass "$st" "db_bench direct reads" pread64 pread
+  awk -v t="$t" '/^readrandom/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^ops\/sec/) print "readrandom(direct)|" t "|" $i}' \
     "$W/out/dbbench.txt" >>"$W/out/dbbench"
 }
 
