@@ -444,10 +444,10 @@ func (c *channel) start(i int, idle bool) {
 		c.complete(i, rec, res)
 		return
 	}
-	class := classOf(r.op)
-	if c.inline(r, class, idle) {
+	class, f := classOf(r.op), c.file(r.handle)
+	if c.inline(f, class, idle) {
 		c.s.stats.inline.Add(1)
-		c.run(i, rec, r, class, false)
+		c.run(i, rec, r, f, class, false)
 		return
 	}
 	c.inf.Add(1)
@@ -455,7 +455,7 @@ func (c *channel) start(i int, idle bool) {
 	go func() {
 		defer c.inf.Done()
 		debug.SetPanicOnFault(true)
-		c.run(i, rec, r, class, true)
+		c.run(i, rec, r, f, class, true)
 	}()
 }
 
@@ -463,7 +463,7 @@ func (c *channel) start(i int, idle bool) {
 // used on a volume a QoS rule routes: a throttled request would hold
 // the poller, and every other slot of the channel, for as long as its
 // queue holds it, while the class's average still looks quick.
-func (c *channel) inline(r record, class int, idle bool) bool {
+func (c *channel) inline(f *file, class int, idle bool) bool {
 	below, avg := c.s.opt.InlineBelow, time.Duration(c.avgNs[class].Load())
 	switch {
 	case below < 0:
@@ -473,16 +473,16 @@ func (c *channel) inline(r record, class int, idle bool) bool {
 	case !idle || avg >= idleInline*below:
 		return false
 	}
-	f := c.file(r.handle)
 	return f != nil && !f.vol.Queued()
 }
 
-// run executes slot i's request r, publishes the completion and wakes the
-// client thread if it sleeps. A panic fails the request with EIO.
+// run executes slot i's request r on file f (exec), publishes the
+// completion and wakes the client thread if it sleeps. A panic fails the
+// request with EIO.
 // offPoll: r runs on a goroutine of its own, counted in c.offPoll until
 // just before its completion is published (a QD1 client's next request
 // must find the channel idle).
-func (c *channel) run(i int, rec []byte, r record, class int, offPoll bool) {
+func (c *channel) run(i int, rec []byte, r record, f *file, class int, offPoll bool) {
 	res := failed(unix.EIO)
 	defer func() {
 		if p := recover(); p != nil {
@@ -495,7 +495,7 @@ func (c *channel) run(i int, rec []byte, r record, class int, offPoll bool) {
 		c.complete(i, rec, res)
 	}()
 	t0 := time.Now()
-	res = c.exec(r)
+	res = c.exec(f, r)
 	a := &c.avgNs[class]
 	old := a.Load()
 	a.Store(old + (int64(time.Since(t0))-old)/8)

@@ -142,7 +142,7 @@ func FuzzRequest(f *testing.F) {
 			}
 		}
 		before := append([]byte(nil), c.mem[:c.l.dataStart]...)
-		res := c.exec(r)
+		res := c.exec(c.file(r.handle), r)
 		if res.status == statusDone && res.value < 0 && res.value < -4095 {
 			t.Fatalf("%+v: result %d is neither an answer nor -errno", r, res.value)
 		}

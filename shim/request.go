@@ -22,10 +22,10 @@ func failed(e syscall.Errno) result { return result{status: statusDone, value: -
 func fallback(reason uint32) result { return result{status: statusFallback, reason: reason} }
 
 // exec checks one request (copied out of shared memory) and runs it
-// through Volume.Do with the file's inode and path. Numbers that do not
-// fit fail EINVAL; a handle the channel does not hold falls back.
-func (c *channel) exec(r record) result {
-	f := c.file(r.handle)
+// through Volume.Do with the file's inode and path; f is the file its
+// handle names (c.file), nil if the channel holds none. Numbers that do
+// not fit fail EINVAL; a handle the channel does not hold falls back.
+func (c *channel) exec(f *file, r record) result {
 	if f == nil || !f.acquire() {
 		return fallback(ReasonStale)
 	}
