@@ -22,20 +22,27 @@ type file struct {
 	// paged: the handle has read or written through the kernel, which
 	// may keep the pages (the mount's kcache counts it until Release).
 	paged atomic.Bool
-	// crashed: the handle was opened before a crash (resumeFile); the
-	// dead process may have answered writes it never made durable, so
-	// the handle's next fsync reports EIO, once, as Linux reports a
-	// writeback error to each file description open before it. Until
-	// then the mount lists it by fh (mount.crashed), for a handover.
-	crashed atomic.Bool
-	fh      uint32 // the kernel's handle number, when crashed
+	// crashFh: the handle was opened before a crash (resumeFile), and
+	// this is the kernel's number for it (0: not). The dead process may
+	// have answered writes it never made durable, so the handle's next
+	// fsync reports EIO, once, as Linux reports a writeback error to each
+	// file description open before it: until then fh is in the mount's
+	// crashed set. Set before the handle serves, then only read.
+	crashFh uint32
 }
 
-// markCrashed makes f's next fsync report EIO (file.crashed).
+// reportCrash reports whether f's crash is still to be told, and takes
+// it out of the mount's crashed set (true once).
+func (f *file) reportCrash() bool {
+	_, pending := f.n.m.crashed.LoadAndDelete(f.crashFh)
+	return pending
+}
+
+// markCrashed makes f, the kernel's handle fh, report EIO from its next
+// fsync (file.crashFh).
 func (f *file) markCrashed(fh uint32) {
-	f.fh = fh
-	f.crashed.Store(true)
-	f.n.m.crashed.Store(fh, f)
+	f.crashFh = fh
+	f.n.m.crashed.Store(fh, struct{}{})
 }
 
 // paging counts the handle in the mount's pages before its first read or
@@ -121,8 +128,7 @@ func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	// FUSE_FSYNC_FDATASYNC (bit 0): fdatasync(2).
 	req := gateway.Request{Op: gateway.OpSync, Inode: f.n.ino, DataOnly: flags&1 != 0, Door: gateway.DoorFUSE, Path: f.path()}
 	errno := f.n.errno("fsync", f.n.m.vol.Do(ctx, &req))
-	if errno == 0 && f.crashed.Load() && f.crashed.CompareAndSwap(true, false) {
-		f.n.m.crashed.Delete(f.fh)
+	if errno == 0 && f.crashFh != 0 && f.reportCrash() {
 		// What this process has is durable now; what the dead one
 		// answered and lost is not, and the program must hear of it.
 		f.n.m.log.Warn("fsync of a file opened before the gateway crashed: EIO, once (writes answered before the crash may be lost)",
@@ -142,8 +148,8 @@ func (f *file) Flush(ctx context.Context) syscall.Errno { return syscall.ENOSYS 
 
 func (f *file) Release(ctx context.Context) syscall.Errno {
 	ctx = f.n.m.own(ctx)
-	if f.crashed.Load() {
-		f.n.m.crashed.Delete(f.fh)
+	if f.crashFh != 0 {
+		f.n.m.crashed.Delete(f.crashFh)
 	}
 	if f.paged.Load() {
 		f.n.m.kc.dropPages(f.n.ino)

@@ -29,7 +29,7 @@ type HandoverState struct {
 	// data directory's session record).
 	Epoch uint32
 	// CrashEIO: the file handles opened before a crash whose next fsync
-	// must still report EIO (file.crashed), sorted.
+	// must still report EIO (file.crashFh), sorted.
 	CrashEIO []uint32
 }
 

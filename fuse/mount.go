@@ -63,9 +63,9 @@ type mount struct {
 	// go-fuse's tree has them: open files check their path again
 	// (file.path).
 	renames atomic.Uint64
-	// crashed: fh → *file, the handles opened before a crash whose
-	// fsync has not reported it yet (file.crashed); a handover carries
-	// them (HandoverState.CrashEIO).
+	// crashed: the kernel's numbers (uint32) of the handles opened
+	// before a crash whose fsync has not reported it yet (file.crashFh);
+	// a handover carries them (HandoverState.CrashEIO).
 	crashed sync.Map
 }
 

@@ -78,7 +78,7 @@ const imageNodeID = 2
 // resumeFile opens a handle of the dead process again, as restoreFile
 // does for a handover: pinned in the engine, a directory with a fresh
 // listing. A file the engine cannot open answers ESTALE. A regular
-// file's next fsync reports EIO once (file.crashed): the dead process
+// file's next fsync reports EIO once (file.crashFh): the dead process
 // may have answered writes it had not made durable.
 func (p *prepared) resumeFile(ops fs.InodeEmbedder, fh uint32, dir bool) fs.FileHandle {
 	f, err := p.restoreFile(ops, fs.SessionFile{Dir: dir})
