@@ -233,9 +233,9 @@ func (h *haIO) window(name string) {
 // waited for (testwait's limit), not taken as its samples being there.
 func (h *haIO) through(w window) {
 	<-time.After(time.Until(w.to))
-	at := h.readBytes()
+	at := nbdReadBytes(h.gws)
 	testwait.For(h.t, "every tenant's reads after window "+w.name, func() bool {
-		now := h.readBytes()
+		now := nbdReadBytes(h.gws)
 		for k, n := range at {
 			if now[k] <= n {
 				return false
@@ -244,10 +244,6 @@ func (h *haIO) through(w window) {
 		return true
 	})
 }
-
-// readBytes is the bytes each tenant's volume has read through NBD on
-// each gateway, by "gwN tenant/data".
-func (h *haIO) readBytes() map[string]int64 { return nbdReadBytes(h.gws) }
 
 // nbdReadBytes is the bytes each volume has read through NBD on each of
 // gws, by "gwN tenant/name".
