@@ -33,8 +33,16 @@
 // start-up (NBD_CMD_RECONFIGURE, found by the backend identifier);
 // requests the dead connection carried are sent again by the kernel when
 // their timeout expires. A connection the kernel itself ends (a request
-// outlived the timeout) is replaced at once. Loop devices do not survive:
-// at start-up, loop devices and images a previous run left are released.
+// outlived the timeout) is replaced at once.
+//
+// Loop devices survive what their image mount survives: a planned
+// takeover hands the image mount to the new process with the other FUSE
+// mounts (HandOver leaves the devices bound), and with --fuse-resume a
+// gateway killed and started again resumes it from the fd holder; the
+// loop device, whose open file is one of the mount's handles, keeps
+// working, and New takes it back as an attachment (found by its backing
+// file under Options.Dir). Loop devices whose image mount ended with the
+// previous gateway are released at start-up.
 //
 // A volume resized while attached by loop takes its new size on the device
 // at once (Resize: LOOP_SET_CAPACITY); a resize of a volume attached by
@@ -160,8 +168,8 @@ func New(g *gateway.Gateway, mg *fuse.Manager, opts Options) (*Attacher, error) 
 	if err := a.chooseMethod(opts.Method); err != nil {
 		return nil, err
 	}
-	a.cleanStaleLoop()
 	a.mu.Lock()
+	a.adoptLoop(context.Background())
 	a.adoptHanded(opts.Handed)
 	a.adoptStaleNBD()
 	a.mu.Unlock()

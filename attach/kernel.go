@@ -278,12 +278,20 @@ type Handed struct {
 // HandOver ends this attacher for a planned handover: its nbd devices'
 // connections stop at a request boundary and are returned, the devices
 // stay connected, and the caller passes them to the next process
-// (Options.Handed). Loop attachments are left for Close, which releases
-// them as on a stop. No attach or detach is served after it.
+// (Options.Handed). Loop devices stay bound and are forgotten here: their
+// image mounts go to the next process with the other FUSE mounts
+// (fuse.Manager.DetachAll), and its New takes the devices back. No attach
+// or detach is served after it.
 func (a *Attacher) HandOver(ctx context.Context) ([]Handed, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.closed = true
+	for ref, at := range a.byVol {
+		if at.Method == MethodLoop {
+			a.log.Info("handover: the loop device stays bound; its image mount is handed over", "volume", ref, "device", at.Device)
+			delete(a.byVol, ref)
+		}
+	}
 	if a.method != MethodNBD {
 		return nil, nil
 	}

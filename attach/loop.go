@@ -64,16 +64,31 @@ func (a *Attacher) unbind(ctx context.Context, at *Attachment) error {
 	return fmt.Errorf("unmount image of %s: %w", at.Volume, err)
 }
 
-// cleanStaleLoop unbinds loop devices whose backing file is under a.dir
-// (left by a gateway that died) and lazily unmounts what is mounted there.
-func (a *Attacher) cleanStaleLoop() {
+// adoptLoop takes over the loop devices a previous gateway on this data
+// directory left bound to images under a.dir. A device whose image mount
+// this gateway serves (handed over by a planned takeover, or resumed
+// after a crash from the fd holder: fuse.Manager has it by now) keeps
+// working and becomes an attachment again; the others (their image
+// mount died with the gateway) are unbound, and what is still mounted
+// under a.dir without a device is unmounted (a.mu held).
+func (a *Attacher) adoptLoop(ctx context.Context) {
+	kept := map[string]bool{}
 	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
 	for _, f := range files {
 		b, err := os.ReadFile(f)
-		if err != nil || !strings.HasPrefix(strings.TrimSpace(string(b)), a.dir+string(filepath.Separator)) {
+		image := strings.TrimSpace(string(b))
+		if err != nil || !strings.HasPrefix(image, a.dir+string(filepath.Separator)) {
 			continue
 		}
 		dev := "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(f)))
+		dir := filepath.Dir(image)
+		if mi, ok := a.mg.MountedAt(dir); ok && mi.Kind == gateway.KindBlock && filepath.Base(image) == fuse.ImageName &&
+			a.byVol[mi.Volume] == nil {
+			a.byVol[mi.Volume] = &Attachment{Volume: mi.Volume, Device: dev, Method: MethodLoop, Image: image, dir: dir}
+			kept[dir] = true
+			a.log.Info("attached device taken over with its image mount", "volume", mi.Volume, "device", dev, "method", MethodLoop)
+			continue
+		}
 		if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
 			a.log.Warn("could not unbind stale loop device", "device", dev, "err", err, "output", strings.TrimSpace(string(out)))
 		} else {
@@ -82,11 +97,17 @@ func (a *Attacher) cleanStaleLoop() {
 	}
 	entries, _ := os.ReadDir(a.dir)
 	for _, e := range entries {
-		if !e.IsDir() {
-			continue // the identifier file
-		}
 		p := filepath.Join(a.dir, e.Name())
-		unix.Unmount(p, unix.MNT_DETACH)
+		if !e.IsDir() || kept[p] {
+			continue // the identifier file, or an image in use
+		}
+		if _, ok := a.mg.MountedAt(p); ok {
+			if err := a.mg.Unmount(ctx, p); err != nil {
+				a.log.Warn("could not unmount the image of a device that is gone", "dir", p, "err", err)
+			}
+		} else {
+			unix.Unmount(p, unix.MNT_DETACH)
+		}
 		os.Remove(p)
 	}
 }

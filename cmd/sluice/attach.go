@@ -13,6 +13,9 @@ func attachCommand() *cli.Command {
 		ArgsUsage: "TENANT/NAME",
 		Flags:     []cli.Flag{jsonFlag},
 		Action:    attachAction,
+		Subcommands: []*cli.Command{
+			{Name: "list", Usage: "list the attached devices (volume, device, method)", Flags: []cli.Flag{jsonFlag}, Action: attachList},
+		},
 	}
 }
 
@@ -55,4 +58,22 @@ func detachAction(c *cli.Context) error {
 		return apiErr(err)
 	}
 	return printDone(c, map[string]any{"device": dev, "detached": true}, "detached %s", dev)
+}
+
+func attachList(c *cli.Context) error {
+	ctx, cancel := callCtx(c)
+	defer cancel()
+	ats, err := apiClient(c).Attachments(ctx)
+	if err != nil {
+		return apiErr(err)
+	}
+	if c.Bool("json") {
+		return printJSON(ats)
+	}
+	rows := make([][]string, 0, len(ats))
+	for _, at := range ats {
+		rows = append(rows, []string{at.Volume, at.Device, at.Method})
+	}
+	table([]string{"VOLUME", "DEVICE", "METHOD"}, rows)
+	return nil
 }

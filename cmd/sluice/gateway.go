@@ -100,7 +100,7 @@ hands its listening sockets over, then exits (docs/HANDOVER.md).`,
 			&cli.StringFlag{Name: "virtio-wait", Value: "adaptive", Destination: &a.VirtioWait, Usage: "how virtio export queues wait for requests: adaptive, eventfd or poll"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Destination: &a.LogLevel},
 			&cli.BoolFlag{Name: "fuse-resume", Destination: &a.FUSEResume, Usage: "keep each FUSE mount's session (its fd in systemd's fd store under systemd when $FDSTORE leaves room, in an fd holder process otherwise) so that a gateway restarted on --data-dir after a crash resumes the mount: programs see a pause, not an error (and wait until a gateway comes back; docs/HANDOVER.md, Crash resume)"},
-			&cli.BoolFlag{Name: "takeover", Destination: &a.Takeover, Usage: "take over from the gateway running on --data-dir (give its flags): it drains, closes the store and hands its listening sockets to this process, which serves on them; NBD connections (without TLS) and FUSE mounts are handed over too, attachments end (docs/HANDOVER.md)"},
+			&cli.BoolFlag{Name: "takeover", Destination: &a.Takeover, Usage: "take over from the gateway running on --data-dir (give its flags): it drains, closes the store and hands its listening sockets to this process, which serves on them; NBD connections (without TLS), FUSE mounts, attached devices and virtio connections are handed over too (docs/HANDOVER.md)"},
 		}, append(spdkFlags(&a.SPDK), joinFlags()...)...),
 		Action: func(c *cli.Context) error {
 			if err := a.check(c); err != nil {
