@@ -127,7 +127,7 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		status = http.StatusNotFound
 	case errors.Is(err, ErrUnauthorized):
 		status = http.StatusUnauthorized
-	case errors.Is(err, ErrClosed):
+	case errors.Is(err, ErrClosed), errors.Is(err, ErrUnavailable):
 		status = http.StatusServiceUnavailable
 	case errors.As(err, &nl):
 		// Clients (Client.do) follow the leader named in the body.

@@ -282,14 +282,38 @@ func (s *etcdStore) fence(ctx context.Context) (fence, error) {
 	return *f, nil
 }
 
+// callTimeout bounds each etcd call the store makes for a request or a
+// round. Without a quorum etcd takes no write and answers no
+// linearizable read, and its client retries until the call's context
+// ends: unbounded, a follower's reload would hold the server's write lock
+// (and every API write behind it) for as long as etcd is down.
+const callTimeout = 5 * time.Second
+
+// bounded is ctx limited to callTimeout.
+func bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, callTimeout)
+}
+
+// etcdErr wraps an etcd call's error; a call that ran out of its bound
+// (and not because ctx, the caller's, ended) is ErrUnavailable, with
+// the last cause the client saw.
+func (s *etcdStore) etcdErr(ctx context.Context, err error) error {
+	if isDeadline(err) && ctx.Err() == nil {
+		return fmt.Errorf("etcd: no answer within %v (are fewer than a quorum of its members up?): %w: %w", callTimeout, ErrUnavailable, s.cause.explain(err))
+	}
+	return fmt.Errorf("etcd: %w", err)
+}
+
 // commit runs ops if f still holds (and the schema is still ours).
 func (s *etcdStore) commit(ctx context.Context, f fence, cmps []clientv3.Cmp, ops ...clientv3.Op) error {
 	cmps = append(cmps,
 		clientv3.Compare(clientv3.CreateRevision(f.key), "=", f.rev),
 		clientv3.Compare(clientv3.Value(s.prefix+keySchema), "=", EtcdSchema))
-	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	bctx, cancel := bounded(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(bctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
-		return fmt.Errorf("etcd: %w", err)
+		return s.etcdErr(ctx, err)
 	}
 	if !resp.Succeeded {
 		return &NotLeaderError{Leader: s.Leader(ctx)}
@@ -331,9 +355,11 @@ func (s *etcdStore) NextGeneration(ctx context.Context, now time.Time) (uint64, 
 		return 0, err
 	}
 	key := s.prefix + keyGeneration
-	resp, err := s.cli.Get(ctx, key)
+	bctx, cancel := bounded(ctx)
+	resp, err := s.cli.Get(bctx, key)
+	cancel()
 	if err != nil {
-		return 0, fmt.Errorf("controller generation: etcd: %w", err)
+		return 0, fmt.Errorf("controller generation: %w", s.etcdErr(ctx, err))
 	}
 	var prev uint64
 	modRev := int64(0)
@@ -353,9 +379,11 @@ func (s *etcdStore) NextGeneration(ctx context.Context, now time.Time) (uint64, 
 
 // Load reads the whole prefix at one revision.
 func (s *etcdStore) Load(ctx context.Context) (map[string]SLO, map[string]GatewayRegistration, error) {
-	resp, err := s.cli.Get(ctx, s.prefix, clientv3.WithPrefix())
+	bctx, cancel := bounded(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(bctx, s.prefix, clientv3.WithPrefix())
 	if err != nil {
-		return nil, nil, fmt.Errorf("loading controller state: etcd: %w", err)
+		return nil, nil, fmt.Errorf("loading controller state: %w", s.etcdErr(ctx, err))
 	}
 	slos := map[string]SLO{}
 	gws := map[string]GatewayRegistration{}

@@ -237,11 +237,10 @@ func (s *Server) SetSLO(ctx context.Context, slo SLO) (SLO, error) {
 	if err := slo.Validate(); err != nil {
 		return SLO{}, err
 	}
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	if err := s.writable(ctx); err != nil {
+	if err := s.lockWrite(ctx); err != nil {
 		return SLO{}, err
 	}
+	defer s.writeMu.Unlock()
 	if err := s.store.Put(ctx, keySLO+slo.Tenant, slo); err != nil {
 		return SLO{}, err
 	}
@@ -254,11 +253,10 @@ func (s *Server) SetSLO(ctx context.Context, slo SLO) (SLO, error) {
 
 // DeleteSLO removes a tenant's SLO; the tenant is then best effort.
 func (s *Server) DeleteSLO(ctx context.Context, tenant string) error {
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	if err := s.writable(ctx); err != nil {
+	if err := s.lockWrite(ctx); err != nil {
 		return err
 	}
+	defer s.writeMu.Unlock()
 	if _, err := s.SLO(tenant); err != nil {
 		return err
 	}
@@ -269,6 +267,22 @@ func (s *Server) DeleteSLO(ctx context.Context, tenant string) error {
 	delete(s.slos, tenant)
 	s.mu.Unlock()
 	s.log.Info("SLO deleted", "tenant", tenant)
+	return nil
+}
+
+// lockWrite takes writeMu for a write that writable allows. A replica
+// that neither leads nor has just won refuses at once, without waiting
+// for writeMu: a follower's reload may hold it for as long as etcd takes
+// to answer (up to the store's call timeout when etcd has no quorum).
+func (s *Server) lockWrite(ctx context.Context) error {
+	if s.store.Term() == 0 && !s.Leading() {
+		return &NotLeaderError{Leader: s.store.Leader(ctx)}
+	}
+	s.writeMu.Lock()
+	if err := s.writable(ctx); err != nil {
+		s.writeMu.Unlock()
+		return err
+	}
 	return nil
 }
 
@@ -306,11 +320,10 @@ func (s *Server) Register(ctx context.Context, g GatewayRegistration) (GatewayRe
 	if err := g.Validate(); err != nil {
 		return GatewayRegistration{}, err
 	}
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	if err := s.writable(ctx); err != nil {
+	if err := s.lockWrite(ctx); err != nil {
 		return GatewayRegistration{}, err
 	}
+	defer s.writeMu.Unlock()
 	s.mu.Lock()
 	old, known := s.gws[g.ID]
 	s.mu.Unlock()
@@ -334,11 +347,10 @@ func (s *Server) Register(ctx context.Context, g GatewayRegistration) (GatewayRe
 
 // Deregister removes a gateway; its share is released at the next round.
 func (s *Server) Deregister(ctx context.Context, id string) error {
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	if err := s.writable(ctx); err != nil {
+	if err := s.lockWrite(ctx); err != nil {
 		return err
 	}
+	defer s.writeMu.Unlock()
 	s.mu.Lock()
 	_, ok := s.gws[id]
 	s.mu.Unlock()

@@ -19,6 +19,9 @@ const (
 	ErrNotFound     = Error("not found")
 	ErrUnauthorized = Error("unauthorized")
 	ErrClosed       = Error("controller closed")
+	// ErrUnavailable: the store did not answer in time (etcd without a
+	// quorum of its members, or unreachable); retry later.
+	ErrUnavailable = Error("the controller's store is unavailable")
 )
 
 // Resource is one dimension the controller shares out. Each is allocated on
