@@ -55,26 +55,33 @@ func (s *Server) setTerm() uint64 {
 
 // ClusterStatus is Status with the leader, the replicas and etcd's
 // health: GET /v1/status.
+//
+// etcd is asked first (up to 3 s: a dead endpoint answers nothing), and
+// the gateways' report ages are taken after, so they are not that much
+// staler than the answer.
 func (s *Server) ClusterStatus(ctx context.Context) Status {
-	st := s.Status()
-	st.Replica = s.opts.Advertise
 	rs, ok := s.store.(replicated)
 	if !ok {
+		st := s.Status()
+		st.Replica = s.opts.Advertise
 		st.Leader = s.opts.Advertise
 		st.Replicas = []ReplicaStatus{{URL: s.opts.Advertise, Leader: true}}
 		return st
 	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
+	var h EtcdStatus
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		h := rs.Health(ctx)
-		st.Etcd = &h
+		h = rs.Health(ctx)
 	}()
 	reps, err := rs.Replicas(ctx)
 	wg.Wait()
+	st := s.Status()
+	st.Replica = s.opts.Advertise
+	st.Etcd = &h
 	st.Replicas = []ReplicaStatus{}
 	if err == nil {
 		st.Replicas = reps
