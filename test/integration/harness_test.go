@@ -221,21 +221,7 @@ func (g *gw) stats() statsJSON {
 
 // nbdWritten is the bytes the gateway has written to a volume through NBD
 // since it started.
-func (g *gw) nbdWritten(ref string) int64 {
-	g.t.Helper()
-	var n int64
-	for _, v := range g.stats().Volumes {
-		if v.Ref != ref {
-			continue
-		}
-		for _, o := range v.Ops {
-			if o.Door == "nbd" && o.Op == "write" {
-				n += o.Bytes
-			}
-		}
-	}
-	return n
-}
+func (g *gw) nbdWritten(ref string) int64 { return g.doorWritten("nbd", ref) }
 
 // run runs a client tool with a timeout and returns its combined output.
 func run(t *testing.T, timeout time.Duration, name string, args ...string) string {
