@@ -388,7 +388,7 @@ func (o *Object) installCow(t *chunkTable, chunks []cowChunk, token int64) {
 // per chunk written) and tries again. With zeroed, the extent reads as
 // zeros where the device's free space does (s.allocZeroed).
 func (s *Store) allocSyncing(length int64, zeroed bool) (int64, error) {
-	alloc := s.alloc.alloc
+	alloc := s.alloc.allocReuse // written whole: dirty space first
 	if zeroed {
 		alloc = s.allocZeroed
 	}
