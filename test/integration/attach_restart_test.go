@@ -130,16 +130,15 @@ func (g *gw) checkAttached(t *testing.T, dev string) {
 // over the name, fsync the directory; the name's hash is remembered
 // once all of that returned.
 type renameWorker struct {
-	dir  string
-	stop chan struct{}
-	wg   sync.WaitGroup
-	ops  atomic.Int64
-	err  atomic.Pointer[error]
+	dir      string
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	ops      atomic.Int64
+	ioRecord // longest: a write+fsync+rename+fsync
 
-	mu      sync.Mutex
-	sums    map[string][32]byte
-	longest time.Duration
-	halted  bool
+	mu     sync.Mutex
+	sums   map[string][32]byte
+	halted bool
 }
 
 func (w *renameWorker) run() {
@@ -157,13 +156,13 @@ func (w *renameWorker) run() {
 		name := fmt.Sprintf("f%02d", i%64)
 		start := time.Now()
 		if err := w.replace(name, data); err != nil {
-			w.err.CompareAndSwap(nil, &err)
+			w.fail(err)
 			return
 		}
 		w.mu.Lock()
 		w.sums[name] = sha256.Sum256(data)
-		w.longest = max(w.longest, time.Since(start))
 		w.mu.Unlock()
+		w.observe(time.Since(start))
 		w.ops.Add(1)
 	}
 }
@@ -198,21 +197,6 @@ func (w *renameWorker) replace(name string, data []byte) error {
 		return fmt.Errorf("fsync %s: %w", w.dir, err)
 	}
 	return nil
-}
-
-func (w *renameWorker) failed() error {
-	if p := w.err.Load(); p != nil {
-		return *p
-	}
-	return nil
-}
-
-func (w *renameWorker) takeLongest() time.Duration {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	d := w.longest
-	w.longest = 0
-	return d
 }
 
 // halt stops the worker and waits for it (once or more).

@@ -29,14 +29,13 @@ import (
 // gateway crash: the write may be lost) is counted in eio, and the block
 // is written and fsynced again, as a careful program does.
 type syncClient struct {
-	f       *os.File
-	blocks  int
-	durable []byte
-	ops     atomic.Int64
-	eio     atomic.Int64
-	err     atomic.Pointer[error]
-	mu      sync.Mutex
-	longest time.Duration
+	f        *os.File
+	blocks   int
+	durable  []byte
+	ops      atomic.Int64
+	eio      atomic.Int64
+	mu       sync.Mutex // durable
+	ioRecord            // longest: a write+fsync+read
 }
 
 func newSyncClient(t *testing.T, path string, blocks int) *syncClient {
@@ -83,9 +82,7 @@ func (c *syncClient) run(stop <-chan struct{}) {
 			c.fail(fmt.Errorf("read at %d: not what was written and fsynced", off))
 			return
 		}
-		c.mu.Lock()
-		c.longest = max(c.longest, time.Since(start))
-		c.mu.Unlock()
+		c.observe(time.Since(start))
 		c.ops.Add(1)
 	}
 }
@@ -105,23 +102,6 @@ func (c *syncClient) writeSynced(buf []byte, off int64) error {
 		}
 		c.eio.Add(1)
 	}
-}
-
-func (c *syncClient) fail(err error) { c.err.CompareAndSwap(nil, &err) }
-
-func (c *syncClient) failed() error {
-	if p := c.err.Load(); p != nil {
-		return *p
-	}
-	return nil
-}
-
-func (c *syncClient) takeLongest() time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	d := c.longest
-	c.longest = 0
-	return d
 }
 
 // TestCrashResumeWorker is the client of TestCrashResumeFUSE, run in a

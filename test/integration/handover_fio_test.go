@@ -93,10 +93,9 @@ func (g *gw) doorWritten(door, ref string) int64 {
 // fioProc is one fio job running until stopped: random 4 KiB writes,
 // each 128 read back and checked.
 type fioProc struct {
-	cmd    *exec.Cmd
-	out    string
-	done   chan struct{}
-	output []byte
+	cmd  *exec.Cmd
+	out  string
+	done chan struct{}
 }
 
 func startFio(t *testing.T, fio, name string, args ...string) *fioProc {

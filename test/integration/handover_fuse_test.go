@@ -23,14 +23,11 @@ import (
 // (want) to check the whole file at the end. Every error is a failure:
 // across a handover the client must see a pause, nothing else.
 type fileClient struct {
-	f      *os.File
-	blocks int
-	want   []byte
-	ops    atomic.Int64
-	err    atomic.Pointer[error]
-
-	mu      sync.Mutex
-	longest time.Duration // the longest write+read since takeLongest
+	f        *os.File
+	blocks   int
+	want     []byte
+	ops      atomic.Int64
+	ioRecord // longest: a write+read
 }
 
 func newFileClient(t *testing.T, path string, blocks int) *fileClient {
@@ -78,29 +75,6 @@ func (c *fileClient) run(stop <-chan struct{}) {
 		c.observe(time.Since(start))
 		c.ops.Add(1)
 	}
-}
-
-func (c *fileClient) fail(err error) { c.err.CompareAndSwap(nil, &err) }
-
-func (c *fileClient) failed() error {
-	if p := c.err.Load(); p != nil {
-		return *p
-	}
-	return nil
-}
-
-func (c *fileClient) observe(d time.Duration) {
-	c.mu.Lock()
-	c.longest = max(c.longest, d)
-	c.mu.Unlock()
-}
-
-func (c *fileClient) takeLongest() time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	d := c.longest
-	c.longest = 0
-	return d
 }
 
 // verify reads the whole file through the still open descriptor.
