@@ -132,18 +132,18 @@ func killDuringChurn(t *testing.T, g *gw, ref string, churn int64, extra ...stri
 	fio := exec.Command("fio", args...)
 	var out bytes.Buffer
 	fio.Stdout, fio.Stderr = &out, &out
-	start := g.nbdWritten(ref)
+	start := g.doorWritten("nbd", ref)
 	if err := fio.Start(); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(50 * time.Second); g.nbdWritten(ref)-start < churn; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(50 * time.Second); g.doorWritten("nbd", ref)-start < churn; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			fio.Process.Kill()
 			fio.Wait()
-			t.Fatalf("fio wrote %d bytes in 50s, want %d before the kill\n%s", g.nbdWritten(ref)-start, churn, out.String())
+			t.Fatalf("fio wrote %d bytes in 50s, want %d before the kill\n%s", g.doorWritten("nbd", ref)-start, churn, out.String())
 		}
 	}
-	written := g.nbdWritten(ref) - start
+	written := g.doorWritten("nbd", ref) - start
 	g.kill()
 	fio.Process.Kill()
 	fio.Wait()

@@ -219,10 +219,6 @@ func (g *gw) stats() statsJSON {
 	return st
 }
 
-// nbdWritten is the bytes the gateway has written to a volume through NBD
-// since it started.
-func (g *gw) nbdWritten(ref string) int64 { return g.doorWritten("nbd", ref) }
-
 // run runs a client tool with a timeout and returns its combined output.
 func run(t *testing.T, timeout time.Duration, name string, args ...string) string {
 	t.Helper()

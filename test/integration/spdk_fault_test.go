@@ -63,11 +63,11 @@ func TestSPDKTargetKill(t *testing.T) {
 			"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", fmt.Sprintf("--randseed=%d", i+1))
 		var out bytes.Buffer
 		fio.Stdout, fio.Stderr = &out, &out
-		start := g.nbdWritten("acme/kill")
+		start := g.doorWritten("nbd", "acme/kill")
 		must(t, fio.Start())
 		done := make(chan error, 1)
 		go func() { done <- fio.Wait() }()
-		testwait.For(t, "fio writing", func() bool { return g.nbdWritten("acme/kill")-start >= int64(8+r.IntN(24))*MiB })
+		testwait.For(t, "fio writing", func() bool { return g.doorWritten("nbd", "acme/kill")-start >= int64(8+r.IntN(24))*MiB })
 		tg.Kill()
 		tg.Restart(t)
 		mkBdev()
