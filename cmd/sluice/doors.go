@@ -47,7 +47,7 @@ func (d attachDoor) Resize(ctx context.Context, ref string, grow func() error) e
 }
 
 func (d attachDoor) Attachments() []admin.Attachment {
-	var out []admin.Attachment
+	out := []admin.Attachment{} // [] in JSON, not null
 	for _, at := range d.a.Attachments() {
 		out = append(out, view(at))
 	}
