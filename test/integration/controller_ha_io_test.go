@@ -490,13 +490,13 @@ func (h *haIO) checkShares(logs [][][]bwSample) {
 			}
 			continue
 		}
-		if !h.haveSamples(logs, w) {
-			continue
-		}
+		h.logStalls(logs, w)
 		got := make([]float64, len(haTenants))
 		var total float64
 		for ti := range haTenants {
-			got[ti] = mean(t, logs[ti], w, haLogAvg)
+			for _, samples := range logs[ti] {
+				got[ti] += jobMean(samples, w)
+			}
 			total += got[ti]
 		}
 		spare := (total - sumMin) / float64(len(haTenants))
@@ -507,7 +507,7 @@ func (h *haIO) checkShares(logs [][][]bwSample) {
 			if !within(got[ti], want, 0.10) || got[ti] < 0.9*tn.min {
 				var jobs []string
 				for j, samples := range logs[ti] {
-					jobs = append(jobs, fmt.Sprintf("gw%d %.1f", tn.on[j]+1, mib(mean(t, [][]bwSample{samples}, w, haLogAvg))))
+					jobs = append(jobs, fmt.Sprintf("gw%d %.1f", tn.on[j]+1, mib(jobMean(samples, w))))
 				}
 				t.Errorf("%s: %s got %.1f MiB/s (%s), want its minimum %.0f + an equal share of the spare %.1f = %.1f MiB/s ± 10%%",
 					w.name, tn.name, mib(got[ti]), strings.Join(jobs, ", "), mib(tn.min), mib(spare), mib(want))
@@ -517,34 +517,46 @@ func (h *haIO) checkShares(logs [][][]bwSample) {
 	}
 }
 
-// haveSamples reports whether every fio job logged a sample in w; it
-// fails the test, showing the job's samples around w, if one did not (it
-// completed no IO for the whole window).
-func (h *haIO) haveSamples(logs [][][]bwSample, w window) bool {
-	ok := true
+// jobMean is one fio job's mean bandwidth in w: 0 when it logged no
+// sample there (it completed no IO for the whole window).
+func jobMean(samples []bwSample, w window) float64 {
+	var sum float64
+	n := 0
+	for _, s := range samples {
+		if !s.at.Add(-haLogAvg).Before(w.from) && !s.at.After(w.to) {
+			sum += s.bw
+			n++
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return sum / float64(n)
+}
+
+// logStalls logs each fio job that completed no IO in w, with its samples
+// around w. The SLOs are cluster-wide: a tenant whose minimum is met on
+// its other gateways may be given nothing on one short of capacity (its
+// requests there wait for the next assignment that gives it some), and
+// its total, which checkShares judges, counts that job as 0.
+// docs/CONTROLLER.md ("Not done") says so.
+func (h *haIO) logStalls(logs [][][]bwSample, w window) {
 	for ti, tn := range haTenants {
 		for j, samples := range logs[ti] {
 			i := slices.IndexFunc(samples, func(s bwSample) bool { return !s.at.Add(-haLogAvg).Before(w.from) })
 			if i >= 0 && !samples[i].at.After(w.to) {
 				continue
 			}
-			ok = false
-			first, last := "none", "none"
-			if len(samples) > 0 {
-				first, last = samples[0].at.Sub(w.from).String(), samples[len(samples)-1].at.Sub(w.from).String()
-			}
-			out, _ := os.ReadFile(filepath.Join(h.logDir, tn.name+".out"))
 			var around []string
 			for _, s := range samples {
 				if s.at.After(w.from.Add(-3*time.Second)) && s.at.Before(w.to.Add(3*time.Second)) {
 					around = append(around, fmt.Sprintf("%.1fs %.1f", s.at.Sub(w.from).Seconds(), s.bw/(1<<20)))
 				}
 			}
-			h.t.Errorf("window %s: %s's job on gw%d logged no sample (it completed no IO); %d samples from %s to %s after the window's start; from 3 s before to 3 s after (s, MiB/s): %s\nfio's output:\n%s",
-				w.name, tn.name, tn.on[j]+1, len(samples), first, last, strings.Join(around, ", "), out)
+			h.t.Logf("window %s: %s's job on gw%d completed no IO (counted as 0 in %s's total); its samples from 3 s before to 3 s after (s, MiB/s): %s",
+				w.name, tn.name, tn.on[j]+1, tn.name, strings.Join(around, ", "))
 		}
 	}
-	return ok
 }
 
 // capacityNow is the sum over the gateways of their latest read
