@@ -39,7 +39,7 @@ const guestNBDScript = `
 export SLUICE_API_SOCKET=/tmp/d/api.sock
 gw() { /bin/sluice gateway --data-dir /tmp/d --pool-size 512M --nbd-listen "" --attach-method nbd --attach-nbd-timeout 3s --log-level info "$@" >>/tmp/gw.log 2>&1 & GW=$!; for i in $(seq 1 300); do [ -S /tmp/d/api.sock ] && return 0; sleep 0.1; done; echo GW_NOT_READY; cat /tmp/gw.log; }
 s() { /bin/sluice "$@"; }
-ok() { echo "OK $1"; }
+ok() { echo "OK $1"; echo "AT $1 $(cut -d' ' -f1 /proc/uptime)"; }
 bad() { echo "BAD $1"; }
 gw
 s volume create t/disk --size 64M >/dev/null || bad create
@@ -154,7 +154,10 @@ func TestAttachKernelNBD(t *testing.T) {
 	}
 	initrd := k.initramfs(t, guestImage{script: guestNBDScript, modules: nbdModules,
 		files: []cpioFile{{name: "bin/sluice", mode: 0o100755, data: bin}}})
-	out := k.boot(t, initrd, "1024M", 5*time.Minute)
+	// About 100 s in a TCG guest beside stress-ng; two stressed runs ran
+	// out of 5 minutes in the takeovers (at the 2nd and at the 9th): the
+	// AT lines time each step for the next one.
+	out := k.boot(t, initrd, "1024M", 7*time.Minute)
 	t.Logf("guest:\n%s", out)
 	if strings.Contains(out, "GW_NOT_READY") {
 		t.Fatal("the gateway did not start in the guest")
