@@ -41,6 +41,11 @@ gw() { /bin/sluice gateway --data-dir /tmp/d --pool-size 512M --nbd-listen "" --
 s() { /bin/sluice "$@"; }
 ok() { echo "OK $1"; echo "AT $1 $(cut -d' ' -f1 /proc/uptime)"; }
 bad() { echo "BAD $1"; }
+# waitold waits up to 90 s for the gateway a takeover replaces to exit;
+# one that does not is made to dump its goroutines (SIGQUIT) and the log's
+# tail is printed, so a hung handover shows where it hangs.
+waitold() { for j in $(seq 1 900); do kill -0 $1 2>/dev/null || { wait $1; return $?; }; sleep 0.1; done
+  echo "HUNG old gateway $1"; kill -QUIT $1; sleep 2; tail -n 200 /tmp/gw.log; return 1; }
 gw
 s volume create t/disk --size 64M >/dev/null || bad create
 s volume create t/ro --size 16M --read-only >/dev/null || bad create-ro
@@ -101,7 +106,7 @@ NK=$(files)
 for k in $(seq 1 10); do
   OLD=$GW; N0=$(files)
   gw --takeover
-  wait $OLD && ok "takeover$k-old-exit" || bad "takeover$k-old-exit"
+  waitold $OLD && ok "takeover$k-old-exit" || bad "takeover$k-old-exit"
   await $((N0 + 3)) && ok "takeover$k-progress" || bad "takeover$k-progress"
 done
 s attach t/disk 2>&1 | grep -q "already attached as $DEV3" && ok handed || bad handed
