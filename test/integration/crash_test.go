@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluice-storage/sluice/internal/testtool"
+	"github.com/sluice-storage/sluice/internal/testwait"
 )
 
 // TestCrashKeepsFlushedData writes and flushes a known pattern, SIGKILLs
@@ -136,12 +137,10 @@ func killDuringChurn(t *testing.T, g *gw, ref string, churn int64, extra ...stri
 	if err := fio.Start(); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(50 * time.Second); g.doorWritten("nbd", ref)-start < churn; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			fio.Process.Kill()
-			fio.Wait()
-			t.Fatalf("fio wrote %d bytes in 50s, want %d before the kill\n%s", g.doorWritten("nbd", ref)-start, churn, out.String())
-		}
+	if !testwait.Poll(50*time.Second, func() bool { return g.doorWritten("nbd", ref)-start >= churn }) {
+		fio.Process.Kill()
+		fio.Wait()
+		t.Fatalf("fio wrote %d bytes in 50s, want %d before the kill\n%s", g.doorWritten("nbd", ref)-start, churn, out.String())
 	}
 	written := g.doorWritten("nbd", ref) - start
 	g.kill()
