@@ -80,9 +80,14 @@ func unitsFor(length int64) int64 {
 // releaseDirty); a caller that needs the extent to read as zeros must
 // zero it then.
 func (a *allocator) alloc(length int64) (int64, bool, error) {
-	n := unitsFor(length)
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	return a.allocLocked(length)
+}
+
+// allocLocked is alloc with mu held.
+func (a *allocator) allocLocked(length int64) (int64, bool, error) {
+	n := unitsFor(length)
 	var u int64
 	var ok bool
 	switch {
@@ -134,14 +139,13 @@ const reuseScan = 1024
 func (a *allocator) allocReuse(length int64) (int64, bool, error) {
 	n := unitsFor(length)
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.ndirty >= n {
 		if u, ok := a.findDirty(n); ok {
-			defer a.mu.Unlock()
 			return a.take(u, n)
 		}
 	}
-	a.mu.Unlock()
-	return a.alloc(length)
+	return a.allocLocked(length)
 }
 
 // findDirty finds n dirty (so free) units: inside one word when n < 64,
@@ -156,12 +160,7 @@ func (a *allocator) findDirty(n int64) (int64, bool) {
 			continue
 		}
 		if n < 64 {
-			run := a.dirty[w]
-			for k := int64(1); k < n && run != 0; k++ {
-				run &= a.dirty[w] >> k
-			}
-			run &= uint64(1)<<(64-n) - 1
-			if run != 0 {
+			if run := runStarts(a.dirty[w], n); run != 0 {
 				a.dcursor = w
 				return int64(w)*64 + int64(bits.TrailingZeros64(run)), true
 			}
@@ -216,20 +215,22 @@ func (a *allocator) findInWord(n int64) (int64, bool) {
 	nw := len(a.words)
 	for i := 0; i < nw; i++ {
 		w := (a.cursor + i) % nw
-		free := ^a.words[w]
-		// Bit s of run is set when units s..s+n-1 of the word are all free.
-		run := free
-		for k := int64(1); k < n && run != 0; k++ {
-			run &= free >> k
-		}
-		// Drop starts whose run would leave the word.
-		run &= uint64(1)<<(64-n) - 1
-		if run != 0 {
+		if run := runStarts(^a.words[w], n); run != 0 {
 			a.cursor = w
 			return int64(w)*64 + int64(bits.TrailingZeros64(run)), true
 		}
 	}
 	return 0, false
+}
+
+// runStarts returns the bits s of word whose units s..s+n-1 (n < 64) are
+// all set and inside the word: where a run of n units can start.
+func runStarts(word uint64, n int64) uint64 {
+	run := word
+	for k := int64(1); k < n && run != 0; k++ {
+		run &= word >> k
+	}
+	return run & (uint64(1)<<(64-n) - 1)
 }
 
 // findWords finds n >= 64 free units starting at a word boundary: n/64
