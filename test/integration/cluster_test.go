@@ -291,20 +291,31 @@ func mean(t *testing.T, jobs [][]bwSample, w window, logAvg time.Duration) float
 	t.Helper()
 	var total float64
 	for j, samples := range jobs {
-		var sum float64
-		n := 0
-		for _, s := range samples {
-			if !s.at.Add(-logAvg).Before(w.from) && !s.at.After(w.to) {
-				sum += s.bw
-				n++
-			}
-		}
-		if n == 0 {
+		m, ok := windowMean(samples, w, logAvg)
+		if !ok {
 			t.Fatalf("window %s: job %d has no fio samples", w.name, j+1)
 		}
-		total += sum / float64(n)
+		total += m
 	}
 	return total
+}
+
+// windowMean is one fio job's mean bandwidth over the samples that cover
+// only w (each averages the logAvg before it); false if it logged none
+// there (it completed no IO for the whole window).
+func windowMean(samples []bwSample, w window, logAvg time.Duration) (float64, bool) {
+	var sum float64
+	n := 0
+	for _, s := range samples {
+		if !s.at.Add(-logAvg).Before(w.from) && !s.at.After(w.to) {
+			sum += s.bw
+			n++
+		}
+	}
+	if n == 0 {
+		return 0, false
+	}
+	return sum / float64(n), true
 }
 
 // TestClusterSLOs is Crystal's Fig. 7 on one machine: each tenant gets its

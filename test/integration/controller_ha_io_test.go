@@ -495,7 +495,7 @@ func (h *haIO) checkShares(logs [][][]bwSample) {
 		var total float64
 		for ti := range haTenants {
 			for _, samples := range logs[ti] {
-				got[ti] += jobMean(samples, w)
+				got[ti] += stalledAsZero(samples, w)
 			}
 			total += got[ti]
 		}
@@ -507,7 +507,7 @@ func (h *haIO) checkShares(logs [][][]bwSample) {
 			if !within(got[ti], want, 0.10) || got[ti] < 0.9*tn.min {
 				var jobs []string
 				for j, samples := range logs[ti] {
-					jobs = append(jobs, fmt.Sprintf("gw%d %.1f", tn.on[j]+1, mib(jobMean(samples, w))))
+					jobs = append(jobs, fmt.Sprintf("gw%d %.1f", tn.on[j]+1, mib(stalledAsZero(samples, w))))
 				}
 				t.Errorf("%s: %s got %.1f MiB/s (%s), want its minimum %.0f + an equal share of the spare %.1f = %.1f MiB/s ± 10%%",
 					w.name, tn.name, mib(got[ti]), strings.Join(jobs, ", "), mib(tn.min), mib(spare), mib(want))
@@ -517,21 +517,10 @@ func (h *haIO) checkShares(logs [][][]bwSample) {
 	}
 }
 
-// jobMean is one fio job's mean bandwidth in w: 0 when it logged no
-// sample there (it completed no IO for the whole window).
-func jobMean(samples []bwSample, w window) float64 {
-	var sum float64
-	n := 0
-	for _, s := range samples {
-		if !s.at.Add(-haLogAvg).Before(w.from) && !s.at.After(w.to) {
-			sum += s.bw
-			n++
-		}
-	}
-	if n == 0 {
-		return 0
-	}
-	return sum / float64(n)
+// stalledAsZero is windowMean with 0 for a job that logged nothing in w.
+func stalledAsZero(samples []bwSample, w window) float64 {
+	m, _ := windowMean(samples, w, haLogAvg)
+	return m
 }
 
 // logStalls logs each fio job that completed no IO in w, with its samples
@@ -543,8 +532,7 @@ func jobMean(samples []bwSample, w window) float64 {
 func (h *haIO) logStalls(logs [][][]bwSample, w window) {
 	for ti, tn := range haTenants {
 		for j, samples := range logs[ti] {
-			i := slices.IndexFunc(samples, func(s bwSample) bool { return !s.at.Add(-haLogAvg).Before(w.from) })
-			if i >= 0 && !samples[i].at.After(w.to) {
+			if _, ok := windowMean(samples, w, haLogAvg); ok {
 				continue
 			}
 			var around []string
