@@ -34,8 +34,11 @@ import (
 //     a device flush), so until a flush the old entry — all a crash
 //     can leave — still finds its bytes.
 //
-// Exception: a chunk whose record is noop steps alone is written in place
-// by a noop chain (writeIdentity), like a plain chunk.
+// Exceptions: a chunk whose record is noop steps alone is written in place
+// by a noop chain (writeIdentity), like a plain chunk; and a write into
+// part of a transformed chunk under a chain of built-ins stores the
+// sectors it touches as patches beside the chunk (patch.go) instead of
+// steps 1-3, until the chunk has maxPatches of them.
 //
 // A crash before step 4 leaves the old entry and an unreferenced new
 // extent, which start-up discards with the rest of the free space. A write
@@ -67,7 +70,7 @@ func (o *Object) writeChain(p []byte, off int64, chain *filter.Chain) error {
 		}
 		w := o.window(off, int64(len(p)))
 		o.lock(w.mask)
-		n, err := o.cowLocked(w, p, off, chain)
+		n, err := o.cowLocked(w, p, off, chain, true)
 		if n > 0 {
 			o.growSize(off + int64(n))
 		}
@@ -104,7 +107,7 @@ func (o *Object) writeIdentity(p []byte, off int64) (int, error) {
 		if err != nil {
 			return done, err
 		}
-		if !ce.partial || !ce.sectors.Identity() || int64(ce.sectors.PlainLen) != cs || int64(ce.e.storedLen) != cs {
+		if !ce.partial || !ce.sectors.Identity() || int64(ce.sectors.PlainLen) != cs || int64(ce.e.storedLen) != cs || len(ce.e.patches) > 0 {
 			break
 		}
 		in := (off + int64(done)) & (cs - 1)
@@ -131,7 +134,7 @@ func (o *Object) rewriteChunk(p []byte, off int64, chain *filter.Chain) (int, er
 	w := o.window(off, n)
 	o.lock(w.mask)
 	defer o.unlock(w.mask)
-	written, err := o.cowLocked(w, p[:n], off, chain)
+	written, err := o.cowLocked(w, p[:n], off, chain, true)
 	if written > 0 {
 		o.growSize(off + int64(written))
 	}
@@ -151,25 +154,31 @@ func (o *Object) zeroTransformed(w window, idx, in, n int64) error {
 	if err != nil {
 		return fmt.Errorf("volume %s: inode %d: chunk %d: %w", o.v.ref, o.ino, idx, errIO(err))
 	}
-	_, err = o.cowLocked(w, o.v.s.zeros[:n], idx*o.v.chunkSize+in, chain)
+	// Not as patches: a discard must not take more space.
+	_, err = o.cowLocked(w, o.v.s.zeros[:n], idx*o.v.chunkSize+in, chain, false)
 	return err
 }
 
 // cowChunk is one chunk of a copy-on-write window.
 type cowChunk struct {
-	idx     int64
-	old     int64      // table entry before: 0 hole, plain offset, or marked
-	oldE    chunkEntry // the old entry of a transformed chunk
-	e       chunkEntry // the new entry
-	devSize int64      // bytes allocated for e
-	durable bool       // the chunk held data that may be promised: a pending record (pending.go)
-	crc     uint32     // crc32c of e's stored bytes (durable only)
+	idx      int64
+	old      int64      // table entry before: 0 hole, plain offset, or marked
+	oldE     chunkEntry // the old entry of a transformed chunk
+	e        chunkEntry // the new entry
+	devSize  int64      // bytes allocated for e
+	newOff   int64      // the extent allocated: e's, or a patched chunk's new units
+	durable  bool       // the chunk held data that may be promised: a pending record (pending.go)
+	crc      uint32     // crc32c of e's stored bytes (durable only)
+	patched  bool       // e is oldE with patches added (patch.go)
+	replaced []patch    // patches of oldE that e replaced (patched only)
 }
 
 // cowLocked writes p at off by copy-on-write through chain (nil or plain:
 // stored plain), for the chunks of window w, whose stripes the caller holds
-// write-locked. It returns the bytes of p written: up to the window's end.
-func (o *Object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (int, error) {
+// write-locked; with patches, small writes into transformed chunks become
+// patches where they can (patch.go). It returns the bytes of p written: up
+// to the window's end.
+func (o *Object) cowLocked(w window, p []byte, off int64, chain *filter.Chain, patches bool) (int, error) {
 	v := o.v
 	s := v.s
 	if o.deleted {
@@ -191,7 +200,7 @@ func (o *Object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 	chunks := make([]cowChunk, 0, last-first+1)
 	fail := func(err error) (int, error) {
 		for _, c := range chunks {
-			s.freeWritten(c.e.devOff, c.devSize)
+			s.freeWritten(c.newOff, c.devSize)
 		}
 		v.allocated.Add(-holes)
 		return 0, err
@@ -201,7 +210,13 @@ func (o *Object) cowLocked(w window, p []byte, off int64, chain *filter.Chain) (
 	defer s.putBuf(bufs.out)
 	for idx := first; idx <= last; idx++ {
 		from, to := max(off, idx*cs), min(end, (idx+1)*cs)
-		c, err := o.cowWrite(t, idx, p[from-off:to-off], from-idx*cs, chain, bufs)
+		var c cowChunk
+		var err error
+		if ce, ok := o.patchCandidate(t, idx); patches && ok && o.patchable(ce, p[from-off:to-off], from-idx*cs, chain) {
+			c, err = o.patchWrite(idx, ce.e, p[from-off:to-off], from-idx*cs, chain, bufs)
+		} else {
+			c, err = o.cowWrite(t, idx, p[from-off:to-off], from-idx*cs, chain, bufs)
+		}
 		if err != nil {
 			return fail(err)
 		}
@@ -288,7 +303,7 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 	if err != nil {
 		return c, fmt.Errorf("volume %s: %w", v.ref, err)
 	}
-	c.devSize = int64(len(stored))
+	c.newOff, c.devSize = dev, int64(len(stored))
 	hasSum := false // c.e.checksum is the crc32c of stored
 	c.e = chunkEntry{storedLen: uint32(len(stored)), devOff: dev}
 	if short {
@@ -366,10 +381,15 @@ func (o *Object) installCow(t *chunkTable, chunks []cowChunk, token int64) {
 			tok = token
 		}
 		switch {
+		case c.patched:
+			for _, p := range c.replaced {
+				freed = append(freed, extent{off: p.devOff, length: unitSize, zero: true, flushTok: tok})
+			}
+			saved -= v.savedBy(c.oldE)
 		case c.old == 0:
 			o.mapped.Add(1)
 		case c.old&markTransformed != 0:
-			freed = append(freed, extent{off: c.oldE.devOff, length: c.oldE.extentLen(), zero: true, flushTok: tok})
+			freed = s.appendExtents(freed, c.oldE, true, tok)
 			saved -= v.savedBy(c.oldE)
 		default:
 			l := v.plainExtentLen(c.old)
@@ -424,3 +444,13 @@ func (s *Store) allocZeroed(length int64) (int64, bool, error) {
 // is left. Without it, concurrent writers on a nearly full pool got ENOSPC
 // while space was on its way back.
 func (s *Store) syncForSpace() error { return s.syncMeta() }
+
+// patchCandidate returns the cached entry of chunk idx when it is a
+// transformed chunk a small write might patch.
+func (o *Object) patchCandidate(t *chunkTable, idx int64) (cachedEntry, bool) {
+	if t.get(idx)&markTransformed == 0 {
+		return cachedEntry{}, false
+	}
+	ce, err := o.cachedEntry(idx)
+	return ce, err == nil
+}

@@ -432,6 +432,10 @@ func FuzzChunkEntry(f *testing.F) {
 	f.Add(chunkEntry{storedLen: 65536, devOff: dataStart}.encode())
 	f.Add(chunkEntry{flags: flagRecord, storedLen: 300, devOff: dataStart + 4096, record: rec}.encode())
 	f.Add([]byte{1, 2, 0, 0})
+	patched, _ := mergePatches(chunkEntry{flags: flagRecord, storedLen: 300, devOff: dataStart + 4096, record: rec},
+		[]patch{{sector: 3, devOff: dataStart + 8192, crc: 9}, {sector: 5, sealed: true, devOff: dataStart + 12288, crc: 1,
+			seal: filter.PatchSeal{KeyID: [4]byte{1, 2, 3, 4}, Nonce: [12]byte{5}, Tag: [16]byte{6}}}})
+	f.Add(patched.encode())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, err := decodeChunkEntry(b)
 		if err != nil {
@@ -443,7 +447,9 @@ func FuzzChunkEntry(f *testing.F) {
 		out := e.encode()
 		// Reserved bytes are not kept; everything else is.
 		want := append([]byte(nil), b...)
-		clear(want[2:4])
+		if e.flags&flagPatches == 0 {
+			clear(want[2:4])
+		}
 		clear(want[20:24])
 		if !bytes.Equal(out, want) {
 			t.Fatalf("entry %x re-encodes as %x", b, out)

@@ -159,7 +159,8 @@ func (v *Volume) DropChunks(ino uint64) error {
 	from := ChunkPrefix(v.id, ino)
 	for {
 		var keys [][]byte
-		var freed []extent // freed[i]: what keys[i] frees (length 0: nothing)
+		var freed []extent // freed[ends[i-1]:ends[i]]: what keys[i] frees
+		var ends []int
 		var saved int64
 		err := db.View(func(txn *badger.Txn) error {
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: ChunkPrefix(v.id, ino), PrefetchValues: true})
@@ -172,11 +173,8 @@ func (v *Volume) DropChunks(ino uint64) error {
 					return err
 				}
 				keys = append(keys, it.Item().KeyCopy(nil))
-				var x extent
-				if v.s.alloc.contains(e.devOff, int64(e.storedLen)) {
-					x = extent{off: e.devOff, length: e.extentLen()}
-				}
-				freed = append(freed, x)
+				freed = v.s.appendExtents(freed, e, false, 0)
+				ends = append(ends, len(freed))
 				saved += v.savedBy(e)
 			}
 			return nil
@@ -192,13 +190,9 @@ func (v *Volume) DropChunks(ino uint64) error {
 		}
 		done, err := v.s.batchUpdate(len(keys), func(txn *badger.Txn, i int) error { return txn.Delete(keys[i]) })
 		v.allocated.Add(-int64(done))
-		var ready []extent
-		for _, x := range freed[:done] {
-			if x.length > 0 {
-				ready = append(ready, x)
-			}
+		if done > 0 {
+			v.s.alloc.deferFree(freed[:ends[done-1]])
 		}
-		v.s.alloc.deferFree(ready)
 		if err != nil {
 			return fmt.Errorf("%w: commit chunk deletes: %w", ErrIO, err)
 		}

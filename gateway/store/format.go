@@ -103,7 +103,8 @@ type chunkEntry struct {
 	storedLen uint32
 	devOff    int64
 	checksum  uint32
-	record    []byte // the filter record (flagRecord); nil for a plain chunk
+	record    []byte  // the filter record (flagRecord); nil for a plain chunk
+	patches   []patch // sectors stored on their own (flagPatches, patch.go), by sector
 }
 
 const chunkEntryLen = 24
@@ -115,8 +116,12 @@ const (
 	// (short.go). Its stored length is a whole number of units below the
 	// chunk size; bytes past it read as zeros. Binaries from before it
 	// refuse the entry (an unknown flag), and with it the store.
-	flagShort  = 1 << 1
-	knownFlags = flagRecord | flagShort
+	flagShort = 1 << 1
+	// flagPatches: a transformed chunk with patches (patch.go). Bytes 2..3
+	// hold the record's length, and the patch list follows the record.
+	// Binaries from before it refuse the entry.
+	flagPatches = 1 << 2
+	knownFlags  = flagRecord | flagShort | flagPatches
 )
 
 // transformed reports whether the chunk's stored bytes must be undone by
@@ -131,7 +136,7 @@ func (e chunkEntry) short() bool { return e.flags&flagShort != 0 }
 func (e chunkEntry) extentLen() int64 { return unitsFor(int64(e.storedLen)) * unitSize }
 
 func (e chunkEntry) encode() []byte {
-	b := make([]byte, chunkEntryLen, chunkEntryLen+len(e.record))
+	b := make([]byte, chunkEntryLen, chunkEntryLen+len(e.record)+1+len(e.patches)*patchLen)
 	b[0] = 1
 	b[1] = e.flags
 	binary.BigEndian.PutUint32(b[4:], e.storedLen)
@@ -139,6 +144,10 @@ func (e chunkEntry) encode() []byte {
 	binary.BigEndian.PutUint32(b[16:], e.checksum)
 	if e.flags&flagRecord != 0 {
 		b = append(b, e.record...)
+	}
+	if e.flags&flagPatches != 0 {
+		binary.BigEndian.PutUint16(b[2:], uint16(len(e.record)))
+		b = appendPatches(b, e.patches)
 	}
 	return b
 }
@@ -164,11 +173,25 @@ func decodeChunkEntry(b []byte) (chunkEntry, error) {
 		return chunkEntry{}, fmt.Errorf("chunk entry: plain entry of %d bytes: %w", len(b), ErrIO)
 	case e.flags&flagShort != 0 && e.flags&flagRecord != 0:
 		return chunkEntry{}, fmt.Errorf("chunk entry: flagged both short and transformed: %w", ErrIO)
+	case e.flags&flagPatches != 0 && e.flags&flagRecord == 0:
+		return chunkEntry{}, fmt.Errorf("chunk entry: patches on a chunk that is not transformed: %w", ErrIO)
 	case e.flags&flagShort != 0 && (e.storedLen == 0 || e.storedLen%unitSize != 0 || e.storedLen >= maxChunkSize):
 		return chunkEntry{}, fmt.Errorf("chunk entry: short chunk of %d bytes (want whole units of %d below a chunk): %w", e.storedLen, unitSize, ErrIO)
 	}
+	rec := b[chunkEntryLen:]
+	if e.flags&flagPatches != 0 {
+		n := int(binary.BigEndian.Uint16(b[2:]))
+		if n == 0 || n >= len(rec) {
+			return chunkEntry{}, fmt.Errorf("chunk entry: record of %d bytes before its patches, %d bytes follow the header: %w", n, len(rec), ErrIO)
+		}
+		var err error
+		if e.patches, err = decodePatches(rec[n:]); err != nil {
+			return chunkEntry{}, err
+		}
+		rec = rec[:n]
+	}
 	if e.flags&flagRecord != 0 {
-		e.record = append([]byte(nil), b[chunkEntryLen:]...)
+		e.record = append([]byte(nil), rec...)
 	}
 	return e, nil
 }

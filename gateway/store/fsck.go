@@ -22,6 +22,7 @@ type FsckReport struct {
 	Short    int      `json:"short"`   // short plain chunks (short.go)
 	Orphans  int      `json:"orphans"` // unlinked inodes still open (or awaiting purge)
 	Pending  int      `json:"pending"` // pending records of unflushed copy-on-write rewrites (pending.go)
+	Patches  int      `json:"patches"` // sectors of transformed chunks stored on their own (patch.go)
 	Problems []string `json:"problems"`
 }
 
@@ -113,10 +114,25 @@ func (s *Store) fsckChunks(txn *badger.Txn, v *Volume, r *FsckReport) ([]string,
 			continue
 		}
 		all = append(all, ownedExtent{e.devOff, int64(e.storedLen), vol, ino, idx})
+		for _, p := range e.patches {
+			all = append(all, ownedExtent{p.devOff, unitSize, vol, ino, idx})
+		}
 		if vol != v.id {
 			continue
 		}
 		r.Chunks++
+		r.Patches += len(e.patches)
+		for _, p := range e.patches {
+			switch {
+			case int64(p.sector)*filter.SectorSize >= v.chunkSize:
+				r.Problemf("inode %d chunk %d: patch of sector %d past the chunk", ino, idx, p.sector)
+			case !s.alloc.contains(p.devOff, unitSize):
+				r.Problemf("inode %d chunk %d: patch of sector %d points outside the pool (offset %d)", ino, idx, p.sector, p.devOff)
+			case !s.alloc.inUse(p.devOff, unitSize) && len(unallocated) < maxProblems:
+				unallocated = append(unallocated, fmt.Sprintf("inode %d chunk %d: patch of sector %d points at space the allocator has free (offset %d)",
+					ino, idx, p.sector, p.devOff))
+			}
+		}
 		if e.short() {
 			r.Short++
 		}

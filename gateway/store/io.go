@@ -592,8 +592,8 @@ func (o *Object) unmapWindow(w window, off, length int64, b *unmapBatch) (int64,
 			}
 			// Zeroed once the unmap is durable: until then a crash
 			// leaves the entry, which must still find its bytes.
-			b.freed = append(b.freed, extent{off: e.devOff, length: e.extentLen(), zero: true})
-			b.unmapped = append(b.unmapped, idx)
+			b.freed = v.s.appendExtents(b.freed, e, true, 0)
+			b.add(idx)
 			b.saved += v.savedBy(e)
 			continue
 		case dev&markTransformed != 0:
@@ -606,7 +606,7 @@ func (o *Object) unmapWindow(w window, off, length int64, b *unmapBatch) (int64,
 		case isShort(dev) && n == v.chunkSize:
 			sl := shortLen(dev)
 			b.freed = append(b.freed, extent{off: entryAddr(dev), length: sl})
-			b.unmapped = append(b.unmapped, idx)
+			b.add(idx)
 			b.saved += v.chunkSize - sl
 			continue
 		case isShort(dev):
@@ -621,7 +621,7 @@ func (o *Object) unmapWindow(w window, off, length int64, b *unmapBatch) (int64,
 			continue
 		case n == v.chunkSize:
 			b.freed = append(b.freed, extent{off: dev, length: v.chunkSize})
-			b.unmapped = append(b.unmapped, idx)
+			b.add(idx)
 			continue
 		}
 		if err := v.zeroDevice(dev+in, n); err != nil {

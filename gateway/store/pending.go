@@ -116,6 +116,7 @@ func (o *Object) setPending(txn *badger.Txn, chunks []cowChunk, token int64) err
 		}
 		key := pendingKey(v.id, o.ino, uint64(c.idx))
 		prev := c.oldE
+		rec := pendingRec{token: token, devOff: c.e.devOff, stored: c.e.storedLen, crc: c.crc}
 		item, err := txn.Get(key)
 		switch {
 		case errors.Is(err, badger.ErrKeyNotFound):
@@ -126,9 +127,12 @@ func (o *Object) setPending(txn *badger.Txn, chunks []cowChunk, token int64) err
 			err := item.Value(func(b []byte) (err error) { p, err = decodePending(b); return err })
 			if err == nil && p.token > v.s.flushDone.Load() && p.devOff == c.oldE.devOff {
 				prev = p.prev
+				if c.patched {
+					rec.crc = p.crc // the base is the one that record checks
+				}
 			}
 		}
-		rec := pendingRec{token: token, devOff: c.e.devOff, stored: c.e.storedLen, crc: c.crc, prev: prev}
+		rec.prev = prev
 		if err := txn.Set(key, rec.encode()); err != nil {
 			return err
 		}
@@ -245,14 +249,40 @@ func (s *Store) checkPending(txn *badger.Txn, ckey []byte, p pendingRec) (*chunk
 	if e.devOff != p.devOff || e.storedLen != p.stored || !s.alloc.contains(e.devOff, int64(e.storedLen)) {
 		return nil, nil
 	}
-	buf := make([]byte, e.storedLen)
-	if _, err := s.dev.ReadAt(buf, e.devOff); err == nil && filter.Checksum(buf) == p.crc {
-		return nil, nil
+	if bad := s.unwritten(e, p); bad >= 0 {
+		s.log.Warn("an unflushed copy-on-write rewrite did not reach the device before the crash; the chunk reads its flushed bytes",
+			"key", fmt.Sprintf("%x", ckey), "device_offset", bad)
+		prev := p.prev
+		return &prev, nil
 	}
-	s.log.Warn("an unflushed copy-on-write rewrite did not reach the device before the crash; the chunk reads its flushed bytes",
-		"key", fmt.Sprintf("%x", ckey), "device_offset", e.devOff)
-	prev := p.prev
-	return &prev, nil
+	return nil, nil
+}
+
+// unwritten returns the device offset of the first thing chunk entry e
+// names that was written since pending record p's fallback and does not
+// hold its bytes (-1 if all do): the extent, when it is not the
+// fallback's (checked against the record's crc32c), and each patch the
+// fallback does not have (checked against its own).
+func (s *Store) unwritten(e chunkEntry, p pendingRec) int64 {
+	if e.devOff != p.prev.devOff {
+		buf := make([]byte, e.storedLen)
+		if _, err := s.dev.ReadAt(buf, e.devOff); err != nil || filter.Checksum(buf) != p.crc {
+			return e.devOff
+		}
+	}
+	buf := make([]byte, unitSize)
+	for _, pt := range e.patches {
+		if old, ok := p.prev.patchAt(int64(pt.sector)); ok && old.devOff == pt.devOff && old.crc == pt.crc {
+			continue
+		}
+		if !s.alloc.contains(pt.devOff, unitSize) {
+			return pt.devOff
+		}
+		if _, err := s.dev.ReadAt(buf, pt.devOff); err != nil || filter.Checksum(buf) != pt.crc {
+			return pt.devOff
+		}
+	}
+	return -1
 }
 
 // maxFlushTok is the highest device flush token extents wait for.
@@ -285,6 +315,11 @@ func (s *Store) fsckPending(txn *badger.Txn, v *Volume, r *FsckReport) {
 		r.Pending++
 		if !s.alloc.contains(p.prev.devOff, int64(p.prev.storedLen)) || !s.alloc.inUse(p.prev.devOff, int64(p.prev.storedLen)) {
 			r.Problemf("pending record %x: its fallback (offset %d length %d) is not held in the pool", it.Item().Key(), p.prev.devOff, p.prev.storedLen)
+		}
+		for _, pt := range p.prev.patches {
+			if !s.alloc.contains(pt.devOff, unitSize) || !s.alloc.inUse(pt.devOff, unitSize) {
+				r.Problemf("pending record %x: its fallback's patch of sector %d (offset %d) is not held in the pool", it.Item().Key(), pt.sector, pt.devOff)
+			}
 		}
 	}
 }

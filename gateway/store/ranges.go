@@ -74,11 +74,27 @@ func (s *Store) zeroRuns(exts []extent) error {
 }
 
 // unmapBatch is whole chunks a range operation unmaps: chunk unmapped[i]
-// frees freed[i].
+// frees freed[ends[i-1]:ends[i]] (a patched chunk frees its patches'
+// units too).
 type unmapBatch struct {
 	unmapped []int64
 	freed    []extent
+	ends     []int
 	saved    int64
+}
+
+// add records chunk idx, whose extents were just appended to b.freed.
+func (b *unmapBatch) add(idx int64) {
+	b.unmapped = append(b.unmapped, idx)
+	b.ends = append(b.ends, len(b.freed))
+}
+
+// freedBy is what the first n chunks of b free.
+func (b *unmapBatch) freedBy(n int) []extent {
+	if n == 0 {
+		return nil
+	}
+	return b.freed[:b.ends[n-1]]
 }
 
 // commitUnmap zeroes the batch's plain extents (a crash before the commit
@@ -109,7 +125,7 @@ func (o *Object) commitUnmap(b *unmapBatch) error {
 		v.saved.Add(-b.saved)
 		o.saved.Add(-b.saved)
 	}
-	v.s.alloc.deferFree(b.freed[:done])
+	v.s.alloc.deferFree(b.freedBy(done))
 	*b = unmapBatch{}
 	if err != nil {
 		v.s.log.Error("chunk map commit failed", "volume", v.ref, "inode", o.ino, "err", err)

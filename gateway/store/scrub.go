@@ -177,6 +177,14 @@ func (v *Volume) verify(it scrubItem) error {
 	if int64(len(out)) != v.chunkSize {
 		return fmt.Errorf("undone chunk has %d bytes, chunk size is %d: %w", len(out), v.chunkSize, filter.ErrCorrupt)
 	}
+	for _, p := range e.patches {
+		if int64(p.sector)*filter.SectorSize >= v.chunkSize || !v.s.alloc.contains(p.devOff, unitSize) {
+			return fmt.Errorf("patch of sector %d at offset %d does not fit", p.sector, p.devOff)
+		}
+		if _, err := v.s.openPatch(cc, p, out[:0]); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -115,7 +115,7 @@ func (o *Object) growShortLocked(idx int64) error {
 	// reaches the end, so the chunk is stored full (plainLen).
 	sl := shortLen(dev)
 	w := o.window(idx*cs+sl, cs-sl)
-	_, err := o.cowLocked(w, o.v.s.zeros[:cs-sl], idx*cs+sl, nil)
+	_, err := o.cowLocked(w, o.v.s.zeros[:cs-sl], idx*cs+sl, nil, false)
 	return err
 }
 

@@ -360,6 +360,11 @@ func (s *Store) loadChunks(txn *badger.Txn, v *Volume) error {
 			if !s.alloc.mark(e.devOff, int64(e.storedLen)) {
 				s.log.Error("chunk shares space with another chunk (run fsck)", "volume", v.ref, "inode", ino, "chunk", idx, "offset", e.devOff)
 			}
+			for _, p := range e.patches {
+				if !s.alloc.contains(p.devOff, unitSize) || !s.alloc.mark(p.devOff, unitSize) {
+					s.log.Error("patch outside the pool or sharing space with another chunk (run fsck)", "volume", v.ref, "inode", ino, "chunk", idx, "offset", p.devOff)
+				}
+			}
 			if ino == 0 {
 				v.obj0.table.Load().set(int64(idx), tableEntry(e))
 			}

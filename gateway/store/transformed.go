@@ -100,8 +100,13 @@ const minBuf = 72 << 10
 func (s *Store) putBuf(b *[]byte) { s.bufs.Put(b) }
 
 // readStored reads and undoes transformed chunk idx (entry e), appending its
-// plain bytes (a whole chunk) to dst.
+// plain bytes (a whole chunk, its patches applied) to dst.
 func (o *Object) readStored(idx int64, e chunkEntry, dst []byte) ([]byte, error) {
+	return o.readBase(idx, e, dst, true)
+}
+
+// readBase is readStored with the patches applied or not.
+func (o *Object) readBase(idx int64, e chunkEntry, dst []byte, withPatches bool) ([]byte, error) {
 	v := o.v
 	if !v.s.alloc.contains(e.devOff, int64(e.storedLen)) || int64(e.storedLen) > int64(filter.MaxStored(int(v.chunkSize))) {
 		err := fmt.Errorf("chunk %d: entry points outside the pool (offset %d length %d): %w", idx, e.devOff, e.storedLen, ErrIO)
@@ -118,6 +123,11 @@ func (o *Object) readStored(idx int64, e chunkEntry, dst []byte) ([]byte, error)
 	out, err := v.s.env.Reverse(o.chunkContext(idx), dst, stored, e.record)
 	if err == nil && int64(len(out)-base) != v.chunkSize {
 		err = fmt.Errorf("undone chunk has %d bytes, chunk size is %d: %w", len(out)-base, v.chunkSize, filter.ErrCorrupt)
+	}
+	if err == nil && len(e.patches) > 0 && withPatches {
+		if err := o.applyPatches(idx, e, out[base:], 0, v.chunkSize/filter.SectorSize-1); err != nil {
+			return dst, err
+		}
 	}
 	if err != nil {
 		v.s.log.Error("chunk failed verification; read returns EIO", "volume", v.ref, "inode", o.ino,
@@ -167,16 +177,31 @@ func (o *Object) readTransformed(idx, in int64, p []byte) (int, error) {
 	}
 	e := ce.e
 	p = p[:min(int64(len(p)), o.v.chunkSize-in)]
-	if int64(len(p)) < o.v.chunkSize && ce.partial && in+int64(len(p)) <= int64(ce.sectors.PlainLen) {
+	patched := false
+	if len(e.patches) > 0 && len(p) > 0 {
+		anyP, all := e.patchesIn(in/filter.SectorSize, (in+int64(len(p))-1)/filter.SectorSize)
+		if all {
+			return o.readPatched(idx, e, in, p)
+		}
+		patched = anyP // read whole, patches applied
+	}
+	if !patched && int64(len(p)) < o.v.chunkSize && ce.partial && in+int64(len(p)) <= int64(ce.sectors.PlainLen) {
 		return o.readSectors(idx, e, ce.sectors, in, p)
 	}
 	buf := o.v.s.getBuf(int(o.v.chunkSize))
 	defer o.v.s.putBuf(buf)
-	plain, err := o.readStored(idx, e, (*buf)[:0])
+	plain, err := o.readBase(idx, e, (*buf)[:0], false)
 	if err != nil {
 		return 0, err
 	}
 	*buf = plain[:0]
+	if patched {
+		// Only the patches p covers: a bad one elsewhere in the chunk
+		// fails the reads of its own sector alone.
+		if err := o.applyPatches(idx, e, plain, in/filter.SectorSize, (in+int64(len(p))-1)/filter.SectorSize); err != nil {
+			return 0, err
+		}
+	}
 	return copy(p, plain[in:]), nil
 }
 

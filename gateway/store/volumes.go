@@ -412,7 +412,7 @@ func (v *Volume) savedBy(e chunkEntry) int64 {
 	if !e.transformed() && !e.short() {
 		return 0
 	}
-	return v.chunkSize - unitsFor(int64(e.storedLen))*unitSize
+	return v.chunkSize - unitsFor(int64(e.storedLen))*unitSize - int64(len(e.patches))*unitSize
 }
 
 // SetCache gives the volume a read cache, or takes it away (nil). The
@@ -455,9 +455,7 @@ func (s *Store) volumeExtents(id uint64) ([]extent, error) {
 			if err != nil {
 				return err
 			}
-			if s.alloc.contains(e.devOff, int64(e.storedLen)) {
-				out = append(out, extent{off: e.devOff, length: e.extentLen()})
-			}
+			out = s.appendExtents(out, e, false, 0)
 		}
 		return nil
 	})

@@ -118,3 +118,73 @@ func TestFileChunksTransformed(t *testing.T) {
 	}
 	mustFsck(t, s, "home")
 }
+
+// TestFilePatches: small writes into a file's encrypted and compressed
+// chunks become patches (store/patch.go); a truncate inside a patched
+// chunk, a restart and the unlink of the file leave fsck clean and give
+// every unit back.
+func TestFilePatches(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	env := testEnv(t)
+	s, dev := openWithEnv(t, dir, env)
+	v, f := newFSVolume(t, s, "home", 64*MiB)
+	a := mustCreate(t, f, RootIno, "db", syscall.S_IFREG|0o644)
+	if _, err := f.Open(ctx, a.Ino); err != nil {
+		t.Fatal(err)
+	}
+	chain := store.Filters{Chain: chainOf(t, env, "compression", "encryption")}
+	data := text(5, 512<<10)
+	mustWrite(t, v, a.Ino, 0, data, chain)
+	for i := range 40 {
+		off := (i * 12289) % (len(data) - 8192)
+		p := text(uint64(100+i), 1+i*97%8192)
+		mustWrite(t, v, a.Ino, int64(off), p, chain)
+		copy(data[off:], p)
+	}
+	mustRead(t, v, a.Ino, 0, data)
+	if r := mustFsck(t, s, "home"); r.Patches == 0 {
+		t.Fatal("no patches after 40 small writes into transformed chunks")
+	}
+	size := int64(300000) // inside chunk 4
+	if _, err := f.SetAttr(ctx, a.Ino, SetAttr{Size: &size}); err != nil {
+		t.Fatal(err)
+	}
+	data = data[:size]
+	mustRead(t, v, a.Ino, 0, data)
+	if err := f.Fsync(ctx, a.Ino, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Release(ctx, a.Ino); err != nil {
+		t.Fatal(err)
+	}
+	mustFsck(t, s, "home")
+	closeStore(t, s, dev)
+
+	s, dev = openWithEnv(t, dir, env)
+	defer closeStore(t, s, dev)
+	v, _ = s.Volume("t", "home")
+	f = Of(v)
+	if _, err := f.Open(ctx, a.Ino); err != nil {
+		t.Fatal(err)
+	}
+	mustRead(t, v, a.Ino, 0, data)
+	if rep, err := v.Scrub(ctx); err != nil || !rep.Clean() {
+		t.Fatalf("scrub: %+v %v", rep, err)
+	}
+	if err := f.Release(ctx, a.Ino); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Unlink(ctx, RootIno, "db"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := mustFsck(t, s, "home"); r.Chunks != 0 || r.Patches != 0 {
+		t.Fatalf("after the unlink: %d chunks, %d patches", r.Chunks, r.Patches)
+	}
+	if used := s.Stats().Used; used != 0 {
+		t.Fatalf("pool still uses %d bytes after the unlink", used)
+	}
+}
