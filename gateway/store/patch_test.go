@@ -33,14 +33,7 @@ func patchCount(t *testing.T, v *Volume, idx int64) int {
 // writer's chain.
 func TestPatchesSmallWrites(t *testing.T) {
 	env := testEnv(t)
-	for _, c := range []struct{ name, base, then string }{
-		{"checksum", "checksum", "checksum"},
-		{"encryption", "encryption", "encryption"},
-		{"lz4", "compression:algo=lz4", "compression:algo=lz4"},
-		{"zstd", "compression", "compression"},
-		{"lz4 then encryption", "compression:algo=lz4", "encryption"},
-		{"encryption and checksum", "encryption,checksum", "encryption,checksum"},
-	} {
+	for _, c := range rewriteChains {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := context.Background()
 			dir := t.TempDir()
@@ -49,7 +42,7 @@ func TestPatchesSmallWrites(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			base := Filters{Chain: chainOf(t, env, splitSpecs(c.base)...)}
+			base := Filters{Chain: chainOf(t, env, splitSpecs(c.first)...)}
 			then := Filters{Chain: chainOf(t, env, splitSpecs(c.then)...)}
 			const chunks = 8
 			want := text(1, chunks*64<<10)
@@ -183,12 +176,7 @@ func readRandom(t *testing.T, v *Volume, want []byte, r *mrand.Rand) {
 func TestPatchFolds(t *testing.T) {
 	ctx := context.Background()
 	env := testEnv(t)
-	s, dev := openQuiet(t, t.TempDir(), env)
-	defer closeStore(t, s, dev)
-	v, err := s.CreateVolume(ctx, CreateOptions{Tenant: "acme", Name: "v", Size: 1 * MiB})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, v := smallVolume(t, env)
 	crc := Filters{Chain: chainOf(t, env, "checksum")}
 	want := text(1, 64<<10)
 	mustWrite(t, v, 0, 0, want, crc)
@@ -230,12 +218,8 @@ func TestPatchCorruption(t *testing.T) {
 		t.Run(chain, func(t *testing.T) {
 			ctx := context.Background()
 			env := testEnv(t)
-			s, dev := openQuiet(t, t.TempDir(), env)
-			defer closeStore(t, s, dev)
-			v, err := s.CreateVolume(ctx, CreateOptions{Tenant: "acme", Name: "v", Size: 1 * MiB})
-			if err != nil {
-				t.Fatal(err)
-			}
+			s, v := smallVolume(t, env)
+			dev := s.dev
 			f := Filters{Chain: chainOf(t, env, chain)}
 			want := text(1, 64<<10)
 			mustWrite(t, v, 0, 0, want, f)
@@ -286,4 +270,17 @@ func TestChainPatches(t *testing.T) {
 	if plain.Patches() {
 		t.Error("a plain chain patches")
 	}
+}
+
+// smallVolume opens a quiet store (closed at the test's end) with a 1 MiB
+// block volume acme/v.
+func smallVolume(t *testing.T, env *filter.Env) (*Store, *Volume) {
+	t.Helper()
+	s, dev := openQuiet(t, t.TempDir(), env)
+	t.Cleanup(func() { closeStore(t, s, dev) })
+	v, err := s.CreateVolume(context.Background(), CreateOptions{Tenant: "acme", Name: "v", Size: 1 * MiB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, v
 }

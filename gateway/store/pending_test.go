@@ -29,14 +29,7 @@ import (
 // Each image opens, reads back, and passes fsck and scrub.
 func TestPendingCrash(t *testing.T) {
 	env := testEnv(t)
-	for _, c := range []struct{ name, first, then string }{
-		{"checksum", "checksum", "checksum"},
-		{"encryption", "encryption", "encryption"},
-		{"lz4", "compression:algo=lz4", "compression:algo=lz4"},
-		{"zstd", "compression", "compression"},
-		{"lz4 then encryption", "compression:algo=lz4", "encryption"},
-		{"encryption then checksum", "encryption", "checksum"},
-	} {
+	for _, c := range rewriteChains {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := context.Background()
 			src := t.TempDir()
@@ -45,10 +38,10 @@ func TestPendingCrash(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			first := Filters{Chain: chainOf(t, env, c.first)}
+			first := Filters{Chain: chainOf(t, env, splitSpecs(c.first)...)}
 			var then Filters
 			if c.then != "" {
-				then.Chain = chainOf(t, env, c.then)
+				then.Chain = chainOf(t, env, splitSpecs(c.then)...)
 			}
 			old := text(1, 4*64<<10)
 			mustWrite(t, v, 0, 0, old, first)
@@ -141,6 +134,18 @@ func TestPendingFallbackKept(t *testing.T) {
 	if n := s.alloc.pendingFrees(); n != 0 {
 		t.Fatalf("%d frees still queued after the sync", n)
 	}
+}
+
+// rewriteChains are the chains the rewrite tests run: a chunk written
+// under first, then rewritten in part under then.
+var rewriteChains = []struct{ name, first, then string }{
+	{"checksum", "checksum", "checksum"},
+	{"encryption", "encryption", "encryption"},
+	{"lz4", "compression:algo=lz4", "compression:algo=lz4"},
+	{"zstd", "compression", "compression"},
+	{"lz4 then encryption", "compression:algo=lz4", "encryption"},
+	{"encryption then checksum", "encryption", "checksum"},
+	{"encryption and checksum", "encryption,checksum", "encryption,checksum"},
 }
 
 // openQuiet opens a store on a pool file in dir with no background sync
