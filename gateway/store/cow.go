@@ -342,7 +342,7 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 // transaction (their data is on the device already).
 func (o *Object) commitCow(chunks []cowChunk, token int64) error {
 	v := o.v
-	err := v.s.db.Update(func(txn *badger.Txn) error {
+	commit := func(txn *badger.Txn) error {
 		if err := o.setPending(txn, chunks, token); err != nil {
 			return err
 		}
@@ -352,7 +352,13 @@ func (o *Object) commitCow(chunks []cowChunk, token int64) error {
 			}
 		}
 		return nil
-	})
+	}
+	err := v.s.db.Update(commit)
+	if errors.Is(err, errFlushRace) {
+		if err = v.s.devFlush(); err == nil {
+			err = v.s.db.Update(commit)
+		}
+	}
 	if err != nil {
 		v.s.log.Error("chunk map commit failed", "volume", v.ref, "inode", o.ino, "err", err)
 		return fmt.Errorf("%w: commit chunk map: %w", ErrIO, err)
@@ -377,7 +383,10 @@ func (o *Object) installCow(t *chunkTable, chunks []cowChunk, token int64) {
 		t.set(c.idx, tableEntry(c.e))
 		saved += v.savedBy(c.e)
 		tok := int64(0)
-		if c.durable {
+		if c.durable || c.old&markTransformed != 0 {
+			// A transformed chunk's extents wait for a device flush even
+			// when no record falls back to them now: a live pending
+			// record of this chunk may (pending.go, "Reuse").
 			tok = token
 		}
 		switch {

@@ -591,8 +591,10 @@ func (o *Object) unmapWindow(w window, off, length int64, b *unmapBatch) (int64,
 				return 0, err
 			}
 			// Zeroed once the unmap is durable: until then a crash
-			// leaves the entry, which must still find its bytes.
-			b.freed = v.s.appendExtents(b.freed, e, true, 0)
+			// leaves the entry, which must still find its bytes. Reused
+			// only after a device flush: a live pending record of the
+			// chunk may fall back to them (pending.go, "Reuse").
+			b.freed = v.s.appendExtents(b.freed, e, true, v.s.flushStarted.Load()+1)
 			b.add(idx)
 			b.saved += v.savedBy(e)
 			continue

@@ -223,12 +223,21 @@ func (o *Object) readPatched(idx int64, e chunkEntry, in int64, p []byte) (int, 
 
 // patchable reports whether src, at byte in of transformed chunk idx
 // (cached entry ce), can be written as patches under chain: the chain
-// keeps its effect in a patch, the write leaves part of the chunk alone,
-// and the chunk stays within maxPatches (and an fs volume within its size).
+// keeps its effect in a patch and encrypts exactly when the base does,
+// the write leaves part of the chunk alone, and the chunk stays within
+// maxPatches (and an fs volume within its size).
 func (o *Object) patchable(ce cachedEntry, src []byte, in int64, chain *filter.Chain) bool {
 	v := o.v
 	cs := v.chunkSize
 	if !chain.Patches() || int64(len(src)) >= cs || cs < 2*filter.SectorSize || ce.e.storedLen == 0 {
+		return false
+	}
+	// A chain that encrypts patches only an encrypted base, and one that
+	// does not only a base that is not: a fold under the base's own chain
+	// (a partial discard, a truncate) must never store a sealed patch's
+	// bytes in the clear, and a new encryption policy must still reach
+	// the whole chunk at its first write.
+	if r, err := filter.ParseRecord(ce.e.record); err != nil || r.Has("encryption") != chain.SealsPatches() {
 		return false
 	}
 	first, last := in/filter.SectorSize, (in+int64(len(src))-1)/filter.SectorSize

@@ -32,7 +32,14 @@ import (
 //	25..   the chunk's last entry whose bytes were durable (the fallback)
 //
 // and the replaced extent is freed only after a device flush (then a
-// metadata sync, as every free). Each metadata sync records under `s`
+// metadata sync, as every free).
+//
+// Reuse. A record is trusted (taken over by a later rewrite, or at open)
+// only while its chunk's entry names the extent it names, so an extent a
+// live record names must not be reused before the record is stale:
+// every extent of a transformed chunk that is freed (rewritten, patched
+// over, unmapped) waits for a device flush, whether or not a record
+// names it now. Each metadata sync records under `s`
 // `dflush` the token of the last device flush completed before it. At
 // open, a pending record whose token is above the recorded one may name
 // bytes that never reached the device: the new extent is read and its
@@ -126,6 +133,12 @@ func (o *Object) setPending(txn *badger.Txn, chunks []cowChunk, token int64) err
 			var p pendingRec
 			err := item.Value(func(b []byte) (err error) { p, err = decodePending(b); return err })
 			if err == nil && p.token > v.s.flushDone.Load() && p.devOff == c.oldE.devOff {
+				if p.token < token {
+					// Device flush p.token has started and not
+					// completed: whether the fallback is the record's
+					// or the current entry depends on it (errFlushRace).
+					return errFlushRace
+				}
 				prev = p.prev
 				if c.patched {
 					rec.crc = p.crc // the base is the one that record checks
@@ -139,6 +152,15 @@ func (o *Object) setPending(txn *badger.Txn, chunks []cowChunk, token int64) err
 	}
 	return nil
 }
+
+// errFlushRace: a copy-on-write commit met a live pending record of its
+// chunk whose device flush is running. Taking over the record's fallback
+// would be wrong once that flush completes (the sync that follows it
+// releases the fallback's extents, as the rewrite the record covers is
+// durable), and the current entry is wrong if it does not. The commit
+// flushes the device itself and tries again: the record is then stale
+// and the current entry, durable, is the fallback.
+var errFlushRace = errors.New("store: a pending record's device flush is running")
 
 // oldEntry is the map entry of a chunk with table entry dev and
 // transformed entry e (used when dev is marked).
@@ -302,6 +324,11 @@ func (s *Store) fsckPending(txn *badger.Txn, v *Volume, r *FsckReport) {
 	prefix[0] = prefixPending
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true})
 	defer it.Close()
+	// No sync may release a fallback between reading the completed flush
+	// and checking the allocator: a record live by an older token would
+	// be reported for space a later flush freed rightly.
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
 	done := s.flushDone.Load()
 	for it.Rewind(); it.Valid(); it.Next() {
 		var p pendingRec
