@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/sluice-storage/sluice/gateway/device"
 	"github.com/sluice-storage/sluice/gateway/filter"
 )
 
@@ -42,17 +43,7 @@ func openImage(t *testing.T, env *filter.Env, metaDir, poolDir string) error {
 func TestPendingUnmapRecreate(t *testing.T) {
 	env := testEnv(t)
 	ctx := context.Background()
-	src := t.TempDir()
-	s, dev := openQuiet(t, src, env)
-	v, err := s.CreateVolume(ctx, CreateOptions{Tenant: "acme", Name: "v", Size: 4 * MiB})
-	if err != nil {
-		t.Fatal(err)
-	}
-	enc := Filters{Chain: chainOf(t, env, "encryption")}
-	mustWrite(t, v, 0, 0, text(1, 64<<10), enc)
-	if err := s.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	src, s, dev, v, enc := flushedEncryptedChunk(t, env)
 	mustWrite(t, v, 0, 4096, text(2, 4096), enc) // a patch: a record falling back to the flushed entry
 	if err := v.Discard(ctx, 0, 0, 64<<10); err != nil {
 		t.Fatal(err)
@@ -80,18 +71,7 @@ func TestPendingUnmapRecreate(t *testing.T) {
 // (errFlushRace). Found in review of the patches commit.
 func TestPendingFlushRace(t *testing.T) {
 	env := testEnv(t)
-	ctx := context.Background()
-	src := t.TempDir()
-	s, dev := openQuiet(t, src, env)
-	v, err := s.CreateVolume(ctx, CreateOptions{Tenant: "acme", Name: "v", Size: 4 * MiB})
-	if err != nil {
-		t.Fatal(err)
-	}
-	enc := Filters{Chain: chainOf(t, env, "encryption")}
-	mustWrite(t, v, 0, 0, text(1, 64<<10), enc)
-	if err := s.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	src, s, dev, v, enc := flushedEncryptedChunk(t, env)
 	mustWrite(t, v, 0, 0, text(2, 64<<10), enc) // rewrite 1: its record falls back to the flushed entry
 	// A background sync starts: it takes the frees and starts its flush.
 	freed := s.alloc.takeDeferred()
@@ -186,4 +166,23 @@ func TestPatchesFollowEncryption(t *testing.T) {
 	if r, _ := filter.ParseRecord(e.record); r.Has("encryption") || len(e.patches) != 0 {
 		t.Fatalf("after an lz4 write into an encrypted chunk: record %s, %d patches", r, len(e.patches))
 	}
+}
+
+// flushedEncryptedChunk opens a quiet store in a new directory src with a
+// 4 MiB volume acme/v whose chunk 0 is written under enc (encryption) and
+// flushed. The caller closes the store.
+func flushedEncryptedChunk(t *testing.T, env *filter.Env) (src string, s *Store, dev *device.File, v *Volume, enc Filters) {
+	t.Helper()
+	src = t.TempDir()
+	s, dev = openQuiet(t, src, env)
+	v, err := s.CreateVolume(context.Background(), CreateOptions{Tenant: "acme", Name: "v", Size: 4 * MiB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc = Filters{Chain: chainOf(t, env, "encryption")}
+	mustWrite(t, v, 0, 0, text(1, 64<<10), enc)
+	if err := s.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return src, s, dev, v, enc
 }
