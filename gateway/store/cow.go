@@ -25,9 +25,10 @@ import (
 //     (rounded up to whole 4 KiB units by the allocator);
 //  4. one badger transaction commits the window's new map entries
 //     (data before metadata), with a pending record for each chunk that
-//     held data a flush may have promised (pending.go: the new bytes are
-//     not written through; the record lets the next open fall back if
-//     they never reached the device);
+//     held data a flush may have promised, or was a hole (pending.go: the
+//     new bytes are not written through; the record lets the next open
+//     fall back, to the old entry or to the hole, if they never reached
+//     the device);
 //  5. the table follows, and each replaced extent goes to the deferred free
 //     list with zero set: it is zeroed and reused only after the commit that
 //     released it is durable (and, for a pending record's fallback, after
@@ -227,6 +228,7 @@ func (o *Object) cowLocked(w window, p []byte, off int64, chain *filter.Chain, p
 		return fail(err)
 	}
 	o.installCow(t, chunks, token)
+	s.records.add(v, o.ino, chunks, token)
 	return int(end - off), nil
 }
 
@@ -316,7 +318,11 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 		}
 	}
 	fua := false
-	if c.durable = c.old != 0 && o.growDurably(); c.durable && (record == nil || chain.Identity()) {
+	// A hole written transformed gets a record too, falling back to the
+	// hole (pending.go): its extent may be dirty space, and an entry
+	// durable without its bytes would read EIO or stale bytes.
+	transformed := record != nil && !chain.Identity()
+	if c.durable = (c.old != 0 || transformed) && o.growDurably(); c.durable && !transformed {
 		// A chunk that later writes change in place (plain, short,
 		// noop) cannot be checked against a crc at open: its new bytes
 		// are written through instead (FUA), as before pending records.
@@ -324,7 +330,9 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 	} else if c.durable {
 		// A pending record will let a crash find out whether these
 		// bytes reached the device (pending.go).
-		c.oldE = v.oldEntry(c.old, c.oldE)
+		if c.old != 0 {
+			c.oldE = v.oldEntry(c.old, c.oldE)
+		}
 		c.crc = c.e.checksum
 		if !hasSum {
 			c.crc = filter.Checksum(stored)
@@ -354,10 +362,17 @@ func (o *Object) commitCow(chunks []cowChunk, token int64) error {
 		return nil
 	}
 	err := v.s.db.Update(commit)
-	if errors.Is(err, errFlushRace) {
-		if err = v.s.devFlush(); err == nil {
-			err = v.s.db.Update(commit)
+	for try := 0; try < 8; try++ {
+		if errors.Is(err, errFlushRace) {
+			if err = v.s.devFlush(); err != nil {
+				break
+			}
+		} else if !errors.Is(err, badger.ErrConflict) {
+			// ErrConflict: the sync loop deleted a stale pending
+			// record this transaction read (pending.go, dropStale).
+			break
 		}
+		err = v.s.db.Update(commit)
 	}
 	if err != nil {
 		v.s.log.Error("chunk map commit failed", "volume", v.ref, "inode", o.ino, "err", err)

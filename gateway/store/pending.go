@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -31,8 +32,13 @@ import (
 //	21..24 crc32c of its stored bytes
 //	25..   the chunk's last entry whose bytes were durable (the fallback)
 //
-// and the replaced extent is freed only after a device flush (then a
-// metadata sync, as every free).
+// (in version 2, nothing after byte 24: the fallback is a hole), and the
+// replaced extent is freed only after a device flush (then a metadata
+// sync, as every free). A write under a transforming chain into a hole
+// commits a version 2 record: its new extent may be dirty space holding
+// another chunk's old bytes (allocReuse takes such space first), and an
+// entry durable without its bytes would read EIO, or stale bytes under a
+// chain with no crc, where zeros are due.
 //
 // Reuse. A record is trusted (taken over by a later rewrite, or at open)
 // only while its chunk's entry names the extent it names, so an extent a
@@ -48,6 +54,8 @@ import (
 // extent was not reused, its free waiting for a device flush). Either way
 // the record is deleted, as are records whose chunk entry has moved on.
 // Records at or below the recorded token are stale and just deleted.
+// While the store runs, the sync loop deletes records once their device
+// flush has completed (dropStale), so open reads only those since.
 
 const prefixPending = 'p'
 
@@ -65,7 +73,8 @@ type pendingRec struct {
 	devOff int64
 	stored uint32
 	crc    uint32
-	prev   chunkEntry
+	prev   chunkEntry // the fallback (unless hole)
+	hole   bool       // the fallback is a hole (version 2)
 }
 
 const pendingHeaderLen = 25
@@ -73,15 +82,22 @@ const pendingHeaderLen = 25
 func (p pendingRec) encode() []byte {
 	b := make([]byte, pendingHeaderLen, pendingHeaderLen+chunkEntryLen+len(p.prev.record))
 	b[0] = 1
+	if p.hole {
+		b[0] = 2
+	}
 	binary.BigEndian.PutUint64(b[1:], uint64(p.token))
 	binary.BigEndian.PutUint64(b[9:], uint64(p.devOff))
 	binary.BigEndian.PutUint32(b[17:], p.stored)
 	binary.BigEndian.PutUint32(b[21:], p.crc)
+	if p.hole {
+		return b
+	}
 	return append(b, p.prev.encode()...)
 }
 
 func decodePending(b []byte) (pendingRec, error) {
-	if len(b) < pendingHeaderLen+chunkEntryLen || b[0] != 1 {
+	hole := len(b) == pendingHeaderLen && b[0] == 2
+	if !hole && (len(b) < pendingHeaderLen+chunkEntryLen || b[0] != 1) {
 		return pendingRec{}, fmt.Errorf("pending record: bad version or length %d: %w", len(b), ErrIO)
 	}
 	p := pendingRec{
@@ -89,6 +105,10 @@ func decodePending(b []byte) (pendingRec, error) {
 		devOff: int64(binary.BigEndian.Uint64(b[9:])),
 		stored: binary.BigEndian.Uint32(b[17:]),
 		crc:    binary.BigEndian.Uint32(b[21:]),
+		hole:   hole,
+	}
+	if hole {
+		return p, nil
 	}
 	var err error
 	p.prev, err = decodeChunkEntry(b[pendingHeaderLen:])
@@ -122,8 +142,16 @@ func (o *Object) setPending(txn *badger.Txn, chunks []cowChunk, token int64) err
 			continue
 		}
 		key := pendingKey(v.id, o.ino, uint64(c.idx))
-		prev := c.oldE
-		rec := pendingRec{token: token, devOff: c.e.devOff, stored: c.e.storedLen, crc: c.crc}
+		rec := pendingRec{token: token, devOff: c.e.devOff, stored: c.e.storedLen, crc: c.crc, prev: c.oldE, hole: c.old == 0}
+		if rec.hole {
+			// A record left from before the chunk was unmapped is not
+			// taken over: the unmap is committed, so the hole is the
+			// fallback.
+			if err := txn.Set(key, rec.encode()); err != nil {
+				return err
+			}
+			continue
+		}
 		item, err := txn.Get(key)
 		switch {
 		case errors.Is(err, badger.ErrKeyNotFound):
@@ -139,13 +167,12 @@ func (o *Object) setPending(txn *badger.Txn, chunks []cowChunk, token int64) err
 					// or the current entry depends on it (errFlushRace).
 					return errFlushRace
 				}
-				prev = p.prev
+				rec.prev, rec.hole = p.prev, p.hole
 				if c.patched {
 					rec.crc = p.crc // the base is the one that record checks
 				}
 			}
 		}
-		rec.prev = prev
 		if err := txn.Set(key, rec.encode()); err != nil {
 			return err
 		}
@@ -201,7 +228,7 @@ func (s *Store) recoverPending() (int, error) {
 	s.flushDone.Store(done)
 	type fix struct {
 		pkey, ckey []byte
-		revert     *chunkEntry
+		revert     *pendingRec // go back to its fallback
 	}
 	var fixes []fix
 	err = s.db.View(func(txn *badger.Txn) error {
@@ -235,8 +262,14 @@ func (s *Store) recoverPending() (int, error) {
 	reverted := 0
 	_, err = s.batchUpdate(len(fixes), func(txn *badger.Txn, j int) error {
 		f := fixes[j]
-		if f.revert != nil {
-			if err := txn.Set(f.ckey, f.revert.encode()); err != nil {
+		switch {
+		case f.revert == nil:
+		case f.revert.hole:
+			if err := txn.Delete(f.ckey); err != nil {
+				return err
+			}
+		default:
+			if err := txn.Set(f.ckey, f.revert.prev.encode()); err != nil {
 				return err
 			}
 		}
@@ -255,8 +288,8 @@ func (s *Store) recoverPending() (int, error) {
 
 // checkPending decides one live pending record: nil if the chunk's entry
 // stands (its new bytes are on the device, or it has moved on), else the
-// fallback entry to go back to.
-func (s *Store) checkPending(txn *badger.Txn, ckey []byte, p pendingRec) (*chunkEntry, error) {
+// record, whose fallback (an entry, or a hole) the chunk goes back to.
+func (s *Store) checkPending(txn *badger.Txn, ckey []byte, p pendingRec) (*pendingRec, error) {
 	item, err := txn.Get(ckey)
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return nil, nil // unmapped since
@@ -274,8 +307,7 @@ func (s *Store) checkPending(txn *badger.Txn, ckey []byte, p pendingRec) (*chunk
 	if bad := s.unwritten(e, p); bad >= 0 {
 		s.log.Warn("an unflushed copy-on-write rewrite did not reach the device before the crash; the chunk reads its flushed bytes",
 			"key", fmt.Sprintf("%x", ckey), "device_offset", bad)
-		prev := p.prev
-		return &prev, nil
+		return &p, nil
 	}
 	return nil, nil
 }
@@ -286,7 +318,7 @@ func (s *Store) checkPending(txn *badger.Txn, ckey []byte, p pendingRec) (*chunk
 // fallback's (checked against the record's crc32c), and each patch the
 // fallback does not have (checked against its own).
 func (s *Store) unwritten(e chunkEntry, p pendingRec) int64 {
-	if e.devOff != p.prev.devOff {
+	if p.hole || e.devOff != p.prev.devOff {
 		buf := make([]byte, e.storedLen)
 		if _, err := s.dev.ReadAt(buf, e.devOff); err != nil || filter.Checksum(buf) != p.crc {
 			return e.devOff
@@ -340,6 +372,9 @@ func (s *Store) fsckPending(txn *badger.Txn, v *Volume, r *FsckReport) {
 			continue // stale: deleted at the next open
 		}
 		r.Pending++
+		if p.hole {
+			continue
+		}
 		if !s.alloc.contains(p.prev.devOff, int64(p.prev.storedLen)) || !s.alloc.inUse(p.prev.devOff, int64(p.prev.storedLen)) {
 			r.Problemf("pending record %x: its fallback (offset %d length %d) is not held in the pool", it.Item().Key(), p.prev.devOff, p.prev.storedLen)
 		}
@@ -348,5 +383,111 @@ func (s *Store) fsckPending(txn *badger.Txn, v *Volume, r *FsckReport) {
 				r.Problemf("pending record %x: its fallback's patch of sector %d (offset %d) is not held in the pool", it.Item().Key(), pt.sector, pt.devOff)
 			}
 		}
+	}
+}
+
+// liveRecords are the keys of the pending records committed since the
+// sync loop last looked, with their flush tokens. A record whose device
+// flush has completed covers bytes that are on the device: nothing reads
+// it again but the next open, which deletes it. Every transformed chunk
+// written since the last open has one (a hole's too), so the sync loop
+// deletes them once stale (dropStale) rather than leave them all to the
+// next open.
+type liveRecords struct {
+	mu sync.Mutex
+	m  map[string]int64 // key -> the highest token committed under it
+}
+
+// add notes the pending records of a committed copy-on-write window.
+func (l *liveRecords) add(v *Volume, ino uint64, chunks []cowChunk, token int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range chunks {
+		if !c.durable {
+			continue
+		}
+		if l.m == nil {
+			l.m = make(map[string]int64)
+		}
+		l.m[string(pendingKey(v.id, ino, uint64(c.idx)))] = token
+	}
+}
+
+// take removes and returns the records whose tokens are at or below done.
+func (l *liveRecords) take(done int64) map[string]int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	stale := make(map[string]int64)
+	for k, tok := range l.m {
+		if tok <= done {
+			stale[k] = tok
+			delete(l.m, k)
+		}
+	}
+	return stale
+}
+
+// putBack returns records a failed deletion took, unless newer ones were
+// added meanwhile.
+func (l *liveRecords) putBack(stale map[string]int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k, tok := range stale {
+		if _, ok := l.m[k]; !ok {
+			l.m[k] = tok
+		}
+	}
+}
+
+func (l *liveRecords) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.m)
+}
+
+// maxLiveRecords bounds the records the sync loop keeps in memory: past
+// it (a load that writes GiBs and never flushes), it flushes the device
+// itself so that they are stale.
+const maxLiveRecords = 1 << 16
+
+// dropStale deletes the pending records whose device flush has completed
+// (each read again in the deleting transaction: a rewrite may have
+// committed a newer one under its key). Deleting one is safe whether or
+// not the metadata sync that records the flush has happened: the bytes it
+// covers are on the device. A copy-on-write commit that read a record
+// this deletes conflicts and commits again (commitCow); a deletion that
+// conflicts is tried again at the next tick.
+func (s *Store) dropStale() {
+	if s.records.len() > maxLiveRecords {
+		if err := s.devFlush(); err != nil {
+			s.log.Error("device flush for stale pending records failed", "err", err)
+		}
+	}
+	done := s.flushDone.Load()
+	stale := s.records.take(done)
+	if len(stale) == 0 {
+		return
+	}
+	keys := make([][]byte, 0, len(stale))
+	for k := range stale {
+		keys = append(keys, []byte(k))
+	}
+	_, err := s.batchUpdate(len(keys), func(txn *badger.Txn, i int) error {
+		item, err := txn.Get(keys[i])
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var p pendingRec
+		if err := item.Value(func(b []byte) (err error) { p, err = decodePending(b); return err }); err != nil || p.token > done {
+			return nil
+		}
+		return txn.Delete(keys[i])
+	})
+	if err != nil {
+		s.log.Debug("stale pending records not deleted; trying again", "records", len(keys), "err", err)
+		s.records.putBack(stale)
 	}
 }

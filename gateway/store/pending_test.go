@@ -195,6 +195,7 @@ func FuzzPendingRecord(f *testing.F) {
 		prev: chunkEntry{storedLen: 65536, devOff: dataStart + 65536}}.encode())
 	f.Add(pendingRec{token: 1, devOff: dataStart, stored: 300, crc: 1,
 		prev: chunkEntry{flags: flagShort, storedLen: 8192, devOff: dataStart + 4096}}.encode())
+	f.Add(pendingRec{token: 2, devOff: dataStart, stored: 900, crc: 5, hole: true}.encode())
 	f.Add([]byte{1, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, err := decodePending(b)
@@ -202,10 +203,12 @@ func FuzzPendingRecord(f *testing.F) {
 			return
 		}
 		want := bytes.Clone(b)
-		if p.prev.flags&flagPatches == 0 {
-			clear(want[pendingHeaderLen+2 : pendingHeaderLen+4])
+		if !p.hole {
+			if p.prev.flags&flagPatches == 0 {
+				clear(want[pendingHeaderLen+2 : pendingHeaderLen+4])
+			}
+			clear(want[pendingHeaderLen+20 : pendingHeaderLen+24])
 		}
-		clear(want[pendingHeaderLen+20 : pendingHeaderLen+24])
 		if out := p.encode(); !bytes.Equal(out, want) {
 			t.Fatalf("record %x re-encodes as %x", b, out)
 		}

@@ -179,6 +179,9 @@ type Store struct {
 	// flushStarted and flushDone are device flush tokens: flushes started,
 	// and the highest whose flush completed (pending.go).
 	flushStarted, flushDone atomic.Int64
+	// records: the pending records committed since the sync loop last
+	// deleted the stale ones (pending.go, dropStale).
+	records liveRecords
 
 	mu     sync.RWMutex
 	byID   map[uint64]*Volume
@@ -570,6 +573,7 @@ func (s *Store) syncLoop(every time.Duration) {
 				nudge = nil
 			}
 		}
+		s.dropStale()
 	}
 }
 
