@@ -69,6 +69,22 @@ static int high(int fd) {
 	return h;
 }
 
+/* own moves a new channel fd up and marks it the library's (ctl held),
+ * at once: a program that closes or replaces the number from now on (a
+ * close-everything loop, dup2 over it) waits for ctl in shim_closing and
+ * then retires the channel, instead of leaving the channel using a
+ * number that is now the program's file. */
+static int own(int fd) {
+	if (fd < 0)
+		return fd;
+	fd = high(fd);
+	if (fd < TABLE_MAX) {
+		fd_touch(fd);
+		set_state(&S.table[fd], FD_CHANNEL);
+	}
+	return fd;
+}
+
 /* ---- control messages ---- */
 
 static int send_msg(int sock, const void *msg, size_t len, const int *fds, int nfds) {
@@ -239,7 +255,7 @@ static struct chan *chan_open(void) {
 	int sock = -1, memfd = -1, kick = -1;
 	char *mem = MAP_FAILED;
 	size_t size = SHM_PAGE + ((SLOTS * sizeof(struct shm_slot) + SHM_PAGE - 1) / SHM_PAGE) * SHM_PAGE + (size_t)SLOTS * SLOT_DATA;
-	sock = (int)shim_raw(SYS_socket, AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, 0);
+	sock = own((int)shim_raw(SYS_socket, AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, 0));
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	memcpy(sa.sun_path, S.path, sizeof sa.sun_path);
 	if (sock < 0 || shim_raw(SYS_connect, sock, (long)&sa, sizeof sa, 0) < 0 || !kcmp_works(sock))
@@ -249,7 +265,7 @@ static struct chan *chan_open(void) {
 	    shim_raw(SYS_fcntl, memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL, 0) < 0)
 		goto fail;
 	mem = raw_mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
-	kick = (int)shim_raw(SYS_eventfd2, 0, EFD_CLOEXEC | EFD_NONBLOCK, 0, 0);
+	kick = own((int)shim_raw(SYS_eventfd2, 0, EFD_CLOEXEC | EFD_NONBLOCK, 0, 0));
 	if (mem == MAP_FAILED || kick < 0)
 		goto fail;
 	struct shm_header *h = (struct shm_header *)mem;
@@ -279,8 +295,8 @@ static struct chan *chan_open(void) {
 	}
 	c->lens = lens;
 	c->lens_size = lens_size;
-	c->sock = high(sock);
-	c->kick = high(kick);
+	c->sock = sock;
+	c->kick = kick;
 	c->mem = mem;
 	c->size = size;
 	c->slots = SLOTS;
@@ -288,13 +304,6 @@ static struct chan *chan_open(void) {
 	c->data_start = (uint32_t)(size - (size_t)SLOTS * SLOT_DATA);
 	c->gen = ++S.gens;
 	c->users = 1;
-	for (int i = 0; i < 2; i++) {
-		int fd = i ? c->kick : c->sock;
-		if (fd < TABLE_MAX) {
-			fd_touch(fd);
-			set_state(&S.table[fd], FD_CHANNEL);
-		}
-	}
 	S.failed_at = 0;
 	__atomic_store_n(&S.cur, c, __ATOMIC_RELEASE);
 	return c;
@@ -303,6 +312,8 @@ fail:
 		munmap(mem, size);
 	for (int i = 0; i < 3; i++) {
 		int fd = i == 0 ? sock : i == 1 ? memfd : kick;
+		if (fd >= 0 && fd < TABLE_MAX && i != 1)
+			set_state(&S.table[fd], FD_UNKNOWN);
 		if (fd >= 0)
 			shim_raw(SYS_close, fd, 0, 0, 0);
 	}
@@ -497,6 +508,7 @@ struct chan *fd_ready(int fd, struct fdent *e, uint32_t *reason) {
 			return NULL;
 		}
 	}
-	*reason = REASON_ERROR;
+	/* Registered twice and the channel died under it twice. */
+	*reason = REASON_GONE;
 	return NULL;
 }

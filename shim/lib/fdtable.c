@@ -71,13 +71,8 @@ void shim_closing(int fd) {
 	}
 	case FD_CHANNEL: {
 		struct chan *c = __atomic_load_n(&S.cur, __ATOMIC_ACQUIRE);
-		if (c) {
-			int want = fd;
-			__atomic_compare_exchange_n(&c->sock, &want, -1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-			want = fd;
-			__atomic_compare_exchange_n(&c->kick, &want, -1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-			chan_retire(c);
-		}
+		if (c)
+			chan_lose_fd(c, fd);
 		set_state(e, FD_UNKNOWN);
 		break;
 	}
@@ -92,9 +87,29 @@ void shim_closing_range(int lo, int hi) {
 	struct chan *c = __atomic_load_n(&S.cur, __ATOMIC_ACQUIRE);
 	if (c && ((c->sock >= lo && c->sock <= hi) || (c->kick >= lo && c->kick <= hi))) {
 		pthread_mutex_lock(&S.ctl);
-		chan_retire(c);
+		int sock = c->sock, kick = c->kick;
+		if (sock >= lo && sock <= hi)
+			chan_lose_fd(c, sock);
+		if (kick >= lo && kick <= hi)
+			chan_lose_fd(c, kick);
 		pthread_mutex_unlock(&S.ctl);
 	}
+}
+
+/* chan_lose_fd: the program is about to close or replace fd, one of
+ * channel c's own (ctl held). The channel lets go of the number and
+ * retires; for the doorbell it also waits until no thread is between
+ * reading the number and writing to it (request.c, kick). The wait is a
+ * system call long. */
+void chan_lose_fd(struct chan *c, int fd) {
+	int want = fd;
+	__atomic_compare_exchange_n(&c->sock, &want, -1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+	want = fd;
+	if (__atomic_compare_exchange_n(&c->kick, &want, -1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+		while (__atomic_load_n(&c->kickers, __ATOMIC_SEQ_CST) != 0)
+			shim_raw(SYS_sched_yield, 0, 0, 0, 0);
+	}
+	chan_retire(c);
 }
 
 /* shim_mapping: the program maps fd. Its data calls go to the kernel from

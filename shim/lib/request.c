@@ -155,6 +155,20 @@ static void move(struct cursor *cur, char *p, size_t n, int gather) {
 	}
 }
 
+/* kick rings the gateway's doorbell. The program may close or replace the
+ * eventfd's number at any time (dup2 over it, close_range): kickers fences
+ * the write against that. chan_lose_fd takes the number away first and
+ * then waits for kickers to drop to zero before the program's call goes
+ * on, so these 8 bytes never land in a file the program put there. */
+static void kick(struct chan *c) {
+	uint64_t one = 1;
+	__atomic_add_fetch(&c->kickers, 1, __ATOMIC_SEQ_CST);
+	int fd = __atomic_load_n(&c->kick, __ATOMIC_SEQ_CST);
+	if (fd >= 0)
+		shim_raw(SYS_write, fd, (long)&one, sizeof one, 0);
+	__atomic_sub_fetch(&c->kickers, 1, __ATOMIC_SEQ_CST);
+}
+
 /* submit runs one request on c: in (write data) or out (read data, the
  * stat answer) of at most slot_data bytes. It returns the answer, -errno,
  * or SHIM_FALLBACK with *reason. */
@@ -182,10 +196,8 @@ static int64_t submit(struct chan *c, struct fdent *e, uint32_t op, uint32_t arg
 	__atomic_store_n(&s->state, SLOT_SUBMITTED, __ATOMIC_RELEASE);
 	__atomic_fetch_or(&h->submitted[idx / 64], 1ULL << (idx % 64), __ATOMIC_SEQ_CST);
 	int kicked = __atomic_load_n(&h->idle, __ATOMIC_SEQ_CST) != 0;
-	if (kicked) {
-		uint64_t one = 1;
-		shim_raw(SYS_write, __atomic_load_n(&c->kick, __ATOMIC_ACQUIRE), (long)&one, sizeof one, 0);
-	}
+	if (kicked)
+		kick(c);
 	if (await(c, s, class_of(op), kicked, start) < 0) {
 		/* The slot stays submitted: the channel is dead and unmapped later. */
 		chan_retire(c);

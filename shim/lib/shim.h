@@ -104,6 +104,7 @@ struct chan {
 	uint32_t gen;
 	uint32_t users, dead, destroyed;
 	uint32_t spinners;  /* threads spinning on a slot now (request.c) */
+	uint32_t kickers;   /* threads writing to kick now (request.c, kick) */
 	const uint64_t *lens; /* the gateway's length table, read-only; NULL: none */
 	size_t lens_size;
 	int64_t avg_ns[3]; /* recent request time per class: read, write, sync */
@@ -174,6 +175,7 @@ void fd_touch(int fd);                                /* raise the table's high-
 struct chan *chan_acquire(void);                      /* the current channel, or NULL */
 void chan_release(struct chan *c);
 void chan_retire(struct chan *c);                     /* c is dead: the next call opens another */
+void chan_lose_fd(struct chan *c, int fd);            /* the program closes one of c's fds (ctl held) */
 int chan_gone(struct chan *c);                        /* the gateway closed c's socket */
 void fd_unregister(struct fdent *e);                  /* give e's handle back to the gateway */
 void fd_drop(struct fdent *e);                        /* forget e's registration, keep its witness (ctl held) */

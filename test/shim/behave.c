@@ -14,8 +14,12 @@
  *   mmap-check       map DIR/mapped and check it (also run without the shim)
  *   locks            fcntl locks seen across processes, kept by the shim,
  *                    dropped by any close of the file
- *   stdio            fopen/fwrite/fread/fflush/fclose */
+ *   stdio            fopen/fwrite/fread/fflush/fclose
+ *   doorbell SCRATCH while 4 threads do IO, dup2 the file SCRATCH (off the
+ *                    mount) over the library's eventfd 100 times: no
+ *                    doorbell write may land in it */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -364,6 +368,81 @@ static int cached_calls(void) {
 	return 0;
 }
 
+/* ---- the program replaces the library's own fds ---- */
+
+static volatile int doorbell_stop;
+
+static void *doorbell_io(void *arg) {
+	long t = (long)arg;
+	char w[512], r[512];
+	for (long i = 0; !doorbell_stop; i++) {
+		memset(w, 'a' + (int)((t + i) % 26), sizeof w);
+		ssize_t nw = pwrite(shared_fd, w, sizeof w, t * 4096), nr = pread(shared_fd, r, sizeof r, t * 4096);
+		if (nw != (ssize_t)sizeof w || nr != (ssize_t)sizeof r || memcmp(r, w, sizeof w) != 0) {
+			fprintf(stderr, PROG ": doorbell thread %ld, round %ld: pwrite %zd, pread %zd, read '%c' for '%c' (errno %d)\n", t, i, nw, nr,
+				r[0], w[0], errno);
+			return (void *)1;
+		}
+		usleep(200); /* the gateway's poller goes to sleep: requests kick */
+	}
+	return NULL;
+}
+
+/* eventfd_now returns an fd of this process open on an eventfd (the
+ * library's doorbell), or -1. Only from 100 up: the library moves its
+ * fds up there as soon as it has them (as any code that opens an fd, it
+ * holds a low number for an instant first, which no program can own). */
+static int eventfd_now(void) {
+	DIR *d = opendir("/proc/self/fd");
+	if (!d)
+		return -1;
+	int found = -1;
+	struct dirent *de;
+	char path[64], target[64];
+	while (found < 0 && (de = readdir(d)) != NULL) {
+		int fd = atoi(de->d_name);
+		snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+		ssize_t n = readlink(path, target, sizeof target - 1);
+		if (n > 0 && fd >= 100 && fd != dirfd(d)) {
+			target[n] = 0;
+			if (strcmp(target, "anon_inode:[eventfd]") == 0)
+				found = fd;
+		}
+	}
+	closedir(d);
+	return found;
+}
+
+/* doorbell: a thread that has read the doorbell's fd number and is about
+ * to write its 8 bytes must not write them into a file the program has
+ * put at that number meanwhile (dup2 over it). */
+static int doorbell(const char *scratch) {
+	shared_fd = open(at("doorbell"), O_RDWR | O_CREAT | O_TRUNC, 0644);
+	int s = open(scratch, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(shared_fd >= 0 && s >= 0, "open");
+	pthread_t th[4];
+	for (long t = 0; t < 4; t++)
+		CHECK(pthread_create(&th[t], NULL, doorbell_io, (void *)t) == 0, "pthread_create");
+	for (int i = 0; i < 100; i++) {
+		int k = -1;
+		for (int wait = 0; wait < 10000 && k < 0; wait++) {
+			if ((k = eventfd_now()) < 0)
+				usleep(1000);
+		}
+		CHECK(k >= 0, "replacement %d: no channel opened again", i);
+		CHECK(dup2(s, k) == k, "dup2 over the doorbell");
+	}
+	doorbell_stop = 1;
+	for (int t = 0; t < 4; t++) {
+		void *res;
+		CHECK(pthread_join(th[t], &res) == 0 && res == NULL, "thread %d failed", t);
+	}
+	struct stat st;
+	CHECK(fstat(s, &st) == 0 && st.st_size == 0, "%lld bytes landed in the file put over the doorbell", (long long)st.st_size);
+	close(shared_fd);
+	return 0;
+}
+
 int main(int argc, char **argv) {
 	if (argc < 3)
 		return 2;
@@ -391,6 +470,8 @@ int main(int argc, char **argv) {
 		r = stdio_calls();
 	else if (strcmp(mode, "cached") == 0)
 		r = cached_calls();
+	else if (strcmp(mode, "doorbell") == 0 && argc > 3)
+		r = doorbell(argv[3]);
 	if (r == 0)
 		printf("ok\n");
 	return r;
