@@ -301,7 +301,11 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 		// A short chunk grows: what the volume holds grows with it.
 		return c, fmt.Errorf("volume %s: %w (volume size %d bytes reached)", v.ref, ErrNoSpace, v.size.Load())
 	}
-	dev, err := s.allocSyncing(int64(len(stored)), false) // written whole below
+	// A result later writes change in place (plain, short, noop) takes
+	// zeroed space: it must never show dirty space's old bytes, and
+	// cannot be checked against a crc at open (below).
+	transformed := record != nil && !chain.Identity()
+	dev, dirty, err := s.allocSyncing(int64(len(stored)), !transformed)
 	if err != nil {
 		return c, fmt.Errorf("volume %s: %w", v.ref, err)
 	}
@@ -317,17 +321,23 @@ func (o *Object) cowWrite(t *chunkTable, idx int64, src []byte, in int64, chain 
 			c.e.checksum, hasSum = r.Checksum()
 		}
 	}
+	// What a power loss that keeps the commit but not these bytes must
+	// find: the old bytes, which a flush may have promised (the chunk held
+	// data and the object is older than the last flush), or zeros in a
+	// hole, never the old bytes of dirty space (another chunk's, perhaps
+	// another tenant's). A transformed result is checked at open against
+	// a pending record, which falls back to the old entry or the hole
+	// (pending.go); in a new object, only on dirty space (clean space
+	// reads zeros). Another result, on zeroed space, cannot be checked
+	// against a crc: it is written through (FUA) when the chunk held
+	// data a flush may have promised.
 	fua := false
-	// A hole written transformed gets a record too, falling back to the
-	// hole (pending.go): its extent may be dirty space, and an entry
-	// durable without its bytes would read EIO or stale bytes.
-	transformed := record != nil && !chain.Identity()
-	if c.durable = (c.old != 0 || transformed) && o.growDurably(); c.durable && !transformed {
-		// A chunk that later writes change in place (plain, short,
-		// noop) cannot be checked against a crc at open: its new bytes
-		// are written through instead (FUA), as before pending records.
-		c.durable, fua = false, true
-	} else if c.durable {
+	if transformed {
+		c.durable = o.growDurably() || dirty
+	} else {
+		fua = c.old != 0 && o.growDurably()
+	}
+	if c.durable {
 		// A pending record will let a crash find out whether these
 		// bytes reached the device (pending.go).
 		if c.old != 0 {
@@ -431,24 +441,29 @@ func (o *Object) installCow(t *chunkTable, chunks []cowChunk, token int64) {
 // the deferred frees durable and reusable (copy-on-write frees one extent
 // per chunk written) and tries again. With zeroed, the extent reads as
 // zeros where the device's free space does (s.allocZeroed).
-func (s *Store) allocSyncing(length int64, zeroed bool) (int64, error) {
+func (s *Store) allocSyncing(length int64, zeroed bool) (dev int64, dirty bool, err error) {
 	alloc := s.alloc.allocReuse // written whole: dirty space first
 	if zeroed {
 		alloc = s.allocZeroed
 	}
-	dev, _, err := alloc(length)
+	dev, dirty, err = alloc(length)
 	if errors.Is(err, ErrNoSpace) {
 		if serr := s.syncForSpace(); serr != nil {
-			return 0, serr
+			return 0, false, serr
 		}
-		dev, _, err = alloc(length)
+		dev, dirty, err = alloc(length)
 	}
-	return dev, err
+	return dev, dirty, err
 }
 
 // allocZeroed allocates an extent that reads as zeros on a device whose
 // free space does (DiscardZeroes): units freed by copy-on-write may still
-// hold old bytes (zeroFreed leaves them dirty) and are zeroed first.
+// hold old bytes (releaseFreed leaves them dirty) and are zeroed first,
+// and the device flushed: a commit naming the extent may reach the disk
+// before the bytes written into it (badger's log and the pool sit in the
+// page cache until synced), and after a power loss the rest of the chunk
+// must read zeros, not another chunk's old bytes, perhaps another
+// tenant's (TestDirtyReuseZeroed).
 func (s *Store) allocZeroed(length int64) (int64, bool, error) {
 	dev, dirty, err := s.alloc.alloc(length)
 	if err != nil || !dirty || !s.dev.DiscardZeroes() {
@@ -458,7 +473,26 @@ func (s *Store) allocZeroed(length int64) (int64, bool, error) {
 		s.alloc.releaseDirty([]extent{{off: dev, length: length}}) // still dirty
 		return 0, false, err
 	}
+	if err := s.devFlush(); err != nil {
+		s.alloc.releaseDirty([]extent{{off: dev, length: length}})
+		return 0, false, err
+	}
 	return dev, false, nil
+}
+
+// zeroedFrees marks extents zeroed before the commit that frees them
+// (those not marked zero) to wait for a device flush after the zeroing
+// before they are reused, as syncMeta does for flushTok: until then a
+// power loss could keep a later commit that names them and lose the
+// zeroing, and the old bytes would show through a new chunk.
+func (s *Store) zeroedFrees(exts []extent) []extent {
+	tok := s.flushStarted.Load() + 1
+	for i := range exts {
+		if !exts[i].zero {
+			exts[i].flushTok = max(exts[i].flushTok, tok)
+		}
+	}
+	return exts
 }
 
 // syncForSpace is what an allocation that found the pool full does before

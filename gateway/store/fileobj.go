@@ -191,7 +191,7 @@ func (v *Volume) DropChunks(ino uint64) error {
 		done, err := v.s.batchUpdate(len(keys), func(txn *badger.Txn, i int) error { return txn.Delete(keys[i]) })
 		v.allocated.Add(-int64(done))
 		if done > 0 {
-			v.s.alloc.deferFree(freed[:ends[done-1]])
+			v.s.alloc.deferFree(v.s.zeroedFrees(freed[:ends[done-1]]))
 		}
 		if err != nil {
 			return fmt.Errorf("%w: commit chunk deletes: %w", ErrIO, err)

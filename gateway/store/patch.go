@@ -271,7 +271,7 @@ func (o *Object) patchWrite(idx int64, oldE chunkEntry, src []byte, in int64, ch
 		}
 	}
 	copy(plain[in-first*filter.SectorSize:], src)
-	dev, err := s.allocSyncing(k*filter.SectorSize, false) // written whole below
+	dev, _, err := s.allocSyncing(k*filter.SectorSize, false) // written whole below
 	if err != nil {
 		return c, fmt.Errorf("volume %s: %w", v.ref, err)
 	}

@@ -125,7 +125,7 @@ func (o *Object) commitUnmap(b *unmapBatch) error {
 		v.saved.Add(-b.saved)
 		o.saved.Add(-b.saved)
 	}
-	v.s.alloc.deferFree(b.freedBy(done))
+	v.s.alloc.deferFree(v.s.zeroedFrees(b.freedBy(done)))
 	*b = unmapBatch{}
 	if err != nil {
 		v.s.log.Error("chunk map commit failed", "volume", v.ref, "inode", o.ino, "err", err)

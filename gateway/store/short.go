@@ -70,7 +70,7 @@ func (o *Object) allocNew(first, k, end int64) ([]piece, error) {
 	if err != nil {
 		return nil, err
 	}
-	dev, err := v.s.allocSyncing(sl, true)
+	dev, _, err := v.s.allocSyncing(sl, true)
 	if err != nil {
 		v.freePieces(pieces)
 		return nil, fmt.Errorf("volume %s: %w", v.ref, err)

@@ -313,7 +313,7 @@ func (s *Store) purge(ctx context.Context, v *Volume) error {
 	if err := s.db.Update(func(txn *badger.Txn) error { return txn.Delete(volumeKey(v.id)) }); err != nil {
 		return err
 	}
-	s.alloc.deferFree(freed)
+	s.alloc.deferFree(s.zeroedFrees(freed))
 	return s.syncMeta()
 }
 
