@@ -22,8 +22,8 @@ func fsckCommand() *cli.Command {
 func fsckAction(c *cli.Context) error {
 	return checkAction(c, "fsck", apiClient(c).Fsck,
 		func(r gateway.FsckReport) {
-			fmt.Printf("%s (%s): %d inodes (%d directories, %d files), %d entries, %d chunks, %d orphans\n",
-				r.Volume, r.Kind, r.Inodes, r.Dirs, r.Files, r.Dentries, r.Chunks, r.Orphans)
+			fmt.Printf("%s (%s): %d inodes (%d directories, %d files), %d entries, %d chunks (%d short, %d patched sectors), %d pending records, %d orphans\n",
+				r.Volume, r.Kind, r.Inodes, r.Dirs, r.Files, r.Dentries, r.Chunks, r.Short, r.Patches, r.Pending, r.Orphans)
 			for _, p := range r.Problems {
 				fmt.Println("  problem:", p)
 			}

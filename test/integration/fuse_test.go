@@ -71,7 +71,7 @@ func TestPosixSuite(t *testing.T) {
 func fsckClean(t *testing.T, g *gw, ref string) {
 	t.Helper()
 	out, code := g.sluice("fsck", ref)
-	if code != 0 {
+	if code != 0 || !strings.Contains(out, " pending records, ") || !strings.HasSuffix(out, "clean\n") {
 		t.Fatalf("fsck %s: exit %d\n%s", ref, code, out)
 	}
 }
