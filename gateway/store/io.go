@@ -453,18 +453,12 @@ func (v *Volume) freePieces(pieces []piece) {
 }
 
 // freeWritten returns an extent no committed entry points at, which a
-// write may have reached, to the pool at once. On a device whose discards
-// read as zeros it is zeroed first: free space there must read as zeros
-// (allocateLocked and partial writes of new chunks rely on it). An extent
-// that cannot be zeroed stays in use until the next start.
+// write may have reached, to the pool at once, as dirty free space: an
+// allocation that must read zeros zeroes it and flushes first
+// (allocZeroed). Zeroing it here, with no flush, let a power loss undo
+// the zeroing under a later commit that named the extent as clean space.
 func (s *Store) freeWritten(off, length int64) {
-	if s.dev.DiscardZeroes() {
-		if err := s.zeroExtent(off, length); err != nil {
-			s.log.Error("zeroing unused extent failed; it stays unused until restart", "offset", off, "err", err)
-			return
-		}
-	}
-	s.alloc.free(off, length)
+	s.alloc.releaseDirty([]extent{{off: off, length: length}})
 }
 
 // commitPieces commits the map entries of freshly written (or, on a

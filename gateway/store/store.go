@@ -325,9 +325,15 @@ func (s *Store) load(ctx context.Context) error {
 		}
 	}
 	// Space no map entry points at may hold data a crash left behind
-	// (written, never committed). Discard it so new extents read as zeros.
+	// (written, never committed), or the old bytes of extents freed by
+	// copy-on-write. Discard it so new extents read as zeros, and flush:
+	// the allocator hands it out as clean, and a power loss must not
+	// undo the discard under a later commit (TestOpenDiscardFlushed).
 	if s.dev.DiscardZeroes() {
 		if err := s.alloc.freeRuns(s.dev.Discard); err != nil {
+			return fmt.Errorf("store: discard free space: %w", err)
+		}
+		if err := s.devFlush(); err != nil {
 			return fmt.Errorf("store: discard free space: %w", err)
 		}
 	}

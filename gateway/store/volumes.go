@@ -294,9 +294,10 @@ func (s *Store) purge(ctx context.Context, v *Volume) error {
 	}
 	// Discard first: the bytes are going away, and a crash before the
 	// commits below leaves map entries pointing at zeros, never garbage.
-	for _, e := range freed {
+	for i, e := range freed {
 		if err := s.dev.Discard(e.off, e.length); err != nil {
 			s.log.Warn("discard of deleted volume's extent failed", "volume", v.ref, "err", err)
+			freed[i].zero = true // freed dirty: zeroed when reused
 		}
 	}
 	// Chunks, then the namespace's records (of any volume: a block
