@@ -129,6 +129,13 @@ func (c *channel) release() {
 		}
 		c.polling.Wait()
 		c.inf.Wait()
+		if c.mem != nil {
+			// Nothing runs any more: the client's threads waiting on
+			// a slot may fall back (before, a client that had retired
+			// the channel fell back at once and a request still
+			// submitted could run after the kernel's copy).
+			atomic.StoreUint32(c.word(hdrReleased), 1)
+		}
 		c.cancel()
 		c.conn.Close()
 		if c.w != nil {

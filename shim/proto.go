@@ -195,6 +195,7 @@ const (
 	hdrSlotData  = 12
 	hdrSize      = 16
 	hdrIdle      = 24 // u32: 1 while the gateway's poller sleeps on the kick eventfd
+	hdrReleased  = 28 // u32: 1 once the gateway let go of the channel: a request still submitted never runs
 	hdrSubmitted = 64 // u64[4]: bit i set = slot i submitted
 
 	// Limits a hello must respect.

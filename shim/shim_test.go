@@ -7,8 +7,10 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -431,4 +433,20 @@ func serveOneFile(t *testing.T, v *gateway.Volume) (*Server, *client, *os.File) 
 	}
 	t.Cleanup(func() { f.Close() })
 	return s, c, f
+}
+
+// TestReleasedWord: once the client closes its socket the gateway lets go
+// of the channel and says so in the header's released word; a client
+// thread waiting on a slot of a channel it retired waits for that (or
+// the answer) before it falls back, so a request still submitted cannot
+// run after the kernel's copy of it.
+func TestReleasedWord(t *testing.T) {
+	_, sock := startServer(t, mounts{})
+	c := connect(t, sock)
+	released := (*uint32)(unsafe.Pointer(&c.mem[hdrReleased]))
+	if atomic.LoadUint32(released) != 0 {
+		t.Fatal("released set on a live channel")
+	}
+	c.conn.Close()
+	testwait.For(t, "the released word", func() bool { return atomic.LoadUint32(released) == 1 })
 }

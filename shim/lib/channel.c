@@ -69,20 +69,33 @@ static int high(int fd) {
 	return h;
 }
 
-/* own moves a new channel fd up and marks it the library's (ctl held),
- * at once: a program that closes or replaces the number from now on (a
- * close-everything loop, dup2 over it) waits for ctl in shim_closing and
- * then retires the channel, instead of leaving the channel using a
- * number that is now the program's file. */
-static int own(int fd) {
+/* own moves a new fd of channel c up and marks it the library's (ctl
+ * held), at once: a program that closes or replaces the number from now
+ * on (a close-everything loop, dup2 over it) waits for ctl in
+ * shim_closing and then retires c, instead of leaving c using a number
+ * that is now the program's file. */
+static int own(int fd, struct chan *c) {
 	if (fd < 0)
 		return fd;
 	fd = high(fd);
 	if (fd < TABLE_MAX) {
 		fd_touch(fd);
+		S.table[fd].chan = c;
 		set_state(&S.table[fd], FD_CHANNEL);
 	}
 	return fd;
+}
+
+/* disown closes one of a channel's fds and forgets it (ctl held, or the
+ * channel's last user). */
+static void disown(int fd) {
+	if (fd < 0)
+		return;
+	if (fd < TABLE_MAX) {
+		S.table[fd].chan = NULL;
+		set_state(&S.table[fd], FD_UNKNOWN);
+	}
+	shim_raw(SYS_close, fd, 0, 0, 0);
 }
 
 /* ---- control messages ---- */
@@ -124,8 +137,9 @@ static int recv_reply(int sock, void *buf, size_t len, uint16_t typ) {
 		break;
 	}
 	long n;
-	do
-		n = shim_raw(SYS_recvfrom, sock, (long)buf, len, MSG_DONTWAIT);
+	do /* all six arguments: shim_raw passes four, and recvfrom wrote the
+	    * peer's address wherever the other two registers pointed */
+		n = syscall(SYS_recvfrom, sock, (long)buf, len, MSG_DONTWAIT, NULL, NULL);
 	while (n < 0 && errno == EINTR);
 	struct msg_hdr *h = buf;
 	if (n != (long)len || h->magic != MSG_MAGIC || h->type != typ || h->version != SHIM_VERSION)
@@ -167,7 +181,7 @@ static int recv_hello_ok(int sock, struct msg_hello_ok *ok, int *fd) {
 }
 
 /* map_lengths maps the gateway's length table read-only (NULL if it
- * cannot: SEEK_END then asks the gateway) and closes fd. */
+ * cannot: SEEK_END then asks the gateway). */
 static const uint64_t *map_lengths(int fd, size_t *size) {
 	if (fd < 0)
 		return NULL;
@@ -175,7 +189,6 @@ static const uint64_t *map_lengths(int fd, size_t *size) {
 	void *m = MAP_FAILED;
 	if (shim_raw(SYS_fstat, fd, (long)&st, 0, 0) == 0 && st.st_size > 0 && (st.st_size % 8) == 0)
 		m = raw_mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-	shim_raw(SYS_close, fd, 0, 0, 0);
 	if (m == MAP_FAILED)
 		return NULL;
 	*size = (size_t)st.st_size;
@@ -190,14 +203,8 @@ static void destroy(struct chan *c) {
 	munmap(c->mem, c->size);
 	if (c->lens)
 		munmap((void *)c->lens, c->lens_size);
-	int fds[2] = {__atomic_exchange_n(&c->sock, -1, __ATOMIC_ACQ_REL), __atomic_exchange_n(&c->kick, -1, __ATOMIC_ACQ_REL)};
-	for (int i = 0; i < 2; i++) {
-		if (fds[i] < 0)
-			continue;
-		if (fds[i] < TABLE_MAX)
-			set_state(&S.table[fds[i]], FD_UNKNOWN);
-		shim_raw(SYS_close, fds[i], 0, 0, 0);
-	}
+	disown(__atomic_exchange_n(&c->sock, -1, __ATOMIC_ACQ_REL));
+	disown(__atomic_exchange_n(&c->kick, -1, __ATOMIC_ACQ_REL));
 }
 
 void chan_release(struct chan *c) {
@@ -225,19 +232,38 @@ void chan_retire(struct chan *c) {
 		return;
 	struct chan *want = c;
 	__atomic_compare_exchange_n(&S.cur, &want, NULL, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+	/* Tell the gateway now: it stops taking requests and lets go of the
+	 * channel (the header's released word), so a request still in
+	 * flight finishes or falls back without waiting for a doorbell this
+	 * channel may have lost (the gateway's poller re-checks a ring it
+	 * was not kicked for only every second). */
+	int sock = chan_fd_use(c, &c->sock);
+	if (sock >= 0)
+		shim_raw(SYS_shutdown, sock, SHUT_RDWR, 0, 0);
+	chan_fd_done(c);
 	chan_release(c); /* the current channel's own reference */
 }
 
-/* gone reports whether the gateway has closed its end of c's socket. */
+/* chan_fd_use reads one of c's fds (&c->sock or &c->kick) for a use
+ * outside ctl; chan_fd_done ends the use. In between the program cannot
+ * take the number: chan_lose_fd sets it to -1 first, and the program's
+ * close or dup2 waits for fdusers to drop to zero (chan_wait_fds). */
+int chan_fd_use(struct chan *c, int *fdp) {
+	__atomic_add_fetch(&c->fdusers, 1, __ATOMIC_SEQ_CST);
+	return __atomic_load_n(fdp, __ATOMIC_SEQ_CST);
+}
+
+void chan_fd_done(struct chan *c) { __atomic_sub_fetch(&c->fdusers, 1, __ATOMIC_SEQ_CST); }
+
+/* gone reports whether c is dead or the gateway has closed its end of
+ * c's socket. */
 int chan_gone(struct chan *c) {
 	if (__atomic_load_n(&c->dead, __ATOMIC_ACQUIRE))
 		return 1;
-	struct pollfd p = {.fd = __atomic_load_n(&c->sock, __ATOMIC_ACQUIRE), .events = POLLIN | POLLRDHUP};
-	if (p.fd < 0)
-		return 1;
-	if (shim_raw(SYS_poll, (long)&p, 1, 0, 0) > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)))
-		return 1;
-	return 0;
+	struct pollfd p = {.fd = chan_fd_use(c, &c->sock), .events = POLLIN | POLLRDHUP};
+	int gone = p.fd < 0 || (shim_raw(SYS_poll, (long)&p, 1, 0, 0) > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)));
+	chan_fd_done(c);
+	return gone;
 }
 
 static int kcmp_works(int fd) {
@@ -252,20 +278,26 @@ static struct chan *chan_open(void) {
 	int64_t t = now_ns();
 	if (S.failed_at && t - S.failed_at < RETRY_NS)
 		return NULL;
-	int sock = -1, memfd = -1, kick = -1;
+	/* The struct first: each fd the channel takes names it (own). */
+	struct chan *c = raw_mmap(NULL, sizeof *c, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (c == MAP_FAILED) {
+		S.failed_at = t ? t : 1;
+		return NULL;
+	}
+	int sock = -1, memfd = -1, kick = -1, lens_fd = -1;
 	char *mem = MAP_FAILED;
 	size_t size = SHM_PAGE + ((SLOTS * sizeof(struct shm_slot) + SHM_PAGE - 1) / SHM_PAGE) * SHM_PAGE + (size_t)SLOTS * SLOT_DATA;
-	sock = own((int)shim_raw(SYS_socket, AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, 0));
+	sock = own((int)shim_raw(SYS_socket, AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, 0), c);
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	memcpy(sa.sun_path, S.path, sizeof sa.sun_path);
 	if (sock < 0 || shim_raw(SYS_connect, sock, (long)&sa, sizeof sa, 0) < 0 || !kcmp_works(sock))
 		goto fail;
-	memfd = (int)shim_raw(SYS_memfd_create, (long)"sluice-shim", MFD_CLOEXEC | MFD_ALLOW_SEALING, 0, 0);
+	memfd = own((int)shim_raw(SYS_memfd_create, (long)"sluice-shim", MFD_CLOEXEC | MFD_ALLOW_SEALING, 0, 0), c);
 	if (memfd < 0 || shim_raw(SYS_ftruncate, memfd, (long)size, 0, 0) < 0 ||
 	    shim_raw(SYS_fcntl, memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL, 0) < 0)
 		goto fail;
 	mem = raw_mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
-	kick = own((int)shim_raw(SYS_eventfd2, 0, EFD_CLOEXEC | EFD_NONBLOCK, 0, 0));
+	kick = own((int)shim_raw(SYS_eventfd2, 0, EFD_CLOEXEC | EFD_NONBLOCK, 0, 0), c);
 	if (mem == MAP_FAILED || kick < 0)
 		goto fail;
 	struct shm_header *h = (struct shm_header *)mem;
@@ -277,22 +309,14 @@ static struct chan *chan_open(void) {
 	struct msg_hello hello = {.h = {MSG_MAGIC, MSG_HELLO, SHIM_VERSION}, .slots = SLOTS, .slot_data = SLOT_DATA, .size = size, .pid = (uint32_t)S.pid};
 	int fds[2] = {memfd, kick};
 	struct msg_hello_ok ok;
-	int lens_fd = -1;
-	if (send_msg(sock, &hello, sizeof hello, fds, 2) < 0 || recv_hello_ok(sock, &ok, &lens_fd) < 0 || ok.err != 0) {
-		if (lens_fd >= 0)
-			shim_raw(SYS_close, lens_fd, 0, 0, 0);
+	int sent = send_msg(sock, &hello, sizeof hello, fds, 2) >= 0, got = sent && recv_hello_ok(sock, &ok, &lens_fd) >= 0;
+	lens_fd = own(lens_fd, c);
+	if (!got || ok.err != 0)
 		goto fail;
-	}
 	size_t lens_size = 0;
 	const uint64_t *lens = map_lengths(lens_fd, &lens_size);
-	shim_raw(SYS_close, memfd, 0, 0, 0);
-	struct chan *c = raw_mmap(NULL, sizeof *c, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (c == MAP_FAILED) {
-		if (lens)
-			munmap((void *)lens, lens_size);
-		memfd = -1;
-		goto fail;
-	}
+	disown(lens_fd);
+	disown(memfd);
 	c->lens = lens;
 	c->lens_size = lens_size;
 	c->sock = sock;
@@ -310,13 +334,11 @@ static struct chan *chan_open(void) {
 fail:
 	if (mem != MAP_FAILED)
 		munmap(mem, size);
-	for (int i = 0; i < 3; i++) {
-		int fd = i == 0 ? sock : i == 1 ? memfd : kick;
-		if (fd >= 0 && fd < TABLE_MAX && i != 1)
-			set_state(&S.table[fd], FD_UNKNOWN);
-		if (fd >= 0)
-			shim_raw(SYS_close, fd, 0, 0, 0);
-	}
+	disown(sock);
+	disown(memfd);
+	disown(kick);
+	disown(lens_fd);
+	munmap(c, sizeof *c); /* never published: no one else has it */
 	S.failed_at = t ? t : 1;
 	return NULL;
 }

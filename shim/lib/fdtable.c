@@ -53,6 +53,7 @@ void shim_closing(int fd) {
 	struct fdent *e = shim_fd(fd);
 	if (!e || (state_of(e) == FD_UNKNOWN && e->witness == 0))
 		return;
+	struct chan *wait = NULL;
 	pthread_mutex_lock(&S.ctl);
 	switch (state_of(e)) {
 	case FD_UNKNOWN:
@@ -70,46 +71,64 @@ void shim_closing(int fd) {
 		break;
 	}
 	case FD_CHANNEL: {
-		struct chan *c = __atomic_load_n(&S.cur, __ATOMIC_ACQUIRE);
-		if (c)
-			chan_lose_fd(c, fd);
+		/* The channel the fd is of: not always the current one (a
+		 * close_range over both of a channel's fds retires it at the
+		 * first). */
+		struct chan *c = e->chan;
+		e->chan = NULL;
+		if (c && chan_lose_fd(c, fd))
+			wait = c;
 		set_state(e, FD_UNKNOWN);
 		break;
 	}
 	}
 	pthread_mutex_unlock(&S.ctl);
+	if (wait)
+		chan_wait_fds(wait);
 }
 
 void shim_closing_range(int lo, int hi) {
 	int top = __atomic_load_n(&S.hiwater, __ATOMIC_RELAXED);
 	for (int fd = lo < 0 ? 0 : lo; fd < top && fd <= hi; fd++)
 		shim_closing(fd);
+	/* The current channel's fds past the table (it has no entries for
+	 * them). */
 	struct chan *c = __atomic_load_n(&S.cur, __ATOMIC_ACQUIRE);
 	if (c && ((c->sock >= lo && c->sock <= hi) || (c->kick >= lo && c->kick <= hi))) {
+		int wait = 0;
 		pthread_mutex_lock(&S.ctl);
 		int sock = c->sock, kick = c->kick;
 		if (sock >= lo && sock <= hi)
-			chan_lose_fd(c, sock);
+			wait |= chan_lose_fd(c, sock);
 		if (kick >= lo && kick <= hi)
-			chan_lose_fd(c, kick);
+			wait |= chan_lose_fd(c, kick);
 		pthread_mutex_unlock(&S.ctl);
+		if (wait)
+			chan_wait_fds(c);
 	}
 }
 
 /* chan_lose_fd: the program is about to close or replace fd, one of
  * channel c's own (ctl held). The channel lets go of the number and
- * retires; for the doorbell it also waits until no thread is between
- * reading the number and writing to it (request.c, kick). The wait is a
- * system call long. */
-void chan_lose_fd(struct chan *c, int fd) {
+ * retires. It returns 1 when fd was its socket or doorbell: the caller
+ * then waits, once it has released ctl (chan_wait_fds), until no thread
+ * is between reading the number and using it (chan_fd_use), before the
+ * program's call goes on. */
+int chan_lose_fd(struct chan *c, int fd) {
 	int want = fd;
-	__atomic_compare_exchange_n(&c->sock, &want, -1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+	int sock = __atomic_compare_exchange_n(&c->sock, &want, -1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 	want = fd;
-	if (__atomic_compare_exchange_n(&c->kick, &want, -1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
-		while (__atomic_load_n(&c->kickers, __ATOMIC_SEQ_CST) != 0)
-			shim_raw(SYS_sched_yield, 0, 0, 0, 0);
-	}
+	int kick = __atomic_compare_exchange_n(&c->kick, &want, -1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 	chan_retire(c);
+	return sock || kick;
+}
+
+/* chan_wait_fds waits out the threads using c's socket or doorbell (a
+ * system call long). Not under ctl: a signal handler on a thread inside
+ * such a use may need it. */
+void chan_wait_fds(struct chan *c) {
+	while (__atomic_load_n(&c->fdusers, __ATOMIC_SEQ_CST) != 0)
+		shim_raw(SYS_sched_yield, 0, 0, 0, 0);
 }
 
 /* shim_mapping: the program maps fd. Its data calls go to the kernel from

@@ -91,8 +91,9 @@ struct shm_header {
 	uint32_t slots;
 	uint32_t slot_data;
 	uint64_t size;
-	uint32_t idle; /* gateway: 1 while its poller sleeps on the kick eventfd */
-	uint32_t reserved[9];
+	uint32_t idle;     /* gateway: 1 while its poller sleeps on the kick eventfd */
+	uint32_t released; /* gateway: 1 once it let go of the channel: a request still submitted never runs */
+	uint32_t reserved[8];
 	uint64_t submitted[SHM_MAX_SLOTS / 64]; /* at 64: bit i = slot i submitted */
 };
 
@@ -155,6 +156,7 @@ _Static_assert(sizeof(struct msg_registered) == 48, "registered is 48 bytes");
 _Static_assert(sizeof(struct shm_slot) == 64, "a slot record is 64 bytes");
 _Static_assert(sizeof(struct shm_stat) == 80, "the stat answer is 80 bytes");
 _Static_assert(__builtin_offsetof(struct shm_header, idle) == 24, "idle at 24");
+_Static_assert(__builtin_offsetof(struct shm_header, released) == 28, "released at 28");
 _Static_assert(__builtin_offsetof(struct shm_header, submitted) == 64, "submitted at 64");
 
 #endif

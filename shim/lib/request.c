@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <string.h>
@@ -95,7 +96,28 @@ static void observe(struct chan *c, int cls, int64_t ns) {
 	__atomic_store_n(&c->avg_ns[cls], avg + (ns - avg) / 8, __ATOMIC_RELAXED);
 }
 
-/* await waits for slot s to be done: 0, or -1 if the gateway is gone. */
+/* abandoned reports whether a request still submitted on c will never
+ * run, so that its caller may fall back: the gateway let go of the
+ * channel (the header's released word), or its end of the socket is
+ * closed (it died). The channel being dead (retired) is not enough: the
+ * gateway still serves it, and a write that fell back to the kernel could
+ * be overwritten by the channel's copy after it. A channel whose socket
+ * the program took (closed or replaced it) is given up ABANDON_NS after
+ * the request started: the gateway, seeing the socket close, lets go at
+ * once; one that died meanwhile never says so. */
+#define ABANDON_NS 10000000000LL
+static int abandoned(struct chan *c, int64_t start) {
+	struct shm_header *h = (struct shm_header *)c->mem;
+	if (__atomic_load_n(&h->released, __ATOMIC_ACQUIRE))
+		return 1;
+	struct pollfd p = {.fd = chan_fd_use(c, &c->sock), .events = POLLIN | POLLRDHUP};
+	int gone = p.fd < 0 ? now_ns() - start > ABANDON_NS
+			    : shim_raw(SYS_poll, (long)&p, 1, 0, 0) > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL));
+	chan_fd_done(c);
+	return gone;
+}
+
+/* await waits for slot s to be done: 0, or -1 if it never will be. */
 static int await(struct chan *c, struct shm_slot *s, int cls, int kicked, int64_t start) {
 	int64_t budget = spin_budget(c, cls, kicked), now = start;
 	int done = 0;
@@ -117,7 +139,7 @@ static int await(struct chan *c, struct shm_slot *s, int cls, int kicked, int64_
 			syscall(SYS_futex, &s->state, FUTEX_WAIT, SLOT_SUBMITTED, &ts, NULL, 0);
 			if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == SLOT_DONE)
 				break;
-			if (chan_gone(c)) {
+			if (abandoned(c, start)) {
 				__atomic_store_n(&s->waiting, 0, __ATOMIC_RELAXED);
 				return -1;
 			}
@@ -156,17 +178,15 @@ static void move(struct cursor *cur, char *p, size_t n, int gather) {
 }
 
 /* kick rings the gateway's doorbell. The program may close or replace the
- * eventfd's number at any time (dup2 over it, close_range): kickers fences
- * the write against that. chan_lose_fd takes the number away first and
- * then waits for kickers to drop to zero before the program's call goes
- * on, so these 8 bytes never land in a file the program put there. */
+ * eventfd's number at any time (dup2 over it, close_range): chan_fd_use
+ * fences the write against that, so these 8 bytes never land in a file
+ * the program put there. */
 static void kick(struct chan *c) {
 	uint64_t one = 1;
-	__atomic_add_fetch(&c->kickers, 1, __ATOMIC_SEQ_CST);
-	int fd = __atomic_load_n(&c->kick, __ATOMIC_SEQ_CST);
+	int fd = chan_fd_use(c, &c->kick);
 	if (fd >= 0)
 		shim_raw(SYS_write, fd, (long)&one, sizeof one, 0);
-	__atomic_sub_fetch(&c->kickers, 1, __ATOMIC_SEQ_CST);
+	chan_fd_done(c);
 }
 
 /* submit runs one request on c: in (write data) or out (read data, the

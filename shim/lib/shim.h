@@ -88,6 +88,7 @@ struct fdent {
 	 * the crash (EIO, once) if the gateway died rather than handed over
 	 * (docs/SHIM.md, "The gateway restarted"). Atomic; reset on close. */
 	uint32_t sync_kernel;
+	struct chan *chan; /* FD_CHANNEL: the channel the fd is of (ctl held) */
 };
 
 #define TABLE_MAX 65536 /* fds the table covers; higher ones go to the kernel */
@@ -104,7 +105,7 @@ struct chan {
 	uint32_t gen;
 	uint32_t users, dead, destroyed;
 	uint32_t spinners;  /* threads spinning on a slot now (request.c) */
-	uint32_t kickers;   /* threads writing to kick now (request.c, kick) */
+	uint32_t fdusers;   /* threads using sock or kick outside ctl now (chan_fd_use) */
 	const uint64_t *lens; /* the gateway's length table, read-only; NULL: none */
 	size_t lens_size;
 	int64_t avg_ns[3]; /* recent request time per class: read, write, sync */
@@ -175,7 +176,10 @@ void fd_touch(int fd);                                /* raise the table's high-
 struct chan *chan_acquire(void);                      /* the current channel, or NULL */
 void chan_release(struct chan *c);
 void chan_retire(struct chan *c);                     /* c is dead: the next call opens another */
-void chan_lose_fd(struct chan *c, int fd);            /* the program closes one of c's fds (ctl held) */
+int chan_lose_fd(struct chan *c, int fd);             /* the program closes one of c's fds (ctl held) */
+void chan_wait_fds(struct chan *c);                   /* after chan_lose_fd returned 1, ctl released */
+int chan_fd_use(struct chan *c, int *fdp);            /* read c->sock or c->kick for a use outside ctl */
+void chan_fd_done(struct chan *c);                    /* the use is over */
 int chan_gone(struct chan *c);                        /* the gateway closed c's socket */
 void fd_unregister(struct fdent *e);                  /* give e's handle back to the gateway */
 void fd_drop(struct fdent *e);                        /* forget e's registration, keep its witness (ctl held) */
