@@ -104,21 +104,8 @@ func (d *lossyDevice) durable() *device.Memory {
 // space was zeroed but not flushed before its commit.
 func TestDirtyReuseZeroed(t *testing.T) {
 	env := testEnv(t)
-	ctx := context.Background()
 	dir, dev, s := lossyStore(t, env)
-	a, err := s.CreateVolume(ctx, CreateOptions{Tenant: "a", Name: "v", Size: 16 * MiB})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := Filters{Chain: chainOf(t, env, "checksum")}
-	mustWrite(t, a, 0, 0, secret(16*MiB), sum)
-	if err := s.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	mustWrite(t, a, 0, 0, text(3, 16*MiB), sum) // the old extents: dirty once free
-	if err := s.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	dirtySecret(t, env, s)
 	fillAndLose(t, env, dir, dev, s)
 }
 
@@ -167,26 +154,14 @@ func TestOpenDiscardFlushed(t *testing.T) {
 	env := testEnv(t)
 	ctx := context.Background()
 	dir, dev, s := lossyStore(t, env)
-	a, err := s.CreateVolume(ctx, CreateOptions{Tenant: "a", Name: "v", Size: 16 * MiB})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := Filters{Chain: chainOf(t, env, "checksum")}
-	mustWrite(t, a, 0, 0, secret(16*MiB), sum)
-	if err := s.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	mustWrite(t, a, 0, 0, text(3, 16*MiB), sum)
-	if err := s.Flush(ctx); err != nil { // a's old extents: free, still holding a's bytes
-		t.Fatal(err)
-	}
+	dirtySecret(t, env, s)
 	meta := image(t, dir, "meta")
 	lost := lossyFrom(dev.durable())
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
 	// Power lost; open again on what the device kept.
-	s, err = Open(ctx, filepath.Join(meta, "meta"), lost, Options{SyncInterval: time.Hour, Filters: env})
+	s, err := Open(ctx, filepath.Join(meta, "meta"), lost, Options{SyncInterval: time.Hour, Filters: env})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,6 +179,27 @@ func lossyStore(t *testing.T, env *filter.Env) (string, *lossyDevice, *Store) {
 		t.Fatal(err)
 	}
 	return dir, dev, s
+}
+
+// dirtySecret leaves tenant a's bytes in dirty free space: a/v's
+// checksummed chunks written, flushed, rewritten and flushed again, so
+// their old extents are free and still hold them.
+func dirtySecret(t *testing.T, env *filter.Env, s *Store) {
+	t.Helper()
+	ctx := context.Background()
+	a, err := s.CreateVolume(ctx, CreateOptions{Tenant: "a", Name: "v", Size: 16 * MiB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := Filters{Chain: chainOf(t, env, "checksum")}
+	mustWrite(t, a, 0, 0, secret(16*MiB), sum)
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, a, 0, 0, text(3, 16*MiB), sum)
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // secret is n bytes of tenant a's.
