@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -254,5 +255,60 @@ func fillAndLose(t *testing.T, env *filter.Env, dir string, dev *lossyDevice, s 
 		if !bytes.Equal(head, mine) && !bytes.Equal(head, make([]byte, 4096)) || !bytes.Equal(got[4096:], make([]byte, 60<<10)) {
 			t.Fatalf("chunk %d of b after the power loss holds bytes b never wrote: %q", i, got[:64])
 		}
+	}
+}
+
+// TestDeleteVolumeBesideWrites: volume deletes while another volume takes
+// writes, each commit racing the delete's. With badger's DropPrefix a
+// commit could slip into the write channel as DropPrefix blocked writes,
+// and both hung for good (seen once in TestCleanFreeZeroed).
+func TestDeleteVolumeBesideWrites(t *testing.T) {
+	ctx := context.Background()
+	s := memStore(t)
+	busy, err := s.CreateVolume(ctx, CreateOptions{Tenant: "a", Name: "busy", Size: 16 * MiB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		for i := int64(0); ; i++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			if err := busy.WriteAtWith(ctx, 0, text(uint64(i), 4096), (i%256)*64<<10, false, Filters{}); err != nil {
+				done <- err
+				return
+			}
+			if err := s.SyncMeta(); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	for i := 0; i < 40; i++ {
+		name := fmt.Sprintf("v%d", i)
+		v, err := s.CreateVolume(ctx, CreateOptions{Tenant: "b", Name: name, Size: 4 * MiB})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustWrite(t, v, 0, 0, text(uint64(i), 4*MiB), Filters{})
+		deleted := make(chan error, 1)
+		go func() { deleted <- s.DeleteVolume(ctx, "b", name) }()
+		select {
+		case err := <-deleted:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(time.Minute):
+			t.Fatalf("deleting b/%s beside writes hung", name)
+		}
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
