@@ -83,14 +83,7 @@ func closeStore(t *testing.T, s *store.Store, dev device.Device) {
 // write, truncate into a compressed chunk, restart.
 func TestFileChunksTransformed(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	env := testEnv(t)
-	s, dev := openWithEnv(t, dir, env)
-	v, f := newFSVolume(t, s, "home", 64*MiB)
-	a := mustCreate(t, f, RootIno, "doc.txt", syscall.S_IFREG|0o644)
-	if _, err := f.Open(ctx, a.Ino); err != nil {
-		t.Fatal(err)
-	}
+	dir, env, s, dev, v, f, a := openedFile(t, "doc.txt")
 	data := text(5, 1*MiB+777)
 	mustWrite(t, v, a.Ino, 0, data, store.Filters{Chain: chainOf(t, env, "compression", "encryption")})
 	mustRead(t, v, a.Ino, 0, data)
@@ -125,14 +118,7 @@ func TestFileChunksTransformed(t *testing.T) {
 // every unit back.
 func TestFilePatches(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	env := testEnv(t)
-	s, dev := openWithEnv(t, dir, env)
-	v, f := newFSVolume(t, s, "home", 64*MiB)
-	a := mustCreate(t, f, RootIno, "db", syscall.S_IFREG|0o644)
-	if _, err := f.Open(ctx, a.Ino); err != nil {
-		t.Fatal(err)
-	}
+	dir, env, s, dev, v, f, a := openedFile(t, "db")
 	chain := store.Filters{Chain: chainOf(t, env, "compression", "encryption")}
 	data := text(5, 512<<10)
 	mustWrite(t, v, a.Ino, 0, data, chain)
@@ -187,4 +173,19 @@ func TestFilePatches(t *testing.T) {
 	if used := s.Stats().Used; used != 0 {
 		t.Fatalf("pool still uses %d bytes after the unlink", used)
 	}
+}
+
+// openedFile opens a store with filters in a new directory, a 64 MiB fs
+// volume "home" on it, and creates and opens file name in its root.
+func openedFile(t *testing.T, name string) (string, *filter.Env, *store.Store, *device.File, *store.Volume, *FS, Attr) {
+	t.Helper()
+	dir := t.TempDir()
+	env := testEnv(t)
+	s, dev := openWithEnv(t, dir, env)
+	v, f := newFSVolume(t, s, "home", 64*MiB)
+	a := mustCreate(t, f, RootIno, name, syscall.S_IFREG|0o644)
+	if _, err := f.Open(context.Background(), a.Ino); err != nil {
+		t.Fatal(err)
+	}
+	return dir, env, s, dev, v, f, a
 }
