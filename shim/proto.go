@@ -50,10 +50,11 @@ const (
 	ReasonStale      = 9  // a request named a handle the channel does not hold
 	ReasonFlags      = 10 // a call's flags the library does not serve (the library's own: RWF_NOWAIT, statx fields)
 	ReasonCached     = 11 // a read of a read-only buffered fd: the kernel's page cache serves it (the library's own)
-	numReasons       = 12
+	ReasonSignal     = 12 // a signal handler reentered the library on a thread inside its control mutex (the library's own)
+	numReasons       = 13
 )
 
-var reasonNames = [numReasons]string{"none", "not_sluice", "not_regular", "o_append", "o_path", "mmap", "gateway_gone", "error", "too_many", "stale_handle", "flags", "page_cache"}
+var reasonNames = [numReasons]string{"none", "not_sluice", "not_regular", "o_append", "o_path", "mmap", "gateway_gone", "error", "too_many", "stale_handle", "flags", "page_cache", "in_signal"}
 
 // ReasonName is the name of a reason number.
 func ReasonName(r uint32) string {

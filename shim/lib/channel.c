@@ -31,6 +31,33 @@
 
 struct shim_state S = {.ctl = PTHREAD_MUTEX_INITIALIZER};
 
+/* ctl_mine marks the threads inside ctl (or on their way in). A signal
+ * handler that interrupted its thread there and calls into the library
+ * again must not wait for the mutex its own thread holds: ctl_lock says
+ * no, and the caller does without it (the kernel serves the call,
+ * REASON_SIGNAL, or the table is put right on a later call). Set before
+ * the lock is taken and cleared after it is let go, so a handler between
+ * the two sees it set. initial-exec TLS: no allocation on first use, so
+ * safe in a handler. */
+static __thread int ctl_mine __attribute__((tls_model("initial-exec")));
+
+int ctl_lock(void) {
+	if (__atomic_load_n(&ctl_mine, __ATOMIC_RELAXED))
+		return 0;
+	__atomic_store_n(&ctl_mine, 1, __ATOMIC_RELAXED);
+	__atomic_signal_fence(__ATOMIC_SEQ_CST);
+	pthread_mutex_lock(&S.ctl);
+	return 1;
+}
+
+void ctl_unlock(void) {
+	pthread_mutex_unlock(&S.ctl);
+	__atomic_signal_fence(__ATOMIC_SEQ_CST);
+	__atomic_store_n(&ctl_mine, 0, __ATOMIC_RELAXED);
+}
+
+void ctl_forget_mine(void) { ctl_mine = 0; }
+
 long shim_raw(long nr, long a, long b, long c, long d) { return syscall(nr, a, b, c, d); }
 
 void *raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
@@ -391,14 +418,17 @@ void fd_off(struct fdent *e, uint32_t reason) {
 }
 
 static int negative(uint64_t dev) {
-	for (int i = 0; i < S.neg_n; i++)
+	int n = __atomic_load_n(&S.neg_n, __ATOMIC_ACQUIRE);
+	for (int i = 0; i < n; i++)
 		if (S.neg_dev[i] == dev)
 			return 1;
 	return 0;
 }
 
 /* check_fd decides what the kernel alone can tell: returns a reason, or
- * REASON_NONE when the gateway must look (ctl held). */
+ * REASON_NONE when the gateway must look. System calls only, no ctl: a
+ * pipe or socket first used in a signal handler (PostgreSQL's latch
+ * writes its self-pipe there) is turned away without the mutex. */
 static uint32_t check_fd(int fd, struct stat *st) {
 	if (shim_raw(SYS_fstat, fd, (long)st, 0, 0) < 0)
 		return REASON_ERROR;
@@ -433,16 +463,11 @@ static int witness(int fd, struct fdent *e) {
 	return w;
 }
 
-/* do_register hands fd to the gateway and records its answer in e (ctl
- * held, e in FD_UNKNOWN). It returns the reason the fd is not served, or
- * REASON_GONE with e left unknown (try again later). */
-static uint32_t do_register(int fd, struct fdent *e) {
-	struct stat st;
-	uint32_t r = check_fd(fd, &st);
-	if (r != REASON_NONE) {
-		fd_off(e, r);
-		return r;
-	}
+/* do_register hands fd, a regular file check_fd passed (st), to the
+ * gateway and records its answer in e (ctl held, e in FD_UNKNOWN). It
+ * returns the reason the fd is not served, or REASON_GONE with e left
+ * unknown (try again later). */
+static uint32_t do_register(int fd, struct fdent *e, const struct stat *st) {
 	/* A channel that fails here may be one to a gateway that restarted
 	 * since: retire it and try once more on a new one. */
 	struct msg_registered rep;
@@ -462,8 +487,10 @@ static uint32_t do_register(int fd, struct fdent *e) {
 			return REASON_GONE;
 	}
 	if (rep.reason != REASON_NONE) {
-		if (rep.reason == REASON_NOT_SLUICE && S.neg_n < 16)
-			S.neg_dev[S.neg_n++] = st.st_dev;
+		if (rep.reason == REASON_NOT_SLUICE && S.neg_n < 16) {
+			S.neg_dev[S.neg_n] = st->st_dev;
+			__atomic_store_n(&S.neg_n, S.neg_n + 1, __ATOMIC_RELEASE);
+		}
 		fd_off(e, rep.reason);
 		return rep.reason;
 	}
@@ -507,11 +534,14 @@ struct chan *fd_ready(int fd, struct fdent *e, uint32_t *reason) {
 			int stale = !c || c->gen != e->gen; /* its channel died */
 			if (c)
 				chan_release(c);
-			pthread_mutex_lock(&S.ctl);
+			if (!ctl_lock()) {
+				*reason = REASON_SIGNAL;
+				return NULL;
+			}
 			if (stale && state_of(e) == FD_ON)
 				__atomic_store_n(&e->sync_kernel, 1, __ATOMIC_RELAXED);
 			fd_drop(e);
-			pthread_mutex_unlock(&S.ctl);
+			ctl_unlock();
 			continue;
 		}
 		if (s == FD_OFF) {
@@ -522,9 +552,20 @@ struct chan *fd_ready(int fd, struct fdent *e, uint32_t *reason) {
 			*reason = REASON_ERROR; /* IO on one of our own fds */
 			return NULL;
 		}
-		pthread_mutex_lock(&S.ctl);
-		uint32_t r = state_of(e) == FD_UNKNOWN ? do_register(fd, e) : REASON_NONE;
-		pthread_mutex_unlock(&S.ctl);
+		struct stat st;
+		uint32_t r = check_fd(fd, &st);
+		if (r != REASON_NONE) {
+			/* Without ctl: a close racing this call is the program's
+			 * race, and the worst it leaves is an fd the kernel serves. */
+			e->reason = r;
+			uint32_t want = FD_UNKNOWN;
+			__atomic_compare_exchange_n(&e->state, &want, FD_OFF, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+		} else if (!ctl_lock()) {
+			r = REASON_SIGNAL;
+		} else {
+			r = state_of(e) == FD_UNKNOWN ? do_register(fd, e, &st) : REASON_NONE;
+			ctl_unlock();
+		}
 		if (r != REASON_NONE) {
 			*reason = r;
 			return NULL;

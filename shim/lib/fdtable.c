@@ -31,8 +31,21 @@ static const char *call_names[NUM_CALLS] = {
 
 static const char *reason_names[NUM_REASONS] = {
 	"none", "not_sluice", "not_regular", "o_append", "o_path", "mmap",
-	"gateway_gone", "error", "too_many", "stale_handle", "flags", "page_cache",
+	"gateway_gone", "error", "too_many", "stale_handle", "flags", "page_cache", "in_signal",
 };
+
+/* forget_reentered is fd_forget for a signal handler that interrupted
+ * its thread inside ctl (ctl_lock said no): an entry the kernel served
+ * (no witness) is forgotten at once. A registered one is left as it is:
+ * its next call proves with kcmp that the number is no longer the
+ * registered file and registers it again, and its witness and handle go
+ * then. The library's own fds closed by such a handler are not handled
+ * (the program would be closing numbers it never got). */
+static void forget_reentered(struct fdent *e) {
+	uint32_t want = FD_OFF;
+	if (e->witness == 0)
+		__atomic_compare_exchange_n(&e->state, &want, FD_UNKNOWN, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
 
 void shim_opened(int fd) {
 	struct fdent *e = shim_fd(fd);
@@ -41,9 +54,12 @@ void shim_opened(int fd) {
 	fd_touch(fd);
 	if (state_of(e) == FD_UNKNOWN && e->witness == 0)
 		return;
-	pthread_mutex_lock(&S.ctl);
+	if (!ctl_lock()) {
+		forget_reentered(e);
+		return;
+	}
 	fd_forget(e);
-	pthread_mutex_unlock(&S.ctl);
+	ctl_unlock();
 }
 
 /* shim_closing: the program closes fd or replaces it (dup2). Ours (a
@@ -54,7 +70,10 @@ void shim_closing(int fd) {
 	if (!e || (state_of(e) == FD_UNKNOWN && e->witness == 0))
 		return;
 	struct chan *wait = NULL;
-	pthread_mutex_lock(&S.ctl);
+	if (!ctl_lock()) {
+		forget_reentered(e);
+		return;
+	}
 	switch (state_of(e)) {
 	case FD_UNKNOWN:
 	case FD_ON:
@@ -82,7 +101,7 @@ void shim_closing(int fd) {
 		break;
 	}
 	}
-	pthread_mutex_unlock(&S.ctl);
+	ctl_unlock();
 	if (wait)
 		chan_wait_fds(wait);
 }
@@ -96,13 +115,14 @@ void shim_closing_range(int lo, int hi) {
 	struct chan *c = __atomic_load_n(&S.cur, __ATOMIC_ACQUIRE);
 	if (c && ((c->sock >= lo && c->sock <= hi) || (c->kick >= lo && c->kick <= hi))) {
 		int wait = 0;
-		pthread_mutex_lock(&S.ctl);
+		if (!ctl_lock())
+			return;
 		int sock = c->sock, kick = c->kick;
 		if (sock >= lo && sock <= hi)
 			wait |= chan_lose_fd(c, sock);
 		if (kick >= lo && kick <= hi)
 			wait |= chan_lose_fd(c, kick);
-		pthread_mutex_unlock(&S.ctl);
+		ctl_unlock();
 		if (wait)
 			chan_wait_fds(c);
 	}
@@ -131,6 +151,19 @@ void chan_wait_fds(struct chan *c) {
 		shim_raw(SYS_sched_yield, 0, 0, 0, 0);
 }
 
+/* off_now sends e to the kernel for reason. From a signal handler that
+ * interrupted its thread inside ctl, the registration stays with the
+ * gateway (the handle is given back when the channel ends). */
+static void off_now(struct fdent *e, uint32_t reason) {
+	if (!ctl_lock()) {
+		fd_off(e, reason);
+		return;
+	}
+	fd_drop(e);
+	fd_off(e, reason);
+	ctl_unlock();
+}
+
 /* shim_mapping: the program maps fd. Its data calls go to the kernel from
  * now on (the mapping and the kernel's page cache are one; shim writes
  * would reach the mapping only when the mount's notifier catches up), and
@@ -141,12 +174,8 @@ void shim_mapping(int fd) {
 	if (!e)
 		return;
 	uint32_t s = state_of(e);
-	if (s == FD_ON || s == FD_UNKNOWN) {
-		pthread_mutex_lock(&S.ctl);
-		fd_drop(e);
-		fd_off(e, REASON_MMAP);
-		pthread_mutex_unlock(&S.ctl);
-	}
+	if (s == FD_ON || s == FD_UNKNOWN)
+		off_now(e, REASON_MMAP);
 	shim_kernel_length(fd);
 }
 
@@ -165,17 +194,23 @@ void shim_setfl(int fd, int flags) {
 	struct fdent *e = shim_fd(fd);
 	if (!e || !(flags & O_APPEND) || state_of(e) != FD_ON)
 		return;
-	pthread_mutex_lock(&S.ctl);
-	fd_drop(e);
-	fd_off(e, REASON_APPEND);
-	pthread_mutex_unlock(&S.ctl);
+	off_now(e, REASON_APPEND);
 	shim_kernel_length(fd);
 }
 
 /* ---- fork, start and exit ---- */
 
-static void before_fork(void) { pthread_mutex_lock(&S.ctl); }
-static void parent_after_fork(void) { pthread_mutex_unlock(&S.ctl); }
+/* fork_locked: this thread's fork took ctl (not when a handler forks on
+ * a thread inside it). */
+static __thread int fork_locked __attribute__((tls_model("initial-exec")));
+
+static void before_fork(void) { fork_locked = ctl_lock(); }
+
+static void parent_after_fork(void) {
+	if (fork_locked)
+		ctl_unlock();
+	fork_locked = 0;
+}
 
 /* child_after_fork: the child shares the parent's memfd and socket but
  * must not use them (its slots are the parent's threads'): it lets go of
@@ -205,6 +240,8 @@ static void child_after_fork(void) {
 	S.failed_at = 0;
 	S.pid = (pid_t)shim_raw(SYS_getpid, 0, 0, 0, 0);
 	pthread_mutex_init(&S.ctl, NULL);
+	ctl_forget_mine();
+	fork_locked = 0;
 }
 
 __attribute__((constructor)) static void shim_init(void) {

@@ -77,7 +77,8 @@ struct msg_registered { /* 48 bytes */
 #define REASON_STALE 9
 #define REASON_FLAGS 10 /* the library's own: a call's flags it does not serve (RWF_NOWAIT, statx fields) */
 #define REASON_CACHED 11 /* the library's own: a read of a REG_CACHED fd goes to the page cache */
-#define NUM_REASONS 12
+#define REASON_SIGNAL 12 /* the library's own: a signal handler reentered the library on a thread inside it */
+#define NUM_REASONS 13
 
 /* Shared memory: a header page, the slot records (64 bytes each, rounded
  * up to a page), then one data region of slot_data bytes per slot. */

@@ -241,12 +241,11 @@ static int64_t submit(struct chan *c, struct fdent *e, uint32_t op, uint32_t arg
 /* finish counts a call's outcome and, for a stale handle, forgets it. */
 static int64_t finish(enum call call, struct fdent *e, int64_t r, uint32_t reason) {
 	count_call(call, r == SHIM_FALLBACK ? reason : REASON_NONE);
-	if (r == SHIM_FALLBACK && (reason == REASON_STALE || reason == REASON_APPEND)) {
-		pthread_mutex_lock(&S.ctl);
+	if (r == SHIM_FALLBACK && (reason == REASON_STALE || reason == REASON_APPEND) && ctl_lock()) {
 		fd_drop(e);
 		if (reason == REASON_APPEND)
 			fd_off(e, REASON_APPEND);
-		pthread_mutex_unlock(&S.ctl);
+		ctl_unlock();
 	}
 	return r;
 }

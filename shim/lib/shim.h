@@ -171,6 +171,9 @@ void *raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
 int64_t now_ns(void);
 
 /* Shared by channel.c, request.c and fdtable.c. */
+int ctl_lock(void);                                   /* take ctl; 0: this thread holds it (a handler reentered) */
+void ctl_unlock(void);
+void ctl_forget_mine(void);                           /* a fork child's */
 void count_call(enum call call, uint32_t reason);     /* a call's outcome: REASON_NONE bypassed */
 void fd_touch(int fd);                                /* raise the table's high-water mark */
 struct chan *chan_acquire(void);                      /* the current channel, or NULL */

@@ -153,6 +153,26 @@ func TestShimBehaviour(t *testing.T) {
 			t.Errorf("pwrite bypassed %d times, want the channels used (at least 100)", n)
 		}
 	})
+	t.Run("signal", func(t *testing.T) {
+		// A handler doing IO while its thread registers files with the
+		// gateway (the library's control mutex held): the library must
+		// not wait for itself (behave ends itself with SIGALRM after 120 s
+		// if it does). Reentered, it lets the kernel serve what needs the
+		// mutex (in_signal); registered files stay on the channel.
+		st := run(t, "signal")
+		if n := st.sum("pwrite", "bypassed"); n < 400 {
+			t.Errorf("pwrite bypassed %d times, want at least 400", n)
+		}
+		if n := st.sum("write", "not_regular"); n < 200 {
+			t.Errorf("the handler's pipe writes: %d went to the kernel as not_regular, want at least 200", n)
+		}
+		// The handlers did reenter the library inside its mutex (else this
+		// ran nothing it is about); about a third do here.
+		if n := st.sum("pread", "in_signal"); n == 0 {
+			t.Errorf("no handler's pread found its thread inside the library's mutex: the case was not exercised")
+		}
+		t.Logf("preads: %d bypassed, %d in_signal", st.sum("pread", "bypassed"), st.sum("pread", "in_signal"))
+	})
 	fsckClean(t, g, "t/behave")
 }
 

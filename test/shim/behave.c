@@ -17,7 +17,10 @@
  *   stdio            fopen/fwrite/fread/fflush/fclose
  *   doorbell SCRATCH while 4 threads do IO, dup2 the file SCRATCH (off the
  *                    mount) over the library's eventfd 100 times: no
- *                    doorbell write may land in it */
+ *                    doorbell write may land in it
+ *   signal           a signal handler does IO (a pipe it dup's, a registered
+ *                    file) while its thread registers files: the library
+ *                    must not wait for itself */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -28,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -443,6 +447,79 @@ static int doorbell(const char *scratch) {
 	return 0;
 }
 
+/* ---- IO in a signal handler ---- */
+
+/* PostgreSQL's latch handler writes a byte to a self-pipe whose write end
+ * nothing else uses (its first use is in the handler), at any moment: also
+ * while the interrupted thread is inside the library, registering a file
+ * with the gateway under the library's control mutex. */
+static int sig_pipe[2], sig_file = -1;
+static char sig_path[4096];
+static volatile sig_atomic_t sig_runs, sig_bad, sig_stop;
+
+static void sig_handler(int sig) {
+	(void)sig;
+	int saved = errno;
+	int w = dup(sig_pipe[1]); /* a number the library has not seen */
+	char b[64];
+	if (w < 0 || write(w, "x", 1) != 1 || close(w) != 0 || read(sig_pipe[0], b, sizeof b) < 1)
+		sig_bad = 1;
+	/* A registered file: served on the channel, from the handler too. */
+	if (pread(sig_file, b, 8, 0) != 8 || memcmp(b, "sigfile!", 8) != 0)
+		sig_bad = 2;
+	/* A file opened here: its first use registers it, unless the thread
+	 * was inside the library (then the kernel serves it). */
+	int f = open(sig_path, O_RDWR);
+	if (f < 0 || pread(f, b, 8, 0) != 8 || memcmp(b, "sigfile!", 8) != 0 || close(f) != 0)
+		sig_bad = 3;
+	sig_runs++;
+	errno = saved;
+}
+
+static void *sig_sender(void *arg) {
+	pthread_t main_thread = *(pthread_t *)arg;
+	struct timespec ts = {0, 20 * 1000};
+	while (!sig_stop) {
+		pthread_kill(main_thread, SIGUSR1);
+		nanosleep(&ts, NULL);
+	}
+	return NULL;
+}
+
+static int signals(void) {
+	alarm(120); /* a library waiting for itself hangs: SIGALRM ends it */
+	CHECK(pipe2(sig_pipe, O_NONBLOCK | O_CLOEXEC) == 0, "pipe2");
+	snprintf(sig_path, sizeof sig_path, "%s", at("sigfile"));
+	sig_file = open(sig_path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	CHECK(sig_file >= 0 && pwrite(sig_file, "sigfile!", 8, 0) == 8, "sigfile");
+	struct sigaction sa = {.sa_handler = sig_handler, .sa_flags = SA_RESTART};
+	sigemptyset(&sa.sa_mask);
+	CHECK(sigaction(SIGUSR1, &sa, NULL) == 0, "sigaction");
+	pthread_t self_thread = pthread_self(), th;
+	CHECK(pthread_create(&th, NULL, sig_sender, &self_thread) == 0, "pthread_create");
+	/* Each new fd is registered on its first pwrite: a round trip to the
+	 * gateway under the control mutex, which the signals interrupt. */
+	char name[64], w[4096], r[4096];
+	int i;
+	for (i = 0; i < 400 || sig_runs < 200; i++) {
+		CHECK(i < 20000, "only %d handler runs in %d rounds", (int)sig_runs, i);
+		snprintf(name, sizeof name, "sig-%d", i % 8);
+		int fd = open(at(name), O_RDWR | O_CREAT, 0644);
+		CHECK(fd >= 0, "open %s", name);
+		memset(w, 'a' + i % 26, sizeof w);
+		CHECK(pwrite(fd, w, sizeof w, 0) == (ssize_t)sizeof w, "pwrite %d", i);
+		CHECK(pread(fd, r, sizeof r, 0) == (ssize_t)sizeof r && memcmp(r, w, sizeof w) == 0, "pread %d", i);
+		CHECK(close(fd) == 0, "close %d", i);
+		CHECK(sig_bad == 0, "the handler's IO failed (%d) in round %d", (int)sig_bad, i);
+	}
+	sig_stop = 1;
+	CHECK(pthread_join(th, NULL) == 0, "pthread_join");
+	signal(SIGUSR1, SIG_IGN);
+	printf("signal: %d rounds, %d handler runs\n", i, (int)sig_runs);
+	close(sig_file);
+	return 0;
+}
+
 int main(int argc, char **argv) {
 	if (argc < 3)
 		return 2;
@@ -472,6 +549,8 @@ int main(int argc, char **argv) {
 		r = cached_calls();
 	else if (strcmp(mode, "doorbell") == 0 && argc > 3)
 		r = doorbell(argv[3]);
+	else if (strcmp(mode, "signal") == 0)
+		r = signals();
 	if (r == 0)
 		printf("ok\n");
 	return r;
