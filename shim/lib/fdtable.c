@@ -62,24 +62,33 @@ void shim_opened(int fd) {
 	ctl_unlock();
 }
 
-/* shim_closing: the program closes fd or replaces it (dup2). Ours (a
- * witness, the channel's) are let go first: a witness's file is
- * registered again when used; a channel fd retires the channel. */
-void shim_closing(int fd) {
+/* stats_closing: the program closes [lo, hi]; if that takes the dup of
+ * stderr the counters are printed to at exit, they go to fd 2 instead
+ * (not to whatever the program opens at that number later). */
+static void stats_closing(int lo, int hi) {
+	int fd = __atomic_load_n(&S.stats_fd, __ATOMIC_RELAXED);
+	if (fd >= 0 && fd >= lo && fd <= hi)
+		__atomic_store_n(&S.stats_fd, -1, __ATOMIC_RELAXED);
+}
+
+/* closing_one lets go of the library's interest in fd, which the program
+ * closes or replaces (ctl held). Ours (a witness, the channel's) are let
+ * go first: a witness's file is registered again when used; a channel fd
+ * retires the channel, which is returned when the program's call must
+ * first wait out its users (chan_wait_fds, without ctl). */
+static struct chan *closing_one(int fd) {
 	struct fdent *e = shim_fd(fd);
-	if (!e || (state_of(e) == FD_UNKNOWN && e->witness == 0))
-		return;
-	struct chan *wait = NULL;
-	if (!ctl_lock()) {
-		forget_reentered(e);
-		return;
-	}
+	if (!e)
+		return NULL;
 	switch (state_of(e)) {
 	case FD_UNKNOWN:
+		if (e->witness != 0)
+			fd_forget(e);
+		return NULL;
 	case FD_ON:
 	case FD_OFF:
 		fd_forget(e);
-		break;
+		return NULL;
 	case FD_WITNESS: {
 		struct fdent *o = shim_fd(e->owner);
 		if (o && o->witness == fd) {
@@ -87,7 +96,7 @@ void shim_closing(int fd) {
 			o->witness = 0;
 		}
 		set_state(e, FD_UNKNOWN);
-		break;
+		return NULL;
 	}
 	case FD_CHANNEL: {
 		/* The channel the fd is of: not always the current one (a
@@ -95,36 +104,77 @@ void shim_closing(int fd) {
 		 * first). */
 		struct chan *c = e->chan;
 		e->chan = NULL;
-		if (c && chan_lose_fd(c, fd))
-			wait = c;
 		set_state(e, FD_UNKNOWN);
-		break;
+		return c && chan_lose_fd(c, fd) ? c : NULL;
 	}
 	}
+	return NULL;
+}
+
+/* shim_closing: the program closes fd or replaces it (dup2). The number
+ * is open until the program's call, so the library cannot get it for an
+ * fd of its own in between. */
+void shim_closing(int fd) {
+	stats_closing(fd, fd);
+	struct fdent *e = shim_fd(fd);
+	if (!e || (state_of(e) == FD_UNKNOWN && e->witness == 0))
+		return;
+	if (!ctl_lock()) {
+		forget_reentered(e);
+		return;
+	}
+	struct chan *wait = closing_one(fd);
 	ctl_unlock();
 	if (wait)
 		chan_wait_fds(wait);
 }
 
-void shim_closing_range(int lo, int hi) {
-	int top = __atomic_load_n(&S.hiwater, __ATOMIC_RELAXED);
-	for (int fd = lo < 0 ? 0 : lo; fd < top && fd <= hi; fd++)
-		shim_closing(fd);
-	/* The current channel's fds past the table (it has no entries for
-	 * them). */
-	struct chan *c = __atomic_load_n(&S.cur, __ATOMIC_ACQUIRE);
-	if (c && ((c->sock >= lo && c->sock <= hi) || (c->kick >= lo && c->kick <= hi))) {
-		int wait = 0;
-		if (!ctl_lock())
-			return;
-		int sock = c->sock, kick = c->kick;
-		if (sock >= lo && sock <= hi)
-			wait |= chan_lose_fd(c, sock);
-		if (kick >= lo && kick <= hi)
-			wait |= chan_lose_fd(c, kick);
+/* shim_close_range closes the fds in [lo, hi] for the program
+ * (close_range(2) without CLOSE_RANGE_CLOEXEC, closefrom) and returns the
+ * system call's answer (-1 and errno). Unlike one close, the range holds numbers that
+ * are free when the library looks: another thread opening a channel or a
+ * witness could get one of them before the kernel closes the range, and
+ * the library would then use a number the kernel had closed, and that the
+ * program may open again (a doorbell's 8 bytes written into its file).
+ * So the range is closed with ctl held, under which the library makes
+ * every fd of its own; what a pass finds of the library's socket or
+ * doorbell is first waited out without ctl (chan_wait_fds), and the pass
+ * runs again. */
+long shim_close_range(int lo, int hi, unsigned int rawlo, unsigned int rawhi, int flags) {
+	stats_closing(lo, hi);
+	if (!S.enabled)
+		return shim_raw(SYS_close_range, rawlo, rawhi, flags, 0);
+	for (;;) {
+		if (!ctl_lock()) /* a signal handler on a thread inside ctl */
+			return shim_raw(SYS_close_range, rawlo, rawhi, flags, 0);
+		struct chan *wait[8];
+		int n = 0;
+		int top = __atomic_load_n(&S.hiwater, __ATOMIC_RELAXED);
+		for (int fd = lo < 0 ? 0 : lo; fd < top && fd <= hi && n < 8; fd++) {
+			struct chan *c = closing_one(fd);
+			if (c)
+				wait[n++] = c;
+		}
+		/* The current channel's fds past the table (it has no entries
+		 * for them). */
+		struct chan *c = __atomic_load_n(&S.cur, __ATOMIC_ACQUIRE);
+		if (c && n < 7) {
+			int sock = c->sock, kick = c->kick, lost = 0;
+			if (sock >= lo && sock <= hi)
+				lost |= chan_lose_fd(c, sock);
+			if (kick >= lo && kick <= hi)
+				lost |= chan_lose_fd(c, kick);
+			if (lost)
+				wait[n++] = c;
+		}
+		if (n == 0) {
+			long r = shim_raw(SYS_close_range, rawlo, rawhi, flags, 0);
+			ctl_unlock();
+			return r;
+		}
 		ctl_unlock();
-		if (wait)
-			chan_wait_fds(c);
+		for (int i = 0; i < n; i++)
+			chan_wait_fds(wait[i]);
 	}
 }
 

@@ -112,14 +112,13 @@ EXPORT int close(int fd) {
 }
 
 EXPORT int close_range(unsigned int lo, unsigned int hi, int flags) {
-	if (!(flags & CLOSE_RANGE_CLOEXEC))
-		shim_closing_range((int)(lo > INT32_MAX ? INT32_MAX : lo), (int)(hi > INT32_MAX ? INT32_MAX : hi));
-	return (int)shim_raw(SYS_close_range, lo, hi, flags, 0);
+	if (flags & CLOSE_RANGE_CLOEXEC)
+		return (int)shim_raw(SYS_close_range, lo, hi, flags, 0);
+	return (int)shim_close_range((int)(lo > INT32_MAX ? INT32_MAX : lo), (int)(hi > INT32_MAX ? INT32_MAX : hi), lo, hi, flags);
 }
 
 EXPORT void closefrom(int lo) {
-	shim_closing_range(lo, INT32_MAX);
-	if (shim_raw(SYS_close_range, lo, ~0U, 0, 0) < 0) {
+	if (shim_close_range(lo, INT32_MAX, (unsigned int)lo, ~0U, 0) < 0) {
 		for (int fd = lo; fd < 65536; fd++)
 			shim_raw(SYS_close, fd, 0, 0, 0);
 	}

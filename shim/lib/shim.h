@@ -160,7 +160,7 @@ int64_t shim_check(enum call call, int fd, struct fdent *e, uint32_t why);
 /* Table upkeep. */
 void shim_opened(int fd);             /* a new fd (open, dup): forget what its number was */
 void shim_closing(int fd);            /* before fd is closed or replaced (dup2) */
-void shim_closing_range(int lo, int hi);
+long shim_close_range(int lo, int hi, unsigned int rawlo, unsigned int rawhi, int flags); /* closes them */
 void shim_setfl(int fd, int flags);   /* after fcntl(F_SETFL) */
 void shim_mapping(int fd);            /* before mmap of fd */
 void shim_kernel_length(int fd);      /* the kernel refreshes fd's length (before it appends or maps) */
