@@ -86,7 +86,7 @@ start_gw() { # data dir, extra args...
 stop_gw() { kill "$GW"; wait "$GW" 2>/dev/null || true; GW=""; }
 
 JOBS=(randread:4k:1 randwrite:4k:1 randread:4k:32 randwrite:4k:32 read:1m:8 write:1m:8)
-TARGETS=(tmpfs-inproc spdk-inproc tmpfs-nbd spdk-nbd vhost tmpfs-core1 spdk-core1)
+TARGETS=(tmpfs-inproc spdk-inproc tmpfs-core1 spdk-core1 tmpfs-nbd spdk-nbd vhost) # vhost last: it writes over the store's bdev
 
 # Two stores, each with one volume filled once (so reads hit data).
 start_gw "$T/tmpfs" --pool-size $BDEV_MIB"M"
