@@ -173,7 +173,7 @@ func TestShimBehaviour(t *testing.T) {
 			t.Errorf("the handler's pipe writes: %d went to the kernel as not_regular, want at least 200", n)
 		}
 		// The handlers did reenter the library inside its mutex (else this
-		// ran nothing it is about); about a third do here.
+		// ran nothing it is about): about 150 per run here.
 		if n := st.sum("pread", "in_signal"); n == 0 {
 			t.Errorf("no handler's pread found its thread inside the library's mutex: the case was not exercised")
 		}
