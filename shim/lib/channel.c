@@ -82,9 +82,15 @@ struct fdent *shim_fd(int fd) {
 	return &S.table[fd];
 }
 
+/* fd_touch raises the table's high-water mark to cover fd. A CAS: a
+ * plain store racing another thread's could lower the mark below the
+ * library's own fds, and a close_range would then not look at them. */
 void fd_touch(int fd) {
-	if (fd >= 0 && fd < TABLE_MAX && fd + 1 > __atomic_load_n(&S.hiwater, __ATOMIC_RELAXED))
-		__atomic_store_n(&S.hiwater, fd + 1, __ATOMIC_RELAXED);
+	if (fd < 0 || fd >= TABLE_MAX)
+		return;
+	int top = __atomic_load_n(&S.hiwater, __ATOMIC_RELAXED);
+	while (fd + 1 > top && !__atomic_compare_exchange_n(&S.hiwater, &top, fd + 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
 }
 
 /* high moves one of our fds up, out of the numbers programs use. */
@@ -463,11 +469,11 @@ static int witness(int fd, struct fdent *e) {
 	return w;
 }
 
-/* do_register hands fd, a regular file check_fd passed (st), to the
- * gateway and records its answer in e (ctl held, e in FD_UNKNOWN). It
- * returns the reason the fd is not served, or REASON_GONE with e left
- * unknown (try again later). */
-static uint32_t do_register(int fd, struct fdent *e, const struct stat *st) {
+/* do_register hands fd, a regular file check_fd passed, to the gateway
+ * and records its answer in e (ctl held, e in FD_UNKNOWN). It returns the
+ * reason the fd is not served, or REASON_GONE with e left unknown (try
+ * again later). */
+static uint32_t do_register(int fd, struct fdent *e) {
 	/* A channel that fails here may be one to a gateway that restarted
 	 * since: retire it and try once more on a new one. */
 	struct msg_registered rep;
@@ -488,7 +494,10 @@ static uint32_t do_register(int fd, struct fdent *e, const struct stat *st) {
 	}
 	if (rep.reason != REASON_NONE) {
 		if (rep.reason == REASON_NOT_SLUICE && S.neg_n < 16) {
-			S.neg_dev[S.neg_n] = st->st_dev;
+			/* The device of the file the gateway received, not st's:
+			 * the program may have closed fd and opened another file
+			 * at its number while this thread waited for ctl. */
+			S.neg_dev[S.neg_n] = rep.dev;
 			__atomic_store_n(&S.neg_n, S.neg_n + 1, __ATOMIC_RELEASE);
 		}
 		fd_off(e, rep.reason);
@@ -563,7 +572,7 @@ struct chan *fd_ready(int fd, struct fdent *e, uint32_t *reason) {
 		} else if (!ctl_lock()) {
 			r = REASON_SIGNAL;
 		} else {
-			r = state_of(e) == FD_UNKNOWN ? do_register(fd, e, &st) : REASON_NONE;
+			r = state_of(e) == FD_UNKNOWN ? do_register(fd, e) : REASON_NONE;
 			ctl_unlock();
 		}
 		if (r != REASON_NONE) {

@@ -250,16 +250,30 @@ void shim_setfl(int fd, int flags) {
 
 /* ---- fork, start and exit ---- */
 
-/* fork_locked: this thread's fork took ctl (not when a handler forks on
- * a thread inside it). */
-static __thread int fork_locked __attribute__((tls_model("initial-exec")));
+/* Forks nest: a signal handler may fork while its thread is inside a
+ * fork (between the atfork handlers; a pending signal restarts the fork
+ * system call, so the window is all of it). fork_depth counts this
+ * thread's forks in progress, and bit d of fork_held says whether the
+ * fork at depth d took ctl (a handler's fork on a thread inside ctl does
+ * not). One flag, as before, was cleared by the inner fork, and the outer
+ * one then never let go of ctl: every other thread waited for it for
+ * good. */
+static __thread unsigned fork_depth __attribute__((tls_model("initial-exec")));
+static __thread unsigned fork_held __attribute__((tls_model("initial-exec")));
 
-static void before_fork(void) { fork_locked = ctl_lock(); }
+static void before_fork(void) {
+	unsigned d = fork_depth;
+	if (ctl_lock() && d < 32)
+		fork_held |= 1u << d;
+	fork_depth = d + 1;
+}
 
 static void parent_after_fork(void) {
-	if (fork_locked)
+	unsigned d = --fork_depth;
+	if (d < 32 && fork_held & (1u << d)) {
+		fork_held &= ~(1u << d);
 		ctl_unlock();
-	fork_locked = 0;
+	}
 }
 
 /* child_after_fork: the child shares the parent's memfd and socket but
@@ -291,7 +305,7 @@ static void child_after_fork(void) {
 	S.pid = (pid_t)shim_raw(SYS_getpid, 0, 0, 0, 0);
 	pthread_mutex_init(&S.ctl, NULL);
 	ctl_forget_mine();
-	fork_locked = 0;
+	fork_depth = fork_held = 0;
 }
 
 __attribute__((constructor)) static void shim_init(void) {

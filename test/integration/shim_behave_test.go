@@ -179,6 +179,22 @@ func TestShimBehaviour(t *testing.T) {
 		}
 		t.Logf("preads: %d bypassed, %d in_signal", st.sum("pread", "bypassed"), st.sum("pread", "in_signal"))
 	})
+	t.Run("fork-in-handler", func(t *testing.T) {
+		// A timer's handler forks while the program's thread is inside
+		// fork() (between the library's atfork handlers): the outer fork
+		// must still let go of the library's mutex; behave then needs it
+		// from another thread and fails after 20 s if it is still held.
+		out, err := g.shimCmd(mnt, behave, mnt, "fork-in-handler").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "ok\n") {
+			t.Fatalf("behave fork-in-handler: %v\n%s", err, out)
+		}
+		var n int
+		if at := bytes.Index(out, []byte("fork-in-handler:")); at < 0 {
+			t.Fatalf("no count in\n%s", out)
+		} else if _, err := fmt.Sscanf(string(out[at:]), "fork-in-handler: %d", &n); err != nil || n == 0 {
+			t.Errorf("no handler forked (%v): the case was not exercised\n%s", err, out)
+		}
+	})
 	fsckClean(t, g, "t/behave")
 }
 

@@ -21,6 +21,8 @@
  *                    doorbell write may land in it; with ranges, every
  *                    fourth time close_range(100, ~0U) first; prints the
  *                    longest write+read a thread saw
+ *   fork-in-handler  forks while a timer's handler forks too, then another
+ *                    thread needs the library's mutex
  *   kernel-size [N]  4 threads extend fresh files, N of them (default 4)
  *                    through the shim and the rest through the kernel, and
  *                    read back through the kernel: reproduces a known gap
@@ -42,6 +44,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -613,6 +616,61 @@ static int signals(void) {
 	return 0;
 }
 
+/* ---- fork from a handler during a fork ---- */
+
+/* A handler that forks (a SIGCHLD respawner) may run while its thread is
+ * inside fork() itself, between the library's atfork handlers: the outer
+ * fork must still let go of the library's mutex, or every other thread
+ * waits for it for good (a close_range here). */
+static volatile sig_atomic_t fork_inner;
+
+static void fork_handler(int sig) {
+	(void)sig;
+	int saved = errno;
+	if (fork_inner < 40) {
+		pid_t p = fork();
+		if (p == 0)
+			_exit(0);
+		if (p > 0)
+			fork_inner++;
+	}
+	errno = saved;
+}
+
+static void *fork_closer(void *arg) {
+	(void)arg;
+	close_range(60000, 60000, 0); /* nothing there: it only needs the mutex */
+	return NULL;
+}
+
+static int fork_in_handler(void) {
+	struct sigaction sa = {.sa_handler = fork_handler, .sa_flags = SA_RESTART};
+	sigemptyset(&sa.sa_mask);
+	CHECK(sigaction(SIGALRM, &sa, NULL) == 0, "sigaction");
+	struct itimerval it = {{0, 400}, {0, 400}}, off = {{0, 0}, {0, 0}};
+	CHECK(setitimer(ITIMER_REAL, &it, NULL) == 0, "setitimer");
+	for (int i = 0; i < 400 && fork_inner < 40; i++) {
+		pid_t p = fork();
+		CHECK(p >= 0, "fork");
+		if (p == 0)
+			_exit(0);
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
+	}
+	setitimer(ITIMER_REAL, &off, NULL);
+	while (waitpid(-1, NULL, 0) > 0)
+		;
+	pthread_t th;
+	CHECK(pthread_create(&th, NULL, fork_closer, NULL) == 0, "pthread_create");
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 20;
+	CHECK(pthread_timedjoin_np(th, NULL, &until) == 0, "another thread still waits for the library's mutex after %d forks in handlers",
+	      (int)fork_inner);
+	printf("fork-in-handler: %d forks in handlers\n", (int)fork_inner);
+	return 0;
+}
+
 int main(int argc, char **argv) {
 	if (argc < 3)
 		return 2;
@@ -644,6 +702,8 @@ int main(int argc, char **argv) {
 		r = doorbell(argv[3], argc > 4 && strcmp(argv[4], "ranges") == 0);
 	else if (strcmp(mode, "signal") == 0)
 		r = signals();
+	else if (strcmp(mode, "fork-in-handler") == 0)
+		r = fork_in_handler();
 	else if (strcmp(mode, "kernel-size") == 0)
 		r = kernel_size(argc > 3 ? atoi(argv[3]) : 4);
 	if (r == 0)
